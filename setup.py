@@ -1,0 +1,41 @@
+"""vjepa-scale: large-scale V-JEPA video pretraining on DeepSpeed ZeRO-3."""
+from setuptools import setup
+
+setup(
+    name="vjepa-scale",
+    version="0.1.0",
+    description="V-JEPA video pretraining at scale: ZeRO-3, packed variable-length attention, fused kernels",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # Our Triton kernels live in the top-level `kernels/` folder but install as
+    # `vjepa_scale.kernels`, so they never shadow the unrelated PyPI package `kernels`.
+    packages=[
+        "vjepa_scale",
+        "vjepa_scale.models",
+        "vjepa_scale.data",
+        "vjepa_scale.train",
+        "vjepa_scale.eval",
+        "vjepa_scale.hf",
+        "vjepa_scale.kernels",
+    ],
+    package_dir={"vjepa_scale.kernels": "kernels"},
+    package_data={"vjepa_scale": ["configs/*.yaml"]},
+    install_requires=[
+        "torch>=2.10",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "safetensors",
+        "av",
+    ],
+    extras_require={
+        "train": ["deepspeed>=0.17"],
+        "triton": ["triton>=3.4"],
+        "hf": ["transformers>=5.0"],
+        "dali": ["nvidia-dali-cuda130"],
+        "flash": ["flash-attn"],
+        "dev": ["pytest", "deepspeed>=0.17", "triton>=3.4", "transformers>=5.0"],
+    },
+)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create ./.venv with CPU torch and the package installed editable (idempotent, ~2 min when new).
+# Usage: bash tools/setup_env.sh   (VENV=path to place it elsewhere)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+stamp="$VENV/.vjepa_setup_$(cat setup.py constraints.txt | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  "$PY" -m pip install -q --upgrade pip
+  # Torch first, pinned, so nothing pulls a multi-GB CUDA build.
+  "$PY" -m pip install -q -c constraints.txt torch
+  "$PY" -m pip install -q -c constraints.txt -e ".[dev]"
+  touch "$stamp"
+fi
+echo "$PY"

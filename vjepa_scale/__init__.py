@@ -1,0 +1,2 @@
+"""vjepa-scale: V-JEPA video pretraining at scale."""
+__version__ = "0.1.0"

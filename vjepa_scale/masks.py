@@ -1,0 +1,212 @@
+"""Multi-block 3D masks and their packing into variable-length sequences.
+
+For each mask type the union of `num_blocks` spatio-temporal blocks is the target; the context is
+its complement. The block shape is drawn once per batch (same on every rank for a given step), the
+block positions per sample (per rank). Everything is a pure function of (seed, step, rank), so a
+resumed run draws the same masks.
+
+`MaskBatch` holds the packed layout built on the CPU: sequences ordered mask-type major
+(s = m * B + b), int32 `cu_seqlens` and host-side `max_seqlen` for the context, the targets, and
+the predictor's concatenated [context ; targets] sequences.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vjepa_scale.config import ConfigError, MaskConfig, MaskSpec
+
+MAX_TRIES = 50
+
+
+def _generator(*key: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(seed & ((1 << 63) - 1))
+
+
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + float(torch.rand(1, generator=g)) * (hi - lo)
+
+
+def sample_block_shape(spec: MaskSpec, grid: tuple[int, int, int], g: torch.Generator) -> tuple[int, int, int]:
+    """(t, h, w) of one block: temporal/spatial scale and aspect ratio drawn uniformly (one draw)."""
+    T, H, W = grid
+    t = max(1, int(T * _uniform(g, *spec.temporal_scale)))
+    keep = int(H * W * _uniform(g, *spec.spatial_scale))
+    ar = _uniform(g, *spec.aspect_ratio)
+    h = min(H, max(1, int(round(math.sqrt(keep * ar)))))
+    w = min(W, max(1, int(round(math.sqrt(keep / ar)))))
+    return t, h, w
+
+
+def sample_context(spec: MaskSpec, grid: tuple[int, int, int], shape: tuple[int, int, int],
+                   g: torch.Generator, where: str = "mask") -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample: sorted context ids and target ids (its complement) within the clip's N tokens."""
+    T, H, W = grid
+    t, h, w = shape
+    for _ in range(MAX_TRIES):
+        keep = torch.ones(T, H, W, dtype=torch.bool)
+        starts = torch.stack([torch.randint(0, T - t + 1, (spec.num_blocks,), generator=g),
+                              torch.randint(0, H - h + 1, (spec.num_blocks,), generator=g),
+                              torch.randint(0, W - w + 1, (spec.num_blocks,), generator=g)], 1).tolist()
+        for s0, s1, s2 in starts:
+            keep[s0:s0 + t, s1:s1 + h, s2:s2 + w] = False
+        if spec.max_temporal_keep < 1.0:
+            keep[max(1, int(T * spec.max_temporal_keep)):] = False
+        keep = keep.flatten()
+        ctx = keep.nonzero().squeeze(1)
+        if ctx.numel() > 0:
+            tgt = (~keep).nonzero().squeeze(1)
+            if spec.max_keep is not None:
+                ctx = ctx[:spec.max_keep]
+            return ctx, tgt
+    raise ConfigError(f"{where}: blocks of shape {shape} on grid {grid} left no context in {MAX_TRIES} "
+                      f"tries; lower num_blocks ({spec.num_blocks}) or spatial_scale/temporal_scale")
+
+
+@dataclass
+class MaskBatch:
+    """Packed context/target index sets of one batch (all tensors on one device)."""
+
+    grid: tuple[int, int, int]
+    batch_size: int
+    num_types: int
+    ctx_idx: torch.Tensor  # int64 (T_ctx,), flat b*N+n
+    ctx_token_ids: torch.Tensor  # int64 (T_ctx,), n
+    ctx_cu_seqlens: torch.Tensor  # int32 (S+1,)
+    ctx_max_seqlen: int
+    tgt_idx: torch.Tensor  # int64 (T_tgt,)
+    tgt_token_ids: torch.Tensor  # int64 (T_tgt,)
+    tgt_cu_seqlens: torch.Tensor  # int32 (S+1,)
+    tgt_max_seqlen: int
+    tgt_type: torch.Tensor  # int64 (T_tgt,), mask type of each target token
+    tgt_type_bounds: list[int]  # host-side token offsets of each mask type's targets (M+1,)
+    pred_cu_seqlens: torch.Tensor  # int32 (S+1,), [context ; targets] per sequence
+    pred_max_seqlen: int
+    pred_token_ids: torch.Tensor  # int64 (T_ctx+T_tgt,)
+    pred_ctx_slot: torch.Tensor  # int64 (T_ctx,), row of each context token in the predictor input
+    pred_tgt_slot: torch.Tensor  # int64 (T_tgt,)
+    ctx_lengths: list[int]  # host-side, per sequence (for FLOP counts and stats)
+    tgt_lengths: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    def to(self, device: Any, non_blocking: bool = True) -> "MaskBatch":
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        return MaskBatch(**kw)
+
+    def pin_memory(self) -> "MaskBatch":
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor):
+                kw[k] = v.pin_memory()
+        return MaskBatch(**kw)
+
+
+def _cu(lengths: Sequence[int]) -> torch.Tensor:
+    out = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    if lengths:
+        out[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
+    return out
+
+
+def pack_masks(ctx: list[list[torch.Tensor]], tgt: list[list[torch.Tensor]],
+               grid: tuple[int, int, int]) -> MaskBatch:
+    """ctx[m][b], tgt[m][b]: sorted token ids of sample b under mask type m -> MaskBatch."""
+    M, B = len(ctx), len(ctx[0])
+    N = grid[0] * grid[1] * grid[2]
+    ctx_seq = [c for per_type in ctx for c in per_type]
+    tgt_seq = [t for per_type in tgt for t in per_type]
+    sample = torch.arange(B).repeat(M)  # sample of each sequence
+    ctx_len = [int(c.numel()) for c in ctx_seq]
+    tgt_len = [int(t.numel()) for t in tgt_seq]
+    ctx_ids = torch.cat(ctx_seq).long()
+    tgt_ids = torch.cat(tgt_seq).long()
+    ctx_sample = torch.repeat_interleave(sample, torch.tensor(ctx_len))
+    tgt_sample = torch.repeat_interleave(sample, torch.tensor(tgt_len))
+    ctx_cu, tgt_cu = _cu(ctx_len), _cu(tgt_len)
+    S = M * B
+    ctx_seq_id = torch.repeat_interleave(torch.arange(S), torch.tensor(ctx_len))
+    tgt_seq_id = torch.repeat_interleave(torch.arange(S), torch.tensor(tgt_len))
+    # In sequence s the predictor sees [ctx_s ; tgt_s]; rows before it hold tgt_cu[s] earlier targets.
+    ctx_slot = torch.arange(ctx_ids.numel()) + tgt_cu.long()[ctx_seq_id]
+    tgt_slot = torch.arange(tgt_ids.numel()) + ctx_cu.long()[tgt_seq_id + 1]
+    pred_ids = torch.empty(ctx_ids.numel() + tgt_ids.numel(), dtype=torch.int64)
+    pred_ids[ctx_slot] = ctx_ids
+    pred_ids[tgt_slot] = tgt_ids
+    per_type_tgt = [sum(tgt_len[m * B:(m + 1) * B]) for m in range(M)]
+    return MaskBatch(
+        grid=tuple(grid), batch_size=B, num_types=M,
+        ctx_idx=ctx_sample * N + ctx_ids, ctx_token_ids=ctx_ids, ctx_cu_seqlens=ctx_cu,
+        ctx_max_seqlen=max(ctx_len),
+        tgt_idx=tgt_sample * N + tgt_ids, tgt_token_ids=tgt_ids, tgt_cu_seqlens=tgt_cu,
+        tgt_max_seqlen=max(tgt_len),
+        tgt_type=torch.repeat_interleave(torch.arange(M), torch.tensor(per_type_tgt)),
+        tgt_type_bounds=[0] + np.cumsum(per_type_tgt).tolist(),
+        pred_cu_seqlens=ctx_cu + tgt_cu, pred_max_seqlen=max(a + b for a, b in zip(ctx_len, tgt_len)),
+        pred_token_ids=pred_ids, pred_ctx_slot=ctx_slot, pred_tgt_slot=tgt_slot,
+        ctx_lengths=ctx_len, tgt_lengths=tgt_len,
+    )
+
+
+class MultiBlockMasker:
+    """Draws the masks of one batch as a pure function of (seed, step, rank)."""
+
+    def __init__(self, cfg: MaskConfig, grid: tuple[int, int, int]):
+        cfg.validate()
+        self.cfg = cfg
+        self.grid = tuple(grid)
+
+    def sample(self, batch_size: int, step: int, rank: int = 0) -> tuple[list, list]:
+        """ctx[m][b], tgt[m][b] token-id lists, truncated if `truncate: batch_min`."""
+        ctx_all, tgt_all = [], []
+        for m, spec in enumerate(self.cfg.types):
+            g_shape = _generator(self.cfg.seed, step, m, 0xB10C)  # same on every rank
+            g_pos = _generator(self.cfg.seed, step, m, rank, 0x9051)
+            shape = sample_block_shape(spec, self.grid, g_shape)
+            pairs = [sample_context(spec, self.grid, shape, g_pos, f"mask.types[{m}]") for _ in range(batch_size)]
+            ctx, tgt = [p[0] for p in pairs], [p[1] for p in pairs]
+            if self.cfg.truncate == "batch_min":
+                kc, kt = min(c.numel() for c in ctx), min(t.numel() for t in tgt)
+                ctx, tgt = [c[:kc] for c in ctx], [t[:kt] for t in tgt]
+            ctx_all.append(ctx)
+            tgt_all.append(tgt)
+        return ctx_all, tgt_all
+
+    def __call__(self, batch_size: int, step: int, rank: int = 0) -> MaskBatch:
+        return pack_masks(*self.sample(batch_size, step, rank), self.grid)
+
+
+class MaskCollator:
+    """DataLoader collate_fn: stacks clips and draws the batch's masks on the CPU worker.
+
+    Each sample is a dict with `video` (C, T, H, W), `label` (int) and `step` (the training step the
+    batch belongs to, set by the sampler so masks stay reproducible with any number of workers).
+    Returns a dict with `video` (B, C, T, H, W), `label` (B,), `masks` (MaskBatch), `step`.
+    """
+
+    def __init__(self, masker: MultiBlockMasker, rank: int = 0):
+        self.masker = masker
+        self.rank = rank
+
+    def __call__(self, samples: list[dict]) -> dict:
+        step = int(samples[0].get("step", 0))
+        batch = {
+            "video": torch.stack([s["video"] for s in samples]),
+            "label": torch.tensor([int(s.get("label", -1)) for s in samples]),
+            "masks": self.masker(len(samples), step, self.rank),
+            "step": step,
+        }
+        extra = {k for s in samples for k in s} - {"video", "label", "step"}
+        for k in extra:
+            batch[k] = [s.get(k) for s in samples]
+        return batch

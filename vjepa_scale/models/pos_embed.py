@@ -1,0 +1,87 @@
+"""Position encodings: fixed 3D sin-cos tables (V-JEPA 1) and 3D RoPE (V-JEPA 2 / HF `vjepa2`)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """(M,) positions -> (M, dim): [sin(pos*w_i), cos(pos*w_i)], w_i = 10000^(-i/(dim/2))."""
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000 ** omega
+    out = pos.double()[:, None] * omega[None, :]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Fixed table (T*H*W, dim) in (t, h, w) raster order; 2*ceil(dim/6) dims per axis, [t, h, w]."""
+    T, H, W = grid
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    d_axis = int(math.ceil(dim / 6) * 2)
+    emb = torch.cat([sincos_1d(d_axis, t.flatten()), sincos_1d(d_axis, h.flatten()),
+                     sincos_1d(d_axis, w.flatten())], dim=1)
+    return emb[:, :dim].float()
+
+
+def interpolate_sincos(table_ND: torch.Tensor, src_grid: tuple[int, int, int],
+                       dst_grid: tuple[int, int, int]) -> torch.Tensor:
+    """Resample a (T*H*W, D) table to another grid (trilinear), as the reference does for new sizes."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return table_ND
+    D = table_ND.shape[1]
+    x = table_ND.reshape(1, *src_grid, D).permute(0, 4, 1, 2, 3)
+    x = F.interpolate(x, size=tuple(dst_grid), mode="trilinear", align_corners=False)
+    return x.permute(0, 2, 3, 4, 1).reshape(-1, D)
+
+
+def grid_coords(token_ids: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+    """Raster token ids within one clip -> (t, h, w) coordinates."""
+    _, H, W = grid
+    t = token_ids // (H * W)
+    rem = token_ids - t * (H * W)
+    h = rem // W
+    return t, h, rem - h * W
+
+
+class Rope3D:
+    """3D rotary embedding with the exact layout of Hugging Face `vjepa2` (and V-JEPA 2).
+
+    The head dim is split into three equal even chunks (t, h, w) of 2*((head_dim//3)//2) dims; any
+    remainder passes through. Within a chunk of size d, pairs (2i, 2i+1) rotate, and element j uses
+    frequency w_(j mod d/2), w_k = 10000^(-k/(d/2)): the sin/cos table is the d/2 frequencies
+    repeated twice, which is what the released weights were trained with.
+    """
+
+    def __init__(self, head_dim: int, grid: tuple[int, int, int]):
+        self.head_dim = head_dim
+        self.grid = tuple(grid)
+        self.chunk = 2 * ((head_dim // 3) // 2)
+
+    def tables(self, token_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_ids (...,) -> cos, sin of shape (..., 1, head_dim) (broadcast over heads)."""
+        d = self.chunk
+        omega = torch.arange(d // 2, device=token_ids.device, dtype=torch.float32) / (d / 2.0)
+        omega = 1.0 / 10000 ** omega
+        parts_cos, parts_sin = [], []
+        for coord in grid_coords(token_ids, self.grid):
+            freq = coord.float()[..., None] * omega  # (..., d/2)
+            freq = freq.repeat(*([1] * (freq.dim() - 1)), 2)  # (..., d): frequencies duplicated
+            parts_cos.append(freq.cos())
+            parts_sin.append(freq.sin())
+        rest = self.head_dim - 3 * d
+        if rest:
+            shape = (*token_ids.shape, rest)
+            parts_cos.append(torch.ones(shape, device=token_ids.device))
+            parts_sin.append(torch.zeros(shape, device=token_ids.device))
+        cos = torch.cat(parts_cos, dim=-1).unsqueeze(-2).to(dtype)
+        sin = torch.cat(parts_sin, dim=-1).unsqueeze(-2).to(dtype)
+        return cos, sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., H, Dh): x*cos + rot(x)*sin with pairwise rotation rot(x)_(2i, 2i+1) = (-x_(2i+1), x_(2i))."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    rot = torch.stack((-x2, x1), dim=-1).flatten(-2)
+    return x * cos + rot * sin

@@ -1,0 +1,52 @@
+"""Narrow ViT predictor over packed [context ; targets] sequences, one per (mask type, sample)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from vjepa_scale.config import ModelConfig
+from vjepa_scale.masks import MaskBatch
+from vjepa_scale.models.pos_embed import Rope3D, interpolate_sincos, sincos_3d
+from vjepa_scale.models.vit import Packed, Transformer, VitDims, init_weights
+
+
+class Predictor(nn.Module):
+    """Linear D->W, mask tokens at target slots, `pred_depth` blocks, LN, Linear W->D.
+
+    Input: packed encoder outputs of the context tokens (T_ctx, D) in `MaskBatch` order.
+    Output: predictions at the target tokens (T_tgt, D), in the same order as `masks.tgt_idx`.
+    """
+
+    def __init__(self, cfg: ModelConfig, embed_dim: int, grid: tuple[int, int, int], num_mask_types: int):
+        super().__init__()
+        W = cfg.pred_width
+        self.dims = VitDims(W, cfg.pred_depth, cfg.pred_num_heads, cfg.pred_mlp_ratio)
+        self.grid = tuple(grid)
+        self.embed = nn.Linear(embed_dim, W)
+        self.mask_tokens = nn.Parameter(torch.zeros(num_mask_types, W))
+        if cfg.pos_embed == "sincos":
+            self.register_buffer("pos_embed", sincos_3d(W, self.grid), persistent=False)
+            self.rope = None
+        else:
+            self.pos_embed = None
+            self.rope = Rope3D(self.dims.head_dim, self.grid)
+        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing)
+        self.proj = nn.Linear(W, embed_dim)
+        init_weights(self)  # mask tokens stay zero
+
+    def forward(self, ctx_TD: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
+        x_ctx = self.embed(ctx_TD)
+        x_tgt = self.mask_tokens.index_select(0, masks.tgt_type).to(x_ctx.dtype)
+        if self.pos_embed is not None:
+            pos = interpolate_sincos(self.pos_embed, self.grid, masks.grid).to(x_ctx.dtype)
+            x_ctx = x_ctx + pos.index_select(0, masks.ctx_token_ids)
+            x_tgt = x_tgt + pos.index_select(0, masks.tgt_token_ids)
+        total = x_ctx.shape[0] + x_tgt.shape[0]
+        x = x_ctx.new_zeros(total, x_ctx.shape[1])
+        x = x.index_copy(0, masks.pred_ctx_slot, x_ctx).index_copy(0, masks.pred_tgt_slot, x_tgt)
+        packed = Packed(masks.pred_cu_seqlens, masks.pred_max_seqlen, masks.pred_token_ids)
+        rope = None
+        if self.rope is not None:
+            rope = Rope3D(self.dims.head_dim, masks.grid).tables(masks.pred_token_ids, x.dtype)
+        y = self.transformer(x, packed, rope)
+        return self.proj(y.index_select(0, masks.pred_tgt_slot))

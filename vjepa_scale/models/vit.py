@@ -1,0 +1,202 @@
+"""3D Vision Transformer for video, running on packed variable-length token sets.
+
+Tokens come from a Conv3d tubelet embedding (tubelet x patch x patch) in (t, h, w) raster order.
+A forward takes either the full clip (rectangular (B, N, D), dense attention) or a packed subset
+(`idx` flat indices b*N+n, `cu_seqlens`, `max_seqlen`) where each sequence attends only to itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from vjepa_scale.attention import dense_attention, varlen_attention
+from vjepa_scale.config import ConfigError, ModelConfig
+from vjepa_scale.kernels import masked_gather
+from vjepa_scale.models.pos_embed import Rope3D, apply_rope, interpolate_sincos, sincos_3d
+
+# name -> (width, depth, heads, mlp_ratio); the reference's sizes.
+VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
+    "tiny": (192, 12, 3, 4.0),
+    "small": (384, 12, 6, 4.0),
+    "base": (768, 12, 12, 4.0),
+    "large": (1024, 24, 16, 4.0),
+    "huge": (1280, 32, 16, 4.0),
+    "giant": (1408, 40, 16, 48 / 11),
+    "gigantic": (1664, 48, 16, 64 / 13),
+}
+
+
+@dataclass
+class VitDims:
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
+    """Named size with optional width/depth/num_heads/mlp_ratio overrides; validated."""
+    if cfg.size not in VIT_SIZES:
+        raise ConfigError(f"{prefix}.size: unknown model size '{cfg.size}' (choose from {list(VIT_SIZES)})")
+    w, d, h, r = VIT_SIZES[cfg.size]
+    dims = VitDims(cfg.width or w, cfg.depth or d, cfg.num_heads or h, cfg.mlp_ratio or r)
+    for name in ("width", "depth", "num_heads", "mlp_ratio"):
+        if getattr(dims, name) <= 0:
+            raise ConfigError(f"{prefix}.{name} must be > 0, got {getattr(dims, name)}")
+    if dims.width % dims.num_heads:
+        raise ConfigError(f"{prefix}.num_heads={dims.num_heads} does not divide {prefix}.width={dims.width}")
+    if cfg.pos_embed == "rope" and dims.head_dim < 6:
+        raise ConfigError(f"{prefix}.pos_embed=rope needs head_dim >= 6, got {dims.head_dim}")
+    return dims
+
+
+@dataclass
+class Packed:
+    """Where a packed token set sits: flat ids b*N+n, sequence bounds, and ids within the clip."""
+
+    cu_seqlens: torch.Tensor  # int32 (S+1,)
+    max_seqlen: int  # host-side
+    token_ids: torch.Tensor  # int64 (total,), position n of each token within its clip
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto"):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
+        # x: (total, D) when packed, else (B, N, D)
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if packed is None:
+            o = dense_attention(q, k, v)
+        else:
+            o = varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen, self.backend)
+        return self.proj(o.flatten(-2))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (LayerNorm eps 1e-6, GELU MLP)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = True,
+                 backend: str = "auto"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, backend)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), packed, rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks sharing the position scheme and optional activation checkpointing."""
+
+    def __init__(self, dims: VitDims, qkv_bias: bool, backend: str, checkpointing: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(dims.width, dims.num_heads, dims.mlp_ratio, qkv_bias, backend) for _ in range(dims.depth))
+        self.norm = nn.LayerNorm(dims.width, eps=1e-6)
+        self.checkpointing = checkpointing
+
+    def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
+        for blk in self.blocks:
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, packed, rope, use_reentrant=False)
+            else:
+                x = blk(x, packed, rope)
+        return self.norm(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal(0.02) Linear/Conv weights, zero biases, unit LayerNorm (as the reference)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv3d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class VisionTransformer3D(nn.Module):
+    """Video ViT encoder. `forward(video_BCTHW)` -> (B, N, D); with `idx`+`packed` -> (total, D)."""
+
+    def __init__(self, cfg: ModelConfig, grid: tuple[int, int, int], in_chans: int = 3):
+        super().__init__()
+        self.dims = resolve_vit_size(cfg)
+        self.cfg = cfg
+        self.grid = tuple(grid)
+        self.num_tokens = grid[0] * grid[1] * grid[2]
+        D = self.dims.width
+        self.patch_embed = nn.Conv3d(in_chans, D, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
+                                     stride=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size))
+        if cfg.pos_embed == "sincos":
+            self.register_buffer("pos_embed", sincos_3d(D, self.grid), persistent=False)
+            self.rope = None
+        else:
+            self.pos_embed = None
+            self.rope = Rope3D(self.dims.head_dim, self.grid)
+        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing)
+        init_weights(self)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.dims.width
+
+    def patchify(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        x = self.patch_embed(video_BCTHW)  # (B, D, T', H', W')
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid
+
+    def forward(self, video_BCTHW: torch.Tensor, idx: Optional[torch.Tensor] = None,
+                packed: Optional[Packed] = None) -> torch.Tensor:
+        x_BND, grid = self.patchify(video_BCTHW)
+        pos = None
+        if self.pos_embed is not None:
+            pos = interpolate_sincos(self.pos_embed, self.grid, grid).to(x_BND.dtype)
+        rope_grid = grid
+        if idx is None:
+            if pos is not None:
+                x_BND = x_BND + pos
+            rope = None
+            if self.rope is not None:
+                ids = torch.arange(x_BND.shape[1], device=x_BND.device)
+                rope = Rope3D(self.dims.head_dim, rope_grid).tables(ids, x_BND.dtype)
+            return self.transformer(x_BND, None, rope)
+        if packed is None:
+            raise ValueError("a packed forward needs `packed` (cu_seqlens, max_seqlen, token_ids)")
+        x_TD = masked_gather(x_BND, idx, pos)
+        rope = None
+        if self.rope is not None:
+            rope = Rope3D(self.dims.head_dim, rope_grid).tables(packed.token_ids, x_TD.dtype)
+        return self.transformer(x_TD, packed, rope)
