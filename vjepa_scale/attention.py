@@ -15,11 +15,29 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("flash_attn", "torch_varlen", "nested", "padded")
+
+
+@dataclass
+class Packed:
+    """Where a packed token set sits: sequence bounds and each token's position in its clip."""
+
+    cu_seqlens: torch.Tensor  # int32 (S+1,)
+    max_seqlen: int  # host-side
+    token_ids: Optional[torch.Tensor] = None  # int64 (total,), raster position n within its clip
+    offsets: Optional[torch.Tensor] = field(default=None, repr=False)  # int64 twin of cu_seqlens
+
+    def __post_init__(self):
+        # One int64 copy per forward: nested tensors key their ragged dim on this object, so
+        # activation recompute must see the same one.
+        if self.offsets is None:
+            self.offsets = self.cu_seqlens.to(torch.int64)
 
 
 @functools.cache
@@ -66,6 +84,13 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | 
 def varlen_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor,
                      cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "auto") -> torch.Tensor:
     """Self-attention within each packed sequence; returns (total, heads, head_dim)."""
+    return packed_attention(q_THD, k_THD, v_THD, Packed(cu_seqlens, max_seqlen), backend)
+
+
+def packed_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor, packed: Packed,
+                     backend: str = "auto") -> torch.Tensor:
+    """`varlen_attention` on a `Packed` layout (reuses its int64 offsets across layers)."""
+    cu_seqlens, max_seqlen = packed.cu_seqlens, packed.max_seqlen
     backend = resolve_backend(backend, q_THD.device, q_THD.dtype)
     if q_THD.shape[0] == 0:
         return torch.empty_like(q_THD)
@@ -78,7 +103,7 @@ def varlen_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tens
 
         return varlen_attn(q_THD, k_THD, v_THD, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
     if backend == "nested":
-        return _nested_attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen)
+        return _nested_attention(q_THD, k_THD, v_THD, packed.offsets, max_seqlen)
     return padded_attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen)
 
 
@@ -103,9 +128,8 @@ def padded_attention(q_THD, k_THD, v_THD, cu_seqlens: torch.Tensor, max_seqlen: 
     return o.transpose(1, 2).reshape(S * max_seqlen, H, Dh).index_select(0, slot)
 
 
-def _nested_attention(q_THD, k_THD, v_THD, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+def _nested_attention(q_THD, k_THD, v_THD, offsets: torch.Tensor, max_seqlen: int) -> torch.Tensor:
     """SDPA over nested jagged tensors: each sequence attends only to itself, no padding."""
-    offsets = cu_seqlens.to(torch.int64)
 
     def nest(x_THD):
         nt = torch.nested.nested_tensor_from_jagged(x_THD.contiguous(), offsets, max_seqlen=max_seqlen)  # (S, j, H, Dh)

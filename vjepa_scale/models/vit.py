@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_scale.attention import dense_attention, varlen_attention
+from vjepa_scale.attention import Packed, dense_attention, packed_attention
 from vjepa_scale.config import ConfigError, ModelConfig
 from vjepa_scale.kernels import masked_gather
 from vjepa_scale.models.pos_embed import Rope3D, apply_rope, interpolate_sincos, sincos_3d
@@ -59,15 +59,6 @@ def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
     return dims
 
 
-@dataclass
-class Packed:
-    """Where a packed token set sits: flat ids b*N+n, sequence bounds, and ids within the clip."""
-
-    cu_seqlens: torch.Tensor  # int32 (S+1,)
-    max_seqlen: int  # host-side
-    token_ids: torch.Tensor  # int64 (total,), position n of each token within its clip
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens."""
 
@@ -87,7 +78,7 @@ class Attention(nn.Module):
         if packed is None:
             o = dense_attention(q, k, v)
         else:
-            o = varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen, self.backend)
+            o = packed_attention(q, k, v, packed, self.backend)
         return self.proj(o.flatten(-2))
 
 
@@ -130,7 +121,7 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
         for blk in self.blocks:
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, packed, rope, use_reentrant=False)
+                x = checkpoint(blk, x, packed, rope, use_reentrant=False, determinism_check="none")
             else:
                 x = blk(x, packed, rope)
         return self.norm(x)

@@ -1,0 +1,105 @@
+"""Multi-block masks: reference statistics at 384 px, packing layout, reproducibility, truncation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vjepa_scale.config import MaskConfig, MaskSpec
+from vjepa_scale.masks import MaskCollator, MultiBlockMasker
+
+GRID_384 = (8, 24, 24)
+
+
+def test_context_fractions_at_384():
+    masker = MultiBlockMasker(MaskConfig(), GRID_384)  # default = the reference's two mask types
+    B, N = 10, 8 * 24 * 24
+    frac = [[], []]
+    for step in range(40):
+        mb = masker(B, step)
+        for m in range(2):
+            frac[m] += [n / N for n in mb.ctx_lengths[m * B:(m + 1) * B]]
+    assert abs(100 * np.mean(frac[0]) - 38.9) <= 2.0, np.mean(frac[0])
+    assert abs(100 * np.mean(frac[1]) - 19.3) <= 2.0, np.mean(frac[1])
+    assert np.std(frac[0]) > 0.02  # lengths really vary per sample
+
+
+def test_context_and_target_partition_each_clip():
+    masker = MultiBlockMasker(MaskConfig(), GRID_384)
+    ctx, tgt = masker.sample(4, step=1)
+    for m in range(2):
+        for c, t in zip(ctx[m], tgt[m]):
+            both = torch.cat([c, t]).sort().values
+            assert torch.equal(both, torch.arange(8 * 24 * 24))
+            assert torch.all(c[1:] > c[:-1])
+
+
+def test_packed_layout():
+    masker = MultiBlockMasker(MaskConfig(), (4, 6, 6))
+    B, N = 3, 4 * 6 * 6
+    ctx, tgt = masker.sample(B, step=0)
+    mb = masker(B, step=0)
+    assert mb.ctx_cu_seqlens.dtype == torch.int32 and mb.tgt_cu_seqlens.dtype == torch.int32
+    assert isinstance(mb.ctx_max_seqlen, int) and mb.ctx_max_seqlen == max(mb.ctx_lengths)
+    for m in range(2):
+        for b in range(B):
+            s = m * B + b
+            a, e = mb.ctx_cu_seqlens[s].item(), mb.ctx_cu_seqlens[s + 1].item()
+            assert torch.equal(mb.ctx_idx[a:e], b * N + ctx[m][b])
+            a, e = mb.tgt_cu_seqlens[s].item(), mb.tgt_cu_seqlens[s + 1].item()
+            assert torch.equal(mb.tgt_idx[a:e], b * N + tgt[m][b])
+            assert torch.all(mb.tgt_type[a:e] == m)
+            # predictor rows: [ctx_s ; tgt_s] starting at pred_cu_seqlens[s]
+            p0 = mb.pred_cu_seqlens[s].item()
+            nc = len(ctx[m][b])
+            assert torch.equal(mb.pred_token_ids[p0:p0 + nc], ctx[m][b])
+            assert torch.equal(mb.pred_token_ids[p0 + nc:mb.pred_cu_seqlens[s + 1].item()], tgt[m][b])
+    assert mb.tgt_type_bounds[-1] == mb.tgt_idx.numel()
+    assert sorted(torch.cat([mb.pred_ctx_slot, mb.pred_tgt_slot]).tolist()) == list(range(mb.pred_token_ids.numel()))
+
+
+def test_reproducible_per_step_and_rank():
+    masker = MultiBlockMasker(MaskConfig(), GRID_384)
+    a, b = masker(4, step=7, rank=0), masker(4, step=7, rank=0)
+    assert torch.equal(a.ctx_idx, b.ctx_idx) and torch.equal(a.tgt_idx, b.tgt_idx)
+    assert not torch.equal(a.ctx_idx, masker(4, step=8, rank=0).ctx_idx)
+    other_rank = masker(4, step=7, rank=1)
+    assert not torch.equal(a.ctx_idx, other_rank.ctx_idx)
+
+
+def test_block_shape_shared_across_batch_and_ranks():
+    # One block per clip, no overlap possible: target size = block size, so equal within a step.
+    cfg = MaskConfig(types=[MaskSpec(num_blocks=1, spatial_scale=(0.1, 0.4))])
+    masker = MultiBlockMasker(cfg, GRID_384)
+    for step in range(3):
+        sizes = {n for r in (0, 1) for n in masker(5, step, rank=r).tgt_lengths}
+        assert len(sizes) == 1
+
+
+def test_truncate_batch_min_equal_lengths():
+    masker = MultiBlockMasker(MaskConfig(truncate="batch_min"), GRID_384)
+    mb = masker(6, step=2)
+    for m in range(2):
+        assert len(set(mb.ctx_lengths[m * 6:(m + 1) * 6])) == 1
+        assert len(set(mb.tgt_lengths[m * 6:(m + 1) * 6])) == 1
+    full = MultiBlockMasker(MaskConfig(), GRID_384)(6, step=2)
+    assert sum(mb.ctx_lengths) < sum(full.ctx_lengths)
+
+
+def test_max_keep_and_temporal_keep():
+    cfg = MaskConfig(types=[MaskSpec(num_blocks=2, spatial_scale=(0.2, 0.2), max_keep=50,
+                                     max_temporal_keep=0.5)])
+    ctx, tgt = MultiBlockMasker(cfg, (8, 12, 12)).sample(3, step=0)
+    for c in ctx[0]:
+        assert 0 < len(c) <= 50
+        assert int(c.max()) < 4 * 144  # only the first half of the time steps
+
+
+def test_collator_stacks_and_uses_step():
+    masker = MultiBlockMasker(MaskConfig(), (2, 4, 4))
+    coll = MaskCollator(masker, rank=0)
+    samples = [{"video": torch.randn(3, 4, 64, 64), "label": i, "step": 5} for i in range(3)]
+    batch = coll(samples)
+    assert batch["video"].shape == (3, 3, 4, 64, 64) and batch["step"] == 5
+    assert torch.equal(batch["masks"].ctx_idx, masker(3, 5).ctx_idx)
+    assert batch["label"].tolist() == [0, 1, 2]

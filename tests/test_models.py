@@ -1,0 +1,176 @@
+"""Encoder, predictor and objective: packing equals per-sequence compute, sizes, gradients, errors."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from helpers import tiny_config
+from vjepa_scale.config import Config, ConfigError, DataConfig, MaskConfig, MaskSpec, ModelConfig
+from vjepa_scale.masks import MultiBlockMasker, pack_masks
+from vjepa_scale.models import JEPA, Predictor, VisionTransformer3D, compute_targets, make_target_encoder
+from vjepa_scale.models.pos_embed import interpolate_sincos, sincos_3d
+from vjepa_scale.models.vit import Packed
+
+
+def _setup(pos_embed, backend="auto", seed=0):
+    torch.manual_seed(seed)
+    cfg = tiny_config(pos_embed=pos_embed, backend=backend)
+    model = JEPA(cfg).eval()
+    # Non-zero mask tokens so the test sees which mask type each sequence uses.
+    with torch.no_grad():
+        model.predictor.mask_tokens.normal_()
+    video = torch.randn(cfg.data.batch_size, 3, cfg.data.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+    ctx, tgt = MultiBlockMasker(cfg.mask, cfg.grid).sample(cfg.data.batch_size, step=3)
+    return cfg, model, video, ctx, tgt
+
+
+def _alone(ctx, tgt, m, b):
+    """The same layout with every sequence but (m, b) emptied: that sequence computed alone."""
+    keep = lambda lists: [[x if (i, j) == (m, b) else x[:0] for j, x in enumerate(row)] for i, row in enumerate(lists)]
+    return keep(ctx), keep(tgt)
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
+@pytest.mark.parametrize("backend", ["nested", "padded"])
+def test_packed_equals_each_sequence_alone(pos_embed, backend):
+    cfg, model, video, ctx, tgt = _setup(pos_embed, backend)
+    masks = pack_masks(ctx, tgt, cfg.grid)
+    with torch.no_grad():
+        enc_packed = model.encoder(video, masks.ctx_idx, Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen,
+                                                                 masks.ctx_token_ids))
+        pred_packed = model.predictor(enc_packed, masks)
+        B = cfg.data.batch_size
+        for m in range(len(ctx)):
+            for b in range(B):
+                s = m * B + b
+                one = pack_masks(*_alone(ctx, tgt, m, b), cfg.grid)
+                enc_one = model.encoder(video, one.ctx_idx, Packed(one.ctx_cu_seqlens, one.ctx_max_seqlen,
+                                                                    one.ctx_token_ids))
+                pred_one = model.predictor(enc_one, one)
+                c0, c1 = masks.ctx_cu_seqlens[s].item(), masks.ctx_cu_seqlens[s + 1].item()
+                t0, t1 = masks.tgt_cu_seqlens[s].item(), masks.tgt_cu_seqlens[s + 1].item()
+                assert (enc_packed[c0:c1] - enc_one).abs().max() <= 1e-5
+                assert (pred_packed[t0:t1] - pred_one).abs().max() <= 1e-5
+
+
+def test_cross_sequence_attention_would_be_detected():
+    """The packing test is sensitive: merging two sequences into one changes the outputs."""
+    cfg, model, video, ctx, tgt = _setup("sincos")
+    masks = pack_masks(ctx, tgt, cfg.grid)
+    cu = masks.ctx_cu_seqlens
+    merged = torch.cat([cu[:1], cu[2:]])  # sequences 0 and 1 become one
+    with torch.no_grad():
+        a = model.encoder(video, masks.ctx_idx, Packed(cu, masks.ctx_max_seqlen, masks.ctx_token_ids))
+        b = model.encoder(video, masks.ctx_idx, Packed(merged, int((merged[1:] - merged[:-1]).max()),
+                                                        masks.ctx_token_ids))
+    assert (a[: cu[2]] - b[: cu[2]]).abs().max() > 1e-3
+
+
+def test_sincos_matches_reference_formula():
+    D, grid = 30, (2, 3, 4)
+    table = sincos_3d(D, grid)
+    assert table.shape == (24, 30)
+    d = 10  # 2 * ceil(30 / 6)
+    n = 1 * 12 + 2 * 4 + 3  # t=1, h=2, w=3
+    omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+    expect = torch.cat([torch.cat([(p * omega).sin(), (p * omega).cos()]) for p in (1.0, 2.0, 3.0)])
+    torch.testing.assert_close(table[n], expect.float())
+    assert interpolate_sincos(table, grid, grid) is table
+    assert interpolate_sincos(table, grid, (4, 6, 8)).shape == (4 * 6 * 8, D)
+
+
+@pytest.mark.parametrize("size,expected", [("large", 304e6), ("huge", 632e6)])
+def test_parameter_counts(size, expected):
+    with torch.device("meta"):
+        enc = VisionTransformer3D(ModelConfig(size=size), (8, 24, 24))
+    n = sum(p.numel() for p in enc.parameters())
+    assert abs(n - expected) / expected < 0.01, n
+
+
+def test_predictor_parameter_count():
+    with torch.device("meta"):
+        pred = Predictor(ModelConfig(size="huge"), 1280, (8, 24, 24), num_mask_types=2)
+    n = sum(p.numel() for p in pred.parameters())
+    assert abs(n - 22e6) / 22e6 < 0.03, n
+    assert len(pred.transformer.blocks) == 12 and pred.dims.width == 384
+
+
+def test_named_sizes():
+    for size, (w, d, h) in {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
+                            "large": (1024, 24, 16), "huge": (1280, 32, 16), "giant": (1408, 40, 16)}.items():
+        with torch.device("meta"):
+            enc = VisionTransformer3D(ModelConfig(size=size, depth=1), (2, 2, 2))
+        assert (enc.dims.width, enc.dims.num_heads) == (w, h)
+        assert VisionTransformer3D.__name__ and enc.transformer.blocks[0].mlp.fc1.out_features == int(w * enc.dims.mlp_ratio)
+    with torch.device("meta"):
+        g = VisionTransformer3D(ModelConfig(size="giant", depth=1), (2, 2, 2))
+    assert g.transformer.blocks[0].mlp.fc1.out_features == int(1408 * 48 / 11)
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "rope"])
+def test_gradients_reach_encoder_and_predictor_not_target(pos_embed):
+    cfg, model, video, ctx, tgt = _setup(pos_embed)
+    model.train()
+    target = make_target_encoder(model.encoder)
+    masks = pack_masks(ctx, tgt, cfg.grid)
+    targets = compute_targets(target, video, masks)
+    loss = model(video, masks, targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None and not p.requires_grad for p in target.parameters())
+    assert not targets.requires_grad
+
+
+def test_loss_matches_formula():
+    from vjepa_scale.models import jepa_loss
+
+    pred, tgt = torch.randn(10, 4), torch.randn(10, 4)
+    bounds = [0, 6, 10]
+    expect = 0.5 * ((pred[:6] - tgt[:6]).abs().mean() + (pred[6:] - tgt[6:]).abs().mean())
+    torch.testing.assert_close(jepa_loss(pred, tgt, bounds, 1.0), expect)
+    expect2 = 0.5 * (((pred[:6] - tgt[:6]).abs() ** 2).mean() / 2 + ((pred[6:] - tgt[6:]).abs() ** 2).mean() / 2)
+    torch.testing.assert_close(jepa_loss(pred, tgt, bounds, 2.0), expect2)
+
+
+def test_activation_checkpointing_same_gradients():
+    cfg, model, video, ctx, tgt = _setup("sincos")
+    masks = pack_masks(ctx, tgt, cfg.grid)
+    targets = compute_targets(make_target_encoder(model.encoder), video, masks)
+    model.train()
+    model(video, masks, targets).backward()
+    g1 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for t in (model.encoder.transformer, model.predictor.transformer):
+        t.checkpointing = True
+    model(video, masks, targets).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, g1[n], rtol=1e-5, atol=1e-6)
+
+
+def _cfg(**kw):
+    model = kw.pop("model", {})
+    data = kw.pop("data", {})
+    return Config(model=ModelConfig(**model), data=DataConfig(backend="synthetic", **data), **kw)
+
+
+@pytest.mark.parametrize("cfg,needle", [
+    (dict(model=dict(size="enormous")), "model.size"),
+    (dict(model=dict(size="tiny", num_heads=5)), "model.num_heads"),
+    (dict(model=dict(pred_num_heads=5)), "model.pred_num_heads"),
+    (dict(data=dict(crop_size=200)), "data.crop_size"),
+    (dict(data=dict(frames_per_clip=15)), "data.frames_per_clip"),
+    (dict(mask=MaskConfig(types=[MaskSpec(spatial_scale=(0.0, 0.1))])), "mask.types[0].spatial_scale"),
+])
+def test_invalid_settings_name_the_key(cfg, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        _cfg(**cfg).validate()
+
+
+def test_mask_leaving_no_context_names_the_mask():
+    cfg = MaskConfig(types=[MaskSpec(num_blocks=1, spatial_scale=(1.0, 1.0), aspect_ratio=(1.0, 1.0))])
+    with pytest.raises(ConfigError, match=r"mask.types\[0\].*no context"):
+        MultiBlockMasker(cfg, (4, 8, 8))(2, step=0)

@@ -1,0 +1,86 @@
+"""Model FLOPs of one V-JEPA training step, with attention counted at the real sequence lengths.
+
+Convention (as in MFU reports): a multiply-add is 2 FLOPs; a trained network costs 3x its forward
+(forward + backward), so its per-token linear cost is 6 FLOPs per parameter; the target encoder runs
+forward only (2 per parameter). Activation recompute is hardware work, not model work: it is
+reported separately and excluded from MFU.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from vjepa_scale.config import Config
+from vjepa_scale.masks import MaskBatch
+from vjepa_scale.models.vit import resolve_vit_size
+
+# Dense bf16 peak TFLOP/s by device-name fragment (checked in order; first match wins).
+PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("H20", 148.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 125.0),
+]
+
+
+def device_peak_tflops(device: torch.device | str | None = None) -> Optional[float]:
+    """Dense bf16 peak of a CUDA device from its name, or None (CPU, unknown card)."""
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for frag, peak in PEAK_BF16_TFLOPS:
+        if frag in name:
+            return peak
+    return None
+
+
+def _stack_fwd(width: int, depth: int, mlp_ratio: float, lengths: Sequence[int]) -> tuple[float, float]:
+    """(linear, attention) forward FLOPs of `depth` blocks over sequences of the given lengths."""
+    hidden = int(width * mlp_ratio)
+    per_token = 2 * (4 * width * width + 2 * width * hidden)  # qkv + proj + fc1 + fc2
+    tokens = sum(lengths)
+    attn = 4 * width * sum(L * L for L in lengths)  # QK^T and AV
+    return float(depth * per_token * tokens), float(depth * attn)
+
+
+def train_flops(cfg: Config, masks: MaskBatch) -> dict[str, float]:
+    """FLOPs of one optimizer micro-step on one rank's batch described by `masks`."""
+    m = cfg.model
+    dims = resolve_vit_size(m)
+    B, N = masks.batch_size, masks.num_tokens
+    D, W = dims.width, m.pred_width
+    patch = 2.0 * 3 * m.tubelet_size * m.patch_size ** 2 * D * B * N
+
+    t_lin, t_attn = _stack_fwd(D, dims.depth, dims.mlp_ratio, [N] * B)
+    target_fwd = t_lin + t_attn + patch
+
+    e_lin, e_attn = _stack_fwd(D, dims.depth, dims.mlp_ratio, masks.ctx_lengths)
+    encoder_fwd = e_lin + e_attn + patch
+
+    pred_lengths = [a + b for a, b in zip(masks.ctx_lengths, masks.tgt_lengths)]
+    p_lin, p_attn = _stack_fwd(W, m.pred_depth, m.pred_mlp_ratio, pred_lengths)
+    predictor_fwd = p_lin + p_attn + 2.0 * D * W * (sum(masks.ctx_lengths) + sum(masks.tgt_lengths))
+
+    out = {
+        "target_fwd": target_fwd,
+        "encoder": 3 * encoder_fwd,
+        "predictor": 3 * predictor_fwd,
+        "attention": t_attn + 3 * (e_attn + p_attn),
+        "recompute": (encoder_fwd + predictor_fwd) if m.activation_checkpointing else 0.0,
+    }
+    out["total"] = out["target_fwd"] + out["encoder"] + out["predictor"]
+    return out
+
+
+def mfu(flops_per_s: float, peak_tflops: Optional[float]) -> Optional[float]:
+    """Model FLOPs utilization in [0, 1], or None when the peak is unknown."""
+    if not peak_tflops:
+        return None
+    return flops_per_s / (peak_tflops * 1e12)
