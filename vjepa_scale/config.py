@@ -120,7 +120,8 @@ class DataConfig:
 
     backend: Literal["auto", "dali", "cpu", "synthetic"] = "auto"
     datasets: list[DatasetSpec] = field(default_factory=list)
-    batch_size: int = 10  # per rank (per GPU)
+    batch_size: int = 10  # per rank (per GPU) micro-batch; derived from global_batch_size when that is set
+    global_batch_size: Optional[int] = None  # clips per optimizer step over all ranks (= batch_size x world x grad_accum)
     crop_size: int = 384
     frames_per_clip: int = 16
     frame_step: int = 4
@@ -136,6 +137,8 @@ class DataConfig:
     def validate(self, prefix: str = "data") -> None:
         _positive(self, prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
                   "num_clips", "synthetic_size")
+        if self.global_batch_size is not None and self.global_batch_size <= 0:
+            raise ConfigError(f"{prefix}.global_batch_size must be > 0 or null, got {self.global_batch_size}")
         if self.num_workers < 0:
             raise ConfigError(f"{prefix}.num_workers must be >= 0, got {self.num_workers}")
         lo, hi = self.random_resize_scale
@@ -210,6 +213,7 @@ class TrainConfig:
     log_every: int = 10
     progress_bar: bool = True
     device_peak_tflops: Optional[float] = None  # for MFU; looked up from the device name if null
+    init_from: Optional[str] = None  # pretrained weights loaded before training (vjepa_scale.hf.load_init_state)
 
     def validate(self, prefix: str = "train") -> None:
         _positive(self, prefix, "checkpoint_every", "log_every")
