@@ -1,0 +1,33 @@
+"""FLOP counting against the design yardsticks (ViT-H/16 at 384 px)."""
+from __future__ import annotations
+
+import torch
+
+from vjepa_scale.config import Config, DataConfig, MaskConfig
+from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
+from vjepa_scale.masks import MultiBlockMasker
+
+
+def test_vith384_target_forward_and_attention_share():
+    cfg = Config(data=DataConfig(backend="synthetic")).validate()  # ViT-H/16, 16x384x384
+    masks = MultiBlockMasker(cfg.mask, cfg.grid)(10, step=0)
+    f = train_flops(cfg, masks)
+    per_clip = f["target_fwd"] / 10 / 1e12
+    assert 9.0 < per_clip < 9.6  # design yardstick: ~9.3 TFLOP, 38% of it attention
+    attn = 4 * 1280 * 4608 ** 2 * 32 / 1e12
+    assert abs(attn / per_clip - 0.38) < 0.02
+    assert f["total"] == f["target_fwd"] + f["encoder"] + f["predictor"]
+    assert f["recompute"] == 0.0
+
+
+def test_truncation_lowers_encoder_flops():
+    cfg = Config(data=DataConfig(backend="synthetic")).validate()
+    full = train_flops(cfg, MultiBlockMasker(cfg.mask, cfg.grid)(10, step=0))
+    cut = train_flops(cfg, MultiBlockMasker(MaskConfig(truncate="batch_min"), cfg.grid)(10, step=0))
+    assert cut["encoder"] < full["encoder"] and cut["target_fwd"] == full["target_fwd"]
+
+
+def test_peak_and_mfu():
+    assert device_peak_tflops("cpu") is None
+    assert mfu(1e12, None) is None
+    assert abs(mfu(494.5e12, 989.0) - 0.5) < 1e-9
