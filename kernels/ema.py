@@ -5,6 +5,8 @@ from typing import Sequence
 
 import torch
 
+from vjepa_scale.kernels.backend import use_triton
+
 
 @torch.no_grad()
 def ema_update_reference(shadows: Sequence[torch.Tensor], masters: Sequence[torch.Tensor],
@@ -19,5 +21,14 @@ def ema_update_reference(shadows: Sequence[torch.Tensor], masters: Sequence[torc
 
 def ema_update_(shadows: Sequence[torch.Tensor], masters: Sequence[torch.Tensor],
                 targets: Sequence[torch.Tensor], momentum: float, backend: str = "auto") -> None:
-    """Dispatch: one multi-tensor kernel on CUDA when available, torch reference elsewhere."""
+    """Dispatch: one multi-tensor Triton kernel on CUDA, torch reference elsewhere.
+
+    Lists may hold flat shards of different lengths, some empty; `momentum` is a runtime scalar.
+    backend: "auto" | "triton" | "torch" (see `vjepa_scale.kernels.backend.use_triton`).
+    """
+    if use_triton(backend, [*shadows, *masters, *targets], "ema_update_"):
+        from vjepa_scale.kernels.ema_triton import ema_update_triton
+
+        ema_update_triton(shadows, masters, targets, momentum)
+        return
     ema_update_reference(shadows, masters, targets, momentum)

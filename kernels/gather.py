@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from vjepa_scale.kernels.backend import use_triton
+
 
 def masked_gather_reference(x_BND: torch.Tensor, idx: torch.Tensor,
                             pos_ND: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -30,11 +32,22 @@ def layernorm_gather_reference(h_BND: torch.Tensor, idx: torch.Tensor, eps: floa
 
 def masked_gather(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor] = None,
                   backend: str = "auto") -> torch.Tensor:
-    """Dispatch: fused kernel on CUDA when available, torch reference elsewhere."""
+    """Dispatch: fused Triton kernel (with its scatter backward) on CUDA, torch reference elsewhere.
+
+    backend: "auto" | "triton" | "torch" (see `vjepa_scale.kernels.backend.use_triton`).
+    """
+    if use_triton(backend, (x_BND, idx, pos_ND), "masked_gather"):
+        from vjepa_scale.kernels.gather_triton import masked_gather_triton
+
+        return masked_gather_triton(x_BND, idx, pos_ND)
     return masked_gather_reference(x_BND, idx, pos_ND)
 
 
 def layernorm_gather(h_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5,
                      backend: str = "auto") -> torch.Tensor:
-    """Dispatch for the target-side LayerNorm + gather."""
+    """Dispatch for the target-side LayerNorm + gather (Triton on CUDA, torch reference elsewhere)."""
+    if use_triton(backend, (h_BND, idx), "layernorm_gather"):
+        from vjepa_scale.kernels.gather_triton import layernorm_gather_triton
+
+        return layernorm_gather_triton(h_BND, idx, eps)
     return layernorm_gather_reference(h_BND, idx, eps)
