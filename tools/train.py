@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""V-JEPA pretraining on DeepSpeed ZeRO-3.
+
+GPU:  deepspeed tools/train.py --config vith384.yaml            (--hostfile HOSTS for several nodes)
+CPU:  DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train.py --config cpu_demo.yaml
+
+--config takes a path or a bare name from configs/. --opt section.key=value overrides (repeatable).
+--resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
+data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived).
+Config errors are reported before any process group, model or data is created.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="YAML recipe: a path or a name in configs/")
+    ap.add_argument("--opt", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config value (YAML syntax), repeatable")
+    ap.add_argument("--resume", default=None, help="'auto' or a checkpoint / run directory")
+    ap.add_argument("--output-dir", default=None, help="run directory (overrides train.output_dir)")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    from vjepa_scale.config import ConfigError, load_config
+    from vjepa_scale.train.launch import dist_env, preflight
+
+    overrides = list(args.opt)
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    try:
+        cfg = preflight(load_config(args.config, overrides), dist_env().world_size)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+    from vjepa_scale.train.engine import Trainer
+
+    trainer = Trainer(cfg, cfg.train.output_dir, resume=args.resume)
+    trainer.fit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

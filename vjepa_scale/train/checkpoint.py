@@ -1,0 +1,220 @@
+"""Atomic, resumable checkpoints: DeepSpeed ZeRO state + EMA shadow shards + trainer state.
+
+Layout of a run directory::
+
+    run_dir/checkpoints/
+        latest                      name of the newest complete checkpoint (written last)
+        step_00001000/
+            meta.json               step, world size, micro-step (data position); written last
+            config.yaml             the effective config
+            ds/state/...            DeepSpeed checkpoint (model + ZeRO optimizer partitions)
+            ema/rank00000.pt ...    each rank's fp32 EMA shadow shards
+            rng/rank00000.pt ...    each rank's RNG states
+        .tmp_step_00002000/         a save in progress (ignored, removed by the next save)
+
+A save writes everything into `.tmp_<name>`, then rank 0 writes `meta.json`, renames the folder to
+its final name and replaces `latest`. A save killed at any point leaves the previous checkpoint as
+the latest complete one. `load_consolidated` rebuilds full fp32 weights on CPU without a launcher.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+CKPT_SUBDIR = "checkpoints"
+DS_TAG = "state"
+_NAME = re.compile(r"^step_(\d{8,})$")
+# Test hook: rank 0 kills itself (SIGKILL) inside the save of this step, after all shard files are
+# written and before the commit, to prove a dying save never replaces the previous checkpoint.
+KILL_IN_SAVE_ENV = "VJEPA_SCALE_KILL_IN_SAVE_AT_STEP"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def is_complete(ckpt: Path) -> bool:
+    meta = ckpt / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return bool(json.loads(meta.read_text()).get("complete"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and is_complete(p)]
+    return [p for _, p in sorted(found)]
+
+
+def find_latest(run_dir: str | Path) -> Optional[Path]:
+    """The newest complete checkpoint: the `latest` marker if it names one, else the highest step."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    marker = root / "latest"
+    if marker.is_file():
+        cand = root / marker.read_text().strip()
+        if cand.name and is_complete(cand):
+            return cand
+    done = list_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir as given, or the latest complete one of a run dir; errors name the path."""
+    p = Path(path)
+    if is_complete(p):
+        return p
+    latest = find_latest(p)
+    if latest is None:
+        raise FileNotFoundError(f"no complete checkpoint at '{path}' (expected a run dir with "
+                                f"{CKPT_SUBDIR}/step_*/meta.json, or one such checkpoint dir)")
+    return latest
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int, world_size: int,
+                    extra: Optional[dict] = None, keep_last: int = 3) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint path."""
+    from vjepa_scale.config import save_config
+
+    root = Path(run_dir) / CKPT_SUBDIR
+    name = checkpoint_name(step)
+    tmp, final = root / f".tmp_{name}", root / name
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for sub in ("ema", "rng"):
+            (tmp / sub).mkdir(parents=True)
+    _barrier()
+    engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, client_state={"step": step}, save_latest=False)
+    torch.save(ema.state_dict(), tmp / "ema" / f"rank{rank:05d}.pt")
+    torch.save(rng_state(), tmp / "rng" / f"rank{rank:05d}.pt")
+    _barrier()
+    if rank == 0:
+        if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        save_config(cfg, tmp / "config.yaml")
+        meta = {"step": step, "world_size": world_size, "complete": True, **(extra or {})}
+        _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving a step: move the old one aside first, drop it after the swap
+            old = root / f".old_{name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(root)
+        _write_atomic(root / "latest", name)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -> dict:
+    """Collective: restore model, optimizer, EMA shards and RNG; returns the checkpoint's meta."""
+    ckpt = Path(ckpt)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if meta["world_size"] != world_size:
+        raise ValueError(f"checkpoint {ckpt} was written by {meta['world_size']} ranks; this run has "
+                         f"{world_size} (ZeRO-3 shards are per rank). Consolidate it with "
+                         f"vjepa_scale.train.checkpoint.load_consolidated and start with train.init_from")
+    load_path, _ = engine.load_checkpoint(str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False)
+    if load_path is None:
+        raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt / 'ds'}")
+    ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=False))
+    set_rng_state(torch.load(ckpt / "rng" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=False))
+    return meta
+
+
+def load_consolidated(path: str | Path, which: str = "target") -> dict:
+    """Full fp32 weights from a checkpoint, on CPU, without GPUs or a distributed launch.
+
+    path: a run dir (its latest complete checkpoint) or one checkpoint dir.
+    which: "target" (EMA encoder, the one evaluated and exported) or "online" (trained encoder).
+    Returns dict(config=Config, step=int, encoder=state_dict of VisionTransformer3D,
+    predictor=state_dict of Predictor).
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from vjepa_scale.config import load_config
+    from vjepa_scale.train.ema import consolidate_shards
+
+    if which not in ("target", "online"):
+        raise ValueError(f"which must be 'target' or 'online', got {which!r}")
+    ckpt = resolve_checkpoint(path)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = load_config(ckpt / "config.yaml")
+    online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
+    online = {k: v.float().clone() for k, v in online.items()}
+    encoder = {k[len("encoder."):]: v for k, v in online.items() if k.startswith("encoder.")}
+    predictor = {k[len("predictor."):]: v for k, v in online.items() if k.startswith("predictor.")}
+    if which == "target":
+        shards = [torch.load(f, map_location="cpu", weights_only=False)
+                  for f in sorted((ckpt / "ema").glob("rank*.pt"))]
+        target = consolidate_shards(shards)
+        missing = set(encoder) - set(target)
+        for k in missing:  # buffers saved with the model (not trained, identical in both)
+            target[k] = encoder[k]
+        encoder = target
+    return {"config": cfg, "step": int(meta["step"]), "encoder": encoder, "predictor": predictor}

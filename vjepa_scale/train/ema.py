@@ -1,0 +1,147 @@
+"""EMA target encoder sharded exactly like the online encoder (ZeRO-3), updated shard-locally.
+
+Each rank holds, per parameter, the same flat slice that ZeRO-3 gives the online encoder:
+an fp32 shadow (the true EMA state) and the target's working copy (`ds_tensor`, bf16 on GPU).
+An update reads the optimizer's fp32 master shard of the online parameter and calls the fused
+`ema_update_` kernel: shadow <- m * shadow + (1 - m) * master, then target <- cast(shadow).
+No communication: the forward pass re-gathers the target from its shards as usual.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from vjepa_scale.kernels import ema_update_
+
+
+def local_shard(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's flat ZeRO-3 slice of `full`: ceil(numel / world) elements, zero-padded at the end."""
+    flat = full.detach().reshape(-1)
+    part = -(-flat.numel() // world_size)
+    out = torch.zeros(part, dtype=torch.float32, device=flat.device)
+    start = rank * part
+    stop = min(start + part, flat.numel())
+    if stop > start:
+        out[: stop - start] = flat[start:stop].float()
+    return out
+
+
+def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
+    """Inverse of `local_shard` over all ranks' slices (rank order) -> tensor of `shape`."""
+    shape = tuple(shape)
+    numel = 1
+    for s in shape:
+        numel *= s
+    return torch.cat([s.reshape(-1) for s in shards])[:numel].reshape(shape)
+
+
+def _is_partitioned(p: torch.nn.Parameter) -> bool:
+    return hasattr(p, "ds_tensor")
+
+
+class ShardedEMA:
+    """fp32 EMA of `online` held in `target`'s partitioning.
+
+    online: the online encoder inside the ZeRO-3 training engine (parameters with `ds_tensor`).
+    target: the target encoder inside an optimizer-less ZeRO-3 engine (same module structure).
+    full_fp32: the target's initial weights as full fp32 tensors by name (taken before partitioning,
+        so a bf16 target does not round the initial shadow).
+    Non-partitioned modules (ZeRO stage < 3, or world size 1 without ZeRO) work too: the "shard"
+    is then the whole parameter and the master is the parameter itself.
+    """
+
+    def __init__(self, online: nn.Module, target: nn.Module, full_fp32: dict[str, torch.Tensor],
+                 rank: int, world_size: int):
+        on = dict(online.named_parameters())
+        tg = dict(target.named_parameters())
+        if set(on) != set(tg):
+            missing = sorted(set(on) ^ set(tg))[:5]
+            raise ValueError(f"online and target encoders differ in parameters, e.g. {missing}")
+        self.names = list(tg)
+        self.online = [on[n] for n in self.names]
+        self.target = [tg[n] for n in self.names]
+        self.partitioned = all(_is_partitioned(p) for p in self.target)
+        self.rank, self.world_size = rank, world_size
+        self.shapes = {n: tuple(full_fp32[n].shape) for n in self.names}
+        self.shadows: list[torch.Tensor] = []
+        for n, t in zip(self.names, self.target):
+            work = self._working(t)
+            if self.partitioned:
+                shadow = local_shard(full_fp32[n], rank, world_size).to(work.device)
+                if shadow.numel() != work.numel():
+                    raise RuntimeError(f"ZeRO-3 shard of {n} has {work.numel()} elements, expected "
+                                       f"{shadow.numel()} (ceil(numel / world_size))")
+            else:
+                shadow = full_fp32[n].detach().float().reshape(-1).clone().to(work.device)
+            self.shadows.append(shadow)
+        self._write_targets()
+
+    @staticmethod
+    def _working(t: torch.nn.Parameter) -> torch.Tensor:
+        return t.ds_tensor.data.view(-1) if _is_partitioned(t) else t.data.view(-1)
+
+    def _master(self, p: torch.nn.Parameter) -> torch.Tensor:
+        if _is_partitioned(p):
+            from deepspeed.utils import safe_get_local_fp32_param
+
+            m = safe_get_local_fp32_param(p)
+            if m is None:
+                raise RuntimeError("online parameter has no fp32 master shard (is it trainable?)")
+            return m.view(-1)
+        return p.data.view(-1)
+
+    @torch.no_grad()
+    def _write_targets(self) -> None:
+        for s, t in zip(self.shadows, self.target):
+            w = self._working(t)
+            if w.data_ptr() != s.data_ptr():
+                w.copy_(s)
+
+    @torch.no_grad()
+    def update(self, momentum: float) -> None:
+        """shadow <- momentum * shadow + (1 - momentum) * fp32 master; target <- shadow (cast)."""
+        masters, shadows, targets = [], [], []
+        for p, s, t in zip(self.online, self.shadows, self.target):
+            m = self._master(p)
+            n = min(m.numel(), s.numel())  # a master shard may omit the trailing zero padding
+            masters.append(m[:n].float() if m.dtype != torch.float32 else m[:n])
+            shadows.append(s[:n])
+            targets.append(self._working(t)[:n])
+        ema_update_(shadows, masters, targets, momentum)
+
+    def state_dict(self) -> dict:
+        """This rank's shards: {name: fp32 flat shadow} plus the layout needed to reassemble them."""
+        return {"shadows": {n: s.detach().cpu().clone() for n, s in zip(self.names, self.shadows)},
+                "shapes": self.shapes, "rank": self.rank, "world_size": self.world_size,
+                "partitioned": self.partitioned}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if state["world_size"] != self.world_size or state["partitioned"] != self.partitioned:
+            raise ValueError(f"EMA shards were saved with world_size={state['world_size']} "
+                             f"(partitioned={state['partitioned']}); this run has {self.world_size} "
+                             f"(partitioned={self.partitioned})")
+        for n, s in zip(self.names, self.shadows):
+            s.copy_(state["shadows"][n].to(s.device))
+        self._write_targets()
+
+    def full_state_dict(self, shards: Optional[list[dict]] = None) -> dict[str, torch.Tensor]:
+        """Assemble full fp32 tensors from all ranks' `state_dict()`s (rank order)."""
+        shards = shards or [self.state_dict()]
+        return consolidate_shards(shards)
+
+
+def consolidate_shards(shards: list[dict]) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors from every rank's EMA `state_dict()` (CPU; no process group needed)."""
+    shards = sorted(shards, key=lambda d: d["rank"])
+    if len(shards) != shards[0]["world_size"]:
+        raise ValueError(f"need {shards[0]['world_size']} EMA shards, got {len(shards)}")
+    out = {}
+    for name, shape in shards[0]["shapes"].items():
+        if shards[0]["partitioned"]:
+            out[name] = unshard([d["shadows"][name] for d in shards], shape)
+        else:
+            out[name] = shards[0]["shadows"][name].reshape(shape).clone()
+    return out

@@ -1,0 +1,239 @@
+"""The V-JEPA training engine on DeepSpeed (ZeRO-3 by default) with a sharded EMA target.
+
+One optimizer step = `optim.grad_accum` micro-batches. Per micro-batch: the target encoder (an
+optimizer-less ZeRO engine) encodes the full clip without gradients, the online engine (encoder +
+predictor) returns the loss of both mask types in one packed pass, DeepSpeed backpropagates and
+steps at the accumulation boundary (with gradient clipping). Then the EMA updates the target
+shard-locally from the fp32 master shards. LR / WD / momentum are pure functions of the step.
+
+Data position: micro-step `step * grad_accum + i` is what `build_dataloader` is asked for, so a
+resumed run sees exactly the batches (and masks) of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from vjepa_scale.config import Config, save_config
+from vjepa_scale.data import build_dataloader
+from vjepa_scale.models import JEPA, compute_targets
+from vjepa_scale.models.vit import VisionTransformer3D
+from vjepa_scale.train import checkpoint as ckpt_lib
+from vjepa_scale.train.ema import ShardedEMA
+from vjepa_scale.train.launch import (DistEnv, compute_dtype, deepspeed_config, device_for,
+                                      init_distributed)
+from vjepa_scale.train.metrics import RunLogger, progress_postfix
+from vjepa_scale.train.schedules import schedule_at
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """AdamW groups: weight decay on matrices/kernels only, none on biases and 1-D parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "name": "decay", "wd_scale": 1.0},
+            {"params": no_decay, "name": "no_decay", "wd_scale": 0.0, "weight_decay": 0.0}]
+
+
+def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
+    """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed).
+
+    With `train.init_from`, weights come from `vjepa_scale.hf.load_init_state` (strict load).
+    """
+    torch.manual_seed(seed)
+    jepa = JEPA(cfg)
+    target = VisionTransformer3D(cfg.model, cfg.grid)
+    if cfg.train.init_from:
+        from vjepa_scale.hf import load_init_state  # lazy: only needed for warm starts
+
+        state = load_init_state(cfg.train.init_from, cfg)
+        jepa.encoder.load_state_dict(state["encoder"], strict=True)
+        if state.get("predictor") is not None:
+            jepa.predictor.load_state_dict(state["predictor"], strict=True)
+        target_sd = state.get("target_encoder") or state["encoder"]
+        target.load_state_dict(target_sd, strict=True)
+    else:
+        target.load_state_dict(jepa.encoder.state_dict(), strict=True)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return jepa, target
+
+
+class Trainer:
+    """Builds engines, data and logging for one run; `fit()` trains to `optim.iterations`.
+
+    cfg must already be batch-resolved (`launch.preflight`). `resume`: None, "auto" (latest
+    complete checkpoint of `run_dir`, if any) or a checkpoint / run dir path.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
+                 env: Optional[DistEnv] = None):
+        import deepspeed
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.env = env or init_distributed()
+        self.rank, self.world = self.env.rank, self.env.world_size
+        self.device = device_for(self.env)
+        self.dtype = compute_dtype(cfg)
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+
+        jepa, target = build_models(cfg, cfg.train.seed)
+        target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.engine, _, _, _ = deepspeed.initialize(model=jepa, optimizer=self.optimizer,
+                                                    config=deepspeed_config(cfg, self.world))
+        self.target, _, _, _ = deepspeed.initialize(model=target,
+                                                    config=deepspeed_config(cfg, self.world, with_optimizer=False))
+        self.target.eval()
+        self.ema = ShardedEMA(self.engine.module.encoder, self.target.module, target_fp32, self.rank, self.world)
+        del target_fp32
+
+        self.step = 0
+        self.resumed_from: Optional[Path] = None
+        ckpt = self._resume_path(resume)
+        if ckpt is not None:
+            meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
+            self.step = int(meta["step"])
+            self.resumed_from = ckpt
+        self._peak = cfg.train.device_peak_tflops
+        if self._peak is None:
+            from vjepa_scale.flops import device_peak_tflops
+
+            self._peak = device_peak_tflops(self.device)
+
+    def _resume_path(self, resume: Optional[str]) -> Optional[Path]:
+        if resume is None:
+            return None
+        if resume == "auto":
+            return ckpt_lib.find_latest(self.run_dir)
+        return ckpt_lib.resolve_checkpoint(resume)
+
+    # ----------------------------------------------------------------------------------------------
+
+    def loader(self, num_steps: Optional[int] = None):
+        """This rank's batches from the current step on (micro-steps: step * grad_accum + i)."""
+        a = self.cfg.optim.grad_accum
+        return build_dataloader(self.cfg, self.rank, self.world, start_step=self.step * a,
+                                num_steps=None if num_steps is None else num_steps * a)
+
+    def _set_schedules(self, lr: float, wd: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+            g["weight_decay"] = wd * g.get("wd_scale", 1.0)
+
+    def micro_step(self, batch: dict) -> torch.Tensor:
+        """Forward + backward of one micro-batch; DeepSpeed steps at the accumulation boundary."""
+        video = batch["video"].to(self.device, self.dtype, non_blocking=True)
+        masks = batch["masks"].to(self.device)
+        with torch.no_grad():
+            targets = compute_targets(self.target, video, masks)
+        loss = self.engine(video, masks, targets)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach()
+
+    def train_step(self, batches: list[dict]) -> dict:
+        """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats."""
+        s = schedule_at(self.cfg.optim, self.step)
+        self._set_schedules(s.lr, s.weight_decay)
+        losses = [self.micro_step(b) for b in batches]
+        if not self.engine.is_gradient_accumulation_boundary() and len(batches) != self.cfg.optim.grad_accum:
+            raise RuntimeError("train_step needs exactly optim.grad_accum micro-batches")
+        self.ema.update(s.momentum)
+        self.step += 1
+        return {"loss": torch.stack(losses).mean(), "lr": s.lr, "weight_decay": s.weight_decay,
+                "momentum": s.momentum}
+
+    def save(self) -> Path:
+        return ckpt_lib.save_checkpoint(
+            self.run_dir, self.step, self.engine, self.ema, self.cfg, self.rank, self.world,
+            extra={"micro_step": self.step * self.cfg.optim.grad_accum}, keep_last=self.cfg.train.keep_last)
+
+    def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
+        """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
+        cfg = self.cfg
+        total = cfg.optim.iterations
+        if self.step >= total:
+            return
+        logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
+        if self.resumed_from is not None:
+            logger.write(f"resumed from {self.resumed_from} at step {self.step}")
+        from vjepa_scale.flops import train_flops
+
+        a = cfg.optim.grad_accum
+        it = iter(self.loader(total - self.step))
+        window = _Window()
+        tokens_per_clip = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
+        try:
+            while self.step < total:
+                t0 = time.perf_counter()
+                batches = [next(it) for _ in range(a)]
+                t1 = time.perf_counter()
+                flops = sum(train_flops(cfg, b["masks"])["total"] for b in batches)
+                stats = self.train_step(batches)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                t2 = time.perf_counter()
+                window.add(stats["loss"], t1 - t0, t2 - t0, flops)
+                if on_step is not None:
+                    on_step(self, stats)
+                if self.step % cfg.train.log_every == 0 or self.step == total:
+                    m = window.summary(self, stats, cfg.data.global_batch_size, tokens_per_clip)
+                    logger.log(self.step, m)
+                    logger.progress(self.step, progress_postfix(m))
+                    window = _Window()
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
+                    path = self.save()
+                    logger.write(f"step {self.step}: saved {path}")
+        finally:
+            logger.close()
+
+
+class _Window:
+    """Accumulates per-step loss and timings between two log points."""
+
+    def __init__(self):
+        self.losses: list[torch.Tensor] = []
+        self.wait = 0.0
+        self.time = 0.0
+        self.flops = 0.0
+
+    def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float) -> None:
+        self.losses.append(loss)
+        self.wait += wait
+        self.time += step_time
+        self.flops += flops
+
+    def summary(self, tr: Trainer, stats: dict, global_batch: int, tokens_per_clip: int) -> dict:
+        n = len(self.losses)
+        # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
+        v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time],
+                         dtype=torch.float64, device=tr.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(v)
+        loss_sum, flops, wait, busy = v.tolist()
+        W = tr.world
+        step_time = busy / W / n  # mean over ranks
+        clips_per_s = global_batch / step_time
+        grad_norm = tr.engine.get_global_grad_norm()
+        m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
+             "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
+             "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens_per_clip,
+             "tflops_per_rank": flops / busy / 1e12, "mfu": None}
+        if grad_norm is not None:
+            m["grad_norm"] = float(grad_norm)
+        if tr._peak:
+            m["mfu"] = flops / busy / (tr._peak * 1e12)
+        return m

@@ -1,0 +1,154 @@
+"""Launch helpers: world size, batch resolution, pre-flight checks, DeepSpeed config, process group.
+
+Batch sizes: `data.batch_size` is the per-rank micro-batch. When `data.global_batch_size` is set
+(the recipes do: 2400 or 3072 clips per optimizer step, as in the paper) it wins, and must divide
+evenly into `world_size x optim.grad_accum` micro-batches; `data.batch_size` is then derived.
+Everything here runs before any model is built, so bad configs fail fast.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vjepa_scale.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def dist_env() -> DistEnv:
+    """Rank / world / local rank from the launcher's environment (1 process when not launched)."""
+    return DistEnv(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_batch(cfg: Config, world_size: int) -> Config:
+    """Return a copy of `cfg` whose `data.batch_size` is the per-rank micro-batch for this world.
+
+    With `data.global_batch_size` G: G must be divisible by world_size x grad_accum.
+    """
+    cfg = copy.deepcopy(cfg)
+    accum = cfg.optim.grad_accum
+    g = cfg.data.global_batch_size
+    if g is None:
+        cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
+        return cfg
+    if g % (world_size * accum):
+        raise ConfigError(
+            f"data.global_batch_size={g} is not divisible by world_size={world_size} x "
+            f"optim.grad_accum={accum} (= {world_size * accum}); pick a multiple of {world_size * accum} "
+            f"or set data.global_batch_size: null and give data.batch_size per rank")
+    cfg.data.batch_size = g // (world_size * accum)
+    return cfg
+
+
+def check_data_paths(cfg: Config) -> None:
+    """Every dataset index file named in the config must exist (unless the backend is synthetic)."""
+    if cfg.data.backend == "synthetic":
+        return
+    for i, ds in enumerate(cfg.data.datasets):
+        if not ds.path:
+            raise ConfigError(f"data.datasets[{i}].path is empty")
+        if not Path(ds.path).expanduser().exists():
+            raise ConfigError(f"data.datasets[{i}].path: index file '{ds.path}' does not exist")
+
+
+def preflight(cfg: Config, world_size: int) -> Config:
+    """All checks that need no model or process group; returns the batch-resolved config."""
+    check_data_paths(cfg)
+    return resolve_batch(cfg, world_size)
+
+
+def use_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def compute_dtype(cfg: Config) -> torch.dtype:
+    """bf16 on GPU and fp32 on CPU under `precision: auto`."""
+    p = cfg.train.precision
+    if p == "auto":
+        p = "bf16" if use_cuda() else "fp32"
+    return torch.bfloat16 if p == "bf16" else torch.float32
+
+
+def deepspeed_config(cfg: Config, world_size: int, with_optimizer: bool = True) -> dict:
+    """The DeepSpeed JSON config for the online engine (or the optimizer-less target engine).
+
+    `cfg.deepspeed` is merged last (recursively), so any DeepSpeed key can be set from the YAML.
+    """
+    z = cfg.zero
+    zero = {
+        "stage": z.stage,
+        "overlap_comm": z.overlap_comm,
+        "contiguous_gradients": z.contiguous_gradients,
+        "reduce_bucket_size": z.reduce_bucket_size,
+    }
+    if z.stage == 3:
+        zero.update(stage3_prefetch_bucket_size=z.stage3_prefetch_bucket_size,
+                    stage3_param_persistence_threshold=z.stage3_param_persistence_threshold,
+                    stage3_max_live_parameters=z.stage3_max_live_parameters,
+                    stage3_max_reuse_distance=z.stage3_max_reuse_distance)
+    out = {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "train_batch_size": cfg.data.batch_size * cfg.optim.grad_accum * world_size,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if compute_dtype(cfg) == torch.bfloat16:
+        out["bf16"] = {"enabled": True}
+    if with_optimizer and cfg.optim.grad_clip > 0:
+        out["gradient_clipping"] = cfg.optim.grad_clip
+    out = _merge(out, cfg.deepspeed)
+    if not with_optimizer and z.stage == 3:
+        # Every target parameter is re-gathered from its (EMA-updated) shard at each forward:
+        # a persistent (never released) full copy would not see the shard-local update.
+        out["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def init_distributed() -> DistEnv:
+    """Join the process group (NCCL on GPU, gloo on CPU) and pin this rank's device."""
+    import deepspeed
+
+    env = dist_env()
+    if not use_cuda() and os.environ.get("DS_SKIP_SHM_BUILD") == "1":
+        # DeepSpeed JIT-builds a shared-memory CPU collective op (~60 s with g++) on first use;
+        # gloo alone is enough for CPU runs, so honor DS_SKIP_SHM_BUILD=1 by marking it unavailable.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if use_cuda():
+        torch.cuda.set_device(env.local_rank)
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ.setdefault("RANK", str(env.rank))
+        os.environ.setdefault("WORLD_SIZE", str(env.world_size))
+        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", verbose=False)
+    return DistEnv(torch.distributed.get_rank(), torch.distributed.get_world_size(), env.local_rank)
+
+
+def device_for(env: DistEnv) -> torch.device:
+    return torch.device("cuda", env.local_rank) if use_cuda() else torch.device("cpu")

@@ -1,0 +1,89 @@
+"""Run observability: metrics.jsonl, tensorboard scalars and a rank-0 tqdm progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+
+class RunLogger:
+    """Rank 0 writes `metrics.jsonl` (one JSON object per logged step) and tensorboard events under
+    `tb/`, and draws a progress bar; other ranks construct it disabled and every call is a no-op."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, total_steps: int, start_step: int = 0,
+                 progress_bar: bool = True):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+        if progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                             dynamic_ncols=True, smoothing=0.1)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}, "time": time.time()}
+        self._jsonl.write(json.dumps(record) + "\n")
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self._tb.add_scalar(f"train/{k}", v, step)
+
+    def progress(self, step: int, postfix: Optional[dict] = None) -> None:
+        """Move the bar to `step` (tqdm computes the ETA) and show `postfix`."""
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(step - self._bar.n)
+
+    def write(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        self.enabled = False
+
+
+def progress_postfix(m: dict) -> dict:
+    """The few numbers worth a glance: loss, LR, clips/s, tokens/s, data-wait share, MFU."""
+    out = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}", "clips/s": f"{m['clips_per_s']:.1f}",
+           "tok/s": f"{m['tokens_per_s']:.3g}", "wait": f"{100 * m['data_wait']:.0f}%"}
+    if m.get("mfu") is not None:
+        out["mfu"] = f"{100 * m['mfu']:.1f}%"
+    return out
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All records of a run's metrics.jsonl (for tests and analysis)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
