@@ -37,6 +37,6 @@ setup(
         "hf": ["transformers>=5.0"],
         "dali": ["nvidia-dali-cuda130"],
         "flash": ["flash-attn"],
-        "dev": ["pytest", "deepspeed>=0.17", "triton>=3.4", "transformers>=5.0"],
+        "dev": ["pytest", "deepspeed>=0.17", "triton>=3.4", "transformers>=5.0", "nvidia-dali-cuda130"],
     },
 )
