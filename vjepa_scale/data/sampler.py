@@ -7,17 +7,65 @@ import torch
 from torch.utils.data import Sampler
 
 
+class MixturePlan:
+    """Per-epoch order of a weighted mixture of datasets (concatenated, sizes `sizes`).
+
+    Epoch e holds sum(sizes) draws; dataset d gets k_d of them, k_d proportional to its weight
+    (largest remainders, so the counts sum exactly). Dataset d's draws come from its own endless
+    stream of seeded permutations of its indices, epoch e taking stream positions [e*k_d, (e+1)*k_d),
+    so a dataset repeats a sample only after all its samples were drawn. The epoch's draws are then
+    shuffled together. Everything is a pure function of (seed, epoch): deterministic and resumable.
+    Weights proportional to sizes give each epoch an exact permutation of all samples.
+    """
+
+    def __init__(self, sizes: list[int], weights: list[float], seed: int = 0):
+        if not sizes or min(sizes) <= 0:
+            raise ValueError(f"MixturePlan: every dataset needs samples, got sizes {sizes}")
+        if len(weights) != len(sizes) or min(weights) <= 0:
+            raise ValueError(f"MixturePlan: need one positive weight per dataset, got {weights}")
+        self.sizes = list(sizes)
+        self.offsets = [sum(sizes[:d]) for d in range(len(sizes))]
+        self.total = sum(sizes)
+        self.seed = seed
+        share = [self.total * w / sum(weights) for w in weights]
+        counts = [int(x) for x in share]
+        order = sorted(range(len(sizes)), key=lambda d: (-(share[d] - counts[d]), d))
+        for d in order[: self.total - sum(counts)]:
+            counts[d] += 1
+        self.counts = counts
+
+    def _dataset_stream(self, d: int, start: int, length: int) -> torch.Tensor:
+        n = self.sizes[d]
+        out = []
+        pos = start
+        while pos < start + length:
+            cycle, off = divmod(pos, n)
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + d) * 7_919 + cycle)
+            take = min(n - off, start + length - pos)
+            out.append(torch.randperm(n, generator=g)[off:off + take])
+            pos += take
+        return torch.cat(out) + self.offsets[d] if out else torch.empty(0, dtype=torch.long)
+
+    def epoch(self, epoch: int) -> torch.Tensor:
+        """Global indices of epoch `epoch` in stream order (length sum(sizes))."""
+        draws = torch.cat([self._dataset_stream(d, epoch * k, k) for d, k in enumerate(self.counts) if k])
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return draws[torch.randperm(len(draws), generator=g)]
+
+
 class StepBatchSampler(Sampler):
     """Yields, for each training step from `start_step`, this rank's batch as [(index, step), ...].
 
     The global stream is an endless sequence of epochs, each a seeded permutation of the
-    `num_samples` indices. Step s uses stream positions [s*W*B, (s+1)*W*B); rank r takes the r-th
+    `num_samples` indices (or, with `mixture`, that MixturePlan's weighted epoch order). Step s
+    uses stream positions [s*W*B, (s+1)*W*B); rank r takes the r-th
     slice of B. Ranks therefore see disjoint samples that together cover each epoch, and resuming
     at step s reproduces exactly the batches an uninterrupted run would have drawn.
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, start_step: int = 0, num_steps: Optional[int] = None):
+                 seed: int = 0, start_step: int = 0, num_steps: Optional[int] = None,
+                 mixture: Optional[MixturePlan] = None):
         if num_samples <= 0:
             raise ValueError("StepBatchSampler: the dataset is empty")
         self.num_samples = num_samples
@@ -27,13 +75,19 @@ class StepBatchSampler(Sampler):
         self.seed = seed
         self.start_step = start_step
         self.num_steps = num_steps
+        if mixture is not None and mixture.total != num_samples:
+            raise ValueError(f"StepBatchSampler: mixture covers {mixture.total} samples, dataset has {num_samples}")
+        self.mixture = mixture
         self._perm_epoch = -1
         self._perm: Optional[torch.Tensor] = None
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.num_samples, generator=g)
+            if self.mixture is not None:
+                self._perm = self.mixture.epoch(epoch)
+            else:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._perm = torch.randperm(self.num_samples, generator=g)
             self._perm_epoch = epoch
         return self._perm
 

@@ -1,0 +1,118 @@
+"""Clip sampling and augmentation parameters shared by every decoding backend.
+
+A sample's randomness is drawn from a generator seeded by (seed, step, index), so the frames, crop box
+and flip of a sample are the same whichever backend, worker or process produces it. Backends only
+execute a `ClipPlan`: decode `frames`, crop `box` (in source pixels), resize to the crop size, flip,
+normalize with ImageNet mean/std, and lay out as (C, T, H, W).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """What one clip is: frame indices into the video, crop box (top, left, height, width), h-flip."""
+
+    frames: tuple[int, ...]
+    box: tuple[int, int, int, int]
+    flip: bool
+
+
+def sample_generator(seed: int, step: int, index: int) -> np.random.Generator:
+    """The per-sample generator: depends only on (seed, step, index)."""
+    return np.random.default_rng([int(seed), int(step), int(index)])
+
+
+def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int,
+                       rng: np.random.Generator) -> list[list[int]]:
+    """`num_clips` lists of `frames_per_clip` indices at exact stride `frame_step`.
+
+    The window spans (frames_per_clip - 1) * frame_step + 1 frames. The valid start positions
+    [0, num_frames - window] are split into `num_clips` equal ranges and each clip draws its start
+    uniformly from its own range (clips spread over the video). A video shorter than the window
+    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1).
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
+    window = (frames_per_clip - 1) * frame_step + 1
+    last_start = num_frames - window
+    clips = []
+    for c in range(num_clips):
+        if last_start <= 0:
+            start = 0
+        else:
+            lo = (last_start + 1) * c // num_clips
+            hi = max(lo, (last_start + 1) * (c + 1) // num_clips - 1)
+            start = int(rng.integers(lo, hi + 1))
+        clips.append([min(start + i * frame_step, num_frames - 1) for i in range(frames_per_clip)])
+    return clips
+
+
+def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                            rng: np.random.Generator, attempts: int = 10) -> tuple[int, int, int, int]:
+    """(top, left, h, w) with area fraction ~U(scale) and aspect w/h ~log-U(ratio); center crop fallback."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(attempts):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    # Fallback: the largest centred box whose aspect lies within `ratio`.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def plan_clips(num_frames: int, height: int, width: int, data_cfg, seed: int, step: int, index: int) -> list[ClipPlan]:
+    """The `num_clips` ClipPlans of sample `index` at `step` (one crop box and flip per clip)."""
+    rng = sample_generator(seed, step, index)
+    frame_lists = clip_frame_indices(num_frames, data_cfg.frames_per_clip, data_cfg.frame_step,
+                                     data_cfg.num_clips, rng)
+    plans = []
+    for frames in frame_lists:
+        box = random_resized_crop_box(height, width, tuple(data_cfg.random_resize_scale),
+                                      tuple(data_cfg.random_resize_aspect_ratio), rng)
+        flip = bool(data_cfg.horizontal_flip and rng.random() < 0.5)
+        plans.append(ClipPlan(tuple(frames), box, flip))
+    return plans
+
+
+def normalize_clip(frames_THWC: torch.Tensor, box: tuple[int, int, int, int], flip: bool, crop_size: int) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (3, T, crop, crop): crop box, bilinear resize (antialiased), flip, normalize."""
+    top, left, h, w = box
+    x_TCHW = frames_THWC[:, top:top + h, left:left + w].permute(0, 3, 1, 2).float()
+    if (h, w) != (crop_size, crop_size):
+        x_TCHW = F.interpolate(x_TCHW, size=(crop_size, crop_size), mode="bilinear", align_corners=False,
+                               antialias=True)
+    if flip:
+        x_TCHW = x_TCHW.flip(-1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    x_TCHW = (x_TCHW - mean) / std
+    return x_TCHW.permute(1, 0, 2, 3).contiguous()
+
+
+def denormalize_clip(video_CTHW: torch.Tensor) -> torch.Tensor:
+    """Inverse of the normalization: (3, T, H, W) float -> pixel values in [0, 255] (float)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=video_CTHW.dtype).view(3, 1, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, dtype=video_CTHW.dtype).view(3, 1, 1, 1) * 255.0
+    return video_CTHW * std + mean

@@ -1,0 +1,210 @@
+"""DALI backend: decode (NVDEC on GPU), crop+resize, flip and normalize inside one DALI pipeline.
+
+One pipeline definition (`clip_pipeline`) serves both devices: the decoder runs as "mixed" (NVDEC,
+output on the GPU) when CUDA is present and as "cpu" otherwise; every later operator follows its
+input. Python feeds each batch through external sources: the encoded file bytes, the frame indices,
+the crop box and the flip flag, all drawn by `clips.plan_clips` exactly as the CPU backend draws them,
+so both backends pick the same frames and boxes and shard by the same `StepBatchSampler`
+(rank r of W takes its own disjoint slice of each step's samples, i.e. shard_id=r, num_shards=W).
+
+DALI's CPU decoder only handles VP8, VP9 and MJPEG, and DALI readers silently drop files they
+cannot decode. So every file is probed with PyAV when the loader is built: missing, unreadable,
+unsupported-codec and variable-frame-rate files are reported (a warning on rank 0 naming them) and
+skipped by the same deterministic next-index substitution as the CPU backend, which lists them in
+each batch's `skipped`. If a DALI batch still fails at run time, that batch is decoded by the CPU
+backend instead (logged) and the pipeline is rebuilt. On a GPU the video leaves as bf16 on the GPU.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from vjepa_scale.config import Config
+from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, plan_clips
+from vjepa_scale.data.decode import VideoError, VideoInfo, probe_video
+
+log = logging.getLogger("vjepa_scale.data")
+
+DALI_CODECS = {
+    "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
+    "gpu": frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "mpeg4"}),
+}
+
+
+def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int = 2, device_id: int | None = None):
+    """The DALI pipeline: encoded bytes + frame indices + crop box + flip -> (N, C, T, crop, crop) float.
+
+    `device` is "gpu" (NVDEC decode, everything on the GPU) or "cpu"; the graph is otherwise identical.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+    def pipe():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
+        roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
+        flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+        video = fn.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu", frames=frames)
+        video = fn.resize(video, size=[crop_size, crop_size], roi_start=roi_start, roi_end=roi_end,
+                          roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True,
+                          dtype=types.FLOAT)
+        return fn.crop_mirror_normalize(video, mean=[m * 255.0 for m in IMAGENET_MEAN],
+                                        std=[s * 255.0 for s in IMAGENET_STD], mirror=flip,
+                                        output_layout="CFHW", dtype=types.FLOAT)
+
+    return pipe()
+
+
+def probe_for_dali(paths: list[str], device: str, num_threads: int = 8) -> tuple[list[VideoInfo | None], dict[str, str]]:
+    """PyAV header probe of every path: (infos, unusable path -> reason) for DALI on `device`."""
+    def one(path):
+        try:
+            info = probe_video(path)
+        except VideoError as e:
+            return None, e.reason
+        if info.codec not in DALI_CODECS[device]:
+            return None, f"codec {info.codec} is not decodable by DALI on {device}"
+        if info.variable_frame_rate:
+            return None, "variable frame rate (DALI needs constant frame rate)"
+        return info, None
+
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        results = list(pool.map(one, paths))
+    infos = [r[0] for r in results]
+    bad = {p: r[1] for p, r in zip(paths, results) if r[1] is not None}
+    return infos, bad
+
+
+class DaliClipRunner:
+    """Runs `clip_pipeline` on explicit (path, ClipPlan) lists; rebuilds itself after a failure."""
+
+    def __init__(self, batch_size: int, crop_size: int, device: str, num_threads: int = 2):
+        self.batch_size, self.crop_size, self.device, self.num_threads = batch_size, crop_size, device, num_threads
+        self.pipe = None
+
+    def _build(self):
+        device_id = torch.cuda.current_device() if self.device == "gpu" else None
+        self.pipe = clip_pipeline(self.batch_size, self.crop_size, self.device, self.num_threads, device_id)
+        self.pipe.build()
+
+    def run(self, items: list[tuple[str, ClipPlan]]) -> torch.Tensor:
+        """(len(items), C, T, crop, crop) float32 on the pipeline's device."""
+        if len(items) != self.batch_size:
+            raise ValueError(f"DaliClipRunner expects {self.batch_size} clips, got {len(items)}")
+        if self.pipe is None:
+            self._build()
+        try:
+            self.pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8) for path, _ in items])
+            self.pipe.feed_input("frames", [np.asarray(p.frames, np.int32) for _, p in items])
+            self.pipe.feed_input("roi_start", [np.array(p.box[:2], np.float32) for _, p in items])
+            self.pipe.feed_input("roi_end", [np.array([p.box[0] + p.box[2], p.box[1] + p.box[3]], np.float32)
+                                             for _, p in items])
+            self.pipe.feed_input("flip", [np.array(int(p.flip), np.int32) for _, p in items])
+            (out,) = self.pipe.run()
+        except Exception:
+            self.pipe = None  # a failed DALI pipeline is not reused
+            raise
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = out.as_tensor()
+        video = torch.empty(tuple(dense.shape()), dtype=torch.float32,
+                            device="cuda" if self.device == "gpu" else "cpu")
+        feed_ndarray(dense, video, cuda_stream=torch.cuda.current_stream() if self.device == "gpu" else None)
+        return video
+
+
+class DaliLoader:
+    """Iterable of training batches from DALI, same dict layout and sampling as the CPU backend."""
+
+    def __init__(self, cfg: Config, index, sampler, rank: int, device: str, max_retries: int = 16):
+        from vjepa_scale.data import SkipTracker
+        from vjepa_scale.data.cpu import NoReadableVideosError, VideoClips
+        from vjepa_scale.masks import MultiBlockMasker
+
+        self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
+        self.infos, self.unusable = probe_for_dali(index.paths, device, max(2, cfg.data.num_workers))
+        if len(self.unusable) == len(index):
+            reasons = sorted(set(self.unusable.values()))
+            raise NoReadableVideosError(f"DALI ({device}) can read none of the {len(index)} videos in "
+                                        f"{index.sources}: {'; '.join(reasons[:3])}. "
+                                        "Use data.backend: cpu for these files.")
+        if self.unusable and rank == 0:
+            names = ", ".join(f"{p} ({r})" for p, r in list(self.unusable.items())[:20])
+            log.warning("DALI backend will skip %d of %d files: %s%s", len(self.unusable), len(index), names,
+                        " ..." if len(self.unusable) > 20 else "")
+        self.max_retries = max(0, min(max_retries, len(index) - 1))
+        self.masker = MultiBlockMasker(cfg.mask, cfg.grid)
+        self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
+                                     max(1, cfg.data.num_workers))
+        self.fallback = VideoClips(index, cfg.data, max_retries)
+        self.tracker = SkipTracker(rank, sampler.epoch_of)
+        self._no_readable = NoReadableVideosError
+
+    @property
+    def skipped_files(self) -> dict[str, int]:
+        return dict(self.tracker.total)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def resolve(self, index: int, step: int) -> tuple[int, list[tuple[str, str]]]:
+        """The entry used for sample `index` (next usable one) and the files skipped on the way."""
+        skipped = []
+        n = len(self.index)
+        for attempt in range(self.max_retries + 1):
+            i = (index + attempt) % n
+            if self.infos[i] is not None:
+                return i, skipped
+            skipped.append((self.index.paths[i], self.unusable[self.index.paths[i]]))
+        raise self._no_readable(f"{len(skipped)} consecutive index entries from #{index} are unusable for DALI: "
+                                + "; ".join(f"{p} ({r})" for p, r in skipped[:5]))
+
+    def batch(self, samples: list[tuple[int, int]]) -> dict:
+        step = samples[0][1]
+        items, labels, used, skipped = [], [], [], []
+        for index, s in samples:
+            i, sk = self.resolve(index, s)
+            skipped += sk
+            info = self.infos[i]
+            for plan in plan_clips(info.num_frames, info.height, info.width, self.cfg.data, self.cfg.data.seed, s, i):
+                items.append((info.path, plan))
+                labels.append(self.index.labels[i])
+                used.append(i)
+        try:
+            video = self.runner.run(items)
+        except Exception as e:  # decode failure DALI could not foresee: route this batch through PyAV
+            log.warning("DALI failed on step %d (%s); decoding this batch on the CPU", step, str(e).splitlines()[0])
+            cpu = [self.fallback[(index, s)] for index, s in samples]
+            skipped += [x for c in cpu for x in c["skipped"]]
+            video = torch.cat([c["video"].reshape(-1, *c["video"].shape[-4:]) for c in cpu])
+            labels = [c["label"] for c in cpu for _ in range(self.cfg.data.num_clips)]
+            used = [c["index"] for c in cpu for _ in range(self.cfg.data.num_clips)]
+            if self.device == "gpu":
+                video = video.cuda(non_blocking=True)
+        if self.device == "gpu":
+            video = video.to(torch.bfloat16)
+        return {"video": video, "label": torch.tensor(labels), "masks": self.masker(len(labels), step, self.rank),
+                "step": step, "index": used, "skipped": skipped}
+
+    def __iter__(self):
+        for samples in self.sampler:
+            batch = self.batch(samples)
+            self.tracker.update(batch)
+            yield batch
+        self.tracker.flush()
+
+
+def build_dali_loader(cfg: Config, rank: int, world_size: int, start_step: int, num_steps: int | None):
+    """DaliLoader over cfg.data.datasets for this rank (GPU decoding when CUDA is present)."""
+    from vjepa_scale.data import build_sampler
+    from vjepa_scale.data.index import load_index
+
+    index = load_index(cfg.data.datasets)
+    sampler = build_sampler(cfg, len(index), rank, world_size, start_step, num_steps, index)
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    return DaliLoader(cfg, index, sampler, rank, device)

@@ -1,0 +1,75 @@
+"""Index files in the reference format: one `path label` per line, space-separated.
+
+Several index files form one `VideoIndex` (entries concatenated in config order); their weights
+drive the per-epoch mixture in `sampler.MixturePlan`. Relative video paths are resolved against the
+index file's folder. A missing or empty index file is a `ConfigError` naming it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vjepa_scale.config import ConfigError
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """All videos of a mixture: `paths[i]`, `labels[i]`, and per-dataset `sizes` / `weights` / `sources`."""
+
+    paths: list[str]
+    labels: list[int]
+    sizes: list[int]
+    weights: list[float]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def read_index(path: str | os.PathLike, key: str = "data.datasets") -> tuple[list[str], list[int]]:
+    """(paths, labels) of one index file; raises ConfigError naming the file and line on bad input."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: index file '{path}' does not exist")
+    paths, labels = [], []
+    with open(p) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) == 2 and _is_int(parts[1]):
+                video, label = parts[0], int(parts[1])
+            else:
+                video, label = line, -1  # label column is optional (unused in pretraining)
+            if not os.path.isabs(video):
+                video = str(p.resolve().parent / video)
+            paths.append(video)
+            labels.append(label)
+    if not paths:
+        raise ConfigError(f"{key}: index file '{path}' lists no videos")
+    return paths, labels
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+        return True
+    except ValueError:
+        return False
+
+
+def load_index(datasets, key: str = "data.datasets") -> VideoIndex:
+    """Concatenate the index files of `datasets` (a list of DatasetSpec) into one VideoIndex."""
+    all_paths, all_labels, sizes, weights, sources = [], [], [], [], []
+    for i, spec in enumerate(datasets):
+        paths, labels = read_index(spec.path, f"{key}[{i}].path")
+        all_paths += paths
+        all_labels += labels
+        sizes.append(len(paths))
+        weights.append(float(spec.weight))
+        sources.append(str(spec.path))
+    if not all_paths:
+        raise ConfigError(f"{key} is empty: give at least one index file")
+    return VideoIndex(all_paths, all_labels, sizes, weights, sources)

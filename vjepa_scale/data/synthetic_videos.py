@@ -1,0 +1,130 @@
+"""Real encoded synthetic videos: moving textured shapes labelled by their direction of motion.
+
+`write_synthetic_videos(out_dir, num_videos, ...)` writes H.264 (.mp4), VP9 (.webm) or MJPEG (.avi)
+files through PyAV plus `train.txt` / `val.txt` index files (`path label` lines, absolute paths).
+The label is the direction a textured square moves in (0 right, 1 left, 2 down, 3 up) over a static
+textured background: no single frame reveals it, so a model must use time.
+
+`pattern="frame_index"` writes flat frames whose grey level encodes the frame number
+(`frame_index_level(i)`), so tests can read back which frames a clip holds after crop and resize.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+DIRECTIONS = ("right", "left", "down", "up")
+_VELOCITY = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}  # (dy, dx) per label
+# codec name -> (PyAV encoder, container extension, pixel format, encoder options)
+CODECS = {
+    "h264": ("libx264", ".mp4", "yuv420p", {"preset": "ultrafast", "crf": "18"}),
+    "vp9": ("libvpx-vp9", ".webm", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}),
+    "mjpeg": ("mjpeg", ".avi", "yuvj420p", {"q:v": "2"}),
+    "hevc": ("libx265", ".mp4", "yuv420p", {"preset": "ultrafast", "crf": "18", "x265-params": "log-level=error"}),
+}
+INDEX_LEVEL_STEP = 8  # grey levels between consecutive frame indices in pattern="frame_index"
+
+
+def frame_index_level(i: int) -> int:
+    """Grey level (0-255) of frame `i` in a `frame_index` video; distinct for i < 31."""
+    return 4 + INDEX_LEVEL_STEP * i
+
+
+def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8, codec: str = "h264") -> None:
+    """Encode uint8 RGB frames (T, H, W, 3) to `path` with `codec` (a key of `CODECS`)."""
+    import av
+
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec '{codec}' (choose from {sorted(CODECS)})")
+    encoder, _, pix_fmt, options = CODECS[codec]
+    T, H, W, _ = frames_THWC.shape
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(encoder, rate=fps, options=dict(options))
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        for t in range(T):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[t]), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _smooth_texture(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency colour texture (size, size, 3) in [0, 255] (bilinear upsampling of noise)."""
+    low = rng.uniform(0, 255, size=(cells + 1, cells + 1, 3))
+    x = np.linspace(0, cells, size, endpoint=False)
+    i0 = np.floor(x).astype(int)
+    f = (x - i0)[:, None]
+    rows = low[i0] * (1 - f[..., None]) + low[i0 + 1] * f[..., None]                  # (size, cells+1, 3)
+    out = rows[:, i0] * (1 - f.T[..., None]) + rows[:, i0 + 1] * f.T[..., None]       # (size, size, 3)
+    return out
+
+
+def moving_shape_frames(label: int, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(T, size, size, 3) uint8: a checkered square moving in direction `label` over a textured background."""
+    background = 0.5 * _smooth_texture(rng, size, 4) + 40
+    side = max(4, size // 3)
+    checker = ((np.arange(side)[:, None] // max(1, side // 4) + np.arange(side)[None] // max(1, side // 4)) % 2)
+    color_a, color_b = rng.uniform(150, 255, 3), rng.uniform(0, 90, 3)
+    patch = np.where(checker[..., None] == 1, color_a, color_b)
+    dy, dx = _VELOCITY[int(label)]
+    speed = max(1, size // 16)
+    y0, x0 = rng.integers(0, size, 2)
+    out = np.empty((frames, size, size, 3), np.uint8)
+    ys, xs = np.arange(side), np.arange(side)
+    for t in range(frames):
+        img = background.copy()
+        y = (y0 + dy * speed * t + ys) % size
+        x = (x0 + dx * speed * t + xs) % size
+        img[np.ix_(y, x)] = patch
+        out[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def frame_index_frames(frames: int, height: int, width: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 flat grey frames, frame t at level `frame_index_level(t)`."""
+    if frame_index_level(frames - 1) > 255:
+        raise ValueError(f"pattern frame_index supports at most 31 frames, got {frames}")
+    levels = np.array([frame_index_level(t) for t in range(frames)], np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (frames, height, width, 3)).copy()
+
+
+def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, frames: int = 16, size: int = 64,
+                           codecs: Sequence[str] = ("h264", "vp9"), fps: int = 8, val_fraction: float = 0.25,
+                           seed: int = 0, pattern: str = "shapes") -> dict[str, Path]:
+    """Write `num_videos` videos (codecs alternate) and `train.txt` / `val.txt`; returns their paths.
+
+    Labels cycle through the four directions, so every class appears in both splits.
+    """
+    if num_videos < 1 or frames < 1 or size < 16:
+        raise ValueError(f"need num_videos >= 1, frames >= 1, size >= 16; got {num_videos}, {frames}, {size}")
+    if pattern not in ("shapes", "frame_index"):
+        raise ValueError(f"pattern must be 'shapes' or 'frame_index', got {pattern!r}")
+    out = Path(out_dir).resolve()
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(num_videos):
+        codec = codecs[i % len(codecs)]
+        label = i % len(DIRECTIONS)
+        if pattern == "shapes":
+            clip = moving_shape_frames(label, frames, size, rng)
+        else:
+            clip = frame_index_frames(frames, size, size)
+        path = out / "videos" / f"{i:05d}_{DIRECTIONS[label]}{CODECS[codec][1]}"
+        write_video(path, clip, fps, codec)
+        lines.append(f"{path} {label}")
+    num_val = int(round(val_fraction * num_videos)) if num_videos > 1 else 0
+    num_val = min(max(num_val, 0), num_videos - 1)
+    order = rng.permutation(num_videos)
+    val_ids = set(order[:num_val].tolist())
+    split = {"train": [l for i, l in enumerate(lines) if i not in val_ids],
+             "val": [l for i, l in enumerate(lines) if i in val_ids]}
+    paths = {}
+    for name, rows in split.items():
+        paths[name] = out / f"{name}.txt"
+        paths[name].write_text("".join(r + "\n" for r in rows))
+    return paths
