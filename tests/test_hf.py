@@ -1,0 +1,245 @@
+"""HF export (stock `vjepa2` and the sin-cos remote-code model) and pretrained-weight import."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+
+import pytest
+import torch
+
+from helpers import tiny_config
+from vjepa_scale.hf import CheckpointMismatchError, export_to_hf, load_init_state
+from vjepa_scale.masks import pack_masks
+from vjepa_scale.models import JEPA
+from vjepa_scale.models.pos_embed import sincos_3d
+from vjepa_scale.models.vit import Packed
+
+transformers = pytest.importorskip("transformers")
+
+B, FRAMES, CROP = 2, 4, 64  # grid (2, 4, 4): 32 tokens
+
+
+def _model(pos_embed: str, seed: int = 0, **kw):
+    """A tiny JEPA whose every weight (LN, biases, mask tokens too) is perturbed away from its init."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(pos_embed, batch_size=B, crop=CROP, frames=FRAMES, **kw)
+    model = JEPA(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return cfg, model
+
+
+def _splits(cfg, seed: int):
+    """Per mask type and sample: (context ids, target ids), 20 / 12 of 32 tokens, interleaved in position."""
+    g = torch.Generator().manual_seed(seed)
+    N = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
+    ctx, tgt = [], []
+    for _ in cfg.mask.types:
+        perms = [torch.randperm(N, generator=g) for _ in range(B)]
+        ctx.append([p[:20].sort().values for p in perms])
+        tgt.append([p[20:].sort().values for p in perms])
+    return ctx, tgt
+
+
+def _ours(model, cfg, video, ctx, tgt):
+    """Our encoder on the full clip; our predictor on its outputs at the context -> per type (B, 12, D)."""
+    masks = pack_masks(ctx, tgt, cfg.grid)
+    with torch.no_grad():
+        h = model.encoder(video)
+        pred = model.predictor(h.flatten(0, 1)[masks.ctx_idx], masks)
+    b = masks.tgt_type_bounds
+    return h, [pred[b[m]:b[m + 1]].reshape(B, -1, h.shape[-1]) for m in range(len(ctx))]
+
+
+def _video():
+    torch.manual_seed(123)
+    return torch.randn(B, 3, FRAMES, CROP, CROP)
+
+
+def _loaded_cleanly(info):
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+
+
+def test_rope_export_matches_stock_vjepa2(tmp_path):
+    cfg, model = _model("rope")
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict(),
+                       step=1234, max_shard_size="300KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # sharded above the size limit
+    hf, info = transformers.VJEPA2Model.from_pretrained(out, output_loading_info=True)
+    _loaded_cleanly(info)
+    hf.eval()
+    video = _video()
+    ctx, tgt = _splits(cfg, 0)
+    h, preds = _ours(model, cfg, video, ctx, tgt)
+    # The stock model always predicts with mask token 1 (mask type 1 here).
+    cm, tm = torch.stack(ctx[1]), torch.stack(tgt[1])
+    with torch.no_grad():
+        o = hf(video.permute(0, 2, 1, 3, 4), context_mask=[cm], target_mask=[tm])
+    assert (o.last_hidden_state - h).abs().max() <= 1e-4
+    assert (o.predictor_output.last_hidden_state - preds[1]).abs().max() <= 1e-4
+    card = (out / "README.md").read_text()
+    assert "1234" in card and "VJEPA2Model.from_pretrained" in card and "pos_embed: rope" in card
+
+
+def test_sincos_export_matches_remote_code_model(tmp_path):
+    cfg, model = _model("sincos")
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict(), step=5)
+    assert (out / "model.safetensors").is_file() and (out / "modeling_vjepa_sincos.py").is_file()
+    hf, info = transformers.AutoModel.from_pretrained(out, trust_remote_code=True, output_loading_info=True)
+    _loaded_cleanly(info)
+    hf.eval()
+    assert type(hf).__name__ == "VJEPASinCosModel"
+    video = _video()
+    ctx, tgt = _splits(cfg, 1)
+    h, preds = _ours(model, cfg, video, ctx, tgt)
+    for m in range(len(ctx)):
+        with torch.no_grad():
+            o = hf(video.permute(0, 2, 1, 3, 4), context_mask=[torch.stack(ctx[m])],
+                   target_mask=[torch.stack(tgt[m])], mask_index=m)
+        assert (o.last_hidden_state - h).abs().max() <= 1e-4
+        assert (o.predictor_output.last_hidden_state - preds[m]).abs().max() <= 1e-4
+    # The remote-code weights use the vjepa2 names: the stock model loads them all (only positions differ).
+    _, info = transformers.VJEPA2Model.from_pretrained(out, output_loading_info=True)
+    _loaded_cleanly(info)
+
+
+@pytest.mark.parametrize("pos_embed", ["rope", "sincos"])
+def test_hf_folder_round_trip_is_exact(tmp_path, pos_embed):
+    cfg, model = _model(pos_embed)
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict(),
+                       max_shard_size="300KB")
+    state = load_init_state(out, cfg)
+    assert state["target_encoder"] is None
+    for name in ("encoder", "predictor"):
+        ref = getattr(model, name).state_dict()
+        assert state[name].keys() == ref.keys()
+        assert all(torch.equal(state[name][k], ref[k]) for k in ref)
+    # Encoder-only export: no predictor comes back.
+    enc_only = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "enc")
+    assert load_init_state(enc_only, cfg)["predictor"] is None
+    assert "no predictor weights" in (enc_only / "README.md").read_text()
+
+
+def _official(encoder_sd, predictor_sd, enc_table, pred_table):
+    """Our weights renamed to the official V-JEPA `torch.save` layout (written out independently here)."""
+    enc = {}
+    for k, v in encoder_sd.items():
+        k = k.replace("patch_embed.", "patch_embed.proj.").replace("transformer.blocks.", "blocks.")
+        enc["module.backbone." + k.replace("transformer.norm.", "norm.")] = v.clone()
+    pred = {}
+    for k, v in predictor_sd.items():
+        if k == "mask_tokens":
+            for i, tok in enumerate(v):
+                pred[f"module.backbone.mask_tokens.{i}"] = tok.reshape(1, 1, -1).clone()
+            continue
+        k = (k.replace("embed.", "predictor_embed.", 1) if k.startswith("embed.") else k)
+        k = k.replace("transformer.blocks.", "predictor_blocks.").replace("transformer.norm.", "predictor_norm.")
+        k = "predictor_proj." + k[len("proj."):] if k.startswith("proj.") else k
+        pred["module.backbone." + k] = v.clone()
+    if enc_table is not None:
+        enc["module.backbone.pos_embed"] = enc_table[None].clone()
+        pred["module.backbone.predictor_pos_embed"] = pred_table[None].clone()
+    return enc, pred
+
+
+def _assert_same_outputs(cfg, model, state):
+    fresh = JEPA(cfg).eval()  # different init; everything must come from the checkpoint
+    fresh.encoder.load_state_dict(state["encoder"])
+    fresh.predictor.load_state_dict(state["predictor"])
+    video = _video()
+    ctx, tgt = _splits(cfg, 2)
+    masks = pack_masks(ctx, tgt, cfg.grid)
+    packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_token_ids)
+    with torch.no_grad():
+        for net in (model, fresh):
+            net.out = (net.encoder(video), net.predictor(net.encoder(video, masks.ctx_idx, packed), masks))
+    assert torch.equal(model.out[0], fresh.out[0]) and torch.equal(model.out[1], fresh.out[1])
+
+
+def test_official_vjepa1_checkpoint_reproduces_outputs(tmp_path):
+    cfg, model = _model("sincos")
+    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(),
+                          sincos_3d(192, cfg.grid), sincos_3d(cfg.model.pred_width, cfg.grid))
+    target = {k: v + 1.0 for k, v in enc.items() if not k.endswith("pos_embed")}
+    target["module.backbone.pos_embed"] = enc["module.backbone.pos_embed"]
+    path = tmp_path / "vjepa1.pth.tar"
+    torch.save({"encoder": enc, "predictor": pred, "target_encoder": target, "epoch": 3, "opt": {}, "lr": 1e-3},
+               path)
+    state = load_init_state(path, cfg)
+    _assert_same_outputs(cfg, model, state)
+    assert torch.equal(state["target_encoder"]["transformer.norm.weight"], model.encoder.transformer.norm.weight + 1)
+
+
+def test_official_vjepa2_checkpoint_with_ten_mask_tokens(tmp_path):
+    cfg, model = _model("rope")
+    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(), None, None)
+    for i in range(2, 10):  # the release predictors carry 10 mask tokens; types use tokens 0..M-1
+        pred[f"module.backbone.mask_tokens.{i}"] = torch.full((1, 1, cfg.model.pred_width), float(i))
+    path = tmp_path / "vjepa2.pt"
+    torch.save({"encoder": enc, "predictor": pred, "epoch": 1}, path)
+    state = load_init_state(path, cfg)
+    assert state["target_encoder"] is None
+    _assert_same_outputs(cfg, model, state)
+
+
+def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
+    cfg, model = _model("rope")
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict())
+    wider, _ = _model("rope", pred_width=96)
+    with pytest.raises(CheckpointMismatchError, match=r"config.json: pred_hidden_size=64 .*model.pred_width=96"):
+        load_init_state(out, wider)
+    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(), None, None)
+    path = tmp_path / "vjepa2.pt"
+    torch.save({"encoder": enc, "predictor": pred}, path)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"predictor parameter 'embed.weight' has shape \(64, 192\) .* but \(96, 192\)"):
+        load_init_state(path, wider)
+    small, _ = _model("rope", size="small")
+    with pytest.raises(CheckpointMismatchError, match=r"encoder parameter 'patch_embed.bias' has shape \(192,\) "
+                                                      r"in the checkpoint but \(384,\)"):
+        load_init_state(path, small)
+    deeper, _ = _model("rope", depth=3)
+    with pytest.raises(CheckpointMismatchError, match=r"missing from the checkpoint: \['transformer.blocks.2"):
+        load_init_state(path, deeper)
+    heads, _ = _model("rope", num_heads=6)  # same shapes, different attention: only config.json tells
+    with pytest.raises(CheckpointMismatchError, match="num_attention_heads=3"):
+        load_init_state(out, heads)
+
+
+def test_position_scheme_and_table_checks(tmp_path):
+    cfg, model = _model("sincos")
+    rope_cfg, _ = _model("rope")
+    table = sincos_3d(192, cfg.grid)
+    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(), table,
+                          sincos_3d(cfg.model.pred_width, cfg.grid))
+    path = tmp_path / "v1.pt"
+    torch.save({"encoder": enc, "predictor": pred}, path)
+    with pytest.raises(CheckpointMismatchError, match="sincos positions but the config has model.pos_embed=rope"):
+        load_init_state(path, rope_cfg)
+    # The reference's uniform_power=False table gives time half the channels: refused, not silently used.
+    enc["module.backbone.pos_embed"] = torch.roll(table, 8, dims=1)[None]
+    torch.save({"encoder": enc, "predictor": pred}, path)
+    with pytest.raises(CheckpointMismatchError, match="differs from our 3D sin-cos table"):
+        load_init_state(path, cfg)
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf")
+    with pytest.raises(CheckpointMismatchError, match="vjepa_sincos.*model.pos_embed=rope"):
+        load_init_state(out, rope_cfg)
+
+
+def test_export_refuses_non_empty_folder_and_bad_input(tmp_path):
+    cfg, model = _model("rope")
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", max_shard_size="300KB")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_to_hf(cfg, model.encoder.state_dict(), out)
+    export_to_hf(cfg, model.encoder.state_dict(), out, overwrite=True)  # single file now; old shards removed
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_init_state(tmp_path / "nowhere", cfg)
+    torch.save({"weights": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not an official V-JEPA checkpoint"):
+        load_init_state(tmp_path / "x.pt", cfg)

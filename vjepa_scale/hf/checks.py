@@ -1,0 +1,40 @@
+"""Check converted state dicts against the models a `Config` builds (names and shapes)."""
+from __future__ import annotations
+
+import torch
+
+from vjepa_scale.config import Config
+from vjepa_scale.models import Predictor, VisionTransformer3D
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the configured model (the message names the key and both shapes)."""
+
+
+def expected_shapes(cfg: Config) -> dict[str, dict[str, torch.Size]]:
+    """{'encoder': {key: shape}, 'predictor': {...}} of the models `cfg` builds (on the meta device)."""
+    with torch.device("meta"):
+        enc = VisionTransformer3D(cfg.model, cfg.grid)
+        pred = Predictor(cfg.model, enc.embed_dim, cfg.grid, len(cfg.mask.types))
+    return {"encoder": {k: v.shape for k, v in enc.state_dict().items()},
+            "predictor": {k: v.shape for k, v in pred.state_dict().items()}}
+
+
+def check_state_dict(sd: StateDict, expected: dict[str, torch.Size], what: str, source: str) -> None:
+    """Same keys and shapes as `expected`, else a `CheckpointMismatchError` naming what differs."""
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    bad = [k for k in sorted(set(sd) & set(expected)) if tuple(sd[k].shape) != tuple(expected[k])]
+    if bad:
+        lines = [f"{what} parameter '{k}' has shape {tuple(sd[k].shape)} in the checkpoint but "
+                 f"{tuple(expected[k])} in the model built from the config" for k in bad[:6]]
+        more = f"; and {len(bad) - 6} more" if len(bad) > 6 else ""
+        raise CheckpointMismatchError(f"{source}: " + "; ".join(lines) + more)
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{source}: {what} parameters do not match the model built from the config "
+            f"(missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            f"not in the model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}); "
+            f"check model.size/depth/width and model.pred_depth")

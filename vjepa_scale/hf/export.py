@@ -1,0 +1,162 @@
+"""Write our encoder (and optionally predictor) as a Hugging Face model folder.
+
+RoPE models export to the stock `transformers` `VJEPA2Model` (`model_type: vjepa2`). Sin-cos
+(V-JEPA 1) models, which `vjepa2` cannot represent, export with `modeling_vjepa_sincos.py` copied
+into the folder and registered in `config.json` for `AutoModel` with `trust_remote_code=True`; both
+use the `vjepa2` parameter names. Weights go to safetensors, sharded with an index above
+`max_shard_size`; a model card (README.md) records the recipe and the training step.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from vjepa_scale.config import Config
+from vjepa_scale.hf import keys
+from vjepa_scale.hf.checks import check_state_dict, expected_shapes
+from vjepa_scale.models.vit import resolve_vit_size
+
+StateDict = dict[str, torch.Tensor]
+REMOTE_CODE = Path(__file__).with_name("modeling_vjepa_sincos.py")
+_OUR_FILES = ("config.json", "README.md", "model.safetensors", "model.safetensors.index.json", REMOTE_CODE.name)
+
+
+def hf_config_kwargs(cfg: Config) -> dict:
+    """`VJEPA2Config` fields for the models `cfg` builds."""
+    dims = resolve_vit_size(cfg.model)
+    return dict(
+        patch_size=cfg.model.patch_size, crop_size=cfg.data.crop_size, frames_per_clip=cfg.data.frames_per_clip,
+        tubelet_size=cfg.model.tubelet_size, hidden_size=dims.width, in_chans=3,
+        num_attention_heads=dims.num_heads, num_hidden_layers=dims.depth, mlp_ratio=float(dims.mlp_ratio),
+        layer_norm_eps=1e-6, qkv_bias=cfg.model.qkv_bias, hidden_act="gelu",
+        pred_hidden_size=cfg.model.pred_width, pred_num_attention_heads=cfg.model.pred_num_heads,
+        pred_num_hidden_layers=cfg.model.pred_depth, pred_num_mask_tokens=len(cfg.mask.types),
+        pred_mlp_ratio=float(cfg.model.pred_mlp_ratio),
+    )
+
+
+def make_hf_config(cfg: Config, dtype: torch.dtype = torch.float32):
+    """A `VJEPA2Config` (RoPE) or our remote-code `VJEPASinCosConfig` (sin-cos) for `cfg`."""
+    if cfg.model.pos_embed == "rope":
+        from transformers import VJEPA2Config
+
+        hf = VJEPA2Config(**hf_config_kwargs(cfg))
+        hf.architectures = ["VJEPA2Model"]
+    else:
+        from vjepa_scale.hf.modeling_vjepa_sincos import VJEPASinCosConfig
+
+        hf = VJEPASinCosConfig(**hf_config_kwargs(cfg))
+        hf.architectures = ["VJEPASinCosModel"]
+        module = REMOTE_CODE.stem
+        hf.auto_map = {"AutoConfig": f"{module}.VJEPASinCosConfig", "AutoModel": f"{module}.VJEPASinCosModel"}
+    hf.dtype = str(dtype).removeprefix("torch.")
+    return hf
+
+
+def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, predictor: Optional[StateDict] = None,
+                 *, step: Optional[int] = None, which: str = "target", max_shard_size: int | str = "5GB",
+                 dtype: torch.dtype = torch.float32, overwrite: bool = False) -> Path:
+    """Write `encoder` (+ `predictor`) state dicts of our models to a Hugging Face folder.
+
+    `which` (target / online) and `step` go into the model card. An existing non-empty `out_dir` is
+    refused unless `overwrite` (which removes the files an earlier export wrote there, shards included).
+    """
+    out = Path(out_dir)
+    _prepare_dir(out, overwrite)
+    shapes = expected_shapes(cfg)
+    check_state_dict(encoder, shapes["encoder"], "encoder", "export")
+    if predictor is not None:
+        check_state_dict(predictor, shapes["predictor"], "predictor", "export")
+    sd = keys.encoder_to_hf(encoder)
+    if predictor is not None:
+        sd.update(keys.predictor_to_hf(predictor))
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
+
+    from huggingface_hub import save_torch_state_dict
+
+    save_torch_state_dict(sd, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    hf = make_hf_config(cfg, dtype)
+    hf.save_pretrained(out)
+    if cfg.model.pos_embed == "sincos":
+        shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
+    (out / "README.md").write_text(model_card(cfg, step=step, which=which, with_predictor=predictor is not None,
+                                              num_params=sum(v.numel() for v in sd.values())))
+    return out
+
+
+def _prepare_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an export")
+        for f in out.iterdir():
+            if f.name in _OUR_FILES or (f.name.startswith("model-") and f.name.endswith(".safetensors")):
+                f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: bool, num_params: int) -> str:
+    """README.md: what the folder holds, how to load it, and the training recipe."""
+    dims = resolve_vit_size(cfg.model)
+    rope = cfg.model.pos_embed == "rope"
+    loader = ("from transformers import VJEPA2Model\nmodel = VJEPA2Model.from_pretrained(PATH)" if rope else
+              "from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH, trust_remote_code=True)")
+    o, d, m = cfg.optim, cfg.data, cfg.model
+    masks = "; ".join(f"{s.num_blocks} blocks of {s.spatial_scale[0]:g}-{s.spatial_scale[1]:g} of the frame"
+                      for s in cfg.mask.types)
+    batch = d.global_batch_size if d.global_batch_size is not None else f"{d.batch_size} per rank"
+    recipe = yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "deepspeed"}, sort_keys=False)
+    return f"""---
+library_name: transformers
+tags:
+- video
+- self-supervised-learning
+- v-jepa
+- vjepa-scale
+---
+
+# V-JEPA {m.size} ({dims.width}/{dims.depth}/{dims.num_heads}), {'RoPE' if rope else 'sin-cos'} positions
+
+Video encoder pretrained with V-JEPA (feature prediction in latent space) by `vjepa-scale`.
+This folder holds the **{which}** encoder{' (the EMA target encoder)' if which == 'target' else ''} at training
+step **{step if step is not None else 'unknown'}**{' and the predictor' if with_predictor else
+' (no predictor weights: the predictor in the loaded model is randomly initialized)'};
+{num_params / 1e6:.1f}M parameters.
+
+```python
+{loader}
+# video: (batch, frames, channels, height, width), ImageNet mean/std normalized
+features = model(video, skip_predictor=True).last_hidden_state  # (batch, tokens, {dims.width})
+```
+
+Tokens are tubelets of {m.tubelet_size}x{m.patch_size}x{m.patch_size} in (time, height, width) raster order.
+{'Positions are 3D RoPE, loadable by the stock `vjepa2` model.' if rope else
+'Positions are fixed 3D sin-cos tables, which the stock `vjepa2` model cannot represent: the model class '
+'ships in `modeling_vjepa_sincos.py` (same parameter names as `vjepa2`).'}
+
+## Training recipe
+
+| item | value |
+|---|---|
+| clip | {d.frames_per_clip} frames, frame step {d.frame_step}, crop {d.crop_size} |
+| encoder | width {dims.width}, depth {dims.depth}, heads {dims.num_heads}, MLP ratio {dims.mlp_ratio:g} |
+| predictor | width {m.pred_width}, depth {m.pred_depth}, heads {m.pred_num_heads} |
+| masks | {masks} |
+| optimizer | AdamW, LR {o.start_lr:g} -> {o.lr:g} over {o.warmup} warmup steps, cosine to {o.final_lr:g}; WD {o.weight_decay:g} -> {o.final_weight_decay:g} |
+| EMA | momentum {o.ema[0]:g} -> {o.ema[1]:g} |
+| steps | {o.iterations} (schedules on a {o.ipe_scale:g}x horizon) |
+| batch | {batch} clips |
+
+<details><summary>Full configuration</summary>
+
+```yaml
+{recipe}```
+
+</details>
+"""
