@@ -1,0 +1,311 @@
+"""Frozen evaluation: probe numerics, index/config validation, clip sampling, features, probe training."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vjepa_scale.config import ConfigError, ModelConfig
+from vjepa_scale.eval.config import EvalConfig, EvalDataConfig, ProbeConfig, ProbeOptimConfig, load_eval_config
+from vjepa_scale.eval.data import EvalClips, eval_frame_indices, read_labeled_index, view_boxes
+from vjepa_scale.eval.encoder import CheckpointMismatchError, check_encoder_state, eval_grid, load_frozen_encoder
+from vjepa_scale.eval.features import FeatureSet, extract_features
+from vjepa_scale.eval.probe import AttentiveProbe, CrossAttention
+from vjepa_scale.eval.train_probe import evaluate, probe_lr, train_probe
+from vjepa_scale.models import VisionTransformer3D
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine is shared: one torch thread is much faster than two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(**kw) -> ModelConfig:
+    cfg = ModelConfig(size="tiny", depth=1, **kw)
+    cfg.validate()
+    return cfg
+
+
+# ---------------------------------------------------------------- probe
+
+
+def test_cross_attention_matches_reference():
+    torch.manual_seed(0)
+    D, h = 24, 4
+    xa = CrossAttention(D, h)
+    q_BQD, x_BND = torch.randn(2, 1, D), torch.randn(2, 7, D)
+    Wq, bq = xa.q.weight, xa.q.bias
+    Wk, Wv = xa.kv.weight[:D], xa.kv.weight[D:]
+    bk, bv = xa.kv.bias[:D], xa.kv.bias[D:]
+    out = []
+    for b in range(2):
+        heads = []
+        for i in range(h):
+            s = slice(i * D // h, (i + 1) * D // h)
+            q = q_BQD[b] @ Wq[s].T + bq[s]
+            k = x_BND[b] @ Wk[s].T + bk[s]
+            v = x_BND[b] @ Wv[s].T + bv[s]
+            heads.append(torch.softmax(q @ k.T / math.sqrt(D // h), -1) @ v)
+        out.append(xa.proj(torch.cat(heads, -1)))
+    torch.testing.assert_close(xa(q_BQD, x_BND), torch.stack(out), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,self_blocks", [("v1", 0), ("v2", 3)])
+def test_probe_shapes_and_designs(kind, self_blocks):
+    probe = AttentiveProbe(ProbeConfig(kind=kind), 48, num_classes=5, encoder_heads=4)
+    assert len(probe.self_blocks) == self_blocks
+    logits = probe(torch.randn(3, 10, 48))
+    assert logits.shape == (3, 5)
+    # the probe is permutation-invariant over tokens (positions live in the features)
+    x = torch.randn(2, 10, 48)
+    torch.testing.assert_close(probe(x), probe(x[:, torch.randperm(10)]), rtol=1e-4, atol=1e-5)
+
+
+def test_probe_heads_must_divide_encoder_width():
+    with pytest.raises(ConfigError, match=r"probe.num_heads=5 does not divide the encoder width 192"):
+        AttentiveProbe(ProbeConfig(num_heads=5), 192, num_classes=4, encoder_heads=3)
+
+
+def test_probe_lr_schedule():
+    assert probe_lr(0, 100, 10, 1e-4, 1e-3, 0.0) == pytest.approx(1e-4)
+    assert probe_lr(10, 100, 10, 1e-4, 1e-3, 0.0) == pytest.approx(1e-3)
+    assert probe_lr(55, 100, 10, 1e-4, 1e-3, 0.0) == pytest.approx(5e-4)
+    assert probe_lr(100, 100, 10, 1e-4, 1e-3, 1e-6) == pytest.approx(1e-6)
+
+
+# ---------------------------------------------------------------- index and config validation
+
+
+def test_index_labels_missing_or_not_integer(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("# comment\nvids/a.mp4 0\n\n/abs/b.webm 3\n")
+    paths, labels = read_labeled_index(good, "data.train_index")
+    assert paths == [str(tmp_path / "vids/a.mp4"), "/abs/b.webm"] and labels == [0, 3]
+    missing = tmp_path / "missing.txt"
+    missing.write_text("a.mp4 1\nb.mp4\n")
+    with pytest.raises(ConfigError, match=r"data.val_index: .*missing.txt:2: label missing"):
+        read_labeled_index(missing, "data.val_index")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.mp4 1\nb.mp4 1\nc.mp4 left\n")
+    with pytest.raises(ConfigError, match=r"bad.txt:3: label 'left' is not an integer"):
+        read_labeled_index(bad, "data.train_index")
+    neg = tmp_path / "neg.txt"
+    neg.write_text("a.mp4 -1\n")
+    with pytest.raises(ConfigError, match=r"neg.txt:1: label -1 is negative"):
+        read_labeled_index(neg, "data.train_index")
+    with pytest.raises(ConfigError, match=r"data.train_index: index file .*nope.txt' does not exist"):
+        read_labeled_index(tmp_path / "nope.txt", "data.train_index")
+
+
+def test_eval_config_validation(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'probe.num_head'; did you mean 'probe.num_heads'"):
+        load_eval_config(None, ["probe.num_head=4"])
+    with pytest.raises(ConfigError, match=r"give encoder.checkpoint, encoder.hf_path or encoder.random_init=true"):
+        load_eval_config(None, ["data.train_index=a", "data.val_index=b"])
+    with pytest.raises(ConfigError, match=r"encoder.random_init needs a `model:` section or encoder.checkpoint"):
+        load_eval_config(None, ["data.train_index=a", "data.val_index=b", "encoder.random_init=true"])
+    with pytest.raises(ConfigError, match=r"probe.kind must be one of \['v1', 'v2'\]"):
+        load_eval_config(None, ["probe.kind=v3"])
+    cfg = load_eval_config(None, ["data.train_index=a", "data.val_index=b", "encoder.random_init=true",
+                                  "model.size=tiny", "run.seeds=[0,1,2]"])
+    assert cfg.model.size == "tiny" and cfg.run.seeds == [0, 1, 2] and cfg.optim.epochs == 20
+    assert cfg.optim.lr == 1e-3
+    p = tmp_path / "probe.yaml"
+    p.write_text("model: {size: tiny}\nencoder: {random_init: true}\ndata: {train_index: a, val_index: b}\n")
+    assert load_eval_config(p).model.size == "tiny"
+    assert load_eval_config("probe_motion", ["encoder.random_init=true", "model.size=tiny"]).run.seeds == [0, 1, 2]
+
+
+def test_eval_grid_must_fit_encoder():
+    cfg = EvalConfig(data=EvalDataConfig(train_index="a", val_index="b", crop_size=40, frames_per_clip=8))
+    with pytest.raises(ConfigError, match=r"data.crop_size=40 is not divisible by the encoder's patch_size=16"):
+        eval_grid(cfg, tiny_model())
+    cfg.data.crop_size, cfg.data.frames_per_clip = 32, 7
+    with pytest.raises(ConfigError, match=r"data.frames_per_clip=7 is not divisible .* tubelet_size=2"):
+        eval_grid(cfg, tiny_model())
+
+
+def test_checkpoint_of_another_size_is_named():
+    tiny = VisionTransformer3D(tiny_model(), (2, 2, 2))
+    small = VisionTransformer3D(ModelConfig(size="small", depth=1), (2, 2, 2))
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"ckpt: encoder parameter '.*' has shape \(384.*\) in the checkpoint but \(192.*\)"):
+        check_encoder_state(small.state_dict(), tiny, "ckpt")
+    deeper = VisionTransformer3D(ModelConfig(size="tiny", depth=2), (2, 2, 2))
+    with pytest.raises(CheckpointMismatchError, match=r"not in the model: \['transformer.blocks.1"):
+        check_encoder_state(deeper.state_dict(), tiny, "ckpt")
+    check_encoder_state(tiny.state_dict(), tiny, "ckpt")
+
+
+def test_random_init_encoder_is_frozen_and_seeded():
+    def build(seed):
+        cfg = EvalConfig(model=tiny_model(), data=EvalDataConfig(train_index="a", val_index="b", crop_size=32,
+                                                                 frames_per_clip=4))
+        cfg.encoder.random_init, cfg.encoder.init_seed = True, seed
+        return load_frozen_encoder(cfg.validate())
+
+    a, b, c = build(0), build(0), build(1)
+    assert not a.encoder.training and not any(p.requires_grad for p in a.encoder.parameters())
+    assert a.encoder.grid == (2, 2, 2)
+    w = "transformer.blocks.0.attn.qkv.weight"
+    assert torch.equal(a.encoder.state_dict()[w], b.encoder.state_dict()[w])
+    assert not torch.equal(a.encoder.state_dict()[w], c.encoder.state_dict()[w])
+
+
+# ---------------------------------------------------------------- clips and features
+
+
+def test_eval_frame_indices_and_views():
+    assert eval_frame_indices(40, 4, 2, 1) == [[16, 18, 20, 22]]  # centred: window 7, starts 0..33
+    clips = eval_frame_indices(40, 4, 2, 3)
+    assert [c[0] for c in clips] == [0, 16, 33] and clips[-1][-1] == 39
+    assert eval_frame_indices(3, 4, 2, 2) == [[0, 2, 2, 2]] * 2  # short video: clamp to the last frame
+    assert view_boxes(48, 64, 1, 1.0) == [(0, 8, 48, 48)]
+    assert view_boxes(48, 64, 3, 1.0) == [(0, 0, 48, 48), (0, 8, 48, 48), (0, 16, 48, 48)]
+    assert view_boxes(64, 48, 2, 1.0) == [(0, 0, 48, 48), (16, 0, 48, 48)]
+    assert view_boxes(64, 64, 1, 2.0) == [(16, 16, 32, 32)]
+
+
+class TensorVideos(torch.utils.data.Dataset):
+    """Decoded clips already in memory: items {video (V, K, C, T, H, W), label, index}."""
+
+    def __init__(self, videos, labels):
+        self.videos, self.labels = videos, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"video": self.videos[i], "label": self.labels[i], "index": i}
+
+
+def test_extract_features_layout_matches_direct_encoding():
+    torch.manual_seed(0)
+    enc = VisionTransformer3D(tiny_model(), (2, 2, 2)).eval()
+    videos = torch.randn(5, 2, 3, 3, 4, 32, 32)  # 5 videos, 2 views, 3 clips
+    fs = extract_features(enc, TensorVideos(videos, [0, 1, 2, 3, 0]), batch_size=2, device=torch.device("cpu"),
+                          progress=False)
+    assert fs.feats_MVND.shape == (5, 2, 3 * 8, 192) and fs.labels_M.tolist() == [0, 1, 2, 3, 0]
+    with torch.no_grad():
+        direct = enc(videos[3, 1, 2][None])[0]  # video 3, view 1, clip 2
+    torch.testing.assert_close(fs.feats_MVND[3, 1, 16:24], direct, rtol=1e-4, atol=1e-5)
+    # ranks split the videos rank::world
+    part = extract_features(enc, TensorVideos(videos, [0, 1, 2, 3, 0]), 2, torch.device("cpu"), rank=1,
+                            world_size=2, progress=False)
+    assert part.index_M.tolist() == [1, 3]
+    torch.testing.assert_close(part.feats_MVND[1], fs.feats_MVND[3], rtol=1e-4, atol=1e-5)
+
+
+def test_eval_clips_decode_real_videos(tmp_path):
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    idx = write_synthetic_videos(tmp_path, num_videos=4, frames=12, size=32, val_fraction=0.25)
+    paths, labels = read_labeled_index(idx["train"], "data.train_index")
+    ds = EvalClips(paths, labels, EvalDataConfig(train_index="a", val_index="b", crop_size=32, frames_per_clip=4,
+                                                 frame_step=2, num_clips=2, num_views=3, resize_ratio=1.0))
+    item = ds[0]
+    assert item["video"].shape == (3, 2, 3, 4, 32, 32) and item["label"] == labels[0]
+    assert torch.equal(ds[0]["video"], item["video"])  # deterministic
+    # square video at ratio 1: the three views are the same crop
+    torch.testing.assert_close(item["video"][0], item["video"][2])
+
+
+# ---------------------------------------------------------------- probe training
+
+
+def separable_features(n, classes, views=2, tokens=6, dim=32, seed=0):
+    """Class c puts a fixed random direction u_c on one random token; the rest is noise."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123))
+    x = torch.randn(n, views, tokens, dim, generator=g)
+    y = torch.arange(n) % classes
+    pos = torch.randint(0, tokens, (n, views), generator=g)
+    for i in range(n):
+        for v in range(views):
+            x[i, v, pos[i, v]] += 3 * u[y[i]]
+    return FeatureSet(x, y, torch.arange(n))
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+def test_probe_training_learns_a_separable_task(kind):
+    train, val = separable_features(96, 4, seed=0), separable_features(48, 4, seed=1)
+    res = train_probe(train, val, ProbeConfig(kind=kind, num_self_blocks=1), ProbeOptimConfig(epochs=8, batch_size=16),
+                      num_classes=4, encoder_heads=4, seed=0, device=torch.device("cpu"), progress=False)
+    assert res["val_top1"] >= 90.0, res["history"]
+    assert res["history"][0]["train_loss"] > res["history"][-1]["train_loss"]
+    assert len(res["history"]) == 8 and res["steps"] == 8 * 12  # 96 videos x 2 views / 16
+    # same seed, same result
+    again = train_probe(train, val, ProbeConfig(kind=kind, num_self_blocks=1), ProbeOptimConfig(epochs=8, batch_size=16),
+                        num_classes=4, encoder_heads=4, seed=0, device=torch.device("cpu"), progress=False)
+    assert again["val_top1"] == res["val_top1"]
+
+
+class FirstTokenLogits(torch.nn.Module):
+    """Reads logits straight from the features (token 0, first C dims): a known classifier."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x_BND):
+        return x_BND[:, 0, :self.classes]
+
+
+def test_evaluate_averages_softmax_over_views():
+    x = torch.zeros(2, 2, 1, 3)
+    x[0, 0, 0] = torch.tensor([0.0, 0.3, 0.0])  # video 0, label 0: view 0 weakly wrong,
+    x[0, 1, 0] = torch.tensor([5.0, 0.0, 0.0])  # view 1 confidently right
+    x[1, 0, 0] = torch.tensor([0.0, 0.0, 4.0])  # video 1, label 1: both views say class 2
+    x[1, 1, 0] = torch.tensor([0.0, 1.0, 3.0])
+    m = evaluate(FirstTokenLogits(3), FeatureSet(x, torch.tensor([0, 1]), torch.arange(2)), torch.device("cpu"),
+                 torch.float32)
+    assert m["top1"] == 50.0 and m["count"] == 2
+    p0 = (F.softmax(x[0, 0, 0], -1) + F.softmax(x[0, 1, 0], -1)) / 2
+    p1 = (F.softmax(x[1, 0, 0], -1) + F.softmax(x[1, 1, 0], -1)) / 2
+    assert m["loss"] == pytest.approx(-(p0[0].log() + p1[1].log()).item() / 2, rel=1e-5)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "tools" / "eval_probe.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_end_to_end_on_synthetic_videos(tmp_path):
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    idx = write_synthetic_videos(tmp_path / "data", num_videos=12, frames=8, size=32, val_fraction=0.34)
+    out = tmp_path / "out"
+    common = [f"data.train_index={idx['train']}", f"data.val_index={idx['val']}", "model.size=tiny",
+              "model.depth=1", "data.crop_size=32", "data.frames_per_clip=4", "data.frame_step=2",
+              "data.num_views=2", "data.num_workers=0", "optim.epochs=2", "run.progress_bar=false",
+              "run.num_threads=1"]
+    r = run_cli("--random-init", "--output", str(out), "--seeds", "0,1", *common, "probe.kind=v2",
+                "probe.num_self_blocks=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["num_train_videos"] == 8 and res["num_val_videos"] == 4 and res["num_classes"] == 4
+    assert set(res["val_top1_per_seed"]) == {"0", "1"} and len(res["runs"][0]["history"]) == 2
+    assert res["encoder"] == "random init (seed 0)"
+    assert any((out / "tb").iterdir())
+    # bad input fails with the file and line, exit status 2
+    bad = tmp_path / "bad.txt"
+    bad.write_text(Path(idx["train"]).read_text() + "extra.mp4 up\n")
+    r = run_cli("--random-init", *common, f"data.train_index={bad}", cwd=tmp_path)
+    assert r.returncode == 2 and f"{bad}:9: label 'up' is not an integer" in r.stderr
+    r = run_cli("--random-init", *common, "probe.num_heads=7", cwd=tmp_path)
+    assert r.returncode == 2 and "probe.num_heads=7 does not divide the encoder width 192" in r.stderr

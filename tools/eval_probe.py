@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Frozen evaluation with an attentive probe.
+
+    python tools/eval_probe.py --config probe_motion.yaml --checkpoint runs/motion   # EMA target
+    python tools/eval_probe.py --config probe_motion.yaml --checkpoint runs/motion --which online
+    python tools/eval_probe.py --config probe_motion.yaml --hf exports/motion_hf model.size=tiny ...
+    python tools/eval_probe.py --config probe_motion.yaml --random-init --checkpoint runs/motion  # baseline
+    torchrun --nproc_per_node 8 tools/eval_probe.py --config ...                     # distributed
+
+Trailing `section.key=value` arguments override the YAML (sections: encoder, model, data, probe,
+optim, run). Writes `<run.output_dir>/result.json` and tensorboard logs in `<run.output_dir>/tb`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vjepa_scale.config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="eval YAML (a bare name resolves into configs/)")
+    ap.add_argument("--checkpoint", help="our run dir (latest checkpoint) or one checkpoint dir")
+    ap.add_argument("--hf", help="Hugging Face export folder (needs a model: section)")
+    ap.add_argument("--random-init", action="store_true",
+                    help="baseline: random weights, architecture from model: or --checkpoint")
+    ap.add_argument("--which", choices=["target", "online"], help="encoder of a checkpoint (default target/EMA)")
+    ap.add_argument("--output", help="run.output_dir")
+    ap.add_argument("--seeds", help="comma-separated probe seeds (run.seeds)")
+    ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    ap.add_argument("overrides", nargs="*", help="section.key=value")
+    args = ap.parse_args(argv)
+
+    overrides = list(args.overrides)
+    if args.checkpoint or args.hf or args.random_init:  # the command line picks the one source
+        overrides += ["encoder.checkpoint=null", "encoder.hf_path=null", "encoder.random_init=false"]
+    if args.checkpoint:
+        overrides.append(f"encoder.checkpoint={args.checkpoint}")
+    if args.hf:
+        overrides.append(f"encoder.hf_path={args.hf}")
+    if args.random_init:
+        overrides.append("encoder.random_init=true")
+    if args.which:
+        overrides.append(f"encoder.which={args.which}")
+    if args.output:
+        overrides.append(f"run.output_dir={args.output}")
+    if args.seeds:
+        overrides.append(f"run.seeds=[{args.seeds}]")
+
+    from vjepa_scale.eval.config import load_eval_config
+    from vjepa_scale.eval.encoder import CheckpointMismatchError
+    from vjepa_scale.eval.run import run_eval
+
+    try:
+        cfg = load_eval_config(args.config, overrides)
+        result = run_eval(cfg)
+    except (ConfigError, CheckpointMismatchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    summary = {k: result[k] for k in ("encoder", "val_top1_mean", "val_top1_std", "val_top1_per_seed")}
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {cfg.run.output_dir}/result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Typed configuration of a frozen-encoder attentive-probe evaluation (YAML + `section.key=value`).
+
+Sections: `encoder` (where the frozen weights come from), `model` (the encoder architecture when the
+source does not carry one: random init), `data` (labeled index files and how clips are sampled),
+`probe` (architecture), `optim` (probe training), `run` (outputs, seeds, device). Loading reuses
+`vjepa_scale.config.from_dict`, so unknown keys and bad types fail with the key's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import yaml
+
+from vjepa_scale.config import (ConfigError, ModelConfig, _positive, _to_plain, apply_override, from_dict,
+                                resolve_config_path)
+
+
+@dataclass
+class EncoderSource:
+    """Frozen encoder weights: our run dir / checkpoint, an HF export folder, or random init."""
+
+    checkpoint: Optional[str] = None  # run dir or checkpoint path (vjepa_scale.train.checkpoint)
+    which: Literal["target", "online"] = "target"  # EMA target encoder by default
+    hf_path: Optional[str] = None  # Hugging Face export folder (vjepa_scale.hf)
+    random_init: bool = False  # baseline: same architecture (from `model:` or the checkpoint), random weights
+    init_seed: int = 0  # seed of the random init
+
+    def validate(self, prefix: str = "encoder") -> None:
+        if self.checkpoint and self.hf_path:
+            raise ConfigError(f"{prefix}: give one of {prefix}.checkpoint or {prefix}.hf_path, not both")
+        if not (self.checkpoint or self.hf_path or self.random_init):
+            raise ConfigError(f"{prefix}: give {prefix}.checkpoint, {prefix}.hf_path or {prefix}.random_init=true")
+        if self.random_init and self.hf_path:
+            raise ConfigError(f"{prefix}.random_init takes its architecture from `model:` or {prefix}.checkpoint, "
+                              f"not from {prefix}.hf_path")
+
+
+@dataclass
+class EvalDataConfig:
+    """Labeled `path label` index files and the deterministic eval clip sampling."""
+
+    train_index: str = ""
+    val_index: str = ""
+    num_classes: Optional[int] = None  # default: 1 + the largest label in either index
+    frames_per_clip: int = 16
+    frame_step: int = 4
+    crop_size: int = 224
+    num_clips: int = 1  # temporal clips per video, evenly spaced; their tokens are concatenated
+    num_views: int = 1  # spatial views per clip (1 = center; 3 = both ends and center of the long side)
+    resize_ratio: float = 1.0  # short side is resized to crop_size * resize_ratio before cropping
+    batch_size: int = 8  # videos per feature-extraction batch
+    num_workers: int = 2
+
+    def validate(self, prefix: str = "data") -> None:
+        for name in ("train_index", "val_index"):
+            if not getattr(self, name):
+                raise ConfigError(f"{prefix}.{name} is empty: give a `path label` index file")
+        _positive(self, prefix, "frames_per_clip", "frame_step", "crop_size", "num_clips", "num_views",
+                  "batch_size")
+        if self.resize_ratio < 1.0:
+            raise ConfigError(f"{prefix}.resize_ratio must be >= 1 (crop inside the resized frame), "
+                              f"got {self.resize_ratio}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"{prefix}.num_classes must be >= 2 or null, got {self.num_classes}")
+        if self.num_workers < 0:
+            raise ConfigError(f"{prefix}.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class ProbeConfig:
+    """Attentive probe. v1: one cross-attention block (learned query) + MLP + linear head.
+    v2: `num_self_blocks` self-attention blocks on the tokens first, then that block."""
+
+    kind: Literal["v1", "v2"] = "v1"
+    num_heads: Optional[int] = None  # default: the encoder's heads; must divide the encoder width
+    mlp_ratio: float = 4.0
+    num_self_blocks: int = 3  # v2 only
+    num_queries: int = 1
+
+    def validate(self, prefix: str = "probe") -> None:
+        _positive(self, prefix, "mlp_ratio", "num_queries")
+        if self.num_heads is not None and self.num_heads <= 0:
+            raise ConfigError(f"{prefix}.num_heads must be > 0 or null, got {self.num_heads}")
+        if self.kind == "v2" and self.num_self_blocks < 1:
+            raise ConfigError(f"{prefix}.num_self_blocks must be >= 1 for kind v2, got {self.num_self_blocks}")
+
+
+@dataclass
+class ProbeOptimConfig:
+    """AdamW with linear warmup then cosine decay, stepped per iteration."""
+
+    epochs: int = 20
+    batch_size: int = 16  # (video, view) samples per step, over all ranks
+    lr: float = 1e-3
+    start_lr: Optional[float] = None  # warmup start; default = lr
+    final_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def validate(self, prefix: str = "optim") -> None:
+        _positive(self, prefix, "epochs", "batch_size", "lr")
+        if self.final_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ConfigError(f"{prefix}.final_lr, weight_decay and warmup_epochs must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/probe"
+    seeds: list[int] = field(default_factory=lambda: [0])  # one probe trained per seed
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    progress_bar: bool = True
+    tensorboard: bool = True
+    num_threads: Optional[int] = None  # CPU threads for torch (null: torch's default); 1 on busy machines
+
+    def validate(self, prefix: str = "run") -> None:
+        if not self.seeds:
+            raise ConfigError(f"{prefix}.seeds must list at least one seed")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"{prefix}.num_threads must be >= 1 or null, got {self.num_threads}")
+
+
+@dataclass
+class EvalConfig:
+    encoder: EncoderSource = field(default_factory=EncoderSource)
+    model: Optional[ModelConfig] = None  # needed for random_init; if given with a checkpoint it must match
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    optim: ProbeOptimConfig = field(default_factory=ProbeOptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "EvalConfig":
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if section is not None and hasattr(section, "validate"):
+                section.validate(f.name)
+        if self.encoder.random_init and self.model is None and not self.encoder.checkpoint:
+            raise ConfigError("encoder.random_init needs a `model:` section or encoder.checkpoint "
+                              "(the architecture to initialize)")
+        return self
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def load_eval_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                     validate: bool = True) -> EvalConfig:
+    """Read a YAML eval recipe (bare names resolve into configs/), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        p = resolve_config_path(path)
+        with open(p) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    cfg = from_dict(EvalConfig, raw)
+    return cfg.validate() if validate else cfg

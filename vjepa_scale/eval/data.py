@@ -1,0 +1,106 @@
+"""Labeled eval data: strict `path label` index reading and deterministic multi-clip, multi-view sampling.
+
+Each video gives `num_views` x `num_clips` clips. Clips are `frames_per_clip` frames at stride
+`frame_step`, their windows evenly spread over the video (one clip: the centred window). Views are
+square crops of side min(H, W) / resize_ratio spread evenly along the longer side (one view: the
+centre), resized to `crop_size`. No randomness: the same video always gives the same tensors.
+Decoding and normalization are the data pipeline's (`vjepa_scale.data.decode` / `.clips`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from vjepa_scale.config import ConfigError
+from vjepa_scale.data.clips import normalize_clip
+from vjepa_scale.data.decode import decode_frames, probe_video
+from vjepa_scale.eval.config import EvalDataConfig
+
+
+def read_labeled_index(path: str | os.PathLike, key: str) -> tuple[list[str], list[int]]:
+    """(paths, labels) of an index whose every line is `path label` with an integer label >= 0.
+
+    Relative paths resolve against the index's folder. Errors name `key`, the file and the line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: index file '{path}' does not exist")
+    paths, labels = [], []
+    with open(p) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) < 2:
+                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {line!r})")
+            try:
+                label = int(parts[1])
+            except ValueError:
+                raise ConfigError(f"{key}: {p}:{lineno}: label {parts[1]!r} is not an integer "
+                                  f"(expected `path label`)") from None
+            if label < 0:
+                raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
+            video = parts[0]
+            if not os.path.isabs(video):
+                video = str(p.resolve().parent / video)
+            paths.append(video)
+            labels.append(label)
+    if not paths:
+        raise ConfigError(f"{key}: index file '{path}' lists no videos")
+    return paths, labels
+
+
+def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int) -> list[list[int]]:
+    """`num_clips` windows of `frames_per_clip` frames at stride `frame_step`, evenly spread.
+
+    A video shorter than one window starts at 0 and repeats its last frame.
+    """
+    window = (frames_per_clip - 1) * frame_step + 1
+    last_start = max(0, num_frames - window)
+    if num_clips == 1:
+        starts = [last_start // 2]
+    else:
+        starts = [round(c * last_start / (num_clips - 1)) for c in range(num_clips)]
+    return [[min(s + i * frame_step, num_frames - 1) for i in range(frames_per_clip)] for s in starts]
+
+
+def view_boxes(height: int, width: int, num_views: int, resize_ratio: float) -> list[tuple[int, int, int, int]]:
+    """`num_views` square (top, left, side, side) boxes of side min(H, W) / resize_ratio.
+
+    Spread evenly along the longer side (the width when square), centred on the other.
+    """
+    side = max(1, int(round(min(height, width) / resize_ratio)))
+    along_w = width >= height
+    room = (width if along_w else height) - side
+    across = ((height if along_w else width) - side) // 2
+    if num_views == 1:
+        offsets = [room // 2]
+    else:
+        offsets = [round(v * room / (num_views - 1)) for v in range(num_views)]
+    return [(across, o, side, side) if along_w else (o, across, side, side) for o in offsets]
+
+
+class EvalClips(Dataset):
+    """item i -> {video (num_views, num_clips, C, T, crop, crop) float32, label, index}."""
+
+    def __init__(self, paths: list[str], labels: list[int], cfg: EvalDataConfig):
+        self.paths, self.labels, self.cfg = paths, labels, cfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        c = self.cfg
+        info = probe_video(self.paths[i])
+        windows = eval_frame_indices(info.num_frames, c.frames_per_clip, c.frame_step, c.num_clips)
+        pixels_THWC = torch.from_numpy(decode_frames(info.path, [f for w in windows for f in w], info.num_frames))
+        T = c.frames_per_clip
+        views = []
+        for box in view_boxes(info.height, info.width, c.num_views, c.resize_ratio):
+            views.append(torch.stack([normalize_clip(pixels_THWC[k * T:(k + 1) * T], box, False, c.crop_size)
+                                      for k in range(c.num_clips)]))
+        return {"video": torch.stack(views), "label": self.labels[i], "index": i}

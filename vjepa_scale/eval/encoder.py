@@ -1,0 +1,116 @@
+"""The frozen encoder under evaluation: from our checkpoint (EMA target by default), an HF export, or
+random init (the baseline), always a `VisionTransformer3D` in eval mode without gradients.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from vjepa_scale.config import Config, ConfigError, DataConfig, ModelConfig
+from vjepa_scale.eval.config import EvalConfig
+from vjepa_scale.models import VisionTransformer3D
+
+
+class CheckpointMismatchError(ValueError):
+    """Encoder weights that do not fit the model built from the config (names the key and shapes)."""
+
+
+@dataclass
+class FrozenEncoder:
+    encoder: VisionTransformer3D
+    source: str  # human-readable description of where the weights come from
+    step: Optional[int]  # pretraining step of the checkpoint, when known
+    model_cfg: ModelConfig
+
+
+def eval_grid(cfg: EvalConfig, model: ModelConfig) -> tuple[int, int, int]:
+    """Token grid of one eval clip; the crop and frame count must fit the encoder's patching."""
+    d = cfg.data
+    if d.crop_size % model.patch_size:
+        raise ConfigError(f"data.crop_size={d.crop_size} is not divisible by the encoder's "
+                          f"patch_size={model.patch_size}")
+    if d.frames_per_clip % model.tubelet_size:
+        raise ConfigError(f"data.frames_per_clip={d.frames_per_clip} is not divisible by the encoder's "
+                          f"tubelet_size={model.tubelet_size}")
+    g = d.crop_size // model.patch_size
+    return (d.frames_per_clip // model.tubelet_size, g, g)
+
+
+def check_encoder_state(state: dict[str, torch.Tensor], encoder: VisionTransformer3D, source: str) -> None:
+    """Same parameter names and shapes as `encoder`, else CheckpointMismatchError naming key and shapes."""
+    expected = encoder.state_dict()
+    for key in sorted(set(state) & set(expected)):
+        if tuple(state[key].shape) != tuple(expected[key].shape):
+            raise CheckpointMismatchError(
+                f"{source}: encoder parameter '{key}' has shape {tuple(state[key].shape)} in the checkpoint "
+                f"but {tuple(expected[key].shape)} in the model built from the config (a checkpoint of "
+                f"another model size? check model.size/width/depth/num_heads/patch_size)")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{source}: encoder parameters do not match the model built from the config "
+            f"(missing from the checkpoint: {missing[:6]}{' ...' if len(missing) > 6 else ''}; "
+            f"not in the model: {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}; "
+            f"check model.size/depth/pos_embed)")
+
+
+def _build(model_cfg: ModelConfig, grid: tuple[int, int, int], state: Optional[dict], source: str,
+           seed: int = 0) -> VisionTransformer3D:
+    torch.manual_seed(seed)
+    encoder = VisionTransformer3D(model_cfg, grid)
+    if state is not None:
+        check_encoder_state(state, encoder, source)
+        encoder.load_state_dict(state, strict=True)
+    encoder.eval()
+    encoder.requires_grad_(False)
+    return encoder
+
+
+def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
+    """Build and load the encoder named by `cfg.encoder` (one of checkpoint / hf_path / random_init)."""
+    src = cfg.encoder
+    if src.checkpoint:
+        from vjepa_scale.config import load_config
+        from vjepa_scale.train.checkpoint import load_consolidated, resolve_checkpoint
+
+        try:
+            if src.random_init:  # the architecture only
+                ckpt = resolve_checkpoint(src.checkpoint)
+                ck = {"config": load_config(ckpt / "config.yaml"), "step": None, "encoder": None}
+            else:
+                ck = load_consolidated(src.checkpoint, which=src.which)
+        except FileNotFoundError as e:
+            raise ConfigError(f"encoder.checkpoint: {e}") from None
+        pre: Config = ck["config"]
+        model_cfg = copy.deepcopy(cfg.model) if cfg.model is not None else copy.deepcopy(pre.model)
+        model_cfg.activation_checkpointing = False
+        eval_grid(cfg, model_cfg)
+        # Built at the pretraining grid so sin-cos positions are interpolated exactly as the model
+        # sees any other clip size.
+        grid = pre.grid if cfg.model is None else eval_grid(cfg, model_cfg)
+        if src.random_init:
+            source = f"random init (seed {src.init_seed}), architecture of {src.checkpoint}"
+            return FrozenEncoder(_build(model_cfg, grid, None, source, src.init_seed), source, None, model_cfg)
+        source = f"{src.checkpoint} ({src.which} encoder, step {ck['step']})"
+        return FrozenEncoder(_build(model_cfg, grid, ck["encoder"], source), source, ck["step"], model_cfg)
+    if src.hf_path:
+        from vjepa_scale.hf import load_init_state
+
+        if cfg.model is None:
+            raise ConfigError("encoder.hf_path needs a `model:` section describing the exported encoder")
+        model_cfg = copy.deepcopy(cfg.model)
+        grid = eval_grid(cfg, model_cfg)
+        pcfg = Config(model=model_cfg, data=DataConfig(backend="synthetic", crop_size=cfg.data.crop_size,
+                                                       frames_per_clip=cfg.data.frames_per_clip))
+        state = load_init_state(src.hf_path, pcfg)
+        state = state.get("encoder", state) if isinstance(state, dict) and "encoder" in state else state
+        source = f"{src.hf_path} (Hugging Face export)"
+        return FrozenEncoder(_build(model_cfg, grid, state, source), source, None, model_cfg)
+    model_cfg = copy.deepcopy(cfg.model)
+    grid = eval_grid(cfg, model_cfg)
+    source = f"random init (seed {src.init_seed})"
+    return FrozenEncoder(_build(model_cfg, grid, None, source, src.init_seed), source, None, model_cfg)

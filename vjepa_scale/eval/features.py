@@ -1,0 +1,56 @@
+"""Frozen-encoder features: every (view, clip) of every video through the encoder once, kept in memory.
+
+A video's features are `(num_views, num_clips * N, D)`: for each spatial view the token sets of its
+temporal clips are concatenated, so the probe attends across clips; views are classified separately
+and their predictions averaged. Under a distributed launch each rank encodes the videos `rank::world`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+
+@dataclass
+class FeatureSet:
+    feats_MVND: torch.Tensor  # (videos, views, clips * tokens, D)
+    labels_M: torch.Tensor  # int64 (videos,)
+    index_M: torch.Tensor  # int64 (videos,): position in the index file
+
+    def __len__(self) -> int:
+        return self.labels_M.shape[0]
+
+
+def _collate(items: list[dict]) -> dict:
+    return {"video": torch.stack([it["video"] for it in items]),
+            "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.int64)}
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+                     dtype: torch.dtype = torch.float32, num_workers: int = 0, rank: int = 0,
+                     world_size: int = 1, store_dtype: Optional[torch.dtype] = None,
+                     desc: str = "features", progress: bool = True) -> FeatureSet:
+    """Encode this rank's share of `dataset` (items {video (V, K, C, T, H, W), label, index})."""
+    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate)
+    store_dtype = store_dtype or (torch.float32 if dtype == torch.float32 else torch.bfloat16)
+    feats, labels, index = [], [], []
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
+        video = batch["video"]
+        B, V, K = video.shape[:3]
+        with autocast:
+            tok_XND = encoder(video.flatten(0, 2).to(device, non_blocking=True))
+        N, D = tok_XND.shape[-2:]
+        feats.append(tok_XND.reshape(B, V, K * N, D).to("cpu", store_dtype))
+        labels.append(batch["label"])
+        index.append(batch["index"])
+    if not feats:  # more ranks than videos
+        raise ValueError(f"{desc}: rank {rank} of {world_size} got no videos ({len(dataset)} in the index)")
+    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index))

@@ -1,0 +1,125 @@
+"""One frozen evaluation: load the encoder, encode the train and val videos once, train one probe per
+seed, write `result.json` (and tensorboard logs) to `run.output_dir`.
+
+Runs as one process (CPU or one GPU) or under a launcher (`torchrun` / `deepspeed`): with
+WORLD_SIZE > 1 it joins a process group (nccl on GPUs, gloo on CPU), shards the videos over ranks
+and trains the probe with DDP.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from vjepa_scale.config import ConfigError
+from vjepa_scale.eval.config import EvalConfig
+from vjepa_scale.eval.data import EvalClips, read_labeled_index
+from vjepa_scale.eval.encoder import load_frozen_encoder
+from vjepa_scale.eval.features import extract_features
+from vjepa_scale.eval.probe import resolve_probe_heads
+from vjepa_scale.eval.train_probe import train_probe
+
+
+def resolve_device(name: str) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device={name!r} but CUDA is not available here")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """The whole evaluation; returns (and on rank 0 writes) the result dict."""
+    t0 = time.time()
+    if cfg.run.num_threads:
+        torch.set_num_threads(cfg.run.num_threads)
+    device = resolve_device(cfg.run.device)
+    dtype = resolve_dtype(cfg.run.precision, device)
+    train_paths, train_labels = read_labeled_index(cfg.data.train_index, "data.train_index")
+    val_paths, val_labels = read_labeled_index(cfg.data.val_index, "data.val_index")
+    num_classes = cfg.data.num_classes or 1 + max(train_labels + val_labels)
+    for key, labels in (("data.train_index", train_labels), ("data.val_index", val_labels)):
+        if max(labels) >= num_classes:
+            raise ConfigError(f"{key}: label {max(labels)} >= data.num_classes={num_classes}")
+    if num_classes < 2:
+        raise ConfigError(f"data.train_index/val_index: only one class (label 0) found; a probe needs >= 2")
+
+    frozen = load_frozen_encoder(cfg)
+    encoder = frozen.encoder
+    heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, encoder.dims.num_heads)
+    rank, world = _init_distributed(device)
+    encoder.to(device)
+    progress = cfg.run.progress_bar
+    t_enc = time.time()
+    train = extract_features(encoder, EvalClips(train_paths, train_labels, cfg.data), cfg.data.batch_size,
+                             device, dtype, cfg.data.num_workers, rank, world, desc="train features",
+                             progress=progress)
+    val = extract_features(encoder, EvalClips(val_paths, val_labels, cfg.data), cfg.data.batch_size,
+                           device, dtype, cfg.data.num_workers, rank, world, desc="val features",
+                           progress=progress)
+    t_feat = time.time() - t_enc
+    del encoder
+
+    out = Path(cfg.run.output_dir)
+    writer = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.run.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tb"))
+    runs = []
+    for seed in cfg.run.seeds:
+        runs.append(train_probe(train, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
+                                writer, tag=f"seed{seed}", progress=progress))
+    if writer is not None:
+        writer.close()
+    tops = [r["val_top1"] for r in runs]
+    result = {
+        "encoder": frozen.source,
+        "encoder_step": frozen.step,
+        "model": {"size": frozen.model_cfg.size, "width": frozen.encoder.embed_dim, "depth": frozen.encoder.dims.depth,
+                  "num_heads": frozen.encoder.dims.num_heads, "pos_embed": frozen.model_cfg.pos_embed},
+        "num_classes": num_classes,
+        "num_train_videos": len(train_paths),
+        "num_val_videos": len(val_paths),
+        "val_top1_mean": statistics.fmean(tops),
+        "val_top1_std": statistics.pstdev(tops) if len(tops) > 1 else 0.0,
+        "val_top1_per_seed": {str(r["seed"]): r["val_top1"] for r in runs},
+        "runs": runs,
+        "feature_seconds": round(t_feat, 2),
+        "total_seconds": round(time.time() - t0, 2),
+        "world_size": world,
+        "device": str(device),
+        "config": cfg.to_dict(),
+    }
+    if rank == 0:
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,129 @@
+"""Train one attentive probe on cached frozen features; report top-1 with views averaged.
+
+Training samples are (video, view) pairs; a video's prediction averages the softmax over its views.
+AdamW with linear warmup then cosine decay, stepped per iteration. Under torch.distributed each rank
+trains on its own feature shard inside DDP and accuracy counts are summed over ranks. The reported
+accuracy is the one after the last epoch (no selection on the validation split).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vjepa_scale.eval.config import ProbeConfig, ProbeOptimConfig
+from vjepa_scale.eval.features import FeatureSet
+from vjepa_scale.eval.probe import AttentiveProbe
+
+
+def probe_lr(it: int, total: int, warmup: int, start_lr: float, lr: float, final_lr: float) -> float:
+    """Linear warmup start_lr -> lr over `warmup` iterations, then cosine lr -> final_lr at `total`."""
+    if it < warmup:
+        return start_lr + (lr - start_lr) * it / warmup
+    t = (it - warmup) / max(1, total - warmup)
+    return final_lr + 0.5 * (lr - final_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if _distributed()[1] > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(probe: torch.nn.Module, data: FeatureSet, device: torch.device, dtype: torch.dtype,
+             chunk: int = 64) -> dict:
+    """Top-1 over videos (softmax averaged over views) and mean loss, summed over ranks."""
+    probe.eval()
+    M, V = data.feats_MVND.shape[:2]
+    correct = loss = 0.0
+    for a in range(0, M, chunk):
+        x = data.feats_MVND[a:a + chunk].flatten(0, 1).to(device, torch.float32)
+        y = data.labels_M[a:a + chunk].to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = probe(x).float()
+        prob_MC = logits.softmax(-1).view(-1, V, logits.shape[-1]).mean(1)
+        correct += (prob_MC.argmax(-1) == y).sum().item()
+        loss += F.nll_loss(prob_MC.clamp_min(1e-12).log(), y, reduction="sum").item()
+    correct, loss, count = _sum([correct, loss, float(M)], device)
+    return {"top1": 100.0 * correct / count, "loss": loss / count, "count": int(count)}
+
+
+def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, optim_cfg: ProbeOptimConfig,
+                num_classes: int, encoder_heads: int, seed: int, device: torch.device,
+                dtype: torch.dtype = torch.float32, writer=None, tag: str = "", progress: bool = True) -> dict:
+    """Train a fresh probe (initialized from `seed`) and return its final val top-1 and history."""
+    rank, world = _distributed()
+    D = train.feats_MVND.shape[-1]
+    torch.manual_seed(seed)
+    probe = AttentiveProbe(probe_cfg, D, num_classes, encoder_heads).to(device)
+    model = probe
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(probe, device_ids=[device.index] if device.type == "cuda" else None)
+    decay = [p for n, p in probe.named_parameters() if p.ndim > 1 and "query" not in n]
+    no_decay = [p for n, p in probe.named_parameters() if not (p.ndim > 1 and "query" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim_cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
+
+    M, V = train.feats_MVND.shape[:2]
+    x_SND = train.feats_MVND.flatten(0, 1)  # (video, view) samples
+    y_S = train.labels_M.repeat_interleave(V)
+    local = x_SND.shape[0]
+    total_samples = int(_sum([float(local)], device)[0])
+    per_rank = max(1, optim_cfg.batch_size // world)
+    steps_per_epoch = max(1, math.ceil(total_samples / (per_rank * world)))
+    total = steps_per_epoch * optim_cfg.epochs
+    warmup = int(round(optim_cfg.warmup_epochs * steps_per_epoch))
+    start_lr = optim_cfg.lr if optim_cfg.start_lr is None else optim_cfg.start_lr
+
+    g = torch.Generator().manual_seed(seed * 1000 + rank)
+    history = []
+    it = 0
+    bar = tqdm(total=total, desc=f"probe {tag}".strip(), disable=not progress or rank != 0, leave=False)
+    for epoch in range(optim_cfg.epochs):
+        model.train()
+        order = torch.cat([torch.randperm(local, generator=g)
+                           for _ in range(math.ceil(steps_per_epoch * per_rank / local))])
+        run_loss = run_correct = 0.0
+        for s in range(steps_per_epoch):
+            sel = order[s * per_rank:(s + 1) * per_rank]
+            x, y = x_SND[sel].to(device, torch.float32), y_S[sel].to(device)
+            lr = probe_lr(it, total, warmup, start_lr, optim_cfg.lr, optim_cfg.final_lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run_loss += loss.item() * len(y)
+            run_correct += (logits.argmax(-1) == y).sum().item()
+            it += 1
+            bar.update(1)
+        seen = steps_per_epoch * per_rank
+        run_loss, run_correct, seen = _sum([run_loss, run_correct, float(seen)], device)
+        val_metrics = evaluate(probe, val, device, dtype)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": run_loss / seen, "train_top1": 100.0 * run_correct / seen,
+               "val_loss": val_metrics["loss"], "val_top1": val_metrics["top1"]}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_top1']:.1f}")
+        if writer is not None and rank == 0:
+            for k in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
+                writer.add_scalar(f"{tag}/{k}" if tag else k, row[k], epoch + 1)
+    bar.close()
+    return {"seed": seed, "val_top1": history[-1]["val_top1"], "val_loss": history[-1]["val_loss"],
+            "train_top1": history[-1]["train_top1"], "num_val_videos": val_metrics["count"],
+            "steps": total, "history": history, "probe_params": sum(p.numel() for p in probe.parameters())}
