@@ -16,9 +16,10 @@ from vjepa_scale.config import ConfigError, DatasetSpec
 from vjepa_scale.data import build_dataloader, dali_available
 from vjepa_scale.data.clips import clip_frame_indices, denormalize_clip, normalize_clip, plan_clips
 from vjepa_scale.data.cpu import NoReadableVideosError
-from vjepa_scale.data.decode import decode_frames, probe_video
+from vjepa_scale.data.decode import VideoError, _decode_after_seek, _open, decode_frames, probe_video
 from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
-from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP, frame_index_level, write_synthetic_videos
+from vjepa_scale.data.synthetic_videos import (INDEX_LEVEL_STEP, frame_index_frames, frame_index_level,
+                                               write_synthetic_videos, write_video)
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +62,34 @@ def test_clip_indices_stride_padding_and_spread():
     assert clip_frame_indices(5, 4, 2, 1, rng) == [[0, 2, 4, 4]]  # window 7 > 5 frames: pad with last
     clips = clip_frame_indices(100, 4, 2, 3, rng)  # three clips from successive parts of the video
     assert [c[0] for c in clips] == sorted(c[0] for c in clips) and clips[2][-1] < 100
+
+
+@pytest.mark.parametrize("codec,ext", [("h264", ".mp4"), ("vp9", ".webm")])
+def test_seek_decoding_matches_sequential(tmp_path, codec, ext):
+    """Windows deep in a video are decoded after a keyframe seek; same frames as decoding from 0."""
+    path = str(tmp_path / f"gop4{ext}")
+    write_video(path, frame_index_frames(30, 32, 32), 8, codec, {"g": "4"})
+    info = probe_video(path)
+    wanted = [13, 16, 19, 22]
+    container = _open(path)
+    seek = _decode_after_seek(container, container.streams.video[0], set(wanted), info.fps)
+    container.close()
+    assert seek is not None and sorted(seek) == wanted
+    fast = decode_frames(path, wanted, info.num_frames, info.fps)
+    assert np.array_equal(fast, decode_frames(path, wanted, info.num_frames))
+    levels = [int(round(x)) for x in fast.reshape(len(wanted), -1).mean(1)]
+    assert all(abs(l - frame_index_level(i)) <= 2 for l, i in zip(levels, wanted))
+
+
+def test_truncated_file_raises_video_error(tmp_path):
+    path = tmp_path / "full.avi"
+    write_video(path, frame_index_frames(30, 32, 32), 8, "mjpeg")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    info = probe_video(str(cut))  # the header still promises 30 frames
+    assert decode_frames(str(cut), [0, 5], info.num_frames).shape == (2, 32, 32, 3)
+    with pytest.raises(VideoError, match="cut.avi"):
+        decode_frames(str(cut), [0, 26], info.num_frames)
 
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("dali", marks=needs_dali)])

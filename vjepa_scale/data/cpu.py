@@ -54,7 +54,7 @@ class VideoClips(Dataset):
         plans = plan_clips(info.num_frames, info.height, info.width, self.cfg, self.cfg.seed, step, i)
         frames = [f for p in plans for f in p.frames]
         try:
-            pixels_THWC = torch.from_numpy(decode_frames(info.path, frames, info.num_frames))
+            pixels_THWC = torch.from_numpy(decode_frames(info.path, frames, info.num_frames, info.fps))
         except VideoError as e:
             self._bad[info.path] = e.reason
             raise

@@ -81,17 +81,60 @@ def probe_video(path: str) -> VideoInfo:
         container.close()
 
 
-def decode_frames(path: str, indices: list[int], declared_frames: int | None = None) -> np.ndarray:
+SEEK_MIN_FRAME = 8  # first wanted frame from which decoding seeks (to a keyframe) instead of starting at 0
+
+
+def _decode_after_seek(container, stream, wanted: set[int], fps: float) -> dict[int, np.ndarray] | None:
+    """Seek to the keyframe before min(wanted) and decode; frame numbers from pts (constant frame rate).
+
+    Returns None when that is unreliable (no pts, landed after the window, frames missing), in which
+    case the caller decodes from the start.
+    """
+    tb = stream.time_base
+    start = stream.start_time or 0
+    first, last = min(wanted), max(wanted)
+    container.seek(start + int(first / fps / tb), stream=stream, backward=True, any_frame=False)
+    got: dict[int, np.ndarray] = {}
+    landed = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            return None
+        idx = int(round(float((frame.pts - start) * tb) * fps))
+        if landed is None:
+            landed = idx
+            if idx > first:
+                return None
+        if idx in wanted:
+            got[idx] = frame.to_ndarray(format="rgb24")
+        if idx >= last:
+            break
+    return got if set(got) == wanted else None
+
+
+def decode_frames(path: str, indices: list[int], declared_frames: int | None = None,
+                  fps: float | None = None) -> np.ndarray:
     """Frames `indices` (any order, repeats allowed) of `path` as uint8 (len(indices), H, W, 3) RGB.
 
-    Decodes sequentially up to the largest index. Indices past the real end repeat the last frame;
-    a file that ends well before `declared_frames` is treated as truncated (VideoError).
+    Given `fps` and a first index >= SEEK_MIN_FRAME, seeks to the keyframe before the window;
+    otherwise (or when seeking is unreliable) decodes sequentially from the start, counting frames.
+    Indices past the real end repeat the last frame; a file that ends well before `declared_frames`
+    is treated as truncated (VideoError).
     """
     if not indices:
         raise ValueError("decode_frames needs at least one frame index")
     wanted = set(int(i) for i in indices)
     last = max(wanted)
-    got: dict[int, np.ndarray] = {}
+    if fps and min(wanted) >= SEEK_MIN_FRAME and (not declared_frames or last < declared_frames):
+        container = _open(path)
+        try:
+            got = _decode_after_seek(container, container.streams.video[0], wanted, fps)
+        except Exception:
+            got = None
+        finally:
+            container.close()
+        if got is not None:
+            return np.stack([got[int(i)] for i in indices])
+    got = {}
     container = _open(path)
     count = 0
     last_frame = None

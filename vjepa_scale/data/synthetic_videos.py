@@ -33,16 +33,20 @@ def frame_index_level(i: int) -> int:
     return 4 + INDEX_LEVEL_STEP * i
 
 
-def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8, codec: str = "h264") -> None:
-    """Encode uint8 RGB frames (T, H, W, 3) to `path` with `codec` (a key of `CODECS`)."""
+def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8, codec: str = "h264",
+                options: dict | None = None) -> None:
+    """Encode uint8 RGB frames (T, H, W, 3) to `path` with `codec` (a key of `CODECS`).
+
+    `options` add to / override the codec's encoder options (e.g. {"g": "4"}: a keyframe every 4).
+    """
     import av
 
     if codec not in CODECS:
         raise ValueError(f"unknown codec '{codec}' (choose from {sorted(CODECS)})")
-    encoder, _, pix_fmt, options = CODECS[codec]
+    encoder, _, pix_fmt, codec_options = CODECS[codec]
     T, H, W, _ = frames_THWC.shape
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(encoder, rate=fps, options=dict(options))
+        stream = container.add_stream(encoder, rate=fps, options={**codec_options, **(options or {})})
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
         for t in range(T):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[t]), format="rgb24")
