@@ -14,10 +14,13 @@ A suite is a module `vjepa_scale.bench.<name>` exposing `run(device: str, quick:
     any other key    reported as-is (e.g. clips_per_s, tokens_per_s, mfu, note)
 
 Suites are imported lazily, so one whose dependencies are missing does not break the others.
+A suite may take extra keyword options (e.g. `step` takes `config`, `batch_size`, `steps`);
+`run_suite` passes only the options its `run` accepts.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable
 
 SUITES: dict[str, str] = {
@@ -36,9 +39,11 @@ def get_suite(name: str) -> Callable[[str, bool], list[dict]]:
     return importlib.import_module(SUITES[name]).run
 
 
-def run_suite(name: str, device: str, quick: bool) -> list[dict]:
-    """Run one suite and tag its rows with the suite name."""
-    rows = get_suite(name)(device, quick)
+def run_suite(name: str, device: str, quick: bool, **options) -> list[dict]:
+    """Run one suite (with the `options` its `run` accepts) and tag its rows with the suite name."""
+    fn = get_suite(name)
+    params = inspect.signature(fn).parameters
+    rows = fn(device, quick, **{k: v for k, v in options.items() if k in params and v is not None})
     for r in rows:
         r.setdefault("suite", name)
     return rows

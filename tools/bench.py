@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Kernel, attention, data and training-step microbenchmarks.
+
+    python tools/bench.py                          # every suite on CUDA if present, else CPU
+    python tools/bench.py --device cpu             # small sizes (about a minute)
+    python tools/bench.py --suite gather ema --out results/
+    python tools/bench.py --suite step --config vith384 --batch-size 8
+
+Writes bench_<device>.json (metadata + one row per measurement) and bench_<device>.md (a table per
+suite) under --out, and prints the tables. Exits 1 if any suite failed (the others still run).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from vjepa_scale.bench import SUITES, run_suite
+from vjepa_scale.bench.common import copy_gbps, device_name
+
+STD_COLS = [("case", "case"), ("impl", "impl"), ("time_ms", "time (ms)"), ("gbps", "GB/s"),
+            ("copy_frac", "% copy BW"), ("speedup", "speed-up")]
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "-"
+    if key == "copy_frac" or key == "mfu" or key.endswith("_share"):
+        return f"{100 * v:.1f}%"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    out = [f"# Benchmarks on {meta['device_name']} ({meta['device']})", "",
+           f"{meta['time']} - torch {meta['torch']}, triton {meta['triton']}; measured copy bandwidth "
+           f"{meta['copy_gbps']:.1f} GB/s; sizes: {'small (quick)' if meta['quick'] else 'full'}", ""]
+    for suite in dict.fromkeys(r["suite"] for r in rows):
+        srows = [r for r in rows if r["suite"] == suite]
+        extra = [k for k in dict.fromkeys(k for r in srows for k in r)
+                 if k not in dict(STD_COLS) and k != "suite"]
+        cols = [(k, h) for k, h in STD_COLS if any(k in r for r in srows)] + [(k, k) for k in extra]
+        out += [f"## {suite}", "", "| " + " | ".join(h for _, h in cols) + " |",
+                "|" + "|".join("---" for _ in cols) + "|"]
+        out += ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in cols) + " |" for r in srows]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--suite", nargs="+", default=None, metavar="NAME",
+                    help=f"suites to run (default: all of {', '.join(SUITES)})")
+    ap.add_argument("--out", default="bench_results", help="output folder (default: bench_results/)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (the default on CPU)")
+    ap.add_argument("--config", default=None, help="step suite: config name or path (default: cpu_demo on CPU, "
+                    "vith384 on CUDA)")
+    ap.add_argument("--batch-size", type=int, default=None, help="step suite: clips per step")
+    ap.add_argument("--steps", type=int, default=None, help="step suite: timed steps")
+    args = ap.parse_args(argv)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available (use --device cpu)")
+    suites = args.suite or list(SUITES)
+    for s in suites:
+        if s not in SUITES:
+            ap.error(f"--suite: unknown suite '{s}' (choose from {', '.join(SUITES)})")
+    quick = args.quick or args.device == "cpu"
+    device = args.device
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = "not installed"
+    meta = {"device": device, "device_name": device_name(device), "quick": quick, "torch": torch.__version__,
+            "triton": triton_version, "copy_gbps": copy_gbps(device),
+            "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "argv": sys.argv[1:] if argv is None else argv}
+    rows, failed = [], []
+    options = {"config": args.config, "batch_size": args.batch_size, "steps": args.steps}
+    for s in suites:
+        print(f"[bench] {s} on {device} ...", flush=True)
+        try:
+            rows += run_suite(s, device, quick, **options)
+        except ModuleNotFoundError as e:
+            if e.name != SUITES[s]:
+                raise
+            print(f"[bench] {s}: suite module {SUITES[s]} is not installed; skipped", flush=True)
+        except Exception as e:  # keep going: one broken suite must not hide the others' numbers
+            traceback.print_exc()
+            failed.append(s)
+            rows.append({"suite": s, "case": "FAILED", "impl": "-", "error": f"{type(e).__name__}: {e}"[:300]})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_{device}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    md = markdown(meta, rows)
+    (out / f"bench_{device}.md").write_text(md + "\n")
+    print(md)
+    print(f"[bench] wrote {out / f'bench_{device}.json'} and {out / f'bench_{device}.md'}", flush=True)
+    if failed:
+        print(f"[bench] failed suites: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    sys.exit(main())
