@@ -1,0 +1,144 @@
+"""2-rank ZeRO-3 runs on CPU (gloo): training, sharded EMA, exact resume, killed saves, consolidation.
+
+Three launches of tools/train.py share one tiny setup (depth 1, width 96, crop 32, 4 frames):
+  straight: 6 steps through the `deepspeed` launcher, a checkpoint after every step;
+  killed:   the same run under torch.distributed.run, checkpoints every 3 steps, rank 0 SIGKILLed
+            in the middle of the step-6 save;
+  resumed:  `--resume auto` on the killed run's directory, training steps 4-6 again.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vjepa_scale.config import load_config
+from vjepa_scale.models import Predictor, VisionTransformer3D
+from vjepa_scale.train.checkpoint import KILL_IN_SAVE_ENV, find_latest, list_checkpoints, load_consolidated
+from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.train.schedules import ema_momentum
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 6
+OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={STEPS}",
+        "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=10"]
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1",
+               **(extra_env or {}))
+    args = ["tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
+    for o in [*OPTS, *opts]:
+        args += ["--opt", o]
+    if resume:
+        args += ["--resume", resume]
+    if launcher == "deepspeed":
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", _free_port(), *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", _free_port(), *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return r
+
+
+def _losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}  # later records (a resume) win
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train2")
+    straight, killed = base / "straight", base / "killed"
+    r = _launch(straight, "train.checkpoint_every=1", launcher="deepspeed")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    k = _launch(killed, "train.checkpoint_every=3", extra_env={KILL_IN_SAVE_ENV: str(STEPS)})
+    assert k.returncode != 0, "rank 0 should have been killed inside the step-6 save"
+    killed_state = {"latest": find_latest(killed), "tmp": sorted(p.name for p in (killed / "checkpoints").glob(".tmp_*"))}
+    resumed = base / "resumed"
+    shutil.copytree(killed, resumed)
+    rr = _launch(resumed, "train.checkpoint_every=3", resume="auto")
+    assert rr.returncode == 0, rr.stdout[-3000:] + rr.stderr[-3000:]
+    yield {"straight": straight, "killed": killed, "killed_state": killed_state, "resumed": resumed,
+           "resumed_log": rr.stdout + rr.stderr}
+
+
+def test_two_rank_zero3_trains(runs):
+    run = runs["straight"]
+    losses = _losses(run)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    first, last = losses[1], losses[STEPS]
+    assert last < first - 0.02, losses
+    recs = read_metrics(run)
+    assert all(r["grad_norm"] > 0 and r["clips_per_s"] > 0 and 0 <= r["data_wait"] < 1 for r in recs)
+    # optimizer steps change the (consolidated) online weights
+    a = load_consolidated(list_checkpoints(run)[0], "online")["encoder"]
+    b = load_consolidated(run, "online")["encoder"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-4
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    cfg = load_config(run / "config.yaml")  # effective config, batch resolved for 2 ranks
+    assert cfg.data.batch_size == 4 and cfg.data.global_batch_size == 8 and cfg.model.depth == 1
+
+
+def test_sharded_ema_equals_single_process_ema(runs):
+    """Target after k steps == fp32 EMA (one process) of the consolidated online weights of each step."""
+    ckpts = list_checkpoints(runs["straight"])
+    assert [load_consolidated(c, "target")["step"] for c in ckpts] == list(range(1, STEPS + 1))
+    o = load_consolidated(ckpts[0]).get("config").optim
+    shadow = load_consolidated(ckpts[0], "target")["encoder"]
+    start = {k: v.clone() for k, v in shadow.items()}
+    for c in ckpts[1:]:
+        d = load_consolidated(c, "online")
+        m = ema_momentum(o, d["step"] - 1)  # momentum applied after optimizer step index step-1
+        shadow = {k: m * shadow[k] + (1 - m) * d["encoder"][k] for k in shadow}
+    target = load_consolidated(ckpts[-1], "target")["encoder"]
+    online = load_consolidated(ckpts[-1], "online")["encoder"]
+    assert max((target[k] - shadow[k]).abs().max().item() for k in shadow) <= 1e-6
+    assert max((target[k] - start[k]).abs().max().item() for k in shadow) > 1e-4  # the EMA moved
+    assert max((target[k] - online[k]).abs().max().item() for k in shadow) > 1e-5  # and is not a copy
+
+
+def test_killed_save_keeps_previous_checkpoint(runs):
+    state = runs["killed_state"]
+    assert state["latest"] is not None and state["latest"].name == "step_00000003"
+    assert state["tmp"] == [".tmp_step_00000006"]  # the half-written save is left aside, not committed
+    assert "resumed from" in runs["resumed_log"] and "step_00000003" in runs["resumed_log"]
+
+
+def test_resume_is_exact(runs):
+    straight, resumed = _losses(runs["straight"]), _losses(runs["resumed"])
+    assert [resumed[s] for s in range(4, STEPS + 1)] == [straight[s] for s in range(4, STEPS + 1)]
+    assert find_latest(runs["resumed"]).name == f"step_{STEPS:08d}"
+    assert not list((runs["resumed"] / "checkpoints").glob(".tmp_*"))
+    for which in ("online", "target"):
+        a, b = load_consolidated(runs["straight"], which), load_consolidated(runs["resumed"], which)
+        assert a["step"] == b["step"] == STEPS
+        for part in ("encoder", "predictor"):
+            assert a[part].keys() == b[part].keys()
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (which, part)
+
+
+def test_load_consolidated_builds_models(runs):
+    d = load_consolidated(runs["straight"])  # run dir -> latest, target by default
+    cfg = d["config"]
+    enc = VisionTransformer3D(cfg.model, cfg.grid)
+    enc.load_state_dict(d["encoder"], strict=True)
+    pred = Predictor(cfg.model, enc.embed_dim, cfg.grid, len(cfg.mask.types))
+    pred.load_state_dict(d["predictor"], strict=True)
+    assert all(v.dtype == torch.float32 for v in d["encoder"].values())
+    with torch.no_grad():
+        out = enc(torch.randn(1, 3, cfg.data.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size))
+    assert out.shape == (1, cfg.grid[0] * cfg.grid[1] * cfg.grid[2], enc.embed_dim) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="which must be"):
+        load_consolidated(runs["straight"], "ema")

@@ -1,0 +1,113 @@
+"""Trainer pieces that need no process group: schedules, shard layout, EMA, checkpoint discovery."""
+import json
+import math
+
+import pytest
+import torch
+
+from vjepa_scale.config import load_config
+from vjepa_scale.models import JEPA
+from vjepa_scale.train.checkpoint import CKPT_SUBDIR, find_latest, list_checkpoints, resolve_checkpoint
+from vjepa_scale.train.ema import ShardedEMA, consolidate_shards, local_shard, unshard
+from vjepa_scale.train.engine import build_models, param_groups
+from vjepa_scale.train.schedules import ema_momentum, horizon, learning_rate, schedule_at, weight_decay
+
+
+def test_schedules_on_scaled_horizon():
+    o = load_config("vith384").optim
+    H = horizon(o)
+    assert H == 112_500
+    assert learning_rate(o, 0) == pytest.approx(2e-4)
+    assert learning_rate(o, 6_000) == pytest.approx((2e-4 + 6.25e-4) / 2)
+    assert learning_rate(o, 12_000) == pytest.approx(6.25e-4)
+    mid = 12_000 + (H - 12_000) // 2
+    assert learning_rate(o, mid) == pytest.approx((6.25e-4 + 1e-6) / 2, rel=1e-4)
+    assert learning_rate(o, H) == pytest.approx(1e-6)
+    lrs = [learning_rate(o, s) for s in range(12_000, 90_001, 500)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert learning_rate(o, 90_000) > 1e-6 * 10  # training stops before the schedule ends
+    assert weight_decay(o, 0) == pytest.approx(0.04) and weight_decay(o, H) == pytest.approx(0.4)
+    assert weight_decay(o, H // 2) == pytest.approx(0.22)
+    assert ema_momentum(o, 0) == 0.998 and ema_momentum(o, H) == 1.0
+    assert ema_momentum(o, 90_000) == pytest.approx(0.998 + 0.002 * 0.8)
+    s = schedule_at(o, 100)
+    assert (s.lr, s.weight_decay, s.momentum) == (learning_rate(o, 100), weight_decay(o, 100), ema_momentum(o, 100))
+
+
+@pytest.mark.parametrize("numel,world", [(1, 2), (7, 2), (10, 4), (96, 3), (5, 8)])
+def test_local_shard_layout_round_trips(numel, world):
+    full = torch.randn(numel)
+    shards = [local_shard(full, r, world) for r in range(world)]
+    part = math.ceil(numel / world)
+    assert all(s.shape == (part,) and s.dtype == torch.float32 for s in shards)
+    assert torch.equal(unshard(shards, (numel,)), full)
+    assert torch.equal(torch.cat(shards)[numel:], torch.zeros(part * world - numel))
+
+
+def _tiny_cfg(*extra):
+    return load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", *extra])
+
+
+def test_param_groups_no_decay_on_bias_and_1d():
+    jepa = JEPA(_tiny_cfg())
+    decay, no_decay = param_groups(jepa)
+    names = {id(p): n for n, p in jepa.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert all(p.ndim <= 1 or names[id(p)].endswith(".bias") for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and no_decay["wd_scale"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(jepa.parameters()))
+    assert any(names[id(p)].endswith("mask_tokens") or "norm" in names[id(p)] for p in no_decay["params"])
+
+
+def test_build_models_target_is_frozen_copy():
+    cfg = _tiny_cfg()
+    jepa, target = build_models(cfg, seed=3)
+    jepa2, _ = build_models(cfg, seed=3)
+    for (n, a), (_, b) in zip(jepa.encoder.named_parameters(), target.named_parameters()):
+        assert torch.equal(a, b) and not b.requires_grad
+    assert all(torch.equal(a, b) for a, b in zip(jepa.parameters(), jepa2.parameters()))  # same on every rank
+
+
+def test_unpartitioned_ema_matches_reference():
+    """Without ZeRO partitioning the EMA works on whole tensors: compare with a plain fp32 loop."""
+    torch.manual_seed(0)
+    online = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.LayerNorm(3))
+    target = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.LayerNorm(3)).to(torch.bfloat16)
+    init = {n: p.detach().clone() for n, p in online.named_parameters()}
+    ema = ShardedEMA(online, target, init, rank=0, world_size=1)
+    ref = {n: v.clone() for n, v in init.items()}
+    for m in (0.9, 0.5, 0.99):
+        with torch.no_grad():
+            for p in online.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(m)
+        for n, p in online.named_parameters():
+            ref[n] = m * ref[n] + (1 - m) * p.detach()
+    full = consolidate_shards([ema.state_dict()])
+    for n, t in target.named_parameters():
+        assert (full[n] - ref[n]).abs().max() <= 1e-6
+        assert t.dtype == torch.bfloat16 and torch.equal(t.detach(), full[n].to(torch.bfloat16))
+
+
+def _fake_ckpt(run, step, complete=True):
+    d = run / CKPT_SUBDIR / f"step_{step:08d}"
+    d.mkdir(parents=True)
+    if complete:
+        (d / "meta.json").write_text(json.dumps({"step": step, "world_size": 2, "complete": True}))
+    return d
+
+
+def test_find_latest_skips_partial_saves(tmp_path):
+    assert find_latest(tmp_path) is None
+    a = _fake_ckpt(tmp_path, 10)
+    b = _fake_ckpt(tmp_path, 20)
+    (tmp_path / CKPT_SUBDIR / "latest").write_text(b.name)
+    _fake_ckpt(tmp_path, 30, complete=False)  # died before meta.json
+    (tmp_path / CKPT_SUBDIR / ".tmp_step_00000040").mkdir()
+    assert find_latest(tmp_path) == b
+    assert list_checkpoints(tmp_path) == [a, b]
+    (tmp_path / CKPT_SUBDIR / "latest").write_text("step_00000099")  # marker names a vanished dir
+    assert find_latest(tmp_path) == b
+    assert resolve_checkpoint(a) == a and resolve_checkpoint(tmp_path) == b
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        resolve_checkpoint(tmp_path / "nothing")
