@@ -27,10 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="session")
 def sets(tmp_path_factory):
-    """Small encoded sets: frame-index videos (h264 + vp9), short ones, moving shapes (vp9 + h264)."""
+    """Small encoded sets: frame-index videos (4 codecs; vp9 only), short ones, moving shapes (vp9 + h264)."""
     base = tmp_path_factory.mktemp("videos")
     return {
-        "index": write_synthetic_videos(base / "index", 4, 20, 32, ("h264", "vp9"), val_fraction=0,
+        "index": write_synthetic_videos(base / "index", 4, 20, 32, ("h264", "vp9", "hevc", "mjpeg"), val_fraction=0,
                                         pattern="frame_index"),
         "index_vp9": write_synthetic_videos(base / "index_vp9", 2, 20, 32, ("vp9",), val_fraction=0,
                                             pattern="frame_index"),
@@ -94,7 +94,10 @@ def test_truncated_file_raises_video_error(tmp_path):
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("dali", marks=needs_dali)])
 def test_clip_shape_and_stride(sets, backend):
-    """Frames picked are the planned ones at the exact stride (read back from the pixels), on H.264 and VP9."""
+    """Frames picked are the planned ones at the exact stride (read back from the pixels).
+
+    CPU: H.264, VP9, HEVC and MJPEG files; DALI on the CPU: VP9 files.
+    """
     name = "index" if backend == "cpu" else "index_vp9"
     cfg = video_cfg([(sets[name]["train"], 1.0)], backend=backend, frames=4, step=3)
     codecs = set()
@@ -110,7 +113,7 @@ def test_clip_shape_and_stride(sets, backend):
             got = frame_ids(batch["video"][b])
             assert got == list(plan.frames)
             assert all(d == 3 for d in np.diff(got))
-    assert codecs == ({"h264", "vp9"} if backend == "cpu" else {"vp9"})
+    assert codecs == ({"h264", "vp9", "hevc", "mjpeg"} if backend == "cpu" else {"vp9"})
 
 
 def test_short_video_padded_with_last_frame(sets):
@@ -159,17 +162,23 @@ def test_dali_cpu_matches_cpu_backend_same_box(sets):
 
 
 @needs_dali
-def test_dali_reports_codecs_it_cannot_decode(sets, caplog):
-    """H.264 on the DALI CPU decoder: reported at build, listed in `skipped`, never silently dropped."""
+@pytest.mark.parametrize("probe_all", [True, False])
+def test_dali_reports_codecs_it_cannot_decode(sets, caplog, monkeypatch, probe_all):
+    """H.264/HEVC on the DALI CPU decoder: reported (at build, or when first drawn for huge indexes),
+    listed in `skipped`, never silently dropped."""
+    import vjepa_scale.data.dali as dali_mod
+
+    if not probe_all:
+        monkeypatch.setattr(dali_mod, "PROBE_ALL_MAX", 0)
     cfg = video_cfg([(sets["index"]["train"], 1.0)], backend="dali", frames=4, step=3)
     with caplog.at_level(logging.WARNING, logger="vjepa_scale.data"):
-        loader = build_dataloader(cfg, num_steps=2)
+        loader = build_dataloader(cfg, num_steps=2)  # 4 draws: the whole 4-video index
         batches = list(loader)
-    h264 = {p for p in loader.unusable}
-    assert h264 and all(p.endswith(".mp4") for p in h264)
+    h264 = set(loader.unusable)
+    assert len(h264) == 2 and all(p.endswith(".mp4") for p in h264)  # the H.264 and the HEVC file
     assert all(p in caplog.text for p in h264)
-    assert set(loader.skipped_files) <= h264 and loader.skipped_files
-    assert all(cfg.data.datasets and b["video"].shape[0] == 2 for b in batches)
+    assert set(loader.skipped_files) == h264
+    assert all(b["video"].shape[0] == 2 and not set(b["index"]) & {0, 2} for b in batches)
     only_h264 = sets["index"]["train"].parent / "only_h264.txt"
     only_h264.write_text("".join(f"{p} 0\n" for p in sorted(h264)))
     with pytest.raises(NoReadableVideosError, match="codec h264"):
@@ -300,3 +309,24 @@ def test_synthetic_tool_cli(tmp_path):
         assert info.num_frames == 6 and (info.height, info.width) == (32, 32)
         assert path.split("_")[-1].split(".")[0] == ["right", "left", "down", "up"][int(label)]
     assert codecs == {"h264", "vp9"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and dali_available()), reason="needs CUDA and nvidia-dali")
+def test_dali_gpu_decodes_h264_and_vp9_like_cpu(sets):
+    """NVDEC path: H.264 + VP9 decoded on the GPU match the CPU backend; batches arrive bf16 on the GPU."""
+    from vjepa_scale.data.dali import DaliClipRunner
+
+    cfg = video_cfg([(sets["shapes"]["train"], 1.0)], backend="dali", frames=4, step=2, batch=4)
+    paths = [l.split()[0] for l in open(sets["shapes"]["train"]).read().splitlines()[:4]]
+    items = []
+    for k, p in enumerate(paths):
+        info = probe_video(p)
+        items.append((p, plan_clips(info.num_frames, info.height, info.width, cfg.data, 0, 1, k)[0]))
+    gpu = DaliClipRunner(4, 32, "gpu").run(items).cpu()
+    cpu = torch.stack([normalize_clip(torch.from_numpy(decode_frames(p, list(pl.frames))), pl.box, pl.flip, 32)
+                       for p, pl in items])
+    assert ((gpu - cpu).abs() * 0.225 * 255).mean() < 3.0
+    batch = next(iter(build_dataloader(cfg, num_steps=1)))
+    assert batch["video"].is_cuda and batch["video"].dtype == torch.bfloat16
+    assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["skipped"] == []

@@ -8,7 +8,8 @@ so both backends pick the same frames and boxes and shard by the same `StepBatch
 (rank r of W takes its own disjoint slice of each step's samples, i.e. shard_id=r, num_shards=W).
 
 DALI's CPU decoder only handles VP8, VP9 and MJPEG, and DALI readers silently drop files they
-cannot decode. So every file is probed with PyAV when the loader is built: missing, unreadable,
+cannot decode. So every file is probed with PyAV (headers only) when the loader is built (indexes
+above PROBE_ALL_MAX entries: each file when first drawn): missing, unreadable,
 unsupported-codec and variable-frame-rate files are reported (a warning on rank 0 naming them) and
 skipped by the same deterministic next-index substitution as the CPU backend, which lists them in
 each batch's `skipped`. If a DALI batch still fails at run time, that batch is decoded by the CPU
@@ -60,24 +61,20 @@ def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int
     return pipe()
 
 
-def probe_for_dali(paths: list[str], device: str, num_threads: int = 8) -> tuple[list[VideoInfo | None], dict[str, str]]:
-    """PyAV header probe of every path: (infos, unusable path -> reason) for DALI on `device`."""
-    def one(path):
-        try:
-            info = probe_video(path)
-        except VideoError as e:
-            return None, e.reason
-        if info.codec not in DALI_CODECS[device]:
-            return None, f"codec {info.codec} is not decodable by DALI on {device}"
-        if info.variable_frame_rate:
-            return None, "variable frame rate (DALI needs constant frame rate)"
-        return info, None
+PROBE_ALL_MAX = 100_000  # indexes up to this size are probed completely when the loader is built
 
-    with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        results = list(pool.map(one, paths))
-    infos = [r[0] for r in results]
-    bad = {p: r[1] for p, r in zip(paths, results) if r[1] is not None}
-    return infos, bad
+
+def probe_for_dali(path: str, device: str) -> tuple[VideoInfo | None, str | None]:
+    """PyAV header probe of one file: (info, None) if DALI on `device` can decode it, else (None, reason)."""
+    try:
+        info = probe_video(path)
+    except VideoError as e:
+        return None, e.reason
+    if info.codec not in DALI_CODECS[device]:
+        return None, f"codec {info.codec} is not decodable by DALI on {device}"
+    if info.variable_frame_rate:
+        return None, "variable frame rate (DALI needs constant frame rate)"
+    return info, None
 
 
 class DaliClipRunner:
@@ -127,15 +124,26 @@ class DaliLoader:
         from vjepa_scale.masks import MultiBlockMasker
 
         self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
-        self.infos, self.unusable = probe_for_dali(index.paths, device, max(2, cfg.data.num_workers))
-        if len(self.unusable) == len(index):
+        self._infos: dict[int, VideoInfo | None] = {}
+        self.unusable: dict[str, str] = {}
+        n = len(index)
+        if n <= PROBE_ALL_MAX:  # complete report up front
+            with ThreadPoolExecutor(max(2, cfg.data.num_workers)) as pool:
+                for i, (info, reason) in enumerate(pool.map(lambda p: probe_for_dali(p, device), index.paths)):
+                    self._record(i, info, reason)
+            usable = [len(self.unusable) < n]
+        else:  # huge index: one usable file per dataset now, the rest when first drawn
+            usable, start = [], 0
+            for size in index.sizes:
+                usable.append(any(self.info(i) is not None for i in range(start, start + min(size, 256))))
+                start += size
+        if not all(usable):
             reasons = sorted(set(self.unusable.values()))
-            raise NoReadableVideosError(f"DALI ({device}) can read none of the {len(index)} videos in "
-                                        f"{index.sources}: {'; '.join(reasons[:3])}. "
-                                        "Use data.backend: cpu for these files.")
+            raise NoReadableVideosError(f"DALI ({device}) can read none of the videos in {index.sources}: "
+                                        f"{'; '.join(reasons[:3])}. Use data.backend: cpu for these files.")
         if self.unusable and rank == 0:
             names = ", ".join(f"{p} ({r})" for p, r in list(self.unusable.items())[:20])
-            log.warning("DALI backend will skip %d of %d files: %s%s", len(self.unusable), len(index), names,
+            log.warning("DALI backend will skip %d of %d files: %s%s", len(self.unusable), n, names,
                         " ..." if len(self.unusable) > 20 else "")
         self.max_retries = max(0, min(max_retries, len(index) - 1))
         self.masker = MultiBlockMasker(cfg.mask, cfg.grid)
@@ -152,13 +160,24 @@ class DaliLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def _record(self, i: int, info: VideoInfo | None, reason: str | None) -> None:
+        self._infos[i] = info
+        if reason is not None:
+            self.unusable[self.index.paths[i]] = reason
+
+    def info(self, i: int) -> VideoInfo | None:
+        """Probe result of entry `i` (probed on first use), None if DALI cannot use the file."""
+        if i not in self._infos:
+            self._record(i, *probe_for_dali(self.index.paths[i], self.device))
+        return self._infos[i]
+
     def resolve(self, index: int, step: int) -> tuple[int, list[tuple[str, str]]]:
         """The entry used for sample `index` (next usable one) and the files skipped on the way."""
         skipped = []
         n = len(self.index)
         for attempt in range(self.max_retries + 1):
             i = (index + attempt) % n
-            if self.infos[i] is not None:
+            if self.info(i) is not None:
                 return i, skipped
             skipped.append((self.index.paths[i], self.unusable[self.index.paths[i]]))
         raise self._no_readable(f"{len(skipped)} consecutive index entries from #{index} are unusable for DALI: "
@@ -170,7 +189,7 @@ class DaliLoader:
         for index, s in samples:
             i, sk = self.resolve(index, s)
             skipped += sk
-            info = self.infos[i]
+            info = self.info(i)
             for plan in plan_clips(info.num_frames, info.height, info.width, self.cfg.data, self.cfg.data.seed, s, i):
                 items.append((info.path, plan))
                 labels.append(self.index.labels[i])
