@@ -6,7 +6,8 @@ shape against the models `cfg` builds. Supported:
   (RoPE; also `VJEPA2ForVideoClassification`, whose head is ignored) or `vjepa_sincos` (ours);
 - the official V-JEPA 1 `torch.save` dict (`encoder`, `predictor`, `target_encoder`, keys prefixed
   `module.backbone.`, fused `qkv`, `mask_tokens.{i}`, sin-cos `pos_embed` / `predictor_pos_embed`);
-- the official V-JEPA 2 dict (same names, RoPE, no position tables).
+- the official V-JEPA 2 dict (same names, RoPE, no position tables);
+- one of our own training runs or checkpoints (ZeRO-3, any world size), consolidated on the CPU.
 """
 from __future__ import annotations
 
@@ -49,16 +50,14 @@ def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[
     """Weights at `path` as our state dicts, checked against `cfg`.
 
     Returns {'encoder': sd, 'predictor': sd or None, 'target_encoder': sd or None} for
-    `VisionTransformer3D` / `Predictor`. An HF folder holds one encoder (target_encoder is None).
+    `VisionTransformer3D` / `Predictor`. An HF folder holds one encoder (target_encoder is None);
+    official checkpoints and our runs give the online `encoder` and the EMA `target_encoder`.
     Raises `CheckpointMismatchError` naming the offending key (and both shapes) when the weights do
     not fit the configured model, and `FileNotFoundError` / `ValueError` for unknown formats.
     """
     p = Path(path)
     if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"{p}: a folder to initialize from must be a Hugging Face export with "
-                                    f"config.json (for a training run, convert it with tools/convert_to_hf.py)")
-        state = _from_hf_folder(p, cfg)
+        state = _from_hf_folder(p, cfg) if (p / "config.json").is_file() else _from_training_run(p, cfg)
     elif p.is_file():
         state = _from_torch_file(p, cfg)
     else:
@@ -137,6 +136,37 @@ def _check_hf_config(hf_cfg: dict[str, Any], cfg: Config, folder: Path, has_pred
             raise CheckpointMismatchError(f"{folder}/config.json: {field}={have!r} but the config has {ours}={want!r}")
     if hf_cfg.get("hidden_act", "gelu") != "gelu":
         raise CheckpointMismatchError(f"{folder}/config.json: hidden_act={hf_cfg['hidden_act']!r}; our blocks use gelu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Our own training checkpoints
+# ---------------------------------------------------------------------------------------------------
+
+_ARCH_FIELDS = ("pos_embed", "patch_size", "tubelet_size", "qkv_bias", "pred_width", "pred_depth",
+                "pred_num_heads", "pred_mlp_ratio")
+
+
+def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
+    from vjepa_scale.train.checkpoint import load_consolidated, resolve_checkpoint
+
+    try:
+        ckpt = resolve_checkpoint(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: neither a Hugging Face export (no config.json) nor a training run or "
+                                f"checkpoint (no checkpoints/step_*/meta.json)") from None
+    online = load_consolidated(ckpt, which="online")
+    have, want = online["config"].model, cfg.model
+    hd, wd = resolve_vit_size(have), resolve_vit_size(want)
+    pairs = [(f, getattr(have, f), getattr(want, f)) for f in _ARCH_FIELDS]
+    pairs += [(f"{f} (via model.size)", getattr(hd, f), getattr(wd, f)) for f in ("width", "depth", "num_heads",
+                                                                                  "mlp_ratio")]
+    for field, a, b in pairs:
+        if a != b:
+            raise CheckpointMismatchError(f"{ckpt}: the run was trained with model.{field}={a!r} but the config "
+                                          f"has {b!r}")
+    target = load_consolidated(ckpt, which="target")
+    log.info("%s: consolidated training checkpoint at step %d", ckpt, online["step"])
+    return {"encoder": online["encoder"], "predictor": online["predictor"], "target_encoder": target["encoder"]}
 
 
 # ---------------------------------------------------------------------------------------------------

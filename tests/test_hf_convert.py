@@ -1,0 +1,113 @@
+"""tools/convert_to_hf.py on a real 2-rank ZeRO-3 checkpoint, and warm starts from a training run."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vjepa_scale.hf import load_init_state
+from vjepa_scale.models import VisionTransformer3D
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("deepspeed")
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # trains two ranks for two steps (~20 s on 2 cores)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """Two ranks, ZeRO-3, RoPE, two steps of cpu_demo: one checkpoint at step 2."""
+    out = tmp_path_factory.mktemp("run")
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(ROOT / "tools" / "train.py"), "--config", "cpu_demo.yaml", "--output-dir", str(out),
+           "--opt", "optim.iterations=2", "--opt", "train.checkpoint_every=2", "--opt", "train.progress_bar=false",
+           "--opt", "data.global_batch_size=4", "--opt", "model.pos_embed=rope"]
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("convert_to_hf", ROOT / "tools" / "convert_to_hf.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_convert_zero3_run_to_stock_vjepa2(run_dir, tmp_path):
+    from vjepa_scale.train.checkpoint import load_consolidated
+
+    out = tmp_path / "hf"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_to_hf.py"), str(run_dir), str(out),
+                        "--include-predictor", "--max-shard-size", "400KB"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "target encoder at step 2" in r.stdout
+    assert len(set(json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
+    card = (out / "README.md").read_text()
+    assert "**target** encoder" in card and "step **2**" in card
+
+    ref = load_consolidated(run_dir, which="target")
+    cfg = ref["config"]
+    encoder = VisionTransformer3D(cfg.model, cfg.grid).eval()
+    encoder.load_state_dict(ref["encoder"])
+    hf = transformers.VJEPA2Model.from_pretrained(out).eval()
+    torch.manual_seed(0)
+    video = torch.randn(2, 3, cfg.data.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+    with torch.no_grad():
+        ours = encoder(video)
+        theirs = hf(video.permute(0, 2, 1, 3, 4), skip_predictor=True).last_hidden_state
+    assert (ours - theirs).abs().max() <= 1e-4
+    back = load_init_state(out, cfg)
+    assert all(torch.equal(back["encoder"][k], v) for k, v in ref["encoder"].items())
+    assert all(torch.equal(back["predictor"][k], v) for k, v in ref["predictor"].items())
+
+
+def test_convert_online_and_errors(run_dir, tmp_path, capsys):
+    from vjepa_scale.train.checkpoint import load_consolidated
+
+    cli = _cli()
+    ckpt = run_dir / "checkpoints" / "step_00000002"
+    assert cli.main([str(ckpt), str(tmp_path / "online"), "--which", "online"]) == 0
+    online, target = load_consolidated(run_dir, "online"), load_consolidated(run_dir, "target")
+    back = load_init_state(tmp_path / "online", online["config"])
+    assert back["predictor"] is None
+    assert all(torch.equal(back["encoder"][k], v) for k, v in online["encoder"].items())
+    assert not torch.equal(online["encoder"]["patch_embed.weight"], target["encoder"]["patch_embed.weight"])
+    assert cli.main([str(ckpt), str(tmp_path / "online")]) == 2  # refuses to overwrite
+    assert "not empty" in capsys.readouterr().err
+    assert cli.main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_warm_start_from_training_run(run_dir):
+    from vjepa_scale.train.checkpoint import load_consolidated
+
+    online, target = load_consolidated(run_dir, "online"), load_consolidated(run_dir, "target")
+    cfg = online["config"]
+    state = load_init_state(run_dir, cfg)
+    for name, ref in (("encoder", online["encoder"]), ("predictor", online["predictor"]),
+                      ("target_encoder", target["encoder"])):
+        assert all(torch.equal(state[name][k], v) for k, v in ref.items())
+    other = online["config"]
+    other.model.num_heads = 6  # 96 / 6: same shapes, different attention
+    with pytest.raises(ValueError, match=r"model.num_heads \(via model.size\)=3 but the config has 6"):
+        load_init_state(run_dir, other)
