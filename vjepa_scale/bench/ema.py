@@ -55,7 +55,7 @@ def run(device: str, quick: bool) -> list[dict]:
     }
     if triton_runs_on(device):
         impls["triton"] = lambda: ema_update_(S, M, T, MOMENTUM, backend="triton")
-    iters = 5 if quick else 20
+    iters = 3 if quick else 20
     times = {k: time_ms(f, device, iters=iters) for k, f in impls.items()}
     case = f"EMA ViT-{size} ({len(numels)} tensors, {total / 1e6:.1f}M params), target {str(tdtype).replace('torch.', '')}"
     return rate_rows(case, times, nbytes, device, "torch_foreach")

@@ -35,7 +35,7 @@ def run(device: str, quick: bool) -> list[dict]:
     cuda = torch.device(device).type == "cuda"
     B, D = (2, 256) if quick else (10, 1280)
     dtype = torch.bfloat16 if cuda else torch.float32
-    iters = 5 if quick else 20
+    iters = 3 if quick else 20
     masks = MultiBlockMasker(MaskConfig(), GRID)(B, step=0)
     N = masks.num_tokens
     ctx_idx = masks.ctx_idx.to(device)
