@@ -294,6 +294,19 @@ def test_mixed_index_files_through_loader(sets):
     assert sum(i < 4 for i in idx) == 12 and sum(i >= 4 for i in idx) == 4
 
 
+def test_auto_backend_and_data_bench_rows():
+    from vjepa_scale.bench import run_suite
+    from vjepa_scale.data import resolve_backend
+
+    assert resolve_backend("auto") == ("dali" if torch.cuda.is_available() and dali_available() else "cpu")
+    rows = run_suite("data", "cpu", True, batch_size=2, steps=1)
+    impls = [(r["impl"], r["workers"]) for r in rows]
+    assert impls[:2] == [("cpu", 0), ("cpu", 2)] and impls[2][0] == "dali-cpu"
+    for r in rows:
+        assert r["suite"] == "data" and (r.get("note") or (r["clips_per_s"] > 0 and
+                                                           r["frames_per_s"] == pytest.approx(8 * r["clips_per_s"])))
+
+
 def test_synthetic_tool_cli(tmp_path):
     out = tmp_path / "demo"
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_synthetic_videos.py"), str(out),

@@ -44,11 +44,13 @@ def _time_loader(cfg: Config, steps: int) -> float:
     return (time.perf_counter() - t0) / max(n, 1)
 
 
-def run(device: str, quick: bool) -> list[dict]:
+def run(device: str, quick: bool, batch_size: int | None = None, steps: int | None = None) -> list[dict]:
+    """Rows per (backend, workers); `batch_size` / `steps` override the preset (clips per batch, timed batches)."""
     from vjepa_scale.data import dali_available
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
-    p = QUICK if quick else FULL
+    p = dict(QUICK if quick else FULL)
+    p.update({k: v for k, v in (("batch", batch_size), ("steps", steps)) if v})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         index = write_synthetic_videos(tmp, p["videos"], p["frames"], p["size"], ("h264", "vp9"), val_fraction=0)["train"]
