@@ -125,6 +125,27 @@ def test_hf_folder_round_trip_is_exact(tmp_path, pos_embed):
     assert "no predictor weights" in (enc_only / "README.md").read_text()
 
 
+def test_hf_classification_folder_imports_its_encoder(tmp_path):
+    """A `VJEPA2ForVideoClassification` fine-tuned from our export: the head is ignored, the encoder comes back."""
+    cfg, model = _model("rope")
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict())
+    clf = transformers.VJEPA2ForVideoClassification.from_pretrained(out, num_labels=3)
+    clf.save_pretrained(tmp_path / "clf")
+    state = load_init_state(tmp_path / "clf", cfg)
+    assert all(torch.equal(state["encoder"][k], v) for k, v in model.encoder.state_dict().items())
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    cfg, _ = _model("rope")
+    torch.save({"encoder": {}, "extra": _Opaque()}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="objects other than tensors"):
+        load_init_state(tmp_path / "x.pt", cfg)
+
+
+class _Opaque:
+    pass
+
+
 def _official(encoder_sd, predictor_sd, enc_table, pred_table):
     """Our weights renamed to the official V-JEPA `torch.save` layout (written out independently here)."""
     enc = {}
@@ -238,6 +259,13 @@ def test_export_refuses_non_empty_folder_and_bad_input(tmp_path):
         export_to_hf(cfg, model.encoder.state_dict(), out)
     export_to_hf(cfg, model.encoder.state_dict(), out, overwrite=True)  # single file now; old shards removed
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    half = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "bf16", dtype=torch.bfloat16)
+    assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
+    state = load_init_state(half, cfg)
+    assert state["encoder"]["patch_embed.weight"].dtype == torch.bfloat16
+    assert torch.equal(state["encoder"]["patch_embed.weight"], model.encoder.patch_embed.weight.bfloat16())
+    with pytest.raises(FileNotFoundError, match="neither a Hugging Face export"):
+        load_init_state(tmp_path / "bf16" / "..", cfg)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_init_state(tmp_path / "nowhere", cfg)
     torch.save({"weights": {}}, tmp_path / "x.pt")

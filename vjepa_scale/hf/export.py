@@ -108,9 +108,16 @@ def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: 
     loader = ("from transformers import VJEPA2Model\nmodel = VJEPA2Model.from_pretrained(PATH)" if rope else
               "from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH, trust_remote_code=True)")
     o, d, m = cfg.optim, cfg.data, cfg.model
-    masks = "; ".join(f"{s.num_blocks} blocks of {s.spatial_scale[0]:g}-{s.spatial_scale[1]:g} of the frame"
+    def pct(lo: float, hi: float) -> str:
+        return f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+
+    masks = "; ".join(f"union of {s.num_blocks} blocks of {pct(*s.spatial_scale)} of the frame area"
                       for s in cfg.mask.types)
-    batch = d.global_batch_size if d.global_batch_size is not None else f"{d.batch_size} per rank"
+    batch = f"{d.global_batch_size} clips" if d.global_batch_size is not None else f"{d.batch_size} clips per rank"
+    pred_note = ""
+    if with_predictor and len(cfg.mask.types) > 1:
+        pred_note = (f" The predictor holds one mask token per mask type ({len(cfg.mask.types)}); like `VJEPA2Model`, "
+                     f"a forward with masks predicts with mask token 1 (the second mask type of the recipe).")
     recipe = yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "deepspeed"}, sort_keys=False)
     return f"""---
 library_name: transformers
@@ -124,7 +131,7 @@ tags:
 # V-JEPA {m.size} ({dims.width}/{dims.depth}/{dims.num_heads}), {'RoPE' if rope else 'sin-cos'} positions
 
 Video encoder pretrained with V-JEPA (feature prediction in latent space) by `vjepa-scale`.
-This folder holds the **{which}** encoder{' (the EMA target encoder)' if which == 'target' else ''} at training
+This folder holds the **{which}** encoder{' (the EMA copy)' if which == 'target' else ''} at training
 step **{step if step is not None else 'unknown'}**{' and the predictor' if with_predictor else
 ' (no predictor weights: the predictor in the loaded model is randomly initialized)'};
 {num_params / 1e6:.1f}M parameters.
@@ -135,7 +142,8 @@ step **{step if step is not None else 'unknown'}**{' and the predictor' if with_
 features = model(video, skip_predictor=True).last_hidden_state  # (batch, tokens, {dims.width})
 ```
 
-Tokens are tubelets of {m.tubelet_size}x{m.patch_size}x{m.patch_size} in (time, height, width) raster order.
+Needs `transformers>=5`. Tokens are tubelets of {m.tubelet_size}x{m.patch_size}x{m.patch_size} in (time, height,
+width) raster order.{pred_note}
 {'Positions are 3D RoPE, loadable by the stock `vjepa2` model.' if rope else
 'Positions are fixed 3D sin-cos tables, which the stock `vjepa2` model cannot represent: the model class '
 'ships in `modeling_vjepa_sincos.py` (same parameter names as `vjepa2`).'}
@@ -151,7 +159,7 @@ Tokens are tubelets of {m.tubelet_size}x{m.patch_size}x{m.patch_size} in (time, 
 | optimizer | AdamW, LR {o.start_lr:g} -> {o.lr:g} over {o.warmup} warmup steps, cosine to {o.final_lr:g}; WD {o.weight_decay:g} -> {o.final_weight_decay:g} |
 | EMA | momentum {o.ema[0]:g} -> {o.ema[1]:g} |
 | steps | {o.iterations} (schedules on a {o.ipe_scale:g}x horizon) |
-| batch | {batch} clips |
+| batch | {batch} |
 
 <details><summary>Full configuration</summary>
 

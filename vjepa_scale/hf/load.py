@@ -174,12 +174,19 @@ def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
 # ---------------------------------------------------------------------------------------------------
 
 def _torch_load(path: Path) -> Any:
+    """Tensors and plain containers only (never arbitrary pickled objects), memory-mapped when possible."""
+    import pickle
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
-        if "mmap" not in str(e):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: holds objects other than tensors and plain containers, which are not loaded "
+                         f"for safety; re-save just the state dicts ({e})") from None
 
 
 def _from_torch_file(path: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
