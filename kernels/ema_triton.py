@@ -22,36 +22,49 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.floa
 
 
 @triton.jit
+def _ema_block(s_ptr, m_ptr, t_ptr, offs, n, w, TARGET: tl.constexpr, WRITE_TARGET: tl.constexpr,
+               SMALL_W: tl.constexpr, MASKED: tl.constexpr):
+    if MASKED:
+        mask = offs < n
+        s = tl.load(s_ptr + offs, mask=mask, other=0.0)
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        mask = None
+        s = tl.load(s_ptr + offs)
+        m = tl.load(m_ptr + offs).to(tl.float32)
+    d = m - s
+    if SMALL_W:
+        new = s + w * d
+    else:
+        new = m - d * (1.0 - w)
+    tl.store(s_ptr + offs, new, mask=mask)
+    if WRITE_TARGET:
+        tl.store(t_ptr + offs, _round_as(new, TARGET).to(TARGET), mask=mask)
+
+
+@triton.jit
 def _ema_kernel(meta_ptr, work_ptr, w, MASTER: tl.constexpr, TARGET: tl.constexpr,
                 WRITE_TARGET: tl.constexpr, SMALL_W: tl.constexpr, ALIGNED: tl.constexpr,
                 CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     item = tl.program_id(0)
     t = tl.load(work_ptr + 2 * item)
     start = tl.load(work_ptr + 2 * item + 1) * CHUNK
-    s_addr = tl.load(meta_ptr + 4 * t)
-    m_addr = tl.load(meta_ptr + 4 * t + 1)
-    t_addr = tl.load(meta_ptr + 4 * t + 2)
     n = tl.load(meta_ptr + 4 * t + 3)
-    if ALIGNED:  # every pointer 16-byte aligned: lets the compiler vectorize the accesses
-        s_addr = tl.multiple_of(s_addr, 16)
-        m_addr = tl.multiple_of(m_addr, 16)
-        t_addr = tl.multiple_of(t_addr, 16)
-    s_ptr = s_addr.to(tl.pointer_type(tl.float32))
-    m_ptr = m_addr.to(tl.pointer_type(MASTER))
-    t_ptr = t_addr.to(tl.pointer_type(TARGET))
-    for off in tl.static_range(0, CHUNK, BLOCK):
-        offs = start + off + tl.arange(0, BLOCK)
-        mask = offs < n
-        s = tl.load(s_ptr + offs, mask=mask, other=0.0)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        d = m - s
-        if SMALL_W:
-            new = s + w * d
-        else:
-            new = m - d * (1.0 - w)
-        tl.store(s_ptr + offs, new, mask=mask)
-        if WRITE_TARGET:
-            tl.store(t_ptr + offs, _round_as(new, TARGET).to(TARGET), mask=mask)
+    s_ptr = tl.load(meta_ptr + 4 * t).to(tl.pointer_type(tl.float32))
+    m_ptr = tl.load(meta_ptr + 4 * t + 1).to(tl.pointer_type(MASTER))
+    t_ptr = tl.load(meta_ptr + 4 * t + 2).to(tl.pointer_type(TARGET))
+    if ALIGNED:  # every pointer 16-byte aligned: lets the compiler emit 128-bit accesses
+        s_ptr = tl.multiple_of(s_ptr, 16)
+        m_ptr = tl.multiple_of(m_ptr, 16)
+        t_ptr = tl.multiple_of(t_ptr, 16)
+    if start + CHUNK <= n:  # full chunk: no bounds mask, so accesses stay vectorized
+        for off in tl.static_range(0, CHUNK, BLOCK):
+            offs = start + off + tl.arange(0, BLOCK)
+            _ema_block(s_ptr, m_ptr, t_ptr, offs, n, w, TARGET, WRITE_TARGET, SMALL_W, False)
+    else:
+        for off in tl.static_range(0, CHUNK, BLOCK):
+            offs = start + off + tl.arange(0, BLOCK)
+            _ema_block(s_ptr, m_ptr, t_ptr, offs, n, w, TARGET, WRITE_TARGET, SMALL_W, True)
 
 
 _CACHE: "OrderedDict[tuple, list]" = OrderedDict()

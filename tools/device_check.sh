@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
+#   bash tools/device_check.sh            # results under $OUT if set, else bench_results/
+# Needs torch (CUDA) and triton; deepspeed, DALI and flash-attn are optional (tests that need
+# them skip; the attention suite times whichever varlen backends exist). Budget: under 8 minutes,
+# each stage under its own timeout so one hang cannot eat the others' time.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+RES="${OUT:-$ROOT/bench_results}"
+mkdir -p "$RES"
+PY="${PYTHON:-python}"
+export PYTHONUNBUFFERED=1 DS_SKIP_SHM_BUILD=1
+SUMMARY="$RES/summary.txt"
+: > "$SUMMARY"
+status=0
+start=$(date +%s)
+
+note() { echo "[device_check +$(( $(date +%s) - start ))s] $*" | tee -a "$SUMMARY"; }
+
+# Stage runner: name, timeout in seconds, command...; logs to $RES/<name>.log.
+stage() {
+  local name=$1 limit=$2; shift 2
+  note "$name: start (limit ${limit}s)"
+  timeout -k 10 "$limit" "$@" > "$RES/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$RES/$name.log"
+  note "$name: rc=$rc"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+# The kernels install as vjepa_scale.kernels (setup.py package_dir). In an uninstalled checkout,
+# expose them through a temporary symlink that is removed on exit.
+LINK=""
+if ! "$PY" -c "import vjepa_scale.kernels" 2>/dev/null; then
+  if [ ! -e vjepa_scale/kernels ]; then
+    ln -s ../kernels vjepa_scale/kernels && LINK="$ROOT/vjepa_scale/kernels"
+    trap '[ -n "$LINK" ] && rm -f "$LINK"' EXIT
+  fi
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
+  "$PY" - <<'EOF'
+import importlib, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0))
+for mod in ("triton", "deepspeed", "flash_attn", "transformers", "nvidia.dali"):
+    try:
+        m = importlib.import_module(mod)
+        print(mod, getattr(m, "__version__", "?"))
+    except Exception as e:
+        print(mod, "unavailable:", type(e).__name__)
+EOF
+} > "$RES/env.txt" 2>&1
+cat "$RES/env.txt"
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  note "no CUDA device visible: nothing to check"
+  exit 1
+fi
+
+# 1. CUDA-only tests (marked `gpu`); collection errors from optional deps do not stop the rest.
+stage tests_gpu 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+  -rs --junitxml="$RES/tests_gpu.xml" tests
+
+# 2. Kernel and attention suites (one process), then the training step and the data suite apart,
+#    so an out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
+stage bench_kernels 130 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
+stage bench_step 150 "$PY" tools/bench.py --device cuda --suite step --out "$RES/step"
+stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
+
+note "done in $(( $(date +%s) - start ))s, status=$status; results in $RES"
+exit $status
