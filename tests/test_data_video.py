@@ -231,6 +231,43 @@ def test_bad_files_train_through_and_are_reported(bad_set, caplog):
     assert "data epoch 0" in caplog.text and "data epoch 1" in caplog.text
 
 
+def _skip_report_worker(rank, world, index, port, out):
+    import json
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: records.append(rec.getMessage())
+    logging.getLogger("vjepa_scale.data").addHandler(handler)
+    cfg = video_cfg([(index, 1.0)], frames=2, step=1, batch=3)
+    loader = build_dataloader(cfg, rank, world, num_steps=2)  # 2 ranks x 3 x 2 steps: the 12-entry epoch
+    for _ in loader:
+        pass
+    with open(os.path.join(out, f"{rank}.json"), "w") as f:
+        json.dump({"local": loader.skipped_files, "log": records}, f)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_epoch_summary_on_rank0_names_all_ranks_files(bad_set, tmp_path):
+    import json
+    import socket
+
+    index, bad = bad_set
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_skip_report_worker, args=(2, str(index), port, str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2))
+    assert set(r0["local"]) | set(r1["local"]) == set(bad) and r1["local"]
+    (summary,) = r0["log"]  # one epoch, one summary, on rank 0 only
+    assert "on 2 ranks" in summary and r1["log"] == []
+    for p in bad:  # each file named once with the skip count of both ranks together
+        count = summary.split(p + " (")[1].split("; x")[1].split(")")[0]
+        assert int(count) == r0["local"].get(p, 0) + r1["local"].get(p, 0)
+
+
 def test_unreadable_index_and_missing_path_fail_clearly(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 100)

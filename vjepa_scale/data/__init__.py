@@ -14,7 +14,8 @@ lists (path, reason) for every file this batch had to replace. Backends (`data.b
 
 Both file backends draw every random choice from `clips.plan_clips(seed, step, index)`, so they pick
 the same frames, crop box and flip for a sample. Skipped files are summarized per epoch on rank 0
-(logger `vjepa_scale.data`) and counted in `loader.skipped_files`.
+(logger `vjepa_scale.data`; all ranks' files when a process group is up) and counted per rank in
+`loader.skipped_files`.
 """
 from __future__ import annotations
 
@@ -94,10 +95,16 @@ class ClipCollator:
 
 
 class SkipTracker:
-    """Counts skipped files per epoch and logs a summary on rank 0 when an epoch ends."""
+    """Counts skipped files per epoch and logs a summary on rank 0 when an epoch ends.
 
-    def __init__(self, rank: int, epoch_of):
+    With an initialized process group of `world_size` ranks, the epoch's counts of all ranks are
+    gathered (all ranks cross an epoch boundary at the same step, so the collective lines up) and
+    rank 0's summary names every rank's skipped files.
+    """
+
+    def __init__(self, rank: int, epoch_of, world_size: int = 1):
         self.rank = rank
+        self.world_size = world_size
         self.epoch_of = epoch_of
         self.epoch: int | None = None
         self.current: Counter = Counter()
@@ -114,21 +121,40 @@ class SkipTracker:
             self.total[path] += 1
             self.reasons[path] = reason
 
+    def _gather(self, entries: list) -> tuple[list, str]:
+        import torch.distributed as dist
+
+        if (self.world_size > 1 and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() == self.world_size):
+            parts = [None] * self.world_size
+            dist.all_gather_object(parts, entries)
+            merged: Counter = Counter()
+            reasons = {}
+            for part in parts:
+                for path, reason, n in part:
+                    merged[path] += n
+                    reasons[path] = reason
+            return [(p, reasons[p], n) for p, n in sorted(merged.items())], f"on {self.world_size} ranks"
+        return entries, f"on rank {self.rank}"
+
     def flush(self) -> None:
-        if self.current and self.rank == 0:
-            names = ", ".join(f"{p} ({self.reasons[p]}; x{n})" for p, n in sorted(self.current.items()))
-            log.warning("data epoch %s: skipped %d unreadable file(s) on rank 0: %s",
-                        self.epoch, len(self.current), names)
+        if self.epoch is None:
+            return
+        entries = [(p, self.reasons[p], n) for p, n in sorted(self.current.items())]
+        entries, scope = self._gather(entries)
+        if entries and self.rank == 0:
+            names = ", ".join(f"{p} ({r}; x{n})" for p, r, n in entries)
+            log.warning("data epoch %s: skipped %d unreadable file(s) %s: %s", self.epoch, len(entries), scope, names)
         self.current = Counter()
 
 
 class VideoLoader:
     """Iterable over a backend's batches that tracks skipped files (`skipped_files`: path -> count)."""
 
-    def __init__(self, loader, sampler: StepBatchSampler, rank: int):
+    def __init__(self, loader, sampler: StepBatchSampler, rank: int, world_size: int = 1):
         self.loader = loader
         self.sampler = sampler
-        self.tracker = SkipTracker(rank, sampler.epoch_of)
+        self.tracker = SkipTracker(rank, sampler.epoch_of, world_size)
 
     @property
     def skipped_files(self) -> dict[str, int]:
@@ -175,4 +201,4 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
                         num_workers=cfg.data.num_workers,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
                         persistent_workers=cfg.data.num_workers > 0)
-    return VideoLoader(loader, sampler, rank)
+    return VideoLoader(loader, sampler, rank, world_size)

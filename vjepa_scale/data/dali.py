@@ -150,7 +150,7 @@ class DaliLoader:
         self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
                                      max(1, cfg.data.num_workers))
         self.fallback = VideoClips(index, cfg.data, max_retries)
-        self.tracker = SkipTracker(rank, sampler.epoch_of)
+        self.tracker = SkipTracker(rank, sampler.epoch_of, sampler.world_size)
         self._no_readable = NoReadableVideosError
 
     @property
