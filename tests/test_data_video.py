@@ -185,6 +185,23 @@ def test_dali_reports_codecs_it_cannot_decode(sets, caplog, monkeypatch, probe_a
         build_dataloader(video_cfg([(only_h264, 1.0)], backend="dali"), num_steps=1)
 
 
+@needs_dali
+def test_dali_runtime_failure_falls_back_to_cpu_and_reports(sets, tmp_path, caplog):
+    """A VP9 file whose header probes fine but whose data is cut: the DALI batch is redone by PyAV."""
+    good = [l.split()[0] for l in open(sets["shapes"]["train"]).read().splitlines() if ".webm" in l][:3]
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(open(good[0], "rb").read()[: os.path.getsize(good[0]) // 3])
+    index = tmp_path / "vp9_cut.txt"
+    index.write_text("".join(f"{p} 0\n" for p in good + [str(cut)]))
+    cfg = video_cfg([(index, 1.0)], backend="dali", frames=4, step=2)
+    with caplog.at_level(logging.WARNING, logger="vjepa_scale.data"):
+        loader = build_dataloader(cfg, num_steps=2)
+        assert not loader.unusable  # nothing to see in the header
+        batches = list(loader)
+    assert all(b["video"].shape == (2, 3, 4, 32, 32) for b in batches)
+    assert set(loader.skipped_files) == {str(cut)} and "decoding this batch on the CPU" in caplog.text
+
+
 @pytest.fixture
 def bad_set(sets, tmp_path):
     """Good videos mixed with corrupt, empty, truncated, non-video and missing entries."""

@@ -50,7 +50,8 @@ def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int
         roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
         roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
         flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
-        video = fn.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu", frames=frames)
+        video = fn.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu", frames=frames,
+                                  pad_mode="edge")
         video = fn.resize(video, size=[crop_size, crop_size], roi_start=roi_start, roi_end=roi_end,
                           roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True,
                           dtype=types.FLOAT)
