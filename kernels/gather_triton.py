@@ -199,6 +199,13 @@ def _csr(idx: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order, rowptr
 
 
+def _unit_stride_rows(x_BND: torch.Tensor) -> torch.Tensor:
+    """On CUDA, make rows unit-stride (e.g. the patch embedding's (B, D, N) output seen as (B, N, D)):
+    gathering strided rows reads a 32-byte sector per element, far costlier than one transposing copy.
+    The interpreter keeps the strides, so the kernels' stride handling stays tested."""
+    return x_BND.contiguous() if x_BND.is_cuda and x_BND.stride(2) != 1 else x_BND
+
+
 def gather_fwd(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor]) -> torch.Tensor:
     B, N, D = x_BND.shape
     T = idx.numel()
@@ -208,6 +215,7 @@ def gather_fwd(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Te
     if pos_ND is not None and tuple(pos_ND.shape) != (N, D):
         raise ValueError(f"masked_gather: pos must have shape (N, D) = {(N, D)}, got {tuple(pos_ND.shape)}")
     idx = idx.contiguous()
+    x_BND = _unit_stride_rows(x_BND)
     br, bd = _tiles(T, D, False)
     pos = pos_ND if pos_ND is not None else x_BND
     spn, spd = (pos_ND.stride(0), pos_ND.stride(1)) if pos_ND is not None else (0, 0)
@@ -240,6 +248,7 @@ def ln_gather_fwd(h_BND: torch.Tensor, idx: torch.Tensor, eps: float) -> torch.T
     out = torch.empty(T, D, dtype=h_BND.dtype, device=h_BND.device)
     if T == 0 or D == 0:
         return out
+    h_BND = _unit_stride_rows(h_BND)
     br, bd = _tiles(T, D, True)
     _ln_gather_fwd_kernel[(triton.cdiv(T, br),)](h_BND, idx.contiguous(), out, T, N, D, *h_BND.stride(),
                                                  float(eps), BLOCK_T=br, BLOCK_D=bd, num_warps=_warps(br, bd))
@@ -255,6 +264,7 @@ def ln_gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, h_BND: torch.Tensor, ep
     if idx.numel() == 0:
         return gh.zero_()
     order, rowptr = _csr(idx, R)
+    h_BND = _unit_stride_rows(h_BND)
     br, bd = _tiles(R, D, True)
     _ln_gather_bwd_kernel[(triton.cdiv(R, br),)](g_TD.contiguous(), order, rowptr, h_BND, gh, R, N, D,
                                                  *h_BND.stride(), float(eps), BLOCK_R=br, BLOCK_D=bd,
