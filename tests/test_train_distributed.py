@@ -20,6 +20,7 @@ from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
 from vjepa_scale.train.checkpoint import KILL_IN_SAVE_ENV, find_latest, list_checkpoints, load_consolidated
 from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.train.engine import build_models
 from vjepa_scale.train.schedules import ema_momentum
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,13 +96,8 @@ def test_sharded_ema_equals_single_process_ema(runs):
     """Target after k steps == fp32 EMA (one process) of the consolidated online weights of each step."""
     ckpts = list_checkpoints(runs["straight"])
     assert [load_consolidated(c, "target")["step"] for c in ckpts] == list(range(1, STEPS + 1))
-    o = load_consolidated(ckpts[0]).get("config").optim
-    shadow = load_consolidated(ckpts[0], "target")["encoder"]
-    start = {k: v.clone() for k, v in shadow.items()}
-    for c in ckpts[1:]:
-        d = load_consolidated(c, "online")
-        m = ema_momentum(o, d["step"] - 1)  # momentum applied after optimizer step index step-1
-        shadow = {k: m * shadow[k] + (1 - m) * d["encoder"][k] for k in shadow}
+    start = load_consolidated(ckpts[0], "target")["encoder"]
+    shadow = _reference_ema(ckpts)  # momentum of step s is applied after optimizer step index s-1
     target = load_consolidated(ckpts[-1], "target")["encoder"]
     online = load_consolidated(ckpts[-1], "online")["encoder"]
     assert max((target[k] - shadow[k]).abs().max().item() for k in shadow) <= 1e-6
@@ -142,3 +138,42 @@ def test_load_consolidated_builds_models(runs):
     assert out.shape == (1, cfg.grid[0] * cfg.grid[1] * cfg.grid[2], enc.embed_dim) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="which must be"):
         load_consolidated(runs["straight"], "ema")
+
+
+def _reference_ema(ckpts):
+    """Single-process fp32 EMA over consolidated checkpoints 2..k, starting from checkpoint 1's target."""
+    o = load_consolidated(ckpts[0])["config"].optim
+    shadow = load_consolidated(ckpts[0], "target")["encoder"]
+    for c in ckpts[1:]:
+        d = load_consolidated(c, "online")
+        m = ema_momentum(o, d["step"] - 1)
+        shadow = {k: m * shadow[k] + (1 - m) * d["encoder"][k] for k in shadow}
+    return shadow
+
+
+def test_init_from_previous_run(runs):
+    """train.init_from (through vjepa_scale.hf.load_init_state) loads online, predictor and EMA weights."""
+    run = runs["straight"]
+    cfg = load_config(run / "config.yaml", [f"train.init_from={run}"])
+    jepa, target = build_models(cfg, seed=123)
+    online, ema = load_consolidated(run, "online"), load_consolidated(run, "target")
+    for got, want in ((jepa.encoder.state_dict(), online["encoder"]), (jepa.predictor.state_dict(), online["predictor"]),
+                      (target.state_dict(), ema["encoder"])):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not any(p.requires_grad for p in target.parameters())
+
+
+def test_bf16_run_keeps_fp32_ema_shadow(tmp_path):
+    """The GPU precision path on CPU: bf16 engines, fp32 masters feed an fp32 EMA shadow."""
+    run = tmp_path / "bf16"
+    r = _launch(run, "train.precision=bf16", "optim.iterations=3", "train.checkpoint_every=1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ckpts = list_checkpoints(run)
+    assert len(ckpts) == 3
+    shadow = _reference_ema(ckpts)
+    target = load_consolidated(run, "target")["encoder"]
+    assert max((target[k] - shadow[k]).abs().max().item() for k in shadow) <= 1e-6
+    # the shadow holds values a bf16 copy could not: it is a real fp32 EMA
+    w = target["transformer.blocks.0.attn.qkv.weight"]
+    assert (w != w.bfloat16().float()).float().mean() > 0.5
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_metrics(run))

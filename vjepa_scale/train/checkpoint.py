@@ -182,7 +182,8 @@ def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -
                                           load_lr_scheduler_states=False)
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt / 'ds'}")
-    ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=False))
+    ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=True))
+    # RNG states hold numpy arrays: our own files, written by save_checkpoint.
     set_rng_state(torch.load(ckpt / "rng" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=False))
     return meta
 
@@ -210,7 +211,7 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
     encoder = {k[len("encoder."):]: v for k, v in online.items() if k.startswith("encoder.")}
     predictor = {k[len("predictor."):]: v for k, v in online.items() if k.startswith("predictor.")}
     if which == "target":
-        shards = [torch.load(f, map_location="cpu", weights_only=False)
+        shards = [torch.load(f, map_location="cpu", weights_only=True)
                   for f in sorted((ckpt / "ema").glob("rank*.pt"))]
         target = consolidate_shards(shards)
         missing = set(encoder) - set(target)

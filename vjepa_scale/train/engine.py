@@ -146,11 +146,12 @@ class Trainer:
 
     def train_step(self, batches: list[dict]) -> dict:
         """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats."""
+        if len(batches) != self.cfg.optim.grad_accum:
+            raise ValueError(f"train_step got {len(batches)} micro-batches; optim.grad_accum="
+                             f"{self.cfg.optim.grad_accum}")
         s = schedule_at(self.cfg.optim, self.step)
         self._set_schedules(s.lr, s.weight_decay)
         losses = [self.micro_step(b) for b in batches]
-        if not self.engine.is_gradient_accumulation_boundary() and len(batches) != self.cfg.optim.grad_accum:
-            raise RuntimeError("train_step needs exactly optim.grad_accum micro-batches")
         self.ema.update(s.momentum)
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": s.lr, "weight_decay": s.weight_decay,
