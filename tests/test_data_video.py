@@ -361,6 +361,20 @@ def test_auto_backend_and_data_bench_rows():
                                                            r["frames_per_s"] == pytest.approx(8 * r["clips_per_s"])))
 
 
+def test_synthetic_label_is_direction_of_motion(sets):
+    """The shape moved between two frames matches its label's direction (4 px/frame at 32-64 px: size//16)."""
+    from vjepa_scale.data.synthetic_videos import _VELOCITY
+
+    for line in open(sets["shapes"]["train"]).read().splitlines():
+        path, label = line.split()
+        a, b = decode_frames(path, [2, 3]).astype(int)
+        changed = np.abs(b - a).sum(-1) > 30
+        speed = max(1, a.shape[0] // 16)
+        score = [((np.abs(b - np.roll(a, (dy * speed, dx * speed), axis=(0, 1))).sum(-1) < 30) & changed).sum()
+                 for dy, dx in (_VELOCITY[k] for k in range(4))]
+        assert int(np.argmax(score)) == int(label), (path, score)
+
+
 def test_synthetic_tool_cli(tmp_path):
     out = tmp_path / "demo"
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_synthetic_videos.py"), str(out),
