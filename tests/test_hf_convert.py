@@ -52,15 +52,18 @@ def _cli():
     return mod
 
 
-def test_convert_zero3_run_to_stock_vjepa2(run_dir, tmp_path):
+def test_cli_runs_as_a_script():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_to_hf.py"), "--help"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "RUN_OR_CHECKPOINT OUT_DIR" in r.stdout and "--include-predictor" in r.stdout
+
+
+def test_convert_zero3_run_to_stock_vjepa2(run_dir, tmp_path, capsys):
     from vjepa_scale.train.checkpoint import load_consolidated
 
     out = tmp_path / "hf"
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_to_hf.py"), str(run_dir), str(out),
-                        "--include-predictor", "--max-shard-size", "400KB"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "target encoder at step 2" in r.stdout
+    assert _cli().main([str(run_dir), str(out), "--include-predictor", "--max-shard-size", "400KB"]) == 0
+    assert "target encoder at step 2" in capsys.readouterr().out
     assert len(set(json.loads((out / "model.safetensors.index.json").read_text())["weight_map"].values())) > 1
     card = (out / "README.md").read_text()
     assert "**target** encoder" in card and "step **2**" in card
@@ -111,3 +114,27 @@ def test_warm_start_from_training_run(run_dir):
     other.model.num_heads = 6  # 96 / 6: same shapes, different attention
     with pytest.raises(ValueError, match=r"model.num_heads \(via model.size\)=3 but the config has 6"):
         load_init_state(run_dir, other)
+
+
+def test_training_warm_start_from_hf_folder_keeps_weights_exact(run_dir, tmp_path):
+    """train.init_from loads before DeepSpeed: the fp32 masters it checkpoints equal the imported weights."""
+    from vjepa_scale.hf import export_to_hf
+    from vjepa_scale.train.checkpoint import load_consolidated
+
+    src = load_consolidated(run_dir, "target")
+    hf = export_to_hf(src["config"], src["encoder"], tmp_path / "hf", src["predictor"], step=src["step"])
+    out = tmp_path / "warm"
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1",
+               MASTER_PORT=str(_free_port()))
+    # One rank (the source run had two); a vanishing LR (1e-30) so one step moves no weight by more than
+    # ~1e-30 (elements that are exactly zero do move by that much).
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "--config", "cpu_demo.yaml", "--output-dir", str(out),
+           "--opt", "optim.iterations=1", "--opt", "train.checkpoint_every=1", "--opt", "train.progress_bar=false",
+           "--opt", "data.global_batch_size=2", "--opt", "model.pos_embed=rope", "--opt", f"train.init_from={hf}",
+           "--opt", "optim.start_lr=1.0e-30", "--opt", "optim.lr=1.0e-30", "--opt", "optim.final_lr=1.0e-30"]
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    online = load_consolidated(out, "online")
+    for name in ("encoder", "predictor"):
+        for k, v in src[name].items():
+            assert (online[name][k] - v).abs().max() <= 1e-20, f"{name}.{k}"
