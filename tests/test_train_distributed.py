@@ -55,7 +55,7 @@ def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None):
 
 
 def _losses(run_dir) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}  # later records (a resume) win
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,8 @@ def test_killed_save_keeps_previous_checkpoint(runs):
 def test_resume_is_exact(runs):
     straight, resumed = _losses(runs["straight"]), _losses(runs["resumed"])
     assert [resumed[s] for s in range(4, STEPS + 1)] == [straight[s] for s in range(4, STEPS + 1)]
+    # the resumed run replaced the killed run's records of steps 4-6 instead of appending duplicates
+    assert [r["step"] for r in read_metrics(runs["resumed"])] == list(range(1, STEPS + 1))
     assert find_latest(runs["resumed"]).name == f"step_{STEPS:08d}"
     assert not list((runs["resumed"] / "checkpoints").glob(".tmp_*"))
     for which in ("online", "target"):

@@ -22,7 +22,12 @@ class RunLogger:
             return
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        path = run_dir / "metrics.jsonl"
+        if path.is_file():  # a resumed run: drop records of steps it is about to redo
+            keep = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            path.write_text("".join(line + "\n" for line in keep))
+        self._jsonl = open(path, "a", buffering=1)
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
@@ -83,7 +88,7 @@ def _plain(v):
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All records of a run's metrics.jsonl (for tests and analysis)."""
+    """All records of a run's metrics.jsonl, in step order (for tests and analysis)."""
     path = Path(run_dir) / "metrics.jsonl"
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
