@@ -14,6 +14,8 @@ unsupported-codec and variable-frame-rate files are reported (a warning on rank 
 skipped by the same deterministic next-index substitution as the CPU backend, which lists them in
 each batch's `skipped`. If a DALI batch still fails at run time, that batch is decoded by the CPU
 backend instead (logged) and the pipeline is rebuilt. On a GPU the video leaves as bf16 on the GPU.
+`DaliLoader` prepares the next batch in a helper thread (one batch ahead); DALI itself uses
+`data.num_workers` threads.
 """
 from __future__ import annotations
 
@@ -212,10 +214,17 @@ class DaliLoader:
                 "step": step, "index": used, "skipped": skipped}
 
     def __iter__(self):
-        for samples in self.sampler:
-            batch = self.batch(samples)
-            self.tracker.update(batch)
-            yield batch
+        """Batches in step order; the next batch is decoded in a helper thread while this one is used."""
+        with ThreadPoolExecutor(1) as pool:
+            steps = iter(self.sampler)
+            first = next(steps, None)
+            pending = pool.submit(self.batch, first) if first is not None else None
+            while pending is not None:
+                batch = pending.result()
+                following = next(steps, None)
+                pending = pool.submit(self.batch, following) if following is not None else None
+                self.tracker.update(batch)
+                yield batch
         self.tracker.flush()
 
 
