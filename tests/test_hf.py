@@ -177,9 +177,9 @@ def _assert_same_outputs(cfg, model, state):
     masks = pack_masks(ctx, tgt, cfg.grid)
     packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_token_ids)
     with torch.no_grad():
-        for net in (model, fresh):
-            net.out = (net.encoder(video), net.predictor(net.encoder(video, masks.ctx_idx, packed), masks))
-    assert torch.equal(model.out[0], fresh.out[0]) and torch.equal(model.out[1], fresh.out[1])
+        ours, loaded = [(net.encoder(video), net.predictor(net.encoder(video, masks.ctx_idx, packed), masks))
+                        for net in (model, fresh)]
+    assert torch.equal(ours[0], loaded[0]) and torch.equal(ours[1], loaded[1])  # full clip; packed predictor
 
 
 def test_official_vjepa1_checkpoint_reproduces_outputs(tmp_path):
