@@ -179,3 +179,37 @@ def test_bf16_run_keeps_fp32_ema_shadow(tmp_path):
     w = target["transformer.blocks.0.attn.qkv.weight"]
     assert (w != w.bfloat16().float()).float().mean() > 0.5
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_metrics(run))
+
+
+def test_logged_loss_matches_single_process_recompute(runs):
+    """Step k+1's logged loss == the loss recomputed in one process from checkpoint k's consolidated
+    weights (online encoder + predictor, EMA target) on both ranks' batches of that step: the target
+    forward really uses the EMA shards, and each rank reads the data position it should."""
+    from vjepa_scale.data import build_dataloader
+    from vjepa_scale.models import JEPA, compute_targets
+
+    k = 4
+    d_on = load_consolidated(list_checkpoints(runs["straight"])[k - 1], "online")
+    d_tg = load_consolidated(list_checkpoints(runs["straight"])[k - 1], "target")
+    cfg = d_on["config"]
+    assert d_on["step"] == k
+    jepa = JEPA(cfg)
+    jepa.encoder.load_state_dict(d_on["encoder"])
+    jepa.predictor.load_state_dict(d_on["predictor"])
+    target = VisionTransformer3D(cfg.model, cfg.grid)
+    target.load_state_dict(d_tg["encoder"])
+    losses = []
+    with torch.no_grad():
+        for rank in range(2):
+            batch = next(iter(build_dataloader(cfg, rank, 2, start_step=k, num_steps=1)))
+            assert batch["step"] == k
+            tg = compute_targets(target, batch["video"], batch["masks"])
+            losses.append(jepa(batch["video"], batch["masks"], tg).item())
+    logged = _losses(runs["straight"])[k + 1]
+    assert abs(sum(losses) / 2 - logged) < 1e-5, (losses, logged)
+    # with the online encoder as target instead, the loss is measurably different
+    target.load_state_dict(d_on["encoder"])
+    with torch.no_grad():
+        batch = next(iter(build_dataloader(cfg, 0, 2, start_step=k, num_steps=1)))
+        other = jepa(batch["video"], batch["masks"], compute_targets(target, batch["video"], batch["masks"])).item()
+    assert abs(other - losses[0]) > 1e-4
