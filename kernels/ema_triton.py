@@ -44,7 +44,8 @@ def _ema_block(s_ptr, m_ptr, t_ptr, offs, n, w, TARGET: tl.constexpr, WRITE_TARG
 
 @triton.jit
 def _ema_kernel(meta_ptr, work_ptr, w, MASTER: tl.constexpr, TARGET: tl.constexpr,
-                WRITE_TARGET: tl.constexpr, SMALL_W: tl.constexpr, ALIGNED: tl.constexpr,
+                WRITE_TARGET: tl.constexpr, SMALL_W: tl.constexpr, ALIGN_S: tl.constexpr,
+                ALIGN_M: tl.constexpr, ALIGN_T: tl.constexpr,
                 CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     item = tl.program_id(0)
     t = tl.load(work_ptr + 2 * item)
@@ -53,9 +54,12 @@ def _ema_kernel(meta_ptr, work_ptr, w, MASTER: tl.constexpr, TARGET: tl.constexp
     s_ptr = tl.load(meta_ptr + 4 * t).to(tl.pointer_type(tl.float32))
     m_ptr = tl.load(meta_ptr + 4 * t + 1).to(tl.pointer_type(MASTER))
     t_ptr = tl.load(meta_ptr + 4 * t + 2).to(tl.pointer_type(TARGET))
-    if ALIGNED:  # every pointer 16-byte aligned: lets the compiler emit 128-bit accesses
+    # 16-byte aligned pointers (known per role for the whole launch) get 128-bit accesses.
+    if ALIGN_S:
         s_ptr = tl.multiple_of(s_ptr, 16)
+    if ALIGN_M:
         m_ptr = tl.multiple_of(m_ptr, 16)
+    if ALIGN_T:
         t_ptr = tl.multiple_of(t_ptr, 16)
     if start + CHUNK <= n:  # full chunk: no bounds mask, so accesses stay vectorized
         for off in tl.static_range(0, CHUNK, BLOCK):
@@ -77,7 +81,11 @@ def _sizes() -> tuple[int, int]:
 
 
 def _plan(shadows, masters, targets) -> list:
-    """Launch groups [(meta, work, MASTER, TARGET, write_target, aligned, n_items)], cached by pointers."""
+    """Launch groups [(meta, work, MASTER, TARGET, write_target, (align_s, align_m, align_t), n_items)].
+
+    Tensors are grouped by dtypes, whether the target is the shadow itself, and which of their
+    three pointers are 16-byte aligned (ZeRO shards are views at arbitrary offsets). Cached by pointers.
+    """
     key = tuple((s.data_ptr(), m.data_ptr(), t.data_ptr(), s.numel(), m.dtype, t.dtype)
                 for s, m, t in zip(shadows, masters, targets))
     hit = _CACHE.get(key)
@@ -90,18 +98,18 @@ def _plan(shadows, masters, targets) -> list:
         if s.numel() == 0:
             continue
         write = t.data_ptr() != s.data_ptr()
-        groups.setdefault((m.dtype, t.dtype if write else torch.float32, write), []).append((s, m, t))
+        align = (s.data_ptr() % 16 == 0, m.data_ptr() % 16 == 0, (t.data_ptr() % 16 == 0) or not write)
+        groups.setdefault((m.dtype, t.dtype if write else torch.float32, write, align), []).append((s, m, t))
     plan = []
     device = shadows[0].device
-    for (mdt, tdt, write), triples in groups.items():
+    for (mdt, tdt, write, align), triples in groups.items():
         meta = torch.tensor([[s.data_ptr(), m.data_ptr(), t.data_ptr(), s.numel()] for s, m, t in triples],
                             dtype=torch.int64)
         work = torch.cat([torch.stack([torch.full((triton.cdiv(s.numel(), chunk),), i, dtype=torch.int64),
                                        torch.arange(triton.cdiv(s.numel(), chunk), dtype=torch.int64)], 1)
                           for i, (s, _, _) in enumerate(triples)])
-        aligned = bool((meta[:, :3] % 16 == 0).all())
         plan.append((meta.to(device), work.contiguous().to(device), _TL_DTYPES[mdt], _TL_DTYPES[tdt],
-                     write, aligned, work.shape[0]))
+                     write, align, work.shape[0]))
     _CACHE[key] = plan
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -137,6 +145,7 @@ def ema_update_triton(shadows: Sequence[torch.Tensor], masters: Sequence[torch.T
         return
     w = 1.0 - float(momentum)
     chunk, block = _sizes()
-    for meta, work, mdt, tdt, write, aligned, n_items in _plan(shadows, masters, targets):
+    for meta, work, mdt, tdt, write, (al_s, al_m, al_t), n_items in _plan(shadows, masters, targets):
         _ema_kernel[(n_items,)](meta, work, w, MASTER=mdt, TARGET=tdt, WRITE_TARGET=write,
-                                SMALL_W=abs(w) < 0.5, ALIGNED=aligned, CHUNK=chunk, BLOCK=block, num_warps=8)
+                                SMALL_W=abs(w) < 0.5, ALIGN_S=al_s, ALIGN_M=al_m,
+                                ALIGN_T=al_t, CHUNK=chunk, BLOCK=block, num_warps=8)

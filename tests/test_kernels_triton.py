@@ -275,3 +275,27 @@ def test_ema_update_model_sized_on_cuda():
     for s, s2, t in zip(S, S2, T):
         torch.testing.assert_close(s, s2, rtol=1e-6, atol=1e-6)
         assert torch.equal(t, s.to(torch.bfloat16))
+
+
+@cases
+@pytest.mark.gpu
+def test_ema_update_unaligned_shard_views():
+    """ZeRO shards are views into flat buffers at arbitrary offsets: mixed alignment groups."""
+    g = torch.Generator().manual_seed(5)
+    flat_s = torch.randn(4000, generator=g).to(DEV)
+    flat_m = torch.randn(4000, generator=g).to(DEV)
+    flat_t = torch.zeros(4000, dtype=torch.bfloat16, device=DEV)
+    cuts = [(0, 1000), (1001, 1999), (2003, 3997)]  # aligned, 4-byte, 12-byte offsets
+    S = [flat_s[a:b] for a, b in cuts]
+    M = [flat_m[a + 1:b + 1] for a, b in cuts]
+    T = [flat_t[a:b] for a, b in cuts]
+    S2, T2 = [s.clone() for s in S], [t.clone() for t in T]
+    ema_update_(S, M, T, 0.99, backend="triton")
+    ema_update_reference(S2, M, T2, 0.99)
+    for s, s2, t in zip(S, S2, T):
+        torch.testing.assert_close(s, s2, rtol=2e-7, atol=2e-7)
+        assert torch.equal(t, s.to(torch.bfloat16))
+    untouched = torch.ones(4000, dtype=torch.bool)
+    for a, b in cuts:
+        untouched[a:b] = False
+    assert torch.equal(flat_t.cpu()[untouched], torch.zeros(int(untouched.sum()), dtype=torch.bfloat16))

@@ -39,7 +39,9 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     torch.manual_seed(0)
-    jepa = JEPA(cfg).to(device)
+    with torch.device(device):  # initialise on the device: a ViT-H init on the host takes long
+        jepa = JEPA(cfg)
+    jepa = jepa.to(device)
     target = make_target_encoder(jepa.encoder).to(device, torch.bfloat16 if cuda else torch.float32)
     shadows = [p.detach().float().reshape(-1).clone() for p in jepa.encoder.parameters()]
     masters = [p.detach().reshape(-1) for p in jepa.encoder.parameters()]
