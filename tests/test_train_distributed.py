@@ -37,18 +37,22 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1",
-               **(extra_env or {}))
+def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None, nproc=2, cpu=True):
+    env = dict(os.environ, DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1", **(extra_env or {}))
+    if cpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    else:
+        env.pop("DS_ACCELERATOR", None)
     args = ["tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
     for o in [*OPTS, *opts]:
         args += ["--opt", o]
     if resume:
         args += ["--resume", resume]
     if launcher == "deepspeed":
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", _free_port(), *args]
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
+               _free_port(), *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", _free_port(), *args]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return r
@@ -168,7 +172,8 @@ def test_init_from_previous_run(runs):
 def test_bf16_run_keeps_fp32_ema_shadow(tmp_path):
     """The GPU precision path on CPU: bf16 engines, fp32 masters feed an fp32 EMA shadow."""
     run = tmp_path / "bf16"
-    r = _launch(run, "train.precision=bf16", "optim.iterations=3", "train.checkpoint_every=1")
+    r = _launch(run, "train.precision=bf16", "optim.iterations=3", "train.checkpoint_every=1",
+                "model.activation_checkpointing=true")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ckpts = list_checkpoints(run)
     assert len(ckpts) == 3
@@ -213,3 +218,22 @@ def test_logged_loss_matches_single_process_recompute(runs):
         batch = next(iter(build_dataloader(cfg, 0, 2, start_step=k, num_steps=1)))
         other = jepa(batch["video"], batch["masks"], compute_targets(target, batch["video"], batch["masks"])).item()
     assert abs(other - losses[0]) > 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_bf16_run_reports_mfu(tmp_path):
+    """One GPU, the deepspeed launcher, bf16 (precision auto), ZeRO-3: trains, logs MFU on known cards."""
+    from vjepa_scale.flops import device_peak_tflops
+
+    run = tmp_path / "gpu"
+    r = _launch(run, "data.crop_size=64", "model.depth=2", "data.global_batch_size=4", "optim.iterations=4",
+                "train.checkpoint_every=4", launcher="deepspeed", nproc=1, cpu=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    recs = read_metrics(run)
+    assert [x["step"] for x in recs] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(x["loss"])) and x["tflops_per_rank"] > 0 for x in recs)
+    if device_peak_tflops(torch.device("cuda", 0)) is not None:
+        assert all(0 < x["mfu"] < 1 for x in recs)
+    d = load_consolidated(run, "target")
+    assert d["step"] == 4 and all(v.dtype == torch.float32 for v in d["encoder"].values())
