@@ -232,7 +232,8 @@ class _Window:
         m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
              "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
              "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens_per_clip,
-             "tflops_per_rank": flops / busy / 1e12, "mfu": None}
+             "tflops_per_rank": flops / busy / 1e12, "mfu": None,
+             "eta_s": (tr.cfg.optim.iterations - tr.step) * step_time}
         if grad_norm is not None:
             m["grad_norm"] = float(grad_norm)
         if tr._peak:

@@ -64,6 +64,9 @@ def check_data_paths(cfg: Config) -> None:
 def preflight(cfg: Config, world_size: int) -> Config:
     """All checks that need no model or process group; returns the batch-resolved config."""
     check_data_paths(cfg)
+    if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():
+        raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
+                          f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
     return resolve_batch(cfg, world_size)
 
 
