@@ -309,3 +309,34 @@ def test_cli_end_to_end_on_synthetic_videos(tmp_path):
     assert r.returncode == 2 and f"{bad}:9: label 'up' is not an integer" in r.stderr
     r = run_cli("--random-init", *common, "probe.num_heads=7", cwd=tmp_path)
     assert r.returncode == 2 and "probe.num_heads=7 does not divide the encoder width 192" in r.stderr
+
+
+def test_hf_export_loads_the_same_encoder(tmp_path):
+    from vjepa_scale.config import Config, DataConfig
+    from vjepa_scale.hf import export_to_hf
+
+    model = tiny_model()
+    pre = Config(model=model, data=DataConfig(backend="synthetic", crop_size=32, frames_per_clip=4)).validate()
+    torch.manual_seed(3)
+    enc = VisionTransformer3D(model, pre.grid)
+    export_to_hf(pre, enc.state_dict(), tmp_path / "hf")
+    cfg = EvalConfig(data=EvalDataConfig(train_index="a", val_index="b", crop_size=32, frames_per_clip=4))
+    cfg.encoder.hf_path = str(tmp_path / "hf")
+    frozen = load_frozen_encoder(cfg.validate())
+    assert frozen.model_cfg.pos_embed == "sincos" and frozen.encoder.dims.depth == 1
+    for k, v in enc.state_dict().items():
+        torch.testing.assert_close(frozen.encoder.state_dict()[k], v, rtol=0, atol=0)
+    cfg.model = ModelConfig(size="small", depth=1)  # an architecture the export does not fit
+    with pytest.raises(CheckpointMismatchError, match=r"config.json: hidden_size=192 but the config has model.width .*=384"):
+        load_frozen_encoder(cfg.validate())
+
+
+def test_per_class_subset_is_balanced_and_seeded():
+    from vjepa_scale.eval.data import per_class_subset
+
+    labels = [i % 3 for i in range(30)]
+    a = per_class_subset(labels, 4, seed=0)
+    assert len(a) == 12 and sorted(labels[i] for i in a) == [0] * 4 + [1] * 4 + [2] * 4
+    assert a == per_class_subset(labels, 4, seed=0) and a != per_class_subset(labels, 4, seed=1)
+    with pytest.raises(ConfigError, match=r"data.train_per_class=11 but class 0 has only 10 videos"):
+        per_class_subset(labels, 11, seed=0)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="eval YAML (a bare name resolves into configs/)")
     ap.add_argument("--checkpoint", help="our run dir (latest checkpoint) or one checkpoint dir")
-    ap.add_argument("--hf", help="Hugging Face export folder (needs a model: section)")
+    ap.add_argument("--hf", help="Hugging Face export folder (architecture from its config.json)")
     ap.add_argument("--random-init", action="store_true",
                     help="baseline: random weights, architecture from model: or --checkpoint")
     ap.add_argument("--which", choices=["target", "online"], help="encoder of a checkpoint (default target/EMA)")

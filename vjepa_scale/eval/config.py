@@ -45,6 +45,8 @@ class EvalDataConfig:
     train_index: str = ""
     val_index: str = ""
     num_classes: Optional[int] = None  # default: 1 + the largest label in either index
+    train_per_class: Optional[int] = None  # label-efficient probe: this many train videos per class (null: all)
+    subset_seed: int = 0  # which videos form that subset
     frames_per_clip: int = 16
     frame_step: int = 4
     crop_size: int = 224
@@ -63,6 +65,8 @@ class EvalDataConfig:
         if self.resize_ratio < 1.0:
             raise ConfigError(f"{prefix}.resize_ratio must be >= 1 (crop inside the resized frame), "
                               f"got {self.resize_ratio}")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ConfigError(f"{prefix}.train_per_class must be >= 1 or null, got {self.train_per_class}")
         if self.num_classes is not None and self.num_classes < 2:
             raise ConfigError(f"{prefix}.num_classes must be >= 2 or null, got {self.num_classes}")
         if self.num_workers < 0:

@@ -54,6 +54,18 @@ def read_labeled_index(path: str | os.PathLike, key: str) -> tuple[list[str], li
     return paths, labels
 
 
+def per_class_subset(labels: list[int], per_class: int, seed: int, key: str = "data.train_per_class") -> list[int]:
+    """Sorted positions of `per_class` videos of each class, drawn without replacement with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == c]
+        if len(members) < per_class:
+            raise ConfigError(f"{key}={per_class} but class {c} has only {len(members)} videos in the index")
+        chosen += [members[j] for j in torch.randperm(len(members), generator=g)[:per_class].tolist()]
+    return sorted(chosen)
+
+
 def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int) -> list[list[int]]:
     """`num_clips` windows of `frames_per_clip` frames at stride `frame_step`, evenly spread.
 

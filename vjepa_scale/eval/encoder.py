@@ -11,11 +11,8 @@ import torch
 
 from vjepa_scale.config import Config, ConfigError, DataConfig, ModelConfig
 from vjepa_scale.eval.config import EvalConfig
+from vjepa_scale.hf.checks import CheckpointMismatchError  # one error type for "weights do not fit"
 from vjepa_scale.models import VisionTransformer3D
-
-
-class CheckpointMismatchError(ValueError):
-    """Encoder weights that do not fit the model built from the config (names the key and shapes)."""
 
 
 @dataclass
@@ -56,6 +53,37 @@ def check_encoder_state(state: dict[str, torch.Tensor], encoder: VisionTransform
             f"(missing from the checkpoint: {missing[:6]}{' ...' if len(missing) > 6 else ''}; "
             f"not in the model: {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}; "
             f"check model.size/depth/pos_embed)")
+
+
+def config_from_hf_folder(folder: str) -> Config:
+    """The pretraining `Config` (model, clip size, mask-type count) an HF export describes."""
+    import json
+    from pathlib import Path
+
+    from vjepa_scale.config import MaskConfig, MaskSpec
+    from vjepa_scale.hf.load import HF_MODEL_TYPES
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"encoder.hf_path: '{folder}' is not a Hugging Face export (no config.json)")
+    hf = json.loads(path.read_text())
+    if hf.get("model_type") not in HF_MODEL_TYPES:
+        raise ConfigError(f"encoder.hf_path: {path}: model_type {hf.get('model_type')!r} is not a V-JEPA export "
+                          f"(expected one of {sorted(HF_MODEL_TYPES)})")
+    try:
+        model = ModelConfig(size="tiny", width=hf["hidden_size"], depth=hf["num_hidden_layers"],
+                            num_heads=hf["num_attention_heads"], mlp_ratio=float(hf["mlp_ratio"]),
+                            patch_size=hf["patch_size"], tubelet_size=hf["tubelet_size"],
+                            qkv_bias=bool(hf.get("qkv_bias", True)), pos_embed=HF_MODEL_TYPES[hf["model_type"]],
+                            pred_width=hf.get("pred_hidden_size", 384),
+                            pred_depth=hf.get("pred_num_hidden_layers", 12),
+                            pred_num_heads=hf.get("pred_num_attention_heads", 16),
+                            pred_mlp_ratio=float(hf.get("pred_mlp_ratio", 4.0)))
+        data = DataConfig(backend="synthetic", crop_size=hf["crop_size"], frames_per_clip=hf["frames_per_clip"])
+    except KeyError as e:
+        raise ConfigError(f"encoder.hf_path: {path} has no field {e}") from None
+    masks = MaskConfig(types=[MaskSpec() for _ in range(int(hf.get("pred_num_mask_tokens", 2)))])
+    return Config(model=model, mask=masks, data=data).validate()
 
 
 def _build(model_cfg: ModelConfig, grid: tuple[int, int, int], state: Optional[dict], source: str,
@@ -100,16 +128,17 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
     if src.hf_path:
         from vjepa_scale.hf import load_init_state
 
-        if cfg.model is None:
-            raise ConfigError("encoder.hf_path needs a `model:` section describing the exported encoder")
-        model_cfg = copy.deepcopy(cfg.model)
-        grid = eval_grid(cfg, model_cfg)
-        pcfg = Config(model=model_cfg, data=DataConfig(backend="synthetic", crop_size=cfg.data.crop_size,
-                                                       frames_per_clip=cfg.data.frames_per_clip))
-        state = load_init_state(src.hf_path, pcfg)
-        state = state.get("encoder", state) if isinstance(state, dict) and "encoder" in state else state
+        pcfg = config_from_hf_folder(src.hf_path)
+        if cfg.model is not None:
+            pcfg.model = copy.deepcopy(cfg.model)
+        model_cfg = pcfg.model
+        eval_grid(cfg, model_cfg)
+        try:
+            state = load_init_state(src.hf_path, pcfg)["encoder"]
+        except FileNotFoundError as e:
+            raise ConfigError(f"encoder.hf_path: {e}") from None
         source = f"{src.hf_path} (Hugging Face export)"
-        return FrozenEncoder(_build(model_cfg, grid, state, source), source, None, model_cfg)
+        return FrozenEncoder(_build(model_cfg, pcfg.grid, state, source), source, None, model_cfg)
     model_cfg = copy.deepcopy(cfg.model)
     grid = eval_grid(cfg, model_cfg)
     source = f"random init (seed {src.init_seed})"

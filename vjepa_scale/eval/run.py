@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from vjepa_scale.config import ConfigError
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import EvalClips, read_labeled_index
+from vjepa_scale.eval.data import EvalClips, per_class_subset, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
 from vjepa_scale.eval.features import extract_features
 from vjepa_scale.eval.probe import resolve_probe_heads
@@ -64,6 +64,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     dtype = resolve_dtype(cfg.run.precision, device)
     train_paths, train_labels = read_labeled_index(cfg.data.train_index, "data.train_index")
     val_paths, val_labels = read_labeled_index(cfg.data.val_index, "data.val_index")
+    if cfg.data.train_per_class is not None:
+        keep = per_class_subset(train_labels, cfg.data.train_per_class, cfg.data.subset_seed)
+        train_paths, train_labels = [train_paths[i] for i in keep], [train_labels[i] for i in keep]
     num_classes = cfg.data.num_classes or 1 + max(train_labels + val_labels)
     for key, labels in (("data.train_index", train_labels), ("data.val_index", val_labels)):
         if max(labels) >= num_classes:
