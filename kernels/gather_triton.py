@@ -192,10 +192,9 @@ def _check(x_BND: torch.Tensor, idx: torch.Tensor, op: str) -> None:
 
 def _csr(idx: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(order, rowptr): packed rows sorted by destination (stable), and per-row offsets (R+1,)."""
-    idx64 = idx.long()
-    order = torch.argsort(idx64, stable=True)
-    rowptr = torch.zeros(R + 1, dtype=torch.int64, device=idx.device)
-    torch.cumsum(torch.bincount(idx64, minlength=R)[:R], 0, out=rowptr[1:])
+    sorted_idx, order = torch.sort(idx.long(), stable=True)
+    # First packed position of each row (bincount would need a host sync for its size on CUDA).
+    rowptr = torch.searchsorted(sorted_idx, torch.arange(R + 1, device=idx.device))
     return order, rowptr
 
 

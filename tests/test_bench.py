@@ -79,3 +79,16 @@ def test_bench_cpu_all_suites(tmp_path):
     rows = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"]
     att = [r for r in rows if r["suite"] == "attention"]
     assert {r["impl"] for r in att} >= {"padded", "nested"} and all(r["pad_flop_ratio"] >= 1 for r in att)
+
+
+@pytest.mark.slow
+def test_bench_triton_rows_under_interpreter(tmp_path):
+    """The suites' Triton code path (what runs on a GPU) end to end, in the CPU interpreter."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "tools/bench.py", "--device", "cpu", "--suite", "gather",
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"]
+    triton_rows = [r for r in rows if r["impl"] == "triton"]
+    assert len(triton_rows) == 4 and all(r["speedup"] > 0 for r in triton_rows)

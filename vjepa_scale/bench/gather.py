@@ -56,6 +56,12 @@ def run(device: str, quick: bool) -> list[dict]:
     times = {k: time_ms(lambda f=f: f(x, ctx_idx, pos), device, iters=iters) for k, f in impls.items()}
     rows += rate_rows(f"gather+pos fwd, {T} ctx tokens, {shape}", times, fwd_bytes, device, "torch_baseline")
 
+    # The model's path: the patch embedding yields (B, D, N), seen as a (B, N, D) view.
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)
+    times = {k: time_ms(lambda f=f: f(xt, ctx_idx, pos), device, iters=iters) for k, f in impls.items()}
+    rows += rate_rows(f"gather+pos fwd from (B,D,N) patch-embed layout, {shape}", times, fwd_bytes, device,
+                      "torch_baseline")
+
     bwd_bytes = T * D * es + B * N * D * es + T * ctx_idx.element_size()
     times = {}
     for k, f in impls.items():
