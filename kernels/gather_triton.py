@@ -168,7 +168,7 @@ _GPU_TILE, _INTERP_TILE = 4096, 1 << 16
 
 def _tiles(rows: int, D: int, full_row: bool) -> tuple[int, int]:
     tile = _INTERP_TILE if interpreting() else _GPU_TILE
-    block_d = triton.next_power_of_2(D) if (full_row or interpreting()) else min(256, triton.next_power_of_2(D))
+    block_d = triton.next_power_of_2(D) if full_row else min(256, triton.next_power_of_2(D))
     block_r = max(1, min(tile // block_d, triton.next_power_of_2(max(rows, 1))))
     return block_r, block_d
 

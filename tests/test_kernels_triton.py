@@ -71,7 +71,7 @@ def test_cases_under_interpreter():
 @cases
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("D", [80, 203])
+@pytest.mark.parametrize("D", [80, 203, 300])  # 300: two column blocks, the second one partial
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("pos_kind", ["none", "fp32", "same"])
 def test_masked_gather_bitwise(dtype, D, idx_dtype, pos_kind):
