@@ -61,7 +61,7 @@ fi
 
 # 1. CUDA-only tests (marked `gpu`); collection errors from optional deps do not stop the rest.
 if "$PY" -c "import pytest" 2>/dev/null; then
-  stage tests_gpu 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+  stage tests_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
     -rs --junitxml="$RES/tests_gpu.xml" tests
 else
   note "tests_gpu: pytest is not installed here; skipped (carry a pytest install to run them)"
@@ -71,7 +71,7 @@ fi
 # 2. Kernel and attention suites (one process), then the training step and the data suite apart,
 #    so an out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
 stage bench_kernels 130 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
-stage bench_step 150 "$PY" tools/bench.py --device cuda --suite step --out "$RES/step"
+stage bench_step 140 "$PY" tools/bench.py --device cuda --suite step --out "$RES/step"
 stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
 
 note "done in $(( $(date +%s) - start ))s, status=$status; results in $RES"
