@@ -40,6 +40,11 @@ if ! "$PY" -c "import vjepa_scale.kernels" 2>/dev/null; then
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  note "no CUDA device visible: nothing to check"
+  exit 1
+fi
+
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
   "$PY" - <<'EOF'
@@ -54,10 +59,6 @@ for mod in ("triton", "deepspeed", "flash_attn", "transformers", "nvidia.dali"):
 EOF
 } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  note "no CUDA device visible: nothing to check"
-  exit 1
-fi
 
 # 1. CUDA-only tests (marked `gpu`); collection errors from optional deps do not stop the rest.
 if "$PY" -c "import pytest" 2>/dev/null; then
