@@ -39,6 +39,8 @@ def main(argv=None) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     try:
         cfg = preflight(load_config(args.config, overrides), dist_env().world_size)
+        if args.resume not in (None, "auto") and not os.path.exists(args.resume):
+            raise ConfigError(f"--resume: '{args.resume}' does not exist (give 'auto', a run dir or a checkpoint dir)")
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

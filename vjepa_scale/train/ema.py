@@ -90,7 +90,12 @@ class ShardedEMA:
             if m is None:
                 raise RuntimeError("online parameter has no fp32 master shard (is it trainable?)")
             return m.view(-1)
-        return p.data.view(-1)
+        if p.dtype == torch.float32:
+            return p.data.view(-1)
+        from deepspeed.utils import safe_get_full_fp32_param  # ZeRO-1/2 in bf16: gathers the master
+
+        m = safe_get_full_fp32_param(p)
+        return (m if m is not None else p.data.float()).reshape(-1)
 
     @torch.no_grad()
     def _write_targets(self) -> None:

@@ -117,6 +117,9 @@ def deepspeed_config(cfg: Config, world_size: int, with_optimizer: bool = True) 
         # Every target parameter is re-gathered from its (EMA-updated) shard at each forward:
         # a persistent (never released) full copy would not see the shard-local update.
         out["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    elif not with_optimizer:
+        # ZeRO-1/2 partition optimizer state only: the target (no optimizer) is replicated.
+        out["zero_optimization"] = {"stage": 0}
     return out
 
 
