@@ -89,6 +89,9 @@ def test_deepspeed_config_blocks():
     assert target["zero_optimization"]["stage3_param_persistence_threshold"] == 0
     assert "gradient_clipping" not in target or target["gradient_clipping"] == 1.0
     assert "bf16" not in deepspeed_config(resolve_batch(load_config("cpu_demo"), 2), 2)  # fp32 on CPU
+    z2 = resolve_batch(load_config("cpu_demo", ["zero.stage=2"]), 2)
+    assert deepspeed_config(z2, 2)["zero_optimization"]["stage"] == 2
+    assert deepspeed_config(z2, 2, with_optimizer=False)["zero_optimization"] == {"stage": 0}  # replicated target
 
 
 def _cli(*args, world=1):
