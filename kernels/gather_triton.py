@@ -54,11 +54,13 @@ def _csr_sum(g_ptr, order_ptr, rowptr_ptr, rows, rmask, cols, cmask, D,
     cnt = tl.load(rowptr_ptr + rows + 1, mask=rmask, other=0) - start
     acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     kmax = tl.max(cnt, axis=0)
-    for k in range(0, kmax):
+    k = kmax * 0  # a while loop (not range(kmax)) also runs in older Triton interpreters
+    while k < kmax:
         has = cnt > k
         src = tl.load(order_ptr + start + k, mask=has, other=0).to(tl.int64)
         g = tl.load(g_ptr + src[:, None] * D + cols[None, :], mask=has[:, None] & cmask[None, :], other=0.0)
         acc += g.to(tl.float32)
+        k += 1
     return acc
 
 
