@@ -302,6 +302,13 @@ def test_cli_end_to_end_on_synthetic_videos(tmp_path):
     assert set(res["val_top1_per_seed"]) == {"0", "1"} and len(res["runs"][0]["history"]) == 2
     assert res["encoder"] == "random init (seed 0)"
     assert any((out / "tb").iterdir())
+    assert res["val_feature_effective_rank"] > 1.0
+    # label-efficient probes: each seed trains on its own balanced subset
+    r = run_cli("--random-init", "--output", str(tmp_path / "few"), "--seeds", "0,1", *common,
+                "data.train_per_class=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    few = json.loads((tmp_path / "few" / "result.json").read_text())
+    assert few["train_per_class"] == 1 and [x["num_train_videos"] for x in few["runs"]] == [4, 4]
     # bad input fails with the file and line, exit status 2
     bad = tmp_path / "bad.txt"
     bad.write_text(Path(idx["train"]).read_text() + "extra.mp4 up\n")
@@ -340,3 +347,15 @@ def test_per_class_subset_is_balanced_and_seeded():
     assert a == per_class_subset(labels, 4, seed=0) and a != per_class_subset(labels, 4, seed=1)
     with pytest.raises(ConfigError, match=r"data.train_per_class=11 but class 0 has only 10 videos"):
         per_class_subset(labels, 11, seed=0)
+
+
+def test_effective_rank():
+    from vjepa_scale.eval.features import effective_rank
+
+    g = torch.Generator().manual_seed(0)
+    line = torch.randn(500, 1, generator=g) * torch.randn(1, 16, generator=g)
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-4)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))
+    iso = torch.cat([q, -q]) * 3.0  # centred, equal singular values
+    assert effective_rank(iso) == pytest.approx(16.0, rel=1e-6)
+    assert 1.0 < effective_rank(torch.randn(200, 4, generator=g) * torch.tensor([10.0, 1.0, 1.0, 1.0])) < 4.0

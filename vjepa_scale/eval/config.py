@@ -46,7 +46,7 @@ class EvalDataConfig:
     val_index: str = ""
     num_classes: Optional[int] = None  # default: 1 + the largest label in either index
     train_per_class: Optional[int] = None  # label-efficient probe: this many train videos per class (null: all)
-    subset_seed: int = 0  # which videos form that subset
+    subset_seed: int = 0  # probe seed s trains on the balanced subset drawn with subset_seed + s
     frames_per_clip: int = 16
     frame_step: int = 4
     crop_size: int = 224

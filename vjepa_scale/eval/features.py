@@ -54,3 +54,15 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
     if not feats:  # more ranks than videos
         raise ValueError(f"{desc}: rank {rank} of {world_size} got no videos ({len(dataset)} in the index)")
     return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index))
+
+
+def effective_rank(x_XD: torch.Tensor) -> float:
+    """exp(entropy) of the normalized singular-value spectrum of the centred rows (Roy & Vetterli 2007).
+
+    D for isotropic features, 1 for features on a line: a collapse diagnostic for frozen encoders.
+    """
+    x = x_XD.double()
+    s = torch.linalg.svdvals(x - x.mean(0))
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

@@ -20,7 +20,7 @@ from vjepa_scale.config import ConfigError
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.eval.data import EvalClips, per_class_subset, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
-from vjepa_scale.eval.features import extract_features
+from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features
 from vjepa_scale.eval.probe import resolve_probe_heads
 from vjepa_scale.eval.train_probe import train_probe
 
@@ -64,9 +64,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     dtype = resolve_dtype(cfg.run.precision, device)
     train_paths, train_labels = read_labeled_index(cfg.data.train_index, "data.train_index")
     val_paths, val_labels = read_labeled_index(cfg.data.val_index, "data.val_index")
+    subsets = {}  # label-efficient probes: a different balanced subset of the train index per seed
     if cfg.data.train_per_class is not None:
-        keep = per_class_subset(train_labels, cfg.data.train_per_class, cfg.data.subset_seed)
-        train_paths, train_labels = [train_paths[i] for i in keep], [train_labels[i] for i in keep]
+        subsets = {seed: per_class_subset(train_labels, cfg.data.train_per_class, cfg.data.subset_seed + seed)
+                   for seed in cfg.run.seeds}
     num_classes = cfg.data.num_classes or 1 + max(train_labels + val_labels)
     for key, labels in (("data.train_index", train_labels), ("data.val_index", val_labels)):
         if max(labels) >= num_classes:
@@ -88,6 +89,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                            device, dtype, cfg.data.num_workers, rank, world, desc="val features",
                            progress=progress)
     t_feat = time.time() - t_enc
+    feat_rank = effective_rank(val.feats_MVND[:256, 0].flatten(0, 1).float())  # this rank's share
     del encoder
 
     out = Path(cfg.run.output_dir)
@@ -100,8 +102,13 @@ def run_eval(cfg: EvalConfig) -> dict:
             writer = SummaryWriter(str(out / "tb"))
     runs = []
     for seed in cfg.run.seeds:
-        runs.append(train_probe(train, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
+        data = train
+        if seed in subsets:
+            keep = torch.isin(train.index_M, torch.tensor(subsets[seed]))
+            data = FeatureSet(train.feats_MVND[keep], train.labels_M[keep], train.index_M[keep])
+        runs.append(train_probe(data, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
                                 writer, tag=f"seed{seed}", progress=progress))
+        runs[-1]["num_train_videos"] = len(subsets[seed]) if seed in subsets else len(train_paths)
     if writer is not None:
         writer.close()
     tops = [r["val_top1"] for r in runs]
@@ -111,12 +118,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         "model": {"size": frozen.model_cfg.size, "width": frozen.encoder.embed_dim, "depth": frozen.encoder.dims.depth,
                   "num_heads": frozen.encoder.dims.num_heads, "pos_embed": frozen.model_cfg.pos_embed},
         "num_classes": num_classes,
-        "num_train_videos": len(train_paths),
+        "num_train_videos": runs[0]["num_train_videos"],
+        "train_per_class": cfg.data.train_per_class,
         "num_val_videos": len(val_paths),
         "val_top1_mean": statistics.fmean(tops),
         "val_top1_std": statistics.pstdev(tops) if len(tops) > 1 else 0.0,
         "val_top1_per_seed": {str(r["seed"]): r["val_top1"] for r in runs},
         "runs": runs,
+        "val_feature_effective_rank": round(feat_rank, 2),
         "feature_seconds": round(t_feat, 2),
         "total_seconds": round(time.time() - t0, 2),
         "world_size": world,
