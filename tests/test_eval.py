@@ -350,7 +350,7 @@ def test_per_class_subset_is_balanced_and_seeded():
 
 
 def test_effective_rank():
-    from vjepa_scale.eval.features import effective_rank
+    from vjepa_scale.eval.features import effective_rank, top_pc_share
 
     g = torch.Generator().manual_seed(0)
     line = torch.randn(500, 1, generator=g) * torch.randn(1, 16, generator=g)
@@ -359,3 +359,5 @@ def test_effective_rank():
     iso = torch.cat([q, -q]) * 3.0  # centred, equal singular values
     assert effective_rank(iso) == pytest.approx(16.0, rel=1e-6)
     assert 1.0 < effective_rank(torch.randn(200, 4, generator=g) * torch.tensor([10.0, 1.0, 1.0, 1.0])) < 4.0
+    assert top_pc_share(line) == pytest.approx(1.0, abs=1e-6)
+    assert top_pc_share(iso) == pytest.approx(1 / 16, rel=1e-6)

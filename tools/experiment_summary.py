@@ -2,11 +2,11 @@
 """Collect the motion experiment's numbers into docs/results/ (JSON, and a loss-curve PNG when
 matplotlib is installed).
 
-    python tools/experiment_summary.py --pretrain RUN_DIR --probe PRETRAINED_RESULT.json \
-        --baseline RANDOM_RESULT.json --out docs/results [--name motion]
+    python tools/experiment_summary.py --pretrain RUN_DIR --out docs/results [--name motion] \
+        --pair full PRETRAINED/result.json RANDOM/result.json [--pair few ... ...]
 
-Writes OUT/<name>_pretrain_loss.json (the logged loss curve), OUT/<name>_probe_pretrained.json and
-OUT/<name>_probe_random.json (the probe results as written by tools/eval_probe.py),
+Writes OUT/<name>_pretrain_loss.json (the logged loss curve), OUT/<name>_<protocol>_pretrained.json
+and OUT/<name>_<protocol>_random.json (probe results as written by tools/eval_probe.py),
 OUT/<name>_summary.json (the comparison) and OUT/<name>_loss.png. Prints a markdown table.
 """
 from __future__ import annotations
@@ -58,50 +58,53 @@ def plot_loss(rows: list[dict], out_png: Path) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pretrain", required=True, type=Path)
-    ap.add_argument("--probe", required=True, type=Path)
-    ap.add_argument("--baseline", required=True, type=Path)
+    ap.add_argument("--pair", nargs=3, action="append", required=True, metavar=("PROTOCOL", "PRETRAINED", "RANDOM"),
+                    help="a probe protocol name and the two result.json files (pretrained, random init)")
     ap.add_argument("--out", default=Path("docs/results"), type=Path)
     ap.add_argument("--name", default="motion")
     args = ap.parse_args(argv)
 
     rows = load_metrics(args.pretrain)
-    pre = json.loads(args.probe.read_text())
-    rnd = json.loads(args.baseline.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     curve = [{k: r[k] for k in ("step", "loss", "lr", "ema_momentum", "step_time") if k in r} for r in rows]
     (args.out / f"{args.name}_pretrain_loss.json").write_text(json.dumps(curve, indent=1))
-    shutil.copyfile(args.probe, args.out / f"{args.name}_probe_pretrained.json")
-    shutil.copyfile(args.baseline, args.out / f"{args.name}_probe_random.json")
-    gap = pre["val_top1_mean"] - rnd["val_top1_mean"]
     summary = {
+        "pretrain_run": str(args.pretrain),
         "pretrain_steps": rows[-1]["step"] if rows else None,
-        "pretrain_loss_first": rows[0]["loss"] if rows else None,
+        "pretrain_loss_first_logged": rows[0]["loss"] if rows else None,
+        "pretrain_loss_min": min(r["loss"] for r in rows) if rows else None,
         "pretrain_loss_last": rows[-1]["loss"] if rows else None,
-        "pretrain_seconds": round(train_seconds(rows), 1),
-        "pretrained": {"encoder": pre["encoder"], "val_top1_mean": pre["val_top1_mean"],
-                       "val_top1_std": pre["val_top1_std"], "val_top1_per_seed": pre["val_top1_per_seed"]},
-        "random_init": {"encoder": rnd["encoder"], "val_top1_mean": rnd["val_top1_mean"],
-                        "val_top1_std": rnd["val_top1_std"], "val_top1_per_seed": rnd["val_top1_per_seed"]},
-        "gap_points": gap,
-        "num_val_videos": pre["num_val_videos"],
-        "num_classes": pre["num_classes"],
-        "chance_top1": 100.0 / pre["num_classes"],
-        "meets_10_point_goal": gap >= 10.0,
+        "pretrain_step_seconds_total": round(train_seconds(rows), 1),
+        "protocols": {},
     }
+    table = ["| probe protocol | train videos | pretrained (EMA target) | random init | gap (points) |",
+             "|---|---|---|---|---|"]
+    for proto, pre_path, rnd_path in args.pair:
+        pre, rnd = json.loads(Path(pre_path).read_text()), json.loads(Path(rnd_path).read_text())
+        shutil.copyfile(pre_path, args.out / f"{args.name}_{proto}_pretrained.json")
+        shutil.copyfile(rnd_path, args.out / f"{args.name}_{proto}_random.json")
+        gap = pre["val_top1_mean"] - rnd["val_top1_mean"]
+        summary["protocols"][proto] = {
+            "num_train_videos": pre["num_train_videos"], "num_val_videos": pre["num_val_videos"],
+            "chance_top1": 100.0 / pre["num_classes"],
+            "pretrained": _brief(pre), "random_init": _brief(rnd),
+            "gap_points": gap, "meets_10_point_goal": gap >= 10.0}
+        table.append(f"| {proto} | {pre['num_train_videos']} | {_fmt(pre)} | {_fmt(rnd)} | {gap:+.1f} |")
     (args.out / f"{args.name}_summary.json").write_text(json.dumps(summary, indent=1))
     png = plot_loss(rows, args.out / f"{args.name}_loss.png")
-
-    def seeds(r):
-        return ", ".join(f"{v:.1f}" for v in r["val_top1_per_seed"].values())
-
-    print("| encoder | val top-1 mean ± std (3 probe seeds) | per seed |")
-    print("|---|---|---|")
-    print(f"| pretrained (EMA target, step {pre['encoder_step']}) | {pre['val_top1_mean']:.1f} ± "
-          f"{pre['val_top1_std']:.1f} | {seeds(pre)} |")
-    print(f"| random init | {rnd['val_top1_mean']:.1f} ± {rnd['val_top1_std']:.1f} | {seeds(rnd)} |")
-    print(f"\ngap: {gap:+.1f} points (goal >= 10); chance {100.0 / pre['num_classes']:.1f}")
-    print(f"wrote {args.out}/{args.name}_*.json" + (f" and {args.name}_loss.png" if png else " (no matplotlib: no PNG)"))
+    print("\n".join(table))
+    print(f"\nwrote {args.out}/{args.name}_*.json" + (f" and {args.name}_loss.png" if png else " (no matplotlib: no PNG)"))
     return 0
+
+
+def _brief(r: dict) -> dict:
+    return {k: r[k] for k in ("encoder", "encoder_step", "val_top1_mean", "val_top1_std", "val_top1_per_seed",
+                              "val_feature_effective_rank", "val_feature_top_pc_share") if k in r}
+
+
+def _fmt(r: dict) -> str:
+    seeds = ", ".join(f"{v:.1f}" for v in r["val_top1_per_seed"].values())
+    return f"{r['val_top1_mean']:.1f} ± {r['val_top1_std']:.1f} ({seeds})"
 
 
 if __name__ == "__main__":

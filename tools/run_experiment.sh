@@ -30,12 +30,20 @@ if [ ! -d "$OUT/pretrain/checkpoints/step_$(printf %08d "$ITERS")" ]; then
     --opt "data.datasets=[{path: $OUT/data/train.txt}]" --output-dir "$OUT/pretrain" --resume auto
 fi
 
-# 3. probes on held-out videos: pretrained EMA target vs. random init of the same architecture
+# 3. probes on the 160 held-out videos, 3 probe seeds each: the pretrained EMA target vs. random
+#    init of the same architecture; all 480 labeled train videos, and a label-efficient protocol
+#    (32 videos per class, a different balanced subset per seed)
 PROBE=(--config probe_motion.yaml "data.train_index=$OUT/data/train.txt" "data.val_index=$OUT/data/val.txt"
        run.seeds=[0,1,2])
-python tools/eval_probe.py "${PROBE[@]}" --checkpoint "$OUT/pretrain" --output "$OUT/probe_pretrained"
-python tools/eval_probe.py "${PROBE[@]}" --random-init --checkpoint "$OUT/pretrain" --output "$OUT/probe_random"
+for proto in full few32; do
+  extra=(); [ "$proto" = few32 ] && extra=(data.train_per_class=32)
+  python tools/eval_probe.py "${PROBE[@]}" "${extra[@]}" --checkpoint "$OUT/pretrain" \
+    --output "$OUT/probe_${proto}_pretrained"
+  python tools/eval_probe.py "${PROBE[@]}" "${extra[@]}" --random-init --checkpoint "$OUT/pretrain" \
+    --output "$OUT/probe_${proto}_random"
+done
 
 # 4. results (JSON + loss curve) and the comparison table
-python tools/experiment_summary.py --pretrain "$OUT/pretrain" --probe "$OUT/probe_pretrained/result.json" \
-  --baseline "$OUT/probe_random/result.json" --out "$RESULTS"
+python tools/experiment_summary.py --pretrain "$OUT/pretrain" --out "$RESULTS" \
+  --pair full "$OUT/probe_full_pretrained/result.json" "$OUT/probe_full_random/result.json" \
+  --pair few32 "$OUT/probe_few32_pretrained/result.json" "$OUT/probe_few32_random/result.json"

@@ -66,3 +66,10 @@ def effective_rank(x_XD: torch.Tensor) -> float:
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def top_pc_share(x_XD: torch.Tensor) -> float:
+    """Fraction of the centred rows' variance along their first principal component."""
+    x = x_XD.double()
+    var = torch.linalg.svdvals(x - x.mean(0)).pow(2)
+    return float(var[0] / var.sum())

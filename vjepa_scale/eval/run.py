@@ -20,7 +20,7 @@ from vjepa_scale.config import ConfigError
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.eval.data import EvalClips, per_class_subset, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
-from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features
+from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads
 from vjepa_scale.eval.train_probe import train_probe
 
@@ -89,7 +89,8 @@ def run_eval(cfg: EvalConfig) -> dict:
                            device, dtype, cfg.data.num_workers, rank, world, desc="val features",
                            progress=progress)
     t_feat = time.time() - t_enc
-    feat_rank = effective_rank(val.feats_MVND[:256, 0].flatten(0, 1).float())  # this rank's share
+    sample_XD = val.feats_MVND[:256, 0].flatten(0, 1).float()  # collapse diagnostics on this rank's share
+    feat_rank, feat_top_pc = effective_rank(sample_XD), top_pc_share(sample_XD)
     del encoder
 
     out = Path(cfg.run.output_dir)
@@ -126,6 +127,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "val_top1_per_seed": {str(r["seed"]): r["val_top1"] for r in runs},
         "runs": runs,
         "val_feature_effective_rank": round(feat_rank, 2),
+        "val_feature_top_pc_share": round(feat_top_pc, 4),
         "feature_seconds": round(t_feat, 2),
         "total_seconds": round(time.time() - t0, 2),
         "world_size": world,
