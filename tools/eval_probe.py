@@ -3,7 +3,7 @@
 
     python tools/eval_probe.py --config probe_motion.yaml --checkpoint runs/motion   # EMA target
     python tools/eval_probe.py --config probe_motion.yaml --checkpoint runs/motion --which online
-    python tools/eval_probe.py --config probe_motion.yaml --hf exports/motion_hf model.size=tiny ...
+    python tools/eval_probe.py --config probe_motion.yaml --hf exports/motion_hf            # HF export
     python tools/eval_probe.py --config probe_motion.yaml --random-init --checkpoint runs/motion  # baseline
     torchrun --nproc_per_node 8 tools/eval_probe.py --config ...                     # distributed
 
