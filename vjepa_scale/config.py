@@ -278,6 +278,12 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 validate: bool = True) -> Config:
     """Load a YAML recipe into a validated `Config`; `overrides` are `section.key=value` strings."""
+    return load_typed_yaml(Config, path, overrides, validate)
+
+
+def load_typed_yaml(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                    validate: bool = True) -> Any:
+    """YAML (bare names resolve into configs/) + overrides -> dataclass `cls`, validated if asked."""
     raw: dict = {}
     if path is not None:
         p = resolve_config_path(path)
@@ -287,7 +293,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item)
-    cfg = from_dict(Config, raw)
+    cfg = from_dict(cls, raw)
     return cfg.validate() if validate else cfg
 
 

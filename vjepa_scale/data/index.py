@@ -27,8 +27,13 @@ class VideoIndex:
         return len(self.paths)
 
 
-def read_index(path: str | os.PathLike, key: str = "data.datasets") -> tuple[list[str], list[int]]:
-    """(paths, labels) of one index file; raises ConfigError naming the file and line on bad input."""
+def read_index(path: str | os.PathLike, key: str = "data.datasets",
+               require_labels: bool = False) -> tuple[list[str], list[int]]:
+    """(paths, labels) of one index file; raises ConfigError naming the file and line on bad input.
+
+    The label column is optional (-1 when absent; unused in pretraining) unless `require_labels`,
+    which demands an integer label >= 0 on every line (evaluation).
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{key}: index file '{path}' does not exist")
@@ -41,8 +46,15 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets") -> tuple[lis
             parts = line.rsplit(None, 1)
             if len(parts) == 2 and _is_int(parts[1]):
                 video, label = parts[0], int(parts[1])
+            elif not require_labels:
+                video, label = line, -1
+            elif len(parts) < 2:
+                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {line!r})")
             else:
-                video, label = line, -1  # label column is optional (unused in pretraining)
+                raise ConfigError(f"{key}: {p}:{lineno}: label {parts[1]!r} is not an integer "
+                                  f"(expected `path label`)")
+            if require_labels and label < 0:
+                raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
             if not os.path.isabs(video):
                 video = str(p.resolve().parent / video)
             paths.append(video)

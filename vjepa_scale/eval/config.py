@@ -12,10 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-import yaml
 
-from vjepa_scale.config import (ConfigError, ModelConfig, _positive, _to_plain, apply_override, from_dict,
-                                resolve_config_path)
+from vjepa_scale.config import ConfigError, ModelConfig, _positive, _to_plain, load_typed_yaml
 
 
 @dataclass
@@ -154,14 +152,4 @@ class EvalConfig:
 def load_eval_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                      validate: bool = True) -> EvalConfig:
     """Read a YAML eval recipe (bare names resolve into configs/), apply overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        p = resolve_config_path(path)
-        with open(p) as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(raw).__name__}")
-    for item in overrides or []:
-        apply_override(raw, item)
-    cfg = from_dict(EvalConfig, raw)
-    return cfg.validate() if validate else cfg
+    return load_typed_yaml(EvalConfig, path, overrides, validate)

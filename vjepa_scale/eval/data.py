@@ -9,7 +9,6 @@ Decoding and normalization are the data pipeline's (`vjepa_scale.data.decode` / 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -17,6 +16,7 @@ from torch.utils.data import Dataset
 from vjepa_scale.config import ConfigError
 from vjepa_scale.data.clips import normalize_clip
 from vjepa_scale.data.decode import decode_frames, probe_video
+from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
 
 
@@ -25,33 +25,7 @@ def read_labeled_index(path: str | os.PathLike, key: str) -> tuple[list[str], li
 
     Relative paths resolve against the index's folder. Errors name `key`, the file and the line.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{key}: index file '{path}' does not exist")
-    paths, labels = [], []
-    with open(p) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(None, 1)
-            if len(parts) < 2:
-                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {line!r})")
-            try:
-                label = int(parts[1])
-            except ValueError:
-                raise ConfigError(f"{key}: {p}:{lineno}: label {parts[1]!r} is not an integer "
-                                  f"(expected `path label`)") from None
-            if label < 0:
-                raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
-            video = parts[0]
-            if not os.path.isabs(video):
-                video = str(p.resolve().parent / video)
-            paths.append(video)
-            labels.append(label)
-    if not paths:
-        raise ConfigError(f"{key}: index file '{path}' lists no videos")
-    return paths, labels
+    return read_index(path, key, require_labels=True)
 
 
 def per_class_subset(labels: list[int], per_class: int, seed: int, key: str = "data.train_per_class") -> list[int]:

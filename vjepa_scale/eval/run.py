@@ -73,7 +73,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         if max(labels) >= num_classes:
             raise ConfigError(f"{key}: label {max(labels)} >= data.num_classes={num_classes}")
     if num_classes < 2:
-        raise ConfigError(f"data.train_index/val_index: only one class (label 0) found; a probe needs >= 2")
+        raise ConfigError("data.train_index/val_index: only one class (label 0) found; a probe needs >= 2")
 
     frozen = load_frozen_encoder(cfg)
     encoder = frozen.encoder

@@ -8,7 +8,6 @@ accuracy is the one after the last epoch (no selection on the validation split).
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.distributed as dist
