@@ -234,10 +234,7 @@ class Config:
     deepspeed: dict = field(default_factory=dict)
 
     def validate(self) -> "Config":
-        for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            if hasattr(section, "validate"):
-                section.validate(f.name)
+        validate_sections(self)
         if self.data.crop_size % self.model.patch_size:
             raise ConfigError(f"data.crop_size={self.data.crop_size} is not divisible by "
                               f"model.patch_size={self.model.patch_size}")
@@ -381,6 +378,14 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
     return value
+
+
+def validate_sections(cfg: Any) -> None:
+    """Call `validate(section_name)` on every dataclass section of `cfg` that has one."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if section is not None and hasattr(section, "validate"):
+            section.validate(f.name)
 
 
 def _positive(obj: Any, prefix: str, *names: str) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 
-from vjepa_scale.config import ConfigError, ModelConfig, _positive, _to_plain, load_typed_yaml
+from vjepa_scale.config import (ConfigError, ModelConfig, _positive, _to_plain, load_typed_yaml,
+                                validate_sections)
 
 
 @dataclass
@@ -136,10 +137,7 @@ class EvalConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> "EvalConfig":
-        for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            if section is not None and hasattr(section, "validate"):
-                section.validate(f.name)
+        validate_sections(self)
         if self.encoder.random_init and self.model is None and not self.encoder.checkpoint:
             raise ConfigError("encoder.random_init needs a `model:` section or encoder.checkpoint "
                               "(the architecture to initialize)")
