@@ -411,3 +411,24 @@ def test_dali_gpu_decodes_h264_and_vp9_like_cpu(sets):
     batch = next(iter(build_dataloader(cfg, num_steps=1)))
     assert batch["video"].is_cuda and batch["video"].dtype == torch.bfloat16
     assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["skipped"] == []
+
+
+def test_noisy_square_videos_move_in_label_direction(tmp_path):
+    """pattern noisy_square, through H.264: the square's light cells (230) shift 2 px per frame in
+    the label's direction while the block-noise background (< 200) is redrawn every frame."""
+    import av
+
+    paths = write_synthetic_videos(tmp_path, 4, 6, 64, ("h264",), val_fraction=0, pattern="noisy_square")
+    rows = [line.split() for line in paths["train"].read_text().splitlines()]
+    assert [int(label) for _, label in rows] == [0, 1, 2, 3]
+    step = {0: (0, 2), 1: (0, -2), 2: (2, 0), 3: (-2, 0)}
+    for path, label in rows:
+        with av.open(path) as c:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(float)
+        assert frames.shape == (6, 64, 64, 3)
+        assert np.abs(frames[1] - frames[0]).mean() > 20  # the background changes every frame
+        for t in range(5):
+            light = frames[t].min(-1) > 215
+            best = max(((dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)),
+                       key=lambda d: (np.roll(light, d, (0, 1)) & (frames[t + 1].min(-1) > 215)).sum())
+            assert best == step[int(label)], (path, t, best)

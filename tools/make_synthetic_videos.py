@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vjepa_scale.data.synthetic_videos import CODECS, write_synthetic_videos  # noqa: E402
+from vjepa_scale.data.synthetic_videos import CODECS, PATTERNS, write_synthetic_videos  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fps", type=int, default=8)
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pattern", choices=["shapes", "frame_index"], default="shapes")
+    ap.add_argument("--pattern", choices=PATTERNS, default="shapes",
+                    help="shapes: square over a static texture; noisy_square: square over per-frame noise")
     args = ap.parse_args(argv)
     t0 = time.time()
     paths = write_synthetic_videos(args.out_dir, args.num_videos, args.frames, args.size, args.codecs, args.fps,

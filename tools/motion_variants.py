@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vjepa_scale.config import load_config  # noqa: E402
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from vjepa_scale.data.synthetic_videos import noisy_square_frames  # noqa: E402
 from vjepa_scale.eval.config import load_eval_config  # noqa: E402
 from vjepa_scale.eval.features import FeatureSet  # noqa: E402
 from vjepa_scale.eval.train_probe import train_probe  # noqa: E402
@@ -99,24 +100,8 @@ def dots_frames(args, label, frames, size, rng):
 
 
 def square_frames(args, label, frames, size, rng):
-    side = args.side
-    q = max(1, side // 4)
-    checker = (np.arange(side)[:, None] // q + np.arange(side)[None] // q) % 2
-    patch = np.where(checker[..., None] == 1, 230.0, 120.0)
-    dy, dx = VEL[label]
-    starts = rng.integers(0, size, (args.nsq, 2))
-    out = np.empty((frames, size, size, 3), np.uint8)
-    for t in range(frames):
-        img = np.full((size, size, 3), 20.0)
-        if args.noise_bg:
-            c = args.noise_cell
-            img = np.repeat(np.repeat(rng.uniform(0, args.noise_bg, (size // c, size // c, 3)), c, 0), c, 1)
-        for y0, x0 in starts:
-            y = (y0 + int(round(dy * args.speed * t)) + np.arange(side)) % size
-            x = (x0 + int(round(dx * args.speed * t)) + np.arange(side)) % size
-            img[np.ix_(y, x)] = patch
-        out[t] = img.astype(np.uint8)
-    return out
+    return noisy_square_frames(label, frames, size, rng, side=args.side, speed=args.speed, count=args.nsq,
+                               noise=args.noise_bg, cell=args.noise_cell)
 
 
 def make_set(args, n, seed):

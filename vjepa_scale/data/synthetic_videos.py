@@ -5,7 +5,8 @@ files through PyAV plus `train.txt` / `val.txt` index files (`path label` lines,
 The label is the direction a textured square moves in (0 right, 1 left, 2 down, 3 up) over a static
 textured background: no single frame reveals it, so a model must use time.
 
-`pattern="frame_index"` writes flat frames whose grey level encodes the frame number
+`pattern="noisy_square"`: a checkered square moving over block noise redrawn every frame (the task of
+docs/EXPERIMENT.md's round 3). `pattern="frame_index"` writes flat frames whose grey level encodes the frame number
 (`frame_index_level(i)`), so tests can read back which frames a clip holds after crop and resize.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ CODECS = {
     "mjpeg": ("mjpeg", ".avi", "yuvj420p", {"q:v": "2"}),
     "hevc": ("libx265", ".mp4", "yuv420p", {"preset": "ultrafast", "crf": "18", "x265-params": "log-level=error"}),
 }
+PATTERNS = ("shapes", "noisy_square", "frame_index")
 INDEX_LEVEL_STEP = 8  # grey levels between consecutive frame indices in pattern="frame_index"
 
 
@@ -88,6 +90,32 @@ def moving_shape_frames(label: int, frames: int, size: int, rng: np.random.Gener
     return out
 
 
+def noisy_square_frames(label: int, frames: int, size: int, rng: np.random.Generator, side: int = 16,
+                        speed: float = 2.0, count: int = 1, noise: float = 200.0, cell: int = 4) -> np.ndarray:
+    """(T, size, size, 3) uint8: `count` checkered squares moving together in direction `label`.
+
+    The background is block noise (cells of `cell` px, uniform in [0, noise)) redrawn every frame, or
+    flat dark grey with noise=0, so only what persists and moves (the squares) is predictable.
+    """
+    q = max(1, side // 4)
+    checker = (np.arange(side)[:, None] // q + np.arange(side)[None] // q) % 2
+    patch = np.where(checker[..., None] == 1, 230.0, 120.0)
+    dy, dx = _VELOCITY[int(label)]
+    starts = rng.integers(0, size, (count, 2))
+    out = np.empty((frames, size, size, 3), np.uint8)
+    for t in range(frames):
+        img = np.full((size, size, 3), 20.0)
+        if noise:
+            cells = rng.uniform(0, noise, (size // cell, size // cell, 3))
+            img = np.repeat(np.repeat(cells, cell, 0), cell, 1)
+        for y0, x0 in starts:
+            y = (y0 + int(round(dy * speed * t)) + np.arange(side)) % size
+            x = (x0 + int(round(dx * speed * t)) + np.arange(side)) % size
+            img[np.ix_(y, x)] = patch
+        out[t] = img.astype(np.uint8)
+    return out
+
+
 def frame_index_frames(frames: int, height: int, width: int) -> np.ndarray:
     """(T, H, W, 3) uint8 flat grey frames, frame t at level `frame_index_level(t)`."""
     if frame_index_level(frames - 1) > 255:
@@ -105,8 +133,8 @@ def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, fra
     """
     if num_videos < 1 or frames < 1 or size < 16:
         raise ValueError(f"need num_videos >= 1, frames >= 1, size >= 16; got {num_videos}, {frames}, {size}")
-    if pattern not in ("shapes", "frame_index"):
-        raise ValueError(f"pattern must be 'shapes' or 'frame_index', got {pattern!r}")
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     out = Path(out_dir).resolve()
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -116,6 +144,8 @@ def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, fra
         label = i % len(DIRECTIONS)
         if pattern == "shapes":
             clip = moving_shape_frames(label, frames, size, rng)
+        elif pattern == "noisy_square":
+            clip = noisy_square_frames(label, frames, size, rng)
         else:
             clip = frame_index_frames(frames, size, size)
         path = out / "videos" / f"{i:05d}_{DIRECTIONS[label]}{CODECS[codec][1]}"
