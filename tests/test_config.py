@@ -112,3 +112,10 @@ def test_cli_fails_before_training(tmp_path, args, world, message):
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert not out.exists()  # nothing was started
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
+                                        if not p.name.startswith("probe_")))
+def test_every_training_recipe_loads_and_validates(name):
+    cfg = load_config(name)
+    assert cfg.grid[0] * cfg.grid[1] * cfg.grid[2] > 0

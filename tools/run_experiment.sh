@@ -6,6 +6,8 @@
 #   tools/run_experiment.sh                 # everything, outputs under runs/experiment_motion/
 #   OUT=runs/exp2 tools/run_experiment.sh   # another output folder (data, run, probes)
 #   RESULTS=docs/results tools/run_experiment.sh
+#   RECIPE=experiment_noisy_square PATTERN=noisy_square OUT=runs/experiment_noisy_square \
+#     RESULTS=docs/results/round3 tools/run_experiment.sh      # round 3: square over per-frame noise
 #
 # Steps already done are skipped (the data folder exists, the run has its final checkpoint), so a
 # killed run can be restarted; pretraining resumes from its latest checkpoint.
@@ -13,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/experiment_motion}
 RESULTS=${RESULTS:-docs/results}
+RECIPE=${RECIPE:-experiment_motion}     # pretraining config (configs/RECIPE.yaml)
+PATTERN=${PATTERN:-shapes}              # make_synthetic_videos.py --pattern
 NPROC=${NPROC:-2}
 export DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f .venv/bin/activate ] && . .venv/bin/activate
@@ -20,13 +24,13 @@ export DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:
 # 1. data: 640 videos (16 frames, 64x64, H.264 and VP9 alternating), 4 directions, 480 train / 160 val
 if [ ! -f "$OUT/data/val.txt" ]; then
   python tools/make_synthetic_videos.py "$OUT/data" --num-videos 640 --frames 16 --size 64 \
-    --val-fraction 0.25 --seed 0
+    --val-fraction 0.25 --seed 0 --pattern "$PATTERN"
 fi
 
 # 2. pretraining (labels unused) on the train split only
-ITERS=$(python -c "from vjepa_scale.config import load_config; print(load_config('experiment_motion').optim.iterations)")
+ITERS=$(python -c "from vjepa_scale.config import load_config; print(load_config('$RECIPE', validate=False).optim.iterations)")
 if [ ! -d "$OUT/pretrain/checkpoints/step_$(printf %08d "$ITERS")" ]; then
-  deepspeed --num_gpus "$NPROC" tools/train.py --config experiment_motion.yaml \
+  deepspeed --num_gpus "$NPROC" tools/train.py --config "$RECIPE.yaml" \
     --opt "data.datasets=[{path: $OUT/data/train.txt}]" --output-dir "$OUT/pretrain" --resume auto
 fi
 
