@@ -31,19 +31,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vjepa_scale.config import load_config  # noqa: E402
-from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from vjepa_scale.data.clips import normalize_clip  # noqa: E402
 from vjepa_scale.data.synthetic_videos import noisy_square_frames  # noqa: E402
 from vjepa_scale.eval.config import load_eval_config  # noqa: E402
 from vjepa_scale.eval.features import FeatureSet  # noqa: E402
 from vjepa_scale.eval.train_probe import train_probe  # noqa: E402
 from vjepa_scale.masks import MultiBlockMasker  # noqa: E402
 from vjepa_scale.models import JEPA, compute_targets  # noqa: E402
+from vjepa_scale.train.engine import param_groups  # noqa: E402
 from vjepa_scale.train.schedules import schedule_at  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VEL = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}  # (dy, dx) per label
-MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1) * 255
-STD = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1) * 255
 
 
 def parse_args(argv=None):
@@ -112,11 +111,9 @@ def make_set(args, n, seed):
 
 
 def clip(x_THWC, start, flip=False):
-    """8 frames at stride 2 from `start`, normalized, (C, T, H, W)."""
-    v = torch.from_numpy(x_THWC[start:start + 16:2]).float().permute(3, 0, 1, 2)
-    if flip:
-        v = v.flip(-1)
-    return (v - MEAN) / STD
+    """8 frames at stride 2 from `start`, whole frame, normalized, (C, T, H, W)."""
+    _, H, W, _ = x_THWC.shape
+    return normalize_clip(torch.from_numpy(x_THWC[start:start + 16:2]), (0, 0, H, W), flip, H)
 
 
 def main(argv=None):
@@ -162,17 +159,13 @@ def main(argv=None):
         p.requires_grad_(False)
     probe(target, "random", 0)
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
-    decay = [p for p in jepa.parameters() if p.ndim > 1]
-    no_decay = [p for p in jepa.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0}], lr=args.lr)
+    opt = torch.optim.AdamW(param_groups(jepa), lr=args.lr)
     rng = np.random.default_rng(5)
     t0 = time.time()
     for step in range(args.steps):
         s = schedule_at(cfg.optim, step)
         for g in opt.param_groups:
-            g["lr"] = s.lr
-            if g["weight_decay"] != 0:
-                g["weight_decay"] = s.weight_decay
+            g["lr"], g["weight_decay"] = s.lr, s.weight_decay * g["wd_scale"]
         ids = rng.integers(0, len(Xtr), args.batch)
         v = torch.stack([clip(Xtr[i], int(rng.integers(0, 2)), bool(rng.integers(0, 2))) for i in ids])
         m = masker(args.batch, step, 0)

@@ -5,9 +5,9 @@ files through PyAV plus `train.txt` / `val.txt` index files (`path label` lines,
 The label is the direction a textured square moves in (0 right, 1 left, 2 down, 3 up) over a static
 textured background: no single frame reveals it, so a model must use time.
 
-`pattern="noisy_square"`: a checkered square moving over block noise redrawn every frame (the task of
-docs/EXPERIMENT.md's round 3). `pattern="frame_index"` writes flat frames whose grey level encodes the frame number
-(`frame_index_level(i)`), so tests can read back which frames a clip holds after crop and resize.
+`pattern="noisy_square"`: a checkered square moving over block noise redrawn every frame (round 3 of
+docs/EXPERIMENT.md). `pattern="frame_index"` writes flat frames whose grey level encodes the frame
+number (`frame_index_level(i)`), so tests can read back which frames a clip holds after crop and resize.
 """
 from __future__ import annotations
 
