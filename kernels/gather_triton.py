@@ -58,8 +58,11 @@ def _csr_sum(g_ptr, order_ptr, rowptr_ptr, rows, rmask, cols, cmask, D,
     while k < kmax:
         has = cnt > k
         src = tl.load(order_ptr + start + k, mask=has, other=0).to(tl.int64)
-        g = tl.load(g_ptr + src[:, None] * D + cols[None, :], mask=has[:, None] & cmask[None, :], other=0.0)
-        acc += g.to(tl.float32)
+        # Rows without a k-th source read row 0 (it exists: T > 0) and drop it. Masking this load
+        # with `has` too breaks Triton 3.6's layout pass on sm_90 for some tiles ("mask type
+        # matches ptr type", e.g. BLOCK 32x128 with D % 16 == 0).
+        g = tl.load(g_ptr + src[:, None] * D + cols[None, :], mask=cmask[None, :], other=0.0)
+        acc += tl.where(has[:, None], g.to(tl.float32), 0.0)
         k += 1
     return acc
 
@@ -165,18 +168,21 @@ def _ln_gather_bwd_kernel(g_ptr, order_ptr, rowptr_ptr, h_ptr, gh_ptr, R, N, D, 
 # ------------------------------------------------------------------------------------------------
 
 # Elements per program: small tiles on a GPU, large ones in the interpreter (~2 ms per program).
+# Module-level so tools/tune_kernels.py can sweep them.
 _GPU_TILE, _INTERP_TILE = 4096, 1 << 16
+_GPU_MAX_BLOCK_D = 256  # column tile of the split-row kernels (gather fwd/bwd)
+_WARPS8_FROM = 8192  # tiles of at least this many elements get 8 warps, smaller ones 4
 
 
 def _tiles(rows: int, D: int, full_row: bool) -> tuple[int, int]:
     tile = _INTERP_TILE if interpreting() else _GPU_TILE
-    block_d = triton.next_power_of_2(D) if full_row else min(256, triton.next_power_of_2(D))
+    block_d = triton.next_power_of_2(D) if full_row else min(_GPU_MAX_BLOCK_D, triton.next_power_of_2(D))
     block_r = max(1, min(tile // block_d, triton.next_power_of_2(max(rows, 1))))
     return block_r, block_d
 
 
 def _warps(block_r: int, block_d: int) -> int:
-    return 8 if block_r * block_d >= 8192 else 4
+    return 8 if block_r * block_d >= _WARPS8_FROM else 4
 
 
 def _check(x_BND: torch.Tensor, idx: torch.Tensor, op: str) -> None:

@@ -87,3 +87,41 @@ def test_ema_kernel_vectorizes_the_aligned_pointers(align):
         assert _vec(ops, "ld") == 0 and _vec(ops, "st") == 0, ops
     else:  # only the shadow is aligned: its accesses vectorize, the master's do not
         assert _vec(ops, "ld") >= 1 and _vec(ops, "st") >= 1 and ops["ld.global.b32"] > 0, ops
+
+
+GATHER_SIGS = {
+    "_gather_fwd_kernel": ({"x_ptr": "*bf16", "idx_ptr": "*i32", "pos_ptr": "*bf16", "out_ptr": "*bf16", "T": "i32",
+                            "N": "i32", "D": "i32", "sxb": "i32", "sxn": "i32", "sxd": "i32", "spn": "i32", "spd": "i32",
+                            "HAS_POS": "constexpr", "BLOCK_T": "constexpr", "BLOCK_D": "constexpr"},
+                           False, {"HAS_POS": True, "sxd": 1, "spd": 1}),
+    "_gather_bwd_kernel": ({"g_ptr": "*bf16", "order_ptr": "*i64", "rowptr_ptr": "*i64", "gx_ptr": "*bf16",
+                            "R": "i32", "D": "i32", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"}, False, {}),
+    "_ln_gather_bwd_kernel": ({"g_ptr": "*bf16", "order_ptr": "*i64", "rowptr_ptr": "*i64", "h_ptr": "*bf16",
+                               "gh_ptr": "*bf16", "R": "i32", "N": "i32", "D": "i32", "shb": "i32", "shn": "i32",
+                               "shd": "i32", "eps": "fp32", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
+                              True, {"shd": 1}),
+}
+
+
+@pytest.mark.parametrize("kernel", list(GATHER_SIGS))
+@pytest.mark.parametrize("D", [80, 96, 1280])
+def test_gather_kernels_compile_at_model_widths(kernel, D):
+    """The launchers' own tiles for widths divisible by 16 (the JIT specialises D and the strides).
+
+    Triton 3.6 (torch 2.11's) failed on sm_90 for the backward kernels at D=80/96 (tiles 32x128)
+    while the masked CSR load also carried the per-row mask; this compiles what the GPU would.
+    """
+    from vjepa_scale.kernels import gather_triton as G
+
+    sig, full_row, const = GATHER_SIGS[kernel]
+    block_r, block_d = G._tiles(4000, D, full_row)
+    rows_name = "BLOCK_T" if "BLOCK_T" in sig else "BLOCK_R"
+    aligned = [a for a in sig if a.endswith("_ptr") or a in ("D", "sxb", "sxn", "spn", "shb", "shn")]
+    names = list(sig)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(getattr(G, kernel), sig, {**const, rows_name: block_r, "BLOCK_D": block_d},
+                    {(names.index(a),): DIV16 for a in aligned})
+    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": G._warps(block_r, block_d)})
