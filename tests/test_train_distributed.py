@@ -37,6 +37,14 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
+def _deepspeed_launcher() -> str:
+    """The `deepspeed` script of this interpreter's environment, else the one on PATH (pip --target installs)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which("deepspeed", path=path)
+    assert found, "the deepspeed launcher script is neither beside python nor on PATH"
+    return found
+
+
 def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None, nproc=2, cpu=True):
     env = dict(os.environ, DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1", **(extra_env or {}))
     if cpu:
@@ -49,8 +57,7 @@ def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None, np
     if resume:
         args += ["--resume", resume]
     if launcher == "deepspeed":
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(nproc), "--master_port",
-               _free_port(), *args]
+        cmd = [_deepspeed_launcher(), "--num_gpus", str(nproc), "--master_port", _free_port(), *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", _free_port(), *args]
