@@ -75,9 +75,13 @@ _CACHE: "OrderedDict[tuple, list]" = OrderedDict()
 _CACHE_SIZE = 8
 
 
+_GPU_SIZES = (8192, 2048)  # (CHUNK, BLOCK) on a GPU; module-level so tools/tune_kernels.py can sweep them
+_NUM_WARPS = 8
+
+
 def _sizes() -> tuple[int, int]:
     """(CHUNK, BLOCK): elements per work item and per inner step."""
-    return (1 << 16, 1 << 16) if interpreting() else (8192, 2048)
+    return (1 << 16, 1 << 16) if interpreting() else _GPU_SIZES
 
 
 def _plan(shadows, masters, targets) -> list:
@@ -86,13 +90,13 @@ def _plan(shadows, masters, targets) -> list:
     Tensors are grouped by dtypes, whether the target is the shadow itself, and which of their
     three pointers are 16-byte aligned (ZeRO shards are views at arbitrary offsets). Cached by pointers.
     """
-    key = tuple((s.data_ptr(), m.data_ptr(), t.data_ptr(), s.numel(), m.dtype, t.dtype)
-                for s, m, t in zip(shadows, masters, targets))
+    chunk, _ = _sizes()
+    key = (chunk, *((s.data_ptr(), m.data_ptr(), t.data_ptr(), s.numel(), m.dtype, t.dtype)
+                    for s, m, t in zip(shadows, masters, targets)))
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    chunk, _ = _sizes()
     groups: dict[tuple, list] = {}
     for s, m, t in zip(shadows, masters, targets):
         if s.numel() == 0:
@@ -148,4 +152,4 @@ def ema_update_triton(shadows: Sequence[torch.Tensor], masters: Sequence[torch.T
     for meta, work, mdt, tdt, write, (al_s, al_m, al_t), n_items in _plan(shadows, masters, targets):
         _ema_kernel[(n_items,)](meta, work, w, MASTER=mdt, TARGET=tdt, WRITE_TARGET=write,
                                 SMALL_W=abs(w) < 0.5, ALIGN_S=al_s, ALIGN_M=al_m,
-                                ALIGN_T=al_t, CHUNK=chunk, BLOCK=block, num_warps=8)
+                                ALIGN_T=al_t, CHUNK=chunk, BLOCK=block, num_warps=_NUM_WARPS)

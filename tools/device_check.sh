@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
-#   bash tools/device_check.sh            # results under $OUT if set, else bench_results/
+#   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
 # Needs torch (CUDA) and triton; deepspeed, DALI and flash-attn are optional (tests that need
 # them skip; the attention suite times whichever varlen backends exist). Budget: under 8 minutes,
 # each stage under its own timeout so one hang cannot eat the others' time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-RES="${OUT:-$ROOT/bench_results}"
+# Under the device tool ($OUT set, at most 8 files come back) results are made in a temporary folder
+# and packed into $OUT/device_check.tgz at the end, beside a copy of summary.txt.
+if [ -n "${OUT:-}" ]; then RES=$(mktemp -d); else RES="$ROOT/bench_results"; fi
 mkdir -p "$RES"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 export PYTHONUNBUFFERED=1 DS_SKIP_SHM_BUILD=1
 SUMMARY="$RES/summary.txt"
 : > "$SUMMARY"
@@ -62,7 +64,7 @@ cat "$RES/env.txt"
 
 # 1. CUDA-only tests (marked `gpu`); collection errors from optional deps do not stop the rest.
 if "$PY" -c "import pytest" 2>/dev/null; then
-  stage tests_gpu 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+  stage tests_gpu 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
     -rs --junitxml="$RES/tests_gpu.xml" tests
 else
   note "tests_gpu: pytest is not installed here; skipped (carry a pytest install to run them)"
@@ -71,9 +73,12 @@ fi
 
 # 2. Kernel and attention suites (one process), then the training step and the data suite apart,
 #    so an out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
-stage bench_kernels 130 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
-stage bench_step 140 "$PY" tools/bench.py --device cuda --suite step --out "$RES/step"
+stage bench_kernels 120 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
+stage bench_step 130 "$PY" tools/bench.py --device cuda --suite step --out "$RES/step"
 stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
 
 note "done in $(( $(date +%s) - start ))s, status=$status; results in $RES"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/device_check.tgz" -C "$RES" . && cp "$SUMMARY" "$OUT/summary.txt"
+fi
 exit $status
