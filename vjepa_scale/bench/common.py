@@ -15,19 +15,25 @@ def sync(device: str) -> None:
 
 
 def time_ms(fn: Callable[[], object], device: str, warmup: int = 3, iters: int = 10) -> float:
-    """Median milliseconds per call of `fn` (CUDA events on GPU, perf_counter on CPU)."""
+    """Median milliseconds per call of `fn` (CUDA events on GPU, perf_counter on CPU).
+
+    On a GPU the calls are issued back to back with one synchronisation at the end, as in a
+    training step: while the GPU runs call i the host prepares call i+1, so each pair of events
+    brackets the device time of one call, plus any host time the device had to wait for (what
+    remains when the host is slower than the kernels, e.g. tiny launches).
+    """
     for _ in range(warmup):
         fn()
     sync(device)
     times = []
     if torch.device(device).type == "cuda":
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for start, end in events:
             start.record()
             fn()
             end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
+        torch.cuda.synchronize()
+        times = [start.elapsed_time(end) for start, end in events]
     else:
         for _ in range(iters):
             t0 = time.perf_counter()
