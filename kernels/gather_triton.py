@@ -200,9 +200,11 @@ def _check(x_BND: torch.Tensor, idx: torch.Tensor, op: str) -> None:
 
 def _csr(idx: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(order, rowptr): packed rows sorted by destination (stable), and per-row offsets (R+1,)."""
-    sorted_idx, order = torch.sort(idx.long(), stable=True)
+    # 32-bit keys halve the radix-sort passes on CUDA (8 -> 4; it was a third of the backward's time).
+    keys = idx.to(torch.int32) if R < 2**31 else idx.long()
+    sorted_idx, order = torch.sort(keys, stable=True)
     # First packed position of each row (bincount would need a host sync for its size on CUDA).
-    rowptr = torch.searchsorted(sorted_idx, torch.arange(R + 1, device=idx.device))
+    rowptr = torch.searchsorted(sorted_idx, torch.arange(R + 1, device=idx.device, dtype=keys.dtype))
     return order, rowptr
 
 
