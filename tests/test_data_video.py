@@ -413,12 +413,15 @@ def test_dali_gpu_decodes_h264_and_vp9_like_cpu(sets):
     assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["skipped"] == []
 
 
-def test_noisy_square_videos_move_in_label_direction(tmp_path):
+@pytest.mark.parametrize("side", [16, 8])
+def test_noisy_square_videos_move_in_label_direction(tmp_path, side):
     """pattern noisy_square, through H.264: the square's light cells (230) shift 2 px per frame in
     the label's direction while the block-noise background (< 200) is redrawn every frame."""
     import av
 
-    paths = write_synthetic_videos(tmp_path, 4, 6, 64, ("h264",), val_fraction=0, pattern="noisy_square")
+    square = {} if side == 16 else {"side": side}
+    paths = write_synthetic_videos(tmp_path, 4, 6, 64, ("h264",), val_fraction=0, pattern="noisy_square",
+                                   square=square)
     rows = [line.split() for line in paths["train"].read_text().splitlines()]
     assert [int(label) for _, label in rows] == [0, 1, 2, 3]
     step = {0: (0, 2), 1: (0, -2), 2: (2, 0), 3: (-2, 0)}
@@ -432,3 +435,14 @@ def test_noisy_square_videos_move_in_label_direction(tmp_path):
             best = max(((dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)),
                        key=lambda d: (np.roll(light, d, (0, 1)) & (frames[t + 1].min(-1) > 215)).sum())
             assert best == step[int(label)], (path, t, best)
+            assert 0.25 * side**2 < light.sum() < 0.75 * side**2  # the light half of one square
+
+
+def test_noisy_square_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="apply to pattern noisy_square"):
+        write_synthetic_videos(tmp_path, 2, 4, 32, ("h264",), pattern="shapes", square={"side": 8})
+    with pytest.raises(ValueError, match=r"unknown noisy_square settings \['size'\]"):
+        write_synthetic_videos(tmp_path, 2, 4, 32, ("h264",), pattern="noisy_square", square={"size": 8})
+    r = subprocess.run([sys.executable, "tools/make_synthetic_videos.py", str(tmp_path / "x"), "--side", "8"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--side only apply to --pattern noisy_square" in r.stderr

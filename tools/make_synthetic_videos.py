@@ -30,10 +30,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pattern", choices=PATTERNS, default="shapes",
                     help="shapes: square over a static texture; noisy_square: square over per-frame noise")
+    sq = ap.add_argument_group("noisy_square settings (defaults: side 16, speed 2, noise 200, cell 4)")
+    sq.add_argument("--side", type=int, help="square side in pixels")
+    sq.add_argument("--speed", type=float, help="pixels per frame")
+    sq.add_argument("--noise", type=float, help="block-noise amplitude (0: flat background)")
+    sq.add_argument("--noise-cell", dest="cell", type=int, help="block-noise cell in pixels")
     args = ap.parse_args(argv)
+    square = {k: getattr(args, k) for k in ("side", "speed", "noise", "cell") if getattr(args, k) is not None}
+    if square and args.pattern != "noisy_square":
+        ap.error(f"--{'/--'.join(square)} only apply to --pattern noisy_square")
     t0 = time.time()
     paths = write_synthetic_videos(args.out_dir, args.num_videos, args.frames, args.size, args.codecs, args.fps,
-                                   args.val_fraction, args.seed, args.pattern)
+                                   args.val_fraction, args.seed, args.pattern, square)
     print(f"wrote {args.num_videos} videos in {time.time() - t0:.1f}s; index files: "
           f"{paths['train']} {paths['val']}")
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -126,15 +126,23 @@ def frame_index_frames(frames: int, height: int, width: int) -> np.ndarray:
 
 def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, frames: int = 16, size: int = 64,
                            codecs: Sequence[str] = ("h264", "vp9"), fps: int = 8, val_fraction: float = 0.25,
-                           seed: int = 0, pattern: str = "shapes") -> dict[str, Path]:
+                           seed: int = 0, pattern: str = "shapes",
+                           square: Optional[dict] = None) -> dict[str, Path]:
     """Write `num_videos` videos (codecs alternate) and `train.txt` / `val.txt`; returns their paths.
 
-    Labels cycle through the four directions, so every class appears in both splits.
+    Labels cycle through the four directions, so every class appears in both splits. `square`:
+    keyword arguments of `noisy_square_frames` (side, speed, count, noise, cell) for that pattern.
     """
     if num_videos < 1 or frames < 1 or size < 16:
         raise ValueError(f"need num_videos >= 1, frames >= 1, size >= 16; got {num_videos}, {frames}, {size}")
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
+    square = dict(square or {})
+    if square and pattern != "noisy_square":
+        raise ValueError(f"square settings {sorted(square)} apply to pattern noisy_square, not {pattern!r}")
+    unknown = set(square) - {"side", "speed", "count", "noise", "cell"}
+    if unknown:
+        raise ValueError(f"unknown noisy_square settings {sorted(unknown)} (known: side, speed, count, noise, cell)")
     out = Path(out_dir).resolve()
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -145,7 +153,7 @@ def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, fra
         if pattern == "shapes":
             clip = moving_shape_frames(label, frames, size, rng)
         elif pattern == "noisy_square":
-            clip = noisy_square_frames(label, frames, size, rng)
+            clip = noisy_square_frames(label, frames, size, rng, **square)
         else:
             clip = frame_index_frames(frames, size, size)
         path = out / "videos" / f"{i:05d}_{DIRECTIONS[label]}{CODECS[codec][1]}"
