@@ -8,6 +8,8 @@
 #   RESULTS=docs/results tools/run_experiment.sh
 #   RECIPE=experiment_noisy_square PATTERN=noisy_square OUT=runs/experiment_noisy_square \
 #     RESULTS=docs/results/round3 tools/run_experiment.sh      # round 3: square over per-frame noise
+#   RECIPE=experiment_small_square PATTERN=noisy_square DATA_ARGS="--side 8" \
+#     OUT=runs/experiment_small_square RESULTS=docs/results/round4 tools/run_experiment.sh   # round 4
 #
 # Steps already done are skipped (the data folder exists, the run has its final checkpoint), so a
 # killed run can be restarted; pretraining resumes from its latest checkpoint.
@@ -17,6 +19,7 @@ OUT=${OUT:-runs/experiment_motion}
 RESULTS=${RESULTS:-docs/results}
 RECIPE=${RECIPE:-experiment_motion}     # pretraining config (configs/RECIPE.yaml)
 PATTERN=${PATTERN:-shapes}              # make_synthetic_videos.py --pattern
+DATA_ARGS=${DATA_ARGS:-}                # more make_synthetic_videos.py flags, e.g. "--side 8"
 NPROC=${NPROC:-2}
 export DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f .venv/bin/activate ] && . .venv/bin/activate
@@ -24,7 +27,7 @@ export DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:
 # 1. data: 640 videos (16 frames, 64x64, H.264 and VP9 alternating), 4 directions, 480 train / 160 val
 if [ ! -f "$OUT/data/val.txt" ]; then
   python tools/make_synthetic_videos.py "$OUT/data" --num-videos 640 --frames 16 --size 64 \
-    --val-fraction 0.25 --seed 0 --pattern "$PATTERN"
+    --val-fraction 0.25 --seed 0 --pattern "$PATTERN" $DATA_ARGS
 fi
 
 # 2. pretraining (labels unused) on the train split only
