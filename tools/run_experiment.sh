@@ -3,23 +3,23 @@
 # V-JEPA pretraining of a small encoder (2 ranks, ZeRO-3, CPU), then attentive probes (3 seeds) on the
 # pretrained EMA target encoder and on the same architecture with random weights.
 #
-#   tools/run_experiment.sh                 # everything, outputs under runs/experiment_motion/
-#   OUT=runs/exp2 tools/run_experiment.sh   # another output folder (data, run, probes)
-#   RESULTS=docs/results tools/run_experiment.sh
-#   RECIPE=experiment_noisy_square PATTERN=noisy_square OUT=runs/experiment_noisy_square \
-#     RESULTS=docs/results/round3 tools/run_experiment.sh      # round 3: square over per-frame noise
-#   RECIPE=experiment_small_square PATTERN=noisy_square DATA_ARGS="--side 8" \
-#     OUT=runs/experiment_small_square RESULTS=docs/results/round4 tools/run_experiment.sh   # round 4
+#   tools/run_experiment.sh                 # the result (round 4): outputs under runs/experiment_small_square/,
+#                                           # JSON, table and loss curve under docs/results/round4/
+#   OUT=runs/exp2 RESULTS=/tmp/r tools/run_experiment.sh   # other output folders
+#   RECIPE=experiment_motion PATTERN=shapes DATA_ARGS= OUT=runs/experiment_motion \
+#     RESULTS=docs/results tools/run_experiment.sh             # round 1: square over a static texture
+#   RECIPE=experiment_noisy_square PATTERN=noisy_square DATA_ARGS= OUT=runs/experiment_noisy_square \
+#     RESULTS=docs/results/round3 tools/run_experiment.sh      # round 3: 16 px square over per-frame noise
 #
 # Steps already done are skipped (the data folder exists, the run has its final checkpoint), so a
 # killed run can be restarted; pretraining resumes from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/experiment_motion}
-RESULTS=${RESULTS:-docs/results}
-RECIPE=${RECIPE:-experiment_motion}     # pretraining config (configs/RECIPE.yaml)
-PATTERN=${PATTERN:-shapes}              # make_synthetic_videos.py --pattern
-DATA_ARGS=${DATA_ARGS:-}                # more make_synthetic_videos.py flags, e.g. "--side 8"
+OUT=${OUT:-runs/experiment_small_square}
+RESULTS=${RESULTS:-docs/results/round4}
+RECIPE=${RECIPE:-experiment_small_square}   # pretraining config (configs/RECIPE.yaml)
+PATTERN=${PATTERN:-noisy_square}            # make_synthetic_videos.py --pattern
+DATA_ARGS=${DATA_ARGS-"--side 8"}           # more make_synthetic_videos.py flags (set empty for none)
 NPROC=${NPROC:-2}
 export DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f .venv/bin/activate ] && . .venv/bin/activate
