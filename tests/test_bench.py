@@ -66,6 +66,35 @@ def test_step_suite_reports_throughput_and_flops():
     assert row["tokens_per_s"] == pytest.approx(row["clips_per_s"] * cfg.grid[0] * cfg.grid[1] * cfg.grid[2])
 
 
+def test_step_suite_overrides_and_profile(tmp_path):
+    from vjepa_scale.bench.step import categorize
+
+    (row,) = run_suite("step", "cpu", True, batch_size=2, steps=1, opts=["model.activation_checkpointing=true"],
+                       profile_dir=str(tmp_path))
+    assert "+act-ckpt" in row["case"] and row["overrides"] == "model.activation_checkpointing=true"
+    text = (tmp_path / "step_profile_cpu.txt").read_text()
+    assert row["profile"] == str(tmp_path / "step_profile_cpu.txt") and "CPU op self time per step" in text
+    shares = [float(line.split("|")[3].strip().rstrip("%")) for line in text.splitlines()
+              if line.startswith("| ") and line.count("|") == 4 and "%" in line]
+    assert sum(shares) == pytest.approx(100.0, abs=0.5) and "| matmul |" in text
+    assert categorize("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert categorize("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert categorize("_gather_bwd_kernel") == "triton kernels"
+    assert categorize("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>") == "elementwise"
+
+
+def test_bench_cli_refuses_bad_step_options(tmp_path):
+    def bench(*args):
+        return subprocess.run([sys.executable, "tools/bench.py", "--device", "cpu", "--out", str(tmp_path), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    r = bench("--suite", "step", "--opt", "model.nope=1")
+    assert r.returncode == 2 and "--opt: unknown config key 'model.nope'" in r.stderr
+    r = bench("--suite", "gather", "--profile")
+    assert r.returncode == 2 and "add it with --suite step" in r.stderr
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
 @pytest.mark.slow
 def test_bench_cpu_all_suites(tmp_path):
     """`python tools/bench.py --device cpu` as a user runs it: every suite, table written."""

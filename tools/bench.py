@@ -5,6 +5,7 @@
     python tools/bench.py --device cpu             # small sizes (about a minute)
     python tools/bench.py --suite gather ema --out results/
     python tools/bench.py --suite step --config vith384 --batch-size 8
+    python tools/bench.py --suite step --opt model.activation_checkpointing=false --profile
 
 Writes bench_<device>.json (metadata + one row per measurement) and bench_<device>.md (a table per
 suite) under --out, and prints the tables. Exits 1 if any suite failed (the others still run).
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                     "vith384 on CUDA)")
     ap.add_argument("--batch-size", type=int, default=None, help="step suite: clips per step")
     ap.add_argument("--steps", type=int, default=None, help="step suite: timed steps")
+    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="step suite: config override (repeatable), e.g. model.activation_checkpointing=false")
+    ap.add_argument("--profile", action="store_true",
+                    help="step suite: also profile two steps; writes step_profile_<device>.txt under --out")
     args = ap.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -73,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     for s in suites:
         if s not in SUITES:
             ap.error(f"--suite: unknown suite '{s}' (choose from {', '.join(SUITES)})")
+    if (args.opt or args.profile) and "step" not in suites:
+        ap.error("--opt and --profile apply to the step suite; add it with --suite step")
+    if args.opt:  # a bad key or value is refused before anything runs
+        from vjepa_scale.config import ConfigError, load_config, resolve_config_path
+
+        try:
+            load_config(resolve_config_path(args.config or "cpu_demo"), ["data.backend=synthetic", *args.opt])
+        except (ConfigError, ValueError, FileNotFoundError) as e:
+            ap.error(f"--opt: {e}")
     quick = args.quick or args.device == "cpu"
     device = args.device
     try:
@@ -85,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "argv": sys.argv[1:] if argv is None else argv}
     rows, failed = [], []
-    options = {"config": args.config, "batch_size": args.batch_size, "steps": args.steps}
+    options = {"config": args.config, "batch_size": args.batch_size, "steps": args.steps, "opts": args.opt or None,
+               "profile_dir": args.out if args.profile else None}
     for s in suites:
         print(f"[bench] {s} on {device} ...", flush=True)
         try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
+#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step data
 # Needs torch (CUDA) and triton; deepspeed, DALI and flash-attn are optional (tests that need
 # them skip; the attention suite times whichever varlen backends exist). Budget: under 8 minutes,
 # each stage under its own timeout so one hang cannot eat the others' time.
@@ -62,8 +63,12 @@ EOF
 } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
 
+STAGES=" ${STAGES:-tests kernels step data} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
+
 # 1. CUDA-only tests (marked `gpu`); collection errors from optional deps do not stop the rest.
-if "$PY" -c "import pytest" 2>/dev/null; then
+if ! want tests; then :
+elif "$PY" -c "import pytest" 2>/dev/null; then
   stage tests_gpu 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
     -rs --junitxml="$RES/tests_gpu.xml" tests
 else
@@ -73,9 +78,14 @@ fi
 
 # 2. Kernel and attention suites (one process), then the training step and the data suite apart,
 #    so an out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
-stage bench_kernels 120 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
-stage bench_step 130 "$PY" tools/bench.py --device cuda --suite step --out "$RES/step"
-stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
+#    The step runs ViT-H@384 at B=8 with and without activation checkpointing, each profiled.
+want kernels && stage bench_kernels 120 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
+if want step; then
+  stage bench_step 130 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 --profile --out "$RES/step"
+  stage bench_step_nockpt 130 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 --profile \
+    --opt model.activation_checkpointing=false --out "$RES/step_nockpt"
+fi
+want data && stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
 
 note "done in $(( $(date +%s) - start ))s, status=$status; results in $RES"
 if [ -n "${OUT:-}" ]; then

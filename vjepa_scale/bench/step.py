@@ -6,12 +6,16 @@ the target from the fp32 online weights (the fused kernel on CUDA). bf16 autocas
 fp32 weights (the single-device analogue of DeepSpeed's bf16 mode); fp32 on CPU. Masks are drawn
 by the config's `MultiBlockMasker` before timing (in training they come from the data workers).
 Reports clips/s, tokens/s (input patch tokens), achieved model TFLOP/s and MFU from
-`vjepa_scale.flops`, with the FLOP breakdown of the measured batch.
+`vjepa_scale.flops`, with the FLOP breakdown of the measured batch. `opts` are config overrides
+(e.g. `model.activation_checkpointing=false`); with `profile_dir`, two more steps run under
+`torch.profiler` and `step_profile_<device>.txt` there gets the time per op category and the top ops.
 """
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -27,11 +31,12 @@ DEFAULTS = {"cpu": ("cpu_demo", 4), "cuda": ("vith384", 10)}
 
 
 def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Optional[int] = None,
-        steps: Optional[int] = None) -> list[dict]:
+        steps: Optional[int] = None, opts: Optional[list[str]] = None,
+        profile_dir: Optional[str] = None) -> list[dict]:
     kind = torch.device(device).type
     name, default_batch = DEFAULTS.get(kind, DEFAULTS["cpu"])
     name = config or name
-    cfg = load_config(resolve_config_path(name), ["data.backend=synthetic"])
+    cfg = load_config(resolve_config_path(name), ["data.backend=synthetic", *(opts or [])])
     B = batch_size or (default_batch if config is None else cfg.data.batch_size)
     steps = steps or (3 if quick else 10)
     warmup = 1 if quick else 3
@@ -94,6 +99,69 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
         "target_fwd_share": fl["target_fwd"] / fl["total"],
         "ctx_tokens_per_clip": sum(batches[0].ctx_lengths) / B,
     }
+    if opts:
+        row["overrides"] = " ".join(opts)
     if cuda:
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    if profile_dir is not None:
+        row["profile"] = str(profile_step(lambda i: step(batches[i % 2]), device, Path(profile_dir), row["case"]))
     return [row]
+
+
+# Op categories of a step profile, first match wins (kernel names on CUDA, aten op names on CPU).
+CATEGORIES = [
+    ("attention", r"flash|fmha|attention|attn|sdpa|softmax"),
+    ("matmul", r"gemm|cutlass|xmma|nvjet|cublas|sm\d+_|aten::(mm|bmm|addmm|linear|matmul)"),
+    ("conv (patch embed)", r"conv"),
+    ("triton kernels", r"triton|_kernel$"),
+    ("optimizer", r"adam|multi_tensor|foreach"),
+    ("norm", r"layer_norm|layernorm|norm"),
+    ("copy / cast", r"copy|cast|convert|to_copy|contiguous|memcpy|memset|fill|cat|index|gather|scatter"),
+    ("elementwise", r"elementwise|vectorized|unrolled|gelu|add|mul|div|reduce|sum"),
+]
+
+
+def categorize(name: str) -> str:
+    low = name.lower()
+    for cat, pattern in CATEGORIES:
+        if re.search(pattern, low):
+            return cat
+    return "other"
+
+
+def profile_step(step_fn, device: str, out_dir: Path, title: str, steps: int = 2) -> Path:
+    """Profile `steps` calls of `step_fn(i)`; write device time per category and the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            step_fn(i)
+        sync(device)
+    rows = []  # (name, total us per step, calls per step): kernels on CUDA, leaf CPU ops (self time) on CPU
+    for e in prof.key_averages():
+        if cuda:
+            if e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        else:
+            t = e.self_cpu_time_total
+        if t > 0:
+            rows.append((e.key, t / steps, e.count / steps))
+    total = sum(t for _, t, _ in rows) or 1.0
+    by_cat: dict[str, float] = {}
+    for n, t, _ in rows:
+        by_cat[categorize(n)] = by_cat.get(categorize(n), 0.0) + t
+    what = "GPU kernel time" if cuda else "CPU op self time"
+    lines = [f"# step profile: {title}", "", f"{what} per step: {total / 1e3:.2f} ms (mean of {steps} steps)", "",
+             "| category | ms per step | share |", "|---|---|---|"]
+    lines += [f"| {c} | {t / 1e3:.2f} | {100 * t / total:.1f}% |" for c, t in sorted(by_cat.items(), key=lambda x: -x[1])]
+    lines += ["", "| op | category | ms per step | share | calls per step |", "|---|---|---|---|---|"]
+    for n, t, c in sorted(rows, key=lambda x: -x[1])[:30]:
+        short = n if len(n) <= 90 else n[:87] + "..."
+        lines.append(f"| `{short}` | {categorize(n)} | {t / 1e3:.3f} | {100 * t / total:.1f}% | {c:g} |")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"step_profile_{torch.device(device).type}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
