@@ -54,11 +54,12 @@ def test_cuda_features_match_cpu():
 @pytest.mark.parametrize("kind", ["v1", "v2"])
 def test_probe_trains_on_cuda_in_bf16(kind):
     train, val = separable_features(96, 4, seed=0), separable_features(48, 4, seed=1)
-    res = train_probe(train, val, ProbeConfig(kind=kind, num_self_blocks=1), ProbeOptimConfig(epochs=8, batch_size=16),
+    # 16 epochs: at 8 the CPU fp32 run is only just past 90 % (91.7 / 93.8), so rounding decides it
+    res = train_probe(train, val, ProbeConfig(kind=kind, num_self_blocks=1), ProbeOptimConfig(epochs=16, batch_size=16),
                       num_classes=4, encoder_heads=4, seed=0, device=torch.device("cuda", 0), dtype=torch.bfloat16,
                       progress=False)
     assert res["val_top1"] >= 90.0, res["history"]
-    assert res["history"][0]["train_loss"] > res["history"][-1]["train_loss"]
+    assert res["history"][-1]["train_loss"] < 0.2  # fp32 on CPU: 0.04 (v1), 0.03 (v2)
 
 
 @pytest.fixture(scope="module")
