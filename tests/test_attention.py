@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa_scale.attention import (available_backends, padded_attention, resolve_backend,
-                                   varlen_attention)
+from vjepa_scale.attention import (SDPA_BACKENDS, available_backends, dense_attention, padded_attention,
+                                   resolve_backend, varlen_attention)
 
 
 def _problem(lengths, H=3, Dh=80, seed=0, dtype=torch.float32, device="cpu"):
@@ -45,6 +45,24 @@ def test_backend_matches_per_sequence_and_padded(backend):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_equal_lengths_take_the_dense_path_exactly(backend):
+    """All sequences of one length: packed attention runs one rectangular SDPA call, same numbers."""
+    q, k, v, cu, L = _problem([48, 48, 48])
+    out = varlen_attention(q, k, v, cu, L, backend)
+    torch.testing.assert_close(out, _per_sequence(q, k, v, cu), rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref = torch.autograd.grad(padded_attention(q, k, v, cu, L), (q, k, v), g)
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the forced SDPA kernel is used: math on CPU matches, an unknown name is refused
+    rect = [x.view(3, 48, 3, 80) for x in (q, k, v)]
+    torch.testing.assert_close(dense_attention(*rect, "math").reshape(out.shape), out, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="model.sdpa_backend: unknown SDPA kernel 'xformers'"):
+        dense_attention(*rect, "xformers")
+
+
 def test_backend_resolution_and_errors():
     assert resolve_backend("auto", "cpu") in ("nested", "padded")
     with pytest.raises(ValueError, match="attention_backend"):
@@ -65,3 +83,24 @@ def test_cuda_backends_bf16(backend):
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
     out.float().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("sdpa", [s for s in SDPA_BACKENDS if s != "math"])
+@pytest.mark.parametrize("Dh", [24, 80])  # the ViT-H predictor's and encoder's head dims
+def test_cuda_sdpa_kernels_on_equal_lengths(sdpa, Dh):
+    """The predictor's shape (equal lengths) through each SDPA kernel: forward and grads vs fp32."""
+    q, k, v, cu, L = _problem([256, 256], H=4, Dh=Dh, dtype=torch.bfloat16, device="cuda")
+    rect = [x.view(2, 256, 4, Dh) for x in (q, k, v)]
+    try:
+        out = dense_attention(*rect, sdpa)
+    except RuntimeError as e:
+        pytest.skip(f"SDPA kernel {sdpa} does not take this call here: {str(e)[:120]}")
+    qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = _per_sequence(qf, kf, vf, cu)
+    torch.testing.assert_close(out.reshape(ref.shape).float(), ref, rtol=2e-2, atol=2e-2)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out.reshape(ref.shape), (q, k, v), g.to(out.dtype))
+    for a, b in zip(grads, torch.autograd.grad(ref, (qf, kf, vf), g)):
+        torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-2)

@@ -9,10 +9,14 @@ across a sequence boundary. One dispatch function (`resolve_backend`) picks the 
 - `nested`       SDPA on nested jagged tensors (CPU and CUDA; no padding FLOPs on fused kernels)
 - `padded`       pad to (S, max_seqlen), SDPA with a key-padding mask (the reference's behaviour)
 
-`dense_attention` handles full-length rectangular batches (the target encoder) with plain SDPA.
+`dense_attention` handles full-length rectangular batches (the target encoder) with plain SDPA; a
+packed batch whose sequences all have one length (the predictor's context + targets) takes the same
+path, since a (S, L) batch is exact there. `sdpa` picks SDPA's kernel (`auto`: torch's choice; or
+one of `SDPA_BACKENDS`, e.g. `cudnn`, which must then support the call).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("flash_attn", "torch_varlen", "nested", "padded")
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 
 
 @dataclass
@@ -88,12 +93,19 @@ def varlen_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tens
 
 
 def packed_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor, packed: Packed,
-                     backend: str = "auto") -> torch.Tensor:
+                     backend: str = "auto", sdpa: str = "auto") -> torch.Tensor:
     """`varlen_attention` on a `Packed` layout (reuses its int64 offsets across layers)."""
     cu_seqlens, max_seqlen = packed.cu_seqlens, packed.max_seqlen
     backend = resolve_backend(backend, q_THD.device, q_THD.dtype)
-    if q_THD.shape[0] == 0:
+    T, H, Dh = q_THD.shape
+    if T == 0:
         return torch.empty_like(q_THD)
+    S = cu_seqlens.numel() - 1
+    if T == S * max_seqlen:  # lengths <= max_seqlen summing to S * max_seqlen: all equal, no padding
+        def rect(x_THD):
+            return x_THD.view(S, max_seqlen, H, Dh)
+
+        return dense_attention(rect(q_THD), rect(k_THD), rect(v_THD), sdpa).reshape(T, H, Dh)
     if backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func
 
@@ -139,7 +151,22 @@ def _nested_attention(q_THD, k_THD, v_THD, offsets: torch.Tensor, max_seqlen: in
     return o.transpose(1, 2).values()
 
 
-def dense_attention(q_BNHD: torch.Tensor, k_BNHD: torch.Tensor, v_BNHD: torch.Tensor) -> torch.Tensor:
+def _sdpa_context(sdpa: str):
+    """Context restricting SDPA to the named kernel (`auto`: no restriction)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if sdpa == "auto":
+        return contextlib.nullcontext()
+    kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if sdpa not in kernels:
+        raise ValueError(f"model.sdpa_backend: unknown SDPA kernel '{sdpa}' (choose from {', '.join(SDPA_BACKENDS)})")
+    return sdpa_kernel([kernels[sdpa]])
+
+
+def dense_attention(q_BNHD: torch.Tensor, k_BNHD: torch.Tensor, v_BNHD: torch.Tensor,
+                    sdpa: str = "auto") -> torch.Tensor:
     """Full-length attention for rectangular batches (B, N, H, Dh) -> (B, N, H, Dh)."""
-    o = F.scaled_dot_product_attention(q_BNHD.transpose(1, 2), k_BNHD.transpose(1, 2), v_BNHD.transpose(1, 2))
+    with _sdpa_context(sdpa):
+        o = F.scaled_dot_product_attention(q_BNHD.transpose(1, 2), k_BNHD.transpose(1, 2), v_BNHD.transpose(1, 2))
     return o.transpose(1, 2)

@@ -43,6 +43,7 @@ class ModelConfig:
     pos_embed: Literal["sincos", "rope"] = "sincos"
     activation_checkpointing: bool = False
     attention_backend: Literal["auto", "flash_attn", "torch_varlen", "nested", "padded"] = "auto"
+    sdpa_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"  # SDPA kernel, full-length batches
     pred_width: int = 384
     pred_depth: int = 12
     pred_num_heads: int = 16

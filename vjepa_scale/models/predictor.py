@@ -30,7 +30,8 @@ class Predictor(nn.Module):
         else:
             self.pos_embed = None
             self.rope = Rope3D(self.dims.head_dim, self.grid)
-        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing)
+        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
+                                       cfg.sdpa_backend)
         self.proj = nn.Linear(W, embed_dim)
         init_weights(self)  # mask tokens stay zero
 

@@ -62,13 +62,14 @@ def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto", sdpa: str = "auto"):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.backend = backend
+        self.sdpa = sdpa
 
     def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
         # x: (total, D) when packed, else (B, N, D)
@@ -76,9 +77,9 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if packed is None:
-            o = dense_attention(q, k, v)
+            o = dense_attention(q, k, v, self.sdpa)
         else:
-            o = packed_attention(q, k, v, packed, self.backend)
+            o = packed_attention(q, k, v, packed, self.backend, self.sdpa)
         return self.proj(o.flatten(-2))
 
 
@@ -96,10 +97,10 @@ class Block(nn.Module):
     """Pre-LN transformer block (LayerNorm eps 1e-6, GELU MLP)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = True,
-                 backend: str = "auto"):
+                 backend: str = "auto", sdpa: str = "auto"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, backend)
+        self.attn = Attention(dim, num_heads, qkv_bias, backend, sdpa)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
@@ -111,10 +112,10 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A stack of blocks sharing the position scheme and optional activation checkpointing."""
 
-    def __init__(self, dims: VitDims, qkv_bias: bool, backend: str, checkpointing: bool):
+    def __init__(self, dims: VitDims, qkv_bias: bool, backend: str, checkpointing: bool, sdpa: str = "auto"):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(dims.width, dims.num_heads, dims.mlp_ratio, qkv_bias, backend) for _ in range(dims.depth))
+            Block(dims.width, dims.num_heads, dims.mlp_ratio, qkv_bias, backend, sdpa) for _ in range(dims.depth))
         self.norm = nn.LayerNorm(dims.width, eps=1e-6)
         self.checkpointing = checkpointing
 
@@ -157,7 +158,8 @@ class VisionTransformer3D(nn.Module):
         else:
             self.pos_embed = None
             self.rope = Rope3D(self.dims.head_dim, self.grid)
-        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing)
+        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
+                                       cfg.sdpa_backend)
         init_weights(self)
 
     @property
