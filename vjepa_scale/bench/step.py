@@ -111,8 +111,8 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
 # Op categories of a step profile, first match wins (kernel names on CUDA, aten op names on CPU).
 CATEGORIES = [
     ("attention", r"flash|fmha|attention|attn|sdpa|softmax"),
-    ("matmul", r"gemm|cutlass|xmma|nvjet|cublas|sm\d+_|aten::(mm|bmm|addmm|linear|matmul)"),
     ("conv (patch embed)", r"conv"),
+    ("matmul", r"gemm|cutlass|xmma|nvjet|cublas|sm\d+_|aten::(mm|bmm|addmm|linear|matmul)"),
     ("triton kernels", r"triton|_kernel$"),
     ("optimizer", r"adam|multi_tensor|foreach"),
     ("norm", r"layer_norm|layernorm|norm"),
