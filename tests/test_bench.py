@@ -106,8 +106,11 @@ def test_bench_cpu_all_suites(tmp_path):
     for s in ("gather", "ema", "attention", "step"):
         assert f"## {s}" in md
     rows = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"]
-    att = [r for r in rows if r["suite"] == "attention"]
+    att = [r for r in rows if r["suite"] == "attention" and r["case"].startswith("varlen")]
     assert {r["impl"] for r in att} >= {"padded", "nested"} and all(r["pad_flop_ratio"] >= 1 for r in att)
+    dense = [r for r in rows if r["suite"] == "attention" and r["case"].startswith("dense SDPA")]
+    assert len(dense) == 6 and {r["impl"] for r in dense} == {"auto", "math"}  # 3 shapes x the CPU kernels
+    assert all(r["tflops"] > 0 and (r["impl"] != "auto" or r["speedup"] == 1) for r in dense)
 
 
 @pytest.mark.slow
