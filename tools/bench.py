@@ -81,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     if (args.opt or args.profile) and "step" not in suites:
         ap.error("--opt and --profile apply to the step suite; add it with --suite step")
     if args.opt:  # a bad key or value is refused before anything runs
+        from vjepa_scale.bench.step import DEFAULTS
         from vjepa_scale.config import ConfigError, load_config, resolve_config_path
 
-        try:
-            load_config(resolve_config_path(args.config or "cpu_demo"), ["data.backend=synthetic", *args.opt])
+        try:  # the config the step suite will load
+            name = args.config or DEFAULTS[args.device][0]
+            load_config(resolve_config_path(name), ["data.backend=synthetic", *args.opt])
         except (ConfigError, ValueError, FileNotFoundError) as e:
             ap.error(f"--opt: {e}")
     quick = args.quick or args.device == "cpu"

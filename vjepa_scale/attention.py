@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = ("flash_attn", "torch_varlen", "nested", "padded")
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
@@ -151,17 +152,17 @@ def _nested_attention(q_THD, k_THD, v_THD, offsets: torch.Tensor, max_seqlen: in
     return o.transpose(1, 2).values()
 
 
+_SDPA_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
 def _sdpa_context(sdpa: str):
     """Context restricting SDPA to the named kernel (`auto`: no restriction)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     if sdpa == "auto":
         return contextlib.nullcontext()
-    kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    if sdpa not in kernels:
+    if sdpa not in _SDPA_KERNELS:
         raise ValueError(f"model.sdpa_backend: unknown SDPA kernel '{sdpa}' (choose from {', '.join(SDPA_BACKENDS)})")
-    return sdpa_kernel([kernels[sdpa]])
+    return sdpa_kernel([_SDPA_KERNELS[sdpa]])
 
 
 def dense_attention(q_BNHD: torch.Tensor, k_BNHD: torch.Tensor, v_BNHD: torch.Tensor,

@@ -152,7 +152,8 @@ def profile_step(step_fn, device: str, out_dir: Path, title: str, steps: int = 2
     total = sum(t for _, t, _ in rows) or 1.0
     by_cat: dict[str, float] = {}
     for n, t, _ in rows:
-        by_cat[categorize(n)] = by_cat.get(categorize(n), 0.0) + t
+        cat = categorize(n)
+        by_cat[cat] = by_cat.get(cat, 0.0) + t
     what = "GPU kernel time" if cuda else "CPU op self time"
     lines = [f"# step profile: {title}", "", f"{what} per step: {total / 1e3:.2f} ms (mean of {steps} steps)", "",
              "| category | ms per step | share |", "|---|---|---|"]
