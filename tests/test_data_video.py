@@ -1,4 +1,5 @@
-"""Video data pipeline on real encoded files: clip stride, backends, bad files, sharding, mixtures."""
+"""Video data pipeline: the Batch contract, clip stride on real encoded files, backends, bad files and
+the skip policy, sharding, mixtures."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,14 +13,16 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from vjepa_scale.config import ConfigError, DatasetSpec
-from vjepa_scale.data import build_dataloader, dali_available
+from vjepa_scale.config import ConfigError, DatasetSpec, MaskConfig
+from vjepa_scale.data import Batch, NoReadableVideosError, build_dataloader, build_dataset, dali_available
+from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.clips import clip_frame_indices, denormalize_clip, normalize_clip, plan_clips
-from vjepa_scale.data.cpu import NoReadableVideosError
 from vjepa_scale.data.decode import VideoError, _decode_after_seek, _open, decode_frames, probe_video
 from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
+from vjepa_scale.data.skips import substitute
 from vjepa_scale.data.synthetic_videos import (INDEX_LEVEL_STEP, frame_index_frames, frame_index_level,
                                                write_synthetic_videos, write_video)
+from vjepa_scale.masks import MultiBlockMasker
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,15 +105,15 @@ def test_clip_shape_and_stride(sets, backend):
     cfg = video_cfg([(sets[name]["train"], 1.0)], backend=backend, frames=4, step=3)
     codecs = set()
     for batch in build_dataloader(cfg, num_steps=3):
-        assert batch["video"].shape == (2, 3, 4, 32, 32)
-        assert batch["skipped"] == []
+        assert batch.video.shape == (2, 3, 4, 32, 32)
+        assert batch.skipped == []
         for b in range(2):
-            i = batch["index"][b]
+            i = batch.index[b]
             path = cfg.data.datasets[0].path
             info = probe_video(open(path).read().splitlines()[i].split()[0])
             codecs.add(info.codec)
-            (plan,) = plan_clips(info.num_frames, info.height, info.width, cfg.data, cfg.data.seed, batch["step"], i)
-            got = frame_ids(batch["video"][b])
+            (plan,) = plan_clips(info.num_frames, info.height, info.width, cfg.data, cfg.data.seed, batch.step, i)
+            got = frame_ids(batch.video[b])
             assert got == list(plan.frames)
             assert all(d == 3 for d in np.diff(got))
     assert codecs == ({"h264", "vp9", "hevc", "mjpeg"} if backend == "cpu" else {"vp9"})
@@ -120,16 +123,79 @@ def test_short_video_padded_with_last_frame(sets):
     cfg = video_cfg([(sets["short"]["train"], 1.0)], frames=4, step=2)  # window 7 > 5 frames
     batch = next(iter(build_dataloader(cfg, num_steps=1)))
     for b in range(2):
-        assert frame_ids(batch["video"][b]) == [0, 2, 4, 4]
+        assert frame_ids(batch.video[b]) == [0, 2, 4, 4]
 
 
 def test_num_clips_flattened_into_batch(sets):
     cfg = video_cfg([(sets["index"]["train"], 1.0)], frames=4, step=1, num_clips=2)
     batch = next(iter(build_dataloader(cfg, num_steps=1)))
-    assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["label"].shape == (4,)
-    assert batch["index"][0] == batch["index"][1]
-    first, second = frame_ids(batch["video"][0]), frame_ids(batch["video"][1])
+    assert batch.video.shape == (4, 3, 4, 32, 32) and batch.label.shape == (4,)
+    assert batch.index[0] == batch.index[1]
+    first, second = frame_ids(batch.video[0]), frame_ids(batch.video[1])
     assert first[0] <= second[0] and np.all(np.diff(second) == 1)
+
+
+def test_collator_flattens_clips_into_one_batch():
+    """ClipCollator: (num_clips, C, T, H, W) samples become rows; skips listed once; masks of (step, rank)."""
+    masker = MultiBlockMasker(MaskConfig(), (2, 4, 4))
+    v = torch.randn(2, 3, 4, 64, 64)
+    samples = [{"video": v, "label": 7, "step": 5, "index": 3, "skipped": [("bad.mp4", "empty file")]},
+               {"video": v[0] + 1, "label": 1, "step": 5, "index": 9, "skipped": []}]
+    batch = ClipCollator(masker, rank=1)(samples)
+    assert isinstance(batch, Batch) and batch.video.shape == (3, 3, 4, 64, 64) and batch.step == 5
+    assert torch.equal(batch.video[:2], v) and torch.equal(batch.video[2], v[0] + 1)
+    assert batch.label.dtype == torch.int64 and batch.label.tolist() == [7, 7, 1]
+    assert batch.index == [3, 3, 9] and batch.skipped == [("bad.mp4", "empty file")]
+    assert torch.equal(batch.masks.ctx_idx, masker(3, 5, 1).ctx_idx)
+    assert not torch.equal(batch.masks.ctx_idx, masker(3, 5, 0).ctx_idx)
+
+
+def test_synthetic_batches_follow_the_batch_contract():
+    cfg = tiny_config(crop=32, frames=4, batch_size=3, depth=1)
+    dataset = build_dataset(cfg)
+    batches = list(build_dataloader(cfg, start_step=2, num_steps=2))
+    assert [b.step for b in batches] == [2, 3]
+    for b in batches:
+        assert isinstance(b, Batch) and b.skipped == [] and len(b.index) == 3
+        assert b.label.tolist() == [dataset[i]["label"] for i in b.index]
+        assert all(torch.equal(b.video[k], dataset[i]["video"]) for k, i in enumerate(b.index))
+    assert len(set(batches[0].index + batches[1].index)) == 6  # distinct samples of one epoch
+    moved = batches[0].to("cpu", torch.bfloat16)
+    assert moved.video.dtype == torch.bfloat16 and batches[0].video.dtype == torch.float32
+    assert torch.equal(moved.video, batches[0].video.bfloat16()) and moved.index == batches[0].index
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batches_pinned_by_the_dataloader_and_moved():
+    cfg = tiny_config(crop=32, frames=4, batch_size=2, depth=1)
+    cfg.data = dataclasses.replace(cfg.data, pin_memory=True, num_workers=1)
+    batch = next(iter(build_dataloader(cfg, num_steps=1)))
+    assert batch.video.is_pinned() and batch.label.is_pinned() and batch.masks.ctx_idx.is_pinned()
+    cuda = batch.to("cuda", torch.bfloat16)
+    assert cuda.video.is_cuda and cuda.video.dtype == torch.bfloat16 and cuda.masks.ctx_cu_seqlens.is_cuda
+    assert torch.equal(cuda.video.cpu(), batch.video.bfloat16())
+
+
+def test_substitute_takes_next_entries_up_to_max_retries():
+    """The one skip policy (CPU and DALI backends): next entry, modulo the index, at most max_retries."""
+    bad = {1, 2, 5}
+
+    def entry(i):
+        if i in bad:
+            raise VideoError(f"v{i}.mp4", f"broken {i}")
+        return f"clip {i}"
+
+    assert substitute(0, 6, entry, 16) == (0, "clip 0", [])
+    assert substitute(1, 6, entry, 16) == (3, "clip 3", [("v1.mp4", "broken 1"), ("v2.mp4", "broken 2")])
+    assert substitute(5, 6, entry, 16) == (0, "clip 0", [("v5.mp4", "broken 5")])  # wraps around
+    assert substitute(1, 6, entry, 2)[0] == 3
+    with pytest.raises(NoReadableVideosError, match=r"2 consecutive index entries from #1 could not be decoded "
+                                                    r"\(max_retries=1\): v1.mp4 \(broken 1\); v2.mp4"):
+        substitute(1, 6, entry, 1)
+    bad = set(range(6))
+    with pytest.raises(NoReadableVideosError, match=r"^6 consecutive .* \(max_retries=5\)"):  # each entry once
+        substitute(4, 6, entry, 16)
 
 
 @needs_dali
@@ -178,7 +244,7 @@ def test_dali_reports_codecs_it_cannot_decode(sets, caplog, monkeypatch, probe_a
     assert len(h264) == 2 and all(p.endswith(".mp4") for p in h264)  # the H.264 and the HEVC file
     assert all(p in caplog.text for p in h264)
     assert set(loader.skipped_files) == h264
-    assert all(b["video"].shape[0] == 2 and not set(b["index"]) & {0, 2} for b in batches)
+    assert all(b.video.shape[0] == 2 and not set(b.index) & {0, 2} for b in batches)
     only_h264 = sets["index"]["train"].parent / "only_h264.txt"
     only_h264.write_text("".join(f"{p} 0\n" for p in sorted(h264)))
     with pytest.raises(NoReadableVideosError, match="codec h264"):
@@ -198,7 +264,7 @@ def test_dali_runtime_failure_falls_back_to_cpu_and_reports(sets, tmp_path, capl
         loader = build_dataloader(cfg, num_steps=2)
         assert not loader.unusable  # nothing to see in the header
         batches = list(loader)
-    assert all(b["video"].shape == (2, 3, 4, 32, 32) for b in batches)
+    assert all(b.video.shape == (2, 3, 4, 32, 32) for b in batches)
     assert set(loader.skipped_files) == {str(cut)} and "decoding this batch on the CPU" in caplog.text
 
 
@@ -236,8 +302,8 @@ def test_bad_files_train_through_and_are_reported(bad_set, caplog):
     loader = build_dataloader(cfg, num_steps=6)  # 24 draws over 12 entries: two epochs
     with caplog.at_level(logging.WARNING, logger="vjepa_scale.data"):
         for batch in loader:
-            assert batch["video"].shape == (4, 3, 4, 32, 32) and torch.isfinite(batch["video"]).all()
-            loss = model(batch["video"], batch["masks"], compute_targets(target, batch["video"], batch["masks"]))
+            assert batch.video.shape == (4, 3, 4, 32, 32) and torch.isfinite(batch.video).all()
+            loss = model(batch.video, batch.masks, compute_targets(target, batch.video, batch.masks))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -306,7 +372,7 @@ def test_two_ranks_disjoint_and_cover_epoch(sets, backend):
         index = vp9
     n = len(index.read_text().splitlines())
     cfg = video_cfg([(index, 1.0)], backend=backend, frames=2, step=1, batch=3)
-    seen = [[i for b in build_dataloader(cfg, rank=r, world_size=2, num_steps=n // 6) for i in b["index"]]
+    seen = [[i for b in build_dataloader(cfg, rank=r, world_size=2, num_steps=n // 6) for i in b.index]
             for r in range(2)]
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(n))
@@ -317,7 +383,7 @@ def test_resume_reproduces_batches(sets):
     full = list(build_dataloader(cfg, num_steps=4))
     resumed = list(build_dataloader(cfg, start_step=2, num_steps=2))
     for a, b in zip(full[2:], resumed):
-        assert a["step"] == b["step"] and a["index"] == b["index"] and torch.equal(a["video"], b["video"])
+        assert a.step == b.step and a.index == b.index and torch.equal(a.video, b.video)
 
 
 def test_mixture_weights_deterministic_resumable():
@@ -344,15 +410,15 @@ def test_mixture_weights_deterministic_resumable():
 
 def test_mixed_index_files_through_loader(sets):
     cfg = video_cfg([(sets["index"]["train"], 3.0), (sets["shapes"]["train"], 1.0)], frames=2, step=1, batch=4)
-    idx = [i for b in build_dataloader(cfg, num_steps=4) for i in b["index"]]  # one 16-draw epoch
+    idx = [i for b in build_dataloader(cfg, num_steps=4) for i in b.index]  # one 16-draw epoch
     assert sum(i < 4 for i in idx) == 12 and sum(i >= 4 for i in idx) == 4
 
 
 def test_auto_backend_and_data_bench_rows():
     from vjepa_scale.bench import run_suite
-    from vjepa_scale.data import resolve_backend
+    from vjepa_scale.data import resolve_data_backend
 
-    assert resolve_backend("auto") == ("dali" if torch.cuda.is_available() and dali_available() else "cpu")
+    assert resolve_data_backend("auto") == ("dali" if torch.cuda.is_available() and dali_available() else "cpu")
     rows = run_suite("data", "cpu", True, batch_size=2, steps=1)
     impls = [(r["impl"], r["workers"]) for r in rows]
     assert impls[:2] == [("cpu", 0), ("cpu", 2)] and impls[2][0] == "dali-cpu"
@@ -409,8 +475,8 @@ def test_dali_gpu_decodes_h264_and_vp9_like_cpu(sets):
                        for p, pl in items])
     assert ((gpu - cpu).abs() * 0.225 * 255).mean() < 3.0
     batch = next(iter(build_dataloader(cfg, num_steps=1)))
-    assert batch["video"].is_cuda and batch["video"].dtype == torch.bfloat16
-    assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["skipped"] == []
+    assert batch.video.is_cuda and batch.video.dtype == torch.bfloat16
+    assert batch.video.shape == (4, 3, 4, 32, 32) and batch.skipped == []
 
 
 @pytest.mark.parametrize("side", [16, 8])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vjepa_scale.config import MaskConfig, MaskSpec
-from vjepa_scale.masks import MaskCollator, MultiBlockMasker
+from vjepa_scale.masks import MultiBlockMasker
 
 GRID_384 = (8, 24, 24)
 
@@ -94,12 +94,3 @@ def test_max_keep_and_temporal_keep():
         assert 0 < len(c) <= 50
         assert int(c.max()) < 4 * 144  # only the first half of the time steps
 
-
-def test_collator_stacks_and_uses_step():
-    masker = MultiBlockMasker(MaskConfig(), (2, 4, 4))
-    coll = MaskCollator(masker, rank=0)
-    samples = [{"video": torch.randn(3, 4, 64, 64), "label": i, "step": 5} for i in range(3)]
-    batch = coll(samples)
-    assert batch["video"].shape == (3, 3, 4, 64, 64) and batch["step"] == 5
-    assert torch.equal(batch["masks"].ctx_idx, masker(3, 5).ctx_idx)
-    assert batch["label"].tolist() == [0, 1, 2]

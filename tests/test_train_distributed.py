@@ -216,16 +216,16 @@ def test_logged_loss_matches_single_process_recompute(runs):
     with torch.no_grad():
         for rank in range(2):
             batch = next(iter(build_dataloader(cfg, rank, 2, start_step=k, num_steps=1)))
-            assert batch["step"] == k
-            tg = compute_targets(target, batch["video"], batch["masks"])
-            losses.append(jepa(batch["video"], batch["masks"], tg).item())
+            assert batch.step == k
+            tg = compute_targets(target, batch.video, batch.masks)
+            losses.append(jepa(batch.video, batch.masks, tg).item())
     logged = _losses(runs["straight"])[k + 1]
     assert abs(sum(losses) / 2 - logged) < 1e-5, (losses, logged)
     # with the online encoder as target instead, the loss is measurably different
     target.load_state_dict(d_on["encoder"])
     with torch.no_grad():
         batch = next(iter(build_dataloader(cfg, 0, 2, start_step=k, num_steps=1)))
-        other = jepa(batch["video"], batch["masks"], compute_targets(target, batch["video"], batch["masks"])).item()
+        other = jepa(batch.video, batch.masks, compute_targets(target, batch.video, batch.masks)).item()
     assert abs(other - losses[0]) > 1e-4
 
 

@@ -7,7 +7,8 @@ resumed run draws the same masks.
 
 `MaskBatch` holds the packed layout built on the CPU: sequences ordered mask-type major
 (s = m * B + b), int32 `cu_seqlens` and host-side `max_seqlen` for the context, the targets, and
-the predictor's concatenated [context ; targets] sequences.
+the predictor's concatenated [context ; targets] sequences. The data loaders draw one per batch
+(`vjepa_scale.data.batch.make_batch`).
 """
 from __future__ import annotations
 
@@ -185,28 +186,3 @@ class MultiBlockMasker:
     def __call__(self, batch_size: int, step: int, rank: int = 0) -> MaskBatch:
         return pack_masks(*self.sample(batch_size, step, rank), self.grid)
 
-
-class MaskCollator:
-    """DataLoader collate_fn: stacks clips and draws the batch's masks on the CPU worker.
-
-    Each sample is a dict with `video` (C, T, H, W), `label` (int) and `step` (the training step the
-    batch belongs to, set by the sampler so masks stay reproducible with any number of workers).
-    Returns a dict with `video` (B, C, T, H, W), `label` (B,), `masks` (MaskBatch), `step`.
-    """
-
-    def __init__(self, masker: MultiBlockMasker, rank: int = 0):
-        self.masker = masker
-        self.rank = rank
-
-    def __call__(self, samples: list[dict]) -> dict:
-        step = int(samples[0].get("step", 0))
-        batch = {
-            "video": torch.stack([s["video"] for s in samples]),
-            "label": torch.tensor([int(s.get("label", -1)) for s in samples]),
-            "masks": self.masker(len(samples), step, self.rank),
-            "step": step,
-        }
-        extra = {k for s in samples for k in s} - {"video", "label", "step"}
-        for k in extra:
-            batch[k] = [s.get(k) for s in samples]
-        return batch

@@ -38,7 +38,7 @@ def _time_loader(cfg: Config, steps: int) -> float:
     t0 = time.perf_counter()
     n = 0
     for batch in loader:
-        if batch["video"].is_cuda:
+        if batch.video.is_cuda:
             torch.cuda.synchronize()
         n += 1
     return (time.perf_counter() - t0) / max(n, 1)

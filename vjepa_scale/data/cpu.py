@@ -1,10 +1,10 @@
 """CPU backend: decode with PyAV inside DataLoader workers, augment with torch.
 
 `VideoClips[(index, step)]` returns {video (C, T, H, W) float32 normalized (or (num_clips, C, T, H,
-W) when data.num_clips > 1), label, step, index (the entry actually used), skipped}. A file that fails (missing, empty, truncated,
-non-video, undecodable) is replaced by the next index (i+1, i+2, ... modulo the index), at most
-`max_retries` times; every failure is listed in the item's `skipped` as (path, reason), so counts
-survive DataLoader worker processes and reach the trainer inside the batch.
+W) when data.num_clips > 1), label, step, index (the entry actually used), skipped}. A file that
+fails (missing, empty, truncated, non-video, undecodable) is replaced by `skips.substitute` (the next
+index entry, at most `max_retries` times); every failure is listed in the item's `skipped` as (path,
+reason), so counts survive DataLoader worker processes and reach the trainer inside the batch.
 """
 from __future__ import annotations
 
@@ -14,10 +14,7 @@ from torch.utils.data import Dataset
 from vjepa_scale.data.clips import normalize_clip, plan_clips
 from vjepa_scale.data.decode import VideoError, VideoInfo, decode_frames, probe_video
 from vjepa_scale.data.index import VideoIndex
-
-
-class NoReadableVideosError(RuntimeError):
-    """No file of an index (or of a run of `max_retries` consecutive entries) can be decoded."""
+from vjepa_scale.data.skips import NoReadableVideosError, substitute
 
 
 class VideoClips(Dataset):
@@ -26,7 +23,7 @@ class VideoClips(Dataset):
     def __init__(self, index: VideoIndex, data_cfg, max_retries: int = 16):
         self.index = index
         self.cfg = data_cfg
-        self.max_retries = max(0, min(max_retries, len(index) - 1))
+        self.max_retries = max_retries
         self._info: dict[str, VideoInfo] = {}
         self._bad: dict[str, str] = {}  # per-process memo: path -> reason
 
@@ -65,20 +62,8 @@ class VideoClips(Dataset):
 
     def __getitem__(self, key) -> dict:
         index, step = key if isinstance(key, tuple) else (key, 0)
-        skipped: list[tuple[str, str]] = []
-        n = len(self.index)
-        for attempt in range(self.max_retries + 1):
-            i = (int(index) + attempt) % n
-            try:
-                video = self.load(i, step)
-            except VideoError as e:
-                skipped.append((e.path, e.reason))
-                continue
-            return {"video": video, "label": self.index.labels[i], "step": int(step), "index": i,
-                    "skipped": skipped}
-        names = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
-        raise NoReadableVideosError(f"{len(skipped)} consecutive index entries from #{index} could not be "
-                                    f"decoded (max_retries={self.max_retries}): {names}")
+        i, video, skipped = substitute(index, len(self.index), lambda i: self.load(i, step), self.max_retries)
+        return {"video": video, "label": self.index.labels[i], "step": int(step), "index": i, "skipped": skipped}
 
 
 def check_readable(index: VideoIndex, max_failures: int = 256) -> None:

@@ -11,8 +11,8 @@ DALI's CPU decoder only handles VP8, VP9 and MJPEG, and DALI readers silently dr
 cannot decode. So every file is probed with PyAV (headers only) when the loader is built (indexes
 above PROBE_ALL_MAX entries: each file when first drawn): missing, unreadable,
 unsupported-codec and variable-frame-rate files are reported (a warning on rank 0 naming them) and
-skipped by the same deterministic next-index substitution as the CPU backend, which lists them in
-each batch's `skipped`. If a DALI batch still fails at run time, that batch is decoded by the CPU
+skipped by the CPU backend's substitution (`skips.substitute`), which lists them in each batch's
+`skipped`; batches are built by `batch.make_batch`, like the collator's. If a DALI batch still fails at run time, that batch is decoded by the CPU
 backend instead (logged) and the pipeline is rebuilt. On a GPU the video leaves as bf16 on the GPU.
 `DaliLoader` prepares the next batch in a helper thread (one batch ahead); DALI itself uses
 `data.num_workers` threads.
@@ -26,8 +26,12 @@ import numpy as np
 import torch
 
 from vjepa_scale.config import Config
+from vjepa_scale.data.batch import Batch, make_batch
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, plan_clips
+from vjepa_scale.data.cpu import VideoClips
 from vjepa_scale.data.decode import VideoError, VideoInfo, probe_video
+from vjepa_scale.data.skips import NoReadableVideosError, SkipTracker, substitute
+from vjepa_scale.masks import MultiBlockMasker
 
 log = logging.getLogger("vjepa_scale.data")
 
@@ -119,13 +123,10 @@ class DaliClipRunner:
 
 
 class DaliLoader:
-    """Iterable of training batches from DALI, same dict layout and sampling as the CPU backend."""
+    """Iterable of `Batch`es from DALI, same sampling and masks (`masker`) as the CPU backend."""
 
-    def __init__(self, cfg: Config, index, sampler, rank: int, device: str, max_retries: int = 16):
-        from vjepa_scale.data import SkipTracker
-        from vjepa_scale.data.cpu import NoReadableVideosError, VideoClips
-        from vjepa_scale.masks import MultiBlockMasker
-
+    def __init__(self, cfg: Config, index, sampler, masker: MultiBlockMasker, rank: int, device: str,
+                 max_retries: int = 16):
         self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
         self._infos: dict[int, VideoInfo | None] = {}
         self.unusable: dict[str, str] = {}
@@ -148,13 +149,12 @@ class DaliLoader:
             names = ", ".join(f"{p} ({r})" for p, r in list(self.unusable.items())[:20])
             log.warning("DALI backend will skip %d of %d files: %s%s", len(self.unusable), n, names,
                         " ..." if len(self.unusable) > 20 else "")
-        self.max_retries = max(0, min(max_retries, len(index) - 1))
-        self.masker = MultiBlockMasker(cfg.mask, cfg.grid)
+        self.max_retries = max_retries
+        self.masker = masker
         self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
                                      max(1, cfg.data.num_workers))
         self.fallback = VideoClips(index, cfg.data, max_retries)
         self.tracker = SkipTracker(rank, sampler.epoch_of, sampler.world_size)
-        self._no_readable = NoReadableVideosError
 
     @property
     def skipped_files(self) -> dict[str, int]:
@@ -174,25 +174,24 @@ class DaliLoader:
             self._record(i, *probe_for_dali(self.index.paths[i], self.device))
         return self._infos[i]
 
-    def resolve(self, index: int, step: int) -> tuple[int, list[tuple[str, str]]]:
-        """The entry used for sample `index` (next usable one) and the files skipped on the way."""
-        skipped = []
-        n = len(self.index)
-        for attempt in range(self.max_retries + 1):
-            i = (index + attempt) % n
-            if self.info(i) is not None:
-                return i, skipped
-            skipped.append((self.index.paths[i], self.unusable[self.index.paths[i]]))
-        raise self._no_readable(f"{len(skipped)} consecutive index entries from #{index} are unusable for DALI: "
-                                + "; ".join(f"{p} ({r})" for p, r in skipped[:5]))
+    def usable_info(self, i: int) -> VideoInfo:
+        """Probe result of entry `i`; VideoError when DALI cannot use the file."""
+        info = self.info(i)
+        if info is None:
+            path = self.index.paths[i]
+            raise VideoError(path, self.unusable[path])
+        return info
 
-    def batch(self, samples: list[tuple[int, int]]) -> dict:
+    def resolve(self, index: int) -> tuple[int, VideoInfo, list[tuple[str, str]]]:
+        """(entry used for sample `index`, its probe result, files skipped on the way): `skips.substitute`."""
+        return substitute(index, len(self.index), self.usable_info, self.max_retries, "are unusable for DALI")
+
+    def batch(self, samples: list[tuple[int, int]]) -> Batch:
         step = samples[0][1]
         items, labels, used, skipped = [], [], [], []
         for index, s in samples:
-            i, sk = self.resolve(index, s)
+            i, info, sk = self.resolve(index)
             skipped += sk
-            info = self.info(i)
             for plan in plan_clips(info.num_frames, info.height, info.width, self.cfg.data, self.cfg.data.seed, s, i):
                 items.append((info.path, plan))
                 labels.append(self.index.labels[i])
@@ -210,8 +209,7 @@ class DaliLoader:
                 video = video.cuda(non_blocking=True)
         if self.device == "gpu":
             video = video.to(torch.bfloat16)
-        return {"video": video, "label": torch.tensor(labels), "masks": self.masker(len(labels), step, self.rank),
-                "step": step, "index": used, "skipped": skipped}
+        return make_batch(video, labels, self.masker, step, self.rank, used, skipped)
 
     def __iter__(self):
         """Batches in step order; the next batch is decoded in a helper thread while this one is used."""
@@ -227,13 +225,3 @@ class DaliLoader:
                 yield batch
         self.tracker.flush()
 
-
-def build_dali_loader(cfg: Config, rank: int, world_size: int, start_step: int, num_steps: int | None):
-    """DaliLoader over cfg.data.datasets for this rank (GPU decoding when CUDA is present)."""
-    from vjepa_scale.data import build_sampler
-    from vjepa_scale.data.index import load_index
-
-    index = load_index(cfg.data.datasets)
-    sampler = build_sampler(cfg, len(index), rank, world_size, start_step, num_steps, index)
-    device = "gpu" if torch.cuda.is_available() else "cpu"
-    return DaliLoader(cfg, index, sampler, rank, device)

@@ -6,7 +6,10 @@ from torch.utils.data import Dataset
 
 
 class SyntheticClips(Dataset):
-    """`num_samples` clips of shape (C, T, H, W); index i always gives the same clip and label."""
+    """`num_samples` clips of shape (C, T, H, W); index i always gives the same clip and label.
+
+    Items have the layout of `cpu.VideoClips` items (video, label, step, index, skipped=[]).
+    """
 
     def __init__(self, num_samples: int, frames: int, crop_size: int, seed: int = 0, num_classes: int = 2):
         self.num_samples = num_samples
@@ -25,4 +28,5 @@ class SyntheticClips(Dataset):
         low = torch.randn(3, max(1, self.frames // 4), 4, 4, generator=g)
         video = torch.nn.functional.interpolate(low[None], size=(self.frames, self.crop_size, self.crop_size),
                                                 mode="trilinear", align_corners=False)[0]
-        return {"video": video, "label": int(index) % self.num_classes, "step": int(step)}
+        return {"video": video, "label": int(index) % self.num_classes, "step": int(step), "index": int(index),
+                "skipped": []}

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from vjepa_scale.config import Config, save_config
-from vjepa_scale.data import build_dataloader
+from vjepa_scale.data import Batch, build_dataloader
 from vjepa_scale.models import JEPA, compute_targets
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
@@ -133,10 +133,10 @@ class Trainer:
             g["lr"] = lr
             g["weight_decay"] = wd * g.get("wd_scale", 1.0)
 
-    def micro_step(self, batch: dict) -> torch.Tensor:
+    def micro_step(self, batch: Batch) -> torch.Tensor:
         """Forward + backward of one micro-batch; DeepSpeed steps at the accumulation boundary."""
-        video = batch["video"].to(self.device, self.dtype, non_blocking=True)
-        masks = batch["masks"].to(self.device)
+        on_device = batch.to(self.device, self.dtype)
+        video, masks = on_device.video, on_device.masks
         with torch.no_grad():
             targets = compute_targets(self.target, video, masks)
         loss = self.engine(video, masks, targets)
@@ -144,7 +144,7 @@ class Trainer:
         self.engine.step()
         return loss.detach()
 
-    def train_step(self, batches: list[dict]) -> dict:
+    def train_step(self, batches: list[Batch]) -> dict:
         """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats."""
         if len(batches) != self.cfg.optim.grad_accum:
             raise ValueError(f"train_step got {len(batches)} micro-batches; optim.grad_accum="
@@ -182,7 +182,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 batches = [next(it) for _ in range(a)]
                 t1 = time.perf_counter()
-                flops = sum(train_flops(cfg, b["masks"])["total"] for b in batches)
+                flops = sum(train_flops(cfg, b.masks)["total"] for b in batches)
                 stats = self.train_step(batches)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
