@@ -8,8 +8,10 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # Our Triton kernels live in the top-level `kernels/` folder but install as
-    # `vjepa_scale.kernels`, so they never shadow the unrelated PyPI package `kernels`.
+    # Our Triton kernels live in the top-level `kernels/` folder; `vjepa_scale/kernels` is a
+    # relative symlink to it, so they import (from a checkout too) and install as
+    # `vjepa_scale.kernels`, never as a top-level `kernels` (an unrelated PyPI package).
+    # The top-level `configs/` recipes ship as package data in `vjepa_scale/configs/`.
     packages=[
         "vjepa_scale",
         "vjepa_scale.models",
@@ -19,9 +21,10 @@ setup(
         "vjepa_scale.hf",
         "vjepa_scale.bench",
         "vjepa_scale.kernels",
+        "vjepa_scale.configs",
     ],
-    package_dir={"vjepa_scale.kernels": "kernels"},
-    package_data={"vjepa_scale": ["configs/*.yaml"]},
+    package_dir={"vjepa_scale.configs": "configs"},
+    package_data={"vjepa_scale.configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.10",
         "numpy",

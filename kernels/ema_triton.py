@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from vjepa_scale.kernels.backend import interpreting
+from vjepa_scale.kernels.ema import EmaLaunch
 from vjepa_scale.kernels.gather_triton import _round_as
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -75,22 +76,17 @@ _CACHE: "OrderedDict[tuple, list]" = OrderedDict()
 _CACHE_SIZE = 8
 
 
-_GPU_SIZES = (8192, 2048)  # (CHUNK, BLOCK) on a GPU; module-level so tools/tune_kernels.py can sweep them
-_NUM_WARPS = 8
+def _sizes(launch: EmaLaunch) -> tuple[int, int]:
+    """(CHUNK, BLOCK): elements per work item and per inner step (large ones in the interpreter)."""
+    return (1 << 16, 1 << 16) if interpreting() else (launch.chunk, launch.block)
 
 
-def _sizes() -> tuple[int, int]:
-    """(CHUNK, BLOCK): elements per work item and per inner step."""
-    return (1 << 16, 1 << 16) if interpreting() else _GPU_SIZES
-
-
-def _plan(shadows, masters, targets) -> list:
+def _plan(shadows, masters, targets, chunk: int) -> list:
     """Launch groups [(meta, work, MASTER, TARGET, write_target, (align_s, align_m, align_t), n_items)].
 
     Tensors are grouped by dtypes, whether the target is the shadow itself, and which of their
     three pointers are 16-byte aligned (ZeRO shards are views at arbitrary offsets). Cached by pointers.
     """
-    chunk, _ = _sizes()
     key = (chunk, *((s.data_ptr(), m.data_ptr(), t.data_ptr(), s.numel(), m.dtype, t.dtype)
                     for s, m, t in zip(shadows, masters, targets)))
     hit = _CACHE.get(key)
@@ -141,15 +137,15 @@ def _validate(shadows, masters, targets) -> None:
 
 @torch.no_grad()
 def ema_update_triton(shadows: Sequence[torch.Tensor], masters: Sequence[torch.Tensor],
-                      targets: Sequence[torch.Tensor], momentum: float) -> None:
+                      targets: Sequence[torch.Tensor], momentum: float, launch: EmaLaunch = EmaLaunch()) -> None:
     """shadow <- lerp(shadow, master, 1 - momentum) in place; target <- shadow in its dtype."""
     shadows, masters, targets = list(shadows), list(masters), list(targets)
     _validate(shadows, masters, targets)
     if not shadows:
         return
     w = 1.0 - float(momentum)
-    chunk, block = _sizes()
-    for meta, work, mdt, tdt, write, (al_s, al_m, al_t), n_items in _plan(shadows, masters, targets):
+    chunk, block = _sizes(launch)
+    for meta, work, mdt, tdt, write, (al_s, al_m, al_t), n_items in _plan(shadows, masters, targets, chunk):
         _ema_kernel[(n_items,)](meta, work, w, MASTER=mdt, TARGET=tdt, WRITE_TARGET=write,
                                 SMALL_W=abs(w) < 0.5, ALIGN_S=al_s, ALIGN_M=al_m,
-                                ALIGN_T=al_t, CHUNK=chunk, BLOCK=block, num_warps=_NUM_WARPS)
+                                ALIGN_T=al_t, CHUNK=chunk, BLOCK=block, num_warps=launch.num_warps)

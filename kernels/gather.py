@@ -4,12 +4,29 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from vjepa_scale.kernels.backend import use_triton
+
+
+@dataclass(frozen=True)
+class GatherLaunch:
+    """Launch settings of the Triton gather kernels on a GPU (defaults: tuned on an H100,
+    `tools/tune_kernels.py`). The CPU interpreter always uses one large tile (~2 ms per program)."""
+
+    tile: int = 4096  # elements per program
+    max_block_d: int = 256  # column tile of the split-row kernels (gather fwd/bwd)
+    warps8_from: int = 8192  # tiles of at least this many elements get 8 warps, smaller ones 4
+
+    def __post_init__(self):
+        for name in ("tile", "max_block_d"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"GatherLaunch.{name} must be a power of two, got {v}")
 
 
 def masked_gather_reference(x_BND: torch.Tensor, idx: torch.Tensor,
@@ -31,23 +48,28 @@ def layernorm_gather_reference(h_BND: torch.Tensor, idx: torch.Tensor, eps: floa
 
 
 def masked_gather(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor] = None,
-                  backend: str = "auto") -> torch.Tensor:
+                  backend: str = "auto", launch: Optional[GatherLaunch] = None) -> torch.Tensor:
     """Dispatch: fused Triton kernel (with its scatter backward) on CUDA, torch reference elsewhere.
 
     backend: "auto" | "triton" | "torch" (see `vjepa_scale.kernels.backend.use_triton`).
+    launch: the Triton kernels' settings (default `GatherLaunch()`); unused by the torch reference.
     """
     if use_triton(backend, (x_BND, idx, pos_ND), "masked_gather"):
         from vjepa_scale.kernels.gather_triton import masked_gather_triton
 
-        return masked_gather_triton(x_BND, idx, pos_ND)
+        return masked_gather_triton(x_BND, idx, pos_ND, launch or GatherLaunch())
     return masked_gather_reference(x_BND, idx, pos_ND)
 
 
 def layernorm_gather(h_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5,
-                     backend: str = "auto") -> torch.Tensor:
-    """Dispatch for the target-side LayerNorm + gather (Triton on CUDA, torch reference elsewhere)."""
+                     backend: str = "auto", launch: Optional[GatherLaunch] = None) -> torch.Tensor:
+    """Dispatch for the target-side LayerNorm + gather (Triton on CUDA, torch reference elsewhere).
+
+    launch: the Triton kernels' settings (default `GatherLaunch()`; the full-row kernels use no
+    column tile); unused by the torch reference.
+    """
     if use_triton(backend, (h_BND, idx), "layernorm_gather"):
         from vjepa_scale.kernels.gather_triton import layernorm_gather_triton
 
-        return layernorm_gather_triton(h_BND, idx, eps)
+        return layernorm_gather_triton(h_BND, idx, eps, launch or GatherLaunch())
     return layernorm_gather_reference(h_BND, idx, eps)

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from vjepa_scale.kernels.backend import interpreting
+from vjepa_scale.kernels.gather import GatherLaunch
 
 # ------------------------------------------------------------------------------------------------
 # Shared device helpers
@@ -167,22 +168,19 @@ def _ln_gather_bwd_kernel(g_ptr, order_ptr, rowptr_ptr, h_ptr, gh_ptr, R, N, D, 
 # Launchers
 # ------------------------------------------------------------------------------------------------
 
-# Elements per program: small tiles on a GPU, large ones in the interpreter (~2 ms per program).
-# Module-level so tools/tune_kernels.py can sweep them.
-_GPU_TILE, _INTERP_TILE = 4096, 1 << 16
-_GPU_MAX_BLOCK_D = 256  # column tile of the split-row kernels (gather fwd/bwd)
-_WARPS8_FROM = 8192  # tiles of at least this many elements get 8 warps, smaller ones 4
+_INTERP_TILE = 1 << 16  # elements per program in the interpreter (~2 ms per program)
 
 
-def _tiles(rows: int, D: int, full_row: bool) -> tuple[int, int]:
-    tile = _INTERP_TILE if interpreting() else _GPU_TILE
-    block_d = triton.next_power_of_2(D) if full_row else min(_GPU_MAX_BLOCK_D, triton.next_power_of_2(D))
+def _tiles(rows: int, D: int, full_row: bool, launch: GatherLaunch = GatherLaunch()) -> tuple[int, int]:
+    """(BLOCK rows, BLOCK_D) of a launch over `rows` rows of width D."""
+    tile = _INTERP_TILE if interpreting() else launch.tile
+    block_d = triton.next_power_of_2(D) if full_row else min(launch.max_block_d, triton.next_power_of_2(D))
     block_r = max(1, min(tile // block_d, triton.next_power_of_2(max(rows, 1))))
     return block_r, block_d
 
 
-def _warps(block_r: int, block_d: int) -> int:
-    return 8 if block_r * block_d >= _WARPS8_FROM else 4
+def _warps(block_r: int, block_d: int, launch: GatherLaunch = GatherLaunch()) -> int:
+    return 8 if block_r * block_d >= launch.warps8_from else 4
 
 
 def _check(x_BND: torch.Tensor, idx: torch.Tensor, op: str) -> None:
@@ -215,7 +213,8 @@ def _unit_stride_rows(x_BND: torch.Tensor) -> torch.Tensor:
     return x_BND.contiguous() if x_BND.is_cuda and x_BND.stride(2) != 1 else x_BND
 
 
-def gather_fwd(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor]) -> torch.Tensor:
+def gather_fwd(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor],
+               launch: GatherLaunch) -> torch.Tensor:
     B, N, D = x_BND.shape
     T = idx.numel()
     out = torch.empty(T, D, dtype=x_BND.dtype, device=x_BND.device)
@@ -225,16 +224,17 @@ def gather_fwd(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Te
         raise ValueError(f"masked_gather: pos must have shape (N, D) = {(N, D)}, got {tuple(pos_ND.shape)}")
     idx = idx.contiguous()
     x_BND = _unit_stride_rows(x_BND)
-    br, bd = _tiles(T, D, False)
+    br, bd = _tiles(T, D, False, launch)
     pos = pos_ND if pos_ND is not None else x_BND
     spn, spd = (pos_ND.stride(0), pos_ND.stride(1)) if pos_ND is not None else (0, 0)
     grid = (triton.cdiv(T, br), triton.cdiv(D, bd))
     _gather_fwd_kernel[grid](x_BND, idx, pos, out, T, N, D, *x_BND.stride(), spn, spd,
-                             HAS_POS=pos_ND is not None, BLOCK_T=br, BLOCK_D=bd, num_warps=_warps(br, bd))
+                             HAS_POS=pos_ND is not None, BLOCK_T=br, BLOCK_D=bd,
+                             num_warps=_warps(br, bd, launch))
     return out
 
 
-def gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, B: int, N: int) -> torch.Tensor:
+def gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, B: int, N: int, launch: GatherLaunch) -> torch.Tensor:
     """grad of the tokens: (B, N, D), row b*N+n = sum of g rows whose idx is b*N+n."""
     T, D = g_TD.shape
     R = B * N
@@ -244,27 +244,29 @@ def gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, B: int, N: int) -> torch.T
     if T == 0:
         return gx.zero_()
     order, rowptr = _csr(idx, R)
-    br, bd = _tiles(R, D, False)
+    br, bd = _tiles(R, D, False, launch)
     grid = (triton.cdiv(R, br), triton.cdiv(D, bd))
     _gather_bwd_kernel[grid](g_TD.contiguous(), order, rowptr, gx, R, D, BLOCK_R=br, BLOCK_D=bd,
-                             num_warps=_warps(br, bd))
+                             num_warps=_warps(br, bd, launch))
     return gx
 
 
-def ln_gather_fwd(h_BND: torch.Tensor, idx: torch.Tensor, eps: float) -> torch.Tensor:
+def ln_gather_fwd(h_BND: torch.Tensor, idx: torch.Tensor, eps: float, launch: GatherLaunch) -> torch.Tensor:
     B, N, D = h_BND.shape
     T = idx.numel()
     out = torch.empty(T, D, dtype=h_BND.dtype, device=h_BND.device)
     if T == 0 or D == 0:
         return out
     h_BND = _unit_stride_rows(h_BND)
-    br, bd = _tiles(T, D, True)
+    br, bd = _tiles(T, D, True, launch)
     _ln_gather_fwd_kernel[(triton.cdiv(T, br),)](h_BND, idx.contiguous(), out, T, N, D, *h_BND.stride(),
-                                                 float(eps), BLOCK_T=br, BLOCK_D=bd, num_warps=_warps(br, bd))
+                                                 float(eps), BLOCK_T=br, BLOCK_D=bd,
+                                                 num_warps=_warps(br, bd, launch))
     return out
 
 
-def ln_gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, h_BND: torch.Tensor, eps: float) -> torch.Tensor:
+def ln_gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, h_BND: torch.Tensor, eps: float,
+                  launch: GatherLaunch) -> torch.Tensor:
     B, N, D = h_BND.shape
     R = B * N
     gh = torch.empty(B, N, D, dtype=h_BND.dtype, device=h_BND.device)
@@ -274,10 +276,10 @@ def ln_gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, h_BND: torch.Tensor, ep
         return gh.zero_()
     order, rowptr = _csr(idx, R)
     h_BND = _unit_stride_rows(h_BND)
-    br, bd = _tiles(R, D, True)
+    br, bd = _tiles(R, D, True, launch)
     _ln_gather_bwd_kernel[(triton.cdiv(R, br),)](g_TD.contiguous(), order, rowptr, h_BND, gh, R, N, D,
                                                  *h_BND.stride(), float(eps), BLOCK_R=br, BLOCK_D=bd,
-                                                 num_warps=_warps(br, bd))
+                                                 num_warps=_warps(br, bd, launch))
     return gh
 
 
@@ -290,45 +292,49 @@ class MaskedGather(torch.autograd.Function):
     """out[i] = x.view(B*N, D)[idx[i]] + pos[idx[i] % N]; grads for x (and pos if it needs one)."""
 
     @staticmethod
-    def forward(ctx, x_BND, idx, pos_ND):
+    def forward(ctx, x_BND, idx, pos_ND, launch):
         ctx.save_for_backward(idx)
         ctx.shape = x_BND.shape
         ctx.pos_dtype = None if pos_ND is None else pos_ND.dtype
-        return gather_fwd(x_BND, idx, pos_ND)
+        ctx.launch = launch
+        return gather_fwd(x_BND, idx, pos_ND, launch)
 
     @staticmethod
     def backward(ctx, g_TD):
         (idx,) = ctx.saved_tensors
         B, N, D = ctx.shape
-        gx = gather_bwd(g_TD, idx, B, N) if (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]) else None
+        gx = gather_bwd(g_TD, idx, B, N, ctx.launch) if (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]) else None
         gpos = None
         if ctx.needs_input_grad[2]:  # pos row n collects every gathered (b, n): sum the token grads over b
             gpos = gx.sum(0, dtype=torch.float32).to(ctx.pos_dtype)
-        return (gx if ctx.needs_input_grad[0] else None), None, gpos
+        return (gx if ctx.needs_input_grad[0] else None), None, gpos, None
 
 
 class LayerNormGather(torch.autograd.Function):
     """LayerNorm (no affine) of h.view(B*N, D)[idx]; grad for h."""
 
     @staticmethod
-    def forward(ctx, h_BND, idx, eps):
+    def forward(ctx, h_BND, idx, eps, launch):
         ctx.save_for_backward(h_BND, idx)
         ctx.eps = eps
-        return ln_gather_fwd(h_BND, idx, eps)
+        ctx.launch = launch
+        return ln_gather_fwd(h_BND, idx, eps, launch)
 
     @staticmethod
     def backward(ctx, g_TD):
         h_BND, idx = ctx.saved_tensors
-        return ln_gather_bwd(g_TD, idx, h_BND, ctx.eps), None, None
+        return ln_gather_bwd(g_TD, idx, h_BND, ctx.eps, ctx.launch), None, None, None
 
 
-def masked_gather_triton(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor] = None) -> torch.Tensor:
+def masked_gather_triton(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor] = None,
+                         launch: GatherLaunch = GatherLaunch()) -> torch.Tensor:
     _check(x_BND, idx, "masked_gather")
     if pos_ND is not None and pos_ND.device != x_BND.device:
         raise ValueError(f"masked_gather: pos on {pos_ND.device} but tokens on {x_BND.device}")
-    return MaskedGather.apply(x_BND, idx, pos_ND)
+    return MaskedGather.apply(x_BND, idx, pos_ND, launch)
 
 
-def layernorm_gather_triton(h_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def layernorm_gather_triton(h_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5,
+                            launch: GatherLaunch = GatherLaunch()) -> torch.Tensor:
     _check(h_BND, idx, "layernorm_gather")
-    return LayerNormGather.apply(h_BND, idx, eps)
+    return LayerNormGather.apply(h_BND, idx, eps, launch)

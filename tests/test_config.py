@@ -1,12 +1,18 @@
 """Recipes load into typed configs; bad configs fail before any training work with a named key."""
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from vjepa_scale.config import ConfigError, load_config, save_config
+from vjepa_scale.config import (Config, ConfigError, ModelConfig, Section, clip_grid, config_search_path,
+                                load_config, resolve_config_path, save_config, to_plain)
+from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.train.launch import check_data_paths, deepspeed_config, preflight, resolve_batch
 from vjepa_scale.train.schedules import horizon
 
@@ -87,7 +93,10 @@ def test_deepspeed_config_blocks():
     assert ds["train_batch_size"] == 2400 and ds["train_micro_batch_size_per_gpu"] == 10
     target = deepspeed_config(cfg, 240, with_optimizer=False)
     assert target["zero_optimization"]["stage3_param_persistence_threshold"] == 0
-    assert "gradient_clipping" not in target or target["gradient_clipping"] == 1.0
+    assert target["gradient_clipping"] == 1.0  # the raw block is merged into both engines' configs
+    plain = resolve_batch(load_config("vith384"), 240)
+    assert deepspeed_config(plain, 240)["gradient_clipping"] == 10.0  # optim.grad_clip
+    assert "gradient_clipping" not in deepspeed_config(plain, 240, with_optimizer=False)  # no optimizer: no clip
     assert "bf16" not in deepspeed_config(resolve_batch(load_config("cpu_demo"), 2), 2)  # fp32 on CPU
     z2 = resolve_batch(load_config("cpu_demo", ["zero.stage=2"]), 2)
     assert deepspeed_config(z2, 2)["zero_optimization"]["stage"] == 2
@@ -114,8 +123,107 @@ def test_cli_fails_before_training(tmp_path, args, world, message):
     assert not out.exists()  # nothing was started
 
 
+def _assert_holds(loaded, raw, where):
+    """Every value the YAML sets is in the loaded config (numbers compared as floats: YAML 1.1 reads
+    1e-3 as a string)."""
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            assert k in loaded, f"{where}.{k} missing"
+            _assert_holds(loaded[k], v, f"{where}.{k}")
+    elif isinstance(raw, list):
+        assert len(loaded) == len(raw), where
+        for i, (a, b) in enumerate(zip(loaded, raw)):
+            _assert_holds(a, b, f"{where}[{i}]")
+    elif isinstance(loaded, float) and not isinstance(raw, bool):
+        assert loaded == float(raw), where
+    else:
+        assert loaded == raw, where
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")
                                         if not p.name.startswith("probe_")))
 def test_every_training_recipe_loads_and_validates(name):
+    raw = yaml.safe_load((ROOT / "configs" / name).read_text())
     cfg = load_config(name)
-    assert cfg.grid[0] * cfg.grid[1] * cfg.grid[2] > 0
+    _assert_holds(cfg.to_dict(), raw, name)
+    m, d = raw["model"], raw["data"]
+    g = d["crop_size"] // m["patch_size"]
+    assert cfg.grid == (d["frames_per_clip"] // m["tubelet_size"], g, g)
+
+
+def test_bare_names_resolve_in_order(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, names in ((first, ["both", "only_a"]), (second, ["both", "only_b"])):
+        folder.mkdir()
+        for n in names:
+            (folder / f"{n}.yaml").write_text(f"# {folder.name}\n")
+    search = [first, second]
+    assert resolve_config_path("both", search) == first / "both.yaml"
+    assert resolve_config_path("both.yaml", search) == first / "both.yaml"
+    assert resolve_config_path("only_b", search) == second / "only_b.yaml"
+    assert resolve_config_path("both", [second, first]) == second / "both.yaml"
+    given = tmp_path / "both.yaml"
+    given.write_text("# given\n")
+    assert resolve_config_path(given, search) == given  # an existing path wins over the folders
+    with pytest.raises(ConfigError, match=r"'nope' not found .*known: \['both.yaml', 'only_a.yaml', 'only_b.yaml'\]"):
+        resolve_config_path("nope", search)
+
+
+def test_checkout_recipes_come_first(tmp_path):
+    """A checkout whose package also holds recipes (vjepa_scale/configs/): the top-level configs/ wins."""
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "vjepa_scale" / "configs").mkdir(parents=True)
+    for f in ("__init__.py", "config.py"):
+        shutil.copy(ROOT / "vjepa_scale" / f, repo / "vjepa_scale" / f)
+    (repo / "setup.py").write_text("")
+    (repo / "configs" / "both.yaml").write_text("")
+    (repo / "vjepa_scale" / "configs" / "both.yaml").write_text("")
+    (repo / "vjepa_scale" / "configs" / "packaged.yaml").write_text("")
+    code = ("from vjepa_scale.config import resolve_config_path as r; "
+            "print(r('both')); print(r('packaged.yaml'))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(repo / "configs" / "both.yaml"),
+                                  str(repo / "vjepa_scale" / "configs" / "packaged.yaml")]
+    # This checkout: its configs/ is searched first.
+    assert config_search_path()[0] == ROOT / "configs"
+    assert resolve_config_path("vith384") == ROOT / "configs" / "vith384.yaml"
+    with pytest.raises(ConfigError, match=r"'vith385' not found .*'vith384.yaml'"):
+        load_config("vith385")
+
+
+def test_clip_grid():
+    assert clip_grid(384, 16, ModelConfig()) == (8, 24, 24)
+    assert clip_grid(64, 12, ModelConfig(patch_size=8, tubelet_size=4)) == (3, 8, 8)
+    with pytest.raises(ConfigError, match=r"^data\.crop_size=40 is not divisible by model\.patch_size=16$"):
+        clip_grid(40, 16, ModelConfig())
+    with pytest.raises(ConfigError, match=r"^clip\.frames_per_clip=7 is not divisible by model\.tubelet_size=2$"):
+        clip_grid(32, 7, ModelConfig(), prefix="clip")
+    with pytest.raises(ConfigError, match=r"data\.crop_size=40 is not divisible by model\.patch_size=16"):
+        load_config("cpu_demo", ["data.crop_size=40"])  # Config.validate checks it before any work
+    with pytest.raises(ConfigError, match=r"data\.frames_per_clip=5 is not divisible by model\.tubelet_size=2"):
+        load_config("cpu_demo", ["data.frames_per_clip=5"])
+
+
+def test_sections_share_one_public_base():
+    for top in (Config, EvalConfig):
+        for f in dataclasses.fields(top):
+            if f.name != "deepspeed":
+                hint = typing.get_type_hints(top)[f.name]
+                cls = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+                assert issubclass(cls, Section), f"{top.__name__}.{f.name}"
+    with pytest.raises(ConfigError, match=r"^model\.pred_depth must be > 0, got 0$"):
+        ModelConfig(pred_depth=0).validate()
+    assert to_plain({"a": (1, [2, (3,)])}) == {"a": [1, [2, [3]]]}
+
+
+def test_config_imports_no_model_code():
+    code = ("import sys, vjepa_scale.config as c; "
+            "assert not [m for m in sys.modules if m.startswith('vjepa_scale.models')], 'models imported'; "
+            "import vjepa_scale.models.vit as v; "
+            "assert v.resolve_vit_size is c.resolve_vit_size and v.VIT_SIZES is c.VIT_SIZES")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

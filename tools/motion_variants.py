@@ -28,20 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from vjepa_scale.config import load_config
+from vjepa_scale.data.clips import normalize_clip
+from vjepa_scale.data.synthetic_videos import noisy_square_frames
+from vjepa_scale.eval.config import load_eval_config
+from vjepa_scale.eval.features import FeatureSet
+from vjepa_scale.eval.train_probe import train_probe
+from vjepa_scale.masks import MultiBlockMasker
+from vjepa_scale.models import JEPA, compute_targets
+from vjepa_scale.train.engine import param_groups
+from vjepa_scale.train.schedules import schedule_at
 
-from vjepa_scale.config import load_config  # noqa: E402
-from vjepa_scale.data.clips import normalize_clip  # noqa: E402
-from vjepa_scale.data.synthetic_videos import noisy_square_frames  # noqa: E402
-from vjepa_scale.eval.config import load_eval_config  # noqa: E402
-from vjepa_scale.eval.features import FeatureSet  # noqa: E402
-from vjepa_scale.eval.train_probe import train_probe  # noqa: E402
-from vjepa_scale.masks import MultiBlockMasker  # noqa: E402
-from vjepa_scale.models import JEPA, compute_targets  # noqa: E402
-from vjepa_scale.train.engine import param_groups  # noqa: E402
-from vjepa_scale.train.schedules import schedule_at  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 VEL = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}  # (dy, dx) per label
 
 
@@ -129,8 +126,8 @@ def main(argv=None):
                  f"optim.ema=[{args.ema[0]},{args.ema[1]}]", masks] + args.opts
     if args.masks:
         overrides.append(f"mask.types={args.masks}")
-    cfg = load_config(ROOT / "configs/experiment_motion.yaml", overrides)
-    pcfg = load_eval_config(ROOT / "configs/probe_motion.yaml", [], validate=False)
+    cfg = load_config("experiment_motion", overrides)
+    pcfg = load_eval_config("probe_motion", [], validate=False)
     results = {"args": vars(args), "evals": []}
 
     def features(enc, X, y):

@@ -5,8 +5,8 @@
 
 Uses the inputs of the `gather` and `ema` bench suites (real ViT-H@384 masks, B=10, D=1280, bf16;
 the ViT-H/16 parameter list) and times each op through its public function with every setting
-of the module-level knobs (`_GPU_TILE`, `_GPU_MAX_BLOCK_D`, `_WARPS8_FROM` in gather_triton;
-`_GPU_SIZES`, `_NUM_WARPS` in ema_triton). GB/s counts the same useful bytes as the bench.
+of its launch settings (`GatherLaunch(tile, max_block_d, warps8_from)`, `EmaLaunch(chunk, block,
+num_warps)`, passed as the `launch` argument). GB/s counts the same useful bytes as the bench.
 """
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ from vjepa_scale.bench.common import copy_gbps, device_name, time_ms
 from vjepa_scale.bench.ema import MOMENTUM, param_shapes
 from vjepa_scale.bench.gather import GRID
 from vjepa_scale.config import MaskConfig
-from vjepa_scale.kernels import ema_update_, layernorm_gather, masked_gather
-from vjepa_scale.kernels import ema_triton as E
-from vjepa_scale.kernels import gather_triton as G
+from vjepa_scale.kernels import EmaLaunch, GatherLaunch, ema_update_, layernorm_gather, masked_gather
 from vjepa_scale.masks import MultiBlockMasker
 
 GATHER_GRID = dict(tile=(4096, 8192, 16384), max_block_d=(256, 128, 512), warps8_from=(1 << 30, 8192, 0))
@@ -31,32 +29,38 @@ EMA_GRID = dict(chunk=(8192, 16384, 32768), block=(1024, 2048, 4096), warps=(4, 
 
 
 def gather_ops(dev: str, B: int, D: int) -> dict:
-    """name -> (fn, useful bytes) for the three gather ops at the bench's sizes."""
+    """name -> (fn(launch), useful bytes) for the three gather ops at the bench's sizes."""
     dt = torch.bfloat16 if dev == "cuda" else torch.float32
     masks = MultiBlockMasker(MaskConfig(), GRID)(B, step=0)
     N, ctx, tgt = masks.num_tokens, masks.ctx_idx.to(dev), masks.tgt_idx.to(dev)
     x = torch.randn(B, N, D, device=dev, dtype=dt)
     pos = torch.randn(N, D, device=dev, dtype=dt)
     xg = x.detach().requires_grad_()
-    out = masked_gather(xg, ctx, pos, backend="triton")
-    gy = torch.randn_like(out)
+    gy = torch.randn(ctx.numel(), D, device=dev, dtype=dt)
     T, Tt, es = ctx.numel(), tgt.numel(), x.element_size()
+
+    def bwd(launch):
+        """The backward of a forward run with `launch` (the graph keeps the settings it was built with)."""
+        out = masked_gather(xg, ctx, pos, backend="triton", launch=launch)
+        return lambda: torch.autograd.grad(out, xg, gy, retain_graph=True)
+
     return {
-        "gather fwd": (lambda: masked_gather(x, ctx, pos, backend="triton"),
+        "gather fwd": (lambda launch: (lambda: masked_gather(x, ctx, pos, backend="triton", launch=launch)),
                        2 * T * D * es + T * ctx.element_size() + N * D * es),
-        "gather bwd": (lambda: torch.autograd.grad(out, xg, gy, retain_graph=True),
-                       T * D * es + B * N * D * es + T * ctx.element_size()),
-        "layernorm gather fwd": (lambda: layernorm_gather(x, tgt, 1e-5, backend="triton"),
+        "gather bwd": (bwd, T * D * es + B * N * D * es + T * ctx.element_size()),
+        "layernorm gather fwd": (lambda launch: (lambda: layernorm_gather(x, tgt, 1e-5, backend="triton",
+                                                                          launch=launch)),
                                  2 * Tt * D * es + Tt * tgt.element_size()),
     }
 
 
 def ema_op(dev: str, size: str) -> tuple:
+    """(fn(launch), useful bytes) of the EMA update over a model's parameter list."""
     numels = [s.numel() for s in param_shapes(size)]
     S = [torch.randn(n, device=dev) for n in numels]
     M = [torch.randn(n, device=dev) for n in numels]
     T = [torch.empty(n, device=dev, dtype=torch.bfloat16) for n in numels]
-    return (lambda: ema_update_(S, M, T, MOMENTUM, backend="triton")), sum(numels) * 14
+    return (lambda launch: (lambda: ema_update_(S, M, T, MOMENTUM, backend="triton", launch=launch))), sum(numels) * 14
 
 
 def main() -> None:
@@ -75,25 +79,21 @@ def main() -> None:
         rows.append({"op": op, **knobs, "time_ms": ms, "gbps": gbps, "copy_frac": gbps / copy})
         print(f"{op:22s} {knobs} {ms:.3f} ms {100 * gbps / copy:.1f}% of copy", flush=True)
 
-    defaults = (G._GPU_TILE, G._GPU_MAX_BLOCK_D, G._WARPS8_FROM)
     ops = gather_ops(dev, *((2, 64) if args.quick else (10, 1280)))
     for tile, bd, w8 in itertools.product(*GATHER_GRID.values()):
-        G._GPU_TILE, G._GPU_MAX_BLOCK_D, G._WARPS8_FROM = tile, bd, w8
-        for op, (fn, nbytes) in ops.items():
+        launch = GatherLaunch(tile=tile, max_block_d=bd, warps8_from=w8)
+        for op, (make, nbytes) in ops.items():
             if op == "layernorm gather fwd" and bd != GATHER_GRID["max_block_d"][0]:
                 continue  # full-row kernel: the column tile does not apply
             with torch.no_grad() if "fwd" in op else torch.enable_grad():
-                record(op, nbytes, fn, tile=tile, max_block_d=bd, warps8_from=w8)
-    G._GPU_TILE, G._GPU_MAX_BLOCK_D, G._WARPS8_FROM = defaults
+                record(op, nbytes, make(launch), tile=tile, max_block_d=bd, warps8_from=w8)
 
-    defaults = (E._GPU_SIZES, E._NUM_WARPS)
-    fn, nbytes = ema_op(dev, "tiny" if args.quick else "huge")
+    make, nbytes = ema_op(dev, "tiny" if args.quick else "huge")
     for chunk, block, warps in itertools.product(*EMA_GRID.values()):
         if block > chunk:
             continue
-        E._GPU_SIZES, E._NUM_WARPS = (chunk, block), warps
-        record("ema", nbytes, fn, chunk=chunk, block=block, warps=warps)
-    E._GPU_SIZES, E._NUM_WARPS = defaults
+        record("ema", nbytes, make(EmaLaunch(chunk=chunk, block=block, num_warps=warps)),
+               chunk=chunk, block=block, warps=warps)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,20 @@
 """Typed configuration: dataclasses loaded from YAML, with strict key and type checks.
 
-Every section is a dataclass. `load_config(path, overrides)` reads a YAML recipe, applies
-`section.key=value` overrides, and returns a validated `Config`. Unknown keys are refused with the
-closest valid name; wrong types and out-of-range values name the offending key. Errors are raised
-before any work starts.
+Every section is a dataclass deriving from `Section` (its `validate(prefix)` names `prefix.key` in
+errors). `load_config(path, overrides)` reads a YAML recipe, applies `section.key=value` overrides,
+and returns a validated `Config`. Unknown keys are refused with the closest valid name; wrong types
+and out-of-range values name the offending key. Errors are raised before any work starts.
+
+Recipes: a bare name (`vith384` or `vith384.yaml`) resolves into the checkout's top-level `configs/`
+first, then into the recipes shipped in the package (`vjepa_scale/configs/`, via importlib.resources).
+This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`) and the clip token grid
+(`clip_grid`), so config imports nothing from models.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import os
 import types
 import typing
@@ -23,13 +29,37 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown, mistyped or out of range (the message names it)."""
 
 
+class Section:
+    """Base of every config section (a dataclass): `validate(prefix)` raises ConfigError naming
+    `prefix.key`; `check_positive` is the common range check."""
+
+    def validate(self, prefix: str) -> None:
+        """Check the section's values; a section without constraints accepts everything."""
+
+    def check_positive(self, prefix: str, *names: str) -> None:
+        """Each named field must be set and > 0."""
+        for n in names:
+            v = getattr(self, n)
+            if v is None or v <= 0:
+                raise ConfigError(f"{prefix}.{n} must be > 0, got {v}")
+
+
+def to_plain(x: Any) -> Any:
+    """Nested dicts/lists/tuples (e.g. `dataclasses.asdict` output) -> plain dicts and lists (YAML-safe)."""
+    if isinstance(x, dict):
+        return {k: to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_plain(v) for v in x]
+    return x
+
+
 # --------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Encoder + predictor architecture. `size` picks a named ViT; width/depth/heads override it."""
 
     size: str = "huge"
@@ -51,10 +81,8 @@ class ModelConfig:
     loss_exp: float = 1.0
 
     def validate(self, prefix: str = "model") -> None:
-        from vjepa_scale.models.vit import resolve_vit_size  # late import: models import config
-
         resolve_vit_size(self, prefix)
-        _positive(self, prefix, "patch_size", "tubelet_size", "pred_width", "pred_depth",
+        self.check_positive(prefix, "patch_size", "tubelet_size", "pred_width", "pred_depth",
                   "pred_num_heads", "pred_mlp_ratio", "loss_exp")
         if self.pred_width % self.pred_num_heads:
             raise ConfigError(f"{prefix}.pred_num_heads={self.pred_num_heads} does not divide "
@@ -62,7 +90,7 @@ class ModelConfig:
 
 
 @dataclass
-class MaskSpec:
+class MaskSpec(Section):
     """One mask type: the union of `num_blocks` spatio-temporal blocks is the prediction target."""
 
     num_blocks: int = 8
@@ -93,7 +121,7 @@ def _default_masks() -> list[MaskSpec]:
 
 
 @dataclass
-class MaskConfig:
+class MaskConfig(Section):
     """Multi-block masking. `truncate: batch_min` reproduces the reference's rectangular batches."""
 
     types: list[MaskSpec] = field(default_factory=_default_masks)
@@ -108,7 +136,7 @@ class MaskConfig:
 
 
 @dataclass
-class DatasetSpec:
+class DatasetSpec(Section):
     """One index file (`path label` lines) and its sampling weight in the mixture."""
 
     path: str = ""
@@ -116,7 +144,7 @@ class DatasetSpec:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Video clips. `backend: synthetic` needs no files (random tensors, for smoke runs)."""
 
     backend: Literal["auto", "dali", "cpu", "synthetic"] = "auto"
@@ -136,7 +164,7 @@ class DataConfig:
     synthetic_size: int = 256  # samples per epoch for backend=synthetic
 
     def validate(self, prefix: str = "data") -> None:
-        _positive(self, prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
+        self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
                   "num_clips", "synthetic_size")
         if self.global_batch_size is not None and self.global_batch_size <= 0:
             raise ConfigError(f"{prefix}.global_batch_size must be > 0 or null, got {self.global_batch_size}")
@@ -154,7 +182,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Section):
     """AdamW with warmup+cosine LR, cosine WD, and a linear EMA momentum ramp.
 
     Schedules run on a horizon of `ipe_scale * iterations`, as the reference does (1.25x).
@@ -175,7 +203,7 @@ class OptimConfig:
     grad_accum: int = 1
 
     def validate(self, prefix: str = "optim") -> None:
-        _positive(self, prefix, "iterations", "ipe_scale", "lr", "grad_accum")
+        self.check_positive(prefix, "iterations", "ipe_scale", "lr", "grad_accum")
         if self.warmup < 0:
             raise ConfigError(f"{prefix}.warmup must be >= 0, got {self.warmup}")
         if not (0.0 <= self.ema[0] <= self.ema[1] <= 1.0):
@@ -185,7 +213,7 @@ class OptimConfig:
 
 
 @dataclass
-class ZeroConfig:
+class ZeroConfig(Section):
     """DeepSpeed ZeRO knobs most often tuned; anything else goes in `deepspeed:` raw."""
 
     stage: int = 3
@@ -203,7 +231,7 @@ class ZeroConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Run-level settings: where outputs go, precision, checkpoints, logging."""
 
     output_dir: str = "runs/default"
@@ -217,7 +245,7 @@ class TrainConfig:
     init_from: Optional[str] = None  # pretrained weights loaded before training (vjepa_scale.hf.load_init_state)
 
     def validate(self, prefix: str = "train") -> None:
-        _positive(self, prefix, "checkpoint_every", "log_every")
+        self.check_positive(prefix, "checkpoint_every", "log_every")
         if self.keep_last < 1:
             raise ConfigError(f"{prefix}.keep_last must be >= 1, got {self.keep_last}")
 
@@ -236,41 +264,116 @@ class Config:
 
     def validate(self) -> "Config":
         validate_sections(self)
-        if self.data.crop_size % self.model.patch_size:
-            raise ConfigError(f"data.crop_size={self.data.crop_size} is not divisible by "
-                              f"model.patch_size={self.model.patch_size}")
-        if self.data.frames_per_clip % self.model.tubelet_size:
-            raise ConfigError(f"data.frames_per_clip={self.data.frames_per_clip} is not divisible by "
-                              f"model.tubelet_size={self.model.tubelet_size}")
+        clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
         return self
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        """Token grid (T', H', W') of one clip."""
-        g = self.data.crop_size // self.model.patch_size
-        return (self.data.frames_per_clip // self.model.tubelet_size, g, g)
+        """Token grid (T', H', W') of one clip (ConfigError when the clip does not fit the patching)."""
+        return clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
 
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------------------------------
+# Model sizes and the clip token grid
+# --------------------------------------------------------------------------------------------------
+
+# name -> (width, depth, heads, mlp_ratio); the reference's sizes.
+VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
+    "tiny": (192, 12, 3, 4.0),
+    "small": (384, 12, 6, 4.0),
+    "base": (768, 12, 12, 4.0),
+    "large": (1024, 24, 16, 4.0),
+    "huge": (1280, 32, 16, 4.0),
+    "giant": (1408, 40, 16, 48 / 11),
+    "gigantic": (1664, 48, 16, 64 / 13),
+}
+
+
+@dataclass
+class VitDims:
+    width: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+
+def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
+    """Named size with optional width/depth/num_heads/mlp_ratio overrides; validated."""
+    if cfg.size not in VIT_SIZES:
+        raise ConfigError(f"{prefix}.size: unknown model size '{cfg.size}' (choose from {list(VIT_SIZES)})")
+    w, d, h, r = VIT_SIZES[cfg.size]
+    dims = VitDims(cfg.width or w, cfg.depth or d, cfg.num_heads or h, cfg.mlp_ratio or r)
+    for name in ("width", "depth", "num_heads", "mlp_ratio"):
+        if getattr(dims, name) <= 0:
+            raise ConfigError(f"{prefix}.{name} must be > 0, got {getattr(dims, name)}")
+    if dims.width % dims.num_heads:
+        raise ConfigError(f"{prefix}.num_heads={dims.num_heads} does not divide {prefix}.width={dims.width}")
+    if cfg.pos_embed == "rope" and dims.head_dim < 6:
+        raise ConfigError(f"{prefix}.pos_embed=rope needs head_dim >= 6, got {dims.head_dim}")
+    return dims
+
+
+def clip_grid(crop_size: int, frames_per_clip: int, model: ModelConfig, prefix: str = "data",
+              model_prefix: str = "model.") -> tuple[int, int, int]:
+    """Token grid (T', H', W') of a clip of `frames_per_clip` frames cropped to `crop_size`.
+
+    The crop must be a multiple of the patch and the frame count of the tubelet, else ConfigError
+    naming `{prefix}.crop_size` / `{prefix}.frames_per_clip` and the model's key, spelled
+    `{model_prefix}patch_size` ("model." for a config section, "the encoder's " for loaded weights).
+    """
+    if crop_size % model.patch_size:
+        raise ConfigError(f"{prefix}.crop_size={crop_size} is not divisible by "
+                          f"{model_prefix}patch_size={model.patch_size}")
+    if frames_per_clip % model.tubelet_size:
+        raise ConfigError(f"{prefix}.frames_per_clip={frames_per_clip} is not divisible by "
+                          f"{model_prefix}tubelet_size={model.tubelet_size}")
+    g = crop_size // model.patch_size
+    return (frames_per_clip // model.tubelet_size, g, g)
 
 
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+def checkout_config_dir() -> Optional[Path]:
+    """The top-level `configs/` of the source checkout this package runs from; None when installed."""
+    root = Path(__file__).resolve().parent.parent
+    d = root / "configs"
+    return d if (root / "setup.py").is_file() and d.is_dir() else None
 
 
-def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A path as given, or a bare name (with or without .yaml) looked up in `configs/`."""
+def packaged_config_dir() -> Optional[Path]:
+    """The recipes shipped in the package (`vjepa_scale/configs/`, present in a built wheel)."""
+    d = importlib.resources.files("vjepa_scale") / "configs"
+    return Path(str(d)) if d.is_dir() else None
+
+
+def config_search_path() -> list[Path]:
+    """Folders a bare recipe name is looked up in, in order: the checkout's, then the packaged one."""
+    return [d for d in (checkout_config_dir(), packaged_config_dir()) if d is not None]
+
+
+def resolve_config_path(name: str | os.PathLike, search: Optional[list[Path]] = None) -> Path:
+    """A path as given, else a bare name (with or without .yaml) in the first folder of `search`
+    (default `config_search_path()`) that holds it. The error lists the recipes that exist."""
     p = Path(name)
     if p.is_file():
         return p
-    for cand in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
-        if cand.is_file():
-            return cand
-    known = sorted(x.name for x in CONFIG_DIR.glob("*.yaml"))
-    raise ConfigError(f"config file '{name}' not found (looked in . and {CONFIG_DIR}; known: {known})")
+    search = config_search_path() if search is None else search
+    for d in search:
+        for cand in (d / p.name, d / f"{p.name}.yaml"):
+            if cand.is_file():
+                return cand
+    known = sorted({x.name for d in search for x in d.glob("*.yaml")})
+    where = ", ".join(str(d) for d in search) or "no recipe folder found"
+    raise ConfigError(f"config file '{name}' not found (looked in . and {where}; known: {known})")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
@@ -281,7 +384,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def load_typed_yaml(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                     validate: bool = True) -> Any:
-    """YAML (bare names resolve into configs/) + overrides -> dataclass `cls`, validated if asked."""
+    """YAML (bare names resolve as `resolve_config_path` says) + overrides -> dataclass `cls`, validated if asked."""
     raw: dict = {}
     if path is not None:
         p = resolve_config_path(path)
@@ -382,26 +485,11 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
 
 
 def validate_sections(cfg: Any) -> None:
-    """Call `validate(section_name)` on every dataclass section of `cfg` that has one."""
+    """Call `validate(field_name)` on every `Section` field of `cfg` (None: an absent optional section)."""
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
-        if section is not None and hasattr(section, "validate"):
+        if isinstance(section, Section):
             section.validate(f.name)
-
-
-def _positive(obj: Any, prefix: str, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if v is None or v <= 0:
-            raise ConfigError(f"{prefix}.{n} must be > 0, got {v}")
-
-
-def _to_plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _to_plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_to_plain(v) for v in x]
-    return x
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

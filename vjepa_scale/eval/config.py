@@ -3,7 +3,8 @@
 Sections: `encoder` (where the frozen weights come from), `model` (the encoder architecture when the
 source does not carry one: random init), `data` (labeled index files and how clips are sampled),
 `probe` (architecture), `optim` (probe training), `run` (outputs, seeds, device). Loading reuses
-`vjepa_scale.config.from_dict`, so unknown keys and bad types fail with the key's name.
+`vjepa_scale.config.from_dict` and its `Section` base, so unknown keys, bad types and out-of-range
+values fail with the key's name.
 """
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-
-from vjepa_scale.config import (ConfigError, ModelConfig, _positive, _to_plain, load_typed_yaml,
-                                validate_sections)
+from vjepa_scale.config import ConfigError, ModelConfig, Section, load_typed_yaml, to_plain, validate_sections
 
 
 @dataclass
-class EncoderSource:
+class EncoderSource(Section):
     """Frozen encoder weights: our run dir / checkpoint, an HF export folder, or random init."""
 
     checkpoint: Optional[str] = None  # run dir or checkpoint path (vjepa_scale.train.checkpoint)
@@ -38,7 +37,7 @@ class EncoderSource:
 
 
 @dataclass
-class EvalDataConfig:
+class EvalDataConfig(Section):
     """Labeled `path label` index files and the deterministic eval clip sampling."""
 
     train_index: str = ""
@@ -59,8 +58,8 @@ class EvalDataConfig:
         for name in ("train_index", "val_index"):
             if not getattr(self, name):
                 raise ConfigError(f"{prefix}.{name} is empty: give a `path label` index file")
-        _positive(self, prefix, "frames_per_clip", "frame_step", "crop_size", "num_clips", "num_views",
-                  "batch_size")
+        self.check_positive(prefix, "frames_per_clip", "frame_step", "crop_size", "num_clips", "num_views",
+                            "batch_size")
         if self.resize_ratio < 1.0:
             raise ConfigError(f"{prefix}.resize_ratio must be >= 1 (crop inside the resized frame), "
                               f"got {self.resize_ratio}")
@@ -73,7 +72,7 @@ class EvalDataConfig:
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(Section):
     """Attentive probe. v1: one cross-attention block (learned query) + MLP + linear head.
     v2: `num_self_blocks` self-attention blocks on the tokens first, then that block."""
 
@@ -84,7 +83,7 @@ class ProbeConfig:
     num_queries: int = 1
 
     def validate(self, prefix: str = "probe") -> None:
-        _positive(self, prefix, "mlp_ratio", "num_queries")
+        self.check_positive(prefix, "mlp_ratio", "num_queries")
         if self.num_heads is not None and self.num_heads <= 0:
             raise ConfigError(f"{prefix}.num_heads must be > 0 or null, got {self.num_heads}")
         if self.kind == "v2" and self.num_self_blocks < 1:
@@ -92,7 +91,7 @@ class ProbeConfig:
 
 
 @dataclass
-class ProbeOptimConfig:
+class ProbeOptimConfig(Section):
     """AdamW with linear warmup then cosine decay, stepped per iteration."""
 
     epochs: int = 20
@@ -105,13 +104,13 @@ class ProbeOptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
 
     def validate(self, prefix: str = "optim") -> None:
-        _positive(self, prefix, "epochs", "batch_size", "lr")
+        self.check_positive(prefix, "epochs", "batch_size", "lr")
         if self.final_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ConfigError(f"{prefix}.final_lr, weight_decay and warmup_epochs must be >= 0")
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Section):
     output_dir: str = "runs/probe"
     seeds: list[int] = field(default_factory=lambda: [0])  # one probe trained per seed
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -144,10 +143,10 @@ class EvalConfig:
         return self
 
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
 
 def load_eval_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                      validate: bool = True) -> EvalConfig:
-    """Read a YAML eval recipe (bare names resolve into configs/), apply overrides, validate."""
+    """Read a YAML eval recipe (bare names resolve as `resolve_config_path` says), apply overrides, validate."""
     return load_typed_yaml(EvalConfig, path, overrides, validate)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from vjepa_scale.config import Config, ConfigError, DataConfig, ModelConfig
+from vjepa_scale.config import Config, ConfigError, DataConfig, ModelConfig, clip_grid
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.hf.checks import CheckpointMismatchError  # one error type for "weights do not fit"
 from vjepa_scale.models import VisionTransformer3D
@@ -25,15 +25,7 @@ class FrozenEncoder:
 
 def eval_grid(cfg: EvalConfig, model: ModelConfig) -> tuple[int, int, int]:
     """Token grid of one eval clip; the crop and frame count must fit the encoder's patching."""
-    d = cfg.data
-    if d.crop_size % model.patch_size:
-        raise ConfigError(f"data.crop_size={d.crop_size} is not divisible by the encoder's "
-                          f"patch_size={model.patch_size}")
-    if d.frames_per_clip % model.tubelet_size:
-        raise ConfigError(f"data.frames_per_clip={d.frames_per_clip} is not divisible by the encoder's "
-                          f"tubelet_size={model.tubelet_size}")
-    g = d.crop_size // model.patch_size
-    return (d.frames_per_clip // model.tubelet_size, g, g)
+    return clip_grid(cfg.data.crop_size, cfg.data.frames_per_clip, model, "data", "the encoder's ")
 
 
 def check_encoder_state(state: dict[str, torch.Tensor], encoder: VisionTransformer3D, source: str) -> None:

@@ -6,7 +6,6 @@ A forward takes either the full clip (rectangular (B, N, D), dense attention) or
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -15,49 +14,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vjepa_scale.attention import Packed, dense_attention, packed_attention
-from vjepa_scale.config import ConfigError, ModelConfig
+# The size table lives in config (config imports nothing from models); re-exported here.
+from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
 from vjepa_scale.kernels import masked_gather
 from vjepa_scale.models.pos_embed import Rope3D, apply_rope, interpolate_sincos, sincos_3d
-
-# name -> (width, depth, heads, mlp_ratio); the reference's sizes.
-VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
-    "tiny": (192, 12, 3, 4.0),
-    "small": (384, 12, 6, 4.0),
-    "base": (768, 12, 12, 4.0),
-    "large": (1024, 24, 16, 4.0),
-    "huge": (1280, 32, 16, 4.0),
-    "giant": (1408, 40, 16, 48 / 11),
-    "gigantic": (1664, 48, 16, 64 / 13),
-}
-
-
-@dataclass
-class VitDims:
-    width: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.num_heads
-
-
-def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
-    """Named size with optional width/depth/num_heads/mlp_ratio overrides; validated."""
-    if cfg.size not in VIT_SIZES:
-        raise ConfigError(f"{prefix}.size: unknown model size '{cfg.size}' (choose from {list(VIT_SIZES)})")
-    w, d, h, r = VIT_SIZES[cfg.size]
-    dims = VitDims(cfg.width or w, cfg.depth or d, cfg.num_heads or h, cfg.mlp_ratio or r)
-    for name in ("width", "depth", "num_heads", "mlp_ratio"):
-        if getattr(dims, name) <= 0:
-            raise ConfigError(f"{prefix}.{name} must be > 0, got {getattr(dims, name)}")
-    if dims.width % dims.num_heads:
-        raise ConfigError(f"{prefix}.num_heads={dims.num_heads} does not divide {prefix}.width={dims.width}")
-    if cfg.pos_embed == "rope" and dims.head_dim < 6:
-        raise ConfigError(f"{prefix}.pos_embed=rope needs head_dim >= 6, got {dims.head_dim}")
-    return dims
-
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens."""
