@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_scale.attention import Packed, dense_attention, packed_attention
+from vjepa_scale.attention import Packed, dense_attention, packed_attention, resolve_attention_backend
 from vjepa_scale.config import ConfigError, ModelConfig
 from vjepa_scale.kernels import masked_gather
 from vjepa_scale.models.pos_embed import Rope3D, apply_rope, interpolate_sincos, sincos_3d
@@ -60,7 +60,11 @@ def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens."""
+    """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens.
+
+    `backend` is the configured packed-attention backend (`auto` or a name); it is resolved once per
+    (device type, dtype) the layer runs on and remembered.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto", sdpa: str = "auto"):
         super().__init__()
@@ -70,6 +74,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.backend = backend
         self.sdpa = sdpa
+        self._resolved: dict[tuple[str, torch.dtype], str] = {}
+
+    def resolved_backend(self, device: torch.device, dtype: torch.dtype) -> str:
+        """The packed-attention backend this layer uses on `device` at `dtype`."""
+        key = (device.type, dtype)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_attention_backend(self.backend, device, dtype)
+        return self._resolved[key]
 
     def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
         # x: (total, D) when packed, else (B, N, D)
@@ -79,7 +91,7 @@ class Attention(nn.Module):
         if packed is None:
             o = dense_attention(q, k, v, self.sdpa)
         else:
-            o = packed_attention(q, k, v, packed, self.backend, self.sdpa)
+            o = packed_attention(q, k, v, packed, self.resolved_backend(q.device, q.dtype), self.sdpa)
         return self.proj(o.flatten(-2))
 
 
