@@ -10,7 +10,7 @@ from helpers import tiny_config
 from vjepa_scale.config import Config, ConfigError, DataConfig, MaskConfig, MaskSpec, ModelConfig
 from vjepa_scale.masks import MultiBlockMasker, pack_masks
 from vjepa_scale.models import JEPA, Predictor, VisionTransformer3D, compute_targets, make_target_encoder
-from vjepa_scale.models.pos_embed import interpolate_sincos, sincos_3d
+from vjepa_scale.models.pos_embed import Rope3D, interpolate_sincos, sincos_3d
 from vjepa_scale.models.vit import Packed
 
 
@@ -79,6 +79,24 @@ def test_sincos_matches_reference_formula():
     torch.testing.assert_close(table[n], expect.float())
     assert interpolate_sincos(table, grid, grid) is table
     assert interpolate_sincos(table, grid, (4, 6, 8)).shape == (4 * 6 * 8, D)
+
+
+def test_rope_tables_built_once_per_grid_and_indexed():
+    rope = Rope3D(64, (4, 4, 4))  # chunks of 20 dims for t, h, w; 4 pass-through dims
+    full_cos, full_sin = rope.full(torch.device("cpu"), torch.float32)
+    assert full_cos.shape == (64, 1, 64) and rope.full(torch.device("cpu"), torch.float32)[0] is full_cos  # cached
+    ids = torch.tensor([17, 0, 63, 17])
+    cos, sin = rope.tables(ids, torch.float32)
+    assert torch.equal(cos, full_cos[ids]) and torch.equal(sin, full_sin[ids])
+    omega = 1.0 / 10000 ** (torch.arange(10, dtype=torch.float64) / 10)
+    t, h, w = 1, 0, 1  # token 17 on a 4x4x4 grid
+    expect = torch.cat([torch.cos(p * omega).repeat(2) for p in (t, h, w)] + [torch.ones(4, dtype=torch.float64)])
+    torch.testing.assert_close(cos[0, 0], expect.float())
+    torch.testing.assert_close(sin[0, 0, :20], torch.sin(t * omega).repeat(2).float())
+    other = rope.tables(torch.tensor([17]), torch.bfloat16, grid=(2, 8, 8))[0]  # t=0, h=2, w=1 there
+    assert other.dtype == torch.bfloat16 and rope.full(torch.device("cpu"), torch.bfloat16, (2, 8, 8))[0].shape[0] == 128
+    assert torch.equal(other[0, 0, :20], torch.ones(20, dtype=torch.bfloat16))
+    assert not torch.equal(other[0, 0, 20:40], torch.ones(20, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("size,expected", [("large", 304e6), ("huge", 632e6)])

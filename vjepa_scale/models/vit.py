@@ -189,19 +189,17 @@ class VisionTransformer3D(nn.Module):
         pos = None
         if self.pos_embed is not None:
             pos = interpolate_sincos(self.pos_embed, self.grid, grid).to(x_BND.dtype)
-        rope_grid = grid
         if idx is None:
             if pos is not None:
                 x_BND = x_BND + pos
             rope = None
             if self.rope is not None:
-                ids = torch.arange(x_BND.shape[1], device=x_BND.device)
-                rope = Rope3D(self.dims.head_dim, rope_grid).tables(ids, x_BND.dtype)
+                rope = self.rope.full(x_BND.device, x_BND.dtype, grid)
             return self.transformer(x_BND, None, rope)
         if packed is None:
             raise ValueError("a packed forward needs `packed` (cu_seqlens, max_seqlen, token_ids)")
         x_TD = masked_gather(x_BND, idx, pos)
         rope = None
         if self.rope is not None:
-            rope = Rope3D(self.dims.head_dim, rope_grid).tables(packed.token_ids, x_TD.dtype)
+            rope = self.rope.tables(packed.token_ids, x_TD.dtype, grid)
         return self.transformer(x_TD, packed, rope)
