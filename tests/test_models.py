@@ -50,7 +50,8 @@ def test_packed_equals_each_sequence_alone(pos_embed, backend):
                                                                     one.ctx_token_ids))
                 pred_one = model.predictor(enc_one, one)
                 c0, c1 = masks.ctx_cu_seqlens[s].item(), masks.ctx_cu_seqlens[s + 1].item()
-                t0, t1 = masks.tgt_cu_seqlens[s].item(), masks.tgt_cu_seqlens[s + 1].item()
+                t0 = sum(masks.tgt_lengths[:s])
+                t1 = t0 + masks.tgt_lengths[s]
                 assert (enc_packed[c0:c1] - enc_one).abs().max() <= 1e-5
                 assert (pred_packed[t0:t1] - pred_one).abs().max() <= 1e-5
 
@@ -116,15 +117,16 @@ def test_predictor_parameter_count():
 
 
 def test_named_sizes():
-    for size, (w, d, h) in {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
-                            "large": (1024, 24, 16), "huge": (1280, 32, 16), "giant": (1408, 40, 16)}.items():
+    sizes = {"tiny": (192, 12, 3, 4.0), "small": (384, 12, 6, 4.0), "base": (768, 12, 12, 4.0),
+             "large": (1024, 24, 16, 4.0), "huge": (1280, 32, 16, 4.0), "giant": (1408, 40, 16, 48 / 11)}
+    for size, (w, d, h, r) in sizes.items():
         with torch.device("meta"):
+            full = VisionTransformer3D(ModelConfig(size=size), (2, 2, 2))
             enc = VisionTransformer3D(ModelConfig(size=size, depth=1), (2, 2, 2))
-        assert (enc.dims.width, enc.dims.num_heads) == (w, h)
-        assert VisionTransformer3D.__name__ and enc.transformer.blocks[0].mlp.fc1.out_features == int(w * enc.dims.mlp_ratio)
-    with torch.device("meta"):
-        g = VisionTransformer3D(ModelConfig(size="giant", depth=1), (2, 2, 2))
-    assert g.transformer.blocks[0].mlp.fc1.out_features == int(1408 * 48 / 11)
+        assert (full.dims.width, full.dims.depth, full.dims.num_heads) == (w, d, h) and len(full.transformer.blocks) == d
+        assert len(enc.transformer.blocks) == 1 and enc.transformer.blocks[0].attn.head_dim == w // h
+        assert enc.transformer.blocks[0].attn.qkv.out_features == 3 * w
+        assert enc.transformer.blocks[0].mlp.fc1.out_features == int(w * r)  # giant: 6144
 
 
 @pytest.mark.parametrize("pos_embed", ["sincos", "rope"])

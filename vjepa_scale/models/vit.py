@@ -160,7 +160,6 @@ class VisionTransformer3D(nn.Module):
         self.dims = resolve_vit_size(cfg)
         self.cfg = cfg
         self.grid = tuple(grid)
-        self.num_tokens = grid[0] * grid[1] * grid[2]
         D = self.dims.width
         self.patch_embed = nn.Conv3d(in_chans, D, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
                                      stride=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size))
