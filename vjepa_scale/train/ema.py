@@ -4,7 +4,8 @@ Each rank holds, per parameter, the same flat slice that ZeRO-3 gives the online
 an fp32 shadow (the true EMA state) and the target's working copy (`ds_tensor`, bf16 on GPU).
 An update reads the optimizer's fp32 master shard of the online parameter and calls the fused
 `ema_update_` kernel: shadow <- m * shadow + (1 - m) * master, then target <- cast(shadow).
-No communication: the forward pass re-gathers the target from its shards as usual.
+No communication: the forward pass re-gathers the target from its shards as usual. The DeepSpeed
+specifics (shards, masters, slice arithmetic) come from `zero_compat`.
 """
 from __future__ import annotations
 
