@@ -95,7 +95,8 @@ def test_rope_tables_built_once_per_grid_and_indexed():
     torch.testing.assert_close(cos[0, 0], expect.float())
     torch.testing.assert_close(sin[0, 0, :20], torch.sin(t * omega).repeat(2).float())
     other = rope.tables(torch.tensor([17]), torch.bfloat16, grid=(2, 8, 8))[0]  # t=0, h=2, w=1 there
-    assert other.dtype == torch.bfloat16 and rope.full(torch.device("cpu"), torch.bfloat16, (2, 8, 8))[0].shape[0] == 128
+    assert other.dtype == torch.bfloat16
+    assert rope.full(torch.device("cpu"), torch.bfloat16, (2, 8, 8))[0].shape == (128, 1, 64)
     assert torch.equal(other[0, 0, :20], torch.ones(20, dtype=torch.bfloat16))
     assert not torch.equal(other[0, 0, 20:40], torch.ones(20, dtype=torch.bfloat16))
 
@@ -123,7 +124,8 @@ def test_named_sizes():
         with torch.device("meta"):
             full = VisionTransformer3D(ModelConfig(size=size), (2, 2, 2))
             enc = VisionTransformer3D(ModelConfig(size=size, depth=1), (2, 2, 2))
-        assert (full.dims.width, full.dims.depth, full.dims.num_heads) == (w, d, h) and len(full.transformer.blocks) == d
+        assert (full.dims.width, full.dims.depth, full.dims.num_heads) == (w, d, h)
+        assert len(full.transformer.blocks) == d
         assert len(enc.transformer.blocks) == 1 and enc.transformer.blocks[0].attn.head_dim == w // h
         assert enc.transformer.blocks[0].attn.qkv.out_features == 3 * w
         assert enc.transformer.blocks[0].mlp.fc1.out_features == int(w * r)  # giant: 6144
