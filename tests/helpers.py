@@ -14,3 +14,21 @@ def tiny_config(pos_embed: str = "sincos", backend: str = "auto", batch_size: in
     return Config(model=ModelConfig(**model), mask=masks,
                   data=DataConfig(backend="synthetic", batch_size=batch_size, crop_size=crop,
                                   frames_per_clip=frames, num_workers=0)).validate()
+
+
+def single_process_group():
+    """Join a 1-rank process group (gloo on CPU) in this test process, through the trainer's own
+    `launch.join_process_group`; later calls reuse it. Returns the `DistEnv`."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    from vjepa_scale.train.launch import join_process_group
+
+    if not dist.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+    return join_process_group()

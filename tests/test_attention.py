@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vjepa_scale.attention import (SDPA_BACKENDS, available_backends, dense_attention, padded_attention,
-                                   resolve_backend, varlen_attention)
+                                   resolve_attention_backend, varlen_attention)
 
 
 def _problem(lengths, H=3, Dh=80, seed=0, dtype=torch.float32, device="cpu"):
@@ -64,11 +64,11 @@ def test_equal_lengths_take_the_dense_path_exactly(backend):
 
 
 def test_backend_resolution_and_errors():
-    assert resolve_backend("auto", "cpu") in ("nested", "padded")
+    assert resolve_attention_backend("auto", "cpu") in ("nested", "padded")
     with pytest.raises(ValueError, match="attention_backend"):
-        resolve_backend("xformers", "cpu")
+        resolve_attention_backend("xformers", "cpu")
     with pytest.raises(RuntimeError, match="flash_attn"):
-        resolve_backend("flash_attn", "cpu")
+        resolve_attention_backend("flash_attn", "cpu")
 
 
 @pytest.mark.gpu
@@ -104,3 +104,26 @@ def test_cuda_sdpa_kernels_on_equal_lengths(sdpa, Dh):
     grads = torch.autograd.grad(out.reshape(ref.shape), (q, k, v), g.to(out.dtype))
     for a, b in zip(grads, torch.autograd.grad(ref, (qf, kf, vf), g)):
         torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=5e-2)
+
+
+def test_attention_layer_resolves_its_backend_once_per_dtype(monkeypatch):
+    """The configured backend is resolved on a layer's first forward at a (device type, dtype), not per call."""
+    from vjepa_scale.attention import Packed
+    from vjepa_scale.models import vit
+
+    calls = []
+    real = vit.resolve_attention_backend
+    monkeypatch.setattr(vit, "resolve_attention_backend", lambda *a: calls.append(a[1:]) or real(*a))
+    layer = vit.Attention(48, 3, backend="auto")
+    cu = torch.tensor([0, 7, 10], dtype=torch.int32)
+    packed = Packed(cu, 7)
+    x = torch.randn(10, 48)
+    outs = [layer(x, packed, None) for _ in range(3)]
+    assert len(calls) == 1 and all(torch.equal(o, outs[0]) for o in outs)
+    assert layer.resolved_backend(x.device, x.dtype) == resolve_attention_backend("auto", "cpu", torch.float32)
+    layer.to(torch.bfloat16)
+    for _ in range(2):
+        layer(x.bfloat16(), packed, None)
+    assert [dt for _, dt in calls] == [torch.float32, torch.bfloat16]
+    with pytest.raises(RuntimeError, match="flash_attn"):  # an unavailable backend still fails on first use
+        vit.Attention(48, 3, backend="flash_attn")(x, packed, None)

@@ -39,14 +39,15 @@ def test_packed_layout():
     B, N = 3, 4 * 6 * 6
     ctx, tgt = masker.sample(B, step=0)
     mb = masker(B, step=0)
-    assert mb.ctx_cu_seqlens.dtype == torch.int32 and mb.tgt_cu_seqlens.dtype == torch.int32
+    assert mb.ctx_cu_seqlens.dtype == torch.int32 and mb.pred_cu_seqlens.dtype == torch.int32
     assert isinstance(mb.ctx_max_seqlen, int) and mb.ctx_max_seqlen == max(mb.ctx_lengths)
     for m in range(2):
         for b in range(B):
             s = m * B + b
             a, e = mb.ctx_cu_seqlens[s].item(), mb.ctx_cu_seqlens[s + 1].item()
             assert torch.equal(mb.ctx_idx[a:e], b * N + ctx[m][b])
-            a, e = mb.tgt_cu_seqlens[s].item(), mb.tgt_cu_seqlens[s + 1].item()
+            a = sum(mb.tgt_lengths[:s])
+            e = a + mb.tgt_lengths[s]
             assert torch.equal(mb.tgt_idx[a:e], b * N + tgt[m][b])
             assert torch.all(mb.tgt_type[a:e] == m)
             # predictor rows: [ctx_s ; tgt_s] starting at pred_cu_seqlens[s]

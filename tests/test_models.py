@@ -10,7 +10,7 @@ from helpers import tiny_config
 from vjepa_scale.config import Config, ConfigError, DataConfig, MaskConfig, MaskSpec, ModelConfig
 from vjepa_scale.masks import MultiBlockMasker, pack_masks
 from vjepa_scale.models import JEPA, Predictor, VisionTransformer3D, compute_targets, make_target_encoder
-from vjepa_scale.models.pos_embed import interpolate_sincos, sincos_3d
+from vjepa_scale.models.pos_embed import Rope3D, interpolate_sincos, sincos_3d
 from vjepa_scale.models.vit import Packed
 
 
@@ -50,7 +50,8 @@ def test_packed_equals_each_sequence_alone(pos_embed, backend):
                                                                     one.ctx_token_ids))
                 pred_one = model.predictor(enc_one, one)
                 c0, c1 = masks.ctx_cu_seqlens[s].item(), masks.ctx_cu_seqlens[s + 1].item()
-                t0, t1 = masks.tgt_cu_seqlens[s].item(), masks.tgt_cu_seqlens[s + 1].item()
+                t0 = sum(masks.tgt_lengths[:s])
+                t1 = t0 + masks.tgt_lengths[s]
                 assert (enc_packed[c0:c1] - enc_one).abs().max() <= 1e-5
                 assert (pred_packed[t0:t1] - pred_one).abs().max() <= 1e-5
 
@@ -81,6 +82,25 @@ def test_sincos_matches_reference_formula():
     assert interpolate_sincos(table, grid, (4, 6, 8)).shape == (4 * 6 * 8, D)
 
 
+def test_rope_tables_built_once_per_grid_and_indexed():
+    rope = Rope3D(64, (4, 4, 4))  # chunks of 20 dims for t, h, w; 4 pass-through dims
+    full_cos, full_sin = rope.full(torch.device("cpu"), torch.float32)
+    assert full_cos.shape == (64, 1, 64) and rope.full(torch.device("cpu"), torch.float32)[0] is full_cos  # cached
+    ids = torch.tensor([17, 0, 63, 17])
+    cos, sin = rope.tables(ids, torch.float32)
+    assert torch.equal(cos, full_cos[ids]) and torch.equal(sin, full_sin[ids])
+    omega = 1.0 / 10000 ** (torch.arange(10, dtype=torch.float64) / 10)
+    t, h, w = 1, 0, 1  # token 17 on a 4x4x4 grid
+    expect = torch.cat([torch.cos(p * omega).repeat(2) for p in (t, h, w)] + [torch.ones(4, dtype=torch.float64)])
+    torch.testing.assert_close(cos[0, 0], expect.float())
+    torch.testing.assert_close(sin[0, 0, :20], torch.sin(t * omega).repeat(2).float())
+    other = rope.tables(torch.tensor([17]), torch.bfloat16, grid=(2, 8, 8))[0]  # t=0, h=2, w=1 there
+    assert other.dtype == torch.bfloat16
+    assert rope.full(torch.device("cpu"), torch.bfloat16, (2, 8, 8))[0].shape == (128, 1, 64)
+    assert torch.equal(other[0, 0, :20], torch.ones(20, dtype=torch.bfloat16))
+    assert not torch.equal(other[0, 0, 20:40], torch.ones(20, dtype=torch.bfloat16))
+
+
 @pytest.mark.parametrize("size,expected", [("large", 304e6), ("huge", 632e6)])
 def test_parameter_counts(size, expected):
     with torch.device("meta"):
@@ -98,15 +118,17 @@ def test_predictor_parameter_count():
 
 
 def test_named_sizes():
-    for size, (w, d, h) in {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
-                            "large": (1024, 24, 16), "huge": (1280, 32, 16), "giant": (1408, 40, 16)}.items():
+    sizes = {"tiny": (192, 12, 3, 4.0), "small": (384, 12, 6, 4.0), "base": (768, 12, 12, 4.0),
+             "large": (1024, 24, 16, 4.0), "huge": (1280, 32, 16, 4.0), "giant": (1408, 40, 16, 48 / 11)}
+    for size, (w, d, h, r) in sizes.items():
         with torch.device("meta"):
+            full = VisionTransformer3D(ModelConfig(size=size), (2, 2, 2))
             enc = VisionTransformer3D(ModelConfig(size=size, depth=1), (2, 2, 2))
-        assert (enc.dims.width, enc.dims.num_heads) == (w, h)
-        assert VisionTransformer3D.__name__ and enc.transformer.blocks[0].mlp.fc1.out_features == int(w * enc.dims.mlp_ratio)
-    with torch.device("meta"):
-        g = VisionTransformer3D(ModelConfig(size="giant", depth=1), (2, 2, 2))
-    assert g.transformer.blocks[0].mlp.fc1.out_features == int(1408 * 48 / 11)
+        assert (full.dims.width, full.dims.depth, full.dims.num_heads) == (w, d, h)
+        assert len(full.transformer.blocks) == d
+        assert len(enc.transformer.blocks) == 1 and enc.transformer.blocks[0].attn.head_dim == w // h
+        assert enc.transformer.blocks[0].attn.qkv.out_features == 3 * w
+        assert enc.transformer.blocks[0].mlp.fc1.out_features == int(w * r)  # giant: 6144
 
 
 @pytest.mark.parametrize("pos_embed", ["sincos", "rope"])

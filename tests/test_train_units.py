@@ -8,9 +8,10 @@ import torch
 from vjepa_scale.config import load_config
 from vjepa_scale.models import JEPA
 from vjepa_scale.train.checkpoint import CKPT_SUBDIR, find_latest, list_checkpoints, resolve_checkpoint
-from vjepa_scale.train.ema import ShardedEMA, consolidate_shards, local_shard, unshard
+from vjepa_scale.train.ema import ShardedEMA, consolidate_shards, unshard
 from vjepa_scale.train.engine import build_models, param_groups
 from vjepa_scale.train.schedules import ema_momentum, horizon, learning_rate, schedule_at, weight_decay
+from vjepa_scale.train.zero_compat import partition_slice
 
 
 def test_schedules_on_scaled_horizon():
@@ -35,9 +36,9 @@ def test_schedules_on_scaled_horizon():
 
 
 @pytest.mark.parametrize("numel,world", [(1, 2), (7, 2), (10, 4), (96, 3), (5, 8)])
-def test_local_shard_layout_round_trips(numel, world):
+def test_partition_slice_layout_round_trips(numel, world):
     full = torch.randn(numel)
-    shards = [local_shard(full, r, world) for r in range(world)]
+    shards = [partition_slice(full, r, world) for r in range(world)]
     part = math.ceil(numel / world)
     assert all(s.shape == (part,) and s.dtype == torch.float32 for s in shards)
     assert torch.equal(unshard(shards, (numel,)), full)

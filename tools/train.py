@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from vjepa_scale.config import ConfigError, load_config
-    from vjepa_scale.train.launch import dist_env, preflight
+    from vjepa_scale.distributed import dist_env
+    from vjepa_scale.train.launch import preflight
 
     overrides = list(args.opt)
     if args.output_dir:

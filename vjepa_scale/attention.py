@@ -2,7 +2,8 @@
 
 Packed layout: all sequences concatenated along dim 0, `q_THD` of shape (total, heads, head_dim);
 `cu_seqlens` int32 (S+1,) prefix sums starting at 0; `max_seqlen` a host-side int. No token attends
-across a sequence boundary. One dispatch function (`resolve_backend`) picks the implementation:
+across a sequence boundary. `resolve_attention_backend` picks the implementation (models resolve
+their configured name once per device type and dtype, then pass the result to `packed_attention`):
 
 - `flash_attn`   flash_attn_varlen_func (CUDA, when flash-attn is installed)
 - `torch_varlen` torch.nn.attention.varlen.varlen_attn (CUDA, torch >= 2.10)
@@ -72,7 +73,7 @@ def available_backends(device: torch.device | str) -> list[str]:
     return out
 
 
-def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+def resolve_attention_backend(name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
     """Map a configured backend (`auto` or a name) to one that can run here, or raise."""
     avail = available_backends(device)
     if name == "auto":
@@ -89,15 +90,17 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype | 
 
 def varlen_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor,
                      cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "auto") -> torch.Tensor:
-    """Self-attention within each packed sequence; returns (total, heads, head_dim)."""
+    """Self-attention within each packed sequence; returns (total, heads, head_dim). `backend` as
+    configured (`auto` or a name), resolved here for this call."""
+    backend = resolve_attention_backend(backend, q_THD.device, q_THD.dtype)
     return packed_attention(q_THD, k_THD, v_THD, Packed(cu_seqlens, max_seqlen), backend)
 
 
 def packed_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor, packed: Packed,
-                     backend: str = "auto", sdpa: str = "auto") -> torch.Tensor:
-    """`varlen_attention` on a `Packed` layout (reuses its int64 offsets across layers)."""
+                     backend: str, sdpa: str = "auto") -> torch.Tensor:
+    """`varlen_attention` on a `Packed` layout (reuses its int64 offsets across layers); `backend` is
+    an already-resolved name (`resolve_attention_backend`)."""
     cu_seqlens, max_seqlen = packed.cu_seqlens, packed.max_seqlen
-    backend = resolve_backend(backend, q_THD.device, q_THD.dtype)
     T, H, Dh = q_THD.shape
     if T == 0:
         return torch.empty_like(q_THD)

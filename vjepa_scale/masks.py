@@ -82,8 +82,6 @@ class MaskBatch:
     ctx_max_seqlen: int
     tgt_idx: torch.Tensor  # int64 (T_tgt,)
     tgt_token_ids: torch.Tensor  # int64 (T_tgt,)
-    tgt_cu_seqlens: torch.Tensor  # int32 (S+1,)
-    tgt_max_seqlen: int
     tgt_type: torch.Tensor  # int64 (T_tgt,), mask type of each target token
     tgt_type_bounds: list[int]  # host-side token offsets of each mask type's targets (M+1,)
     pred_cu_seqlens: torch.Tensor  # int32 (S+1,), [context ; targets] per sequence
@@ -149,8 +147,7 @@ def pack_masks(ctx: list[list[torch.Tensor]], tgt: list[list[torch.Tensor]],
         grid=tuple(grid), batch_size=B, num_types=M,
         ctx_idx=ctx_sample * N + ctx_ids, ctx_token_ids=ctx_ids, ctx_cu_seqlens=ctx_cu,
         ctx_max_seqlen=max(ctx_len),
-        tgt_idx=tgt_sample * N + tgt_ids, tgt_token_ids=tgt_ids, tgt_cu_seqlens=tgt_cu,
-        tgt_max_seqlen=max(tgt_len),
+        tgt_idx=tgt_sample * N + tgt_ids, tgt_token_ids=tgt_ids,
         tgt_type=torch.repeat_interleave(torch.arange(M), torch.tensor(per_type_tgt)),
         tgt_type_bounds=[0] + np.cumsum(per_type_tgt).tolist(),
         pred_cu_seqlens=ctx_cu + tgt_cu, pred_max_seqlen=max(a + b for a, b in zip(ctx_len, tgt_len)),

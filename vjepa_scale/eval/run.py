@@ -8,15 +8,14 @@ and trains the probe with DDP.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from vjepa_scale.config import ConfigError
+from vjepa_scale.distributed import compute_dtype, device_for, init_distributed
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.eval.data import EvalClips, per_class_subset, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
@@ -25,43 +24,13 @@ from vjepa_scale.eval.probe import resolve_probe_heads
 from vjepa_scale.eval.train_probe import train_probe
 
 
-def resolve_device(name: str) -> torch.device:
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"run.device={name!r} but CUDA is not available here")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def _init_distributed(device: torch.device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def run_eval(cfg: EvalConfig) -> dict:
     """The whole evaluation; returns (and on rank 0 writes) the result dict."""
     t0 = time.time()
     if cfg.run.num_threads:
         torch.set_num_threads(cfg.run.num_threads)
-    device = resolve_device(cfg.run.device)
-    dtype = resolve_dtype(cfg.run.precision, device)
+    device = device_for(name=cfg.run.device, key="run.device")
+    dtype = compute_dtype(cfg.run.precision, device)
     train_paths, train_labels = read_labeled_index(cfg.data.train_index, "data.train_index")
     val_paths, val_labels = read_labeled_index(cfg.data.val_index, "data.val_index")
     subsets = {}  # label-efficient probes: a different balanced subset of the train index per seed
@@ -78,7 +47,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     frozen = load_frozen_encoder(cfg)
     encoder = frozen.encoder
     heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, encoder.dims.num_heads)
-    rank, world = _init_distributed(device)
+    env = init_distributed(device)
+    rank, world = env.rank, env.world_size
     encoder.to(device)
     progress = cfg.run.progress_bar
     t_enc = time.time()

@@ -14,28 +14,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vjepa_scale.distributed import rank_and_world
 from vjepa_scale.eval.config import ProbeConfig, ProbeOptimConfig
 from vjepa_scale.eval.features import FeatureSet
 from vjepa_scale.eval.probe import AttentiveProbe
+from vjepa_scale.schedules import warmup_cosine
 
 
 def probe_lr(it: int, total: int, warmup: int, start_lr: float, lr: float, final_lr: float) -> float:
     """Linear warmup start_lr -> lr over `warmup` iterations, then cosine lr -> final_lr at `total`."""
-    if it < warmup:
-        return start_lr + (lr - start_lr) * it / warmup
-    t = (it - warmup) / max(1, total - warmup)
-    return final_lr + 0.5 * (lr - final_lr) * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return warmup_cosine(it, warmup, total, start_lr, lr, final_lr)
 
 
 def _sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if _distributed()[1] > 1:
+    if rank_and_world()[1] > 1:
         dist.all_reduce(t)
     return t.tolist()
 
@@ -63,7 +56,7 @@ def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, opti
                 num_classes: int, encoder_heads: int, seed: int, device: torch.device,
                 dtype: torch.dtype = torch.float32, writer=None, tag: str = "", progress: bool = True) -> dict:
     """Train a fresh probe (initialized from `seed`) and return its final val top-1 and history."""
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     D = train.feats_MVND.shape[-1]
     torch.manual_seed(seed)
     probe = AttentiveProbe(probe_cfg, D, num_classes, encoder_heads).to(device)

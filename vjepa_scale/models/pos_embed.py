@@ -52,20 +52,40 @@ class Rope3D:
     remainder passes through. Within a chunk of size d, pairs (2i, 2i+1) rotate, and element j uses
     frequency w_(j mod d/2), w_k = 10000^(-k/(d/2)): the sin/cos table is the d/2 frequencies
     repeated twice, which is what the released weights were trained with.
+
+    The cos/sin tables of a whole grid are built once per (grid, device, dtype) and then indexed by
+    token ids; `grid` is the default (the model's), a forward on another clip size passes its own.
     """
 
     def __init__(self, head_dim: int, grid: tuple[int, int, int]):
         self.head_dim = head_dim
         self.grid = tuple(grid)
         self.chunk = 2 * ((head_dim // 3) // 2)
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def tables(self, token_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """token_ids (...,) -> cos, sin of shape (..., 1, head_dim) (broadcast over heads)."""
+    def full(self, device: torch.device, dtype: torch.dtype,
+             grid: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of every token of `grid` in raster order: (N, 1, head_dim) each (cached)."""
+        grid = self.grid if grid is None else tuple(grid)
+        key = (grid, torch.device(device), dtype)
+        if key not in self._tables:
+            ids = torch.arange(grid[0] * grid[1] * grid[2], device=device)
+            self._tables[key] = self._build(ids, grid, dtype)
+        return self._tables[key]
+
+    def tables(self, token_ids: torch.Tensor, dtype: torch.dtype,
+               grid: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_ids (T,) -> cos, sin of shape (T, 1, head_dim) (broadcast over heads)."""
+        cos, sin = self.full(token_ids.device, dtype, grid)
+        return cos.index_select(0, token_ids), sin.index_select(0, token_ids)
+
+    def _build(self, token_ids: torch.Tensor, grid: tuple[int, int, int],
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.chunk
         omega = torch.arange(d // 2, device=token_ids.device, dtype=torch.float32) / (d / 2.0)
         omega = 1.0 / 10000 ** omega
         parts_cos, parts_sin = [], []
-        for coord in grid_coords(token_ids, self.grid):
+        for coord in grid_coords(token_ids, grid):
             freq = coord.float()[..., None] * omega  # (..., d/2)
             freq = freq.repeat(*([1] * (freq.dim() - 1)), 2)  # (..., d): frequencies duplicated
             parts_cos.append(freq.cos())

@@ -48,6 +48,6 @@ class Predictor(nn.Module):
         packed = Packed(masks.pred_cu_seqlens, masks.pred_max_seqlen, masks.pred_token_ids)
         rope = None
         if self.rope is not None:
-            rope = Rope3D(self.dims.head_dim, masks.grid).tables(masks.pred_token_ids, x.dtype)
+            rope = self.rope.tables(masks.pred_token_ids, x.dtype, masks.grid)
         y = self.transformer(x, packed, rope)
         return self.proj(y.index_select(0, masks.pred_tgt_slot))

@@ -13,14 +13,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_scale.attention import Packed, dense_attention, packed_attention
+from vjepa_scale.attention import Packed, dense_attention, packed_attention, resolve_attention_backend
 # The size table lives in config (config imports nothing from models); re-exported here.
 from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
 from vjepa_scale.kernels import masked_gather
 from vjepa_scale.models.pos_embed import Rope3D, apply_rope, interpolate_sincos, sincos_3d
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens."""
+    """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens.
+
+    `backend` is the configured packed-attention backend (`auto` or a name); it is resolved once per
+    (device type, dtype) the layer runs on and remembered.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto", sdpa: str = "auto"):
         super().__init__()
@@ -30,6 +34,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.backend = backend
         self.sdpa = sdpa
+        self._resolved: dict[tuple[str, torch.dtype], str] = {}
+
+    def resolved_backend(self, device: torch.device, dtype: torch.dtype) -> str:
+        """The packed-attention backend this layer uses on `device` at `dtype`."""
+        key = (device.type, dtype)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_attention_backend(self.backend, device, dtype)
+        return self._resolved[key]
 
     def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
         # x: (total, D) when packed, else (B, N, D)
@@ -39,7 +51,7 @@ class Attention(nn.Module):
         if packed is None:
             o = dense_attention(q, k, v, self.sdpa)
         else:
-            o = packed_attention(q, k, v, packed, self.backend, self.sdpa)
+            o = packed_attention(q, k, v, packed, self.resolved_backend(q.device, q.dtype), self.sdpa)
         return self.proj(o.flatten(-2))
 
 
@@ -108,7 +120,6 @@ class VisionTransformer3D(nn.Module):
         self.dims = resolve_vit_size(cfg)
         self.cfg = cfg
         self.grid = tuple(grid)
-        self.num_tokens = grid[0] * grid[1] * grid[2]
         D = self.dims.width
         self.patch_embed = nn.Conv3d(in_chans, D, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
                                      stride=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size))
@@ -137,19 +148,17 @@ class VisionTransformer3D(nn.Module):
         pos = None
         if self.pos_embed is not None:
             pos = interpolate_sincos(self.pos_embed, self.grid, grid).to(x_BND.dtype)
-        rope_grid = grid
         if idx is None:
             if pos is not None:
                 x_BND = x_BND + pos
             rope = None
             if self.rope is not None:
-                ids = torch.arange(x_BND.shape[1], device=x_BND.device)
-                rope = Rope3D(self.dims.head_dim, rope_grid).tables(ids, x_BND.dtype)
+                rope = self.rope.full(x_BND.device, x_BND.dtype, grid)
             return self.transformer(x_BND, None, rope)
         if packed is None:
             raise ValueError("a packed forward needs `packed` (cu_seqlens, max_seqlen, token_ids)")
         x_TD = masked_gather(x_BND, idx, pos)
         rope = None
         if self.rope is not None:
-            rope = Rope3D(self.dims.head_dim, rope_grid).tables(packed.token_ids, x_TD.dtype)
+            rope = self.rope.tables(packed.token_ids, x_TD.dtype, grid)
         return self.transformer(x_TD, packed, rope)

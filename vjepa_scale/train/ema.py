@@ -4,28 +4,18 @@ Each rank holds, per parameter, the same flat slice that ZeRO-3 gives the online
 an fp32 shadow (the true EMA state) and the target's working copy (`ds_tensor`, bf16 on GPU).
 An update reads the optimizer's fp32 master shard of the online parameter and calls the fused
 `ema_update_` kernel: shadow <- m * shadow + (1 - m) * master, then target <- cast(shadow).
-No communication: the forward pass re-gathers the target from its shards as usual.
+No communication: the forward pass re-gathers the target from its shards as usual. The DeepSpeed
+specifics (shards, masters, slice arithmetic) come from `zero_compat`.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from vjepa_scale.kernels import ema_update_
-
-
-def local_shard(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's flat ZeRO-3 slice of `full`: ceil(numel / world) elements, zero-padded at the end."""
-    flat = full.detach().reshape(-1)
-    part = -(-flat.numel() // world_size)
-    out = torch.zeros(part, dtype=torch.float32, device=flat.device)
-    start = rank * part
-    stop = min(start + part, flat.numel())
-    if stop > start:
-        out[: stop - start] = flat[start:stop].float()
-    return out
+from vjepa_scale.train.zero_compat import fp32_master, is_partitioned, local_flat, partition_slice
 
 
 def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
@@ -35,10 +25,6 @@ def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
     for s in shape:
         numel *= s
     return torch.cat([s.reshape(-1) for s in shards])[:numel].reshape(shape)
-
-
-def _is_partitioned(p: torch.nn.Parameter) -> bool:
-    return hasattr(p, "ds_tensor")
 
 
 class ShardedEMA:
@@ -62,14 +48,14 @@ class ShardedEMA:
         self.names = list(tg)
         self.online = [on[n] for n in self.names]
         self.target = [tg[n] for n in self.names]
-        self.partitioned = all(_is_partitioned(p) for p in self.target)
+        self.partitioned = all(is_partitioned(p) for p in self.target)
         self.rank, self.world_size = rank, world_size
         self.shapes = {n: tuple(full_fp32[n].shape) for n in self.names}
         self.shadows: list[torch.Tensor] = []
         for n, t in zip(self.names, self.target):
-            work = self._working(t)
+            work = local_flat(t)
             if self.partitioned:
-                shadow = local_shard(full_fp32[n], rank, world_size).to(work.device)
+                shadow = partition_slice(full_fp32[n], rank, world_size).to(work.device)
                 if shadow.numel() != work.numel():
                     raise RuntimeError(f"ZeRO-3 shard of {n} has {work.numel()} elements, expected "
                                        f"{shadow.numel()} (ceil(numel / world_size))")
@@ -78,29 +64,10 @@ class ShardedEMA:
             self.shadows.append(shadow)
         self._write_targets()
 
-    @staticmethod
-    def _working(t: torch.nn.Parameter) -> torch.Tensor:
-        return t.ds_tensor.data.view(-1) if _is_partitioned(t) else t.data.view(-1)
-
-    def _master(self, p: torch.nn.Parameter) -> torch.Tensor:
-        if _is_partitioned(p):
-            from deepspeed.utils import safe_get_local_fp32_param
-
-            m = safe_get_local_fp32_param(p)
-            if m is None:
-                raise RuntimeError("online parameter has no fp32 master shard (is it trainable?)")
-            return m.view(-1)
-        if p.dtype == torch.float32:
-            return p.data.view(-1)
-        from deepspeed.utils import safe_get_full_fp32_param  # ZeRO-1/2 in bf16: gathers the master
-
-        m = safe_get_full_fp32_param(p)
-        return (m if m is not None else p.data.float()).reshape(-1)
-
     @torch.no_grad()
     def _write_targets(self) -> None:
         for s, t in zip(self.shadows, self.target):
-            w = self._working(t)
+            w = local_flat(t)
             if w.data_ptr() != s.data_ptr():
                 w.copy_(s)
 
@@ -109,11 +76,11 @@ class ShardedEMA:
         """shadow <- momentum * shadow + (1 - momentum) * fp32 master; target <- shadow (cast)."""
         masters, shadows, targets = [], [], []
         for p, s, t in zip(self.online, self.shadows, self.target):
-            m = self._master(p)
+            m = fp32_master(p)
             n = min(m.numel(), s.numel())  # a master shard may omit the trailing zero padding
             masters.append(m[:n].float() if m.dtype != torch.float32 else m[:n])
             shadows.append(s[:n])
-            targets.append(self._working(t)[:n])
+            targets.append(local_flat(t)[:n])
         ema_update_(shadows, masters, targets, momentum)
 
     def state_dict(self) -> dict:
@@ -131,11 +98,6 @@ class ShardedEMA:
         for n, s in zip(self.names, self.shadows):
             s.copy_(state["shadows"][n].to(s.device))
         self._write_targets()
-
-    def full_state_dict(self, shards: Optional[list[dict]] = None) -> dict[str, torch.Tensor]:
-        """Assemble full fp32 tensors from all ranks' `state_dict()`s (rank order)."""
-        shards = shards or [self.state_dict()]
-        return consolidate_shards(shards)
 
 
 def consolidate_shards(shards: list[dict]) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ resumed run sees exactly the batches (and masks) of an uninterrupted one.
 """
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,12 +21,13 @@ import torch.nn as nn
 
 from vjepa_scale.config import Config, save_config
 from vjepa_scale.data import Batch, build_dataloader
+from vjepa_scale.distributed import DistEnv, compute_dtype, device_for
+from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, compute_targets
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train.ema import ShardedEMA
-from vjepa_scale.train.launch import (DistEnv, compute_dtype, deepspeed_config, device_for,
-                                      init_distributed)
+from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
 from vjepa_scale.train.schedules import schedule_at
 
@@ -78,10 +80,10 @@ class Trainer:
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.env = env or init_distributed()
+        self.env = env or join_process_group()
         self.rank, self.world = self.env.rank, self.env.world_size
         self.device = device_for(self.env)
-        self.dtype = compute_dtype(cfg)
+        self.dtype = compute_dtype(cfg.train.precision, self.device)
         self.is_main = self.rank == 0
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,11 +109,9 @@ class Trainer:
             meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
             self.step = int(meta["step"])
             self.resumed_from = ckpt
-        self._peak = cfg.train.device_peak_tflops
-        if self._peak is None:
-            from vjepa_scale.flops import device_peak_tflops
-
-            self._peak = device_peak_tflops(self.device)
+        self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
+        if self.peak_tflops is None:
+            self.peak_tflops = device_peak_tflops(self.device)
 
     def _resume_path(self, resume: Optional[str]) -> Optional[Path]:
         if resume is None:
@@ -171,12 +171,12 @@ class Trainer:
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
-        from vjepa_scale.flops import train_flops
-
         a = cfg.optim.grad_accum
         it = iter(self.loader(total - self.step))
-        window = _Window()
         tokens_per_clip = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
+        new_window = functools.partial(_Window, self.device, self.world, cfg.data.global_batch_size,
+                                       tokens_per_clip, self.peak_tflops)
+        window = new_window()
         try:
             while self.step < total:
                 t0 = time.perf_counter()
@@ -191,10 +191,10 @@ class Trainer:
                 if on_step is not None:
                     on_step(self, stats)
                 if self.step % cfg.train.log_every == 0 or self.step == total:
-                    m = window.summary(self, stats, cfg.data.global_batch_size, tokens_per_clip)
+                    m = window.summary(stats, total - self.step, self.engine.get_global_grad_norm())
                     logger.log(self.step, m)
                     logger.progress(self.step, progress_postfix(m))
-                    window = _Window()
+                    window = new_window()
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
                     path = self.save()
                     logger.write(f"step {self.step}: saved {path}")
@@ -203,9 +203,16 @@ class Trainer:
 
 
 class _Window:
-    """Accumulates per-step loss and timings between two log points."""
+    """Accumulates per-step loss and timings between two log points; `summary` reduces over ranks.
 
-    def __init__(self):
+    Fixed per run: the device of the all-reduce, the world size, the global batch (clips per
+    optimizer step), tokens per clip, and the device's peak TFLOP/s (None: no MFU).
+    """
+
+    def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
+                 peak_tflops: Optional[float]):
+        self.device, self.world = device, world
+        self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
         self.losses: list[torch.Tensor] = []
         self.wait = 0.0
         self.time = 0.0
@@ -217,25 +224,23 @@ class _Window:
         self.time += step_time
         self.flops += flops
 
-    def summary(self, tr: Trainer, stats: dict, global_batch: int, tokens_per_clip: int) -> dict:
+    def summary(self, stats: dict, steps_left: int, grad_norm: Optional[float]) -> dict:
+        """Metrics of the window: `stats` of its last step, `steps_left` for the ETA."""
         n = len(self.losses)
         # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
         v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time],
-                         dtype=torch.float64, device=tr.device)
+                         dtype=torch.float64, device=self.device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(v)
         loss_sum, flops, wait, busy = v.tolist()
-        W = tr.world
+        W = self.world
         step_time = busy / W / n  # mean over ranks
-        clips_per_s = global_batch / step_time
-        grad_norm = tr.engine.get_global_grad_norm()
+        clips_per_s = self.global_batch / step_time
         m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
              "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
-             "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens_per_clip,
-             "tflops_per_rank": flops / busy / 1e12, "mfu": None,
-             "eta_s": (tr.cfg.optim.iterations - tr.step) * step_time}
+             "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.tokens_per_clip,
+             "tflops_per_rank": flops / busy / 1e12, "mfu": mfu(flops / busy, self.peak_tflops),
+             "eta_s": steps_left * step_time}
         if grad_norm is not None:
             m["grad_norm"] = float(grad_norm)
-        if tr._peak:
-            m["mfu"] = flops / busy / (tr._peak * 1e12)
         return m

@@ -1,33 +1,22 @@
-"""Launch helpers: world size, batch resolution, pre-flight checks, DeepSpeed config, process group.
+"""Launch helpers: batch resolution, pre-flight checks, the DeepSpeed config and process group.
 
 Batch sizes: `data.batch_size` is the per-rank micro-batch. When `data.global_batch_size` is set
 (the recipes do: 2400 or 3072 clips per optimizer step, as in the paper) it wins, and must divide
 evenly into `world_size x optim.grad_accum` micro-batches; `data.batch_size` is then derived.
-Everything here runs before any model is built, so bad configs fail fast.
+Everything here runs before any model is built, so bad configs fail fast. Rank, device and
+precision come from `vjepa_scale.distributed` (shared with evaluation).
 """
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vjepa_scale.config import Config, ConfigError
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def dist_env() -> DistEnv:
-    """Rank / world / local rank from the launcher's environment (1 process when not launched)."""
-    return DistEnv(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+from vjepa_scale.distributed import DistEnv, compute_dtype, device_for, init_distributed
+from vjepa_scale.train.zero_compat import skip_shm_comm_build
 
 
 def resolve_batch(cfg: Config, world_size: int) -> Config:
@@ -70,18 +59,6 @@ def preflight(cfg: Config, world_size: int) -> Config:
     return resolve_batch(cfg, world_size)
 
 
-def use_cuda() -> bool:
-    return torch.cuda.is_available()
-
-
-def compute_dtype(cfg: Config) -> torch.dtype:
-    """bf16 on GPU and fp32 on CPU under `precision: auto`."""
-    p = cfg.train.precision
-    if p == "auto":
-        p = "bf16" if use_cuda() else "fp32"
-    return torch.bfloat16 if p == "bf16" else torch.float32
-
-
 def deepspeed_config(cfg: Config, world_size: int, with_optimizer: bool = True) -> dict:
     """The DeepSpeed JSON config for the online engine (or the optimizer-less target engine).
 
@@ -108,7 +85,7 @@ def deepspeed_config(cfg: Config, world_size: int, with_optimizer: bool = True) 
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if compute_dtype(cfg) == torch.bfloat16:
+    if compute_dtype(cfg.train.precision) == torch.bfloat16:
         out["bf16"] = {"enabled": True}
     if with_optimizer and cfg.optim.grad_clip > 0:
         out["gradient_clipping"] = cfg.optim.grad_clip
@@ -133,28 +110,13 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def init_distributed() -> DistEnv:
-    """Join the process group (NCCL on GPU, gloo on CPU) and pin this rank's device."""
-    import deepspeed
+def join_process_group() -> DistEnv:
+    """Join DeepSpeed's process group for training (NCCL on GPU, gloo on CPU), pinning this rank's GPU.
 
-    env = dist_env()
-    if not use_cuda() and os.environ.get("DS_SKIP_SHM_BUILD") == "1":
-        # DeepSpeed JIT-builds a shared-memory CPU collective op (~60 s with g++) on first use;
-        # gloo alone is enough for CPU runs, so honor DS_SKIP_SHM_BUILD=1 by marking it unavailable.
-        import deepspeed.ops
-
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if use_cuda():
-        torch.cuda.set_device(env.local_rank)
-    if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
-        os.environ.setdefault("RANK", str(env.rank))
-        os.environ.setdefault("WORLD_SIZE", str(env.world_size))
-        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", verbose=False)
-    return DistEnv(torch.distributed.get_rank(), torch.distributed.get_world_size(), env.local_rank)
-
-
-def device_for(env: DistEnv) -> torch.device:
-    return torch.device("cuda", env.local_rank) if use_cuda() else torch.device("cpu")
+    DeepSpeed JIT-builds a shared-memory CPU collective op (~60 s with g++) on first use; gloo alone
+    is enough for CPU runs, so DS_SKIP_SHM_BUILD=1 marks that op unavailable first.
+    """
+    device = device_for()
+    if device.type == "cpu" and os.environ.get("DS_SKIP_SHM_BUILD") == "1":
+        skip_shm_comm_build()
+    return init_distributed(device, deepspeed=True)

@@ -5,14 +5,15 @@ at 1x, so LR, WD and EMA momentum never reach their final values):
 - LR: linear warmup `start_lr -> lr` over `warmup` steps, then cosine toward `final_lr`.
 - weight decay: cosine `weight_decay -> final_weight_decay` over the horizon.
 - EMA momentum: linear `ema[0] -> ema[1]` over the horizon.
-Being pure functions of the step, a resumed run needs no scheduler state.
+Being pure functions of the step, a resumed run needs no scheduler state. The warmup + cosine shape
+is `vjepa_scale.schedules.warmup_cosine` (shared with the probe trainer).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from vjepa_scale.config import OptimConfig
+from vjepa_scale.schedules import warmup_cosine
 
 
 def horizon(cfg: OptimConfig) -> int:
@@ -22,18 +23,12 @@ def horizon(cfg: OptimConfig) -> int:
 
 def learning_rate(cfg: OptimConfig, step: int) -> float:
     """Linear warmup then cosine decay toward `final_lr`, on the scaled horizon."""
-    if step < cfg.warmup:
-        return cfg.start_lr + (cfg.lr - cfg.start_lr) * step / cfg.warmup
-    total = horizon(cfg)
-    progress = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
-    return cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warmup_cosine(step, cfg.warmup, horizon(cfg), cfg.start_lr, cfg.lr, cfg.final_lr)
 
 
 def weight_decay(cfg: OptimConfig, step: int) -> float:
-    """Cosine from `weight_decay` to `final_weight_decay` on the scaled horizon."""
-    progress = min(1.0, step / horizon(cfg))
-    w0, w1 = cfg.weight_decay, cfg.final_weight_decay
-    return w1 + (w0 - w1) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Cosine from `weight_decay` to `final_weight_decay` on the scaled horizon (no warmup)."""
+    return warmup_cosine(step, 0, horizon(cfg), cfg.weight_decay, cfg.weight_decay, cfg.final_weight_decay)
 
 
 def ema_momentum(cfg: OptimConfig, step: int) -> float:

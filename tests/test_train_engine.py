@@ -1,0 +1,122 @@
+"""The Trainer in one process (1 rank, gloo, real DeepSpeed engines): schedules reach the optimizer,
+the ZeRO-1/2 EMA path, and the analytic FLOPs against torch's FLOP counter."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from helpers import single_process_group, tiny_config
+from vjepa_scale.config import MaskConfig, MaskSpec, load_config
+from vjepa_scale.flops import train_flops
+from vjepa_scale.masks import MultiBlockMasker
+from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
+from vjepa_scale.train.engine import Trainer
+from vjepa_scale.train.launch import preflight
+from vjepa_scale.train.schedules import ema_momentum, learning_rate, weight_decay
+
+STEPS = 4
+
+
+def _trainer(tmp_path, *opts) -> Trainer:
+    env = single_process_group()
+    cfg = load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                   f"optim.iterations={STEPS}", "train.precision=fp32", "train.progress_bar=false",
+                                   f"train.checkpoint_every={STEPS}", *opts])
+    return Trainer(preflight(cfg, env.world_size), tmp_path / "run", env=env)
+
+
+def test_lr_and_wd_reach_deepspeed_optimizer_each_step(tmp_path):
+    """At every step DeepSpeed's optimizer holds the scheduled LR and WD (decay group: wd, no_decay: 0),
+    and the fp32 masters move by exactly AdamW with those values."""
+    tr = _trainer(tmp_path, "optim.warmup=2", "optim.start_lr=0.01", "optim.lr=0.05", "optim.final_lr=0.001",
+                  "optim.weight_decay=0.5", "optim.final_weight_decay=2.0")
+    o = tr.cfg.optim
+    ds_opt = tr.engine.optimizer
+    assert ds_opt is not tr.optimizer and ds_opt.param_groups is tr.optimizer.param_groups  # DS steps our AdamW
+    names = [g["name"] for g in ds_opt.param_groups]
+    assert sorted(names) == ["decay", "no_decay"]
+
+    def masters():  # fp32 master partitions, per param group
+        return [[p.detach().clone() for p in g["params"]] for g in ds_opt.param_groups]
+
+    before = masters()
+    seen = []
+
+    def check(trainer, stats):
+        nonlocal before
+        step = trainer.step - 1  # the optimizer step just taken
+        lr, wd = learning_rate(o, step), weight_decay(o, step)
+        seen.append((lr, wd))
+        beta1, beta2 = o.betas
+        for g, old in zip(ds_opt.param_groups, before):
+            want_wd = wd if g["name"] == "decay" else 0.0
+            assert g["lr"] == lr and g["weight_decay"] == want_wd, (step, g["name"])
+            for p, p0 in zip(g["params"], old):
+                st = tr.optimizer.state[p]
+                n = float(st["step"])
+                denom = (st["exp_avg_sq"].sqrt() / (1 - beta2 ** n) ** 0.5) + o.eps
+                expect = p0 * (1 - lr * want_wd) - (lr / (1 - beta1 ** n)) * st["exp_avg"] / denom
+                assert (p.detach() - expect).abs().max() <= 1e-6, (step, g["name"])
+                if want_wd:  # the decay term is far above the tolerance: a wrong wd would be caught
+                    assert (p0 * lr * want_wd).abs().max() > 1e-4
+        before = masters()
+
+    tr.fit(on_step=check)
+    assert len(seen) == STEPS and len({lr for lr, _ in seen}) == STEPS and len({wd for _, wd in seen}) == STEPS
+    assert seen[0][0] == 0.01 and seen[2][0] == 0.05  # warmup start, then the peak after 2 warmup steps
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero12_ema_matches_reference(tmp_path, stage):
+    """ZeRO-1/2 (replicated parameters, unpartitioned EMA): after k steps the target equals the fp32
+    EMA m * shadow + (1 - m) * online computed here from the online weights of each step."""
+    tr = _trainer(tmp_path, f"zero.stage={stage}", "optim.ema=[0.5,0.7]")
+    assert not tr.ema.partitioned
+    online = dict(tr.engine.module.encoder.named_parameters())
+    start = {n: p.detach().clone() for n, p in tr.target.module.named_parameters()}
+    ref = {n: v.clone() for n, v in start.items()}
+
+    def update(trainer, stats):
+        m = ema_momentum(trainer.cfg.optim, trainer.step - 1)
+        for n in ref:
+            ref[n] = m * ref[n] + (1 - m) * online[n].detach()
+
+    tr.fit(on_step=update)
+    assert tr.step == STEPS
+    target = dict(tr.target.module.named_parameters())
+    shadows = dict(zip(tr.ema.names, tr.ema.shadows))
+    for n in ref:
+        assert (shadows[n].view(ref[n].shape) - ref[n]).abs().max() <= 1e-6, n
+        assert torch.equal(target[n].detach(), shadows[n].view(ref[n].shape)), n  # fp32 target = shadow
+    assert max((ref[n] - start[n]).abs().max().item() for n in ref) > 1e-4  # the EMA moved
+    assert max((ref[n] - online[n].detach()).abs().max().item() for n in ref) > 1e-5  # and is not a copy
+
+
+def test_train_flops_match_flop_counter():
+    """`train_flops` against torch's FlopCounterMode over a real micro-step (target forward, encoder +
+    predictor forward and backward). Attention runs through math SDPA on rectangular batches (one mask
+    type, `truncate: batch_min`), which the counter sees as matmuls. Neither side counts softmax, LN,
+    GELU or the loss. The one difference: the 3x convention charges the encoder's patch embedding a
+    backward pass for its input, which autograd never computes (the video needs no gradient); so the
+    counter must equal the analytic total minus one encoder patch-embedding forward, exactly."""
+    torch.manual_seed(0)
+    cfg = tiny_config(batch_size=3, sdpa_backend="math")
+    cfg.mask = MaskConfig(types=[MaskSpec(num_blocks=2, spatial_scale=(0.3, 0.3))], truncate="batch_min")
+    cfg.validate()
+    model = JEPA(cfg).train()
+    target = make_target_encoder(model.encoder)
+    masks = MultiBlockMasker(cfg.mask, cfg.grid)(cfg.data.batch_size, step=0)
+    assert len(set(masks.ctx_lengths)) == 1 and len(set(masks.tgt_lengths)) == 1  # rectangular: dense SDPA
+    video = torch.randn(cfg.data.batch_size, 3, cfg.data.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with torch.no_grad():
+            targets = compute_targets(target, video, masks)
+        model(video, masks, targets).backward()
+    f = train_flops(cfg, masks)
+    m, D = cfg.model, model.encoder.embed_dim
+    patch = 2 * 3 * m.tubelet_size * m.patch_size ** 2 * D * masks.batch_size * masks.num_tokens
+    assert counter.get_total_flops() == f["total"] - patch
+    ops = counter.get_flop_counts()["Global"]
+    assert ops[torch.ops.aten.bmm] == f["attention"]  # the attention matmuls (QK^T, AV and their grads)

@@ -1,0 +1,125 @@
+"""What `vjepa_scale.train.zero_compat` relies on in DeepSpeed, checked against the installed release.
+
+A failure here after a DeepSpeed upgrade means a ZeRO internal the sharded EMA or the launcher uses
+has changed: fix `zero_compat` (and only it), then widen `TESTED_DEEPSPEED`.
+"""
+from __future__ import annotations
+
+import re
+import types
+from pathlib import Path
+
+import deepspeed
+import pytest
+import torch
+import torch.nn as nn
+
+from helpers import single_process_group, tiny_config
+from vjepa_scale.train.launch import deepspeed_config
+from vjepa_scale.train.zero_compat import (TESTED_DEEPSPEED, deepspeed_version, fp32_master, is_partitioned,
+                                           local_flat, partition_numel, partition_slice, skip_shm_comm_build)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_installed_deepspeed_is_the_tested_release():
+    lo, hi = TESTED_DEEPSPEED
+    v = deepspeed_version()
+    assert lo <= v <= hi, (f"DeepSpeed {deepspeed.__version__} is outside the range zero_compat was checked "
+                           f"with ({lo} .. {hi}): run tests/test_zero_compat.py and widen TESTED_DEEPSPEED")
+    pin = re.search(r"^deepspeed==([\d.]+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    assert pin, "constraints.txt pins no deepspeed release"
+    assert lo <= tuple(int(x) for x in pin.group(1).split(".")) <= hi
+
+
+def test_shm_comm_switch_is_the_one_deepspeed_reads():
+    from deepspeed.comm.torch import build_shm_op
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    ops = deepspeed.ops.__compatible_ops__
+    assert isinstance(ops, dict) and ShareMemCommBuilder.NAME in ops
+    skip_shm_comm_build()
+    assert deepspeed.ops.__compatible_ops__ is ops and ops[ShareMemCommBuilder.NAME] is False
+    assert build_shm_op() is None  # what DeepSpeed's CPU backend would have built
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 7, 8, 64])
+@pytest.mark.parametrize("numel", [1, 5, 7, 96, 1000, 1281])
+def test_partition_arithmetic_matches_deepspeed(numel, world):
+    """Our ceil(numel / world) slice size equals ZeRO-3's aligned size / world (DeepSpeed's own code)."""
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    init = types.SimpleNamespace(_partition_world_size=lambda p: world)
+    init._padding_size = types.MethodType(Init._padding_size, init)
+    param = types.SimpleNamespace(ds_numel=numel)
+    aligned = Init._aligned_size(init, param)
+    assert aligned % world == 0 and aligned // world == partition_numel(numel, world)
+    full = torch.arange(numel, dtype=torch.float32)
+    parts = [partition_slice(full, r, world) for r in range(world)]
+    flat = full.new_zeros(aligned)
+    flat[:numel] = full  # DeepSpeed pads the flat parameter at its end, then cuts equal slices in rank order
+    assert torch.equal(torch.cat(parts), flat)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 3)  # 15 + 3 elements
+        self.norm = nn.LayerNorm(3)
+        self.out = nn.Linear(3, 7, bias=False)
+
+    def forward(self, x):
+        return self.out(self.norm(self.fc(x))).square().mean()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_zero3_engine_exposes_shards_and_fp32_masters(precision):
+    """A real ZeRO-3 engine built with the trainer's DeepSpeed config (1 rank, gloo, torch AdamW)."""
+    env = single_process_group()
+    cfg = tiny_config(batch_size=2)
+    cfg.train.precision = precision
+    cfg.zero.stage = 3
+    torch.manual_seed(0)
+    model = _Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, env.world_size))
+    for _ in range(2):
+        x = torch.randn(2, 5, dtype=engine.module.fc.weight.dtype)
+        engine.backward(engine(x))
+        engine.step()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    for name, p in engine.module.named_parameters():
+        assert is_partitioned(p), name
+        assert isinstance(p.ds_tensor, torch.Tensor) and p.ds_tensor.dtype == dtype
+        work = local_flat(p)
+        assert work.numel() == partition_numel(p.ds_numel, env.world_size) == p.ds_tensor.ds_numel, name
+        assert work.data_ptr() == p.ds_tensor.data_ptr()  # a view: writing it writes the shard
+        master = fp32_master(p)
+        assert master.dtype == torch.float32 and master.numel() == work.numel(), name
+        with deepspeed.zero.GatheredParameters([p]):
+            full = p.data.detach().clone()
+        assert full.shape == p.ds_shape and full.dtype == dtype
+        assert torch.equal(work.float(), partition_slice(full, env.rank, env.world_size)), name
+        assert torch.equal(master.to(dtype), work), name  # the working copy is the cast master
+        if precision == "bf16":
+            assert (master != master.to(dtype).float()).any(), name  # and the master holds more bits
+
+
+def test_zero2_bf16_full_master_is_gathered():
+    """ZeRO-2 with a bf16 model: `fp32_master` returns DeepSpeed's full fp32 master of the parameter."""
+    env = single_process_group()
+    cfg = tiny_config(batch_size=2)
+    cfg.train.precision = "bf16"
+    cfg.zero.stage = 2
+    torch.manual_seed(0)
+    model = _Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, env.world_size))
+    engine.backward(engine(torch.randn(2, 5, dtype=torch.bfloat16)))
+    engine.step()
+    for name, p in engine.module.named_parameters():
+        assert not is_partitioned(p) and p.dtype == torch.bfloat16
+        master = fp32_master(p)
+        assert master.dtype == torch.float32 and master.numel() == p.numel(), name
+        assert torch.equal(master.to(torch.bfloat16), local_flat(p)), name
+        assert (master != master.bfloat16().float()).any(), name

@@ -1,0 +1,87 @@
+"""Every DeepSpeed internal the project relies on, behind small functions.
+
+DeepSpeed's public API (initialize, engine.backward/step, save/load_checkpoint, zero_to_fp32) is used
+directly elsewhere; what is NOT a stable API lives here only, so a DeepSpeed upgrade that changes it
+breaks one module and `tests/test_zero_compat.py`, not the trainer. Tested against DeepSpeed
+`TESTED_DEEPSPEED` (constraints.txt).
+
+- ZeRO-3 partition layout: a partitioned parameter `p` carries `p.ds_tensor`, this rank's flat slice
+  of ceil(numel / world) elements (the last ranks' slices zero-padded past the end of the parameter).
+  `partition_numel` / `partition_slice` reproduce that arithmetic on full tensors.
+- fp32 masters: `deepspeed.utils.safe_get_local_fp32_param` (ZeRO-3: this rank's master slice) and
+  `safe_get_full_fp32_param` (ZeRO-1/2 with a low-precision model: the gathered master).
+- The op-compatibility table `deepspeed.ops.__compatible_ops__`, edited to skip the JIT build of the
+  shared-memory CPU collective.
+"""
+from __future__ import annotations
+
+import torch
+
+TESTED_DEEPSPEED = ((0, 19, 8), (0, 19, 8))  # inclusive (min, max) release this module was checked with
+
+
+def is_partitioned(p: torch.nn.Parameter) -> bool:
+    """True when `p` is a ZeRO-3 partitioned parameter (its data lives in `p.ds_tensor` shards)."""
+    return hasattr(p, "ds_tensor")
+
+
+def local_flat(p: torch.nn.Parameter) -> torch.Tensor:
+    """Flat view of the working copy this rank holds: its ZeRO-3 slice, or the whole parameter."""
+    return p.ds_tensor.data.view(-1) if is_partitioned(p) else p.data.view(-1)
+
+
+def partition_numel(numel: int, world_size: int) -> int:
+    """Elements of one rank's ZeRO-3 slice of a `numel`-element parameter: ceil(numel / world)."""
+    return -(-numel // world_size)
+
+
+def partition_slice(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's flat ZeRO-3 slice of `full` in fp32: `partition_numel` elements, zero-padded at the end."""
+    flat = full.detach().reshape(-1)
+    part = partition_numel(flat.numel(), world_size)
+    out = torch.zeros(part, dtype=torch.float32, device=flat.device)
+    start = rank * part
+    stop = min(start + part, flat.numel())
+    if stop > start:
+        out[: stop - start] = flat[start:stop].float()
+    return out
+
+
+def fp32_master(p: torch.nn.Parameter) -> torch.Tensor:
+    """Flat fp32 optimizer master of an online parameter, matching `local_flat(p)`'s layout.
+
+    ZeRO-3: this rank's master slice (may omit the trailing zero padding). ZeRO-1/2 or no ZeRO: the
+    parameter itself when it is fp32, else DeepSpeed's gathered fp32 master (the bf16 path).
+    """
+    if is_partitioned(p):
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        m = safe_get_local_fp32_param(p)
+        if m is None:
+            raise RuntimeError("online parameter has no fp32 master shard (is it trainable?)")
+        return m.view(-1)
+    if p.dtype == torch.float32:
+        return p.data.view(-1)
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    m = safe_get_full_fp32_param(p)
+    return (m if m is not None else p.data.float()).reshape(-1)
+
+
+def skip_shm_comm_build() -> None:
+    """Mark DeepSpeed's shared-memory CPU collective op unavailable, so gloo alone carries CPU runs.
+
+    DeepSpeed JIT-builds that op (~60 s with g++) on first use of a CPU process group; call this
+    before `deepspeed.init_distributed`.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def deepspeed_version() -> tuple[int, int, int]:
+    """The installed DeepSpeed release as (major, minor, patch)."""
+    import deepspeed
+
+    parts = deepspeed.__version__.split("+")[0].split(".")
+    return tuple(int("".join(c for c in x if c.isdigit()) or 0) for x in parts[:3])
