@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from vjepa_scale.hf import CheckpointMismatchError, export_to_hf, load_init_state
+from vjepa_scale.hf import export_to_hf
+from vjepa_scale.weights import CheckpointMismatchError, load_init_state
 from vjepa_scale.masks import pack_masks
 from vjepa_scale.models import JEPA
 from vjepa_scale.models.pos_embed import sincos_3d

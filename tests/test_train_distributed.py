@@ -18,10 +18,11 @@ import torch
 
 from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
-from vjepa_scale.train.checkpoint import KILL_IN_SAVE_ENV, find_latest, list_checkpoints, load_consolidated
-from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.train.checkpoint import KILL_IN_SAVE_ENV
 from vjepa_scale.train.engine import build_models
+from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.train.schedules import ema_momentum
+from vjepa_scale.weights import find_latest, list_checkpoints, load_consolidated
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
@@ -167,7 +168,7 @@ def _reference_ema(ckpts):
 
 
 def test_init_from_previous_run(runs):
-    """train.init_from (through vjepa_scale.hf.load_init_state) loads online, predictor and EMA weights."""
+    """train.init_from (through vjepa_scale.weights.load_init_state) loads online, predictor and EMA weights."""
     run = runs["straight"]
     cfg = load_config(run / "config.yaml", [f"train.init_from={run}"])
     jepa, target = build_models(cfg, seed=123)

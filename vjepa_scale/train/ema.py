@@ -8,12 +8,13 @@ No communication: the forward pass re-gathers the target from its shards as usua
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from vjepa_scale.kernels import ema_update_
+from vjepa_scale.weights.run import consolidate_shards
 
 
 def local_shard(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -26,15 +27,6 @@ def local_shard(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     if stop > start:
         out[: stop - start] = flat[start:stop].float()
     return out
-
-
-def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
-    """Inverse of `local_shard` over all ranks' slices (rank order) -> tensor of `shape`."""
-    shape = tuple(shape)
-    numel = 1
-    for s in shape:
-        numel *= s
-    return torch.cat([s.reshape(-1) for s in shards])[:numel].reshape(shape)
 
 
 def _is_partitioned(p: torch.nn.Parameter) -> bool:
@@ -136,17 +128,3 @@ class ShardedEMA:
         """Assemble full fp32 tensors from all ranks' `state_dict()`s (rank order)."""
         shards = shards or [self.state_dict()]
         return consolidate_shards(shards)
-
-
-def consolidate_shards(shards: list[dict]) -> dict[str, torch.Tensor]:
-    """Full fp32 tensors from every rank's EMA `state_dict()` (CPU; no process group needed)."""
-    shards = sorted(shards, key=lambda d: d["rank"])
-    if len(shards) != shards[0]["world_size"]:
-        raise ValueError(f"need {shards[0]['world_size']} EMA shards, got {len(shards)}")
-    out = {}
-    for name, shape in shards[0]["shapes"].items():
-        if shards[0]["partitioned"]:
-            out[name] = unshard([d["shadows"][name] for d in shards], shape)
-        else:
-            out[name] = shards[0]["shadows"][name].reshape(shape).clone()
-    return out

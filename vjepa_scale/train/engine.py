@@ -28,6 +28,7 @@ from vjepa_scale.train.launch import (DistEnv, compute_dtype, deepspeed_config, 
                                       init_distributed)
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
 from vjepa_scale.train.schedules import schedule_at
+from vjepa_scale.weights import find_latest, load_init_state, resolve_checkpoint
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -44,14 +45,12 @@ def param_groups(model: nn.Module) -> list[dict]:
 def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
     """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed).
 
-    With `train.init_from`, weights come from `vjepa_scale.hf.load_init_state` (strict load).
+    With `train.init_from`, weights come from `vjepa_scale.weights.load_init_state` (strict load).
     """
     torch.manual_seed(seed)
     jepa = JEPA(cfg)
     target = VisionTransformer3D(cfg.model, cfg.grid)
     if cfg.train.init_from:
-        from vjepa_scale.hf import load_init_state  # lazy: only needed for warm starts
-
         state = load_init_state(cfg.train.init_from, cfg)
         jepa.encoder.load_state_dict(state["encoder"], strict=True)
         if state.get("predictor") is not None:
@@ -117,8 +116,8 @@ class Trainer:
         if resume is None:
             return None
         if resume == "auto":
-            return ckpt_lib.find_latest(self.run_dir)
-        return ckpt_lib.resolve_checkpoint(resume)
+            return find_latest(self.run_dir)
+        return resolve_checkpoint(resume)
 
     # ----------------------------------------------------------------------------------------------
 
