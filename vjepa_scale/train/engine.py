@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from vjepa_scale.config import Config, save_config
 from vjepa_scale.data import build_dataloader
-from vjepa_scale.models import JEPA, compute_targets
+from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train.ema import ShardedEMA
@@ -49,18 +49,14 @@ def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
     """
     torch.manual_seed(seed)
     jepa = JEPA(cfg)
-    target = VisionTransformer3D(cfg.model, cfg.grid)
+    target_sd = None
     if cfg.train.init_from:
         state = load_init_state(cfg.train.init_from, cfg)
         jepa.encoder.load_state_dict(state["encoder"], strict=True)
         if state.get("predictor") is not None:
             jepa.predictor.load_state_dict(state["predictor"], strict=True)
-        target_sd = state.get("target_encoder") or state["encoder"]
-        target.load_state_dict(target_sd, strict=True)
-    else:
-        target.load_state_dict(jepa.encoder.state_dict(), strict=True)
-    for p in target.parameters():
-        p.requires_grad_(False)
+        target_sd = state.get("target_encoder")
+    target = make_target_encoder(jepa.encoder, target_sd)
     return jepa, target
 
 
