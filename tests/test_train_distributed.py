@@ -3,7 +3,7 @@
 Three launches of tools/train.py share one tiny setup (depth 1, width 96, crop 32, 4 frames):
   straight: 6 steps through the `deepspeed` launcher, a checkpoint after every step;
   killed:   the same run under torch.distributed.run, checkpoints every 3 steps, rank 0 SIGKILLed
-            in the middle of the step-6 save;
+            in the middle of the step-6 save (tests/kill_in_save.py);
   resumed:  `--resume auto` on the killed run's directory, training steps 4-6 again.
 """
 import os
@@ -18,7 +18,6 @@ import torch
 
 from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
-from vjepa_scale.train.checkpoint import KILL_IN_SAVE_ENV
 from vjepa_scale.train.engine import build_models
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.train.schedules import ema_momentum
@@ -46,13 +45,17 @@ def _deepspeed_launcher() -> str:
     return found
 
 
-def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None, nproc=2, cpu=True):
-    env = dict(os.environ, DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1", **(extra_env or {}))
+def _launch(run_dir, *opts, launcher="torchrun", kill_in_save_at=None, resume=None, nproc=2, cpu=True):
+    """tools/train.py on `nproc` ranks; with `kill_in_save_at`, through tests/kill_in_save.py."""
+    env = dict(os.environ, DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
     if cpu:
         env["DS_ACCELERATOR"] = "cpu"
     else:
         env.pop("DS_ACCELERATOR", None)
-    args = ["tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
+    script = ["tools/train.py"]
+    if kill_in_save_at is not None:
+        script = ["tests/kill_in_save.py", "--kill-in-save-at-step", str(kill_in_save_at)]
+    args = [*script, "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
     for o in [*OPTS, *opts]:
         args += ["--opt", o]
     if resume:
@@ -76,7 +79,7 @@ def runs(tmp_path_factory):
     straight, killed = base / "straight", base / "killed"
     r = _launch(straight, "train.checkpoint_every=1", launcher="deepspeed")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    k = _launch(killed, "train.checkpoint_every=3", extra_env={KILL_IN_SAVE_ENV: str(STEPS)})
+    k = _launch(killed, "train.checkpoint_every=3", kill_in_save_at=STEPS)
     assert k.returncode != 0, "rank 0 should have been killed inside the step-6 save"
     killed_state = {"latest": find_latest(killed), "tmp": sorted(p.name for p in (killed / "checkpoints").glob(".tmp_*"))}
     resumed = base / "resumed"

@@ -2,8 +2,9 @@
 
 The on-disk layout, discovery (`find_latest`, `list_checkpoints`) and the CPU-only consolidation
 (`load_consolidated`) live in `vjepa_scale.weights.run`. A save writes everything into
-`.tmp_<name>`, then rank 0 writes `meta.json`, renames the folder to its final name and replaces
-`latest`. A save killed at any point leaves the previous checkpoint as the latest complete one.
+`.tmp_<name>`; then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json`, renames the
+folder to its final name, replaces `latest` and prunes to `train.keep_last`. A save killed at any
+point before the rename leaves the previous checkpoint as the latest complete one.
 """
 from __future__ import annotations
 
@@ -20,9 +21,6 @@ import torch
 from vjepa_scale.config import save_config
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints
 
-# Test hook: rank 0 kills itself (SIGKILL) inside the save of this step, after all shard files are
-# written and before the commit, to prove a dying save never replaces the previous checkpoint.
-KILL_IN_SAVE_ENV = "VJEPA_SCALE_KILL_IN_SAVE_AT_STEP"
 
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -84,28 +82,30 @@ def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int,
     torch.save(rng_state(), tmp / "rng" / f"rank{rank:05d}.pt")
     _barrier()
     if rank == 0:
-        if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-        save_config(cfg, tmp / "config.yaml")
         meta = {"step": step, "world_size": world_size, "complete": True, **(extra or {})}
-        _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving a step: move the old one aside first, drop it after the swap
-            old = root / f".old_{name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(root)
-        _write_atomic(root / "latest", name)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        _commit(Path(run_dir), tmp, final, cfg, meta, keep_last)
     _barrier()
     return final
+
+
+def _commit(run_dir: Path, tmp: Path, final: Path, cfg, meta: dict, keep_last: int) -> None:
+    """Rank 0, once every rank's files are in `tmp`: config + meta.json, rename, `latest`, prune."""
+    root = final.parent
+    save_config(cfg, tmp / "config.yaml")
+    _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving a step: move the old one aside first, drop it after the swap
+        old = root / f".old_{final.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(root)
+    _write_atomic(root / "latest", final.name)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -> dict:
