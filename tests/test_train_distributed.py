@@ -7,6 +7,7 @@ Three launches of tools/train.py share one tiny setup (depth 1, width 96, crop 3
   resumed:  `--resume auto` on the killed run's directory, training steps 4-6 again.
 """
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,10 +19,11 @@ import torch
 
 from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
+from vjepa_scale.train.checkpoint import load_checkpoint
 from vjepa_scale.train.engine import build_models
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.train.schedules import ema_momentum
-from vjepa_scale.weights import find_latest, list_checkpoints, load_consolidated
+from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
@@ -142,6 +144,25 @@ def test_resume_is_exact(runs):
         for part in ("encoder", "predictor"):
             assert a[part].keys() == b[part].keys()
             assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (which, part)
+
+
+def test_resume_refuses_another_world_size(runs):
+    """ZeRO-3 shards are per rank: a 2-rank checkpoint is refused by 1 rank before anything is loaded."""
+    ckpt = find_latest(runs["straight"])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(ckpt))} was written by 2 ranks; this run has 1 .*load_consolidated"):
+        load_checkpoint(ckpt, engine=None, ema=None, rank=0, world_size=1)
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    """One rank, a save every step, train.keep_last=2: only the two newest stay, `latest` names the last."""
+    run = tmp_path / "keep2"
+    r = _launch(run, "optim.iterations=4", "train.checkpoint_every=1", "train.keep_last=2", nproc=1)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    root = run / CKPT_SUBDIR
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000003", "step_00000004"]
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000004"]
+    assert (root / "latest").read_text() == "step_00000004" and find_latest(run) == root / "step_00000004"
+    assert [x["step"] for x in read_metrics(run)] == [1, 2, 3, 4]  # the steps ran; only their saves went
 
 
 def test_load_consolidated_builds_models(runs):
