@@ -19,6 +19,7 @@ setup(
         "vjepa_scale.train",
         "vjepa_scale.eval",
         "vjepa_scale.hf",
+        "vjepa_scale.weights",
         "vjepa_scale.bench",
         "vjepa_scale.kernels",
         "vjepa_scale.configs",

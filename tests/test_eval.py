@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from vjepa_scale.config import ConfigError, ModelConfig
 from vjepa_scale.eval.config import EvalConfig, EvalDataConfig, ProbeConfig, ProbeOptimConfig, load_eval_config
 from vjepa_scale.eval.data import EvalClips, eval_frame_indices, read_labeled_index, view_boxes
-from vjepa_scale.eval.encoder import CheckpointMismatchError, check_encoder_state, eval_grid, load_frozen_encoder
+from vjepa_scale.eval.encoder import eval_grid, load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, extract_features
 from vjepa_scale.eval.probe import AttentiveProbe, CrossAttention
 from vjepa_scale.eval.train_probe import evaluate, probe_lr, train_probe
 from vjepa_scale.models import VisionTransformer3D
+from vjepa_scale.weights import CheckpointMismatchError, check_state_dict, module_shapes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,14 +140,16 @@ def test_eval_grid_must_fit_encoder():
 
 def test_checkpoint_of_another_size_is_named():
     tiny = VisionTransformer3D(tiny_model(), (2, 2, 2))
+    expected = module_shapes(tiny)
     small = VisionTransformer3D(ModelConfig(size="small", depth=1), (2, 2, 2))
     with pytest.raises(CheckpointMismatchError,
-                       match=r"ckpt: encoder parameter '.*' has shape \(384.*\) in the checkpoint but \(192.*\)"):
-        check_encoder_state(small.state_dict(), tiny, "ckpt")
+                       match=r"ckpt: encoder parameter '.*' has shape \(384.*\) in the checkpoint but \(192.*\) .*"
+                             r"another model size\? check model.size/width/depth"):
+        check_state_dict(small.state_dict(), expected, "encoder", "ckpt")
     deeper = VisionTransformer3D(ModelConfig(size="tiny", depth=2), (2, 2, 2))
-    with pytest.raises(CheckpointMismatchError, match=r"not in the model: \['transformer.blocks.1"):
-        check_encoder_state(deeper.state_dict(), tiny, "ckpt")
-    check_encoder_state(tiny.state_dict(), tiny, "ckpt")
+    with pytest.raises(CheckpointMismatchError, match=r"not in the model: \['transformer.blocks.1.*check model.size"):
+        check_state_dict(deeper.state_dict(), expected, "encoder", "ckpt")
+    check_state_dict(tiny.state_dict(), expected, "encoder", "ckpt")
 
 
 def test_random_init_encoder_is_frozen_and_seeded():

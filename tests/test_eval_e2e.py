@@ -15,7 +15,7 @@ import torch
 from vjepa_scale.config import load_config
 from vjepa_scale.eval.config import load_eval_config
 from vjepa_scale.eval.encoder import load_frozen_encoder
-from vjepa_scale.train.checkpoint import load_consolidated
+from vjepa_scale.weights import load_consolidated
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from vjepa_scale.hf import CheckpointMismatchError, export_to_hf, load_init_state
+from vjepa_scale.config import ConfigError
+from vjepa_scale.hf import export_to_hf
 from vjepa_scale.masks import pack_masks
 from vjepa_scale.models import JEPA
 from vjepa_scale.models.pos_embed import sincos_3d
 from vjepa_scale.models.vit import Packed
+from vjepa_scale.weights import (CheckpointMismatchError, check_hf_fields, config_from_hf_fields, config_to_hf_fields,
+                                 load_init_state, read_hf_config)
 
 transformers = pytest.importorskip("transformers")
 
@@ -206,6 +209,32 @@ def test_official_vjepa2_checkpoint_with_ten_mask_tokens(tmp_path):
     state = load_init_state(path, cfg)
     assert state["target_encoder"] is None
     _assert_same_outputs(cfg, model, state)
+
+
+def test_hf_config_map_round_trips(tmp_path):
+    """One Config <-> config.json map: export writes it, eval reads a Config back, import checks with it."""
+    cfg = tiny_config("rope", batch_size=B, crop=CROP, frames=FRAMES, num_heads=6, mlp_ratio=3.0)
+    fields = config_to_hf_fields(cfg)
+    back = config_from_hf_fields({"model_type": "vjepa2", **fields})
+    assert config_to_hf_fields(back) == fields
+    assert back.model.pos_embed == "rope" and back.grid == cfg.grid and len(back.mask.types) == len(cfg.mask.types)
+
+    sincos, model = _model("sincos")
+    out = export_to_hf(sincos, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict())
+    written = read_hf_config(out)
+    assert written["model_type"] == "vjepa_sincos"
+    assert {k: written.get(k) for k in fields} == config_to_hf_fields(sincos)
+    assert config_from_hf_fields(written).model.pos_embed == "sincos"
+    check_hf_fields(written, sincos, "hf", has_predictor=True)
+    with pytest.raises(CheckpointMismatchError, match=r"hf: num_attention_heads=3 but the config has "
+                                                      r"model.num_heads \(via model.size\)=6"):
+        check_hf_fields(written, tiny_config("sincos", crop=CROP, frames=FRAMES, num_heads=6), "hf", True)
+    with pytest.raises(ConfigError, match=r"x.json: model_type 'bert' is not a V-JEPA export"):
+        config_from_hf_fields({**written, "model_type": "bert"}, "x.json")
+    with pytest.raises(ConfigError, match=r"x.json has no field 'hidden_size'"):
+        config_from_hf_fields({k: v for k, v in written.items() if k != "hidden_size"}, "x.json")
+    with pytest.raises(ConfigError, match="not a Hugging Face export"):
+        read_hf_config(tmp_path)
 
 
 def test_shape_mismatch_names_key_and_both_shapes(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vjepa_scale.hf import load_init_state
+from vjepa_scale.weights import load_init_state
 from vjepa_scale.models import VisionTransformer3D
 
 transformers = pytest.importorskip("transformers")
@@ -59,7 +59,7 @@ def test_cli_runs_as_a_script():
 
 
 def test_convert_zero3_run_to_stock_vjepa2(run_dir, tmp_path, capsys):
-    from vjepa_scale.train.checkpoint import load_consolidated
+    from vjepa_scale.weights import load_consolidated
 
     out = tmp_path / "hf"
     assert _cli().main([str(run_dir), str(out), "--include-predictor", "--max-shard-size", "400KB"]) == 0
@@ -85,7 +85,7 @@ def test_convert_zero3_run_to_stock_vjepa2(run_dir, tmp_path, capsys):
 
 
 def test_convert_online_and_errors(run_dir, tmp_path, capsys):
-    from vjepa_scale.train.checkpoint import load_consolidated
+    from vjepa_scale.weights import load_consolidated
 
     cli = _cli()
     ckpt = run_dir / "checkpoints" / "step_00000002"
@@ -102,7 +102,7 @@ def test_convert_online_and_errors(run_dir, tmp_path, capsys):
 
 
 def test_warm_start_from_training_run(run_dir):
-    from vjepa_scale.train.checkpoint import load_consolidated
+    from vjepa_scale.weights import load_consolidated
 
     online, target = load_consolidated(run_dir, "online"), load_consolidated(run_dir, "target")
     cfg = online["config"]
@@ -119,7 +119,7 @@ def test_warm_start_from_training_run(run_dir):
 def test_training_warm_start_from_hf_folder_keeps_weights_exact(run_dir, tmp_path):
     """train.init_from loads before DeepSpeed: the fp32 masters it checkpoints equal the imported weights."""
     from vjepa_scale.hf import export_to_hf
-    from vjepa_scale.train.checkpoint import load_consolidated
+    from vjepa_scale.weights import load_consolidated
 
     src = load_consolidated(run_dir, "target")
     hf = export_to_hf(src["config"], src["encoder"], tmp_path / "hf", src["predictor"], step=src["step"])

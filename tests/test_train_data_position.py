@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vjepa_scale.config import load_config
-from vjepa_scale.train.checkpoint import list_checkpoints, load_consolidated
+from vjepa_scale.weights import list_checkpoints, load_consolidated
 from vjepa_scale.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

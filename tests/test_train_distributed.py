@@ -3,10 +3,11 @@
 Three launches of tools/train.py share one tiny setup (depth 1, width 96, crop 32, 4 frames):
   straight: 6 steps through the `deepspeed` launcher, a checkpoint after every step;
   killed:   the same run under torch.distributed.run, checkpoints every 3 steps, rank 0 SIGKILLed
-            in the middle of the step-6 save;
+            in the middle of the step-6 save (tests/kill_in_save.py);
   resumed:  `--resume auto` on the killed run's directory, training steps 4-6 again.
 """
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,10 +19,11 @@ import torch
 
 from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
-from vjepa_scale.train.checkpoint import KILL_IN_SAVE_ENV, find_latest, list_checkpoints, load_consolidated
-from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.train.checkpoint import load_checkpoint
 from vjepa_scale.train.engine import build_models
+from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.train.schedules import ema_momentum
+from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
@@ -45,13 +47,17 @@ def _deepspeed_launcher() -> str:
     return found
 
 
-def _launch(run_dir, *opts, launcher="torchrun", extra_env=None, resume=None, nproc=2, cpu=True):
-    env = dict(os.environ, DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1", **(extra_env or {}))
+def _launch(run_dir, *opts, launcher="torchrun", kill_in_save_at=None, resume=None, nproc=2, cpu=True):
+    """tools/train.py on `nproc` ranks; with `kill_in_save_at`, through tests/kill_in_save.py."""
+    env = dict(os.environ, DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
     if cpu:
         env["DS_ACCELERATOR"] = "cpu"
     else:
         env.pop("DS_ACCELERATOR", None)
-    args = ["tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
+    script = ["tools/train.py"]
+    if kill_in_save_at is not None:
+        script = ["tests/kill_in_save.py", "--kill-in-save-at-step", str(kill_in_save_at)]
+    args = [*script, "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
     for o in [*OPTS, *opts]:
         args += ["--opt", o]
     if resume:
@@ -75,7 +81,7 @@ def runs(tmp_path_factory):
     straight, killed = base / "straight", base / "killed"
     r = _launch(straight, "train.checkpoint_every=1", launcher="deepspeed")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    k = _launch(killed, "train.checkpoint_every=3", extra_env={KILL_IN_SAVE_ENV: str(STEPS)})
+    k = _launch(killed, "train.checkpoint_every=3", kill_in_save_at=STEPS)
     assert k.returncode != 0, "rank 0 should have been killed inside the step-6 save"
     killed_state = {"latest": find_latest(killed), "tmp": sorted(p.name for p in (killed / "checkpoints").glob(".tmp_*"))}
     resumed = base / "resumed"
@@ -140,6 +146,25 @@ def test_resume_is_exact(runs):
             assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (which, part)
 
 
+def test_resume_refuses_another_world_size(runs):
+    """ZeRO-3 shards are per rank: a 2-rank checkpoint is refused by 1 rank before anything is loaded."""
+    ckpt = find_latest(runs["straight"])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(ckpt))} was written by 2 ranks; this run has 1 .*load_consolidated"):
+        load_checkpoint(ckpt, engine=None, ema=None, rank=0, world_size=1)
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path):
+    """One rank, a save every step, train.keep_last=2: only the two newest stay, `latest` names the last."""
+    run = tmp_path / "keep2"
+    r = _launch(run, "optim.iterations=4", "train.checkpoint_every=1", "train.keep_last=2", nproc=1)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    root = run / CKPT_SUBDIR
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000003", "step_00000004"]
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000004"]
+    assert (root / "latest").read_text() == "step_00000004" and find_latest(run) == root / "step_00000004"
+    assert [x["step"] for x in read_metrics(run)] == [1, 2, 3, 4]  # the steps ran; only their saves went
+
+
 def test_load_consolidated_builds_models(runs):
     d = load_consolidated(runs["straight"])  # run dir -> latest, target by default
     cfg = d["config"]
@@ -167,7 +192,7 @@ def _reference_ema(ckpts):
 
 
 def test_init_from_previous_run(runs):
-    """train.init_from (through vjepa_scale.hf.load_init_state) loads online, predictor and EMA weights."""
+    """train.init_from (through vjepa_scale.weights.load_init_state) loads online, predictor and EMA weights."""
     run = runs["straight"]
     cfg = load_config(run / "config.yaml", [f"train.init_from={run}"])
     jepa, target = build_models(cfg, seed=123)

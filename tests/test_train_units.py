@@ -7,11 +7,12 @@ import torch
 
 from vjepa_scale.config import load_config
 from vjepa_scale.models import JEPA
-from vjepa_scale.train.checkpoint import CKPT_SUBDIR, find_latest, list_checkpoints, resolve_checkpoint
-from vjepa_scale.train.ema import ShardedEMA, consolidate_shards, unshard
+from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.engine import build_models, param_groups
 from vjepa_scale.train.schedules import ema_momentum, horizon, learning_rate, schedule_at, weight_decay
 from vjepa_scale.train.zero_compat import partition_slice
+from vjepa_scale.weights import (CKPT_SUBDIR, consolidate_shards, find_latest, list_checkpoints, resolve_checkpoint,
+                                 unshard)
 
 
 def test_schedules_on_scaled_horizon():

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     import torch
 
     from vjepa_scale.hf import export_to_hf
-    from vjepa_scale.train.checkpoint import load_consolidated
+    from vjepa_scale.weights import load_consolidated
 
     try:
         ckpt = load_consolidated(args.checkpoint, which=args.which)

@@ -19,7 +19,7 @@ PORT=${MASTER_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0
   --opt data.backend=cpu --opt "data.datasets=[{path: $VIDEOS/train.txt}]" --opt data.num_workers=1 "$@"
 "$PY" - "$OUT" <<'PY'
 import sys
-from vjepa_scale.train.checkpoint import find_latest
+from vjepa_scale.weights import find_latest
 from vjepa_scale.train.metrics import read_metrics
 run = sys.argv[1]
 recs = read_metrics(run)

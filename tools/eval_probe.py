@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run.seeds=[{args.seeds}]")
 
     from vjepa_scale.eval.config import load_eval_config
-    from vjepa_scale.eval.encoder import CheckpointMismatchError
     from vjepa_scale.eval.run import run_eval
+    from vjepa_scale.weights import CheckpointMismatchError
 
     try:
         cfg = load_eval_config(args.config, overrides)

@@ -10,11 +10,9 @@ absolute paths), usable as `data.datasets: [{path: OUT_DIR/train.txt}]` with `da
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vjepa_scale.data.synthetic_videos import CODECS, PATTERNS, write_synthetic_videos  # noqa: E402
+from vjepa_scale.data.synthetic_videos import CODECS, PATTERNS, write_synthetic_videos
 
 
 def main(argv=None) -> int:

@@ -242,7 +242,7 @@ class TrainConfig(Section):
     log_every: int = 10
     progress_bar: bool = True
     device_peak_tflops: Optional[float] = None  # for MFU; looked up from the device name if null
-    init_from: Optional[str] = None  # pretrained weights loaded before training (vjepa_scale.hf.load_init_state)
+    init_from: Optional[str] = None  # pretrained weights loaded before training (vjepa_scale.weights.load_init_state)
 
     def validate(self, prefix: str = "train") -> None:
         self.check_positive(prefix, "checkpoint_every", "log_every")

@@ -11,9 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from vjepa_scale.config import Config
+from vjepa_scale.config import Config, resolve_vit_size
 from vjepa_scale.masks import MaskBatch
-from vjepa_scale.models.vit import resolve_vit_size
 
 # Dense bf16 peak TFLOP/s by device-name fragment (checked in order; first match wins).
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [

@@ -20,9 +20,9 @@ from vjepa_scale.config import ConfigError, ModelConfig, Section, load_typed_yam
 class EncoderSource(Section):
     """Frozen encoder weights: our run dir / checkpoint, an HF export folder, or random init."""
 
-    checkpoint: Optional[str] = None  # run dir or checkpoint path (vjepa_scale.train.checkpoint)
+    checkpoint: Optional[str] = None  # run dir or checkpoint path (vjepa_scale.weights.run)
     which: Literal["target", "online"] = "target"  # EMA target encoder by default
-    hf_path: Optional[str] = None  # Hugging Face export folder (vjepa_scale.hf)
+    hf_path: Optional[str] = None  # Hugging Face export folder (vjepa_scale.weights.load)
     random_init: bool = False  # baseline: same architecture (from `model:` or the checkpoint), random weights
     init_seed: int = 0  # seed of the random init
 

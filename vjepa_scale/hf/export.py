@@ -16,28 +16,14 @@ from typing import Optional
 import torch
 import yaml
 
-from vjepa_scale.config import Config
-from vjepa_scale.hf import keys
-from vjepa_scale.hf.checks import check_state_dict, expected_shapes
-from vjepa_scale.models.vit import resolve_vit_size
+from vjepa_scale.config import Config, resolve_vit_size
+from vjepa_scale.weights import keys
+from vjepa_scale.weights.checks import check_state_dict, expected_shapes
+from vjepa_scale.weights.hf_config import config_to_hf_fields
 
 StateDict = dict[str, torch.Tensor]
 REMOTE_CODE = Path(__file__).with_name("modeling_vjepa_sincos.py")
 _OUR_FILES = ("config.json", "README.md", "model.safetensors", "model.safetensors.index.json", REMOTE_CODE.name)
-
-
-def hf_config_kwargs(cfg: Config) -> dict:
-    """`VJEPA2Config` fields for the models `cfg` builds."""
-    dims = resolve_vit_size(cfg.model)
-    return dict(
-        patch_size=cfg.model.patch_size, crop_size=cfg.data.crop_size, frames_per_clip=cfg.data.frames_per_clip,
-        tubelet_size=cfg.model.tubelet_size, hidden_size=dims.width, in_chans=3,
-        num_attention_heads=dims.num_heads, num_hidden_layers=dims.depth, mlp_ratio=float(dims.mlp_ratio),
-        layer_norm_eps=1e-6, qkv_bias=cfg.model.qkv_bias, hidden_act="gelu",
-        pred_hidden_size=cfg.model.pred_width, pred_num_attention_heads=cfg.model.pred_num_heads,
-        pred_num_hidden_layers=cfg.model.pred_depth, pred_num_mask_tokens=len(cfg.mask.types),
-        pred_mlp_ratio=float(cfg.model.pred_mlp_ratio),
-    )
 
 
 def make_hf_config(cfg: Config, dtype: torch.dtype = torch.float32):
@@ -45,12 +31,12 @@ def make_hf_config(cfg: Config, dtype: torch.dtype = torch.float32):
     if cfg.model.pos_embed == "rope":
         from transformers import VJEPA2Config
 
-        hf = VJEPA2Config(**hf_config_kwargs(cfg))
+        hf = VJEPA2Config(**config_to_hf_fields(cfg))
         hf.architectures = ["VJEPA2Model"]
     else:
         from vjepa_scale.hf.modeling_vjepa_sincos import VJEPASinCosConfig
 
-        hf = VJEPASinCosConfig(**hf_config_kwargs(cfg))
+        hf = VJEPASinCosConfig(**config_to_hf_fields(cfg))
         hf.architectures = ["VJEPASinCosModel"]
         module = REMOTE_CODE.stem
         hf.auto_map = {"AutoConfig": f"{module}.VJEPASinCosConfig", "AutoModel": f"{module}.VJEPASinCosModel"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -35,9 +36,15 @@ class JEPA(nn.Module):
         return self.predictor(ctx_TD, masks)
 
 
-def make_target_encoder(encoder: VisionTransformer3D) -> VisionTransformer3D:
-    """A frozen copy of the encoder (the EMA target)."""
+def make_target_encoder(encoder: VisionTransformer3D,
+                        state: Optional[dict[str, torch.Tensor]] = None) -> VisionTransformer3D:
+    """The EMA target: a frozen copy of `encoder`, with the weights `state` (strict) when given.
+
+    The one place a target encoder is created (training engine, step benchmark, tests).
+    """
     target = copy.deepcopy(encoder)
+    if state is not None:
+        target.load_state_dict(state, strict=True)
     for p in target.parameters():
         p.requires_grad_(False)
     return target

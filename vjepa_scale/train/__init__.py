@@ -4,7 +4,8 @@
 - `ema.ShardedEMA`: shard-local EMA from the optimizer's fp32 master shards (no communication).
 - `schedules`: LR warmup+cosine, WD cosine, EMA momentum ramp as pure functions of the step
   (the warmup+cosine shape is `vjepa_scale.schedules`).
-- `checkpoint`: atomic checkpoints, `find_latest` for `--resume auto`, CPU-only `load_consolidated`.
+- `checkpoint`: atomic save / resume inside the live engines (finding and consolidating checkpoints:
+  `vjepa_scale.weights`).
 - `launch`: batch resolution, pre-flight checks, DeepSpeed config, joining DeepSpeed's process group
   (rank / device / dtype come from `vjepa_scale.distributed`).
 - `zero_compat`: every DeepSpeed internal relied on (ZeRO-3 shards and their layout, fp32 masters,

@@ -1,27 +1,16 @@
-"""Atomic, resumable checkpoints: DeepSpeed ZeRO state + EMA shadow shards + trainer state.
+"""Atomic, resumable checkpoints inside a live engine: DeepSpeed ZeRO state + EMA shards + RNG.
 
-Layout of a run directory::
-
-    run_dir/checkpoints/
-        latest                      name of the newest complete checkpoint (written last)
-        step_00001000/
-            meta.json               step, world size, micro-step (data position); written last
-            config.yaml             the effective config
-            ds/state/...            DeepSpeed checkpoint (model + ZeRO optimizer partitions)
-            ema/rank00000.pt ...    each rank's fp32 EMA shadow shards
-            rng/rank00000.pt ...    each rank's RNG states
-        .tmp_step_00002000/         a save in progress (ignored, removed by the next save)
-
-A save writes everything into `.tmp_<name>`, then rank 0 writes `meta.json`, renames the folder to
-its final name and replaces `latest`. A save killed at any point leaves the previous checkpoint as
-the latest complete one. `load_consolidated` rebuilds full fp32 weights on CPU without a launcher.
+The on-disk layout, discovery (`find_latest`, `list_checkpoints`) and the CPU-only consolidation
+(`load_consolidated`) live in `vjepa_scale.weights.run`. A save writes everything into
+`.tmp_<name>`; then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json`, renames the
+folder to its final name, replaces `latest` and prunes to `train.keep_last`. A save killed at any
+point before the rename leaves the previous checkpoint as the latest complete one.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -29,59 +18,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-CKPT_SUBDIR = "checkpoints"
-DS_TAG = "state"
-_NAME = re.compile(r"^step_(\d{8,})$")
-# Test hook: rank 0 kills itself (SIGKILL) inside the save of this step, after all shard files are
-# written and before the commit, to prove a dying save never replaces the previous checkpoint.
-KILL_IN_SAVE_ENV = "VJEPA_SCALE_KILL_IN_SAVE_AT_STEP"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def is_complete(ckpt: Path) -> bool:
-    meta = ckpt / "meta.json"
-    if not meta.is_file():
-        return False
-    try:
-        return bool(json.loads(meta.read_text()).get("complete"))
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CKPT_SUBDIR
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and is_complete(p)]
-    return [p for _, p in sorted(found)]
-
-
-def find_latest(run_dir: str | Path) -> Optional[Path]:
-    """The newest complete checkpoint: the `latest` marker if it names one, else the highest step."""
-    root = Path(run_dir) / CKPT_SUBDIR
-    marker = root / "latest"
-    if marker.is_file():
-        cand = root / marker.read_text().strip()
-        if cand.name and is_complete(cand):
-            return cand
-    done = list_checkpoints(run_dir)
-    return done[-1] if done else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir as given, or the latest complete one of a run dir; errors name the path."""
-    p = Path(path)
-    if is_complete(p):
-        return p
-    latest = find_latest(p)
-    if latest is None:
-        raise FileNotFoundError(f"no complete checkpoint at '{path}' (expected a run dir with "
-                                f"{CKPT_SUBDIR}/step_*/meta.json, or one such checkpoint dir)")
-    return latest
+from vjepa_scale.config import save_config
+from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints
 
 
 def _barrier() -> None:
@@ -129,8 +67,6 @@ def set_rng_state(st: dict) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int, world_size: int,
                     extra: Optional[dict] = None, keep_last: int = 3) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint path."""
-    from vjepa_scale.config import save_config
-
     root = Path(run_dir) / CKPT_SUBDIR
     name = checkpoint_name(step)
     tmp, final = root / f".tmp_{name}", root / name
@@ -146,28 +82,30 @@ def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int,
     torch.save(rng_state(), tmp / "rng" / f"rank{rank:05d}.pt")
     _barrier()
     if rank == 0:
-        if os.environ.get(KILL_IN_SAVE_ENV) == str(step):
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-        save_config(cfg, tmp / "config.yaml")
         meta = {"step": step, "world_size": world_size, "complete": True, **(extra or {})}
-        _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving a step: move the old one aside first, drop it after the swap
-            old = root / f".old_{name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(root)
-        _write_atomic(root / "latest", name)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        _commit(Path(run_dir), tmp, final, cfg, meta, keep_last)
     _barrier()
     return final
+
+
+def _commit(run_dir: Path, tmp: Path, final: Path, cfg, meta: dict, keep_last: int) -> None:
+    """Rank 0, once every rank's files are in `tmp`: config + meta.json, rename, `latest`, prune."""
+    root = final.parent
+    save_config(cfg, tmp / "config.yaml")
+    _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving a step: move the old one aside first, drop it after the swap
+        old = root / f".old_{final.name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(root)
+    _write_atomic(root / "latest", final.name)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -> dict:
@@ -177,7 +115,7 @@ def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -
     if meta["world_size"] != world_size:
         raise ValueError(f"checkpoint {ckpt} was written by {meta['world_size']} ranks; this run has "
                          f"{world_size} (ZeRO-3 shards are per rank). Consolidate it with "
-                         f"vjepa_scale.train.checkpoint.load_consolidated and start with train.init_from")
+                         f"vjepa_scale.weights.load_consolidated and start with train.init_from")
     load_path, _ = engine.load_checkpoint(str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if load_path is None:
@@ -186,36 +124,3 @@ def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -
     # RNG states hold numpy arrays: our own files, written by save_checkpoint.
     set_rng_state(torch.load(ckpt / "rng" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=False))
     return meta
-
-
-def load_consolidated(path: str | Path, which: str = "target") -> dict:
-    """Full fp32 weights from a checkpoint, on CPU, without GPUs or a distributed launch.
-
-    path: a run dir (its latest complete checkpoint) or one checkpoint dir.
-    which: "target" (EMA encoder, the one evaluated and exported) or "online" (trained encoder).
-    Returns dict(config=Config, step=int, encoder=state_dict of VisionTransformer3D,
-    predictor=state_dict of Predictor).
-    """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from vjepa_scale.config import load_config
-    from vjepa_scale.train.ema import consolidate_shards
-
-    if which not in ("target", "online"):
-        raise ValueError(f"which must be 'target' or 'online', got {which!r}")
-    ckpt = resolve_checkpoint(path)
-    meta = json.loads((ckpt / "meta.json").read_text())
-    cfg = load_config(ckpt / "config.yaml")
-    online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
-    online = {k: v.float().clone() for k, v in online.items()}
-    encoder = {k[len("encoder."):]: v for k, v in online.items() if k.startswith("encoder.")}
-    predictor = {k[len("predictor."):]: v for k, v in online.items() if k.startswith("predictor.")}
-    if which == "target":
-        shards = [torch.load(f, map_location="cpu", weights_only=True)
-                  for f in sorted((ckpt / "ema").glob("rank*.pt"))]
-        target = consolidate_shards(shards)
-        missing = set(encoder) - set(target)
-        for k in missing:  # buffers saved with the model (not trained, identical in both)
-            target[k] = encoder[k]
-        encoder = target
-    return {"config": cfg, "step": int(meta["step"]), "encoder": encoder, "predictor": predictor}

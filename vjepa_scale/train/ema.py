@@ -9,22 +9,12 @@ specifics (shards, masters, slice arithmetic) come from `zero_compat`.
 """
 from __future__ import annotations
 
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from vjepa_scale.kernels import ema_update_
 from vjepa_scale.train.zero_compat import fp32_master, is_partitioned, local_flat, partition_slice
-
-
-def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
-    """Inverse of `local_shard` over all ranks' slices (rank order) -> tensor of `shape`."""
-    shape = tuple(shape)
-    numel = 1
-    for s in shape:
-        numel *= s
-    return torch.cat([s.reshape(-1) for s in shards])[:numel].reshape(shape)
 
 
 class ShardedEMA:
@@ -99,16 +89,3 @@ class ShardedEMA:
             s.copy_(state["shadows"][n].to(s.device))
         self._write_targets()
 
-
-def consolidate_shards(shards: list[dict]) -> dict[str, torch.Tensor]:
-    """Full fp32 tensors from every rank's EMA `state_dict()` (CPU; no process group needed)."""
-    shards = sorted(shards, key=lambda d: d["rank"])
-    if len(shards) != shards[0]["world_size"]:
-        raise ValueError(f"need {shards[0]['world_size']} EMA shards, got {len(shards)}")
-    out = {}
-    for name, shape in shards[0]["shapes"].items():
-        if shards[0]["partitioned"]:
-            out[name] = unshard([d["shadows"][name] for d in shards], shape)
-        else:
-            out[name] = shards[0]["shadows"][name].reshape(shape).clone()
-    return out

@@ -23,13 +23,14 @@ from vjepa_scale.config import Config, save_config
 from vjepa_scale.data import Batch, build_dataloader
 from vjepa_scale.distributed import DistEnv, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
-from vjepa_scale.models import JEPA, compute_targets
+from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
 from vjepa_scale.train.schedules import schedule_at
+from vjepa_scale.weights import find_latest, load_init_state, resolve_checkpoint
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -46,24 +47,18 @@ def param_groups(model: nn.Module) -> list[dict]:
 def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
     """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed).
 
-    With `train.init_from`, weights come from `vjepa_scale.hf.load_init_state` (strict load).
+    With `train.init_from`, weights come from `vjepa_scale.weights.load_init_state` (strict load).
     """
     torch.manual_seed(seed)
     jepa = JEPA(cfg)
-    target = VisionTransformer3D(cfg.model, cfg.grid)
+    target_sd = None
     if cfg.train.init_from:
-        from vjepa_scale.hf import load_init_state  # lazy: only needed for warm starts
-
         state = load_init_state(cfg.train.init_from, cfg)
         jepa.encoder.load_state_dict(state["encoder"], strict=True)
         if state.get("predictor") is not None:
             jepa.predictor.load_state_dict(state["predictor"], strict=True)
-        target_sd = state.get("target_encoder") or state["encoder"]
-        target.load_state_dict(target_sd, strict=True)
-    else:
-        target.load_state_dict(jepa.encoder.state_dict(), strict=True)
-    for p in target.parameters():
-        p.requires_grad_(False)
+        target_sd = state.get("target_encoder")
+    target = make_target_encoder(jepa.encoder, target_sd)
     return jepa, target
 
 
@@ -117,8 +112,8 @@ class Trainer:
         if resume is None:
             return None
         if resume == "auto":
-            return ckpt_lib.find_latest(self.run_dir)
-        return ckpt_lib.resolve_checkpoint(resume)
+            return find_latest(self.run_dir)
+        return resolve_checkpoint(resume)
 
     # ----------------------------------------------------------------------------------------------
 

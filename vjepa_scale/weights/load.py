@@ -19,31 +19,15 @@ from typing import Any, Optional
 
 import torch
 
-from vjepa_scale.config import Config
-from vjepa_scale.hf import keys
-from vjepa_scale.hf.checks import CheckpointMismatchError, check_state_dict, expected_shapes
+from vjepa_scale.config import Config, resolve_vit_size
 from vjepa_scale.models.pos_embed import sincos_3d
-from vjepa_scale.models.vit import resolve_vit_size
+from vjepa_scale.weights import keys
+from vjepa_scale.weights.checks import CheckpointMismatchError, check_state_dict, expected_shapes
+from vjepa_scale.weights.hf_config import check_hf_fields, hf_pos_embed, read_hf_config
+from vjepa_scale.weights.run import load_consolidated, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
-
-HF_MODEL_TYPES = {"vjepa2": "rope", "vjepa_sincos": "sincos"}
-# HF config field -> (our config key, value from cfg)
-_HF_FIELDS = {
-    "hidden_size": ("model.width (via model.size)", lambda c, d: d.width),
-    "num_hidden_layers": ("model.depth (via model.size)", lambda c, d: d.depth),
-    "num_attention_heads": ("model.num_heads (via model.size)", lambda c, d: d.num_heads),
-    "mlp_ratio": ("model.mlp_ratio (via model.size)", lambda c, d: d.mlp_ratio),
-    "patch_size": ("model.patch_size", lambda c, d: c.model.patch_size),
-    "tubelet_size": ("model.tubelet_size", lambda c, d: c.model.tubelet_size),
-    "qkv_bias": ("model.qkv_bias", lambda c, d: c.model.qkv_bias),
-    "pred_hidden_size": ("model.pred_width", lambda c, d: c.model.pred_width),
-    "pred_num_hidden_layers": ("model.pred_depth", lambda c, d: c.model.pred_depth),
-    "pred_num_attention_heads": ("model.pred_num_heads", lambda c, d: c.model.pred_num_heads),
-    "pred_mlp_ratio": ("model.pred_mlp_ratio", lambda c, d: c.model.pred_mlp_ratio),
-}
-_PREDICTOR_FIELDS = {"pred_hidden_size", "pred_num_hidden_layers", "pred_num_attention_heads", "pred_mlp_ratio"}
 
 
 def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[StateDict]]:
@@ -97,13 +81,9 @@ def read_hf_weights(folder: Path) -> StateDict:
 
 
 def _from_hf_folder(folder: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
-    with open(folder / "config.json") as f:
-        hf_cfg = json.load(f)
-    model_type = hf_cfg.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise ValueError(f"{folder}/config.json: model_type '{model_type}' is not a V-JEPA export "
-                         f"(expected one of {sorted(HF_MODEL_TYPES)})")
-    _check_positions(HF_MODEL_TYPES[model_type], cfg, f"{folder} (model_type {model_type})")
+    hf_cfg = read_hf_config(folder)
+    model_type = hf_cfg["model_type"]
+    _check_positions(hf_pos_embed(hf_cfg, str(folder)), cfg, f"{folder} (model_type {model_type})")
     sd = read_hf_weights(folder)
     if all(k.startswith("vjepa2.") or k.startswith(("pooler.", "classifier.")) for k in sd):
         dropped = [k for k in sd if not k.startswith("vjepa2.")]
@@ -115,27 +95,10 @@ def _from_hf_folder(folder: Path, cfg: Config) -> dict[str, Optional[StateDict]]
     other = sorted(k for k in sd if not k.startswith(("encoder.", "predictor.")))
     if other:
         raise keys.KeyLayoutError(f"{folder}: tensors outside encoder./predictor.: {other[:8]}")
-    _check_hf_config(hf_cfg, cfg, folder, has_predictor=bool(pred))
+    check_hf_fields(hf_cfg, cfg, f"{folder}/config.json", has_predictor=bool(pred))
     return {"encoder": keys.encoder_from_hf(enc),
             "predictor": keys.predictor_from_hf(pred) if pred else None,
             "target_encoder": None}
-
-
-def _check_hf_config(hf_cfg: dict[str, Any], cfg: Config, folder: Path, has_predictor: bool) -> None:
-    """Fields that shapes cannot reveal (head counts) must agree too."""
-    dims = resolve_vit_size(cfg.model)
-    for field, (ours, get) in _HF_FIELDS.items():
-        if field in _PREDICTOR_FIELDS and not has_predictor:
-            continue
-        if field not in hf_cfg:
-            continue
-        want = get(cfg, dims)
-        have = hf_cfg[field]
-        same = abs(float(have) - float(want)) < 1e-6 if isinstance(want, float) else have == want
-        if not same:
-            raise CheckpointMismatchError(f"{folder}/config.json: {field}={have!r} but the config has {ours}={want!r}")
-    if hf_cfg.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointMismatchError(f"{folder}/config.json: hidden_act={hf_cfg['hidden_act']!r}; our blocks use gelu")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,8 +110,6 @@ _ARCH_FIELDS = ("pos_embed", "patch_size", "tubelet_size", "qkv_bias", "pred_wid
 
 
 def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
-    from vjepa_scale.train.checkpoint import load_consolidated, resolve_checkpoint
-
     try:
         ckpt = resolve_checkpoint(p)
     except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""Check converted state dicts against the models a `Config` builds (names and shapes)."""
+"""Check state dicts against the models a `Config` builds (names and shapes): the one check of weights."""
 from __future__ import annotations
 
 import torch
@@ -18,12 +18,20 @@ def expected_shapes(cfg: Config) -> dict[str, dict[str, torch.Size]]:
     with torch.device("meta"):
         enc = VisionTransformer3D(cfg.model, cfg.grid)
         pred = Predictor(cfg.model, enc.embed_dim, cfg.grid, len(cfg.mask.types))
-    return {"encoder": {k: v.shape for k, v in enc.state_dict().items()},
-            "predictor": {k: v.shape for k, v in pred.state_dict().items()}}
+    return {"encoder": module_shapes(enc), "predictor": module_shapes(pred)}
+
+
+_HINTS = {"encoder": "model.size/width/depth/num_heads/patch_size/pos_embed",
+          "predictor": "model.pred_width/pred_depth, model.size/width and the number of mask types (mask.types)"}
 
 
 def check_state_dict(sd: StateDict, expected: dict[str, torch.Size], what: str, source: str) -> None:
-    """Same keys and shapes as `expected`, else a `CheckpointMismatchError` naming what differs."""
+    """Same keys and shapes as `expected`, else a `CheckpointMismatchError` naming what differs.
+
+    what: 'encoder', 'target_encoder' or 'predictor' (names the part and picks the config keys to check);
+    source: where the weights come from (the message starts with it).
+    """
+    hint = _HINTS["predictor" if what == "predictor" else "encoder"]
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     bad = [k for k in sorted(set(sd) & set(expected)) if tuple(sd[k].shape) != tuple(expected[k])]
@@ -31,10 +39,15 @@ def check_state_dict(sd: StateDict, expected: dict[str, torch.Size], what: str, 
         lines = [f"{what} parameter '{k}' has shape {tuple(sd[k].shape)} in the checkpoint but "
                  f"{tuple(expected[k])} in the model built from the config" for k in bad[:6]]
         more = f"; and {len(bad) - 6} more" if len(bad) > 6 else ""
-        raise CheckpointMismatchError(f"{source}: " + "; ".join(lines) + more)
+        raise CheckpointMismatchError(f"{source}: " + "; ".join(lines) + more +
+                                      f" (a checkpoint of another model size? check {hint})")
     if missing or unexpected:
         raise CheckpointMismatchError(
             f"{source}: {what} parameters do not match the model built from the config "
             f"(missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
-            f"not in the model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}); "
-            f"check model.size/depth/width and model.pred_depth")
+            f"not in the model: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}); check {hint}")
+
+
+def module_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
+    """{key: shape} of a built module's state dict: the `expected` of `check_state_dict`."""
+    return {k: v.shape for k, v in module.state_dict().items()}

@@ -1,0 +1,132 @@
+"""Our training runs on disk: checkpoint layout, discovery, and CPU consolidation of ZeRO-3 shards.
+
+Layout of a run directory::
+
+    run_dir/checkpoints/
+        latest                      name of the newest complete checkpoint (written last)
+        step_00001000/
+            meta.json               step, world size, micro-step (data position); written last
+            config.yaml             the effective config
+            ds/state/...            DeepSpeed checkpoint (model + ZeRO optimizer partitions)
+            ema/rank00000.pt ...    each rank's fp32 EMA shadow shards
+            rng/rank00000.pt ...    each rank's RNG states
+        .tmp_step_00002000/         a save in progress (ignored, removed by the next save)
+
+A checkpoint is complete once its `meta.json` says so; writing it (`vjepa_scale.train.checkpoint`)
+is the trainer's business, reading it is this module's. `load_consolidated` rebuilds full fp32
+weights on CPU without GPUs or a distributed launch, from any world size.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from vjepa_scale.config import load_config
+
+CKPT_SUBDIR = "checkpoints"
+DS_TAG = "state"
+_NAME = re.compile(r"^step_(\d{8,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def is_complete(ckpt: Path) -> bool:
+    meta = ckpt / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return bool(json.loads(meta.read_text()).get("complete"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and is_complete(p)]
+    return [p for _, p in sorted(found)]
+
+
+def find_latest(run_dir: str | Path) -> Optional[Path]:
+    """The newest complete checkpoint: the `latest` marker if it names one, else the highest step."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    marker = root / "latest"
+    if marker.is_file():
+        cand = root / marker.read_text().strip()
+        if cand.name and is_complete(cand):
+            return cand
+    done = list_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir as given, or the latest complete one of a run dir; errors name the path."""
+    p = Path(path)
+    if is_complete(p):
+        return p
+    latest = find_latest(p)
+    if latest is None:
+        raise FileNotFoundError(f"no complete checkpoint at '{path}' (expected a run dir with "
+                                f"{CKPT_SUBDIR}/step_*/meta.json, or one such checkpoint dir)")
+    return latest
+
+
+def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
+    """Inverse of `train.ema.local_shard` over all ranks' flat slices (rank order) -> tensor of `shape`."""
+    shape = tuple(shape)
+    numel = 1
+    for s in shape:
+        numel *= s
+    return torch.cat([s.reshape(-1) for s in shards])[:numel].reshape(shape)
+
+
+def consolidate_shards(shards: list[dict]) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors from every rank's EMA `state_dict()` (CPU; no process group needed)."""
+    shards = sorted(shards, key=lambda d: d["rank"])
+    if len(shards) != shards[0]["world_size"]:
+        raise ValueError(f"need {shards[0]['world_size']} EMA shards, got {len(shards)}")
+    out = {}
+    for name, shape in shards[0]["shapes"].items():
+        if shards[0]["partitioned"]:
+            out[name] = unshard([d["shadows"][name] for d in shards], shape)
+        else:
+            out[name] = shards[0]["shadows"][name].reshape(shape).clone()
+    return out
+
+
+def load_consolidated(path: str | Path, which: str = "target") -> dict:
+    """Full fp32 weights from a checkpoint, on CPU, without GPUs or a distributed launch.
+
+    path: a run dir (its latest complete checkpoint) or one checkpoint dir.
+    which: "target" (EMA encoder, the one evaluated and exported) or "online" (trained encoder).
+    Returns dict(config=Config, step=int, encoder=state_dict of VisionTransformer3D,
+    predictor=state_dict of Predictor).
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    if which not in ("target", "online"):
+        raise ValueError(f"which must be 'target' or 'online', got {which!r}")
+    ckpt = resolve_checkpoint(path)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cfg = load_config(ckpt / "config.yaml")
+    online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
+    online = {k: v.float().clone() for k, v in online.items()}
+    encoder = {k[len("encoder."):]: v for k, v in online.items() if k.startswith("encoder.")}
+    predictor = {k[len("predictor."):]: v for k, v in online.items() if k.startswith("predictor.")}
+    if which == "target":
+        shards = [torch.load(f, map_location="cpu", weights_only=True)
+                  for f in sorted((ckpt / "ema").glob("rank*.pt"))]
+        target = consolidate_shards(shards)
+        missing = set(encoder) - set(target)
+        for k in missing:  # buffers saved with the model (not trained, identical in both)
+            target[k] = encoder[k]
+        encoder = target
+    return {"config": cfg, "step": int(meta["step"]), "encoder": encoder, "predictor": predictor}
