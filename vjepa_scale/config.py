@@ -83,7 +83,7 @@ class ModelConfig(Section):
     def validate(self, prefix: str = "model") -> None:
         resolve_vit_size(self, prefix)
         self.check_positive(prefix, "patch_size", "tubelet_size", "pred_width", "pred_depth",
-                  "pred_num_heads", "pred_mlp_ratio", "loss_exp")
+                            "pred_num_heads", "pred_mlp_ratio", "loss_exp")
         if self.pred_width % self.pred_num_heads:
             raise ConfigError(f"{prefix}.pred_num_heads={self.pred_num_heads} does not divide "
                               f"{prefix}.pred_width={self.pred_width}")
@@ -165,7 +165,7 @@ class DataConfig(Section):
 
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
-                  "num_clips", "synthetic_size")
+                            "num_clips", "synthetic_size")
         if self.global_batch_size is not None and self.global_batch_size <= 0:
             raise ConfigError(f"{prefix}.global_batch_size must be > 0 or null, got {self.global_batch_size}")
         if self.num_workers < 0:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -105,3 +108,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     rot = torch.stack((-x2, x1), dim=-1).flatten(-2)
     return x * cos + rot * sin
+
+
+class Positions(nn.Module):
+    """The position scheme of one transformer, built for its default `grid`.
+
+    `sincos`: a fixed additive table (V-JEPA 1), resampled for another grid; `rope`: 3D rotary
+    tables (V-JEPA 2) applied inside attention. Exactly one of `additive` / `rotary` returns tables.
+    """
+
+    def __init__(self, scheme: str, width: int, head_dim: int, grid: tuple[int, int, int]):
+        super().__init__()
+        self.grid = tuple(grid)
+        if scheme == "sincos":
+            self.register_buffer("table", sincos_3d(width, self.grid), persistent=False)
+            self.rope = None
+        else:
+            self.table = None
+            self.rope = Rope3D(head_dim, self.grid)
+
+    def additive(self, grid: tuple[int, int, int], dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """(T*H*W, width) table for `grid` in `dtype`, or None under RoPE."""
+        if self.table is None:
+            return None
+        return interpolate_sincos(self.table, self.grid, grid).to(dtype)
+
+    def rotary(self, token_ids: Optional[torch.Tensor], grid: tuple[int, int, int], device: torch.device,
+               dtype: torch.dtype) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """cos, sin (T, 1, head_dim) at `token_ids` (None: every token of `grid`), or None under sin-cos."""
+        if self.rope is None:
+            return None
+        if token_ids is None:
+            return self.rope.full(device, dtype, grid)
+        return self.rope.tables(token_ids, dtype, grid)

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from vjepa_scale.config import ModelConfig
 from vjepa_scale.masks import MaskBatch
-from vjepa_scale.models.pos_embed import Rope3D, interpolate_sincos, sincos_3d
+from vjepa_scale.models.pos_embed import Positions
 from vjepa_scale.models.vit import Packed, Transformer, VitDims, init_weights
 
 
@@ -24,12 +24,7 @@ class Predictor(nn.Module):
         self.grid = tuple(grid)
         self.embed = nn.Linear(embed_dim, W)
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_types, W))
-        if cfg.pos_embed == "sincos":
-            self.register_buffer("pos_embed", sincos_3d(W, self.grid), persistent=False)
-            self.rope = None
-        else:
-            self.pos_embed = None
-            self.rope = Rope3D(self.dims.head_dim, self.grid)
+        self.positions = Positions(cfg.pos_embed, W, self.dims.head_dim, self.grid)
         self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
                                        cfg.sdpa_backend)
         self.proj = nn.Linear(W, embed_dim)
@@ -38,16 +33,14 @@ class Predictor(nn.Module):
     def forward(self, ctx_TD: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         x_ctx = self.embed(ctx_TD)
         x_tgt = self.mask_tokens.index_select(0, masks.tgt_type).to(x_ctx.dtype)
-        if self.pos_embed is not None:
-            pos = interpolate_sincos(self.pos_embed, self.grid, masks.grid).to(x_ctx.dtype)
-            x_ctx = x_ctx + pos.index_select(0, masks.ctx_token_ids)
-            x_tgt = x_tgt + pos.index_select(0, masks.tgt_token_ids)
+        pos_ND = self.positions.additive(masks.grid, x_ctx.dtype)
+        if pos_ND is not None:
+            x_ctx = x_ctx + pos_ND.index_select(0, masks.ctx_token_ids)
+            x_tgt = x_tgt + pos_ND.index_select(0, masks.tgt_token_ids)
         total = x_ctx.shape[0] + x_tgt.shape[0]
         x = x_ctx.new_zeros(total, x_ctx.shape[1])
         x = x.index_copy(0, masks.pred_ctx_slot, x_ctx).index_copy(0, masks.pred_tgt_slot, x_tgt)
         packed = Packed(masks.pred_cu_seqlens, masks.pred_max_seqlen, masks.pred_token_ids)
-        rope = None
-        if self.rope is not None:
-            rope = self.rope.tables(masks.pred_token_ids, x.dtype, masks.grid)
+        rope = self.positions.rotary(masks.pred_token_ids, masks.grid, x.device, x.dtype)
         y = self.transformer(x, packed, rope)
         return self.proj(y.index_select(0, masks.pred_tgt_slot))

@@ -17,7 +17,7 @@ from vjepa_scale.attention import Packed, dense_attention, packed_attention, res
 # The size table lives in config (config imports nothing from models); re-exported here.
 from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
 from vjepa_scale.kernels import masked_gather
-from vjepa_scale.models.pos_embed import Rope3D, apply_rope, interpolate_sincos, sincos_3d
+from vjepa_scale.models.pos_embed import Positions, apply_rope
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens.
@@ -123,12 +123,7 @@ class VisionTransformer3D(nn.Module):
         D = self.dims.width
         self.patch_embed = nn.Conv3d(in_chans, D, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
                                      stride=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size))
-        if cfg.pos_embed == "sincos":
-            self.register_buffer("pos_embed", sincos_3d(D, self.grid), persistent=False)
-            self.rope = None
-        else:
-            self.pos_embed = None
-            self.rope = Rope3D(self.dims.head_dim, self.grid)
+        self.positions = Positions(cfg.pos_embed, D, self.dims.head_dim, self.grid)
         self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
                                        cfg.sdpa_backend)
         init_weights(self)
@@ -145,20 +140,14 @@ class VisionTransformer3D(nn.Module):
     def forward(self, video_BCTHW: torch.Tensor, idx: Optional[torch.Tensor] = None,
                 packed: Optional[Packed] = None) -> torch.Tensor:
         x_BND, grid = self.patchify(video_BCTHW)
-        pos = None
-        if self.pos_embed is not None:
-            pos = interpolate_sincos(self.pos_embed, self.grid, grid).to(x_BND.dtype)
+        pos_ND = self.positions.additive(grid, x_BND.dtype)
         if idx is None:
-            if pos is not None:
-                x_BND = x_BND + pos
-            rope = None
-            if self.rope is not None:
-                rope = self.rope.full(x_BND.device, x_BND.dtype, grid)
+            if pos_ND is not None:
+                x_BND = x_BND + pos_ND
+            rope = self.positions.rotary(None, grid, x_BND.device, x_BND.dtype)
             return self.transformer(x_BND, None, rope)
         if packed is None:
             raise ValueError("a packed forward needs `packed` (cu_seqlens, max_seqlen, token_ids)")
-        x_TD = masked_gather(x_BND, idx, pos)
-        rope = None
-        if self.rope is not None:
-            rope = self.rope.tables(packed.token_ids, x_TD.dtype, grid)
+        x_TD = masked_gather(x_BND, idx, pos_ND)
+        rope = self.positions.rotary(packed.token_ids, grid, x_TD.device, x_TD.dtype)
         return self.transformer(x_TD, packed, rope)
