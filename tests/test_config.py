@@ -75,7 +75,7 @@ def test_missing_data_path_named(tmp_path):
         check_data_paths(cfg)
     idx = tmp_path / "idx.txt"
     idx.write_text("a.mp4 0\n")
-    ok = load_config("vith384", [f"data.datasets=[{{path: {idx}}}]"])
+    ok = load_config("vith384", [f"data.datasets=[{{path: {idx}}}]", "train.memory_check=false"])
     assert preflight(ok, 240).data.batch_size == 10
     with pytest.raises(ConfigError, match=r"train\.init_from: '/nonexistent/run' does not exist"):
         preflight(load_config("cpu_demo", ["train.init_from=/nonexistent/run"]), 2)

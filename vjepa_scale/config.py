@@ -243,6 +243,8 @@ class TrainConfig(Section):
     progress_bar: bool = True
     device_peak_tflops: Optional[float] = None  # for MFU; looked up from the device name if null
     init_from: Optional[str] = None  # pretrained weights loaded before training (vjepa_scale.weights.load_init_state)
+    check_free_disk: bool = True  # refuse to start when the checkpoint folder lacks room for one checkpoint
+    memory_check: bool = True  # refuse configs whose per-rank memory estimate exceeds the device (train.memory)
 
     def validate(self, prefix: str = "train") -> None:
         self.check_positive(prefix, "checkpoint_every", "log_every")

@@ -8,6 +8,9 @@
   `vjepa_scale.weights`).
 - `launch`: batch resolution, pre-flight checks, DeepSpeed config, joining DeepSpeed's process group
   (rank / device / dtype come from `vjepa_scale.distributed`).
+- `memory`: the pre-flight per-rank memory estimate (state by ZeRO stage, rough activations).
+- `housekeeping`: the checkpoint folder at start (leftovers of dead saves, writable, free space),
+  disk-full errors while saving, and the model check when resuming.
 - `zero_compat`: every DeepSpeed internal relied on (ZeRO-3 shards and their layout, fp32 masters,
   the op-compatibility table), checked by tests/test_zero_compat.py.
 - `metrics`: metrics.jsonl, tensorboard and the rank-0 progress bar.

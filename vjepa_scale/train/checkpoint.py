@@ -2,9 +2,13 @@
 
 The on-disk layout, discovery (`find_latest`, `list_checkpoints`) and the CPU-only consolidation
 (`load_consolidated`) live in `vjepa_scale.weights.run`. A save writes everything into
-`.tmp_<name>`; then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json`, renames the
-folder to its final name, replaces `latest` and prunes to `train.keep_last`. A save killed at any
-point before the rename leaves the previous checkpoint as the latest complete one.
+`.tmp_<name>`; then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json` (with the next
+`save_index`), renames the folder to its final name, replaces `latest` and prunes to the
+`train.keep_last` newest saves in save order. A save killed at any point before the rename leaves
+the previous checkpoint as the latest complete one; what it leaves behind (`.tmp_*`, `.old_*`,
+`.del_*`) is settled when the next run starts (`train.housekeeping.clean_leftovers`). A full or
+read-only disk ends the save with `CheckpointWriteError` on every rank, after the partial save is
+removed; committed checkpoints are never touched by a failing save.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import numpy as np
 import torch
 
 from vjepa_scale.config import save_config
-from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints
+from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, any_rank, is_disk_error, write_error
+from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
 
 
 def _barrier() -> None:
@@ -66,36 +71,82 @@ def set_rng_state(st: dict) -> None:
 
 def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int, world_size: int,
                     extra: Optional[dict] = None, keep_last: int = 3) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint path."""
-    root = Path(run_dir) / CKPT_SUBDIR
+    """Collective: every rank calls it. Returns the final checkpoint path.
+
+    A full or read-only disk on any rank (`housekeeping.is_disk_error`) raises CheckpointWriteError
+    on every rank, naming the step, the folder and the last good checkpoint.
+    """
+    run_dir = Path(run_dir)
+    root = run_dir / CKPT_SUBDIR
     name = checkpoint_name(step)
-    tmp, final = root / f".tmp_{name}", root / name
+    tmp, final = root / f"{TMP_PREFIX}{name}", root / name
+    err = None
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp_*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        for sub in ("ema", "rng"):
-            (tmp / sub).mkdir(parents=True)
-    _barrier()
-    engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, client_state={"step": step}, save_latest=False)
-    torch.save(ema.state_dict(), tmp / "ema" / f"rank{rank:05d}.pt")
-    torch.save(rng_state(), tmp / "rng" / f"rank{rank:05d}.pt")
-    _barrier()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(f"{TMP_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            for sub in ("ema", "rng"):
+                (tmp / sub).mkdir(parents=True)
+        except OSError as e:
+            err = _disk_error_or_raise(e)
+    _fail_if_any(err, step, tmp, run_dir, rank)
+    try:
+        engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, client_state={"step": step}, save_latest=False)
+    except (OSError, RuntimeError) as e:
+        err = _disk_error_or_raise(e)
+        # DeepSpeed's save ends with a barrier that the other ranks reach; its writes come after
+        # all of its other collectives, so one barrier keeps the ranks' collectives in step.
+        _barrier()
+    if err is None:
+        try:
+            torch.save(ema.state_dict(), tmp / "ema" / f"rank{rank:05d}.pt")
+            torch.save(rng_state(), tmp / "rng" / f"rank{rank:05d}.pt")
+        except (OSError, RuntimeError) as e:
+            err = _disk_error_or_raise(e)
+    _fail_if_any(err, step, tmp, run_dir, rank)
     if rank == 0:
         meta = {"step": step, "world_size": world_size, "complete": True, **(extra or {})}
-        _commit(Path(run_dir), tmp, final, cfg, meta, keep_last)
-    _barrier()
+        try:
+            _commit(run_dir, tmp, final, cfg, meta, keep_last)
+        except (OSError, RuntimeError) as e:
+            err = _disk_error_or_raise(e)
+    _fail_if_any(err, step, tmp, run_dir, rank)
     return final
 
 
+def _disk_error_or_raise(e: BaseException) -> BaseException:
+    if not is_disk_error(e):
+        raise e
+    return e
+
+
+def _fail_if_any(err, step: int, tmp: Path, run_dir: Path, rank: int) -> None:
+    """Collective: when a disk error happened on any rank, rank 0 removes `tmp` and all ranks raise."""
+    if not any_rank(err is not None):
+        return
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+    raise write_error(step, tmp.parent, run_dir, err) from err
+
+
+def next_save_index(run_dir: Path) -> int:
+    """One more than the highest `save_index` of the run's complete checkpoints (1 for the first)."""
+    done = [save_order(p) for p in list_checkpoints(run_dir)]
+    return 1 + max((i for indexed, i in done if indexed), default=0)
+
+
 def _commit(run_dir: Path, tmp: Path, final: Path, cfg, meta: dict, keep_last: int) -> None:
-    """Rank 0, once every rank's files are in `tmp`: config + meta.json, rename, `latest`, prune."""
+    """Rank 0, once every rank's files are in `tmp`: config + meta.json (with the next save_index),
+    rename, `latest`, then prune to the `keep_last` newest saves (in save order)."""
     root = final.parent
+    meta = {**meta, "save_index": next_save_index(run_dir)}
     save_config(cfg, tmp / "config.yaml")
     _write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
     _fsync_dir(tmp)
     if final.exists():  # re-saving a step: move the old one aside first, drop it after the swap
-        old = root / f".old_{final.name}"
+        old = root / f"{OLD_PREFIX}{final.name}"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
         os.rename(tmp, final)
@@ -105,7 +156,9 @@ def _commit(run_dir: Path, tmp: Path, final: Path, cfg, meta: dict, keep_last: i
     _fsync_dir(root)
     _write_atomic(root / "latest", final.name)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        gone = root / f"{DEL_PREFIX}{old.name}"  # vanish atomically, then delete at leisure
+        os.rename(old, gone)
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -> dict:

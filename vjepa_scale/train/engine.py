@@ -27,6 +27,7 @@ from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train.ema import ShardedEMA
+from vjepa_scale.train.housekeeping import check_resume_config, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
 from vjepa_scale.train.schedules import schedule_at
@@ -80,6 +81,11 @@ class Trainer:
         self.device = device_for(self.env)
         self.dtype = compute_dtype(cfg.train.precision, self.device)
         self.is_main = self.rank == 0
+        # Leftovers of dead saves settled, room for a checkpoint checked; then the config compare.
+        self.notes = prepare_checkpoint_folder(cfg, self.run_dir, self.rank)
+        ckpt = self._resume_path(resume)
+        if ckpt is not None:
+            self.notes += [n for n in [check_resume_config(ckpt, cfg)] if n]
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -99,7 +105,6 @@ class Trainer:
 
         self.step = 0
         self.resumed_from: Optional[Path] = None
-        ckpt = self._resume_path(resume)
         if ckpt is not None:
             meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
             self.step = int(meta["step"])
@@ -164,6 +169,8 @@ class Trainer:
         if self.step >= total:
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
+        for note in self.notes:
+            logger.write(note)
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         a = cfg.optim.grad_accum

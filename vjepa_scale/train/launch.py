@@ -3,7 +3,8 @@
 Batch sizes: `data.batch_size` is the per-rank micro-batch. When `data.global_batch_size` is set
 (the recipes do: 2400 or 3072 clips per optimizer step, as in the paper) it wins, and must divide
 evenly into `world_size x optim.grad_accum` micro-batches; `data.batch_size` is then derived.
-Everything here runs before any model is built, so bad configs fail fast. Rank, device and
+Everything here runs before any model is built, so bad configs fail fast; `preflight` ends with
+the per-rank memory estimate (`train.memory.check_memory`), which refuses configs that cannot fit. Rank, device and
 precision come from `vjepa_scale.distributed` (shared with evaluation).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.distributed import DistEnv, compute_dtype, device_for, init_distributed
+from vjepa_scale.train.memory import check_memory
 from vjepa_scale.train.zero_compat import skip_shm_comm_build
 
 
@@ -56,7 +58,9 @@ def preflight(cfg: Config, world_size: int) -> Config:
     if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():
         raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
                           f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
-    return resolve_batch(cfg, world_size)
+    cfg = resolve_batch(cfg, world_size)
+    check_memory(cfg, world_size)
+    return cfg
 
 
 def deepspeed_config(cfg: Config, world_size: int, with_optimizer: bool = True) -> dict:

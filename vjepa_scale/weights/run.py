@@ -3,16 +3,20 @@
 Layout of a run directory::
 
     run_dir/checkpoints/
-        latest                      name of the newest complete checkpoint (written last)
+        latest                      name of the newest complete checkpoint (for people and tools)
         step_00001000/
-            meta.json               step, world size, micro-step (data position); written last
+            meta.json               step, world size, micro-step (data position), save_index; written last
             config.yaml             the effective config
             ds/state/...            DeepSpeed checkpoint (model + ZeRO optimizer partitions)
             ema/rank00000.pt ...    each rank's fp32 EMA shadow shards
             rng/rank00000.pt ...    each rank's RNG states
-        .tmp_step_00002000/         a save in progress (ignored, removed by the next save)
+        .tmp_step_00002000/         a save in progress (ignored; removed when the next run starts)
+        .old_step_00001000/         the previous copy of a step being re-saved (during the swap only)
 
-A checkpoint is complete once its `meta.json` says so; writing it (`vjepa_scale.train.checkpoint`)
+A checkpoint is complete once its `meta.json` says so. "Newest" means newest in save order: each
+save's meta.json carries a run-wide increasing `save_index` (a run resumed from an older checkpoint
+saves steps that are newer than the higher-numbered steps it abandoned); checkpoints written before
+`save_index` existed order by step, before every indexed one. writing it (`vjepa_scale.train.checkpoint`)
 is the trainer's business, reading it is this module's. `load_consolidated` rebuilds full fp32
 weights on CPU without GPUs or a distributed launch, from any world size.
 """
@@ -46,23 +50,26 @@ def is_complete(ckpt: Path) -> bool:
         return False
 
 
+def save_order(ckpt: Path) -> tuple[int, int]:
+    """Sort key of a complete checkpoint in save order: (1, save_index), or (0, step) for a
+    checkpoint written before meta.json had `save_index` (older than any indexed one)."""
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if "save_index" in meta:
+        return (1, int(meta["save_index"]))
+    return (0, int(meta["step"]))
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run, oldest first in save order (see the module docstring)."""
     root = Path(run_dir) / CKPT_SUBDIR
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and is_complete(p)]
+    found = [(save_order(p), p) for p in root.iterdir() if _NAME.match(p.name) and is_complete(p)]
     return [p for _, p in sorted(found)]
 
 
 def find_latest(run_dir: str | Path) -> Optional[Path]:
-    """The newest complete checkpoint: the `latest` marker if it names one, else the highest step."""
-    root = Path(run_dir) / CKPT_SUBDIR
-    marker = root / "latest"
-    if marker.is_file():
-        cand = root / marker.read_text().strip()
-        if cand.name and is_complete(cand):
-            return cand
+    """The newest complete checkpoint in save order (what the `latest` marker names after a save)."""
     done = list_checkpoints(run_dir)
     return done[-1] if done else None
 

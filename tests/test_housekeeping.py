@@ -1,0 +1,240 @@
+"""Checkpoint housekeeping with real engines (1 rank, gloo, in this process): retention in save order,
+leftovers of dead saves settled at start, read-only / full checkpoint folders, model changes on resume.
+
+The folder tests mount small tmpfs filesystems (root only; skipped where mounting is not allowed);
+the free-space and disk-error checks also have mount-free versions.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import single_process_group
+from vjepa_scale.config import load_config
+from vjepa_scale.train.engine import Trainer
+from vjepa_scale.train.housekeeping import (CheckpointFolderError, CheckpointWriteError, ResumeConfigError,
+                                            dir_bytes, is_disk_error, prepare_checkpoint_folder)
+from vjepa_scale.train.launch import preflight
+from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
+
+OPTS = ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2", "train.precision=fp32",
+        "train.progress_bar=false", "train.log_every=1"]
+
+
+def _cfg(*opts):
+    return preflight(load_config("cpu_demo", [*OPTS, *opts]), 1)
+
+
+def _trainer(run, *opts, resume=None) -> Trainer:
+    return Trainer(_cfg(*opts), run, resume=resume, env=single_process_group())
+
+
+def _meta(ckpt: Path) -> dict:
+    return json.loads((ckpt / "meta.json").read_text())
+
+
+def _names(run) -> list[str]:
+    return [p.name for p in list_checkpoints(run)]
+
+
+def test_retention_keeps_newest_saves_after_resuming_an_older_step(tmp_path):
+    """The issue's scenario: 6 steps saved every step; resume step 3 with keep_last 2 and train to
+    step 5. The two newest saves (the resumed run's steps 4 and 5) stay, step 6 of the abandoned
+    run goes, `latest` names step 5, and `--resume auto` continues from it and trains."""
+    run = tmp_path / "run"
+    _trainer(run, "optim.iterations=6", "train.checkpoint_every=1", "train.keep_last=10").fit()
+    assert _names(run) == [f"step_{s:08d}" for s in range(1, 7)]
+    assert [_meta(p)["save_index"] for p in list_checkpoints(run)] == list(range(1, 7))
+
+    tr = _trainer(run, "optim.iterations=5", "train.checkpoint_every=1", "train.keep_last=2",
+                  resume=str(run / CKPT_SUBDIR / "step_00000003"))
+    assert tr.step == 3
+    tr.fit()
+    kept = list_checkpoints(run)
+    assert [p.name for p in kept] == ["step_00000004", "step_00000005"]
+    assert [_meta(p)["save_index"] for p in kept] == [7, 8]  # re-saves of existing names: new indices
+    assert not (run / CKPT_SUBDIR / "step_00000006").exists()
+    assert (run / CKPT_SUBDIR / "latest").read_text() == "step_00000005"
+    assert find_latest(run).name == "step_00000005"
+    assert not [p.name for p in (run / CKPT_SUBDIR).iterdir() if p.name.startswith(".")]
+
+    tr = _trainer(run, "optim.iterations=7", "train.checkpoint_every=1", "train.keep_last=2", resume="auto")
+    assert tr.step == 5
+    tr.fit()
+    assert tr.step == 7
+    assert _names(run) == ["step_00000006", "step_00000007"]
+    assert (run / CKPT_SUBDIR / "latest").read_text() == "step_00000007"
+
+
+def _fake_ckpt(root: Path, name: str, step: int, save_index: int) -> Path:
+    d = root / name
+    (d / "ds").mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({"step": step, "world_size": 1, "complete": True,
+                                             "save_index": save_index}))
+    return d
+
+
+def test_leftovers_settled_when_a_run_starts(tmp_path):
+    """Trainer start: `.tmp_*` and `.del_*` removed; `.old_X` restored as X when X is missing (a re-save
+    died between its two renames), removed when X exists; each action logged."""
+    run = tmp_path / "run"
+    _trainer(run, "optim.iterations=1", "train.checkpoint_every=1").fit()
+    root = run / CKPT_SUBDIR
+    real = root / "step_00000001"
+    shutil.copytree(real, root / ".old_step_00000001")  # X exists: the swap finished, old copy left
+    _fake_ckpt(root, ".old_step_00000009", 9, save_index=0)  # X missing: restore
+    (root / ".tmp_step_00000002" / "ds").mkdir(parents=True)  # a save that never committed
+    (root / ".tmp_step_00000002" / "ds" / "half.pt").write_bytes(b"x" * 100)
+    (root / ".del_step_00000000").mkdir()  # a prune that died
+
+    tr = _trainer(run, "optim.iterations=2", "train.checkpoint_every=1", "train.keep_last=5", resume="auto")
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["latest", "step_00000001", "step_00000009"]
+    assert _meta(root / "step_00000009")["step"] == 9
+    # the restored copy is older in save order than the real step 1: resume auto still picks step 1
+    assert tr.resumed_from.name == "step_00000001" and tr.step == 1
+    notes = "\n".join(tr.notes)
+    assert "restored step_00000009 from .old_step_00000009" in notes
+    assert "removed the leftover .old_step_00000001" in notes
+    assert "removed the leftover .tmp_step_00000002" in notes
+    assert "removed the leftover .del_step_00000000" in notes
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size, ro=False) -> a fresh tmpfs mount point; unmounted afterwards."""
+    mounted = []
+
+    def mount(size: str, ro: bool = False) -> Path:
+        mp = tmp_path / f"mnt_{uuid.uuid4().hex[:6]}"
+        mp.mkdir()
+        opts = f"size={size}" + (",ro" if ro else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mp)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+        mounted.append(mp)
+        return mp
+
+    yield mount
+    for mp in mounted:
+        subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+
+
+def test_read_only_folder_refused_before_training(tmpfs):
+    ro = tmpfs("1m", ro=True)
+    with pytest.raises(CheckpointFolderError, match=rf"checkpoint folder {ro}/run/checkpoints is not writable"):
+        _trainer(ro / "run", "optim.iterations=1")
+
+
+def test_full_folder_refused_before_training(tmpfs):
+    """A 1 MiB filesystem cannot take the tiny model's ~5 MB checkpoint: refused at start, naming the
+    folder and both sizes; train.check_free_disk: false lets it start."""
+    small = tmpfs("1m")
+    with pytest.raises(CheckpointFolderError, match=r"has [\d,]+ bytes free but one checkpoint needs [\d,]+ bytes"):
+        _trainer(small / "run", "optim.iterations=1")
+    tr = _trainer(small / "run2", "optim.iterations=1", "train.check_free_disk=false")
+    assert tr.step == 0
+
+
+def test_free_space_estimate_refuses_a_model_larger_than_the_disk(tmp_path):
+    """Mount-free: a 40-billion-parameter model (counted on the meta device) needs ~0.7 TB per
+    checkpoint, more than this disk has free."""
+    cfg = load_config("cpu_demo", ["model.width=8192", "model.depth=48", "model.num_heads=64"])
+    with pytest.raises(CheckpointFolderError, match=rf"{tmp_path}/run/checkpoints has [\d,]+ bytes free but "
+                                                    r"one checkpoint needs [\d,]+ bytes \(estimated"):
+        prepare_checkpoint_folder(cfg, tmp_path / "run", rank=0)
+    cfg.train.check_free_disk = False
+    assert prepare_checkpoint_folder(cfg, tmp_path / "run", rank=0) == []
+
+
+def test_disk_full_while_saving_keeps_last_good_checkpoint(tmp_path, tmpfs):
+    """A filesystem with room for one checkpoint but not two: the second save fails with a clear error
+    naming the step, the folder and the last good checkpoint; the partial save is removed and the
+    last good checkpoint still loads."""
+    probe = tmp_path / "probe"
+    _trainer(probe, "optim.iterations=1", "train.checkpoint_every=1").fit()
+    size = dir_bytes(probe / CKPT_SUBDIR / "step_00000001")
+    disk = tmpfs(f"{int(size * 1.6) // 4096 * 4096 + 8 * 4096}")
+    run = disk / "run"
+    tr = _trainer(run, "optim.iterations=2", "train.checkpoint_every=1", "train.keep_last=1",
+                  "train.check_free_disk=false")
+    with pytest.raises(CheckpointWriteError, match=rf"disk full / read-only .* while saving checkpoint step 2 "
+                                                   rf"to {run}/checkpoints; .* last good checkpoint is still "
+                                                   rf"{run}/checkpoints/step_00000001"):
+        tr.fit()
+    root = run / CKPT_SUBDIR
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000001"]
+    assert load_consolidated(run)["step"] == 1
+
+
+def test_torch_stream_write_failure_is_a_disk_error():
+    """What torch.save raises on a full disk ("unexpected pos") and ENOSPC itself count as disk errors."""
+    with pytest.raises(RuntimeError) as e:
+        torch.save(torch.zeros(100_000), "/dev/full")
+    assert is_disk_error(e.value)
+    with pytest.raises(OSError) as e:
+        with open("/dev/full", "wb") as f:
+            f.write(b"x" * 100_000)
+            f.flush()
+    assert is_disk_error(e.value)
+    assert not is_disk_error(RuntimeError("size mismatch"))
+
+
+def test_model_change_on_resume_refused_naming_keys(tmp_path):
+    run = tmp_path / "run"
+    _trainer(run, "optim.iterations=1", "train.checkpoint_every=1").fit()
+    with pytest.raises(ResumeConfigError, match=r"model\.num_heads: 3 -> 4"):
+        _trainer(run, "optim.iterations=2", "model.num_heads=4", resume="auto")
+    with pytest.raises(ResumeConfigError, match=r"model\.width: 96 -> 192"):
+        _trainer(run, "optim.iterations=2", "model.width=192", resume="auto")
+    with pytest.raises(ResumeConfigError, match=r"mask\.types \(count\): 2 -> 1"):
+        _trainer(run, "optim.iterations=2", "mask.types=[{num_blocks: 2}]", resume="auto")
+    # data / optim / train / runtime model keys may change: resumed, with a note naming them
+    tr = _trainer(run, "optim.iterations=2", "optim.lr=0.001", "model.activation_checkpointing=true",
+                  resume="auto")
+    assert tr.step == 1
+    note = "\n".join(tr.notes)
+    assert "optim.iterations: 1 -> 2" in note and "optim.lr: 0.002 -> 0.001" in note
+    assert "model.activation_checkpointing: False -> True" in note
+
+
+@pytest.mark.slow
+def test_two_ranks_disk_full_while_saving_end_cleanly(tmp_path, tmpfs):
+    """2 ranks under torchrun: a save that runs out of disk ends every rank (no hang) with the clear
+    error, removes the partial save and keeps the last good checkpoint."""
+    import os
+    import socket
+    import sys
+
+    probe = tmp_path / "probe"
+    _trainer(probe, "optim.iterations=1", "train.checkpoint_every=1").fit()
+    size = dir_bytes(probe / CKPT_SUBDIR / "step_00000001")  # 1 rank; 2 ranks add one optimizer shard
+    disk = tmpfs(f"{int(size * 2.0) // 4096 * 4096}")
+    run = disk / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    args = ["--config", "cpu_demo.yaml", "--output-dir", str(run)]
+    for o in [*OPTS, "data.global_batch_size=4", "optim.iterations=3", "train.checkpoint_every=1",
+              "train.keep_last=1", "train.check_free_disk=false"]:
+        args += ["--opt", o]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", port, "tools/train.py", *args],
+                       cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
+                       timeout=240)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert "CheckpointWriteError: disk full / read-only" in out, out[-3000:]
+    done = list_checkpoints(run)
+    assert len(done) == 1, out[-3000:]
+    step = _meta(done[0])["step"]
+    assert f"while saving checkpoint step {step + 1} to {run}/checkpoints" in out
+    assert f"last good checkpoint is still {done[0]}" in out
+    assert sorted(p.name for p in (run / CKPT_SUBDIR).iterdir()) == ["latest", done[0].name]

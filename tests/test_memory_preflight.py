@@ -1,0 +1,117 @@
+"""The pre-flight memory estimate (`vjepa_scale.train.memory`): ZeRO-stage sharding of the state,
+activation checkpointing, and the verdict of `launch.preflight` on this machine: the vith384 recipe
+(synthetic clips, CPU) is refused before any process group, the small CPU configs pass."""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_config
+from vjepa_scale.config import ConfigError, load_config
+from vjepa_scale.train.launch import preflight, resolve_batch
+from vjepa_scale.train.memory import (GiB, available_bytes, context_fraction, estimate_memory, local_ranks,
+                                      param_counts)
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+
+
+def test_param_counts_match_built_models():
+    from vjepa_scale.models import JEPA
+
+    cfg = tiny_config()
+    jepa = JEPA(cfg)
+    n = param_counts(cfg)
+    assert n.online == sum(p.numel() for p in jepa.parameters())
+    assert n.encoder == sum(p.numel() for p in jepa.encoder.parameters())
+
+
+def test_zero_stages_shard_the_documented_state():
+    """W=4 ranks, fp32: stage 3 shards weights, grads, optimizer, target and EMA; 2 grads + optimizer;
+    1 the optimizer only; 0 nothing."""
+    base = resolve_batch(load_config("vith384", ["data.backend=synthetic", "train.precision=fp32"]), 4)
+    n = param_counts(base)
+    P, E, W = n.online, n.encoder, 4
+    want = {3: (P * 4 / W, P * 4 / W, P * 12 / W, E * 4 / W, E * 4 / W),
+            2: (P * 4, P * 4 / W, P * 12 / W, E * 4, E * 4),
+            1: (P * 4, P * 4, P * 12 / W, E * 4, E * 4),
+            0: (P * 4, P * 4, P * 12, E * 4, E * 4)}
+    for stage, expect in want.items():
+        base.zero.stage = stage
+        e = estimate_memory(base, W, torch.device("cuda"), n)
+        got = (e.weights, e.gradients, e.optimizer, e.target, e.ema)
+        assert got == tuple(int(x) for x in expect), stage
+        assert e.build == 0  # only CPU devices build the fp32 models in the memory they train in
+    assert estimate_memory(base, W, CPU, n).build == (P + 2 * E) * 4
+
+
+def test_activation_estimate_scales_with_batch_and_checkpointing():
+    cfg = resolve_batch(load_config("vith384", ["data.backend=synthetic", "data.global_batch_size=8"]), 1)
+    n = param_counts(cfg)
+    a8 = estimate_memory(cfg, 1, CPU, n).activations
+    cfg.data.batch_size = 16
+    assert estimate_memory(cfg, 1, CPU, n).activations == pytest.approx(2 * a8, rel=1e-6)
+    cfg.model.activation_checkpointing = False
+    assert estimate_memory(cfg, 1, CPU, n).activations > 5 * 2 * a8
+    # 8 blocks of 15% of a frame leave about (0.85)^8 ~ 27% of the clip as context
+    spec = cfg.mask.types[0]
+    assert context_fraction(spec, 4608) == pytest.approx(0.85 ** 8)
+
+
+def test_cpu_memory_is_shared_by_local_ranks(monkeypatch):
+    monkeypatch.delenv("LOCAL_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert local_ranks() == 2
+    one, _ = available_bytes(CPU, 1)
+    two, how = available_bytes(CPU, 2)
+    assert 0 < two <= one // 2 + 1 and "2 local rank(s)" in how
+
+
+def test_vith384_refused_before_any_process_group():
+    """tools/train.py with the ViT-H/384 recipe and synthetic clips on this CPU machine stops with a
+    config error naming the estimate, the memory available and what to change, within seconds and
+    without allocating (the unchecked run grows past 14 GB until the kernel kills it)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run([sys.executable, "tools/train.py", "--config", "vith384", "--opt", "data.backend=synthetic",
+                        "--output-dir", "/nonexistent/never_created"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr
+    assert "config error: memory preflight: this config needs about" in err
+    assert "2400 clips per rank" in err and "available host memory" in err
+    assert "data.global_batch_size" in err and "model.size" in err and "train.memory_check: false" in err
+    assert "Traceback" not in err and not Path("/nonexistent/never_created").exists()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux, max over children
+    if after > before:  # this child set the maximum: it never built the model
+        assert after < 3 * 1024 * 1024
+
+
+def test_vith384_refused_in_preflight_names_the_settings():
+    cfg = load_config("vith384", ["data.backend=synthetic", "zero.stage=1", "model.activation_checkpointing=false"])
+    with pytest.raises(ConfigError, match=r"needs about [\d.]+ GiB per rank .* but cpu has [\d.]+ GiB") as e:
+        preflight(cfg, 1)
+    msg = str(e.value)
+    assert "set model.activation_checkpointing: true" in msg and "raise zero.stage (now 1) to 3" in msg
+    # the check can be switched off
+    cfg.train.memory_check = False
+    assert preflight(cfg, 1).data.batch_size == 2400
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_small_configs_pass(world):
+    est_cap = 4 * GiB
+    for cfg in (load_config("cpu_demo"), load_config("cpu_demo", ["model.depth=1", "data.crop_size=32"]),
+                tiny_config()):
+        if cfg.data.global_batch_size is None:
+            cfg.data.global_batch_size = world * 2
+        resolved = preflight(cfg, world)
+        assert estimate_memory(resolved, world, CPU).total < est_cap

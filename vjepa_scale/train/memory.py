@@ -1,0 +1,229 @@
+"""Pre-flight memory estimate: does one rank's share of a training run fit its device?
+
+`estimate_memory(cfg, world_size)` adds up, per rank, in bytes (P = online parameters, encoder +
+predictor; E = encoder parameters, the size of the target encoder and of the EMA shadow; b = bytes
+of the compute dtype; W = world size; ZeRO stage s):
+
+    weights      P*b    / W if s == 3          (DeepSpeed's module copy in the compute dtype)
+    gradients    P*b    / W if s >= 2
+    optimizer    P*12   / W if s >= 1          (fp32 master + two fp32 Adam moments)
+    target       E*b    / W if s == 3          (optimizer-less ZeRO engine, sharded like the params)
+    ema          E*4    / W if s == 3          (fp32 shadow, `train.ema.ShardedEMA`)
+    activations  see `activation_bytes`
+    build        (P + 2E)*4 on CPU devices only (every rank builds the fp32 models, the target and its
+                 fp32 EMA start in host memory before DeepSpeed shards them; counted as coexisting)
+    runtime      RUNTIME_BYTES                 (CUDA context / torch + DeepSpeed in host memory)
+
+Parameters are counted exactly by building the models on the `meta` device (no memory). The
+activation term is rough (a few tens of percent): it assumes memory-efficient attention (no N x N
+score matrix kept), pre-LN blocks, and the mask config's *expected* context fraction (blocks
+placed independently; the real union of overlapping blocks is a little smaller, so the context a
+little larger). It ignores ZeRO-3's transiently gathered layers, communication buckets and
+allocator fragmentation. It is meant to refuse configs that are far out of reach (a ViT-H batch
+of hundreds of clips on a CPU), not to tune a config to the last gigabyte.
+
+`available_bytes(device, local_ranks)`: CUDA: total memory of the local device; CPU: the memory
+available to new allocations (MemAvailable, capped by a cgroup limit) divided by the ranks on the
+node. `check_memory(cfg, world_size)` raises ConfigError naming the estimate, the available memory
+and the settings to change; `train.memory_check: false` skips it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from vjepa_scale.config import Config, ConfigError, MaskSpec, resolve_vit_size
+from vjepa_scale.distributed import compute_dtype, device_for, dist_env
+
+GiB = 1024 ** 3
+RUNTIME_BYTES = 1 * GiB  # per rank: CUDA context + NCCL buffers, or torch + DeepSpeed in host memory
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    online: int  # encoder + predictor (what the optimizer trains)
+    encoder: int  # the target encoder and the EMA shadow have this many
+
+
+def param_counts(cfg: Config) -> ParamCounts:
+    """Exact parameter counts of the online model and the encoder, built on the meta device."""
+    from vjepa_scale.models import JEPA
+
+    with torch.device("meta"):
+        jepa = JEPA(cfg)
+    return ParamCounts(online=sum(p.numel() for p in jepa.parameters()),
+                       encoder=sum(p.numel() for p in jepa.encoder.parameters()))
+
+
+def context_fraction(spec: MaskSpec, tokens: int) -> float:
+    """Expected fraction of a clip's tokens left as context by one mask type.
+
+    Each of `num_blocks` blocks covers (mean spatial scale) x (mean temporal scale) of the clip;
+    placed independently, their union covers 1 - (1 - a)^n of it. `max_keep` caps the context.
+    """
+    a = (sum(spec.spatial_scale) / 2) * (sum(spec.temporal_scale) / 2)
+    ctx = (1.0 - a) ** spec.num_blocks
+    if spec.max_keep is not None:
+        ctx = min(ctx, spec.max_keep / tokens)
+    return max(ctx, 1.0 / tokens)
+
+
+def _block_elems(width: int, mlp_ratio: float) -> float:
+    """Activation elements one pre-LN transformer block keeps per token for its backward:
+    LN1 in/out (2w), q,k,v (3w), attention out (w), LN2 in/out (2w), MLP hidden pre/post GELU (2rw)."""
+    return width * (8 + 2 * mlp_ratio)
+
+
+def _stack_elems(tokens: float, width: int, depth: int, mlp_ratio: float, checkpointing: bool) -> float:
+    """Elements kept by `depth` blocks over `tokens` tokens; with activation checkpointing only each
+    block's input stays, plus one block's activations while it is recomputed."""
+    per_block = tokens * _block_elems(width, mlp_ratio)
+    if checkpointing:
+        return depth * tokens * width + per_block
+    return depth * per_block
+
+
+def activation_bytes(cfg: Config, batch: int, dtype_bytes: int) -> int:
+    """Rough activation memory of one micro-batch of `batch` clips (cfg.data.batch_size per rank).
+
+    N tokens per clip, c_k the expected context fraction of mask type k (`context_fraction`):
+      online encoder : sum_k c_k*N tokens per clip through `depth` blocks of `width`
+      predictor      : N tokens per clip and mask type (context + mask tokens) through its blocks
+      target encoder : no grad, so one block's activations over N tokens + its output
+      input          : the clip, once as loaded (fp32) and once in the compute dtype
+    """
+    m = cfg.model
+    dims = resolve_vit_size(m)
+    t, h, w = cfg.grid
+    n = t * h * w
+    ckpt = m.activation_checkpointing
+    ctx_tokens = sum(context_fraction(spec, n) for spec in cfg.mask.types) * n
+    enc = _stack_elems(ctx_tokens, dims.width, dims.depth, dims.mlp_ratio, ckpt)
+    pred = _stack_elems(len(cfg.mask.types) * n, m.pred_width, m.pred_depth, m.pred_mlp_ratio, ckpt)
+    target = n * (_block_elems(dims.width, dims.mlp_ratio) + dims.width)
+    d = cfg.data
+    video = 3 * d.frames_per_clip * d.crop_size ** 2
+    return int(batch * ((enc + pred + target) * dtype_bytes + video * (4 + dtype_bytes)))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-rank bytes by component (see the module docstring)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    target: int
+    ema: int
+    activations: int
+    build: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, k) for k in _COMPONENTS)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {_gib(getattr(self, k))}" for k in _COMPONENTS if getattr(self, k))
+
+
+_COMPONENTS = ("weights", "gradients", "optimizer", "target", "ema", "activations", "build", "runtime")
+
+
+def estimate_memory(cfg: Config, world_size: int, device: Optional[torch.device] = None,
+                    counts: Optional[ParamCounts] = None) -> MemoryEstimate:
+    """Per-rank memory of training `cfg` (batch-resolved: data.batch_size per rank) on `world_size` ranks."""
+    counts = counts or param_counts(cfg)
+    device = device or device_for()
+    b = torch.finfo(compute_dtype(cfg.train.precision, device)).bits // 8
+    s, W = cfg.zero.stage, world_size
+    P, E = counts.online, counts.encoder
+
+    def shard(n: float, sharded: bool) -> int:
+        return int(n / W) if sharded else int(n)
+
+    return MemoryEstimate(weights=shard(P * b, s == 3), gradients=shard(P * b, s >= 2),
+                          optimizer=shard(P * 12, s >= 1), target=shard(E * b, s == 3),
+                          ema=shard(E * 4, s == 3), activations=activation_bytes(cfg, cfg.data.batch_size, b),
+                          build=(P + 2 * E) * 4 if device.type == "cpu" else 0, runtime=RUNTIME_BYTES)
+
+
+def local_ranks() -> int:
+    """Ranks sharing this node, as the launcher says (torchrun, deepspeed, SLURM, Open MPI); else 1."""
+    for var in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
+                "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        digits = os.environ.get(var, "").split("(")[0].split(",")[0]  # SLURM writes e.g. "4(x2),2"
+        if digits.isdigit() and int(digits) > 0:
+            return int(digits)
+    return 1
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_available() -> Optional[int]:
+    """Room left under a cgroup v2 (memory.max - memory.current) or v1 memory limit, if any."""
+    for limit_f, usage_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                             ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                              "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_f).read_text().strip()
+            usage = int(Path(usage_f).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:
+            return max(int(limit) - usage, 0)
+    return None
+
+
+def available_bytes(device: torch.device, n_local: int) -> tuple[Optional[int], str]:
+    """(bytes one rank may use, how it was found); None when unknown."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return total, f"total memory of {torch.cuda.get_device_name(device)} ({device})"
+    found = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    if not found:
+        return None, "unknown"
+    avail = min(found)
+    return avail // n_local, f"available host memory {_gib(avail)} / {n_local} local rank(s)"
+
+
+def check_memory(cfg: Config, world_size: int) -> Optional[MemoryEstimate]:
+    """Refuse (ConfigError) a batch-resolved config whose per-rank estimate exceeds this device's
+    memory; returns the estimate (None when `train.memory_check` is off)."""
+    if not cfg.train.memory_check:
+        return None
+    env = dist_env()
+    device = device_for(env)
+    est = estimate_memory(cfg, world_size, device)
+    avail, how = available_bytes(device, local_ranks())
+    if avail is None or est.total <= avail:
+        return est
+    todo = [f"lower data.global_batch_size (now {cfg.data.global_batch_size}; data.batch_size "
+            f"{cfg.data.batch_size} per rank) or raise optim.grad_accum"]
+    if not cfg.model.activation_checkpointing:
+        todo.append("set model.activation_checkpointing: true")
+    if cfg.zero.stage < 3:
+        todo.append(f"raise zero.stage (now {cfg.zero.stage}) to 3")
+    todo.append(f"pick a smaller model.size (now {cfg.model.size})")
+    todo.append("run on more ranks / devices")
+    raise ConfigError(
+        f"memory preflight: this config needs about {_gib(est.total)} per rank ({est.describe()}; "
+        f"{cfg.data.batch_size} clips per rank, zero.stage={cfg.zero.stage} over {world_size} rank(s), "
+        f"activation_checkpointing={cfg.model.activation_checkpointing}) but {device.type} has {_gib(avail)} "
+        f"({how}). To fit: {'; '.join(todo)}. train.memory_check: false skips this check.")
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
