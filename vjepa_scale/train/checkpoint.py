@@ -2,7 +2,7 @@
 
 The on-disk layout, discovery (`find_latest`, `list_checkpoints`) and the CPU-only consolidation
 (`load_consolidated`) live in `vjepa_scale.weights.run`. A save writes everything into
-`.tmp_<name>`; then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json`, renames the
+`.tmp_<name>` (after every rank confirmed its weights are finite: `guard.check_finite_state`); then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json`, renames the
 folder to its final name, replaces `latest` and prunes to `train.keep_last`. A save killed at any
 point before the rename leaves the previous checkpoint as the latest complete one.
 """
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vjepa_scale.config import save_config
+from vjepa_scale.train.guard import check_finite_state
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints
 
 
@@ -66,7 +67,9 @@ def set_rng_state(st: dict) -> None:
 
 def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int, world_size: int,
                     extra: Optional[dict] = None, keep_last: int = 3) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint path."""
+    """Collective: every rank calls it. Returns the final checkpoint path. Refuses (NonFiniteStateError,
+    nothing written) when any rank's fp32 masters or EMA shadows hold inf/NaN."""
+    check_finite_state(engine, ema, step)
     root = Path(run_dir) / CKPT_SUBDIR
     name = checkpoint_name(step)
     tmp, final = root / f".tmp_{name}", root / name
