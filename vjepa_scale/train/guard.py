@@ -99,7 +99,6 @@ class DivergenceGuard:
         return loss * float("nan") if self._loss_bad else loss
 
     @contextmanager
-    @torch.no_grad()
     def optimizer_step(self, engine, boundary: bool):
         """Wrap DeepSpeed's `step()`. Without DeepSpeed's overflow check (no ZeRO, fp32: the optimizer
         has no `overflow`), a bad step's optimizer update is shadowed by a no-op for this one call;
