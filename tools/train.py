@@ -8,6 +8,8 @@ CPU:  DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train.
 --resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived).
 Config errors are reported before any process group, model or data is created.
+Exit codes: 0 done, 2 config error, 3 diverged (train.max_bad_steps non-finite steps in a row),
+4 a rank hung past train.hang_timeout_s (its watchdog ended it).
 """
 from __future__ import annotations
 
@@ -47,9 +49,15 @@ def main(argv=None) -> int:
         return 2
 
     from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.train.guard import EXIT_DIVERGED, DivergenceError
 
     trainer = Trainer(cfg, cfg.train.output_dir, resume=args.resume)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except DivergenceError as e:  # every rank stops at the same step; rank 0 explains
+        if trainer.is_main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
     return 0
 
 

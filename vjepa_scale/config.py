@@ -245,11 +245,16 @@ class TrainConfig(Section):
     init_from: Optional[str] = None  # pretrained weights loaded before training (vjepa_scale.weights.load_init_state)
     check_free_disk: bool = True  # refuse to start when the checkpoint folder lacks room for one checkpoint
     memory_check: bool = True  # refuse configs whose per-rank memory estimate exceeds the device (train.memory)
+    max_bad_steps: int = 5  # non-finite steps (update skipped) in a row before the run stops (train.guard)
+    hang_timeout_s: float = 1800.0  # one phase (batch, step, save, all-reduce) longer than this ends the job; 0: off
 
     def validate(self, prefix: str = "train") -> None:
-        self.check_positive(prefix, "checkpoint_every", "log_every")
+        self.check_positive(prefix, "checkpoint_every", "log_every", "max_bad_steps")
         if self.keep_last < 1:
             raise ConfigError(f"{prefix}.keep_last must be >= 1, got {self.keep_last}")
+        if self.hang_timeout_s < 0:
+            raise ConfigError(f"{prefix}.hang_timeout_s must be >= 0 (0 disables the watchdog), "
+                              f"got {self.hang_timeout_s}")
 
 
 @dataclass

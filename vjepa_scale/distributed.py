@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -61,8 +62,11 @@ def compute_dtype(precision: str, device: Optional[torch.device] = None) -> torc
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def init_distributed(device: Optional[torch.device] = None, deepspeed: bool = False) -> DistEnv:
+def init_distributed(device: Optional[torch.device] = None, deepspeed: bool = False,
+                     timeout_s: Optional[float] = None) -> DistEnv:
     """Join the process group (nccl on GPU, gloo on CPU) and pin this rank's GPU; returns the env.
+
+    timeout_s: how long a collective may wait before it fails (None: torch's default).
 
     deepspeed=True: `deepspeed.init_distributed`, also for a single process (MASTER_ADDR/PORT default
     to 127.0.0.1:29500). Otherwise torch.distributed, and only when WORLD_SIZE > 1 (a single process
@@ -71,6 +75,7 @@ def init_distributed(device: Optional[torch.device] = None, deepspeed: bool = Fa
     env = dist_env()
     device = device if device is not None else device_for(env)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    kw = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
     if deepspeed:
         import deepspeed as ds
 
@@ -82,11 +87,11 @@ def init_distributed(device: Optional[torch.device] = None, deepspeed: bool = Fa
             os.environ.setdefault("RANK", str(env.rank))
             os.environ.setdefault("WORLD_SIZE", str(env.world_size))
             os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
-            ds.init_distributed(dist_backend=backend, verbose=False)
+            ds.init_distributed(dist_backend=backend, verbose=False, **kw)
     elif env.world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, **kw)
     if dist.is_initialized():
         return DistEnv(dist.get_rank(), dist.get_world_size(), env.local_rank)
     return DistEnv(0, 1, env.local_rank)

@@ -2,13 +2,14 @@
 
 The on-disk layout, discovery (`find_latest`, `list_checkpoints`) and the CPU-only consolidation
 (`load_consolidated`) live in `vjepa_scale.weights.run`. A save writes everything into
-`.tmp_<name>`; then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json` (with the next
-`save_index`), renames the folder to its final name, replaces `latest` and prunes to the
-`train.keep_last` newest saves in save order. A save killed at any point before the rename leaves
-the previous checkpoint as the latest complete one; what it leaves behind (`.tmp_*`, `.old_*`,
-`.del_*`) is settled when the next run starts (`train.housekeeping.clean_leftovers`). A full or
-read-only disk ends the save with `CheckpointWriteError` on every rank, after the partial save is
-removed; committed checkpoints are never touched by a failing save.
+`.tmp_<name>` (after every rank confirmed its weights are finite: `guard.check_finite_state`); then
+rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json` (with the next `save_index`),
+renames the folder to its final name, replaces `latest` and prunes to the `train.keep_last` newest
+saves in save order. A save killed at any point before the rename leaves the previous checkpoint as
+the latest complete one; what it leaves behind (`.tmp_*`, `.old_*`, `.del_*`) is settled when the
+next run starts (`train.housekeeping.clean_leftovers`). A full or read-only disk ends the save with
+`CheckpointWriteError` on every rank, after the partial save is removed; committed checkpoints are
+never touched by a failing save.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from vjepa_scale.config import save_config
+from vjepa_scale.train.guard import check_finite_state
 from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, any_rank, is_disk_error, write_error
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
 
@@ -73,9 +75,11 @@ def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int,
                     extra: Optional[dict] = None, keep_last: int = 3) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint path.
 
-    A full or read-only disk on any rank (`housekeeping.is_disk_error`) raises CheckpointWriteError
-    on every rank, naming the step, the folder and the last good checkpoint.
+    Refuses (NonFiniteStateError, nothing written) when any rank's fp32 masters or EMA shadows hold
+    inf/NaN. A full or read-only disk on any rank (`housekeeping.is_disk_error`) raises
+    CheckpointWriteError on every rank, naming the step, the folder and the last good checkpoint.
     """
+    check_finite_state(engine, ema, step)
     run_dir = Path(run_dir)
     root = run_dir / CKPT_SUBDIR
     name = checkpoint_name(step)

@@ -5,6 +5,8 @@ optimizer-less ZeRO engine) encodes the full clip without gradients, the online 
 predictor) returns the loss of both mask types in one packed pass, DeepSpeed backpropagates and
 steps at the accumulation boundary (with gradient clipping). Then the EMA updates the target
 shard-locally from the fp32 master shards. LR / WD / momentum are pure functions of the step.
+A step with an inf/NaN loss or gradient norm changes neither weights nor EMA (`guard`); a phase that
+stalls past `train.hang_timeout_s` ends the rank with a message (`watchdog`).
 
 Data position: micro-step `step * grad_accum + i` is what `build_dataloader` is asked for, so a
 resumed run sees exactly the batches (and masks) of an uninterrupted one.
@@ -27,10 +29,12 @@ from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train.ema import ShardedEMA
+from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
 from vjepa_scale.train.schedules import schedule_at
+from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import find_latest, load_init_state, resolve_checkpoint
 
 
@@ -76,7 +80,7 @@ class Trainer:
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.env = env or join_process_group()
+        self.env = env or join_process_group(cfg.train.hang_timeout_s)
         self.rank, self.world = self.env.rank, self.env.world_size
         self.device = device_for(self.env)
         self.dtype = compute_dtype(cfg.train.precision, self.device)
@@ -95,8 +99,9 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
                                            weight_decay=o.weight_decay)
-        self.engine, _, _, _ = deepspeed.initialize(model=jepa, optimizer=self.optimizer,
-                                                    config=deepspeed_config(cfg, self.world))
+        ds_config = deepspeed_config(cfg, self.world)
+        check_deepspeed_config(ds_config)
+        self.engine, _, _, _ = deepspeed.initialize(model=jepa, optimizer=self.optimizer, config=ds_config)
         self.target, _, _, _ = deepspeed.initialize(model=target,
                                                     config=deepspeed_config(cfg, self.world, with_optimizer=False))
         self.target.eval()
@@ -104,10 +109,13 @@ class Trainer:
         del target_fp32
 
         self.step = 0
+        self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.optim)  # skips non-finite steps
+        self.watchdog = Watchdog(cfg.train.hang_timeout_s, self.rank)  # started by fit()
         self.resumed_from: Optional[Path] = None
         if ckpt is not None:
             meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
             self.step = int(meta["step"])
+            self.guard.skipped_steps = int(meta.get("skipped_steps", 0))
             self.resumed_from = ckpt
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
         if self.peak_tflops is None:
@@ -134,25 +142,34 @@ class Trainer:
             g["weight_decay"] = wd * g.get("wd_scale", 1.0)
 
     def micro_step(self, batch: Batch) -> torch.Tensor:
-        """Forward + backward of one micro-batch; DeepSpeed steps at the accumulation boundary."""
+        """Forward + backward of one micro-batch; DeepSpeed steps at the accumulation boundary
+        (which the divergence guard turns into a no-op when the step is non-finite)."""
+        self.watchdog.phase(f"forward/backward step {self.step + 1}")
         on_device = batch.to(self.device, self.dtype)
         video, masks = on_device.video, on_device.masks
         with torch.no_grad():
             targets = compute_targets(self.target, video, masks)
         loss = self.engine(video, masks, targets)
-        self.engine.backward(loss)
-        self.engine.step()
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(self.guard.loss_for_backward(loss, boundary))
+        if boundary:
+            self.watchdog.phase(f"optimizer step {self.step + 1}")
+        with self.guard.optimizer_step(self.engine, boundary):
+            self.engine.step()
         return loss.detach()
 
     def train_step(self, batches: list[Batch]) -> dict:
-        """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats."""
+        """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats.
+        A non-finite step (see `guard`) updates neither the weights nor the EMA; the step still counts."""
         if len(batches) != self.cfg.optim.grad_accum:
             raise ValueError(f"train_step got {len(batches)} micro-batches; optim.grad_accum="
                              f"{self.cfg.optim.grad_accum}")
         s = schedule_at(self.cfg.optim, self.step)
         self._set_schedules(s.lr, s.weight_decay)
         losses = [self.micro_step(b) for b in batches]
-        self.ema.update(s.momentum)
+        self.watchdog.phase(f"EMA update step {self.step + 1}")
+        if self.guard.after_step(self.engine, self.step + 1):
+            self.ema.update(s.momentum)
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": s.lr, "weight_decay": s.weight_decay,
                 "momentum": s.momentum}
@@ -160,7 +177,8 @@ class Trainer:
     def save(self) -> Path:
         return ckpt_lib.save_checkpoint(
             self.run_dir, self.step, self.engine, self.ema, self.cfg, self.rank, self.world,
-            extra={"micro_step": self.step * self.cfg.optim.grad_accum}, keep_last=self.cfg.train.keep_last)
+            extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps},
+            keep_last=self.cfg.train.keep_last)
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
@@ -179,8 +197,10 @@ class Trainer:
         new_window = functools.partial(_Window, self.device, self.world, cfg.data.global_batch_size,
                                        tokens_per_clip, self.peak_tflops)
         window = new_window()
+        self.watchdog.start()
         try:
             while self.step < total:
+                self.watchdog.phase(f"loading batch for step {self.step + 1}")
                 t0 = time.perf_counter()
                 batches = [next(it) for _ in range(a)]
                 t1 = time.perf_counter()
@@ -192,15 +212,20 @@ class Trainer:
                 window.add(stats["loss"], t1 - t0, t2 - t0, flops)
                 if on_step is not None:
                     on_step(self, stats)
-                if self.step % cfg.train.log_every == 0 or self.step == total:
+                if self.step % cfg.train.log_every == 0 or self.step == total or self.guard.diverged:
+                    self.watchdog.phase(f"metrics all-reduce step {self.step}")
                     m = window.summary(stats, total - self.step, self.engine.get_global_grad_norm())
+                    m["skipped_steps"] = self.guard.skipped_steps
                     logger.log(self.step, m)
                     logger.progress(self.step, progress_postfix(m))
                     window = new_window()
+                self.guard.check(self.step)  # DivergenceError after train.max_bad_steps bad steps in a row
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
+                    self.watchdog.phase(f"saving checkpoint step {self.step}")
                     path = self.save()
                     logger.write(f"step {self.step}: saved {path}")
         finally:
+            self.watchdog.stop()
             logger.close()
 
 

@@ -114,13 +114,17 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def join_process_group() -> DistEnv:
+def join_process_group(hang_timeout_s: float = 0.0) -> DistEnv:
     """Join DeepSpeed's process group for training (NCCL on GPU, gloo on CPU), pinning this rank's GPU.
 
+    hang_timeout_s > 0 (`train.hang_timeout_s`): collectives fail after it plus a minute's grace, so
+    the per-rank watchdog (`train.watchdog`, same timeout) fires first and names the stalled phase;
+    0 keeps torch's default timeout.
     DeepSpeed JIT-builds a shared-memory CPU collective op (~60 s with g++) on first use; gloo alone
     is enough for CPU runs, so DS_SKIP_SHM_BUILD=1 marks that op unavailable first.
     """
     device = device_for()
     if device.type == "cpu" and os.environ.get("DS_SKIP_SHM_BUILD") == "1":
         skip_shm_comm_build()
-    return init_distributed(device, deepspeed=True)
+    timeout_s = hang_timeout_s + 60.0 if hang_timeout_s > 0 else None
+    return init_distributed(device, deepspeed=True, timeout_s=timeout_s)

@@ -1,4 +1,7 @@
-"""Run observability: metrics.jsonl, tensorboard scalars and a rank-0 tqdm progress bar."""
+"""Run observability: metrics.jsonl, tensorboard scalars and a rank-0 tqdm progress bar.
+
+metrics.jsonl is strict JSON: an inf/NaN metric is written as null and named in `"nonfinite"`.
+"""
 from __future__ import annotations
 
 import json
@@ -38,13 +41,21 @@ class RunLogger:
                              dynamic_ncols=True, smoothing=0.1)
 
     def log(self, step: int, metrics: dict) -> None:
+        """One record: non-finite values become null, their keys listed under "nonfinite" (strict
+        JSON); tensorboard gets the finite scalars and `train/nonfinite` (1 when any value was not)."""
         if not self.enabled:
             return
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}, "time": time.time()}
-        self._jsonl.write(json.dumps(record) + "\n")
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
+        values = {k: _plain(v) for k, v in metrics.items()}
+        nonfinite = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+        record = {"step": step, **{k: None if k in nonfinite else v for k, v in values.items()}}
+        if nonfinite:
+            record["nonfinite"] = nonfinite
+        record["time"] = time.time()
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and k not in nonfinite:
                 self._tb.add_scalar(f"train/{k}", v, step)
+        self._tb.add_scalar("train/nonfinite", float(bool(nonfinite)), step)
 
     def progress(self, step: int, postfix: Optional[dict] = None) -> None:
         """Move the bar to `step` (tqdm computes the ETA) and show `postfix`."""

@@ -1,0 +1,144 @@
+"""Hang watchdog (vjepa_scale.train.watchdog): a stalled phase ends the rank with a message naming it.
+
+Unit: the watchdog in a child interpreter (it ends its process with os._exit). Slow: 2 ranks under
+torchrun, rank 1 frozen with SIGSTOP mid-training; rank 0 blocks in a collective, its watchdog names
+the phase, the launcher tears the job down and no rank is left behind.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from vjepa_scale.train.watchdog import EXIT_HUNG
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_stalled_phase_ends_the_process_with_message_and_stacks():
+    t0 = time.monotonic()
+    r = _child("""
+        import time
+        from vjepa_scale.train.watchdog import Watchdog
+
+        def stuck_in_a_collective():
+            time.sleep(60)
+
+        wd = Watchdog(0.5, rank=3, host="node-7").start()
+        wd.phase("forward/backward step 12")
+        stuck_in_a_collective()
+        """)
+    assert r.returncode == EXIT_HUNG, r.stderr
+    assert time.monotonic() - t0 < 30
+    assert re.search(r"\[watchdog\] rank 3 on host node-7 \(pid \d+\) hung: 'forward/backward step 12' has run "
+                     r"for \d+ s, past train.hang_timeout_s=0.5", r.stderr), r.stderr
+    assert "stuck_in_a_collective" in r.stderr  # the stack dump shows where it waits
+
+
+def test_changing_phases_idle_and_disabled_never_fire():
+    r = _child("""
+        import time
+        from vjepa_scale.train.watchdog import Watchdog
+
+        with Watchdog(0.5, rank=0) as wd:
+            for i in range(15):  # 1.5 s in all, each phase well under the timeout
+                wd.phase(f"step {i}")
+                time.sleep(0.1)
+            wd.idle()
+            time.sleep(1.0)  # idle is not timed
+        time.sleep(1.0)  # stopped
+        off = Watchdog(0, rank=0).start()
+        off.phase("anything")
+        time.sleep(0.5)
+        assert not off.enabled and off._thread is None
+        print("survived")
+        """)
+    assert r.returncode == 0 and "survived" in r.stdout, r.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+
+OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.iterations=100000",
+        "train.log_every=1", "train.checkpoint_every=100000", "train.progress_bar=false"]
+TIMEOUT_S = 8
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The worker process of `rank` among the children of the launcher `parent`."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(d.name)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_two_rank_stalled_rank_ends_job_with_message(tmp_path):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
+    args = ["tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(tmp_path / "run")]
+    for o in [*OPTS, f"train.hang_timeout_s={TIMEOUT_S}"]:
+        args += ["--opt", o]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(), *args]
+    log = open(tmp_path / "log.txt", "w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    victim = None
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()[-3000:]
+            time.sleep(0.2)
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGSTOP)  # frozen mid-training, as a hung rank would be
+        stopped = time.monotonic()
+        rc = proc.wait(timeout=TIMEOUT_S + 60 + 40)  # watchdog, then the launcher's SIGTERM grace (30 s)
+        took = time.monotonic() - stopped
+        time.sleep(1)
+        left_behind = _alive(victim)  # before the clean-up below
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if victim is not None and _alive(victim):
+            os.kill(victim, signal.SIGKILL)
+    out = Path(log.name).read_text()
+    assert rc != 0, out[-3000:]
+    m = re.search(r"\[watchdog\] rank 0 on host \S+ \(pid \d+\) hung: '([^']+ step \d+)' has run for (\d+) s", out)
+    assert m, out[-3000:]
+    assert re.match(r"(forward/backward|optimizer|EMA update|metrics all-reduce) step \d+$", m.group(1)), m.group(1)
+    assert TIMEOUT_S <= int(m.group(2)) < TIMEOUT_S + 10 and took < TIMEOUT_S + 60
+    assert "Stacks of this rank's threads" in out
+    assert not left_behind, "the frozen rank outlived the job"
