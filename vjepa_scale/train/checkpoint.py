@@ -5,6 +5,9 @@ The on-disk layout, discovery (`find_latest`, `list_checkpoints`) and the CPU-on
 `.tmp_<name>`; then rank 0 commits (`_commit`): it writes `config.yaml` and `meta.json`, renames the
 folder to its final name, replaces `latest` and prunes to `train.keep_last`. A save killed at any
 point before the rename leaves the previous checkpoint as the latest complete one.
+
+`load_checkpoint` restores at the saved world size directly, and at another one through
+`vjepa_scale.train.elastic` (universal DeepSpeed checkpoint, resharded EMA).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 
 from vjepa_scale.config import save_config
+from vjepa_scale.train import elastic
+from vjepa_scale.train.zero_compat import universal_load_fixes
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints
 
 
@@ -109,18 +114,35 @@ def _commit(run_dir: Path, tmp: Path, final: Path, cfg, meta: dict, keep_last: i
 
 
 def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -> dict:
-    """Collective: restore model, optimizer, EMA shards and RNG; returns the checkpoint's meta."""
+    """Collective: restore model, optimizer, EMA shards and RNG; returns the checkpoint's meta.
+
+    A checkpoint written by another number of ranks is resharded (`elastic`); the online engine
+    must then have been built with `elastic.deepspeed_overrides(ckpt, world_size)` in its config.
+    """
     ckpt = Path(ckpt)
     meta = json.loads((ckpt / "meta.json").read_text())
-    if meta["world_size"] != world_size:
+    reshard = meta["world_size"] != world_size
+    if reshard and not engine.load_universal_checkpoint():
         raise ValueError(f"checkpoint {ckpt} was written by {meta['world_size']} ranks; this run has "
-                         f"{world_size} (ZeRO-3 shards are per rank). Consolidate it with "
-                         f"vjepa_scale.weights.load_consolidated and start with train.init_from")
-    load_path, _ = engine.load_checkpoint(str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
+                         f"{world_size}: build the engine with the DeepSpeed config "
+                         f"{elastic.deepspeed_overrides(ckpt, world_size)} to reshard it")
+    if reshard:
+        load_dir = elastic.universal_checkpoint(ckpt, rank)
+        with universal_load_fixes(engine):
+            load_path, _ = engine.load_checkpoint(str(load_dir), tag=DS_TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+    else:
+        load_path, _ = engine.load_checkpoint(str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt / 'ds'}")
-    ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=True))
-    # RNG states hold numpy arrays: our own files, written by save_checkpoint.
-    set_rng_state(torch.load(ckpt / "rng" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=False))
+    if reshard:
+        elastic.load_ema_resharded(ckpt, ema)
+    else:
+        ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=True))
+    # RNG states hold numpy arrays: our own files, written by save_checkpoint. A rank the checkpoint
+    # did not have keeps its seeded state.
+    rng_file = ckpt / "rng" / f"rank{rank:05d}.pt"
+    if rng_file.exists() or not reshard:
+        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return meta
