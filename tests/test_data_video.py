@@ -136,7 +136,7 @@ def test_num_clips_flattened_into_batch(sets):
 
 
 def test_collator_flattens_clips_into_one_batch():
-    """ClipCollator: (num_clips, C, T, H, W) samples become rows; skips listed once; masks of (step, rank)."""
+    """ClipCollator: (num_clips, C, T, H, W) samples become rows; skips listed once; masks of (step, rank's slots)."""
     masker = MultiBlockMasker(MaskConfig(), (2, 4, 4))
     v = torch.randn(2, 3, 4, 64, 64)
     samples = [{"video": v, "label": 7, "step": 5, "index": 3, "skipped": [("bad.mp4", "empty file")]},
@@ -146,8 +146,8 @@ def test_collator_flattens_clips_into_one_batch():
     assert torch.equal(batch.video[:2], v) and torch.equal(batch.video[2], v[0] + 1)
     assert batch.label.dtype == torch.int64 and batch.label.tolist() == [7, 7, 1]
     assert batch.index == [3, 3, 9] and batch.skipped == [("bad.mp4", "empty file")]
-    assert torch.equal(batch.masks.ctx_idx, masker(3, 5, 1).ctx_idx)
-    assert not torch.equal(batch.masks.ctx_idx, masker(3, 5, 0).ctx_idx)
+    assert torch.equal(batch.masks.ctx_idx, masker(3, 5, first_slot=3).ctx_idx)  # rank 1: slots 3-5
+    assert not torch.equal(batch.masks.ctx_idx, masker(3, 5, first_slot=0).ctx_idx)
 
 
 def test_synthetic_batches_follow_the_batch_contract():

@@ -59,13 +59,23 @@ def test_packed_layout():
     assert sorted(torch.cat([mb.pred_ctx_slot, mb.pred_tgt_slot]).tolist()) == list(range(mb.pred_token_ids.numel()))
 
 
-def test_reproducible_per_step_and_rank():
+def test_reproducible_per_step_and_slot():
     masker = MultiBlockMasker(MaskConfig(), GRID_384)
-    a, b = masker(4, step=7, rank=0), masker(4, step=7, rank=0)
+    a, b = masker(4, step=7, first_slot=0), masker(4, step=7, first_slot=0)
     assert torch.equal(a.ctx_idx, b.ctx_idx) and torch.equal(a.tgt_idx, b.tgt_idx)
-    assert not torch.equal(a.ctx_idx, masker(4, step=8, rank=0).ctx_idx)
-    other_rank = masker(4, step=7, rank=1)
+    assert not torch.equal(a.ctx_idx, masker(4, step=8, first_slot=0).ctx_idx)
+    other_rank = masker(4, step=7, first_slot=4)
     assert not torch.equal(a.ctx_idx, other_rank.ctx_idx)
+
+
+def test_masks_do_not_depend_on_how_slots_are_split_over_ranks():
+    """Slots 0-5 of a micro-step drawn by one rank == slots 0-1, 2-3, 4-5 drawn by three ranks."""
+    masker = MultiBlockMasker(MaskConfig(), GRID_384)
+    ctx1, tgt1 = masker.sample(6, step=3, first_slot=0)
+    parts = [masker.sample(2, step=3, first_slot=s) for s in (0, 2, 4)]
+    for m in range(2):
+        assert all(torch.equal(x, y) for x, y in zip(ctx1[m], [c for p in parts for c in p[0][m]]))
+        assert all(torch.equal(x, y) for x, y in zip(tgt1[m], [t for p in parts for t in p[1][m]]))
 
 
 def test_block_shape_shared_across_batch_and_ranks():
@@ -73,7 +83,7 @@ def test_block_shape_shared_across_batch_and_ranks():
     cfg = MaskConfig(types=[MaskSpec(num_blocks=1, spatial_scale=(0.1, 0.4))])
     masker = MultiBlockMasker(cfg, GRID_384)
     for step in range(3):
-        sizes = {n for r in (0, 1) for n in masker(5, step, rank=r).tgt_lengths}
+        sizes = {n for r in (0, 1) for n in masker(5, step, first_slot=5 * r).tgt_lengths}
         assert len(sizes) == 1
 
 

@@ -158,6 +158,25 @@ def test_loss_matches_formula():
     torch.testing.assert_close(jepa_loss(pred, tgt, bounds, 2.0), expect2)
 
 
+def test_loss_with_global_type_norm_averages_to_the_global_mean():
+    """Two ranks holding unequal token counts: with type_norm = global per-type counts / 2, the mean
+    of their losses is the per-type token mean over both (not the mean of per-rank means)."""
+    from vjepa_scale.models import jepa_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, tgt = torch.randn(20, 4, generator=g), torch.randn(20, 4, generator=g)
+    r0, r1 = [0, 3, 10], [0, 6, 10]  # rank 0: 3 + 7 tokens, rank 1: 6 + 4 (its rows 10..19)
+    norm = torch.tensor([(3 + 6) / 2, (7 + 4) / 2])
+    p0, t0, p1, t1 = pred[:10], tgt[:10], pred[10:], tgt[10:]
+    got = (jepa_loss(p0, t0, r0, 1.0, norm) + jepa_loss(p1, t1, r1, 1.0, norm)) / 2
+    d = (pred - tgt).abs()
+    type0 = torch.cat([d[0:3], d[10:16]]).mean()
+    type1 = torch.cat([d[3:10], d[16:20]]).mean()
+    torch.testing.assert_close(got, (type0 + type1) / 2)
+    assert not torch.allclose(got, (jepa_loss(p0, t0, r0) + jepa_loss(p1, t1, r1)) / 2)
+    torch.testing.assert_close(jepa_loss(p0, t0, r0, 1.0, torch.tensor([3.0, 7.0])), jepa_loss(p0, t0, r0))
+
+
 def test_activation_checkpointing_same_gradients():
     cfg, model, video, ctx, tgt = _setup("sincos")
     masks = pack_masks(ctx, tgt, cfg.grid)

@@ -16,8 +16,9 @@ import torch.nn as nn
 
 from helpers import single_process_group, tiny_config
 from vjepa_scale.train.launch import deepspeed_config
-from vjepa_scale.train.zero_compat import (TESTED_DEEPSPEED, deepspeed_version, fp32_master, is_partitioned,
-                                           local_flat, partition_numel, partition_slice, skip_shm_comm_build)
+from vjepa_scale.train.zero_compat import (TESTED_DEEPSPEED, convert_to_universal, deepspeed_version, fp32_master,
+                                           is_partitioned, local_flat, partition_numel, partition_slice,
+                                           skip_shm_comm_build, universal_load_fixes)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,3 +124,66 @@ def test_zero2_bf16_full_master_is_gathered():
         assert master.dtype == torch.float32 and master.numel() == p.numel(), name
         assert torch.equal(master.to(torch.bfloat16), local_flat(p)), name
         assert (master != master.bfloat16().float()).any(), name
+
+
+def _two_group_engine(cfg, world_size, universal=False):
+    torch.manual_seed(0)
+    model = _Tiny()
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1, "wd_scale": 1.0},
+                             {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0}], lr=1e-2)
+    ds = deepspeed_config(cfg, world_size)
+    if universal:
+        ds["checkpoint"] = {"load_universal": True}
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+    return engine, opt
+
+
+def _adam_states(engine) -> list[dict]:
+    inner = engine.optimizer.optimizer
+    return [{k: v.clone() for k, v in inner.state[p].items()} for p in engine.optimizer.fp32_partitioned_groups_flat]
+
+
+def test_zero3_universal_checkpoint_round_trip(tmp_path):
+    """convert_to_universal + a `load_universal` engine restores the ZeRO-3 optimizer state;
+    `universal_load_fixes` undoes the loader's two quirks (shared `step` tensor, group 0's
+    hyperparameters copied onto every group), so the next step equals the uninterrupted one."""
+    env = single_process_group()
+    cfg = tiny_config(batch_size=2)
+    cfg.zero.stage = 3
+    cfg.zero.stage3_param_persistence_threshold = 0
+    engine, _ = _two_group_engine(cfg, env.world_size)
+    xs = [torch.randn(2, 5, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for x in xs[:2]:
+        engine.backward(engine(x))
+        engine.step()
+    engine.save_checkpoint(str(tmp_path / "ds"), tag="t", save_latest=False)
+    convert_to_universal(str(tmp_path / "ds" / "t"), str(tmp_path / "uc" / "t"))
+    assert (tmp_path / "uc" / "t" / "zero" / "optimizer_state.pt").is_file()
+
+    raw, raw_opt = _two_group_engine(cfg, env.world_size, universal=True)
+    raw.load_checkpoint(str(tmp_path / "uc"), tag="t", load_lr_scheduler_states=False)
+    steps = [s["step"] for s in _adam_states_raw(raw)]
+    quirks = (len({id(t) for t in steps}) < len(steps), raw_opt.param_groups[1]["weight_decay"] != 0.0)
+    assert any(quirks), "DeepSpeed's universal loader changed: check whether universal_load_fixes is still needed"
+
+    fixed, fixed_opt = _two_group_engine(cfg, env.world_size, universal=True)
+    with universal_load_fixes(fixed):
+        fixed.load_checkpoint(str(tmp_path / "uc"), tag="t", load_lr_scheduler_states=False)
+    assert [g["weight_decay"] for g in fixed_opt.param_groups] == [0.1, 0.0]
+    want, got = _adam_states(engine), _adam_states(fixed)
+    for w, g in zip(want, got):
+        assert w.keys() == g.keys() and all(torch.allclose(w[k], g[k], rtol=0, atol=1e-7) for k in w)
+    assert len({id(s["step"]) for s in _adam_states_raw(fixed)}) == len(want)
+    for e in (engine, fixed):
+        e.backward(e(xs[2]))
+        e.step()
+    for (n, p), (_, q) in zip(engine.module.named_parameters(), fixed.module.named_parameters()):
+        with deepspeed.zero.GatheredParameters([p, q]):
+            assert torch.allclose(p, q, rtol=0, atol=1e-6), n
+
+
+def _adam_states_raw(engine) -> list[dict]:
+    inner = engine.optimizer.optimizer
+    return [inner.state[p] for p in engine.optimizer.fp32_partitioned_groups_flat]

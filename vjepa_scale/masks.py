@@ -1,9 +1,13 @@
 """Multi-block 3D masks and their packing into variable-length sequences.
 
 For each mask type the union of `num_blocks` spatio-temporal blocks is the target; the context is
-its complement. The block shape is drawn once per batch (same on every rank for a given step), the
-block positions per sample (per rank). Everything is a pure function of (seed, step, rank), so a
-resumed run draws the same masks.
+its complement. The block shape is drawn once per micro-step (same on every rank), the block
+positions per global sample slot: slot `first_slot + b` of the micro-step, where rank r's first
+slot is r x (its batch rows). Everything is a pure function of (seed, step, slot), so a resumed
+run draws the same masks, and so does a run on another number of ranks with the same micro-batch
+over all ranks (`data.global_batch_size` set): a sample's mask does not depend on the world size.
+`truncate: batch_min` cuts every sample of a rank's batch to that batch's shortest, so it does
+depend on how the slots are split over ranks (not world-size invariant).
 
 `MaskBatch` holds the packed layout built on the CPU: sequences ordered mask-type major
 (s = m * B + b), int32 `cu_seqlens` and host-side `max_seqlen` for the context, the targets, and
@@ -157,21 +161,23 @@ def pack_masks(ctx: list[list[torch.Tensor]], tgt: list[list[torch.Tensor]],
 
 
 class MultiBlockMasker:
-    """Draws the masks of one batch as a pure function of (seed, step, rank)."""
+    """Draws the masks of one batch as a pure function of (seed, step, global slot)."""
 
     def __init__(self, cfg: MaskConfig, grid: tuple[int, int, int]):
         cfg.validate()
         self.cfg = cfg
         self.grid = tuple(grid)
 
-    def sample(self, batch_size: int, step: int, rank: int = 0) -> tuple[list, list]:
-        """ctx[m][b], tgt[m][b] token-id lists, truncated if `truncate: batch_min`."""
+    def sample(self, batch_size: int, step: int, first_slot: int = 0) -> tuple[list, list]:
+        """ctx[m][b], tgt[m][b] token-id lists of slots first_slot .. first_slot + batch_size - 1 of
+        micro-step `step`, truncated if `truncate: batch_min`."""
         ctx_all, tgt_all = [], []
         for m, spec in enumerate(self.cfg.types):
             g_shape = _generator(self.cfg.seed, step, m, 0xB10C)  # same on every rank
-            g_pos = _generator(self.cfg.seed, step, m, rank, 0x9051)
             shape = sample_block_shape(spec, self.grid, g_shape)
-            pairs = [sample_context(spec, self.grid, shape, g_pos, f"mask.types[{m}]") for _ in range(batch_size)]
+            pairs = [sample_context(spec, self.grid, shape, _generator(self.cfg.seed, step, m, slot, 0x9051),
+                                    f"mask.types[{m}]")
+                     for slot in range(first_slot, first_slot + batch_size)]
             ctx, tgt = [p[0] for p in pairs], [p[1] for p in pairs]
             if self.cfg.truncate == "batch_min":
                 kc, kt = min(c.numel() for c in ctx), min(t.numel() for t in tgt)
@@ -180,6 +186,6 @@ class MultiBlockMasker:
             tgt_all.append(tgt)
         return ctx_all, tgt_all
 
-    def __call__(self, batch_size: int, step: int, rank: int = 0) -> MaskBatch:
-        return pack_masks(*self.sample(batch_size, step, rank), self.grid)
+    def __call__(self, batch_size: int, step: int, first_slot: int = 0) -> MaskBatch:
+        return pack_masks(*self.sample(batch_size, step, first_slot), self.grid)
 

@@ -1,6 +1,7 @@
 """The batch contract: what every loader (cpu, dali, synthetic) yields and how it is built.
 
-`make_batch` is the one builder: it draws the batch's masks (a pure function of (seed, step, rank))
+`make_batch` is the one builder: it draws the batch's masks (a pure function of (seed, micro-step,
+global slot); rank r's rows are slots r*B .. r*B + B - 1 of the micro-step, every rank holding B rows)
 and wraps video, labels and bookkeeping into a `Batch`. `ClipCollator` is the DataLoader collate_fn
 of the CPU and synthetic paths; the DALI path calls `make_batch` on the clips it decoded.
 """
@@ -37,9 +38,10 @@ class Batch:
 
 def make_batch(video: torch.Tensor, labels: Sequence[int], masker: MultiBlockMasker, step: int, rank: int,
                index: list[int], skipped: list[tuple[str, str]]) -> Batch:
-    """The Batch of clips `video` (B, C, T, H, W) at `step`, with this rank's masks for the step."""
+    """The Batch of clips `video` (B, C, T, H, W) at `step`, with the masks of this rank's slots."""
+    B = len(labels)
     return Batch(video=video, label=torch.tensor([int(l) for l in labels], dtype=torch.int64),
-                 masks=masker(len(labels), step, rank), step=int(step), index=list(index), skipped=list(skipped))
+                 masks=masker(B, step, first_slot=rank * B), step=int(step), index=list(index), skipped=list(skipped))
 
 
 class ClipCollator:

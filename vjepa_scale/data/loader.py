@@ -74,20 +74,21 @@ class VideoLoader:
 
 
 def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, start_step: int,
-                  num_steps: int | None, index=None) -> StepBatchSampler:
+                  num_steps: int | None, index=None, sample_offset: int = 0) -> StepBatchSampler:
     """The per-rank step sampler; a weighted MixturePlan when several index files are mixed."""
     mixture = None
     if index is not None and len(index.sizes) > 1:
         mixture = MixturePlan(index.sizes, index.weights, cfg.data.seed)
     return StepBatchSampler(dataset_len, cfg.data.batch_size, rank, world_size, cfg.data.seed,
-                            start_step, num_steps, mixture=mixture)
+                            start_step, num_steps, mixture=mixture, sample_offset=sample_offset)
 
 
 def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step: int = 0,
-                     num_steps: int | None = None):
+                     num_steps: int | None = None, sample_offset: int = 0):
     """Endless (or `num_steps`-long) per-rank iterable of `Batch`es from micro-step `start_step` on.
 
-    Masks are drawn on the CPU (in the DataLoader workers, or in DALI's helper thread).
+    Masks are drawn on the CPU (in the DataLoader workers, or in DALI's helper thread), for rank r's
+    global slots r*B .. r*B + B - 1 of each micro-step. `sample_offset`: see `StepBatchSampler`.
     """
     backend = resolve_data_backend(cfg.data.backend)
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
@@ -96,11 +97,11 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
         from vjepa_scale.data.index import load_index
 
         index = load_index(cfg.data.datasets)
-        sampler = build_sampler(cfg, len(index), rank, world_size, start_step, num_steps, index)
+        sampler = build_sampler(cfg, len(index), rank, world_size, start_step, num_steps, index, sample_offset)
         return DaliLoader(cfg, index, sampler, masker, rank, "gpu" if torch.cuda.is_available() else "cpu")
     dataset = build_dataset(cfg)
     index = None if backend == "synthetic" else dataset.index
-    sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index)
+    sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index, sample_offset)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=ClipCollator(masker, rank),
                         num_workers=cfg.data.num_workers,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),

@@ -58,14 +58,17 @@ class StepBatchSampler(Sampler):
 
     The global stream is an endless sequence of epochs, each a seeded permutation of the
     `num_samples` indices (or, with `mixture`, that MixturePlan's weighted epoch order). Step s
-    uses stream positions [s*W*B, (s+1)*W*B); rank r takes the r-th
-    slice of B. Ranks therefore see disjoint samples that together cover each epoch, and resuming
-    at step s reproduces exactly the batches an uninterrupted run would have drawn.
+    uses stream positions [o + s*W*B, o + (s+1)*W*B) with o = `sample_offset` (0 unless a run
+    resumed at a sample position that is not a multiple of its step size: see
+    `vjepa_scale.train.elastic`); rank r takes the r-th slice of B. Ranks therefore see disjoint
+    samples that together cover each epoch, resuming at step s reproduces exactly the batches an
+    uninterrupted run would have drawn, and so does resuming on another number of ranks when
+    W*B (the micro-batch over all ranks) stays the same.
     """
 
     def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, start_step: int = 0, num_steps: Optional[int] = None,
-                 mixture: Optional[MixturePlan] = None):
+                 mixture: Optional[MixturePlan] = None, sample_offset: int = 0):
         if num_samples <= 0:
             raise ValueError("StepBatchSampler: the dataset is empty")
         self.num_samples = num_samples
@@ -75,6 +78,9 @@ class StepBatchSampler(Sampler):
         self.seed = seed
         self.start_step = start_step
         self.num_steps = num_steps
+        self.sample_offset = sample_offset
+        if start_step * world_size * batch_size + sample_offset < 0:
+            raise ValueError(f"StepBatchSampler: sample_offset {sample_offset} puts step {start_step} before the stream start")
         if mixture is not None and mixture.total != num_samples:
             raise ValueError(f"StepBatchSampler: mixture covers {mixture.total} samples, dataset has {num_samples}")
         self.mixture = mixture
@@ -92,7 +98,7 @@ class StepBatchSampler(Sampler):
         return self._perm
 
     def batch_indices(self, step: int) -> list[int]:
-        first = (step * self.world_size + self.rank) * self.batch_size
+        first = self.sample_offset + (step * self.world_size + self.rank) * self.batch_size
         out = []
         for pos in range(first, first + self.batch_size):
             epoch, offset = divmod(pos, self.num_samples)
@@ -100,7 +106,7 @@ class StepBatchSampler(Sampler):
         return out
 
     def epoch_of(self, step: int) -> int:
-        return (step * self.world_size * self.batch_size) // self.num_samples
+        return (self.sample_offset + step * self.world_size * self.batch_size) // self.num_samples
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step

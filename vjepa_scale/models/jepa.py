@@ -25,9 +25,11 @@ class JEPA(nn.Module):
         self.encoder = VisionTransformer3D(cfg.model, cfg.grid)
         self.predictor = Predictor(cfg.model, self.encoder.embed_dim, cfg.grid, len(cfg.mask.types))
 
-    def forward(self, video_BCTHW: torch.Tensor, masks: MaskBatch, targets_TD: torch.Tensor) -> torch.Tensor:
+    def forward(self, video_BCTHW: torch.Tensor, masks: MaskBatch, targets_TD: torch.Tensor,
+                type_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The loss; `type_norm` as in `jepa_loss` (None: this batch's own per-type means)."""
         pred_TD = self.predict(video_BCTHW, masks)
-        return jepa_loss(pred_TD, targets_TD, masks.tgt_type_bounds, self.loss_exp)
+        return jepa_loss(pred_TD, targets_TD, masks.tgt_type_bounds, self.loss_exp, type_norm)
 
     def predict(self, video_BCTHW: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         """One packed encoder call over all (type, sample) contexts, one predictor call -> (T_tgt, D)."""
@@ -57,10 +59,37 @@ def compute_targets(target_encoder: nn.Module, video_BCTHW: torch.Tensor, masks:
     return layernorm_gather(h_BND, masks.tgt_idx, TARGET_LN_EPS)
 
 
-def jepa_loss(pred_TD: torch.Tensor, target_TD: torch.Tensor, type_bounds: list[int], p: float = 1.0) -> torch.Tensor:
-    """mean |pred - target|^p / p within each mask type's targets, averaged over mask types."""
+def jepa_loss(pred_TD: torch.Tensor, target_TD: torch.Tensor, type_bounds: list[int], p: float = 1.0,
+              type_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """mean |pred - target|^p / p within each mask type's targets, averaged over mask types.
+
+    type_norm: (M,) divisor of each type's error sum instead of its local token count x D. The
+    trainer passes the type's token count over all ranks / world size (`global_type_norm`): each
+    rank's loss is then world x its share of the global mean, and the ranks' average (what
+    DeepSpeed's gradient averaging computes) is the global per-type token mean.
+    """
     losses = []
-    for a, b in zip(type_bounds[:-1], type_bounds[1:]):
+    for m, (a, b) in enumerate(zip(type_bounds[:-1], type_bounds[1:])):
         diff = (pred_TD[a:b] - target_TD[a:b]).abs().float()
-        losses.append((diff if p == 1.0 else diff.pow(p)).mean() / p)
+        err = diff if p == 1.0 else diff.pow(p)
+        if type_norm is None:
+            losses.append(err.mean() / p)
+        else:
+            losses.append(err.sum() / (type_norm[m] * err.shape[-1]) / p)
     return torch.stack(losses).mean()
+
+
+def global_type_norm(masks: MaskBatch, device: torch.device) -> torch.Tensor:
+    """(M,) float32 on `device`: each mask type's target-token count summed over all ranks / world size.
+
+    One tiny all-reduce of the host-side per-type counts when a process group of more than one
+    rank is up (every rank must call it for the same micro-step); else this batch's own counts.
+    """
+    bounds = masks.tgt_type_bounds
+    counts = torch.tensor([b - a for a, b in zip(bounds[:-1], bounds[1:])], dtype=torch.int64, device=device)
+    world = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            torch.distributed.all_reduce(counts)
+    return (counts.double() / world).float()

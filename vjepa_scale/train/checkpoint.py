@@ -10,6 +10,9 @@ the latest complete one; what it leaves behind (`.tmp_*`, `.old_*`, `.del_*`) is
 next run starts (`train.housekeeping.clean_leftovers`). A full or read-only disk ends the save with
 `CheckpointWriteError` on every rank, after the partial save is removed; committed checkpoints are
 never touched by a failing save.
+
+`load_checkpoint` restores at the saved world size directly, and at another one through
+`vjepa_scale.train.elastic` (universal DeepSpeed checkpoint, resharded EMA).
 """
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ import numpy as np
 import torch
 
 from vjepa_scale.config import save_config
+from vjepa_scale.train import elastic
 from vjepa_scale.train.guard import check_finite_state
 from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, any_rank, is_disk_error, write_error
+from vjepa_scale.train.zero_compat import universal_load_fixes
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
 
 
@@ -166,18 +171,35 @@ def _commit(run_dir: Path, tmp: Path, final: Path, cfg, meta: dict, keep_last: i
 
 
 def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -> dict:
-    """Collective: restore model, optimizer, EMA shards and RNG; returns the checkpoint's meta."""
+    """Collective: restore model, optimizer, EMA shards and RNG; returns the checkpoint's meta.
+
+    A checkpoint written by another number of ranks is resharded (`elastic`); the online engine
+    must then have been built with `elastic.deepspeed_overrides(ckpt, world_size)` in its config.
+    """
     ckpt = Path(ckpt)
     meta = json.loads((ckpt / "meta.json").read_text())
-    if meta["world_size"] != world_size:
+    reshard = meta["world_size"] != world_size
+    if reshard and not engine.load_universal_checkpoint():
         raise ValueError(f"checkpoint {ckpt} was written by {meta['world_size']} ranks; this run has "
-                         f"{world_size} (ZeRO-3 shards are per rank). Consolidate it with "
-                         f"vjepa_scale.weights.load_consolidated and start with train.init_from")
-    load_path, _ = engine.load_checkpoint(str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
+                         f"{world_size}: build the engine with the DeepSpeed config "
+                         f"{elastic.deepspeed_overrides(ckpt, world_size)} to reshard it")
+    if reshard:
+        load_dir = elastic.universal_checkpoint(ckpt, rank)
+        with universal_load_fixes(engine):
+            load_path, _ = engine.load_checkpoint(str(load_dir), tag=DS_TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+    else:
+        load_path, _ = engine.load_checkpoint(str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt / 'ds'}")
-    ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=True))
-    # RNG states hold numpy arrays: our own files, written by save_checkpoint.
-    set_rng_state(torch.load(ckpt / "rng" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=False))
+    if reshard:
+        elastic.load_ema_resharded(ckpt, ema)
+    else:
+        ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=True))
+    # RNG states hold numpy arrays: our own files, written by save_checkpoint. A rank the checkpoint
+    # did not have keeps its seeded state.
+    rng_file = ckpt / "rng" / f"rank{rank:05d}.pt"
+    if rng_file.exists() or not reshard:
+        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return meta

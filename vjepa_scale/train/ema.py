@@ -4,7 +4,8 @@ Each rank holds, per parameter, the same flat slice that ZeRO-3 gives the online
 an fp32 shadow (the true EMA state) and the target's working copy (`ds_tensor`, bf16 on GPU).
 An update reads the optimizer's fp32 master shard of the online parameter and calls the fused
 `ema_update_` kernel: shadow <- m * shadow + (1 - m) * master, then target <- cast(shadow).
-No communication: the forward pass re-gathers the target from its shards as usual. The DeepSpeed
+No communication: the forward pass re-gathers the target from its shards as usual. `load_full`
+reshards a consolidated shadow onto this rank (elastic resume). The DeepSpeed
 specifics (shards, masters, slice arithmetic) come from `zero_compat`.
 """
 from __future__ import annotations
@@ -81,11 +82,23 @@ class ShardedEMA:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
+        """This rank's shards as saved by `state_dict()` at the same world size and partitioning."""
         if state["world_size"] != self.world_size or state["partitioned"] != self.partitioned:
             raise ValueError(f"EMA shards were saved with world_size={state['world_size']} "
                              f"(partitioned={state['partitioned']}); this run has {self.world_size} "
-                             f"(partitioned={self.partitioned})")
+                             f"(partitioned={self.partitioned}): consolidate all ranks' shards "
+                             f"(weights.consolidate_shards) and use load_full")
         for n, s in zip(self.names, self.shadows):
             s.copy_(state["shadows"][n].to(s.device))
+        self._write_targets()
+
+    @torch.no_grad()
+    def load_full(self, full: dict[str, torch.Tensor]) -> None:
+        """Set the shadows from full fp32 tensors by name (any saved world size): this rank's slice."""
+        for n, s in zip(self.names, self.shadows):
+            if tuple(full[n].shape) != self.shapes[n]:
+                raise ValueError(f"EMA tensor {n} has shape {tuple(full[n].shape)}, the model {self.shapes[n]}")
+            part = partition_slice(full[n], self.rank, self.world_size) if self.partitioned else full[n].reshape(-1)
+            s.copy_(part.to(s.device, torch.float32))
         self._write_targets()
 

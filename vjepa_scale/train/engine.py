@@ -9,7 +9,10 @@ A step with an inf/NaN loss or gradient norm changes neither weights nor EMA (`g
 stalls past `train.hang_timeout_s` ends the rank with a message (`watchdog`).
 
 Data position: micro-step `step * grad_accum + i` is what `build_dataloader` is asked for, so a
-resumed run sees exactly the batches (and masks) of an uninterrupted one.
+resumed run sees exactly the batches (and masks) of an uninterrupted one; checkpoints record it in
+global samples too (`samples_seen`), so a resume on another number of ranks (`train.elastic`)
+continues the sample stream where it stopped. The loss is the global per-mask-type token mean
+over all ranks (`global_type_norm`), not a mean of per-rank means.
 """
 from __future__ import annotations
 
@@ -26,8 +29,10 @@ from vjepa_scale.data import Batch, build_dataloader
 from vjepa_scale.distributed import DistEnv, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
+from vjepa_scale.models.jepa import global_type_norm
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
+from vjepa_scale.train import elastic
 from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, prepare_checkpoint_folder
@@ -99,7 +104,7 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
                                            weight_decay=o.weight_decay)
-        ds_config = deepspeed_config(cfg, self.world)
+        ds_config = elastic.for_resume(deepspeed_config(cfg, self.world), ckpt, self.world)
         check_deepspeed_config(ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=jepa, optimizer=self.optimizer, config=ds_config)
         self.target, _, _, _ = deepspeed.initialize(model=target,
@@ -111,12 +116,18 @@ class Trainer:
         self.step = 0
         self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.optim)  # skips non-finite steps
         self.watchdog = Watchdog(cfg.train.hang_timeout_s, self.rank)  # started by fit()
+        self.sample_offset = 0  # sampler stream offset (elastic resume with another global batch)
         self.resumed_from: Optional[Path] = None
         if ckpt is not None:
             meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
             self.step = int(meta["step"])
             self.guard.skipped_steps = int(meta.get("skipped_steps", 0))
             self.resumed_from = ckpt
+            if meta["world_size"] != self.world:
+                self.notes.append(f"elastic resume: checkpoint of {meta['world_size']} ranks resharded "
+                                         f"onto {self.world}")
+            self.sample_offset, note = elastic.data_position(ckpt, meta, cfg.data.global_batch_size)
+            self.notes += [note] if note else []
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
         if self.peak_tflops is None:
             self.peak_tflops = device_peak_tflops(self.device)
@@ -134,7 +145,8 @@ class Trainer:
         """This rank's batches from the current step on (micro-steps: step * grad_accum + i)."""
         a = self.cfg.optim.grad_accum
         return build_dataloader(self.cfg, self.rank, self.world, start_step=self.step * a,
-                                num_steps=None if num_steps is None else num_steps * a)
+                                num_steps=None if num_steps is None else num_steps * a,
+                                sample_offset=self.sample_offset)
 
     def _set_schedules(self, lr: float, wd: float) -> None:
         for g in self.optimizer.param_groups:
@@ -149,7 +161,8 @@ class Trainer:
         video, masks = on_device.video, on_device.masks
         with torch.no_grad():
             targets = compute_targets(self.target, video, masks)
-        loss = self.engine(video, masks, targets)
+        # global per-type token mean: the loss does not depend on how the slots split over ranks
+        loss = self.engine(video, masks, targets, global_type_norm(masks, self.device))
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.backward(self.guard.loss_for_backward(loss, boundary))
         if boundary:
@@ -177,8 +190,14 @@ class Trainer:
     def save(self) -> Path:
         return ckpt_lib.save_checkpoint(
             self.run_dir, self.step, self.engine, self.ema, self.cfg, self.rank, self.world,
-            extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps},
+            extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps,
+                   **self.data_position()},
             keep_last=self.cfg.train.keep_last)
+
+    def data_position(self) -> dict:
+        """meta.json's data position in global samples (elastic resume continues from it)."""
+        g = self.cfg.data.global_batch_size
+        return {"samples_seen": self.sample_offset + self.step * g, "global_batch_size": g}
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
@@ -187,10 +206,10 @@ class Trainer:
         if self.step >= total:
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
-        for note in self.notes:
-            logger.write(note)
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
+        for note in self.notes:
+            logger.write(note)
         a = cfg.optim.grad_accum
         it = iter(self.loader(total - self.step))
         tokens_per_clip = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]

@@ -10,6 +10,9 @@ breaks one module and `tests/test_zero_compat.py`, not the trainer. Tested again
   `partition_numel` / `partition_slice` reproduce that arithmetic on full tensors.
 - fp32 masters: `deepspeed.utils.safe_get_local_fp32_param` (ZeRO-3: this rank's master slice) and
   `safe_get_full_fp32_param` (ZeRO-1/2 with a low-precision model: the gathered master).
+- Universal checkpoints (a checkpoint written on N ranks loaded on M): the converter
+  `deepspeed.checkpoint.ds_to_universal.main` (a script entry point taking argparse-style args) and
+  the fixes its ZeRO-3 loader needs (`universal_load_fixes`).
 - The op-compatibility table `deepspeed.ops.__compatible_ops__`, edited to skip the JIT build of the
   shared-memory CPU collective.
 """
@@ -66,6 +69,53 @@ def fp32_master(p: torch.nn.Parameter) -> torch.Tensor:
 
     m = safe_get_full_fp32_param(p)
     return (m if m is not None else p.data.float()).reshape(-1)
+
+
+def convert_to_universal(tag_dir: str, out_tag_dir: str) -> None:
+    """DeepSpeed's universal-checkpoint conversion of one checkpoint tag folder (ZeRO-1/2/3), in this process.
+
+    tag_dir: `<save dir>/<tag>` as written by `engine.save_checkpoint`; out_tag_dir: the universal
+    folder `<load dir>/<tag>` for `engine.load_checkpoint(load_dir, tag)` with the DeepSpeed config
+    `"checkpoint": {"load_universal": true}`. One worker (no process pool); the universal-checkpoint
+    info our models do not declare is injected (plain data parallelism needs none).
+    """
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = SimpleNamespace(input_folder=str(tag_dir), output_folder=str(out_tag_dir), num_extract_workers=1,
+                           num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress bars and its arguments
+        ds_to_universal.main(args)
+
+
+def universal_load_fixes(engine):
+    """Context manager around `engine.load_checkpoint` of a universal checkpoint: undoes two quirks
+    of DeepSpeed's universal loaders (checked with `TESTED_DEEPSPEED`).
+
+    - The ZeRO-3 loader copies the saved param group 0's hyperparameters onto every group (e.g. the
+      decayed group's weight decay onto the no-decay group): ours are restored.
+    - The ZeRO-3 loader gives every sub-group's Adam state the SAME `step` tensor, which torch's
+      AdamW then increments once per sub-group per step (wrong bias correction from the next step
+      on): each state gets its own copy.
+    """
+    import contextlib
+
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer inside ZeRO's
+
+    @contextlib.contextmanager
+    def fixes():
+        saved = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        yield
+        for g, h in zip(optimizer.param_groups, saved):
+            g.update(h)
+        for st in optimizer.state.values():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].clone()
+
+    return fixes()
 
 
 def skip_shm_comm_build() -> None:

@@ -1,0 +1,128 @@
+"""Elastic resume on CPU (gloo, tiny config): a checkpoint written on N ranks continues on M ranks.
+
+Each scenario trains STEPS steps straight on W1 ranks (a checkpoint every K steps), then resumes
+its step-K checkpoint on W2 ranks in a fresh run dir up to STEPS. With `data.global_batch_size`
+fixed, the resumed run must continue the straight one: the same clips at every step (recorded by
+tests/record_samples.py from the batches that really reached the model), logged losses and final
+online / EMA weights equal within fp32 reduction-order noise (LOSS_RTOL, WEIGHT_ATOL: the ranks sum
+gradients, token errors and the EMA in another order). Without a fixed global batch the resumed
+run continues the sample stream at the saved position.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.weights import list_checkpoints, load_consolidated
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, K = 6, 3
+OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={STEPS}",
+        "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=10", f"train.checkpoint_every={K}"]
+# fp32 reduction-order noise after 3 resumed steps (measured differences are ~1e-7 .. 1e-6)
+LOSS_RTOL = 1e-5
+WEIGHT_ATOL = 1e-5
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _launch(run_dir: Path, nproc: int, *opts, resume=None) -> subprocess.CompletedProcess:
+    """tools/train.py on `nproc` CPU ranks through tests/record_samples.py (records in run_dir/samples)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           _free_port(), "tests/record_samples.py", "--record-dir", str(run_dir / "samples"),
+           "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
+    for o in [*OPTS, *opts]:
+        cmd += ["--opt", o]
+    if resume:
+        cmd += ["--resume", str(resume)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def _samples(run_dir: Path) -> dict[int, list[int]]:
+    """step -> the clips of that optimizer step over all ranks, in global stream order."""
+    recs = [json.loads(line) for f in sorted((run_dir / "samples").glob("rank*.jsonl")) for line in f.read_text().splitlines()]
+    out: dict[int, list[int]] = {}
+    for r in sorted(recs, key=lambda r: (r["micro"], r["rank"])):
+        out.setdefault(r["step"], []).extend(r["index"])
+    return out
+
+
+def _elastic(tmp_path, w1: int, w2: int, *opts):
+    straight, resumed = tmp_path / f"straight{w1}", tmp_path / f"resumed{w1}to{w2}"
+    _launch(straight, w1, *opts)
+    ckpt = list_checkpoints(straight)[0]
+    assert ckpt.name == f"step_{K:08d}" and json.loads((ckpt / "meta.json").read_text())["world_size"] == w1
+    r = _launch(resumed, w2, *opts, resume=ckpt)
+    return straight, resumed, r.stdout + r.stderr
+
+
+def _check_continues(straight: Path, resumed: Path, log: str, w1: int, w2: int) -> None:
+    assert f"resumed from {list_checkpoints(straight)[0]}" in log
+    assert f"elastic resume: checkpoint of {w1} ranks resharded onto {w2}" in log
+    # data position: the resumed steps train on exactly the straight run's clips; none repeated or skipped
+    a, b = _samples(straight), _samples(resumed)
+    assert sorted(a) == list(range(1, STEPS + 1)) and sorted(b) == list(range(K + 1, STEPS + 1))
+    assert all(b[s] == a[s] for s in b), (a, b)
+    used = [i for s in range(1, K + 1) for i in a[s]] + [i for s in b for i in b[s]]
+    assert len(used) == len(set(used)) == STEPS * 8  # 48 distinct clips of the 64 of epoch 0
+    meta = json.loads((list_checkpoints(resumed)[-1] / "meta.json").read_text())
+    assert meta["world_size"] == w2 and meta["samples_seen"] == STEPS * 8 and meta["global_batch_size"] == 8
+    # losses after the resume and the final weights match the uninterrupted run
+    la = {r["step"]: r["loss"] for r in read_metrics(straight)}
+    lb = {r["step"]: r["loss"] for r in read_metrics(resumed)}
+    assert sorted(lb) == list(range(K + 1, STEPS + 1))
+    for s in lb:
+        assert lb[s] == pytest.approx(la[s], rel=LOSS_RTOL, abs=0), (s, la, lb)
+    for which in ("online", "target"):
+        x, y = load_consolidated(straight, which), load_consolidated(resumed, which)
+        assert x["step"] == y["step"] == STEPS
+        for part in ("encoder", "predictor"):
+            diff = max((x[part][k] - y[part][k]).abs().max().item() for k in x[part])
+            assert diff <= WEIGHT_ATOL, (which, part, diff)
+    # the online weights moved after the resume: the comparison is not vacuous
+    k = load_consolidated(list_checkpoints(straight)[0], "online")["encoder"]
+    f = load_consolidated(resumed, "online")["encoder"]
+    assert max((k[n] - f[n]).abs().max().item() for n in k) > 1e-4
+
+
+def test_zero3_two_ranks_to_one(tmp_path):
+    straight, resumed, log = _elastic(tmp_path, 2, 1)
+    _check_continues(straight, resumed, log, 2, 1)
+    assert (list_checkpoints(straight)[0] / "universal" / "state" / "zero").is_dir()  # converted once, kept
+
+
+def test_zero3_one_rank_to_two(tmp_path):
+    straight, resumed, log = _elastic(tmp_path, 1, 2)
+    _check_continues(straight, resumed, log, 1, 2)
+
+
+def test_zero2_two_ranks_to_one(tmp_path):
+    straight, resumed, log = _elastic(tmp_path, 2, 1, "zero.stage=2")
+    _check_continues(straight, resumed, log, 2, 1)
+
+
+def test_changed_global_batch_resumes_at_saved_sample(tmp_path):
+    """No data.global_batch_size: 4 clips per rank, 8 per step on 2 ranks, 4 on 1. The 1-rank run
+    continues the sample stream at clip 24 (3 steps x 8): positions 24..35, said in the log."""
+    opts = ["data.global_batch_size=null", "data.batch_size=4"]
+    straight, resumed, log = _elastic(tmp_path, 2, 1, *opts)
+    assert "global batch changed from 8 to 4" in log and "at clip 24" in log
+    a, b = _samples(straight), _samples(resumed)
+    stream = [i for s in sorted(a) for i in a[s]]  # the 2-rank run's stream, positions 0..47
+    assert [i for s in sorted(b) for i in b[s]] == stream[24:36]
+    meta = json.loads((list_checkpoints(resumed)[-1] / "meta.json").read_text())
+    assert meta["samples_seen"] == 36 and meta["global_batch_size"] == 4
