@@ -16,7 +16,7 @@ import pytest
 
 from helpers import tiny_config
 from vjepa_scale.config import ConfigError, DataConfig, DatasetSpec
-from vjepa_scale.data import build_dataloader
+from vjepa_scale.data import LoaderTimeoutError, build_dataloader
 from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +105,7 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
         for pid in workers:
             _kill_if_stopped(pid)
     steps = [5] + [int(s) for s in re.findall(r"^step (\d+)", out, re.M)]
-    assert proc.returncode != 0 and "LoaderTimeoutError" in err, err[-3000:]
+    assert proc.returncode != 0 and f"{LoaderTimeoutError.__name__}: " in err, err[-3000:]
     message = err.strip().splitlines()[-1]
     assert f"rank 1: no batch for micro-step {steps[-1] + 1} " in message, message
     assert "data.loader_timeout_s=3 s" in message and "raise data.loader_timeout_s" in message
@@ -182,7 +182,7 @@ def test_stalled_file_is_skipped_and_counted(videos, tmp_path, stall, workers):
     assert "data.decode_timeout_s=0.5 s" in batch.skipped[0][1]
     assert loader.skipped_files == {pipe.path: 1}
     assert 1 not in batch.index and batch.index.count(2) == 2  # the stalled entry's sample used entry 2
-    assert elapsed < 20
+    assert elapsed < 10  # 0.5 s per stalled open, plus startup
 
 
 def test_no_decode_timeout_when_disabled_reads_slow_pipe(videos, tmp_path):
