@@ -162,6 +162,8 @@ class DataConfig(Section):
     pin_memory: bool = True
     seed: int = 0
     synthetic_size: int = 256  # samples per epoch for backend=synthetic
+    loader_timeout_s: float = 600.0  # no batch from the DataLoader workers within this: error (0: wait forever)
+    decode_timeout_s: float = 60.0  # reading one file longer than this: skipped like a broken file (0: no limit)
 
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
@@ -170,6 +172,9 @@ class DataConfig(Section):
             raise ConfigError(f"{prefix}.global_batch_size must be > 0 or null, got {self.global_batch_size}")
         if self.num_workers < 0:
             raise ConfigError(f"{prefix}.num_workers must be >= 0, got {self.num_workers}")
+        for key in ("loader_timeout_s", "decode_timeout_s"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"{prefix}.{key} must be >= 0 seconds (0 disables), got {getattr(self, key)}")
         lo, hi = self.random_resize_scale
         if not (0 < lo <= hi <= 1):
             raise ConfigError(f"{prefix}.random_resize_scale must satisfy 0 < min <= max <= 1")

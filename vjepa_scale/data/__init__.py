@@ -17,14 +17,17 @@ Both file backends draw every random choice from `clips.plan_clips(seed, step, i
 the same frames, crop box and flip for a sample, and replace unreadable files by the same policy
 (`skips.substitute`). Skipped files are summarized per epoch on rank 0 (logger `vjepa_scale.data`;
 all ranks' files when a process group is up) and counted per rank in `loader.skipped_files`.
+Reading one file may take at most data.decode_timeout_s (then it is skipped like an unreadable one);
+the cpu backend's workers must deliver each batch within data.loader_timeout_s (LoaderTimeoutError).
 
 Modules: `loader` (backend choice, datasets, samplers, `build_dataloader`), `batch` (the Batch
 contract, its builder and the collator), `skips` (substitution policy, per-epoch report), `cpu` /
 `dali` / `synthetic` (backends), `clips` (frame and crop plans), `decode`, `index`, `sampler`.
 """
 from vjepa_scale.data.batch import Batch
-from vjepa_scale.data.loader import build_dataloader, build_dataset, dali_available, resolve_data_backend
+from vjepa_scale.data.loader import (LoaderTimeoutError, build_dataloader, build_dataset, dali_available,
+                                     resolve_data_backend)
 from vjepa_scale.data.skips import NoReadableVideosError
 
-__all__ = ["Batch", "NoReadableVideosError", "build_dataloader", "build_dataset", "dali_available",
-           "resolve_data_backend"]
+__all__ = ["Batch", "LoaderTimeoutError", "NoReadableVideosError", "build_dataloader", "build_dataset",
+           "dali_available", "resolve_data_backend"]

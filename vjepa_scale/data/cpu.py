@@ -4,7 +4,8 @@
 W) when data.num_clips > 1), label, step, index (the entry actually used), skipped}. A file that
 fails (missing, empty, truncated, non-video, undecodable) is replaced by `skips.substitute` (the next
 index entry, at most `max_retries` times); every failure is listed in the item's `skipped` as (path,
-reason), so counts survive DataLoader worker processes and reach the trainer inside the batch.
+reason), so counts survive DataLoader worker processes and reach the trainer inside the batch. Probing and decoding one file may take at most data.decode_timeout_s
+(`decode.Deadline`); a file that takes longer is skipped like an unreadable one.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vjepa_scale.data.clips import normalize_clip, plan_clips
-from vjepa_scale.data.decode import VideoError, VideoInfo, decode_frames, probe_video
+from vjepa_scale.data.decode import Deadline, DecodeTimeout, VideoError, VideoInfo, decode_frames, probe_video
 from vjepa_scale.data.index import VideoIndex
 from vjepa_scale.data.skips import NoReadableVideosError, substitute
 
@@ -30,14 +31,14 @@ class VideoClips(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def probe(self, i: int) -> VideoInfo:
+    def probe(self, i: int, deadline: Deadline | None = None) -> VideoInfo:
         path = self.index.paths[i]
         if path in self._bad:
             raise VideoError(path, self._bad[path])
         info = self._info.get(path)
         if info is None:
             try:
-                info = probe_video(path)
+                info = probe_video(path, deadline)
             except VideoError as e:
                 self._bad[path] = e.reason
                 raise
@@ -46,12 +47,26 @@ class VideoClips(Dataset):
         return info
 
     def load(self, i: int, step: int) -> torch.Tensor:
-        """The augmented clip(s) of entry `i` at `step`; raises VideoError if the file is unusable."""
-        info = self.probe(i)
+        """The augmented clip(s) of entry `i` at `step`; raises VideoError if the file is unusable.
+
+        Raises DecodeTimeout (a VideoError) when probing and decoding take longer than
+        data.decode_timeout_s, whatever failure the interruption caused on the way.
+        """
+        with Deadline(self.index.paths[i], self.cfg.decode_timeout_s) as deadline:
+            try:
+                return self._load(i, step, deadline)
+            except VideoError as e:
+                if isinstance(e, DecodeTimeout) or not deadline.expired():
+                    raise
+                self._bad[e.path] = deadline.error().reason
+                raise deadline.error() from None
+
+    def _load(self, i: int, step: int, deadline: Deadline) -> torch.Tensor:
+        info = self.probe(i, deadline)
         plans = plan_clips(info.num_frames, info.height, info.width, self.cfg, self.cfg.seed, step, i)
         frames = [f for p in plans for f in p.frames]
         try:
-            pixels_THWC = torch.from_numpy(decode_frames(info.path, frames, info.num_frames, info.fps))
+            pixels_THWC = torch.from_numpy(decode_frames(info.path, frames, info.num_frames, info.fps, deadline))
         except VideoError as e:
             self._bad[info.path] = e.reason
             raise

@@ -1,11 +1,16 @@
 """PyAV (FFmpeg) probing and frame decoding: H.264, HEVC, VP9, MJPEG, AV1 and anything FFmpeg reads.
 
 Every failure (missing, empty, truncated, non-video, undecodable) raises `VideoError` with the path
-and a short reason, so datasets can skip and count bad files.
+and a short reason, so datasets can skip and count bad files. A `Deadline` bounds the time spent on
+one file (data.decode_timeout_s); passing it raises `DecodeTimeout`, a VideoError.
 """
 from __future__ import annotations
 
 import os
+import signal
+import stat
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +23,74 @@ class VideoError(RuntimeError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DecodeTimeout(VideoError):
+    """Reading one file took longer than its Deadline (data.decode_timeout_s)."""
+
+
+ALARM_REPEAT_S = 0.05  # after the deadline, SIGALRM repeats this often until the read gives up
+
+
+class Deadline:
+    """Time limit of `seconds` for reading one file (0: none); a context manager around probe + decode.
+
+    `check()` raises DecodeTimeout once the limit has passed; the decode loops call it between frames,
+    in any thread. In the main thread (where a DataLoader worker, or a 0-worker loader, decodes) a
+    SIGALRM timer also reaches code that does not return to Python: its handler raises DecodeTimeout
+    at the next Python instruction, and because the alarm repeats every ALARM_REPEAT_S, a read that
+    blocks inside FFmpeg (a stalled pipe or network file) keeps returning EINTR until PyAV's interrupt
+    callback (the `timeout` given to av.open, see `_open`) aborts it; so a blocked read is abandoned
+    within about twice the limit. Not covered: a read in uninterruptible sleep (process state D), a
+    decoder looping inside one C call, a process stopped by SIGSTOP; the DataLoader timeout
+    (data.loader_timeout_s) ends those runs instead. The alarm is not used when another ITIMER_REAL
+    timer is running.
+    """
+
+    def __init__(self, path: str, seconds: float = 0.0):
+        self.path = path
+        self.seconds = float(seconds or 0.0)
+        self.end: float | None = None
+        self._previous = None
+        self._armed = False
+        self._fired = False
+
+    def __enter__(self) -> "Deadline":
+        if self.seconds > 0:
+            self.end = time.monotonic() + self.seconds
+            if (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+                    and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)):
+                previous = signal.signal(signal.SIGALRM, self._alarm)
+                self._previous = signal.SIG_DFL if previous is None else previous
+                signal.setitimer(signal.ITIMER_REAL, self.seconds, ALARM_REPEAT_S)
+                self._armed = True
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+            self._armed = False
+        return False
+
+    def _alarm(self, signum, frame) -> None:
+        if not self._fired:  # later alarms only interrupt blocked system calls
+            self._fired = True
+            raise self.error()
+
+    def expired(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def remaining(self) -> float | None:
+        """Seconds left (None: no limit)."""
+        return None if self.end is None else max(0.0, self.end - time.monotonic())
+
+    def error(self) -> DecodeTimeout:
+        return DecodeTimeout(self.path, f"reading took longer than data.decode_timeout_s={self.seconds:g} s")
+
+    def check(self) -> None:
+        if self.expired():
+            raise self.error()
 
 
 @dataclass(frozen=True)
@@ -33,15 +106,23 @@ class VideoInfo:
     variable_frame_rate: bool
 
 
-def _open(path: str):
+def _open(path: str, deadline: Deadline | None = None):
+    """The PyAV container of `path`; with a `deadline`, its remaining time bounds every blocked read."""
     import av
 
-    if not os.path.exists(path):
-        raise VideoError(path, "file does not exist")
-    if os.path.getsize(path) == 0:
-        raise VideoError(path, "file is empty (0 bytes)")
     try:
-        container = av.open(path)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoError(path, "file does not exist") from None
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise VideoError(path, "file is empty (0 bytes)")
+    timeout = deadline.remaining() if deadline is not None else None
+    if timeout is not None and timeout <= 0:
+        raise deadline.error()
+    try:
+        container = av.open(path, timeout=timeout)
+    except VideoError:
+        raise
     except Exception as e:  # av.error.* subclasses; any failure to open means unreadable
         raise VideoError(path, f"not a readable container ({type(e).__name__}: {e})") from None
     if not container.streams.video:
@@ -50,9 +131,9 @@ def _open(path: str):
     return container
 
 
-def probe_video(path: str) -> VideoInfo:
+def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
     """Read the header of `path` (no decoding). Raises VideoError when it is not a usable video."""
-    container = _open(path)
+    container = _open(path, deadline)
     try:
         s = container.streams.video[0]
         rate = s.average_rate or s.guessed_rate or s.base_rate
@@ -83,7 +164,8 @@ def probe_video(path: str) -> VideoInfo:
 SEEK_MIN_FRAME = 8  # first wanted frame from which decoding seeks (to a keyframe) instead of starting at 0
 
 
-def _decode_after_seek(container, stream, wanted: set[int], fps: float) -> dict[int, np.ndarray] | None:
+def _decode_after_seek(container, stream, wanted: set[int], fps: float,
+                       deadline: Deadline | None = None) -> dict[int, np.ndarray] | None:
     """Seek to the keyframe before min(wanted) and decode; frame numbers from pts (constant frame rate).
 
     Returns None when that is unreliable (no pts, landed after the window, frames missing), in which
@@ -96,6 +178,8 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float) -> dict[
     got: dict[int, np.ndarray] = {}
     landed = None
     for frame in container.decode(stream):
+        if deadline is not None:
+            deadline.check()
         if frame.pts is None:
             return None
         idx = int(round(float((frame.pts - start) * tb) * fps))
@@ -111,22 +195,24 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float) -> dict[
 
 
 def decode_frames(path: str, indices: list[int], declared_frames: int | None = None,
-                  fps: float | None = None) -> np.ndarray:
+                  fps: float | None = None, deadline: Deadline | None = None) -> np.ndarray:
     """Frames `indices` (any order, repeats allowed) of `path` as uint8 (len(indices), H, W, 3) RGB.
 
     Given `fps` and a first index >= SEEK_MIN_FRAME, seeks to the keyframe before the window;
     otherwise (or when seeking is unreliable) decodes sequentially from the start, counting frames.
     Indices past the real end repeat the last frame; a file that ends well before `declared_frames`
-    is treated as truncated (VideoError).
+    is treated as truncated (VideoError). Past `deadline`, DecodeTimeout.
     """
     if not indices:
         raise ValueError("decode_frames needs at least one frame index")
     wanted = set(int(i) for i in indices)
     last = max(wanted)
     if fps and min(wanted) >= SEEK_MIN_FRAME and (not declared_frames or last < declared_frames):
-        container = _open(path)
+        container = _open(path, deadline)
         try:
-            got = _decode_after_seek(container, container.streams.video[0], wanted, fps)
+            got = _decode_after_seek(container, container.streams.video[0], wanted, fps, deadline)
+        except DecodeTimeout:
+            raise
         except Exception:
             got = None
         finally:
@@ -134,18 +220,22 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
         if got is not None:
             return np.stack([got[int(i)] for i in indices])
     got = {}
-    container = _open(path)
+    container = _open(path, deadline)
     count = 0
     last_frame = None
     try:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
+            if deadline is not None:
+                deadline.check()
             if count in wanted:
                 got[count] = frame.to_ndarray(format="rgb24")
             last_frame = frame
             count += 1
             if count > last:
                 break
+    except DecodeTimeout:
+        raise
     except Exception as e:
         raise VideoError(path, f"decoding failed after {count} frames ({type(e).__name__}: {e})") from None
     finally:

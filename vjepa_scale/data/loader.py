@@ -51,12 +51,46 @@ def build_dataset(cfg: Config, check: bool = True):
     return VideoClips(index, d)
 
 
-class VideoLoader:
-    """Iterable over a backend's batches that tracks skipped files (`skipped_files`: path -> count)."""
+class LoaderTimeoutError(RuntimeError):
+    """No batch arrived from the DataLoader workers within data.loader_timeout_s."""
 
-    def __init__(self, loader, sampler: StepBatchSampler, rank: int, world_size: int = 1):
+
+def _stop_workers(it) -> None:
+    """Kill the worker processes of DataLoader iterator `it`.
+
+    A stopped (SIGSTOP) worker ignores the SIGTERM the DataLoader's shutdown sends, and
+    multiprocessing's exit handler would then wait for it forever; SIGKILL ends it. The workers'
+    pids are unregistered first, so torch's SIGCHLD handler does not report their deaths as a crash.
+    """
+    from torch.utils.data._utils.signal_handling import _remove_worker_pids
+
+    if getattr(it, "_worker_pids_set", False):
+        _remove_worker_pids(id(it))
+        it._worker_pids_set = False
+    workers = getattr(it, "_workers", [])
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    for w in workers:
+        w.join(timeout=5)
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+class VideoLoader:
+    """Iterable over a backend's batches that tracks skipped files (`skipped_files`: path -> count).
+
+    With `timeout` > 0 (the DataLoader's own `timeout`, data.loader_timeout_s), a batch that does not
+    arrive in time ends the iteration with LoaderTimeoutError naming the rank and the micro-step,
+    after the workers are killed (so the process can exit).
+    """
+
+    def __init__(self, loader, sampler: StepBatchSampler, rank: int, world_size: int = 1, timeout: float = 0.0):
         self.loader = loader
         self.sampler = sampler
+        self.rank = rank
+        self.timeout = timeout
         self.tracker = SkipTracker(rank, sampler.epoch_of, world_size)
 
     @property
@@ -67,7 +101,23 @@ class VideoLoader:
         return len(self.sampler)
 
     def __iter__(self):
-        for batch in self.loader:
+        it = iter(self.loader)
+        step = self.sampler.start_step  # the micro-step of the next batch (they arrive in step order)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            except RuntimeError as e:
+                if not (self.timeout > 0 and str(e).startswith("DataLoader timed out")):
+                    raise
+                _stop_workers(it)
+                raise LoaderTimeoutError(
+                    f"rank {self.rank}: no batch for micro-step {step} from the DataLoader workers within "
+                    f"data.loader_timeout_s={self.timeout:g} s; a worker is frozen (stopped, or hung in I/O "
+                    f"or decoding) or loading is far too slow. If loading is just slow, raise "
+                    f"data.loader_timeout_s (0 waits forever)") from e
+            step = batch.step + 1
             self.tracker.update(batch)
             yield batch
         self.tracker.flush()
@@ -89,6 +139,7 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
 
     Masks are drawn on the CPU (in the DataLoader workers, or in DALI's helper thread), for rank r's
     global slots r*B .. r*B + B - 1 of each micro-step. `sample_offset`: see `StepBatchSampler`.
+    With workers, the cpu backend waits at most data.loader_timeout_s for a batch (LoaderTimeoutError).
     """
     backend = resolve_data_backend(cfg.data.backend)
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
@@ -102,8 +153,9 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     dataset = build_dataset(cfg)
     index = None if backend == "synthetic" else dataset.index
     sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index, sample_offset)
+    timeout = cfg.data.loader_timeout_s if cfg.data.num_workers > 0 and backend != "synthetic" else 0.0
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=ClipCollator(masker, rank),
                         num_workers=cfg.data.num_workers,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
-                        persistent_workers=cfg.data.num_workers > 0)
-    return loader if backend == "synthetic" else VideoLoader(loader, sampler, rank, world_size)
+                        persistent_workers=cfg.data.num_workers > 0, timeout=timeout)
+    return loader if backend == "synthetic" else VideoLoader(loader, sampler, rank, world_size, timeout)

@@ -1,0 +1,199 @@
+"""Hangs in the data pipeline: a frozen DataLoader worker ends the run with a message
+(data.loader_timeout_s); a file whose reading stalls is abandoned, skipped and counted
+(data.decode_timeout_s)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from helpers import tiny_config
+from vjepa_scale.config import ConfigError, DataConfig, DatasetSpec
+from vjepa_scale.data import LoaderTimeoutError, build_dataloader
+from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Four small VP9 videos (streamable: WebM needs no seek to be read from a pipe)."""
+    out = write_synthetic_videos(tmp_path_factory.mktemp("hang_videos") / "v", 4, 12, 32, ("vp9",),
+                                 val_fraction=0)
+    return [line.split()[0] for line in open(out["train"]).read().splitlines()]
+
+
+def video_cfg(index, workers, **data_kw):
+    cfg = tiny_config(crop=32, frames=4, batch_size=4, depth=1)
+    cfg.data = dataclasses.replace(cfg.data, backend="cpu", datasets=[DatasetSpec(str(index), 1.0)], frame_step=2,
+                                   num_workers=workers, **data_kw)
+    return cfg.validate()
+
+
+@pytest.mark.parametrize("key", ["loader_timeout_s", "decode_timeout_s"])
+def test_timeout_keys_validated(key):
+    assert getattr(DataConfig(), key) > 0  # on by default
+    DataConfig(backend="synthetic", **{key: 0}).validate()  # 0 disables
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match=f"data.{key} must be >= 0"):
+            DataConfig(backend="synthetic", **{key: bad}).validate()
+
+
+FROZEN_CHILD = r"""
+import multiprocessing, sys
+sys.path.insert(0, {tests!r})
+from test_data_hangs import video_cfg
+from vjepa_scale.data import build_dataloader
+
+cfg = video_cfg({index!r}, workers=1, loader_timeout_s={timeout!r})
+it = iter(build_dataloader(cfg, rank=1, world_size=2, start_step=5))
+print("step", next(it).step, flush=True)
+print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
+sys.stdin.readline()  # the test stops the worker now
+for batch in it:
+    print("step", batch.step, flush=True)
+"""
+
+
+def _kill_if_stopped(pid: int) -> None:
+    """SIGKILL `pid` if it is still a stopped process (a worker the code under test failed to end)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return
+    if state in ("T", "t"):
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
+    """SIGSTOP the only DataLoader worker (as a hung decoder would freeze it): the training process
+    ends within the timeout with an error naming rank, micro-step and the config key, and exits."""
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"{p} 0\n" for p in videos))
+    script = FROZEN_CHILD.format(tests=os.path.join(ROOT, "tests"), index=str(index), timeout=3.0)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    workers = []
+    try:
+        first = proc.stdout.readline()
+        line = proc.stdout.readline()
+        assert first.startswith("step 5") and line.startswith("workers "), (first, line, proc.stderr.read())
+        workers = [int(p) for p in line.split()[1:]]
+        assert len(workers) == 1
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)  # without the timeout: blocks forever
+        waited = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            _kill_if_stopped(pid)
+    steps = [5] + [int(s) for s in re.findall(r"^step (\d+)", out, re.M)]
+    assert proc.returncode != 0 and f"{LoaderTimeoutError.__name__}: " in err, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert f"rank 1: no batch for micro-step {steps[-1] + 1} " in message, message
+    assert "data.loader_timeout_s=3 s" in message and "raise data.loader_timeout_s" in message
+    assert waited < 30
+    for pid in workers:  # the stopped worker was killed, not left behind
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+
+
+class StallingPipe:
+    """A FIFO standing in for a file on a stalled network mount: the first `full_opens` readers get the
+    whole video, later ones its first `fraction` and then no more bytes for `stall_s` seconds (the read
+    blocks), then end of file (so a reader without a time limit fails the test instead of hanging).
+
+    Each reader gets a FIFO of its own: once a reader has opened the path, a fresh FIFO replaces it,
+    so a late reader of the previous open never sees bytes meant for the next one.
+    """
+
+    def __init__(self, path, data: bytes, full_opens: int, fraction: float = 0.3, stall_s: float = 20.0):
+        self.path, self.data, self.full_opens, self.fraction = str(path), data, full_opens, fraction
+        os.mkfifo(self.path)
+        self.release = threading.Event()
+        self.stall_s = stall_s
+        self.opens = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.release.is_set():
+            fd = os.open(self.path, os.O_WRONLY)  # blocks until a reader opens the pipe
+            try:
+                if self.release.is_set():
+                    return
+                os.mkfifo(self.path + ".next")
+                os.replace(self.path + ".next", self.path)
+                self.opens += 1
+                if self.opens <= self.full_opens:
+                    os.write(fd, self.data)
+                else:
+                    os.write(fd, self.data[: int(len(self.data) * self.fraction)])
+                    self.release.wait(self.stall_s)
+            except BrokenPipeError:  # the reader closed early (read only the header)
+                pass
+            finally:
+                os.close(fd)
+
+    def close(self):
+        self.release.set()
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # unblocks a writer waiting in open()
+        self.thread.join(timeout=10)
+        os.close(fd)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.parametrize("stall,workers", [("header", 0), ("frames", 1)])
+def test_stalled_file_is_skipped_and_counted(videos, tmp_path, stall, workers):
+    """Reading one file blocks (in the header probe, or mid-decode in a DataLoader worker): after
+    data.decode_timeout_s the file is abandoned, replaced by the next entry and listed in `skipped`
+    with a reason naming the key; the batch arrives whole."""
+    pipe = StallingPipe(tmp_path / "stalled.webm", open(videos[1], "rb").read(),
+                        full_opens=0 if stall == "header" else 1)
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"{p} 0\n" for p in [videos[0], pipe.path] + videos[2:]))
+    cfg = video_cfg(index, workers, decode_timeout_s=0.5)
+    try:
+        t0 = time.monotonic()
+        loader = build_dataloader(cfg, num_steps=1)  # one step of 4 = every entry once
+        (batch,) = list(loader)
+        elapsed = time.monotonic() - t0
+    finally:
+        pipe.close()
+    assert batch.video.shape == (4, 3, 4, 32, 32)
+    assert pipe.opens == (1 if stall == "header" else 2)
+    assert len(batch.skipped) == 1 and batch.skipped[0][0] == pipe.path, batch.skipped
+    assert "data.decode_timeout_s=0.5 s" in batch.skipped[0][1]
+    assert loader.skipped_files == {pipe.path: 1}
+    assert 1 not in batch.index and batch.index.count(2) == 2  # the stalled entry's sample used entry 2
+    assert elapsed < 10  # 0.5 s per stalled open, plus startup
+
+
+def test_no_decode_timeout_when_disabled_reads_slow_pipe(videos, tmp_path):
+    """decode_timeout_s: 0 sets no limit: a pipe delivering the whole file is read normally (the
+    check on empty files no longer rejects pipes, whose size is 0)."""
+    pipe = StallingPipe(tmp_path / "pipe.webm", open(videos[1], "rb").read(), full_opens=3)
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"{p} 0\n" for p in [videos[0], pipe.path] + videos[2:]))
+    try:
+        loader = build_dataloader(video_cfg(index, 0, decode_timeout_s=0), num_steps=1)
+        (batch,) = list(loader)
+    finally:
+        pipe.close()
+    assert batch.skipped == [] and sorted(batch.index) == [0, 1, 2, 3]
