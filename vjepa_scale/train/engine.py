@@ -21,11 +21,12 @@ import torch.nn as nn
 
 from vjepa_scale.config import Config, save_config
 from vjepa_scale.data import Batch, build_dataloader
-from vjepa_scale.distributed import DistEnv, compute_dtype, device_for
+from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
+from vjepa_scale.train import preempt, rng
 from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
@@ -83,6 +84,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+        check_shared_dir(self.run_dir)
 
         jepa, target = build_models(cfg, cfg.train.seed)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
@@ -96,6 +98,7 @@ class Trainer:
         self.target.eval()
         self.ema = ShardedEMA(self.engine.module.encoder, self.target.module, target_fp32, self.rank, self.world)
         del target_fp32
+        rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
 
         self.step = 0
         self.resumed_from: Optional[Path] = None
@@ -167,7 +170,8 @@ class Trainer:
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         a = cfg.optim.grad_accum
-        it = iter(self.loader(total - self.step))
+        with rng.untouched():
+            it = iter(self.loader(total - self.step))
         tokens_per_clip = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
         new_window = functools.partial(_Window, self.device, self.world, cfg.data.global_batch_size,
                                        tokens_per_clip, self.peak_tflops)
@@ -190,9 +194,15 @@ class Trainer:
                     logger.log(self.step, m)
                     logger.progress(self.step, progress_postfix(m))
                     window = new_window()
+                path = None
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
                     path = self.save()
                     logger.write(f"step {self.step}: saved {path}")
+                reason = preempt.stop_agreed(self.device) if self.step < total else None
+                if reason is not None:
+                    path = path or self.save()
+                    logger.write(f"step {self.step}: preempted ({reason}), saved {path}")
+                    raise preempt.Preempted(self.step, path, reason)
         finally:
             logger.close()
 
