@@ -84,3 +84,29 @@ def test_shared_dir_check_names_the_ranks_that_cannot_see_the_folder(tmp_path):
     assert out[0] == out[1] and out[0] is not None
     assert f"rank 1 on {socket.gethostname()}" in out[0] and "rank 0 on" not in out[0]
     assert "shared by every node" in out[0] and str(tmp_path / "node0" / "run") in out[0]
+
+
+@pytest.mark.slow
+def test_two_tasks_started_the_way_srun_does(tmp_path):
+    """`srun python tools/train.py`: two plain processes that know only SLURM's variables train as
+    ranks 0 and 1 (rendezvous on the node list's first host) and write one 2-rank checkpoint."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vjepa_scale.weights import find_latest
+
+    root = Path(__file__).resolve().parent.parent
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    base.update(DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1", SLURM_JOB_ID="4242",
+                SLURM_NTASKS="2", SLURM_NODELIST="localhost", MASTER_PORT=str(_free_port()))
+    cmd = [sys.executable, "tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(tmp_path / "run")]
+    for o in ("model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.iterations=2"):
+        cmd += ["--opt", o]
+    procs = [subprocess.Popen(cmd, cwd=root, env=dict(base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    ckpt = find_latest(tmp_path / "run")
+    assert ckpt.name == "step_00000002" and sorted(f.name for f in (ckpt / "ema").iterdir()) == [
+        "rank00000.pt", "rank00001.pt"]

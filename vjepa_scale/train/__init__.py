@@ -11,5 +11,7 @@
 - `zero_compat`: every DeepSpeed internal relied on (ZeRO-3 shards and their layout, fp32 masters,
   the op-compatibility table), checked by tests/test_zero_compat.py.
 - `metrics`: metrics.jsonl, tensorboard and the rank-0 progress bar.
+- `preempt`: SIGTERM / SIGUSR1 / launcher death -> all ranks stop at one step, save, exit 75.
+- `rng`: per-rank seeding of torch / numpy / python.
 Submodules are imported explicitly (this package imports nothing heavy on its own).
 """
