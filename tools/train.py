@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """V-JEPA pretraining on DeepSpeed ZeRO-3.
 
-GPU:  deepspeed tools/train.py --config vith384.yaml            (--hostfile HOSTS for several nodes)
-CPU:  DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train.py --config cpu_demo.yaml
+GPU:   deepspeed tools/train.py --config vith384.yaml            (--hostfile HOSTS for several nodes)
+       torchrun --nproc_per_node 8 tools/train.py --config vith384.yaml
+SLURM: srun python tools/train.py --config vith384.yaml            (one task per GPU; ranks from SLURM_*)
+CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train.py --config cpu_demo.yaml
 
 --config takes a path or a bare name from configs/. --opt section.key=value overrides (repeatable).
 --resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived).
 Config errors are reported before any process group, model or data is created.
 Exit codes: 0 done, 2 config error, 3 diverged (train.max_bad_steps non-finite steps in a row),
-4 a rank hung past train.hang_timeout_s (its watchdog ended it).
+4 a rank hung past train.hang_timeout_s (its watchdog ended it), 75 preempted: SIGTERM / SIGUSR1 to a
+rank or a launcher makes every rank finish its step, save, and exit 75 (EXIT_PREEMPTED: resume with
+--resume auto; see vjepa_scale.train.preempt).
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from vjepa_scale.train import preempt
+
+    preempt.prepare_process()  # first: a signal during setup must not kill the rank
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from vjepa_scale.config import ConfigError, load_config
@@ -58,6 +65,10 @@ def main(argv=None) -> int:
         if trainer.is_main:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
+    except preempt.Preempted as e:
+        if trainer.is_main:
+            print(f"{e}; resume with --resume auto", file=sys.stderr, flush=True)
+        return preempt.EXIT_PREEMPTED
     return 0
 
 

@@ -1,25 +1,38 @@
 """Process, device and precision setup shared by training and evaluation.
 
-- `dist_env()`: rank / world size / local rank from the launcher's environment variables
-  (`deepspeed`, `torchrun`; one process when unset).
+- `dist_env()`: rank / world size / local rank from the launcher's environment: RANK / WORLD_SIZE /
+  LOCAL_RANK (`deepspeed`, `torchrun`), else SLURM's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID
+  (`srun python tools/train.py ...`), else one process. Under SLURM the rendezvous is the first
+  host of the step's node list (`expand_nodelist`) on port `slurm_master_port(job id)`, unless
+  MASTER_ADDR / MASTER_PORT are set.
 - `device_for(env, name)`: `auto` -> this rank's GPU (cuda:LOCAL_RANK) when CUDA is available, else
   the CPU; `cpu` / `cuda` / `cuda:i` as given (a bare `cuda` -> cuda:LOCAL_RANK).
 - `compute_dtype(precision, device)`: `auto` -> bf16 on GPU, fp32 on CPU; `bf16` / `fp32` as given.
 - `init_distributed(device, deepspeed)`: join the process group (nccl on GPU, gloo on CPU) and pin
   this rank's GPU. Training joins through DeepSpeed (also as a single process: its engines need a
   group); evaluation joins through torch.distributed only when WORLD_SIZE > 1.
+- `check_shared_dir(path)`: collective; every rank must see a token file that rank 0 writes into
+  `path` (a run folder on node-local disks fails here, naming the ranks and hosts that cannot).
 """
 from __future__ import annotations
 
 import datetime
 import os
+import re
+import secrets
+import socket
+import time
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Mapping, Optional
 
 import torch
 import torch.distributed as dist
 
 from vjepa_scale.config import ConfigError
+
+DEFAULT_MASTER_PORT = 29500
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 20000, 10000  # under SLURM: MASTER_PORT = 20000 + job id % 10000
 
 
 @dataclass(frozen=True)
@@ -27,12 +40,65 @@ class DistEnv:
     rank: int
     world_size: int
     local_rank: int
+    # Rendezvous derived from SLURM's variables (None: the launcher's MASTER_ADDR / MASTER_PORT).
+    master_addr: Optional[str] = None
+    master_port: Optional[int] = None
 
 
-def dist_env() -> DistEnv:
-    """Rank / world / local rank from the launcher's environment (1 process when not launched)."""
-    return DistEnv(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact host list -> host names: `node[01-03,07],gpu-a[1-2]x` -> node01 node02 node03
+    node07 gpu-a1x gpu-a2x (ranges keep their zero padding; several bracket groups multiply)."""
+    hosts: list[str] = []
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):
+        names = [""]
+        for text, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", item):
+            if not text and not ranges:
+                continue
+            names = [n + text for n in names]
+            if ranges:
+                names = [n + v for n in names for v in _expand_ranges(ranges)]
+        hosts += names
+    return hosts
+
+
+def _expand_ranges(ranges: str) -> list[str]:
+    out = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        if not hi:
+            out.append(lo)
+            continue
+        if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
+            raise ValueError(f"bad range '{part}' in a SLURM node list")
+        out += [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+    return out
+
+
+def slurm_master_port(job_id: str | int | None) -> int:
+    """The rendezvous port of a SLURM job: 20000 + job id % 10000 (29500 without a job id), so two
+    jobs sharing a first node rarely collide."""
+    if job_id is None or not str(job_id).isdigit():
+        return DEFAULT_MASTER_PORT
+    return SLURM_PORT_BASE + int(job_id) % SLURM_PORT_SPAN
+
+
+def dist_env(environ: Optional[Mapping[str, str]] = None) -> DistEnv:
+    """This process's place in the job, from `environ` (default os.environ); 1 process when not launched.
+
+    RANK / WORLD_SIZE / LOCAL_RANK (set by `deepspeed` and `torchrun`) win; without RANK, SLURM's
+    SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID (one task per rank, started by `srun`), and the
+    rendezvous from MASTER_ADDR / MASTER_PORT or else the node list's first host and the job id.
+    """
+    e = os.environ if environ is None else environ
+    if "RANK" in e or "SLURM_PROCID" not in e:
+        return DistEnv(int(e.get("RANK", 0)), int(e.get("WORLD_SIZE", 1)), int(e.get("LOCAL_RANK", 0)))
+    world = int(e.get("SLURM_STEP_NUM_TASKS", e.get("SLURM_NTASKS", 1)))
+    addr = e.get("MASTER_ADDR")
+    if addr is None:
+        nodelist = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_NODELIST") or e.get("SLURM_JOB_NODELIST")
+        addr = expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1"
+    port = int(e["MASTER_PORT"]) if "MASTER_PORT" in e else slurm_master_port(e.get("SLURM_JOB_ID"))
+    return DistEnv(int(e["SLURM_PROCID"]), world, int(e.get("SLURM_LOCALID", 0)), addr, port)
 
 
 def use_cuda() -> bool:
@@ -41,17 +107,22 @@ def use_cuda() -> bool:
 
 def device_for(env: Optional[DistEnv] = None, name: str = "auto", key: str = "device") -> torch.device:
     """The device this rank computes on; `name` is `auto`, `cpu`, `cuda` or `cuda:i` (`key` names the
-    setting in errors)."""
+    setting in errors). A rank that sees fewer GPUs than its local rank (e.g. SLURM's
+    --gpus-per-task, one visible GPU per task) takes GPU local_rank % visible."""
     local_rank = (env or dist_env()).local_rank
     if name == "auto":
-        return torch.device("cuda", local_rank) if use_cuda() else torch.device("cpu")
+        return torch.device("cuda", _visible_gpu(local_rank)) if use_cuda() else torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda":
         if not use_cuda():
             raise ConfigError(f"{key}={name!r} but CUDA is not available here")
         if dev.index is None:
-            dev = torch.device("cuda", local_rank)
+            dev = torch.device("cuda", _visible_gpu(local_rank))
     return dev
+
+
+def _visible_gpu(local_rank: int) -> int:
+    return local_rank % max(1, torch.cuda.device_count())
 
 
 def compute_dtype(precision: str, device: Optional[torch.device] = None) -> torch.dtype:
@@ -62,6 +133,15 @@ def compute_dtype(precision: str, device: Optional[torch.device] = None) -> torc
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
+def _export(env: DistEnv) -> None:
+    """The env:// rendezvous variables for torch.distributed / DeepSpeed (kept where already set)."""
+    os.environ.setdefault("RANK", str(env.rank))
+    os.environ.setdefault("WORLD_SIZE", str(env.world_size))
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    os.environ.setdefault("MASTER_ADDR", env.master_addr or "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(env.master_port or DEFAULT_MASTER_PORT))
+
+
 def init_distributed(device: Optional[torch.device] = None, deepspeed: bool = False,
                      timeout_s: Optional[float] = None) -> DistEnv:
     """Join the process group (nccl on GPU, gloo on CPU) and pin this rank's GPU; returns the env.
@@ -69,8 +149,9 @@ def init_distributed(device: Optional[torch.device] = None, deepspeed: bool = Fa
     timeout_s: how long a collective may wait before it fails (None: torch's default).
 
     deepspeed=True: `deepspeed.init_distributed`, also for a single process (MASTER_ADDR/PORT default
-    to 127.0.0.1:29500). Otherwise torch.distributed, and only when WORLD_SIZE > 1 (a single process
-    then runs without a group: rank 0 of 1).
+    to 127.0.0.1:29500). Otherwise torch.distributed, and only when the world has more than one
+    process (a single process then runs without a group: rank 0 of 1). Under SLURM the rank,
+    world and rendezvous come from `dist_env` and are exported as RANK, ..., MASTER_PORT first.
     """
     env = dist_env()
     device = device if device is not None else device_for(env)
@@ -82,18 +163,15 @@ def init_distributed(device: Optional[torch.device] = None, deepspeed: bool = Fa
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29500")
-            os.environ.setdefault("RANK", str(env.rank))
-            os.environ.setdefault("WORLD_SIZE", str(env.world_size))
-            os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+            _export(env)
             ds.init_distributed(dist_backend=backend, verbose=False, **kw)
     elif env.world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        _export(env)
         dist.init_process_group(backend, **kw)
     if dist.is_initialized():
-        return DistEnv(dist.get_rank(), dist.get_world_size(), env.local_rank)
+        return DistEnv(dist.get_rank(), dist.get_world_size(), env.local_rank, env.master_addr, env.master_port)
     return DistEnv(0, 1, env.local_rank)
 
 
@@ -102,3 +180,43 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class SharedDirError(RuntimeError):
+    """Some ranks cannot see the run folder that rank 0 writes to."""
+
+
+def check_shared_dir(path: str | Path, wait_s: float = 5.0) -> None:
+    """Collective: every rank must see the token file that rank 0 writes into `path`, else every rank
+    raises `SharedDirError` naming the ranks (and hosts) that cannot. Checkpoints are written by all
+    ranks into one folder, so a run folder on node-local disks would otherwise fail at the first save.
+
+    Each rank looks for the token for up to `wait_s` seconds (network filesystems may show a new
+    file late). Without a process group (or with one rank) there is nothing to check.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return
+    path = Path(path)
+    shown = [f".shared_dir_check_{secrets.token_hex(8)}", str(path)]  # rank 0's token name and path
+    if rank == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / shown[0]).write_text(socket.gethostname())
+    dist.broadcast_object_list(shown, src=0)
+    token = path / shown[0]
+    deadline = time.monotonic() + wait_s
+    seen = token.is_file()
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.2)
+        seen = token.is_file()
+    views: list = [None] * world
+    dist.all_gather_object(views, (seen, socket.gethostname()))
+    if rank == 0:
+        token.unlink(missing_ok=True)
+    blind = [f"rank {r} on {host}" for r, (ok, host) in enumerate(views) if not ok]
+    if blind:
+        raise SharedDirError(
+            f"the run folder {shown[1]} is not shared: {', '.join(blind)} cannot see the file that rank 0 "
+            f"(on {views[0][1]}) wrote there. All ranks write checkpoints into one folder, so "
+            f"train.output_dir (--output-dir) must be on a filesystem shared by every node (NFS, Lustre, "
+            f"GPFS, ...), at the same path on each node")

@@ -1,6 +1,8 @@
 """Backend choice and the per-rank loaders: `build_dataloader` and what it is made of."""
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -133,6 +135,14 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
                             start_step, num_steps, mixture=mixture, sample_offset=sample_offset)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM / SIGUSR1, which SLURM and the `deepspeed` launcher send to
+    every process: their rank finishes its step and checkpoints first (vjepa_scale.train.preempt),
+    then shuts its workers down."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step: int = 0,
                      num_steps: int | None = None, sample_offset: int = 0):
     """Endless (or `num_steps`-long) per-rank iterable of `Batch`es from micro-step `start_step` on.
@@ -155,7 +165,7 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index, sample_offset)
     timeout = cfg.data.loader_timeout_s if cfg.data.num_workers > 0 and backend != "synthetic" else 0.0
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=ClipCollator(masker, rank),
-                        num_workers=cfg.data.num_workers,
+                        num_workers=cfg.data.num_workers, worker_init_fn=_ignore_stop_signals,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
                         persistent_workers=cfg.data.num_workers > 0, timeout=timeout)
     return loader if backend == "synthetic" else VideoLoader(loader, sampler, rank, world_size, timeout)

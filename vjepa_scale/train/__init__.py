@@ -17,5 +17,7 @@
 - `guard`: divergence guard (non-finite steps skipped on every rank, stop after `train.max_bad_steps`
   in a row, no checkpoint of non-finite weights).
 - `watchdog`: per-rank hang watchdog (`train.hang_timeout_s`): names the stalled phase, ends the rank.
+- `preempt`: SIGTERM / SIGUSR1 / launcher death -> all ranks stop at one step, save, exit 75.
+- `rng`: per-rank seeding of torch / numpy / python.
 Submodules are imported explicitly (this package imports nothing heavy on its own).
 """

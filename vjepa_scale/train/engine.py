@@ -26,13 +26,13 @@ import torch.nn as nn
 
 from vjepa_scale.config import Config, save_config
 from vjepa_scale.data import Batch, build_dataloader
-from vjepa_scale.distributed import DistEnv, compute_dtype, device_for
+from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
 from vjepa_scale.models.jepa import global_type_norm
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
-from vjepa_scale.train import elastic
+from vjepa_scale.train import elastic, preempt, rng
 from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, prepare_checkpoint_folder
@@ -98,6 +98,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+        check_shared_dir(self.run_dir)
 
         jepa, target = build_models(cfg, cfg.train.seed)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
@@ -112,6 +113,7 @@ class Trainer:
         self.target.eval()
         self.ema = ShardedEMA(self.engine.module.encoder, self.target.module, target_fp32, self.rank, self.world)
         del target_fp32
+        rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
 
         self.step = 0
         self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.optim)  # skips non-finite steps
@@ -211,7 +213,8 @@ class Trainer:
         for note in self.notes:
             logger.write(note)
         a = cfg.optim.grad_accum
-        it = iter(self.loader(total - self.step))
+        with rng.untouched():
+            it = iter(self.loader(total - self.step))
         tokens_per_clip = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
         new_window = functools.partial(_Window, self.device, self.world, cfg.data.global_batch_size,
                                        tokens_per_clip, self.peak_tflops)
@@ -239,10 +242,18 @@ class Trainer:
                     logger.progress(self.step, progress_postfix(m))
                     window = new_window()
                 self.guard.check(self.step)  # DivergenceError after train.max_bad_steps bad steps in a row
+                path = None
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
                     self.watchdog.phase(f"saving checkpoint step {self.step}")
                     path = self.save()
                     logger.write(f"step {self.step}: saved {path}")
+                self.watchdog.phase(f"preemption check after step {self.step}")
+                reason = preempt.stop_agreed(self.device) if self.step < total else None
+                if reason is not None:
+                    self.watchdog.phase(f"saving checkpoint step {self.step} (preempted)")
+                    path = path or self.save()
+                    logger.write(f"step {self.step}: preempted ({reason}), saved {path}")
+                    raise preempt.Preempted(self.step, path, reason)
         finally:
             self.watchdog.stop()
             logger.close()

@@ -1,0 +1,112 @@
+"""Launching the way clusters do (vjepa_scale.distributed): SLURM's variables, node lists, and the
+check that every rank sees the run folder."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vjepa_scale.distributed import (DistEnv, SharedDirError, check_shared_dir, dist_env, expand_nodelist,
+                                     slurm_master_port)
+
+SRUN_TASK = {"SLURM_JOB_ID": "123456", "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+             "SLURM_NODELIST": "gpu[017-018,020]", "SLURM_JOB_NODELIST": "gpu[017-018,020]"}
+
+
+def test_expand_nodelist():
+    assert expand_nodelist("node[01-04,07]") == ["node01", "node02", "node03", "node04", "node07"]
+    assert expand_nodelist("host") == ["host"]
+    assert expand_nodelist("a1,b[2-3],c") == ["a1", "b2", "b3", "c"]
+    assert expand_nodelist("gpu-[9-11]x") == ["gpu-9x", "gpu-10x", "gpu-11x"]
+    assert expand_nodelist("r[1-2]-n[08-09]") == ["r1-n08", "r1-n09", "r2-n08", "r2-n09"]
+    with pytest.raises(ValueError, match="bad range"):
+        expand_nodelist("n[5-3]")
+
+
+def test_dist_env_from_slurm():
+    env = dist_env(SRUN_TASK)
+    assert env == DistEnv(5, 8, 1, "gpu017", 20000 + 123456 % 10000)
+    assert env.master_port == slurm_master_port("123456") == 23456
+    # the step's own variables win over the job's; MASTER_ADDR / MASTER_PORT when set by the user
+    step = dict(SRUN_TASK, SLURM_STEP_NUM_TASKS="4", SLURM_STEP_NODELIST="gpu[020-021]")
+    assert dist_env(step) == DistEnv(5, 4, 1, "gpu020", 23456)
+    assert dist_env(dict(step, MASTER_ADDR="10.0.0.1", MASTER_PORT="31000")) == DistEnv(5, 4, 1, "10.0.0.1", 31000)
+    only_job = {k: v for k, v in SRUN_TASK.items() if k != "SLURM_NODELIST"}
+    assert dist_env(only_job).master_addr == "gpu017"
+
+
+def test_launcher_variables_win_over_slurm():
+    """torchrun / deepspeed inside an allocation (srun torchrun ...) set RANK etc.: those are used."""
+    env = dist_env(dict(SRUN_TASK, RANK="2", WORLD_SIZE="3", LOCAL_RANK="0"))
+    assert env == DistEnv(2, 3, 0)
+    assert dist_env({}) == DistEnv(0, 1, 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_worker(rank: int, world: int, port: int, folders: list[str], errors) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        check_shared_dir(folders[rank], wait_s=0.5)
+        errors.put((rank, None))
+    except SharedDirError as e:
+        errors.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_check(folders: list[str]) -> dict[int, str | None]:
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    mp.start_processes(_check_worker, args=(len(folders), _free_port(), folders, errors), nprocs=len(folders),
+                       start_method="fork")
+    return dict(errors.get(timeout=30) for _ in folders)
+
+
+def test_shared_dir_check_passes_on_a_shared_folder(tmp_path):
+    out = _run_check([str(tmp_path / "run")] * 2)
+    assert out == {0: None, 1: None}
+    assert list((tmp_path / "run").iterdir()) == []  # the token is removed
+
+
+def test_shared_dir_check_names_the_ranks_that_cannot_see_the_folder(tmp_path):
+    """Each rank given its own folder stands for node-local disks: rank 1 cannot see rank 0's token,
+    and every rank fails with the same message (no rank is left waiting in a collective)."""
+    out = _run_check([str(tmp_path / "node0" / "run"), str(tmp_path / "node1" / "run")])
+    assert out[0] == out[1] and out[0] is not None
+    assert f"rank 1 on {socket.gethostname()}" in out[0] and "rank 0 on" not in out[0]
+    assert "shared by every node" in out[0] and str(tmp_path / "node0" / "run") in out[0]
+
+
+@pytest.mark.slow
+def test_two_tasks_started_the_way_srun_does(tmp_path):
+    """`srun python tools/train.py`: two plain processes that know only SLURM's variables train as
+    ranks 0 and 1 (rendezvous on the node list's first host) and write one 2-rank checkpoint."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vjepa_scale.weights import find_latest
+
+    root = Path(__file__).resolve().parent.parent
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    base.update(DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1", SLURM_JOB_ID="4242",
+                SLURM_NTASKS="2", SLURM_NODELIST="localhost", MASTER_PORT=str(_free_port()))
+    cmd = [sys.executable, "tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(tmp_path / "run")]
+    for o in ("model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.iterations=2"):
+        cmd += ["--opt", o]
+    procs = [subprocess.Popen(cmd, cwd=root, env=dict(base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    ckpt = find_latest(tmp_path / "run")
+    assert ckpt.name == "step_00000002" and sorted(f.name for f in (ckpt / "ema").iterdir()) == [
+        "rank00000.pt", "rank00001.pt"]
