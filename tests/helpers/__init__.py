@@ -1,34 +1,33 @@
-"""Small shared builders for tests (tiny models, short clips)."""
-from __future__ import annotations
+"""Everything the tests share, importable as `helpers` (pytest.ini puts tests/ on sys.path).
 
-from vjepa_scale.config import Config, DataConfig, MaskConfig, MaskSpec, ModelConfig
+    from helpers import ROOT, tiny_config, launch, train_args, assert_ok, require
 
-
-def tiny_config(pos_embed: str = "sincos", backend: str = "auto", batch_size: int = 3, crop: int = 64,
-                frames: int = 8, **model_kw) -> Config:
-    model = dict(size="tiny", depth=2, pos_embed=pos_embed, attention_backend=backend,
-                 pred_width=64, pred_depth=2, pred_num_heads=4)
-    model.update(model_kw)
-    masks = MaskConfig(types=[MaskSpec(num_blocks=4, spatial_scale=(0.15, 0.15)),
-                              MaskSpec(num_blocks=1, spatial_scale=(0.5, 0.5))])
-    return Config(model=ModelConfig(**model), mask=masks,
-                  data=DataConfig(backend="synthetic", batch_size=batch_size, crop_size=crop,
-                                  frames_per_clip=frames, num_workers=0)).validate()
-
-
-def single_process_group():
-    """Join a 1-rank process group (gloo on CPU) in this test process, through the trainer's own
-    `launch.join_process_group`; later calls reuse it. Returns the `DistEnv`."""
-    import os
-    import socket
-
-    import torch.distributed as dist
-
-    from vjepa_scale.train.launch import join_process_group
-
-    if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-        os.environ["MASTER_ADDR"] = "127.0.0.1"
-    return join_process_group()
+Dev extras (helpers.extras):
+    require(module)          import a dev extra, or skip the module locally / fail in CI
+    needs(module)            the same as a test mark
+    extras_required()        CI=true or VJEPA_REQUIRE_EXTRAS=1
+    check_dev_extras()       session start (conftest): in CI, stop when a `.[dev]` package is missing
+Processes (helpers.procs):
+    ROOT                     the checkout
+    free_port()              a free TCP port on 127.0.0.1
+    cpu_env(**kv), gpu_env(**kv)   subprocess environments (DeepSpeed on the CPU / free to pick CUDA)
+    run(cmd, env, cwd, timeout)    subprocess.run with text output in the checkout
+    launch(script, *args, nproc=None, launcher="torchrun"|"deepspeed", env, timeout)
+    train_args(run_dir, *opts, config="cpu_demo.yaml", resume=None)   tools/train.py's arguments
+    assert_ok(result)        exit status 0, else the output's tail
+    deepspeed_launcher()     the `deepspeed` script beside this python
+    load_tool(name)          tools/<name>.py as a module
+Models (helpers.builders):
+    tiny_config(...)         a validated tiny Config on synthetic data
+    single_process_group()   a 1-rank gloo group in this process (the trainer's own join)
+Videos (helpers.videos):
+    write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), frame_ids(video_CTHW)
+Evaluation (helpers.features):
+    TensorVideos(videos, labels), separable_features(n, classes, ...)
+"""
+from .builders import single_process_group, tiny_config
+from .extras import ROOT, check_dev_extras, extras_required, missing_dev_extras, needs, require
+from .features import TensorVideos, separable_features
+from .procs import (assert_ok, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool, run,
+                    train_args)
+from .videos import frame_ids, video_cfg, write_bad_set, write_video_sets

@@ -1,0 +1,33 @@
+"""Tiny configs and an in-process 1-rank process group."""
+from __future__ import annotations
+
+import os
+
+from vjepa_scale.config import Config, DataConfig, MaskConfig, MaskSpec, ModelConfig
+
+from .procs import free_port
+
+
+def tiny_config(pos_embed: str = "sincos", backend: str = "auto", batch_size: int = 3, crop: int = 64,
+                frames: int = 8, **model_kw) -> Config:
+    model = dict(size="tiny", depth=2, pos_embed=pos_embed, attention_backend=backend,
+                 pred_width=64, pred_depth=2, pred_num_heads=4)
+    model.update(model_kw)
+    masks = MaskConfig(types=[MaskSpec(num_blocks=4, spatial_scale=(0.15, 0.15)),
+                              MaskSpec(num_blocks=1, spatial_scale=(0.5, 0.5))])
+    return Config(model=ModelConfig(**model), mask=masks,
+                  data=DataConfig(backend="synthetic", batch_size=batch_size, crop_size=crop,
+                                  frames_per_clip=frames, num_workers=0)).validate()
+
+
+def single_process_group():
+    """Join a 1-rank process group (gloo on CPU) in this test process, through the trainer's own
+    `launch.join_process_group`; later calls reuse it. Returns the `DistEnv`."""
+    import torch.distributed as dist
+
+    from vjepa_scale.train.launch import join_process_group
+
+    if not dist.is_initialized():
+        os.environ["MASTER_PORT"] = str(free_port())
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+    return join_process_group()
