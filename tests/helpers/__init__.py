@@ -31,3 +31,8 @@ from .features import TensorVideos, separable_features
 from .procs import (assert_ok, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool, run,
                     train_args)
 from .videos import frame_ids, video_cfg, write_bad_set, write_video_sets
+
+__all__ = ["ROOT", "TensorVideos", "assert_ok", "check_dev_extras", "cpu_env", "deepspeed_launcher", "extras_required",
+           "frame_ids", "free_port", "gpu_env", "launch", "load_tool", "missing_dev_extras", "needs", "require", "run",
+           "separable_features", "single_process_group", "tiny_config", "train_args", "video_cfg", "write_bad_set",
+           "write_video_sets"]
