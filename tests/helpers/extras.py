@@ -67,7 +67,8 @@ def check_dev_extras(setup_py: Path = ROOT / "setup.py") -> None:
     missing = missing_dev_extras(setup_py)
     if missing:
         names = ", ".join(f"{p} (import {m})" for p, m in missing)
-        pytest.exit(f"dev extras missing: {names}; the CI suite needs them all: {INSTALL}", returncode=3)
+        pytest.exit(f"dev extras missing: {names}; the CI suite needs them all: {INSTALL}",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def _missing(module: str, err: Exception | str) -> None:
