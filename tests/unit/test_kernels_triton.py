@@ -14,6 +14,7 @@ from vjepa_scale.kernels.backend import interpreting, triton_available
 from vjepa_scale.kernels.ema import ema_update_reference
 from vjepa_scale.kernels.gather import layernorm_gather_reference, masked_gather_reference
 
+pytestmark = pytest.mark.triton
 CUDA = torch.cuda.is_available()
 RUN_HERE = triton_available() and (interpreting() or CUDA)
 DEV = "cpu" if interpreting() or not CUDA else "cuda"

@@ -9,7 +9,7 @@
 - `launch`: batch resolution, pre-flight checks, DeepSpeed config, joining DeepSpeed's process group
   (rank / device / dtype come from `vjepa_scale.distributed`).
 - `zero_compat`: every DeepSpeed internal relied on (ZeRO-3 shards and their layout, fp32 masters,
-  the op-compatibility table), checked by tests/test_zero_compat.py.
+  the op-compatibility table), checked by tests/unit/test_zero_compat.py.
 - `metrics`: metrics.jsonl, tensorboard and the rank-0 progress bar.
 Submodules are imported explicitly (this package imports nothing heavy on its own).
 """
