@@ -1,6 +1,15 @@
-import os
-import sys
+"""Session set-up for the whole suite (layout and markers: tests/README.md).
 
-sys.path.insert(0, os.path.dirname(__file__))
+DeepSpeed is pinned to the CPU for the CPU tests (GPU tests launch with `helpers.gpu_env()`), and in
+CI a missing dev extra stops the session at its start (`helpers.check_dev_extras`).
+"""
+import os
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("DS_SKIP_SHM_BUILD", "1")
+
+from helpers import check_dev_extras  # noqa: E402  (after the environment defaults)
+
+
+def pytest_sessionstart(session):
+    check_dev_extras()

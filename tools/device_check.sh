@@ -66,10 +66,11 @@ cat "$RES/env.txt"
 STAGES=" ${STAGES:-tests kernels step data} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 
-# 1. CUDA-only tests (marked `gpu`); collection errors from optional deps do not stop the rest.
+# 1. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
+#    collection errors from optional deps do not stop the rest.
 if ! want tests; then :
 elif "$PY" -c "import pytest" 2>/dev/null; then
-  stage tests_gpu 180 "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors \
+  stage tests_gpu 180 "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider --continue-on-collection-errors \
     -rs --junitxml="$RES/tests_gpu.xml" tests
 else
   note "tests_gpu: pytest is not installed here; skipped (carry a pytest install to run them)"

@@ -12,7 +12,7 @@
 - `housekeeping`: the checkpoint folder at start (leftovers of dead saves, writable, free space),
   disk-full errors while saving, and the model check when resuming.
 - `zero_compat`: every DeepSpeed internal relied on (ZeRO-3 shards and their layout, fp32 masters,
-  the op-compatibility table), checked by tests/test_zero_compat.py.
+  the op-compatibility table), checked by tests/unit/test_zero_compat.py.
 - `metrics`: metrics.jsonl, tensorboard and the rank-0 progress bar.
 - `guard`: divergence guard (non-finite steps skipped on every rank, stop after `train.max_bad_steps`
   in a row, no checkpoint of non-finite weights).

@@ -2,7 +2,7 @@
 
 DeepSpeed's public API (initialize, engine.backward/step, save/load_checkpoint, zero_to_fp32) is used
 directly elsewhere; what is NOT a stable API lives here only, so a DeepSpeed upgrade that changes it
-breaks one module and `tests/test_zero_compat.py`, not the trainer. Tested against DeepSpeed
+breaks one module and `tests/unit/test_zero_compat.py`, not the trainer. Tested against DeepSpeed
 `TESTED_DEEPSPEED` (constraints.txt).
 
 - ZeRO-3 partition layout: a partitioned parameter `p` carries `p.ds_tensor`, this rank's flat slice

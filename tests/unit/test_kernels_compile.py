@@ -12,10 +12,11 @@ import re
 import pytest
 import torch
 
-from vjepa_scale.kernels.backend import interpreting, triton_available
+from helpers import needs
+from vjepa_scale.kernels.backend import interpreting
 
-pytestmark = pytest.mark.skipif(not triton_available() or interpreting() or torch.cuda.is_available(),
-                                reason="needs triton, no interpreter; on CUDA the real JIT is tested")
+pytestmark = [needs("triton"), pytest.mark.skipif(interpreting() or torch.cuda.is_available(),
+                                                 reason="no interpreter; on CUDA the real JIT is tested")]
 
 DIV16 = [["tt.divisibility", 16]]
 

@@ -1,62 +1,75 @@
-"""End to end: pretrain a tiny encoder with tools/train.py on synthetic videos, probe it with
-tools/eval_probe.py from its checkpoint (EMA target / online / random init), refuse a checkpoint
-of another size, and run the probe under a 2-process launch.
+"""tools/eval_probe.py end to end: on synthetic videos from a random-init encoder (results, few-shot
+subsets, bad input); from the checkpoint of a tiny encoder pretrained with tools/train.py (EMA target /
+online / random init), refusing a checkpoint of another size, and under a 2-process launch.
 """
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import assert_ok, launch, require, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.eval.config import load_eval_config
 from vjepa_scale.eval.encoder import load_frozen_encoder
 from vjepa_scale.weights import load_consolidated
 
-ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
-ENV = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
 
+def test_cli_end_to_end_on_synthetic_videos(tmp_path):
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _run(cmd, timeout=300):
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    idx = write_synthetic_videos(tmp_path / "data", num_videos=12, frames=8, size=32, val_fraction=0.34)
+    out = tmp_path / "out"
+    common = [f"data.train_index={idx['train']}", f"data.val_index={idx['val']}", "model.size=tiny",
+              "model.depth=1", "data.crop_size=32", "data.frames_per_clip=4", "data.frame_step=2",
+              "data.num_views=2", "data.num_workers=0", "optim.epochs=2", "run.progress_bar=false",
+              "run.num_threads=1"]
+    r = _probe("--random-init", "--output", str(out), "--seeds", "0,1", *common, "probe.kind=v2",
+               "probe.num_self_blocks=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["num_train_videos"] == 8 and res["num_val_videos"] == 4 and res["num_classes"] == 4
+    assert set(res["val_top1_per_seed"]) == {"0", "1"} and len(res["runs"][0]["history"]) == 2
+    assert res["encoder"] == "random init (seed 0)"
+    assert any((out / "tb").iterdir())
+    assert res["val_feature_effective_rank"] > 1.0
+    # label-efficient probes: each seed trains on its own balanced subset
+    r = _probe("--random-init", "--output", str(tmp_path / "few"), "--seeds", "0,1", *common,
+               "data.train_per_class=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    few = json.loads((tmp_path / "few" / "result.json").read_text())
+    assert few["train_per_class"] == 1 and [x["num_train_videos"] for x in few["runs"]] == [4, 4]
+    # bad input fails with the file and line, exit status 2
+    bad = tmp_path / "bad.txt"
+    bad.write_text(Path(idx["train"]).read_text() + "extra.mp4 up\n")
+    r = _probe("--random-init", *common, f"data.train_index={bad}", cwd=tmp_path)
+    assert r.returncode == 2 and f"{bad}:9: label 'up' is not an integer" in r.stderr
+    r = _probe("--random-init", *common, "probe.num_heads=7", cwd=tmp_path)
+    assert r.returncode == 2 and "probe.num_heads=7 does not divide the encoder width 192" in r.stderr
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
+    require("deepspeed")
     base = tmp_path_factory.mktemp("evale2e")
     idx = write_synthetic_videos(base / "data", num_videos=16, frames=8, size=32, val_fraction=0.25)
     run = base / "run"
     opts = ["model.depth=1", "data.backend=cpu", f"data.datasets=[{{path: {idx['train']}}}]", "data.crop_size=32",
             "optim.iterations=3", "train.checkpoint_every=3", "train.log_every=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _port(),
-           "tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(run)]
-    for o in opts:
-        cmd += ["--opt", o]
-    r = _run(cmd)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(launch("tools/train.py", *train_args(run, *opts), nproc=2))
     common = [f"data.train_index={idx['train']}", f"data.val_index={idx['val']}", "data.crop_size=32",
               "data.frames_per_clip=4", "data.frame_step=2", "data.num_workers=0", "optim.epochs=2",
               "run.progress_bar=false", "run.num_threads=1"]
     return {"run": run, "idx": idx, "common": common, "base": base}
 
 
-def _probe(*args):
-    return _run([sys.executable, "tools/eval_probe.py", *args])
+def _probe(*args, nproc=None, cwd=None):
+    return launch("tools/eval_probe.py", *args, nproc=nproc, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_probe_from_checkpoint_target_online_random(setup):
     run, common, base = setup["run"], setup["common"], setup["base"]
     for which in ("target", "online"):
@@ -79,6 +92,7 @@ def test_probe_from_checkpoint_target_online_random(setup):
     assert res["encoder"].startswith("random init") and res["model"]["width"] == 96 and res["model"]["depth"] == 1
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_size_fails_naming_key_and_shapes(setup):
     r = _probe("--checkpoint", str(setup["run"]), *setup["common"], "model.size=small", "model.depth=1")
     assert r.returncode == 2
@@ -87,12 +101,11 @@ def test_checkpoint_of_another_size_fails_naming_key_and_shapes(setup):
     assert pre.model.width == 96
 
 
+@pytest.mark.slow
 def test_probe_under_two_process_launch(setup):
     out = setup["base"] / "p_dist"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _port(),
-           "tools/eval_probe.py", "--random-init", "--checkpoint", str(setup["run"]), "--output", str(out),
-           *setup["common"], "optim.batch_size=4"]
-    r = _run(cmd)
+    r = _probe("--random-init", "--checkpoint", str(setup["run"]), "--output", str(out), *setup["common"],
+               "optim.batch_size=4", nproc=2)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and res["runs"][0]["num_val_videos"] == 4  # counts summed over ranks

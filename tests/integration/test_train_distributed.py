@@ -3,19 +3,16 @@
 Three launches of tools/train.py share one tiny setup (depth 1, width 96, crop 32, 4 frames):
   straight: 6 steps through the `deepspeed` launcher, a checkpoint after every step;
   killed:   the same run under torch.distributed.run, checkpoints every 3 steps, rank 0 SIGKILLed
-            in the middle of the step-6 save (tests/kill_in_save.py);
+            in the middle of the step-6 save (kill_in_save.py beside this file);
   resumed:  `--resume auto` on the killed run's directory, training steps 4-6 again.
 """
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import assert_ok, cpu_env, gpu_env, launch, require, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
 from vjepa_scale.train.engine import build_models
@@ -23,7 +20,8 @@ from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.train.schedules import ema_momentum
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
-ROOT = Path(__file__).resolve().parent.parent
+require("deepspeed")
+KILL_IN_SAVE = Path(__file__).with_name("kill_in_save.py")
 STEPS = 6
 OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={STEPS}",
         "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=10"]
@@ -31,42 +29,13 @@ OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _deepspeed_launcher() -> str:
-    """The `deepspeed` script of this interpreter's environment, else the one on PATH (pip --target installs)."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    found = shutil.which("deepspeed", path=path)
-    assert found, "the deepspeed launcher script is neither beside python nor on PATH"
-    return found
-
-
 def _launch(run_dir, *opts, launcher="torchrun", kill_in_save_at=None, resume=None, nproc=2, cpu=True):
-    """tools/train.py on `nproc` ranks; with `kill_in_save_at`, through tests/kill_in_save.py."""
-    env = dict(os.environ, DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-    if cpu:
-        env["DS_ACCELERATOR"] = "cpu"
-    else:
-        env.pop("DS_ACCELERATOR", None)
+    """tools/train.py on `nproc` ranks; with `kill_in_save_at`, through kill_in_save.py."""
     script = ["tools/train.py"]
     if kill_in_save_at is not None:
-        script = ["tests/kill_in_save.py", "--kill-in-save-at-step", str(kill_in_save_at)]
-    args = [*script, "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
-    for o in [*OPTS, *opts]:
-        args += ["--opt", o]
-    if resume:
-        args += ["--resume", resume]
-    if launcher == "deepspeed":
-        cmd = [_deepspeed_launcher(), "--num_gpus", str(nproc), "--master_port", _free_port(), *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", _free_port(), *args]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return r
+        script = [KILL_IN_SAVE, "--kill-in-save-at-step", str(kill_in_save_at)]
+    return launch(*script, *train_args(run_dir, *OPTS, *opts, resume=resume), nproc=nproc, launcher=launcher,
+                  env=cpu_env() if cpu else gpu_env(OMP_NUM_THREADS="1"))
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -77,15 +46,14 @@ def _losses(run_dir) -> dict[int, float]:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("train2")
     straight, killed = base / "straight", base / "killed"
-    r = _launch(straight, "train.checkpoint_every=1", launcher="deepspeed")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(_launch(straight, "train.checkpoint_every=1", launcher="deepspeed"))
     k = _launch(killed, "train.checkpoint_every=3", kill_in_save_at=STEPS)
     assert k.returncode != 0, "rank 0 should have been killed inside the step-6 save"
     killed_state = {"latest": find_latest(killed), "tmp": sorted(p.name for p in (killed / "checkpoints").glob(".tmp_*"))}
     resumed = base / "resumed"
     shutil.copytree(killed, resumed)
     rr = _launch(resumed, "train.checkpoint_every=3", resume="auto")
-    assert rr.returncode == 0, rr.stdout[-3000:] + rr.stderr[-3000:]
+    assert_ok(rr)
     yield {"straight": straight, "killed": killed, "killed_state": killed_state, "resumed": resumed,
            "resumed_log": rr.stdout + rr.stderr}
 
@@ -148,7 +116,7 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     """One rank, a save every step, train.keep_last=2: only the two newest stay, `latest` names the last."""
     run = tmp_path / "keep2"
     r = _launch(run, "optim.iterations=4", "train.checkpoint_every=1", "train.keep_last=2", nproc=1)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(r)
     root = run / CKPT_SUBDIR
     assert [p.name for p in list_checkpoints(run)] == ["step_00000003", "step_00000004"]
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000003", "step_00000004"]
@@ -199,7 +167,7 @@ def test_bf16_run_keeps_fp32_ema_shadow(tmp_path):
     run = tmp_path / "bf16"
     r = _launch(run, "train.precision=bf16", "optim.iterations=3", "train.checkpoint_every=1",
                 "model.activation_checkpointing=true")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(r)
     ckpts = list_checkpoints(run)
     assert len(ckpts) == 3
     shadow = _reference_ema(ckpts)
@@ -258,7 +226,7 @@ def test_gpu_bf16_run_reports_mfu(tmp_path):
     run = tmp_path / "gpu"
     r = _launch(run, "data.crop_size=64", "model.depth=2", "data.global_batch_size=4", "optim.iterations=4",
                 "train.checkpoint_every=4", launcher="deepspeed", nproc=1, cpu=False)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(r)
     recs = read_metrics(run)
     assert [x["step"] for x in recs] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(x["loss"])) and x["tflops_per_rank"] > 0 for x in recs)

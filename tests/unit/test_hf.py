@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import require, tiny_config
 from vjepa_scale.config import ConfigError
 from vjepa_scale.hf import export_to_hf
 from vjepa_scale.masks import pack_masks
@@ -20,7 +20,7 @@ from vjepa_scale.models.vit import Packed
 from vjepa_scale.weights import (CheckpointMismatchError, check_hf_fields, config_from_hf_fields, config_to_hf_fields,
                                  load_init_state, read_hf_config)
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers")
 
 B, FRAMES, CROP = 2, 4, 64  # grid (2, 4, 4): 32 tokens
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from vjepa_scale.config import MaskConfig, MaskSpec

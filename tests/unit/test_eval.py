@@ -1,16 +1,14 @@
-"""Frozen evaluation: probe numerics, index/config validation, clip sampling, features, probe training."""
+"""Frozen evaluation: probe numerics, index/config validation, clip sampling, features, probe training,
+HF import (the command line end to end: integration/test_eval_e2e.py)."""
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import TensorVideos, separable_features
 from vjepa_scale.config import ConfigError, ModelConfig
 from vjepa_scale.eval.config import EvalConfig, EvalDataConfig, ProbeConfig, ProbeOptimConfig, load_eval_config
 from vjepa_scale.eval.data import EvalClips, eval_frame_indices, read_labeled_index, view_boxes
@@ -20,8 +18,6 @@ from vjepa_scale.eval.probe import AttentiveProbe, CrossAttention
 from vjepa_scale.eval.train_probe import evaluate, probe_lr, train_probe
 from vjepa_scale.models import VisionTransformer3D
 from vjepa_scale.weights import CheckpointMismatchError, check_state_dict, module_shapes
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -181,19 +177,6 @@ def test_eval_frame_indices_and_views():
     assert view_boxes(64, 64, 1, 2.0) == [(16, 16, 32, 32)]
 
 
-class TensorVideos(torch.utils.data.Dataset):
-    """Decoded clips already in memory: items {video (V, K, C, T, H, W), label, index}."""
-
-    def __init__(self, videos, labels):
-        self.videos, self.labels = videos, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"video": self.videos[i], "label": self.labels[i], "index": i}
-
-
 def test_extract_features_layout_matches_direct_encoding():
     torch.manual_seed(0)
     enc = VisionTransformer3D(tiny_model(), (2, 2, 2)).eval()
@@ -226,19 +209,6 @@ def test_eval_clips_decode_real_videos(tmp_path):
 
 
 # ---------------------------------------------------------------- probe training
-
-
-def separable_features(n, classes, views=2, tokens=6, dim=32, seed=0):
-    """Class c puts a fixed random direction u_c on one random token; the rest is noise."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123))
-    x = torch.randn(n, views, tokens, dim, generator=g)
-    y = torch.arange(n) % classes
-    pos = torch.randint(0, tokens, (n, views), generator=g)
-    for i in range(n):
-        for v in range(views):
-            x[i, v, pos[i, v]] += 3 * u[y[i]]
-    return FeatureSet(x, y, torch.arange(n))
 
 
 @pytest.mark.parametrize("kind", ["v1", "v2"])
@@ -280,45 +250,7 @@ def test_evaluate_averages_softmax_over_views():
     assert m["loss"] == pytest.approx(-(p0[0].log() + p1[1].log()).item() / 2, rel=1e-5)
 
 
-# ---------------------------------------------------------------- command line
-
-
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "tools" / "eval_probe.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_cli_end_to_end_on_synthetic_videos(tmp_path):
-    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
-
-    idx = write_synthetic_videos(tmp_path / "data", num_videos=12, frames=8, size=32, val_fraction=0.34)
-    out = tmp_path / "out"
-    common = [f"data.train_index={idx['train']}", f"data.val_index={idx['val']}", "model.size=tiny",
-              "model.depth=1", "data.crop_size=32", "data.frames_per_clip=4", "data.frame_step=2",
-              "data.num_views=2", "data.num_workers=0", "optim.epochs=2", "run.progress_bar=false",
-              "run.num_threads=1"]
-    r = run_cli("--random-init", "--output", str(out), "--seeds", "0,1", *common, "probe.kind=v2",
-                "probe.num_self_blocks=1", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    res = json.loads((out / "result.json").read_text())
-    assert res["num_train_videos"] == 8 and res["num_val_videos"] == 4 and res["num_classes"] == 4
-    assert set(res["val_top1_per_seed"]) == {"0", "1"} and len(res["runs"][0]["history"]) == 2
-    assert res["encoder"] == "random init (seed 0)"
-    assert any((out / "tb").iterdir())
-    assert res["val_feature_effective_rank"] > 1.0
-    # label-efficient probes: each seed trains on its own balanced subset
-    r = run_cli("--random-init", "--output", str(tmp_path / "few"), "--seeds", "0,1", *common,
-                "data.train_per_class=1", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    few = json.loads((tmp_path / "few" / "result.json").read_text())
-    assert few["train_per_class"] == 1 and [x["num_train_videos"] for x in few["runs"]] == [4, 4]
-    # bad input fails with the file and line, exit status 2
-    bad = tmp_path / "bad.txt"
-    bad.write_text(Path(idx["train"]).read_text() + "extra.mp4 up\n")
-    r = run_cli("--random-init", *common, f"data.train_index={bad}", cwd=tmp_path)
-    assert r.returncode == 2 and f"{bad}:9: label 'up' is not an integer" in r.stderr
-    r = run_cli("--random-init", *common, "probe.num_heads=7", cwd=tmp_path)
-    assert r.returncode == 2 and "probe.num_heads=7 does not divide the encoder width 192" in r.stderr
+# ---------------------------------------------------------------- HF export
 
 
 def test_hf_export_loads_the_same_encoder(tmp_path):

@@ -1,8 +1,6 @@
 """FLOP counting against the design yardsticks (ViT-H/16 at 384 px)."""
 from __future__ import annotations
 
-import torch
-
 from vjepa_scale.config import Config, DataConfig, MaskConfig
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.masks import MultiBlockMasker

@@ -1,22 +1,18 @@
-"""Recipes load into typed configs; bad configs fail before any training work with a named key."""
+"""Recipes load into typed configs; bad configs fail before any training work with a named key
+(tools/train.py's refusals and fresh-interpreter checks: integration/test_config_cli.py)."""
 import dataclasses
-import os
-import shutil
-import subprocess
-import sys
 import typing
-from pathlib import Path
 
 import pytest
 import yaml
+
+from helpers import ROOT
 
 from vjepa_scale.config import (Config, ConfigError, ModelConfig, Section, clip_grid, config_search_path,
                                 load_config, resolve_config_path, save_config, to_plain)
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.train.launch import check_data_paths, deepspeed_config, preflight, resolve_batch
 from vjepa_scale.train.schedules import horizon
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("name,size,crop,batch", [("vitl16.yaml", "large", 224, 3072),
@@ -103,26 +99,6 @@ def test_deepspeed_config_blocks():
     assert deepspeed_config(z2, 2, with_optimizer=False)["zero_optimization"] == {"stage": 0}  # replicated target
 
 
-def _cli(*args, world=1):
-    env = dict(os.environ, WORLD_SIZE=str(world), RANK="0", LOCAL_RANK="0")
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.parametrize("args,world,message", [
-    (["--config", "cpu_demo.yaml", "--opt", "optim.warmpu=3"], 1, "did you mean 'optim.warmup'"),
-    (["--config", "vith384.yaml"], 1, "data.datasets[0].path"),
-    (["--config", "cpu_demo.yaml", "--opt", "data.global_batch_size=9"], 2, "data.global_batch_size=9 is not divisible"),
-    (["--config", "cpu_demo.yaml", "--resume", "/nonexistent/run"], 1, "--resume: '/nonexistent/run' does not exist"),
-])
-def test_cli_fails_before_training(tmp_path, args, world, message):
-    out = tmp_path / "run"
-    r = _cli(*args, "--output-dir", str(out), world=world)
-    assert r.returncode == 2, r.stderr
-    assert message in r.stderr
-    assert not out.exists()  # nothing was started
-
-
 def _assert_holds(loaded, raw, where):
     """Every value the YAML sets is in the loaded config (numbers compared as floats: YAML 1.1 reads
     1e-3 as a string)."""
@@ -169,26 +145,9 @@ def test_bare_names_resolve_in_order(tmp_path):
         resolve_config_path("nope", search)
 
 
-def test_checkout_recipes_come_first(tmp_path):
-    """A checkout whose package also holds recipes (vjepa_scale/configs/): the top-level configs/ wins."""
-    repo = tmp_path / "repo"
-    (repo / "configs").mkdir(parents=True)
-    (repo / "vjepa_scale" / "configs").mkdir(parents=True)
-    for f in ("__init__.py", "config.py"):
-        shutil.copy(ROOT / "vjepa_scale" / f, repo / "vjepa_scale" / f)
-    (repo / "setup.py").write_text("")
-    (repo / "configs" / "both.yaml").write_text("")
-    (repo / "vjepa_scale" / "configs" / "both.yaml").write_text("")
-    (repo / "vjepa_scale" / "configs" / "packaged.yaml").write_text("")
-    code = ("from vjepa_scale.config import resolve_config_path as r; "
-            "print(r('both')); print(r('packaged.yaml'))")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(repo / "configs" / "both.yaml"),
-                                  str(repo / "vjepa_scale" / "configs" / "packaged.yaml")]
-    # This checkout: its configs/ is searched first.
+def test_this_checkouts_recipes_come_first():
+    """Bare names resolve into the checkout's configs/ first (a checkout whose package holds recipes too:
+    integration/test_config_cli.py)."""
     assert config_search_path()[0] == ROOT / "configs"
     assert resolve_config_path("vith384") == ROOT / "configs" / "vith384.yaml"
     with pytest.raises(ConfigError, match=r"'vith385' not found .*'vith384.yaml'"):
@@ -218,12 +177,3 @@ def test_sections_share_one_public_base():
     with pytest.raises(ConfigError, match=r"^model\.pred_depth must be > 0, got 0$"):
         ModelConfig(pred_depth=0).validate()
     assert to_plain({"a": (1, [2, (3,)])}) == {"a": [1, [2, [3]]]}
-
-
-def test_config_imports_no_model_code():
-    code = ("import sys, vjepa_scale.config as c; "
-            "assert not [m for m in sys.modules if m.startswith('vjepa_scale.models')], 'models imported'; "
-            "import vjepa_scale.models.vit as v; "
-            "assert v.resolve_vit_size is c.resolve_vit_size and v.VIT_SIZES is c.VIT_SIZES")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr

@@ -1,5 +1,6 @@
-"""Packaging: `vjepa_scale.kernels` imports from a plain checkout, and a built wheel carries the
-kernels (never as a top-level `kernels`) and the recipes, working from a fresh venv outside the checkout."""
+"""Packaging: `vjepa_scale.kernels` imports from a plain checkout and works without triton, and a built
+wheel carries the kernels (never as a top-level `kernels`) and the recipes, working from a fresh venv
+outside the checkout."""
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, run
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
 
@@ -38,6 +39,22 @@ def test_kernels_import_from_a_plain_checkout():
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(ROOT / "vjepa_scale" / "__init__.py"),
                                 str(ROOT / "vjepa_scale" / "kernels" / "__init__.py"), "vjepa_scale.kernels.gather"]
+
+
+def test_package_works_without_triton():
+    """With `import triton` failing, the kernels import and run their torch paths."""
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch\n"
+            "from vjepa_scale.kernels import masked_gather, ema_update_\n"
+            "from vjepa_scale.kernels.backend import triton_available\n"
+            "assert not triton_available()\n"
+            "x = torch.randn(1, 4, 3)\n"
+            "assert masked_gather(x, torch.tensor([1]), backend='auto').shape == (1, 3)\n"
+            "s = [torch.zeros(2)]; ema_update_(s, [torch.ones(2)], s, 0.5)\n"
+            "assert s[0].tolist() == [0.5, 0.5]\n"
+            "assert 'vjepa_scale.kernels.gather_triton' not in sys.modules\n")
+    proc = run([sys.executable, "-c", code], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def _run(cmd, **kw):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import single_process_group, tiny_config
+from helpers import require, single_process_group, tiny_config
 from vjepa_scale.config import MaskConfig, MaskSpec, load_config
 from vjepa_scale.flops import train_flops
 from vjepa_scale.masks import MultiBlockMasker
@@ -15,6 +15,7 @@ from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.launch import preflight
 from vjepa_scale.train.schedules import ema_momentum, learning_rate, weight_decay
 
+require("deepspeed")
 STEPS = 4
 
 

@@ -6,30 +6,22 @@
 - The CPU video backend with DataLoader workers, 2 ranks: 4 steps straight == 2 steps + resume.
 """
 import os
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import assert_ok, free_port, launch, require, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.weights import list_checkpoints, load_consolidated
 from vjepa_scale.train.metrics import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
+require("deepspeed")
 OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.ema=[0.5,0.7]", "train.log_every=1",
         "train.keep_last=10"]
 ACCUM = ["optim.grad_accum=2", "data.global_batch_size=4", "optim.iterations=3", "train.checkpoint_every=1"]
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def _params(trainer) -> dict[str, torch.Tensor]:
@@ -68,7 +60,7 @@ def _accum_worker(_, run_dir: str, port: str, resume, out: str) -> None:
 
 def _run_accum(tmp_path, name: str, resume=None) -> dict:
     out = tmp_path / f"{name}.pt"
-    torch.multiprocessing.spawn(_accum_worker, args=(str(tmp_path / name), _free_port(), resume, str(out)), nprocs=1)
+    torch.multiprocessing.spawn(_accum_worker, args=(str(tmp_path / name), str(free_port()), resume, str(out)), nprocs=1)
     return torch.load(out, weights_only=False)
 
 
@@ -138,14 +130,7 @@ def test_grad_accum_boundaries_data_position_and_resume(tmp_path, monkeypatch):
 
 
 def _train(run_dir, *opts, resume=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
-           "tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
-    for o in [*OPTS, *opts]:
-        cmd += ["--opt", o]
-    if resume:
-        cmd += ["--resume", resume]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return launch("tools/train.py", *train_args(run_dir, *OPTS, *opts, resume=resume), nproc=2, timeout=600)
 
 
 def test_exact_resume_with_video_files_and_workers(tmp_path):
@@ -157,7 +142,7 @@ def test_exact_resume_with_video_files_and_workers(tmp_path):
             "optim.iterations=4", "train.checkpoint_every=2"]
     straight = tmp_path / "straight"
     r = _train(straight, *opts)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(r)
     losses = {x["step"]: x["loss"] for x in read_metrics(straight)}
     assert sorted(losses) == [1, 2, 3, 4]
     used = load_config(straight / "config.yaml").data
@@ -167,7 +152,7 @@ def test_exact_resume_with_video_files_and_workers(tmp_path):
     assert ckpt.name == "step_00000002"
     resumed = tmp_path / "resumed"
     rr = _train(resumed, *opts, resume=str(ckpt))
-    assert rr.returncode == 0, rr.stdout[-3000:] + rr.stderr[-3000:]
+    assert_ok(rr)
     assert "resumed from" in rr.stdout + rr.stderr
     assert {x["step"]: x["loss"] for x in read_metrics(resumed)} == {3: losses[3], 4: losses[4]}
     for which in ("online", "target"):

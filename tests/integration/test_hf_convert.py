@@ -5,56 +5,38 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import importlib.util
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from vjepa_scale.weights import load_init_state
+from helpers import assert_ok, cpu_env, free_port, launch, load_tool, require, train_args
 from vjepa_scale.models import VisionTransformer3D
+from vjepa_scale.weights import load_init_state
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("deepspeed")
+transformers = require("transformers")
+require("deepspeed")
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # trains two ranks for two steps (~20 s on 2 cores)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """Two ranks, ZeRO-3, RoPE, two steps of cpu_demo: one checkpoint at step 2."""
     out = tmp_path_factory.mktemp("run")
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(ROOT / "tools" / "train.py"), "--config", "cpu_demo.yaml", "--output-dir", str(out),
-           "--opt", "optim.iterations=2", "--opt", "train.checkpoint_every=2", "--opt", "train.progress_bar=false",
-           "--opt", "data.global_batch_size=4", "--opt", "model.pos_embed=rope"]
-    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(launch("tools/train.py", *train_args(out, "optim.iterations=2", "train.checkpoint_every=2",
+                                                   "train.progress_bar=false", "data.global_batch_size=4",
+                                                   "model.pos_embed=rope"), nproc=2))
     return out
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("convert_to_hf", ROOT / "tools" / "convert_to_hf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("convert_to_hf")
 
 
 def test_cli_runs_as_a_script():
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_to_hf.py"), "--help"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = launch("tools/convert_to_hf.py", "--help", timeout=60)
     assert r.returncode == 0 and "RUN_OR_CHECKPOINT OUT_DIR" in r.stdout and "--include-predictor" in r.stdout
 
 
@@ -124,16 +106,12 @@ def test_training_warm_start_from_hf_folder_keeps_weights_exact(run_dir, tmp_pat
     src = load_consolidated(run_dir, "target")
     hf = export_to_hf(src["config"], src["encoder"], tmp_path / "hf", src["predictor"], step=src["step"])
     out = tmp_path / "warm"
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1",
-               MASTER_PORT=str(_free_port()))
     # One rank (the source run had two); a vanishing LR (1e-30) so one step moves no weight by more than
     # ~1e-30 (elements that are exactly zero do move by that much).
-    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "--config", "cpu_demo.yaml", "--output-dir", str(out),
-           "--opt", "optim.iterations=1", "--opt", "train.checkpoint_every=1", "--opt", "train.progress_bar=false",
-           "--opt", "data.global_batch_size=2", "--opt", "model.pos_embed=rope", "--opt", f"train.init_from={hf}",
-           "--opt", "optim.start_lr=1.0e-30", "--opt", "optim.lr=1.0e-30", "--opt", "optim.final_lr=1.0e-30"]
-    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    args = train_args(out, "optim.iterations=1", "train.checkpoint_every=1", "train.progress_bar=false",
+                      "data.global_batch_size=2", "model.pos_embed=rope", f"train.init_from={hf}",
+                      "optim.start_lr=1.0e-30", "optim.lr=1.0e-30", "optim.final_lr=1.0e-30")
+    assert_ok(launch("tools/train.py", *args, env=cpu_env(MASTER_PORT=str(free_port()))))
     online = load_consolidated(out, "online")
     for name in ("encoder", "predictor"):
         for k, v in src[name].items():

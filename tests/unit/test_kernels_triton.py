@@ -1,15 +1,11 @@
 """Triton kernels against their torch references, forward and backward.
 
 The cases run in this process on CUDA (real Triton), or under the CPU interpreter when
-TRITON_INTERPRET=1 was set before anything imported triton. On a CPU-only machine without it,
-`test_cases_under_interpreter` reruns this file in a fresh subprocess with TRITON_INTERPRET=1, so
-the interpreter can never be polluted by a test that imported triton first.
+TRITON_INTERPRET=1 was set before anything imported triton. On a CPU-only machine without it they
+skip here, and integration/test_kernels_interpreter.py reruns this file in a fresh process with
+TRITON_INTERPRET=1, so the interpreter can never be polluted by a test that imported triton first.
+Only the model-sized checks that need real CUDA carry the `gpu` marker.
 """
-import os
-import re
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -18,11 +14,14 @@ from vjepa_scale.kernels.backend import interpreting, triton_available
 from vjepa_scale.kernels.ema import ema_update_reference
 from vjepa_scale.kernels.gather import layernorm_gather_reference, masked_gather_reference
 
+pytestmark = pytest.mark.triton
 CUDA = torch.cuda.is_available()
 RUN_HERE = triton_available() and (interpreting() or CUDA)
 DEV = "cpu" if interpreting() or not CUDA else "cuda"
-cases = pytest.mark.skipif(not RUN_HERE, reason="needs CUDA or TRITON_INTERPRET=1 (see test_cases_under_interpreter)")
-gpu = pytest.mark.skipif(not (CUDA and triton_available() and not interpreting()), reason="needs CUDA and triton")
+# `cases` run on CUDA or in the interpreter (not marked `gpu`); `cuda_only` ones (model-sized) need real CUDA.
+cases = pytest.mark.skipif(not RUN_HERE, reason="needs CUDA or TRITON_INTERPRET=1 "
+                                                "(integration/test_kernels_interpreter.py reruns this file so)")
+cuda_only = pytest.mark.skipif(not (CUDA and triton_available() and not interpreting()), reason="needs CUDA and triton")
 
 
 def ulp_close(a: torch.Tensor, b: torch.Tensor, ulps: float = 1.0) -> None:
@@ -43,33 +42,12 @@ def two_mask_idx(B: int, N: int, lengths: tuple[int, int], dtype, g) -> torch.Te
     return torch.cat(out).to(dtype)
 
 
-@pytest.mark.skipif(interpreting() or CUDA or not triton_available(),
-                    reason="in-process cases run here (CUDA or interpreter already on)")
-def test_cases_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                           os.path.abspath(__file__)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    summary = out.strip().splitlines()[-1]
-    passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 20, out[-3000:]
-    assert "failed" not in summary and "error" not in summary, out[-3000:]
-    # Only the GPU-only checks and this launcher may skip under the interpreter.
-    skipped = re.search(r"(\d+) skipped", summary)
-    n_gpu = len(re.findall(r"needs CUDA and triton", out))
-    assert (int(skipped.group(1)) if skipped else 0) <= n_gpu + 1, out[-3000:]
-
-
 # ------------------------------------------------------------------------------------------------
 # masked gather (+ position embedding)
 # ------------------------------------------------------------------------------------------------
 
 
 @cases
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("D", [80, 203, 300])  # 300: two column blocks, the second one partial
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
@@ -94,7 +72,6 @@ def test_masked_gather_bitwise(dtype, D, idx_dtype, pos_kind):
 
 
 @cases
-@pytest.mark.gpu
 def test_masked_gather_many_duplicates_and_pos_grad():
     g = torch.Generator().manual_seed(1)
     B, N, D = 2, 23, 130
@@ -115,7 +92,6 @@ def test_masked_gather_many_duplicates_and_pos_grad():
 
 
 @cases
-@pytest.mark.gpu
 def test_masked_gather_empty():
     x = torch.randn(2, 5, 80, device=DEV, requires_grad=True)
     idx = torch.empty(0, dtype=torch.int32, device=DEV)
@@ -126,7 +102,6 @@ def test_masked_gather_empty():
 
 
 @cases
-@pytest.mark.gpu
 def test_masked_gather_rejects_bad_input():
     x = torch.randn(2, 5, 8, device=DEV)
     with pytest.raises(ValueError, match="idx must be 1-D int32/int64"):
@@ -144,7 +119,6 @@ def test_masked_gather_rejects_bad_input():
 
 
 @cases
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("D", [80, 203])
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
@@ -172,7 +146,6 @@ def test_layernorm_gather(dtype, D, idx_dtype):
 
 
 @cases
-@pytest.mark.gpu
 def test_layernorm_gather_empty_and_no_grad():
     h = torch.randn(2, 4, 80, device=DEV)
     assert layernorm_gather(h, torch.empty(0, dtype=torch.int64, device=DEV), backend="triton").shape == (0, 80)
@@ -195,7 +168,6 @@ def _ema_lists(sizes, target_dtype, g):
 
 
 @cases
-@pytest.mark.gpu
 @pytest.mark.parametrize("target_dtype", [torch.bfloat16, torch.float32])
 def test_ema_update_matches_reference(target_dtype):
     g = torch.Generator().manual_seed(0)
@@ -218,7 +190,6 @@ def test_ema_update_matches_reference(target_dtype):
 
 
 @cases
-@pytest.mark.gpu
 def test_ema_update_bf16_masters_and_errors():
     g = torch.Generator().manual_seed(3)
     S, M, T = _ema_lists([5, 130], torch.bfloat16, g)
@@ -239,8 +210,8 @@ def test_ema_update_bf16_masters_and_errors():
 # ------------------------------------------------------------------------------------------------
 
 
-@gpu
 @pytest.mark.gpu
+@cuda_only
 def test_gather_vith384_masks_bitwise_on_cuda():
     from vjepa_scale.config import MaskConfig
     from vjepa_scale.masks import MultiBlockMasker
@@ -262,8 +233,8 @@ def test_gather_vith384_masks_bitwise_on_cuda():
               layernorm_gather_reference(h.float(), masks.tgt_idx.cuda(), 1e-6))
 
 
-@gpu
 @pytest.mark.gpu
+@cuda_only
 def test_ema_update_model_sized_on_cuda():
     sizes = [3 * 1280 * 1280, 3 * 1280, 1280 * 1280, 1280, 5120 * 1280, 5120, 0, 1280 * 5120 + 3]
     g = torch.Generator().manual_seed(0)
@@ -278,7 +249,6 @@ def test_ema_update_model_sized_on_cuda():
 
 
 @cases
-@pytest.mark.gpu
 def test_ema_update_unaligned_shard_views():
     """ZeRO shards are views into flat buffers at arbitrary offsets: mixed alignment groups."""
     g = torch.Generator().manual_seed(5)

@@ -1,6 +1,6 @@
 """tools/train.py whose rank 0 SIGKILLs itself inside the save of one step (test_train_distributed).
 
-    python -m torch.distributed.run ... tests/kill_in_save.py --kill-in-save-at-step 6 --config ...
+    python -m torch.distributed.run ... tests/integration/kill_in_save.py --kill-in-save-at-step 6 --config ...
 
 The kill comes after every rank wrote its shard files into `.tmp_step_*` and before the commit
 (`vjepa_scale.train.checkpoint._commit`: config, meta.json, rename, `latest`), to prove that a dying
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vjepa_scale.train import checkpoint
 
-TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
+TRAIN = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
 
 def main() -> int:

@@ -1,7 +1,11 @@
-"""Small shared builders for tests (tiny models, short clips)."""
+"""Tiny configs and an in-process 1-rank process group."""
 from __future__ import annotations
 
+import os
+
 from vjepa_scale.config import Config, DataConfig, MaskConfig, MaskSpec, ModelConfig
+
+from .procs import free_port
 
 
 def tiny_config(pos_embed: str = "sincos", backend: str = "auto", batch_size: int = 3, crop: int = 64,
@@ -19,16 +23,11 @@ def tiny_config(pos_embed: str = "sincos", backend: str = "auto", batch_size: in
 def single_process_group():
     """Join a 1-rank process group (gloo on CPU) in this test process, through the trainer's own
     `launch.join_process_group`; later calls reuse it. Returns the `DistEnv`."""
-    import os
-    import socket
-
     import torch.distributed as dist
 
     from vjepa_scale.train.launch import join_process_group
 
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port())
         os.environ["MASTER_ADDR"] = "127.0.0.1"
     return join_process_group()

@@ -7,27 +7,25 @@ from __future__ import annotations
 
 import re
 import types
-from pathlib import Path
 
-import deepspeed
 import pytest
 import torch
 import torch.nn as nn
 
-from helpers import single_process_group, tiny_config
+from helpers import ROOT, require, single_process_group, tiny_config
 from vjepa_scale.train.launch import deepspeed_config
 from vjepa_scale.train.zero_compat import (TESTED_DEEPSPEED, convert_to_universal, deepspeed_version, fp32_master,
                                            is_partitioned, local_flat, partition_numel, partition_slice,
                                            skip_shm_comm_build, universal_load_fixes)
 
-ROOT = Path(__file__).resolve().parent.parent
+deepspeed = require("deepspeed")
 
 
 def test_installed_deepspeed_is_the_tested_release():
     lo, hi = TESTED_DEEPSPEED
     v = deepspeed_version()
     assert lo <= v <= hi, (f"DeepSpeed {deepspeed.__version__} is outside the range zero_compat was checked "
-                           f"with ({lo} .. {hi}): run tests/test_zero_compat.py and widen TESTED_DEEPSPEED")
+                           f"with ({lo} .. {hi}): run tests/unit/test_zero_compat.py and widen TESTED_DEEPSPEED")
     pin = re.search(r"^deepspeed==([\d.]+)$", (ROOT / "constraints.txt").read_text(), re.M)
     assert pin, "constraints.txt pins no deepspeed release"
     assert lo <= tuple(int(x) for x in pin.group(1).split(".")) <= hi

@@ -1,8 +1,6 @@
 """Encoder, predictor and objective: packing equals per-sequence compute, sizes, gradients, errors."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 

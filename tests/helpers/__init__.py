@@ -1,0 +1,38 @@
+"""Everything the tests share, importable as `helpers` (pytest.ini puts tests/ on sys.path).
+
+    from helpers import ROOT, tiny_config, launch, train_args, assert_ok, require
+
+Dev extras (helpers.extras):
+    require(module)          import a dev extra, or skip the module locally / fail in CI
+    needs(module)            the same as a test mark
+    extras_required()        CI=true or VJEPA_REQUIRE_EXTRAS=1
+    check_dev_extras()       session start (conftest): in CI, stop when a `.[dev]` package is missing
+Processes (helpers.procs):
+    ROOT                     the checkout
+    free_port()              a free TCP port on 127.0.0.1
+    cpu_env(**kv), gpu_env(**kv)   subprocess environments (DeepSpeed on the CPU / free to pick CUDA)
+    run(cmd, env, cwd, timeout)    subprocess.run with text output in the checkout
+    launch(script, *args, nproc=None, launcher="torchrun"|"deepspeed", env, timeout)
+    train_args(run_dir, *opts, config="cpu_demo.yaml", resume=None)   tools/train.py's arguments
+    assert_ok(result)        exit status 0, else the output's tail
+    deepspeed_launcher()     the `deepspeed` script beside this python
+    load_tool(name)          tools/<name>.py as a module
+Models (helpers.builders):
+    tiny_config(...)         a validated tiny Config on synthetic data
+    single_process_group()   a 1-rank gloo group in this process (the trainer's own join)
+Videos (helpers.videos):
+    write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), frame_ids(video_CTHW)
+Evaluation (helpers.features):
+    TensorVideos(videos, labels), separable_features(n, classes, ...)
+"""
+from .builders import single_process_group, tiny_config
+from .extras import ROOT, check_dev_extras, extras_required, missing_dev_extras, needs, require
+from .features import TensorVideos, separable_features
+from .procs import (assert_ok, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool, run,
+                    train_args)
+from .videos import frame_ids, video_cfg, write_bad_set, write_video_sets
+
+__all__ = ["ROOT", "TensorVideos", "assert_ok", "check_dev_extras", "cpu_env", "deepspeed_launcher", "extras_required",
+           "frame_ids", "free_port", "gpu_env", "launch", "load_tool", "missing_dev_extras", "needs", "require", "run",
+           "separable_features", "single_process_group", "tiny_config", "train_args", "video_cfg", "write_bad_set",
+           "write_video_sets"]

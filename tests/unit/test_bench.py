@@ -1,0 +1,57 @@
+"""The bench suites on CPU (small sizes) and tools/bench.py's table and argument checks, in this process;
+timings are not asserted (the command line end to end: integration/test_bench_cli.py)."""
+import pytest
+
+from helpers import load_tool
+from vjepa_scale.bench import SUITES, get_suite, run_suite
+
+bench_cli = load_tool("bench")
+
+
+def test_markdown_formats_percent_and_missing():
+    meta = {"device": "cpu", "device_name": "x", "time": "t", "torch": "1", "triton": "2", "copy_gbps": 3.0,
+            "quick": True}
+    md = bench_cli.markdown(meta, [{"suite": "s", "case": "c", "impl": "a", "time_ms": 2.0, "copy_frac": 0.5,
+                                    "mfu": None, "clips_per_s": 1234.5}])
+    assert "| c | a | 2 | 50.0% | - | 1,234 |" in md
+    assert "| case | impl | time (ms) | % copy BW | mfu | clips_per_s |" in md
+
+
+def test_unknown_suite_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--device", "cpu", "--suite", "nope"])
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown bench suite 'nope'"):
+        get_suite("nope")
+    assert {"gather", "ema", "attention", "step", "data"} <= set(SUITES)
+
+
+def test_step_suite_reports_throughput_and_flops():
+    from vjepa_scale.config import load_config, resolve_config_path
+    from vjepa_scale.flops import train_flops
+    from vjepa_scale.masks import MultiBlockMasker
+
+    (row,) = run_suite("step", "cpu", True, batch_size=2, steps=1, unknown_option=5)
+    assert row["suite"] == "step" and "cpu_demo B=2" in row["case"]
+    assert row["clips_per_s"] > 0 and row["mfu"] is None  # no peak for a CPU
+    cfg = load_config(resolve_config_path("cpu_demo"), ["data.backend=synthetic"])
+    masks = MultiBlockMasker(cfg.mask, cfg.grid)(2, step=0)
+    assert row["tflop_per_clip"] == pytest.approx(train_flops(cfg, masks)["total"] / 2 / 1e12)
+    assert row["tokens_per_s"] == pytest.approx(row["clips_per_s"] * cfg.grid[0] * cfg.grid[1] * cfg.grid[2])
+
+
+def test_step_suite_overrides_and_profile(tmp_path):
+    from vjepa_scale.bench.step import categorize
+
+    (row,) = run_suite("step", "cpu", True, batch_size=2, steps=1, opts=["model.activation_checkpointing=true"],
+                       profile_dir=str(tmp_path))
+    assert "+act-ckpt" in row["case"] and row["overrides"] == "model.activation_checkpointing=true"
+    text = (tmp_path / "step_profile_cpu.txt").read_text()
+    assert row["profile"] == str(tmp_path / "step_profile_cpu.txt") and "CPU op self time per step" in text
+    shares = [float(line.split("|")[3].strip().rstrip("%")) for line in text.splitlines()
+              if line.startswith("| ") and line.count("|") == 4 and "%" in line]
+    assert sum(shares) == pytest.approx(100.0, abs=0.5) and "| matmul |" in text
+    assert categorize("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert categorize("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert categorize("_gather_bwd_kernel") == "triton kernels"
+    assert categorize("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>") == "elementwise"
