@@ -205,7 +205,7 @@ def test_two_rank_isolated_nan_batch_on_one_rank(tmp_path):
     finishes (exit 0), checkpoint 4 equals checkpoint 3, and training goes on afterwards."""
     run = tmp_path / "run"
     r = _launch(run, "optim.iterations=6", "optim.grad_accum=2", "train.max_bad_steps=2",
-                script=("tests/nan_batch_at_step.py", "--nan-micro-step", "6", "--nan-rank", "1"))
+                script=("tests/integration/nan_batch_at_step.py", "--nan-micro-step", "6", "--nan-rank", "1"))
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     recs = {rec["step"]: rec for rec in _strict_records(run)}
     assert [recs[s]["skipped_steps"] for s in range(1, 7)] == [0, 0, 0, 1, 1, 1]

@@ -1,6 +1,6 @@
 """tools/train.py whose data holds one NaN clip batch (test_divergence): a real non-finite step.
 
-    python -m torch.distributed.run ... tests/nan_batch_at_step.py --nan-micro-step 6 --nan-rank 1 --config ...
+    python -m torch.distributed.run ... tests/integration/nan_batch_at_step.py --nan-micro-step 6 --nan-rank 1 --config ...
 
 The micro-batch of micro-step `--nan-micro-step` on rank `--nan-rank` gets an all-NaN video, so that
 rank's loss (and every gradient after the reduction) is NaN in that one optimizer step; the other

@@ -1,6 +1,6 @@
 """tools/train.py that records, per rank, the sample indices behind each micro-batch it trains on.
 
-    python -m torch.distributed.run ... tests/record_samples.py --record-dir DIR --config ...
+    python -m torch.distributed.run ... tests/integration/record_samples.py --record-dir DIR --config ...
 
 Each rank appends {"step", "micro", "rank", "index"} lines to DIR/rank{r}.jsonl (test_elastic_resume):
 what really went into training, so a test can check that a resumed run repeats or skips no clip.

@@ -3,7 +3,7 @@
 Each scenario trains STEPS steps straight on W1 ranks (a checkpoint every K steps), then resumes
 its step-K checkpoint on W2 ranks in a fresh run dir up to STEPS. With `data.global_batch_size`
 fixed, the resumed run must continue the straight one: the same clips at every step (recorded by
-tests/record_samples.py from the batches that really reached the model), logged losses and final
+tests/integration/record_samples.py from the batches that really reached the model), logged losses and final
 online / EMA weights equal within fp32 reduction-order noise (LOSS_RTOL, WEIGHT_ATOL: the ranks sum
 gradients, token errors and the EMA in another order). Without a fixed global batch the resumed
 run continues the sample stream at the saved position.
@@ -38,10 +38,10 @@ def _free_port() -> str:
 
 
 def _launch(run_dir: Path, nproc: int, *opts, resume=None) -> subprocess.CompletedProcess:
-    """tools/train.py on `nproc` CPU ranks through tests/record_samples.py (records in run_dir/samples)."""
+    """tools/train.py on `nproc` CPU ranks through tests/integration/record_samples.py (records in run_dir/samples)."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           _free_port(), "tests/record_samples.py", "--record-dir", str(run_dir / "samples"),
+           _free_port(), "tests/integration/record_samples.py", "--record-dir", str(run_dir / "samples"),
            "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
     for o in [*OPTS, *opts]:
         cmd += ["--opt", o]
