@@ -289,7 +289,8 @@ def test_export_refuses_non_empty_folder_and_bad_input(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         export_to_hf(cfg, model.encoder.state_dict(), out)
     export_to_hf(cfg, model.encoder.state_dict(), out, overwrite=True)  # single file now; old shards removed
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                     "video_preprocessor_config.json"]
     half = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "bf16", dtype=torch.bfloat16)
     assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
     state = load_init_state(half, cfg)

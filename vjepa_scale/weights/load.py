@@ -206,6 +206,7 @@ def official_config(path: str | os.PathLike) -> Config:
         raise CheckpointMismatchError(
             f"{path}: {f.layout.describe()} (width {enc['patch_embed.weight'].shape[0]}); the architecture "
             f"(head counts above all) cannot be read from the weights: give a config")
+    log.info("%s: %s", path, f.release.describe())
     return f.release.config()
 
 
