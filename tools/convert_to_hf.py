@@ -1,31 +1,59 @@
 #!/usr/bin/env python
-"""Convert a training checkpoint (ZeRO-3, any number of ranks) into a Hugging Face model folder.
+"""Convert a training checkpoint (ZeRO-3, any number of ranks) or an official V-JEPA 1 / V-JEPA 2
+checkpoint file into a Hugging Face model folder.
 
-    python tools/convert_to_hf.py RUN_OR_CHECKPOINT OUT_DIR [--which target|online] [--include-predictor]
+    python tools/convert_to_hf.py SOURCE OUT_DIR [--which target|online] [--include-predictor] [--config CFG]
 
-RUN_OR_CHECKPOINT is a run directory (its latest complete checkpoint is used) or one
-`checkpoints/step_*` directory. Consolidation runs on the CPU: no GPU, no distributed launch.
-The EMA target encoder is exported by default (`--which online` for the trained encoder).
-RoPE models load with `transformers.VJEPA2Model.from_pretrained(OUT_DIR)`; sin-cos models with
-`AutoModel.from_pretrained(OUT_DIR, trust_remote_code=True)`. Weights are sharded above --max-shard-size.
+SOURCE is a run directory (its latest complete checkpoint is used), one `checkpoints/step_*`
+directory, or an official `torch.save` file (e.g. vitl16.pth.tar, vitg.pt). Consolidation runs on
+the CPU: no GPU, no distributed launch. The EMA target encoder is exported by default (`--which
+online` for the trained encoder). An official file's architecture (head counts included, which the
+weights do not show) comes from the table of official releases it matches by shapes, or from
+`--config` (a recipe, for a file of no official release); a config that disagrees with the release is
+refused. RoPE models load with `transformers.VJEPA2Model.from_pretrained(OUT_DIR)`; sin-cos models
+with `AutoModel.from_pretrained(OUT_DIR, trust_remote_code=True)`; `AutoVideoProcessor.from_pretrained(
+OUT_DIR)` preprocesses clips as the run did. Weights are sharded above --max-shard-size.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run directory or checkpoint directory")
+    ap.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                    help="run directory, checkpoint directory, or official V-JEPA checkpoint file")
     ap.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must be empty unless --overwrite)")
     ap.add_argument("--which", choices=["target", "online"], default="target",
                     help="encoder to export: the EMA target (default) or the online encoder")
     ap.add_argument("--include-predictor", action="store_true", help="also export the predictor")
+    ap.add_argument("--config", help="official files only: the recipe the file was trained with (default: the "
+                                     "official release its shapes match)")
     ap.add_argument("--max-shard-size", default="5GB", help="shard the safetensors above this size (default 5GB)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the weights")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
     return ap.parse_args(argv)
+
+
+def _official(args: argparse.Namespace) -> dict:
+    """An official file as load_consolidated's dict (config, step, encoder, predictor)."""
+    from vjepa_scale.config import load_config
+    from vjepa_scale.config import resolve_vit_size
+    from vjepa_scale.weights import load_init_state, official_config
+
+    path = Path(args.checkpoint)
+    cfg = load_config(args.config) if args.config else official_config(path)
+    state = load_init_state(path, cfg)
+    encoder = state["target_encoder"] if args.which == "target" else state["encoder"]
+    if encoder is None:
+        raise ValueError(f"{path} holds no {args.which} encoder")
+    d, m = resolve_vit_size(cfg.model), cfg.model
+    print(f"{path}: {'--config ' + args.config if args.config else 'official release'}: encoder "
+          f"{d.width}/{d.depth}, {d.num_heads} heads; predictor {m.pred_width}/{m.pred_depth}, {m.pred_num_heads} "
+          f"heads; {m.pos_embed} positions")
+    return {"config": cfg, "step": None, "encoder": encoder, "predictor": state["predictor"]}
 
 
 def main(argv=None) -> int:
@@ -33,12 +61,19 @@ def main(argv=None) -> int:
     import torch
 
     from vjepa_scale.hf import export_to_hf
-    from vjepa_scale.weights import load_consolidated
+    from vjepa_scale.weights import CheckpointMismatchError, load_consolidated
 
+    official = Path(args.checkpoint).is_file()
+    if args.config and not official:
+        print("error: --config is for official checkpoint files; a run carries its own config", file=sys.stderr)
+        return 2
     try:
-        ckpt = load_consolidated(args.checkpoint, which=args.which)
-    except FileNotFoundError as e:
+        ckpt = _official(args) if official else load_consolidated(args.checkpoint, which=args.which)
+    except (FileNotFoundError, CheckpointMismatchError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.include_predictor and ckpt["predictor"] is None:
+        print(f"error: {args.checkpoint} holds no predictor", file=sys.stderr)
         return 2
     try:
         out = export_to_hf(ckpt["config"], ckpt["encoder"], args.out_dir,
@@ -49,7 +84,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     kind = "VJEPA2Model" if ckpt["config"].model.pos_embed == "rope" else "AutoModel (trust_remote_code=True)"
-    print(f"wrote {out}: {args.which} encoder at step {ckpt['step']}"
+    at = f" at step {ckpt['step']}" if ckpt["step"] is not None else ""
+    print(f"wrote {out}: {args.which} encoder{at}"
           f"{' + predictor' if args.include_predictor else ''}; load with {kind}")
     return 0
 

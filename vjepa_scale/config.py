@@ -79,6 +79,9 @@ class ModelConfig(Section):
     pred_num_heads: int = 16
     pred_mlp_ratio: float = 4.0
     loss_exp: float = 1.0
+    # Weight init of the recipe family (see models/vit.py): vjepa1 = trunc_normal(0.02) on every Linear /
+    # Conv3d, no depth rescale; vjepa2 = the same, then attn.proj / mlp.fc2 of block i scaled by 1/sqrt(2i).
+    init: Literal["vjepa1", "vjepa2"] = "vjepa1"
 
     def validate(self, prefix: str = "model") -> None:
         resolve_vit_size(self, prefix)
@@ -292,7 +295,9 @@ class Config:
 # Model sizes and the clip token grid
 # --------------------------------------------------------------------------------------------------
 
-# name -> (width, depth, heads, mlp_ratio); the reference's sizes.
+# name -> (width, depth, heads, mlp_ratio); the reference's sizes. The two giants differ only in heads:
+# `giant` is V-JEPA 1's vit_giant (16 heads, head dim 88), `giant_vjepa2` V-JEPA 2's released ViT-g
+# (vit_giant_xformers: 22 heads, head dim 64). Released checkpoints and their sizes: weights/releases.py.
 VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
     "tiny": (192, 12, 3, 4.0),
     "small": (384, 12, 6, 4.0),
@@ -300,6 +305,7 @@ VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
     "large": (1024, 24, 16, 4.0),
     "huge": (1280, 32, 16, 4.0),
     "giant": (1408, 40, 16, 48 / 11),
+    "giant_vjepa2": (1408, 40, 22, 48 / 11),
     "gigantic": (1664, 48, 16, 64 / 13),
 }
 

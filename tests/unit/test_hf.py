@@ -202,12 +202,14 @@ def test_official_vjepa1_checkpoint_reproduces_outputs(tmp_path):
 def test_official_vjepa2_checkpoint_with_ten_mask_tokens(tmp_path):
     cfg, model = _model("rope")
     enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(), None, None)
-    for i in range(2, 10):  # the release predictors carry 10 mask tokens; types use tokens 0..M-1
+    for i in range(2, 10):  # the release predictors carry 10 mask tokens; every type starts from token 0
         pred[f"module.backbone.mask_tokens.{i}"] = torch.full((1, 1, cfg.model.pred_width), float(i))
     path = tmp_path / "vjepa2.pt"
     torch.save({"encoder": enc, "predictor": pred, "epoch": 1}, path)
     state = load_init_state(path, cfg)
     assert state["target_encoder"] is None
+    with torch.no_grad():
+        model.predictor.mask_tokens[1] = model.predictor.mask_tokens[0]
     _assert_same_outputs(cfg, model, state)
 
 
@@ -287,7 +289,8 @@ def test_export_refuses_non_empty_folder_and_bad_input(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         export_to_hf(cfg, model.encoder.state_dict(), out)
     export_to_hf(cfg, model.encoder.state_dict(), out, overwrite=True)  # single file now; old shards removed
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                     "video_preprocessor_config.json"]
     half = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "bf16", dtype=torch.bfloat16)
     assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
     state = load_init_state(half, cfg)

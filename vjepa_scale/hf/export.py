@@ -4,10 +4,13 @@ RoPE models export to the stock `transformers` `VJEPA2Model` (`model_type: vjepa
 (V-JEPA 1) models, which `vjepa2` cannot represent, export with `modeling_vjepa_sincos.py` copied
 into the folder and registered in `config.json` for `AutoModel` with `trust_remote_code=True`; both
 use the `vjepa2` parameter names. Weights go to safetensors, sharded with an index above
-`max_shard_size`; a model card (README.md) records the recipe and the training step.
+`max_shard_size`; a model card (README.md) records the recipe and the training step, and
+`video_preprocessor_config.json` the run's preprocessing for `transformers.AutoVideoProcessor`
+(the stock `VJEPA2VideoProcessor`: resize, centre crop to the run's crop size, ImageNet mean/std).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +26,27 @@ from vjepa_scale.weights.hf_config import config_to_hf_fields
 
 StateDict = dict[str, torch.Tensor]
 REMOTE_CODE = Path(__file__).with_name("modeling_vjepa_sincos.py")
-_OUR_FILES = ("config.json", "README.md", "model.safetensors", "model.safetensors.index.json", REMOTE_CODE.name)
+VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"  # what AutoVideoProcessor.from_pretrained reads
+_OUR_FILES = ("config.json", "README.md", "model.safetensors", "model.safetensors.index.json", REMOTE_CODE.name,
+              VIDEO_PROCESSOR_FILE)
+
+
+def video_processor_fields(cfg: Config) -> dict:
+    """`VJEPA2VideoProcessor` settings that preprocess as the run did: frames and crop of the run, pixels
+    scaled to [0, 1] and normalized with the ImageNet mean/std our loaders use, bilinear resize.
+
+    The stock processor always resizes the short side to crop * 256 / 224 before the centre crop (V-JEPA 2's
+    evaluation convention); it takes clips of `num_frames` frames as given (no frame sampling).
+    """
+    from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD
+
+    crop = cfg.data.crop_size
+    return {"video_processor_type": "VJEPA2VideoProcessor", "do_convert_rgb": True,
+            "do_resize": True, "size": {"shortest_edge": int(crop * 256 / 224)}, "resample": 2,  # bilinear
+            "do_center_crop": True, "crop_size": {"height": crop, "width": crop},
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
+            "do_sample_frames": False, "num_frames": cfg.data.frames_per_clip}
 
 
 def make_hf_config(cfg: Config, dtype: torch.dtype = torch.float32):
@@ -70,6 +93,7 @@ def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, pr
     hf.save_pretrained(out)
     if cfg.model.pos_embed == "sincos":
         shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
+    (out / VIDEO_PROCESSOR_FILE).write_text(json.dumps(video_processor_fields(cfg), indent=2) + "\n")
     (out / "README.md").write_text(model_card(cfg, step=step, which=which, with_predictor=predictor is not None,
                                               num_params=sum(v.numel() for v in sd.values())))
     return out
@@ -124,9 +148,13 @@ step **{step if step is not None else 'unknown'}**{' and the predictor' if with_
 
 ```python
 {loader}
-# video: (batch, frames, channels, height, width), ImageNet mean/std normalized
+from transformers import AutoVideoProcessor
+processor = AutoVideoProcessor.from_pretrained(PATH)  # {d.frames_per_clip} frames, {d.crop_size} px crop, ImageNet mean/std
+video = processor(frames, return_tensors="pt")["pixel_values_videos"]  # frames: (T, H, W, 3) uint8
 features = model(video, skip_predictor=True).last_hidden_state  # (batch, tokens, {dims.width})
 ```
+{'Fine-tuning: `VJEPA2ForVideoClassification.from_pretrained(PATH, num_labels=K)` loads this encoder (only '
+ 'the attentive pooler and the classifier start fresh).' if rope else ''}
 
 Needs `transformers>=5`. Tokens are tubelets of {m.tubelet_size}x{m.patch_size}x{m.patch_size} in (time, height,
 width) raster order.{pred_note}

@@ -7,7 +7,7 @@ import torch.nn as nn
 from vjepa_scale.config import ModelConfig
 from vjepa_scale.masks import MaskBatch
 from vjepa_scale.models.pos_embed import Positions
-from vjepa_scale.models.vit import Packed, Transformer, VitDims, init_weights
+from vjepa_scale.models.vit import Packed, Transformer, VitDims, init_model
 
 
 class Predictor(nn.Module):
@@ -28,7 +28,7 @@ class Predictor(nn.Module):
         self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
                                        cfg.sdpa_backend)
         self.proj = nn.Linear(W, embed_dim)
-        init_weights(self)  # mask tokens stay zero
+        init_model(self, self.transformer, cfg.init)  # mask tokens stay zero
 
     def forward(self, ctx_TD: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         x_ctx = self.embed(ctx_TD)

@@ -3,9 +3,19 @@
 Tokens come from a Conv3d tubelet embedding (tubelet x patch x patch) in (t, h, w) raster order.
 A forward takes either the full clip (rectangular (B, N, D), dense attention) or a packed subset
 (`idx` flat indices b*N+n, `cu_seqlens`, `max_seqlen`) where each sequence attends only to itself.
+
+Init (`model.init`, set by each recipe; encoder and predictor alike; LayerNorms unit/zero, biases zero):
+- `vjepa1` (default): trunc_normal(0.02) on every Linear and the Conv3d, nothing else. This is what
+  V-JEPA 1 trains from: its models rescale `attn.proj` / `mlp.fc2` by depth, but its training script
+  re-initialises every Linear afterwards, which undoes that rescale. (The reference draws its numbers
+  in another order, so the same seed gives other values, from the same distribution.)
+- `vjepa2`: the same, then the `attn.proj` and `mlp.fc2` weights of block i (1-based) are divided by
+  sqrt(2*i), which V-JEPA 2 keeps (it does not re-initialise after building).
+Mask tokens start at zero in both.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -101,7 +111,7 @@ class Transformer(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """Truncated-normal(0.02) Linear/Conv weights, zero biases, unit LayerNorm (as the reference)."""
+    """Truncated-normal(0.02) Linear/Conv weights, zero biases, unit LayerNorm (the `vjepa1` init)."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv3d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -110,6 +120,23 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def rescale_residual_outputs(transformer: "Transformer") -> None:
+    """Divide `attn.proj` and `mlp.fc2` weights of block i (1-based) by sqrt(2*i): the `vjepa2` init."""
+    with torch.no_grad():
+        for i, blk in enumerate(transformer.blocks, start=1):
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * i))
+            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
+
+
+def init_model(module: nn.Module, transformer: "Transformer", scheme: str) -> None:
+    """The `model.init` scheme on a freshly built encoder or predictor (see the module docstring)."""
+    if scheme not in ("vjepa1", "vjepa2"):
+        raise ValueError(f"model.init must be 'vjepa1' or 'vjepa2', got {scheme!r}")
+    init_weights(module)
+    if scheme == "vjepa2":
+        rescale_residual_outputs(transformer)
 
 
 class VisionTransformer3D(nn.Module):
@@ -126,7 +153,7 @@ class VisionTransformer3D(nn.Module):
         self.positions = Positions(cfg.pos_embed, D, self.dims.head_dim, self.grid)
         self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
                                        cfg.sdpa_backend)
-        init_weights(self)
+        init_model(self, self.transformer, cfg.init)
 
     @property
     def embed_dim(self) -> int:

@@ -6,7 +6,10 @@ shape against the models `cfg` builds. Supported:
   (RoPE; also `VJEPA2ForVideoClassification`, whose head is ignored) or `vjepa_sincos` (ours);
 - the official V-JEPA 1 `torch.save` dict (`encoder`, `predictor`, `target_encoder`, keys prefixed
   `module.backbone.`, fused `qkv`, `mask_tokens.{i}`, sin-cos `pos_embed` / `predictor_pos_embed`);
-- the official V-JEPA 2 dict (same names, RoPE, no position tables);
+- the official V-JEPA 2 dict (same names, RoPE; release files may still carry unused tables, ignored).
+  Official files are matched against the release table (`weights.releases`): head counts, which the
+  weights do not show, must be the release's; mask tokens map by the family's rule (V-JEPA 1: type m
+  from token m; V-JEPA 2: every type from token 0). `official_config(path)` is a release's `Config`;
 - one of our own training runs or checkpoints (ZeRO-3, any world size), consolidated on the CPU.
 """
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +28,8 @@ from vjepa_scale.models.pos_embed import sincos_3d
 from vjepa_scale.weights import keys
 from vjepa_scale.weights.checks import CheckpointMismatchError, check_state_dict, expected_shapes
 from vjepa_scale.weights.hf_config import check_hf_fields, hf_pos_embed, read_hf_config
+from vjepa_scale.weights.releases import (VJEPA2_MASK_TOKENS, FileLayout, Release, check_heads, identify,
+                                          pick_release)
 from vjepa_scale.weights.run import load_consolidated, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,8 @@ def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[
         state = _from_torch_file(p, cfg)
     else:
         raise FileNotFoundError(f"train.init_from: '{p}' does not exist")
-    _fit_mask_tokens(state, cfg, str(p))
+    if p.is_dir():
+        _fit_mask_tokens(state, cfg, str(p))
     shapes = expected_shapes(cfg)
     check_state_dict(state["encoder"], shapes["encoder"], "encoder", str(p))
     if state.get("target_encoder") is not None:
@@ -150,41 +157,104 @@ def _torch_load(path: Path) -> Any:
                          f"for safety; re-save just the state dicts ({e})") from None
 
 
-def _from_torch_file(path: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
+@dataclass
+class OfficialFile:
+    """An official V-JEPA 1 / 2 file in our names, with what its tensors say about its architecture."""
+
+    encoder: Optional[StateDict]  # the online encoder
+    target_encoder: Optional[StateDict]
+    predictor: Optional[StateDict]  # mask tokens as in the file (K, W)
+    tables: dict[str, torch.Tensor]  # sin-cos tables by part: encoder / target_encoder / predictor
+    layout: FileLayout
+    release: Optional[Release]  # the official release it is (by shapes, then file name), or None
+    epoch: Any = None
+
+
+def read_official(path: str | os.PathLike) -> OfficialFile:
+    """Read an official V-JEPA `torch.save` dict (tensors only) and identify its release; no config needed."""
+    path = Path(path)
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or not any(k in ckpt for k in ("encoder", "target_encoder", "ema_encoder")):
         found = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: not an official V-JEPA checkpoint (expected a dict with 'encoder' / "
                          f"'target_encoder' / 'predictor' state dicts, found {found})")
-    source = str(path)
-    online = ckpt.get("encoder")
-    target = ckpt.get("target_encoder", ckpt.get("ema_encoder"))
-    encoders = {}
-    tables = {}
-    for name, sd in (("encoder", online), ("target_encoder", target)):
+    encoders: dict[str, StateDict] = {}
+    tables: dict[str, torch.Tensor] = {}
+    for name, sd in (("encoder", ckpt.get("encoder")), ("target_encoder", ckpt.get("target_encoder",
+                                                                                   ckpt.get("ema_encoder")))):
         if sd is not None:
-            encoders[name], tables[name] = keys.encoder_from_official(keys.strip_prefixes(sd))
-    predictor = pred_table = None
+            encoders[name], table = keys.encoder_from_official(keys.strip_prefixes(sd))
+            if table is not None:
+                tables[name] = table
+    predictor = None
     if ckpt.get("predictor") is not None:
-        predictor, pred_table = keys.predictor_from_official(keys.strip_prefixes(ckpt["predictor"]))
-    has_table = any(t is not None for t in tables.values())
-    scheme = "sincos" if has_table else "rope"
-    _check_positions(scheme, cfg, f"{source} ({'V-JEPA 1, sin-cos' if has_table else 'V-JEPA 2, RoPE'} layout)")
-    dims = resolve_vit_size(cfg.model)
-    for name, t in tables.items():
-        if scheme == "sincos" and t is None:
-            raise CheckpointMismatchError(f"{source}: '{name}' has no pos_embed while the other encoder has one")
-        if t is not None:
-            _check_table(t, dims.width, cfg.grid, f"{source}: {name}.pos_embed")
-    if predictor is not None and scheme == "sincos":
-        if pred_table is None:
-            raise CheckpointMismatchError(f"{source}: predictor has no predictor_pos_embed (RoPE) but the encoder "
-                                          f"uses sin-cos positions")
-        _check_table(pred_table, cfg.model.pred_width, cfg.grid, f"{source}: predictor.predictor_pos_embed")
-    if "encoder" not in encoders:
-        encoders["encoder"] = encoders["target_encoder"]
-    log.info("%s: loaded official V-JEPA checkpoint (epoch %s)", source, ckpt.get("epoch"))
-    return {"encoder": encoders["encoder"], "predictor": predictor, "target_encoder": encoders.get("target_encoder")}
+        predictor, table = keys.predictor_from_official(keys.strip_prefixes(ckpt["predictor"]))
+        if table is not None:
+            tables["predictor"] = table
+    enc = encoders.get("encoder", encoders.get("target_encoder"))
+    layout = identify(enc, predictor, tables.get("encoder", tables.get("target_encoder", tables.get("predictor"))))
+    return OfficialFile(encoders.get("encoder"), encoders.get("target_encoder"), predictor, tables, layout,
+                        pick_release(layout, path.name), ckpt.get("epoch"))
+
+
+def official_config(path: str | os.PathLike) -> Config:
+    """The `Config` of the official release at `path` (architecture, clip, init family), from the table in
+    `weights.releases`; `CheckpointMismatchError` when its shapes fit no release (then give a config)."""
+    f = read_official(path)
+    if f.release is None:
+        enc = f.encoder if f.encoder is not None else f.target_encoder
+        raise CheckpointMismatchError(
+            f"{path}: {f.layout.describe()} (width {enc['patch_embed.weight'].shape[0]}); the architecture "
+            f"(head counts above all) cannot be read from the weights: give a config")
+    log.info("%s: %s", path, f.release.describe())
+    return f.release.config()
+
+
+def _from_torch_file(path: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
+    f = read_official(path)
+    source, layout = str(path), f.layout
+    _check_positions(layout.pos_embed, cfg, f"{source} ({layout.describe()})")
+    check_heads(f.release, cfg, source, with_predictor=f.predictor is not None)
+    if layout.family == "vjepa2" and f.tables:
+        log.info("%s: V-JEPA 2 layout (RoPE); ignoring the position tables it carries (%s), which its model does "
+                 "not use", source, ", ".join(sorted(f.tables)))
+    if layout.family == "vjepa1":
+        dims = resolve_vit_size(cfg.model)
+        for name in ("encoder", "target_encoder"):
+            if getattr(f, name) is not None and name not in f.tables:
+                raise CheckpointMismatchError(f"{source}: '{name}' has no pos_embed while the other encoder has one")
+            if name in f.tables:
+                _check_table(f.tables[name], dims.width, cfg.grid, f"{source}: {name}.pos_embed")
+        if f.predictor is not None:
+            if "predictor" not in f.tables:
+                raise CheckpointMismatchError(f"{source}: predictor has no predictor_pos_embed (RoPE) but the "
+                                              f"encoder uses sin-cos positions")
+            _check_table(f.tables["predictor"], cfg.model.pred_width, cfg.grid,
+                         f"{source}: predictor.predictor_pos_embed")
+    if f.predictor is not None and "mask_tokens" in f.predictor:
+        _map_mask_tokens(f.predictor, layout.family, len(cfg.mask.types), source)
+    log.info("%s: loaded official V-JEPA checkpoint (%s; epoch %s)", source, layout.describe(), f.epoch)
+    encoder = f.encoder if f.encoder is not None else f.target_encoder
+    return {"encoder": encoder, "predictor": f.predictor, "target_encoder": f.target_encoder}
+
+
+def _map_mask_tokens(pred: StateDict, family: str, num_types: int, source: str) -> None:
+    """Our mask type m starts from the token the recipe trained for it.
+
+    V-JEPA 1 trains token m for mask type m (extra tokens are dropped). V-JEPA 2 picks the token by
+    clip-length group, so its released recipes trained token 0 for both mask types: every type starts
+    from token 0.
+    """
+    tokens = pred["mask_tokens"]
+    K = tokens.shape[0]
+    if family == "vjepa2":
+        log.info("%s: V-JEPA 2 predictor with %d mask tokens, chosen by clip-length group (its recipes train "
+                 "token 0 for every mask type): all %d mask types start from token 0", source, K, num_types)
+        pred["mask_tokens"] = tokens[:1].expand(num_types, -1).clone()
+    elif K > num_types:
+        log.warning("%s: predictor has %d mask tokens, the config %d mask types: keeping tokens 0..%d",
+                    source, K, num_types, num_types - 1)
+        pred["mask_tokens"] = tokens[:num_types]
 
 
 def _check_positions(scheme: str, cfg: Config, source: str) -> None:
@@ -210,12 +280,11 @@ def _check_table(table: torch.Tensor, dim: int, grid: tuple[int, int, int], what
 
 
 def _fit_mask_tokens(state: dict[str, Optional[StateDict]], cfg: Config, source: str) -> None:
-    """Official V-JEPA 2 predictors carry 10 mask tokens; type m uses token m, so extras are dropped."""
+    """HF folders: our exports hold one token per mask type (type m -> token m, extras dropped); a folder
+    with V-JEPA 2's 10 release tokens is a converted V-JEPA 2 release and follows its rule (token 0)."""
     pred = state.get("predictor")
     M = len(cfg.mask.types)
     if pred is None or "mask_tokens" not in pred or pred["mask_tokens"].shape[0] <= M:
         return
-    K = pred["mask_tokens"].shape[0]
-    log.warning("%s: predictor has %d mask tokens, the config %d mask types: keeping tokens 0..%d",
-                source, K, M, M - 1)
-    pred["mask_tokens"] = pred["mask_tokens"][:M]
+    family = "vjepa2" if pred["mask_tokens"].shape[0] == VJEPA2_MASK_TOKENS else "vjepa1"
+    _map_mask_tokens(pred, family, M, source)
