@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import require, tiny_config
 from vjepa_scale.config import Config
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vjepa_scale.hf import export_to_hf
@@ -23,7 +23,7 @@ from vjepa_scale.models.pos_embed import sincos_3d
 from vjepa_scale.weights import (RELEASES, CheckpointMismatchError, expected_shapes, load_init_state,
                                  official_config, read_official)
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers")
 ROOT = Path(__file__).resolve().parent.parent
 
 
