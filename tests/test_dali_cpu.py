@@ -227,7 +227,7 @@ def test_transcode_tool_short_gop_size_and_index(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     a = index_video(src / "a.mp4", "libx264", frames=30, height=96, width=160, options={"g": "250"})
-    b = index_video(src / "b.webm", "libvpx-vp9", frames=20, height=64, width=64)
+    index_video(src / "b.webm", "libvpx-vp9", frames=20, height=64, width=64)
     (src / "bad.mp4").write_bytes(b"not a video")
     index = src / "train.txt"
     index.write_text(f"{a} 3\nb.webm 1\nbad.mp4 0\n")
