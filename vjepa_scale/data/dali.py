@@ -17,8 +17,9 @@ frames, so variable-frame-rate files are sampled alike. The decoder runs with `p
 a clip reaching past a file's real end raises instead of repeating the last frame.
 
 A failing DALI batch names no file: `DaliLoader` decodes halves of it until the failing sample(s)
-are found, marks each such file bad (skipped and counted by name, never drawn again) and replaces it
-like any unreadable file. On a GPU the pipeline and every CUDA call run on this rank's device
+are found; such a file is then tried with PyAV: if PyAV reads the clip, the file goes to the CPU path
+from then on (a format the table let through); if not, it is bad: skipped and counted by name, never
+handed to a decoder again, and replaced like any unreadable file. On a GPU the pipeline and every CUDA call run on this rank's device
 (`rank_device_id`), also in the helper thread, and the video leaves as bf16 on that device.
 `DaliLoader` keeps `data.dali_prefetch` batches in flight in one helper thread; DALI itself uses
 `data.num_workers` threads. `stats` counts clips decoded by DALI and by PyAV, failed DALI runs and
@@ -26,6 +27,7 @@ files found bad by bisection.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter, deque
@@ -316,7 +318,18 @@ class DaliLoader:
             if groups:
                 done, bad = self._decode_dali(groups)
                 clips.update(done)
-                failed.update(bad)
+                for k, reason in bad.items():  # DALI failed on this file alone: PyAV decides whether it is bad
+                    i, probe, _ = entries[k]
+                    try:
+                        video = self.fallback.load(i, samples[k][1])
+                    except VideoError as e:
+                        failed[k] = f"{e.reason} ({reason})"
+                        continue
+                    clips[k] = video if video.dim() == 5 else video[None]
+                    self.stats["pyav_clips"] += d.num_clips
+                    self._probes[i] = dataclasses.replace(probe, cpu_reason=reason)
+                    self.on_cpu[probe.info.path] = reason
+                    log.warning("data: %s: %s; PyAV decodes it from now on", probe.info.path, reason)
             for k, reason in failed.items():
                 i = entries[k][0]
                 self.mark_bad(i, reason)
