@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
-#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step data
+#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step data dali
 # Needs torch (CUDA) and triton; deepspeed, DALI and flash-attn are optional (tests that need
 # them skip; the attention suite times whichever varlen backends exist). Budget: under 8 minutes,
 # each stage under its own timeout so one hang cannot eat the others' time.
@@ -63,7 +63,7 @@ EOF
 } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
 
-STAGES=" ${STAGES:-tests kernels step data} "
+STAGES=" ${STAGES:-tests kernels step data dali} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 
 # 1. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
@@ -87,6 +87,19 @@ if want step; then
     --opt model.activation_checkpointing=false --out "$RES/step_nockpt"
 fi
 want data && stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
+
+# 3. DALI GPU path (NVDEC): its tests (GPU and CPU mode) and the data suite at full size, whose
+#    dali-gpu row says whether any clip fell back to PyAV. DALI is not on the borrowed GPU machines:
+#    bring it with tools/dali_wheel_parts.sh (split here, join there) before this stage.
+if want dali; then
+  if "$PY" -c "import nvidia.dali" 2>/dev/null; then
+    stage dali_tests 240 "$PY" -m pytest -q -p no:cacheprovider -rs --junitxml="$RES/dali_tests.xml" \
+      tests/test_dali_gpu.py tests/test_dali_cpu.py
+    stage bench_data_dali 150 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data_dali"
+  else
+    note "dali: nvidia.dali does not import here; skipped (bring the wheel: tools/dali_wheel_parts.sh)"
+  fi
+fi
 
 note "done in $(( $(date +%s) - start ))s, status=$status; results in $RES"
 if [ -n "${OUT:-}" ]; then

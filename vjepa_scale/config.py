@@ -167,10 +167,11 @@ class DataConfig(Section):
     synthetic_size: int = 256  # samples per epoch for backend=synthetic
     loader_timeout_s: float = 600.0  # no batch from the DataLoader workers within this: error (0: wait forever)
     decode_timeout_s: float = 60.0  # reading one file longer than this: skipped like a broken file (0: no limit)
+    dali_prefetch: int = 2  # backend dali: batches decoded ahead of training in its helper thread
 
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
-                            "num_clips", "synthetic_size")
+                            "num_clips", "synthetic_size", "dali_prefetch")
         if self.global_batch_size is not None and self.global_batch_size <= 0:
             raise ConfigError(f"{prefix}.global_batch_size must be > 0 or null, got {self.global_batch_size}")
         if self.num_workers < 0:

@@ -4,7 +4,10 @@ Writes a synthetic set of real H.264 + VP9 files in a temporary folder, then tim
 batches (decode, crop, resize, flip, normalize, masks) from `build_dataloader` in steady state
 (after the batches prefetched during start-up). Rows: impl = backend (cpu / dali-cpu / dali-gpu), workers, clips_per_s, frames_per_s
 (frames delivered in clips), time_ms (per batch). DALI rows are replaced by a note when nvidia-dali
-is missing; DALI on the CPU only reads the VP9 half of the set.
+is missing; DALI on the CPU only reads the VP9 half of the set; the `dali-gpu` row decodes a set of
+>= 256 px videos (NVDEC's minimum sizes) and its `pyav_clips` / note say whether any clip fell back
+to PyAV. The last row times the CPU path on the same set after `data.transcode` (a keyframe every
+16 frames, short side = crop), against the raw files' row with the same workers.
 """
 from __future__ import annotations
 
@@ -27,12 +30,15 @@ def _config(index: Path, p: dict, backend: str, workers: int) -> Config:
     return Config(model=ModelConfig(size="tiny"), mask=masks, data=data).validate()
 
 
-def _time_loader(cfg: Config, steps: int) -> float:
-    """Seconds per batch in steady state: batches prefetched while the first one was made are not timed."""
+def _time_loader(cfg: Config, steps: int, stats: dict | None = None) -> float:
+    """Seconds per batch in steady state: batches prefetched while the first one was made are not timed.
+
+    `stats` (a dict) receives the DALI loader's counters (clips decoded by DALI / PyAV)."""
     from vjepa_scale.data import build_dataloader
 
     warm = 2 * cfg.data.num_workers + 1  # DataLoader prefetch depth (prefetch_factor 2) + the first batch
-    loader = iter(build_dataloader(cfg, num_steps=warm + steps))
+    built = build_dataloader(cfg, num_steps=warm + steps)
+    loader = iter(built)
     for _ in range(warm):
         next(loader)
     t0 = time.perf_counter()
@@ -41,6 +47,8 @@ def _time_loader(cfg: Config, steps: int) -> float:
         if batch.video.is_cuda:
             torch.cuda.synchronize()
         n += 1
+    if stats is not None:
+        stats.update(getattr(built, "stats", {}))
     return (time.perf_counter() - t0) / max(n, 1)
 
 
@@ -59,16 +67,37 @@ def run(device: str, quick: bool, batch_size: int | None = None, steps: int | No
         case = f"{p['size']}px src -> B={p['batch']} T={p['clip']}x{p['step']} crop={p['crop']}"
         runs = [("cpu", w, index) for w in p["workers"]]
         on_gpu = device.startswith("cuda") and torch.cuda.is_available()
-        runs.append(("dali-gpu" if on_gpu else "dali-cpu", max(p["workers"]), index if on_gpu else vp9))
+        gpu_case = case
+        gpu_index = index
+        if on_gpu and p["size"] < 256:  # NVDEC needs >= 144 px (HEVC) / 128 px (VP9): a set it really decodes
+            size = max(p["size"], 256)
+            gpu_index = write_synthetic_videos(Path(tmp) / "nvdec", p["videos"], p["frames"], size, ("h264", "vp9"),
+                                               val_fraction=0)["train"]
+            gpu_case = f"{size}px src -> B={p['batch']} T={p['clip']}x{p['step']} crop={p['crop']}"
+        runs.append(("dali-gpu" if on_gpu else "dali-cpu", max(p["workers"]), gpu_index if on_gpu else vp9))
+        from vjepa_scale.data.transcode import transcode_index
+
+        short, _ = transcode_index(str(index), str(Path(tmp) / "short_gop"), gop=16, short_side=p["crop"])
+        runs.append(("cpu", max(p["workers"]), short))
         for impl, workers, idx in runs:
             row = {"suite": "data", "case": case, "impl": impl, "workers": workers}
+            if impl == "dali-gpu":
+                row["case"] = gpu_case
+            if idx == short:
+                row["case"] = f"{case}, transcoded (gop 16, short side {p['crop']})"
             if impl.startswith("dali") and not dali_available():
                 rows.append({**row, "note": "nvidia-dali not installed"})
                 continue
             cfg = _config(idx, p, "dali" if impl.startswith("dali") else "cpu", workers)
-            sec = _time_loader(cfg, p["steps"])
+            stats: dict = {}
+            sec = _time_loader(cfg, p["steps"], stats)
             clips = cfg.data.batch_size * cfg.data.num_clips
             rows.append({**row, "time_ms": sec * 1e3, "clips_per_s": clips / sec,
                          "frames_per_s": clips * cfg.data.frames_per_clip / sec})
+            if impl.startswith("dali"):
+                rows[-1]["pyav_clips"] = stats.get("pyav_clips", 0)
+                if stats.get("pyav_clips"):
+                    rows[-1]["note"] = (f"{stats['pyav_clips']} of {stats['pyav_clips'] + stats.get('dali_clips', 0)} "
+                                        f"clips fell back to PyAV")
     return rows
 

@@ -10,6 +10,8 @@ uses. Every backend yields `Batch`es (`batch.py`): video (B*num_clips, C, T, H, 
   CPU and the trainer casts it to bf16 when it moves it to the GPU.
 - `dali`: NVIDIA DALI decoding (NVDEC) and augmentation on the GPU; video comes out bf16 on the GPU
   (cast in `DaliLoader`). On a CPU-only host the same pipeline runs with device "cpu" (VP9, VP8, MJPEG).
+  Files DALI cannot decode correctly on the device (`nvdec`: codec, profile, bit depth, size) are
+  decoded by PyAV inside the same batches; a failing DALI batch is bisected to the bad file.
 - `auto`: `dali` when CUDA and DALI are both available, else `cpu`.
 - `synthetic`: random tensors, no files.
 
@@ -22,7 +24,8 @@ the cpu backend's workers must deliver each batch within data.loader_timeout_s (
 
 Modules: `loader` (backend choice, datasets, samplers, `build_dataloader`), `batch` (the Batch
 contract, its builder and the collator), `skips` (substitution policy, per-epoch report), `cpu` /
-`dali` / `synthetic` (backends), `clips` (frame and crop plans), `decode`, `index`, `sampler`.
+`dali` / `synthetic` (backends), `nvdec` (what DALI decodes per device), `clips` (frame and crop
+plans), `decode`, `index`, `sampler`, `transcode` (short-GOP re-encoding for NVDEC).
 """
 from vjepa_scale.data.batch import Batch
 from vjepa_scale.data.loader import (LoaderTimeoutError, build_dataloader, build_dataset, dali_available,

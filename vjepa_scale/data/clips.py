@@ -113,6 +113,7 @@ def normalize_clip(frames_THWC: torch.Tensor, box: tuple[int, int, int, int], fl
 
 def denormalize_clip(video_CTHW: torch.Tensor) -> torch.Tensor:
     """Inverse of the normalization: (3, T, H, W) float -> pixel values in [0, 255] (float)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=video_CTHW.dtype).view(3, 1, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, dtype=video_CTHW.dtype).view(3, 1, 1, 1) * 255.0
+    kw = dict(dtype=video_CTHW.dtype, device=video_CTHW.device)
+    mean = torch.tensor(IMAGENET_MEAN, **kw).view(3, 1, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD, **kw).view(3, 1, 1, 1) * 255.0
     return video_CTHW * std + mean

@@ -3,24 +3,36 @@
 One pipeline definition (`clip_pipeline`) serves both devices: the decoder runs as "mixed" (NVDEC,
 output on the GPU) when CUDA is present and as "cpu" otherwise; every later operator follows its
 input. Python feeds each batch through external sources: the encoded file bytes, the frame indices,
-the crop box and the flip flag, all drawn by `clips.plan_clips` exactly as the CPU backend draws them,
-so both backends pick the same frames and boxes and shard by the same `StepBatchSampler`
-(rank r of W takes its own disjoint slice of each step's samples, i.e. shard_id=r, num_shards=W).
+the crop box, the flip flag and a colour matrix, all drawn by `clips.plan_clips` exactly as the CPU
+backend draws them, so both backends pick the same frames and boxes and shard by the same
+`StepBatchSampler` (rank r of W takes its own disjoint slice of each step's samples).
 
-DALI's CPU decoder only handles VP8, VP9 and MJPEG, and DALI readers silently drop files they
-cannot decode. So every file is probed with PyAV (headers only) when the loader is built (indexes
-above PROBE_ALL_MAX entries: each file when first drawn): missing, unreadable,
-unsupported-codec and variable-frame-rate files are reported (a warning on rank 0 naming them) and
-skipped by the CPU backend's substitution (`skips.substitute`), which lists them in each batch's
-`skipped`; batches are built by `batch.make_batch`, like the collator's. If a DALI batch still fails at run time, that batch is decoded by the CPU
-backend instead (logged) and the pipeline is rebuilt. On a GPU the video leaves as bf16 on the GPU.
-`DaliLoader` prepares the next batch in a helper thread (one batch ahead); DALI itself uses
-`data.num_workers` threads.
+Per file (probed with PyAV when the loader is built; indexes above PROBE_ALL_MAX entries: when first
+drawn), `nvdec.dali_route` decides who decodes it: DALI, or, for what DALI cannot decode correctly on
+this device (codec, profile, bit depth, chroma, size; see `nvdec`), the CPU path (PyAV, `VideoClips`)
+inside the same batch; files neither can read are skipped by the common policy (`skips.substitute`)
+and listed in each batch's `skipped`. Frame indices mean the same in both decoders: DALI indexes a
+file's frames in presentation order (its packet index sorted by timestamp), PyAV counts decoded
+frames, so variable-frame-rate files are sampled alike. The decoder runs with `pad_mode="none"`, so
+a clip reaching past a file's real end raises instead of repeating the last frame.
+
+A failing DALI batch names no file: `DaliLoader` decodes halves of it until the failing sample(s)
+are found; such a file is then tried with PyAV: if PyAV reads the clip, the file goes to the CPU path
+from then on (a format the table let through); if not, it is bad: skipped and counted by name, never
+handed to a decoder again, and replaced like any unreadable file. On a GPU the pipeline and every CUDA call run on this rank's device
+(`rank_device_id`), also in the helper thread, and the video leaves as bf16 on that device.
+`DaliLoader` keeps `data.dali_prefetch` batches in flight in one helper thread; DALI itself uses
+`data.num_workers` threads. `stats` counts clips decoded by DALI and by PyAV, failed DALI runs and
+files found bad by bisection.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,25 +42,33 @@ from vjepa_scale.data.batch import Batch, make_batch
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, plan_clips
 from vjepa_scale.data.cpu import VideoClips
 from vjepa_scale.data.decode import VideoError, VideoInfo, probe_video
+from vjepa_scale.data.nvdec import StreamFormat, colour_matrix, dali_route, stream_format
 from vjepa_scale.data.skips import NoReadableVideosError, SkipTracker, substitute
 from vjepa_scale.masks import MultiBlockMasker
 
 log = logging.getLogger("vjepa_scale.data")
 
-DALI_CODECS = {
-    "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
-    "gpu": frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mjpeg", "mpeg4"}),
-}
+
+def rank_device_id() -> int:
+    """This rank's GPU: LOCAL_RANK when it names a visible device, else the current device."""
+    local = int(os.environ.get("LOCAL_RANK", -1))
+    if 0 <= local < torch.cuda.device_count():
+        return local
+    return torch.cuda.current_device()
 
 
 def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int = 2, device_id: int | None = None):
-    """The DALI pipeline: encoded bytes + frame indices + crop box + flip -> (N, C, T, crop, crop) float.
+    """The DALI pipeline: encoded bytes + frame indices + crop box + flip + colour -> (N, C, T, crop, crop) float.
 
-    `device` is "gpu" (NVDEC decode, everything on the GPU) or "cpu"; the graph is otherwise identical.
+    `device` is "gpu" (NVDEC decode on GPU `device_id`, everything after it on that GPU) or "cpu";
+    the graph is otherwise identical. Batches of up to `batch_size` samples are accepted.
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+    if device == "gpu" and device_id is None:
+        raise ValueError("clip_pipeline on the GPU needs an explicit device_id")
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
                   prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
     def pipe():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
@@ -56,11 +76,15 @@ def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int
         roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
         roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
         flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+        colour = fn.external_source(name="colour", dtype=types.FLOAT, ndim=2)
+        # pad_mode "none": a frame index past the file's real end raises (no frozen frames)
         video = fn.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu", frames=frames,
-                                  pad_mode="edge")
+                                  pad_mode="none")
         video = fn.resize(video, size=[crop_size, crop_size], roi_start=roi_start, roi_end=roi_end,
                           roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True,
                           dtype=types.FLOAT)
+        # per-pixel colour matrix (BT.601 -> BT.709 where tagged); linear, so it commutes with the resize
+        video = fn.coord_transform(video, M=colour, dtype=types.FLOAT)
         return fn.crop_mirror_normalize(video, mean=[m * 255.0 for m in IMAGENET_MEAN],
                                         std=[s * 255.0 for s in IMAGENET_STD], mirror=flip,
                                         output_layout="CFHW", dtype=types.FLOAT)
@@ -71,44 +95,72 @@ def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int
 PROBE_ALL_MAX = 100_000  # indexes up to this size are probed completely when the loader is built
 
 
-def probe_for_dali(path: str, device: str) -> tuple[VideoInfo | None, str | None]:
-    """PyAV header probe of one file: (info, None) if DALI on `device` can decode it, else (None, reason)."""
+@dataclass(frozen=True)
+class DaliItem:
+    """One clip to decode: file, its format (for the colour matrix) and its ClipPlan."""
+
+    path: str
+    fmt: StreamFormat | None
+    plan: ClipPlan
+
+
+@dataclass(frozen=True)
+class FileProbe:
+    """Probe result of one index entry: header facts, and why PyAV decodes it instead of DALI (or None)."""
+
+    info: VideoInfo
+    fmt: StreamFormat
+    cpu_reason: str | None
+
+
+def probe_for_dali(path: str, device: str, capability: tuple[int, int] | None = None) -> tuple[FileProbe | None, str | None]:
+    """PyAV header probe of one file: (FileProbe, None) if it is usable at all, else (None, reason)."""
     try:
         info = probe_video(path)
+        fmt = stream_format(path)
     except VideoError as e:
         return None, e.reason
-    if info.codec not in DALI_CODECS[device]:
-        return None, f"codec {info.codec} is not decodable by DALI on {device}"
-    if info.variable_frame_rate:
-        return None, "variable frame rate (DALI needs constant frame rate)"
-    return info, None
+    return FileProbe(info, fmt, dali_route(fmt, device, capability)), None
+
+
+def _read_encoded(path: str) -> np.ndarray:
+    """The whole encoded file as uint8, memory-mapped (DALI's decoder demuxes from one in-memory buffer)."""
+    return np.memmap(path, dtype=np.uint8, mode="r")
 
 
 class DaliClipRunner:
-    """Runs `clip_pipeline` on explicit (path, ClipPlan) lists; rebuilds itself after a failure."""
+    """Runs `clip_pipeline` on explicit DaliItem lists; rebuilds itself after a failure."""
 
-    def __init__(self, batch_size: int, crop_size: int, device: str, num_threads: int = 2):
+    def __init__(self, batch_size: int, crop_size: int, device: str, num_threads: int = 2,
+                 device_id: int | None = None):
         self.batch_size, self.crop_size, self.device, self.num_threads = batch_size, crop_size, device, num_threads
+        self.device_id = (rank_device_id() if device_id is None else device_id) if device == "gpu" else None
         self.pipe = None
 
     def _build(self):
-        device_id = torch.cuda.current_device() if self.device == "gpu" else None
-        self.pipe = clip_pipeline(self.batch_size, self.crop_size, self.device, self.num_threads, device_id)
+        self.pipe = clip_pipeline(self.batch_size, self.crop_size, self.device, self.num_threads, self.device_id)
         self.pipe.build()
 
-    def run(self, items: list[tuple[str, ClipPlan]]) -> torch.Tensor:
-        """(len(items), C, T, crop, crop) float32 on the pipeline's device."""
-        if len(items) != self.batch_size:
-            raise ValueError(f"DaliClipRunner expects {self.batch_size} clips, got {len(items)}")
+    def run(self, items: list) -> torch.Tensor:
+        """(len(items), C, T, crop, crop) float32 on the pipeline's device; 1 <= len(items) <= batch_size.
+
+        `items`: DaliItem, or (path, ClipPlan) pairs (BT.601 colours).
+        """
+        items = [it if isinstance(it, DaliItem) else DaliItem(it[0], None, it[1]) for it in items]
+        if not 1 <= len(items) <= self.batch_size:
+            raise ValueError(f"DaliClipRunner takes 1..{self.batch_size} clips, got {len(items)}")
+        if self.device == "gpu":
+            torch.cuda.set_device(self.device_id)  # this thread's CUDA calls go to the rank's GPU
         if self.pipe is None:
             self._build()
         try:
-            self.pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8) for path, _ in items])
-            self.pipe.feed_input("frames", [np.asarray(p.frames, np.int32) for _, p in items])
-            self.pipe.feed_input("roi_start", [np.array(p.box[:2], np.float32) for _, p in items])
-            self.pipe.feed_input("roi_end", [np.array([p.box[0] + p.box[2], p.box[1] + p.box[3]], np.float32)
-                                             for _, p in items])
-            self.pipe.feed_input("flip", [np.array(int(p.flip), np.int32) for _, p in items])
+            self.pipe.feed_input("encoded", [_read_encoded(it.path) for it in items])
+            self.pipe.feed_input("frames", [np.asarray(it.plan.frames, np.int32) for it in items])
+            self.pipe.feed_input("roi_start", [np.array(it.plan.box[:2], np.float32) for it in items])
+            self.pipe.feed_input("roi_end", [np.array([it.plan.box[0] + it.plan.box[2], it.plan.box[1] + it.plan.box[3]],
+                                                      np.float32) for it in items])
+            self.pipe.feed_input("flip", [np.array(int(it.plan.flip), np.int32) for it in items])
+            self.pipe.feed_input("colour", [colour_matrix(it.fmt) for it in items])
             (out,) = self.pipe.run()
         except Exception:
             self.pipe = None  # a failed DALI pipeline is not reused
@@ -116,43 +168,64 @@ class DaliClipRunner:
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         dense = out.as_tensor()
-        video = torch.empty(tuple(dense.shape()), dtype=torch.float32,
-                            device="cuda" if self.device == "gpu" else "cpu")
-        feed_ndarray(dense, video, cuda_stream=torch.cuda.current_stream() if self.device == "gpu" else None)
+        if self.device == "gpu":
+            device = torch.device("cuda", self.device_id)
+            video = torch.empty(tuple(dense.shape()), dtype=torch.float32, device=device)
+            feed_ndarray(dense, video, cuda_stream=torch.cuda.current_stream(device))
+        else:
+            video = torch.empty(tuple(dense.shape()), dtype=torch.float32)
+            feed_ndarray(dense, video)
         return video
+
+
+def _first_line(e: BaseException) -> str:
+    """The informative line of a DALI error (its first lines are a generic header)."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    for l in reversed(lines):
+        if not l.startswith(("Current pipeline", "File ", "return ", "Error in", "Critical error")):
+            return l[:300]
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 class DaliLoader:
     """Iterable of `Batch`es from DALI, same sampling and masks (`masker`) as the CPU backend."""
 
     def __init__(self, cfg: Config, index, sampler, masker: MultiBlockMasker, rank: int, device: str,
-                 max_retries: int = 16):
+                 max_retries: int = 16, device_id: int | None = None):
         self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
-        self._infos: dict[int, VideoInfo | None] = {}
-        self.unusable: dict[str, str] = {}
+        self.device_id = (rank_device_id() if device_id is None else device_id) if device == "gpu" else None
+        self.capability = torch.cuda.get_device_capability(self.device_id) if device == "gpu" else None
+        self._probes: dict[int, FileProbe | None] = {}
+        self.unusable: dict[str, str] = {}  # path -> reason: skipped (unreadable, or found bad while decoding)
+        self.on_cpu: dict[str, str] = {}  # path -> why PyAV decodes it instead of DALI
+        self.stats: Counter = Counter()  # dali_clips, pyav_clips, dali_failures, bad_files
         n = len(index)
         if n <= PROBE_ALL_MAX:  # complete report up front
             with ThreadPoolExecutor(max(2, cfg.data.num_workers)) as pool:
-                for i, (info, reason) in enumerate(pool.map(lambda p: probe_for_dali(p, device), index.paths)):
-                    self._record(i, info, reason)
+                probes = pool.map(lambda p: probe_for_dali(p, device, self.capability), index.paths)
+                for i, (probe, reason) in enumerate(probes):
+                    self._record(i, probe, reason)
             usable = [len(self.unusable) < n]
         else:  # huge index: one usable file per dataset now, the rest when first drawn
             usable, start = [], 0
             for size in index.sizes:
-                usable.append(any(self.info(i) is not None for i in range(start, start + min(size, 256))))
+                usable.append(any(self.probe(i) is not None for i in range(start, start + min(size, 256))))
                 start += size
         if not all(usable):
             reasons = sorted(set(self.unusable.values()))
-            raise NoReadableVideosError(f"DALI ({device}) can read none of the videos in {index.sources}: "
-                                        f"{'; '.join(reasons[:3])}. Use data.backend: cpu for these files.")
-        if self.unusable and rank == 0:
+            raise NoReadableVideosError(f"none of the videos in {index.sources} can be read: {'; '.join(reasons[:3])}")
+        if rank == 0 and self.unusable:
             names = ", ".join(f"{p} ({r})" for p, r in list(self.unusable.items())[:20])
             log.warning("DALI backend will skip %d of %d files: %s%s", len(self.unusable), n, names,
                         " ..." if len(self.unusable) > 20 else "")
+        if rank == 0 and self.on_cpu:
+            names = ", ".join(f"{p} ({r})" for p, r in list(self.on_cpu.items())[:20])
+            log.warning("DALI (%s) leaves %d of %d probed files to the CPU path (PyAV): %s%s", device, len(self.on_cpu),
+                        len(self._probes), names, " ..." if len(self.on_cpu) > 20 else "")
         self.max_retries = max_retries
         self.masker = masker
         self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
-                                     max(1, cfg.data.num_workers))
+                                     max(1, cfg.data.num_workers), self.device_id)
         self.fallback = VideoClips(index, cfg.data, max_retries)
         self.tracker = SkipTracker(rank, sampler.epoch_of, sampler.world_size)
 
@@ -163,65 +236,138 @@ class DaliLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def _record(self, i: int, info: VideoInfo | None, reason: str | None) -> None:
-        self._infos[i] = info
+    def _record(self, i: int, probe: FileProbe | None, reason: str | None) -> None:
+        self._probes[i] = probe
+        path = self.index.paths[i]
         if reason is not None:
-            self.unusable[self.index.paths[i]] = reason
+            self.unusable[path] = reason
+        elif probe.cpu_reason is not None:
+            self.on_cpu[path] = probe.cpu_reason
 
-    def info(self, i: int) -> VideoInfo | None:
-        """Probe result of entry `i` (probed on first use), None if DALI cannot use the file."""
-        if i not in self._infos:
-            self._record(i, *probe_for_dali(self.index.paths[i], self.device))
-        return self._infos[i]
+    def probe(self, i: int) -> FileProbe | None:
+        """Probe result of entry `i` (probed on first use), None if the file is unusable."""
+        if i not in self._probes:
+            self._record(i, *probe_for_dali(self.index.paths[i], self.device, self.capability))
+        return self._probes[i]
 
-    def usable_info(self, i: int) -> VideoInfo:
-        """Probe result of entry `i`; VideoError when DALI cannot use the file."""
-        info = self.info(i)
-        if info is None:
+    def usable_probe(self, i: int) -> FileProbe:
+        """Probe result of entry `i`; VideoError when the file is unusable (or was found bad)."""
+        probe = self.probe(i)
+        if probe is None:
             path = self.index.paths[i]
             raise VideoError(path, self.unusable[path])
-        return info
+        return probe
 
-    def resolve(self, index: int) -> tuple[int, VideoInfo, list[tuple[str, str]]]:
-        """(entry used for sample `index`, its probe result, files skipped on the way): `skips.substitute`."""
-        return substitute(index, len(self.index), self.usable_info, self.max_retries, "are unusable for DALI")
+    def mark_bad(self, i: int, reason: str) -> None:
+        """Entry `i` failed to decode: skipped from now on (every later draw substitutes it)."""
+        self._probes[i] = None
+        self.unusable[self.index.paths[i]] = reason
+        self.stats["bad_files"] += 1
+
+    def resolve(self, index: int) -> tuple[int, FileProbe, list[tuple[str, str]]]:
+        """(entry used for sample `index`, its probe, files skipped on the way): `skips.substitute`."""
+        return substitute(index, len(self.index), self.usable_probe, self.max_retries, "could not be decoded")
+
+    def _decode_dali(self, groups: list[tuple[int, list[DaliItem]]]) -> tuple[dict, dict]:
+        """Decode sample groups with DALI: ({sample: (clips, C, T, H, W)}, {sample: failure reason}).
+
+        A failed run is split in halves (and so on down to single samples), so one bad file costs
+        about log2(samples) extra runs and the others still decode with DALI.
+        """
+        try:
+            video = self.runner.run([it for _, g in groups for it in g])
+        except Exception as e:
+            self.stats["dali_failures"] += 1
+            if len(groups) == 1:
+                return {}, {groups[0][0]: f"DALI could not decode it: {_first_line(e)}"}
+            half = len(groups) // 2
+            done, failed = self._decode_dali(groups[:half])
+            done2, failed2 = self._decode_dali(groups[half:])
+            return {**done, **done2}, {**failed, **failed2}
+        out, start = {}, 0
+        for k, g in groups:
+            out[k] = video[start:start + len(g)]
+            start += len(g)
+        self.stats["dali_clips"] += start
+        return out, {}
 
     def batch(self, samples: list[tuple[int, int]]) -> Batch:
+        """The Batch of `samples` ((index, step) pairs of one micro-step)."""
         step = samples[0][1]
-        items, labels, used, skipped = [], [], [], []
-        for index, s in samples:
-            i, info, sk = self.resolve(index)
-            skipped += sk
-            for plan in plan_clips(info.num_frames, info.height, info.width, self.cfg.data, self.cfg.data.seed, s, i):
-                items.append((info.path, plan))
-                labels.append(self.index.labels[i])
-                used.append(i)
-        try:
-            video = self.runner.run(items)
-        except Exception as e:  # decode failure DALI could not foresee: route this batch through PyAV
-            log.warning("DALI failed on step %d (%s); decoding this batch on the CPU", step, str(e).splitlines()[0])
-            cpu = [self.fallback[(index, s)] for index, s in samples]
-            skipped += [x for c in cpu for x in c["skipped"]]
-            video = torch.cat([c["video"].reshape(-1, *c["video"].shape[-4:]) for c in cpu])
-            labels = [c["label"] for c in cpu for _ in range(self.cfg.data.num_clips)]
-            used = [c["index"] for c in cpu for _ in range(self.cfg.data.num_clips)]
-            if self.device == "gpu":
-                video = video.cuda(non_blocking=True)
+        d = self.cfg.data
+        entries: dict[int, tuple[int, FileProbe, list]] = {k: self.resolve(index) for k, (index, _) in enumerate(samples)}
+        clips: dict[int, torch.Tensor] = {}
+        for _ in range(self.max_retries + 1):
+            todo = [k for k in entries if k not in clips]
+            if not todo:
+                break
+            groups, failed = [], {}
+            for k in todo:
+                i, probe, _ = entries[k]
+                s = samples[k][1]
+                if probe.cpu_reason is None:
+                    plans = plan_clips(probe.info.num_frames, probe.info.height, probe.info.width, d, d.seed, s, i)
+                    groups.append((k, [DaliItem(probe.info.path, probe.fmt, p) for p in plans]))
+                else:  # a file DALI cannot decode correctly here: PyAV, same plan
+                    try:
+                        video = self.fallback.load(i, s)
+                        clips[k] = video if video.dim() == 5 else video[None]
+                        self.stats["pyav_clips"] += d.num_clips
+                    except VideoError as e:
+                        failed[k] = e.reason
+            if groups:
+                done, bad = self._decode_dali(groups)
+                clips.update(done)
+                for k, reason in bad.items():  # DALI failed on this file alone: PyAV decides whether it is bad
+                    i, probe, _ = entries[k]
+                    try:
+                        video = self.fallback.load(i, samples[k][1])
+                    except VideoError as e:
+                        failed[k] = f"{e.reason} ({reason})"
+                        continue
+                    clips[k] = video if video.dim() == 5 else video[None]
+                    self.stats["pyav_clips"] += d.num_clips
+                    self._probes[i] = dataclasses.replace(probe, cpu_reason=reason)
+                    self.on_cpu[probe.info.path] = reason
+                    log.warning("data: %s: %s; PyAV decodes it from now on", probe.info.path, reason)
+            for k, reason in failed.items():
+                i = entries[k][0]
+                self.mark_bad(i, reason)
+                log.warning("data: %s: %s; skipped from now on", self.index.paths[i], reason)
+                entries[k] = self.resolve(samples[k][0])  # the next usable entry; skipped lists the bad one
+        missing = [k for k in entries if k not in clips]
+        if missing:
+            raise NoReadableVideosError(f"step {step}: samples {missing} found no decodable file within "
+                                        f"{self.max_retries} retries")
+        target = torch.device("cuda", self.device_id) if self.device == "gpu" else torch.device("cpu")
+        order = range(len(samples))
+        video = torch.cat([clips[k].to(target, non_blocking=True) for k in order])
+        labels = [self.index.labels[entries[k][0]] for k in order for _ in range(d.num_clips)]
+        used = [entries[k][0] for k in order for _ in range(d.num_clips)]
+        skipped = [x for k in order for x in entries[k][2]]
         if self.device == "gpu":
             video = video.to(torch.bfloat16)
         return make_batch(video, labels, self.masker, step, self.rank, used, skipped)
 
+    def _thread_init(self) -> None:
+        if self.device == "gpu":
+            torch.cuda.set_device(self.device_id)  # a new thread starts on device 0
+
     def __iter__(self):
-        """Batches in step order; the next batch is decoded in a helper thread while this one is used."""
-        with ThreadPoolExecutor(1) as pool:
+        """Batches in step order; data.dali_prefetch batches are decoded ahead in one helper thread."""
+        depth = self.cfg.data.dali_prefetch
+        with ThreadPoolExecutor(1, initializer=self._thread_init) as pool:
             steps = iter(self.sampler)
-            first = next(steps, None)
-            pending = pool.submit(self.batch, first) if first is not None else None
-            while pending is not None:
-                batch = pending.result()
+            pending: deque = deque()
+            for samples in steps:
+                pending.append(pool.submit(self.batch, samples))
+                if len(pending) >= depth:
+                    break
+            while pending:
+                batch = pending.popleft().result()
                 following = next(steps, None)
-                pending = pool.submit(self.batch, following) if following is not None else None
+                if following is not None:
+                    pending.append(pool.submit(self.batch, following))
                 self.tracker.update(batch)
                 yield batch
         self.tracker.flush()
-

@@ -1,0 +1,252 @@
+"""DALI backend on the CPU (DALI's CPU mode) and its decisions for the GPU: routing table, bisection of
+failed batches, no padding, VFR by frame index, odd sizes, colour matrix, prefetch depth; transcode tool."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dali_videos import colour_frames, cut, encode, index_video, vfr_pts_ms
+from helpers import tiny_config
+from vjepa_scale.config import ConfigError, DatasetSpec
+from vjepa_scale.data import build_dataloader, dali_available
+from vjepa_scale.data.clips import ClipPlan, denormalize_clip, normalize_clip, plan_clips
+from vjepa_scale.data.decode import decode_frames, probe_video
+from vjepa_scale.data.nvdec import canonical_codec, dali_route, stream_format
+from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP, frame_index_level
+
+needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOPPER, ADA, BLACKWELL = (9, 0), (8, 9), (10, 0)
+
+
+def dali_cfg(index, frames=4, step=2, batch=2, crop=32, **data_kw):
+    cfg = tiny_config(crop=crop, frames=frames, batch_size=batch, depth=1)
+    cfg.data = dataclasses.replace(cfg.data, backend="dali", datasets=[DatasetSpec(str(index), 1.0)], frame_step=step,
+                                   num_workers=0, **data_kw)
+    return cfg.validate()
+
+
+def write_index(path, videos):
+    path.write_text("".join(f"{v} 0\n" for v in videos))
+    return path
+
+
+def frame_ids(video_CTHW):
+    level = denormalize_clip(video_CTHW.float()).mean(dim=(0, 2, 3))
+    return [int(round((v.item() - frame_index_level(0)) / INDEX_LEVEL_STEP)) for v in level]
+
+
+def test_routing_table_on_generated_files(tmp_path):
+    """Codec (by codec id, not decoder name), profile, bit depth, chroma and size against NVDEC + DALI."""
+    f = lambda name, enc, pix="yuv420p", h=256, w=256, **kw: stream_format(
+        index_video(tmp_path / name, enc, frames=3, height=h, width=w, pix_fmt=pix, **kw))
+    h264 = f("a.mp4", "libx264")
+    assert (h264.codec, h264.bit_depth, h264.chroma) == ("h264", 8, "420")
+    assert dali_route(h264, "gpu", HOPPER) is None
+    assert "CPU decoder" in dali_route(h264, "cpu")
+    h264_10 = f("b10.mp4", "libx264", "yuv420p10le")
+    assert h264_10.bit_depth == 10 and "High 10" in dali_route(h264_10, "gpu", BLACKWELL)
+    assert "10-bit" in dali_route(h264_10, "cpu") or "CPU decoder" in dali_route(h264_10, "cpu")
+    h264_422 = f("c422.mp4", "libx264", "yuv422p10le")
+    assert h264_422.chroma == "422" and dali_route(h264_422, "gpu", HOPPER) is not None
+    h264_444 = f("d444.mp4", "libx264", "yuv444p")
+    assert h264_444.chroma == "444" and dali_route(h264_444, "gpu", HOPPER) is not None
+    assert "outside" in dali_route(f("tiny.mp4", "libx264", h=16, w=32), "gpu", HOPPER)  # H.264 min 48x16
+    hevc10 = f("e10.mkv", "libx265", "yuv420p10le")
+    assert (hevc10.codec, hevc10.bit_depth) == ("hevc", 10) and "8-bit 4:2:0" in dali_route(hevc10, "gpu", HOPPER)
+    assert "outside" in dali_route(f("small.mkv", "libx265", h=128, w=128), "gpu", HOPPER)  # HEVC min 144x144
+    assert dali_route(f("ok.mkv", "libx265", h=144, w=160), "gpu", HOPPER) is None
+    odd = f("odd.webm", "libvpx-vp9", h=131, w=259)
+    assert odd.chroma == "420" and "odd size" in dali_route(odd, "gpu", HOPPER)
+    assert dali_route(odd, "cpu") is None  # DALI's CPU decoder converts odd sizes correctly (tested below)
+    assert "outside" in dali_route(f("vp9small.webm", "libvpx-vp9", h=96, w=256), "gpu", HOPPER)  # VP9 min 128
+    assert dali_route(f("mpeg4.avi", "mpeg4"), "gpu", HOPPER) is None
+    mjpeg = f("m.avi", "mjpeg", "yuvj420p")
+    assert "GPU decoder" in dali_route(mjpeg, "gpu", HOPPER) and dali_route(mjpeg, "cpu") is None
+    av1 = f("av1.mkv", "libsvtav1")
+    assert av1.codec == "av1" and canonical_codec("libdav1d") == "av1"
+    assert "9.0" in dali_route(av1, "gpu", HOPPER) and "8.0" in dali_route(av1, "gpu", (8, 0))
+    assert dali_route(av1, "gpu", ADA) is None and dali_route(av1, "gpu", BLACKWELL) is None
+
+
+@needs_dali
+def test_truncated_file_raises_instead_of_padding(tmp_path):
+    """pad_mode "none": frames past a cut file's real end raise; frames before it decode."""
+    from vjepa_scale.data.dali import DaliClipRunner
+
+    short = cut(index_video(tmp_path / "full.webm", "libvpx-vp9", frames=30), tmp_path / "cut.webm", 0.6)
+    runner = DaliClipRunner(2, 32, "cpu")
+    ok = runner.run([(short, ClipPlan((0, 2, 4, 6), (0, 0, 32, 32), False))])
+    assert frame_ids(ok[0]) == [0, 2, 4, 6]
+    with pytest.raises(RuntimeError, match="out-of-bounds frame index"):
+        runner.run([(short, ClipPlan((0, 8, 16, 24), (0, 0, 32, 32), False))])
+
+
+@needs_dali
+def test_bad_file_in_a_batch_is_bisected_skipped_and_not_redecoded(tmp_path, caplog):
+    """One cut file among good VP9 files: its DALI batch fails, bisection names the file, it is skipped
+    and counted; the good files are decoded by DALI; later epochs never run it through DALI again."""
+    good = [index_video(tmp_path / f"g{k}.webm", "libvpx-vp9", frames=30) for k in range(5)]
+    bad = cut(good[0], tmp_path / "bad.webm", 0.6)  # header says 30 frames, 12 are left
+    index = write_index(tmp_path / "i.txt", good[1:] + [bad])  # 5 entries, batch 5: one batch per epoch
+    cfg = dali_cfg(index, frames=8, step=4, batch=5)  # a clip spans 29 frames
+    with caplog.at_level(logging.WARNING, logger="vjepa_scale.data"):
+        loader = build_dataloader(cfg, num_steps=3)
+        batches = list(loader)
+    assert bad in caplog.text and loader.unusable == {bad: loader.unusable[bad]}
+    assert loader.skipped_files == {bad: 3}  # skipped once per epoch, named
+    assert all(b.skipped == [(bad, loader.unusable[bad])] for b in batches)
+    assert loader.stats["bad_files"] == 1 and loader.stats["pyav_clips"] == 0
+    assert loader.stats["dali_clips"] == 15
+    # epoch 0: the run of 5 fails, then the half (2 or 3 samples) holding the file, and so on down to the
+    # file alone: 3 or 4 failed runs; later epochs never hand the file to DALI again (else 3 more each)
+    assert 3 <= loader.stats["dali_failures"] <= 4
+    for b in batches:
+        assert 4 not in b.index  # the bad entry was replaced by another index entry
+        for row, i in enumerate(b.index):
+            info = probe_video(good[1:][i] if i < 4 else bad)
+            (plan,) = plan_clips(info.num_frames, info.height, info.width, cfg.data, cfg.data.seed, b.step, i)
+            assert frame_ids(b.video[row]) == list(plan.frames)
+
+
+@needs_dali
+def test_vfr_webm_frames_by_index_like_pyav(tmp_path):
+    """A 30-frame VP9 VFR webm: DALI picks frames by index in presentation order, as PyAV counts them."""
+    from vjepa_scale.data.dali import DaliClipRunner
+
+    vfr = index_video(tmp_path / "vfr.webm", "libvpx-vp9", frames=30, pts_ms=vfr_pts_ms(30))
+    frames = (1, 5, 9, 13, 17, 21, 25, 29)
+    (clip,) = DaliClipRunner(1, 32, "cpu").run([(vfr, ClipPlan(frames, (0, 0, 32, 32), False))])
+    assert frame_ids(clip) == list(frames)
+    pyav = decode_frames(vfr, list(frames))
+    assert [int(round((x.mean() - 4) / INDEX_LEVEL_STEP)) for x in pyav] == list(frames)
+
+
+@needs_dali
+def test_vfr_webm_through_the_loader(tmp_path):
+    """Every draw of a 30-frame VFR webm gives a clip at the configured stride (needs exact frame counts)."""
+    vfr = index_video(tmp_path / "vfr.webm", "libvpx-vp9", frames=30, pts_ms=vfr_pts_ms(30))
+    if probe_video(vfr).num_frames != 30:
+        pytest.skip("probe_video estimates this file's frame count (exact counts: issue 16 item 2)")
+    index = write_index(tmp_path / "i.txt", [vfr])
+    cfg = dali_cfg(index, frames=8, step=3, batch=1)
+    loader = build_dataloader(cfg, num_steps=10)
+    for b in loader:
+        assert b.skipped == [] and np.all(np.diff(frame_ids(b.video[0])) == 3)
+    assert loader.stats["dali_clips"] == 10 and loader.stats["pyav_clips"] == 0
+
+
+@needs_dali
+def test_odd_size_vp9_cpu_mode_matches_pyav(tmp_path):
+    """DALI's CPU decoder on a 65x33 VP9 file: same pixels as PyAV within one grey level on average."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    path = encode(tmp_path / "odd.webm", colour_frames(4, 33, 65), "libvpx-vp9", options={"lossless": "1"})
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def pipe():
+        return fn.decoders.video(fn.external_source(name="e", dtype=types.UINT8, ndim=1), device="cpu", frames=[0, 3])
+
+    p = pipe()
+    p.build()
+    p.feed_input("e", [np.fromfile(path, np.uint8)])
+    (out,) = p.run()
+    dali = np.array(out[0]).astype(float)
+    pyav = decode_frames(path, [0, 3]).astype(float)
+    assert dali.shape == pyav.shape == (2, 33, 65, 3)
+    assert np.abs(dali - pyav).mean() <= 1.0 and np.abs(dali - pyav).max() <= 4
+
+
+@needs_dali
+def test_bt709_file_matches_pyav_colours(tmp_path):
+    """DALI converts with BT.601; the pipeline's colour matrix brings BT.709-tagged files to PyAV's colours,
+    as close as an untagged (BT.601) file comes (DALI's CPU decoder rounds ~1 level above PyAV there)."""
+    from vjepa_scale.data.dali import DaliClipRunner, DaliItem
+
+    plan = ClipPlan((0, 1, 2, 3), (0, 0, 32, 32), False)
+    runner = DaliClipRunner(1, 32, "cpu")
+
+    def error(path, fmt):  # (mean, max) grey-level difference to PyAV + torch
+        ref = normalize_clip(torch.from_numpy(decode_frames(path, list(plan.frames))), plan.box, plan.flip, 32)
+        diff = (denormalize_clip(runner.run([DaliItem(path, fmt, plan)])[0]) - denormalize_clip(ref)).abs()
+        return diff.mean().item(), diff.amax().item()
+
+    plain = encode(tmp_path / "601.webm", colour_frames(4, 32, 32), "libvpx-vp9", options={"lossless": "1"})
+    tagged = encode(tmp_path / "709.webm", colour_frames(4, 32, 32), "libvpx-vp9", colorspace=1,
+                    options={"lossless": "1"})
+    fmt = stream_format(tagged)
+    assert fmt.colorspace == 1 and stream_format(plain).colorspace != 1
+    base_mean, base_max = error(plain, stream_format(plain))
+    fixed_mean, fixed_max = error(tagged, fmt)
+    raw_mean, raw_max = error(tagged, None)  # what DALI alone gives
+    assert base_mean < 2.0 and fixed_mean < base_mean + 0.3 and fixed_max <= base_max + 1.5
+    assert raw_mean > base_mean + 1.5 and raw_max > 12
+
+
+@needs_dali
+def test_prefetch_keeps_that_many_batches_in_flight(tmp_path, monkeypatch):
+    videos = [index_video(tmp_path / f"v{k}.webm", "libvpx-vp9", frames=8) for k in range(4)]
+    index = write_index(tmp_path / "i.txt", videos)
+    with pytest.raises(ConfigError, match="dali_prefetch"):
+        dali_cfg(index, dali_prefetch=0)
+    for depth in (1, 3):
+        loader = build_dataloader(dali_cfg(index, frames=2, step=1, dali_prefetch=depth), num_steps=8)
+        made, lock = [], threading.Lock()
+        original = loader.batch
+
+        def counting(samples):
+            out = original(samples)
+            with lock:
+                made.append(samples[0][1])
+            return out
+
+        monkeypatch.setattr(loader, "batch", counting)
+        it = iter(loader)
+        first = next(it)
+        deadline = time.monotonic() + 60
+        while len(made) < depth + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert first.step == 0 and len(made) == depth + 1  # the one yielded + `depth` decoded ahead
+        assert [b.step for b in it] == list(range(1, 8))
+
+
+def test_transcode_tool_short_gop_size_and_index(tmp_path):
+    """tools/transcode.py: output decodes, keyframes at most 16 frames apart, short side as asked, index right."""
+    import av
+
+    src = tmp_path / "src"
+    src.mkdir()
+    a = index_video(src / "a.mp4", "libx264", frames=30, height=96, width=160, options={"g": "250"})
+    index_video(src / "b.webm", "libvpx-vp9", frames=20, height=64, width=64)
+    (src / "bad.mp4").write_bytes(b"not a video")
+    index = src / "train.txt"
+    index.write_text(f"{a} 3\nb.webm 1\nbad.mp4 0\n")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "transcode.py"), str(index), str(out),
+                        "--gop", "8", "--short-side", "48"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.returncode == 0, r.stderr
+    assert "bad.mp4" in r.stderr
+    lines = (out / "train.txt").read_text().splitlines()
+    assert [l.rsplit(" ", 1)[1] for l in lines] == ["3", "1"]
+    for line, (frames, size) in zip(lines, [(30, (80, 48)), (20, (48, 48))]):
+        path = line.rsplit(" ", 1)[0]
+        assert path.endswith(".mp4") and os.path.isabs(path)
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == ("h264", *size)
+            keys = [k for k, p in enumerate(p for p in c.demux(s) if p.size) if p.is_keyframe]
+        assert keys[0] == 0 and max(np.diff(keys + [frames])) <= 8
+        got = decode_frames(path, list(range(frames)))
+        assert len(got) == frames
+        assert [int(round((x.mean() - 4) / INDEX_LEVEL_STEP)) for x in got] == list(range(frames))

@@ -1,0 +1,95 @@
+"""Re-encode a video dataset for GPU decoding: short GOP, size near the training crop, an index file.
+
+NVDEC decodes every frame from the keyframe before a wanted one, so a clip of 16 frames at stride 4
+from a camera file with a 250-frame GOP costs up to ~300 decoded frames at full resolution. After
+`transcode_index` (H.264, 8-bit 4:2:0, a keyframe every `gop` frames, short side `short_side`, even
+sizes, all frames kept at their timestamps) a clip costs at most gop - 1 + 61 decoded frames of a
+small picture. Files are decoded and encoded with PyAV (FFmpeg's libx264), one process per file.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from vjepa_scale.data.index import read_index
+
+
+def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the short side is `short_side` (never upscaled), both even."""
+    scale = min(1.0, short_side / min(width, height))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+def transcode_video(src: str, dst: str, gop: int = 16, short_side: int = 256, crf: int = 20,
+                    preset: str = "veryfast") -> dict:
+    """Re-encode the first video stream of `src` to `dst` (H.264 yuv420p, keyframe every `gop` frames).
+
+    Frames keep their timestamps (variable frame rate stays variable). A rotation tag is not carried
+    over: transcode upright sources. Returns {frames, width, height}.
+    """
+    import av
+
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        s_in = inp.streams.video[0]
+        width, height = target_size(s_in.codec_context.width, s_in.codec_context.height, short_side)
+        rate = s_in.average_rate or s_in.guessed_rate or 30
+        s_out = out.add_stream("libx264", rate=rate, options={
+            "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0", "crf": str(crf),
+            "preset": preset, "x264-params": "log-level=error"})
+        s_out.width, s_out.height, s_out.pix_fmt = width, height, "yuv420p"
+        s_out.codec_context.time_base = s_in.time_base
+        n = 0
+        for frame in inp.decode(s_in):
+            pts = frame.pts
+            frame = frame.reformat(width=width, height=height, format="yuv420p")
+            frame.pts, frame.time_base = pts, s_in.time_base
+            for packet in s_out.encode(frame):
+                out.mux(packet)
+            n += 1
+        for packet in s_out.encode():
+            out.mux(packet)
+    return {"frames": n, "width": width, "height": height}
+
+
+def _one(args):
+    src, dst, gop, short_side = args
+    try:
+        transcode_video(src, dst, gop, short_side)
+        return src, dst, None
+    except Exception as e:  # a file FFmpeg cannot read stays out of the new index
+        if os.path.exists(dst):
+            os.remove(dst)
+        return src, dst, f"{type(e).__name__}: {e}"
+
+
+def transcode_index(index: str, out_dir: str, gop: int = 16, short_side: int = 256, workers: int = 1,
+                    out_index: str | None = None) -> tuple[Path, list[tuple[str, str]]]:
+    """Transcode every video of index file `index` into `out_dir`; write the new index file.
+
+    Output files keep their relative layout (absolute sources: their base name, numbered) with the
+    extension .mp4; labels are copied. Returns (new index path, [(source, error)] of files left out).
+    """
+    paths, labels = read_index(index)
+    out = Path(out_dir)
+    jobs = []
+    for k, p in enumerate(paths):
+        rel = os.path.relpath(p, Path(index).resolve().parent)
+        name = rel if not rel.startswith("..") else f"{k:07d}_{Path(p).name}"
+        jobs.append((p, str((out / "videos" / name).with_suffix(".mp4")), gop, short_side))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_one, jobs))
+    else:
+        results = [_one(j) for j in jobs]
+    new_index = Path(out_index) if out_index else out / Path(index).name
+    new_index.parent.mkdir(parents=True, exist_ok=True)
+    failed = []
+    with open(new_index, "w") as f:
+        for (src, dst, err), label in zip(results, labels):
+            if err is None:
+                f.write(f"{dst} {label}\n" if label >= 0 else f"{dst}\n")
+            else:
+                failed.append((src, err))
+    return new_index, failed
