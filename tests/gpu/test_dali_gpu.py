@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from dali_videos import colour_frames, encode, index_video
 from helpers import tiny_config
+from helpers.dali_videos import colour_frames, encode, index_video
 from vjepa_scale.config import DatasetSpec
 from vjepa_scale.data import build_dataloader, dali_available
 from vjepa_scale.data.clips import denormalize_clip, normalize_clip, plan_clips

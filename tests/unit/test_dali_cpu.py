@@ -1,12 +1,9 @@
 """DALI backend on the CPU (DALI's CPU mode) and its decisions for the GPU: routing table, bisection of
-failed batches, no padding, VFR by frame index, odd sizes, colour matrix, prefetch depth; transcode tool."""
+failed batches, no padding, VFR by frame index, odd sizes, colour matrix, prefetch depth; and the transcode tool's library side."""
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from dali_videos import colour_frames, cut, encode, index_video, vfr_pts_ms
-from helpers import tiny_config
+from helpers import needs, tiny_config
+from helpers.dali_videos import colour_frames, cut, encode, index_video, vfr_pts_ms
 from vjepa_scale.config import ConfigError, DatasetSpec
-from vjepa_scale.data import build_dataloader, dali_available
+from vjepa_scale.data import build_dataloader
 from vjepa_scale.data.clips import ClipPlan, denormalize_clip, normalize_clip, plan_clips
 from vjepa_scale.data.decode import decode_frames, probe_video
 from vjepa_scale.data.nvdec import canonical_codec, dali_route, stream_format
 from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP, frame_index_level
 
-needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_dali = needs("nvidia.dali")
 HOPPER, ADA, BLACKWELL = (9, 0), (8, 9), (10, 0)
 
 
@@ -218,35 +214,3 @@ def test_prefetch_keeps_that_many_batches_in_flight(tmp_path, monkeypatch):
         time.sleep(0.3)
         assert first.step == 0 and len(made) == depth + 1  # the one yielded + `depth` decoded ahead
         assert [b.step for b in it] == list(range(1, 8))
-
-
-def test_transcode_tool_short_gop_size_and_index(tmp_path):
-    """tools/transcode.py: output decodes, keyframes at most 16 frames apart, short side as asked, index right."""
-    import av
-
-    src = tmp_path / "src"
-    src.mkdir()
-    a = index_video(src / "a.mp4", "libx264", frames=30, height=96, width=160, options={"g": "250"})
-    index_video(src / "b.webm", "libvpx-vp9", frames=20, height=64, width=64)
-    (src / "bad.mp4").write_bytes(b"not a video")
-    index = src / "train.txt"
-    index.write_text(f"{a} 3\nb.webm 1\nbad.mp4 0\n")
-    out = tmp_path / "out"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "transcode.py"), str(index), str(out),
-                        "--gop", "8", "--short-side", "48"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": ROOT})
-    assert r.returncode == 0, r.stderr
-    assert "bad.mp4" in r.stderr
-    lines = (out / "train.txt").read_text().splitlines()
-    assert [l.rsplit(" ", 1)[1] for l in lines] == ["3", "1"]
-    for line, (frames, size) in zip(lines, [(30, (80, 48)), (20, (48, 48))]):
-        path = line.rsplit(" ", 1)[0]
-        assert path.endswith(".mp4") and os.path.isabs(path)
-        with av.open(path) as c:
-            s = c.streams.video[0]
-            assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == ("h264", *size)
-            keys = [k for k, p in enumerate(p for p in c.demux(s) if p.size) if p.is_keyframe]
-        assert keys[0] == 0 and max(np.diff(keys + [frames])) <= 8
-        got = decode_frames(path, list(range(frames)))
-        assert len(got) == frames
-        assert [int(round((x.mean() - 4) / INDEX_LEVEL_STEP)) for x in got] == list(range(frames))

@@ -1,0 +1,42 @@
+"""tools/transcode.py end to end: short GOP, short side as asked, index lines kept, bad files reported."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from helpers import ROOT, run
+from helpers.dali_videos import index_video
+from vjepa_scale.data.decode import decode_frames
+from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP
+
+
+def test_transcode_tool_short_gop_size_and_index(tmp_path):
+    """tools/transcode.py: output decodes, keyframes at most 16 frames apart, short side as asked, index right."""
+    import av
+
+    src = tmp_path / "src"
+    src.mkdir()
+    a = index_video(src / "a.mp4", "libx264", frames=30, height=96, width=160, options={"g": "250"})
+    index_video(src / "b.webm", "libvpx-vp9", frames=20, height=64, width=64)
+    (src / "bad.mp4").write_bytes(b"not a video")
+    index = src / "train.txt"
+    index.write_text(f"{a} 3\nb.webm 1\nbad.mp4 0\n")
+    out = tmp_path / "out"
+    r = run([sys.executable, ROOT / "tools" / "transcode.py", index, out, "--gop", "8", "--short-side", "48"])
+    assert r.returncode == 0, r.stderr
+    assert "bad.mp4" in r.stderr
+    lines = (out / "train.txt").read_text().splitlines()
+    assert [l.rsplit(" ", 1)[1] for l in lines] == ["3", "1"]
+    for line, (frames, size) in zip(lines, [(30, (80, 48)), (20, (48, 48))]):
+        path = line.rsplit(" ", 1)[0]
+        assert path.endswith(".mp4") and os.path.isabs(path)
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            assert (s.codec_context.name, s.codec_context.width, s.codec_context.height) == ("h264", *size)
+            keys = [k for k, p in enumerate(p for p in c.demux(s) if p.size) if p.is_keyframe]
+        assert keys[0] == 0 and max(np.diff(keys + [frames])) <= 8
+        got = decode_frames(path, list(range(frames)))
+        assert len(got) == frames
+        assert [int(round((x.mean() - 4) / INDEX_LEVEL_STEP)) for x in got] == list(range(frames))
