@@ -257,8 +257,11 @@ class _Bucket:
 
 
 def _bucket_layout(lengths: list[int], width: int, device: torch.device):
-    """(perm, inv, buckets): the token permutation into group order (None if identity) and each group."""
+    """(perm, inv, buckets): the token permutation into group order (None if identity) and each
+    group; None when one group holds every sequence (that is the padded path)."""
     groups = bucket_plan(lengths, width, SDPA_CALL_COST)
+    if len(groups) == 1 and len(groups[0]) == len(lengths):
+        return None
     starts = [0]
     for L in lengths[:-1]:
         starts.append(starts[-1] + L)
@@ -285,10 +288,10 @@ def bucketed_attention(q_THD, k_THD, v_THD, packed: Packed) -> torch.Tensor:
     """Sequences grouped by `bucket_plan`; one SDPA per group (no mask where its lengths are equal)."""
     T, H, Dh = q_THD.shape
     lengths = packed.host_lengths()
-    perm, inv, buckets = packed.cached(("bucketed", H * Dh, q_THD.device),
-                                       lambda: _bucket_layout(lengths, H * Dh, q_THD.device))
-    if len(buckets) == 1 and buckets[0].n == len(lengths):  # one group of all: the padded path
+    layout = packed.cached(("bucketed", H * Dh, q_THD.device), lambda: _bucket_layout(lengths, H * Dh, q_THD.device))
+    if layout is None:  # one group of all: the padded path
         return padded_attention(q_THD, k_THD, v_THD, packed.cu_seqlens, packed.max_seqlen)
+    perm, inv, buckets = layout
     if perm is not None:
         q_THD, k_THD, v_THD = (x.index_select(0, perm) for x in (q_THD, k_THD, v_THD))
     sizes = [b.tokens for b in buckets]
