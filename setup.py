@@ -41,6 +41,9 @@ setup(
         "hf": ["transformers>=5.0"],
         "dali": ["nvidia-dali-cuda130"],
         "flash": ["flash-attn"],
+        # cuDNN SDPA on packed sequences (model.attention_backend: cudnn); uses torch's own cuDNN.
+        # Offline GPU machines: bring the wheel and `pip install --no-deps` it.
+        "cudnn": ["nvidia-cudnn-frontend>=1.32"],
         "dev": ["pytest", "deepspeed>=0.17", "triton>=3.4", "transformers>=5.0", "nvidia-dali-cuda130"],
     },
 )

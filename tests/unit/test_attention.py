@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa_scale.attention import (SDPA_BACKENDS, available_backends, dense_attention, padded_attention,
+from vjepa_scale.attention import (SDPA_BACKENDS, Packed, available_backends, bucket_plan, bucket_seqlen,
+                                   bucketed_attention, dense_attention, padded_attention,
                                    resolve_attention_backend, varlen_attention)
 
 
@@ -64,16 +65,77 @@ def test_equal_lengths_take_the_dense_path_exactly(backend):
 
 
 def test_backend_resolution_and_errors():
-    assert resolve_attention_backend("auto", "cpu") in ("nested", "padded")
+    assert resolve_attention_backend("auto", "cpu") == "bucketed"  # measured fastest exact on CPU
     with pytest.raises(ValueError, match="attention_backend"):
         resolve_attention_backend("xformers", "cpu")
     with pytest.raises(RuntimeError, match="flash_attn"):
         resolve_attention_backend("flash_attn", "cpu")
 
 
+def test_auto_never_picks_cudnn_on_cpu_and_asking_for_it_names_the_key():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, None):
+        assert resolve_attention_backend("auto", "cpu", dtype) == "bucketed"
+    assert "cudnn" not in available_backends("cpu")
+    with pytest.raises(RuntimeError, match=r"model.attention_backend: 'cudnn' is not available on cpu; it needs "
+                                           r"CUDA and the nvidia-cudnn-frontend package"):
+        resolve_attention_backend("cudnn", "cpu", torch.bfloat16)
+
+
+@pytest.mark.parametrize("lengths, call_cost", [
+    ([200, 3, 200, 7, 90, 88, 0, 1], 3e5),  # equal-length group, masked groups, an empty sequence
+    ([37, 1, 0, 120, 64, 5], 0.0),  # free calls: one group per distinct length
+    ([50, 40, 30], 1e12),  # expensive calls: one padded group
+])
+def test_bucketed_matches_per_sequence_with_gradients(lengths, call_cost, monkeypatch):
+    import vjepa_scale.attention as attn
+
+    monkeypatch.setattr(attn, "SDPA_CALL_COST", call_cost)
+    q, k, v, cu, L = _problem(lengths, H=2, Dh=16)
+    out = bucketed_attention(q, k, v, Packed(cu, L))
+    ref = _per_sequence(q, k, v, cu)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bucket_plan_groups_by_cost():
+    # sorted longest first, contiguous groups, every non-empty sequence exactly once
+    groups = bucket_plan([200, 3, 200, 7, 90, 88, 0, 1], width=96)
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3, 4, 5, 7]
+    flat = [i for g in groups for i in g]
+    lens = [200, 3, 200, 7, 90, 88, 0, 1]
+    assert [lens[i] for i in flat] == sorted((L for L in lens if L), reverse=True)
+    assert bucket_plan([5, 6, 7], width=64, call_cost=1e12) == [[2, 1, 0]]  # padding is cheaper
+    assert bucket_plan([5, 6, 7], width=64, call_cost=0.0) == [[2], [1], [0]]  # calls are free
+    assert bucket_plan([0, 0], width=64) == []
+
+
+def test_bucket_seqlen_bounds_the_number_of_graphs():
+    for n in range(1, 20000, 7):
+        b = bucket_seqlen(n)
+        assert b >= n and b % 64 == 0 and (n <= 64 or b <= n * 1.125 + 63)
+    assert bucket_seqlen(1) == 64 and bucket_seqlen(1024) == 1024 and bucket_seqlen(1025) == 1152
+    # ViT-H@384 context lengths (up to 4608 tokens) fall in a few dozen buckets
+    assert len({bucket_seqlen(n) for n in range(1, 4609)}) <= 40
+
+
+def test_cudnn_graph_description_validates_without_a_gpu():
+    """The forward and backward cuDNN graphs pass the frontend's own validation (no device needed)."""
+    pytest.importorskip("cudnn")
+    from vjepa_scale.attention import _U, describe_cudnn_graph
+
+    H, Dh = 3, 80
+    qkv = (3 * H * Dh, Dh, 1)  # q, k, v are views of one fused qkv output
+    packed_ = (H * Dh, Dh, 1)
+    strides = {_U.Q: qkv, _U.K: qkv, _U.V: qkv, _U.O: packed_, _U.DO: packed_, _U.STATS: (H, 1, 1)}
+    for backward in (False, True):
+        describe_cudnn_graph(backward, None, torch.bfloat16, 4, H, Dh, bucket_seqlen(300), strides, bucket_seqlen(900))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["flash_attn", "torch_varlen", "nested", "padded"])
+@pytest.mark.parametrize("backend", ["flash_attn", "torch_varlen", "nested", "bucketed", "padded"])
 def test_cuda_backends_bf16(backend):
     if backend not in available_backends("cuda"):
         pytest.skip(f"{backend} not available")

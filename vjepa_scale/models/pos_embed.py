@@ -126,12 +126,18 @@ class Positions(nn.Module):
         else:
             self.table = None
             self.rope = Rope3D(head_dim, self.grid)
+        self._additive: dict[tuple, torch.Tensor] = {}
 
     def additive(self, grid: tuple[int, int, int], dtype: torch.dtype) -> Optional[torch.Tensor]:
-        """(T*H*W, width) table for `grid` in `dtype`, or None under RoPE."""
+        """(T*H*W, width) table for `grid` in `dtype`, or None under RoPE. Resampled and cast once per
+        (grid, dtype, device) and reused (the key holds the table's storage, so `.to()` rebuilds)."""
         if self.table is None:
             return None
-        return interpolate_sincos(self.table, self.grid, grid).to(dtype)
+        key = (tuple(grid), dtype, self.table.device, self.table.data_ptr(), self.table._version)
+        if key not in self._additive:
+            self._additive = {k: v for k, v in self._additive.items() if k[3] == key[3]}  # drop stale storages
+            self._additive[key] = interpolate_sincos(self.table, self.grid, grid).to(dtype)
+        return self._additive[key]
 
     def rotary(self, token_ids: Optional[torch.Tensor], grid: tuple[int, int, int], device: torch.device,
                dtype: torch.dtype) -> Optional[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,6 +1,7 @@
 """3D Vision Transformer for video, running on packed variable-length token sets.
 
-Tokens come from a Conv3d tubelet embedding (tubelet x patch x patch) in (t, h, w) raster order.
+Tokens come from a tubelet embedding (tubelet x patch x patch) in (t, h, w) raster order: a Conv3d
+with kernel = stride in its parameters, computed as a reshape + one GEMM (`PatchEmbed3D`).
 A forward takes either the full clip (rectangular (B, N, D), dense attention) or a packed subset
 (`idx` flat indices b*N+n, `cu_seqlens`, `max_seqlen`) where each sequence attends only to itself.
 
@@ -28,6 +29,45 @@ from vjepa_scale.attention import Packed, dense_attention, packed_attention, res
 from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
 from vjepa_scale.kernels import masked_gather
 from vjepa_scale.models.pos_embed import Positions, apply_rope
+
+class PatchEmbed3D(nn.Conv3d):
+    """Tubelet embedding: a Conv3d with kernel = stride (its `weight` (D, C, t, p, p) and `bias`,
+    so checkpoints and exports keep their keys), computed as what it is, a matmul per tubelet:
+    the clip is cut into (t, p, p) tubelets by a reshape and multiplied by the flattened kernel in
+    one F.linear, producing the tokens directly. Trailing frames/pixels that fill no whole tubelet
+    are dropped, as the convolution does.
+
+    `forward(video_BCTHW)` -> (tokens (B, N, D) in (t, h, w) raster order, grid (T', H', W')).
+    """
+
+    def __init__(self, in_chans: int, dim: int, tubelet: int, patch: int):
+        super().__init__(in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+
+    def forward(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        B, C, T, H, W = video_BCTHW.shape
+        t, p, _ = self.kernel_size
+        grid = (T // t, H // p, W // p)
+        x = video_BCTHW[:, :, :grid[0] * t, :grid[1] * p, :grid[2] * p]
+        x = x.reshape(B, C, grid[0], t, grid[1], p, grid[2], p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        x = x.reshape(B, grid[0] * grid[1] * grid[2], C * t * p * p)  # (B, N, C*t*p*p), one copy
+        return F.linear(x, self.weight.flatten(1), self.bias), grid
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm whose output keeps a half-precision input's dtype under autocast too.
+
+    CUDA autocast runs layer_norm in fp32 and returns fp32, which the next Linear casts back to bf16:
+    a round trip (two extra copies of the activations) per norm. Here the kernel takes the bf16/fp16
+    input with the fp32 affine parameters directly (statistics in fp32 inside the kernel) and
+    returns the input's dtype, exactly what a DeepSpeed bf16 model (no autocast) computes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv Linear, on packed or rectangular tokens.
@@ -81,9 +121,9 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = True,
                  backend: str = "auto", sdpa: str = "auto"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, backend, sdpa)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
@@ -98,7 +138,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(
             Block(dims.width, dims.num_heads, dims.mlp_ratio, qkv_bias, backend, sdpa) for _ in range(dims.depth))
-        self.norm = nn.LayerNorm(dims.width, eps=1e-6)
+        self.norm = LayerNorm(dims.width, eps=1e-6)
         self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
@@ -148,8 +188,7 @@ class VisionTransformer3D(nn.Module):
         self.cfg = cfg
         self.grid = tuple(grid)
         D = self.dims.width
-        self.patch_embed = nn.Conv3d(in_chans, D, kernel_size=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
-                                     stride=(cfg.tubelet_size, cfg.patch_size, cfg.patch_size))
+        self.patch_embed = PatchEmbed3D(in_chans, D, cfg.tubelet_size, cfg.patch_size)
         self.positions = Positions(cfg.pos_embed, D, self.dims.head_dim, self.grid)
         self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
                                        cfg.sdpa_backend)
@@ -160,9 +199,7 @@ class VisionTransformer3D(nn.Module):
         return self.dims.width
 
     def patchify(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        x = self.patch_embed(video_BCTHW)  # (B, D, T', H', W')
-        grid = tuple(x.shape[2:])
-        return x.flatten(2).transpose(1, 2), grid
+        return self.patch_embed(video_BCTHW)  # (B, N, D), (T', H', W')
 
     def forward(self, video_BCTHW: torch.Tensor, idx: Optional[torch.Tensor] = None,
                 packed: Optional[Packed] = None) -> torch.Tensor:
