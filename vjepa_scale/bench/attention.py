@@ -34,7 +34,6 @@ CPU_DEMO_MASKS = MaskConfig(types=[MaskSpec(2, (0.15, 0.15)), MaskSpec(1, (0.5, 
 
 
 def run(device: str, quick: bool) -> list[dict]:
-    cuda = torch.device(device).type == "cuda"
     if quick:
         cases = [("cpu_demo", (2, 4, 4), CPU_DEMO_MASKS, 4, 3, 32),
                  ("ViT-tiny 128px 8f", (4, 8, 8), MaskConfig(), 4, 3, 64),
