@@ -3,16 +3,19 @@
 One pipeline definition (`clip_pipeline`) serves both devices: the decoder runs as "mixed" (NVDEC,
 output on the GPU) when CUDA is present and as "cpu" otherwise; every later operator follows its
 input. Python feeds each batch through external sources: the encoded file bytes, the frame indices,
-the crop box and the flip flag, all drawn by `clips.plan_clips` exactly as the CPU backend draws them,
+the crop box and the flip flag, all drawn by `clips.plan_video` exactly as the CPU backend draws them,
 so both backends pick the same frames and boxes and shard by the same `StepBatchSampler`
 (rank r of W takes its own disjoint slice of each step's samples, i.e. shard_id=r, num_shards=W).
 
 DALI's CPU decoder only handles VP8, VP9 and MJPEG, and DALI readers silently drop files they
-cannot decode. So every file is probed with PyAV (headers only) when the loader is built (indexes
-above PROBE_ALL_MAX entries: each file when first drawn): missing, unreadable,
-unsupported-codec and variable-frame-rate files are reported (a warning on rank 0 naming them) and
-skipped by the CPU backend's substitution (`skips.substitute`), which lists them in each batch's
-`skipped`; batches are built by `batch.make_batch`, like the collator's. If a DALI batch still fails at run time, that batch is decoded by the CPU
+cannot decode. So every file is probed with PyAV (`decode.probe_video`: exact frame count, truncation,
+rotation) when the loader is built (indexes above PROBE_ALL_MAX entries: each file when first drawn):
+missing, unreadable, truncated and unsupported-codec files are reported (a warning on rank 0 naming
+them) and, like files too short for a clip (`clips.plan_video`), skipped by the CPU backend's
+substitution (`skips.substitute`), which lists them in each batch's
+`skipped`; batches are built by `batch.make_batch`, like the collator's. Rotated files are cropped in
+stored pixels by DALI and turned upright (then mirrored) in torch (`clips.orient_clip`). If a DALI
+batch still fails at run time, that batch is decoded by the CPU
 backend instead (logged) and the pipeline is rebuilt. On a GPU the video leaves as bf16 on the GPU.
 `DaliLoader` prepares the next batch in a helper thread (one batch ahead); DALI itself uses
 `data.num_workers` threads.
@@ -27,10 +30,10 @@ import torch
 
 from vjepa_scale.config import Config
 from vjepa_scale.data.batch import Batch, make_batch
-from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, plan_clips
+from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, orient_clip, plan_video
 from vjepa_scale.data.cpu import VideoClips
 from vjepa_scale.data.decode import VideoError, VideoInfo, probe_video
-from vjepa_scale.data.skips import NoReadableVideosError, SkipTracker, substitute
+from vjepa_scale.data.skips import NoReadableVideosError, substitute
 from vjepa_scale.masks import MultiBlockMasker
 
 log = logging.getLogger("vjepa_scale.data")
@@ -71,17 +74,16 @@ def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int
 PROBE_ALL_MAX = 100_000  # indexes up to this size are probed completely when the loader is built
 
 
-def probe_for_dali(path: str, device: str) -> tuple[VideoInfo | None, str | None]:
-    """PyAV header probe of one file: (info, None) if DALI on `device` can decode it, else (None, reason)."""
+def probe_for_dali(path: str, device: str) -> tuple[VideoInfo | None, VideoError | None]:
+    """PyAV probe of one file (`decode.probe_video`: exact frame count, truncation, rotation): (info, None) if
+    DALI on `device` can decode it, else (None, why)."""
     try:
         info = probe_video(path)
     except VideoError as e:
-        return None, e.reason
+        return None, e
     if info.codec not in DALI_CODECS[device]:
-        return None, f"codec {info.codec} is not decodable by DALI on {device}"
-    if info.variable_frame_rate:
-        return None, "variable frame rate (DALI needs constant frame rate)"
-    return info, None
+        return None, VideoError(path, f"codec {info.codec} is not decodable by DALI on {device}", "unsupported")
+    return info, None  # frame counts are exact and DALI numbers frames in presentation order: VFR is fine  # frame counts are exact and DALI numbers frames in presentation order: VFR is fine
 
 
 class DaliClipRunner:
@@ -108,7 +110,8 @@ class DaliClipRunner:
             self.pipe.feed_input("roi_start", [np.array(p.box[:2], np.float32) for _, p in items])
             self.pipe.feed_input("roi_end", [np.array([p.box[0] + p.box[2], p.box[1] + p.box[3]], np.float32)
                                              for _, p in items])
-            self.pipe.feed_input("flip", [np.array(int(p.flip), np.int32) for _, p in items])
+            # a rotated clip is mirrored after it is turned upright (below), not by DALI
+            self.pipe.feed_input("flip", [np.array(int(p.flip and not p.rotation), np.int32) for _, p in items])
             (out,) = self.pipe.run()
         except Exception:
             self.pipe = None  # a failed DALI pipeline is not reused
@@ -119,22 +122,25 @@ class DaliClipRunner:
         video = torch.empty(tuple(dense.shape()), dtype=torch.float32,
                             device="cuda" if self.device == "gpu" else "cpu")
         feed_ndarray(dense, video, cuda_stream=torch.cuda.current_stream() if self.device == "gpu" else None)
+        for k, (_, p) in enumerate(items):  # (C, T, crop, crop) stored orientation -> upright
+            if p.rotation:
+                video[k] = orient_clip(video[k], p.rotation, p.flip)
         return video
 
 
 class DaliLoader:
     """Iterable of `Batch`es from DALI, same sampling and masks (`masker`) as the CPU backend."""
 
-    def __init__(self, cfg: Config, index, sampler, masker: MultiBlockMasker, rank: int, device: str,
-                 max_retries: int = 16):
+    def __init__(self, cfg: Config, index, sampler, masker: MultiBlockMasker, rank: int, device: str):
         self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
         self._infos: dict[int, VideoInfo | None] = {}
-        self.unusable: dict[str, str] = {}
+        self.unusable: dict[str, str] = {}  # path -> "kind: reason"
+        self._errors: dict[str, VideoError] = {}
         n = len(index)
         if n <= PROBE_ALL_MAX:  # complete report up front
             with ThreadPoolExecutor(max(2, cfg.data.num_workers)) as pool:
-                for i, (info, reason) in enumerate(pool.map(lambda p: probe_for_dali(p, device), index.paths)):
-                    self._record(i, info, reason)
+                for i, (info, error) in enumerate(pool.map(lambda p: probe_for_dali(p, device), index.paths)):
+                    self._record(i, info, error)
             usable = [len(self.unusable) < n]
         else:  # huge index: one usable file per dataset now, the rest when first drawn
             usable, start = [], 0
@@ -149,12 +155,13 @@ class DaliLoader:
             names = ", ".join(f"{p} ({r})" for p, r in list(self.unusable.items())[:20])
             log.warning("DALI backend will skip %d of %d files: %s%s", len(self.unusable), n, names,
                         " ..." if len(self.unusable) > 20 else "")
-        self.max_retries = max_retries
         self.masker = masker
         self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
                                      max(1, cfg.data.num_workers))
-        self.fallback = VideoClips(index, cfg.data, max_retries)
-        self.tracker = SkipTracker(rank, sampler.epoch_of, sampler.world_size)
+        self.fallback = VideoClips(index, cfg.data)
+        from vjepa_scale.data.loader import skip_tracker
+
+        self.tracker = skip_tracker(sampler, rank, cfg.data.max_bad_fraction)
 
     @property
     def skipped_files(self) -> dict[str, int]:
@@ -163,10 +170,11 @@ class DaliLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def _record(self, i: int, info: VideoInfo | None, reason: str | None) -> None:
+    def _record(self, i: int, info: VideoInfo | None, error: VideoError | None) -> None:
         self._infos[i] = info
-        if reason is not None:
-            self.unusable[self.index.paths[i]] = reason
+        if error is not None:
+            self.unusable[self.index.paths[i]] = error.summary
+            self._errors[self.index.paths[i]] = error
 
     def info(self, i: int) -> VideoInfo | None:
         """Probe result of entry `i` (probed on first use), None if DALI cannot use the file."""
@@ -179,20 +187,27 @@ class DaliLoader:
         info = self.info(i)
         if info is None:
             path = self.index.paths[i]
-            raise VideoError(path, self.unusable[path])
+            raise self._errors[path]
         return info
 
-    def resolve(self, index: int) -> tuple[int, VideoInfo, list[tuple[str, str]]]:
-        """(entry used for sample `index`, its probe result, files skipped on the way): `skips.substitute`."""
-        return substitute(index, len(self.index), self.usable_info, self.max_retries, "are unusable for DALI")
+    def plans(self, i: int, step: int, key: int) -> tuple[VideoInfo, list[ClipPlan]]:
+        """Probe result and clip plans of entry `i` for the sample keyed `key` (VideoError: unusable)."""
+        info = self.usable_info(i)
+        return info, plan_video(info, self.cfg.data, self.cfg.data.seed, step, key)
 
-    def batch(self, samples: list[tuple[int, int]]) -> Batch:
+    def resolve(self, index: int, step: int, slot: int) -> tuple[int, tuple[VideoInfo, list[ClipPlan]], list]:
+        """(entry used for sample `index`, (its probe result, plans), files skipped on the way): `skips.substitute`."""
+        return substitute(index, len(self.index), lambda i: self.plans(i, step, index), seed=self.cfg.data.seed,
+                          step=step, slot=slot, max_bad_fraction=self.cfg.data.max_bad_fraction,
+                          failure="are unusable for DALI")
+
+    def batch(self, samples: list[tuple[int, int, int]]) -> Batch:
         step = samples[0][1]
         items, labels, used, skipped = [], [], [], []
-        for index, s in samples:
-            i, info, sk = self.resolve(index)
+        for index, s, slot in samples:
+            i, (info, plans), sk = self.resolve(index, s, slot)
             skipped += sk
-            for plan in plan_clips(info.num_frames, info.height, info.width, self.cfg.data, self.cfg.data.seed, s, i):
+            for plan in plans:
                 items.append((info.path, plan))
                 labels.append(self.index.labels[i])
                 used.append(i)
@@ -200,7 +215,7 @@ class DaliLoader:
             video = self.runner.run(items)
         except Exception as e:  # decode failure DALI could not foresee: route this batch through PyAV
             log.warning("DALI failed on step %d (%s); decoding this batch on the CPU", step, str(e).splitlines()[0])
-            cpu = [self.fallback[(index, s)] for index, s in samples]
+            cpu = [self.fallback[sample] for sample in samples]
             skipped += [x for c in cpu for x in c["skipped"]]
             video = torch.cat([c["video"].reshape(-1, *c["video"].shape[-4:]) for c in cpu])
             labels = [c["label"] for c in cpu for _ in range(self.cfg.data.num_clips)]
