@@ -196,16 +196,18 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         frame_pts = None
         if scan:
             n = len(pts)
+            tb = float(s.time_base)
+            _check_complete(container, s, path, (end - (s.start_time or (pts[0] if pts else 0))) * tb, fps)
             if n <= 0:
                 raise VideoError(path, "stream has no frames", "no_video")
-            tb = float(s.time_base)
             steps = np.diff(np.asarray(pts, dtype=np.int64))
             if len(steps):
                 vfr = bool(steps.max() - steps.min() > max(1, 0.01 * np.median(steps)))
                 fps = 1.0 / (float(np.median(steps)) * tb) if steps.min() > 0 else fps
             if vfr:
                 frame_pts = tuple(int(p) for p in pts)
-            _check_complete(container, s, path, (end - (s.start_time or pts[0])) * tb, fps)
+        if rotation is None:
+            raise VideoError(path, "no frame could be decoded", "decode_error")
         if n <= 0:
             raise VideoError(path, "stream has no frames", "no_video")
         return VideoInfo(path, ctx.name, n, int(ctx.height), int(ctx.width), fps, vfr, rotation, frame_pts,
@@ -216,7 +218,7 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
 
 def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline | None):
     """(rotation, sorted packet pts, keyframe count, end pts) of `stream`: decodes until its first frame;
-    with `scan`, goes on demuxing (no decoding) to the last packet."""
+    with `scan`, goes on demuxing (no decoding) to the last packet. Rotation None: no frame decoded."""
     rotation = None
     pts, keyframes, end = [], 0, 0
     try:
@@ -248,8 +250,6 @@ def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline |
         if rotation is None or not scan:
             raise VideoError(path, f"reading packets failed ({type(e).__name__}: {e})", "decode_error") from None
         # a damaged tail: the packets read so far count, _check_complete decides
-    if rotation is None:
-        raise VideoError(path, "no frame could be decoded", "decode_error")
     return rotation, sorted(pts), keyframes, end
 
 

@@ -36,11 +36,17 @@ def frame_index_level(i: int) -> int:
 
 
 def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8, codec: str = "h264",
-                options: dict | None = None) -> None:
+                options: dict | None = None, rotation: int = 0,
+                timestamps_ms: Optional[Sequence[int]] = None) -> None:
     """Encode uint8 RGB frames (T, H, W, 3) to `path` with `codec` (a key of `CODECS`).
 
     `options` add to / override the codec's encoder options (e.g. {"g": "4"}: a keyframe every 4).
+    `rotation`: display rotation stored in the file (degrees counterclockwise; players show the frames
+    turned by it, like a phone video). `timestamps_ms`: each frame's presentation time in ms (a
+    variable frame rate); default: constant `fps`.
     """
+    from fractions import Fraction
+
     import av
 
     if codec not in CODECS:
@@ -50,8 +56,14 @@ def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8, 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(encoder, rate=fps, options={**codec_options, **(options or {})})
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if timestamps_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
         for t in range(T):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[t]), format="rgb24")
+            if timestamps_ms is not None:
+                frame.pts, frame.time_base = int(timestamps_ms[t]), Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
