@@ -1,10 +1,15 @@
-"""`data` suite: decoded clips/s and frames/s of the video loaders, per backend and worker count.
+"""`data` suite: decoded clips/s and frames/s of the video loaders, per source set, backend and worker count.
 
-Writes a synthetic set of real H.264 + VP9 files in a temporary folder, then times full training
-batches (decode, crop, resize, flip, normalize, masks) from `build_dataloader` in steady state
-(after the batches prefetched during start-up). Rows: impl = backend (cpu / dali-cpu / dali-gpu), workers, clips_per_s, frames_per_s
-(frames delivered in clips), time_ms (per batch). DALI rows are replaced by a note when nvidia-dali
-is missing; DALI on the CPU only reads the VP9 half of the set.
+Two source sets are written (real H.264 + VP9 files in a temporary folder), and every row says what
+it decodes (`source`: resolution, codecs, frames per video, measured GOP = frames per keyframe):
+- `small`: short, small synthetic clips (moving shapes), the best case for any decoder;
+- `footage`: longer, higher-resolution clips like camera footage (full: 1280x720, 300 frames, a
+  keyframe every 30; a panning texture with a moving square), where decoding dominates.
+Full training batches (decode, crop, resize, flip, normalize, masks) from `build_dataloader` are
+timed in steady state (after the batches prefetched during start-up). Rows: impl = backend (cpu /
+dali-cpu / dali-gpu), workers, clips_per_s, frames_per_s (frames delivered in clips), time_ms (per
+batch). DALI rows are replaced by a note when nvidia-dali is missing; DALI on the CPU only reads the
+VP9 half of a set.
 """
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ import torch
 
 from vjepa_scale.config import Config, DataConfig, DatasetSpec, MaskConfig, MaskSpec, ModelConfig
 
-QUICK = dict(videos=12, frames=24, size=96, crop=64, clip=8, step=2, batch=4, steps=6, workers=(0, 2))
-FULL = dict(videos=32, frames=64, size=320, crop=224, clip=16, step=4, batch=8, steps=12, workers=(0, 4, 8))
+QUICK = dict(videos=12, frames=24, size=96, crop=64, clip=8, step=2, batch=4, steps=6, workers=(0, 2),
+             footage=dict(videos=2, frames=48, height=180, width=320, gop=30, workers=2))
+FULL = dict(videos=32, frames=64, size=320, crop=224, clip=16, step=4, batch=8, steps=12, workers=(0, 4, 8),
+            footage=dict(videos=4, frames=300, height=720, width=1280, gop=30, workers=8))
 
 
 def _config(index: Path, p: dict, backend: str, workers: int) -> Config:
@@ -44,24 +51,75 @@ def _time_loader(cfg: Config, steps: int) -> float:
     return (time.perf_counter() - t0) / max(n, 1)
 
 
+def gop(path: str) -> float:
+    """Frames per keyframe of a file's video stream (its mean GOP length), from a packet scan."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        packets = [p for p in container.demux(stream) if p.size]
+    return len(packets) / max(1, sum(p.is_keyframe for p in packets))
+
+
+def describe(index: Path) -> str:
+    """What a set holds: resolution(s), codecs, frames per video, mean GOP."""
+    from vjepa_scale.data.decode import probe_video
+
+    paths = [line.rsplit(None, 1)[0] for line in index.read_text().splitlines() if line.strip()]
+    infos = [probe_video(p) for p in paths]
+    sizes = sorted({f"{i.width}x{i.height}" for i in infos})
+    codecs = "+".join(sorted({i.codec for i in infos}))
+    frames = sorted({i.num_frames for i in infos})
+    gops = sum(gop(p) for p in paths) / len(paths)
+    return (f"{len(paths)} x {'/'.join(sizes)} {codecs}, {'/'.join(map(str, frames))} frames, GOP {gops:.0f}")
+
+
+def _write_footage(folder: Path, f: dict) -> Path:
+    from vjepa_scale.data.synthetic_videos import CODECS, panning_frames, write_video
+
+    folder.mkdir()
+    lines = []
+    for k in range(f["videos"]):
+        codec = ("h264", "vp9")[k % 2]
+        path = folder / f"footage{k}{CODECS[codec][1]}"
+        write_video(path, panning_frames(f["frames"], f["height"], f["width"], seed=k), 30, codec,
+                    {"g": str(f["gop"])})
+        lines.append(f"{path} 0")
+    index = folder / "train.txt"
+    index.write_text("".join(l + "\n" for l in lines))
+    return index
+
+
+def _vp9_only(index: Path) -> Path:
+    vp9 = index.with_name(index.stem + "_vp9.txt")
+    vp9.write_text("".join(l + "\n" for l in index.read_text().splitlines() if l.rsplit(None, 1)[0].endswith(".webm")))
+    return vp9
+
+
 def run(device: str, quick: bool, batch_size: int | None = None, steps: int | None = None) -> list[dict]:
-    """Rows per (backend, workers); `batch_size` / `steps` override the preset (clips per batch, timed batches)."""
+    """Rows per (set, backend, workers); `batch_size` / `steps` override the preset (clips per batch, timed batches)."""
     from vjepa_scale.data import dali_available
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
     p = dict(QUICK if quick else FULL)
     p.update({k: v for k, v in (("batch", batch_size), ("steps", steps)) if v})
+    on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    dali = "dali-gpu" if on_gpu else "dali-cpu"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        index = write_synthetic_videos(tmp, p["videos"], p["frames"], p["size"], ("h264", "vp9"), val_fraction=0)["train"]
-        vp9 = Path(tmp) / "vp9.txt"
-        vp9.write_text("".join(l + "\n" for l in index.read_text().splitlines() if l.split()[0].endswith(".webm")))
-        case = f"{p['size']}px src -> B={p['batch']} T={p['clip']}x{p['step']} crop={p['crop']}"
-        runs = [("cpu", w, index) for w in p["workers"]]
-        on_gpu = device.startswith("cuda") and torch.cuda.is_available()
-        runs.append(("dali-gpu" if on_gpu else "dali-cpu", max(p["workers"]), index if on_gpu else vp9))
-        for impl, workers, idx in runs:
-            row = {"suite": "data", "case": case, "impl": impl, "workers": workers}
+        small = write_synthetic_videos(Path(tmp) / "small", p["videos"], p["frames"], p["size"], ("h264", "vp9"),
+                                       val_fraction=0)["train"]
+        footage = _write_footage(Path(tmp) / "footage", p["footage"])
+        runs = [("small", "cpu", w, small) for w in p["workers"]]
+        runs.append(("small", dali, max(p["workers"]), small if on_gpu else _vp9_only(small)))
+        runs.append(("footage", "cpu", p["footage"]["workers"], footage))
+        runs.append(("footage", dali, p["footage"]["workers"], footage if on_gpu else _vp9_only(footage)))
+        sources = {}
+        for name, impl, workers, idx in runs:
+            if idx not in sources:
+                sources[idx] = describe(idx)
+            case = f"{name} -> B={p['batch']} T={p['clip']}x{p['step']} crop={p['crop']}"
+            row = {"suite": "data", "case": case, "impl": impl, "workers": workers, "source": sources[idx]}
             if impl.startswith("dali") and not dali_available():
                 rows.append({**row, "note": "nvidia-dali not installed"})
                 continue
@@ -71,4 +129,3 @@ def run(device: str, quick: bool, batch_size: int | None = None, steps: int | No
             rows.append({**row, "time_ms": sec * 1e3, "clips_per_s": clips / sec,
                          "frames_per_s": clips * cfg.data.frames_per_clip / sec})
     return rows
-
