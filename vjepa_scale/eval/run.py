@@ -64,6 +64,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         for name, items in skipped.items():
             for path, reason in items:
                 print(f"eval: left out {name} video {path} ({reason})", flush=True)
+    left_out = {i for i, p in enumerate(train_paths) if p in dict(skipped["train"])}  # train positions
     sample_XD = val.feats_MVND[:256, 0].flatten(0, 1).float()  # collapse diagnostics on this rank's share
     feat_rank, feat_top_pc = effective_rank(sample_XD), top_pc_share(sample_XD)
     del encoder
@@ -84,8 +85,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             data = FeatureSet(train.feats_MVND[keep], train.labels_M[keep], train.index_M[keep])
         runs.append(train_probe(data, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
                                 writer, tag=f"seed{seed}", progress=progress))
-        runs[-1]["num_train_videos"] = (len(subsets[seed]) if seed in subsets else len(train_paths)) - len(
-            [p for p, _ in skipped["train"] if seed not in subsets or train_paths.index(p) in subsets[seed]])
+        runs[-1]["num_train_videos"] = len(set(subsets.get(seed, range(len(train_paths)))) - left_out)
     if writer is not None:
         writer.close()
     tops = [r["val_top1"] for r in runs]
