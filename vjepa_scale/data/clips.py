@@ -47,7 +47,8 @@ def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, n
     The window spans (frames_per_clip - 1) * frame_step + 1 frames. The valid start positions
     [0, num_frames - window] are split into `num_clips` equal ranges and each clip draws its start
     uniformly from its own range (clips spread over the video). A video shorter than the window
-    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1).
+    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1); training never
+    asks for that (`plan_video` skips such files).
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")

@@ -1,8 +1,12 @@
 """PyAV (FFmpeg) probing and frame decoding: H.264, HEVC, VP9, MJPEG, AV1 and anything FFmpeg reads.
 
-Every failure (missing, empty, truncated, non-video, undecodable) raises `VideoError` with the path
-and a short reason, so datasets can skip and count bad files. A `Deadline` bounds the time spent on
-one file (data.decode_timeout_s); passing it raises `DecodeTimeout`, a VideoError.
+`probe_video` gives exact frame counts (the container's stored count, else a packet scan; never
+duration x fps), every frame's timestamp for variable-frame-rate files, the display rotation, and
+finds files truncated behind an intact header. `decode_frames` returns exactly the frames asked for
+(frame i = the i-th in presentation order), never padded. Every failure (missing, empty, truncated,
+non-video, undecodable, too short) raises `VideoError` with the path, a short reason and a kind
+(`SKIP_KINDS`), so datasets can skip and count bad files by kind. A `Deadline` bounds the time spent
+on one file (data.decode_timeout_s); passing it raises `DecodeTimeout`, a VideoError.
 """
 from __future__ import annotations
 
