@@ -168,6 +168,7 @@ class DataConfig(Section):
     loader_timeout_s: float = 600.0  # no batch from the DataLoader workers within this: error (0: wait forever)
     decode_timeout_s: float = 60.0  # reading one file longer than this: skipped like a broken file (0: no limit)
     dali_prefetch: int = 2  # backend dali: batches decoded ahead of training in its helper thread
+    max_bad_fraction: float = 0.5  # unusable index entries are replaced; error when surely more than this share
 
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
@@ -179,6 +180,9 @@ class DataConfig(Section):
         for key in ("loader_timeout_s", "decode_timeout_s"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"{prefix}.{key} must be >= 0 seconds (0 disables), got {getattr(self, key)}")
+        if not 0 <= self.max_bad_fraction < 1:
+            raise ConfigError(f"{prefix}.max_bad_fraction must be in [0, 1) (0: any unusable entry is an error), "
+                              f"got {self.max_bad_fraction}")
         lo, hi = self.random_resize_scale
         if not (0 < lo <= hi <= 1):
             raise ConfigError(f"{prefix}.random_resize_scale must satisfy 0 < min <= max <= 1")

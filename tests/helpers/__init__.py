@@ -21,7 +21,8 @@ Models (helpers.builders):
     tiny_config(...)         a validated tiny Config on synthetic data
     single_process_group()   a 1-rank gloo group in this process (the trainer's own join)
 Videos (helpers.videos):
-    write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), frame_ids(video_CTHW)
+    write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), write_index(path, entries),
+    frame_ids(video_CTHW)
 Evaluation (helpers.features):
     TensorVideos(videos, labels), separable_features(n, classes, ...)
 """
@@ -30,9 +31,9 @@ from .extras import ROOT, check_dev_extras, extras_required, missing_dev_extras,
 from .features import TensorVideos, separable_features
 from .procs import (assert_ok, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool, run,
                     train_args)
-from .videos import frame_ids, video_cfg, write_bad_set, write_video_sets
+from .videos import frame_ids, video_cfg, write_bad_set, write_index, write_video_sets
 
 __all__ = ["ROOT", "TensorVideos", "assert_ok", "check_dev_extras", "cpu_env", "deepspeed_launcher", "extras_required",
            "frame_ids", "free_port", "gpu_env", "launch", "load_tool", "missing_dev_extras", "needs", "require", "run",
            "separable_features", "single_process_group", "tiny_config", "train_args", "video_cfg", "write_bad_set",
-           "write_video_sets"]
+           "write_index", "write_video_sets"]

@@ -1,4 +1,4 @@
-"""Small encoded files for the DALI tests: any codec / pixel format / size, VFR, BT.709-tagged, cut."""
+"""Small encoded files for the DALI tests: any codec / pixel format / size, VFR, BT.709-tagged, cut, corrupt."""
 from __future__ import annotations
 
 import fractions
@@ -77,4 +77,19 @@ def cut(src, dst, fraction: float) -> str:
     """The first `fraction` of `src`'s bytes (header intact, data truncated)."""
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * fraction)])
+    return str(dst)
+
+
+def corrupt(src, dst, from_frame: int) -> str:
+    """`src` with the payload of every video packet from the `from_frame`-th on zeroed: container, header and
+    packet index intact (a probe counts every frame), data undecodable from there."""
+    import av
+
+    data = bytearray(Path(src).read_bytes())
+    with av.open(str(src)) as c:
+        packets = [(p.pos, bytes(p)) for p in c.demux(c.streams.video[0]) if p.size]
+    for pos, payload in packets[from_frame:]:
+        at = data.find(payload, pos)  # the payload follows its block header
+        data[at:at + len(payload)] = bytes(len(payload))
+    Path(dst).write_bytes(bytes(data))
     return str(dst)

@@ -1,5 +1,5 @@
 """Encoded test videos: the small sets the data tests share, a set with broken entries, a config
-reading index files, and the frame numbers stamped into `frame_index` clips."""
+reading index files, an index writer, and the frame numbers stamped into `frame_index` clips."""
 from __future__ import annotations
 
 import dataclasses
@@ -57,6 +57,12 @@ def video_cfg(index_paths, backend="cpu", frames=4, step=3, crop=32, batch=2, wo
     cfg.data = dataclasses.replace(cfg.data, backend=backend, datasets=datasets, frame_step=step,
                                    num_workers=workers, **data_kw)
     return cfg.validate()
+
+
+def write_index(path: Path, entries, label: int = 0) -> Path:
+    """An index file at `path` listing `entries` (video paths), each with `label`."""
+    path.write_text("".join(f"{e} {label}\n" for e in entries))
+    return path
 
 
 def frame_ids(video_CTHW: torch.Tensor) -> list[int]:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import needs, tiny_config
-from helpers.dali_videos import colour_frames, cut, encode, index_video, vfr_pts_ms
+from helpers import frame_ids, needs, tiny_config, write_index
+from helpers.dali_videos import colour_frames, corrupt, cut, encode, index_video, vfr_pts_ms
 from vjepa_scale.config import ConfigError, DatasetSpec
 from vjepa_scale.data import build_dataloader
-from vjepa_scale.data.clips import ClipPlan, denormalize_clip, normalize_clip, plan_clips
+from vjepa_scale.data.clips import ClipPlan, denormalize_clip, normalize_clip, plan_clips, plan_video
 from vjepa_scale.data.decode import decode_frames, probe_video
 from vjepa_scale.data.nvdec import canonical_codec, dali_route, stream_format
-from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP, frame_index_level
+from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP
 
 needs_dali = needs("nvidia.dali")
 HOPPER, ADA, BLACKWELL = (9, 0), (8, 9), (10, 0)
@@ -29,16 +29,6 @@ def dali_cfg(index, frames=4, step=2, batch=2, crop=32, **data_kw):
     cfg.data = dataclasses.replace(cfg.data, backend="dali", datasets=[DatasetSpec(str(index), 1.0)], frame_step=step,
                                    num_workers=0, **data_kw)
     return cfg.validate()
-
-
-def write_index(path, videos):
-    path.write_text("".join(f"{v} 0\n" for v in videos))
-    return path
-
-
-def frame_ids(video_CTHW):
-    level = denormalize_clip(video_CTHW.float()).mean(dim=(0, 2, 3))
-    return [int(round((v.item() - frame_index_level(0)) / INDEX_LEVEL_STEP)) for v in level]
 
 
 def test_routing_table_on_generated_files(tmp_path):
@@ -89,18 +79,22 @@ def test_truncated_file_raises_instead_of_padding(tmp_path):
 
 @needs_dali
 def test_bad_file_in_a_batch_is_bisected_skipped_and_not_redecoded(tmp_path, caplog):
-    """One cut file among good VP9 files: its DALI batch fails, bisection names the file, it is skipped
-    and counted; the good files are decoded by DALI; later epochs never run it through DALI again."""
+    """One corrupt file among good VP9 files, which the probe cannot tell (container and packets intact): its
+    DALI batch fails, bisection names the file, PyAV fails on it too, so it is skipped and counted; the good
+    files are decoded by DALI; later epochs never run it through DALI again."""
     good = [index_video(tmp_path / f"g{k}.webm", "libvpx-vp9", frames=30) for k in range(5)]
-    bad = cut(good[0], tmp_path / "bad.webm", 0.6)  # header says 30 frames, 12 are left
+    bad = corrupt(good[0], tmp_path / "bad.webm", 10)  # 30 frames by the packets, data zeroed from frame 10
+    assert probe_video(bad).num_frames == 30
     index = write_index(tmp_path / "i.txt", good[1:] + [bad])  # 5 entries, batch 5: one batch per epoch
     cfg = dali_cfg(index, frames=8, step=4, batch=5)  # a clip spans 29 frames
     with caplog.at_level(logging.WARNING, logger="vjepa_scale.data"):
         loader = build_dataloader(cfg, num_steps=3)
         batches = list(loader)
     assert bad in caplog.text and loader.unusable == {bad: loader.unusable[bad]}
+    assert loader.unusable[bad].startswith("decode_error:")
     assert loader.skipped_files == {bad: 3}  # skipped once per epoch, named
     assert all(b.skipped == [(bad, loader.unusable[bad])] for b in batches)
+    assert loader.tracker.kinds == {"decode_error": 3}  # counted once per skip, not again for the retry
     assert loader.stats["bad_files"] == 1 and loader.stats["pyav_clips"] == 0
     assert loader.stats["dali_clips"] == 15
     # epoch 0: the run of 5 fails, then the half (2 or 3 samples) holding the file, and so on down to the
@@ -108,10 +102,11 @@ def test_bad_file_in_a_batch_is_bisected_skipped_and_not_redecoded(tmp_path, cap
     assert 3 <= loader.stats["dali_failures"] <= 4
     for b in batches:
         assert 4 not in b.index  # the bad entry was replaced by another index entry
-        for row, i in enumerate(b.index):
-            info = probe_video(good[1:][i] if i < 4 else bad)
-            (plan,) = plan_clips(info.num_frames, info.height, info.width, cfg.data, cfg.data.seed, b.step, i)
-            assert frame_ids(b.video[row]) == list(plan.frames)
+        # a clip's plan is keyed by the sample's own entry; the replacement of entry 4 keeps key 4
+        stand_in = next(i for i in b.index if b.index.count(i) == 2)
+        plan = lambda i, key: tuple(plan_video(probe_video(good[1 + i]), cfg.data, cfg.data.seed, b.step, key)[0].frames)
+        want = [plan(i, i) for i in range(4)] + [plan(stand_in, 4)]
+        assert sorted(tuple(frame_ids(v)) for v in b.video) == sorted(want)
 
 
 @needs_dali
@@ -131,8 +126,7 @@ def test_vfr_webm_frames_by_index_like_pyav(tmp_path):
 def test_vfr_webm_through_the_loader(tmp_path):
     """Every draw of a 30-frame VFR webm gives a clip at the configured stride (needs exact frame counts)."""
     vfr = index_video(tmp_path / "vfr.webm", "libvpx-vp9", frames=30, pts_ms=vfr_pts_ms(30))
-    if probe_video(vfr).num_frames != 30:
-        pytest.skip("probe_video estimates this file's frame count (exact counts: issue 16 item 2)")
+    assert probe_video(vfr).num_frames == 30
     index = write_index(tmp_path / "i.txt", [vfr])
     cfg = dali_cfg(index, frames=8, step=3, batch=1)
     loader = build_dataloader(cfg, num_steps=10)

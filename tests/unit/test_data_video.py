@@ -92,11 +92,11 @@ def test_clip_shape_and_stride(sets, backend):
     assert codecs == ({"h264", "vp9", "hevc", "mjpeg"} if backend == "cpu" else {"vp9"})
 
 
-def test_short_video_padded_with_last_frame(sets):
-    cfg = video_cfg([(sets["short"]["train"], 1.0)], frames=4, step=2)  # window 7 > 5 frames
-    batch = next(iter(build_dataloader(cfg, num_steps=1)))
-    for b in range(2):
-        assert frame_ids(batch.video[b]) == [0, 2, 4, 4]
+def test_short_video_skipped_not_padded(sets):
+    """A file shorter than one clip window (7 > 5 frames) is skipped and counted, never padded."""
+    cfg = video_cfg([(sets["short"]["train"], 1.0)], frames=4, step=2)
+    with pytest.raises(NoReadableVideosError, match="too_short: too short: 5 frames, a clip spans 7"):
+        next(iter(build_dataloader(cfg, num_steps=1)))
 
 
 def test_num_clips_flattened_into_batch(sets):
@@ -150,25 +150,25 @@ def test_batches_pinned_by_the_dataloader_and_moved():
     assert torch.equal(cuda.video.cpu(), batch.video.bfloat16())
 
 
-def test_substitute_takes_next_entries_up_to_max_retries():
-    """The one skip policy (CPU and DALI backends): next entry, modulo the index, at most max_retries."""
+def test_substitute_draws_seeded_uniform_replacements():
+    """The one skip policy (CPU and DALI backends): the entry itself, else seeded uniform draws."""
     bad = {1, 2, 5}
 
     def entry(i):
         if i in bad:
-            raise VideoError(f"v{i}.mp4", f"broken {i}")
+            raise VideoError(f"v{i}.mp4", f"broken {i}", "decode_error")
         return f"clip {i}"
 
-    assert substitute(0, 6, entry, 16) == (0, "clip 0", [])
-    assert substitute(1, 6, entry, 16) == (3, "clip 3", [("v1.mp4", "broken 1"), ("v2.mp4", "broken 2")])
-    assert substitute(5, 6, entry, 16) == (0, "clip 0", [("v5.mp4", "broken 5")])  # wraps around
-    assert substitute(1, 6, entry, 2)[0] == 3
-    with pytest.raises(NoReadableVideosError, match=r"2 consecutive index entries from #1 could not be decoded "
-                                                    r"\(max_retries=1\): v1.mp4 \(broken 1\); v2.mp4"):
-        substitute(1, 6, entry, 1)
+    kw = dict(seed=0, step=3, slot=1, max_bad_fraction=0.5)
+    assert substitute(0, 6, entry, **kw) == (0, "clip 0", [])
+    i, clip, skipped = substitute(1, 6, entry, **kw)
+    assert i not in bad and clip == f"clip {i}" and skipped[0] == ("v1.mp4", "decode_error: broken 1")
+    assert substitute(1, 6, entry, **kw) == (i, clip, skipped)  # same (seed, step, slot): same draws
+    others = {substitute(1, 6, entry, **{**kw, "slot": s})[0] for s in range(40)}
+    assert others == {0, 3, 4}  # every good entry is reachable, not just the next one
     bad = set(range(6))
-    with pytest.raises(NoReadableVideosError, match=r"^6 consecutive .* \(max_retries=5\)"):  # each entry once
-        substitute(4, 6, entry, 16)
+    with pytest.raises(NoReadableVideosError, match=r"entry #4 and 30 random replacements could not be used"):
+        substitute(4, 6, entry, **kw)  # 0.5 ** 30 < 1e-9
 
 
 @needs_dali
@@ -228,22 +228,21 @@ def test_dali_reports_codecs_it_cannot_decode(sets, caplog, monkeypatch, probe_a
 
 
 @needs_dali
-def test_dali_runtime_failure_is_bisected_to_the_file(sets, tmp_path, caplog):
-    """A VP9 file whose header probes fine but whose data is cut: found by bisecting the DALI batch,
-    skipped by name; the other files are still decoded by DALI."""
+def test_dali_skips_truncated_file_with_intact_header(sets, tmp_path):
+    """A VP9 file cut to 3/5 with its header intact: found by the probe, skipped and counted, never padded;
+    the other files are still decoded by DALI (bisecting batches DALI fails on: test_dali_cpu)."""
     good = [l.split()[0] for l in open(sets["shapes"]["train"]).read().splitlines() if ".webm" in l][:3]
     cut = tmp_path / "cut.webm"
-    cut.write_bytes(open(good[0], "rb").read()[: os.path.getsize(good[0]) // 3])
+    cut.write_bytes(open(good[0], "rb").read()[: os.path.getsize(good[0]) * 3 // 5])
     index = tmp_path / "vp9_cut.txt"
     index.write_text("".join(f"{p} 0\n" for p in good + [str(cut)]))
     cfg = video_cfg([(index, 1.0)], backend="dali", frames=4, step=2)
-    with caplog.at_level(logging.WARNING, logger="vjepa_scale.data"):
-        loader = build_dataloader(cfg, num_steps=2)
-        assert not loader.unusable  # nothing to see in the header
-        batches = list(loader)
+    loader = build_dataloader(cfg, num_steps=2)
+    assert loader.unusable[str(cut)].startswith("truncated:")
+    batches = list(loader)
     assert all(b.video.shape == (2, 3, 4, 32, 32) for b in batches)
-    assert set(loader.skipped_files) == {str(cut)} and str(cut) in caplog.text
-    assert loader.stats["pyav_clips"] == 0 and loader.stats["dali_clips"] == 4
+    assert set(loader.skipped_files) == {str(cut)}
+    assert loader.stats["pyav_clips"] == 0 and loader.stats["dali_clips"] == 4 and loader.stats["dali_failures"] == 0
 
 
 @pytest.fixture
@@ -330,7 +329,7 @@ def test_mixture_weights_deterministic_resumable():
     assert full[5:] == again
     r0 = list(StepBatchSampler(**s, rank=0, world_size=2, num_steps=5, mixture=plan))
     r1 = list(StepBatchSampler(**s, rank=1, world_size=2, num_steps=5, mixture=plan))
-    assert sorted(i for b in r0 + r1 for i, _ in b) == sorted(plan.epoch(0).tolist())
+    assert sorted(i for b in r0 + r1 for i, *_ in b) == sorted(plan.epoch(0).tolist())
 
 
 def test_mixed_index_files_through_loader(sets):
@@ -347,15 +346,24 @@ def test_auto_backend_and_data_bench_rows():
 
     assert resolve_data_backend("auto") == ("dali" if torch.cuda.is_available() and dali_available() else "cpu")
     rows = run_suite("data", "cpu", True, batch_size=2, steps=1)
-    assert [(r["suite"], r["impl"], r["workers"]) for r in rows] == [("data", "cpu", 0), ("data", "cpu", 2),
-                                                                      ("data", "dali-cpu", 2)]
-    measured = rows if dali_available() else rows[:2]
+    assert [(r["suite"], r["impl"], r["workers"]) for r in rows] == [
+        ("data", "cpu", 0), ("data", "cpu", 2), ("data", "dali-cpu", 2),  # small set
+        ("data", "cpu", 2), ("data", "dali-cpu", 2),  # footage set
+        ("data", "cpu", 2)]  # small set transcoded to short GOPs
+    assert [r["case"].split(" -> ")[0] for r in rows] == ["small"] * 3 + ["footage"] * 2 + [
+        "small transcoded (gop 16, short side 64)"]
+    assert rows[0]["source"].startswith("12 x 96x96 h264+vp9, 24 frames")
+    assert rows[3]["source"].startswith("2 x 320x180 h264+vp9, 48 frames, GOP ")  # measured: about 30
+    assert rows[2]["source"].startswith("6 x 96x96 vp9") and rows[4]["source"].startswith("1 x 320x180 vp9")
+    assert rows[5]["source"].startswith("12 x 64x64 h264, 24 frames, GOP 12")  # keyframes at 0 and 16
+    measured = rows if dali_available() else [r for r in rows if r["impl"] == "cpu"]
     for r in measured:
         assert "note" not in r and r["frames_per_s"] == pytest.approx(8 * r["clips_per_s"])  # 8-frame clips
         assert r["time_ms"] == pytest.approx(2e3 / r["clips_per_s"])  # 2 clips per batch
+        assert r.get("pyav_clips", 0) == 0  # DALI's CPU mode decodes the VP9 files itself
     if not dali_available():
-        assert rows[2] == {"suite": "data", "case": rows[0]["case"], "impl": "dali-cpu", "workers": 2,
-                           "note": "nvidia-dali not installed"}
+        for r in (rows[2], rows[4]):
+            assert r["note"] == "nvidia-dali not installed" and "clips_per_s" not in r
         require("nvidia.dali")
 
 

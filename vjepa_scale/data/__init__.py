@@ -15,22 +15,28 @@ uses. Every backend yields `Batch`es (`batch.py`): video (B*num_clips, C, T, H, 
 - `auto`: `dali` when CUDA and DALI are both available, else `cpu`.
 - `synthetic`: random tensors, no files.
 
-Both file backends draw every random choice from `clips.plan_clips(seed, step, index)`, so they pick
-the same frames, crop box and flip for a sample, and replace unreadable files by the same policy
-(`skips.substitute`). Skipped files are summarized per epoch on rank 0 (logger `vjepa_scale.data`;
-all ranks' files when a process group is up) and counted per rank in `loader.skipped_files`.
+Both file backends probe files the same way (`decode.probe_video`: exact frame counts, never duration x
+fps; truncation; rotation), draw every random choice from `clips.plan_video` (frames by index at the
+exact stride, also for variable frame rates; boxes on the upright picture; files shorter than a clip
+skipped, never padded), so they pick the same frames, crop box and flip for a sample, and replace
+unusable entries by the same policy (`skips.substitute`: uniform draws seeded by step and slot).
+Skipped files are summarized per epoch on rank 0 (logger `vjepa_scale.data`; all ranks' files when a
+process group is up), counted per rank in `loader.skipped_files`, and reach the trainer's metrics
+by kind (`skip_metrics`); a share of unusable draws surely above data.max_bad_fraction ends the run
+(NoReadableVideosError).
 Reading one file may take at most data.decode_timeout_s (then it is skipped like an unreadable one);
 the cpu backend's workers must deliver each batch within data.loader_timeout_s (LoaderTimeoutError).
 
 Modules: `loader` (backend choice, datasets, samplers, `build_dataloader`), `batch` (the Batch
 contract, its builder and the collator), `skips` (substitution policy, per-epoch report), `cpu` /
 `dali` / `synthetic` (backends), `nvdec` (what DALI decodes per device), `clips` (frame and crop
-plans), `decode`, `index`, `sampler`, `transcode` (short-GOP re-encoding for NVDEC).
+plans: the shared "good clip" rule), `decode` (probe, exact counts, decoding), `index`, `sampler`,
+`transcode` (short-GOP re-encoding for NVDEC).
 """
 from vjepa_scale.data.batch import Batch
 from vjepa_scale.data.loader import (LoaderTimeoutError, build_dataloader, build_dataset, dali_available,
                                      resolve_data_backend)
-from vjepa_scale.data.skips import NoReadableVideosError
+from vjepa_scale.data.skips import NoReadableVideosError, skip_metrics
 
 __all__ = ["Batch", "LoaderTimeoutError", "NoReadableVideosError", "build_dataloader", "build_dataset",
-           "dali_available", "resolve_data_backend"]
+           "dali_available", "resolve_data_backend", "skip_metrics"]

@@ -1,9 +1,13 @@
-"""Clip sampling and augmentation parameters shared by every decoding backend.
+"""Clip sampling and augmentation parameters shared by every decoding backend: what a good clip is.
 
 A sample's randomness is drawn from a generator seeded by (seed, step, index), so the frames, crop box
-and flip of a sample are the same whichever backend, worker or process produces it. Backends only
-execute a `ClipPlan`: decode `frames`, crop `box` (in source pixels), resize to the crop size, flip,
-normalize with ImageNet mean/std, and lay out as (C, T, H, W).
+and flip of a sample are the same whichever backend, worker or process produces it. `plan_video` is
+the one decision every backend makes the same way: a file shorter than one clip window is skipped
+(VideoError kind "too_short"), never padded; frames are indices in presentation order (exact counts
+from `decode.probe_video`, also for variable frame rates) at exactly `frame_step`; boxes are drawn on
+the upright (display) picture. Backends only execute a `ClipPlan`: decode `frames` (all of them, or
+fail: nothing is padded or repeated), crop `box` (in stored pixels), resize to the crop size, turn
+upright by `rotation`, flip, normalize with ImageNet mean/std, and lay out as (C, T, H, W).
 """
 from __future__ import annotations
 
@@ -14,17 +18,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vjepa_scale.data.decode import VideoError, VideoInfo
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """What one clip is: frame indices into the video, crop box (top, left, height, width), h-flip."""
+    """What one clip is: frame indices into the video, crop box (top, left, height, width) in stored pixels,
+    h-flip (of the upright clip), and the counterclockwise rotation (degrees) that makes it upright."""
 
     frames: tuple[int, ...]
     box: tuple[int, int, int, int]
     flip: bool
+    rotation: int = 0
 
 
 def sample_generator(seed: int, step: int, index: int) -> np.random.Generator:
@@ -39,7 +47,8 @@ def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, n
     The window spans (frames_per_clip - 1) * frame_step + 1 frames. The valid start positions
     [0, num_frames - window] are split into `num_clips` equal ranges and each clip draws its start
     uniformly from its own range (clips spread over the video). A video shorter than the window
-    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1).
+    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1); training never
+    asks for that (`plan_video` skips such files).
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
@@ -96,13 +105,63 @@ def plan_clips(num_frames: int, height: int, width: int, data_cfg, seed: int, st
     return plans
 
 
-def normalize_clip(frames_THWC: torch.Tensor, box: tuple[int, int, int, int], flip: bool, crop_size: int) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float32 (3, T, crop, crop): crop box, bilinear resize (antialiased), flip, normalize."""
+def clip_window(frames_per_clip: int, frame_step: int) -> int:
+    """Frames one clip spans: (frames_per_clip - 1) * frame_step + 1."""
+    return (frames_per_clip - 1) * frame_step + 1
+
+
+def stored_box(box: tuple[int, int, int, int], rotation: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The box in stored pixels (`height` x `width`) that shows as `box` on the upright picture.
+
+    The upright picture is the stored one turned `rotation` degrees counterclockwise (np.rot90 with
+    k = rotation / 90).
+    """
+    top, left, h, w = box
+    k = (rotation // 90) % 4
+    if k == 0:
+        return box
+    if k == 1:
+        return left, width - top - h, w, h
+    if k == 2:
+        return height - top - h, width - left - w, h, w
+    return height - left - w, top, w, h
+
+
+def plan_video(info: VideoInfo, data_cfg, seed: int, step: int, key: int) -> list[ClipPlan]:
+    """The ClipPlans of probed file `info` for the sample keyed `key` at `step` (boxes in stored pixels).
+
+    Raises VideoError (kind "too_short") when the file has fewer frames than one clip spans.
+    """
+    window = clip_window(data_cfg.frames_per_clip, data_cfg.frame_step)
+    if info.num_frames < window:
+        raise VideoError(info.path, f"too short: {info.num_frames} frames, a clip spans {window} "
+                                    f"(frames_per_clip x frame_step)", "too_short")
+    height, width = info.display_size
+    plans = plan_clips(info.num_frames, height, width, data_cfg, seed, step, key)
+    if not info.rotation:
+        return plans
+    return [ClipPlan(p.frames, stored_box(p.box, info.rotation, info.height, info.width), p.flip, info.rotation)
+            for p in plans]
+
+
+def orient_clip(x_THW: torch.Tensor, rotation: int, flip: bool) -> torch.Tensor:
+    """Turn a clip (..., H, W) upright (`rotation` degrees counterclockwise), then mirror it if `flip`."""
+    if rotation % 360:
+        x_THW = torch.rot90(x_THW, (rotation // 90) % 4, dims=(-2, -1))
+    return x_THW.flip(-1) if flip else x_THW
+
+
+def normalize_clip(frames_THWC: torch.Tensor, box: tuple[int, int, int, int], flip: bool, crop_size: int,
+                   rotation: int = 0) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (3, T, crop, crop): crop box, bilinear resize (antialiased), turn upright
+    by `rotation`, flip, normalize."""
     top, left, h, w = box
     x_TCHW = frames_THWC[:, top:top + h, left:left + w].permute(0, 3, 1, 2).float()
     if (h, w) != (crop_size, crop_size):
         x_TCHW = F.interpolate(x_TCHW, size=(crop_size, crop_size), mode="bilinear", align_corners=False,
                                antialias=True)
+    if rotation % 360:
+        x_TCHW = torch.rot90(x_TCHW, (rotation // 90) % 4, dims=(2, 3))
     if flip:
         x_TCHW = x_TCHW.flip(-1)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0

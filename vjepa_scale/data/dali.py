@@ -3,18 +3,21 @@
 One pipeline definition (`clip_pipeline`) serves both devices: the decoder runs as "mixed" (NVDEC,
 output on the GPU) when CUDA is present and as "cpu" otherwise; every later operator follows its
 input. Python feeds each batch through external sources: the encoded file bytes, the frame indices,
-the crop box, the flip flag and a colour matrix, all drawn by `clips.plan_clips` exactly as the CPU
+the crop box, the flip flag and a colour matrix, all drawn by `clips.plan_video` exactly as the CPU
 backend draws them, so both backends pick the same frames and boxes and shard by the same
 `StepBatchSampler` (rank r of W takes its own disjoint slice of each step's samples).
 
-Per file (probed with PyAV when the loader is built; indexes above PROBE_ALL_MAX entries: when first
-drawn), `nvdec.dali_route` decides who decodes it: DALI, or, for what DALI cannot decode correctly on
-this device (codec, profile, bit depth, chroma, size; see `nvdec`), the CPU path (PyAV, `VideoClips`)
-inside the same batch; files neither can read are skipped by the common policy (`skips.substitute`)
-and listed in each batch's `skipped`. Frame indices mean the same in both decoders: DALI indexes a
+Per file (probed with PyAV, `decode.probe_video`: exact frame count, truncation, rotation, when the
+loader is built; indexes above PROBE_ALL_MAX entries: when first drawn), `nvdec.dali_route` decides
+who decodes it: DALI, or, for what DALI cannot decode correctly on this device (codec, profile, bit
+depth, chroma, size; see `nvdec`), the CPU path (PyAV, `VideoClips`) inside the same batch. Files
+neither can read (missing, unreadable, truncated) and files too short for a clip (`clips.plan_video`)
+are replaced by the common policy (`skips.substitute`: uniform draws seeded by step and slot) and
+listed in each batch's `skipped`. Frame indices mean the same in both decoders: DALI indexes a
 file's frames in presentation order (its packet index sorted by timestamp), PyAV counts decoded
 frames, so variable-frame-rate files are sampled alike. The decoder runs with `pad_mode="none"`, so
-a clip reaching past a file's real end raises instead of repeating the last frame.
+a clip reaching past a file's real end raises instead of repeating the last frame. Rotated files are
+cropped in stored pixels by DALI and turned upright (then mirrored) in torch (`clips.orient_clip`).
 
 A failing DALI batch names no file: `DaliLoader` decodes halves of it until the failing sample(s)
 are found; such a file is then tried with PyAV: if PyAV reads the clip, the file goes to the CPU path
@@ -39,11 +42,11 @@ import torch
 
 from vjepa_scale.config import Config
 from vjepa_scale.data.batch import Batch, make_batch
-from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, plan_clips
+from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, orient_clip, plan_video
 from vjepa_scale.data.cpu import VideoClips
 from vjepa_scale.data.decode import VideoError, VideoInfo, probe_video
 from vjepa_scale.data.nvdec import StreamFormat, colour_matrix, dali_route, stream_format
-from vjepa_scale.data.skips import NoReadableVideosError, SkipTracker, substitute
+from vjepa_scale.data.skips import NoReadableVideosError, substitute
 from vjepa_scale.masks import MultiBlockMasker
 
 log = logging.getLogger("vjepa_scale.data")
@@ -113,13 +116,15 @@ class FileProbe:
     cpu_reason: str | None
 
 
-def probe_for_dali(path: str, device: str, capability: tuple[int, int] | None = None) -> tuple[FileProbe | None, str | None]:
-    """PyAV header probe of one file: (FileProbe, None) if it is usable at all, else (None, reason)."""
+def probe_for_dali(path: str, device: str,
+                   capability: tuple[int, int] | None = None) -> tuple[FileProbe | None, VideoError | None]:
+    """PyAV probe of one file (`decode.probe_video`: exact frame count, truncation, rotation):
+    (FileProbe, None) if it is usable at all, else (None, why)."""
     try:
         info = probe_video(path)
         fmt = stream_format(path)
     except VideoError as e:
-        return None, e.reason
+        return None, e
     return FileProbe(info, fmt, dali_route(fmt, device, capability)), None
 
 
@@ -142,7 +147,7 @@ class DaliClipRunner:
         self.pipe.build()
 
     def run(self, items: list) -> torch.Tensor:
-        """(len(items), C, T, crop, crop) float32 on the pipeline's device; 1 <= len(items) <= batch_size.
+        """(len(items), C, T, crop, crop) float32 on the pipeline's device, upright; 1 <= len(items) <= batch_size.
 
         `items`: DaliItem, or (path, ClipPlan) pairs (BT.601 colours).
         """
@@ -159,7 +164,9 @@ class DaliClipRunner:
             self.pipe.feed_input("roi_start", [np.array(it.plan.box[:2], np.float32) for it in items])
             self.pipe.feed_input("roi_end", [np.array([it.plan.box[0] + it.plan.box[2], it.plan.box[1] + it.plan.box[3]],
                                                       np.float32) for it in items])
-            self.pipe.feed_input("flip", [np.array(int(it.plan.flip), np.int32) for it in items])
+            # a rotated clip is mirrored after it is turned upright (below), not by DALI
+            self.pipe.feed_input("flip", [np.array(int(it.plan.flip and not it.plan.rotation), np.int32)
+                                          for it in items])
             self.pipe.feed_input("colour", [colour_matrix(it.fmt) for it in items])
             (out,) = self.pipe.run()
         except Exception:
@@ -175,6 +182,9 @@ class DaliClipRunner:
         else:
             video = torch.empty(tuple(dense.shape()), dtype=torch.float32)
             feed_ndarray(dense, video)
+        for k, it in enumerate(items):  # (C, T, crop, crop) in stored orientation -> upright
+            if it.plan.rotation:
+                video[k] = orient_clip(video[k], it.plan.rotation, it.plan.flip)
         return video
 
 
@@ -191,20 +201,21 @@ class DaliLoader:
     """Iterable of `Batch`es from DALI, same sampling and masks (`masker`) as the CPU backend."""
 
     def __init__(self, cfg: Config, index, sampler, masker: MultiBlockMasker, rank: int, device: str,
-                 max_retries: int = 16, device_id: int | None = None):
+                 device_id: int | None = None):
         self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
         self.device_id = (rank_device_id() if device_id is None else device_id) if device == "gpu" else None
         self.capability = torch.cuda.get_device_capability(self.device_id) if device == "gpu" else None
         self._probes: dict[int, FileProbe | None] = {}
-        self.unusable: dict[str, str] = {}  # path -> reason: skipped (unreadable, or found bad while decoding)
+        self.unusable: dict[str, str] = {}  # path -> "kind: reason": skipped (unreadable, or found bad while decoding)
+        self._errors: dict[str, VideoError] = {}  # path -> why it is skipped
         self.on_cpu: dict[str, str] = {}  # path -> why PyAV decodes it instead of DALI
         self.stats: Counter = Counter()  # dali_clips, pyav_clips, dali_failures, bad_files
         n = len(index)
         if n <= PROBE_ALL_MAX:  # complete report up front
             with ThreadPoolExecutor(max(2, cfg.data.num_workers)) as pool:
                 probes = pool.map(lambda p: probe_for_dali(p, device, self.capability), index.paths)
-                for i, (probe, reason) in enumerate(probes):
-                    self._record(i, probe, reason)
+                for i, (probe, error) in enumerate(probes):
+                    self._record(i, probe, error)
             usable = [len(self.unusable) < n]
         else:  # huge index: one usable file per dataset now, the rest when first drawn
             usable, start = [], 0
@@ -222,12 +233,13 @@ class DaliLoader:
             names = ", ".join(f"{p} ({r})" for p, r in list(self.on_cpu.items())[:20])
             log.warning("DALI (%s) leaves %d of %d probed files to the CPU path (PyAV): %s%s", device, len(self.on_cpu),
                         len(self._probes), names, " ..." if len(self.on_cpu) > 20 else "")
-        self.max_retries = max_retries
         self.masker = masker
         self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
                                      max(1, cfg.data.num_workers), self.device_id)
-        self.fallback = VideoClips(index, cfg.data, max_retries)
-        self.tracker = SkipTracker(rank, sampler.epoch_of, sampler.world_size)
+        self.fallback = VideoClips(index, cfg.data)
+        from vjepa_scale.data.loader import skip_tracker  # loader imports this module
+
+        self.tracker = skip_tracker(sampler, rank, cfg.data.max_bad_fraction)
 
     @property
     def skipped_files(self) -> dict[str, int]:
@@ -236,11 +248,12 @@ class DaliLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def _record(self, i: int, probe: FileProbe | None, reason: str | None) -> None:
+    def _record(self, i: int, probe: FileProbe | None, error: VideoError | None) -> None:
         self._probes[i] = probe
         path = self.index.paths[i]
-        if reason is not None:
-            self.unusable[path] = reason
+        if error is not None:
+            self.unusable[path] = error.summary
+            self._errors[path] = error
         elif probe.cpu_reason is not None:
             self.on_cpu[path] = probe.cpu_reason
 
@@ -254,19 +267,27 @@ class DaliLoader:
         """Probe result of entry `i`; VideoError when the file is unusable (or was found bad)."""
         probe = self.probe(i)
         if probe is None:
-            path = self.index.paths[i]
-            raise VideoError(path, self.unusable[path])
+            raise self._errors[self.index.paths[i]]
         return probe
 
-    def mark_bad(self, i: int, reason: str) -> None:
+    def mark_bad(self, i: int, error: VideoError) -> None:
         """Entry `i` failed to decode: skipped from now on (every later draw substitutes it)."""
         self._probes[i] = None
-        self.unusable[self.index.paths[i]] = reason
+        self.unusable[error.path] = error.summary
+        self._errors[error.path] = error
         self.stats["bad_files"] += 1
 
-    def resolve(self, index: int) -> tuple[int, FileProbe, list[tuple[str, str]]]:
-        """(entry used for sample `index`, its probe, files skipped on the way): `skips.substitute`."""
-        return substitute(index, len(self.index), self.usable_probe, self.max_retries, "could not be decoded")
+    def plans(self, i: int, step: int, key: int) -> tuple[FileProbe, list[ClipPlan]]:
+        """Probe and clip plans of entry `i` for the sample keyed `key` at `step` (VideoError: unusable)."""
+        probe = self.usable_probe(i)
+        return probe, plan_video(probe.info, self.cfg.data, self.cfg.data.seed, step, key)
+
+    def resolve(self, index: int, step: int, slot: int) -> tuple[int, tuple[FileProbe, list[ClipPlan]], list]:
+        """(entry used for sample `index` at (step, slot), (its probe, plans), files skipped on the way):
+        `skips.substitute`."""
+        return substitute(index, len(self.index), lambda i: self.plans(i, step, index), seed=self.cfg.data.seed,
+                          step=step, slot=slot, max_bad_fraction=self.cfg.data.max_bad_fraction,
+                          failure="could not be decoded")
 
     def _decode_dali(self, groups: list[tuple[int, list[DaliItem]]]) -> tuple[dict, dict]:
         """Decode sample groups with DALI: ({sample: (clips, C, T, H, W)}, {sample: failure reason}).
@@ -291,54 +312,51 @@ class DaliLoader:
         self.stats["dali_clips"] += start
         return out, {}
 
-    def batch(self, samples: list[tuple[int, int]]) -> Batch:
-        """The Batch of `samples` ((index, step) pairs of one micro-step)."""
+    def batch(self, samples: list[tuple[int, int, int]]) -> Batch:
+        """The Batch of `samples` ((index, step, slot) triples of one micro-step).
+
+        A sample whose file turns out bad while decoding is resolved again: `substitute` redraws the
+        same seeded replacements, now passing over the bad file, so each round moves every failed
+        sample further along its draws (and `substitute` ends it after max_draws).
+        """
         step = samples[0][1]
         d = self.cfg.data
-        entries: dict[int, tuple[int, FileProbe, list]] = {k: self.resolve(index) for k, (index, _) in enumerate(samples)}
+        entries = {k: self.resolve(*sample) for k, sample in enumerate(samples)}
         clips: dict[int, torch.Tensor] = {}
-        for _ in range(self.max_retries + 1):
-            todo = [k for k in entries if k not in clips]
-            if not todo:
-                break
+        while todo := [k for k in entries if k not in clips]:
             groups, failed = [], {}
             for k in todo:
-                i, probe, _ = entries[k]
-                s = samples[k][1]
+                i, (probe, plans), _ = entries[k]
+                index, s, _ = samples[k]
                 if probe.cpu_reason is None:
-                    plans = plan_clips(probe.info.num_frames, probe.info.height, probe.info.width, d, d.seed, s, i)
                     groups.append((k, [DaliItem(probe.info.path, probe.fmt, p) for p in plans]))
                 else:  # a file DALI cannot decode correctly here: PyAV, same plan
                     try:
-                        video = self.fallback.load(i, s)
+                        video = self.fallback.load(i, s, key=index)
                         clips[k] = video if video.dim() == 5 else video[None]
                         self.stats["pyav_clips"] += d.num_clips
                     except VideoError as e:
-                        failed[k] = e.reason
+                        failed[k] = e
             if groups:
                 done, bad = self._decode_dali(groups)
                 clips.update(done)
                 for k, reason in bad.items():  # DALI failed on this file alone: PyAV decides whether it is bad
-                    i, probe, _ = entries[k]
+                    i, (probe, _), _ = entries[k]
+                    index, s, _ = samples[k]
                     try:
-                        video = self.fallback.load(i, samples[k][1])
+                        video = self.fallback.load(i, s, key=index)
                     except VideoError as e:
-                        failed[k] = f"{e.reason} ({reason})"
+                        failed[k] = VideoError(e.path, f"{e.reason} ({reason})", e.kind)
                         continue
                     clips[k] = video if video.dim() == 5 else video[None]
                     self.stats["pyav_clips"] += d.num_clips
                     self._probes[i] = dataclasses.replace(probe, cpu_reason=reason)
                     self.on_cpu[probe.info.path] = reason
                     log.warning("data: %s: %s; PyAV decodes it from now on", probe.info.path, reason)
-            for k, reason in failed.items():
-                i = entries[k][0]
-                self.mark_bad(i, reason)
-                log.warning("data: %s: %s; skipped from now on", self.index.paths[i], reason)
-                entries[k] = self.resolve(samples[k][0])  # the next usable entry; skipped lists the bad one
-        missing = [k for k in entries if k not in clips]
-        if missing:
-            raise NoReadableVideosError(f"step {step}: samples {missing} found no decodable file within "
-                                        f"{self.max_retries} retries")
+            for k, error in failed.items():
+                self.mark_bad(entries[k][0], error)
+                log.warning("data: %s: %s; skipped from now on", error.path, error.summary)
+                entries[k] = self.resolve(*samples[k])  # the next usable draw; its skipped list names the bad file
         target = torch.device("cuda", self.device_id) if self.device == "gpu" else torch.device("cpu")
         order = range(len(samples))
         video = torch.cat([clips[k].to(target, non_blocking=True) for k in order])

@@ -1,8 +1,12 @@
 """PyAV (FFmpeg) probing and frame decoding: H.264, HEVC, VP9, MJPEG, AV1 and anything FFmpeg reads.
 
-Every failure (missing, empty, truncated, non-video, undecodable) raises `VideoError` with the path
-and a short reason, so datasets can skip and count bad files. A `Deadline` bounds the time spent on
-one file (data.decode_timeout_s); passing it raises `DecodeTimeout`, a VideoError.
+`probe_video` gives exact frame counts (the container's stored count, else a packet scan; never
+duration x fps), every frame's timestamp for variable-frame-rate files, the display rotation, and
+finds files truncated behind an intact header. `decode_frames` returns exactly the frames asked for
+(frame i = the i-th in presentation order), never padded. Every failure (missing, empty, truncated,
+non-video, undecodable, too short) raises `VideoError` with the path, a short reason and a kind
+(`SKIP_KINDS`), so datasets can skip and count bad files by kind. A `Deadline` bounds the time spent
+on one file (data.decode_timeout_s); passing it raises `DecodeTimeout`, a VideoError.
 """
 from __future__ import annotations
 
@@ -16,17 +20,37 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class VideoError(RuntimeError):
-    """A video file could not be read; `path` and `reason` say which and why."""
+# Why a file or clip was skipped (`VideoError.kind`): the keys of the skip counts in metrics.
+SKIP_KINDS = ("missing", "empty", "unreadable", "no_video", "decode_error", "truncated", "too_short", "timeout",
+              "unsupported")
 
-    def __init__(self, path: str, reason: str):
+
+class VideoError(RuntimeError):
+    """A video file (or the clip asked of it) is unusable; `path`, `reason` and `kind` (SKIP_KINDS) say why."""
+
+    def __init__(self, path: str, reason: str, kind: str = "unreadable"):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.kind = kind if kind in SKIP_KINDS else "unreadable"
+
+    @property
+    def summary(self) -> str:
+        """"kind: reason", the form skipped files are recorded in (`skip_kind` reads the kind back)."""
+        return f"{self.kind}: {self.reason}"
+
+
+def skip_kind(summary: str) -> str:
+    """The kind of a recorded skip reason ("truncated: ..." -> "truncated"); "unreadable" when unknown."""
+    kind = summary.split(":", 1)[0]
+    return kind if kind in SKIP_KINDS else "unreadable"
 
 
 class DecodeTimeout(VideoError):
     """Reading one file took longer than its Deadline (data.decode_timeout_s)."""
+
+    def __init__(self, path: str, reason: str, kind: str = "timeout"):
+        super().__init__(path, reason, "timeout")
 
 
 ALARM_REPEAT_S = 0.05  # after the deadline, SIGALRM repeats this often until the read gives up
@@ -95,15 +119,23 @@ class Deadline:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Header facts about a file's first video stream."""
+    """Facts about a file's first video stream, from its header and (see `probe_video`) its packets."""
 
     path: str
     codec: str          # FFmpeg codec name: h264, hevc, vp9, vp8, mjpeg, av1, mpeg4, ...
-    num_frames: int     # declared, or duration * frame rate when the container does not store it
-    height: int
+    num_frames: int     # exact: the container's stored count, else the number of packets
+    height: int         # coded (stored) size; the picture is shown rotated by `rotation`
     width: int
     fps: float
     variable_frame_rate: bool
+    rotation: int = 0   # display rotation, degrees counterclockwise: 0, 90, 180 or 270
+    frame_pts: tuple[int, ...] | None = None  # presentation timestamps of all frames (kept for VFR files)
+    keyframes: int = 0  # keyframe packets counted (0: not counted, the stored frame count was used)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(height, width) of the upright picture."""
+        return (self.width, self.height) if self.rotation in (90, 270) else (self.height, self.width)
 
 
 def _open(path: str, deadline: Deadline | None = None):
@@ -113,9 +145,9 @@ def _open(path: str, deadline: Deadline | None = None):
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise VideoError(path, "file does not exist") from None
+        raise VideoError(path, "file does not exist", "missing") from None
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        raise VideoError(path, "file is empty (0 bytes)")
+        raise VideoError(path, "file is empty (0 bytes)", "empty")
     timeout = deadline.remaining() if deadline is not None else None
     if timeout is not None and timeout <= 0:
         raise deadline.error()
@@ -127,12 +159,29 @@ def _open(path: str, deadline: Deadline | None = None):
         raise VideoError(path, f"not a readable container ({type(e).__name__}: {e})") from None
     if not container.streams.video:
         container.close()
-        raise VideoError(path, "no video stream")
+        raise VideoError(path, "no video stream", "no_video")
     return container
 
 
+TRUNCATED_SHARE = 0.05  # a stream ending this share (or 2 frames) before its declared duration is truncated
+TRUNCATED_SHARE_CONTAINER = 0.25  # same, against the container's duration (which may include a longer audio track)
+
+
+def _rotation(degrees) -> int:
+    """A display rotation rounded to 0, 90, 180 or 270 (counterclockwise)."""
+    return int(round(float(degrees or 0) / 90.0)) % 4 * 90
+
+
 def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
-    """Read the header of `path` (no decoding). Raises VideoError when it is not a usable video."""
+    """Header facts of `path` plus its exact frame count; raises VideoError when it is not a usable video.
+
+    The first frame is decoded (its display matrix gives the rotation; a file whose data does not
+    decode fails here). The frame count is the container's stored count (MP4, AVI, ...); without
+    one (WebM/MKV, TS), or when the frame rate varies, the packets are counted (a demux pass over
+    the file, no decoding) and their timestamps give the frame rate, or for a variable frame rate
+    every frame's timestamp (`frame_pts`). Never duration x fps. A stream whose packets end well
+    before the duration its header declares is truncated (VideoError kind "truncated").
+    """
     container = _open(path, deadline)
     try:
         s = container.streams.video[0]
@@ -140,53 +189,123 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         if not rate:
             raise VideoError(path, "unknown frame rate")
         fps = float(rate)
-        n = int(s.frames or 0)
-        if n <= 0:
-            if s.duration is not None and s.time_base is not None:
-                seconds = float(s.duration * s.time_base)
-            elif container.duration:
-                seconds = container.duration / 1_000_000
-            else:
-                seconds = 0.0
-            n = int(round(seconds * fps))
-        if n <= 0:
-            raise VideoError(path, "stream has no frames")
         ctx = s.codec_context
         if not ctx.width or not ctx.height:
             raise VideoError(path, "video stream has no frame size")
         base = s.base_rate  # FFmpeg r_frame_rate: differs from the average rate when timing varies
         vfr = bool(base and s.average_rate and abs(float(base) - float(s.average_rate)) > 0.01 * float(base))
-        return VideoInfo(path, ctx.name, n, int(ctx.height), int(ctx.width), fps, vfr)
+        n = int(s.frames or 0)
+        scan = n <= 0 or vfr
+        rotation, pts, keyframes, end = _read_packets(container, s, path, scan, deadline)
+        frame_pts = None
+        if scan:
+            n = len(pts)
+            tb = float(s.time_base)
+            _check_complete(container, s, path, (end - (s.start_time or (pts[0] if pts else 0))) * tb, fps)
+            if n <= 0:
+                raise VideoError(path, "stream has no frames", "no_video")
+            steps = np.diff(np.asarray(pts, dtype=np.int64))
+            if len(steps):
+                vfr = bool(steps.max() - steps.min() > max(1, 0.01 * np.median(steps)))
+                fps = 1.0 / (float(np.median(steps)) * tb) if steps.min() > 0 else fps
+            if vfr:
+                frame_pts = tuple(int(p) for p in pts)
+        if rotation is None:
+            raise VideoError(path, "no frame could be decoded", "decode_error")
+        if n <= 0:
+            raise VideoError(path, "stream has no frames", "no_video")
+        return VideoInfo(path, ctx.name, n, int(ctx.height), int(ctx.width), fps, vfr, rotation, frame_pts,
+                         keyframes)
     finally:
         container.close()
+
+
+def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline | None):
+    """(rotation, sorted packet pts, keyframe count, end pts) of `stream`: decodes until its first frame;
+    with `scan`, goes on demuxing (no decoding) to the last packet. Rotation None: no frame decoded."""
+    rotation = None
+    pts, keyframes, end = [], 0, 0
+    try:
+        for packet in container.demux(stream):
+            if deadline is not None:
+                deadline.check()
+            if packet.size == 0:
+                continue
+            if rotation is None:
+                try:
+                    frames = packet.decode()
+                except Exception:
+                    frames = []
+                if frames:
+                    rotation = _rotation(frames[0].rotation)
+                    if not scan:
+                        break
+            if scan and packet.pts is not None:
+                pts.append(int(packet.pts))
+                keyframes += bool(packet.is_keyframe)
+                end = max(end, int(packet.pts) + int(packet.duration or 0))
+        if rotation is None:  # frames held back by the decoder (B-frames): flush it
+            frames = stream.codec_context.decode(None)
+            if frames:
+                rotation = _rotation(frames[0].rotation)
+    except DecodeTimeout:
+        raise
+    except Exception as e:
+        if rotation is None or not scan:
+            raise VideoError(path, f"reading packets failed ({type(e).__name__}: {e})", "decode_error") from None
+        # a damaged tail: the packets read so far count, _check_complete decides
+    return rotation, sorted(pts), keyframes, end
+
+
+def _check_complete(container, stream, path: str, seconds: float, fps: float) -> None:
+    """VideoError "truncated" when the packets (`seconds` long) end well before the declared duration."""
+    if stream.duration is not None and stream.time_base is not None:
+        declared, share = float(stream.duration * stream.time_base), TRUNCATED_SHARE
+    elif container.duration:
+        declared, share = container.duration / 1_000_000, TRUNCATED_SHARE_CONTAINER
+    else:
+        return
+    if declared - seconds > max(2.0 / fps, share * declared):
+        raise VideoError(path, f"truncated: its frames end at {seconds:.2f} s of the {declared:.2f} s its header "
+                               f"declares", "truncated")
 
 
 SEEK_MIN_FRAME = 8  # first wanted frame from which decoding seeks (to a keyframe) instead of starting at 0
 
 
-def _decode_after_seek(container, stream, wanted: set[int], fps: float,
-                       deadline: Deadline | None = None) -> dict[int, np.ndarray] | None:
-    """Seek to the keyframe before min(wanted) and decode; frame numbers from pts (constant frame rate).
+def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline: Deadline | None = None,
+                       frame_pts: tuple[int, ...] | None = None) -> dict[int, np.ndarray] | None:
+    """Seek to the keyframe before min(wanted) and decode; frame numbers from pts.
 
-    Returns None when that is unreliable (no pts, landed after the window, frames missing), in which
-    case the caller decodes from the start.
+    With `frame_pts` (every frame's timestamp, variable frame rate) a frame's number is its position
+    there; else it is pts x fps (constant frame rate), and the numbers must then run on one by one.
+    Returns None when that is unreliable (no pts, landed after the window, a gap or repeat, frames
+    missing), in which case the caller decodes from the start.
     """
     tb = stream.time_base
     start = stream.start_time or 0
     first, last = min(wanted), max(wanted)
-    container.seek(start + int(first / fps / tb), stream=stream, backward=True, any_frame=False)
+    position = {p: i for i, p in enumerate(frame_pts)} if frame_pts is not None else None
+    target = frame_pts[first] if frame_pts is not None else start + int(first / fps / tb)
+    container.seek(target, stream=stream, backward=True, any_frame=False)
     got: dict[int, np.ndarray] = {}
-    landed = None
+    previous = None
     for frame in container.decode(stream):
         if deadline is not None:
             deadline.check()
         if frame.pts is None:
             return None
-        idx = int(round(float((frame.pts - start) * tb) * fps))
-        if landed is None:
-            landed = idx
-            if idx > first:
+        if position is not None:
+            idx = position.get(int(frame.pts))
+            if idx is None:
                 return None
+        else:
+            idx = int(round(float((frame.pts - start) * tb) * fps))
+        if previous is None and idx > first:
+            return None
+        if previous is not None and idx != previous + 1:
+            return None
+        previous = idx
         if idx in wanted:
             got[idx] = frame.to_ndarray(format="rgb24")
         if idx >= last:
@@ -195,22 +314,28 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float,
 
 
 def decode_frames(path: str, indices: list[int], declared_frames: int | None = None,
-                  fps: float | None = None, deadline: Deadline | None = None) -> np.ndarray:
-    """Frames `indices` (any order, repeats allowed) of `path` as uint8 (len(indices), H, W, 3) RGB.
+                  fps: float | None = None, deadline: Deadline | None = None,
+                  frame_pts: tuple[int, ...] | None = None) -> np.ndarray:
+    """Frames `indices` (any order, repeats allowed) of `path` as uint8 (len(indices), H, W, 3) RGB, as stored
+    (not rotated).
 
-    Given `fps` and a first index >= SEEK_MIN_FRAME, seeks to the keyframe before the window;
-    otherwise (or when seeking is unreliable) decodes sequentially from the start, counting frames.
-    Indices past the real end repeat the last frame; a file that ends well before `declared_frames`
-    is treated as truncated (VideoError). Past `deadline`, DecodeTimeout.
+    Frame i is the i-th frame in presentation order. Given `fps` and a first index >= SEEK_MIN_FRAME,
+    seeks to the keyframe before the window (`frame_pts`: exact timestamps of a variable-frame-rate
+    file); otherwise (or when seeking is unreliable) decodes sequentially from the start, counting
+    frames. Nothing is padded: a file that ends before the last index is truncated (VideoError kind
+    "truncated", or "too_short" when `declared_frames` says the file never had that frame).
+    Past `deadline`, DecodeTimeout.
     """
     if not indices:
         raise ValueError("decode_frames needs at least one frame index")
     wanted = set(int(i) for i in indices)
     last = max(wanted)
-    if fps and min(wanted) >= SEEK_MIN_FRAME and (not declared_frames or last < declared_frames):
+    if declared_frames and last >= declared_frames:
+        raise VideoError(path, f"frame {last} asked of a {declared_frames}-frame video", "too_short")
+    if fps and min(wanted) >= SEEK_MIN_FRAME:
         container = _open(path, deadline)
         try:
-            got = _decode_after_seek(container, container.streams.video[0], wanted, fps, deadline)
+            got = _decode_after_seek(container, container.streams.video[0], wanted, fps, deadline, frame_pts)
         except DecodeTimeout:
             raise
         except Exception:
@@ -222,7 +347,6 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
     got = {}
     container = _open(path, deadline)
     count = 0
-    last_frame = None
     try:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
@@ -230,23 +354,24 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
                 deadline.check()
             if count in wanted:
                 got[count] = frame.to_ndarray(format="rgb24")
-            last_frame = frame
             count += 1
             if count > last:
                 break
     except DecodeTimeout:
         raise
     except Exception as e:
-        raise VideoError(path, f"decoding failed after {count} frames ({type(e).__name__}: {e})") from None
+        raise VideoError(path, f"decoding failed after {count} frames ({type(e).__name__}: {e})",
+                         "decode_error") from None
     finally:
         container.close()
     if count == 0:
-        raise VideoError(path, "no frame could be decoded")
-    if declared_frames and count <= last and count < declared_frames - max(1, declared_frames // 20):
-        raise VideoError(path, f"truncated: decoded {count} of {declared_frames} declared frames")
-    if count <= last:  # shorter than declared by a frame or so: pad with the last decoded frame
-        tail = got[count - 1] if (count - 1) in got else last_frame.to_ndarray(format="rgb24")
-        for i in wanted:
-            if i >= count:
-                got[i] = tail
+        raise VideoError(path, "no frame could be decoded", "decode_error")
+    if count <= last:
+        of = f" of {declared_frames} declared" if declared_frames else ""
+        raise VideoError(path, f"truncated: decoded {count}{of} frames, frame {last} asked", "truncated")
     return np.stack([got[int(i)] for i in indices])
+
+
+def decode_clip_frames(info: VideoInfo, indices: list[int], deadline: Deadline | None = None) -> np.ndarray:
+    """`decode_frames` of a probed file: uint8 (len(indices), H, W, 3) as stored (see `clips.orient_clip`)."""
+    return decode_frames(info.path, indices, info.num_frames, info.fps, deadline, info.frame_pts)

@@ -1,5 +1,11 @@
 """Index files in the reference format: one `path label` per line, space-separated.
 
+Line rule (unambiguous, so paths may contain spaces): blank lines and lines starting with `#` are
+ignored; a line of one field is a path without a label (-1; an error where labels are required);
+otherwise the last whitespace-separated field is the label and must be an integer (else a
+ConfigError naming the file and line), and everything before it, inner spaces included, is the path.
+So `my clip.mp4 3` is path "my clip.mp4" with label 3, and a path with spaces needs a label.
+
 Several index files form one `VideoIndex` (entries concatenated in config order); their weights
 drive the per-epoch mixture in `sampler.MixturePlan`. Relative video paths are resolved against the
 index file's folder. A missing or empty index file is a `ConfigError` naming it.
@@ -32,7 +38,7 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets",
     """(paths, labels) of one index file; raises ConfigError naming the file and line on bad input.
 
     The label column is optional (-1 when absent; unused in pretraining) unless `require_labels`,
-    which demands an integer label >= 0 on every line (evaluation).
+    which demands an integer label >= 0 on every line (evaluation). See the module docstring for the rule.
     """
     p = Path(path)
     if not p.is_file():
@@ -46,13 +52,13 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets",
             parts = line.rsplit(None, 1)
             if len(parts) == 2 and _is_int(parts[1]):
                 video, label = parts[0], int(parts[1])
+            elif len(parts) == 2:
+                raise ConfigError(f"{key}: {p}:{lineno}: label {parts[1]!r} is not an integer (expected `path label`; "
+                                  f"the last field of a line is its label, so a path with spaces needs a label)")
             elif not require_labels:
                 video, label = line, -1
-            elif len(parts) < 2:
-                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {line!r})")
             else:
-                raise ConfigError(f"{key}: {p}:{lineno}: label {parts[1]!r} is not an integer "
-                                  f"(expected `path label`)")
+                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {line!r})")
             if require_labels and label < 0:
                 raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
             if not os.path.isabs(video):

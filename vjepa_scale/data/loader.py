@@ -53,6 +53,12 @@ def build_dataset(cfg: Config, check: bool = True):
     return VideoClips(index, d)
 
 
+def skip_tracker(sampler: StepBatchSampler, rank: int, max_bad_fraction: float) -> SkipTracker:
+    """The SkipTracker of a file loader over `sampler` (its last step closes the last epoch's report)."""
+    final = None if sampler.num_steps is None else sampler.start_step + sampler.num_steps - 1
+    return SkipTracker(rank, sampler.epoch_of, sampler.world_size, sampler.batch_size, max_bad_fraction, final)
+
+
 class LoaderTimeoutError(RuntimeError):
     """No batch arrived from the DataLoader workers within data.loader_timeout_s."""
 
@@ -88,12 +94,13 @@ class VideoLoader:
     after the workers are killed (so the process can exit).
     """
 
-    def __init__(self, loader, sampler: StepBatchSampler, rank: int, world_size: int = 1, timeout: float = 0.0):
+    def __init__(self, loader, sampler: StepBatchSampler, rank: int, world_size: int = 1, timeout: float = 0.0,
+                 max_bad_fraction: float = 0.5):
         self.loader = loader
         self.sampler = sampler
         self.rank = rank
         self.timeout = timeout
-        self.tracker = SkipTracker(rank, sampler.epoch_of, world_size)
+        self.tracker = skip_tracker(sampler, rank, max_bad_fraction)
 
     @property
     def skipped_files(self) -> dict[str, int]:
@@ -168,4 +175,6 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
                         num_workers=cfg.data.num_workers, worker_init_fn=_ignore_stop_signals,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
                         persistent_workers=cfg.data.num_workers > 0, timeout=timeout)
-    return loader if backend == "synthetic" else VideoLoader(loader, sampler, rank, world_size, timeout)
+    if backend == "synthetic":
+        return loader
+    return VideoLoader(loader, sampler, rank, world_size, timeout, cfg.data.max_bad_fraction)

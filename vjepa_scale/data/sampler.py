@@ -54,7 +54,10 @@ class MixturePlan:
 
 
 class StepBatchSampler(Sampler):
-    """Yields, for each training step from `start_step`, this rank's batch as [(index, step), ...].
+    """Yields, for each training step from `start_step`, this rank's batch as [(index, step, slot), ...].
+
+    `slot` is the sample's global slot in the micro-step (rank r's are r*B .. r*B + B - 1, as for
+    the masks); with the step it seeds the replacement of an unusable entry (`skips.substitute`).
 
     The global stream is an endless sequence of epochs, each a seeded permutation of the
     `num_samples` indices (or, with `mixture`, that MixturePlan's weighted epoch order). Step s
@@ -111,7 +114,8 @@ class StepBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step
         while self.num_steps is None or step < self.start_step + self.num_steps:
-            yield [(i, step) for i in self.batch_indices(step)]
+            first = self.rank * self.batch_size
+            yield [(i, step, first + j) for j, i in enumerate(self.batch_indices(step))]
             step += 1
 
     def __len__(self) -> int:

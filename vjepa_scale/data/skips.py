@@ -1,63 +1,112 @@
-"""Unreadable files: the one substitution policy of every file backend, and the per-epoch report.
+"""Unusable files: the one substitution policy of every file backend, the bad-share limit, and the report.
 
-`substitute` replaces a failing index entry by the next one (i+1, i+2, ... modulo the index), at most
-`max_retries` times, and records (path, reason) of each file it passed over; the record travels
-inside the batch (`Batch.skipped`), so it survives DataLoader worker processes. `SkipTracker` counts
-the records per epoch and logs a summary on rank 0.
+`substitute` tries the sample's own index entry; when that entry is unusable (a VideoError: missing,
+unreadable, truncated, too short, ...) it draws replacements uniformly from the whole index with a
+generator seeded by (seed, step, slot), so a replacement is no likelier to be a bad entry's neighbour
+than any other file, two slots of a batch do not get the same stand-in, and resuming at a step
+redraws the same replacements. Each unusable entry met is recorded as (path, "kind: reason") in the
+batch (`Batch.skipped`), which carries it out of DataLoader worker processes.
+
+`SkipTracker` (in the process that iterates the loader) counts draws and skips, logs a summary per
+epoch on rank 0 (the last epoch's when the last batch arrives), gives the counts to the trainer's
+metrics (`skip_metrics`), and ends the run with NoReadableVideosError when the share of unusable
+draws is, beyond sampling noise, above `data.max_bad_fraction`. Never because of a run of bad
+entries: a missing folder in a sorted index is as harmless as the same files spread out.
 """
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from typing import Callable, TypeVar
 
-from vjepa_scale.data.decode import VideoError
+import numpy as np
+
+from vjepa_scale.data.decode import SKIP_KINDS, VideoError, skip_kind
 
 log = logging.getLogger("vjepa_scale.data")
 
 T = TypeVar("T")
 
+SUBSTITUTE_STREAM = 0x5B5B  # tells the replacement generator apart from the clip-plan one
+MISS_PROBABILITY = 1e-9  # substitute gives up after draws this unlikely under data.max_bad_fraction
+CONFIDENCE_Z = 3.0  # the bad share must exceed data.max_bad_fraction by this many standard errors
+
 
 class NoReadableVideosError(RuntimeError):
-    """No file of an index (or of a run of `max_retries` consecutive entries) can be decoded."""
+    """An index has no usable video, or more of its entries are unusable than data.max_bad_fraction allows."""
 
 
-def substitute(index: int, n: int, try_entry: Callable[[int], T], max_retries: int,
-               failure: str = "could not be decoded") -> tuple[int, T, list[tuple[str, str]]]:
-    """(entry used, try_entry's result, skipped) for sample `index` of an `n`-entry index.
+def max_draws(max_bad_fraction: float) -> int:
+    """Replacement draws before `substitute` gives up: all failing has probability < MISS_PROBABILITY
+    when at most `max_bad_fraction` of the entries are unusable."""
+    if max_bad_fraction <= 0:
+        return 0
+    if max_bad_fraction >= 1:
+        raise ValueError(f"max_bad_fraction must be < 1, got {max_bad_fraction}")
+    return math.ceil(math.log(MISS_PROBABILITY) / math.log(max_bad_fraction))
 
-    `try_entry(i)` raises VideoError when entry i is unusable; then i+1 is tried, up to `max_retries`
-    times (at most n-1: each entry once). When all fail, NoReadableVideosError says `failure`.
+
+def substitute(index: int, n: int, try_entry: Callable[[int], T], *, seed: int, step: int, slot: int,
+               max_bad_fraction: float, failure: str = "could not be used") -> tuple[int, T, list[tuple[str, str]]]:
+    """(entry used, try_entry's result, skipped) for sample `index` of an `n`-entry index at (step, slot).
+
+    `try_entry(i)` raises VideoError when entry i is unusable; then entries drawn uniformly from
+    [0, n) by a generator seeded by (seed, step, slot) are tried until one works. After
+    `max_draws(max_bad_fraction)` failing draws, NoReadableVideosError says `failure`.
     """
-    retries = max(0, min(max_retries, n - 1))
     skipped: list[tuple[str, str]] = []
-    for attempt in range(retries + 1):
-        i = (int(index) + attempt) % n
+    limit = max_draws(max_bad_fraction)
+    rng = None
+    i = int(index)
+    for draw in range(limit + 1):
         try:
             return i, try_entry(i), skipped
         except VideoError as e:
-            skipped.append((e.path, e.reason))
+            skipped.append((e.path, e.summary))
+        if draw < limit:
+            rng = rng or np.random.default_rng([int(seed), int(step), int(slot), SUBSTITUTE_STREAM])
+            i = int(rng.integers(n))
     names = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
-    raise NoReadableVideosError(f"{len(skipped)} consecutive index entries from #{index} {failure} "
-                                f"(max_retries={retries}): {names}")
+    raise NoReadableVideosError(
+        f"entry #{index} and {len(skipped) - 1} random replacements {failure}, which is unlikely unless far more "
+        f"than data.max_bad_fraction={max_bad_fraction:g} of the {n} index entries are unusable: {names}")
+
+
+def wilson_lower(bad: int, draws: int, z: float = CONFIDENCE_Z) -> float:
+    """Lower end of the Wilson score interval of the share bad / draws."""
+    if draws <= 0:
+        return 0.0
+    p = bad / draws
+    centre = p + z * z / (2 * draws)
+    spread = z * math.sqrt(p * (1 - p) / draws + z * z / (4 * draws * draws))
+    return (centre - spread) / (1 + z * z / draws)
 
 
 class SkipTracker:
-    """Counts skipped files per epoch and logs a summary on rank 0 when an epoch ends.
+    """Counts draws and skipped files per epoch and in total; logs a summary on rank 0 when an epoch ends.
 
-    With an initialized process group of `world_size` ranks, the epoch's counts of all ranks are
-    gathered (all ranks cross an epoch boundary at the same step, so the collective lines up) and
-    rank 0's summary names every rank's skipped files.
+    `samples_per_batch`: draws that succeed in each batch (the sampler's per-rank batch size); every
+    recorded skip is one more draw. With an initialized process group of `world_size` ranks, the
+    epoch's counts of all ranks are gathered (all ranks cross an epoch boundary at the same step, so
+    the collective lines up) and rank 0's summary names every rank's skipped files. `final_step`:
+    the last micro-step the loader yields (None: endless); its batch closes the last epoch.
     """
 
-    def __init__(self, rank: int, epoch_of, world_size: int = 1):
+    def __init__(self, rank: int, epoch_of, world_size: int = 1, samples_per_batch: int = 1,
+                 max_bad_fraction: float = 0.5, final_step: int | None = None):
         self.rank = rank
         self.world_size = world_size
         self.epoch_of = epoch_of
+        self.samples_per_batch = samples_per_batch
+        self.max_bad_fraction = max_bad_fraction
+        self.final_step = final_step
         self.epoch: int | None = None
         self.current: Counter = Counter()
         self.reasons: dict[str, str] = {}
-        self.total: Counter = Counter()
+        self.total: Counter = Counter()  # path -> skips (since this process started)
+        self.kinds: Counter = Counter()  # kind -> skips
+        self.draws = 0
 
     def update(self, batch) -> None:
         """Count `batch.skipped` (a Batch) in the epoch of `batch.step`, flushing the previous epoch."""
@@ -68,7 +117,26 @@ class SkipTracker:
         for path, reason in batch.skipped:
             self.current[path] += 1
             self.total[path] += 1
+            self.kinds[skip_kind(reason)] += 1
             self.reasons[path] = reason
+        self.draws += self.samples_per_batch + len(batch.skipped)
+        self.check()
+        if self.final_step is not None and int(batch.step) >= self.final_step:
+            self.flush()
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.kinds.values())
+
+    def check(self) -> None:
+        """NoReadableVideosError when the share of unusable draws is surely above max_bad_fraction."""
+        if self.skipped and wilson_lower(self.skipped, self.draws) > self.max_bad_fraction:
+            kinds = ", ".join(f"{k} {n}" for k, n in self.kinds.most_common())
+            names = ", ".join(f"{p} ({self.reasons[p]})" for p, _ in self.total.most_common(5))
+            raise NoReadableVideosError(
+                f"rank {self.rank}: {self.skipped} of {self.draws} draws hit unusable index entries "
+                f"({kinds}), more than data.max_bad_fraction={self.max_bad_fraction:g} beyond sampling noise; "
+                f"check the index paths, or raise data.max_bad_fraction. E.g. {names}")
 
     def _gather(self, entries: list) -> tuple[list, str]:
         import torch.distributed as dist
@@ -87,11 +155,38 @@ class SkipTracker:
         return entries, f"on rank {self.rank}"
 
     def flush(self) -> None:
+        """Log the current epoch's summary (rank 0) and start counting afresh; no-op when already flushed."""
         if self.epoch is None:
             return
         entries = [(p, self.reasons[p], n) for p, n in sorted(self.current.items())]
         entries, scope = self._gather(entries)
         if entries and self.rank == 0:
+            kinds = Counter()
+            for _, reason, n in entries:
+                kinds[skip_kind(reason)] += n
             names = ", ".join(f"{p} ({r}; x{n})" for p, r, n in entries)
-            log.warning("data epoch %s: skipped %d unreadable file(s) %s: %s", self.epoch, len(entries), scope, names)
+            log.warning("data epoch %s: skipped %d unusable file(s) %s (%s): %s", self.epoch, len(entries), scope,
+                        ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())), names)
         self.current = Counter()
+        self.epoch = None
+
+    def metrics(self, device=None) -> dict:
+        """Skip counts since this process started, summed over ranks when a process group is up (a collective:
+        every rank calls it at the same step): data_skipped, data_skipped_<kind> (kinds seen), data_bad_share."""
+        import torch
+        import torch.distributed as dist
+
+        v = torch.tensor([self.draws, self.skipped] + [self.kinds[k] for k in SKIP_KINDS], dtype=torch.float64,
+                         device=device)
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(v)
+        draws, skipped, *kinds = [int(x) for x in v.tolist()]
+        out = {"data_skipped": skipped, "data_bad_share": skipped / draws if draws else 0.0}
+        out.update({f"data_skipped_{k}": n for k, n in zip(SKIP_KINDS, kinds) if n})
+        return out
+
+
+def skip_metrics(loader, device=None) -> dict:
+    """`SkipTracker.metrics` of a file loader; {} for one that reads no files (synthetic)."""
+    tracker = getattr(loader, "tracker", None)
+    return tracker.metrics(device) if tracker is not None else {}

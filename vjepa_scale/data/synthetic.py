@@ -22,7 +22,7 @@ class SyntheticClips(Dataset):
         return self.num_samples
 
     def __getitem__(self, key) -> dict:
-        index, step = key if isinstance(key, tuple) else (key, 0)
+        index, step = key[:2] if isinstance(key, tuple) else (key, 0)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
         # Smooth, low-frequency content so the objective is learnable (pure noise is not).
         low = torch.randn(3, max(1, self.frames // 4), 4, 4, generator=g)

@@ -11,6 +11,7 @@ number (`frame_index_level(i)`), so tests can read back which frames a clip hold
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,23 +36,38 @@ def frame_index_level(i: int) -> int:
     return 4 + INDEX_LEVEL_STEP * i
 
 
-def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8, codec: str = "h264",
-                options: dict | None = None) -> None:
-    """Encode uint8 RGB frames (T, H, W, 3) to `path` with `codec` (a key of `CODECS`).
+def write_video(path: str | os.PathLike, frames_THWC, fps: int = 8, codec: str = "h264",
+                options: dict | None = None, rotation: int = 0,
+                timestamps_ms: Optional[Sequence[int]] = None) -> None:
+    """Encode uint8 RGB frames (T, H, W, 3), or an iterable of (H, W, 3) frames, to `path` with `codec`
+    (a key of `CODECS`).
 
     `options` add to / override the codec's encoder options (e.g. {"g": "4"}: a keyframe every 4).
+    `rotation`: display rotation stored in the file (degrees counterclockwise; players show the frames
+    turned by it, like a phone video). `timestamps_ms`: each frame's presentation time in ms (a
+    variable frame rate); default: constant `fps`.
     """
+    from fractions import Fraction
+
     import av
 
     if codec not in CODECS:
         raise ValueError(f"unknown codec '{codec}' (choose from {sorted(CODECS)})")
     encoder, _, pix_fmt, codec_options = CODECS[codec]
-    T, H, W, _ = frames_THWC.shape
+    frames = iter(frames_THWC)  # an array, or any iterable of (H, W, 3) frames (long videos: a generator)
+    first = next(frames)
+    H, W, _ = first.shape
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(encoder, rate=fps, options={**codec_options, **(options or {})})
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
-        for t in range(T):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[t]), format="rgb24")
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if timestamps_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for t, pixels in enumerate(itertools.chain([first], frames)):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+            if timestamps_ms is not None:
+                frame.pts, frame.time_base = int(timestamps_ms[t]), Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -170,3 +186,19 @@ def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, fra
         paths[name] = out / f"{name}.txt"
         paths[name].write_text("".join(r + "\n" for r in rows))
     return paths
+
+
+def panning_frames(frames: int, height: int, width: int, seed: int = 0, speed: int = 4):
+    """Generator of `frames` uint8 (height, width, 3) frames: a smooth colour texture panning sideways
+    `speed` px per frame, with a checkered square crossing it (footage-like motion at any resolution)."""
+    rng = np.random.default_rng(seed)
+    side = max(height, width)
+    texture = (0.6 * _smooth_texture(rng, side, 12) + 0.4 * _smooth_texture(rng, side, 48))[:height].astype(np.uint8)
+    square = max(8, height // 6)
+    for t in range(frames):
+        img = np.roll(texture, speed * t, axis=1)
+        y = (t * 3) % max(1, height - square)
+        x = (t * 5) % max(1, width - square)
+        img[y:y + square, x:x + square] = np.where(
+            (np.add.outer(np.arange(square), np.arange(square)) // max(1, square // 4)) % 2 == 0, 230, 25)[..., None]
+        yield img

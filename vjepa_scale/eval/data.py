@@ -4,7 +4,11 @@ Each video gives `num_views` x `num_clips` clips. Clips are `frames_per_clip` fr
 `frame_step`, their windows evenly spread over the video (one clip: the centred window). Views are
 square crops of side min(H, W) / resize_ratio spread evenly along the longer side (one view: the
 centre), resized to `crop_size`. No randomness: the same video always gives the same tensors.
-Decoding and normalization are the data pipeline's (`vjepa_scale.data.decode` / `.clips`).
+Decoding and normalization are the data pipeline's (`vjepa_scale.data.decode` / `.clips`), rotation
+included. An unusable file (missing, unreadable, truncated, ...: a `VideoError`) is not replaced, as in
+training, but left out: its item has video None and `skipped` (path, "kind: reason"); feature
+extraction drops it and counts it (`FeatureSet.skipped`, `result.json`'s `skipped_videos`). A video
+shorter than one clip window is kept, its last frame repeated (every video of an eval set is scored).
 """
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vjepa_scale.config import ConfigError
-from vjepa_scale.data.clips import normalize_clip
-from vjepa_scale.data.decode import decode_frames, probe_video
+from vjepa_scale.data.clips import normalize_clip, stored_box
+from vjepa_scale.data.decode import Deadline, VideoError, decode_clip_frames, probe_video
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
 
@@ -70,23 +74,42 @@ def view_boxes(height: int, width: int, num_views: int, resize_ratio: float) -> 
     return [(across, o, side, side) if along_w else (o, across, side, side) for o in offsets]
 
 
-class EvalClips(Dataset):
-    """item i -> {video (num_views, num_clips, C, T, crop, crop) float32, label, index}."""
+EVAL_DECODE_TIMEOUT_S = 60.0  # reading one file longer than this: left out like an unreadable one
 
-    def __init__(self, paths: list[str], labels: list[int], cfg: EvalDataConfig):
+
+class EvalClips(Dataset):
+    """item i -> {video (num_views, num_clips, C, T, crop, crop) float32 (None: unusable), label, index, skipped}.
+
+    `skipped`: None, or (path, "kind: reason") of the file when it is unusable.
+    """
+
+    def __init__(self, paths: list[str], labels: list[int], cfg: EvalDataConfig,
+                 decode_timeout_s: float = EVAL_DECODE_TIMEOUT_S):
         self.paths, self.labels, self.cfg = paths, labels, cfg
+        self.decode_timeout_s = decode_timeout_s
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
+        item = {"video": None, "label": self.labels[i], "index": i, "skipped": None}
+        try:
+            with Deadline(self.paths[i], self.decode_timeout_s) as deadline:
+                item["video"] = self.clips(i, deadline)
+        except VideoError as e:
+            item["skipped"] = (e.path, e.summary)
+        return item
+
+    def clips(self, i: int, deadline: Deadline | None = None) -> torch.Tensor:
+        """(num_views, num_clips, C, T, crop, crop) of video i; VideoError when the file is unusable."""
         c = self.cfg
-        info = probe_video(self.paths[i])
+        info = probe_video(self.paths[i], deadline)
         windows = eval_frame_indices(info.num_frames, c.frames_per_clip, c.frame_step, c.num_clips)
-        pixels_THWC = torch.from_numpy(decode_frames(info.path, [f for w in windows for f in w], info.num_frames))
+        pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for w in windows for f in w], deadline))
         T = c.frames_per_clip
         views = []
-        for box in view_boxes(info.height, info.width, c.num_views, c.resize_ratio):
-            views.append(torch.stack([normalize_clip(pixels_THWC[k * T:(k + 1) * T], box, False, c.crop_size)
-                                      for k in range(c.num_clips)]))
-        return {"video": torch.stack(views), "label": self.labels[i], "index": i}
+        for box in view_boxes(*info.display_size, c.num_views, c.resize_ratio):
+            box = stored_box(box, info.rotation, info.height, info.width)
+            views.append(torch.stack([normalize_clip(pixels_THWC[k * T:(k + 1) * T], box, False, c.crop_size,
+                                                     info.rotation) for k in range(c.num_clips)]))
+        return torch.stack(views)

@@ -3,10 +3,12 @@
 A video's features are `(num_views, num_clips * N, D)`: for each spatial view the token sets of its
 temporal clips are concatenated, so the probe attends across clips; views are classified separately
 and their predictions averaged. Under a distributed launch each rank encodes the videos `rank::world`.
+Items whose video is None (an unusable file, see `eval.data.EvalClips`) are left out and listed in
+`FeatureSet.skipped`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -19,15 +21,18 @@ class FeatureSet:
     feats_MVND: torch.Tensor  # (videos, views, clips * tokens, D)
     labels_M: torch.Tensor  # int64 (videos,)
     index_M: torch.Tensor  # int64 (videos,): position in the index file
+    skipped: list = field(default_factory=list)  # (path, "kind: reason") of the videos left out
 
     def __len__(self) -> int:
         return self.labels_M.shape[0]
 
 
 def _collate(items: list[dict]) -> dict:
-    return {"video": torch.stack([it["video"] for it in items]),
-            "label": torch.tensor([it["label"] for it in items], dtype=torch.int64),
-            "index": torch.tensor([it["index"] for it in items], dtype=torch.int64)}
+    kept = [it for it in items if it["video"] is not None]
+    return {"video": torch.stack([it["video"] for it in kept]) if kept else None,
+            "label": torch.tensor([it["label"] for it in kept], dtype=torch.int64),
+            "index": torch.tensor([it["index"] for it in kept], dtype=torch.int64),
+            "skipped": [it["skipped"] for it in items if it["video"] is None]}
 
 
 @torch.no_grad()
@@ -40,10 +45,13 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate)
     store_dtype = store_dtype or (torch.float32 if dtype == torch.float32 else torch.bfloat16)
-    feats, labels, index = [], [], []
+    feats, labels, index, skipped = [], [], [], []
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
+        skipped += batch["skipped"]
         video = batch["video"]
+        if video is None:
+            continue
         B, V, K = video.shape[:3]
         with autocast:
             tok_XND = encoder(video.flatten(0, 2).to(device, non_blocking=True))
@@ -51,9 +59,11 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
         feats.append(tok_XND.reshape(B, V, K * N, D).to("cpu", store_dtype))
         labels.append(batch["label"])
         index.append(batch["index"])
-    if not feats:  # more ranks than videos
-        raise ValueError(f"{desc}: rank {rank} of {world_size} got no videos ({len(dataset)} in the index)")
-    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index))
+    if not feats:  # more ranks than videos, or all of this rank's unusable
+        bad = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
+        raise ValueError(f"{desc}: rank {rank} of {world_size} got no usable videos ({len(dataset)} in the index"
+                         + (f"; {len(skipped)} unusable, e.g. {bad})" if skipped else ")"))
+    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped)
 
 
 def effective_rank(x_XD: torch.Tensor) -> float:

@@ -59,6 +59,12 @@ def run_eval(cfg: EvalConfig) -> dict:
                            device, dtype, cfg.data.num_workers, rank, world, desc="val features",
                            progress=progress)
     t_feat = time.time() - t_enc
+    skipped = {name: _all_ranks(fs.skipped, world) for name, fs in (("train", train), ("val", val))}
+    if rank == 0 and any(skipped.values()):
+        for name, items in skipped.items():
+            for path, reason in items:
+                print(f"eval: left out {name} video {path} ({reason})", flush=True)
+    left_out = {i for i, p in enumerate(train_paths) if p in dict(skipped["train"])}  # train positions
     sample_XD = val.feats_MVND[:256, 0].flatten(0, 1).float()  # collapse diagnostics on this rank's share
     feat_rank, feat_top_pc = effective_rank(sample_XD), top_pc_share(sample_XD)
     del encoder
@@ -79,7 +85,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             data = FeatureSet(train.feats_MVND[keep], train.labels_M[keep], train.index_M[keep])
         runs.append(train_probe(data, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
                                 writer, tag=f"seed{seed}", progress=progress))
-        runs[-1]["num_train_videos"] = len(subsets[seed]) if seed in subsets else len(train_paths)
+        runs[-1]["num_train_videos"] = len(set(subsets.get(seed, range(len(train_paths)))) - left_out)
     if writer is not None:
         writer.close()
     tops = [r["val_top1"] for r in runs]
@@ -91,7 +97,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         "num_classes": num_classes,
         "num_train_videos": runs[0]["num_train_videos"],
         "train_per_class": cfg.data.train_per_class,
-        "num_val_videos": len(val_paths),
+        "num_val_videos": len(val_paths) - len(skipped["val"]),
+        "skipped_videos": {name: {p: r for p, r in items} for name, items in skipped.items()},
         "val_top1_mean": statistics.fmean(tops),
         "val_top1_std": statistics.pstdev(tops) if len(tops) > 1 else 0.0,
         "val_top1_per_seed": {str(r["seed"]): r["val_top1"] for r in runs},
@@ -107,3 +114,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _all_ranks(items: list, world: int) -> list:
+    """`items` of every rank, concatenated (this rank's alone without a process group)."""
+    if world <= 1 or not torch.distributed.is_initialized():
+        return list(items)
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from vjepa_scale.config import Config, save_config
-from vjepa_scale.data import Batch, build_dataloader
+from vjepa_scale.data import Batch, build_dataloader, skip_metrics
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
@@ -214,7 +214,8 @@ class Trainer:
             logger.write(note)
         a = cfg.optim.grad_accum
         with rng.untouched():
-            it = iter(self.loader(total - self.step))
+            loader = self.loader(total - self.step)
+            it = iter(loader)
         tokens_per_clip = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
         new_window = functools.partial(_Window, self.device, self.world, cfg.data.global_batch_size,
                                        tokens_per_clip, self.peak_tflops)
@@ -238,6 +239,7 @@ class Trainer:
                     self.watchdog.phase(f"metrics all-reduce step {self.step}")
                     m = window.summary(stats, total - self.step, self.engine.get_global_grad_norm())
                     m["skipped_steps"] = self.guard.skipped_steps
+                    m.update(skip_metrics(loader, self.device))  # data_skipped (+ per kind), over all ranks
                     logger.log(self.step, m)
                     logger.progress(self.step, progress_postfix(m))
                     window = new_window()

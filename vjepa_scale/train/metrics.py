@@ -1,6 +1,8 @@
 """Run observability: metrics.jsonl, tensorboard scalars and a rank-0 tqdm progress bar.
 
 metrics.jsonl is strict JSON: an inf/NaN metric is written as null and named in `"nonfinite"`.
+File loaders add their skip counts to every record (`data_skipped`, `data_skipped_<kind>`,
+`data_bad_share`; see `vjepa_scale.data.skips.SkipTracker.metrics`).
 """
 from __future__ import annotations
 
@@ -89,6 +91,8 @@ def progress_postfix(m: dict) -> dict:
            "tok/s": f"{m['tokens_per_s']:.3g}", "wait": f"{100 * m['data_wait']:.0f}%"}
     if m.get("mfu") is not None:
         out["mfu"] = f"{100 * m['mfu']:.1f}%"
+    if m.get("data_skipped"):
+        out["skipped"] = m["data_skipped"]  # unusable files replaced so far (all ranks)
     return out
 
 
