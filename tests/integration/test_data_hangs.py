@@ -3,7 +3,6 @@
 (data.decode_timeout_s)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import signal
@@ -14,13 +13,10 @@ import time
 
 import pytest
 
-from helpers import tiny_config
-from vjepa_scale.config import ConfigError, DataConfig, DatasetSpec
+from helpers import ROOT, video_cfg
+from vjepa_scale.config import ConfigError, DataConfig
 from vjepa_scale.data import LoaderTimeoutError, build_dataloader
 from vjepa_scale.data.synthetic_videos import write_synthetic_videos
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
@@ -30,11 +26,9 @@ def videos(tmp_path_factory):
     return [line.split()[0] for line in open(out["train"]).read().splitlines()]
 
 
-def video_cfg(index, workers, **data_kw):
-    cfg = tiny_config(crop=32, frames=4, batch_size=4, depth=1)
-    cfg.data = dataclasses.replace(cfg.data, backend="cpu", datasets=[DatasetSpec(str(index), 1.0)], frame_step=2,
-                                   num_workers=workers, **data_kw)
-    return cfg.validate()
+def hang_cfg(index, workers, **data_kw):
+    """4 clips of 4 frames (stride 2) per batch from `index` on the cpu backend."""
+    return video_cfg([(index, 1.0)], frames=4, step=2, batch=4, workers=workers, **data_kw)
 
 
 @pytest.mark.parametrize("key", ["loader_timeout_s", "decode_timeout_s"])
@@ -49,10 +43,10 @@ def test_timeout_keys_validated(key):
 FROZEN_CHILD = r"""
 import multiprocessing, sys
 sys.path.insert(0, {tests!r})
-from test_data_hangs import video_cfg
+from helpers import video_cfg
 from vjepa_scale.data import build_dataloader
 
-cfg = video_cfg({index!r}, workers=1, loader_timeout_s={timeout!r})
+cfg = video_cfg([({index!r}, 1.0)], frames=4, step=2, batch=4, workers=1, loader_timeout_s={timeout!r})
 it = iter(build_dataloader(cfg, rank=1, world_size=2, start_step=5))
 print("step", next(it).step, flush=True)
 print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
@@ -80,8 +74,8 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
     ends within the timeout with an error naming rank, micro-step and the config key, and exits."""
     index = tmp_path / "index.txt"
     index.write_text("".join(f"{p} 0\n" for p in videos))
-    script = FROZEN_CHILD.format(tests=os.path.join(ROOT, "tests"), index=str(index), timeout=3.0)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    script = FROZEN_CHILD.format(tests=str(ROOT / "tests"), index=str(index), timeout=3.0)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     workers = []
@@ -168,7 +162,7 @@ def test_stalled_file_is_skipped_and_counted(videos, tmp_path, stall, workers):
                         full_opens=0 if stall == "header" else 1)
     index = tmp_path / "index.txt"
     index.write_text("".join(f"{p} 0\n" for p in [videos[0], pipe.path] + videos[2:]))
-    cfg = video_cfg(index, workers, decode_timeout_s=0.5)
+    cfg = hang_cfg(index, workers, decode_timeout_s=0.5)
     try:
         t0 = time.monotonic()
         loader = build_dataloader(cfg, num_steps=1)  # one step of 4 = every entry once
@@ -192,7 +186,7 @@ def test_no_decode_timeout_when_disabled_reads_slow_pipe(videos, tmp_path):
     index = tmp_path / "index.txt"
     index.write_text("".join(f"{p} 0\n" for p in [videos[0], pipe.path] + videos[2:]))
     try:
-        loader = build_dataloader(video_cfg(index, 0, decode_timeout_s=0), num_steps=1)
+        loader = build_dataloader(hang_cfg(index, 0, decode_timeout_s=0), num_steps=1)
         (batch,) = list(loader)
     finally:
         pipe.close()
