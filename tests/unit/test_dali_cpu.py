@@ -15,7 +15,7 @@ from helpers import frame_ids, needs, tiny_config, write_index
 from helpers.dali_videos import colour_frames, corrupt, cut, encode, index_video, vfr_pts_ms
 from vjepa_scale.config import ConfigError, DatasetSpec
 from vjepa_scale.data import build_dataloader
-from vjepa_scale.data.clips import ClipPlan, denormalize_clip, normalize_clip, plan_clips, plan_video
+from vjepa_scale.data.clips import ClipPlan, denormalize_clip, normalize_clip, plan_video
 from vjepa_scale.data.decode import decode_frames, probe_video
 from vjepa_scale.data.nvdec import canonical_codec, dali_route, stream_format
 from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP
