@@ -6,7 +6,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import require, tiny_config
+from helpers import load_tool, require, tiny_config
 from vjepa_scale.config import Config
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vjepa_scale.hf import export_to_hf
@@ -24,7 +23,6 @@ from vjepa_scale.weights import (RELEASES, CheckpointMismatchError, expected_sha
                                  official_config, read_official)
 
 transformers = require("transformers")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _release(file: str):
@@ -157,10 +155,7 @@ def test_vjepa2_mask_types_start_from_token_0(tmp_path):
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("convert_to_hf", ROOT / "tools" / "convert_to_hf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("convert_to_hf")
 
 
 def test_convert_official_file_with_config(tmp_path, capsys):
