@@ -16,7 +16,7 @@ import torch
 
 from vjepa_scale.train import engine
 
-TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
+TRAIN = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
 
 def main() -> int:
