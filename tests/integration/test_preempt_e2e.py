@@ -9,12 +9,8 @@ Slow (2 ranks, gloo, tools/train.py through the launchers, tiny config, N steps)
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,11 +20,12 @@ import psutil
 import pytest
 import torch
 
+from helpers import ROOT, assert_ok, launch, rank_processes, require, run, start, train_args, wait_for_step
 from vjepa_scale.train import preempt
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import find_latest, list_checkpoints, load_consolidated
 
-ROOT = Path(__file__).resolve().parent.parent
+require("deepspeed")
 N = 14
 OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={N}",
         "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=100"]
@@ -44,7 +41,7 @@ def test_launcher_watch_sees_the_launcher_exit(tmp_path):
     # exits once the child watches it
     parent = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
               f"while not os.path.exists({str(out)!r} + '.ready'): time.sleep(0.05)")
-    r = subprocess.run([sys.executable, "-c", parent, "torchrun"], capture_output=True, text=True, timeout=60)
+    r = run([sys.executable, "-c", parent, "torchrun"], timeout=60)
     deadline = time.monotonic() + 30
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -54,56 +51,12 @@ def test_launcher_watch_sees_the_launcher_exit(tmp_path):
 
 # -- 2 ranks through the launchers ------------------------------------------------------------------
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _cmd(run_dir, *opts, launcher="deepspeed", resume=None) -> list[str]:
-    args = ["tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
-    for o in [*OPTS, *opts]:
-        args += ["--opt", o]
-    if resume:
-        args += ["--resume", resume]
-    if launcher == "deepspeed":
-        ds = shutil.which("deepspeed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-        return [ds, "--num_gpus", "2", "--master_port", _free_port(), *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(), *args]
-
-
-def _env() -> dict:
-    return dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-
-
-def _run(cmd) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-
-
-def _start(cmd, log: Path) -> subprocess.Popen:
-    f = open(log, "w")
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT, text=True)
-
-
-def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the run ended early (exit {proc.returncode})"
-        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= step for r in read_metrics(run_dir)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} was not reached in {timeout} s")
-
-
-def _ranks(proc: subprocess.Popen) -> dict[int, psutil.Process]:
-    """local rank -> process, among the launcher's descendants running tools/train.py."""
-    out = {}
-    for p in psutil.Process(proc.pid).children(recursive=True):
-        cmd = p.cmdline()
-        if any(c.endswith("tools/train.py") for c in cmd[1:3]):  # python [-u] tools/train.py (not a launcher)
-            m = [c for c in cmd if c.startswith("--local_rank=")]
-            out[int(m[0].split("=")[1]) if m else int(p.environ().get("LOCAL_RANK", -1))] = p
-    return out
+def _train(run_dir, *opts, launcher="deepspeed", resume=None, log=None):
+    """tools/train.py on 2 ranks: run to the end, or (with `log`) started and returned running."""
+    args = ("tools/train.py", *train_args(run_dir, *OPTS, *opts, resume=resume))
+    if log is None:
+        return launch(*args, nproc=2, launcher=launcher)
+    return start(*args, nproc=2, launcher=launcher, log=log)
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -123,18 +76,17 @@ def _rng_equal(a: dict, b: dict) -> bool:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("preempt")
     straight, run = base / "straight", base / "preempted"
-    r = _run(_cmd(straight, "train.checkpoint_every=1"))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_ok(_train(straight, "train.checkpoint_every=1"))
     # checkpoint_every > N: the only checkpoint before the end is the one the preemption writes
-    proc = _start(_cmd(run, "train.checkpoint_every=100"), base / "preempted.log")
-    _wait_for_step(run, 3, proc)
-    _ranks(proc)[1].send_signal(signal.SIGTERM)
+    proc = _train(run, "train.checkpoint_every=100", log=base / "preempted.log")
+    wait_for_step(run, 3, proc, log=base / "preempted.log")
+    rank_processes(proc.pid)[1].send_signal(signal.SIGTERM)
     code = proc.wait(timeout=120)
     log = (base / "preempted.log").read_text()
     state = {"code": code, "log": log, "ckpts": [c.name for c in list_checkpoints(run)],
              "steps": sorted(_losses(run))}
-    rr = _run(_cmd(run, "train.checkpoint_every=100", launcher="torchrun", resume="auto"))
-    assert rr.returncode == 0, rr.stdout[-3000:] + rr.stderr[-3000:]
+    rr = _train(run, "train.checkpoint_every=100", launcher="torchrun", resume="auto")
+    assert_ok(rr)
     yield {"straight": straight, "resumed": run, "preempted": state, "resumed_log": rr.stdout + rr.stderr}
 
 
@@ -179,10 +131,10 @@ def test_rng_state_of_a_resumed_run_equals_the_straight_run(runs):
 @pytest.mark.slow
 def test_sigterm_to_the_outer_deepspeed_launcher_leaves_no_orphans(tmp_path):
     run = tmp_path / "outer"
-    proc = _start(_cmd(run, "train.checkpoint_every=100"), tmp_path / "outer.log")
-    _wait_for_step(run, 2, proc)
+    proc = _train(run, "train.checkpoint_every=100", log=tmp_path / "outer.log")
+    wait_for_step(run, 2, proc, log=tmp_path / "outer.log")
     tree = psutil.Process(proc.pid).children(recursive=True)
-    ranks = _ranks(proc)
+    ranks = rank_processes(proc.pid)
     assert sorted(ranks) == [0, 1]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
