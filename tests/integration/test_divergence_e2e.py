@@ -4,36 +4,21 @@ unit/test_divergence.py."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import equal_tensors, launch, require, train_args
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
-ROOT = Path(__file__).resolve().parent.parent
-
+require("deepspeed")
 OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.ema=[0.5,0.7]",
         "train.log_every=1", "train.checkpoint_every=1", "train.keep_last=20"]
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def _launch(run_dir, *opts, script=("tools/train.py",)):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-    args = [*script, "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
-    for o in [*OPTS, *opts]:
-        args += ["--opt", o]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return launch(*script, *train_args(run_dir, *OPTS, *opts), nproc=2)
 
 
 def _strict_records(run_dir) -> list[dict]:
@@ -49,9 +34,6 @@ def _weights(ckpt) -> dict[str, torch.Tensor]:
             **{f"online.predictor.{k}": v for k, v in on["predictor"].items()},
             **{f"target.{k}": v for k, v in tg["encoder"].items()}}
 
-
-def _equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -83,7 +65,7 @@ def test_two_rank_divergence_stops_with_error(tmp_path):
     weights = {int(c.name.split("_")[1]): _weights(c) for c in ckpts}
     assert all(torch.isfinite(v).all() for w in weights.values() for v in w.values())
     for s in range(first_bad, stop):  # skipped step s: state after s == state after s - 1
-        assert _equal(weights[s], weights[s - 1]), f"skipped step {s} changed the online weights or the EMA"
+        assert equal_tensors(weights[s], weights[s - 1]), f"skipped step {s} changed the online weights or the EMA"
 
 
 @pytest.mark.slow
@@ -99,6 +81,6 @@ def test_two_rank_isolated_nan_batch_on_one_rank(tmp_path):
     assert recs[4]["nonfinite"] == ["loss", "grad_norm"] and all("nonfinite" not in recs[s] for s in (1, 2, 3, 5, 6))
     w = {int(c.name.split("_")[1]): _weights(c) for c in list_checkpoints(run)}
     assert sorted(w) == list(range(1, 7))
-    assert _equal(w[4], w[3])
-    assert not _equal(w[5], w[4]) and not _equal(w[3], w[2])
+    assert equal_tensors(w[4], w[3])
+    assert not equal_tensors(w[5], w[4]) and not equal_tensors(w[3], w[2])
     assert json.loads((run / CKPT_SUBDIR / "step_00000006" / "meta.json").read_text())["skipped_steps"] == 1

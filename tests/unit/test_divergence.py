@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from helpers import single_process_group
+from helpers import equal_tensors, require, single_process_group
 from vjepa_scale.config import ConfigError, load_config
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.guard import NonFiniteStateError, check_deepspeed_config
@@ -21,6 +21,8 @@ from vjepa_scale.train.launch import preflight
 from vjepa_scale.train.metrics import RunLogger
 from vjepa_scale.train.zero_compat import fp32_master
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints
+
+require("deepspeed")
 
 
 def _trainer(run_dir, *opts, resume=None) -> Trainer:
@@ -40,10 +42,6 @@ def _state(tr: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
-def _equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("stage,precision", [(3, "fp32"), (2, "fp32"), (1, "fp32"), (0, "fp32"),
                                              (3, "bf16"), (2, "bf16")])
 def test_isolated_nan_micro_batch_changes_nothing(tmp_path, stage, precision):
@@ -59,17 +57,17 @@ def test_isolated_nan_micro_batch_changes_nothing(tmp_path, stage, precision):
     before = _state(tr)
     tr.train_step(bad)
     assert tr.step == 2 and tr.guard.skipped_steps == 1 and tr.guard.bad_in_row == 1
-    assert _equal(_state(tr), before), "a skipped step changed weights, optimizer state or EMA"
+    assert equal_tensors(_state(tr), before), "a skipped step changed weights, optimizer state or EMA"
     tr.save()
     tr.train_step(steps[2])
     assert tr.guard.skipped_steps == 1 and tr.guard.bad_in_row == 0
     after = _state(tr)
-    assert not _equal(after, before)  # a good step moves on
+    assert not equal_tensors(after, before)  # a good step moves on
 
     resumed = _trainer(tmp_path / "run", *opts, resume="auto")
     assert resumed.step == 2 and resumed.guard.skipped_steps == 1  # the count survives a resume
     resumed.train_step(steps[2])
-    assert _equal(_state(resumed), after)
+    assert equal_tensors(_state(resumed), after)
 
 
 def test_nonfinite_weights_are_never_checkpointed(tmp_path):
