@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import single_process_group
+from helpers import require, single_process_group, tmpfs_mounts
 from vjepa_scale.config import load_config
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.housekeeping import (CheckpointFolderError, CheckpointWriteError, ResumeConfigError,
@@ -24,6 +22,7 @@ from vjepa_scale.train.housekeeping import (CheckpointFolderError, CheckpointWri
 from vjepa_scale.train.launch import preflight
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
+require("deepspeed")
 OPTS = ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2", "train.precision=fp32",
         "train.progress_bar=false", "train.log_every=1"]
 
@@ -110,21 +109,8 @@ def test_leftovers_settled_when_a_run_starts(tmp_path):
 @pytest.fixture
 def tmpfs(tmp_path):
     """mount(size, ro=False) -> a fresh tmpfs mount point; unmounted afterwards."""
-    mounted = []
-
-    def mount(size: str, ro: bool = False) -> Path:
-        mp = tmp_path / f"mnt_{uuid.uuid4().hex[:6]}"
-        mp.mkdir()
-        opts = f"size={size}" + (",ro" if ro else "")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mp)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
-        mounted.append(mp)
-        return mp
-
-    yield mount
-    for mp in mounted:
-        subprocess.run(["umount", "-l", str(mp)], capture_output=True)
+    with tmpfs_mounts(tmp_path) as mount:
+        yield mount
 
 
 def test_read_only_folder_refused_before_training(tmpfs):
