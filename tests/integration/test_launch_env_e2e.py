@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from helpers import cpu_env, free_port, require, start, train_args
 from vjepa_scale.distributed import SharedDirError, check_shared_dir
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from vjepa_scale.weights import find_latest
 
 
 def _check_worker(rank: int, world: int, port: int, folders: list[str], errors) -> None:
@@ -33,7 +31,7 @@ def _check_worker(rank: int, world: int, port: int, folders: list[str], errors) 
 def _run_check(folders: list[str]) -> dict[int, str | None]:
     ctx = mp.get_context("fork")
     errors = ctx.Queue()
-    mp.start_processes(_check_worker, args=(len(folders), _free_port(), folders, errors), nprocs=len(folders),
+    mp.start_processes(_check_worker, args=(len(folders), free_port(), folders, errors), nprocs=len(folders),
                        start_method="fork")
     return dict(errors.get(timeout=30) for _ in folders)
 
@@ -57,21 +55,13 @@ def test_shared_dir_check_names_the_ranks_that_cannot_see_the_folder(tmp_path):
 def test_two_tasks_started_the_way_srun_does(tmp_path):
     """`srun python tools/train.py`: two plain processes that know only SLURM's variables train as
     ranks 0 and 1 (rendezvous on the node list's first host) and write one 2-rank checkpoint."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from vjepa_scale.weights import find_latest
-
-    root = Path(__file__).resolve().parent.parent
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    base.update(DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1", SLURM_JOB_ID="4242",
-                SLURM_NTASKS="2", SLURM_NODELIST="localhost", MASTER_PORT=str(_free_port()))
-    cmd = [sys.executable, "tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(tmp_path / "run")]
-    for o in ("model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.iterations=2"):
-        cmd += ["--opt", o]
-    procs = [subprocess.Popen(cmd, cwd=root, env=dict(base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    require("deepspeed")
+    env = cpu_env(RANK=None, WORLD_SIZE=None, LOCAL_RANK=None, MASTER_ADDR=None, SLURM_JOB_ID="4242",
+                  SLURM_NTASKS="2", SLURM_NODELIST="localhost", MASTER_PORT=str(free_port()))
+    args = train_args(tmp_path / "run", "model.depth=1", "data.crop_size=32", "data.synthetic_size=64",
+                      "optim.iterations=2")
+    procs = [start("tools/train.py", *args, env=dict(env, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in (0, 1)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     ckpt = find_latest(tmp_path / "run")
