@@ -2,26 +2,22 @@
 before any process group. The estimate itself: unit/test_memory_preflight.py."""
 from __future__ import annotations
 
-import os
 import resource
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import cpu_env, launch, train_args
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def test_vith384_refused_before_any_process_group():
     """tools/train.py with the ViT-H/384 recipe and synthetic clips on this CPU machine stops with a
     config error naming the estimate, the memory available and what to change, within seconds and
     without allocating (the unchecked run grows past 14 GB until the kernel kills it)."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = cpu_env(**dict.fromkeys(LAUNCHER_VARS))  # a plain single process
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    r = subprocess.run([sys.executable, "tools/train.py", "--config", "vith384", "--opt", "data.backend=synthetic",
-                        "--output-dir", "/nonexistent/never_created"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    r = launch("tools/train.py", *train_args("/nonexistent/never_created", "data.backend=synthetic", config="vith384"),
+               env=env, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     err = r.stderr
     assert "config error: memory preflight: this config needs about" in err
