@@ -6,32 +6,26 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
+from helpers import ROOT, cpu_env, start, streamable_videos
 from vjepa_scale.data import LoaderTimeoutError
-from vjepa_scale.data.synthetic_videos import write_synthetic_videos
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """Four small VP9 videos (streamable: WebM needs no seek to be read from a pipe)."""
-    out = write_synthetic_videos(tmp_path_factory.mktemp("hang_videos") / "v", 4, 12, 32, ("vp9",),
-                                 val_fraction=0)
-    return [line.split()[0] for line in open(out["train"]).read().splitlines()]
+    return streamable_videos(tmp_path_factory.mktemp("hang_videos") / "v")
 
 
 FROZEN_CHILD = r"""
 import multiprocessing, sys
-sys.path.insert(0, {tests!r})
-from test_data_hangs import video_cfg
+from helpers import video_cfg
 from vjepa_scale.data import build_dataloader
 
-cfg = video_cfg({index!r}, workers=1, loader_timeout_s={timeout!r})
+cfg = video_cfg([({index!r}, 1.0)], frames=4, step=2, crop=32, batch=4, workers=1, loader_timeout_s={timeout!r})
 it = iter(build_dataloader(cfg, rank=1, world_size=2, start_step=5))
 print("step", next(it).step, flush=True)
 print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
@@ -59,10 +53,11 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
     ends within the timeout with an error naming rank, micro-step and the config key, and exits."""
     index = tmp_path / "index.txt"
     index.write_text("".join(f"{p} 0\n" for p in videos))
-    script = FROZEN_CHILD.format(tests=os.path.join(ROOT, "tests"), index=str(index), timeout=3.0)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    script = tmp_path / "frozen_child.py"
+    script.write_text(FROZEN_CHILD.format(index=str(index), timeout=3.0))
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    proc = start(script, env=cpu_env(PYTHONPATH=path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
     workers = []
     try:
         first = proc.stdout.readline()

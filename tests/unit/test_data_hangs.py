@@ -3,31 +3,25 @@
 (data.loader_timeout_s): integration/test_data_hangs_e2e.py."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
 
 import pytest
 
-from helpers import tiny_config
-from vjepa_scale.config import ConfigError, DataConfig, DatasetSpec
+from helpers import streamable_videos, video_cfg
+from vjepa_scale.config import ConfigError, DataConfig
 from vjepa_scale.data import build_dataloader
-from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """Four small VP9 videos (streamable: WebM needs no seek to be read from a pipe)."""
-    out = write_synthetic_videos(tmp_path_factory.mktemp("hang_videos") / "v", 4, 12, 32, ("vp9",),
-                                 val_fraction=0)
-    return [line.split()[0] for line in open(out["train"]).read().splitlines()]
+    return streamable_videos(tmp_path_factory.mktemp("hang_videos") / "v")
 
 
-def video_cfg(index, workers, **data_kw):
-    cfg = tiny_config(crop=32, frames=4, batch_size=4, depth=1)
-    cfg.data = dataclasses.replace(cfg.data, backend="cpu", datasets=[DatasetSpec(str(index), 1.0)], frame_step=2,
-                                   num_workers=workers, **data_kw)
-    return cfg.validate()
+def _cfg(index, workers, **data_kw):
+    return video_cfg([(index, 1.0)], frames=4, step=2, crop=32, batch=4, workers=workers, **data_kw)
 
 
 @pytest.mark.parametrize("key", ["loader_timeout_s", "decode_timeout_s"])
@@ -93,7 +87,7 @@ def test_stalled_file_is_skipped_and_counted(videos, tmp_path, stall, workers):
                         full_opens=0 if stall == "header" else 1)
     index = tmp_path / "index.txt"
     index.write_text("".join(f"{p} 0\n" for p in [videos[0], pipe.path] + videos[2:]))
-    cfg = video_cfg(index, workers, decode_timeout_s=0.5)
+    cfg = _cfg(index, workers, decode_timeout_s=0.5)
     try:
         t0 = time.monotonic()
         loader = build_dataloader(cfg, num_steps=1)  # one step of 4 = every entry once
@@ -117,7 +111,7 @@ def test_no_decode_timeout_when_disabled_reads_slow_pipe(videos, tmp_path):
     index = tmp_path / "index.txt"
     index.write_text("".join(f"{p} 0\n" for p in [videos[0], pipe.path] + videos[2:]))
     try:
-        loader = build_dataloader(video_cfg(index, 0, decode_timeout_s=0), num_steps=1)
+        loader = build_dataloader(_cfg(index, 0, decode_timeout_s=0), num_steps=1)
         (batch,) = list(loader)
     finally:
         pipe.close()
