@@ -16,6 +16,7 @@ from types import ModuleType
 
 from .extras import ROOT
 
+RANK_STARTERS = ("torch.distributed.run", "deepspeed.launcher.launch")  # python -m modules that start ranks
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "DS_SKIP_SHM_BUILD": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -90,18 +91,19 @@ def start(script: str | Path, *args, nproc: int | None = None, launcher: str = "
 
 
 def rank_processes(pid: int) -> dict:
-    """rank -> psutil.Process of each training rank below the launcher `pid` (torchrun's children, the
-    deepspeed runner's grandchildren): the descendants given RANK by a launcher, not DataLoader workers,
-    which inherit it from their rank."""
+    """rank -> psutil.Process of each training rank below the launcher `pid`: the children of the process
+    that starts the ranks (torch.distributed.run itself; under the deepspeed runner, its
+    deepspeed.launcher.launch child), keyed by the RANK that process gave them. Not DataLoader workers
+    (children of a rank), whatever RANK this test process may have left in the environment."""
     import psutil
 
     ranks = {}
     for p in psutil.Process(pid).children(recursive=True):
         try:
-            rank = p.environ().get("RANK")
-            if rank is not None and "RANK" not in p.parent().environ():
-                ranks[int(rank)] = p
-        except psutil.Error:  # ended meanwhile
+            cmd = p.parent().cmdline()
+            if any(c in RANK_STARTERS or os.path.basename(c) == "torchrun" for c in cmd):
+                ranks[int(p.environ()["RANK"])] = p
+        except (psutil.Error, AttributeError, KeyError):  # ended meanwhile
             continue
     return ranks
 
