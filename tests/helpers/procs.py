@@ -103,7 +103,7 @@ def rank_processes(pid: int) -> dict:
             cmd = p.parent().cmdline()
             if any(c in RANK_STARTERS or os.path.basename(c) == "torchrun" for c in cmd):
                 ranks[int(p.environ()["RANK"])] = p
-        except (psutil.Error, AttributeError, KeyError):  # ended meanwhile
+        except (psutil.Error, AttributeError, KeyError):  # ended meanwhile, or not started by a launcher
             continue
     return ranks
 
