@@ -12,7 +12,11 @@ Processes (helpers.procs):
     free_port()              a free TCP port on 127.0.0.1
     cpu_env(**kv), gpu_env(**kv)   subprocess environments (DeepSpeed on the CPU / free to pick CUDA)
     run(cmd, env, cwd, timeout)    subprocess.run with text output in the checkout
-    launch(script, *args, nproc=None, launcher="torchrun"|"deepspeed", env, timeout)
+    launch(script, *args, nproc=None, launcher="torchrun"|"deepspeed", env, timeout)   run to the end
+    start(script, *args, ..., log=None, **popen)   the same command, returned running (a Popen)
+    command(script, *args, nproc, launcher)        the command line both run
+    rank_processes(pid)      rank -> psutil.Process below a running launcher
+    wait_for_step(run_dir, step, proc)   until a running job has logged `step` in metrics.jsonl
     train_args(run_dir, *opts, config="cpu_demo.yaml", resume=None)   tools/train.py's arguments
     assert_ok(result)        exit status 0, else the output's tail
     deepspeed_launcher()     the `deepspeed` script beside this python
@@ -20,20 +24,26 @@ Processes (helpers.procs):
 Models (helpers.builders):
     tiny_config(...)         a validated tiny Config on synthetic data
     single_process_group()   a 1-rank gloo group in this process (the trainer's own join)
+    equal_tensors(a, b)      two {name: tensor} states are bitwise equal
 Videos (helpers.videos):
     write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), write_index(path, entries),
     frame_ids(video_CTHW)
+    streamable_videos(folder, n=4)   VP9 clips that can be read from a pipe
+Disks (helpers.disks):
+    tmpfs_mounts(base)       context: mount(size, ro=False) -> a small tmpfs (skips where not allowed)
 Evaluation (helpers.features):
     TensorVideos(videos, labels), separable_features(n, classes, ...)
 """
-from .builders import single_process_group, tiny_config
+from .builders import equal_tensors, single_process_group, tiny_config
+from .disks import tmpfs_mounts
 from .extras import ROOT, check_dev_extras, extras_required, missing_dev_extras, needs, require
 from .features import TensorVideos, separable_features
-from .procs import (assert_ok, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool, run,
-                    train_args)
-from .videos import frame_ids, video_cfg, write_bad_set, write_index, write_video_sets
+from .procs import (assert_ok, command, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool,
+                    rank_processes, run, start, train_args, wait_for_step)
+from .videos import frame_ids, streamable_videos, video_cfg, write_bad_set, write_index, write_video_sets
 
-__all__ = ["ROOT", "TensorVideos", "assert_ok", "check_dev_extras", "cpu_env", "deepspeed_launcher", "extras_required",
-           "frame_ids", "free_port", "gpu_env", "launch", "load_tool", "missing_dev_extras", "needs", "require", "run",
-           "separable_features", "single_process_group", "tiny_config", "train_args", "video_cfg", "write_bad_set",
-           "write_index", "write_video_sets"]
+__all__ = ["ROOT", "TensorVideos", "assert_ok", "check_dev_extras", "command", "cpu_env", "deepspeed_launcher",
+           "equal_tensors", "extras_required", "frame_ids", "free_port", "gpu_env", "launch", "load_tool",
+           "missing_dev_extras", "needs", "rank_processes", "require", "run", "separable_features",
+           "single_process_group", "start", "streamable_videos", "tiny_config", "tmpfs_mounts", "train_args",
+           "video_cfg", "wait_for_step", "write_bad_set", "write_index", "write_video_sets"]

@@ -1,7 +1,9 @@
-"""Tiny configs and an in-process 1-rank process group."""
+"""Tiny configs, an in-process 1-rank process group, and comparing saved states."""
 from __future__ import annotations
 
 import os
+
+import torch
 
 from vjepa_scale.config import Config, DataConfig, MaskConfig, MaskSpec, ModelConfig
 
@@ -31,3 +33,8 @@ def single_process_group():
         os.environ["MASTER_PORT"] = str(free_port())
         os.environ["MASTER_ADDR"] = "127.0.0.1"
     return join_process_group()
+
+
+def equal_tensors(a: dict, b: dict) -> bool:
+    """Same names, and every tensor bitwise equal (a state after a skipped step, a resumed run)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

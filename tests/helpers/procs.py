@@ -1,18 +1,22 @@
-"""Processes for integration tests: free ports, environments, the torchrun / deepspeed launchers, the
-training command line, and loading a tools/ script as a module."""
+"""Processes for integration tests: free ports, environments, the torchrun / deepspeed launchers (run to
+the end, or started and acted on while they run), the training command line, and loading a tools/ script
+as a module."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 from .extras import ROOT
 
+RANK_STARTERS = ("torch.distributed.run", "deepspeed.launcher.launch")  # python -m modules that start ranks
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "DS_SKIP_SHM_BUILD": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -54,20 +58,69 @@ def deepspeed_launcher() -> str:
     return found
 
 
-def launch(script: str | Path, *args, nproc: int | None = None, launcher: str = "torchrun",
-           env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def command(script: str | Path, *args, nproc: int | None = None, launcher: str = "torchrun") -> list:
     """`python script args` (nproc None), or `script` on `nproc` local ranks under torch.distributed.run
-    (launcher "torchrun") or the deepspeed launcher, on a free port. A relative `script` is in the
-    checkout; `cwd` defaults to the checkout; `env` to `cpu_env()`."""
+    (launcher "torchrun") or the deepspeed launcher, on a free port. A relative `script` is in the checkout."""
     script = ROOT / script
     if nproc is None:
-        cmd = [sys.executable, script, *args]
-    elif launcher == "deepspeed":
-        cmd = [deepspeed_launcher(), "--num_gpus", nproc, "--master_port", free_port(), script, *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, "--master_port",
-               free_port(), script, *args]
-    return run(cmd, env, cwd or ROOT, timeout)
+        return [sys.executable, script, *args]
+    if launcher == "deepspeed":
+        return [deepspeed_launcher(), "--num_gpus", nproc, "--master_port", free_port(), script, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, "--master_port", free_port(),
+            script, *args]
+
+
+def launch(script: str | Path, *args, nproc: int | None = None, launcher: str = "torchrun",
+           env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `command(script, *args, nproc=, launcher=)` to its end; `cwd` defaults to the checkout, `env` to
+    `cpu_env()`."""
+    return run(command(script, *args, nproc=nproc, launcher=launcher), env, cwd or ROOT, timeout)
+
+
+def start(script: str | Path, *args, nproc: int | None = None, launcher: str = "torchrun", env: dict | None = None,
+          cwd: Path | None = None, log: Path | None = None, **popen) -> subprocess.Popen:
+    """`launch`'s twin for tests that act on a running job (signal it, freeze a rank): starts the command
+    and returns at once. Text mode; stdout and stderr go to the file `log`, or where `popen` says
+    (stdin=, stdout=, stderr=, start_new_session= ...)."""
+    cmd = [str(c) for c in command(script, *args, nproc=nproc, launcher=launcher)]
+    kw = dict(cwd=cwd or ROOT, env=cpu_env() if env is None else env, text=True, **popen)
+    if log is None:
+        return subprocess.Popen(cmd, **kw)
+    with open(log, "w") as f:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, **kw)
+
+
+def rank_processes(pid: int) -> dict:
+    """rank -> psutil.Process of each training rank below the launcher `pid`: the children of the process
+    that starts the ranks (torch.distributed.run itself; under the deepspeed runner, its
+    deepspeed.launcher.launch child), keyed by the RANK that process gave them. Not DataLoader workers
+    (children of a rank), whatever RANK this test process may have left in the environment."""
+    import psutil
+
+    ranks = {}
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            cmd = p.parent().cmdline()
+            if any(c in RANK_STARTERS or os.path.basename(c) == "torchrun" for c in cmd):
+                ranks[int(p.environ()["RANK"])] = p
+        except (psutil.Error, AttributeError, KeyError):  # ended meanwhile, or not started by a launcher
+            continue
+    return ranks
+
+
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 240,
+                  log: Path | None = None) -> None:
+    """Wait until the running job `proc` has logged `step` in run_dir/metrics.jsonl; fail if it ends first
+    (showing the end of its `log`)."""
+    metrics, deadline = Path(run_dir) / "metrics.jsonl", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended early (exit {proc.returncode})\n" + (
+            Path(log).read_text()[-3000:] if log else "")
+        lines = metrics.read_text().split("\n")[:-1] if metrics.exists() else []  # complete lines only
+        if any(json.loads(line)["step"] >= step for line in lines if line.strip()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} was not reached in {timeout} s")
 
 
 def train_args(run_dir, *opts: str, config: str = "cpu_demo.yaml", resume: str | None = None) -> list[str]:

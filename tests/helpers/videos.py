@@ -1,5 +1,6 @@
-"""Encoded test videos: the small sets the data tests share, a set with broken entries, a config
-reading index files, an index writer, and the frame numbers stamped into `frame_index` clips."""
+"""Encoded test videos: the small sets the data tests share, VP9 clips that stream from a pipe, a set with
+broken entries, a config reading index files, an index writer, and the frame numbers stamped into
+`frame_index` clips."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,15 @@ def write_video_sets(base: Path) -> dict[str, dict[str, Path]]:
                                         pattern="frame_index"),
         "shapes": write_synthetic_videos(base / "shapes", 12, 12, 32, ("vp9", "h264"), val_fraction=0),
     }
+
+
+def streamable_videos(folder: Path, n: int = 4) -> list[str]:
+    """`n` small VP9 videos (12 frames, 32 px) written in `folder`: WebM needs no seek, so they can be read
+    from a pipe. Returns their paths."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    index = write_synthetic_videos(folder, n, 12, 32, ("vp9",), val_fraction=0)["train"]
+    return [line.split()[0] for line in open(index).read().splitlines()]
 
 
 def write_bad_set(shapes_index: Path, folder: Path) -> tuple[Path, list[str]]:

@@ -16,7 +16,7 @@ import torch
 
 from vjepa_scale.train import engine
 
-TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
+TRAIN = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
 
 def main() -> int:
@@ -26,8 +26,8 @@ def main() -> int:
     args, rest = ap.parse_known_args()
     build = engine.build_dataloader
 
-    def with_nan_batch(cfg, rank=0, world_size=1, start_step=0, num_steps=None):
-        for batch in build(cfg, rank, world_size, start_step, num_steps):
+    def with_nan_batch(cfg, rank=0, world_size=1, **kw):
+        for batch in build(cfg, rank, world_size, **kw):
             if rank == args.nan_rank and batch.step == args.nan_micro_step:
                 batch = dataclasses.replace(batch, video=torch.full_like(batch.video, float("nan")))
             yield batch

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vjepa_scale.train.engine import Trainer
 
-TRAIN = Path(__file__).resolve().parent.parent / "tools" / "train.py"
+TRAIN = Path(__file__).resolve().parents[2] / "tools" / "train.py"
 
 
 def main() -> int:

@@ -9,18 +9,16 @@ gradients, token errors and the EMA in another order). Without a fixed global ba
 run continues the sample stream at the saved position.
 """
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import assert_ok, launch, require, train_args
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import list_checkpoints, load_consolidated
 
-ROOT = Path(__file__).resolve().parent.parent
+require("deepspeed")
+RECORD_SAMPLES = Path(__file__).with_name("record_samples.py")
 STEPS, K = 6, 3
 OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={STEPS}",
         "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=10", f"train.checkpoint_every={K}"]
@@ -31,24 +29,11 @@ WEIGHT_ATOL = 1e-5
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _launch(run_dir: Path, nproc: int, *opts, resume=None) -> subprocess.CompletedProcess:
-    """tools/train.py on `nproc` CPU ranks through tests/integration/record_samples.py (records in run_dir/samples)."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           _free_port(), "tests/integration/record_samples.py", "--record-dir", str(run_dir / "samples"),
-           "--config", "cpu_demo.yaml", "--output-dir", str(run_dir)]
-    for o in [*OPTS, *opts]:
-        cmd += ["--opt", o]
-    if resume:
-        cmd += ["--resume", str(resume)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+def _launch(run_dir: Path, nproc: int, *opts, resume=None):
+    """tools/train.py on `nproc` CPU ranks through record_samples.py (records in run_dir/samples)."""
+    r = launch(RECORD_SAMPLES, "--record-dir", run_dir / "samples", *train_args(run_dir, *OPTS, *opts, resume=resume),
+               nproc=nproc)
+    assert_ok(r)
     return r
 
 

@@ -1,6 +1,6 @@
 """Hang watchdog (vjepa_scale.train.watchdog): a stalled phase ends the rank with a message naming it.
 
-Unit: the watchdog in a child interpreter (it ends its process with os._exit). Slow: 2 ranks under
+The watchdog alone in a child interpreter (it ends its process with os._exit). Slow: 2 ranks under
 torchrun, rank 1 frozen with SIGSTOP mid-training; rank 0 blocks in a collective, its watchdog names
 the phase, the launcher tears the job down and no rank is left behind.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,14 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT, cpu_env, rank_processes, require, run, start, train_args, wait_for_step
 from vjepa_scale.train.watchdog import EXIT_HUNG
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return run([sys.executable, "-c", textwrap.dedent(code)], env=cpu_env(PYTHONPATH=str(ROOT)), timeout=timeout)
 
 
 def test_stalled_phase_ends_the_process_with_message_and_stacks():
@@ -76,27 +73,6 @@ OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.i
 TIMEOUT_S = 8
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The worker process of `rank` among the children of the launcher `parent`."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            env = (d / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and f"RANK={rank}".encode() in env:
-            return int(d.name)
-    return None
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -107,22 +83,16 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_two_rank_stalled_rank_ends_job_with_message(tmp_path):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1", OMP_NUM_THREADS="1")
-    args = ["tools/train.py", "--config", "cpu_demo.yaml", "--output-dir", str(tmp_path / "run")]
-    for o in [*OPTS, f"train.hang_timeout_s={TIMEOUT_S}"]:
-        args += ["--opt", o]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(), *args]
-    log = open(tmp_path / "log.txt", "w+")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    require("deepspeed")
+    log = tmp_path / "log.txt"
+    proc = start("tools/train.py", *train_args(tmp_path / "run", *OPTS, f"train.hang_timeout_s={TIMEOUT_S}"), nproc=2,
+                 log=log, start_new_session=True)
     victim = None
     try:
-        metrics = tmp_path / "run" / "metrics.jsonl"
-        deadline = time.monotonic() + 240
-        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()[-3000:]
-            time.sleep(0.2)
-        victim = _rank_pid(proc.pid, 1)
-        assert victim is not None
+        wait_for_step(tmp_path / "run", 3, proc, log=log)
+        rank1 = rank_processes(proc.pid).get(1)
+        assert rank1 is not None
+        victim = rank1.pid
         os.kill(victim, signal.SIGSTOP)  # frozen mid-training, as a hung rank would be
         stopped = time.monotonic()
         rc = proc.wait(timeout=TIMEOUT_S + 60 + 40)  # watchdog, then the launcher's SIGTERM grace (30 s)
@@ -134,7 +104,7 @@ def test_two_rank_stalled_rank_ends_job_with_message(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         if victim is not None and _alive(victim):
             os.kill(victim, signal.SIGKILL)
-    out = Path(log.name).read_text()
+    out = log.read_text()
     assert rc != 0, out[-3000:]
     m = re.search(r"\[watchdog\] rank 0 on host \S+ \(pid \d+\) hung: '([^']+ step \d+)' has run for (\d+) s", out)
     assert m, out[-3000:]

@@ -1,0 +1,88 @@
+"""A frozen DataLoader worker ends the run with a message (data.loader_timeout_s), in a child process.
+Stalled files and the config keys: unit/test_data_hangs.py."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import ROOT, cpu_env, start, streamable_videos
+from vjepa_scale.data import LoaderTimeoutError
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Four small VP9 videos (streamable: WebM needs no seek to be read from a pipe)."""
+    return streamable_videos(tmp_path_factory.mktemp("hang_videos") / "v")
+
+
+FROZEN_CHILD = r"""
+import multiprocessing, sys
+from helpers import video_cfg
+from vjepa_scale.data import build_dataloader
+
+cfg = video_cfg([({index!r}, 1.0)], frames=4, step=2, crop=32, batch=4, workers=1, loader_timeout_s={timeout!r})
+it = iter(build_dataloader(cfg, rank=1, world_size=2, start_step=5))
+print("step", next(it).step, flush=True)
+print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
+sys.stdin.readline()  # the test stops the worker now
+for batch in it:
+    print("step", batch.step, flush=True)
+"""
+
+
+def _kill_if_stopped(pid: int) -> None:
+    """SIGKILL `pid` if it is still a stopped process (a worker the code under test failed to end)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return
+    if state in ("T", "t"):
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
+    """SIGSTOP the only DataLoader worker (as a hung decoder would freeze it): the training process
+    ends within the timeout with an error naming rank, micro-step and the config key, and exits."""
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"{p} 0\n" for p in videos))
+    script = tmp_path / "frozen_child.py"
+    script.write_text(FROZEN_CHILD.format(index=str(index), timeout=3.0))
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    proc = start(script, env=cpu_env(PYTHONPATH=path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    workers = []
+    try:
+        first = proc.stdout.readline()
+        line = proc.stdout.readline()
+        assert first.startswith("step 5") and line.startswith("workers "), (first, line, proc.stderr.read())
+        workers = [int(p) for p in line.split()[1:]]
+        assert len(workers) == 1
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)  # without the timeout: blocks forever
+        waited = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            _kill_if_stopped(pid)
+    steps = [5] + [int(s) for s in re.findall(r"^step (\d+)", out, re.M)]
+    assert proc.returncode != 0 and f"{LoaderTimeoutError.__name__}: " in err, err[-3000:]
+    message = err.strip().splitlines()[-1]
+    assert f"rank 1: no batch for micro-step {steps[-1] + 1} " in message, message
+    assert "data.loader_timeout_s=3 s" in message and "raise data.loader_timeout_s" in message
+    assert waited < 30
+    for pid in workers:  # the stopped worker was killed, not left behind
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"

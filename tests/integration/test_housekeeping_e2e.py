@@ -1,0 +1,48 @@
+"""Checkpoint housekeeping with 2 ranks under torchrun: a save that runs out of disk ends every rank.
+In-process cases (1 rank, the other folder checks): unit/test_housekeeping.py."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import launch, require, single_process_group, tmpfs_mounts, train_args
+from vjepa_scale.config import load_config
+from vjepa_scale.train.engine import Trainer
+from vjepa_scale.train.housekeeping import dir_bytes
+from vjepa_scale.train.launch import preflight
+from vjepa_scale.weights import CKPT_SUBDIR, list_checkpoints
+
+require("deepspeed")
+OPTS = ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2", "train.precision=fp32",
+        "train.progress_bar=false", "train.log_every=1"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    with tmpfs_mounts(tmp_path) as mount:
+        yield mount
+
+
+@pytest.mark.slow
+def test_two_ranks_disk_full_while_saving_end_cleanly(tmp_path, tmpfs):
+    """2 ranks under torchrun: a save that runs out of disk ends every rank (no hang) with the clear
+    error, removes the partial save and keeps the last good checkpoint."""
+    probe = tmp_path / "probe"
+    cfg = preflight(load_config("cpu_demo", [*OPTS, "optim.iterations=1", "train.checkpoint_every=1"]), 1)
+    Trainer(cfg, probe, env=single_process_group()).fit()
+    size = dir_bytes(probe / CKPT_SUBDIR / "step_00000001")  # 1 rank; 2 ranks add one optimizer shard
+    disk = tmpfs(f"{int(size * 2.0) // 4096 * 4096}")
+    run = disk / "run"
+    r = launch("tools/train.py", *train_args(run, *OPTS, "data.global_batch_size=4", "optim.iterations=3",
+                                             "train.checkpoint_every=1", "train.keep_last=1",
+                                             "train.check_free_disk=false"), nproc=2, timeout=240)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert "CheckpointWriteError: disk full / read-only" in out, out[-3000:]
+    done = list_checkpoints(run)
+    assert len(done) == 1, out[-3000:]
+    step = json.loads((done[0] / "meta.json").read_text())["step"]
+    assert f"while saving checkpoint step {step + 1} to {run}/checkpoints" in out
+    assert f"last good checkpoint is still {done[0]}" in out
+    assert sorted(p.name for p in (run / CKPT_SUBDIR).iterdir()) == ["latest", done[0].name]

@@ -1,0 +1,69 @@
+"""Launching the way clusters do (vjepa_scale.distributed), with real processes: the check that every
+rank sees the run folder, and two tasks started the way srun does. SLURM's variables and node lists:
+unit/test_launch_env.py."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from helpers import cpu_env, free_port, require, start, train_args
+from vjepa_scale.distributed import SharedDirError, check_shared_dir
+from vjepa_scale.weights import find_latest
+
+
+def _check_worker(rank: int, world: int, port: int, folders: list[str], errors) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        check_shared_dir(folders[rank], wait_s=0.5)
+        errors.put((rank, None))
+    except SharedDirError as e:
+        errors.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_check(folders: list[str]) -> dict[int, str | None]:
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    mp.start_processes(_check_worker, args=(len(folders), free_port(), folders, errors), nprocs=len(folders),
+                       start_method="fork")
+    return dict(errors.get(timeout=30) for _ in folders)
+
+
+def test_shared_dir_check_passes_on_a_shared_folder(tmp_path):
+    out = _run_check([str(tmp_path / "run")] * 2)
+    assert out == {0: None, 1: None}
+    assert list((tmp_path / "run").iterdir()) == []  # the token is removed
+
+
+def test_shared_dir_check_names_the_ranks_that_cannot_see_the_folder(tmp_path):
+    """Each rank given its own folder stands for node-local disks: rank 1 cannot see rank 0's token,
+    and every rank fails with the same message (no rank is left waiting in a collective)."""
+    out = _run_check([str(tmp_path / "node0" / "run"), str(tmp_path / "node1" / "run")])
+    assert out[0] == out[1] and out[0] is not None
+    assert f"rank 1 on {socket.gethostname()}" in out[0] and "rank 0 on" not in out[0]
+    assert "shared by every node" in out[0] and str(tmp_path / "node0" / "run") in out[0]
+
+
+@pytest.mark.slow
+def test_two_tasks_started_the_way_srun_does(tmp_path):
+    """`srun python tools/train.py`: two plain processes that know only SLURM's variables train as
+    ranks 0 and 1 (rendezvous on the node list's first host) and write one 2-rank checkpoint."""
+    require("deepspeed")
+    env = cpu_env(RANK=None, WORLD_SIZE=None, LOCAL_RANK=None, MASTER_ADDR=None, SLURM_JOB_ID="4242",
+                  SLURM_NTASKS="2", SLURM_NODELIST="localhost", MASTER_PORT=str(free_port()))
+    args = train_args(tmp_path / "run", "model.depth=1", "data.crop_size=32", "data.synthetic_size=64",
+                      "optim.iterations=2")
+    procs = [start("tools/train.py", *args, env=dict(env, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    ckpt = find_latest(tmp_path / "run")
+    assert ckpt.name == "step_00000002" and sorted(f.name for f in (ckpt / "ema").iterdir()) == [
+        "rank00000.pt", "rank00001.pt"]

@@ -1,0 +1,147 @@
+"""Preemption (vjepa_scale.train.preempt) and per-rank RNG (vjepa_scale.train.rng) across processes.
+
+The launcher watch in a child under a stand-in launcher (in-process cases: unit/test_preempt.py).
+Slow (2 ranks, gloo, tools/train.py through the launchers, tiny config, N steps):
+  straight:  N steps under `deepspeed`, a checkpoint after every step;
+  preempted: the same run, SIGTERM to rank 1 after step 3 is logged -> exit 75, one checkpoint at
+             the step reached; then `--resume auto` (under torchrun) to the end;
+  outer:     SIGTERM to the outer `deepspeed` runner -> the ranks save, exit, and leave no orphans.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from helpers import ROOT, assert_ok, launch, rank_processes, require, run, start, train_args, wait_for_step
+from vjepa_scale.train import preempt
+from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.weights import find_latest, list_checkpoints, load_consolidated
+
+require("deepspeed")
+N = 14
+OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={N}",
+        "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=100"]
+
+
+def test_launcher_watch_sees_the_launcher_exit(tmp_path):
+    """A process under a (stand-in) launcher that exits: its watch thread requests a stop."""
+    out = tmp_path / "child.out"
+    child = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from vjepa_scale.train import preempt; "
+             f"w = preempt.watch_launchers(0.1); open({str(out)!r} + '.ready', 'w').close(); time.sleep(3); "
+             f"open({str(out)!r}, 'w').write(repr((w, preempt.stop_requested())))")
+    # the parent's command line names a launcher (python -c CODE torchrun); it starts the child and
+    # exits once the child watches it
+    parent = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+              f"while not os.path.exists({str(out)!r} + '.ready'): time.sleep(0.05)")
+    r = run([sys.executable, "-c", parent, "torchrun"], timeout=60)
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    watched, reason = eval(out.read_text())
+    assert len(watched) == 1 and reason == f"launcher pid {watched[0]} exited", (watched, reason, r.stderr)
+
+
+# -- 2 ranks through the launchers ------------------------------------------------------------------
+
+def _train(run_dir, *opts, launcher="deepspeed", resume=None, log=None):
+    """tools/train.py on 2 ranks: run to the end, or (with `log`) started and returned running."""
+    args = ("tools/train.py", *train_args(run_dir, *OPTS, *opts, resume=resume))
+    if log is None:
+        return launch(*args, nproc=2, launcher=launcher)
+    return start(*args, nproc=2, launcher=launcher, log=log)
+
+
+def _losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
+
+
+def _rng_files(ckpt: Path) -> dict[int, dict]:
+    return {r: torch.load(ckpt / "rng" / f"rank{r:05d}.pt", weights_only=False) for r in (0, 1)}
+
+
+def _rng_equal(a: dict, b: dict) -> bool:
+    return (torch.equal(a["torch"], b["torch"]) and a["python"] == b["python"]
+            and all(np.array_equal(x, y) for x, y in zip(a["numpy"], b["numpy"])))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("preempt")
+    straight, run = base / "straight", base / "preempted"
+    assert_ok(_train(straight, "train.checkpoint_every=1"))
+    # checkpoint_every > N: the only checkpoint before the end is the one the preemption writes
+    proc = _train(run, "train.checkpoint_every=100", log=base / "preempted.log")
+    wait_for_step(run, 3, proc, log=base / "preempted.log")
+    rank_processes(proc.pid)[1].send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    log = (base / "preempted.log").read_text()
+    state = {"code": code, "log": log, "ckpts": [c.name for c in list_checkpoints(run)],
+             "steps": sorted(_losses(run))}
+    rr = _train(run, "train.checkpoint_every=100", launcher="torchrun", resume="auto")
+    assert_ok(rr)
+    yield {"straight": straight, "resumed": run, "preempted": state, "resumed_log": rr.stdout + rr.stderr}
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_rank_saves_at_the_step_reached_and_exits_75(runs):
+    st = runs["preempted"]
+    assert st["code"] == preempt.EXIT_PREEMPTED, st["log"][-3000:]
+    reached = st["steps"][-1]
+    assert 3 <= reached < N and st["steps"] == list(range(1, reached + 1))
+    assert st["ckpts"] == [f"step_{reached:08d}"], st["ckpts"]
+    assert re.search(rf"step {reached}: preempted \(.*\), saved", st["log"])
+    assert "got SIGTERM" in st["log"]
+
+
+@pytest.mark.slow
+def test_resume_after_preemption_is_exact(runs):
+    straight, resumed = runs["straight"], runs["resumed"]
+    assert f"at step {runs['preempted']['steps'][-1]}" in runs["resumed_log"]
+    assert _losses(resumed) == _losses(straight) and sorted(_losses(resumed)) == list(range(1, N + 1))
+    for which in ("online", "target"):
+        a, b = load_consolidated(straight, which), load_consolidated(resumed, which)
+        assert a["step"] == b["step"] == N
+        for part in ("encoder", "predictor"):
+            assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (which, part)
+
+
+@pytest.mark.slow
+def test_rng_state_of_a_resumed_run_equals_the_straight_run(runs):
+    """torch, numpy and python generators, per rank: seeded (two fresh runs agree at the preempted
+    step, ranks differ), and after the resume equal to the uninterrupted run's at step N."""
+    straight, resumed = runs["straight"], runs["resumed"]
+    j = runs["preempted"]["steps"][-1]
+    at_j = _rng_files(resumed / "checkpoints" / f"step_{j:08d}")
+    straight_j = _rng_files(straight / "checkpoints" / f"step_{j:08d}")
+    assert all(_rng_equal(at_j[r], straight_j[r]) for r in (0, 1))
+    assert not _rng_equal(at_j[0], at_j[1])
+    a, b = _rng_files(find_latest(straight)), _rng_files(find_latest(resumed))
+    assert find_latest(resumed).name == f"step_{N:08d}"
+    assert all(_rng_equal(a[r], b[r]) for r in (0, 1))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_outer_deepspeed_launcher_leaves_no_orphans(tmp_path):
+    run = tmp_path / "outer"
+    proc = _train(run, "train.checkpoint_every=100", log=tmp_path / "outer.log")
+    wait_for_step(run, 2, proc, log=tmp_path / "outer.log")
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    ranks = rank_processes(proc.pid)
+    assert sorted(ranks) == [0, 1]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(tree, timeout=90)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    log = (tmp_path / "outer.log").read_text()
+    assert not alive, [p.cmdline() for p in alive]
+    assert "launcher pid" in log and "preempted (" in log, log[-3000:]
+    ckpt = find_latest(run)
+    assert ckpt is not None and int(ckpt.name.split("_")[1]) < N, log[-3000:]

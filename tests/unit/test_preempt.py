@@ -1,0 +1,80 @@
+"""Preemption (vjepa_scale.train.preempt) and per-rank RNG (vjepa_scale.train.rng), in this process:
+the signal handlers, finding the launchers to watch, seeding, DataLoader workers surviving SIGTERM.
+The launcher watch and the 2-rank runs: integration/test_preempt_e2e.py."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from vjepa_scale.config import load_config
+from vjepa_scale.data import build_dataloader
+from vjepa_scale.train import preempt, rng
+from vjepa_scale.train.launch import preflight
+
+
+@pytest.fixture
+def handlers():
+    saved = {s: signal.getsignal(s) for s in preempt.PREEMPT_SIGNALS}
+    preempt.clear()
+    yield
+    preempt.clear()
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_requests_a_stop_instead_of_ending_the_process(handlers, sig):
+    preempt.install_handlers()
+    assert preempt.stop_requested() is None and preempt.stop_agreed(torch.device("cpu")) is None
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)  # python runs the handler between bytecodes of the main thread
+    assert preempt.stop_requested() == f"got {sig.name}"
+    assert preempt.stop_agreed(torch.device("cpu")) == f"got {sig.name}"
+
+
+def test_launcher_ancestors_names_only_launchers():
+    """Under pytest (not a launcher) there is nothing to watch; the parsing of /proc works."""
+    assert preempt.launcher_ancestors() == []
+    assert preempt._proc_stat(os.getpid())[0] == os.getppid()
+    assert preempt._proc_stat(2 ** 22 + 1) is None
+
+
+def test_seed_everything_per_rank():
+    states = []
+    for rank in (0, 1, 0):
+        rng.seed_everything(7, rank)
+        states.append((torch.rand(3), np.random.rand(3), random.random()))
+    assert all(torch.equal(a, b) for a, b in [(states[0][0], states[2][0])])
+    assert np.array_equal(states[0][1], states[2][1]) and states[0][2] == states[2][2]
+    assert not torch.equal(states[0][0], states[1][0]) and states[0][2] != states[1][2]
+
+
+def test_untouched_keeps_the_generators():
+    rng.seed_everything(0, 0)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    with rng.untouched():
+        torch.rand(5), np.random.rand(5), random.random()
+        # a DataLoader iterator draws its base seed from torch's generator
+        iter(torch.utils.data.DataLoader(list(range(4))))
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
+
+
+def test_dataloader_workers_survive_sigterm():
+    """SLURM and the deepspeed launcher signal every process, workers included: they must live on
+    until their rank has finished its step and saved."""
+    cfg = load_config("cpu_demo.yaml", ["data.crop_size=32", "data.synthetic_size=16", "data.num_workers=1"])
+    it = iter(build_dataloader(preflight(cfg, 1), num_steps=4))
+    next(it)
+    (worker,) = it._workers
+    os.kill(worker.pid, signal.SIGTERM)
+    os.kill(worker.pid, signal.SIGUSR1)
+    time.sleep(0.5)
+    assert worker.is_alive()
+    assert next(it).step == 1
