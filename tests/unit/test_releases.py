@@ -181,7 +181,9 @@ def test_convert_official_file_with_config(tmp_path, capsys):
                                        load_init_state(tmp_path / "run.pt", cfg)["target_encoder"].items()})
         ours = model.encoder(video)
         theirs = hf(video.permute(0, 2, 1, 3, 4), skip_predictor=True).last_hidden_state
-    assert (ours - theirs).abs().max() <= 1e-4
+    # fp32; the +0.5 target weights give activations of ~5, and our patch embedding (reshape + linear)
+    # sums in another order than HF's Conv3d: compare relative to that scale
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)
     fields = json.loads((out / "config.json").read_text())
     assert (fields["num_attention_heads"], fields["pred_num_attention_heads"]) == (3, 4)
 
