@@ -29,7 +29,9 @@ def warmup_constant_cooldown(step: int, warmup: int, total: int, cooldown: int, 
     decay_from = total - cooldown
     if step < decay_from or cooldown <= 0:
         return peak
-    return peak + (final - peak) * min(1.0, (step - decay_from) / cooldown)
+    if step >= total:
+        return final
+    return peak + (final - peak) * (step - decay_from) / cooldown
 
 
 def linear(step: int, total: int, start: float, end: float) -> float:

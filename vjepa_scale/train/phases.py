@@ -65,7 +65,7 @@ def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
 
     out, start = [], 0
     for i, c in enumerate(cfg.phase_configs()):
-        if world_size is not None and c is not cfg:
+        if world_size is not None:
             c = resolve_batch(c, world_size, prefix=_batch_prefix(cfg, i))
         n = c.optim.iterations
         name = cfg.phases[i].name if cfg.phases else None
@@ -75,6 +75,8 @@ def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
 
 
 def _batch_prefix(cfg: Config, i: int) -> str:
+    if not cfg.phases:
+        return "data"
     p = cfg.phases[i]
     return f"phases[{i}]" if (p.global_batch_size is not None or p.batch_size is not None) else "data"
 
