@@ -16,12 +16,12 @@ checkpoint records the phase a resume continues in; a run saves at every phase e
 Data position: micro-step `step * grad_accum + i` is what `build_dataloader` is asked for, so a
 resumed run sees exactly the batches (and masks) of an uninterrupted one; checkpoints record it in
 global samples too (`samples_seen`), so a resume on another number of ranks (`train.elastic`) or
-across a phase boundary continues the sample stream where it stopped.
+across a phase boundary continues the sample stream where it stopped. The loss is the global
+per-mask-type token mean over all ranks (`global_type_norm`), not a mean of per-rank means.
 
 `train.init_from` starts from another run's weights and EMA target (V-JEPA 2's cooldown); with
 `train.init_from_optimizer: true` its optimizer state too (`load_checkpoint` of that checkpoint).
-Either way this run's step, schedules and data position start at 0. The loss is the global per-mask-type token mean
-over all ranks (`global_type_norm`), not a mean of per-rank means.
+Either way this run's step, schedules and data position start at 0.
 """
 from __future__ import annotations
 
@@ -229,6 +229,9 @@ class Trainer:
         return {"samples_seen": self.sample_offset + phase_lib.samples_at(self.phases, self.step),
                 "global_batch_size": self.phase.global_batch}
 
+    def _window(self, phase: phase_lib.Phase) -> "_Window":
+        return _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops)
+
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
         cfg = self.cfg
@@ -253,8 +256,7 @@ class Trainer:
                     self.watchdog.phase(f"starting the data loader of phase {phase.index} at step {self.step + 1}")
                     with rng.untouched():
                         it = iter(self.loader(phase.end - self.step))
-                    window = _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip,
-                                     self.peak_tflops)
+                    window = self._window(phase)
                 self.watchdog.phase(f"loading batch for step {self.step + 1}")
                 t0 = time.perf_counter()
                 batches = [next(it) for _ in range(a)]
@@ -267,7 +269,7 @@ class Trainer:
                 window.add(stats["loss"], t1 - t0, t2 - t0, flops)
                 if on_step is not None:
                     on_step(self, stats)
-                if (self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged):
+                if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:
                     self.watchdog.phase(f"metrics all-reduce step {self.step}")
                     m = window.summary(stats, total - self.step, self.engine.get_global_grad_norm())
                     m["skipped_steps"] = self.guard.skipped_steps
@@ -275,8 +277,7 @@ class Trainer:
                         m["phase"] = phase.index
                     logger.log(self.step, m)
                     logger.progress(self.step, progress_postfix(m))
-                    window = _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip,
-                                     self.peak_tflops)
+                    window = self._window(phase)
                 self.guard.check(self.step)  # DivergenceError after train.max_bad_steps bad steps in a row
                 path = None
                 if self.step % cfg.train.checkpoint_every == 0 or self.step == phase.end:
