@@ -6,6 +6,8 @@
     python tools/bench.py --suite gather ema --out results/
     python tools/bench.py --suite step --config vith384 --batch-size 8
     python tools/bench.py --suite step --opt model.activation_checkpointing=false --profile
+    python tools/bench.py --suite step --config vjepa2_vitg_cool384 --batch-size 6   # V-JEPA 2 cooldown (GPU)
+    python tools/bench.py --suite step --config vjepa2_vitl --phase 1                 # a phase's clip shape
 
 Writes bench_<device>.json (metadata + one row per measurement) and bench_<device>.md (a table per
 suite) under --out, and prints the tables. Exits 1 if any suite failed (the others still run).
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="step suite: config name or path (default: cpu_demo on CPU, "
                     "vith384 on CUDA)")
     ap.add_argument("--batch-size", type=int, default=None, help="step suite: clips per step")
+    ap.add_argument("--phase", type=int, default=None, help="step suite: the clip shape of this phase of a "
+                    "phased recipe (default 0)")
     ap.add_argument("--steps", type=int, default=None, help="step suite: timed steps")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="step suite: config override (repeatable), e.g. model.activation_checkpointing=false")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv}
     rows, failed = [], []
     options = {"config": args.config, "batch_size": args.batch_size, "steps": args.steps, "opts": args.opt or None,
-               "profile_dir": args.out if args.profile else None}
+               "profile_dir": args.out if args.profile else None, "phase": args.phase}
     for s in suites:
         print(f"[bench] {s} on {device} ...", flush=True)
         try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
-#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step data dali
+#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step data dali (default), cool384
 # Needs torch (CUDA) and triton; deepspeed, DALI and flash-attn are optional (tests that need
 # them skip; the attention suite times whichever varlen backends exist). Budget: under 8 minutes,
 # each stage under its own timeout so one hang cannot eat the others' time.
@@ -87,6 +87,9 @@ if want step; then
     --opt model.activation_checkpointing=false --out "$RES/step_nockpt"
 fi
 want data && stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
+# Opt-in (STAGES="cool384"): V-JEPA 2's ViT-g cooldown step, 384 px x 64 frames (18,432 tokens per clip), 6 clips.
+want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device cuda --suite step \
+  --config vjepa2_vitg_cool384 --batch-size 6 --steps 4 --profile --out "$RES/step_cool384"
 
 # 3. DALI GPU path (NVDEC): its tests (GPU and CPU mode) and the data suite at full size, whose
 #    dali-gpu row says whether any clip fell back to PyAV. DALI is not on the borrowed GPU machines:

@@ -7,7 +7,8 @@ and out-of-range values name the offending key. Errors are raised before any wor
 
 Recipes: a bare name (`vith384` or `vith384.yaml`) resolves into the checkout's top-level `configs/`
 first, then into the recipes shipped in the package (`vjepa_scale/configs/`, via importlib.resources).
-This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`) and the clip token grid
+A run may be split into `phases` (clip shape, batch and schedule piece per phase): `Config.phase_configs()`
+expands them into single-phase configs. This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`) and the clip token grid
 (`clip_grid`), so config imports nothing from models.
 """
 from __future__ import annotations
@@ -196,9 +197,12 @@ class DataConfig(Section):
 
 @dataclass
 class OptimConfig(Section):
-    """AdamW with warmup+cosine LR, cosine WD, and a linear EMA momentum ramp.
+    """AdamW with scheduled LR, weight decay and EMA momentum (shapes: `train.schedules`).
 
-    Schedules run on a horizon of `ipe_scale * iterations`, as the reference does (1.25x).
+    Defaults are V-JEPA 1's: warmup + cosine LR, cosine WD, linear EMA ramp. V-JEPA 2 uses
+    `lr_schedule: wsd` (warmup + constant + linear `cooldown`), `wd_schedule: constant` and
+    `ema_schedule: constant`. Schedules run on a horizon of `ipe_scale * iterations`, as the
+    reference does (1.25x). `cooldown` counts the last steps of that horizon.
     """
 
     iterations: int = 90_000
@@ -207,11 +211,15 @@ class OptimConfig(Section):
     start_lr: float = 2e-4
     lr: float = 6.25e-4
     final_lr: float = 1e-6
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"
+    cooldown: int = 0  # wsd: linear decay lr -> final_lr over the horizon's last `cooldown` steps
     weight_decay: float = 0.04
     final_weight_decay: float = 0.4
+    wd_schedule: Literal["cosine", "constant"] = "cosine"
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     ema: tuple[float, float] = (0.998, 1.0)
+    ema_schedule: Literal["linear", "constant"] = "linear"  # constant: ema[0] throughout
     grad_clip: float = 10.0
     grad_accum: int = 1
 
@@ -219,10 +227,73 @@ class OptimConfig(Section):
         self.check_positive(prefix, "iterations", "ipe_scale", "lr", "grad_accum")
         if self.warmup < 0:
             raise ConfigError(f"{prefix}.warmup must be >= 0, got {self.warmup}")
+        if self.cooldown < 0:
+            raise ConfigError(f"{prefix}.cooldown must be >= 0, got {self.cooldown}")
+        if self.lr_schedule == "wsd":
+            h = max(1, int(self.ipe_scale * self.iterations))
+            if self.warmup + self.cooldown > h:
+                raise ConfigError(f"{prefix}.warmup={self.warmup} + {prefix}.cooldown={self.cooldown} exceed the "
+                                  f"schedule horizon {prefix}.ipe_scale x iterations = {h} steps")
+        elif self.cooldown:
+            raise ConfigError(f"{prefix}.cooldown={self.cooldown} needs {prefix}.lr_schedule: wsd "
+                              f"(got {self.lr_schedule!r})")
         if not (0.0 <= self.ema[0] <= self.ema[1] <= 1.0):
             raise ConfigError(f"{prefix}.ema must satisfy 0 <= start <= end <= 1, got {list(self.ema)}")
         if self.grad_clip < 0:
             raise ConfigError(f"{prefix}.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+
+
+# The optim keys a phase may set for its own schedule piece (`PhaseOptimConfig`).
+PHASE_OPTIM_KEYS = ("ipe_scale", "warmup", "start_lr", "lr", "final_lr", "lr_schedule", "cooldown",
+                    "weight_decay", "final_weight_decay", "wd_schedule", "ema", "ema_schedule")
+
+
+@dataclass
+class PhaseOptimConfig(Section):
+    """A phase's schedule overrides; unset keys (null) come from the run's `optim` section."""
+
+    ipe_scale: Optional[float] = None
+    warmup: Optional[int] = None
+    start_lr: Optional[float] = None
+    lr: Optional[float] = None
+    final_lr: Optional[float] = None
+    lr_schedule: Optional[Literal["cosine", "wsd"]] = None
+    cooldown: Optional[int] = None
+    weight_decay: Optional[float] = None
+    final_weight_decay: Optional[float] = None
+    wd_schedule: Optional[Literal["cosine", "constant"]] = None
+    ema: Optional[tuple[float, float]] = None
+    ema_schedule: Optional[Literal["linear", "constant"]] = None
+
+    def overrides(self) -> dict:
+        return {k: getattr(self, k) for k in PHASE_OPTIM_KEYS if getattr(self, k) is not None}
+
+
+@dataclass
+class PhaseConfig(Section):
+    """One piece of a run (`phases:` list): its length, clip shape, batch, and schedule piece.
+
+    Unset (null) clip and batch keys come from `data`. `steps` may be left out on the last phase
+    (it then runs to `optim.iterations`); the phases' steps must add up to `optim.iterations`.
+    The schedule piece is the run's `optim` with `optim` here overriding it, laid out on this
+    phase's steps (horizon `ipe_scale x steps`) and evaluated at the step within the phase.
+    """
+
+    name: Optional[str] = None
+    steps: Optional[int] = None
+    crop_size: Optional[int] = None
+    frames_per_clip: Optional[int] = None
+    batch_size: Optional[int] = None  # per rank; or global_batch_size (not both)
+    global_batch_size: Optional[int] = None
+    optim: PhaseOptimConfig = field(default_factory=PhaseOptimConfig)
+
+    def validate(self, prefix: str) -> None:
+        for key in ("steps", "crop_size", "frames_per_clip", "batch_size", "global_batch_size"):
+            v = getattr(self, key)
+            if v is not None and v <= 0:
+                raise ConfigError(f"{prefix}.{key} must be > 0 or null, got {v}")
+        if self.batch_size is not None and self.global_batch_size is not None:
+            raise ConfigError(f"{prefix}: give batch_size (per rank) or global_batch_size, not both")
 
 
 @dataclass
@@ -256,6 +327,9 @@ class TrainConfig(Section):
     progress_bar: bool = True
     device_peak_tflops: Optional[float] = None  # for MFU; looked up from the device name if null
     init_from: Optional[str] = None  # pretrained weights loaded before training (vjepa_scale.weights.load_init_state)
+    # with init_from a training run / checkpoint: also take its optimizer state (Adam moments). Default
+    # false: V-JEPA 2's cooldown keeps weights and EMA target, the optimizer and schedules start afresh
+    init_from_optimizer: bool = False
     check_free_disk: bool = True  # refuse to start when the checkpoint folder lacks room for one checkpoint
     memory_check: bool = True  # refuse configs whose per-rank memory estimate exceeds the device (train.memory)
     max_bad_steps: int = 5  # non-finite steps (update skipped) in a row before the run stops (train.guard)
@@ -265,6 +339,9 @@ class TrainConfig(Section):
         self.check_positive(prefix, "checkpoint_every", "log_every", "max_bad_steps")
         if self.keep_last < 1:
             raise ConfigError(f"{prefix}.keep_last must be >= 1, got {self.keep_last}")
+        if self.init_from_optimizer and not self.init_from:
+            raise ConfigError(f"{prefix}.init_from_optimizer: true needs {prefix}.init_from (a training run or "
+                              f"checkpoint)")
         if self.hang_timeout_s < 0:
             raise ConfigError(f"{prefix}.hang_timeout_s must be >= 0 (0 disables the watchdog), "
                               f"got {self.hang_timeout_s}")
@@ -272,7 +349,11 @@ class TrainConfig(Section):
 
 @dataclass
 class Config:
-    """A whole recipe. `deepspeed` is a raw block merged last into the DeepSpeed config."""
+    """A whole recipe. `deepspeed` is a raw block merged last into the DeepSpeed config.
+
+    `phases` (optional) splits the run into pieces with their own clip shape, batch and schedule
+    piece (`PhaseConfig`); without it the run is one phase made of `data` and `optim`.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -280,17 +361,59 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     zero: ZeroConfig = field(default_factory=ZeroConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    phases: list[PhaseConfig] = field(default_factory=list)
     deepspeed: dict = field(default_factory=dict)
 
     def validate(self) -> "Config":
         validate_sections(self)
         clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
+        self.phase_configs()  # validates every phase (ConfigError naming `phases[i].key`)
         return self
 
     @property
     def grid(self) -> tuple[int, int, int]:
-        """Token grid (T', H', W') of one clip (ConfigError when the clip does not fit the patching)."""
+        """Token grid (T', H', W') of one clip (ConfigError when the clip does not fit the patching).
+
+        With `phases`, this is `data`'s grid, the model's reference grid (its sin-cos table); each
+        phase's clips have their own (`phase_configs()[i].grid`)."""
         return clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
+
+    def phase_configs(self) -> list["Config"]:
+        """One single-phase Config per phase, validated: `data` with the phase's clip and batch,
+        `optim` with its schedule overrides and `iterations` = its steps. No `phases`: `[self]`."""
+        if not self.phases:
+            return [self]
+        total = self.optim.iterations
+        given = [p.steps for p in self.phases]
+        last = len(given) - 1
+        for i, n in enumerate(given[:-1]):
+            if n is None:
+                raise ConfigError(f"phases[{i}].steps is missing (only the last phase may leave it out)")
+        for i, p in enumerate(self.phases):
+            p.validate(f"phases[{i}]")
+        head = sum(given[:-1])
+        if given[-1] is None and head >= total:
+            raise ConfigError(f"phases[0..{last - 1}] take {head} steps, leaving none of optim.iterations={total} "
+                              f"for phases[{last}]")
+        if given[-1] is not None and head + given[-1] != total:
+            raise ConfigError(f"the phases' steps add up to {head + given[-1]}, optim.iterations={total}: make them "
+                              f"equal (or leave out phases[{last}].steps)")
+        out = []
+        for i, p in enumerate(self.phases):
+            prefix = f"phases[{i}]"
+            c = dataclasses.replace(self, phases=[])
+            data = {k: getattr(p, k) for k in ("crop_size", "frames_per_clip") if getattr(p, k) is not None}
+            if p.global_batch_size is not None:
+                data["global_batch_size"] = p.global_batch_size
+            elif p.batch_size is not None:
+                data.update(batch_size=p.batch_size, global_batch_size=None)
+            c.data = dataclasses.replace(self.data, **data)
+            steps = given[i] if given[i] is not None else total - head
+            c.optim = dataclasses.replace(self.optim, iterations=steps, **p.optim.overrides())
+            c.optim.validate(f"{prefix}.optim")
+            clip_grid(c.data.crop_size, c.data.frames_per_clip, self.model, prefix=prefix)
+            out.append(c)
+        return out
 
     def to_dict(self) -> dict:
         return to_plain(dataclasses.asdict(self))

@@ -125,6 +125,11 @@ def test_every_training_recipe_loads_and_validates(name):
     m, d = raw["model"], raw["data"]
     g = d["crop_size"] // m["patch_size"]
     assert cfg.grid == (d["frames_per_clip"] // m["tubelet_size"], g, g)
+    phases = raw.get("phases") or [{}]  # each phase's clip: its own keys, else data's
+    assert len(cfg.phase_configs()) == len(phases)
+    for p, c in zip(phases, cfg.phase_configs()):
+        g = p.get("crop_size", d["crop_size"]) // m["patch_size"]
+        assert c.grid == (p.get("frames_per_clip", d["frames_per_clip"]) // m["tubelet_size"], g, g), name
 
 
 def test_bare_names_resolve_in_order(tmp_path):
@@ -177,3 +182,99 @@ def test_sections_share_one_public_base():
     with pytest.raises(ConfigError, match=r"^model\.pred_depth must be > 0, got 0$"):
         ModelConfig(pred_depth=0).validate()
     assert to_plain({"a": (1, [2, (3,)])}) == {"a": [1, [2, [3]]]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Phases (config.phases) and the V-JEPA 2 recipes
+# --------------------------------------------------------------------------------------------------
+
+TWO_PHASES = "phases=[{steps: 30, crop_size: 64, frames_per_clip: 4}, {crop_size: 96, frames_per_clip: 8}]"
+
+
+@pytest.mark.parametrize("phases,message", [
+    ("[{steps: 30}, {crop_size: 90}]", r"phases\[1\]\.crop_size=90 is not divisible by model\.patch_size=16"),
+    ("[{steps: 30}, {frames_per_clip: 5}]", r"phases\[1\]\.frames_per_clip=5 is not divisible by model\.tubelet_size=2"),
+    ("[{steps: 30}, {steps: 40}]", r"the phases' steps add up to 70, optim\.iterations=60"),
+    ("[{crop_size: 64}, {steps: 30}]", r"phases\[0\]\.steps is missing"),
+    ("[{steps: 60}, {crop_size: 96}]", r"leaving none of optim\.iterations=60 for phases\[1\]"),
+    ("[{steps: 30}, {batch_size: 2, global_batch_size: 8}]", r"phases\[1\]: give batch_size .* or global_batch_size, not both"),
+    ("[{steps: 30}, {crop: 96}]", r"unknown config key 'phases\[1\]\.crop'; did you mean 'phases\[1\]\.crop_size'"),
+    ("[{steps: 30}, {steps: 0}]", r"phases\[1\]\.steps must be > 0"),
+    ("[{steps: 30}, {optim: {cooldown: 10}}]", r"phases\[1\]\.optim\.cooldown=10 needs phases\[1\]\.optim\.lr_schedule: wsd"),
+    ("[{steps: 30}, {optim: {lr_schedule: wsd, warmup: 10, cooldown: 40}}]",
+     r"phases\[1\]\.optim\.warmup=10 \+ phases\[1\]\.optim\.cooldown=40 exceed .* = 37 steps"),
+])
+def test_phase_errors_name_the_phase(phases, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu_demo", [f"phases={phases}"])
+
+
+def test_phases_expand_into_single_phase_configs(tmp_path):
+    cfg = load_config("cpu_demo", [TWO_PHASES, "optim.lr_schedule=wsd", "optim.warmup=5"])
+    a, b = cfg.phase_configs()
+    assert (a.grid, b.grid, cfg.grid) == ((2, 4, 4), (4, 6, 6), (2, 4, 4))
+    assert (a.optim.iterations, b.optim.iterations) == (30, 30)  # the last phase runs to optim.iterations
+    assert a.optim.lr_schedule == b.optim.lr_schedule == "wsd" and not a.phases and not b.phases
+    assert load_config("cpu_demo").phase_configs()[0].optim.iterations == 60  # no phases: the config itself
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
+
+
+def test_phase_batch_and_memory_checked_per_phase():
+    from vjepa_scale.train.phases import plan
+
+    cfg = load_config("cpu_demo", ["phases=[{steps: 30}, {global_batch_size: 6}]"])
+    with pytest.raises(ConfigError, match=r"phases\[1\]\.global_batch_size=6 is not divisible by world_size=4"):
+        plan(cfg, 4)
+    assert [p.cfg.data.batch_size for p in plan(cfg, 2)] == [4, 3]
+    with pytest.raises(ConfigError, match=r"phases\[1\]\.global_batch_size=6 is not divisible by world_size=4"):
+        preflight(cfg, 4)
+    huge = load_config("cpu_demo", ["phases=[{steps: 30}, {crop_size: 384, frames_per_clip: 64, "
+                                    "global_batch_size: 200000}]"])
+    with pytest.raises(ConfigError, match=r"phases\[1\] \(64 frames x 384 px, global batch 200000\): memory preflight"):
+        preflight(huge, 2)
+    preflight(load_config("cpu_demo", [TWO_PHASES]), 2)  # both phases fit
+
+
+def test_init_from_optimizer_needs_a_training_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.init_from_optimizer: true needs train\.init_from"):
+        load_config("cpu_demo", ["train.init_from_optimizer=true"])
+    f = tmp_path / "official.pt"
+    f.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"init_from_optimizer: true needs train\.init_from to be a training run"):
+        preflight(load_config("cpu_demo", [f"train.init_from={f}", "train.init_from_optimizer=true"]), 2)
+    assert load_config("cpu_demo").train.init_from_optimizer is False  # the documented default
+
+
+def test_vjepa2_recipes():
+    """V-JEPA 2's facts: RoPE, 12-head predictor, ViT-g with 22 heads, global batch 3072, 256 px x 16 frames with
+    warmup + constant LR, then a 64-frame cooldown (linear decay over its 1.25x horizon); WD and EMA constant."""
+    import torch
+
+    from vjepa_scale.config import resolve_vit_size
+    from vjepa_scale.train.memory import GiB, estimate_memory
+    from vjepa_scale.train.phases import plan
+
+    for name, size, heads in (("vjepa2_vitl", "large", 16), ("vjepa2_vitg", "giant_vjepa2", 22)):
+        cfg = load_config(name)
+        m, o = cfg.model, cfg.optim
+        assert (m.size, resolve_vit_size(m).num_heads, m.pos_embed, m.pred_num_heads) == (size, heads, "rope", 12)
+        assert m.activation_checkpointing and cfg.data.global_batch_size == 3072 and m.init == "vjepa2"
+        assert (o.lr_schedule, o.warmup, o.cooldown, o.start_lr, o.lr) == ("wsd", 12_000, 0, 1e-4, 5.25e-4)
+        assert (o.wd_schedule, o.weight_decay, o.ema_schedule, o.ema) == ("constant", 0.04, "constant", (0.99925,) * 2)
+        pre, cool = plan(cfg, 128)
+        assert (pre.start, pre.end, cool.end) == (0, 240_000, 252_000)
+        assert (pre.cfg.grid, cool.cfg.grid) == ((8, 16, 16), (32, 16, 16))
+        assert pre.schedule(100_000).lr == 5.25e-4 and cool.schedule(240_000).lr == 5.25e-4
+        assert cool.schedule(240_000 + 7_500).lr == pytest.approx((5.25e-4 + 1e-6) / 2)  # horizon 15k
+        assert pre.global_batch == cool.global_batch == 3072
+    cool = load_config("vjepa2_vitg_cool384")
+    assert cool.grid == (32, 24, 24) and cool.grid[0] * cool.grid[1] * cool.grid[2] == 18_432
+    assert cool.train.init_from and cool.train.init_from_optimizer and not cool.phases
+    assert (cool.optim.warmup, cool.optim.cooldown, cool.optim.iterations) == (0, 15_000, 12_000)
+    # the 384 px x 64 frames cooldown fits an 80 GB card by the memory estimate at 6 and 12 clips per GPU
+    for world in (512, 256):
+        est = estimate_memory(resolve_batch(cool, world), world, torch.device("cuda"))
+        assert est.total < 80e9 * 0.6, (world, est.describe())
+    assert resolve_batch(cool, 512).data.batch_size == 6
+    assert estimate_memory(resolve_batch(cool, 512), 512, torch.device("cuda")).total < 20 * GiB

@@ -55,6 +55,8 @@ def test_default_init_is_vjepa1_and_recipes_name_theirs():
     assert ModelConfig().init == "vjepa1"
     for name in ("vitl16", "vith16", "vith384", "cpu_demo"):
         assert load_config(name).model.init == "vjepa1"
+    for name in ("vjepa2_vitl", "vjepa2_vitg", "vjepa2_vitg_cool384"):
+        assert load_config(name).model.init == "vjepa2"
     with pytest.raises(ConfigError, match="model.init"):
         load_config("cpu_demo", ["model.init=xavier"])
 

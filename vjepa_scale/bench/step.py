@@ -9,6 +9,9 @@ Reports clips/s, tokens/s (input patch tokens), achieved model TFLOP/s and MFU f
 `vjepa_scale.flops`, with the FLOP breakdown of the measured batch. `opts` are config overrides
 (e.g. `model.activation_checkpointing=false`); with `profile_dir`, two more steps run under
 `torch.profiler` and `step_profile_<device>.txt` there gets the time per op category and the top ops.
+A recipe with `phases` is measured at one phase's clip shape (`phase`, default 0). The largest shape
+the recipes train, V-JEPA 2's ViT-g cooldown at 384 px x 64 frames (18,432 tokens per clip), is the
+case `config="vjepa2_vitg_cool384"` (`COOLDOWN_CASE`; GPU only).
 """
 from __future__ import annotations
 
@@ -28,15 +31,23 @@ from vjepa_scale.masks import MultiBlockMasker
 from vjepa_scale.models.jepa import JEPA, compute_targets, make_target_encoder
 
 DEFAULTS = {"cpu": ("cpu_demo", 4), "cuda": ("vith384", 10)}
+# V-JEPA 2's cooldown shape: ViT-g, 384 px x 64 frames, 6 clips per GPU as the reference's 512-GPU anneal.
+COOLDOWN_CASE = {"config": "vjepa2_vitg_cool384", "batch_size": 6}
 
 
 def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Optional[int] = None,
         steps: Optional[int] = None, opts: Optional[list[str]] = None,
-        profile_dir: Optional[str] = None) -> list[dict]:
+        profile_dir: Optional[str] = None, phase: Optional[int] = None) -> list[dict]:
     kind = torch.device(device).type
     name, default_batch = DEFAULTS.get(kind, DEFAULTS["cpu"])
     name = config or name
     cfg = load_config(resolve_config_path(name), ["data.backend=synthetic", *(opts or [])])
+    if cfg.phases or phase:
+        shapes = cfg.phase_configs()
+        if not 0 <= (phase or 0) < len(shapes):
+            raise ValueError(f"phase {phase}: {name} has {len(shapes)} phase(s)")
+        cfg = shapes[phase or 0]
+        name = f"{name} phase {phase or 0}"
     B = batch_size or (default_batch if config is None else cfg.data.batch_size)
     steps = steps or (3 if quick else 10)
     warmup = 1 if quick else 3

@@ -2,8 +2,11 @@
 
 - `engine.Trainer`: builds the online (encoder + predictor) and target engines, trains, logs, saves.
 - `ema.ShardedEMA`: shard-local EMA from the optimizer's fp32 master shards (no communication).
-- `schedules`: LR warmup+cosine, WD cosine, EMA momentum ramp as pure functions of the step
-  (the warmup+cosine shape is `vjepa_scale.schedules`).
+- `schedules`: LR (warmup+cosine, or V-JEPA 2's warmup+constant+linear cooldown), WD (cosine or
+  constant), EMA momentum (linear ramp or constant) as pure functions of the step (the shapes are
+  `vjepa_scale.schedules`).
+- `phases`: a run as a list of phases (clip shape, batch, schedule piece each): step ranges, the
+  per-phase configs and the data position across phase boundaries.
 - `checkpoint`: atomic save / resume inside the live engines (finding and consolidating checkpoints:
   `vjepa_scale.weights`).
 - `launch`: batch resolution, pre-flight checks, DeepSpeed config, joining DeepSpeed's process group

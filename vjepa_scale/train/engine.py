@@ -8,15 +8,23 @@ shard-locally from the fp32 master shards. LR / WD / momentum are pure functions
 A step with an inf/NaN loss or gradient norm changes neither weights nor EMA (`guard`); a phase that
 stalls past `train.hang_timeout_s` ends the rank with a message (`watchdog`).
 
+Phases (`config.phases`, `train.phases`): at a phase's first step `fit` rebuilds the data loader with
+the phase's clip shape, batch and masker grid (positions follow the clip's grid inside the models),
+takes the phase's schedule piece, and sizes the metrics (tokens per clip, FLOPs) to it. The
+checkpoint records the phase a resume continues in; a run saves at every phase end too.
+
 Data position: micro-step `step * grad_accum + i` is what `build_dataloader` is asked for, so a
 resumed run sees exactly the batches (and masks) of an uninterrupted one; checkpoints record it in
-global samples too (`samples_seen`), so a resume on another number of ranks (`train.elastic`)
-continues the sample stream where it stopped. The loss is the global per-mask-type token mean
-over all ranks (`global_type_norm`), not a mean of per-rank means.
+global samples too (`samples_seen`), so a resume on another number of ranks (`train.elastic`) or
+across a phase boundary continues the sample stream where it stopped. The loss is the global
+per-mask-type token mean over all ranks (`global_type_norm`), not a mean of per-rank means.
+
+`train.init_from` starts from another run's weights and EMA target (V-JEPA 2's cooldown); with
+`train.init_from_optimizer: true` its optimizer state too (`load_checkpoint` of that checkpoint).
+Either way this run's step, schedules and data position start at 0.
 """
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,12 +41,13 @@ from vjepa_scale.models.jepa import global_type_norm
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train import elastic, preempt, rng
+from vjepa_scale.train import phases as phase_lib
 from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
-from vjepa_scale.train.schedules import schedule_at
+from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import find_latest, load_init_state, resolve_checkpoint
 
@@ -99,13 +108,16 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         check_shared_dir(self.run_dir)
+        self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
+        # train.init_from_optimizer: the source checkpoint's optimizer state too (not when resuming)
+        opt_src = resolve_checkpoint(cfg.train.init_from) if ckpt is None and cfg.train.init_from_optimizer else None
 
         jepa, target = build_models(cfg, cfg.train.seed)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
                                            weight_decay=o.weight_decay)
-        ds_config = elastic.for_resume(deepspeed_config(cfg, self.world), ckpt, self.world)
+        ds_config = elastic.for_resume(deepspeed_config(cfg, self.world), ckpt or opt_src, self.world)
         check_deepspeed_config(ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=jepa, optimizer=self.optimizer, config=ds_config)
         self.target, _, _, _ = deepspeed.initialize(model=target,
@@ -114,6 +126,11 @@ class Trainer:
         self.ema = ShardedEMA(self.engine.module.encoder, self.target.module, target_fp32, self.rank, self.world)
         del target_fp32
         rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
+        if opt_src is not None:
+            ckpt_lib.load_checkpoint(opt_src, self.engine, self.ema, self.rank, self.world)
+            rng.seed_everything(cfg.train.seed, self.rank)  # this run's own streams, not the source's
+            self.notes.append(f"train.init_from_optimizer: weights, EMA target and optimizer state from {opt_src}; "
+                              f"step, schedules and data start at 0")
 
         self.step = 0
         self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.optim)  # skips non-finite steps
@@ -128,8 +145,8 @@ class Trainer:
             if meta["world_size"] != self.world:
                 self.notes.append(f"elastic resume: checkpoint of {meta['world_size']} ranks resharded "
                                          f"onto {self.world}")
-            self.sample_offset, note = elastic.data_position(ckpt, meta, cfg.data.global_batch_size)
-            self.notes += [note] if note else []
+            self.sample_offset, note = phase_lib.resume_offset(ckpt, meta, self.phases)
+            self.notes += [n for n in (note, phase_lib.check_phase_record(meta, self.phases)) if n]
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
         if self.peak_tflops is None:
             self.peak_tflops = device_peak_tflops(self.device)
@@ -143,12 +160,23 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
 
+    @property
+    def phase(self) -> phase_lib.Phase:
+        """The phase that trains the next step (`self.step`)."""
+        return phase_lib.phase_at(self.phases, self.step)
+
     def loader(self, num_steps: Optional[int] = None):
-        """This rank's batches from the current step on (micro-steps: step * grad_accum + i)."""
+        """This rank's batches of the current phase from the current step on (micro-steps:
+        step * grad_accum + i), with the phase's clip shape, batch and stream position."""
         a = self.cfg.optim.grad_accum
-        return build_dataloader(self.cfg, self.rank, self.world, start_step=self.step * a,
+        phase = self.phase
+        return build_dataloader(phase.cfg, self.rank, self.world, start_step=self.step * a,
                                 num_steps=None if num_steps is None else num_steps * a,
-                                sample_offset=self.sample_offset)
+                                sample_offset=phase_lib.sample_offset(self.phases, phase, self.sample_offset))
+
+    def schedule(self, step: int) -> StepSchedule:
+        """LR / WD / EMA momentum of optimizer step `step`: its phase's schedule piece."""
+        return phase_lib.phase_at(self.phases, step).schedule(step)
 
     def _set_schedules(self, lr: float, wd: float) -> None:
         for g in self.optimizer.param_groups:
@@ -179,7 +207,7 @@ class Trainer:
         if len(batches) != self.cfg.optim.grad_accum:
             raise ValueError(f"train_step got {len(batches)} micro-batches; optim.grad_accum="
                              f"{self.cfg.optim.grad_accum}")
-        s = schedule_at(self.cfg.optim, self.step)
+        s = self.schedule(self.step)
         self._set_schedules(s.lr, s.weight_decay)
         losses = [self.micro_step(b) for b in batches]
         self.watchdog.phase(f"EMA update step {self.step + 1}")
@@ -193,13 +221,16 @@ class Trainer:
         return ckpt_lib.save_checkpoint(
             self.run_dir, self.step, self.engine, self.ema, self.cfg, self.rank, self.world,
             extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps,
-                   **self.data_position()},
+                   **self.data_position(), **phase_lib.phase_record(self.phases, self.step)},
             keep_last=self.cfg.train.keep_last)
 
     def data_position(self) -> dict:
         """meta.json's data position in global samples (elastic resume continues from it)."""
-        g = self.cfg.data.global_batch_size
-        return {"samples_seen": self.sample_offset + self.step * g, "global_batch_size": g}
+        return {"samples_seen": self.sample_offset + phase_lib.samples_at(self.phases, self.step),
+                "global_batch_size": self.phase.global_batch}
+
+    def _window(self, phase: phase_lib.Phase) -> "_Window":
+        return _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops)
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
@@ -213,21 +244,25 @@ class Trainer:
         for note in self.notes:
             logger.write(note)
         a = cfg.optim.grad_accum
-        with rng.untouched():
-            loader = self.loader(total - self.step)
-            it = iter(loader)
-        tokens_per_clip = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
-        new_window = functools.partial(_Window, self.device, self.world, cfg.data.global_batch_size,
-                                       tokens_per_clip, self.peak_tflops)
-        window = new_window()
+        phase, loader, it, window = None, None, None, None
         self.watchdog.start()
         try:
             while self.step < total:
+                if phase is None or self.step == phase.end:  # run start, or a phase boundary
+                    phase = self.phase
+                    if len(self.phases) > 1:
+                        logger.write(phase.describe())
+                    loader = it = None  # the previous phase's loader (and its workers) go first
+                    self.watchdog.phase(f"starting the data loader of phase {phase.index} at step {self.step + 1}")
+                    with rng.untouched():
+                        loader = self.loader(phase.end - self.step)
+                        it = iter(loader)
+                    window = self._window(phase)
                 self.watchdog.phase(f"loading batch for step {self.step + 1}")
                 t0 = time.perf_counter()
                 batches = [next(it) for _ in range(a)]
                 t1 = time.perf_counter()
-                flops = sum(train_flops(cfg, b.masks)["total"] for b in batches)
+                flops = sum(train_flops(phase.cfg, b.masks)["total"] for b in batches)
                 stats = self.train_step(batches)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -235,17 +270,19 @@ class Trainer:
                 window.add(stats["loss"], t1 - t0, t2 - t0, flops)
                 if on_step is not None:
                     on_step(self, stats)
-                if self.step % cfg.train.log_every == 0 or self.step == total or self.guard.diverged:
+                if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:
                     self.watchdog.phase(f"metrics all-reduce step {self.step}")
                     m = window.summary(stats, total - self.step, self.engine.get_global_grad_norm())
                     m["skipped_steps"] = self.guard.skipped_steps
                     m.update(skip_metrics(loader, self.device))  # data_skipped (+ per kind), over all ranks
+                    if len(self.phases) > 1:
+                        m["phase"] = phase.index
                     logger.log(self.step, m)
                     logger.progress(self.step, progress_postfix(m))
-                    window = new_window()
+                    window = self._window(phase)
                 self.guard.check(self.step)  # DivergenceError after train.max_bad_steps bad steps in a row
                 path = None
-                if self.step % cfg.train.checkpoint_every == 0 or self.step == total:
+                if self.step % cfg.train.checkpoint_every == 0 or self.step == phase.end:
                     self.watchdog.phase(f"saving checkpoint step {self.step}")
                     path = self.save()
                     logger.write(f"step {self.step}: saved {path}")
@@ -264,8 +301,9 @@ class Trainer:
 class _Window:
     """Accumulates per-step loss and timings between two log points; `summary` reduces over ranks.
 
-    Fixed per run: the device of the all-reduce, the world size, the global batch (clips per
-    optimizer step), tokens per clip, and the device's peak TFLOP/s (None: no MFU).
+    Fixed per window (a window never spans a phase boundary): the device of the all-reduce, the world
+    size, the global batch (clips per optimizer step), tokens per clip, and the device's peak
+    TFLOP/s (None: no MFU).
     """
 
     def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,

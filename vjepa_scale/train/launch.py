@@ -21,10 +21,11 @@ from vjepa_scale.train.memory import check_memory
 from vjepa_scale.train.zero_compat import skip_shm_comm_build
 
 
-def resolve_batch(cfg: Config, world_size: int) -> Config:
+def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
     """Return a copy of `cfg` whose `data.batch_size` is the per-rank micro-batch for this world.
 
-    With `data.global_batch_size` G: G must be divisible by world_size x grad_accum.
+    With `data.global_batch_size` G: G must be divisible by world_size x grad_accum. `prefix` names
+    the section that set the batch in the error (`phases[i]` for a phase's own batch).
     """
     cfg = copy.deepcopy(cfg)
     accum = cfg.optim.grad_accum
@@ -34,9 +35,9 @@ def resolve_batch(cfg: Config, world_size: int) -> Config:
         return cfg
     if g % (world_size * accum):
         raise ConfigError(
-            f"data.global_batch_size={g} is not divisible by world_size={world_size} x "
+            f"{prefix}.global_batch_size={g} is not divisible by world_size={world_size} x "
             f"optim.grad_accum={accum} (= {world_size * accum}); pick a multiple of {world_size * accum} "
-            f"or set data.global_batch_size: null and give data.batch_size per rank")
+            f"or set {prefix}.global_batch_size: null and give {prefix}.batch_size per rank")
     cfg.data.batch_size = g // (world_size * accum)
     return cfg
 
@@ -53,14 +54,41 @@ def check_data_paths(cfg: Config) -> None:
 
 
 def preflight(cfg: Config, world_size: int) -> Config:
-    """All checks that need no model or process group; returns the batch-resolved config."""
+    """All checks that need no model or process group; returns the batch-resolved config.
+
+    With `phases`, each phase's batch must divide over the world and each phase's memory estimate
+    must fit (the errors name the phase).
+    """
+    from vjepa_scale.train.phases import plan
+
     check_data_paths(cfg)
     if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():
         raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
                           f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
+    if cfg.train.init_from_optimizer:
+        check_optimizer_source(cfg.train.init_from)
     cfg = resolve_batch(cfg, world_size)
-    check_memory(cfg, world_size)
+    phases = plan(cfg, world_size)
+    for p in phases:
+        try:
+            check_memory(p.cfg, world_size)
+        except ConfigError as e:
+            if len(phases) == 1:
+                raise
+            raise ConfigError(f"phases[{p.index}] ({p.cfg.data.frames_per_clip} frames x {p.cfg.data.crop_size} px, "
+                              f"global batch {p.global_batch}): {e}") from None
     return cfg
+
+
+def check_optimizer_source(init_from: str) -> None:
+    """`train.init_from_optimizer: true` needs a checkpoint of our training runs (it holds the optimizer)."""
+    from vjepa_scale.weights import resolve_checkpoint
+
+    try:
+        resolve_checkpoint(init_from)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"train.init_from_optimizer: true needs train.init_from to be a training run or one of "
+                          f"its checkpoints (the optimizer state is only there): {e}") from None
 
 
 def deepspeed_config(cfg: Config, world_size: int, with_optimizer: bool = True) -> dict:

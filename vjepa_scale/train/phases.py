@@ -1,0 +1,137 @@
+"""A run as a list of phases: step ranges, per-phase (batch-resolved) configs, the schedule piece
+of each, and the data position in global samples across phase boundaries.
+
+`plan(cfg, world_size)` expands `cfg.phases` (`Config.phase_configs`) into `Phase`s with their
+optimizer-step range [start, end) and a batch-resolved config (`launch.resolve_batch`, per phase).
+A run without `phases` is one phase whose config is `cfg` itself, so everything below reduces to
+the single-phase arithmetic (data position `step x global_batch`, schedules at the global step).
+
+Data position: the sample stream is one sequence in global samples; phase k starts where phase
+k-1 stopped, `samples_at(phases, step)` = sum of (steps done in each phase x its global batch).
+Phase k's sampler (whose step s reads stream position `offset + s x global_batch_k`) gets
+`sample_offset(k, base)` so that its first micro-step lands on that position. Micro-steps (and with
+them the masks) are numbered globally (`step x grad_accum + i`), so they never repeat across phases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from vjepa_scale.config import Config, ConfigError
+from vjepa_scale.train.schedules import StepSchedule, schedule_at
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Optimizer steps [start, end) of the run, trained with `cfg` (a single-phase config)."""
+
+    index: int
+    start: int
+    end: int
+    cfg: Config
+    name: str = ""
+
+    @property
+    def steps(self) -> int:
+        return self.end - self.start
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.data.global_batch_size
+
+    @property
+    def tokens_per_clip(self) -> int:
+        t, h, w = self.cfg.grid
+        return t * h * w
+
+    def schedule(self, step: int) -> StepSchedule:
+        """LR / WD / EMA momentum of global optimizer step `step` (in this phase): the phase's piece
+        at the step within the phase."""
+        return schedule_at(self.cfg.optim, step - self.start)
+
+    def describe(self) -> str:
+        d = self.cfg.data
+        label = f" ({self.name})" if self.name else ""
+        return (f"phase {self.index}{label}: steps {self.start + 1}-{self.end}, {d.frames_per_clip} frames x "
+                f"{d.crop_size} px (grid {'x'.join(map(str, self.cfg.grid))}), global batch {d.global_batch_size} "
+                f"({d.batch_size} per rank), lr schedule {self.cfg.optim.lr_schedule}")
+
+
+def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
+    """The run's phases; with `world_size`, each phase's batch is resolved for it (ConfigError naming
+    `phases[i].global_batch_size` when it does not divide)."""
+    from vjepa_scale.train.launch import resolve_batch
+
+    out, start = [], 0
+    for i, c in enumerate(cfg.phase_configs()):
+        if world_size is not None:
+            c = resolve_batch(c, world_size, prefix=_batch_prefix(cfg, i))
+        n = c.optim.iterations
+        name = cfg.phases[i].name if cfg.phases else None
+        out.append(Phase(i, start, start + n, c, name or ""))
+        start += n
+    return out
+
+
+def _batch_prefix(cfg: Config, i: int) -> str:
+    if not cfg.phases:
+        return "data"
+    p = cfg.phases[i]
+    return f"phases[{i}]" if (p.global_batch_size is not None or p.batch_size is not None) else "data"
+
+
+def phase_at(phases: list[Phase], step: int) -> Phase:
+    """The phase that trains optimizer step `step` (0-based); the last one from its end on."""
+    for p in phases:
+        if step < p.end:
+            return p
+    return phases[-1]
+
+
+def samples_at(phases: list[Phase], step: int) -> int:
+    """Global samples consumed by the first `step` optimizer steps."""
+    return sum(max(0, min(step, p.end) - p.start) * p.global_batch for p in phases)
+
+
+def sample_offset(phases: list[Phase], phase: Phase, base: int = 0) -> int:
+    """The sampler's `sample_offset` for `phase`: its stream position at step s is
+    `offset + s x global_batch`, which must equal base + samples_at(s)."""
+    return base + samples_at(phases, phase.start) - phase.start * phase.global_batch
+
+
+def resume_offset(ckpt: str | Path, meta: dict, phases: list[Phase]) -> tuple[int, Optional[str]]:
+    """(base sample offset, a note or None) to continue checkpoint `ckpt` (its meta.json `meta`) with
+    this plan: the stream continues at the checkpoint's `samples_seen`."""
+    from vjepa_scale.train import elastic
+
+    step = int(meta["step"])
+    here = phase_at(phases, step)
+    off, note = elastic.data_position(ckpt, meta, here.global_batch)  # samples_seen - step x G
+    offset = off + step * here.global_batch - samples_at(phases, step)
+    if len(phases) == 1:
+        return offset, note
+    seen = off + step * here.global_batch
+    if offset == 0:
+        return 0, None
+    return offset, (f"the checkpoint consumed {seen} clips by step {step}; this run's phases would have "
+                    f"consumed {samples_at(phases, step)}: continuing the sample stream at clip {seen}")
+
+
+def phase_record(phases: list[Phase], step: int) -> dict:
+    """meta.json's phase keys for a checkpoint at `step`: the phase a resume continues in (at a phase
+    boundary, the next phase) and the steps done in it."""
+    here = phase_at(phases, step)
+    return {"phase": here.index, "phase_step": step - here.start, "phases": len(phases)}
+
+
+def check_phase_record(meta: dict, phases: list[Phase]) -> Optional[str]:
+    """A note when the checkpoint's recorded phase differs from where this plan puts its step."""
+    if "phase" not in meta:
+        return None
+    here = phase_at(phases, int(meta["step"]))
+    if int(meta["phase"]) != here.index:
+        return (f"the checkpoint was saved in phase {meta['phase']} at step {meta['step']}; this run's phases "
+                f"put that step in phase {here.index}")
+    return None
+
