@@ -6,6 +6,7 @@
     python tools/bench.py --suite gather ema --out results/
     python tools/bench.py --suite step --config vith384 --batch-size 8
     python tools/bench.py --suite step --opt model.activation_checkpointing=false --profile
+    python tools/bench.py --suite step --step-rows engine reference   # the step rows: engine torch reference
 
 Writes bench_<device>.json (metadata + one row per measurement) and bench_<device>.md (a table per
 suite) under --out, and prints the tables. Exits 1 if any suite failed (the others still run).
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="step suite: timed steps")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="step suite: config override (repeatable), e.g. model.activation_checkpointing=false")
+    ap.add_argument("--step-rows", nargs="+", default=None, metavar="ROW",
+                    help="step suite: rows to run (default all: engine torch reference)")
     ap.add_argument("--profile", action="store_true",
                     help="step suite: also profile two steps; writes step_profile_<device>.txt under --out")
     args = ap.parse_args(argv)
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv}
     rows, failed = [], []
     options = {"config": args.config, "batch_size": args.batch_size, "steps": args.steps, "opts": args.opt or None,
-               "profile_dir": args.out if args.profile else None}
+               "rows": args.step_rows, "profile_dir": args.out if args.profile else None}
     for s in suites:
         print(f"[bench] {s} on {device} ...", flush=True)
         try:
