@@ -10,6 +10,7 @@ import torch.nn as nn
 from vjepa_scale.config import Config
 from vjepa_scale.kernels import layernorm_gather
 from vjepa_scale.masks import MaskBatch
+from vjepa_scale.models.compiled import compile_blocks, is_compiled
 from vjepa_scale.models.predictor import Predictor
 from vjepa_scale.models.vit import Packed, VisionTransformer3D
 
@@ -24,6 +25,8 @@ class JEPA(nn.Module):
         self.loss_exp = cfg.model.loss_exp
         self.encoder = VisionTransformer3D(cfg.model, cfg.grid)
         self.predictor = Predictor(cfg.model, self.encoder.embed_dim, cfg.grid, len(cfg.mask.types))
+        if cfg.model.compile:
+            compile_blocks(self)
 
     def forward(self, video_BCTHW: torch.Tensor, masks: MaskBatch, targets_TD: torch.Tensor,
                 type_norm: Optional[torch.Tensor] = None, per_type: bool = False) -> torch.Tensor:
@@ -67,6 +70,8 @@ def make_target_encoder(encoder: VisionTransformer3D,
         target.load_state_dict(state, strict=True)
     for p in target.parameters():
         p.requires_grad_(False)
+    if is_compiled(encoder):
+        compile_blocks(target)  # its own compiled blocks, not the copied ones of `encoder`
     return target
 
 
