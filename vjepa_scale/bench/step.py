@@ -49,22 +49,13 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
         steps: Optional[int] = None, opts: Optional[list[str]] = None,
         profile_dir: Optional[str] = None, rows: Optional[list[str]] = None) -> list[dict]:
     kind = torch.device(device).type
-    name, default_batch = DEFAULTS.get(kind, DEFAULTS["cpu"])
-    name = config or name
-    base = load_config(resolve_config_path(name), ["data.backend=synthetic", *(opts or [])])
-    B = batch_size or (default_batch if config is None else base.data.batch_size)
-    cfg = load_config(resolve_config_path(name), [
-        "data.backend=synthetic", f"data.batch_size={B}", "data.global_batch_size=null", "data.num_workers=0",
-        "optim.grad_accum=1", "train.check_free_disk=false", "train.memory_check=false", *(opts or [])])
+    name, B, cfg = bench_config(device, config, batch_size, opts)
     steps = steps or (3 if quick else 10)
     warmup = 1 if quick else 3
     rows = list(rows or ROWS)
     for r in rows:
         if r not in ROWS:
             raise ValueError(f"step suite: unknown row '{r}' (choose from {', '.join(ROWS)})")
-    from vjepa_scale.train.launch import resolve_batch
-
-    cfg = resolve_batch(cfg, 1)
     batches = _batches(cfg, B)
     out, profiled = [], profile_dir is None
     for which in rows:
@@ -87,6 +78,22 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
             r["vs_reference"] = r["clips_per_s"] / ref["clips_per_s"]
             r["ctx_tokens_vs_reference"] = r["ctx_tokens_per_s"] / ref["ctx_tokens_per_s"]
     return out
+
+
+def bench_config(device: str, config: Optional[str] = None, batch_size: Optional[int] = None,
+                 opts: Optional[list[str]] = None) -> tuple[str, int, Config]:
+    """(recipe name, clips per step, config) of the suite: the recipe (default per device type) with
+    synthetic data, B clips per step on one rank, no accumulation, no disk or memory pre-checks."""
+    from vjepa_scale.train.launch import resolve_batch
+
+    name, default_batch = DEFAULTS.get(torch.device(device).type, DEFAULTS["cpu"])
+    name = config or name
+    base = load_config(resolve_config_path(name), ["data.backend=synthetic", *(opts or [])])
+    B = batch_size or (default_batch if config is None else base.data.batch_size)
+    cfg = load_config(resolve_config_path(name), [
+        "data.backend=synthetic", f"data.batch_size={B}", "data.global_batch_size=null", "data.num_workers=0",
+        "optim.grad_accum=1", "train.check_free_disk=false", "train.memory_check=false", *(opts or [])])
+    return name, B, resolve_batch(cfg, 1)
 
 
 def _batches(cfg: Config, B: int) -> list[Batch]:
@@ -123,7 +130,7 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
     row = {
         "case": f"train step {name} B={B} grid={'x'.join(map(str, cfg.grid))}"
                 f"{' +act-ckpt' if cfg.model.activation_checkpointing else ''}"
-                f"{' +compile' if getattr(cfg.model, 'compile', False) else ''}",
+                f"{' +compile' if cfg.model.compile else ''}",
         "impl": impl,
         "time_ms": dt * 1e3,
         "clips_per_s": B / dt,
