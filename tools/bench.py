@@ -6,6 +6,7 @@
     python tools/bench.py --suite gather ema --out results/
     python tools/bench.py --suite step --config vith384 --batch-size 8
     python tools/bench.py --suite step --opt model.activation_checkpointing=false --profile
+    python tools/bench.py --suite step --step-rows engine reference   # the step rows: engine torch reference
     python tools/bench.py --suite step --config vjepa2_vitg_cool384 --batch-size 6   # V-JEPA 2 cooldown (GPU)
     python tools/bench.py --suite step --config vjepa2_vitl --phase 1                 # a phase's clip shape
 
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="step suite: timed steps")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="step suite: config override (repeatable), e.g. model.activation_checkpointing=false")
+    ap.add_argument("--step-rows", nargs="+", default=None, metavar="ROW",
+                    help="step suite: rows to run (default all: engine torch reference)")
     ap.add_argument("--profile", action="store_true",
                     help="step suite: also profile two steps; writes step_profile_<device>.txt under --out")
     args = ap.parse_args(argv)
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:] if argv is None else argv}
     rows, failed = [], []
     options = {"config": args.config, "batch_size": args.batch_size, "steps": args.steps, "opts": args.opt or None,
-               "profile_dir": args.out if args.profile else None, "phase": args.phase}
+               "rows": args.step_rows, "profile_dir": args.out if args.profile else None, "phase": args.phase}
     for s in suites:
         print(f"[bench] {s} on {device} ...", flush=True)
         try:

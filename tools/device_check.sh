@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
-#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step data dali (default), cool384
-# Needs torch (CUDA) and triton; deepspeed, DALI and flash-attn are optional (tests that need
-# them skip; the attention suite times whichever varlen backends exist). Budget: under 8 minutes,
-# each stage under its own timeout so one hang cannot eat the others' time.
+#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step nockpt compile data dali cool384
+# Default stages: tests kernels step nockpt (at most 8.3 minutes with every stage at its limit);
+# `compile` (the engine row with model.compile=true), `data`, `dali` (DALI tests + data suite, once the
+# wheel was brought with tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step) are
+# opt-in: run them in a second call.
+# The step stage times ViT-H/16@384 (the vith384 recipe, B=10) in three rows on the same batches:
+# the engine row (the Trainer's 1-rank DeepSpeed engines, as tools/train.py runs it), the
+# single-device torch row (fp32 weights + bf16 autocast) and the reference-style row, and profiles
+# the engine row. Needs torch (CUDA), triton and deepspeed; DALI and flash-attn are optional (tests
+# that need them skip; the attention suite times whichever varlen backends exist). Each stage runs
+# under its own timeout so one hang cannot eat the others' time. device_check.{json,md} gather every
+# row of every stage at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -63,49 +71,70 @@ EOF
 } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
 
-STAGES=" ${STAGES:-tests kernels step data dali} "
+STAGES=" ${STAGES:-tests kernels step nockpt} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 
 # 1. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
 #    collection errors from optional deps do not stop the rest.
 if ! want tests; then :
 elif "$PY" -c "import pytest" 2>/dev/null; then
-  stage tests_gpu 180 "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider --continue-on-collection-errors \
+  stage tests_gpu 120 "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider --continue-on-collection-errors \
     -rs --junitxml="$RES/tests_gpu.xml" tests
 else
   note "tests_gpu: pytest is not installed here; skipped (carry a pytest install to run them)"
   status=1
 fi
 
-# 2. Kernel and attention suites (one process), then the training step and the data suite apart,
-#    so an out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
-#    The step runs ViT-H@384 at B=8 with and without activation checkpointing, each profiled.
-want kernels && stage bench_kernels 120 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
-if want step; then
-  stage bench_step 130 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 --profile --out "$RES/step"
-  stage bench_step_nockpt 130 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 --profile \
-    --opt model.activation_checkpointing=false --out "$RES/step_nockpt"
-fi
+# 2. Kernel and attention suites (one process), then the training step apart, so an out-of-memory
+#    or a poisoned CUDA context in one cannot spoil the others' numbers.
+want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
+# 3. The step: engine, torch and reference-style rows of the recipe (B=10, activation checkpointing),
+#    the engine row profiled; then the engine row without checkpointing at B=8 (profiled too).
+want step && stage bench_step 210 "$PY" tools/bench.py --device cuda --suite step --profile --out "$RES/step"
+want nockpt && stage bench_step_nockpt 75 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 \
+  --step-rows engine --steps 6 --profile --opt model.activation_checkpointing=false --out "$RES/step_nockpt"
+want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 \
+  --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true \
+  --out "$RES/step_compile"
 want data && stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
 # Opt-in (STAGES="cool384"): V-JEPA 2's ViT-g cooldown step, 384 px x 64 frames (18,432 tokens per clip), 6 clips.
 want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device cuda --suite step \
   --config vjepa2_vitg_cool384 --batch-size 6 --steps 4 --profile --out "$RES/step_cool384"
 
-# 3. DALI GPU path (NVDEC): its tests (GPU and CPU mode) and the data suite at full size, whose
+# 4. DALI GPU path (NVDEC): its tests (GPU and CPU mode) and the data suite at full size, whose
 #    dali-gpu row says whether any clip fell back to PyAV. DALI is not on the borrowed GPU machines:
 #    bring it with tools/dali_wheel_parts.sh (split here, join there) before this stage.
 if want dali; then
   if "$PY" -c "import nvidia.dali" 2>/dev/null; then
     stage dali_tests 240 "$PY" -m pytest -q -p no:cacheprovider -rs --junitxml="$RES/dali_tests.xml" \
-      tests/test_dali_gpu.py tests/test_dali_cpu.py
+      tests/gpu/test_dali_gpu.py tests/unit/test_dali_cpu.py
     stage bench_data_dali 150 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data_dali"
   else
     note "dali: nvidia.dali does not import here; skipped (bring the wheel: tools/dali_wheel_parts.sh)"
   fi
 fi
 
+# Every stage's rows in one JSON + markdown table (tools/bench.py's format), each row with its stage.
+"$PY" - "$RES" <<'EOF'
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "tools")
+from bench import markdown
+res = Path(sys.argv[1])
+meta, rows = None, []
+for f in sorted(res.glob("*/bench_cuda.json")):
+    data = json.loads(f.read_text())
+    meta = meta or data["meta"]
+    rows += [dict(r, stage=f.parent.name) for r in data["rows"]]
+if meta:
+    (res / "device_check.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+    (res / "device_check.md").write_text(markdown(meta, rows) + "\n")
+    print(f"device_check: {len(rows)} rows -> {res / 'device_check.md'}")
+EOF
+
 note "done in $(( $(date +%s) - start ))s, status=$status; results in $RES"
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/device_check.tgz" -C "$RES" . && cp "$SUMMARY" "$OUT/summary.txt"
+  for f in device_check.json device_check.md; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/$f"; done
 fi
 exit $status

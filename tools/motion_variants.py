@@ -4,7 +4,7 @@
 Used to look for a task where V-JEPA pretraining beats random weights within a CPU budget before
 spending a full documented run (docs/EXPERIMENT.md, "Round 2"). It trades fidelity for speed: clips
 are generated in memory (no codec, no decoding), pretraining is one process without DeepSpeed
-(the library's JEPA, masker, schedules and EMA rule), the whole 64x64 frame is used (h-flip only),
+(the library's JEPA, masker, schedules, and the trainer's step core `StepCore` on a plain module), the whole 64x64 frame is used (h-flip only),
 and probes use 2 seeds. The numbers are a screen, not the documented result.
 
     python tools/motion_variants.py --pattern dots --speed 4 --steps 400 --few 16 \
@@ -19,7 +19,6 @@ by default):
   per-frame random block noise (`--noise-bg AMPLITUDE`).
 """
 import argparse
-import copy
 import json
 import sys
 import time
@@ -34,10 +33,13 @@ from vjepa_scale.data.synthetic_videos import noisy_square_frames
 from vjepa_scale.eval.config import load_eval_config
 from vjepa_scale.eval.features import FeatureSet
 from vjepa_scale.eval.train_probe import train_probe
+from vjepa_scale.data.batch import Batch
 from vjepa_scale.masks import MultiBlockMasker
-from vjepa_scale.models import JEPA, compute_targets
+from vjepa_scale.models import JEPA, make_target_encoder
+from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.engine import param_groups
 from vjepa_scale.train.schedules import schedule_at
+from vjepa_scale.train.step import StepCore, TorchEngine
 
 VEL = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}  # (dy, dx) per label
 
@@ -151,12 +153,14 @@ def main(argv=None):
 
     torch.manual_seed(0)
     jepa = JEPA(cfg)
-    target = copy.deepcopy(jepa.encoder)
-    for p in target.parameters():
-        p.requires_grad_(False)
+    target = make_target_encoder(jepa.encoder)
     probe(target, "random", 0)
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
     opt = torch.optim.AdamW(param_groups(jepa), lr=args.lr)
+    ema = ShardedEMA(jepa.encoder, target, {n: p.detach().clone() for n, p in target.named_parameters()}, 0, 1)
+    # the trainer's step core on a plain module (this batch's own per-type means: one process)
+    core = StepCore(TorchEngine(jepa, opt, cfg.optim.grad_clip), target, ema, torch.device("cpu"),
+                    global_norm=False)
     rng = np.random.default_rng(5)
     t0 = time.time()
     for step in range(args.steps):
@@ -165,17 +169,8 @@ def main(argv=None):
             g["lr"], g["weight_decay"] = s.lr, s.weight_decay * g["wd_scale"]
         ids = rng.integers(0, len(Xtr), args.batch)
         v = torch.stack([clip(Xtr[i], int(rng.integers(0, 2)), bool(rng.integers(0, 2))) for i in ids])
-        m = masker(args.batch, step, 0)
-        with torch.no_grad():
-            tg = compute_targets(target, v, m)
-        loss = jepa(v, m, tg)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(jepa.parameters(), 10.0)
-        opt.step()
-        with torch.no_grad():
-            for pt, po in zip(target.parameters(), jepa.encoder.parameters()):
-                pt.mul_(s.momentum).add_(po, alpha=1 - s.momentum)
+        batch = Batch(v, torch.from_numpy(ytr[ids]).long(), masker(args.batch, step, 0), step, ids.tolist())
+        loss = core.train_step([batch], s.momentum, step)
         if (step + 1) % 25 == 0:
             print(f"step {step + 1} loss {loss.item():.4f} {(time.time() - t0) / (step + 1):.3f}s/step", flush=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:

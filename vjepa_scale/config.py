@@ -73,6 +73,7 @@ class ModelConfig(Section):
     qkv_bias: bool = True
     pos_embed: Literal["sincos", "rope"] = "sincos"
     activation_checkpointing: bool = False
+    compile: bool = False  # regional torch.compile of each transformer block (models.compiled)
     attention_backend: Literal["auto", "cudnn", "flash_attn", "torch_varlen", "nested", "bucketed", "padded"] = "auto"
     sdpa_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"  # SDPA kernel, full-length batches
     pred_width: int = 384

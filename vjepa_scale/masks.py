@@ -107,6 +107,26 @@ class MaskBatch:
             kw[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
         return MaskBatch(**kw)
 
+    def for_type(self, m: int) -> "MaskBatch":
+        """The sequences of mask type `m` alone (a 1-type batch; its targets keep type id m, so the
+        predictor picks mask token m). Device-side slices at host-side offsets: no sync."""
+        B = self.batch_size
+        s0, s1 = m * B, (m + 1) * B
+        c0, c1 = sum(self.ctx_lengths[:s0]), sum(self.ctx_lengths[:s1])
+        t0, t1 = self.tgt_type_bounds[m], self.tgt_type_bounds[m + 1]
+        p0 = c0 + t0  # predictor rows of earlier sequences: their context and targets
+        ctx_len, tgt_len = self.ctx_lengths[s0:s1], self.tgt_lengths[s0:s1]
+        return MaskBatch(
+            grid=self.grid, batch_size=B, num_types=1,
+            ctx_idx=self.ctx_idx[c0:c1], ctx_token_ids=self.ctx_token_ids[c0:c1],
+            ctx_cu_seqlens=self.ctx_cu_seqlens[s0:s1 + 1] - c0, ctx_max_seqlen=max(ctx_len),
+            tgt_idx=self.tgt_idx[t0:t1], tgt_token_ids=self.tgt_token_ids[t0:t1], tgt_type=self.tgt_type[t0:t1],
+            tgt_type_bounds=[0, t1 - t0],
+            pred_cu_seqlens=self.pred_cu_seqlens[s0:s1 + 1] - p0,
+            pred_max_seqlen=max(a + b for a, b in zip(ctx_len, tgt_len)),
+            pred_token_ids=self.pred_token_ids[p0:c1 + t1], pred_ctx_slot=self.pred_ctx_slot[c0:c1] - p0,
+            pred_tgt_slot=self.pred_tgt_slot[t0:t1] - p0, ctx_lengths=ctx_len, tgt_lengths=tgt_len)
+
     def pin_memory(self) -> "MaskBatch":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in kw.items():

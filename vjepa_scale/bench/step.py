@@ -1,14 +1,23 @@
-"""Training-step suite: full V-JEPA steps of a config on one device, synthetic clips, no DeepSpeed.
+"""Training-step suite: full V-JEPA steps of a config through the trainer's step core, three rows.
 
-One step = target encoder forward on the full clips + LayerNorm gather at the targets, packed
-context encoder + predictor forward/backward, grad-norm clip, fused AdamW, and the EMA update of
-the target from the fp32 online weights (the fused kernel on CUDA). bf16 autocast on CUDA with
-fp32 weights (the single-device analogue of DeepSpeed's bf16 mode); fp32 on CPU. Masks are drawn
-by the config's `MultiBlockMasker` before timing (in training they come from the data workers).
-Reports clips/s, tokens/s (input patch tokens), achieved model TFLOP/s and MFU from
-`vjepa_scale.flops`, with the FLOP breakdown of the measured batch. `opts` are config overrides
-(e.g. `model.activation_checkpointing=false`); with `profile_dir`, two more steps run under
-`torch.profiler` and `step_profile_<device>.txt` there gets the time per op category and the top ops.
+Every row runs `vjepa_scale.train.step.StepCore` (the step `tools/train.py` runs) on the same clips
+and mask draws (the config's synthetic data, moved to the device before timing):
+
+- `engine`: the recipe as `tools/train.py` runs it: the Trainer's own engines (DeepSpeed, the
+  recipe's ZeRO stage and precision: bf16 weights + fp32 masters on a GPU, fp32 on CPU) on a 1-rank
+  process group, `ShardedEMA` with the fused `ema_update_`. The number users get.
+- `torch`: a plain module on one device, fp32 weights + bf16 autocast (fp32 on CPU), fused AdamW,
+  the same EMA kernel: the single-device analogue.
+- `reference`: the reference implementation's schedule on the same batch: masks cut to the batch
+  minimum (`mask.truncate=batch_min`), `padded` attention, one encoder and one predictor call per
+  mask type, fp32 weights + bf16 autocast, torch AdamW, a per-parameter EMA loop.
+
+Reports clips/s, input tokens/s, trained context tokens/s (context tokens the encoder trained on;
+the reference drops some), achieved model TFLOP/s and MFU from `vjepa_scale.flops` (recompute
+excluded), `vs_reference` (clips/s over the reference row's) and `first_loss` (the loss of the first
+step). `opts` are config overrides (e.g. `model.activation_checkpointing=false`, `model.compile=true`);
+`rows` picks rows; with `profile_dir`, two more steps of the first row run under `torch.profiler`
+and `step_profile_<device>.txt` there gets the time per op category and the top ops.
 A recipe with `phases` is measured at one phase's clip shape (`phase`, default 0). The largest shape
 the recipes train, V-JEPA 2's ViT-g cooldown at 384 px x 64 frames (18,432 tokens per clip), is the
 case `config="vjepa2_vitg_cool384"` (`COOLDOWN_CASE`; GPU only).
@@ -16,32 +25,79 @@ case `config="vjepa2_vitg_cool384"` (`COOLDOWN_CASE`; GPU only).
 from __future__ import annotations
 
 import contextlib
+import copy
+import gc
+import os
 import re
+import socket
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from vjepa_scale.bench.common import sync
-from vjepa_scale.config import load_config, resolve_config_path
+from vjepa_scale.config import Config, load_config, resolve_config_path
+from vjepa_scale.data.batch import Batch
 from vjepa_scale.flops import device_peak_tflops, train_flops
-from vjepa_scale.kernels import ema_update_
 from vjepa_scale.masks import MultiBlockMasker
-from vjepa_scale.models.jepa import JEPA, compute_targets, make_target_encoder
+from vjepa_scale.models.jepa import JEPA, make_target_encoder
 
 DEFAULTS = {"cpu": ("cpu_demo", 4), "cuda": ("vith384", 10)}
+ROWS = ("engine", "torch", "reference")
 # V-JEPA 2's cooldown shape: ViT-g, 384 px x 64 frames, 6 clips per GPU as the reference's 512-GPU anneal.
 COOLDOWN_CASE = {"config": "vjepa2_vitg_cool384", "batch_size": 6}
 
 
 def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Optional[int] = None,
         steps: Optional[int] = None, opts: Optional[list[str]] = None,
-        profile_dir: Optional[str] = None, phase: Optional[int] = None) -> list[dict]:
+        profile_dir: Optional[str] = None, rows: Optional[list[str]] = None,
+        phase: Optional[int] = None) -> list[dict]:
     kind = torch.device(device).type
-    name, default_batch = DEFAULTS.get(kind, DEFAULTS["cpu"])
+    name, B, cfg = bench_config(device, config, batch_size, opts, phase)
+    steps = steps or (3 if quick else 10)
+    warmup = 1 if quick else 3
+    rows = list(rows or ROWS)
+    for r in rows:
+        if r not in ROWS:
+            raise ValueError(f"step suite: unknown row '{r}' (choose from {', '.join(ROWS)})")
+    batches = _batches(cfg, B)
+    out, profiled = [], profile_dir is None
+    for which in rows:
+        build = {"engine": _engine_row, "torch": _torch_row, "reference": _reference_row}[which]
+        with build(cfg, device, batches) as (impl, step_fn, masks):
+            row = _time(cfg, name, B, device, impl, step_fn, masks, warmup, steps)
+            if not profiled:
+                row["profile"] = str(profile_step(step_fn, device, Path(profile_dir), f"{row['case']} {impl}"))
+                profiled = True
+        row["row"] = which
+        if opts:
+            row["overrides"] = " ".join(opts)
+        out.append(row)
+        gc.collect()
+        if kind == "cuda":
+            torch.cuda.empty_cache()
+    ref = next((r for r in out if r["row"] == "reference"), None)
+    if ref is not None:
+        for r in out:
+            r["vs_reference"] = r["clips_per_s"] / ref["clips_per_s"]
+            r["ctx_tokens_vs_reference"] = r["ctx_tokens_per_s"] / ref["ctx_tokens_per_s"]
+    return out
+
+
+def bench_config(device: str, config: Optional[str] = None, batch_size: Optional[int] = None,
+                 opts: Optional[list[str]] = None, phase: Optional[int] = None) -> tuple[str, int, Config]:
+    """(case name, clips per step, config) of the suite: the recipe (default per device type) with
+    synthetic data, B clips per step on one rank, no accumulation, no disk or memory pre-checks; a
+    recipe with `phases` at phase `phase`'s clip shape (default 0)."""
+    from vjepa_scale.train.launch import resolve_batch
+
+    name, default_batch = DEFAULTS.get(torch.device(device).type, DEFAULTS["cpu"])
     name = config or name
-    cfg = load_config(resolve_config_path(name), ["data.backend=synthetic", *(opts or [])])
+    cfg = load_config(resolve_config_path(name), [
+        "data.backend=synthetic", "data.num_workers=0", "optim.grad_accum=1", "train.check_free_disk=false",
+        "train.memory_check=false", *(opts or [])])
     if cfg.phases or phase:
         shapes = cfg.phase_configs()
         if not 0 <= (phase or 0) < len(shapes):
@@ -49,74 +105,179 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
         cfg = shapes[phase or 0]
         name = f"{name} phase {phase or 0}"
     B = batch_size or (default_batch if config is None else cfg.data.batch_size)
-    steps = steps or (3 if quick else 10)
-    warmup = 1 if quick else 3
-    cuda = kind == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    cfg.data.batch_size, cfg.data.global_batch_size = B, None
+    return name, B, resolve_batch(cfg, 1)
 
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the device: a ViT-H init on the host takes long
-        jepa = JEPA(cfg)
-    jepa = jepa.to(device)
-    target = make_target_encoder(jepa.encoder).to(device, torch.bfloat16 if cuda else torch.float32)
-    shadows = [p.detach().float().reshape(-1).clone() for p in jepa.encoder.parameters()]
-    masters = [p.detach().reshape(-1) for p in jepa.encoder.parameters()]
-    targets = [p.detach().reshape(-1) for p in target.parameters()]
-    opt = torch.optim.AdamW(jepa.parameters(), lr=1e-4, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                            weight_decay=0.04, fused=cuda)
-    masker = MultiBlockMasker(cfg.mask, cfg.grid)
-    batches = [masker(B, step=s).to(device) for s in range(2)]
-    T, H, W = cfg.data.frames_per_clip, cfg.data.crop_size, cfg.data.crop_size
-    video = torch.randn(B, 3, T, H, W, device=device)
 
-    def step(masks):
-        with amp:
-            with torch.no_grad():
-                tgt = compute_targets(target, video, masks)
-            loss = jepa(video, masks, tgt)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(jepa.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update_(shadows, masters, targets, 0.9996)
-        return loss
+def _batches(cfg: Config, B: int) -> list[Batch]:
+    """Two micro-batches of the config's synthetic data (the clips and masks training would see at
+    micro-steps 0 and 1 on rank 0)."""
+    from vjepa_scale.data import build_dataloader
 
-    for i in range(warmup):
-        step(batches[i % 2])
+    return list(build_dataloader(cfg, 0, 1, start_step=0, num_steps=2))
+
+
+def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Callable[[int], torch.Tensor],
+          masks: list, warmup: int, steps: int) -> dict:
+    """Run `step_fn(i)` (batch i % 2) warmup + steps times; the row of the timed steps."""
+    cuda = torch.device(device).type == "cuda"
+    first = step_fn(0)
+    first_loss = float(first)
+    for i in range(1, warmup):
+        step_fn(i)
     sync(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for i in range(steps):
-        loss = step(batches[i % 2])
-    loss.item()
+        loss = step_fn(i)
+    float(loss)
     sync(device)
     dt = (time.perf_counter() - t0) / steps
-    flops = sum(train_flops(cfg, m)["total"] for m in (batches[i % 2] for i in range(steps))) / steps
-    fl = train_flops(cfg, batches[0])
+    used = [masks[i % 2] for i in range(steps)]
+    flops = sum(train_flops(cfg, m)["total"] for m in used) / steps
+    ctx = sum(sum(m.ctx_lengths) for m in used) / steps
+    fl = train_flops(cfg, masks[0])
     peak = device_peak_tflops(device)
     n_tok = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
     row = {
-        "case": f"train step {name} B={B} grid={'x'.join(map(str, cfg.grid))} "
-                f"{'bf16 autocast' if cuda else 'fp32'}{' +act-ckpt' if cfg.model.activation_checkpointing else ''}",
-        "impl": "torch (single device)",
+        "case": f"train step {name} B={B} grid={'x'.join(map(str, cfg.grid))}"
+                f"{' +act-ckpt' if cfg.model.activation_checkpointing else ''}"
+                f"{' +compile' if cfg.model.compile else ''}",
+        "impl": impl,
         "time_ms": dt * 1e3,
         "clips_per_s": B / dt,
         "tokens_per_s": B * n_tok / dt,
+        "ctx_tokens_per_s": ctx / dt,
         "model_tflops": flops / dt / 1e12,
         "mfu": (flops / dt / 1e12 / peak) if peak else None,
         "tflop_per_clip": fl["total"] / B / 1e12,
         "target_fwd_share": fl["target_fwd"] / fl["total"],
-        "ctx_tokens_per_clip": sum(batches[0].ctx_lengths) / B,
+        "ctx_tokens_per_clip": sum(masks[0].ctx_lengths) / B,
+        "first_loss": first_loss,
     }
-    if opts:
-        row["overrides"] = " ".join(opts)
     if cuda:
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-    if profile_dir is not None:
-        row["profile"] = str(profile_step(lambda i: step(batches[i % 2]), device, Path(profile_dir), row["case"]))
-    return [row]
+    return row
+
+
+def _on_device(batches: list[Batch], device: str, dtype: Optional[torch.dtype]) -> list[Batch]:
+    return [b.to(device, dtype) for b in batches]
+
+
+@contextlib.contextmanager
+def _engine_row(cfg: Config, device: str, batches: list[Batch]):
+    """The Trainer's engines on a 1-rank process group, stepped by `Trainer.train_step`."""
+    from vjepa_scale.train.engine import Trainer
+
+    env = one_rank_group(device)
+    with tempfile.TemporaryDirectory(prefix="bench_step_") as run_dir:
+        tr = Trainer(cfg, run_dir, env=env)
+        on = _on_device(batches, tr.device, tr.dtype)
+        z = cfg.zero.stage
+        prec = "bf16 weights + fp32 master" if tr.dtype == torch.bfloat16 else "fp32"
+        impl = f"engine: DeepSpeed ZeRO-{z}, 1 rank, {prec}"
+        try:
+            yield impl, (lambda i: tr.train_step([on[i % 2]])["loss"]), [b.masks for b in batches]
+        finally:
+            del tr, on
+
+
+@contextlib.contextmanager
+def _torch_row(cfg: Config, device: str, batches: list[Batch]):
+    """A plain module on one device: fp32 weights + bf16 autocast on CUDA, fused AdamW, ShardedEMA."""
+    from vjepa_scale.train.ema import ShardedEMA
+    from vjepa_scale.train.engine import param_groups
+    from vjepa_scale.train.step import StepCore, TorchEngine
+
+    cuda = torch.device(device).type == "cuda"
+    jepa, target = _models(cfg, device, cuda)
+    shadow = {n: p.detach().float().clone() for n, p in jepa.encoder.named_parameters()}
+    ema = ShardedEMA(jepa.encoder, target, shadow, 0, 1)
+    o = cfg.optim
+    opt = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=tuple(o.betas), eps=o.eps,
+                            weight_decay=o.weight_decay, fused=cuda)
+    core = StepCore(TorchEngine(jepa, opt, o.grad_clip), target, ema, device,
+                    autocast=torch.bfloat16 if cuda else None)
+    on = _on_device(batches, device, None)
+    impl = "torch module, fp32 weights + bf16 autocast" if cuda else "torch module, fp32"
+    try:
+        yield impl, (lambda i: core.train_step([on[i % 2]], 0.9996, i)), [b.masks for b in batches]
+    finally:
+        del core, on, jepa, target, ema, opt
+
+
+class PerParamEMA:
+    """The reference's EMA: a Python loop over parameters, target <- m * target + (1 - m) * online."""
+
+    def __init__(self, online: torch.nn.Module, target: torch.nn.Module):
+        self.pairs = list(zip(online.parameters(), target.parameters()))
+
+    @torch.no_grad()
+    def update(self, momentum: float) -> None:
+        for q, k in self.pairs:
+            k.mul_(momentum).add_((1.0 - momentum) * q.detach())
+
+
+def reference_config(cfg: Config) -> Config:
+    """`cfg` as the reference runs it: masks cut to the batch minimum, padded attention."""
+    ref = copy.deepcopy(cfg)
+    ref.mask.truncate = "batch_min"
+    ref.model.attention_backend = "padded"
+    return ref.validate()
+
+
+@contextlib.contextmanager
+def _reference_row(cfg: Config, device: str, batches: list[Batch]):
+    """The reference's schedule on the same clips and mask draws (then truncated to the batch min)."""
+    from vjepa_scale.train.engine import param_groups
+    from vjepa_scale.train.step import StepCore, TorchEngine
+
+    cuda = torch.device(device).type == "cuda"
+    ref = reference_config(cfg)
+    masker = MultiBlockMasker(ref.mask, ref.grid)
+    cut = [Batch(b.video, b.label, masker(len(b.label), b.step), b.step, b.index) for b in batches]
+    jepa, target = _models(ref, device, False)  # the reference keeps an fp32 target under autocast
+    o = ref.optim
+    opt = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=tuple(o.betas), eps=o.eps,
+                            weight_decay=o.weight_decay)
+    core = StepCore(TorchEngine(jepa, opt, o.grad_clip), target, PerParamEMA(jepa.encoder, target), device,
+                    autocast=torch.bfloat16 if cuda else None, global_norm=False, per_type=True)
+    on = _on_device(cut, device, None)
+    impl = ("reference-style: batch_min, padded, 2 passes, per-param EMA, "
+            + ("fp32 weights + bf16 autocast" if cuda else "fp32"))
+    try:
+        yield impl, (lambda i: core.train_step([on[i % 2]], 0.9996, i)), [b.masks for b in cut]
+    finally:
+        del core, on, jepa, target, opt
+
+
+def _models(cfg: Config, device: str, bf16_target: bool) -> tuple[JEPA, torch.nn.Module]:
+    torch.manual_seed(cfg.train.seed)
+    with torch.device(device):  # initialise on the device: a ViT-H init on the host takes long
+        jepa = JEPA(cfg)
+    target = make_target_encoder(jepa.encoder)
+    if bf16_target:
+        target = target.to(dtype=torch.bfloat16)
+    return jepa, target
+
+
+def one_rank_group(device: str):
+    """This process as a 1-rank training group (gloo on CPU, NCCL on CUDA) through the trainer's
+    `join_process_group`; reused when already joined. Returns the `DistEnv`."""
+    import torch.distributed as dist
+
+    from vjepa_scale.train.launch import join_process_group
+
+    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
+        raise RuntimeError("the step suite's engine row runs on one rank; launch tools/bench.py without a launcher")
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    return join_process_group()
 
 
 # Op categories of a step profile, first match wins (kernel names on CUDA, aten op names on CPU).

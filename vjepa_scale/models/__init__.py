@@ -1,4 +1,4 @@
-"""Encoder (3D ViT), predictor and the JEPA objective."""
+"""Encoder (3D ViT), predictor and the JEPA objective; `compiled`: regional torch.compile (`model.compile`)."""
 from vjepa_scale.models.jepa import JEPA, compute_targets, jepa_loss, make_target_encoder
 from vjepa_scale.models.predictor import Predictor
 from vjepa_scale.models.vit import VIT_SIZES, Packed, VisionTransformer3D, resolve_vit_size

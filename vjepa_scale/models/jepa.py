@@ -10,6 +10,7 @@ import torch.nn as nn
 from vjepa_scale.config import Config
 from vjepa_scale.kernels import layernorm_gather
 from vjepa_scale.masks import MaskBatch
+from vjepa_scale.models.compiled import compile_blocks, is_compiled
 from vjepa_scale.models.predictor import Predictor
 from vjepa_scale.models.vit import Packed, VisionTransformer3D
 
@@ -24,12 +25,32 @@ class JEPA(nn.Module):
         self.loss_exp = cfg.model.loss_exp
         self.encoder = VisionTransformer3D(cfg.model, cfg.grid)
         self.predictor = Predictor(cfg.model, self.encoder.embed_dim, cfg.grid, len(cfg.mask.types))
+        if cfg.model.compile:
+            compile_blocks(self)
 
     def forward(self, video_BCTHW: torch.Tensor, masks: MaskBatch, targets_TD: torch.Tensor,
-                type_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The loss; `type_norm` as in `jepa_loss` (None: this batch's own per-type means)."""
+                type_norm: Optional[torch.Tensor] = None, per_type: bool = False) -> torch.Tensor:
+        """The loss; `type_norm` as in `jepa_loss` (None: this batch's own per-type means).
+
+        per_type: the reference's schedule, one encoder and one predictor call per mask type
+        (`MaskBatch.for_type`), instead of one packed call each; the same loss up to float rounding.
+        """
+        if per_type:
+            return self.forward_per_type(video_BCTHW, masks, targets_TD, type_norm)
         pred_TD = self.predict(video_BCTHW, masks)
         return jepa_loss(pred_TD, targets_TD, masks.tgt_type_bounds, self.loss_exp, type_norm)
+
+    def forward_per_type(self, video_BCTHW: torch.Tensor, masks: MaskBatch, targets_TD: torch.Tensor,
+                         type_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`forward` with two passes (one per mask type): the mean over types of each type's loss."""
+        losses = []
+        for m in range(masks.num_types):
+            a, b = masks.tgt_type_bounds[m], masks.tgt_type_bounds[m + 1]
+            sub = masks.for_type(m)
+            norm = None if type_norm is None else type_norm[m:m + 1]
+            losses.append(jepa_loss(self.predict(video_BCTHW, sub), targets_TD[a:b], sub.tgt_type_bounds,
+                                    self.loss_exp, norm))
+        return torch.stack(losses).mean()
 
     def predict(self, video_BCTHW: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         """One packed encoder call over all (type, sample) contexts, one predictor call -> (T_tgt, D)."""
@@ -49,6 +70,8 @@ def make_target_encoder(encoder: VisionTransformer3D,
         target.load_state_dict(state, strict=True)
     for p in target.parameters():
         p.requires_grad_(False)
+    if is_compiled(encoder):
+        compile_blocks(target)  # its own compiled blocks, not the copied ones of `encoder`
     return target
 
 

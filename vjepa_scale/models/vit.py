@@ -24,10 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_scale.attention import Packed, dense_attention, packed_attention, resolve_attention_backend
+from vjepa_scale.attention import Packed, dense_attention, resolve_attention_backend
 # The size table lives in config (config imports nothing from models); re-exported here.
 from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
 from vjepa_scale.kernels import masked_gather
+from vjepa_scale.models.compiled import packed_attention_op  # the opaque op under torch.compile
 from vjepa_scale.models.pos_embed import Positions, apply_rope
 
 class PatchEmbed3D(nn.Conv3d):
@@ -101,7 +102,7 @@ class Attention(nn.Module):
         if packed is None:
             o = dense_attention(q, k, v, self.sdpa)
         else:
-            o = packed_attention(q, k, v, packed, self.resolved_backend(q.device, q.dtype), self.sdpa)
+            o = packed_attention_op(q, k, v, packed, self.resolved_backend(q.device, q.dtype), self.sdpa)
         return self.proj(o.flatten(-2))
 
 

@@ -1,6 +1,8 @@
 """Training: DeepSpeed ZeRO-3 engine with a sharded fp32 EMA target.
 
 - `engine.Trainer`: builds the online (encoder + predictor) and target engines, trains, logs, saves.
+- `step.StepCore`: one training step (target forward + LN gather, loss, backward, clipped optimizer
+  step, EMA) over a DeepSpeed engine or `step.TorchEngine`; shared with the step benchmark.
 - `ema.ShardedEMA`: shard-local EMA from the optimizer's fp32 master shards (no communication).
 - `schedules`: LR (warmup+cosine, or V-JEPA 2's warmup+constant+linear cooldown), WD (cosine or
   constant), EMA momentum (linear ramp or constant) as pure functions of the step (the shapes are

@@ -1,10 +1,10 @@
 """The V-JEPA training engine on DeepSpeed (ZeRO-3 by default) with a sharded EMA target.
 
-One optimizer step = `optim.grad_accum` micro-batches. Per micro-batch: the target encoder (an
-optimizer-less ZeRO engine) encodes the full clip without gradients, the online engine (encoder +
-predictor) returns the loss of both mask types in one packed pass, DeepSpeed backpropagates and
-steps at the accumulation boundary (with gradient clipping). Then the EMA updates the target
-shard-locally from the fp32 master shards. LR / WD / momentum are pure functions of the step.
+One optimizer step = `optim.grad_accum` micro-batches, run by `train.step.StepCore` (the step the
+benchmark times too). Per micro-batch: the target encoder (an optimizer-less ZeRO engine) encodes
+the full clip without gradients, the online engine (encoder + predictor) returns the loss of both
+mask types in one packed pass, DeepSpeed backpropagates and steps at the accumulation boundary
+(with gradient clipping). Then the EMA updates the target shard-locally from the fp32 master shards. LR / WD / momentum are pure functions of the step.
 A step with an inf/NaN loss or gradient norm changes neither weights nor EMA (`guard`); a phase that
 stalls past `train.hang_timeout_s` ends the rank with a message (`watchdog`).
 
@@ -36,8 +36,7 @@ from vjepa_scale.config import Config, save_config
 from vjepa_scale.data import Batch, build_dataloader, skip_metrics
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
-from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
-from vjepa_scale.models.jepa import global_type_norm
+from vjepa_scale.models import JEPA, make_target_encoder
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train import elastic, preempt, rng
@@ -48,6 +47,7 @@ from vjepa_scale.train.housekeeping import check_resume_config, prepare_checkpoi
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
 from vjepa_scale.train.schedules import StepSchedule
+from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import find_latest, load_init_state, resolve_checkpoint
 
@@ -135,6 +135,8 @@ class Trainer:
         self.step = 0
         self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.optim)  # skips non-finite steps
         self.watchdog = Watchdog(cfg.train.hang_timeout_s, self.rank)  # started by fit()
+        self.core = StepCore(self.engine, self.target, self.ema, self.device, self.dtype, guard=self.guard,
+                             phase=self.watchdog.phase)  # the step shared with the benchmark
         self.sample_offset = 0  # sampler stream offset (elastic resume with another global batch)
         self.resumed_from: Optional[Path] = None
         if ckpt is not None:
@@ -186,20 +188,7 @@ class Trainer:
     def micro_step(self, batch: Batch) -> torch.Tensor:
         """Forward + backward of one micro-batch; DeepSpeed steps at the accumulation boundary
         (which the divergence guard turns into a no-op when the step is non-finite)."""
-        self.watchdog.phase(f"forward/backward step {self.step + 1}")
-        on_device = batch.to(self.device, self.dtype)
-        video, masks = on_device.video, on_device.masks
-        with torch.no_grad():
-            targets = compute_targets(self.target, video, masks)
-        # global per-type token mean: the loss does not depend on how the slots split over ranks
-        loss = self.engine(video, masks, targets, global_type_norm(masks, self.device))
-        boundary = self.engine.is_gradient_accumulation_boundary()
-        self.engine.backward(self.guard.loss_for_backward(loss, boundary))
-        if boundary:
-            self.watchdog.phase(f"optimizer step {self.step + 1}")
-        with self.guard.optimizer_step(self.engine, boundary):
-            self.engine.step()
-        return loss.detach()
+        return self.core.micro_step(batch, self.step)
 
     def train_step(self, batches: list[Batch]) -> dict:
         """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats.
@@ -210,9 +199,7 @@ class Trainer:
         s = self.schedule(self.step)
         self._set_schedules(s.lr, s.weight_decay)
         losses = [self.micro_step(b) for b in batches]
-        self.watchdog.phase(f"EMA update step {self.step + 1}")
-        if self.guard.after_step(self.engine, self.step + 1):
-            self.ema.update(s.momentum)
+        self.core.end_step(s.momentum, self.step)  # EMA, unless the guard skipped the step
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": s.lr, "weight_decay": s.weight_decay,
                 "momentum": s.momentum}

@@ -190,7 +190,7 @@ def write_error(step: int, folder: Path, run_dir: Path, exc: Optional[BaseExcept
 # --------------------------------------------------------------------------------------------------
 
 # model.* keys that neither change parameter shapes nor what the weights mean.
-MODEL_RUNTIME_KEYS = ("activation_checkpointing", "attention_backend", "sdpa_backend", "loss_exp")
+MODEL_RUNTIME_KEYS = ("activation_checkpointing", "attention_backend", "sdpa_backend", "loss_exp", "compile")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
