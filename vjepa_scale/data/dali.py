@@ -46,7 +46,7 @@ from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, orient
 from vjepa_scale.data.cpu import VideoClips
 from vjepa_scale.data.decode import VideoError, VideoInfo, probe_video
 from vjepa_scale.data.nvdec import StreamFormat, colour_matrix, dali_route, stream_format
-from vjepa_scale.data.skips import NoReadableVideosError, substitute
+from vjepa_scale.data.skips import NoReadableVideosError, skip_tracker, substitute
 from vjepa_scale.masks import MultiBlockMasker
 
 log = logging.getLogger("vjepa_scale.data")
@@ -237,7 +237,6 @@ class DaliLoader:
         self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
                                      max(1, cfg.data.num_workers), self.device_id)
         self.fallback = VideoClips(index, cfg.data)
-        from vjepa_scale.data.loader import skip_tracker  # loader imports this module
 
         self.tracker = skip_tracker(sampler, rank, cfg.data.max_bad_fraction)
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
-from vjepa_scale.data.skips import SkipTracker
+from vjepa_scale.data.skips import skip_tracker
 from vjepa_scale.data.synthetic import SyntheticClips
 from vjepa_scale.masks import MultiBlockMasker
 
@@ -51,12 +51,6 @@ def build_dataset(cfg: Config, check: bool = True):
     if check:
         check_readable(index)
     return VideoClips(index, d)
-
-
-def skip_tracker(sampler: StepBatchSampler, rank: int, max_bad_fraction: float) -> SkipTracker:
-    """The SkipTracker of a file loader over `sampler` (its last step closes the last epoch's report)."""
-    final = None if sampler.num_steps is None else sampler.start_step + sampler.num_steps - 1
-    return SkipTracker(rank, sampler.epoch_of, sampler.world_size, sampler.batch_size, max_bad_fraction, final)
 
 
 class LoaderTimeoutError(RuntimeError):

@@ -190,3 +190,10 @@ def skip_metrics(loader, device=None) -> dict:
     """`SkipTracker.metrics` of a file loader; {} for one that reads no files (synthetic)."""
     tracker = getattr(loader, "tracker", None)
     return tracker.metrics(device) if tracker is not None else {}
+
+
+def skip_tracker(sampler, rank: int, max_bad_fraction: float) -> SkipTracker:
+    """The SkipTracker of a file loader over `sampler` (a `StepBatchSampler`; its last step closes the last
+    epoch's report)."""
+    final = None if sampler.num_steps is None else sampler.start_step + sampler.num_steps - 1
+    return SkipTracker(rank, sampler.epoch_of, sampler.world_size, sampler.batch_size, max_bad_fraction, final)

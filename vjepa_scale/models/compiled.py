@@ -84,21 +84,6 @@ def packed_attention_op(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.T
     return packed_attention(q_THD, k_THD, v_THD, packed, backend, sdpa)
 
 
-def compile_blocks(module: nn.Module) -> int:
-    """Compile every transformer `Block` inside `module` in place (dynamic shapes: token counts and
-    sequence lengths vary per step). A copied module (the EMA target) must be compiled again: this
-    drops a compiled callable copied from another module first. Returns the number of blocks."""
-    from vjepa_scale.models.vit import Block
-
-    n = 0
-    for m in module.modules():
-        if isinstance(m, Block):
-            m._compiled_call_impl = None
-            m.compile(dynamic=True)
-            n += 1
-    return n
-
-
 def is_compiled(module: nn.Module) -> bool:
     """Whether any submodule of `module` was compiled in place."""
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in module.modules())

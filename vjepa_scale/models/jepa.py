@@ -10,9 +10,9 @@ import torch.nn as nn
 from vjepa_scale.config import Config
 from vjepa_scale.kernels import layernorm_gather
 from vjepa_scale.masks import MaskBatch
-from vjepa_scale.models.compiled import compile_blocks, is_compiled
+from vjepa_scale.models.compiled import is_compiled
 from vjepa_scale.models.predictor import Predictor
-from vjepa_scale.models.vit import Packed, VisionTransformer3D
+from vjepa_scale.models.vit import Packed, VisionTransformer3D, compile_blocks
 
 TARGET_LN_EPS = 1e-5  # F.layer_norm's default, as the reference normalizes targets
 

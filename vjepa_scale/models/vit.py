@@ -216,3 +216,16 @@ class VisionTransformer3D(nn.Module):
         x_TD = masked_gather(x_BND, idx, pos_ND)
         rope = self.positions.rotary(packed.token_ids, grid, x_TD.device, x_TD.dtype)
         return self.transformer(x_TD, packed, rope)
+
+
+def compile_blocks(module: nn.Module) -> int:
+    """Compile every transformer `Block` inside `module` in place (dynamic shapes: token counts and
+    sequence lengths vary per step). A copied module (the EMA target) must be compiled again: this
+    drops a compiled callable copied from another module first. Returns the number of blocks."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Block):
+            m._compiled_call_impl = None
+            m.compile(dynamic=True)
+            n += 1
+    return n

@@ -1,4 +1,4 @@
-"""Launch helpers: batch resolution, pre-flight checks, the DeepSpeed config and process group.
+"""Launch helpers: pre-flight checks (batch resolution per phase: `train.phases.resolve_batch`), the DeepSpeed config and process group.
 
 Batch sizes: `data.batch_size` is the per-rank micro-batch. When `data.global_batch_size` is set
 (the recipes do: 2400 or 3072 clips per optimizer step, as in the paper) it wins, and must divide
@@ -18,28 +18,8 @@ import torch
 from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.distributed import DistEnv, compute_dtype, device_for, init_distributed
 from vjepa_scale.train.memory import check_memory
+from vjepa_scale.train.phases import plan, resolve_batch
 from vjepa_scale.train.zero_compat import skip_shm_comm_build
-
-
-def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
-    """Return a copy of `cfg` whose `data.batch_size` is the per-rank micro-batch for this world.
-
-    With `data.global_batch_size` G: G must be divisible by world_size x grad_accum. `prefix` names
-    the section that set the batch in the error (`phases[i]` for a phase's own batch).
-    """
-    cfg = copy.deepcopy(cfg)
-    accum = cfg.optim.grad_accum
-    g = cfg.data.global_batch_size
-    if g is None:
-        cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
-        return cfg
-    if g % (world_size * accum):
-        raise ConfigError(
-            f"{prefix}.global_batch_size={g} is not divisible by world_size={world_size} x "
-            f"optim.grad_accum={accum} (= {world_size * accum}); pick a multiple of {world_size * accum} "
-            f"or set {prefix}.global_batch_size: null and give {prefix}.batch_size per rank")
-    cfg.data.batch_size = g // (world_size * accum)
-    return cfg
 
 
 def check_data_paths(cfg: Config) -> None:
@@ -59,7 +39,6 @@ def preflight(cfg: Config, world_size: int) -> Config:
     With `phases`, each phase's batch must divide over the world and each phase's memory estimate
     must fit (the errors name the phase).
     """
-    from vjepa_scale.train.phases import plan
 
     check_data_paths(cfg)
     if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():

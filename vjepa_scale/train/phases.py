@@ -2,7 +2,7 @@
 of each, and the data position in global samples across phase boundaries.
 
 `plan(cfg, world_size)` expands `cfg.phases` (`Config.phase_configs`) into `Phase`s with their
-optimizer-step range [start, end) and a batch-resolved config (`launch.resolve_batch`, per phase).
+optimizer-step range [start, end) and a batch-resolved config (`resolve_batch`, per phase).
 A run without `phases` is one phase whose config is `cfg` itself, so everything below reduces to
 the single-phase arithmetic (data position `step x global_batch`, schedules at the global step).
 
@@ -14,12 +14,35 @@ them the masks) are numbered globally (`step x grad_accum + i`), so they never r
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.train.schedules import StepSchedule, schedule_at
+
+
+def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
+    """Return a copy of `cfg` whose `data.batch_size` is the per-rank micro-batch for this world.
+
+    With `data.global_batch_size` G: G must be divisible by world_size x grad_accum. `prefix` names
+    the section that set the batch in the error (`phases[i]` for a phase's own batch).
+    """
+    cfg = copy.deepcopy(cfg)
+    accum = cfg.optim.grad_accum
+    g = cfg.data.global_batch_size
+    if g is None:
+        cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
+        return cfg
+    if g % (world_size * accum):
+        raise ConfigError(
+            f"{prefix}.global_batch_size={g} is not divisible by world_size={world_size} x "
+            f"optim.grad_accum={accum} (= {world_size * accum}); pick a multiple of {world_size * accum} "
+            f"or set {prefix}.global_batch_size: null and give {prefix}.batch_size per rank")
+    cfg.data.batch_size = g // (world_size * accum)
+    return cfg
+
 
 
 @dataclass(frozen=True)
@@ -61,8 +84,6 @@ class Phase:
 def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
     """The run's phases; with `world_size`, each phase's batch is resolved for it (ConfigError naming
     `phases[i].global_batch_size` when it does not divide)."""
-    from vjepa_scale.train.launch import resolve_batch
-
     out, start = [], 0
     for i, c in enumerate(cfg.phase_configs()):
         if world_size is not None:
