@@ -44,12 +44,21 @@ class PatchEmbed3D(nn.Conv3d):
     are dropped, as the convolution does.
 
     `forward(video_BCTHW)` -> (tokens (B, N, D) in (t, h, w) raster order, grid (T', H', W')).
+    A list of clip tensors (the shape groups of a mixed batch) -> (the groups' tokens concatenated
+    (total, D), each group's grid), in one module call with one output tensor: under ZeRO-3 every
+    rank then records the same module trace, whatever its number of groups.
     """
 
     def __init__(self, in_chans: int, dim: int, tubelet: int, patch: int):
         super().__init__(in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
 
-    def forward(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def forward(self, video_BCTHW):
+        if isinstance(video_BCTHW, (list, tuple)):
+            parts = [self._embed(v) for v in video_BCTHW]
+            return torch.cat([x.reshape(-1, x.shape[-1]) for x, _ in parts]), [g for _, g in parts]
+        return self._embed(video_BCTHW)
+
+    def _embed(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         B, C, T, H, W = video_BCTHW.shape
         t, p, _ = self.kernel_size
         grid = (T // t, H // p, W // p)
@@ -227,15 +236,11 @@ class VisionTransformer3D(nn.Module):
     def embed_mixed(self, video: MixedVideo) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
         """Tokens of every sample with their positions added, concatenated in sample order
         (total, D), and each group's grid. One patch-embed GEMM per shape group."""
-        parts, grids = [], []
-        for v in video.groups:
-            x_BND, grid = self.patchify(v)
-            pos_ND = self.positions.additive(grid, x_BND.dtype)
-            if pos_ND is not None:
-                x_BND = x_BND + pos_ND
-            parts.append(x_BND.reshape(-1, x_BND.shape[-1]))
-            grids.append(grid)
-        return torch.cat(parts), grids
+        x_TD, grids = self.patch_embed(list(video.groups))
+        pos = [self.positions.additive(g, x_TD.dtype) for g in grids]
+        if pos[0] is not None:  # each group's table once per sample, in the tokens' order
+            x_TD = x_TD + torch.cat([p.repeat(v.shape[0], 1) for p, v in zip(pos, video.groups)])
+        return x_TD, grids
 
     def forward_mixed(self, video: MixedVideo, idx: Optional[torch.Tensor] = None,
                       packed: Optional[Packed] = None) -> torch.Tensor:
