@@ -78,7 +78,7 @@ class ClipCollator:
         return (T // self.tubelet, H // self.patch, W // self.patch)
 
     def __call__(self, samples: list[dict]) -> Batch:
-        if len({tuple(s["video"].shape) for s in samples}) > 1 or any(
+        if len({tuple(s["video"].shape[-4:]) for s in samples}) > 1 or any(
                 s.get("slot", self.rank * len(samples) + j) != self.rank * len(samples) + j
                 for j, s in enumerate(samples)):
             return self.mixed(samples)
