@@ -124,3 +124,14 @@ def test_masks_keep_their_statistics_per_shape():
             c0, c1 = sum(masks.ctx_lengths[:s]), sum(masks.ctx_lengths[:s + 1])
             assert torch.equal(masks.ctx_idx[c0:c1] - off[b], ctx[m][b])
             assert masks.ctx_idx[c0:c1].min() >= off[b] and masks.ctx_idx[c0:c1].max() < off[b + 1]
+
+
+def test_mixed_bench_rows():
+    """`tools/bench.py --suite mixed` (CPU sizes): packed, padded-to-largest and one-shape-per-step rows;
+    the padded row computes more tokens for the same clips."""
+    from vjepa_scale.bench import run_suite
+
+    rows = {r["impl"]: r for r in run_suite("mixed", "cpu", True)}
+    assert set(rows) == {"packed", "padded", "per_step"}
+    assert rows["packed"]["computed_tokens"] == rows["per_step"]["computed_tokens"] < rows["padded"]["computed_tokens"]
+    assert all(r["time_ms"] > 0 and r["tokens_per_s"] > 0 for r in rows.values())
