@@ -62,6 +62,8 @@ class Packed:
     token_ids: Optional[torch.Tensor] = None  # int64 (total,), raster position n within its clip
     offsets: Optional[torch.Tensor] = field(default=None, repr=False)  # int64 twin of cu_seqlens
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # Mixed shapes: token_ids are rows of the concatenated position tables of these grids (MaskBatch.grids)
+    grids: Optional[list] = None
 
     def __post_init__(self):
         # One int64 copy per forward: nested tensors key their ragged dim on this object, so

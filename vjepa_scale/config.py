@@ -140,12 +140,42 @@ class MaskConfig(Section):
             spec.validate(f"{prefix}.types[{i}]")
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
 @dataclass
 class DatasetSpec(Section):
-    """One index file (`path label` lines) and its sampling weight in the mixture."""
+    """One index file (`path label` lines) or image folder, its sampling weight in the mixture, and
+    optionally its own clip shape (null: `data.frames_per_clip` / `data.crop_size`).
+
+    `kind: image` (or `auto` on a folder, or an index whose first entry is a .jpg/.jpeg/.png) reads
+    still images, each entering as a clip of one tubelet (the image repeated `model.tubelet_size`
+    times, as V-JEPA 2 does); `frames_per_clip` is then ignored.
+    """
 
     path: str = ""
     weight: float = 1.0
+    frames_per_clip: Optional[int] = None
+    crop_size: Optional[int] = None
+    kind: Literal["auto", "video", "image"] = "auto"
+
+    def is_image(self) -> bool:
+        """Whether this dataset holds still images (see the class docstring)."""
+        if self.kind != "auto":
+            return self.kind == "image"
+        p = Path(self.path).expanduser()
+        if p.is_dir():
+            return True
+        try:
+            with open(p) as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        first = line.rsplit(None, 1)[0] if len(line.split()) > 1 else line
+                        return first.lower().endswith(IMAGE_SUFFIXES)
+        except OSError:
+            return False
+        return False
 
 
 @dataclass
@@ -171,6 +201,26 @@ class DataConfig(Section):
     decode_timeout_s: float = 60.0  # reading one file longer than this: skipped like a broken file (0: no limit)
     dali_prefetch: int = 2  # backend dali: batches decoded ahead of training in its helper thread
     max_bad_fraction: float = 0.5  # unusable index entries are replaced; error when surely more than this share
+    # Mixed shapes (datasets with their own frames_per_clip / crop_size, or images):
+    # packed = shapes mixed inside a batch; per_step = each micro-step one shape (V-JEPA 2's way)
+    mixing: Literal["packed", "per_step"] = "packed"
+    tokens_per_batch: Optional[int] = None  # per-rank micro-batch filled to this many full-clip tokens
+
+    def dataset_shape(self, i: int, tubelet: int) -> tuple[int, int]:
+        """(frames, crop) of dataset i's clips: its own keys, else data's; images: one tubelet."""
+        ds = self.datasets[i]
+        frames = tubelet if ds.is_image() else (ds.frames_per_clip or self.frames_per_clip)
+        return frames, ds.crop_size or self.crop_size
+
+    def shapes(self, tubelet: int) -> list[tuple[int, int]]:
+        """(frames, crop) per dataset (synthetic: data's one shape)."""
+        if self.backend == "synthetic" or not self.datasets:
+            return [(self.frames_per_clip, self.crop_size)]
+        return [self.dataset_shape(i, tubelet) for i in range(len(self.datasets))]
+
+    def is_mixed(self, tubelet: int) -> bool:
+        """More than one clip shape among the datasets, or a token budget: batches vary."""
+        return len(set(self.shapes(tubelet))) > 1 or self.tokens_per_batch is not None
 
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
@@ -194,6 +244,13 @@ class DataConfig(Section):
         for i, ds in enumerate(self.datasets):
             if ds.weight <= 0:
                 raise ConfigError(f"{prefix}.datasets[{i}].weight must be > 0, got {ds.weight}")
+            for key in ("frames_per_clip", "crop_size"):
+                if getattr(ds, key) is not None and getattr(ds, key) <= 0:
+                    raise ConfigError(f"{prefix}.datasets[{i}].{key} must be > 0 or null, got {getattr(ds, key)}")
+        if self.tokens_per_batch is not None and self.tokens_per_batch <= 0:
+            raise ConfigError(f"{prefix}.tokens_per_batch must be > 0 or null, got {self.tokens_per_batch}")
+        if self.num_clips > 1 and self.is_mixed(1):
+            raise ConfigError(f"{prefix}.num_clips > 1 is not supported with mixed shapes or tokens_per_batch")
 
 
 @dataclass
@@ -368,6 +425,11 @@ class Config:
     def validate(self) -> "Config":
         validate_sections(self)
         clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
+        for i, (frames, crop) in enumerate(self.data.shapes(self.model.tubelet_size)):
+            g = clip_grid(crop, frames, self.model, prefix=f"data.datasets[{i}]")
+            if self.data.tokens_per_batch is not None and g[0] * g[1] * g[2] > self.data.tokens_per_batch:
+                raise ConfigError(f"data.tokens_per_batch={self.data.tokens_per_batch} is below one clip of "
+                                  f"data.datasets[{i}] ({g[0] * g[1] * g[2]} tokens)")
         self.phase_configs()  # validates every phase (ConfigError naming `phases[i].key`)
         return self
 

@@ -53,11 +53,11 @@ def train_flops(cfg: Config, masks: MaskBatch) -> dict[str, float]:
     """FLOPs of one optimizer micro-step on one rank's batch described by `masks`."""
     m = cfg.model
     dims = resolve_vit_size(m)
-    B, N = masks.batch_size, masks.num_tokens
+    sizes = masks.sample_tokens  # full-clip tokens per sample (they differ in a mixed batch)
     D, W = dims.width, m.pred_width
-    patch = 2.0 * 3 * m.tubelet_size * m.patch_size ** 2 * D * B * N
+    patch = 2.0 * 3 * m.tubelet_size * m.patch_size ** 2 * D * sum(sizes)
 
-    t_lin, t_attn = _stack_fwd(D, dims.depth, dims.mlp_ratio, [N] * B)
+    t_lin, t_attn = _stack_fwd(D, dims.depth, dims.mlp_ratio, sizes)
     target_fwd = t_lin + t_attn + patch
 
     e_lin, e_attn = _stack_fwd(D, dims.depth, dims.mlp_ratio, masks.ctx_lengths)

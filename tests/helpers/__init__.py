@@ -29,6 +29,8 @@ Videos (helpers.videos):
     write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), write_index(path, entries),
     frame_ids(video_CTHW)
     streamable_videos(folder, n=4)   VP9 clips that can be read from a pipe
+Images (helpers.images):
+    write_images(folder, n=6, size=(40, 48))   smooth RGB PNGs: an image dataset folder
 Disks (helpers.disks):
     tmpfs_mounts(base)       context: mount(size, ro=False) -> a small tmpfs (skips where not allowed)
 Evaluation (helpers.features):
@@ -38,11 +40,12 @@ from .builders import equal_tensors, single_process_group, tiny_config
 from .disks import tmpfs_mounts
 from .extras import ROOT, check_dev_extras, extras_required, missing_dev_extras, needs, require
 from .features import TensorVideos, separable_features
+from .images import write_images
 from .procs import (assert_ok, command, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool,
                     rank_processes, run, start, train_args, wait_for_step)
 from .videos import frame_ids, streamable_videos, video_cfg, write_bad_set, write_index, write_video_sets
 
-__all__ = ["ROOT", "TensorVideos", "assert_ok", "check_dev_extras", "command", "cpu_env", "deepspeed_launcher",
+__all__ = ["ROOT", "TensorVideos", "write_images", "assert_ok", "check_dev_extras", "command", "cpu_env", "deepspeed_launcher",
            "equal_tensors", "extras_required", "frame_ids", "free_port", "gpu_env", "launch", "load_tool",
            "missing_dev_extras", "needs", "rank_processes", "require", "run", "separable_features",
            "single_process_group", "start", "streamable_videos", "tiny_config", "tmpfs_mounts", "train_args",

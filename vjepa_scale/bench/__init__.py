@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "attention": "vjepa_scale.bench.attention",
     "step": "vjepa_scale.bench.step",
     "data": "vjepa_scale.bench.data",
+    "mixed": "vjepa_scale.bench.mixed",
 }
 
 

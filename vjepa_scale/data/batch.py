@@ -4,6 +4,12 @@
 global slot); rank r's rows are slots r*B .. r*B + B - 1 of the micro-step, every rank holding B rows)
 and wraps video, labels and bookkeeping into a `Batch`. `ClipCollator` is the DataLoader collate_fn
 of the CPU and synthetic paths; the DALI path calls `make_batch` on the clips it decoded.
+
+Mixed shapes: when a batch's clips differ in shape (datasets with their own frames / crop, images),
+`Batch.video` is a `vjepa_scale.mixed.MixedVideo` (one tensor per shape group, samples in group
+order; labels, index and masks follow that order) and the masks use the packed mixed layout
+(`MaskBatch.sample_grids`). Each clip's masks are keyed by its global slot (from the sampler), so
+a batch filled to a token budget (fewer clips than its window) keeps every clip's masks.
 """
 from __future__ import annotations
 
@@ -13,13 +19,14 @@ from typing import Any, Sequence
 import torch
 
 from vjepa_scale.masks import MaskBatch, MultiBlockMasker
+from vjepa_scale.mixed import MixedVideo
 
 
 @dataclass
 class Batch:
     """One micro-batch of B clips (B = samples x data.num_clips)."""
 
-    video: torch.Tensor  # (B, C, T, H, W); float32 on the CPU, or bf16 on the GPU from DALI
+    video: torch.Tensor | MixedVideo  # (B, C, T, H, W) (float32 on the CPU, bf16 on the GPU from DALI), or mixed
     label: torch.Tensor  # (B,) int64
     masks: MaskBatch
     step: int  # the micro-step this batch belongs to
@@ -29,6 +36,15 @@ class Batch:
     def to(self, device: Any, dtype: torch.dtype | None = None) -> "Batch":
         """Video (cast to `dtype` if given) and masks on `device`; labels and bookkeeping stay on the host."""
         return replace(self, video=self.video.to(device, dtype, non_blocking=True), masks=self.masks.to(device))
+
+    @property
+    def num_clips(self) -> int:
+        return self.masks.batch_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Full-clip tokens of the batch."""
+        return self.masks.total_tokens
 
     def pin_memory(self) -> "Batch":
         """Page-locked copy of the host tensors (called by DataLoader(pin_memory=True))."""
@@ -52,11 +68,33 @@ class ClipCollator:
     `index` and `skipped` ((path, reason) of the files it replaced; listed once per sample).
     """
 
-    def __init__(self, masker: MultiBlockMasker, rank: int = 0):
+    def __init__(self, masker: MultiBlockMasker, rank: int = 0, tubelet: int = 2, patch: int = 16):
         self.masker = masker
         self.rank = rank
+        self.tubelet, self.patch = tubelet, patch
+
+    def grid(self, clip_CTHW: torch.Tensor) -> tuple[int, int, int]:
+        _, T, H, W = clip_CTHW.shape
+        return (T // self.tubelet, H // self.patch, W // self.patch)
 
     def __call__(self, samples: list[dict]) -> Batch:
+        if len({tuple(s["video"].shape[-4:]) for s in samples}) > 1 or any(
+                s.get("slot", self.rank * len(samples) + j) != self.rank * len(samples) + j
+                for j, s in enumerate(samples)):
+            return self.mixed(samples)
+        return self.uniform(samples)
+
+    def mixed(self, samples: list[dict]) -> Batch:
+        """Clips of several shapes (or slots that are not rank x B + j: a token-budget batch)."""
+        video, order = MixedVideo.from_clips([s["video"] for s in samples])
+        grids = [self.grid(samples[i]["video"]) for i in order]
+        slots = [samples[i]["slot"] for i in order]
+        masks = self.masker(len(order), samples[0]["step"], grids=grids, slots=slots)
+        return Batch(video=video, label=torch.tensor([int(samples[i]["label"]) for i in order], dtype=torch.int64),
+                     masks=masks, step=int(samples[0]["step"]), index=[samples[i]["index"] for i in order],
+                     skipped=[item for s in samples for item in s["skipped"]])
+
+    def uniform(self, samples: list[dict]) -> Batch:
         clips, labels, index = [], [], []
         for s in samples:
             per_sample = s["video"] if s["video"].dim() == 5 else s["video"][None]  # (clips, C, T, H, W)

@@ -7,13 +7,21 @@ is unusable (missing, empty, truncated, non-video, undecodable, shorter than one
 in the item's `skipped` as (path, "kind: reason"), so counts survive DataLoader worker processes and
 reach the trainer inside the batch. Probing and decoding one file may take at most
 data.decode_timeout_s (`decode.Deadline`); a file that takes longer is skipped like an unreadable one.
+
+Mixed shapes: each dataset of the index may have its own clip shape (`DataConfig.dataset_shape`);
+image datasets (`DatasetSpec.is_image`) decode a still with PIL, take one random-resized-crop box and
+flip (`clips.random_resized_crop_box`, same seeding as videos) and repeat it to one tubelet.
 """
 from __future__ import annotations
 
+import bisect
+import dataclasses
+
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vjepa_scale.data.clips import normalize_clip, plan_video
+from vjepa_scale.data.clips import normalize_clip, plan_video, random_resized_crop_box, sample_generator
 from vjepa_scale.data.decode import (Deadline, DecodeTimeout, VideoError, VideoInfo, decode_clip_frames,
                                      probe_video)
 from vjepa_scale.data.index import VideoIndex
@@ -25,14 +33,25 @@ INFO_CACHE_MAX = 200_000  # probed files remembered per process (exact frame cou
 class VideoClips(Dataset):
     """Clips of the videos listed in `index`, sampled and augmented per `data_cfg` (a DataConfig)."""
 
-    def __init__(self, index: VideoIndex, data_cfg):
+    def __init__(self, index: VideoIndex, data_cfg, tubelet: int = 2):
         self.index = index
         self.cfg = data_cfg
+        # per dataset: its data config (own frames / crop) and whether it holds images
+        self.starts = [sum(index.sizes[:d]) for d in range(len(index.sizes))]
+        self.images = [ds.is_image() for ds in data_cfg.datasets] if data_cfg.datasets else [False] * len(index.sizes)
+        shapes = [data_cfg.dataset_shape(d, tubelet) if data_cfg.datasets else
+                  (data_cfg.frames_per_clip, data_cfg.crop_size) for d in range(len(index.sizes))]
+        self.cfgs = [data_cfg if (f, c) == (data_cfg.frames_per_clip, data_cfg.crop_size)
+                     else dataclasses.replace(data_cfg, frames_per_clip=f, crop_size=c) for f, c in shapes]
         self._info: dict[str, VideoInfo] = {}
         self._bad: dict[str, VideoError] = {}  # per-process memo: path -> why it is unusable
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def dataset_of(self, i: int) -> int:
+        """The dataset (position in data.datasets) entry i belongs to."""
+        return bisect.bisect_right(self.starts, i) - 1
 
     def probe(self, i: int, deadline: Deadline | None = None) -> VideoInfo:
         path = self.index.paths[i]
@@ -65,16 +84,38 @@ class VideoClips(Dataset):
                 self._bad[e.path] = deadline.error()
                 raise deadline.error() from None
 
+    def _load_image(self, i: int, step: int, key: int) -> torch.Tensor:
+        from PIL import Image
+
+        d = self.dataset_of(i)
+        cfg = self.cfgs[d]
+        path = self.index.paths[i]
+        try:
+            with Image.open(path) as im:
+                pixels_HWC = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+        except Exception as e:  # PIL raises many kinds on broken files
+            raise VideoError(path, f"image unreadable: {e}", "unreadable") from None
+        H, W, _ = pixels_HWC.shape
+        rng = sample_generator(cfg.seed, step, key)
+        box = random_resized_crop_box(H, W, tuple(cfg.random_resize_scale), tuple(cfg.random_resize_aspect_ratio), rng)
+        flip = bool(cfg.horizontal_flip and rng.random() < 0.5)
+        frames = pixels_HWC[None].expand(cfg.frames_per_clip, H, W, 3)  # one tubelet of the same image
+        return normalize_clip(frames, box, flip, cfg.crop_size)
+
     def _load(self, i: int, step: int, key: int, deadline: Deadline) -> torch.Tensor:
+        d = self.dataset_of(i)
+        if self.images[d]:
+            return self._load_image(i, step, key)
+        cfg = self.cfgs[d]
         info = self.probe(i, deadline)
         try:
-            plans = plan_video(info, self.cfg, self.cfg.seed, step, key)
+            plans = plan_video(info, cfg, cfg.seed, step, key)
             pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for p in plans for f in p.frames], deadline))
         except VideoError as e:
             self._bad[info.path] = e
             raise
-        T = self.cfg.frames_per_clip
-        clips = [normalize_clip(pixels_THWC[c * T:(c + 1) * T], p.box, p.flip, self.cfg.crop_size, p.rotation)
+        T = cfg.frames_per_clip
+        clips = [normalize_clip(pixels_THWC[c * T:(c + 1) * T], p.box, p.flip, cfg.crop_size, p.rotation)
                  for c, p in enumerate(plans)]
         return clips[0] if len(clips) == 1 else torch.stack(clips)
 
@@ -86,10 +127,11 @@ class VideoClips(Dataset):
     def __getitem__(self, key) -> dict:
         index, step, slot = (tuple(key) + (0, 0))[:3] if isinstance(key, tuple) else (key, 0, 0)
         i, video, skipped = self.resolve(index, step, slot, lambda j: self.load(j, step, key=index))
-        return {"video": video, "label": self.index.labels[i], "step": int(step), "index": i, "skipped": skipped}
+        return {"video": video, "label": self.index.labels[i], "step": int(step), "index": i, "skipped": skipped,
+                "slot": int(slot)}
 
 
-def check_readable(index: VideoIndex, max_failures: int = 256) -> None:
+def check_readable(index: VideoIndex, max_failures: int = 256, images: list[bool] | None = None) -> None:
     """Fail fast when an index file has no decodable video: probe entries until one opens.
 
     Stops at the first readable file of each dataset (cheap for healthy data); raises
@@ -97,7 +139,10 @@ def check_readable(index: VideoIndex, max_failures: int = 256) -> None:
     first `max_failures` entries.
     """
     start = 0
-    for source, size in zip(index.sources, index.sizes):
+    for d, (source, size) in enumerate(zip(index.sources, index.sizes)):
+        if images is not None and images[d]:
+            start += size
+            continue
         failures = []
         for i in range(start, start + min(size, max_failures)):
             try:

@@ -8,7 +8,8 @@ So `my clip.mp4 3` is path "my clip.mp4" with label 3, and a path with spaces ne
 
 Several index files form one `VideoIndex` (entries concatenated in config order); their weights
 drive the per-epoch mixture in `sampler.MixturePlan`. Relative video paths are resolved against the
-index file's folder. A missing or empty index file is a `ConfigError` naming it.
+index file's folder. A missing or empty index file is a `ConfigError` naming it. A dataset path that
+is a folder lists its images (.jpg/.jpeg/.png, sorted, label -1): an image dataset.
 """
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets",
     which demands an integer label >= 0 on every line (evaluation). See the module docstring for the rule.
     """
     p = Path(path)
+    if p.is_dir():
+        from vjepa_scale.config import IMAGE_SUFFIXES
+
+        images = sorted(str(x.resolve()) for x in p.iterdir() if x.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ConfigError(f"{key}: folder '{path}' holds no .jpg/.jpeg/.png images")
+        return images, [-1] * len(images)
     if not p.is_file():
         raise ConfigError(f"{key}: index file '{path}' does not exist")
     paths, labels = [], []

@@ -1,6 +1,7 @@
 """Backend choice and the per-rank loaders: `build_dataloader` and what it is made of."""
 from __future__ import annotations
 
+import logging
 import signal
 
 import torch
@@ -8,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.data.batch import ClipCollator
-from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
+from vjepa_scale.data.sampler import (BudgetStepSampler, MixturePlan, ShapePerStepSampler, StepBatchSampler,
+                                     TokenBudget)
 from vjepa_scale.data.skips import skip_tracker
 from vjepa_scale.data.synthetic import SyntheticClips
 from vjepa_scale.masks import MultiBlockMasker
@@ -48,9 +50,10 @@ def build_dataset(cfg: Config, check: bool = True):
     from vjepa_scale.data.index import load_index
 
     index = load_index(d.datasets)
+    dataset = VideoClips(index, d, cfg.model.tubelet_size)
     if check:
-        check_readable(index)
-    return VideoClips(index, d)
+        check_readable(index, images=dataset.images)
+    return dataset
 
 
 class LoaderTimeoutError(RuntimeError):
@@ -126,14 +129,49 @@ class VideoLoader:
         self.tracker.flush()
 
 
+def dataset_tokens(cfg: Config) -> list[int]:
+    """Full-clip tokens of one clip of each dataset (its own shape)."""
+    m = cfg.model
+    return [(f // m.tubelet_size) * (c // m.patch_size) ** 2 for f, c in cfg.data.shapes(m.tubelet_size)]
+
+
 def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, start_step: int,
-                  num_steps: int | None, index=None, sample_offset: int = 0) -> StepBatchSampler:
-    """The per-rank step sampler; a weighted MixturePlan when several index files are mixed."""
+                  num_steps: int | None, index=None, sample_offset: int = 0):
+    """The per-rank step sampler; a weighted MixturePlan when several index files are mixed.
+
+    `data.mixing: per_step` with several clip shapes: a `ShapePerStepSampler` (batch per shape: the
+    token budget's clips, else data.batch_size); `data.tokens_per_batch`: a `BudgetStepSampler`.
+    """
+    d = cfg.data
+    tokens = dataset_tokens(cfg) if index is not None else None
+    if index is not None and d.mixing == "per_step" and len(set(tokens)) > 1:
+        shapes = d.shapes(cfg.model.tubelet_size)
+        keys = list(dict.fromkeys(shapes))
+        groups = [[i for i, s in enumerate(shapes) if s == k] for k in keys]
+        sizes = [max(1, d.tokens_per_batch // tokens[g[0]]) if d.tokens_per_batch else d.batch_size for g in groups]
+        if sample_offset:
+            raise ValueError("data.mixing: per_step continues its streams per step; a sample_offset (elastic "
+                             "resume with another global batch, phases) is not supported")
+        return ShapePerStepSampler(index.sizes, index.weights, groups, sizes, rank, world_size, d.seed,
+                                   start_step, num_steps)
     mixture = None
     if index is not None and len(index.sizes) > 1:
-        mixture = MixturePlan(index.sizes, index.weights, cfg.data.seed)
-    return StepBatchSampler(dataset_len, cfg.data.batch_size, rank, world_size, cfg.data.seed,
+        mixture = MixturePlan(index.sizes, index.weights, d.seed)
+    if d.tokens_per_batch is not None:
+        budget = TokenBudget(index.sizes if index is not None else [dataset_len],
+                             tokens if tokens is not None else dataset_tokens(cfg), d.tokens_per_batch)
+        return BudgetStepSampler(dataset_len, budget_window(cfg), rank, world_size, d.seed, start_step, num_steps,
+                                 mixture=mixture, sample_offset=sample_offset, budget=budget)
+    return StepBatchSampler(dataset_len, d.batch_size, rank, world_size, d.seed,
                             start_step, num_steps, mixture=mixture, sample_offset=sample_offset)
+
+
+def budget_window(cfg: Config) -> int:
+    """Stream positions a rank's window takes per micro-step under `data.tokens_per_batch` (the most
+    clips of the smallest shape that fit); None without a budget."""
+    if cfg.data.tokens_per_batch is None:
+        return None
+    return max(1, cfg.data.tokens_per_batch // min(dataset_tokens(cfg)))
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -154,6 +192,11 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     """
     backend = resolve_data_backend(cfg.data.backend)
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
+    if backend == "dali" and cfg.data.is_mixed(cfg.model.tubelet_size):
+        logging.getLogger("vjepa_scale.data").warning(
+            "data.backend=dali: mixed clip shapes / images / data.tokens_per_batch are decoded by the cpu "
+            "backend (PyAV, PIL); DALI's pipelines have one clip shape")
+        backend = "cpu"
     if backend == "dali":
         from vjepa_scale.data.dali import DaliLoader
         from vjepa_scale.data.index import load_index
@@ -165,7 +208,8 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     index = None if backend == "synthetic" else dataset.index
     sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index, sample_offset)
     timeout = cfg.data.loader_timeout_s if cfg.data.num_workers > 0 and backend != "synthetic" else 0.0
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=ClipCollator(masker, rank),
+    collate = ClipCollator(masker, rank, cfg.model.tubelet_size, cfg.model.patch_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.num_workers, worker_init_fn=_ignore_stop_signals,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
                         persistent_workers=cfg.data.num_workers > 0, timeout=timeout)

@@ -1,8 +1,14 @@
-"""Deterministic, resumable per-rank sampling of the sample stream."""
+"""Deterministic, resumable per-rank sampling of the sample stream.
+
+`StepBatchSampler`: fixed clips per rank and step; `BudgetStepSampler`: filled to a token budget
+(`data.tokens_per_batch`); `ShapePerStepSampler`: one clip shape per step (`data.mixing: per_step`).
+"""
 from __future__ import annotations
 
+import bisect
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -121,4 +127,125 @@ class StepBatchSampler(Sampler):
     def __len__(self) -> int:
         if self.num_steps is None:
             raise TypeError("StepBatchSampler is endless unless num_steps is given")
+        return self.num_steps
+
+
+class TokenBudget:
+    """Full-clip tokens of each index entry (by its dataset's shape) and the prefix of a window that
+    fits `budget` (`data.tokens_per_batch`; at least one clip)."""
+
+    def __init__(self, sizes: list[int], tokens_per_dataset: list[int], budget: int):
+        self.starts = [sum(sizes[:d]) for d in range(len(sizes))]
+        self.tokens_per_dataset = list(tokens_per_dataset)
+        self.budget = int(budget)
+
+    def tokens(self, index: int) -> int:
+        return self.tokens_per_dataset[bisect.bisect_right(self.starts, index) - 1]
+
+    def fit(self, indices: list[int]) -> int:
+        """How many of `indices` (in order) fit the budget."""
+        total, n = 0, 0
+        for i in indices:
+            total += self.tokens(i)
+            if total > self.budget and n:
+                break
+            n += 1
+        return n
+
+    def window(self) -> int:
+        """Clips a rank's window holds: as many of the smallest clips as fit."""
+        return max(1, self.budget // min(self.tokens_per_dataset))
+
+
+class BudgetStepSampler(StepBatchSampler):
+    """`StepBatchSampler` whose batches are filled to a token budget (`data.tokens_per_batch`).
+
+    Each rank's window per step is `batch_size` = `budget.window()` stream positions (the most clips
+    that could fit); the rank takes the window's longest prefix within the budget and the rest of
+    the window is passed over (not deferred), so a batch stays a pure function of (seed, step, rank)
+    and a resume is exact. The number of clips per step therefore varies; each clip keeps its global
+    slot (`rank x window + j`), which keys its masks.
+    """
+
+    def __init__(self, *args, budget: TokenBudget, **kw):
+        super().__init__(*args, **kw)
+        self.budget = budget
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for batch in super().__iter__():
+            yield batch[:self.budget.fit([i for i, _, _ in batch])]
+
+
+class ShapePerStepSampler(Sampler):
+    """Each micro-step one clip shape (`data.mixing: per_step`, V-JEPA 2's way).
+
+    Datasets with the same shape form a group; the group of step s is drawn from (seed, s) with
+    probability proportional to the group's total dataset weight (the same on every rank). Each group
+    has its own endless sample stream (a `MixturePlan` over its datasets) and batch (`batch_sizes[k]`,
+    per rank); step s of group k reads stream positions [(c x W + r) x B_k, ... + B_k) where c is
+    the number of earlier steps that drew group k. Everything is a pure function of (seed, step,
+    rank): deterministic and exactly resumable.
+    """
+
+    BLOCK = 4096  # steps whose group draws come from one generator call
+
+    def __init__(self, sizes: list[int], weights: list[float], groups: list[list[int]], batch_sizes: list[int],
+                 rank: int = 0, world_size: int = 1, seed: int = 0, start_step: int = 0,
+                 num_steps: Optional[int] = None):
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.start_step, self.num_steps = start_step, num_steps
+        self.batch_sizes = list(batch_sizes)
+        self.batch_size = max(batch_sizes)  # for the skip report's arithmetic
+        starts = [sum(sizes[:d]) for d in range(len(sizes))]
+        self.plans, self.local_to_global = [], []
+        gw = []
+        for k, ds in enumerate(groups):
+            self.plans.append(MixturePlan([sizes[d] for d in ds], [weights[d] for d in ds], seed * 7_919 + k))
+            self.local_to_global.append(torch.cat([torch.arange(starts[d], starts[d] + sizes[d]) for d in ds]))
+            gw.append(sum(weights[d] for d in ds))
+        self.cum = np.cumsum(gw) / sum(gw)
+        self.num_samples = sum(sizes)
+        self._blocks: dict[int, np.ndarray] = {}
+        self._epochs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _block(self, b: int) -> np.ndarray:
+        if b not in self._blocks:
+            u = np.random.default_rng([self.seed, 0x5E75, b]).random(self.BLOCK)
+            self._blocks[b] = np.minimum(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1)
+        return self._blocks[b]
+
+    def group_at(self, step: int) -> int:
+        return int(self._block(step // self.BLOCK)[step % self.BLOCK])
+
+    def count_before(self, k: int, step: int) -> int:
+        b, r = divmod(step, self.BLOCK)
+        return sum(int((self._block(j) == k).sum()) for j in range(b)) + int((self._block(b)[:r] == k).sum())
+
+    def _stream(self, k: int, pos: int) -> int:
+        n = self.plans[k].total
+        epoch, off = divmod(pos, n)
+        if (k, epoch) not in self._epochs:
+            self._epochs = {key: v for key, v in self._epochs.items() if key[0] != k}
+            self._epochs[(k, epoch)] = self.plans[k].epoch(epoch)
+        return int(self.local_to_global[k][self._epochs[(k, epoch)][off]])
+
+    def batch_indices(self, step: int) -> list[int]:
+        k = self.group_at(step)
+        B = self.batch_sizes[k]
+        first = (self.count_before(k, step) * self.world_size + self.rank) * B
+        return [self._stream(k, p) for p in range(first, first + B)]
+
+    def epoch_of(self, step: int) -> int:
+        return step * self.world_size * self.batch_size // self.num_samples
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        step = self.start_step
+        while self.num_steps is None or step < self.start_step + self.num_steps:
+            B = self.batch_sizes[self.group_at(step)]
+            yield [(i, step, self.rank * B + j) for j, i in enumerate(self.batch_indices(step))]
+            step += 1
+
+    def __len__(self) -> int:
+        if self.num_steps is None:
+            raise TypeError("ShapePerStepSampler is endless unless num_steps is given")
         return self.num_steps

@@ -22,11 +22,11 @@ class SyntheticClips(Dataset):
         return self.num_samples
 
     def __getitem__(self, key) -> dict:
-        index, step = key[:2] if isinstance(key, tuple) else (key, 0)
+        index, step, slot = (tuple(key) + (0, 0))[:3] if isinstance(key, tuple) else (key, 0, 0)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
         # Smooth, low-frequency content so the objective is learnable (pure noise is not).
         low = torch.randn(3, max(1, self.frames // 4), 4, 4, generator=g)
         video = torch.nn.functional.interpolate(low[None], size=(self.frames, self.crop_size, self.crop_size),
                                                 mode="trilinear", align_corners=False)[0]
         return {"video": video, "label": int(index) % self.num_classes, "step": int(step), "index": int(index),
-                "skipped": []}
+                "skipped": [], "slot": int(slot)}

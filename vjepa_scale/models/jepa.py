@@ -54,7 +54,10 @@ class JEPA(nn.Module):
 
     def predict(self, video_BCTHW: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         """One packed encoder call over all (type, sample) contexts, one predictor call -> (T_tgt, D)."""
-        packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_token_ids)
+        if masks.mixed:
+            packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_pos_ids, grids=masks.grids)
+        else:
+            packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_token_ids)
         ctx_TD = self.encoder(video_BCTHW, masks.ctx_idx, packed)
         return self.predictor(ctx_TD, masks)
 
@@ -77,9 +80,11 @@ def make_target_encoder(encoder: VisionTransformer3D,
 
 @torch.no_grad()
 def compute_targets(target_encoder: nn.Module, video_BCTHW: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
-    """Target encoder on the full clip, LayerNorm without affine, gathered at the targets -> (T_tgt, D)."""
-    h_BND = target_encoder(video_BCTHW)
-    return layernorm_gather(h_BND, masks.tgt_idx, TARGET_LN_EPS)
+    """Target encoder on the full clip, LayerNorm without affine, gathered at the targets -> (T_tgt, D).
+
+    A mixed-shape batch (`MixedVideo`) runs as packed variable-length sequences, one per sample."""
+    h = target_encoder(video_BCTHW)  # (B, N, D), or (total, D) for a mixed batch
+    return layernorm_gather(h if h.dim() == 3 else h[None], masks.tgt_idx, TARGET_LN_EPS)
 
 
 def jepa_loss(pred_TD: torch.Tensor, target_TD: torch.Tensor, type_bounds: list[int], p: float = 1.0,

@@ -147,3 +147,27 @@ class Positions(nn.Module):
         if token_ids is None:
             return self.rope.full(device, dtype, grid)
         return self.rope.tables(token_ids, dtype, grid)
+
+    # Mixed-shape batches: `pos_ids` index the concatenation of the tables of `grids` (in order),
+    # so one gather serves tokens of every grid (see `vjepa_scale.masks`, `MaskBatch.grids`).
+
+    def additive_multi(self, grids: list[tuple[int, int, int]], dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """(sum_g N_g, width): the sin-cos tables of `grids` concatenated, or None under RoPE (cached)."""
+        if self.table is None:
+            return None
+        key = ("multi", tuple(map(tuple, grids)), dtype, self.table.device, self.table.data_ptr(), self.table._version)
+        if key not in self._additive:
+            self._additive[key] = torch.cat([self.additive(g, dtype) for g in grids])
+        return self._additive[key]
+
+    def rotary_multi(self, pos_ids: torch.Tensor, grids: list[tuple[int, int, int]], device: torch.device,
+                     dtype: torch.dtype) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """cos, sin (T, 1, head_dim) at `pos_ids` into the RoPE tables of `grids`, or None under sin-cos."""
+        if self.rope is None:
+            return None
+        key = ("multi", tuple(map(tuple, grids)), torch.device(device), dtype)
+        if key not in self.rope._tables:
+            full = [self.rope.full(device, dtype, g) for g in grids]
+            self.rope._tables[key] = (torch.cat([c for c, _ in full]), torch.cat([s for _, s in full]))
+        cos, sin = self.rope._tables[key]
+        return cos.index_select(0, pos_ids), sin.index_select(0, pos_ids)

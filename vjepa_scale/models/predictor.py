@@ -15,6 +15,7 @@ class Predictor(nn.Module):
 
     Input: packed encoder outputs of the context tokens (T_ctx, D) in `MaskBatch` order.
     Output: predictions at the target tokens (T_tgt, D), in the same order as `masks.tgt_idx`.
+    Positions follow each sample's grid (a mixed batch's `*_pos_ids` into its per-grid tables).
     """
 
     def __init__(self, cfg: ModelConfig, embed_dim: int, grid: tuple[int, int, int], num_mask_types: int):
@@ -33,14 +34,22 @@ class Predictor(nn.Module):
     def forward(self, ctx_TD: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         x_ctx = self.embed(ctx_TD)
         x_tgt = self.mask_tokens.index_select(0, masks.tgt_type).to(x_ctx.dtype)
-        pos_ND = self.positions.additive(masks.grid, x_ctx.dtype)
+        if masks.mixed:  # rows of the concatenated per-grid tables
+            pos_ND = self.positions.additive_multi(masks.grids, x_ctx.dtype)
+            ctx_pos, tgt_pos, pred_pos = masks.ctx_pos_ids, masks.tgt_pos_ids, masks.pred_pos_ids
+        else:
+            pos_ND = self.positions.additive(masks.grid, x_ctx.dtype)
+            ctx_pos, tgt_pos, pred_pos = masks.ctx_token_ids, masks.tgt_token_ids, masks.pred_token_ids
         if pos_ND is not None:
-            x_ctx = x_ctx + pos_ND.index_select(0, masks.ctx_token_ids)
-            x_tgt = x_tgt + pos_ND.index_select(0, masks.tgt_token_ids)
+            x_ctx = x_ctx + pos_ND.index_select(0, ctx_pos)
+            x_tgt = x_tgt + pos_ND.index_select(0, tgt_pos)
         total = x_ctx.shape[0] + x_tgt.shape[0]
         x = x_ctx.new_zeros(total, x_ctx.shape[1])
         x = x.index_copy(0, masks.pred_ctx_slot, x_ctx).index_copy(0, masks.pred_tgt_slot, x_tgt)
-        packed = Packed(masks.pred_cu_seqlens, masks.pred_max_seqlen, masks.pred_token_ids)
-        rope = self.positions.rotary(masks.pred_token_ids, masks.grid, x.device, x.dtype)
+        packed = Packed(masks.pred_cu_seqlens, masks.pred_max_seqlen, pred_pos)
+        if masks.mixed:
+            rope = self.positions.rotary_multi(pred_pos, masks.grids, x.device, x.dtype)
+        else:
+            rope = self.positions.rotary(pred_pos, masks.grid, x.device, x.dtype)
         y = self.transformer(x, packed, rope)
         return self.proj(y.index_select(0, masks.pred_tgt_slot))

@@ -4,6 +4,10 @@ Tokens come from a tubelet embedding (tubelet x patch x patch) in (t, h, w) rast
 with kernel = stride in its parameters, computed as a reshape + one GEMM (`PatchEmbed3D`).
 A forward takes either the full clip (rectangular (B, N, D), dense attention) or a packed subset
 (`idx` flat indices b*N+n, `cu_seqlens`, `max_seqlen`) where each sequence attends only to itself.
+A mixed-shape batch (`vjepa_scale.mixed.MixedVideo`) is patch-embedded per shape group, each group's
+position table added to its tokens, and the tokens concatenated in sample order; `idx` then holds
+offsets into that concatenation (`MaskBatch.sample_offsets`), RoPE comes from `packed.token_ids`
+into the tables of `packed.grids`, and the full-clip forward runs one packed sequence per sample.
 
 Init (`model.init`, set by each recipe; encoder and predictor alike; LayerNorms unit/zero, biases zero):
 - `vjepa1` (default): trunc_normal(0.02) on every Linear and the Conv3d, nothing else. This is what
@@ -28,6 +32,7 @@ from vjepa_scale.attention import Packed, dense_attention, resolve_attention_bac
 # The size table lives in config (config imports nothing from models); re-exported here.
 from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
 from vjepa_scale.kernels import masked_gather
+from vjepa_scale.mixed import MixedVideo
 from vjepa_scale.models.compiled import packed_attention_op  # the opaque op under torch.compile
 from vjepa_scale.models.pos_embed import Positions, apply_rope
 
@@ -39,12 +44,21 @@ class PatchEmbed3D(nn.Conv3d):
     are dropped, as the convolution does.
 
     `forward(video_BCTHW)` -> (tokens (B, N, D) in (t, h, w) raster order, grid (T', H', W')).
+    A list of clip tensors (the shape groups of a mixed batch) -> (the groups' tokens concatenated
+    (total, D), each group's grid), in one module call with one output tensor: under ZeRO-3 every
+    rank then records the same module trace, whatever its number of groups.
     """
 
     def __init__(self, in_chans: int, dim: int, tubelet: int, patch: int):
         super().__init__(in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
 
-    def forward(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def forward(self, video_BCTHW):
+        if isinstance(video_BCTHW, (list, tuple)):
+            parts = [self._embed(v) for v in video_BCTHW]
+            return torch.cat([x.reshape(-1, x.shape[-1]) for x, _ in parts]), [g for _, g in parts]
+        return self._embed(video_BCTHW)
+
+    def _embed(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         B, C, T, H, W = video_BCTHW.shape
         t, p, _ = self.kernel_size
         grid = (T // t, H // p, W // p)
@@ -202,8 +216,10 @@ class VisionTransformer3D(nn.Module):
     def patchify(self, video_BCTHW: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         return self.patch_embed(video_BCTHW)  # (B, N, D), (T', H', W')
 
-    def forward(self, video_BCTHW: torch.Tensor, idx: Optional[torch.Tensor] = None,
+    def forward(self, video_BCTHW, idx: Optional[torch.Tensor] = None,
                 packed: Optional[Packed] = None) -> torch.Tensor:
+        if isinstance(video_BCTHW, MixedVideo):
+            return self.forward_mixed(video_BCTHW, idx, packed)
         x_BND, grid = self.patchify(video_BCTHW)
         pos_ND = self.positions.additive(grid, x_BND.dtype)
         if idx is None:
@@ -215,6 +231,37 @@ class VisionTransformer3D(nn.Module):
             raise ValueError("a packed forward needs `packed` (cu_seqlens, max_seqlen, token_ids)")
         x_TD = masked_gather(x_BND, idx, pos_ND)
         rope = self.positions.rotary(packed.token_ids, grid, x_TD.device, x_TD.dtype)
+        return self.transformer(x_TD, packed, rope)
+
+    def embed_mixed(self, video: MixedVideo) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+        """Tokens of every sample with their positions added, concatenated in sample order
+        (total, D), and each group's grid. One patch-embed GEMM per shape group."""
+        x_TD, grids = self.patch_embed(list(video.groups))
+        pos = [self.positions.additive(g, x_TD.dtype) for g in grids]
+        if pos[0] is not None:  # each group's table once per sample, in the tokens' order
+            x_TD = x_TD + torch.cat([p.repeat(v.shape[0], 1) for p, v in zip(pos, video.groups)])
+        return x_TD, grids
+
+    def forward_mixed(self, video: MixedVideo, idx: Optional[torch.Tensor] = None,
+                      packed: Optional[Packed] = None) -> torch.Tensor:
+        """Mixed-shape batch -> (total, D): every token of every sample (idx None; one packed sequence
+        per sample), or the tokens at `idx` (offsets into the concatenation) grouped as `packed` says."""
+        x_TD, grids = self.embed_mixed(video)
+        if idx is None:
+            sizes = [t * h * w for t, h, w in grids]
+            lengths = [n for n, v in zip(sizes, video.groups) for _ in range(v.shape[0])]
+            cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+            cu[1:] = torch.tensor(lengths).cumsum(0)
+            distinct = list(dict.fromkeys(grids))
+            base = dict(zip(distinct, [0] + torch.tensor([t * h * w for t, h, w in distinct]).cumsum(0).tolist()))
+            pos_ids = torch.cat([torch.arange(n).repeat(v.shape[0]) + base[g]
+                                 for g, n, v in zip(grids, sizes, video.groups)]).to(x_TD.device)
+            packed = Packed(cu.to(x_TD.device), max(lengths), pos_ids, grids=distinct)
+        else:
+            if packed is None or packed.grids is None:
+                raise ValueError("a packed forward of a mixed batch needs `packed` with token_ids into `grids`")
+            x_TD = masked_gather(x_TD[None], idx, None)
+        rope = self.positions.rotary_multi(packed.token_ids, packed.grids, x_TD.device, x_TD.dtype)
         return self.transformer(x_TD, packed, rope)
 
 

@@ -217,7 +217,8 @@ class Trainer:
                 "global_batch_size": self.phase.global_batch}
 
     def _window(self, phase: phase_lib.Phase) -> "_Window":
-        return _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops)
+        variable = phase.cfg.data.is_mixed(phase.cfg.model.tubelet_size)  # clips / tokens per step vary
+        return _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops, variable)
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
@@ -254,7 +255,8 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 t2 = time.perf_counter()
-                window.add(stats["loss"], t1 - t0, t2 - t0, flops)
+                window.add(stats["loss"], t1 - t0, t2 - t0, flops, sum(b.num_clips for b in batches),
+                           sum(b.num_tokens for b in batches))
                 if on_step is not None:
                     on_step(self, stats)
                 if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:
@@ -290,19 +292,27 @@ class _Window:
 
     Fixed per window (a window never spans a phase boundary): the device of the all-reduce, the world
     size, the global batch (clips per optimizer step), tokens per clip, and the device's peak
-    TFLOP/s (None: no MFU).
+    TFLOP/s (None: no MFU). `variable`: clips and tokens per step vary (mixed shapes, a token budget);
+    clips/s and tokens/s then come from the clips and full-clip tokens the ranks actually trained,
+    and the window logs the mean global batch in clips (`clips_per_step`).
     """
 
     def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
-                 peak_tflops: Optional[float]):
+                 peak_tflops: Optional[float], variable: bool = False):
         self.device, self.world = device, world
         self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
+        self.variable = variable
+        self.clips = 0
+        self.tokens = 0
         self.losses: list[torch.Tensor] = []
         self.wait = 0.0
         self.time = 0.0
         self.flops = 0.0
 
-    def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float) -> None:
+    def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float, clips: int = 0,
+            tokens: int = 0) -> None:
+        self.clips += clips
+        self.tokens += tokens
         self.losses.append(loss)
         self.wait += wait
         self.time += step_time
@@ -312,11 +322,11 @@ class _Window:
         """Metrics of the window: `stats` of its last step, `steps_left` for the ETA."""
         n = len(self.losses)
         # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
-        v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time],
-                         dtype=torch.float64, device=self.device)
+        v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
+                          self.tokens], dtype=torch.float64, device=self.device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(v)
-        loss_sum, flops, wait, busy = v.tolist()
+        loss_sum, flops, wait, busy, clips, tokens = v.tolist()
         W = self.world
         step_time = busy / W / n  # mean over ranks
         clips_per_s = self.global_batch / step_time
@@ -325,6 +335,8 @@ class _Window:
              "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.tokens_per_clip,
              "tflops_per_rank": flops / busy / 1e12, "mfu": mfu(flops / busy, self.peak_tflops),
              "eta_s": steps_left * step_time}
+        if self.variable:
+            m.update(clips_per_s=clips / n / step_time, tokens_per_s=tokens / n / step_time, clips_per_step=clips / n)
         if grad_norm is not None:
             m["grad_norm"] = float(grad_norm)
         return m

@@ -31,6 +31,14 @@ def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
     """
     cfg = copy.deepcopy(cfg)
     accum = cfg.optim.grad_accum
+    if cfg.data.tokens_per_batch is not None:
+        # A token budget: batch_size is each rank's window of stream positions per micro-step (the
+        # clips that fit vary; `data.sampler.BudgetStepSampler`); global_batch_size the stream positions per step.
+        from vjepa_scale.data.loader import budget_window
+
+        cfg.data.batch_size = budget_window(cfg)
+        cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
+        return cfg
     g = cfg.data.global_batch_size
     if g is None:
         cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum

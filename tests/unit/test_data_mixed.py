@@ -1,0 +1,108 @@
+"""Mixed-shape data: per-dataset clip shapes, image datasets, token-budget batches, one shape per step."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from helpers import require, video_cfg, write_images
+from vjepa_scale.config import DatasetSpec
+from vjepa_scale.data import build_dataloader
+from vjepa_scale.data.sampler import BudgetStepSampler, MixturePlan, ShapePerStepSampler, TokenBudget
+from vjepa_scale.mixed import MixedVideo
+
+require("av")
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    base = tmp_path_factory.mktemp("mixed")
+    a = write_synthetic_videos(base / "a", 4, 12, 32, ("vp9",), val_fraction=0)["train"]
+    b = write_synthetic_videos(base / "b", 4, 12, 32, ("vp9",), val_fraction=0, seed=1)["train"]
+    return a, b, write_images(base / "img", 5)
+
+
+def _cfg(sets, **data_kw):
+    a, b, img = sets
+    cfg = video_cfg([(a, 1.0)], frames=4, crop=32, batch=4)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a)), DatasetSpec(str(b), 1.0, 2, 64),
+                                                       DatasetSpec(str(img))], **data_kw)
+    return cfg.validate()
+
+
+def test_token_budget_batches_stay_within_the_budget():
+    sizes, tokens = [10, 10, 10], [8, 16, 4]
+    budget = TokenBudget(sizes, tokens, 40)
+    assert budget.window() == 10
+    mix = MixturePlan(sizes, [1, 1, 1], 0)
+    per_rank = [BudgetStepSampler(30, budget.window(), r, 2, 0, 0, 20, mixture=mix, budget=budget) for r in (0, 1)]
+    again = BudgetStepSampler(30, budget.window(), 1, 2, 0, 7, 13, mixture=mix, budget=budget)
+    counts = set()
+    for r, s in enumerate(per_rank):
+        batches = list(s)
+        for step, batch in enumerate(batches):
+            used = sum(budget.tokens(i) for i, _, _ in batch)
+            assert used <= 40 and batch, (step, batch)
+            # full: the next clip of the window would not have fit
+            window = s.batch_indices(step)
+            if len(batch) < len(window):
+                assert used + budget.tokens(window[len(batch)]) > 40
+            assert [slot for _, _, slot in batch] == list(range(r * 10, r * 10 + len(batch)))
+            counts.add(len(batch))
+        if r == 1:
+            assert list(again) == batches[7:]  # a pure function of (seed, step, rank): resumable
+    assert len(counts) > 1  # the clips per batch vary with the shapes drawn
+
+
+def test_per_step_sampler_one_shape_per_step_and_resumable():
+    sizes, weights = [6, 6, 4], [1.0, 1.0, 2.0]
+    groups = [[0], [1, 2]]
+    make = lambda rank, start=0, n=40: ShapePerStepSampler(sizes, weights, groups, [3, 2], rank, 2, 5, start, n)
+    s0, s1 = list(make(0)), list(make(1))
+    seen = {0: [], 1: []}
+    for step, (b0, b1) in enumerate(zip(s0, s1)):
+        k = make(0).group_at(step)
+        in_group = lambda i: (i < 6) if k == 0 else (i >= 6)
+        assert all(in_group(i) for i, _, _ in b0 + b1) and len(b0) == len(b1) == [3, 2][k]
+        assert not {i for i, _, _ in b0} & {i for i, _, _ in b1} or k == 1  # disjoint within an epoch of group 0
+        seen[k] += [i for i, _, _ in b0 + b1]
+    assert seen[0] and seen[1]  # both shapes drawn
+    assert sorted(seen[0][:6]) == list(range(6))  # group 0's stream: a permutation per epoch
+    assert list(make(1, 17, 23)) == s1[17:]
+
+
+def test_packed_mixing_loader_yields_mixed_batches(sets):
+    cfg = _cfg(sets, tokens_per_batch=40)
+    batches = list(build_dataloader(cfg, rank=0, world_size=1, start_step=0, num_steps=6))
+    assert any(isinstance(b.video, MixedVideo) for b in batches)
+    grids = set()
+    for b in batches:
+        assert b.num_tokens <= 40 and b.masks.batch_size == len(b.index) == len(b.label)
+        shapes = b.video.sample_shapes() if isinstance(b.video, MixedVideo) else [tuple(b.video.shape[1:])] * len(b.index)
+        for sh, g in zip(shapes, b.masks.sample_grids or [b.masks.grid] * len(shapes)):
+            assert (sh[1] // 2, sh[2] // 16, sh[3] // 16) == tuple(g)
+            grids.add(tuple(g))
+    assert {(2, 2, 2), (1, 4, 4), (1, 2, 2)} <= grids  # videos 4x32, videos 2x64, images (one tubelet)
+    again = list(build_dataloader(cfg, rank=0, world_size=1, start_step=3, num_steps=3))
+    for x, y in zip(batches[3:], again):
+        assert x.index == y.index and torch.equal(x.masks.ctx_idx, y.masks.ctx_idx)
+
+
+def test_image_clip_is_the_image_repeated_to_one_tubelet(sets):
+    cfg = _cfg(sets)
+    from vjepa_scale.data import build_dataset
+
+    ds = build_dataset(cfg)
+    i = ds.starts[2]
+    item = ds[(i, 0, 0)]
+    assert item["video"].shape == (3, 2, 32, 32)
+    assert torch.equal(item["video"][:, 0], item["video"][:, 1])
+
+
+def test_per_step_mixing_loader(sets):
+    cfg = _cfg(sets, mixing="per_step")
+    for b in build_dataloader(cfg, rank=0, world_size=1, start_step=0, num_steps=8):
+        assert isinstance(b.video, torch.Tensor) and not b.masks.mixed
