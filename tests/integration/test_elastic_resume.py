@@ -3,7 +3,7 @@
 Each scenario trains STEPS steps straight on W1 ranks (a checkpoint every K steps), then resumes
 its step-K checkpoint on W2 ranks in a fresh run dir up to STEPS. With `data.global_batch_size`
 fixed, the resumed run must continue the straight one: the same clips at every step (recorded by
-tests/integration/record_samples.py from the batches that really reached the model), logged losses and final
+tests/integration/record_training.py from the batches that really reached the model), logged losses and final
 online / EMA weights equal within fp32 reduction-order noise (LOSS_RTOL, WEIGHT_ATOL: the ranks sum
 gradients, token errors and the EMA in another order). Without a fixed global batch the resumed
 run continues the sample stream at the saved position.
@@ -18,7 +18,7 @@ from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import list_checkpoints, load_consolidated
 
 require("deepspeed")
-RECORD_SAMPLES = Path(__file__).with_name("record_samples.py")
+RECORD = Path(__file__).with_name("record_training.py")
 STEPS, K = 6, 3
 OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={STEPS}",
         "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=10", f"train.checkpoint_every={K}"]
@@ -30,8 +30,9 @@ pytestmark = pytest.mark.slow
 
 
 def _launch(run_dir: Path, nproc: int, *opts, resume=None):
-    """tools/train.py on `nproc` CPU ranks through record_samples.py (records in run_dir/samples)."""
-    r = launch(RECORD_SAMPLES, "--record-dir", run_dir / "samples", *train_args(run_dir, *OPTS, *opts, resume=resume),
+    """tools/train.py on `nproc` CPU ranks through record_training.py (records in run_dir/samples)."""
+    r = launch(RECORD, "--record-dir", run_dir / "samples", "--what", "samples",
+               *train_args(run_dir, *OPTS, *opts, resume=resume),
                nproc=nproc)
     assert_ok(r)
     return r

@@ -4,7 +4,7 @@ One 2-rank ZeRO-3 run of tools/train.py (cpu_demo, depth 1, synthetic clips) wit
   phase 0 "warm": steps 1-3, 64 px x 4 frames, global batch 8, wsd LR (warmup 2, constant);
   phase 1 "cool": steps 4-6, 96 px x 8 frames, global batch 4, wsd LR (linear cooldown over 3 steps),
                   constant WD and EMA;
-recorded batch by batch (record_batches.py beside this file), saving every 2 steps and at the phase
+recorded batch by batch (record_training.py --what batches, beside this file), saving every 2 steps and at the phase
 end. A second run resumes from the step-2 checkpoint (inside phase 0) and crosses the boundary; it
 must end bitwise equal to the first. Then a 1-rank Trainer starts a cooldown from the first run
 (`train.init_from`, with and without `train.init_from_optimizer`).
@@ -22,7 +22,7 @@ from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import consolidate_shards, list_checkpoints, load_consolidated
 
 require("deepspeed")
-RECORD = Path(__file__).with_name("record_batches.py")
+RECORD = Path(__file__).with_name("record_training.py")
 PHASES = ("phases=[{name: warm, steps: 3, crop_size: 64, frames_per_clip: 4, optim: {lr_schedule: wsd, warmup: 2}},"
           " {name: cool, crop_size: 96, frames_per_clip: 8, global_batch_size: 4,"
           "  optim: {lr_schedule: wsd, warmup: 0, cooldown: 3, ipe_scale: 1.0, wd_schedule: constant,"
@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 
 
 def _launch(run_dir, record_dir, resume=None):
-    return launch(RECORD, "--record-dir", str(record_dir), *train_args(run_dir, *OPTS, resume=resume), nproc=2)
+    return launch(RECORD, "--record-dir", str(record_dir), "--what", "batches",
+                  *train_args(run_dir, *OPTS, resume=resume), nproc=2)
 
 
 def _records(record_dir) -> list[dict]:
