@@ -29,11 +29,12 @@ def _check_worker(rank: int, world: int, port: int, folders: list[str], errors) 
 
 
 def _run_check(folders: list[str]) -> dict[int, str | None]:
-    ctx = mp.get_context("fork")
+    # spawn, not fork: a forked rank would inherit any process group an earlier test joined in-process
+    ctx = mp.get_context("spawn")
     errors = ctx.Queue()
     mp.start_processes(_check_worker, args=(len(folders), free_port(), folders, errors), nprocs=len(folders),
-                       start_method="fork")
-    return dict(errors.get(timeout=30) for _ in folders)
+                       start_method="spawn")
+    return dict(errors.get(timeout=60) for _ in folders)
 
 
 def test_shared_dir_check_passes_on_a_shared_folder(tmp_path):
