@@ -171,6 +171,27 @@ def test_substitute_draws_seeded_uniform_replacements():
         substitute(4, 6, entry, **kw)  # 0.5 ** 30 < 1e-9
 
 
+def test_substitute_stays_in_the_bad_entrys_dataset():
+    """With several datasets (which may have other clip shapes) a replacement comes from the bad
+    entry's own dataset: `VideoIndex.span`."""
+    from vjepa_scale.data.index import VideoIndex
+
+    index = VideoIndex(paths=[f"v{i}" for i in range(10)], labels=[0] * 10, sizes=[4, 6], weights=[1.0, 1.0],
+                       sources=["a.txt", "b.txt"])
+    assert [index.span(i) for i in (0, 3, 4, 9)] == [(0, 4), (0, 4), (4, 10), (4, 10)]
+    with pytest.raises(IndexError):
+        index.span(10)
+
+    def entry(i):
+        if i == 5:
+            raise VideoError(f"v{i}.mp4", "broken", "decode_error")
+        return i
+
+    used = {substitute(5, 10, entry, seed=0, step=0, slot=s, max_bad_fraction=0.5, span=index.span(5))[0]
+            for s in range(60)}
+    assert used == {4, 6, 7, 8, 9}
+
+
 @needs_dali
 def test_dali_cpu_matches_cpu_backend_same_box(sets):
     """DALI (CPU device) vs PyAV+torch on VP9 with identical plans: equal within decoder rounding.

@@ -122,7 +122,7 @@ class VideoClips(Dataset):
     def resolve(self, index: int, step: int, slot: int, try_entry) -> tuple:
         """`skips.substitute` with this dataset's seed and data.max_bad_fraction."""
         return substitute(index, len(self.index), try_entry, seed=self.cfg.seed, step=step, slot=slot,
-                          max_bad_fraction=self.cfg.max_bad_fraction)
+                          max_bad_fraction=self.cfg.max_bad_fraction, span=self.index.span(index))
 
     def __getitem__(self, key) -> dict:
         index, step, slot = (tuple(key) + (0, 0))[:3] if isinstance(key, tuple) else (key, 0, 0)

@@ -286,7 +286,7 @@ class DaliLoader:
         `skips.substitute`."""
         return substitute(index, len(self.index), lambda i: self.plans(i, step, index), seed=self.cfg.data.seed,
                           step=step, slot=slot, max_bad_fraction=self.cfg.data.max_bad_fraction,
-                          failure="could not be decoded")
+                          failure="could not be decoded", span=self.index.span(index))
 
     def _decode_dali(self, groups: list[tuple[int, list[DaliItem]]]) -> tuple[dict, dict]:
         """Decode sample groups with DALI: ({sample: (clips, C, T, H, W)}, {sample: failure reason}).

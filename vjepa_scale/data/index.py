@@ -33,6 +33,15 @@ class VideoIndex:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def span(self, i: int) -> tuple[int, int]:
+        """[start, end) of the dataset that entry `i` belongs to."""
+        start = 0
+        for size in self.sizes:
+            if i < start + size:
+                return start, start + size
+            start += size
+        raise IndexError(f"entry {i} is outside the index ({start} entries)")
+
 
 def read_index(path: str | os.PathLike, key: str = "data.datasets",
                require_labels: bool = False) -> tuple[list[str], list[int]]:

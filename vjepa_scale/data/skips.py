@@ -48,11 +48,13 @@ def max_draws(max_bad_fraction: float) -> int:
 
 
 def substitute(index: int, n: int, try_entry: Callable[[int], T], *, seed: int, step: int, slot: int,
-               max_bad_fraction: float, failure: str = "could not be used") -> tuple[int, T, list[tuple[str, str]]]:
+               max_bad_fraction: float, failure: str = "could not be used",
+               span: tuple[int, int] | None = None) -> tuple[int, T, list[tuple[str, str]]]:
     """(entry used, try_entry's result, skipped) for sample `index` of an `n`-entry index at (step, slot).
 
     `try_entry(i)` raises VideoError when entry i is unusable; then entries drawn uniformly from
-    [0, n) by a generator seeded by (seed, step, slot) are tried until one works. After
+    `span` = [lo, hi) (default [0, n); the loaders pass the bad entry's own dataset, so a replacement
+    has that dataset's clip shape) by a generator seeded by (seed, step, slot) are tried until one works. After
     `max_draws(max_bad_fraction)` failing draws, NoReadableVideosError says `failure`.
     """
     skipped: list[tuple[str, str]] = []
@@ -66,11 +68,13 @@ def substitute(index: int, n: int, try_entry: Callable[[int], T], *, seed: int, 
             skipped.append((e.path, e.summary))
         if draw < limit:
             rng = rng or np.random.default_rng([int(seed), int(step), int(slot), SUBSTITUTE_STREAM])
-            i = int(rng.integers(n))
+            lo, hi = span if span is not None else (0, n)
+            i = lo + int(rng.integers(hi - lo))
     names = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
     raise NoReadableVideosError(
         f"entry #{index} and {len(skipped) - 1} random replacements {failure}, which is unlikely unless far more "
-        f"than data.max_bad_fraction={max_bad_fraction:g} of the {n} index entries are unusable: {names}")
+        f"than data.max_bad_fraction={max_bad_fraction:g} of the {(span[1] - span[0]) if span else n} entries it draws from are "
+        f"unusable: {names}")
 
 
 def wilson_lower(bad: int, draws: int, z: float = CONFIDENCE_Z) -> float:
