@@ -11,8 +11,8 @@ import torch
 from helpers import tiny_config
 from vjepa_scale.config import ConfigError, load_config
 from vjepa_scale.train.launch import preflight, resolve_batch
-from vjepa_scale.train.memory import (GiB, available_bytes, context_fraction, estimate_memory, local_ranks,
-                                      param_counts)
+from vjepa_scale.train.memory import (GiB, activation_bytes, available_bytes, context_fraction, estimate_memory,
+                                      local_ranks, param_counts)
 
 CPU = torch.device("cpu")
 
@@ -88,3 +88,20 @@ def test_small_configs_pass(world):
             cfg.data.global_batch_size = world * 2
         resolved = preflight(cfg, world)
         assert estimate_memory(resolved, world, CPU).total < est_cap
+
+
+def test_activation_estimate_follows_the_largest_shape_and_the_token_budget():
+    """Several clip shapes: every clip is counted at the largest shape; a token budget replaces the
+    sampler window (clips of the smallest shape) by the budget's tokens."""
+    small = ["data.backend=cpu", "data.frames_per_clip=16", "data.crop_size=256", "data.batch_size=8",
+             "data.datasets=[{path: a.txt, kind: video}]"]
+    big = [*small[:-1], "data.datasets=[{path: a.txt, kind: video, frames_per_clip: 64, crop_size: 384}]"]
+    mixed = [*small[:-1], "data.datasets=[{path: a.txt, kind: video}, "
+             "{path: b.txt, kind: video, frames_per_clip: 64, crop_size: 384}]"]
+    est = {k: activation_bytes(load_config("vith384", o), 8, 2) for k, o in
+           (("small", small), ("big", big), ("mixed", mixed))}
+    assert est["mixed"] == est["big"] > 8 * est["small"]
+    budget = resolve_batch(load_config("vith384", [*mixed, "data.tokens_per_batch=18432",
+                                                   "data.global_batch_size=null"]), 1)
+    assert budget.data.batch_size == 18432 // 2048  # the window: clips of the smallest shape
+    assert activation_bytes(budget, budget.data.batch_size, 2) == pytest.approx(est["big"] / 8)  # one 64x384 clip

@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from vjepa_scale.config import Config, ConfigError, MaskSpec, resolve_vit_size
+from vjepa_scale.config import Config, ConfigError, MaskSpec, clip_grid, resolve_vit_size
 from vjepa_scale.distributed import compute_dtype, device_for, dist_env
 
 GiB = 1024 ** 3
@@ -95,19 +95,25 @@ def activation_bytes(cfg: Config, batch: int, dtype_bytes: int) -> int:
       predictor      : N tokens per clip and mask type (context + mask tokens) through its blocks
       target encoder : no grad, so one block's activations over N tokens + its output
       input          : the clip, once as loaded (fp32) and once in the compute dtype
+    Datasets of several clip shapes: every clip counted at the largest shape's N (an upper bound); a
+    token budget (`data.tokens_per_batch`, where `batch` is the sampler's window, not clips): the
+    budget's tokens, or one largest clip when that is more (a batch holds at least one clip).
     """
     m = cfg.model
     dims = resolve_vit_size(m)
-    t, h, w = cfg.grid
+    shapes = cfg.data.shapes(m.tubelet_size)
+    frames, crop = max(shapes, key=lambda fc: (fc[0] // m.tubelet_size) * (fc[1] // m.patch_size) ** 2)
+    t, h, w = clip_grid(crop, frames, m)
     n = t * h * w
     ckpt = m.activation_checkpointing
     ctx_tokens = sum(context_fraction(spec, n) for spec in cfg.mask.types) * n
     enc = _stack_elems(ctx_tokens, dims.width, dims.depth, dims.mlp_ratio, ckpt)
     pred = _stack_elems(len(cfg.mask.types) * n, m.pred_width, m.pred_depth, m.pred_mlp_ratio, ckpt)
     target = n * (_block_elems(dims.width, dims.mlp_ratio) + dims.width)
-    d = cfg.data
-    video = 3 * d.frames_per_clip * d.crop_size ** 2
-    return int(batch * ((enc + pred + target) * dtype_bytes + video * (4 + dtype_bytes)))
+    video = 3 * frames * crop ** 2
+    budget = cfg.data.tokens_per_batch
+    clips = max(1.0, budget / n) if budget is not None else batch  # largest-shape clip equivalents
+    return int(clips * ((enc + pred + target) * dtype_bytes + video * (4 + dtype_bytes)))
 
 
 @dataclass(frozen=True)
