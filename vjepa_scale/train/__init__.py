@@ -11,8 +11,10 @@
   per-phase configs and the data position across phase boundaries.
 - `checkpoint`: atomic save / resume inside the live engines (finding and consolidating checkpoints:
   `vjepa_scale.weights`).
-- `launch`: batch resolution, pre-flight checks, DeepSpeed config, joining DeepSpeed's process group
-  (rank / device / dtype come from `vjepa_scale.distributed`).
+- `launch`: pre-flight checks (batch per phase: `phases.resolve_batch`), DeepSpeed config, joining
+  DeepSpeed's process group (rank / device / dtype come from `vjepa_scale.distributed`).
+- `elastic`: resuming a checkpoint on another number of ranks (universal DeepSpeed checkpoint,
+  resharded EMA, data position in global samples).
 - `memory`: the pre-flight per-rank memory estimate (state by ZeRO stage, rough activations).
 - `housekeeping`: the checkpoint folder at start (leftovers of dead saves, writable, free space),
   disk-full errors while saving, and the model check when resuming.

@@ -1,6 +1,6 @@
 """Checkpoint-folder housekeeping: leftovers, room to save, disk errors, and the resume config check.
 
-- `prepare_checkpoint_folder(cfg, run_dir, rank, world)` (collective, Trainer init, before anything
+- `prepare_checkpoint_folder(cfg, run_dir, rank)` (collective, Trainer init, before anything
   reads checkpoints): rank 0 removes what dead saves left (`clean_leftovers`), checks the folder is
   writable (`check_writable`) and, with `train.check_free_disk`, that it has room for one more
   checkpoint (`checkpoint_bytes`, `check_free_space`). Every rank raises the same

@@ -87,7 +87,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
-    """Inverse of `train.ema.local_shard` over all ranks' flat slices (rank order) -> tensor of `shape`."""
+    """Inverse of `train.zero_compat.partition_slice` over all ranks' flat slices (rank order) -> tensor of `shape`."""
     shape = tuple(shape)
     numel = 1
     for s in shape:
