@@ -391,13 +391,6 @@ def _cudnn_handle(device: torch.device):
     return handles[device]
 
 
-def _bhsd_stride(x_THD: torch.Tensor, S: int) -> list[int]:
-    """(B, H, S, D) descriptor strides of a packed (T, H, D) tensor (its real token/head strides);
-    the batch stride is nominal: ragged offsets place each sequence."""
-    st, sh, sd = x_THD.stride()
-    return [S * st, sh, st, sd]
-
-
 def _build_cudnn_graph(backward: bool, handle, dtype: torch.dtype, B: int, H: int, Dh: int, S: int,
                        strides: dict, total_bucket: int):
     """`describe_cudnn_graph`, then its execution plans built on `handle`'s device; -> (graph,
