@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     from vjepa_scale.train.engine import Trainer
     from vjepa_scale.train.guard import EXIT_DIVERGED, DivergenceError
 
+    from vjepa_scale.distributed import leave_process_group
+
     trainer = Trainer(cfg, cfg.train.output_dir, resume=args.resume)
     try:
         trainer.fit()
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
         if trainer.is_main:
             print(f"{e}; resume with --resume auto", file=sys.stderr, flush=True)
         return preempt.EXIT_PREEMPTED
+    finally:
+        leave_process_group()
     return 0
 
 

@@ -220,3 +220,10 @@ def check_shared_dir(path: str | Path, wait_s: float = 5.0) -> None:
             f"(on {views[0][1]}) wrote there. All ranks write checkpoints into one folder, so "
             f"train.output_dir (--output-dir) must be on a filesystem shared by every node (NFS, Lustre, "
             f"GPFS, ...), at the same path on each node")
+
+
+def leave_process_group() -> None:
+    """Tear the process group down before the interpreter exits (left to interpreter shutdown, the
+    backend's threads can be destroyed while still joinable, which aborts the process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
