@@ -183,28 +183,42 @@ def packed_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tens
         return _nested_attention(q_THD, k_THD, v_THD, packed.offsets, max_seqlen)
     if backend == "bucketed":
         return bucketed_attention(q_THD, k_THD, v_THD, packed)
-    return padded_attention(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen)
+    return _padded_packed(q_THD, k_THD, v_THD, packed)
 
 
-def padded_attention(q_THD, k_THD, v_THD, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+def padded_layout(cu_seqlens: torch.Tensor, max_seqlen: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot, mask) of the padded (S, max_seqlen) grid: each packed token's row-major slot (T,) and
+    the key-padding mask (S, 1, 1, L). Layers of one forward share it (`Packed.cached`)."""
+    S = cu_seqlens.numel() - 1
+    device = cu_seqlens.device
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    valid_SL = torch.arange(max_seqlen, device=device)[None, :] < lengths[:, None]  # (S, L)
+    seq_id = torch.repeat_interleave(torch.arange(S, device=device), lengths, output_size=T)
+    slot = seq_id * max_seqlen + (torch.arange(T, device=device) - cu_seqlens[:-1].long()[seq_id])
+    return slot, valid_SL[:, None, None, :]  # keys only; padded queries see valid keys and are dropped
+
+
+def padded_attention(q_THD, k_THD, v_THD, cu_seqlens: torch.Tensor, max_seqlen: int,
+                     layout: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Reference path: scatter into (S, max_seqlen) with a key-padding mask, SDPA, gather back."""
     S = cu_seqlens.numel() - 1
     T, H, Dh = q_THD.shape
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    pos = torch.arange(max_seqlen, device=q_THD.device)
-    valid_SL = pos[None, :] < lengths[:, None]  # (S, L)
-    # Row-major slot of each packed token inside the padded (S, L) grid.
-    seq_id = torch.repeat_interleave(torch.arange(S, device=q_THD.device), lengths, output_size=T)
-    slot = seq_id * max_seqlen + (torch.arange(T, device=q_THD.device) - cu_seqlens[:-1].long()[seq_id])
+    slot, mask = layout if layout is not None else padded_layout(cu_seqlens, max_seqlen, T)
 
     def pad(x_THD):
         out = x_THD.new_zeros(S * max_seqlen, H, Dh)
         out = out.index_copy(0, slot, x_THD)
         return out.view(S, max_seqlen, H, Dh).transpose(1, 2)  # (S, H, L, Dh)
 
-    mask = valid_SL[:, None, None, :]  # keys only; padded queries see valid keys and are dropped
     o = F.scaled_dot_product_attention(pad(q_THD), pad(k_THD), pad(v_THD), attn_mask=mask)
     return o.transpose(1, 2).reshape(S * max_seqlen, H, Dh).index_select(0, slot)
+
+
+def _padded_packed(q_THD, k_THD, v_THD, packed: Packed) -> torch.Tensor:
+    """`padded_attention` with the layout built once per `Packed` (per forward), not per layer."""
+    T = q_THD.shape[0]
+    layout = packed.cached(("padded", T), lambda: padded_layout(packed.cu_seqlens, packed.max_seqlen, T))
+    return padded_attention(q_THD, k_THD, v_THD, packed.cu_seqlens, packed.max_seqlen, layout)
 
 
 def _nested_attention(q_THD, k_THD, v_THD, offsets: torch.Tensor, max_seqlen: int) -> torch.Tensor:
@@ -292,7 +306,7 @@ def bucketed_attention(q_THD, k_THD, v_THD, packed: Packed) -> torch.Tensor:
     lengths = packed.host_lengths()
     layout = packed.cached(("bucketed", H * Dh, q_THD.device), lambda: _bucket_layout(lengths, H * Dh, q_THD.device))
     if layout is None:  # one group of all: the padded path
-        return padded_attention(q_THD, k_THD, v_THD, packed.cu_seqlens, packed.max_seqlen)
+        return _padded_packed(q_THD, k_THD, v_THD, packed)
     perm, inv, buckets = layout
     if perm is not None:
         q_THD, k_THD, v_THD = (x.index_select(0, perm) for x in (q_THD, k_THD, v_THD))
