@@ -18,6 +18,13 @@ from .extras import ROOT
 
 RANK_STARTERS = ("torch.distributed.run", "deepspeed.launcher.launch")  # python -m modules that start ranks
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "DS_SKIP_SHM_BUILD": "1", "OMP_NUM_THREADS": "1"}
+# Set in this process by an in-process 1-rank group (`single_process_group`): a child must not inherit
+# them (it would try to listen on the port this process's store already holds).
+GROUP_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in GROUP_VARS}
 
 
 def free_port() -> int:
@@ -30,7 +37,7 @@ def free_port() -> int:
 def cpu_env(**overrides: str | None) -> dict[str, str]:
     """This process's environment with DeepSpeed on the CPU, no shm-comm build, one OpenMP thread;
     `overrides` set variables (None removes one)."""
-    env = {**os.environ, **CPU_ENV}
+    env = {**_base_env(), **CPU_ENV}
     for k, v in overrides.items():
         env.pop(k, None) if v is None else env.__setitem__(k, v)
     return env
@@ -38,7 +45,7 @@ def cpu_env(**overrides: str | None) -> dict[str, str]:
 
 def gpu_env(**overrides: str | None) -> dict[str, str]:
     """This process's environment without the CPU pin of DeepSpeed (conftest sets it for the CPU tests)."""
-    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    env = {k: v for k, v in _base_env().items() if k != "DS_ACCELERATOR"}
     for k, v in overrides.items():
         env.pop(k, None) if v is None else env.__setitem__(k, v)
     return env
