@@ -13,3 +13,11 @@ from helpers import check_dev_extras  # noqa: E402  (after the environment defau
 
 def pytest_sessionstart(session):
     check_dev_extras()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Leave the 1-rank group that in-process tests joined (`helpers.single_process_group`): left to
+    interpreter exit, gloo's threads can abort the process after every test passed."""
+    from vjepa_scale.distributed import leave_process_group
+
+    leave_process_group()

@@ -136,4 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    sys.exit(main())
+    code = main()
+    from vjepa_scale.distributed import leave_process_group
+
+    leave_process_group()  # the engine row's 1-rank group; left to interpreter exit, gloo can abort
+    sys.exit(code)

@@ -69,4 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from vjepa_scale.distributed import leave_process_group
+
+    leave_process_group()  # left to interpreter exit, gloo's threads can abort the process
+    sys.exit(code)

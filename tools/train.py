@@ -61,19 +61,21 @@ def main(argv=None) -> int:
     from vjepa_scale.distributed import leave_process_group
 
     trainer = Trainer(cfg, cfg.train.output_dir, resume=args.resume)
+    # Every rank ends these three ways at the same step, so the group is torn down together; after any
+    # other exception it is left alone (a teardown while other ranks wait in a collective can hang).
     try:
         trainer.fit()
+        code = 0
     except DivergenceError as e:  # every rank stops at the same step; rank 0 explains
         if trainer.is_main:
             print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_DIVERGED
+        code = EXIT_DIVERGED
     except preempt.Preempted as e:
         if trainer.is_main:
             print(f"{e}; resume with --resume auto", file=sys.stderr, flush=True)
-        return preempt.EXIT_PREEMPTED
-    finally:
-        leave_process_group()
-    return 0
+        code = preempt.EXIT_PREEMPTED
+    leave_process_group()
+    return code
 
 
 if __name__ == "__main__":
