@@ -1,7 +1,7 @@
 """Fused kernels (imported as `vjepa_scale.kernels`), each beside its pure-torch reference.
 
 - `gather`: masked token gather fused with the position-embedding add, and LayerNorm+gather
-  for the targets.
+  for the targets; `scatter_map` builds their backward's row map ahead (in the data workers).
 - `ema`: multi-tensor EMA update of the target weights from fp32 master shards.
 
 Each kernel has one dispatch function (`backend="auto" | "triton" | "torch"`, resolved by
@@ -16,6 +16,7 @@ symlink to it, so it imports as `vjepa_scale.kernels` from a checkout and from a
 (never as a top-level `kernels`, the name of an unrelated PyPI package).
 """
 from vjepa_scale.kernels.ema import EmaLaunch, ema_update_
-from vjepa_scale.kernels.gather import GatherLaunch, layernorm_gather, masked_gather
+from vjepa_scale.kernels.gather import GatherLaunch, ScatterMap, layernorm_gather, masked_gather, scatter_map
 
-__all__ = ["masked_gather", "layernorm_gather", "ema_update_", "GatherLaunch", "EmaLaunch"]
+__all__ = ["masked_gather", "layernorm_gather", "scatter_map", "ScatterMap", "ema_update_", "GatherLaunch",
+           "EmaLaunch"]

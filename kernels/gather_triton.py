@@ -3,7 +3,8 @@
 Forward: one pass reads the gathered rows of x (any strides, e.g. the transposed patch-embed
 output) and of the position table, adds them and writes the packed rows. Backward: a
 deterministic scatter without atomics. The flat indices are sorted once (stable) into a CSR map
-from each destination row `b*N+n` to the packed rows that read it; each program sums its rows'
+(`gather.ScatterMap`, built by the data workers with the masks, or here when none is given) from
+each destination row `b*N+n` to the packed rows that read it; each program sums its rows'
 sources in packed order in fp32 and writes every destination row once (zeros where nothing
 gathered it). Overlapping index sets (the two mask types) thus accumulate exactly as a sequential
 index_add would for up to two sources per row, and in a fixed order beyond that.
@@ -21,7 +22,7 @@ import triton
 import triton.language as tl
 
 from vjepa_scale.kernels.backend import interpreting
-from vjepa_scale.kernels.gather import GatherLaunch
+from vjepa_scale.kernels.gather import GatherLaunch, ScatterMap, scatter_map
 
 # ------------------------------------------------------------------------------------------------
 # Shared device helpers
@@ -183,7 +184,7 @@ def _warps(block_r: int, block_d: int, launch: GatherLaunch = GatherLaunch()) ->
     return 8 if block_r * block_d >= launch.warps8_from else 4
 
 
-def _check(x_BND: torch.Tensor, idx: torch.Tensor, op: str) -> None:
+def _check(x_BND: torch.Tensor, idx: torch.Tensor, op: str, scatter: Optional[ScatterMap] = None) -> None:
     if x_BND.dim() != 3:
         raise ValueError(f"{op}: expected tokens of shape (B, N, D), got {tuple(x_BND.shape)}")
     if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
@@ -194,16 +195,8 @@ def _check(x_BND: torch.Tensor, idx: torch.Tensor, op: str) -> None:
         lo, hi = int(idx.min()), int(idx.max())
         if lo < 0 or hi >= x_BND.shape[0] * x_BND.shape[1]:
             raise IndexError(f"{op}: indices must lie in [0, {x_BND.shape[0] * x_BND.shape[1]}), got [{lo}, {hi}]")
-
-
-def _csr(idx: torch.Tensor, R: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order, rowptr): packed rows sorted by destination (stable), and per-row offsets (R+1,)."""
-    # 32-bit keys halve the radix-sort passes on CUDA (8 -> 4; it was a third of the backward's time).
-    keys = idx.to(torch.int32) if R < 2**31 else idx.long()
-    sorted_idx, order = torch.sort(keys, stable=True)
-    # First packed position of each row (bincount would need a host sync for its size on CUDA).
-    rowptr = torch.searchsorted(sorted_idx, torch.arange(R + 1, device=idx.device, dtype=keys.dtype))
-    return order, rowptr
+    if scatter is not None:
+        scatter.check(idx, x_BND.shape[0] * x_BND.shape[1], op)
 
 
 def _unit_stride_rows(x_BND: torch.Tensor) -> torch.Tensor:
@@ -234,8 +227,10 @@ def gather_fwd(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Te
     return out
 
 
-def gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, B: int, N: int, launch: GatherLaunch) -> torch.Tensor:
-    """grad of the tokens: (B, N, D), row b*N+n = sum of g rows whose idx is b*N+n."""
+def gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, B: int, N: int, launch: GatherLaunch,
+               scatter: Optional[ScatterMap] = None) -> torch.Tensor:
+    """grad of the tokens: (B, N, D), row b*N+n = sum of g rows whose idx is b*N+n (through
+    `scatter`, built here when not given)."""
     T, D = g_TD.shape
     R = B * N
     gx = torch.empty(B, N, D, dtype=g_TD.dtype, device=g_TD.device)
@@ -243,10 +238,10 @@ def gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, B: int, N: int, launch: Ga
         return gx
     if T == 0:
         return gx.zero_()
-    order, rowptr = _csr(idx, R)
+    smap = scatter or scatter_map(idx, R)
     br, bd = _tiles(R, D, False, launch)
     grid = (triton.cdiv(R, br), triton.cdiv(D, bd))
-    _gather_bwd_kernel[grid](g_TD.contiguous(), order, rowptr, gx, R, D, BLOCK_R=br, BLOCK_D=bd,
+    _gather_bwd_kernel[grid](g_TD.contiguous(), smap.order, smap.rowptr, gx, R, D, BLOCK_R=br, BLOCK_D=bd,
                              num_warps=_warps(br, bd, launch))
     return gx
 
@@ -266,7 +261,7 @@ def ln_gather_fwd(h_BND: torch.Tensor, idx: torch.Tensor, eps: float, launch: Ga
 
 
 def ln_gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, h_BND: torch.Tensor, eps: float,
-                  launch: GatherLaunch) -> torch.Tensor:
+                  launch: GatherLaunch, scatter: Optional[ScatterMap] = None) -> torch.Tensor:
     B, N, D = h_BND.shape
     R = B * N
     gh = torch.empty(B, N, D, dtype=h_BND.dtype, device=h_BND.device)
@@ -274,10 +269,10 @@ def ln_gather_bwd(g_TD: torch.Tensor, idx: torch.Tensor, h_BND: torch.Tensor, ep
         return gh
     if idx.numel() == 0:
         return gh.zero_()
-    order, rowptr = _csr(idx, R)
+    smap = scatter or scatter_map(idx, R)
     h_BND = _unit_stride_rows(h_BND)
     br, bd = _tiles(R, D, True, launch)
-    _ln_gather_bwd_kernel[(triton.cdiv(R, br),)](g_TD.contiguous(), order, rowptr, h_BND, gh, R, N, D,
+    _ln_gather_bwd_kernel[(triton.cdiv(R, br),)](g_TD.contiguous(), smap.order, smap.rowptr, h_BND, gh, R, N, D,
                                                  *h_BND.stride(), float(eps), BLOCK_R=br, BLOCK_D=bd,
                                                  num_warps=_warps(br, bd, launch))
     return gh
@@ -292,49 +287,50 @@ class MaskedGather(torch.autograd.Function):
     """out[i] = x.view(B*N, D)[idx[i]] + pos[idx[i] % N]; grads for x (and pos if it needs one)."""
 
     @staticmethod
-    def forward(ctx, x_BND, idx, pos_ND, launch):
+    def forward(ctx, x_BND, idx, pos_ND, launch, scatter):
         ctx.save_for_backward(idx)
         ctx.shape = x_BND.shape
         ctx.pos_dtype = None if pos_ND is None else pos_ND.dtype
-        ctx.launch = launch
+        ctx.launch, ctx.scatter = launch, scatter
         return gather_fwd(x_BND, idx, pos_ND, launch)
 
     @staticmethod
     def backward(ctx, g_TD):
         (idx,) = ctx.saved_tensors
         B, N, D = ctx.shape
-        gx = gather_bwd(g_TD, idx, B, N, ctx.launch) if (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]) else None
+        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
+        gx = gather_bwd(g_TD, idx, B, N, ctx.launch, ctx.scatter) if need else None
         gpos = None
         if ctx.needs_input_grad[2]:  # pos row n collects every gathered (b, n): sum the token grads over b
             gpos = gx.sum(0, dtype=torch.float32).to(ctx.pos_dtype)
-        return (gx if ctx.needs_input_grad[0] else None), None, gpos, None
+        return (gx if ctx.needs_input_grad[0] else None), None, gpos, None, None
 
 
 class LayerNormGather(torch.autograd.Function):
     """LayerNorm (no affine) of h.view(B*N, D)[idx]; grad for h."""
 
     @staticmethod
-    def forward(ctx, h_BND, idx, eps, launch):
+    def forward(ctx, h_BND, idx, eps, launch, scatter):
         ctx.save_for_backward(h_BND, idx)
         ctx.eps = eps
-        ctx.launch = launch
+        ctx.launch, ctx.scatter = launch, scatter
         return ln_gather_fwd(h_BND, idx, eps, launch)
 
     @staticmethod
     def backward(ctx, g_TD):
         h_BND, idx = ctx.saved_tensors
-        return ln_gather_bwd(g_TD, idx, h_BND, ctx.eps, ctx.launch), None, None, None
+        return ln_gather_bwd(g_TD, idx, h_BND, ctx.eps, ctx.launch, ctx.scatter), None, None, None, None
 
 
 def masked_gather_triton(x_BND: torch.Tensor, idx: torch.Tensor, pos_ND: Optional[torch.Tensor] = None,
-                         launch: GatherLaunch = GatherLaunch()) -> torch.Tensor:
-    _check(x_BND, idx, "masked_gather")
+                         launch: GatherLaunch = GatherLaunch(), scatter: Optional[ScatterMap] = None) -> torch.Tensor:
+    _check(x_BND, idx, "masked_gather", scatter)
     if pos_ND is not None and pos_ND.device != x_BND.device:
         raise ValueError(f"masked_gather: pos on {pos_ND.device} but tokens on {x_BND.device}")
-    return MaskedGather.apply(x_BND, idx, pos_ND, launch)
+    return MaskedGather.apply(x_BND, idx, pos_ND, launch, scatter)
 
 
 def layernorm_gather_triton(h_BND: torch.Tensor, idx: torch.Tensor, eps: float = 1e-5,
-                            launch: GatherLaunch = GatherLaunch()) -> torch.Tensor:
-    _check(h_BND, idx, "layernorm_gather")
-    return LayerNormGather.apply(h_BND, idx, eps, launch)
+                            launch: GatherLaunch = GatherLaunch(), scatter: Optional[ScatterMap] = None) -> torch.Tensor:
+    _check(h_BND, idx, "layernorm_gather", scatter)
+    return LayerNormGather.apply(h_BND, idx, eps, launch, scatter)

@@ -11,7 +11,8 @@ depend on how the slots are split over ranks (not world-size invariant).
 
 `MaskBatch` holds the packed layout built on the CPU: sequences ordered mask-type major
 (s = m * B + b), int32 `cu_seqlens` and host-side `max_seqlen` for the context, the targets, and
-the predictor's concatenated [context ; targets] sequences. The data loaders draw one per batch
+the predictor's concatenated [context ; targets] sequences, and the context gather's backward map
+(`ctx_scatter`). The data loaders draw one per batch
 (`vjepa_scale.data.batch.make_batch`).
 
 Mixed shapes: every sample has its own token grid (`sample_grids`, (T', H', W') in tokens) and its
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from vjepa_scale.config import ConfigError, MaskConfig, MaskSpec
+from vjepa_scale.kernels.gather import ScatterMap, scatter_map
 
 MAX_TRIES = 50
 
@@ -111,6 +113,9 @@ class MaskBatch:
     ctx_pos_ids: Optional[torch.Tensor] = None  # int64 (T_ctx,), row in the concatenated tables
     tgt_pos_ids: Optional[torch.Tensor] = None  # int64 (T_tgt,)
     pred_pos_ids: Optional[torch.Tensor] = None  # int64 (T_ctx+T_tgt,)
+    # The context gather's backward map (`kernels.scatter_map(ctx_idx, total_tokens)`), built with the
+    # masks so the device does not sort; None (built on demand) for derived batches (`for_type`).
+    ctx_scatter: Optional[ScatterMap] = None
 
     @property
     def mixed(self) -> bool:
@@ -140,7 +145,7 @@ class MaskBatch:
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            kw[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            kw[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, (torch.Tensor, ScatterMap)) else v
         return MaskBatch(**kw)
 
     def for_type(self, m: int) -> "MaskBatch":
@@ -171,7 +176,7 @@ class MaskBatch:
     def pin_memory(self) -> "MaskBatch":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in kw.items():
-            if isinstance(v, torch.Tensor):
+            if isinstance(v, (torch.Tensor, ScatterMap)):
                 kw[k] = v.pin_memory()
         return MaskBatch(**kw)
 
@@ -234,6 +239,7 @@ def pack_masks(ctx: list[list[torch.Tensor]], tgt: list[list[torch.Tensor]],
         pred_pos[tgt_slot] = mixed["tgt_pos_ids"]
         mixed["pred_pos_ids"] = pred_pos
     per_type_tgt = [sum(tgt_len[m * B:(m + 1) * B]) for m in range(M)]
+    rows = B * N if sample_grids is None else mixed["sample_offsets"][-1]
     return MaskBatch(
         grid=tuple(grid), batch_size=B, num_types=M,
         ctx_idx=ctx_flat, ctx_token_ids=ctx_ids, ctx_cu_seqlens=ctx_cu,
@@ -243,7 +249,7 @@ def pack_masks(ctx: list[list[torch.Tensor]], tgt: list[list[torch.Tensor]],
         tgt_type_bounds=[0] + np.cumsum(per_type_tgt).tolist(),
         pred_cu_seqlens=ctx_cu + tgt_cu, pred_max_seqlen=max(a + b for a, b in zip(ctx_len, tgt_len)),
         pred_token_ids=pred_ids, pred_ctx_slot=ctx_slot, pred_tgt_slot=tgt_slot,
-        ctx_lengths=ctx_len, tgt_lengths=tgt_len, **mixed,
+        ctx_lengths=ctx_len, tgt_lengths=tgt_len, **mixed, ctx_scatter=scatter_map(ctx_flat, rows),
     )
 
 

@@ -9,7 +9,7 @@ Only the model-sized checks that need real CUDA carry the `gpu` marker.
 import pytest
 import torch
 
-from vjepa_scale.kernels import ema_update_, layernorm_gather, masked_gather
+from vjepa_scale.kernels import ema_update_, layernorm_gather, masked_gather, scatter_map
 from vjepa_scale.kernels.backend import interpreting, triton_available
 from vjepa_scale.kernels.ema import ema_update_reference
 from vjepa_scale.kernels.gather import layernorm_gather_reference, masked_gather_reference
@@ -111,6 +111,31 @@ def test_masked_gather_rejects_bad_input():
     if DEV == "cpu":
         with pytest.raises(IndexError, match=r"indices must lie in \[0, 10\)"):
             masked_gather(x, torch.tensor([10]), backend="triton")
+
+
+@cases
+def test_prebuilt_scatter_map_gives_the_same_grads():
+    """The backward through a map built ahead (by the data workers, `MaskBatch.ctx_scatter`) equals the
+    one that builds its own, for the masked gather and the LayerNorm gather; a map of other indices is refused."""
+    g = torch.Generator().manual_seed(5)
+    B, N, D = 3, 41, 96
+    x = torch.randn(B, N, D, generator=g).to(DEV)
+    pos = torch.randn(N, D, generator=g).to(DEV)
+    idx = two_mask_idx(B, N, (30, 11), torch.int64, g)
+    smap = scatter_map(idx, B * N).to(DEV)
+    idx = idx.to(DEV)
+    gy = torch.randn(idx.numel(), D, generator=g).to(DEV)
+    for op, args in ((masked_gather, (pos,)), (layernorm_gather, (1e-5,))):
+        grads = []
+        for scatter in (None, smap):
+            xt = x.clone().requires_grad_()
+            op(xt, idx, *args, backend="triton", scatter=scatter).backward(gy)
+            grads.append(xt.grad)
+        assert torch.equal(grads[0], grads[1]), op.__name__
+        with pytest.raises(ValueError, match="scatter map for"):
+            op(x, idx[:-1], *args, backend="triton", scatter=smap)
+        with pytest.raises(ValueError, match="scatter map for"):
+            op(x[:2], idx[idx < 2 * N], *args, backend="triton", scatter=smap)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -104,3 +104,20 @@ def test_max_keep_and_temporal_keep():
         assert 0 < len(c) <= 50
         assert int(c.max()) < 4 * 144  # only the first half of the time steps
 
+
+
+def test_context_scatter_map_is_built_with_the_masks():
+    """`ctx_scatter` lists, for every token row of the batch, the packed context positions that gathered
+    it, in packed order (uniform and mixed-shape batches); batches derived per mask type carry none."""
+    masker = MultiBlockMasker(MaskConfig(), (4, 6, 6))
+    uniform = masker(3, step=2)
+    mixed = masker(3, step=2, grids=[(4, 6, 6), (2, 4, 4), (4, 6, 6)])
+    for masks, rows in ((uniform, 3 * 144), (mixed, 2 * 144 + 32)):
+        smap = masks.ctx_scatter
+        assert smap.rows == rows and smap.order.numel() == masks.ctx_idx.numel()
+        for r in range(rows):
+            got = smap.order[smap.rowptr[r]:smap.rowptr[r + 1]].tolist()
+            assert got == (masks.ctx_idx == r).nonzero().squeeze(1).tolist()
+        moved = masks.to("cpu")
+        assert torch.equal(moved.ctx_scatter.order, smap.order)
+    assert uniform.for_type(1).ctx_scatter is None

@@ -1,6 +1,8 @@
 """Masked-gather suite: encoder-input gather (+pos) forward and backward, target LayerNorm gather.
 
 Indices are real ViT-H@384 masks (`MultiBlockMasker`, grid 8x24x24, both mask types packed).
+The backward has two Triton rows: `triton` builds its destination-row map (a sort) on the device in
+each call, `triton_map` takes the one built with the masks (`MaskBatch.ctx_scatter`), as training does.
 Baselines follow the reference implementation: the position embedding is added to the whole
 (B, N, D) clip, then `torch.gather` with an expanded int64 index; targets are LayerNormed over the
 whole clip, then gathered. GB/s counts the useful bytes (rows read and written, indices, one
@@ -48,6 +50,7 @@ def run(device: str, quick: bool) -> list[dict]:
              "torch_ref": lambda x_, i_, p_: masked_gather(x_, i_, p_, backend="torch")}
     if triton_runs_on(device):
         impls["triton"] = lambda x_, i_, p_: masked_gather(x_, i_, p_, backend="triton")
+    scatter = masks.ctx_scatter.to(device)  # built with the masks, as the data workers do in training
     rows = []
     shape = f"B={B} N={N} D={D} {str(dtype).replace('torch.', '')}"
 
@@ -64,7 +67,10 @@ def run(device: str, quick: bool) -> list[dict]:
 
     bwd_bytes = T * D * es + B * N * D * es + T * ctx_idx.element_size()
     times = {}
-    for k, f in impls.items():
+    bwd_impls = dict(impls)
+    if "triton" in impls:  # what training runs: the backward map comes with the masks
+        bwd_impls["triton_map"] = lambda x_, i_, p_: masked_gather(x_, i_, p_, backend="triton", scatter=scatter)
+    for k, f in bwd_impls.items():
         xg = x.detach().requires_grad_()
         out = f(xg, ctx_idx, pos)
         gy = torch.randn_like(out)

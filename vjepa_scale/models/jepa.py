@@ -58,7 +58,7 @@ class JEPA(nn.Module):
             packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_pos_ids, grids=masks.grids)
         else:
             packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_token_ids)
-        ctx_TD = self.encoder(video_BCTHW, masks.ctx_idx, packed)
+        ctx_TD = self.encoder(video_BCTHW, masks.ctx_idx, packed, masks.ctx_scatter)
         return self.predictor(ctx_TD, masks)
 
 

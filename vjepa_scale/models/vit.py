@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from vjepa_scale.attention import Packed, dense_attention, resolve_attention_backend
 # The size table lives in config (config imports nothing from models); re-exported here.
 from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
-from vjepa_scale.kernels import masked_gather
+from vjepa_scale.kernels import ScatterMap, masked_gather
 from vjepa_scale.mixed import MixedVideo
 from vjepa_scale.models.compiled import packed_attention_op  # the opaque op under torch.compile
 from vjepa_scale.models.pos_embed import Positions, apply_rope
@@ -217,9 +217,11 @@ class VisionTransformer3D(nn.Module):
         return self.patch_embed(video_BCTHW)  # (B, N, D), (T', H', W')
 
     def forward(self, video_BCTHW, idx: Optional[torch.Tensor] = None,
-                packed: Optional[Packed] = None) -> torch.Tensor:
+                packed: Optional[Packed] = None, scatter: Optional[ScatterMap] = None) -> torch.Tensor:
+        """All tokens (idx None) -> (B, N, D), or the tokens at flat indices `idx` -> (total, D) as
+        packed sequences (`packed`); `scatter`: the gather backward's map of `idx`, when built ahead."""
         if isinstance(video_BCTHW, MixedVideo):
-            return self.forward_mixed(video_BCTHW, idx, packed)
+            return self.forward_mixed(video_BCTHW, idx, packed, scatter)
         x_BND, grid = self.patchify(video_BCTHW)
         pos_ND = self.positions.additive(grid, x_BND.dtype)
         if idx is None:
@@ -229,7 +231,7 @@ class VisionTransformer3D(nn.Module):
             return self.transformer(x_BND, None, rope)
         if packed is None:
             raise ValueError("a packed forward needs `packed` (cu_seqlens, max_seqlen, token_ids)")
-        x_TD = masked_gather(x_BND, idx, pos_ND)
+        x_TD = masked_gather(x_BND, idx, pos_ND, scatter=scatter)
         rope = self.positions.rotary(packed.token_ids, grid, x_TD.device, x_TD.dtype)
         return self.transformer(x_TD, packed, rope)
 
@@ -243,7 +245,7 @@ class VisionTransformer3D(nn.Module):
         return x_TD, grids
 
     def forward_mixed(self, video: MixedVideo, idx: Optional[torch.Tensor] = None,
-                      packed: Optional[Packed] = None) -> torch.Tensor:
+                      packed: Optional[Packed] = None, scatter: Optional[ScatterMap] = None) -> torch.Tensor:
         """Mixed-shape batch -> (total, D): every token of every sample (idx None; one packed sequence
         per sample), or the tokens at `idx` (offsets into the concatenation) grouped as `packed` says."""
         x_TD, grids = self.embed_mixed(video)
@@ -260,7 +262,7 @@ class VisionTransformer3D(nn.Module):
         else:
             if packed is None or packed.grids is None:
                 raise ValueError("a packed forward of a mixed batch needs `packed` with token_ids into `grids`")
-            x_TD = masked_gather(x_TD[None], idx, None)
+            x_TD = masked_gather(x_TD[None], idx, None, scatter=scatter)
         rope = self.positions.rotary_multi(packed.token_ids, packed.grids, x_TD.device, x_TD.dtype)
         return self.transformer(x_TD, packed, rope)
 
