@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
-#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step nockpt compile data dali cool384
-# Default stages: tests kernels step nockpt (at most 8.3 minutes with every stage at its limit);
+#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step ckpt compile data dali cool384
+# Default stages: tests kernels step ckpt (at most 8.3 minutes with every stage at its limit);
 # `compile` (the engine row with model.compile=true), `data`, `dali` (DALI tests + data suite, once the
 # wheel was brought with tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step) are
 # opt-in: run them in a second call.
-# The step stage times ViT-H/16@384 (the vith384 recipe, B=10) in three rows on the same batches:
+# The step stage times ViT-H/16@384 (the vith384 recipe, B=10, activation checkpointing `auto`: the fewest
+# recomputed blocks the memory estimate fits on this card) in three rows on the same batches:
 # the engine row (the Trainer's 1-rank DeepSpeed engines, as tools/train.py runs it), the
 # single-device torch row (fp32 weights + bf16 autocast) and the reference-style row, and profiles
 # the engine row. Needs torch (CUDA), triton and deepspeed; DALI and flash-attn are optional (tests
@@ -71,7 +72,7 @@ EOF
 } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
 
-STAGES=" ${STAGES:-tests kernels step nockpt} "
+STAGES=" ${STAGES:-tests kernels step ckpt} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 
 # 1. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
@@ -88,11 +89,12 @@ fi
 # 2. Kernel and attention suites (one process), then the training step apart, so an out-of-memory
 #    or a poisoned CUDA context in one cannot spoil the others' numbers.
 want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
-# 3. The step: engine, torch and reference-style rows of the recipe (B=10, activation checkpointing),
-#    the engine row profiled; then the engine row without checkpointing at B=8 (profiled too).
+# 3. The step: engine, torch and reference-style rows of the recipe (B=10, checkpointing `auto`), the
+#    engine row profiled; then the engine row with every block recomputed (the recipes' setting before
+#    `auto`), to show what `auto` saves.
 want step && stage bench_step 210 "$PY" tools/bench.py --device cuda --suite step --profile --out "$RES/step"
-want nockpt && stage bench_step_nockpt 75 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 \
-  --step-rows engine --steps 6 --profile --opt model.activation_checkpointing=false --out "$RES/step_nockpt"
+want ckpt && stage bench_step_ckpt 75 "$PY" tools/bench.py --device cuda --suite step \
+  --step-rows engine --steps 4 --opt model.activation_checkpointing=true --out "$RES/step_ckpt"
 want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 \
   --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true \
   --out "$RES/step_compile"

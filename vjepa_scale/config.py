@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -72,7 +72,10 @@ class ModelConfig(Section):
     mlp_ratio: Optional[float] = None
     qkv_bias: bool = True
     pos_embed: Literal["sincos", "rope"] = "sincos"
-    activation_checkpointing: bool = False
+    # Recompute blocks in the backward instead of keeping their activations: false, true (every block),
+    # a fraction in [0, 1] (that share of each stack's blocks, spread evenly), or auto (the memory
+    # preflight picks the smallest share whose estimate fits the device, per phase; see train.memory).
+    activation_checkpointing: Union[bool, float, Literal["auto"]] = False
     compile: bool = False  # regional torch.compile of each transformer block (models.compiled)
     attention_backend: Literal["auto", "cudnn", "flash_attn", "torch_varlen", "nested", "bucketed", "padded"] = "auto"
     sdpa_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"  # SDPA kernel, full-length batches
@@ -85,10 +88,21 @@ class ModelConfig(Section):
     # Conv3d, no depth rescale; vjepa2 = the same, then attn.proj / mlp.fc2 of block i scaled by 1/sqrt(2i).
     init: Literal["vjepa1", "vjepa2"] = "vjepa1"
 
+    @property
+    def checkpoint_fraction(self) -> float:
+        """Share of each stack's blocks recomputed in the backward; `auto` not yet resolved by the
+        memory preflight (`train.memory.resolve_checkpointing`) counts as every block, the safe choice."""
+        ac = self.activation_checkpointing
+        return 1.0 if ac == "auto" else float(ac)
+
     def validate(self, prefix: str = "model") -> None:
         resolve_vit_size(self, prefix)
         self.check_positive(prefix, "patch_size", "tubelet_size", "pred_width", "pred_depth",
                             "pred_num_heads", "pred_mlp_ratio", "loss_exp")
+        ac = self.activation_checkpointing
+        if isinstance(ac, float) and not 0.0 <= ac <= 1.0:
+            raise ConfigError(f"{prefix}.activation_checkpointing must be true, false, auto or a fraction of "
+                              f"the blocks in [0, 1], got {ac}")
         if self.pred_width % self.pred_num_heads:
             raise ConfigError(f"{prefix}.pred_num_heads={self.pred_num_heads} does not divide "
                               f"{prefix}.pred_width={self.pred_width}")
@@ -647,7 +661,15 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, name)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, name)
+        errors = []
+        for alt in inner:  # the first alternative that takes the value (bool before numbers)
+            try:
+                return _coerce(alt, value, name)
+            except ConfigError as e:
+                errors.append(str(e).removeprefix(f"{name} "))
+        raise ConfigError(f"{name}: {value!r} is none of the accepted forms ({'; '.join(errors)})")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, name)
     if origin is Literal:

@@ -49,6 +49,11 @@ def _stack_fwd(width: int, depth: int, mlp_ratio: float, lengths: Sequence[int])
     return float(depth * per_token * tokens), float(depth * attn)
 
 
+def _recomputed(depth: int, m) -> float:
+    """Share of a stack's blocks that activation checkpointing recomputes (`models.vit.checkpoint_plan`)."""
+    return round(m.checkpoint_fraction * depth) / depth
+
+
 def train_flops(cfg: Config, masks: MaskBatch) -> dict[str, float]:
     """FLOPs of one optimizer micro-step on one rank's batch described by `masks`."""
     m = cfg.model
@@ -72,7 +77,8 @@ def train_flops(cfg: Config, masks: MaskBatch) -> dict[str, float]:
         "encoder": 3 * encoder_fwd,
         "predictor": 3 * predictor_fwd,
         "attention": t_attn + 3 * (e_attn + p_attn),
-        "recompute": (encoder_fwd + predictor_fwd) if m.activation_checkpointing else 0.0,
+        # The recomputed blocks' forward again (not model FLOPs: MFU leaves it out).
+        "recompute": (e_lin + e_attn) * _recomputed(dims.depth, m) + (p_lin + p_attn) * _recomputed(m.pred_depth, m),
     }
     out["total"] = out["target_fwd"] + out["encoder"] + out["predictor"]
     return out

@@ -1,6 +1,7 @@
 """Recipes load into typed configs; bad configs fail before any training work with a named key
 (tools/train.py's refusals and fresh-interpreter checks: integration/test_config_cli.py)."""
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -53,6 +54,22 @@ def test_wrong_type_and_range_name_the_key():
         load_config("cpu_demo", ["optim.iterations=abc"])
     with pytest.raises(ConfigError, match=r"data\.global_batch_size must be > 0"):
         load_config("cpu_demo", ["data.global_batch_size=0"])
+
+
+@pytest.mark.parametrize("value,want", [("true", True), ("false", False), ("0.25", 0.25), ("1", 1.0),
+                                        ("auto", "auto")])
+def test_activation_checkpointing_forms(value, want):
+    """A union key takes each accepted form as itself (a bool stays a bool, not 1.0)."""
+    m = load_config("cpu_demo", [f"model.activation_checkpointing={value}"]).model
+    assert m.activation_checkpointing == want and type(m.activation_checkpointing) is type(want)
+    assert m.checkpoint_fraction == (1.0 if want == "auto" else float(want))
+
+
+@pytest.mark.parametrize("value,needle", [("sometimes", "none of the accepted forms"), ("1.5", "in [0, 1]"),
+                                         ("-0.5", "in [0, 1]")])
+def test_activation_checkpointing_refuses_other_values(value, needle):
+    with pytest.raises(ConfigError, match=r"model\.activation_checkpointing.*" + re.escape(needle)):
+        load_config("cpu_demo", [f"model.activation_checkpointing={value}"])
 
 
 def test_global_batch_divides_world():

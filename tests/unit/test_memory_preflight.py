@@ -105,3 +105,54 @@ def test_activation_estimate_follows_the_largest_shape_and_the_token_budget():
                                                    "data.global_batch_size=null"]), 1)
     assert budget.data.batch_size == 18432 // 2048  # the window: clips of the smallest shape
     assert activation_bytes(budget, budget.data.batch_size, 2) == pytest.approx(est["big"] / 8)  # one 64x384 clip
+
+
+def _card(monkeypatch, gib):
+    """This process sees one device of `gib` GiB (None: unknown memory)."""
+    from vjepa_scale.train import memory
+
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda device, n: (None if gib is None else int(gib * GiB), f"a {gib} GiB test card"))
+
+
+@pytest.mark.parametrize("gib", [40, 60, 1000, 10, None])
+def test_auto_checkpointing_recomputes_the_fewest_blocks_that_fit(monkeypatch, gib):
+    """`activation_checkpointing: auto`: the smallest k/depth whose estimate fits AUTO_FIT of the card,
+    so one block fewer would not fit; every block when nothing smaller fits or the memory is unknown."""
+    from vjepa_scale.train.memory import AUTO_FIT, resolve_checkpointing
+
+    _card(monkeypatch, gib)
+    cfg = resolve_batch(load_config("vith384", ["data.backend=synthetic", "data.global_batch_size=10"]), 1)
+    assert cfg.model.activation_checkpointing == "auto"
+    cuda = torch.device("cuda")
+    out, note = resolve_checkpointing(cfg, 1, cuda)
+    frac, depth = out.model.activation_checkpointing, 32
+    assert cfg.model.activation_checkpointing == "auto"  # a copy was resolved
+    assert f"auto -> {frac:g} ({round(frac * depth)} of {depth} encoder blocks" in note
+
+    def fits(f):
+        c = resolve_batch(load_config("vith384", ["data.backend=synthetic", "data.global_batch_size=10",
+                                                  f"model.activation_checkpointing={f}"]), 1)
+        return estimate_memory(c, 1, cuda).total <= AUTO_FIT * gib * GiB
+    if gib is None:
+        assert frac == 1.0 and "memory unknown" in note
+    elif not fits(1.0):
+        assert frac == 1.0 and "even that needs about" in note
+    else:
+        assert fits(frac) and (frac == 0 or not fits(frac - 1 / depth))
+    if gib == 1000:
+        assert frac == 0.0
+    if gib == 40:
+        assert 0 < frac < 1  # a card between the two settings recomputes only some blocks
+    assert resolve_checkpointing(out, 1, cuda) == (out, None)  # a number stays as given
+
+
+def test_auto_checkpointing_is_resolved_per_phase(monkeypatch):
+    """V-JEPA 2's cooldown clips (64 frames) need more recompute than its 16-frame pretraining, on the
+    same card; the trainer's plan carries each phase's choice and a note for the log."""
+    from vjepa_scale.train.phases import plan
+
+    _card(monkeypatch, 24)
+    phases = plan(load_config("vjepa2_vitl", ["data.backend=synthetic", "data.global_batch_size=24"]), 1)
+    pre, cool = (p.cfg.model.activation_checkpointing for p in phases)
+    assert pre < cool and all("activation_checkpointing: auto ->" in p.note for p in phases)

@@ -9,7 +9,7 @@ from vjepa_scale.config import Config, ConfigError, DataConfig, MaskConfig, Mask
 from vjepa_scale.masks import MultiBlockMasker, pack_masks
 from vjepa_scale.models import JEPA, Predictor, VisionTransformer3D, compute_targets, make_target_encoder
 from vjepa_scale.models.pos_embed import Rope3D, interpolate_sincos, sincos_3d
-from vjepa_scale.models.vit import Packed
+from vjepa_scale.models.vit import Packed, checkpoint_plan, set_activation_checkpointing
 
 
 def _setup(pos_embed, backend="auto", seed=0):
@@ -175,19 +175,37 @@ def test_loss_with_global_type_norm_averages_to_the_global_mean():
     torch.testing.assert_close(jepa_loss(p0, t0, r0, 1.0, torch.tensor([3.0, 7.0])), jepa_loss(p0, t0, r0))
 
 
-def test_activation_checkpointing_same_gradients():
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_activation_checkpointing_same_gradients(fraction):
+    """Every block (1.0) or half of each stack (0.5) recomputed: the same gradients, and the recomputed
+    blocks really run their forward a second time in the backward."""
     cfg, model, video, ctx, tgt = _setup("sincos")
     masks = pack_masks(ctx, tgt, cfg.grid)
     targets = compute_targets(make_target_encoder(model.encoder), video, masks)
+    calls = []
+    for i, blk in enumerate(model.encoder.transformer.blocks):
+        blk.register_forward_pre_hook(lambda *_, i=i: calls.append(i))  # a recompute stops early: no post-hook
     model.train()
     model(video, masks, targets).backward()
     g1 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    depth = len(model.encoder.transformer.blocks)
+    assert calls == list(range(depth))
     model.zero_grad()
-    for t in (model.encoder.transformer, model.predictor.transformer):
-        t.checkpointing = True
+    calls.clear()
+    set_activation_checkpointing(model, fraction)
+    assert sum(model.predictor.transformer.checkpointed) == round(fraction * cfg.model.pred_depth)
     model(video, masks, targets).backward()
+    assert len(calls) == depth + round(fraction * depth)  # the recomputed blocks ran twice
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, g1[n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("depth,fraction,want", [
+    (4, 0.0, [False] * 4), (4, 1.0, [True] * 4), (4, 0.5, [False, True, False, True]),
+    (32, 0.25, [i % 4 == 3 for i in range(32)]), (12, 1 / 3, [i % 3 == 2 for i in range(12)]),
+])
+def test_checkpoint_plan_spreads_blocks_evenly(depth, fraction, want):
+    assert checkpoint_plan(depth, fraction) == want
 
 
 def _cfg(**kw):

@@ -121,3 +121,25 @@ def test_train_flops_match_flop_counter():
     assert counter.get_total_flops() == f["total"] - patch
     ops = counter.get_flop_counts()["Global"]
     assert ops[torch.ops.aten.bmm] == f["attention"]  # the attention matmuls (QK^T, AV and their grads)
+
+
+def test_auto_checkpointing_follows_each_phase(tmp_path, monkeypatch, capsys):
+    """`activation_checkpointing: auto` with a card that holds phase 0's small clips without recompute but
+    not phase 1's larger ones: the engine's stacks switch at the boundary, and the log says why."""
+    from vjepa_scale.train import memory
+    from vjepa_scale.train.phases import plan
+
+    phased = ["model.activation_checkpointing=auto", "phases=[{steps: 2, crop_size: 32}, {crop_size: 64}]"]
+    base = load_config("cpu_demo", ["model.depth=4", "data.global_batch_size=2", "train.precision=fp32", *phased])
+    monkeypatch.setattr(memory, "available_bytes", lambda d, n: (1 << 50, "huge"))
+    small, large = (p.cfg for p in plan(base, 1))
+    need = [memory.estimate_memory(c, 1, torch.device("cpu")).total for c in (small, large)]
+    assert need[0] < need[1]
+    card = int(need[0] / memory.AUTO_FIT) + 1  # phase 0 fits as it is, phase 1 does not
+    monkeypatch.setattr(memory, "available_bytes", lambda d, n: (card, "the test card"))
+    tr = _trainer(tmp_path, "model.depth=4", *phased)
+    seen = []
+    tr.fit(on_step=lambda t, s: seen.append(list(t.engine.module.encoder.transformer.checkpointed)))
+    assert seen[0] == seen[1] == [False] * 4 and any(seen[2]) and seen[2] == seen[3]
+    log = capsys.readouterr().out
+    assert "auto -> 0 (0 of 4 encoder blocks" in log and "the test card" in log and log.count("auto ->") == 2

@@ -90,8 +90,10 @@ def bench_config(device: str, config: Optional[str] = None, batch_size: Optional
                  opts: Optional[list[str]] = None, phase: Optional[int] = None) -> tuple[str, int, Config]:
     """(case name, clips per step, config) of the suite: the recipe (default per device type) with
     synthetic data, B clips per step on one rank, no accumulation, no disk or memory pre-checks; a
-    recipe with `phases` at phase `phase`'s clip shape (default 0)."""
+    recipe with `phases` at phase `phase`'s clip shape (default 0). `activation_checkpointing: auto`
+    is resolved for this batch and device as training resolves it."""
     from vjepa_scale.train.launch import resolve_batch
+    from vjepa_scale.train.memory import resolve_checkpointing
 
     name, default_batch = DEFAULTS.get(torch.device(device).type, DEFAULTS["cpu"])
     name = config or name
@@ -106,7 +108,10 @@ def bench_config(device: str, config: Optional[str] = None, batch_size: Optional
         name = f"{name} phase {phase or 0}"
     B = batch_size or (default_batch if config is None else cfg.data.batch_size)
     cfg.data.batch_size, cfg.data.global_batch_size = B, None
-    return name, B, resolve_batch(cfg, 1)
+    cfg, note = resolve_checkpointing(resolve_batch(cfg, 1), 1, torch.device(device))
+    if note:
+        print(f"[bench] step: {note}", flush=True)
+    return name, B, cfg
 
 
 def _batches(cfg: Config, B: int) -> list[Batch]:
@@ -142,7 +147,7 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
     n_tok = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
     row = {
         "case": f"train step {name} B={B} grid={'x'.join(map(str, cfg.grid))}"
-                f"{' +act-ckpt' if cfg.model.activation_checkpointing else ''}"
+                f"{_ckpt_label(cfg.model.checkpoint_fraction)}"
                 f"{' +compile' if cfg.model.compile else ''}",
         "impl": impl,
         "time_ms": dt * 1e3,
@@ -155,10 +160,15 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
         "target_fwd_share": fl["target_fwd"] / fl["total"],
         "ctx_tokens_per_clip": sum(masks[0].ctx_lengths) / B,
         "first_loss": first_loss,
+        "act_ckpt": cfg.model.checkpoint_fraction,  # share of blocks recomputed (auto resolved)
     }
     if cuda:
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     return row
+
+
+def _ckpt_label(fraction: float) -> str:
+    return "" if fraction == 0 else " +act-ckpt" if fraction == 1 else f" +act-ckpt {fraction:g}"
 
 
 def _on_device(batches: list[Batch], device: str, dtype: Optional[torch.dtype]) -> list[Batch]:

@@ -26,7 +26,7 @@ class Predictor(nn.Module):
         self.embed = nn.Linear(embed_dim, W)
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_types, W))
         self.positions = Positions(cfg.pos_embed, W, self.dims.head_dim, self.grid)
-        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
+        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.checkpoint_fraction,
                                        cfg.sdpa_backend)
         self.proj = nn.Linear(W, embed_dim)
         init_model(self, self.transformer, cfg.init)  # mask tokens stay zero

@@ -146,23 +146,43 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class Transformer(nn.Module):
-    """A stack of blocks sharing the position scheme and optional activation checkpointing."""
+def checkpoint_plan(depth: int, fraction: float) -> list[bool]:
+    """Which of `depth` blocks recompute their activations: round(fraction x depth) of them, spread
+    evenly over the stack (block i when floor((i+1) n / depth) steps up)."""
+    n = round(fraction * depth)
+    return [(i + 1) * n // depth > i * n // depth for i in range(depth)]
 
-    def __init__(self, dims: VitDims, qkv_bias: bool, backend: str, checkpointing: bool, sdpa: str = "auto"):
+
+class Transformer(nn.Module):
+    """A stack of blocks sharing the position scheme and per-block activation checkpointing
+    (`checkpointing`: the share of blocks recomputed, `checkpoint_plan`)."""
+
+    def __init__(self, dims: VitDims, qkv_bias: bool, backend: str, checkpointing: float, sdpa: str = "auto"):
         super().__init__()
         self.blocks = nn.ModuleList(
             Block(dims.width, dims.num_heads, dims.mlp_ratio, qkv_bias, backend, sdpa) for _ in range(dims.depth))
         self.norm = LayerNorm(dims.width, eps=1e-6)
-        self.checkpointing = checkpointing
+        self.set_checkpointing(checkpointing)
+
+    def set_checkpointing(self, fraction: float) -> None:
+        """Recompute round(fraction x depth) blocks from now on (a runtime choice: weights unchanged)."""
+        self.checkpointed = checkpoint_plan(len(self.blocks), float(fraction))
 
     def forward(self, x: torch.Tensor, packed: Optional[Packed], rope: Optional[tuple]) -> torch.Tensor:
-        for blk in self.blocks:
-            if self.checkpointing and self.training and torch.is_grad_enabled():
+        recompute = self.training and torch.is_grad_enabled()
+        for blk, ckpt in zip(self.blocks, self.checkpointed):
+            if ckpt and recompute:
                 x = checkpoint(blk, x, packed, rope, use_reentrant=False, determinism_check="none")
             else:
                 x = blk(x, packed, rope)
         return self.norm(x)
+
+
+def set_activation_checkpointing(module: nn.Module, fraction: float) -> None:
+    """Every transformer stack inside `module` (encoder, predictor) recomputes `fraction` of its blocks."""
+    for m in module.modules():
+        if isinstance(m, Transformer):
+            m.set_checkpointing(fraction)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -205,7 +225,7 @@ class VisionTransformer3D(nn.Module):
         D = self.dims.width
         self.patch_embed = PatchEmbed3D(in_chans, D, cfg.tubelet_size, cfg.patch_size)
         self.positions = Positions(cfg.pos_embed, D, self.dims.head_dim, self.grid)
-        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.activation_checkpointing,
+        self.transformer = Transformer(self.dims, cfg.qkv_bias, cfg.attention_backend, cfg.checkpoint_fraction,
                                        cfg.sdpa_backend)
         init_model(self, self.transformer, cfg.init)
 

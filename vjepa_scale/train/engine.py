@@ -36,7 +36,7 @@ from vjepa_scale.config import Config, save_config
 from vjepa_scale.data import Batch, build_dataloader, skip_metrics
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
-from vjepa_scale.models import JEPA, make_target_encoder
+from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
 from vjepa_scale.train import elastic, preempt, rng
@@ -149,9 +149,14 @@ class Trainer:
                                          f"onto {self.world}")
             self.sample_offset, note = phase_lib.resume_offset(ckpt, meta, self.phases)
             self.notes += [n for n in (note, phase_lib.check_phase_record(meta, self.phases)) if n]
+        self.use_phase_checkpointing(self.phase)
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
         if self.peak_tflops is None:
             self.peak_tflops = device_peak_tflops(self.device)
+
+    def use_phase_checkpointing(self, phase: phase_lib.Phase) -> None:
+        """Recompute the share of blocks `phase` asks for (`auto` is resolved per phase by `plan`)."""
+        set_activation_checkpointing(self.engine.module, phase.cfg.model.checkpoint_fraction)
 
     def _resume_path(self, resume: Optional[str]) -> Optional[Path]:
         if resume is None:
@@ -240,6 +245,9 @@ class Trainer:
                     phase = self.phase
                     if len(self.phases) > 1:
                         logger.write(phase.describe())
+                    if phase.note:
+                        logger.write(phase.note)
+                    self.use_phase_checkpointing(phase)
                     loader = it = None  # the previous phase's loader (and its workers) go first
                     self.watchdog.phase(f"starting the data loader of phase {phase.index} at step {self.step + 1}")
                     with rng.untouched():

@@ -25,10 +25,12 @@ of hundreds of clips on a CPU), not to tune a config to the last gigabyte.
 `available_bytes(device, local_ranks)`: CUDA: total memory of the local device; CPU: the memory
 available to new allocations (MemAvailable, capped by a cgroup limit) divided by the ranks on the
 node. `check_memory(cfg, world_size)` raises ConfigError naming the estimate, the available memory
-and the settings to change; `train.memory_check: false` skips it.
+and the settings to change; `train.memory_check: false` skips it. `resolve_checkpointing` turns
+`model.activation_checkpointing: auto` into the fewest recomputed blocks whose estimate fits.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +80,12 @@ def _block_elems(width: int, mlp_ratio: float) -> float:
     return width * (8 + 2 * mlp_ratio)
 
 
-def _stack_elems(tokens: float, width: int, depth: int, mlp_ratio: float, checkpointing: bool) -> float:
-    """Elements kept by `depth` blocks over `tokens` tokens; with activation checkpointing only each
-    block's input stays, plus one block's activations while it is recomputed."""
+def _stack_elems(tokens: float, width: int, depth: int, mlp_ratio: float, fraction: float) -> float:
+    """Elements kept by `depth` blocks over `tokens` tokens when round(fraction x depth) of them are
+    checkpointed: those keep only their input, plus one block's activations while it is recomputed."""
     per_block = tokens * _block_elems(width, mlp_ratio)
-    if checkpointing:
-        return depth * tokens * width + per_block
-    return depth * per_block
+    n = round(fraction * depth)
+    return (depth - n) * per_block + n * tokens * width + (per_block if n else 0.0)
 
 
 def activation_bytes(cfg: Config, batch: int, dtype_bytes: int) -> int:
@@ -105,7 +106,7 @@ def activation_bytes(cfg: Config, batch: int, dtype_bytes: int) -> int:
     frames, crop = max(shapes, key=lambda fc: (fc[0] // m.tubelet_size) * (fc[1] // m.patch_size) ** 2)
     t, h, w = clip_grid(crop, frames, m)
     n = t * h * w
-    ckpt = m.activation_checkpointing
+    ckpt = m.checkpoint_fraction
     ctx_tokens = sum(context_fraction(spec, n) for spec in cfg.mask.types) * n
     enc = _stack_elems(ctx_tokens, dims.width, dims.depth, dims.mlp_ratio, ckpt)
     pred = _stack_elems(len(cfg.mask.types) * n, m.pred_width, m.pred_depth, m.pred_mlp_ratio, ckpt)
@@ -218,8 +219,8 @@ def check_memory(cfg: Config, world_size: int) -> Optional[MemoryEstimate]:
         return est
     todo = [f"lower data.global_batch_size (now {cfg.data.global_batch_size}; data.batch_size "
             f"{cfg.data.batch_size} per rank) or raise optim.grad_accum"]
-    if not cfg.model.activation_checkpointing:
-        todo.append("set model.activation_checkpointing: true")
+    if cfg.model.checkpoint_fraction < 1.0:
+        todo.append("set model.activation_checkpointing: true (or auto)")
     if cfg.zero.stage < 3:
         todo.append(f"raise zero.stage (now {cfg.zero.stage}) to 3")
     todo.append(f"pick a smaller model.size (now {cfg.model.size})")
@@ -229,6 +230,45 @@ def check_memory(cfg: Config, world_size: int) -> Optional[MemoryEstimate]:
         f"{cfg.data.batch_size} clips per rank, zero.stage={cfg.zero.stage} over {world_size} rank(s), "
         f"activation_checkpointing={cfg.model.activation_checkpointing}) but {device.type} has {_gib(avail)} "
         f"({how}). To fit: {'; '.join(todo)}. train.memory_check: false skips this check.")
+
+
+AUTO_FIT = 0.85  # `activation_checkpointing: auto` fills at most this share of the device (the estimate is rough)
+
+
+def resolve_checkpointing(cfg: Config, world_size: int,
+                          device: Optional[torch.device] = None) -> tuple[Config, Optional[str]]:
+    """`model.activation_checkpointing: auto` on a batch-resolved config -> (a copy with the fraction the
+    preflight picks, a note saying what and why); any other value: (cfg, None) unchanged.
+
+    Recomputing a block costs its forward again, so the fastest setting that fits is the fewest
+    checkpointed blocks: the smallest k/depth (k = 0..depth encoder blocks; the predictor takes the
+    same share) whose `estimate_memory` stays within AUTO_FIT of the device's memory
+    (`available_bytes`). Every block when nothing smaller fits or the memory is unknown.
+    """
+    if cfg.model.activation_checkpointing != "auto":
+        return cfg, None
+    device = device or device_for()
+    avail, how = available_bytes(device, local_ranks())
+    depth = resolve_vit_size(cfg.model).depth
+    counts = param_counts(cfg)
+    out = copy.deepcopy(cfg)
+    for k in range(depth + 1):
+        out.model.activation_checkpointing = k / depth
+        est = estimate_memory(out, world_size, device, counts)
+        if avail is not None and est.total <= AUTO_FIT * avail:
+            break
+    else:
+        out.model.activation_checkpointing = 1.0
+    frac = out.model.activation_checkpointing
+    if avail is None:
+        why = "device memory unknown"
+    elif est.total <= AUTO_FIT * avail:
+        why = f"estimate {_gib(est.total)} within {AUTO_FIT:.0%} of {_gib(avail)}: {how}"
+    else:
+        why = f"even that needs about {_gib(est.total)}, over {AUTO_FIT:.0%} of {_gib(avail)}: {how}"
+    return out, (f"model.activation_checkpointing: auto -> {frac:g} ({round(frac * depth)} of {depth} encoder "
+                 f"blocks, {round(frac * cfg.model.pred_depth)} of {cfg.model.pred_depth} predictor blocks "
+                 f"recomputed; {why})")
 
 
 def _gib(n: float) -> str:

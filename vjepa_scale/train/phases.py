@@ -62,6 +62,7 @@ class Phase:
     end: int
     cfg: Config
     name: str = ""
+    note: str = ""  # what `model.activation_checkpointing: auto` became for this phase, and why
 
     @property
     def steps(self) -> int:
@@ -91,14 +92,19 @@ class Phase:
 
 def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
     """The run's phases; with `world_size`, each phase's batch is resolved for it (ConfigError naming
-    `phases[i].global_batch_size` when it does not divide)."""
+    `phases[i].global_batch_size` when it does not divide), and so is `model.activation_checkpointing:
+    auto` for this device (`memory.resolve_checkpointing`: clip shapes and batches differ per phase)."""
+    from vjepa_scale.train.memory import resolve_checkpointing
+
     out, start = [], 0
     for i, c in enumerate(cfg.phase_configs()):
+        note = None
         if world_size is not None:
             c = resolve_batch(c, world_size, prefix=_batch_prefix(cfg, i))
+            c, note = resolve_checkpointing(c, world_size)
         n = c.optim.iterations
         name = cfg.phases[i].name if cfg.phases else None
-        out.append(Phase(i, start, start + n, c, name or ""))
+        out.append(Phase(i, start, start + n, c, name or "", note or ""))
         start += n
     return out
 
