@@ -231,3 +231,20 @@ def test_mask_leaving_no_context_names_the_mask():
     cfg = MaskConfig(types=[MaskSpec(num_blocks=1, spatial_scale=(1.0, 1.0), aspect_ratio=(1.0, 1.0))])
     with pytest.raises(ConfigError, match=r"mask.types\[0\].*no context"):
         MultiBlockMasker(cfg, (4, 8, 8))(2, step=0)
+
+
+def test_sincos_table_cache_follows_the_table():
+    """Cached per-grid and multi-grid tables are reused while the table is unchanged, and all of them
+    (multi-grid entries too) are dropped and rebuilt after the table changes in place."""
+    from vjepa_scale.models.pos_embed import Positions
+
+    pos = Positions("sincos", 48, 12, (4, 4, 4))
+    a, b = (2, 4, 4), (4, 6, 6)
+    one, multi = pos.additive(a, torch.float32), pos.additive_multi([a, b], torch.float32)
+    assert pos.additive(a, torch.float32) is one and pos.additive_multi([a, b], torch.float32) is multi
+    with torch.no_grad():
+        pos.table.mul_(2.0)
+    two = pos.additive(b, torch.float32)
+    assert len(pos._additive) == 1  # every entry of the old version went, "multi" ones included
+    torch.testing.assert_close(pos.additive_multi([a, b], torch.float32), 2 * multi)
+    torch.testing.assert_close(two, 2 * multi[32:])

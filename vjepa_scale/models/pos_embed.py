@@ -133,11 +133,18 @@ class Positions(nn.Module):
         (grid, dtype, device) and reused (the key holds the table's storage, so `.to()` rebuilds)."""
         if self.table is None:
             return None
-        key = (tuple(grid), dtype, self.table.device, self.table.data_ptr(), self.table._version)
+        key = self._table_key(tuple(grid), dtype)
         if key not in self._additive:
-            self._additive = {k: v for k, v in self._additive.items() if k[3] == key[3]}  # drop stale storages
             self._additive[key] = interpolate_sincos(self.table, self.grid, grid).to(dtype)
         return self._additive[key]
+
+    def _table_key(self, *what) -> tuple:
+        """Cache key of a table derived from `self.table`: (its storage, its version, *what). Entries of
+        another storage or version (after `.to()` or an in-place change) are dropped here."""
+        key = (self.table.data_ptr(), self.table._version, self.table.device, *what)
+        if key not in self._additive:
+            self._additive = {k: v for k, v in self._additive.items() if k[:2] == key[:2]}
+        return key
 
     def rotary(self, token_ids: Optional[torch.Tensor], grid: tuple[int, int, int], device: torch.device,
                dtype: torch.dtype) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
@@ -155,7 +162,7 @@ class Positions(nn.Module):
         """(sum_g N_g, width): the sin-cos tables of `grids` concatenated, or None under RoPE (cached)."""
         if self.table is None:
             return None
-        key = ("multi", tuple(map(tuple, grids)), dtype, self.table.device, self.table.data_ptr(), self.table._version)
+        key = self._table_key("multi", tuple(map(tuple, grids)), dtype)
         if key not in self._additive:
             self._additive[key] = torch.cat([self.additive(g, dtype) for g in grids])
         return self._additive[key]
