@@ -434,3 +434,18 @@ def test_noisy_square_settings_are_checked(tmp_path):
         write_synthetic_videos(tmp_path, 2, 4, 32, ("h264",), pattern="shapes", square={"side": 8})
     with pytest.raises(ValueError, match=r"unknown noisy_square settings \['size'\]"):
         write_synthetic_videos(tmp_path, 2, 4, 32, ("h264",), pattern="noisy_square", square={"size": 8})
+
+
+def test_skip_tracker_counts_the_clips_each_batch_holds():
+    """Draws = clips of each batch (token-budget batches vary) + skips; the share check uses them."""
+    from types import SimpleNamespace
+
+    from vjepa_scale.data.skips import NoReadableVideosError, SkipTracker
+
+    tr = SkipTracker(0, epoch_of=lambda step: 0, max_bad_fraction=0.5)
+    for step, clips in enumerate([5, 1, 3]):
+        tr.update(SimpleNamespace(step=step, num_clips=clips, skipped=[("bad.mp4", "truncated")]))
+    assert (tr.draws, tr.skipped) == (12, 3)
+    with pytest.raises(NoReadableVideosError, match=r"\d+ of \d+ draws"):
+        for step in range(3, 40):  # one clip and three skips per batch: 75% bad
+            tr.update(SimpleNamespace(step=step, num_clips=1, skipped=[("bad.mp4", "truncated")] * 3))

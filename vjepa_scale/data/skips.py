@@ -90,19 +90,18 @@ def wilson_lower(bad: int, draws: int, z: float = CONFIDENCE_Z) -> float:
 class SkipTracker:
     """Counts draws and skipped files per epoch and in total; logs a summary on rank 0 when an epoch ends.
 
-    `samples_per_batch`: draws that succeed in each batch (the sampler's per-rank batch size); every
-    recorded skip is one more draw. With an initialized process group of `world_size` ranks, the
+    Draws: the clips of each batch (a token-budget batch holds a varying number) plus one per
+    recorded skip. With an initialized process group of `world_size` ranks, the
     epoch's counts of all ranks are gathered (all ranks cross an epoch boundary at the same step, so
     the collective lines up) and rank 0's summary names every rank's skipped files. `final_step`:
     the last micro-step the loader yields (None: endless); its batch closes the last epoch.
     """
 
-    def __init__(self, rank: int, epoch_of, world_size: int = 1, samples_per_batch: int = 1,
-                 max_bad_fraction: float = 0.5, final_step: int | None = None):
+    def __init__(self, rank: int, epoch_of, world_size: int = 1, max_bad_fraction: float = 0.5,
+                 final_step: int | None = None):
         self.rank = rank
         self.world_size = world_size
         self.epoch_of = epoch_of
-        self.samples_per_batch = samples_per_batch
         self.max_bad_fraction = max_bad_fraction
         self.final_step = final_step
         self.epoch: int | None = None
@@ -123,7 +122,7 @@ class SkipTracker:
             self.total[path] += 1
             self.kinds[skip_kind(reason)] += 1
             self.reasons[path] = reason
-        self.draws += self.samples_per_batch + len(batch.skipped)
+        self.draws += batch.num_clips + len(batch.skipped)
         self.check()
         if self.final_step is not None and int(batch.step) >= self.final_step:
             self.flush()
@@ -200,4 +199,4 @@ def skip_tracker(sampler, rank: int, max_bad_fraction: float) -> SkipTracker:
     """The SkipTracker of a file loader over `sampler` (a `StepBatchSampler`; its last step closes the last
     epoch's report)."""
     final = None if sampler.num_steps is None else sampler.start_step + sampler.num_steps - 1
-    return SkipTracker(rank, sampler.epoch_of, sampler.world_size, sampler.batch_size, max_bad_fraction, final)
+    return SkipTracker(rank, sampler.epoch_of, sampler.world_size, max_bad_fraction, final)
