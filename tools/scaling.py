@@ -61,7 +61,10 @@ def logged_bytes(online: list[int], target: list[int], world: int, stage: int, a
                 "reduce_scatter_tensor": accum * world * shard(online, world) * grad_bytes}
     if stage in (1, 2):
         reduces = accum if stage == 2 else 1
-        return {"all_reduce": reduces * P * grad_bytes, "all_gather_into_tensor": P / world * weight_bytes}
+        # The EMA (train.ema, fragments layout) all-gathers the target values its ranks updated, padded
+        # to the largest share: rank 0's partition, all encoder when the encoder fills it (module order).
+        return {"all_reduce": reduces * P * grad_bytes, "all_gather_into_tensor": P / world * weight_bytes,
+                "ema_target_all_gather": min(sum(target), P / world) * weight_bytes}
     raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
 
 
@@ -70,7 +73,7 @@ def wire_bytes(logged: dict[str, float], world: int) -> float:
     f = (world - 1) / world
     total = 0.0
     for op, b in logged.items():
-        if op == "all_gather_into_tensor":
+        if op in ("all_gather_into_tensor", "ema_target_all_gather"):
             total += f * b * world  # logged: the input shard; the gathered tensor is world x bigger
         elif op == "reduce_scatter_tensor":
             total += f * b

@@ -28,14 +28,14 @@ def test_param_counts_match_built_models():
 
 
 def test_zero_stages_shard_the_documented_state():
-    """W=4 ranks, fp32: stage 3 shards weights, grads, optimizer, target and EMA; 2 grads + optimizer;
-    1 the optimizer only; 0 nothing."""
+    """W=4 ranks, fp32: stage 3 shards weights, grads, optimizer, target and EMA; 2 grads, optimizer
+    and EMA (the shadow follows the masters); 1 the optimizer and EMA; 0 nothing."""
     base = resolve_batch(load_config("vith384", ["data.backend=synthetic", "train.precision=fp32"]), 4)
     n = param_counts(base)
     P, E, W = n.online, n.encoder, 4
     want = {3: (P * 4 / W, P * 4 / W, P * 12 / W, E * 4 / W, E * 4 / W),
-            2: (P * 4, P * 4 / W, P * 12 / W, E * 4, E * 4),
-            1: (P * 4, P * 4, P * 12 / W, E * 4, E * 4),
+            2: (P * 4, P * 4 / W, P * 12 / W, E * 4, E * 4 / W),
+            1: (P * 4, P * 4, P * 12 / W, E * 4, E * 4 / W),
             0: (P * 4, P * 4, P * 12, E * 4, E * 4)}
     for stage, expect in want.items():
         base.zero.stage = stage

@@ -70,10 +70,11 @@ def test_lr_and_wd_reach_deepspeed_optimizer_each_step(tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero12_ema_matches_reference(tmp_path, stage):
-    """ZeRO-1/2 (replicated parameters, unpartitioned EMA): after k steps the target equals the fp32
-    EMA m * shadow + (1 - m) * online computed here from the online weights of each step."""
+    """ZeRO-1/2 (replicated parameters, EMA shadow over this rank's master fragments, all of them on one
+    rank): after k steps the target equals the fp32 EMA m * shadow + (1 - m) * online computed here
+    from the online weights of each step. Two ranks: tests/integration/test_ema_fragments.py."""
     tr = _trainer(tmp_path, f"zero.stage={stage}", "optim.ema=[0.5,0.7]")
-    assert not tr.ema.partitioned
+    assert tr.ema.layout == "fragments"
     online = dict(tr.engine.module.encoder.named_parameters())
     start = {n: p.detach().clone() for n, p in tr.target.module.named_parameters()}
     ref = {n: v.clone() for n, v in start.items()}

@@ -15,8 +15,9 @@ import torch.nn as nn
 from helpers import ROOT, require, single_process_group, tiny_config
 from vjepa_scale.train.launch import deepspeed_config
 from vjepa_scale.train.zero_compat import (TESTED_DEEPSPEED, convert_to_universal, deepspeed_version, fp32_master,
-                                           is_partitioned, local_flat, partition_numel, partition_slice,
-                                           skip_shm_comm_build, universal_load_fixes)
+                                           has_master_fragments, is_partitioned, local_flat, master_fragment,
+                                           partition_numel, partition_slice, skip_shm_comm_build,
+                                           universal_load_fixes)
 
 deepspeed = require("deepspeed")
 
@@ -104,24 +105,33 @@ def test_zero3_engine_exposes_shards_and_fp32_masters(precision):
             assert (master != master.to(dtype).float()).any(), name  # and the master holds more bits
 
 
-def test_zero2_bf16_full_master_is_gathered():
-    """ZeRO-2 with a bf16 model: `fp32_master` returns DeepSpeed's full fp32 master of the parameter."""
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero12_master_fragments_are_live_fp32_views(stage):
+    """ZeRO-1/2 with a bf16 model: `master_fragment` gives, per parameter, the part whose fp32 master this
+    rank holds (all of it on one rank) as a view that the optimizer step updates in place."""
     env = single_process_group()
     cfg = tiny_config(batch_size=2)
     cfg.train.precision = "bf16"
-    cfg.zero.stage = 2
+    cfg.zero.stage = stage
     torch.manual_seed(0)
     model = _Tiny()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, env.world_size))
+    params = dict(engine.module.named_parameters())
+    frags = {name: master_fragment(p) for name, p in params.items()}
+    before = {name: f.master.clone() for name, f in frags.items()}
     engine.backward(engine(torch.randn(2, 5, dtype=torch.bfloat16)))
     engine.step()
-    for name, p in engine.module.named_parameters():
-        assert not is_partitioned(p) and p.dtype == torch.bfloat16
-        master = fp32_master(p)
-        assert master.dtype == torch.float32 and master.numel() == p.numel(), name
-        assert torch.equal(master.to(torch.bfloat16), local_flat(p)), name
-        assert (master != master.bfloat16().float()).any(), name
+    offsets = set()
+    for name, p in params.items():
+        f = frags[name]
+        assert has_master_fragments(p) and not is_partitioned(p) and p.dtype == torch.bfloat16
+        assert (f.start, f.numel) == (0, p.numel()) and f.master.dtype == torch.float32, name
+        assert not torch.equal(f.master, before[name]), name  # updated in place by the step
+        assert torch.equal(f.master.to(torch.bfloat16), p.data.view(-1)), name  # the param is the cast master
+        assert (f.master != f.master.bfloat16().float()).any(), name
+        offsets.add((f.group, f.offset))
+    assert len(offsets) == len(params)  # each one its own place in the flat master partition
 
 
 def _two_group_engine(cfg, world_size, universal=False):

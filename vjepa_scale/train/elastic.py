@@ -8,7 +8,8 @@ What depends on the world size is resharded at load (`train.checkpoint.load_chec
   `"checkpoint": {"load_universal": true}`: the trainer merges `deepspeed_overrides(ckpt, world)`
   into its DeepSpeed config.
 - The EMA shadow: every rank reads all N shards, consolidates them (`weights.consolidate_shards`)
-  and keeps its own ZeRO-3 slice (`ShardedEMA.load_full`). Transient CPU memory: the full fp32
+  and keeps its own part (`ShardedEMA.load_full`: its ZeRO-3 slice, or under ZeRO-1/2 the fragments
+  whose masters it now holds). Transient CPU memory: the full fp32
   target encoder per rank.
 - RNG: ranks the checkpoint had get their state back; new ranks keep their seeded state (masks
   and sampling are pure functions of the step and do not draw from it).

@@ -8,7 +8,7 @@ of the compute dtype; W = world size; ZeRO stage s):
     gradients    P*b    / W if s >= 2
     optimizer    P*12   / W if s >= 1          (fp32 master + two fp32 Adam moments)
     target       E*b    / W if s == 3          (optimizer-less ZeRO engine, sharded like the params)
-    ema          E*4    / W if s == 3          (fp32 shadow, `train.ema.ShardedEMA`)
+    ema          E*4    / W if s >= 1          (fp32 shadow of this rank's masters, `train.ema.ShardedEMA`)
     activations  see `activation_bytes`
     build        (P + 2E)*4 on CPU devices only (every rank builds the fp32 models, the target and its
                  fp32 EMA start in host memory before DeepSpeed shards them; counted as coexisting)
@@ -155,7 +155,7 @@ def estimate_memory(cfg: Config, world_size: int, device: Optional[torch.device]
 
     return MemoryEstimate(weights=shard(P * b, s == 3), gradients=shard(P * b, s >= 2),
                           optimizer=shard(P * 12, s >= 1), target=shard(E * b, s == 3),
-                          ema=shard(E * 4, s == 3), activations=activation_bytes(cfg, cfg.data.batch_size, b),
+                          ema=shard(E * 4, s >= 1), activations=activation_bytes(cfg, cfg.data.batch_size, b),
                           build=(P + 2 * E) * 4 if device.type == "cpu" else 0, runtime=RUNTIME_BYTES)
 
 

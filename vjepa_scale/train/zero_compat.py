@@ -8,8 +8,10 @@ breaks one module and `tests/unit/test_zero_compat.py`, not the trainer. Tested 
 - ZeRO-3 partition layout: a partitioned parameter `p` carries `p.ds_tensor`, this rank's flat slice
   of ceil(numel / world) elements (the last ranks' slices zero-padded past the end of the parameter).
   `partition_numel` / `partition_slice` reproduce that arithmetic on full tensors.
-- fp32 masters: `deepspeed.utils.safe_get_local_fp32_param` (ZeRO-3: this rank's master slice) and
-  `safe_get_full_fp32_param` (ZeRO-1/2 with a low-precision model: the gathered master).
+- fp32 masters: `deepspeed.utils.safe_get_local_fp32_param` (ZeRO-3: this rank's master slice);
+  ZeRO-1/2: the fragment DeepSpeed's optimizer links to each parameter (`p._hp_mapping`: where in
+  the flattened parameter this rank's master partition starts and ends, and an fp32 view of it),
+  read by `master_fragment`.
 - Universal checkpoints (a checkpoint written on N ranks loaded on M): the converter
   `deepspeed.checkpoint.ds_to_universal.main` (a script entry point taking argparse-style args) and
   the fixes its ZeRO-3 loader needs (`universal_load_fixes`).
@@ -17,6 +19,9 @@ breaks one module and `tests/unit/test_zero_compat.py`, not the trainer. Tested 
   shared-memory CPU collective.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -53,8 +58,8 @@ def partition_slice(full: torch.Tensor, rank: int, world_size: int) -> torch.Ten
 def fp32_master(p: torch.nn.Parameter) -> torch.Tensor:
     """Flat fp32 optimizer master of an online parameter, matching `local_flat(p)`'s layout.
 
-    ZeRO-3: this rank's master slice (may omit the trailing zero padding). ZeRO-1/2 or no ZeRO: the
-    parameter itself when it is fp32, else DeepSpeed's gathered fp32 master (the bf16 path).
+    ZeRO-3: this rank's master slice (may omit the trailing zero padding). Otherwise (a plain module:
+    ZeRO-1/2 masters are read as fragments, `master_fragment`): the parameter itself, in fp32.
     """
     if is_partitioned(p):
         from deepspeed.utils import safe_get_local_fp32_param
@@ -63,12 +68,35 @@ def fp32_master(p: torch.nn.Parameter) -> torch.Tensor:
         if m is None:
             raise RuntimeError("online parameter has no fp32 master shard (is it trainable?)")
         return m.view(-1)
-    if p.dtype == torch.float32:
-        return p.data.view(-1)
-    from deepspeed.utils import safe_get_full_fp32_param
+    return p.data.view(-1) if p.dtype == torch.float32 else p.data.float().view(-1)
 
-    m = safe_get_full_fp32_param(p)
-    return (m if m is not None else p.data.float()).reshape(-1)
+
+@dataclass(frozen=True)
+class MasterFragment:
+    """The part of a ZeRO-1/2 parameter whose fp32 master this rank holds (`master_fragment`)."""
+
+    start: int  # first element, in the flattened parameter
+    numel: int
+    master: torch.Tensor  # fp32 (numel,), a live view of the optimizer's master partition
+    group: int  # the optimizer param group whose flat buffer holds it
+    offset: int  # where it starts in this rank's flat master partition of that group
+
+
+def has_master_fragments(p: torch.nn.Parameter) -> bool:
+    """True when `p` belongs to a ZeRO-1/2 engine that splits its fp32 masters over the ranks."""
+    return hasattr(p, "_hp_mapping")
+
+
+def master_fragment(p: torch.nn.Parameter) -> Optional[MasterFragment]:
+    """ZeRO-1/2: this rank's part of `p`'s fp32 master (None when another rank holds all of it).
+    The ranks' fragments tile each parameter; in a param group's flat buffer, rank r's partition is
+    the r-th contiguous range, so (group, rank, offset) orders fragments as DeepSpeed lays them out."""
+    m = p._hp_mapping
+    if m is None:
+        return None
+    lp, hp = m.lp_fragment_address, m.hp_fragment_address
+    return MasterFragment(int(lp.start), int(lp.numel), m.hp_fragment.view(-1), int(m.param_group_index),
+                          int(hp.start))
 
 
 def convert_to_universal(tag_dir: str, out_tag_dir: str) -> None:

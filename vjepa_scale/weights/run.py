@@ -23,6 +23,7 @@ weights on CPU without GPUs or a distributed launch, from any world size.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Iterable, Optional
@@ -101,9 +102,20 @@ def consolidate_shards(shards: list[dict]) -> dict[str, torch.Tensor]:
     if len(shards) != shards[0]["world_size"]:
         raise ValueError(f"need {shards[0]['world_size']} EMA shards, got {len(shards)}")
     out = {}
+    layout = shards[0].get("layout", "zero3" if shards[0]["partitioned"] else "replicated")
     for name, shape in shards[0]["shapes"].items():
-        if shards[0]["partitioned"]:
+        if layout == "zero3":
             out[name] = unshard([d["shadows"][name] for d in shards], shape)
+        elif layout == "fragments":  # ZeRO-1/2: each rank's (start, numel) of the flattened tensor
+            flat = torch.zeros(math.prod(shape), dtype=torch.float32)
+            covered = 0
+            for d in shards:
+                start, numel = d["fragments"][name]
+                flat[start:start + numel] = d["shadows"][name]
+                covered += numel
+            if covered != flat.numel():
+                raise ValueError(f"EMA shards cover {covered} of the {flat.numel()} elements of {name}")
+            out[name] = flat.reshape(shape)
         else:
             out[name] = shards[0]["shadows"][name].reshape(shape).clone()
     return out
