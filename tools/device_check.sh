@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
-#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step ckpt compile data dali cool384
+#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step ckpt zero1 compile data dali cool384
 # Default stages: tests kernels step ckpt (at most 8.3 minutes with every stage at its limit);
-# `compile` (the engine row with model.compile=true), `data`, `dali` (DALI tests + data suite, once the
+# `zero1` (the engine row under ZeRO-1, docs/SCALING.md's recommended stage for ViT-H), `compile` (the
+# engine row with model.compile=true), `data`, `dali` (DALI tests + data suite, once the
 # wheel was brought with tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step) are
 # opt-in: run them in a second call.
 # The step stage times ViT-H/16@384 (the vith384 recipe, B=10, activation checkpointing `auto`: the fewest
@@ -95,6 +96,8 @@ want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device cuda --suit
 want step && stage bench_step 210 "$PY" tools/bench.py --device cuda --suite step --profile --out "$RES/step"
 want ckpt && stage bench_step_ckpt 75 "$PY" tools/bench.py --device cuda --suite step \
   --step-rows engine --steps 4 --opt model.activation_checkpointing=true --out "$RES/step_ckpt"
+want zero1 && stage bench_step_zero1 75 "$PY" tools/bench.py --device cuda --suite step \
+  --step-rows engine --steps 4 --opt zero.stage=1 --out "$RES/step_zero1"
 want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 \
   --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true \
   --out "$RES/step_compile"
