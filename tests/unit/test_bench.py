@@ -64,3 +64,14 @@ def test_step_suite_overrides_and_profile(tmp_path):
     assert categorize("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
     assert categorize("_gather_bwd_kernel") == "triton kernels"
     assert categorize("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>") == "elementwise"
+
+
+def test_mixed_suite_runs_the_step_core_on_three_layouts():
+    """Packed, padded to the largest shape, one shape per step: the same clips through the trainer's
+    step core (named in the case); padding computes more tokens, per_step takes one step per shape."""
+    rows = {r["impl"]: r for r in run_suite("mixed", "cpu", True)}
+    assert set(rows) == {"packed", "padded", "per_step"}
+    assert all("torch module, fp32" in r["case"] for r in rows.values())
+    assert rows["padded"]["computed_tokens"] > rows["packed"]["computed_tokens"] == rows["per_step"]["computed_tokens"]
+    assert (rows["packed"]["steps"], rows["padded"]["steps"], rows["per_step"]["steps"]) == (1, 1, 3)
+    assert rows["padded"]["speedup"] == 1 and all(r["tokens_per_s"] > 0 for r in rows.values())

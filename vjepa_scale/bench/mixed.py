@@ -3,8 +3,9 @@ largest shape vs one shape per step (`python tools/bench.py --suite mixed`).
 
 The batch: on CUDA, 16-frame 256 px clips + a 64-frame 384 px clip + 256 px images (ViT-L, bf16
 autocast, activation checkpointing); on CPU (`quick`), the same mix at tiny sizes (ViT-tiny, 2 blocks).
-A step here is the target forward, the online loss, backward and an AdamW step (no EMA, no ZeRO).
-Rows:
+Each step is the trainer's step core (`train.step.StepCore`) over a plain module on one device, as the
+step suite's `torch` row runs it: target forward, the packed online loss, backward, AdamW, EMA (no
+ZeRO). Rows:
 - `packed`: all clips in one packed batch (`MixedVideo`, per-sample grids; no padding FLOPs);
 - `padded`: every clip zero-padded to the largest shape, one uniform batch (masks on the largest
   grid), what a trainer without per-sample grids would have to run;
@@ -14,16 +15,16 @@ Rows:
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from vjepa_scale.bench.common import sync
-from vjepa_scale.config import Config, DataConfig, MaskConfig, MaskSpec, ModelConfig
+from vjepa_scale.bench.step import torch_core
+from vjepa_scale.config import Config, DataConfig, MaskConfig, MaskSpec, ModelConfig, clip_grid
+from vjepa_scale.data.batch import Batch, make_batch
 from vjepa_scale.masks import MultiBlockMasker
 from vjepa_scale.mixed import MixedVideo
-from vjepa_scale.models.jepa import JEPA, compute_targets, make_target_encoder
 
 
 def _config(device: str, quick: bool) -> tuple[Config, list[tuple[int, int, int]]]:
@@ -41,34 +42,19 @@ def _config(device: str, quick: bool) -> tuple[Config, list[tuple[int, int, int]
     return cfg.validate(), shapes
 
 
-def _grid(cfg: Config, frames: int, crop: int) -> tuple[int, int, int]:
-    return (frames // cfg.model.tubelet_size, crop // cfg.model.patch_size, crop // cfg.model.patch_size)
-
-
-def _step_fn(jepa: JEPA, target, opt, device: str, amp: Optional[torch.dtype]):
-    def step(video, masks) -> torch.Tensor:
-        ctx = torch.autocast(torch.device(device).type, dtype=amp) if amp else torch.autocast("cpu", enabled=False)
-        with ctx:
-            with torch.no_grad():
-                tgt = compute_targets(target, video, masks)
-            loss = jepa(video, masks, tgt)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-    return step
-
-
-def _timed(step, batches, warmup: int, steps: int, device: str) -> float:
-    """Seconds per pass over `batches` (a list of (video, masks))."""
+def _timed(core, batches: list[Batch], warmup: int, steps: int, device: str) -> float:
+    """Seconds per pass over `batches`, one optimizer step (+ EMA) each."""
+    n = 0
     for _ in range(warmup):
-        for v, m in batches:
-            step(v, m)
+        for b in batches:
+            core.train_step([b], 0.999, n)
+            n += 1
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        for v, m in batches:
-            loss = step(v, m)
+        for b in batches:
+            loss = core.train_step([b], 0.999, n)
+            n += 1
     float(loss)
     sync(device)
     return (time.perf_counter() - t0) / steps
@@ -76,44 +62,40 @@ def _timed(step, batches, warmup: int, steps: int, device: str) -> float:
 
 def run(device: str, quick: bool) -> list[dict]:
     cfg, shapes = _config(device, quick)
-    cuda = torch.device(device).type == "cuda"
-    amp = torch.bfloat16 if cuda else None
-    torch.manual_seed(0)
-    with torch.device(device):
-        jepa = JEPA(cfg)
-    target = make_target_encoder(jepa.encoder)
-    opt = torch.optim.AdamW(jepa.parameters(), lr=1e-4)
-    step = _step_fn(jepa, target, opt, device, amp)
-    masker = MultiBlockMasker(cfg.mask, cfg.grid)
+    core, impl = torch_core(cfg, device)
     g = torch.Generator().manual_seed(0)
     clips = [torch.randn(3, f, c, c, generator=g) for f, c, n in shapes for _ in range(n)]
     slots = list(range(len(clips)))
-    grids = [_grid(cfg, *c.shape[1:3]) for c in clips]
+    grid = lambda frames, crop: clip_grid(crop, frames, cfg.model)  # noqa: E731
+    grids = [grid(*c.shape[1:3]) for c in clips]
     real_tokens = sum(t * h * w for t, h, w in grids)
-    dev = lambda v: v.to(device)
+
+    def batch(video, masker, sel, **kw) -> Batch:
+        return make_batch(video, [0] * len(sel), masker, 0, 0, sel, [], **kw).to(device)
 
     video, order = MixedVideo.from_clips(clips)
-    packed = [(dev(video), masker(len(order), 0, grids=[grids[i] for i in order], slots=[slots[i] for i in order]).to(device))]
+    packed = [batch(video, MultiBlockMasker(cfg.mask, cfg.grid), order, grids=[grids[i] for i in order],
+                    slots=[slots[i] for i in order])]
 
     T, S = max(c.shape[1] for c in clips), max(c.shape[2] for c in clips)
     big = torch.stack([F.pad(c, (0, S - c.shape[3], 0, S - c.shape[2], 0, T - c.shape[1])) for c in clips])
-    big_grid = _grid(cfg, T, S)
-    padded = [(dev(big), MultiBlockMasker(cfg.mask, big_grid)(len(clips), 0).to(device))]
+    big_grid = grid(T, S)
+    padded = [batch(big, MultiBlockMasker(cfg.mask, big_grid), slots)]
 
     per_step = []
     for f, c, n in shapes:
         sel = [i for i, x in enumerate(clips) if tuple(x.shape[1:3]) == (f, c)]
-        per_step.append((dev(torch.stack([clips[i] for i in sel])),
-                         MultiBlockMasker(cfg.mask, _grid(cfg, f, c))(len(sel), 0, slots=[slots[i] for i in sel]).to(device)))
+        per_step.append(batch(torch.stack([clips[i] for i in sel]), MultiBlockMasker(cfg.mask, grid(f, c)), sel,
+                              slots=[slots[i] for i in sel]))
 
     warmup, steps = (1, 2) if quick else (2, 5)
     mix = " + ".join(f"{n}x{f}f{c}px" for f, c, n in shapes)
     rows = []
-    for impl, batches, tokens in (("packed", packed, real_tokens),
+    for name, batches, tokens in (("packed", packed, real_tokens),
                                   ("padded", padded, len(clips) * big_grid[0] * big_grid[1] * big_grid[2]),
                                   ("per_step", per_step, real_tokens)):
-        dt = _timed(step, batches, warmup, steps, device)
-        rows.append({"case": f"mixed step {mix} ({cfg.model.size})", "impl": impl, "time_ms": dt * 1e3,
+        dt = _timed(core, batches, warmup, steps, device)
+        rows.append({"case": f"mixed step {mix} ({cfg.model.size}; {impl})", "impl": name, "time_ms": dt * 1e3,
                      "clips_per_s": len(clips) / dt, "tokens_per_s": real_tokens / dt,
                      "computed_tokens": tokens, "steps": len(batches)})
     base = rows[1]["time_ms"]

@@ -193,9 +193,9 @@ def _engine_row(cfg: Config, device: str, batches: list[Batch]):
             del tr, on
 
 
-@contextlib.contextmanager
-def _torch_row(cfg: Config, device: str, batches: list[Batch]):
-    """A plain module on one device: fp32 weights + bf16 autocast on CUDA, fused AdamW, ShardedEMA."""
+def torch_core(cfg: Config, device: str):
+    """(the trainer's `StepCore` over a plain module on one device, its label): fp32 weights + bf16
+    autocast on CUDA (fp32 on CPU), fused AdamW, the fused EMA (`ShardedEMA`, replicated layout)."""
     from vjepa_scale.train.ema import ShardedEMA
     from vjepa_scale.train.engine import param_groups
     from vjepa_scale.train.step import StepCore, TorchEngine
@@ -209,12 +209,18 @@ def _torch_row(cfg: Config, device: str, batches: list[Batch]):
                             weight_decay=o.weight_decay, fused=cuda)
     core = StepCore(TorchEngine(jepa, opt, o.grad_clip), target, ema, device,
                     autocast=torch.bfloat16 if cuda else None)
+    return core, "torch module, fp32 weights + bf16 autocast" if cuda else "torch module, fp32"
+
+
+@contextlib.contextmanager
+def _torch_row(cfg: Config, device: str, batches: list[Batch]):
+    """A plain module on one device (`torch_core`)."""
+    core, impl = torch_core(cfg, device)
     on = _on_device(batches, device, None)
-    impl = "torch module, fp32 weights + bf16 autocast" if cuda else "torch module, fp32"
     try:
         yield impl, (lambda i: core.train_step([on[i % 2]], 0.9996, i)), [b.masks for b in batches]
     finally:
-        del core, on, jepa, target, ema, opt
+        del core, on
 
 
 class PerParamEMA:

@@ -52,12 +52,15 @@ class Batch:
                        masks=self.masks.pin_memory())
 
 
-def make_batch(video: torch.Tensor, labels: Sequence[int], masker: MultiBlockMasker, step: int, rank: int,
-               index: list[int], skipped: list[tuple[str, str]]) -> Batch:
-    """The Batch of clips `video` (B, C, T, H, W) at `step`, with the masks of this rank's slots."""
+def make_batch(video: torch.Tensor | MixedVideo, labels: Sequence[int], masker: MultiBlockMasker, step: int,
+               rank: int, index: list[int], skipped: list[tuple[str, str]],
+               grids: Sequence[tuple[int, int, int]] | None = None, slots: Sequence[int] | None = None) -> Batch:
+    """The Batch of clips `video` (B, C, T, H, W) at `step`, with the masks of this rank's slots
+    (rank x B + j); a mixed batch (`MixedVideo`) gives each sample's token grid and global slot."""
     B = len(labels)
     return Batch(video=video, label=torch.tensor([int(l) for l in labels], dtype=torch.int64),
-                 masks=masker(B, step, first_slot=rank * B), step=int(step), index=list(index), skipped=list(skipped))
+                 masks=masker(B, step, first_slot=rank * B, grids=grids, slots=slots), step=int(step),
+                 index=list(index), skipped=list(skipped))
 
 
 class ClipCollator:
@@ -87,12 +90,10 @@ class ClipCollator:
     def mixed(self, samples: list[dict]) -> Batch:
         """Clips of several shapes (or slots that are not rank x B + j: a token-budget batch)."""
         video, order = MixedVideo.from_clips([s["video"] for s in samples])
-        grids = [self.grid(samples[i]["video"]) for i in order]
-        slots = [samples[i]["slot"] for i in order]
-        masks = self.masker(len(order), samples[0]["step"], grids=grids, slots=slots)
-        return Batch(video=video, label=torch.tensor([int(samples[i]["label"]) for i in order], dtype=torch.int64),
-                     masks=masks, step=int(samples[0]["step"]), index=[samples[i]["index"] for i in order],
-                     skipped=[item for s in samples for item in s["skipped"]])
+        return make_batch(video, [samples[i]["label"] for i in order], self.masker, samples[0]["step"], self.rank,
+                          [samples[i]["index"] for i in order], [item for s in samples for item in s["skipped"]],
+                          grids=[self.grid(samples[i]["video"]) for i in order],
+                          slots=[samples[i]["slot"] for i in order])
 
     def uniform(self, samples: list[dict]) -> Batch:
         clips, labels, index = [], [], []
