@@ -92,7 +92,7 @@ def bench_config(device: str, config: Optional[str] = None, batch_size: Optional
     synthetic data, B clips per step on one rank, no accumulation, no disk or memory pre-checks; a
     recipe with `phases` at phase `phase`'s clip shape (default 0). `activation_checkpointing: auto`
     is resolved for this batch and device as training resolves it."""
-    from vjepa_scale.train.launch import resolve_batch
+    from vjepa_scale.train.phases import resolve_batch
     from vjepa_scale.train.memory import resolve_checkpointing
 
     name, default_batch = DEFAULTS.get(torch.device(device).type, DEFAULTS["cpu"])

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 
 import torch
 from torch.utils.data import DataLoader
 
-from vjepa_scale.config import Config, ConfigError
+from vjepa_scale.config import Config, ConfigError, clip_grid
 from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.sampler import (BudgetStepSampler, MixturePlan, ShapePerStepSampler, StepBatchSampler,
-                                     TokenBudget)
+                                     TokenBudget, window_clips)
 from vjepa_scale.data.skips import skip_tracker
 from vjepa_scale.data.synthetic import SyntheticClips
 from vjepa_scale.masks import MultiBlockMasker
@@ -91,7 +92,7 @@ class VideoLoader:
     after the workers are killed (so the process can exit).
     """
 
-    def __init__(self, loader, sampler: StepBatchSampler, rank: int, world_size: int = 1, timeout: float = 0.0,
+    def __init__(self, loader, sampler: StepBatchSampler, rank: int, timeout: float = 0.0,
                  max_bad_fraction: float = 0.5):
         self.loader = loader
         self.sampler = sampler
@@ -131,8 +132,7 @@ class VideoLoader:
 
 def dataset_tokens(cfg: Config) -> list[int]:
     """Full-clip tokens of one clip of each dataset (its own shape)."""
-    m = cfg.model
-    return [(f // m.tubelet_size) * (c // m.patch_size) ** 2 for f, c in cfg.data.shapes(m.tubelet_size)]
+    return [math.prod(clip_grid(c, f, cfg.model)) for f, c in cfg.data.shapes(cfg.model.tubelet_size)]
 
 
 def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, start_step: int,
@@ -171,7 +171,7 @@ def budget_window(cfg: Config) -> int:
     clips of the smallest shape that fit); None without a budget."""
     if cfg.data.tokens_per_batch is None:
         return None
-    return max(1, cfg.data.tokens_per_batch // min(dataset_tokens(cfg)))
+    return window_clips(cfg.data.tokens_per_batch, dataset_tokens(cfg))
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -215,4 +215,4 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
                         persistent_workers=cfg.data.num_workers > 0, timeout=timeout)
     if backend == "synthetic":
         return loader
-    return VideoLoader(loader, sampler, rank, world_size, timeout, cfg.data.max_bad_fraction)
+    return VideoLoader(loader, sampler, rank, timeout, cfg.data.max_bad_fraction)

@@ -130,6 +130,11 @@ class StepBatchSampler(Sampler):
         return self.num_steps
 
 
+def window_clips(budget: int, tokens_per_dataset: list[int]) -> int:
+    """Clips a rank's window holds under a token `budget`: as many of the smallest clips as fit (>= 1)."""
+    return max(1, int(budget) // min(tokens_per_dataset))
+
+
 class TokenBudget:
     """Full-clip tokens of each index entry (by its dataset's shape) and the prefix of a window that
     fits `budget` (`data.tokens_per_batch`; at least one clip)."""
@@ -154,7 +159,7 @@ class TokenBudget:
 
     def window(self) -> int:
         """Clips a rank's window holds: as many of the smallest clips as fit."""
-        return max(1, self.budget // min(self.tokens_per_dataset))
+        return window_clips(self.budget, self.tokens_per_dataset)
 
 
 class BudgetStepSampler(StepBatchSampler):

@@ -1,8 +1,7 @@
 """Encoder (3D ViT), predictor and the JEPA objective; `compiled`: regional torch.compile (`model.compile`)."""
 from vjepa_scale.models.jepa import JEPA, compute_targets, jepa_loss, make_target_encoder
 from vjepa_scale.models.predictor import Predictor
-from vjepa_scale.models.vit import (VIT_SIZES, Packed, VisionTransformer3D, resolve_vit_size,
-                                    set_activation_checkpointing)
+from vjepa_scale.models.vit import Packed, VisionTransformer3D, set_activation_checkpointing
 
-__all__ = ["JEPA", "Predictor", "VisionTransformer3D", "Packed", "VIT_SIZES", "resolve_vit_size",
+__all__ = ["JEPA", "Predictor", "VisionTransformer3D", "Packed",
            "compute_targets", "jepa_loss", "make_target_encoder", "set_activation_checkpointing"]

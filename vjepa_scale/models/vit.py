@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vjepa_scale.attention import Packed, dense_attention, resolve_attention_backend
 # The size table lives in config (config imports nothing from models); re-exported here.
-from vjepa_scale.config import VIT_SIZES, ModelConfig, VitDims, resolve_vit_size  # noqa: F401
+from vjepa_scale.config import ModelConfig, VitDims, resolve_vit_size
 from vjepa_scale.kernels import ScatterMap, masked_gather
 from vjepa_scale.mixed import MixedVideo
 from vjepa_scale.models.compiled import packed_attention_op  # the opaque op under torch.compile

@@ -31,6 +31,7 @@ and the settings to change; `train.memory_check: false` skips it. `resolve_check
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,7 @@ def activation_bytes(cfg: Config, batch: int, dtype_bytes: int) -> int:
     m = cfg.model
     dims = resolve_vit_size(m)
     shapes = cfg.data.shapes(m.tubelet_size)
-    frames, crop = max(shapes, key=lambda fc: (fc[0] // m.tubelet_size) * (fc[1] // m.patch_size) ** 2)
+    frames, crop = max(shapes, key=lambda fc: math.prod(clip_grid(fc[1], fc[0], m)))
     t, h, w = clip_grid(crop, frames, m)
     n = t * h * w
     ckpt = m.checkpoint_fraction
