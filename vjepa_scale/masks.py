@@ -123,6 +123,24 @@ class MaskBatch:
         return self.sample_grids is not None
 
     @property
+    def pos_grids(self) -> list[tuple[int, int, int]]:
+        """The grids whose concatenated position tables `ctx_pos` / `tgt_pos` / `pred_pos` index (a
+        uniform batch: its one grid, so the token ids serve)."""
+        return self.grids if self.mixed else [self.grid]
+
+    @property
+    def ctx_pos(self) -> torch.Tensor:
+        return self.ctx_pos_ids if self.mixed else self.ctx_token_ids
+
+    @property
+    def tgt_pos(self) -> torch.Tensor:
+        return self.tgt_pos_ids if self.mixed else self.tgt_token_ids
+
+    @property
+    def pred_pos(self) -> torch.Tensor:
+        return self.pred_pos_ids if self.mixed else self.pred_token_ids
+
+    @property
     def num_tokens(self) -> int:
         """Tokens of one clip (uniform batches; a mixed batch raises: use `sample_tokens`)."""
         if self.mixed:

@@ -54,10 +54,7 @@ class JEPA(nn.Module):
 
     def predict(self, video_BCTHW: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         """One packed encoder call over all (type, sample) contexts, one predictor call -> (T_tgt, D)."""
-        if masks.mixed:
-            packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_pos_ids, grids=masks.grids)
-        else:
-            packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_token_ids)
+        packed = Packed(masks.ctx_cu_seqlens, masks.ctx_max_seqlen, masks.ctx_pos, grids=masks.grids)
         ctx_TD = self.encoder(video_BCTHW, masks.ctx_idx, packed, masks.ctx_scatter)
         return self.predictor(ctx_TD, masks)
 

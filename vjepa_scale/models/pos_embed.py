@@ -162,6 +162,8 @@ class Positions(nn.Module):
         """(sum_g N_g, width): the sin-cos tables of `grids` concatenated, or None under RoPE (cached)."""
         if self.table is None:
             return None
+        if len(grids) == 1:
+            return self.additive(grids[0], dtype)
         key = self._table_key("multi", tuple(map(tuple, grids)), dtype)
         if key not in self._additive:
             self._additive[key] = torch.cat([self.additive(g, dtype) for g in grids])
@@ -172,6 +174,8 @@ class Positions(nn.Module):
         """cos, sin (T, 1, head_dim) at `pos_ids` into the RoPE tables of `grids`, or None under sin-cos."""
         if self.rope is None:
             return None
+        if len(grids) == 1:
+            return self.rotary(pos_ids, grids[0], device, dtype)
         key = ("multi", tuple(map(tuple, grids)), torch.device(device), dtype)
         if key not in self.rope._tables:
             full = [self.rope.full(device, dtype, g) for g in grids]

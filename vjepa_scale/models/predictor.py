@@ -34,22 +34,15 @@ class Predictor(nn.Module):
     def forward(self, ctx_TD: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         x_ctx = self.embed(ctx_TD)
         x_tgt = self.mask_tokens.index_select(0, masks.tgt_type).to(x_ctx.dtype)
-        if masks.mixed:  # rows of the concatenated per-grid tables
-            pos_ND = self.positions.additive_multi(masks.grids, x_ctx.dtype)
-            ctx_pos, tgt_pos, pred_pos = masks.ctx_pos_ids, masks.tgt_pos_ids, masks.pred_pos_ids
-        else:
-            pos_ND = self.positions.additive(masks.grid, x_ctx.dtype)
-            ctx_pos, tgt_pos, pred_pos = masks.ctx_token_ids, masks.tgt_token_ids, masks.pred_token_ids
+        grids = masks.pos_grids  # positions: rows of these grids' concatenated tables
+        pos_ND = self.positions.additive_multi(grids, x_ctx.dtype)
         if pos_ND is not None:
-            x_ctx = x_ctx + pos_ND.index_select(0, ctx_pos)
-            x_tgt = x_tgt + pos_ND.index_select(0, tgt_pos)
+            x_ctx = x_ctx + pos_ND.index_select(0, masks.ctx_pos)
+            x_tgt = x_tgt + pos_ND.index_select(0, masks.tgt_pos)
         total = x_ctx.shape[0] + x_tgt.shape[0]
         x = x_ctx.new_zeros(total, x_ctx.shape[1])
         x = x.index_copy(0, masks.pred_ctx_slot, x_ctx).index_copy(0, masks.pred_tgt_slot, x_tgt)
-        packed = Packed(masks.pred_cu_seqlens, masks.pred_max_seqlen, pred_pos)
-        if masks.mixed:
-            rope = self.positions.rotary_multi(pred_pos, masks.grids, x.device, x.dtype)
-        else:
-            rope = self.positions.rotary(pred_pos, masks.grid, x.device, x.dtype)
+        packed = Packed(masks.pred_cu_seqlens, masks.pred_max_seqlen, masks.pred_pos)
+        rope = self.positions.rotary_multi(masks.pred_pos, grids, x.device, x.dtype)
         y = self.transformer(x, packed, rope)
         return self.proj(y.index_select(0, masks.pred_tgt_slot))
