@@ -22,8 +22,6 @@ Three layouts, by how the online engine keeps its masters (`layout`):
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -67,7 +65,6 @@ class ShardedEMA:
             self.layout = "replicated"
         # (start, numel) of each parameter's flat elements this rank's shadow covers
         self.fragments: list[tuple[int, int]] = []
-        self._masters: list[Optional[torch.Tensor]] = []  # fragments layout: live fp32 master views
         self.shadows: list[torch.Tensor] = []
         frags = [master_fragment(p) for p in self.online] if self.layout == "fragments" else None
         for i, (n, t) in enumerate(zip(self.names, self.target)):
@@ -82,7 +79,6 @@ class ShardedEMA:
                 f = frags[i]
                 start, numel = (f.start, f.numel) if f is not None else (0, 0)
                 self.fragments.append((start, numel))
-                self._masters.append(f.master if f is not None else None)
                 shadow = flat[start:start + numel].float().clone().to(t.device)
             else:
                 self.fragments.append((0, flat.numel()))
@@ -176,10 +172,11 @@ class ShardedEMA:
         """shadow <- momentum * shadow + (1 - momentum) * fp32 master; target <- shadow (cast)."""
         masters, shadows, targets = [], [], []
         for i, (p, s) in enumerate(zip(self.online, self.shadows)):
-            if self.layout == "fragments":
-                m = self._masters[i]
-                if m is None:
+            if self.layout == "fragments":  # looked up each time: a checkpoint load may swap the buffers
+                f = master_fragment(p)
+                if f is None:
                     continue
+                m = f.master
             else:
                 m = fp32_master(p)
             n = min(m.numel(), s.numel())  # a ZeRO-3 master shard may omit the trailing zero padding
