@@ -219,14 +219,22 @@ def test_logged_loss_matches_single_process_recompute(runs):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_bf16_run_reports_mfu(tmp_path):
-    """One GPU, the deepspeed launcher, bf16 (precision auto), ZeRO-3: trains, logs MFU on known cards."""
+@pytest.mark.parametrize("stage,ckpt", [(3, "false"), (1, "auto")])
+def test_gpu_bf16_run_reports_mfu(tmp_path, stage, ckpt):
+    """One GPU, the deepspeed launcher, bf16 (precision auto): ZeRO-3, and ZeRO-1 (EMA over the master
+    fragments) with activation checkpointing `auto` (resolved on the card, logged): trains, logs MFU on
+    known cards."""
     from vjepa_scale.flops import device_peak_tflops
 
     run = tmp_path / "gpu"
     r = _launch(run, "data.crop_size=64", "model.depth=2", "data.global_batch_size=4", "optim.iterations=4",
-                "train.checkpoint_every=4", launcher="deepspeed", nproc=1, cpu=False)
+                "train.checkpoint_every=4", f"zero.stage={stage}", f"model.activation_checkpointing={ckpt}",
+                launcher="deepspeed", nproc=1, cpu=False)
     assert_ok(r)
+    if ckpt == "auto":
+        assert "model.activation_checkpointing: auto -> 0 (0 of 2 encoder blocks" in r.stdout + r.stderr
+    ema = torch.load(run / "checkpoints" / "step_00000004" / "ema" / "rank00000.pt", weights_only=True)
+    assert ema["layout"] == ("zero3" if stage == 3 else "fragments")
     recs = read_metrics(run)
     assert [x["step"] for x in recs] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(x["loss"])) and x["tflops_per_rank"] > 0 for x in recs)
