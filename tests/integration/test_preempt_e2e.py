@@ -130,8 +130,11 @@ def test_rng_state_of_a_resumed_run_equals_the_straight_run(runs):
 
 @pytest.mark.slow
 def test_sigterm_to_the_outer_deepspeed_launcher_leaves_no_orphans(tmp_path):
+    # The ranks see the launcher's exit through a 1 s poll; on an idle machine N steps take about as
+    # long, so this run is longer (it stops early either way).
+    n = 30 * N
     run = tmp_path / "outer"
-    proc = _train(run, "train.checkpoint_every=100", log=tmp_path / "outer.log")
+    proc = _train(run, "train.checkpoint_every=1000", f"optim.iterations={n}", log=tmp_path / "outer.log")
     wait_for_step(run, 2, proc, log=tmp_path / "outer.log")
     tree = psutil.Process(proc.pid).children(recursive=True)
     ranks = rank_processes(proc.pid)
@@ -144,4 +147,4 @@ def test_sigterm_to_the_outer_deepspeed_launcher_leaves_no_orphans(tmp_path):
     assert not alive, [p.cmdline() for p in alive]
     assert "launcher pid" in log and "preempted (" in log, log[-3000:]
     ckpt = find_latest(run)
-    assert ckpt is not None and int(ckpt.name.split("_")[1]) < N, log[-3000:]
+    assert ckpt is not None and int(ckpt.name.split("_")[1]) < n, log[-3000:]
