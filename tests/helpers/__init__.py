@@ -25,6 +25,7 @@ Models (helpers.builders):
     tiny_config(...)         a validated tiny Config on synthetic data
     single_process_group()   a 1-rank gloo group in this process (the trainer's own join)
     equal_tensors(a, b)      two {name: tensor} states are bitwise equal
+    reference_ema(ckpts)     the single-process fp32 EMA over a run's consolidated checkpoints
 Videos (helpers.videos):
     write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), write_index(path, entries),
     frame_ids(video_CTHW)
@@ -36,7 +37,7 @@ Disks (helpers.disks):
 Evaluation (helpers.features):
     TensorVideos(videos, labels), separable_features(n, classes, ...)
 """
-from .builders import equal_tensors, single_process_group, tiny_config
+from .builders import equal_tensors, reference_ema, single_process_group, tiny_config
 from .disks import tmpfs_mounts
 from .extras import ROOT, check_dev_extras, extras_required, missing_dev_extras, needs, require
 from .features import TensorVideos, separable_features
@@ -47,6 +48,6 @@ from .videos import frame_ids, streamable_videos, video_cfg, write_bad_set, writ
 
 __all__ = ["ROOT", "TensorVideos", "write_images", "assert_ok", "check_dev_extras", "command", "cpu_env", "deepspeed_launcher",
            "equal_tensors", "extras_required", "frame_ids", "free_port", "gpu_env", "launch", "load_tool",
-           "missing_dev_extras", "needs", "rank_processes", "require", "run", "separable_features",
+           "missing_dev_extras", "needs", "rank_processes", "reference_ema", "require", "run", "separable_features",
            "single_process_group", "start", "streamable_videos", "tiny_config", "tmpfs_mounts", "train_args",
            "video_cfg", "wait_for_step", "write_bad_set", "write_index", "write_video_sets"]

@@ -1,4 +1,5 @@
-"""Tiny configs, an in-process 1-rank process group, and comparing saved states."""
+"""Tiny configs, an in-process 1-rank process group, and comparing saved states (bitwise, and the
+reference EMA of a run's checkpoints)."""
 from __future__ import annotations
 
 import os
@@ -38,3 +39,18 @@ def single_process_group():
 def equal_tensors(a: dict, b: dict) -> bool:
     """Same names, and every tensor bitwise equal (a state after a skipped step, a resumed run)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def reference_ema(ckpts) -> dict:
+    """Single-process fp32 EMA over a run's consolidated checkpoints 2..k, starting from checkpoint 1's
+    target: step s's momentum applied to the online encoder after optimizer step s."""
+    from vjepa_scale.train.schedules import ema_momentum
+    from vjepa_scale.weights import load_consolidated
+
+    o = load_consolidated(ckpts[0])["config"].optim
+    shadow = load_consolidated(ckpts[0], "target")["encoder"]
+    for c in ckpts[1:]:
+        d = load_consolidated(c, "online")
+        m = ema_momentum(o, d["step"] - 1)
+        shadow = {k: m * shadow[k] + (1 - m) * d["encoder"][k] for k in shadow}
+    return shadow

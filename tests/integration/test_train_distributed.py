@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_ok, cpu_env, gpu_env, launch, require, train_args
+from helpers import assert_ok, cpu_env, gpu_env, launch, reference_ema, require, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
 from vjepa_scale.train.engine import build_models
 from vjepa_scale.train.metrics import read_metrics
-from vjepa_scale.train.schedules import ema_momentum
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
 require("deepspeed")
@@ -82,7 +81,7 @@ def test_sharded_ema_equals_single_process_ema(runs):
     ckpts = list_checkpoints(runs["straight"])
     assert [load_consolidated(c, "target")["step"] for c in ckpts] == list(range(1, STEPS + 1))
     start = load_consolidated(ckpts[0], "target")["encoder"]
-    shadow = _reference_ema(ckpts)  # momentum of step s is applied after optimizer step index s-1
+    shadow = reference_ema(ckpts)  # momentum of step s is applied after optimizer step index s-1
     target = load_consolidated(ckpts[-1], "target")["encoder"]
     online = load_consolidated(ckpts[-1], "online")["encoder"]
     assert max((target[k] - shadow[k]).abs().max().item() for k in shadow) <= 1e-6
@@ -139,17 +138,6 @@ def test_load_consolidated_builds_models(runs):
         load_consolidated(runs["straight"], "ema")
 
 
-def _reference_ema(ckpts):
-    """Single-process fp32 EMA over consolidated checkpoints 2..k, starting from checkpoint 1's target."""
-    o = load_consolidated(ckpts[0])["config"].optim
-    shadow = load_consolidated(ckpts[0], "target")["encoder"]
-    for c in ckpts[1:]:
-        d = load_consolidated(c, "online")
-        m = ema_momentum(o, d["step"] - 1)
-        shadow = {k: m * shadow[k] + (1 - m) * d["encoder"][k] for k in shadow}
-    return shadow
-
-
 def test_init_from_previous_run(runs):
     """train.init_from (through vjepa_scale.weights.load_init_state) loads online, predictor and EMA weights."""
     run = runs["straight"]
@@ -170,7 +158,7 @@ def test_bf16_run_keeps_fp32_ema_shadow(tmp_path):
     assert_ok(r)
     ckpts = list_checkpoints(run)
     assert len(ckpts) == 3
-    shadow = _reference_ema(ckpts)
+    shadow = reference_ema(ckpts)
     target = load_consolidated(run, "target")["encoder"]
     assert max((target[k] - shadow[k]).abs().max().item() for k in shadow) <= 1e-6
     # the shadow holds values a bf16 copy could not: it is a real fp32 EMA
