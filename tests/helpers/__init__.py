@@ -32,6 +32,9 @@ Videos (helpers.videos):
     streamable_videos(folder, n=4)   VP9 clips that can be read from a pipe
 Images (helpers.images):
     write_images(folder, n=6, size=(40, 48))   smooth RGB PNGs: an image dataset folder
+Official checkpoints (helpers.official):
+    official_layout(encoder, predictor=None, enc_table=None, pred_table=None)   our weights in the
+                             official V-JEPA torch.save layout
 Disks (helpers.disks):
     tmpfs_mounts(base)       context: mount(size, ro=False) -> a small tmpfs (skips where not allowed)
 Evaluation (helpers.features):
@@ -42,12 +45,13 @@ from .disks import tmpfs_mounts
 from .extras import ROOT, check_dev_extras, extras_required, missing_dev_extras, needs, require
 from .features import TensorVideos, separable_features
 from .images import write_images
+from .official import official_layout
 from .procs import (assert_ok, command, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool,
                     rank_processes, run, start, train_args, wait_for_step)
 from .videos import frame_ids, streamable_videos, video_cfg, write_bad_set, write_index, write_video_sets
 
 __all__ = ["ROOT", "TensorVideos", "write_images", "assert_ok", "check_dev_extras", "command", "cpu_env", "deepspeed_launcher",
            "equal_tensors", "extras_required", "frame_ids", "free_port", "gpu_env", "launch", "load_tool",
-           "missing_dev_extras", "needs", "rank_processes", "reference_ema", "require", "run", "separable_features",
+           "missing_dev_extras", "needs", "official_layout", "rank_processes", "reference_ema", "require", "run", "separable_features",
            "single_process_group", "start", "streamable_videos", "tiny_config", "tmpfs_mounts", "train_args",
            "video_cfg", "wait_for_step", "write_bad_set", "write_index", "write_video_sets"]

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from helpers import require, tiny_config
+from helpers import official_layout, require, tiny_config
 from vjepa_scale.config import ConfigError
 from vjepa_scale.hf import export_to_hf
 from vjepa_scale.masks import pack_masks
@@ -149,28 +149,6 @@ class _Opaque:
     pass
 
 
-def _official(encoder_sd, predictor_sd, enc_table, pred_table):
-    """Our weights renamed to the official V-JEPA `torch.save` layout (written out independently here)."""
-    enc = {}
-    for k, v in encoder_sd.items():
-        k = k.replace("patch_embed.", "patch_embed.proj.").replace("transformer.blocks.", "blocks.")
-        enc["module.backbone." + k.replace("transformer.norm.", "norm.")] = v.clone()
-    pred = {}
-    for k, v in predictor_sd.items():
-        if k == "mask_tokens":
-            for i, tok in enumerate(v):
-                pred[f"module.backbone.mask_tokens.{i}"] = tok.reshape(1, 1, -1).clone()
-            continue
-        k = (k.replace("embed.", "predictor_embed.", 1) if k.startswith("embed.") else k)
-        k = k.replace("transformer.blocks.", "predictor_blocks.").replace("transformer.norm.", "predictor_norm.")
-        k = "predictor_proj." + k[len("proj."):] if k.startswith("proj.") else k
-        pred["module.backbone." + k] = v.clone()
-    if enc_table is not None:
-        enc["module.backbone.pos_embed"] = enc_table[None].clone()
-        pred["module.backbone.predictor_pos_embed"] = pred_table[None].clone()
-    return enc, pred
-
-
 def _assert_same_outputs(cfg, model, state):
     fresh = JEPA(cfg).eval()  # different init; everything must come from the checkpoint
     fresh.encoder.load_state_dict(state["encoder"])
@@ -187,8 +165,8 @@ def _assert_same_outputs(cfg, model, state):
 
 def test_official_vjepa1_checkpoint_reproduces_outputs(tmp_path):
     cfg, model = _model("sincos")
-    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(),
-                          sincos_3d(192, cfg.grid), sincos_3d(cfg.model.pred_width, cfg.grid))
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict(),
+                               sincos_3d(192, cfg.grid), sincos_3d(cfg.model.pred_width, cfg.grid))
     target = {k: v + 1.0 for k, v in enc.items() if not k.endswith("pos_embed")}
     target["module.backbone.pos_embed"] = enc["module.backbone.pos_embed"]
     path = tmp_path / "vjepa1.pth.tar"
@@ -201,7 +179,7 @@ def test_official_vjepa1_checkpoint_reproduces_outputs(tmp_path):
 
 def test_official_vjepa2_checkpoint_with_ten_mask_tokens(tmp_path):
     cfg, model = _model("rope")
-    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(), None, None)
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
     for i in range(2, 10):  # the release predictors carry 10 mask tokens; every type starts from token 0
         pred[f"module.backbone.mask_tokens.{i}"] = torch.full((1, 1, cfg.model.pred_width), float(i))
     path = tmp_path / "vjepa2.pt"
@@ -245,7 +223,7 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
     wider, _ = _model("rope", pred_width=96)
     with pytest.raises(CheckpointMismatchError, match=r"config.json: pred_hidden_size=64 .*model.pred_width=96"):
         load_init_state(out, wider)
-    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(), None, None)
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
     path = tmp_path / "vjepa2.pt"
     torch.save({"encoder": enc, "predictor": pred}, path)
     with pytest.raises(CheckpointMismatchError,
@@ -267,8 +245,8 @@ def test_position_scheme_and_table_checks(tmp_path):
     cfg, model = _model("sincos")
     rope_cfg, _ = _model("rope")
     table = sincos_3d(192, cfg.grid)
-    enc, pred = _official(model.encoder.state_dict(), model.predictor.state_dict(), table,
-                          sincos_3d(cfg.model.pred_width, cfg.grid))
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict(), table,
+                               sincos_3d(cfg.model.pred_width, cfg.grid))
     path = tmp_path / "v1.pt"
     torch.save({"encoder": enc, "predictor": pred}, path)
     with pytest.raises(CheckpointMismatchError, match="sincos positions but the config has model.pos_embed=rope"):

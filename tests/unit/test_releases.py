@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import load_tool, require, tiny_config
+from helpers import load_tool, official_layout, require, tiny_config
 from vjepa_scale.config import Config
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vjepa_scale.hf import export_to_hf
@@ -29,30 +29,6 @@ def _release(file: str):
     return next(r for r in RELEASES if r.file == file)
 
 
-def _official_layout(encoder: dict, predictor: dict | None) -> tuple[dict, dict | None]:
-    """Our state dicts renamed to the official `torch.save` layout (`module.backbone.` prefix, mask_tokens.{i})."""
-    def enc_name(k: str) -> str:
-        k = k.replace("transformer.blocks.", "blocks.").replace("transformer.norm.", "norm.")
-        return "module.backbone." + k.replace("patch_embed.", "patch_embed.proj.")
-
-    enc = {enc_name(k): v for k, v in encoder.items()}
-    if predictor is None:
-        return enc, None
-    pred = {}
-    for k, v in predictor.items():
-        if k == "mask_tokens":
-            for i, tok in enumerate(v):
-                pred[f"module.backbone.mask_tokens.{i}"] = tok.reshape(1, 1, -1).clone()
-            continue
-        if k.startswith("embed."):
-            k = "predictor_embed." + k[len("embed."):]
-        elif k.startswith("proj."):
-            k = "predictor_proj." + k[len("proj."):]
-        k = k.replace("transformer.blocks.", "predictor_blocks.").replace("transformer.norm.", "predictor_norm.")
-        pred["module.backbone." + k] = v
-    return enc, pred
-
-
 def _release_file(path: Path, cfg: Config, num_mask_tokens: int, tables: bool) -> Path:
     """A file of a release's shapes: every weight a stride-0 view of one number (the file stays small),
     mask token i filled with i, sin-cos tables of the release's clip when `tables`."""
@@ -61,7 +37,7 @@ def _release_file(path: Path, cfg: Config, num_mask_tokens: int, tables: bool) -
     pred = {k: torch.full((), 0.01).expand(s) for k, s in shapes["predictor"].items() if k != "mask_tokens"}
     W = cfg.model.pred_width
     pred["mask_tokens"] = torch.arange(num_mask_tokens, dtype=torch.float32)[:, None].expand(num_mask_tokens, W)
-    enc, pred = _official_layout(enc, pred)
+    enc, pred = official_layout(enc, pred)
     if tables:
         enc["module.backbone.pos_embed"] = sincos_3d(enc["module.backbone.norm.weight"].shape[0], cfg.grid)[None]
         pred["module.backbone.predictor_pos_embed"] = sincos_3d(W, cfg.grid)[None]
@@ -143,7 +119,7 @@ def test_vjepa2_mask_types_start_from_token_0(tmp_path):
         model = JEPA(cfg)
         with torch.no_grad():
             model.predictor.mask_tokens.normal_()
-        enc, pred = _official_layout(model.encoder.state_dict(), model.predictor.state_dict())
+        enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
         if pos_embed == "sincos":
             enc["module.backbone.pos_embed"] = sincos_3d(192, cfg.grid)[None]
             pred["module.backbone.predictor_pos_embed"] = sincos_3d(cfg.model.pred_width, cfg.grid)[None]
@@ -163,7 +139,7 @@ def test_convert_official_file_with_config(tmp_path, capsys):
     cfg = tiny_config("rope", crop=64, frames=4)
     torch.manual_seed(1)
     model = JEPA(cfg).eval()
-    enc, pred = _official_layout(model.encoder.state_dict(), model.predictor.state_dict())
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
     target = {k: v + 0.5 for k, v in enc.items()}
     torch.save({"encoder": enc, "predictor": pred, "target_encoder": target}, tmp_path / "run.pt")
     recipe = tmp_path / "tiny.yaml"
