@@ -15,6 +15,10 @@
 # that need them skip; the attention suite times whichever varlen backends exist). Each stage runs
 # under its own timeout so one hang cannot eat the others' time. device_check.{json,md} gather every
 # row of every stage at the end.
+# Offline machine without DeepSpeed: `bash tools/device_wheels.sh` here fills .whl/; carry it, and the
+# wheels there (or in $WHEELS) are installed into a temporary folder on PYTHONPATH first.
+# DEVICE=cpu is a dry run of the same stages on the CPU (each suite's small CPU sizes), so that the
+# script and its commands are checked where no GPU is (tests/integration/test_device_check.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -44,26 +48,46 @@ stage() {
 
 # The kernels install as vjepa_scale.kernels (setup.py package_dir). In an uninstalled checkout,
 # expose them through a temporary symlink that is removed on exit.
-LINK=""
+LINK="" SITE=""
+cleanup() {
+  [ -n "$LINK" ] && rm -f "$LINK"; [ -n "$SITE" ] && rm -rf "$SITE"; [ -n "${OUT:-}" ] && rm -rf "$RES"; true
+}
+trap cleanup EXIT
 if ! "$PY" -c "import vjepa_scale.kernels" 2>/dev/null; then
   if [ ! -e vjepa_scale/kernels ]; then
     ln -s ../kernels vjepa_scale/kernels && LINK="$ROOT/vjepa_scale/kernels"
-    trap '[ -n "$LINK" ] && rm -f "$LINK"' EXIT
   fi
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  note "no CUDA device visible: nothing to check"
-  exit 1
+WHEELS=${WHEELS:-.whl}
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  SITE=$(mktemp -d)
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl; then
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"  # bin: the deepspeed launcher
+    note "installed the carried wheels: $(cd "$WHEELS" && ls *.whl | tr '\n' ' ')"
+  else
+    note "installing the carried wheels from $WHEELS failed"; status=1
+  fi
+fi
+
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cuda ]; then
+  if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    note "no CUDA device visible: nothing to check (DEVICE=cpu: a dry run on the CPU)"
+    exit 1
+  fi
+elif [ "$DEVICE" != cpu ]; then
+  note "DEVICE must be cuda or cpu, got '$DEVICE'"; exit 2
 fi
 
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
+  [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
   "$PY" - <<'EOF'
 import importlib, torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0))
-for mod in ("triton", "deepspeed", "flash_attn", "transformers", "nvidia.dali"):
+print("torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+for mod in ("triton", "deepspeed", "cudnn", "flash_attn", "transformers", "av", "nvidia.dali"):
     try:
         m = importlib.import_module(mod)
         print(mod, getattr(m, "__version__", "?"))
@@ -89,21 +113,21 @@ fi
 
 # 2. Kernel and attention suites (one process), then the training step apart, so an out-of-memory
 #    or a poisoned CUDA context in one cannot spoil the others' numbers.
-want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device cuda --suite gather ema attention --out "$RES/kernels"
+want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device $DEVICE --suite gather ema attention --out "$RES/kernels"
 # 3. The step: engine, torch and reference-style rows of the recipe (B=10, checkpointing `auto`), the
 #    engine row profiled; then the engine row with every block recomputed (the recipes' setting before
 #    `auto`), to show what `auto` saves.
-want step && stage bench_step 210 "$PY" tools/bench.py --device cuda --suite step --profile --out "$RES/step"
-want ckpt && stage bench_step_ckpt 75 "$PY" tools/bench.py --device cuda --suite step \
+want step && stage bench_step 210 "$PY" tools/bench.py --device $DEVICE --suite step --profile --out "$RES/step"
+want ckpt && stage bench_step_ckpt 75 "$PY" tools/bench.py --device $DEVICE --suite step \
   --step-rows engine --steps 4 --opt model.activation_checkpointing=true --out "$RES/step_ckpt"
-want zero1 && stage bench_step_zero1 75 "$PY" tools/bench.py --device cuda --suite step \
+want zero1 && stage bench_step_zero1 75 "$PY" tools/bench.py --device $DEVICE --suite step \
   --step-rows engine --steps 4 --opt zero.stage=1 --out "$RES/step_zero1"
-want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device cuda --suite step --batch-size 8 \
+want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device $DEVICE --suite step --batch-size 8 \
   --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true \
   --out "$RES/step_compile"
-want data && stage bench_data 50 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data"
+want data && stage bench_data 50 "$PY" tools/bench.py --device $DEVICE --suite data --out "$RES/data"
 # Opt-in (STAGES="cool384"): V-JEPA 2's ViT-g cooldown step, 384 px x 64 frames (18,432 tokens per clip), 6 clips.
-want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device cuda --suite step \
+want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device $DEVICE --suite step \
   --config vjepa2_vitg_cool384 --batch-size 6 --steps 4 --profile --out "$RES/step_cool384"
 
 # 4. DALI GPU path (NVDEC): its tests (GPU and CPU mode) and the data suite at full size, whose
@@ -113,7 +137,7 @@ if want dali; then
   if "$PY" -c "import nvidia.dali" 2>/dev/null; then
     stage dali_tests 240 "$PY" -m pytest -q -p no:cacheprovider -rs --junitxml="$RES/dali_tests.xml" \
       tests/gpu/test_dali_gpu.py tests/unit/test_dali_cpu.py
-    stage bench_data_dali 150 "$PY" tools/bench.py --device cuda --suite data --out "$RES/data_dali"
+    stage bench_data_dali 150 "$PY" tools/bench.py --device $DEVICE --suite data --out "$RES/data_dali"
   else
     note "dali: nvidia.dali does not import here; skipped (bring the wheel: tools/dali_wheel_parts.sh)"
   fi
@@ -127,7 +151,7 @@ sys.path.insert(0, "tools")
 from bench import markdown
 res = Path(sys.argv[1])
 meta, rows = None, []
-for f in sorted(res.glob("*/bench_cuda.json")):
+for f in sorted(res.glob("*/bench_*.json")):
     data = json.loads(f.read_text())
     meta = meta or data["meta"]
     rows += [dict(r, stage=f.parent.name) for r in data["rows"]]
@@ -137,7 +161,7 @@ if meta:
     print(f"device_check: {len(rows)} rows -> {res / 'device_check.md'}")
 EOF
 
-note "done in $(( $(date +%s) - start ))s, status=$status; results in $RES"
+note "done in $(( $(date +%s) - start ))s, status=$status; results in ${OUT:-$RES}"
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/device_check.tgz" -C "$RES" . && cp "$SUMMARY" "$OUT/summary.txt"
   for f in device_check.json device_check.md; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/$f"; done

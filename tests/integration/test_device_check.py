@@ -1,0 +1,76 @@
+"""tools/device_check.sh (the one command a borrowed GPU machine runs) as a dry run on the CPU
+(`DEVICE=cpu`): every bench stage's command line runs, the rows are gathered and packed for the
+device tool, and carried wheels are installed from `WHEELS` first. Timings are not asserted."""
+import json
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from helpers import cpu_env, run
+
+
+def _tiny_wheel(tmp_path):
+    """A pure-Python wheel with a console script, built offline (stands in for the carried DeepSpeed)."""
+    src = tmp_path / "src"
+    (src / "vjs_carried_probe").mkdir(parents=True)
+    (src / "vjs_carried_probe" / "__init__.py").write_text("def main():\n    print('probe')\n")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "vjs-carried-probe"\nversion = "0.1"\n'
+        '[project.scripts]\nvjs-carried-probe = "vjs_carried_probe:main"\n')
+    whl = tmp_path / "whl"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "--no-index", "-w", str(whl), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return whl
+
+
+def _device_check(out, **env):
+    out.mkdir()
+    r = run(["bash", "tools/device_check.sh"], env=cpu_env(PYTHON=sys.executable, OUT=str(out), **env), timeout=900)
+    return r, out
+
+
+@pytest.mark.slow
+def test_dry_run_on_cpu_runs_every_bench_stage_and_packs_the_results(tmp_path):
+    whl = _tiny_wheel(tmp_path)
+    r, out = _device_check(tmp_path / "out", DEVICE="cpu", STAGES="kernels step ckpt zero1 compile", WHEELS=str(whl))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    summary = (out / "summary.txt").read_text()
+    assert "installed the carried wheels: vjs_carried_probe-0.1-py3-none-any.whl" in summary
+    for stage in ("bench_kernels", "bench_step", "bench_step_ckpt", "bench_step_zero1", "bench_step_compile"):
+        assert f"{stage}: rc=0" in summary
+
+    rows = json.loads((out / "device_check.json").read_text())["rows"]
+    by_stage = {}
+    for row in rows:
+        by_stage.setdefault(row["stage"], []).append(row)
+    assert set(by_stage) == {"kernels", "step", "step_ckpt", "step_zero1", "step_compile"}
+    assert {r["suite"] for r in by_stage["kernels"]} == {"gather", "ema", "attention"}
+    step = {r["row"]: r for r in by_stage["step"]}
+    assert set(step) == {"engine", "torch", "reference"} and step["reference"]["vs_reference"] == 1
+    assert step["engine"]["profile"].endswith("step_profile_cpu.txt")
+    (ckpt,) = by_stage["step_ckpt"]
+    assert ckpt["act_ckpt"] == 1 and ckpt["row"] == "engine"
+    (z1,) = by_stage["step_zero1"]
+    assert "ZeRO-1" in z1["impl"]
+    (comp,) = by_stage["step_compile"]
+    assert "model.compile=true" in comp["overrides"]
+
+    with tarfile.open(out / "device_check.tgz") as tgz:
+        names = set(tgz.getnames())
+    assert {"./env.txt", "./summary.txt", "./device_check.md", "./step/step_profile_cpu.txt",
+            "./bench_step.log"} <= names
+    assert "## step" in (out / "device_check.md").read_text()
+
+
+def test_refuses_an_unknown_device_and_reports_a_failed_wheel_install(tmp_path):
+    r, _ = _device_check(tmp_path / "out1", DEVICE="tpu", STAGES="")
+    assert r.returncode == 2 and "DEVICE must be cuda or cpu, got 'tpu'" in r.stdout
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken-0.1-py3-none-any.whl").write_bytes(b"not a zip")
+    r, _ = _device_check(tmp_path / "out2", DEVICE="cpu", STAGES="", WHEELS=str(bad))
+    assert r.returncode == 1 and f"installing the carried wheels from {bad} failed" in r.stdout
