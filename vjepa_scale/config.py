@@ -236,6 +236,12 @@ class DataConfig(Section):
         """More than one clip shape among the datasets, or a token budget: batches vary."""
         return len(set(self.shapes(tubelet))) > 1 or self.tokens_per_batch is not None
 
+    def one_video_shape(self, tubelet: int) -> bool:
+        """Every batch holds videos of data's own (frames_per_clip, crop_size): no image set, no
+        dataset with its own shape, no token budget (what DALI's fixed-shape pipelines read)."""
+        return (self.tokens_per_batch is None and not any(ds.is_image() for ds in self.datasets)
+                and set(self.shapes(tubelet)) == {(self.frames_per_clip, self.crop_size)})
+
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
                             "num_clips", "synthetic_size", "dali_prefetch")

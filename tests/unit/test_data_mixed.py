@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from helpers import require, video_cfg, write_images
+from helpers import needs, require, video_cfg, write_images
 from vjepa_scale.config import DatasetSpec
 from vjepa_scale.data import build_dataloader
 from vjepa_scale.data.sampler import BudgetStepSampler, MixturePlan, ShapePerStepSampler, TokenBudget
@@ -102,7 +102,46 @@ def test_image_clip_is_the_image_repeated_to_one_tubelet(sets):
     assert torch.equal(item["video"][:, 0], item["video"][:, 1])
 
 
-def test_per_step_mixing_loader(sets):
+def _masks_fit_the_clips(b):
+    """A uniform batch's masks are drawn on its clips' own token grid and index inside its tokens."""
+    _, _, T, H, W = b.video.shape
+    grid = (T // 2, H // 16, W // 16)
+    assert tuple(b.masks.grid) == grid and b.masks.total_tokens == len(b.index) * grid[0] * grid[1] * grid[2]
+    for idx in (b.masks.ctx_idx, b.masks.tgt_idx):
+        assert 0 <= int(idx.min()) and int(idx.max()) < b.masks.total_tokens
+    return grid
+
+
+def test_per_step_mixing_loader_masks_each_step_on_its_shape(sets):
     cfg = _cfg(sets, mixing="per_step")
-    for b in build_dataloader(cfg, rank=0, world_size=1, start_step=0, num_steps=8):
+    grids = set()
+    for b in build_dataloader(cfg, rank=0, world_size=1, start_step=0, num_steps=12):
         assert isinstance(b.video, torch.Tensor) and not b.masks.mixed
+        grids.add(_masks_fit_the_clips(b))
+    assert {(2, 2, 2), (1, 4, 4), (1, 2, 2)} <= grids  # data's 4x32, the 2x64 set, images
+
+
+@pytest.mark.parametrize("which", ["own_shape", "images"])
+def test_one_dataset_of_another_shape_than_data_is_masked_on_its_grid(sets, which):
+    a, b, img = sets
+    spec = DatasetSpec(str(b), 1.0, 2, 64) if which == "own_shape" else DatasetSpec(str(img))
+    cfg = _cfg(sets)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[spec])
+    cfg.validate()
+    assert not cfg.data.one_video_shape(cfg.model.tubelet_size) and not cfg.data.is_mixed(cfg.model.tubelet_size)
+    for batch in build_dataloader(cfg, rank=0, world_size=1, start_step=0, num_steps=3):
+        assert _masks_fit_the_clips(batch) == ((1, 4, 4) if which == "own_shape" else (1, 2, 2))
+
+
+@needs("nvidia.dali")
+def test_dali_backend_leaves_what_its_pipelines_cannot_read_to_the_cpu_decoder(sets, caplog):
+    a, b, img = sets
+    cfg = _cfg(sets)
+    cfg.data = dataclasses.replace(cfg.data, backend="dali", datasets=[DatasetSpec(str(b), 1.0, 2, 64)])
+    cfg.validate()
+    with caplog.at_level("WARNING", logger="vjepa_scale.data"):
+        loader = build_dataloader(cfg, rank=0, world_size=1, start_step=0, num_steps=1)
+    assert type(loader).__name__ == "VideoLoader" and "decoded by the cpu backend" in caplog.text
+    assert _masks_fit_the_clips(next(iter(loader))) == (1, 4, 4)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a), 1.0)])
+    assert cfg.data.one_video_shape(cfg.model.tubelet_size)

@@ -103,4 +103,6 @@ class ClipCollator:
             labels += [s["label"]] * len(per_sample)
             index += [s["index"]] * len(per_sample)
         skipped = [item for s in samples for item in s["skipped"]]
-        return make_batch(torch.stack(clips), labels, self.masker, samples[0]["step"], self.rank, index, skipped)
+        # the masks on these clips' own grid (a per_step shape, a dataset's own frames/crop, images), not data.*'s
+        return make_batch(torch.stack(clips), labels, self.masker, samples[0]["step"], self.rank, index, skipped,
+                          grids=[self.grid(clips[0])] * len(clips))

@@ -192,10 +192,11 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     """
     backend = resolve_data_backend(cfg.data.backend)
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
-    if backend == "dali" and cfg.data.is_mixed(cfg.model.tubelet_size):
+    if backend == "dali" and not cfg.data.one_video_shape(cfg.model.tubelet_size):
         logging.getLogger("vjepa_scale.data").warning(
-            "data.backend=dali: mixed clip shapes / images / data.tokens_per_batch are decoded by the cpu "
-            "backend (PyAV, PIL); DALI's pipelines have one clip shape")
+            "data.backend=dali: image sets, datasets with their own frames_per_clip / crop_size, mixed clip "
+            "shapes and data.tokens_per_batch are decoded by the cpu backend (PyAV, PIL); DALI's pipelines "
+            "read videos of data.frames_per_clip x data.crop_size only")
         backend = "cpu"
     if backend == "dali":
         from vjepa_scale.data.dali import DaliLoader
