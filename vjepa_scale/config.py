@@ -257,7 +257,12 @@ class DataConfig(Section):
                               f"got {self.max_bad_fraction}")
         lo, hi = self.random_resize_scale
         if not (0 < lo <= hi <= 1):
-            raise ConfigError(f"{prefix}.random_resize_scale must satisfy 0 < min <= max <= 1")
+            raise ConfigError(f"{prefix}.random_resize_scale must satisfy 0 < min <= max <= 1, "
+                              f"got {list(self.random_resize_scale)}")
+        lo, hi = self.random_resize_aspect_ratio
+        if not (0 < lo <= hi):
+            raise ConfigError(f"{prefix}.random_resize_aspect_ratio must satisfy 0 < min <= max (width / height), "
+                              f"got {list(self.random_resize_aspect_ratio)}")
         if self.backend != "synthetic" and not self.datasets:
             raise ConfigError(f"{prefix}.datasets is empty: give at least one index file "
                               f"or set {prefix}.backend: synthetic")

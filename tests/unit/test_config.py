@@ -56,6 +56,15 @@ def test_wrong_type_and_range_name_the_key():
         load_config("cpu_demo", ["data.global_batch_size=0"])
 
 
+@pytest.mark.parametrize("key,value", [("random_resize_aspect_ratio", "[0, 1.35]"),
+                                       ("random_resize_aspect_ratio", "[-1, 1.35]"),
+                                       ("random_resize_aspect_ratio", "[1.35, 0.75]"),
+                                       ("random_resize_scale", "[0.5, 0.3]")])
+def test_crop_ranges_are_checked_before_the_workers(key, value):
+    with pytest.raises(ConfigError, match=rf"data\.{key} must satisfy 0 < min <= max.*, got \["):
+        load_config("cpu_demo", [f"data.{key}={value}"])
+
+
 @pytest.mark.parametrize("value,want", [("true", True), ("false", False), ("0.25", 0.25), ("1", 1.0),
                                         ("auto", "auto")])
 def test_activation_checkpointing_forms(value, want):

@@ -122,7 +122,7 @@ class SkipTracker:
             self.total[path] += 1
             self.kinds[skip_kind(reason)] += 1
             self.reasons[path] = reason
-        self.draws += batch.num_clips + len(batch.skipped)
+        self.draws += batch.num_samples + len(batch.skipped)  # both in sampler draws (a sample is num_clips rows)
         self.check()
         if self.final_step is not None and int(batch.step) >= self.final_step:
             self.flush()
