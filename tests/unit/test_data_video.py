@@ -103,7 +103,7 @@ def test_num_clips_flattened_into_batch(sets):
     cfg = video_cfg([(sets["index"]["train"], 1.0)], frames=4, step=1, num_clips=2)
     batch = next(iter(build_dataloader(cfg, num_steps=1)))
     assert batch.video.shape == (4, 3, 4, 32, 32) and batch.label.shape == (4,)
-    assert batch.index[0] == batch.index[1]
+    assert batch.index[0] == batch.index[1] and (batch.num_clips, batch.num_samples) == (4, 2)
     first, second = frame_ids(batch.video[0]), frame_ids(batch.video[1])
     assert first[0] <= second[0] and np.all(np.diff(second) == 1)
 
@@ -296,6 +296,18 @@ def test_bad_files_train_through_and_are_reported(bad_set, caplog):
     assert "data epoch 0" in caplog.text and "data epoch 1" in caplog.text
 
 
+def test_bad_share_counts_samples_not_clips(bad_set):
+    """With data.num_clips=2 a draw is one sample (two rows): the share of bad draws is the same as at 1."""
+    index, bad = bad_set
+    for num_clips in (1, 2):
+        cfg = video_cfg([(index, 1.0)], frames=4, step=1, batch=4, num_clips=num_clips)
+        loader = build_dataloader(cfg, num_steps=3)  # 12 draws, the index's 12 entries
+        batches = list(loader)
+        tracker = loader.tracker
+        assert tracker.draws == 3 * 4 + tracker.skipped and tracker.skipped >= len(bad)
+        assert all(b.num_samples == 4 and b.num_clips == 4 * num_clips for b in batches)
+
+
 def test_unreadable_index_and_missing_path_fail_clearly(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00" * 100)
@@ -436,16 +448,16 @@ def test_noisy_square_settings_are_checked(tmp_path):
         write_synthetic_videos(tmp_path, 2, 4, 32, ("h264",), pattern="noisy_square", square={"size": 8})
 
 
-def test_skip_tracker_counts_the_clips_each_batch_holds():
-    """Draws = clips of each batch (token-budget batches vary) + skips; the share check uses them."""
+def test_skip_tracker_counts_the_samples_each_batch_holds():
+    """Draws = samples of each batch (token-budget batches vary) + skips; the share check uses them."""
     from types import SimpleNamespace
 
     from vjepa_scale.data.skips import NoReadableVideosError, SkipTracker
 
     tr = SkipTracker(0, epoch_of=lambda step: 0, max_bad_fraction=0.5)
     for step, clips in enumerate([5, 1, 3]):
-        tr.update(SimpleNamespace(step=step, num_clips=clips, skipped=[("bad.mp4", "truncated")]))
+        tr.update(SimpleNamespace(step=step, num_samples=clips, skipped=[("bad.mp4", "truncated")]))
     assert (tr.draws, tr.skipped) == (12, 3)
     with pytest.raises(NoReadableVideosError, match=r"\d+ of \d+ draws"):
         for step in range(3, 40):  # one clip and three skips per batch: 75% bad
-            tr.update(SimpleNamespace(step=step, num_clips=1, skipped=[("bad.mp4", "truncated")] * 3))
+            tr.update(SimpleNamespace(step=step, num_samples=1, skipped=[("bad.mp4", "truncated")] * 3))

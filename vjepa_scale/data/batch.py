@@ -32,6 +32,7 @@ class Batch:
     step: int  # the micro-step this batch belongs to
     index: list[int]  # index entry behind each clip (synthetic: the sample index)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files replaced here
+    clips_per_sample: int = 1  # data.num_clips: a sample (one draw of the sampler) gives that many rows
 
     def to(self, device: Any, dtype: torch.dtype | None = None) -> "Batch":
         """Video (cast to `dtype` if given) and masks on `device`; labels and bookkeeping stay on the host."""
@@ -40,6 +41,11 @@ class Batch:
     @property
     def num_clips(self) -> int:
         return self.masks.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        """Sampler draws behind the batch (clips / data.num_clips): the unit the skip policy counts in."""
+        return self.num_clips // self.clips_per_sample
 
     @property
     def num_tokens(self) -> int:
@@ -54,13 +60,14 @@ class Batch:
 
 def make_batch(video: torch.Tensor | MixedVideo, labels: Sequence[int], masker: MultiBlockMasker, step: int,
                rank: int, index: list[int], skipped: list[tuple[str, str]],
-               grids: Sequence[tuple[int, int, int]] | None = None, slots: Sequence[int] | None = None) -> Batch:
+               grids: Sequence[tuple[int, int, int]] | None = None, slots: Sequence[int] | None = None,
+               clips_per_sample: int = 1) -> Batch:
     """The Batch of clips `video` (B, C, T, H, W) at `step`, with the masks of this rank's slots
     (rank x B + j); a mixed batch (`MixedVideo`) gives each sample's token grid and global slot."""
     B = len(labels)
     return Batch(video=video, label=torch.tensor([int(l) for l in labels], dtype=torch.int64),
                  masks=masker(B, step, first_slot=rank * B, grids=grids, slots=slots), step=int(step),
-                 index=list(index), skipped=list(skipped))
+                 index=list(index), skipped=list(skipped), clips_per_sample=clips_per_sample)
 
 
 class ClipCollator:
@@ -105,4 +112,4 @@ class ClipCollator:
         skipped = [item for s in samples for item in s["skipped"]]
         # the masks on these clips' own grid (a per_step shape, a dataset's own frames/crop, images), not data.*'s
         return make_batch(torch.stack(clips), labels, self.masker, samples[0]["step"], self.rank, index, skipped,
-                          grids=[self.grid(clips[0])] * len(clips))
+                          grids=[self.grid(clips[0])] * len(clips), clips_per_sample=len(clips) // len(samples))

@@ -364,7 +364,7 @@ class DaliLoader:
         skipped = [x for k in order for x in entries[k][2]]
         if self.device == "gpu":
             video = video.to(torch.bfloat16)
-        return make_batch(video, labels, self.masker, step, self.rank, used, skipped)
+        return make_batch(video, labels, self.masker, step, self.rank, used, skipped, clips_per_sample=d.num_clips)
 
     def _thread_init(self) -> None:
         if self.device == "gpu":
