@@ -26,7 +26,9 @@ of hundreds of clips on a CPU), not to tune a config to the last gigabyte.
 available to new allocations (MemAvailable, capped by a cgroup limit) divided by the ranks on the
 node. `check_memory(cfg, world_size)` raises ConfigError naming the estimate, the available memory
 and the settings to change; `train.memory_check: false` skips it. `resolve_checkpointing` turns
-`model.activation_checkpointing: auto` into the fewest recomputed blocks whose estimate fits.
+`model.activation_checkpointing: auto` into the fewest recomputed blocks whose estimate fits, from
+the least memory any rank has once the process group is up (`agreed_available_bytes`), so every rank
+recomputes the same blocks.
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 
 from vjepa_scale.config import Config, ConfigError, MaskSpec, clip_grid, resolve_vit_size
-from vjepa_scale.distributed import compute_dtype, device_for, dist_env
+from vjepa_scale.distributed import compute_dtype, device_for, dist_env, rank_and_world
 
 GiB = 1024 ** 3
 RUNTIME_BYTES = 1 * GiB  # per rank: CUDA context + NCCL buffers, or torch + DeepSpeed in host memory
@@ -207,6 +210,22 @@ def available_bytes(device: torch.device, n_local: int) -> tuple[Optional[int], 
     return avail // n_local, f"available host memory {_gib(avail)} / {n_local} local rank(s)"
 
 
+def agreed_available_bytes(device: torch.device, n_local: int) -> tuple[Optional[int], str]:
+    """`available_bytes` of the rank with the least (None if any rank's is unknown), the same on every
+    rank: collective when a process group of several ranks is up, else this rank's own. Choices made
+    from it (`activation_checkpointing: auto`) must agree, or ZeRO-3's recompute gathers mismatch."""
+    mine = available_bytes(device, n_local)
+    rank, world = rank_and_world()
+    if world == 1:
+        return mine
+    views: list = [None] * world
+    dist.all_gather_object(views, mine)
+    if any(avail is None for avail, _ in views):
+        return None, "unknown on some rank"
+    r = min(range(world), key=lambda i: views[i][0])
+    return views[r][0], f"{views[r][1]}, the least of {world} ranks (rank {r})"
+
+
 def check_memory(cfg: Config, world_size: int) -> Optional[MemoryEstimate]:
     """Refuse (ConfigError) a batch-resolved config whose per-rank estimate exceeds this device's
     memory; returns the estimate (None when `train.memory_check` is off)."""
@@ -249,7 +268,7 @@ def resolve_checkpointing(cfg: Config, world_size: int,
     if cfg.model.activation_checkpointing != "auto":
         return cfg, None
     device = device or device_for()
-    avail, how = available_bytes(device, local_ranks())
+    avail, how = agreed_available_bytes(device, local_ranks())
     depth = resolve_vit_size(cfg.model).depth
     counts = param_counts(cfg)
     out = copy.deepcopy(cfg)
