@@ -145,3 +145,26 @@ def test_dali_backend_leaves_what_its_pipelines_cannot_read_to_the_cpu_decoder(s
     assert _masks_fit_the_clips(next(iter(loader))) == (1, 4, 4)
     cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a), 1.0)])
     assert cfg.data.one_video_shape(cfg.model.tubelet_size)
+
+
+def test_per_step_phases_that_change_the_global_batch_are_refused_up_front(sets):
+    """per_step streams advance per micro-step: a phase (or an elastic resume) that would continue the
+    stream at another position is a ConfigError before any step, naming the phase."""
+    from vjepa_scale.config import ConfigError, PhaseConfig
+    from vjepa_scale.train.launch import preflight
+    from vjepa_scale.train.phases import check_per_step_offsets, plan
+
+    cfg = _cfg(sets, mixing="per_step")
+    cfg.optim.iterations = 4
+    cfg.phases = [PhaseConfig(steps=2), PhaseConfig(global_batch_size=8)]
+    cfg.validate()
+    with pytest.raises(ConfigError, match=r"per_step .* phases\[1\] trains 8 clips per step where the phases "
+                                          r"before it trained \[4\]"):
+        preflight(cfg, 1)
+    cfg.phases = [PhaseConfig(steps=2), PhaseConfig(global_batch_size=4)]  # the same batch: one stream
+    phases = plan(preflight(cfg.validate(), 1), 1)
+    with pytest.raises(ConfigError, match=r"per_step .*: resuming run/ckpt: the global batch changed"):
+        check_per_step_offsets(phases, base=6, cause="resuming run/ckpt: the global batch changed")
+    cfg.data = dataclasses.replace(cfg.data, mixing="packed")
+    cfg.phases = [PhaseConfig(steps=2), PhaseConfig(global_batch_size=8)]
+    preflight(cfg.validate(), 1)  # packed batches continue at any stream position

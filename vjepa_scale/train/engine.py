@@ -148,6 +148,7 @@ class Trainer:
                 self.notes.append(f"elastic resume: checkpoint of {meta['world_size']} ranks resharded "
                                          f"onto {self.world}")
             self.sample_offset, note = phase_lib.resume_offset(ckpt, meta, self.phases)
+            phase_lib.check_per_step_offsets(self.phases, self.sample_offset, cause=f"resuming {ckpt}: {note}")
             self.notes += [n for n in (note, phase_lib.check_phase_record(meta, self.phases)) if n]
         self.use_phase_checkpointing(self.phase)
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)

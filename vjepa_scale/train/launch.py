@@ -18,7 +18,7 @@ import torch
 from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.distributed import DistEnv, compute_dtype, device_for, init_distributed
 from vjepa_scale.train.memory import check_memory
-from vjepa_scale.train.phases import plan, resolve_batch
+from vjepa_scale.train.phases import check_per_step_offsets, plan, resolve_batch
 from vjepa_scale.train.zero_compat import skip_shm_comm_build
 
 
@@ -48,6 +48,7 @@ def preflight(cfg: Config, world_size: int) -> Config:
         check_optimizer_source(cfg.train.init_from)
     cfg = resolve_batch(cfg, world_size)
     phases = plan(cfg, world_size)
+    check_per_step_offsets(phases)
     for p in phases:
         try:
             check_memory(p.cfg, world_size)

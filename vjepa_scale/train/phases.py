@@ -135,6 +135,25 @@ def sample_offset(phases: list[Phase], phase: Phase, base: int = 0) -> int:
     return base + samples_at(phases, phase.start) - phase.start * phase.global_batch
 
 
+def check_per_step_offsets(phases: list[Phase], base: int = 0, cause: str = "") -> None:
+    """ConfigError when a `data.mixing: per_step` phase (several clip shapes) would need a sample
+    offset: its per-shape streams advance per micro-step and cannot start at an arbitrary stream
+    position, which a phase whose global batch differs from the earlier phases' (or, `cause`, an
+    elastic resume with another global batch) asks for. Checked before any step is trained."""
+    for p in phases:
+        d = p.cfg.data
+        if d.mixing != "per_step" or len(set(d.shapes(p.cfg.model.tubelet_size))) < 2:
+            continue
+        if sample_offset(phases, p, base):
+            where = cause or (f"phases[{p.index}] trains {p.global_batch} clips per step where the phases "
+                              f"before it trained {[q.global_batch for q in phases[:p.index]]}")
+            raise ConfigError(
+                f"data.mixing: per_step continues each clip shape's sample stream per micro-step, so it cannot "
+                f"continue the stream at another position: {where}. Keep the global batch (data.global_batch_size "
+                f"/ phases[i].global_batch_size) the same in every phase and across resumes, or use "
+                f"data.mixing: packed")
+
+
 def resume_offset(ckpt: str | Path, meta: dict, phases: list[Phase]) -> tuple[int, Optional[str]]:
     """(base sample offset, a note or None) to continue checkpoint `ckpt` (its meta.json `meta`) with
     this plan: the stream continues at the checkpoint's `samples_seen`."""
