@@ -68,6 +68,23 @@ def test_lr_and_wd_reach_deepspeed_optimizer_each_step(tmp_path):
     assert seen[0][0] == 0.01 and seen[2][0] == 0.05  # warmup start, then the peak after 2 warmup steps
 
 
+def test_resume_with_changed_betas_and_eps_uses_the_new_ones(tmp_path):
+    """A checkpoint's optimizer state keeps its moments, but the resumed run's optim.betas / optim.eps
+    (and each group's weight decay) are the ones of its own config, as the resume note says."""
+    _trainer(tmp_path).fit()
+    env = single_process_group()
+    cfg = load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                   f"optim.iterations={STEPS + 1}", "train.precision=fp32", "train.progress_bar=false",
+                                   "optim.betas=[0.5, 0.6]", "optim.eps=0.1"])
+    tr = Trainer(preflight(cfg, env.world_size), tmp_path / "run", resume="auto", env=env)
+    assert tr.step == STEPS and any("optim.betas" in n for n in tr.notes)
+    groups = tr.engine.optimizer.param_groups
+    assert [(g["betas"], g["eps"]) for g in groups] == [((0.5, 0.6), 0.1)] * 2
+    assert all(float(tr.optimizer.state[p]["step"]) == STEPS for g in groups for p in g["params"])  # moments kept
+    tr.fit()
+    assert tr.step == STEPS + 1 and [(g["betas"], g["eps"]) for g in groups] == [((0.5, 0.6), 0.1)] * 2
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero12_ema_matches_reference(tmp_path, stage):
     """ZeRO-1/2 (replicated parameters, EMA shadow over this rank's master fragments, all of them on one

@@ -16,8 +16,8 @@ from helpers import ROOT, require, single_process_group, tiny_config
 from vjepa_scale.train.launch import deepspeed_config
 from vjepa_scale.train.zero_compat import (TESTED_DEEPSPEED, convert_to_universal, deepspeed_version, fp32_master,
                                            has_master_fragments, is_partitioned, local_flat, master_fragment,
-                                           partition_numel, partition_slice, skip_shm_comm_build,
-                                           universal_load_fixes)
+                                           optimizer_load_fixes, partition_numel, partition_slice,
+                                           skip_shm_comm_build)
 
 deepspeed = require("deepspeed")
 
@@ -155,7 +155,7 @@ def _adam_states(engine) -> list[dict]:
 
 def test_zero3_universal_checkpoint_round_trip(tmp_path):
     """convert_to_universal + a `load_universal` engine restores the ZeRO-3 optimizer state;
-    `universal_load_fixes` undoes the loader's two quirks (shared `step` tensor, group 0's
+    `optimizer_load_fixes` undoes the loader's two quirks (shared `step` tensor, group 0's
     hyperparameters copied onto every group), so the next step equals the uninterrupted one."""
     env = single_process_group()
     cfg = tiny_config(batch_size=2)
@@ -174,10 +174,10 @@ def test_zero3_universal_checkpoint_round_trip(tmp_path):
     raw.load_checkpoint(str(tmp_path / "uc"), tag="t", load_lr_scheduler_states=False)
     steps = [s["step"] for s in _adam_states_raw(raw)]
     quirks = (len({id(t) for t in steps}) < len(steps), raw_opt.param_groups[1]["weight_decay"] != 0.0)
-    assert any(quirks), "DeepSpeed's universal loader changed: check whether universal_load_fixes is still needed"
+    assert any(quirks), "DeepSpeed's universal loader changed: check whether optimizer_load_fixes is still needed"
 
     fixed, fixed_opt = _two_group_engine(cfg, env.world_size, universal=True)
-    with universal_load_fixes(fixed):
+    with optimizer_load_fixes(fixed):
         fixed.load_checkpoint(str(tmp_path / "uc"), tag="t", load_lr_scheduler_states=False)
     assert [g["weight_decay"] for g in fixed_opt.param_groups] == [0.1, 0.0]
     want, got = _adam_states(engine), _adam_states(fixed)

@@ -30,7 +30,7 @@ from vjepa_scale.config import save_config
 from vjepa_scale.train import elastic
 from vjepa_scale.train.guard import check_finite_state
 from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, any_rank, is_disk_error, write_error
-from vjepa_scale.train.zero_compat import universal_load_fixes
+from vjepa_scale.train.zero_compat import optimizer_load_fixes
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
 
 
@@ -183,13 +183,9 @@ def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -
         raise ValueError(f"checkpoint {ckpt} was written by {meta['world_size']} ranks; this run has "
                          f"{world_size}: build the engine with the DeepSpeed config "
                          f"{elastic.deepspeed_overrides(ckpt, world_size)} to reshard it")
-    if reshard:
-        load_dir = elastic.universal_checkpoint(ckpt, rank)
-        with universal_load_fixes(engine):
-            load_path, _ = engine.load_checkpoint(str(load_dir), tag=DS_TAG, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=False)
-    else:
-        load_path, _ = engine.load_checkpoint(str(ckpt / "ds"), tag=DS_TAG, load_optimizer_states=True,
+    load_dir = elastic.universal_checkpoint(ckpt, rank) if reshard else ckpt / "ds"
+    with optimizer_load_fixes(engine):  # this run's betas / eps / group weight decays, not the checkpoint's
+        load_path, _ = engine.load_checkpoint(str(load_dir), tag=DS_TAG, load_optimizer_states=True,
                                               load_lr_scheduler_states=False)
     if load_path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint in {ckpt / 'ds'}")

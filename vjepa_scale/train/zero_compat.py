@@ -14,7 +14,7 @@ breaks one module and `tests/unit/test_zero_compat.py`, not the trainer. Tested 
   read by `master_fragment`.
 - Universal checkpoints (a checkpoint written on N ranks loaded on M): the converter
   `deepspeed.checkpoint.ds_to_universal.main` (a script entry point taking argparse-style args) and
-  the fixes its ZeRO-3 loader needs (`universal_load_fixes`).
+  the fixes its loaders need (`optimizer_load_fixes`).
 - The op-compatibility table `deepspeed.ops.__compatible_ops__`, edited to skip the JIT build of the
   shared-memory CPU collective.
 """
@@ -119,15 +119,19 @@ def convert_to_universal(tag_dir: str, out_tag_dir: str) -> None:
         ds_to_universal.main(args)
 
 
-def universal_load_fixes(engine):
-    """Context manager around `engine.load_checkpoint` of a universal checkpoint: undoes two quirks
-    of DeepSpeed's universal loaders (checked with `TESTED_DEEPSPEED`).
+def optimizer_load_fixes(engine):
+    """Context manager around `engine.load_checkpoint`: this run's optimizer hyperparameters win over
+    the checkpoint's, and one quirk of DeepSpeed's universal ZeRO-3 loader is undone (checked with
+    `TESTED_DEEPSPEED`).
 
-    - The ZeRO-3 loader copies the saved param group 0's hyperparameters onto every group (e.g. the
-      decayed group's weight decay onto the no-decay group): ours are restored.
-    - The ZeRO-3 loader gives every sub-group's Adam state the SAME `step` tensor, which torch's
-      AdamW then increments once per sub-group per step (wrong bias correction from the next step
-      on): each state gets its own copy.
+    - Every loader restores the saved param groups' hyperparameters (betas, eps, weight decays), so a
+      resume would silently keep the old `optim.betas` / `optim.eps` (LR and WD are set from the
+      schedule every step anyway); the universal ZeRO-3 loader even copies group 0's onto every group
+      (the decayed group's weight decay onto the no-decay group). The groups' values from before the
+      load (this run's config) are put back.
+    - The universal ZeRO-3 loader gives every sub-group's Adam state the SAME `step` tensor, which
+      torch's AdamW then increments once per sub-group per step (wrong bias correction from the next
+      step on): each state gets its own copy.
     """
     import contextlib
 
