@@ -121,3 +121,21 @@ def test_deepspeed_settings_that_apply_nan_gradients_are_refused():
     with pytest.raises(ConfigError, match="check_grad_overflow"):
         check_deepspeed_config({"bf16": {"enabled": True, "check_grad_overflow": False}})
 
+
+
+def test_resumed_logger_drops_redone_steps_and_a_torn_last_record(tmp_path, caplog):
+    """A run killed while writing its last record leaves half a line: the resume drops it (and the
+    records of steps it will redo) with a warning instead of failing on rank 0 alone."""
+    log = RunLogger(tmp_path, True, 4, progress_bar=False)
+    for step in (1, 2, 3):
+        log.log(step, {"loss": 0.5})
+    log.close()
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 4, "loss": 0.')  # torn
+    with caplog.at_level("WARNING", logger="vjepa_scale.train"):
+        log = RunLogger(tmp_path, True, 4, start_step=2, progress_bar=False)
+    log.log(3, {"loss": 0.25})
+    log.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert "dropped 1 line(s) that are not whole records" in caplog.text
+    assert not path.with_name("metrics.jsonl.tmp").exists()

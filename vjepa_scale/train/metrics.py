@@ -7,10 +7,35 @@ File loaders add their skip counts to every record (`data_skipped`, `data_skippe
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Optional
+
+
+def _truncate_records(path: Path, last_step: int) -> None:
+    """Keep the records of steps <= `last_step`; a line that does not parse (the record a killed run
+    was writing) is dropped with a warning. Rewritten through a temporary file, so a crash here
+    leaves the old file whole."""
+    keep, torn = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            torn += 1
+            continue
+        if step <= last_step:
+            keep.append(line)
+    if torn:
+        logging.getLogger("vjepa_scale.train").warning(
+            "%s: dropped %d line(s) that are not whole records (a run stopped while writing)", path, torn)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
 
 
 class RunLogger:
@@ -29,9 +54,7 @@ class RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.jsonl"
         if path.is_file():  # a resumed run: drop records of steps it is about to redo
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
-            path.write_text("".join(line + "\n" for line in keep))
+            _truncate_records(path, start_step)
         self._jsonl = open(path, "a", buffering=1)
         from torch.utils.tensorboard import SummaryWriter
 
