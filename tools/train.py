@@ -9,7 +9,8 @@ CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train
 --config takes a path or a bare name from configs/. --opt section.key=value overrides (repeatable).
 --resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived).
-Config errors are reported before any process group, model or data is created.
+Config errors are reported before any process group, model or data is created; those that need the
+checkpoint (a resume with another model, an unusable checkpoint folder) right after the group is joined.
 Exit codes: 0 done, 2 config error, 3 diverged (train.max_bad_steps non-finite steps in a row),
 4 a rank hung past train.hang_timeout_s (its watchdog ended it), 75 preempted: SIGTERM / SIGUSR1 to a
 rank or a launcher makes every rank finish its step, save, and exit 75 (EXIT_PREEMPTED: resume with
@@ -55,12 +56,18 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
+    from vjepa_scale.distributed import leave_process_group
     from vjepa_scale.train.engine import Trainer
     from vjepa_scale.train.guard import EXIT_DIVERGED, DivergenceError
+    from vjepa_scale.train.housekeeping import CheckpointFolderError
 
-    from vjepa_scale.distributed import leave_process_group
-
-    trainer = Trainer(cfg, cfg.train.output_dir, resume=args.resume)
+    try:  # the checks that need the run folder or the checkpoint: every rank raises the same error
+        trainer = Trainer(cfg, cfg.train.output_dir, resume=args.resume)
+    except (ConfigError, CheckpointFolderError) as e:
+        if dist_env().rank == 0:
+            print(f"config error: {e}", file=sys.stderr, flush=True)
+        leave_process_group()
+        return 2
     # Every rank ends these three ways at the same step, so the group is torn down together; after any
     # other exception it is left alone (a teardown while other ranks wait in a collective can hang).
     try:

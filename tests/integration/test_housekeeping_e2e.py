@@ -46,3 +46,17 @@ def test_two_ranks_disk_full_while_saving_end_cleanly(tmp_path, tmpfs):
     assert f"while saving checkpoint step {step + 1} to {run}/checkpoints" in out
     assert f"last good checkpoint is still {done[0]}" in out
     assert sorted(p.name for p in (run / CKPT_SUBDIR).iterdir()) == ["latest", done[0].name]
+
+
+def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path):
+    """tools/train.py on 2 ranks: resuming a depth-1 run with model.depth=2 exits 2 with one
+    `config error:` line naming the key, without a traceback (the documented config-error exit)."""
+    run = tmp_path / "run"
+    first = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=1", "train.checkpoint_every=1"),
+                   nproc=2, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    r = launch("tools/train.py", *train_args(run, *OPTS, "model.depth=2", "optim.iterations=2", resume="auto"),
+               nproc=2, launcher="deepspeed", timeout=240)  # the deepspeed launcher exits with the ranks' code
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.count("config error:") == 1 and "model.depth" in r.stderr
+    assert "Traceback" not in r.stderr
