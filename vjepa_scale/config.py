@@ -274,6 +274,10 @@ class DataConfig(Section):
                     raise ConfigError(f"{prefix}.datasets[{i}].{key} must be > 0 or null, got {getattr(ds, key)}")
         if self.tokens_per_batch is not None and self.tokens_per_batch <= 0:
             raise ConfigError(f"{prefix}.tokens_per_batch must be > 0 or null, got {self.tokens_per_batch}")
+        if self.tokens_per_batch is not None and self.global_batch_size is not None:
+            raise ConfigError(f"{prefix}.tokens_per_batch={self.tokens_per_batch} sets the batch (clips vary per "
+                              f"step), so {prefix}.global_batch_size={self.global_batch_size} would be ignored: "
+                              f"set {prefix}.global_batch_size: null")
         if self.num_clips > 1 and self.is_mixed(1):
             raise ConfigError(f"{prefix}.num_clips > 1 is not supported with mixed shapes or tokens_per_batch")
 
@@ -455,6 +459,11 @@ class Config:
             if self.data.tokens_per_batch is not None and g[0] * g[1] * g[2] > self.data.tokens_per_batch:
                 raise ConfigError(f"data.tokens_per_batch={self.data.tokens_per_batch} is below one clip of "
                                   f"data.datasets[{i}] ({g[0] * g[1] * g[2]} tokens)")
+        for i, p in enumerate(self.phases):
+            if self.data.tokens_per_batch is not None and (p.batch_size or p.global_batch_size) is not None:
+                key = "batch_size" if p.batch_size is not None else "global_batch_size"
+                raise ConfigError(f"phases[{i}].{key} would be ignored: data.tokens_per_batch="
+                                  f"{self.data.tokens_per_batch} sets every phase's batch")
         self.phase_configs()  # validates every phase (ConfigError naming `phases[i].key`)
         return self
 

@@ -56,6 +56,16 @@ def test_wrong_type_and_range_name_the_key():
         load_config("cpu_demo", ["data.global_batch_size=0"])
 
 
+def test_a_token_budget_refuses_batch_keys_it_would_ignore():
+    with pytest.raises(ConfigError, match=r"data\.tokens_per_batch=4096 sets the batch .* "
+                                          r"set data\.global_batch_size: null"):
+        load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"phases\[1\]\.global_batch_size would be ignored: data\.tokens_per_batch"):
+        load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null",
+                                 "phases=[{steps: 30}, {global_batch_size: 8}]"])
+    load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null"])
+
+
 @pytest.mark.parametrize("key,value", [("random_resize_aspect_ratio", "[0, 1.35]"),
                                        ("random_resize_aspect_ratio", "[-1, 1.35]"),
                                        ("random_resize_aspect_ratio", "[1.35, 0.75]"),
