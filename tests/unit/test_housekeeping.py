@@ -160,6 +160,35 @@ def test_disk_full_while_saving_keeps_last_good_checkpoint(tmp_path, tmpfs):
     assert load_consolidated(run)["step"] == 1
 
 
+def test_an_old_checkpoint_that_cannot_be_pruned_does_not_fail_the_save(tmp_path, monkeypatch, caplog):
+    """The new save is committed before pruning: an old checkpoint that cannot be moved away (EACCES)
+    is a warning, training goes on, and a later save prunes it once it can."""
+    import errno
+    import os
+
+    from vjepa_scale.train import checkpoint
+
+    run = tmp_path / "run"
+    real_rename, locked = os.rename, {"step_00000001"}
+
+    def rename(src, dst):
+        if Path(src).name in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "rename", rename)
+    tr = _trainer(run, "optim.iterations=2", "train.checkpoint_every=1", "train.keep_last=1")
+    with caplog.at_level("WARNING", logger="vjepa_scale.train"):
+        tr.fit()
+    assert tr.step == 2 and _names(run) == ["step_00000001", "step_00000002"]
+    assert find_latest(run).name == "step_00000002"
+    assert f"could not remove the old checkpoint {run}/checkpoints/step_00000001" in caplog.text
+    locked.clear()
+    tr = _trainer(run, "optim.iterations=3", "train.checkpoint_every=1", "train.keep_last=1", resume="auto")
+    tr.fit()
+    assert _names(run) == ["step_00000003"]
+
+
 def test_torch_stream_write_failure_is_a_disk_error():
     """What torch.save raises on a full disk ("unexpected pos") and ENOSPC itself count as disk errors."""
     with pytest.raises(RuntimeError) as e:

@@ -17,6 +17,7 @@ never touched by a failing save.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -32,6 +33,8 @@ from vjepa_scale.train.guard import check_finite_state
 from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, any_rank, is_disk_error, write_error
 from vjepa_scale.train.zero_compat import optimizer_load_fixes
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
+
+log = logging.getLogger("vjepa_scale.train")
 
 
 def _barrier() -> None:
@@ -164,9 +167,21 @@ def _commit(run_dir: Path, tmp: Path, final: Path, cfg, meta: dict, keep_last: i
         os.rename(tmp, final)
     _fsync_dir(root)
     _write_atomic(root / "latest", final.name)
+    prune(run_dir, keep_last)
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Remove all but the `keep_last` newest complete saves. The new save is already committed, so a
+    checkpoint that cannot be removed (permissions, a busy file on a network filesystem) is a warning,
+    not a failed save; the next save tries again."""
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        gone = root / f"{DEL_PREFIX}{old.name}"  # vanish atomically, then delete at leisure
-        os.rename(old, gone)
+        gone = old.with_name(f"{DEL_PREFIX}{old.name}")  # vanish atomically, then delete at leisure
+        try:
+            os.rename(old, gone)
+        except OSError as e:
+            log.warning("checkpoints: could not remove the old checkpoint %s (%s); the new one is saved, "
+                        "the next save tries again", old, e)
+            continue
         shutil.rmtree(gone, ignore_errors=True)
 
 
