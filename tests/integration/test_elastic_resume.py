@@ -112,3 +112,46 @@ def test_changed_global_batch_resumes_at_saved_sample(tmp_path):
     assert [i for s in sorted(b) for i in b[s]] == stream[24:36]
     meta = json.loads((list_checkpoints(resumed)[-1] / "meta.json").read_text())
     assert meta["samples_seen"] == 36 and meta["global_batch_size"] == 4
+
+
+def test_init_from_optimizer_reshards_a_read_only_source_in_its_own_run(tmp_path):
+    """`train.init_from_optimizer` from a 2-rank run on 1 rank: the source folder is read-only (a shared
+    pretraining run), so the universal form is made in the new run's folder and removed after the load."""
+    import subprocess
+
+    from helpers import single_process_group, tmpfs_mounts
+    from vjepa_scale.config import load_config
+    from vjepa_scale.train.elastic import INIT_UNIVERSAL
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.train.launch import preflight
+
+    with tmpfs_mounts(tmp_path) as mount:
+        disk = mount("256m")
+        _launch(disk / "pre", 2, "optim.iterations=3")
+        src = list_checkpoints(disk / "pre")[0]
+        before = sorted(p.relative_to(disk) for p in disk.rglob("*"))
+        r = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot remount read-only here ({r.stderr.strip()})")
+        cfg = load_config("cpu_demo", [*OPTS[:3], "optim.iterations=2", "train.progress_bar=false",
+                                       f"train.init_from={src}", "train.init_from_optimizer=true"])
+        tr = Trainer(preflight(cfg, 1), tmp_path / "cool", env=single_process_group())
+        assert any(f"optimizer state from {src}" in n for n in tr.notes)
+        assert not (tmp_path / "cool" / INIT_UNIVERSAL).exists()
+        tr.fit()
+        assert tr.step == 2 and sorted(p.relative_to(disk) for p in disk.rglob("*")) == before
+
+
+def test_waiting_ranks_raise_rank0s_conversion_error(tmp_path):
+    """The universal conversion is not waited for in a collective (it can outlast the group's timeout):
+    rank 0 writes its error beside the target folder, and the polling ranks raise it."""
+    from vjepa_scale.train.elastic import universal_checkpoint
+
+    ckpt = tmp_path / "step_00000003"
+    (ckpt / "ds").mkdir(parents=True)  # no DeepSpeed tag inside: the conversion fails
+    with pytest.raises(RuntimeError, match=rf"converting {ckpt} to DeepSpeed's universal format in "
+                                           rf"{ckpt}/universal failed"):
+        universal_checkpoint(ckpt, rank=0)
+    assert not (ckpt / ".tmp_universal").exists()
+    with pytest.raises(RuntimeError, match=r"^rank 0: converting .* failed"):
+        universal_checkpoint(ckpt, rank=1, poll_s=0.01)

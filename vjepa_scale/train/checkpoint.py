@@ -185,11 +185,13 @@ def prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(gone, ignore_errors=True)
 
 
-def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -> dict:
+def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int,
+                    universal_dir: Optional[Path] = None) -> dict:
     """Collective: restore model, optimizer, EMA shards and RNG; returns the checkpoint's meta.
 
     A checkpoint written by another number of ranks is resharded (`elastic`); the online engine
     must then have been built with `elastic.deepspeed_overrides(ckpt, world_size)` in its config.
+    `universal_dir`: where its universal form is made (default: inside the checkpoint).
     """
     ckpt = Path(ckpt)
     meta = json.loads((ckpt / "meta.json").read_text())
@@ -198,7 +200,7 @@ def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int) -
         raise ValueError(f"checkpoint {ckpt} was written by {meta['world_size']} ranks; this run has "
                          f"{world_size}: build the engine with the DeepSpeed config "
                          f"{elastic.deepspeed_overrides(ckpt, world_size)} to reshard it")
-    load_dir = elastic.universal_checkpoint(ckpt, rank) if reshard else ckpt / "ds"
+    load_dir = elastic.universal_checkpoint(ckpt, rank, universal_dir) if reshard else ckpt / "ds"
     with optimizer_load_fixes(engine):  # this run's betas / eps / group weight decays, not the checkpoint's
         load_path, _ = engine.load_checkpoint(str(load_dir), tag=DS_TAG, load_optimizer_states=True,
                                               load_lr_scheduler_states=False)

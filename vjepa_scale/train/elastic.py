@@ -3,8 +3,10 @@
 What depends on the world size is resharded at load (`train.checkpoint.load_checkpoint` calls in):
 - DeepSpeed's ZeRO state (weights, fp32 masters, Adam moments): rank 0 converts the checkpoint's
   `ds/<tag>` once into DeepSpeed's universal format, `<ckpt>/universal/<tag>` (written aside, then
-  renamed; kept for later resumes, pruned with the checkpoint), and every rank loads its new
-  partition from it. DeepSpeed reads universal checkpoints only when the engine was built with
+  renamed; kept for later resumes, pruned with the checkpoint; the other ranks poll for it rather
+  than wait in a collective that could time out), and every rank loads its new partition from it.
+  Another run's checkpoint (`train.init_from_optimizer`) is converted into this run's folder instead
+  and removed after the load: the source may be read-only or shared by several runs. DeepSpeed reads universal checkpoints only when the engine was built with
   `"checkpoint": {"load_universal": true}`: the trainer merges `deepspeed_overrides(ckpt, world)`
   into its DeepSpeed config.
 - The EMA shadow: every rank reads all N shards, consolidates them (`weights.consolidate_shards`)
@@ -32,6 +34,7 @@ import copy
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -72,23 +75,56 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def universal_checkpoint(ckpt: str | Path, rank: int) -> Path:
-    """Collective: the universal form of `ckpt`'s DeepSpeed state (converted by rank 0 if missing).
+INIT_UNIVERSAL = ".init_universal"  # in a run folder: the resharded `train.init_from_optimizer` source
+FAILED_SUFFIX = ".failed"  # beside the universal folder: rank 0's conversion error, for the waiting ranks
 
-    Returns the load dir to pass to `engine.load_checkpoint(load_dir, tag=DS_TAG)`.
+
+def universal_checkpoint(ckpt: str | Path, rank: int, out: Optional[str | Path] = None,
+                         poll_s: float = 1.0) -> Path:
+    """Collective: the universal form of `ckpt`'s DeepSpeed state, converted by rank 0 if missing.
+
+    `out`: where it goes (default `<ckpt>/universal`, kept for later resumes and pruned with the
+    checkpoint; the trainer passes a folder of its own run for a checkpoint of another run, which
+    may be read-only or shared). Returns the load dir for `engine.load_checkpoint(load_dir, tag=DS_TAG)`.
+
+    The conversion of a large model can outlast the process group's timeout, so the other ranks do not
+    wait in a collective: they poll the shared filesystem for the finished folder (renamed into place
+    when complete) or for rank 0's error file, and raise that error too. A rank 0 that dies is seen by
+    the launcher, which ends every rank.
     """
     ckpt = Path(ckpt)
-    out = ckpt / UNIVERSAL_SUBDIR
+    out = Path(out) if out is not None else ckpt / UNIVERSAL_SUBDIR
+    failed = out.with_name(out.name + FAILED_SUFFIX)
     if rank == 0 and not (out / DS_TAG).is_dir():
-        tmp = ckpt / f".tmp_{UNIVERSAL_SUBDIR}"
+        tmp = out.with_name(f".tmp_{out.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        convert_to_universal(str(ckpt / "ds" / DS_TAG), str(tmp / DS_TAG))
-        os.rename(tmp, out)
+        failed.unlink(missing_ok=True)
+        try:
+            convert_to_universal(str(ckpt / "ds" / DS_TAG), str(tmp / DS_TAG))
+            os.rename(tmp, out)
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            why = f"converting {ckpt} to DeepSpeed's universal format in {out} failed: {type(e).__name__}: {e}"
+            try:
+                failed.write_text(why)
+            except OSError:
+                pass  # the others then see neither file and wait for the launcher to end them
+            raise RuntimeError(why) from e
+    while rank != 0 and not (out / DS_TAG).is_dir():
+        if failed.is_file():
+            raise RuntimeError(f"rank 0: {failed.read_text()}")
+        time.sleep(poll_s)
     _barrier()
-    if not (out / DS_TAG).is_dir():
-        raise FileNotFoundError(f"universal checkpoint {out / DS_TAG} is not visible on rank {rank} "
-                                f"(elastic resume needs a filesystem shared by all ranks)")
+    if rank == 0:
+        failed.unlink(missing_ok=True)
     return out
+
+
+def remove_after_load(folder: Path, rank: int) -> None:
+    """Collective: rank 0 removes `folder` (a universal form made only for one load) once every rank loaded."""
+    _barrier()
+    if rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @torch.no_grad()

@@ -126,8 +126,10 @@ class Trainer:
         self.ema = ShardedEMA(self.engine.module.encoder, self.target.module, target_fp32, self.rank, self.world)
         del target_fp32
         rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
-        if opt_src is not None:
-            ckpt_lib.load_checkpoint(opt_src, self.engine, self.ema, self.rank, self.world)
+        if opt_src is not None:  # another run's checkpoint (maybe read-only): reshard it in this run's folder
+            scratch = self.run_dir / elastic.INIT_UNIVERSAL
+            ckpt_lib.load_checkpoint(opt_src, self.engine, self.ema, self.rank, self.world, universal_dir=scratch)
+            elastic.remove_after_load(scratch, self.rank)
             rng.seed_everything(cfg.train.seed, self.rank)  # this run's own streams, not the source's
             self.notes.append(f"train.init_from_optimizer: weights, EMA target and optimizer state from {opt_src}; "
                               f"step, schedules and data start at 0")
