@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import frame_ids, needs, require, tiny_config, video_cfg, write_bad_set, write_video_sets
+from helpers import (frame_ids, frame_numbers, needs, numbered_frames, require, tiny_config, video_cfg, write_bad_set,
+                     write_video_sets)
 from vjepa_scale.config import ConfigError, MaskConfig
 from vjepa_scale.data import Batch, NoReadableVideosError, build_dataloader, build_dataset, dali_available
 from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.clips import clip_frame_indices, normalize_clip, plan_clips
-from vjepa_scale.data.decode import VideoError, _decode_after_seek, _open, decode_frames, probe_video
+from vjepa_scale.data.decode import (VideoError, _decode_after_seek, _open, decode_clip_frames, decode_frames,
+                                     probe_video)
 from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
 from vjepa_scale.data.skips import substitute
 from vjepa_scale.data.synthetic_videos import frame_index_frames, frame_index_level, write_synthetic_videos, write_video
@@ -55,6 +57,22 @@ def test_seek_decoding_matches_sequential(tmp_path, codec, ext):
     assert np.array_equal(fast, decode_frames(path, wanted, info.num_frames))
     levels = [int(round(x)) for x in fast.reshape(len(wanted), -1).mean(1)]
     assert all(abs(l - frame_index_level(i)) <= 2 for l, i in zip(levels, wanted))
+
+
+def test_seek_in_millisecond_timestamps_matches_sequential(tmp_path):
+    """A 30 fps WebM stores millisecond timestamps (33, 33, 34 ms apart; a rate from the median step
+    drifts a frame every ~50): every window decoded after a seek holds the frames decoding from 0 gives."""
+    from helpers.dali_videos import encode
+
+    n = 210
+    path = encode(tmp_path / "ms.webm", numbered_frames(n, 32, 32), "libvpx-vp9", fps=30, options={"g": "10"})
+    info = probe_video(path)
+    assert info.num_frames == n and not info.variable_frame_rate and info.fps == pytest.approx(30, abs=0.01)
+    every = decode_frames(path, list(range(n)))  # sequential: starts at frame 0
+    assert frame_numbers(every) == list(range(n))
+    shifted = [first for first in range(8, n - 3)
+               if not np.array_equal(decode_clip_frames(info, list(range(first, first + 4))), every[first:first + 4])]
+    assert shifted == []
 
 
 def test_truncated_file_raises_video_error(tmp_path):

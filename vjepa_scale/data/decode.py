@@ -1,8 +1,8 @@
 """PyAV (FFmpeg) probing and frame decoding: H.264, HEVC, VP9, MJPEG, AV1 and anything FFmpeg reads.
 
 `probe_video` gives exact frame counts (the container's stored count, else a packet scan; never
-duration x fps), every frame's timestamp for variable-frame-rate files, the display rotation, and
-finds files truncated behind an intact header. `decode_frames` returns exactly the frames asked for
+duration x fps), every frame's timestamp for scanned files (`VideoInfo.frame_pts`), the display
+rotation, and finds files truncated behind an intact header. `decode_frames` returns exactly the frames asked for
 (frame i = the i-th in presentation order), never padded. Every failure (missing, empty, truncated,
 non-video, undecodable, too short) raises `VideoError` with the path, a short reason and a kind
 (`SKIP_KINDS`), so datasets can skip and count bad files by kind. A `Deadline` bounds the time spent
@@ -15,7 +15,7 @@ import signal
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -129,7 +129,9 @@ class VideoInfo:
     fps: float
     variable_frame_rate: bool
     rotation: int = 0   # display rotation, degrees counterclockwise: 0, 90, 180 or 270
-    frame_pts: tuple[int, ...] | None = None  # presentation timestamps of all frames (kept for VFR files)
+    # sorted presentation timestamps of all frames (int64), kept for every packet-scanned file: frame i is
+    # the one at frame_pts[i] (WebM/MKV millisecond timestamps do not give frame numbers through fps)
+    frame_pts: np.ndarray | None = field(default=None, compare=False, repr=False)
     keyframes: int = 0  # keyframe packets counted (0: not counted, the stored frame count was used)
 
     @property
@@ -178,8 +180,8 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
     The first frame is decoded (its display matrix gives the rotation; a file whose data does not
     decode fails here). The frame count is the container's stored count (MP4, AVI, ...); without
     one (WebM/MKV, TS), or when the frame rate varies, the packets are counted (a demux pass over
-    the file, no decoding) and their timestamps give the frame rate, or for a variable frame rate
-    every frame's timestamp (`frame_pts`). Never duration x fps. A stream whose packets end well
+    the file, no decoding): their timestamps are kept (`frame_pts`, frame i = the i-th smallest) and
+    give the mean frame rate. Never duration x fps. A stream whose packets end well
     before the duration its header declares is truncated (VideoError kind "truncated").
     """
     container = _open(path, deadline)
@@ -204,12 +206,12 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
             _check_complete(container, s, path, (end - (s.start_time or (pts[0] if pts else 0))) * tb, fps)
             if n <= 0:
                 raise VideoError(path, "stream has no frames", "no_video")
-            steps = np.diff(np.asarray(pts, dtype=np.int64))
+            frame_pts = np.asarray(pts, dtype=np.int64)
+            frame_pts.flags.writeable = False
+            steps = np.diff(frame_pts)
             if len(steps):
                 vfr = bool(steps.max() - steps.min() > max(1, 0.01 * np.median(steps)))
-                fps = 1.0 / (float(np.median(steps)) * tb) if steps.min() > 0 else fps
-            if vfr:
-                frame_pts = tuple(int(p) for p in pts)
+                fps = (n - 1) / (float(frame_pts[-1] - frame_pts[0]) * tb) if steps.min() > 0 else fps
         if rotation is None:
             raise VideoError(path, "no frame could be decoded", "decode_error")
         if n <= 0:
@@ -274,19 +276,18 @@ SEEK_MIN_FRAME = 8  # first wanted frame from which decoding seeks (to a keyfram
 
 
 def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline: Deadline | None = None,
-                       frame_pts: tuple[int, ...] | None = None) -> dict[int, np.ndarray] | None:
+                       frame_pts: np.ndarray | None = None) -> dict[int, np.ndarray] | None:
     """Seek to the keyframe before min(wanted) and decode; frame numbers from pts.
 
-    With `frame_pts` (every frame's timestamp, variable frame rate) a frame's number is its position
-    there; else it is pts x fps (constant frame rate), and the numbers must then run on one by one.
-    Returns None when that is unreliable (no pts, landed after the window, a gap or repeat, frames
-    missing), in which case the caller decodes from the start.
+    With `frame_pts` (every frame's timestamp, sorted) a frame's number is its position there; else
+    it is pts x fps (a stored frame count, constant frame rate). The numbers must run on one by one.
+    Returns None when that is unreliable (no pts, a pts not in `frame_pts`, landed after the window,
+    a gap or repeat, frames missing), in which case the caller decodes from the start.
     """
     tb = stream.time_base
     start = stream.start_time or 0
     first, last = min(wanted), max(wanted)
-    position = {p: i for i, p in enumerate(frame_pts)} if frame_pts is not None else None
-    target = frame_pts[first] if frame_pts is not None else start + int(first / fps / tb)
+    target = int(frame_pts[first]) if frame_pts is not None else start + int(first / fps / tb)
     container.seek(target, stream=stream, backward=True, any_frame=False)
     got: dict[int, np.ndarray] = {}
     previous = None
@@ -295,9 +296,9 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline
             deadline.check()
         if frame.pts is None:
             return None
-        if position is not None:
-            idx = position.get(int(frame.pts))
-            if idx is None:
+        if frame_pts is not None:
+            idx = int(np.searchsorted(frame_pts, frame.pts))
+            if idx >= len(frame_pts) or frame_pts[idx] != frame.pts:
                 return None
         else:
             idx = int(round(float((frame.pts - start) * tb) * fps))
@@ -315,13 +316,13 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline
 
 def decode_frames(path: str, indices: list[int], declared_frames: int | None = None,
                   fps: float | None = None, deadline: Deadline | None = None,
-                  frame_pts: tuple[int, ...] | None = None) -> np.ndarray:
+                  frame_pts: np.ndarray | None = None) -> np.ndarray:
     """Frames `indices` (any order, repeats allowed) of `path` as uint8 (len(indices), H, W, 3) RGB, as stored
     (not rotated).
 
     Frame i is the i-th frame in presentation order. Given `fps` and a first index >= SEEK_MIN_FRAME,
-    seeks to the keyframe before the window (`frame_pts`: exact timestamps of a variable-frame-rate
-    file); otherwise (or when seeking is unreliable) decodes sequentially from the start, counting
+    seeks to the keyframe before the window (`frame_pts`: every frame's timestamp, sorted, see
+    `probe_video`); otherwise (or when seeking is unreliable) decodes sequentially from the start, counting
     frames. Nothing is padded: a file that ends before the last index is truncated (VideoError kind
     "truncated", or "too_short" when `declared_frames` says the file never had that frame).
     Past `deadline`, DecodeTimeout.
