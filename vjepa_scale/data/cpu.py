@@ -73,15 +73,22 @@ class VideoClips(Dataset):
         VideoError if the file or the clip is unusable.
 
         Raises DecodeTimeout (a VideoError) when probing and decoding take longer than
-        data.decode_timeout_s, whatever failure the interruption caused on the way.
+        data.decode_timeout_s, whatever failure the interruption caused on the way. Any other exception
+        (not MemoryError) becomes a VideoError "decode_error" naming the file, so the file is skipped.
         """
-        with Deadline(self.index.paths[i], self.cfg.decode_timeout_s) as deadline:
+        path = self.index.paths[i]
+        with Deadline(path, self.cfg.decode_timeout_s) as deadline:
             try:
                 return self._load(i, step, i if key is None else key, deadline)
-            except VideoError as e:
+            except MemoryError:
+                raise
+            except Exception as e:
                 if isinstance(e, DecodeTimeout) or not deadline.expired():
-                    raise
-                self._bad[e.path] = deadline.error()
+                    if isinstance(e, VideoError):
+                        raise
+                    self._bad[path] = VideoError(path, f"reading failed ({type(e).__name__}: {e})", "decode_error")
+                    raise self._bad[path] from e
+                self._bad[path] = deadline.error()
                 raise deadline.error() from None
 
     def _load_image(self, i: int, step: int, key: int) -> torch.Tensor:

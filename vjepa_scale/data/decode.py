@@ -275,14 +275,25 @@ def _check_complete(container, stream, path: str, seconds: float, fps: float) ->
 SEEK_MIN_FRAME = 8  # first wanted frame from which decoding seeks (to a keyframe) instead of starting at 0
 
 
+def _rgb(frame, size: tuple[int, int] | None, path: str) -> np.ndarray:
+    """`frame` as uint8 (H, W, 3) RGB; VideoError "unsupported" when it is not (height, width) `size` (the
+    picture size changes inside the stream)."""
+    if size is not None and (frame.height, frame.width) != size:
+        raise VideoError(path, f"frame size changes inside the stream: {frame.width}x{frame.height} frames after "
+                               f"{size[1]}x{size[0]}", "unsupported")
+    return frame.to_ndarray(format="rgb24")
+
+
 def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline: Deadline | None = None,
-                       frame_pts: np.ndarray | None = None) -> dict[int, np.ndarray] | None:
+                       frame_pts: np.ndarray | None = None,
+                       size: tuple[int, int] | None = None) -> dict[int, np.ndarray] | None:
     """Seek to the keyframe before min(wanted) and decode; frame numbers from pts.
 
     With `frame_pts` (every frame's timestamp, sorted) a frame's number is its position there; else
     it is pts x fps (a stored frame count, constant frame rate). The numbers must run on one by one.
     Returns None when that is unreliable (no pts, a pts not in `frame_pts`, landed after the window,
-    a gap or repeat, frames missing), in which case the caller decodes from the start.
+    a gap or repeat, frames missing), in which case the caller decodes from the start. A wanted frame
+    whose size is not `size` (default: the first wanted frame's) raises VideoError "unsupported".
     """
     tb = stream.time_base
     start = stream.start_time or 0
@@ -308,7 +319,8 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline
             return None
         previous = idx
         if idx in wanted:
-            got[idx] = frame.to_ndarray(format="rgb24")
+            size = size or (frame.height, frame.width)
+            got[idx] = _rgb(frame, size, container.name)
         if idx >= last:
             break
     return got if set(got) == wanted else None
@@ -316,7 +328,7 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline
 
 def decode_frames(path: str, indices: list[int], declared_frames: int | None = None,
                   fps: float | None = None, deadline: Deadline | None = None,
-                  frame_pts: np.ndarray | None = None) -> np.ndarray:
+                  frame_pts: np.ndarray | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Frames `indices` (any order, repeats allowed) of `path` as uint8 (len(indices), H, W, 3) RGB, as stored
     (not rotated).
 
@@ -324,7 +336,9 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
     seeks to the keyframe before the window (`frame_pts`: every frame's timestamp, sorted, see
     `probe_video`); otherwise (or when seeking is unreliable) decodes sequentially from the start, counting
     frames. Nothing is padded: a file that ends before the last index is truncated (VideoError kind
-    "truncated", or "too_short" when `declared_frames` says the file never had that frame).
+    "truncated", or "too_short" when `declared_frames` says the file never had that frame). A wanted
+    frame whose (height, width) is not `size` (default: the first wanted frame's), i.e. the picture
+    size changes mid-stream, raises VideoError "unsupported".
     Past `deadline`, DecodeTimeout.
     """
     if not indices:
@@ -336,8 +350,8 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
     if fps and min(wanted) >= SEEK_MIN_FRAME:
         container = _open(path, deadline)
         try:
-            got = _decode_after_seek(container, container.streams.video[0], wanted, fps, deadline, frame_pts)
-        except DecodeTimeout:
+            got = _decode_after_seek(container, container.streams.video[0], wanted, fps, deadline, frame_pts, size)
+        except VideoError:  # a timeout, or a frame of another size
             raise
         except Exception:
             got = None
@@ -354,11 +368,12 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
             if deadline is not None:
                 deadline.check()
             if count in wanted:
-                got[count] = frame.to_ndarray(format="rgb24")
+                size = size or (frame.height, frame.width)
+                got[count] = _rgb(frame, size, path)
             count += 1
             if count > last:
                 break
-    except DecodeTimeout:
+    except VideoError:
         raise
     except Exception as e:
         raise VideoError(path, f"decoding failed after {count} frames ({type(e).__name__}: {e})",
@@ -374,5 +389,7 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
 
 
 def decode_clip_frames(info: VideoInfo, indices: list[int], deadline: Deadline | None = None) -> np.ndarray:
-    """`decode_frames` of a probed file: uint8 (len(indices), H, W, 3) as stored (see `clips.orient_clip`)."""
-    return decode_frames(info.path, indices, info.num_frames, info.fps, deadline, info.frame_pts)
+    """`decode_frames` of a probed file: uint8 (len(indices), H, W, 3) as stored (see `clips.orient_clip`), each
+    frame of the probed size."""
+    return decode_frames(info.path, indices, info.num_frames, info.fps, deadline, info.frame_pts,
+                         (info.height, info.width))
