@@ -25,7 +25,7 @@ from vjepa_scale.data.clips import normalize_clip, plan_video, random_resized_cr
 from vjepa_scale.data.decode import (Deadline, DecodeTimeout, VideoError, VideoInfo, decode_clip_frames,
                                      probe_video)
 from vjepa_scale.data.index import VideoIndex
-from vjepa_scale.data.skips import NoReadableVideosError, substitute
+from vjepa_scale.data.skips import substitute, unreadable_index_error
 
 INFO_CACHE_MAX = 200_000  # probed files remembered per process (exact frame counts cost a packet scan)
 
@@ -158,7 +158,5 @@ def check_readable(index: VideoIndex, max_failures: int = 256, images: list[bool
             except VideoError as e:
                 failures.append(f"{e.path} ({e.reason})")
         else:
-            scope = "any" if size <= max_failures else f"the first {max_failures}"
-            raise NoReadableVideosError(f"index file '{source}': none of {scope} of its {size} videos can be "
-                                        f"read, e.g. " + "; ".join(failures[:3]))
+            raise unreadable_index_error(source, size, min(size, max_failures), failures)
         start += size
