@@ -28,7 +28,7 @@ Models (helpers.builders):
     reference_ema(ckpts)     the single-process fp32 EMA over a run's consolidated checkpoints
 Videos (helpers.videos):
     write_video_sets(base), write_bad_set(shapes_index, folder), video_cfg(...), write_index(path, entries),
-    frame_ids(video_CTHW)
+    frame_ids(video_CTHW), numbered_frames(frames, h, w) / frame_numbers(frames_THWC)   (frames up to 899)
     streamable_videos(folder, n=4)   VP9 clips that can be read from a pipe
 Images (helpers.images):
     write_images(folder, n=6, size=(40, 48))   smooth RGB PNGs: an image dataset folder
@@ -48,10 +48,12 @@ from .images import write_images
 from .official import official_layout
 from .procs import (assert_ok, command, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool,
                     rank_processes, run, start, train_args, wait_for_step)
-from .videos import frame_ids, streamable_videos, video_cfg, write_bad_set, write_index, write_video_sets
+from .videos import (frame_ids, frame_numbers, numbered_frames, streamable_videos, video_cfg, write_bad_set,
+                     write_index, write_video_sets)
 
 __all__ = ["ROOT", "TensorVideos", "write_images", "assert_ok", "check_dev_extras", "command", "cpu_env", "deepspeed_launcher",
-           "equal_tensors", "extras_required", "frame_ids", "free_port", "gpu_env", "launch", "load_tool",
-           "missing_dev_extras", "needs", "official_layout", "rank_processes", "reference_ema", "require", "run", "separable_features",
+           "equal_tensors", "extras_required", "frame_ids", "frame_numbers", "free_port", "gpu_env", "launch",
+           "load_tool", "missing_dev_extras", "needs", "numbered_frames", "official_layout", "rank_processes",
+           "reference_ema", "require", "run", "separable_features",
            "single_process_group", "start", "streamable_videos", "tiny_config", "tmpfs_mounts", "train_args",
            "video_cfg", "wait_for_step", "write_bad_set", "write_index", "write_video_sets"]

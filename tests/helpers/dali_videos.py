@@ -1,4 +1,5 @@
-"""Small encoded files for the DALI tests: any codec / pixel format / size, VFR, BT.709-tagged, cut, corrupt."""
+"""Small encoded files for the DALI tests: any codec / pixel format / size, VFR, BT.709-tagged, cut, corrupt,
+resized mid-stream."""
 from __future__ import annotations
 
 import fractions
@@ -93,3 +94,24 @@ def corrupt(src, dst, from_frame: int) -> str:
         data[at:at + len(payload)] = bytes(len(payload))
     Path(dst).write_bytes(bytes(data))
     return str(dst)
+
+
+def resized_midway(path, first: int = 4, then: int = 20, sizes=((32, 32), (48, 80))) -> str:
+    """An H.264 MKV at `path` whose picture size changes mid-stream: `first` frames of sizes[0] (the header's,
+    (H, W)), then `then` frames of sizes[1] (two raw H.264 streams joined, one packet per 1/8 s)."""
+    import av
+
+    raw = b""
+    for n, (h, w) in ((first, sizes[0]), (then, sizes[1])):
+        part = Path(path).with_suffix(f".{h}x{w}.h264")
+        raw += Path(encode(part, colour_frames(n, h, w), "libx264", options={"bf": "0"})).read_bytes()
+    joined = Path(path).with_suffix(".h264")
+    joined.write_bytes(raw)
+    with av.open(str(joined)) as inp, av.open(str(path), "w") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        s_out.time_base = fractions.Fraction(1, 8)
+        for i, p in enumerate(p for p in inp.demux(s_in) if p.size):
+            p.stream, p.pts, p.dts, p.duration, p.time_base = s_out, i, i, 1, fractions.Fraction(1, 8)
+            out.mux(p)
+    return str(path)

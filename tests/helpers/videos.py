@@ -1,12 +1,13 @@
 """Encoded test videos: the small sets the data tests share, VP9 clips that stream from a pipe, a set with
 broken entries, a config reading index files, an index writer, and the frame numbers stamped into
-`frame_index` clips."""
+`frame_index` clips, and long numbered clips (`numbered_frames`, read back by `frame_numbers`)."""
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vjepa_scale.config import Config, DatasetSpec
@@ -82,3 +83,28 @@ def frame_ids(video_CTHW: torch.Tensor) -> list[int]:
 
     level = denormalize_clip(video_CTHW.float()).mean(dim=(0, 2, 3))
     return [int(round((v.item() - frame_index_level(0)) / INDEX_LEVEL_STEP)) for v in level]
+
+
+def numbered_frames(frames: int, height: int, width: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 grey frames numbered up to 899: the top half shows frame t % 30, the bottom half
+    t // 30, each as a `frame_index` level."""
+    from vjepa_scale.data.synthetic_videos import frame_index_level
+
+    assert frames <= 900
+    out = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        out[t, : height // 2] = frame_index_level(t % 30)
+        out[t, height // 2:] = frame_index_level(t // 30)
+    return out
+
+
+def frame_numbers(frames_THWC: np.ndarray) -> list[int]:
+    """Read back the numbers of decoded `numbered_frames` (uint8 (T, H, W, 3))."""
+    from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP, frame_index_level
+
+    h = frames_THWC.shape[1]
+    # the rows next to the middle mix both halves (chroma, deblocking): read each half's centre
+    top = frames_THWC[:, h // 8: 3 * h // 8].reshape(len(frames_THWC), -1).mean(1)
+    bottom = frames_THWC[:, 5 * h // 8: 7 * h // 8].reshape(len(frames_THWC), -1).mean(1)
+    level = lambda v: int(round((v - frame_index_level(0)) / INDEX_LEVEL_STEP))  # noqa: E731
+    return [level(b) * 30 + level(t) for t, b in zip(top, bottom)]

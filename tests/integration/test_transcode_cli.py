@@ -1,4 +1,5 @@
-"""tools/transcode.py end to end: short GOP, short side as asked, index lines kept, bad files reported."""
+"""tools/transcode.py end to end: short GOP, short side as asked, index lines kept, bad files reported, one output
+per source, a readable index."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,8 @@ import numpy as np
 
 from helpers import ROOT, run
 from helpers.dali_videos import index_video
-from vjepa_scale.data.decode import decode_frames
+from vjepa_scale.data.decode import decode_frames, probe_video
+from vjepa_scale.data.index import read_index
 from vjepa_scale.data.synthetic_videos import INDEX_LEVEL_STEP
 
 
@@ -40,3 +42,24 @@ def test_transcode_tool_short_gop_size_and_index(tmp_path):
         got = decode_frames(path, list(range(frames)))
         assert len(got) == frames
         assert [int(round((x.mean() - 4) / INDEX_LEVEL_STEP)) for x in got] == list(range(frames))
+
+
+def test_transcode_tool_keeps_every_source_and_a_readable_index(tmp_path):
+    """Sources that differ only by suffix (x.webm / x.avi, clip.part1 / clip.part2) each get their own output,
+    also with 2 workers; an unlabeled entry is written with label -1, so the new index reads back even
+    though its paths hold a space."""
+    src = tmp_path / "src"
+    src.mkdir()
+    index_video(src / "x.webm", "libvpx-vp9", frames=10)
+    index_video(src / "x.avi", "mpeg4", frames=12)
+    for name, frames in (("clip.part1", 14), ("clip.part2", 16)):
+        os.rename(index_video(src / "clip.mp4", "libx264", frames=frames), src / name)
+    index = src / "train.txt"
+    index.write_text("x.webm 0\nx.avi 1\nclip.part1 2\nclip.part2\n")
+    out = tmp_path / "out dir"
+    r = run([sys.executable, ROOT / "tools" / "transcode.py", index, out, "--workers", "2"])
+    assert r.returncode == 0, r.stderr
+    paths, labels = read_index(out / "train.txt")
+    assert labels == [0, 1, 2, -1]
+    assert [os.path.basename(p) for p in paths] == ["x.webm.mp4", "x.avi.mp4", "clip.part1.mp4", "clip.part2.mp4"]
+    assert [probe_video(p).num_frames for p in paths] == [10, 12, 14, 16]

@@ -1,9 +1,11 @@
 """DALI backend on the CPU (DALI's CPU mode) and its decisions for the GPU: routing table, bisection of
-failed batches, no padding, VFR by frame index, odd sizes, colour matrix, prefetch depth; and the transcode tool's library side."""
+failed batches, no padding, VFR by frame index, odd sizes, colour matrix, prefetch depth, an index file without
+a readable video; and the transcode tool's library side."""
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 
@@ -14,7 +16,7 @@ import torch
 from helpers import frame_ids, needs, tiny_config, write_index
 from helpers.dali_videos import colour_frames, corrupt, cut, encode, index_video, vfr_pts_ms
 from vjepa_scale.config import ConfigError, DatasetSpec
-from vjepa_scale.data import build_dataloader
+from vjepa_scale.data import NoReadableVideosError, build_dataloader
 from vjepa_scale.data.clips import ClipPlan, denormalize_clip, normalize_clip, plan_video
 from vjepa_scale.data.decode import decode_frames, probe_video
 from vjepa_scale.data.nvdec import canonical_codec, dali_route, stream_format
@@ -62,6 +64,30 @@ def test_routing_table_on_generated_files(tmp_path):
     assert av1.codec == "av1" and canonical_codec("libdav1d") == "av1"
     assert "9.0" in dali_route(av1, "gpu", HOPPER) and "8.0" in dali_route(av1, "gpu", (8, 0))
     assert dali_route(av1, "gpu", ADA) is None and dali_route(av1, "gpu", BLACKWELL) is None
+
+
+@needs_dali
+@pytest.mark.parametrize("probe_all", [True, False])
+def test_dataset_without_a_readable_video_fails_like_the_cpu_backend(tmp_path, monkeypatch, probe_all):
+    """One of two index files lists no readable video (the other is fine): DALI fails when the loader is built,
+    naming that index file, with the cpu backend's error; also for indexes too large to probe up front."""
+    import vjepa_scale.data.dali as dali
+
+    if not probe_all:
+        monkeypatch.setattr(dali, "PROBE_ALL_MAX", 0)
+    good = write_index(tmp_path / "good.txt", [index_video(tmp_path / f"g{k}.webm", "libvpx-vp9") for k in range(2)])
+    for name in ("junk.webm", "noise.mp4"):
+        (tmp_path / name).write_bytes(b"not a video")
+    bad = write_index(tmp_path / "bad.txt", [tmp_path / "junk.webm", tmp_path / "noise.mp4"])
+    cfg = dali_cfg(good)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(good), 1.0), DatasetSpec(str(bad), 1.0)])
+    message = re.escape(f"index file '{bad}': none of any of its 2 videos can be read")
+    with pytest.raises(NoReadableVideosError, match=message) as e:
+        build_dataloader(cfg.validate(), num_steps=1)
+    cfg.data = dataclasses.replace(cfg.data, backend="cpu")
+    with pytest.raises(NoReadableVideosError) as e_cpu:
+        build_dataloader(cfg.validate(), num_steps=1)
+    assert str(e.value) == str(e_cpu.value)
 
 
 @needs_dali

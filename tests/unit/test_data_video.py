@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import frame_ids, needs, require, tiny_config, video_cfg, write_bad_set, write_video_sets
+from helpers import (frame_ids, frame_numbers, needs, numbered_frames, require, tiny_config, video_cfg, write_bad_set,
+                     write_index, write_video_sets)
 from vjepa_scale.config import ConfigError, MaskConfig
 from vjepa_scale.data import Batch, NoReadableVideosError, build_dataloader, build_dataset, dali_available
 from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.clips import clip_frame_indices, normalize_clip, plan_clips
-from vjepa_scale.data.decode import VideoError, _decode_after_seek, _open, decode_frames, probe_video
+from vjepa_scale.data.decode import (VideoError, _decode_after_seek, _open, decode_clip_frames, decode_frames,
+                                     probe_video)
 from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
 from vjepa_scale.data.skips import substitute
 from vjepa_scale.data.synthetic_videos import frame_index_frames, frame_index_level, write_synthetic_videos, write_video
@@ -55,6 +57,22 @@ def test_seek_decoding_matches_sequential(tmp_path, codec, ext):
     assert np.array_equal(fast, decode_frames(path, wanted, info.num_frames))
     levels = [int(round(x)) for x in fast.reshape(len(wanted), -1).mean(1)]
     assert all(abs(l - frame_index_level(i)) <= 2 for l, i in zip(levels, wanted))
+
+
+def test_seek_in_millisecond_timestamps_matches_sequential(tmp_path):
+    """A 30 fps WebM stores millisecond timestamps (33, 33, 34 ms apart; a rate from the median step
+    drifts a frame every ~50): every window decoded after a seek holds the frames decoding from 0 gives."""
+    from helpers.dali_videos import encode
+
+    n = 210
+    path = encode(tmp_path / "ms.webm", numbered_frames(n, 32, 32), "libvpx-vp9", fps=30, options={"g": "10"})
+    info = probe_video(path)
+    assert info.num_frames == n and not info.variable_frame_rate and info.fps == pytest.approx(30, abs=0.01)
+    every = decode_frames(path, list(range(n)))  # sequential: starts at frame 0
+    assert frame_numbers(every) == list(range(n))
+    shifted = [first for first in range(8, n - 3)
+               if not np.array_equal(decode_clip_frames(info, list(range(first, first + 4))), every[first:first + 4])]
+    assert shifted == []
 
 
 def test_truncated_file_raises_video_error(tmp_path):
@@ -306,6 +324,55 @@ def test_bad_share_counts_samples_not_clips(bad_set):
         tracker = loader.tracker
         assert tracker.draws == 3 * 4 + tracker.skipped and tracker.skipped >= len(bad)
         assert all(b.num_samples == 4 and b.num_clips == 4 * num_clips for b in batches)
+
+
+def test_resolution_change_mid_stream_skipped_and_reported(sets, tmp_path):
+    """An MKV of 4 frames at 32x32, then 20 at 80x48: a clip across the change is a VideoError "unsupported"
+    naming the file and both sizes (not np.stack's ValueError, which killed the loader); the loader skips
+    and counts the file and trains on the others."""
+    from helpers.dali_videos import resized_midway
+
+    path = resized_midway(tmp_path / "resized.mkv")
+    info = probe_video(path)
+    assert (info.num_frames, info.height, info.width) == (24, 32, 32)
+    for window in ([0, 3, 6, 9], [10, 13, 16, 19]):  # from the start, after a seek
+        with pytest.raises(VideoError) as e:
+            decode_clip_frames(info, window)
+        assert e.value.kind == "unsupported" and all(w in str(e.value) for w in (path, "80x48", "32x32"))
+    good = [line.split()[0] for line in open(sets["shapes"]["train"]).read().splitlines()[:3]]
+    index = write_index(tmp_path / "i.txt", good + [path])
+    loader = build_dataloader(video_cfg([(index, 1.0)], frames=4, step=3), num_steps=4)  # 2 epochs of 4 entries
+    for batch in loader:
+        assert batch.video.shape == (2, 3, 4, 32, 32) and 3 not in batch.index
+    assert list(loader.skipped_files) == [path] and loader.tracker.kinds == {"unsupported": loader.skipped_files[path]}
+
+
+def test_unexpected_decoder_exception_skips_the_file(sets, monkeypatch):
+    """Any exception decoding one file is a VideoError naming it (so the file is skipped and counted);
+    MemoryError still propagates."""
+    import vjepa_scale.data.cpu as cpu
+
+    dataset = build_dataset(video_cfg([(sets["index_vp9"]["train"], 1.0)], frames=4, step=2))
+
+    bad = dataset.index.paths[0]
+    real = cpu.decode_clip_frames
+
+    def decode(info, indices, deadline=None):
+        if info.path == bad:
+            raise error
+        return real(info, indices, deadline)
+
+    monkeypatch.setattr(cpu, "decode_clip_frames", decode)
+    error = MemoryError()
+    with pytest.raises(MemoryError):
+        dataset.load(0, step=0)
+    error = ValueError("all input arrays must have the same shape")
+    with pytest.raises(VideoError, match="ValueError: all input arrays") as e:
+        dataset.load(0, step=0)
+    assert e.value.path == bad and e.value.kind == "decode_error"
+    item = dataset[(0, 0, 0)]
+    assert item["index"] == 1 and item["video"].shape == (3, 4, 32, 32)
+    assert {p for p, _ in item["skipped"]} == {bad} and item["skipped"][0][1].startswith("decode_error: ")
 
 
 def test_unreadable_index_and_missing_path_fail_clearly(tmp_path):

@@ -25,7 +25,7 @@ from vjepa_scale.data.clips import normalize_clip, plan_video, random_resized_cr
 from vjepa_scale.data.decode import (Deadline, DecodeTimeout, VideoError, VideoInfo, decode_clip_frames,
                                      probe_video)
 from vjepa_scale.data.index import VideoIndex
-from vjepa_scale.data.skips import NoReadableVideosError, substitute
+from vjepa_scale.data.skips import substitute, unreadable_index_error
 
 INFO_CACHE_MAX = 200_000  # probed files remembered per process (exact frame counts cost a packet scan)
 
@@ -73,15 +73,22 @@ class VideoClips(Dataset):
         VideoError if the file or the clip is unusable.
 
         Raises DecodeTimeout (a VideoError) when probing and decoding take longer than
-        data.decode_timeout_s, whatever failure the interruption caused on the way.
+        data.decode_timeout_s, whatever failure the interruption caused on the way. Any other exception
+        (not MemoryError) becomes a VideoError "decode_error" naming the file, so the file is skipped.
         """
-        with Deadline(self.index.paths[i], self.cfg.decode_timeout_s) as deadline:
+        path = self.index.paths[i]
+        with Deadline(path, self.cfg.decode_timeout_s) as deadline:
             try:
                 return self._load(i, step, i if key is None else key, deadline)
-            except VideoError as e:
+            except MemoryError:
+                raise
+            except Exception as e:
                 if isinstance(e, DecodeTimeout) or not deadline.expired():
-                    raise
-                self._bad[e.path] = deadline.error()
+                    if isinstance(e, VideoError):
+                        raise
+                    self._bad[path] = VideoError(path, f"reading failed ({type(e).__name__}: {e})", "decode_error")
+                    raise self._bad[path] from e
+                self._bad[path] = deadline.error()
                 raise deadline.error() from None
 
     def _load_image(self, i: int, step: int, key: int) -> torch.Tensor:
@@ -151,7 +158,5 @@ def check_readable(index: VideoIndex, max_failures: int = 256, images: list[bool
             except VideoError as e:
                 failures.append(f"{e.path} ({e.reason})")
         else:
-            scope = "any" if size <= max_failures else f"the first {max_failures}"
-            raise NoReadableVideosError(f"index file '{source}': none of {scope} of its {size} videos can be "
-                                        f"read, e.g. " + "; ".join(failures[:3]))
+            raise unreadable_index_error(source, size, min(size, max_failures), failures)
         start += size

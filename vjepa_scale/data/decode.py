@@ -1,8 +1,8 @@
 """PyAV (FFmpeg) probing and frame decoding: H.264, HEVC, VP9, MJPEG, AV1 and anything FFmpeg reads.
 
 `probe_video` gives exact frame counts (the container's stored count, else a packet scan; never
-duration x fps), every frame's timestamp for variable-frame-rate files, the display rotation, and
-finds files truncated behind an intact header. `decode_frames` returns exactly the frames asked for
+duration x fps), every frame's timestamp for scanned files (`VideoInfo.frame_pts`), the display
+rotation, and finds files truncated behind an intact header. `decode_frames` returns exactly the frames asked for
 (frame i = the i-th in presentation order), never padded. Every failure (missing, empty, truncated,
 non-video, undecodable, too short) raises `VideoError` with the path, a short reason and a kind
 (`SKIP_KINDS`), so datasets can skip and count bad files by kind. A `Deadline` bounds the time spent
@@ -15,7 +15,7 @@ import signal
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -129,7 +129,9 @@ class VideoInfo:
     fps: float
     variable_frame_rate: bool
     rotation: int = 0   # display rotation, degrees counterclockwise: 0, 90, 180 or 270
-    frame_pts: tuple[int, ...] | None = None  # presentation timestamps of all frames (kept for VFR files)
+    # sorted presentation timestamps of all frames (int64), kept for every packet-scanned file: frame i is
+    # the one at frame_pts[i] (WebM/MKV millisecond timestamps do not give frame numbers through fps)
+    frame_pts: np.ndarray | None = field(default=None, compare=False, repr=False)
     keyframes: int = 0  # keyframe packets counted (0: not counted, the stored frame count was used)
 
     @property
@@ -178,8 +180,8 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
     The first frame is decoded (its display matrix gives the rotation; a file whose data does not
     decode fails here). The frame count is the container's stored count (MP4, AVI, ...); without
     one (WebM/MKV, TS), or when the frame rate varies, the packets are counted (a demux pass over
-    the file, no decoding) and their timestamps give the frame rate, or for a variable frame rate
-    every frame's timestamp (`frame_pts`). Never duration x fps. A stream whose packets end well
+    the file, no decoding): their timestamps are kept (`frame_pts`, frame i = the i-th smallest) and
+    give the mean frame rate. Never duration x fps. A stream whose packets end well
     before the duration its header declares is truncated (VideoError kind "truncated").
     """
     container = _open(path, deadline)
@@ -204,12 +206,12 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
             _check_complete(container, s, path, (end - (s.start_time or (pts[0] if pts else 0))) * tb, fps)
             if n <= 0:
                 raise VideoError(path, "stream has no frames", "no_video")
-            steps = np.diff(np.asarray(pts, dtype=np.int64))
+            frame_pts = np.asarray(pts, dtype=np.int64)
+            frame_pts.flags.writeable = False
+            steps = np.diff(frame_pts)
             if len(steps):
                 vfr = bool(steps.max() - steps.min() > max(1, 0.01 * np.median(steps)))
-                fps = 1.0 / (float(np.median(steps)) * tb) if steps.min() > 0 else fps
-            if vfr:
-                frame_pts = tuple(int(p) for p in pts)
+                fps = (n - 1) / (float(frame_pts[-1] - frame_pts[0]) * tb) if steps.min() > 0 else fps
         if rotation is None:
             raise VideoError(path, "no frame could be decoded", "decode_error")
         if n <= 0:
@@ -273,20 +275,30 @@ def _check_complete(container, stream, path: str, seconds: float, fps: float) ->
 SEEK_MIN_FRAME = 8  # first wanted frame from which decoding seeks (to a keyframe) instead of starting at 0
 
 
+def _rgb(frame, size: tuple[int, int] | None, path: str) -> np.ndarray:
+    """`frame` as uint8 (H, W, 3) RGB; VideoError "unsupported" when it is not (height, width) `size` (the
+    picture size changes inside the stream)."""
+    if size is not None and (frame.height, frame.width) != size:
+        raise VideoError(path, f"frame size changes inside the stream: {frame.width}x{frame.height} frames after "
+                               f"{size[1]}x{size[0]}", "unsupported")
+    return frame.to_ndarray(format="rgb24")
+
+
 def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline: Deadline | None = None,
-                       frame_pts: tuple[int, ...] | None = None) -> dict[int, np.ndarray] | None:
+                       frame_pts: np.ndarray | None = None,
+                       size: tuple[int, int] | None = None) -> dict[int, np.ndarray] | None:
     """Seek to the keyframe before min(wanted) and decode; frame numbers from pts.
 
-    With `frame_pts` (every frame's timestamp, variable frame rate) a frame's number is its position
-    there; else it is pts x fps (constant frame rate), and the numbers must then run on one by one.
-    Returns None when that is unreliable (no pts, landed after the window, a gap or repeat, frames
-    missing), in which case the caller decodes from the start.
+    With `frame_pts` (every frame's timestamp, sorted) a frame's number is its position there; else
+    it is pts x fps (a stored frame count, constant frame rate). The numbers must run on one by one.
+    Returns None when that is unreliable (no pts, a pts not in `frame_pts`, landed after the window,
+    a gap or repeat, frames missing), in which case the caller decodes from the start. A wanted frame
+    whose size is not `size` (default: the first wanted frame's) raises VideoError "unsupported".
     """
     tb = stream.time_base
     start = stream.start_time or 0
     first, last = min(wanted), max(wanted)
-    position = {p: i for i, p in enumerate(frame_pts)} if frame_pts is not None else None
-    target = frame_pts[first] if frame_pts is not None else start + int(first / fps / tb)
+    target = int(frame_pts[first]) if frame_pts is not None else start + int(first / fps / tb)
     container.seek(target, stream=stream, backward=True, any_frame=False)
     got: dict[int, np.ndarray] = {}
     previous = None
@@ -295,9 +307,9 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline
             deadline.check()
         if frame.pts is None:
             return None
-        if position is not None:
-            idx = position.get(int(frame.pts))
-            if idx is None:
+        if frame_pts is not None:
+            idx = int(np.searchsorted(frame_pts, frame.pts))
+            if idx >= len(frame_pts) or frame_pts[idx] != frame.pts:
                 return None
         else:
             idx = int(round(float((frame.pts - start) * tb) * fps))
@@ -307,7 +319,8 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline
             return None
         previous = idx
         if idx in wanted:
-            got[idx] = frame.to_ndarray(format="rgb24")
+            size = size or (frame.height, frame.width)
+            got[idx] = _rgb(frame, size, container.name)
         if idx >= last:
             break
     return got if set(got) == wanted else None
@@ -315,15 +328,17 @@ def _decode_after_seek(container, stream, wanted: set[int], fps: float, deadline
 
 def decode_frames(path: str, indices: list[int], declared_frames: int | None = None,
                   fps: float | None = None, deadline: Deadline | None = None,
-                  frame_pts: tuple[int, ...] | None = None) -> np.ndarray:
+                  frame_pts: np.ndarray | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """Frames `indices` (any order, repeats allowed) of `path` as uint8 (len(indices), H, W, 3) RGB, as stored
     (not rotated).
 
     Frame i is the i-th frame in presentation order. Given `fps` and a first index >= SEEK_MIN_FRAME,
-    seeks to the keyframe before the window (`frame_pts`: exact timestamps of a variable-frame-rate
-    file); otherwise (or when seeking is unreliable) decodes sequentially from the start, counting
+    seeks to the keyframe before the window (`frame_pts`: every frame's timestamp, sorted, see
+    `probe_video`); otherwise (or when seeking is unreliable) decodes sequentially from the start, counting
     frames. Nothing is padded: a file that ends before the last index is truncated (VideoError kind
-    "truncated", or "too_short" when `declared_frames` says the file never had that frame).
+    "truncated", or "too_short" when `declared_frames` says the file never had that frame). A wanted
+    frame whose (height, width) is not `size` (default: the first wanted frame's), i.e. the picture
+    size changes mid-stream, raises VideoError "unsupported".
     Past `deadline`, DecodeTimeout.
     """
     if not indices:
@@ -335,8 +350,8 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
     if fps and min(wanted) >= SEEK_MIN_FRAME:
         container = _open(path, deadline)
         try:
-            got = _decode_after_seek(container, container.streams.video[0], wanted, fps, deadline, frame_pts)
-        except DecodeTimeout:
+            got = _decode_after_seek(container, container.streams.video[0], wanted, fps, deadline, frame_pts, size)
+        except VideoError:  # a timeout, or a frame of another size
             raise
         except Exception:
             got = None
@@ -353,11 +368,12 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
             if deadline is not None:
                 deadline.check()
             if count in wanted:
-                got[count] = frame.to_ndarray(format="rgb24")
+                size = size or (frame.height, frame.width)
+                got[count] = _rgb(frame, size, path)
             count += 1
             if count > last:
                 break
-    except DecodeTimeout:
+    except VideoError:
         raise
     except Exception as e:
         raise VideoError(path, f"decoding failed after {count} frames ({type(e).__name__}: {e})",
@@ -373,5 +389,7 @@ def decode_frames(path: str, indices: list[int], declared_frames: int | None = N
 
 
 def decode_clip_frames(info: VideoInfo, indices: list[int], deadline: Deadline | None = None) -> np.ndarray:
-    """`decode_frames` of a probed file: uint8 (len(indices), H, W, 3) as stored (see `clips.orient_clip`)."""
-    return decode_frames(info.path, indices, info.num_frames, info.fps, deadline, info.frame_pts)
+    """`decode_frames` of a probed file: uint8 (len(indices), H, W, 3) as stored (see `clips.orient_clip`), each
+    frame of the probed size."""
+    return decode_frames(info.path, indices, info.num_frames, info.fps, deadline, info.frame_pts,
+                         (info.height, info.width))

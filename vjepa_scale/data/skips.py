@@ -37,6 +37,14 @@ class NoReadableVideosError(RuntimeError):
     """An index has no usable video, or more of its entries are unusable than data.max_bad_fraction allows."""
 
 
+def unreadable_index_error(source: str, size: int, checked: int, failures: list[str]) -> NoReadableVideosError:
+    """The error for index file `source` ("size" entries) none of whose first `checked` videos can be read;
+    `failures`: "path (reason)" examples."""
+    scope = "any" if checked >= size else f"the first {checked}"
+    return NoReadableVideosError(f"index file '{source}': none of {scope} of its {size} videos can be read, e.g. "
+                                 + "; ".join(failures[:3]))
+
+
 def max_draws(max_bad_fraction: float) -> int:
     """Replacement draws before `substitute` gives up: all failing has probability < MISS_PROBABILITY
     when at most `max_bad_fraction` of the entries are unusable."""

@@ -68,28 +68,35 @@ def transcode_index(index: str, out_dir: str, gop: int = 16, short_side: int = 2
                     out_index: str | None = None) -> tuple[Path, list[tuple[str, str]]]:
     """Transcode every video of index file `index` into `out_dir`; write the new index file.
 
-    Output files keep their relative layout (absolute sources: their base name, numbered) with the
-    extension .mp4; labels are copied. Returns (new index path, [(source, error)] of files left out).
+    Output files keep their relative layout (sources outside the index's folder: their base name,
+    numbered by entry) and their full name plus ".mp4" (x.webm -> x.webm.mp4, x.avi -> x.avi.mp4), so
+    distinct sources never share an output. A source listed twice is transcoded once and keeps both
+    lines. Every line gets a label (-1 for an unlabeled entry, which `read_index` reads back as no
+    label), so paths with spaces stay readable. Returns (new index path, [(source, error)] of files
+    left out).
     """
     paths, labels = read_index(index)
     out = Path(out_dir)
-    jobs = []
+    dst_of: dict[str, str] = {}  # source -> output, in index order
     for k, p in enumerate(paths):
-        rel = os.path.relpath(p, Path(index).resolve().parent)
-        name = rel if not rel.startswith("..") else f"{k:07d}_{Path(p).name}"
-        jobs.append((p, str((out / "videos" / name).with_suffix(".mp4")), gop, short_side))
+        if p not in dst_of:
+            rel = os.path.relpath(p, Path(index).resolve().parent)
+            name = rel if not rel.startswith("..") else f"{k:07d}_{Path(p).name}"
+            dst_of[p] = str(out / "videos" / f"{name}.mp4")
+    if len(set(dst_of.values())) < len(dst_of):
+        raise ValueError(f"{index}: two sources would be written to the same output file under {out / 'videos'}")
+    jobs = [(src, dst, gop, short_side) for src, dst in dst_of.items()]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_one, jobs))
     else:
         results = [_one(j) for j in jobs]
+    failed = [(src, err) for src, _, err in results if err is not None]
+    left_out = {src for src, _ in failed}
     new_index = Path(out_index) if out_index else out / Path(index).name
     new_index.parent.mkdir(parents=True, exist_ok=True)
-    failed = []
     with open(new_index, "w") as f:
-        for (src, dst, err), label in zip(results, labels):
-            if err is None:
-                f.write(f"{dst} {label}\n" if label >= 0 else f"{dst}\n")
-            else:
-                failed.append((src, err))
+        for src, label in zip(paths, labels):
+            if src not in left_out:
+                f.write(f"{dst_of[src]} {label}\n")
     return new_index, failed
