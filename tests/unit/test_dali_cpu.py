@@ -234,3 +234,20 @@ def test_prefetch_keeps_that_many_batches_in_flight(tmp_path, monkeypatch):
         time.sleep(0.3)
         assert first.step == 0 and len(made) == depth + 1  # the one yielded + `depth` decoded ahead
         assert [b.step for b in it] == list(range(1, 8))
+
+
+@needs_dali
+def test_loader_workers_are_not_forked_from_a_process_running_dali(tmp_path):
+    """Once a DALI pipeline ran here, its threads make fork unsafe (a forked DataLoader worker could
+    inherit a held lock and die): cpu-backend workers then start from a fork server and still load."""
+    from vjepa_scale.data.dali import DaliClipRunner, DaliItem
+    from vjepa_scale.data.loader import worker_start_method
+
+    path = encode(tmp_path / "a.webm", colour_frames(8, 32, 32), "libvpx-vp9")
+    DaliClipRunner(1, 32, "cpu").run([DaliItem(path, stream_format(path), ClipPlan((0, 1, 2, 3), (0, 0, 32, 32), False))])
+    assert worker_start_method() == "forkserver"
+    cfg = dali_cfg(write_index(tmp_path / "i.txt", [path] * 4))
+    cfg.data = dataclasses.replace(cfg.data, backend="cpu", num_workers=2)
+    loader = build_dataloader(cfg, num_steps=2)
+    assert loader.loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert [b.video.shape for b in loader] == [(2, 3, 4, 32, 32)] * 2

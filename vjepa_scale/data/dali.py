@@ -133,6 +133,15 @@ def _read_encoded(path: str) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r")
 
 
+_PIPELINES_BUILT = False  # DALI's worker threads run in this process from the first build on
+
+
+def pipelines_built() -> bool:
+    """True once a DALI pipeline was built in this process: forking it is then unsafe (DALI's threads
+    may hold locks the child inherits), so DataLoader workers are started by a fork server."""
+    return _PIPELINES_BUILT
+
+
 class DaliClipRunner:
     """Runs `clip_pipeline` on explicit DaliItem lists; rebuilds itself after a failure."""
 
@@ -143,6 +152,8 @@ class DaliClipRunner:
         self.pipe = None
 
     def _build(self):
+        global _PIPELINES_BUILT
+        _PIPELINES_BUILT = True
         self.pipe = clip_pipeline(self.batch_size, self.crop_size, self.device, self.num_threads, self.device_id)
         self.pipe.build()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 
 import torch
 from torch.utils.data import DataLoader
@@ -182,6 +183,13 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def worker_start_method() -> str | None:
+    """How DataLoader workers start: the default fork, or a fork server once this process runs DALI
+    pipelines (a process that benchmarks or tests both backends), whose threads make fork unsafe."""
+    dali = sys.modules.get("vjepa_scale.data.dali")
+    return "forkserver" if dali is not None and dali.pipelines_built() else None
+
+
 def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step: int = 0,
                      num_steps: int | None = None, sample_offset: int = 0):
     """Endless (or `num_steps`-long) per-rank iterable of `Batch`es from micro-step `start_step` on.
@@ -213,7 +221,8 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                         num_workers=cfg.data.num_workers, worker_init_fn=_ignore_stop_signals,
                         pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
-                        persistent_workers=cfg.data.num_workers > 0, timeout=timeout)
+                        persistent_workers=cfg.data.num_workers > 0, timeout=timeout,
+                        multiprocessing_context=worker_start_method() if cfg.data.num_workers > 0 else None)
     if backend == "synthetic":
         return loader
     return VideoLoader(loader, sampler, rank, timeout, cfg.data.max_bad_fraction)
