@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
-#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step ckpt zero1 compile data dali cool384
-# Default stages: tests kernels step ckpt (at most 8.3 minutes with every stage at its limit);
-# `zero1` (the engine row under ZeRO-1, docs/SCALING.md's recommended stage for ViT-H), `compile` (the
-# engine row with model.compile=true), `data`, `dali` (DALI tests + data suite, once the
-# wheel was brought with tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step) are
-# opt-in: run them in a second call.
+#   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step zero1 ckpt compile data dali cool384
+# Default stages: tests kernels step zero1 (at most 8.3 minutes with every stage at its limit; zero1 is
+# the engine row under ZeRO-1, docs/SCALING.md's recommended stage for ViT-H, which decides the recipes'
+# default stage); `ckpt` (the engine row with every block recomputed), `compile` (the engine row with
+# model.compile=true), `data`, `dali` (DALI tests + data suite, once the wheel was brought with
+# tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step) are opt-in: a second call.
 # The step stage times ViT-H/16@384 (the vith384 recipe, B=10, activation checkpointing `auto`: the fewest
 # recomputed blocks the memory estimate fits on this card) in three rows on the same batches:
 # the engine row (the Trainer's 1-rank DeepSpeed engines, as tools/train.py runs it), the
@@ -97,7 +97,7 @@ EOF
 } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
 
-STAGES=" ${STAGES:-tests kernels step ckpt} "
+STAGES=" ${STAGES:-tests kernels step zero1} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 
 # 1. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
