@@ -3,7 +3,7 @@
 
     python tools/transcode.py data/k400_train.txt /scratch/k400_nvdec --gop 16 --short-side 256 --workers 16
 
-writes /scratch/k400_nvdec/videos/... (each source's name + .mp4, e.g. a/x.webm.mp4; H.264 yuv420p, a
+writes /scratch/k400_nvdec/videos/... (each source's name + .mp4 unless it is one, e.g. a/x.webm.mp4; H.264 yuv420p, a
 keyframe every --gop frames, short side --short-side, never upscaled) and /scratch/k400_nvdec/k400_train.txt
 (`path label` with absolute paths; label -1 for unlabeled entries).
 Files that cannot be read are left out of the new index and listed. See vjepa_scale.data.transcode.

@@ -54,12 +54,14 @@ def test_transcode_tool_keeps_every_source_and_a_readable_index(tmp_path):
     index_video(src / "x.avi", "mpeg4", frames=12)
     for name, frames in (("clip.part1", 14), ("clip.part2", 16)):
         os.rename(index_video(src / "clip.mp4", "libx264", frames=frames), src / name)
+    index_video(src / "x.mp4", "libx264", frames=8)  # an .mp4 keeps its name, beside x.webm's x.webm.mp4
     index = src / "train.txt"
-    index.write_text("x.webm 0\nx.avi 1\nclip.part1 2\nclip.part2\n")
+    index.write_text("x.webm 0\nx.avi 1\nclip.part1 2\nclip.part2\nx.mp4 3\n")
     out = tmp_path / "out dir"
     r = run([sys.executable, ROOT / "tools" / "transcode.py", index, out, "--workers", "2"])
     assert r.returncode == 0, r.stderr
     paths, labels = read_index(out / "train.txt")
-    assert labels == [0, 1, 2, -1]
-    assert [os.path.basename(p) for p in paths] == ["x.webm.mp4", "x.avi.mp4", "clip.part1.mp4", "clip.part2.mp4"]
-    assert [probe_video(p).num_frames for p in paths] == [10, 12, 14, 16]
+    assert labels == [0, 1, 2, -1, 3]
+    assert [os.path.basename(p) for p in paths] == ["x.webm.mp4", "x.avi.mp4", "clip.part1.mp4", "clip.part2.mp4",
+                                                    "x.mp4"]
+    assert [probe_video(p).num_frames for p in paths] == [10, 12, 14, 16, 8]

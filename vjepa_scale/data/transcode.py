@@ -69,8 +69,9 @@ def transcode_index(index: str, out_dir: str, gop: int = 16, short_side: int = 2
     """Transcode every video of index file `index` into `out_dir`; write the new index file.
 
     Output files keep their relative layout (sources outside the index's folder: their base name,
-    numbered by entry) and their full name plus ".mp4" (x.webm -> x.webm.mp4, x.avi -> x.avi.mp4), so
-    distinct sources never share an output. A source listed twice is transcoded once and keeps both
+    numbered by entry) and their full name, plus ".mp4" unless it ends so (x.webm -> x.webm.mp4, x.avi ->
+    x.avi.mp4, x.mp4 -> x.mp4), so distinct sources do not share an output (if two still would, a
+    ValueError names the index before any work). A source listed twice is transcoded once and keeps both
     lines. Every line gets a label (-1 for an unlabeled entry, which `read_index` reads back as no
     label), so paths with spaces stay readable. Returns (new index path, [(source, error)] of files
     left out).
@@ -82,7 +83,7 @@ def transcode_index(index: str, out_dir: str, gop: int = 16, short_side: int = 2
         if p not in dst_of:
             rel = os.path.relpath(p, Path(index).resolve().parent)
             name = rel if not rel.startswith("..") else f"{k:07d}_{Path(p).name}"
-            dst_of[p] = str(out / "videos" / f"{name}.mp4")
+            dst_of[p] = str(out / "videos" / (name if name.lower().endswith(".mp4") else f"{name}.mp4"))
     if len(set(dst_of.values())) < len(dst_of):
         raise ValueError(f"{index}: two sources would be written to the same output file under {out / 'videos'}")
     jobs = [(src, dst, gop, short_side) for src, dst in dst_of.items()]
