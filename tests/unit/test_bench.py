@@ -75,3 +75,14 @@ def test_mixed_suite_runs_the_step_core_on_three_layouts():
     assert rows["padded"]["computed_tokens"] > rows["packed"]["computed_tokens"] == rows["per_step"]["computed_tokens"]
     assert (rows["packed"]["steps"], rows["padded"]["steps"], rows["per_step"]["steps"]) == (1, 1, 3)
     assert rows["padded"]["speedup"] == 1 and all(r["tokens_per_s"] > 0 for r in rows.values())
+
+
+def test_step_suite_times_recipes_from_random_weights():
+    """A recipe that starts from another run (V-JEPA 2's cooldown: train.init_from + init_from_optimizer)
+    is benchmarked from random weights: its engine row must not look for that run."""
+    from vjepa_scale.bench.step import bench_config
+    from vjepa_scale.config import load_config
+
+    assert load_config("vjepa2_vitg_cool384").train.init_from
+    _, B, cfg = bench_config("cpu", "vjepa2_vitg_cool384", 1, ["model.activation_checkpointing=true"])
+    assert B == 1 and cfg.train.init_from is None and not cfg.train.init_from_optimizer

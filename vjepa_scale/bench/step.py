@@ -89,7 +89,8 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
 def bench_config(device: str, config: Optional[str] = None, batch_size: Optional[int] = None,
                  opts: Optional[list[str]] = None, phase: Optional[int] = None) -> tuple[str, int, Config]:
     """(case name, clips per step, config) of the suite: the recipe (default per device type) with
-    synthetic data, B clips per step on one rank, no accumulation, no disk or memory pre-checks; a
+    synthetic data, random weights (a recipe's `train.init_from` dropped), B clips per step on one
+    rank, no accumulation, no disk or memory pre-checks; a
     recipe with `phases` at phase `phase`'s clip shape (default 0). `activation_checkpointing: auto`
     is resolved for this batch and device as training resolves it."""
     from vjepa_scale.train.phases import resolve_batch
@@ -99,7 +100,8 @@ def bench_config(device: str, config: Optional[str] = None, batch_size: Optional
     name = config or name
     cfg = load_config(resolve_config_path(name), [
         "data.backend=synthetic", "data.num_workers=0", "optim.grad_accum=1", "train.check_free_disk=false",
-        "train.memory_check=false", *(opts or [])])
+        "train.memory_check=false", "train.init_from=null", "train.init_from_optimizer=false",  # random weights
+        *(opts or [])])
     if cfg.phases or phase:
         shapes = cfg.phase_configs()
         if not 0 <= (phase or 0) < len(shapes):
