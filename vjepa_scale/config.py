@@ -397,8 +397,10 @@ class ZeroConfig(Section):
     stage3_max_reuse_distance: int = 1_000_000_000
 
     def validate(self, prefix: str = "zero") -> None:
-        if self.stage not in (0, 1, 2, 3):
-            raise ConfigError(f"{prefix}.stage must be 0, 1, 2 or 3, got {self.stage}")
+        if self.stage not in (1, 2, 3):
+            raise ConfigError(f"{prefix}.stage must be 1, 2 or 3, got {self.stage} (stage 0 keeps no ZeRO optimizer "
+                              f"partitions, which the sharded EMA, checkpoint consolidation, export and "
+                              f"train.init_from read; stage 1 is data parallelism with the optimizer state split)")
 
 
 @dataclass

@@ -56,6 +56,11 @@ def test_wrong_type_and_range_name_the_key():
         load_config("cpu_demo", ["data.global_batch_size=0"])
 
 
+def test_zero_stage_0_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"^zero\.stage must be 1, 2 or 3, got 0 \(stage 0 keeps no ZeRO"):
+        load_config("cpu_demo", ["zero.stage=0"])
+
+
 def test_a_token_budget_refuses_batch_keys_it_would_ignore():
     with pytest.raises(ConfigError, match=r"data\.tokens_per_batch=4096 sets the batch .* "
                                           r"set data\.global_batch_size: null"):
