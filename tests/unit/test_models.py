@@ -248,3 +248,29 @@ def test_sincos_table_cache_follows_the_table():
     assert len(pos._additive) == 1  # every entry of the old version went, "multi" ones included
     torch.testing.assert_close(pos.additive_multi([a, b], torch.float32), 2 * multi)
     torch.testing.assert_close(two, 2 * multi[32:])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_mask_token_gradient_sums_thousands_of_rows_accurately_in_bf16(device):
+    """DeepSpeed's bf16 engine keeps the predictor in bf16: each mask token's gradient sums one row per
+    target token of its type (~10^4). It must match the fp32 sum to bf16 rounding (index_select's
+    backward added the rows one by one in bf16 on CUDA, where the sum stalls far below the true value)."""
+    cfg = ModelConfig(size="tiny", depth=1, pred_depth=1, pred_width=32, pred_num_heads=2, attention_backend="padded")
+    cfg.validate()
+    grid = (8, 16, 16)
+    masks = MultiBlockMasker(MaskConfig(), grid)(8, step=0).to(device)
+    assert masks.tgt_type.numel() > 10_000
+    torch.manual_seed(0)
+    pred = Predictor(cfg, 192, grid, num_mask_types=2).to(device)
+    ctx = torch.randn(masks.ctx_idx.numel(), 192, device=device)
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = Predictor(cfg, 192, grid, num_mask_types=2).to(device, dtype)
+        model.load_state_dict(pred.state_dict())
+        out = model(ctx.to(dtype), masks)
+        out.float().sum().backward()
+        grads[dtype] = model.mask_tokens.grad.float()
+    ref = grads[torch.float32]
+    assert ref.abs().max() > 1.0  # many rows summed
+    assert (grads[torch.bfloat16] - ref).norm() <= 0.03 * ref.norm()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vjepa_scale.config import ModelConfig
 from vjepa_scale.masks import MaskBatch
@@ -33,7 +34,11 @@ class Predictor(nn.Module):
 
     def forward(self, ctx_TD: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         x_ctx = self.embed(ctx_TD)
-        x_tgt = self.mask_tokens.index_select(0, masks.tgt_type).to(x_ctx.dtype)
+        # one-hot (T_tgt, M) @ (M, W): the tokens' gradient is then a GEMM summing ~10^4 rows with fp32
+        # accumulation (index_select's backward adds them one by one in the parameter's dtype: in bf16 the
+        # sum stalls), and deterministic.
+        onehot_TM = F.one_hot(masks.tgt_type, self.mask_tokens.shape[0]).to(x_ctx.dtype)
+        x_tgt = onehot_TM @ self.mask_tokens.to(x_ctx.dtype)
         grids = masks.pos_grids  # positions: rows of these grids' concatenated tables
         pos_ND = self.positions.additive_multi(grids, x_ctx.dtype)
         if pos_ND is not None:
