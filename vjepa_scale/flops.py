@@ -17,10 +17,12 @@ from vjepa_scale.masks import MaskBatch
 # Dense bf16 peak TFLOP/s by device-name fragment (checked in order; first match wins).
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
     ("H100", 989.0),
+    ("GH200", 989.0),
     ("H200", 989.0),
     ("H20", 148.0),
-    ("GH200", 989.0),
+    ("GB200", 2500.0),
     ("B200", 2250.0),
     ("A100", 312.0),
     ("L40S", 362.0),
@@ -33,7 +35,11 @@ def device_peak_tflops(device: torch.device | str | None = None) -> Optional[flo
     device = torch.device(device) if device is not None else None
     if device is None or device.type != "cuda" or not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name(device)
+    return peak_tflops_of(torch.cuda.get_device_name(device))
+
+
+def peak_tflops_of(name: str) -> Optional[float]:
+    """Dense bf16 peak of the card `torch.cuda.get_device_name` calls `name` (None: not in the table)."""
     for frag, peak in PEAK_BF16_TFLOPS:
         if frag in name:
             return peak
@@ -66,16 +72,16 @@ def train_flops(cfg: Config, masks: MaskBatch) -> dict[str, float]:
     target_fwd = t_lin + t_attn + patch
 
     e_lin, e_attn = _stack_fwd(D, dims.depth, dims.mlp_ratio, masks.ctx_lengths)
-    encoder_fwd = e_lin + e_attn + patch
 
     pred_lengths = [a + b for a, b in zip(masks.ctx_lengths, masks.tgt_lengths)]
     p_lin, p_attn = _stack_fwd(W, m.pred_depth, m.pred_mlp_ratio, pred_lengths)
     predictor_fwd = p_lin + p_attn + 2.0 * D * W * (sum(masks.ctx_lengths) + sum(masks.tgt_lengths))
+    mask_tokens = 2.0 * masks.num_types * W * sum(masks.tgt_lengths)  # one-hot GEMM placing the mask tokens
 
     out = {
         "target_fwd": target_fwd,
-        "encoder": 3 * encoder_fwd,
-        "predictor": 3 * predictor_fwd,
+        "encoder": 3 * (e_lin + e_attn) + 2 * patch,  # the patch embedding's input (video) needs no gradient
+        "predictor": 3 * predictor_fwd + 2 * mask_tokens,  # the one-hot input needs no gradient
         "attention": t_attn + 3 * (e_attn + p_attn),
         # The recomputed blocks' forward again (not model FLOPs: MFU leaves it out).
         "recompute": (e_lin + e_attn) * _recomputed(dims.depth, m) + (p_lin + p_attn) * _recomputed(m.pred_depth, m),

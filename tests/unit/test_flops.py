@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from vjepa_scale.config import Config, DataConfig, MaskConfig
-from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
+from vjepa_scale.flops import device_peak_tflops, mfu, peak_tflops_of, train_flops
 from vjepa_scale.masks import MultiBlockMasker
 
 
@@ -27,5 +27,9 @@ def test_truncation_lowers_encoder_flops():
 
 def test_peak_and_mfu():
     assert device_peak_tflops("cpu") is None
+    names = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 NVL": 835.0, "NVIDIA H100 PCIe": 756.0,
+             "NVIDIA H200": 989.0, "NVIDIA GH200 480GB": 989.0, "NVIDIA H20": 148.0, "NVIDIA B200": 2250.0,
+             "NVIDIA GB200": 2500.0, "NVIDIA A100-SXM4-80GB": 312.0, "Tesla T4": None}
+    assert {n: peak_tflops_of(n) for n in names} == names
     assert mfu(1e12, None) is None
     assert abs(mfu(494.5e12, 989.0) - 0.5) < 1e-9
