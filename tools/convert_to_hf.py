@@ -46,9 +46,12 @@ def _official(args: argparse.Namespace) -> dict:
     path = Path(args.checkpoint)
     cfg = load_config(args.config) if args.config else official_config(path)
     state = load_init_state(path, cfg)
-    encoder = state["target_encoder"] if args.which == "target" else state["encoder"]
+    # load_init_state's "encoder" falls back to the target encoder (for train.init_from): that is no online one
+    online = state["encoder"] if state["encoder"] is not state["target_encoder"] else None
+    encoder = state["target_encoder"] if args.which == "target" else online
     if encoder is None:
-        raise ValueError(f"{path} holds no {args.which} encoder")
+        raise ValueError(f"{path} holds no {args.which} encoder"
+                         + (" (only the target encoder: drop --which online)" if args.which == "online" else ""))
     d, m = resolve_vit_size(cfg.model), cfg.model
     print(f"{path}: {'--config ' + args.config if args.config else 'official release'}: encoder "
           f"{d.width}/{d.depth}, {d.num_heads} heads; predictor {m.pred_width}/{m.pred_depth}, {m.pred_num_heads} "

@@ -164,6 +164,22 @@ def test_convert_official_file_with_config(tmp_path, capsys):
     assert (fields["num_attention_heads"], fields["pred_num_attention_heads"]) == (3, 4)
 
 
+def test_convert_online_of_a_target_only_file_is_refused(tmp_path, capsys):
+    """A file holding only the EMA target encoder has no online one: `--which online` says so instead of
+    exporting the target under the online label."""
+    cfg = tiny_config("rope", crop=64, frames=4)
+    model = JEPA(cfg).eval()
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
+    torch.save({"target_encoder": enc, "predictor": pred}, tmp_path / "ema.pt")
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(json.dumps(cfg.to_dict()))
+    cli = _cli()
+    assert cli.main([str(tmp_path / "ema.pt"), str(tmp_path / "on"), "--which", "online", "--config", str(recipe)]) == 2
+    assert "holds no online encoder (only the target encoder: drop --which online)" in capsys.readouterr().err
+    assert not (tmp_path / "on").exists()
+    assert cli.main([str(tmp_path / "ema.pt"), str(tmp_path / "tg"), "--config", str(recipe)]) == 0
+
+
 @pytest.mark.slow
 def test_convert_official_release_from_the_table(tmp_path, capsys):
     """A V-JEPA 2 ViT-L release file converts with no config: sizes, heads and clip come from the table."""
