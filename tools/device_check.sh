@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One command for a single-GPU machine: the CUDA-only tests, then the bench suites on the GPU.
+# One command for a single-GPU machine: the bench suites on the GPU, then the CUDA-only tests.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
 #   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step zero1 ckpt compile data dali cool384
-# Default stages: tests kernels step zero1 (at most 8.3 minutes with every stage at its limit; zero1 is
+# Default stages: step zero1 kernels tests, in that order (every stage at its limit: 8.2 minutes of
+# stages, 9 with the setup and kill margins; results reach $OUT after each stage; zero1 is
 # the engine row under ZeRO-1, docs/SCALING.md's recommended stage for ViT-H, which decides the recipes'
 # default stage); `ckpt` (the engine row with every block recomputed), `compile` (the engine row with
 # model.compile=true), `data`, `dali` (DALI tests + data suite, once the wheel was brought with
@@ -35,6 +36,16 @@ start=$(date +%s)
 
 note() { echo "[device_check +$(( $(date +%s) - start ))s] $*" | tee -a "$SUMMARY"; }
 
+# Every finished stage's files reach $OUT at once (device_check.tgz replaced whole), so a call cut off
+# at the device tool's limit still returns the stages that ran.
+publish() {
+  [ -n "${OUT:-}" ] || return 0
+  tar czf "$OUT/.device_check.tgz" -C "$RES" . && mv "$OUT/.device_check.tgz" "$OUT/device_check.tgz"
+  cp "$SUMMARY" "$OUT/summary.txt"
+  for f in device_check.json device_check.md; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/$f"; done
+  return 0
+}
+
 # Stage runner: name, timeout in seconds, command...; logs to $RES/<name>.log.
 stage() {
   local name=$1 limit=$2; shift 2
@@ -44,6 +55,7 @@ stage() {
   tail -n 40 "$RES/$name.log"
   note "$name: rc=$rc"
   [ "$rc" -eq 0 ] || status=1
+  publish
 }
 
 # The kernels install as vjepa_scale.kernels (setup.py package_dir). In an uninstalled checkout,
@@ -100,33 +112,34 @@ cat "$RES/env.txt"
 STAGES=" ${STAGES:-tests kernels step zero1} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 
-# 1. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
+# Stages in the order of what their numbers decide, so a cut-off call loses the least.
+# 1. The step: engine, torch and reference-style rows of the recipe (B=10, checkpointing `auto`), the
+#    engine row profiled; then the engine row under ZeRO-1. Each bench call is its own process, so an
+#    out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
+want step && stage bench_step 210 "$PY" tools/bench.py --device $DEVICE --suite step --profile --out "$RES/step"
+want zero1 && stage bench_step_zero1 75 "$PY" tools/bench.py --device $DEVICE --suite step \
+  --step-rows engine --steps 4 --opt zero.stage=1 --out "$RES/step_zero1"
+# 2. Kernel and attention suites (one process).
+want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device $DEVICE --suite gather ema attention --out "$RES/kernels"
+# 3. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
 #    collection errors from optional deps do not stop the rest.
 if ! want tests; then :
 elif "$PY" -c "import pytest" 2>/dev/null; then
-  stage tests_gpu 120 "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider --continue-on-collection-errors \
+  stage tests_gpu 100 "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider --continue-on-collection-errors \
     -rs --junitxml="$RES/tests_gpu.xml" tests
 else
   note "tests_gpu: pytest is not installed here; skipped (carry a pytest install to run them)"
   status=1
 fi
-
-# 2. Kernel and attention suites (one process), then the training step apart, so an out-of-memory
-#    or a poisoned CUDA context in one cannot spoil the others' numbers.
-want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device $DEVICE --suite gather ema attention --out "$RES/kernels"
-# 3. The step: engine, torch and reference-style rows of the recipe (B=10, checkpointing `auto`), the
-#    engine row profiled; then the engine row with every block recomputed (the recipes' setting before
-#    `auto`), to show what `auto` saves.
-want step && stage bench_step 210 "$PY" tools/bench.py --device $DEVICE --suite step --profile --out "$RES/step"
+# Opt-in: the engine row with every block recomputed (the recipes' setting before `auto`: what
+# `auto` saves), compiled blocks, the data suite, V-JEPA 2's ViT-g cooldown step (384 px x 64 frames,
+# 18,432 tokens per clip, 6 clips).
 want ckpt && stage bench_step_ckpt 75 "$PY" tools/bench.py --device $DEVICE --suite step \
   --step-rows engine --steps 4 --opt model.activation_checkpointing=true --out "$RES/step_ckpt"
-want zero1 && stage bench_step_zero1 75 "$PY" tools/bench.py --device $DEVICE --suite step \
-  --step-rows engine --steps 4 --opt zero.stage=1 --out "$RES/step_zero1"
 want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device $DEVICE --suite step --batch-size 8 \
   --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true \
   --out "$RES/step_compile"
 want data && stage bench_data 50 "$PY" tools/bench.py --device $DEVICE --suite data --out "$RES/data"
-# Opt-in (STAGES="cool384"): V-JEPA 2's ViT-g cooldown step, 384 px x 64 frames (18,432 tokens per clip), 6 clips.
 want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device $DEVICE --suite step \
   --config vjepa2_vitg_cool384 --batch-size 6 --steps 4 --profile --out "$RES/step_cool384"
 
@@ -162,8 +175,5 @@ if meta:
 EOF
 
 note "done in $(( $(date +%s) - start ))s, status=$status; results in ${OUT:-$RES}"
-if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/device_check.tgz" -C "$RES" . && cp "$SUMMARY" "$OUT/summary.txt"
-  for f in device_check.json device_check.md; do [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/$f"; done
-fi
+publish
 exit $status
