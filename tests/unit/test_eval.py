@@ -163,6 +163,39 @@ def test_random_init_encoder_is_frozen_and_seeded():
     assert not torch.equal(a.encoder.state_dict()[w], c.encoder.state_dict()[w])
 
 
+def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(monkeypatch):
+    """A `model:` next to encoder.checkpoint must equal the run's architecture; the encoder is still built
+    at the pretraining grid, so sin-cos features equal those without `model:`."""
+    import copy
+
+    import vjepa_scale.eval.encoder as enc_mod
+    from vjepa_scale.config import Config, DataConfig
+
+    pre = Config(model=tiny_model(pos_embed="sincos"),
+                 data=DataConfig(backend="synthetic", crop_size=32, frames_per_clip=16)).validate()  # grid 8x2x2
+    torch.manual_seed(0)
+    state = VisionTransformer3D(pre.model, pre.grid).state_dict()
+    monkeypatch.setattr(enc_mod, "load_consolidated", lambda path, which: {"config": pre, "step": 7, "encoder": state})
+
+    def build(model):
+        cfg = EvalConfig(model=model, data=EvalDataConfig(train_index="a", val_index="b", crop_size=32,
+                                                          frames_per_clip=8))
+        cfg.encoder.checkpoint = "ckpt"
+        return load_frozen_encoder(cfg.validate()).encoder
+
+    plain, same = build(None), build(copy.deepcopy(pre.model))
+    assert plain.grid == same.grid == pre.grid
+    x = torch.randn(1, 3, 8, 32, 32)  # an 8-frame eval clip
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), plain(x), rtol=0, atol=0)
+    other = copy.deepcopy(pre.model)
+    other.pos_embed, other.num_heads = "rope", 6  # same parameter shapes, another model
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"encoder.checkpoint ckpt: the run was trained with model.pos_embed='sincos' but the "
+                             r"config has 'rope'; model.num_heads \(via model.size\)=3 but the config has 6"):
+        build(other)
+
+
 # ---------------------------------------------------------------- clips and features
 
 
