@@ -111,3 +111,9 @@ def test_probe_under_two_process_launch(setup):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and res["runs"][0]["num_val_videos"] == 4  # counts summed over ranks
+    # few-shot: each seed's subset is chosen first, then spread over the ranks
+    r = _probe("--random-init", "--checkpoint", str(setup["run"]), "--output", str(out), *setup["common"],
+               "optim.batch_size=4", "data.train_per_class=1", "--seeds", "0,1", nproc=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["world_size"] == 2 and [x["num_train_videos"] for x in res["runs"]] == [4, 4]

@@ -317,6 +317,38 @@ def test_per_class_subset_is_balanced_and_seeded():
         per_class_subset(labels, 11, seed=0)
 
 
+def test_few_shot_subset_is_chosen_first_then_spread_over_ranks():
+    """Every simulated rank picks the single-process subset and takes `chosen[rank::world]`: the shares
+    are disjoint, cover the subset and differ by at most one video; fewer videos than ranks fail on every
+    rank (before any collective), naming the key, the count and the world size."""
+    from vjepa_scale.eval.data import per_class_subset, rank_share
+
+    labels = [i % 4 for i in range(40)]
+    single = per_class_subset(labels, 2, seed=5)  # 8 videos
+    for world in (1, 2, 3, 8):
+        shares = [rank_share(per_class_subset(labels, 2, seed=5), r, world, 2) for r in range(world)]
+        assert sorted(i for share in shares for i in share) == single
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1 and min(map(len, shares)) >= 1
+    for rank in range(12):
+        with pytest.raises(ConfigError, match=r"data.train_per_class=2 selects 8 train videos, fewer than the 12 "
+                                              r"ranks"):
+            rank_share(single, rank, 12, 2)
+    # a rank encodes just its share
+    torch.manual_seed(0)
+    enc = VisionTransformer3D(tiny_model(), (2, 2, 2)).eval()
+    videos = TensorVideos(torch.randn(40, 1, 1, 3, 4, 32, 32), labels)
+    share = rank_share(single, 1, 3, 2)
+    fs = extract_features(enc, videos, 4, torch.device("cpu"), rank=1, world_size=3, progress=False, positions=share)
+    assert fs.index_M.tolist() == share
+
+
+def test_probe_training_refuses_a_rank_without_samples():
+    empty = FeatureSet(torch.zeros(0, 2, 5, 24), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"probe seed0: 1 of 1 ranks hold no training sample \(0 \(video, view\)"):
+        train_probe(empty, separable_features(8, 4, seed=1), ProbeConfig(), ProbeOptimConfig(epochs=1), num_classes=4,
+                    encoder_heads=4, seed=0, device=torch.device("cpu"), tag="seed0", progress=False)
+
+
 def test_effective_rank():
     from vjepa_scale.eval.features import effective_rank, top_pc_share
 

@@ -44,6 +44,19 @@ def per_class_subset(labels: list[int], per_class: int, seed: int, key: str = "d
     return sorted(chosen)
 
 
+def rank_share(chosen: list[int], rank: int, world: int, per_class: int,
+               key: str = "data.train_per_class") -> list[int]:
+    """This rank's share `chosen[rank::world]` of a few-shot subset that every rank chose identically.
+
+    Sharding the chosen positions (not the index) spreads them evenly over ranks. Raises `ConfigError`
+    on every rank, before any collective, when some rank would get none (fewer videos than ranks).
+    """
+    if len(chosen) < world:
+        raise ConfigError(f"{key}={per_class} selects {len(chosen)} train videos, fewer than the {world} ranks "
+                          f"(world size): every rank needs one; raise {key} or launch fewer processes")
+    return chosen[rank::world]
+
+
 def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int) -> list[list[int]]:
     """`num_clips` windows of `frames_per_clip` frames at stride `frame_step`, evenly spread.
 
