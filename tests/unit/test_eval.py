@@ -125,6 +125,27 @@ def test_eval_config_validation(tmp_path):
     assert load_eval_config("probe_motion", ["encoder.random_init=true", "model.size=tiny"]).run.seeds == [0, 1, 2]
 
 
+def test_train_and_val_index_must_not_share_videos(tmp_path):
+    """The same video in both index files (here once as a relative path, once through a symlinked folder)
+    fails naming both files, the count and an example, unless data.allow_overlap."""
+    from vjepa_scale.eval.data import check_disjoint
+    from vjepa_scale.eval.run import run_eval
+
+    (tmp_path / "vids").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "vids")
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text("vids/a.mp4 0\nvids/b.mp4 1\nvids/c.mp4 1\n")
+    val.write_text(f"{tmp_path}/link/b.mp4 1\nvids/c.mp4 1\nvids/d.mp4 0\n")
+    cfg = EvalConfig(model=tiny_model(), data=EvalDataConfig(train_index=str(train), val_index=str(val)))
+    cfg.encoder.random_init = True
+    with pytest.raises(ConfigError, match=rf"data.train_index {train} and data.val_index {val} share 2 videos "
+                                          rf"\(e.g. {tmp_path}/link/b.mp4\).*data.allow_overlap=true"):
+        run_eval(cfg.validate())
+    cfg.data.allow_overlap = True
+    check_disjoint([str(tmp_path / "vids/b.mp4")], [str(tmp_path / "link/b.mp4")], cfg.data)
+    assert load_eval_config(None, ["data.allow_overlap=true"], validate=False).data.allow_overlap
+
+
 def test_eval_grid_must_fit_encoder():
     cfg = EvalConfig(data=EvalDataConfig(train_index="a", val_index="b", crop_size=40, frames_per_clip=8))
     with pytest.raises(ConfigError, match=r"data.crop_size=40 is not divisible by the encoder's patch_size=16"):

@@ -17,7 +17,7 @@ import torch
 from vjepa_scale.config import ConfigError
 from vjepa_scale.distributed import compute_dtype, device_for, init_distributed
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import EvalClips, per_class_subset, rank_share, read_labeled_index
+from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads
@@ -33,6 +33,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     dtype = compute_dtype(cfg.run.precision, device)
     train_paths, train_labels = read_labeled_index(cfg.data.train_index, "data.train_index")
     val_paths, val_labels = read_labeled_index(cfg.data.val_index, "data.val_index")
+    check_disjoint(train_paths, val_paths, cfg.data)
     subsets = {}  # label-efficient probes: a different balanced subset of the train index per seed
     if cfg.data.train_per_class is not None:
         subsets = {seed: per_class_subset(train_labels, cfg.data.train_per_class, cfg.data.subset_seed + seed)
