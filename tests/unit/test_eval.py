@@ -320,6 +320,7 @@ def test_hf_export_loads_the_same_encoder(tmp_path):
     cfg.encoder.hf_path = str(tmp_path / "hf")
     frozen = load_frozen_encoder(cfg.validate())
     assert frozen.model_cfg.pos_embed == "sincos" and frozen.encoder.dims.depth == 1
+    assert frozen.model_cfg.size == "custom"  # tiny at depth 1 is no named size (result.json's model.size)
     for k, v in enc.state_dict().items():
         torch.testing.assert_close(frozen.encoder.state_dict()[k], v, rtol=0, atol=0)
     cfg.model = ModelConfig(size="small", depth=1)  # an architecture the export does not fit
