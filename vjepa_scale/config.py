@@ -8,7 +8,7 @@ and out-of-range values name the offending key. Errors are raised before any wor
 Recipes: a bare name (`vith384` or `vith384.yaml`) resolves into the checkout's top-level `configs/`
 first, then into the recipes shipped in the package (`vjepa_scale/configs/`, via importlib.resources).
 A run may be split into `phases` (clip shape, batch and schedule piece per phase): `Config.phase_configs()`
-expands them into single-phase configs. This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`) and the clip token grid
+expands them into single-phase configs. This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`, `vit_size_name`) and the clip token grid
 (`clip_grid`), so config imports nothing from models.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import math
 import os
 import types
 import typing
@@ -61,7 +62,8 @@ def to_plain(x: Any) -> Any:
 
 @dataclass
 class ModelConfig(Section):
-    """Encoder + predictor architecture. `size` picks a named ViT; width/depth/heads override it."""
+    """Encoder + predictor architecture. `size` picks a named ViT (`VIT_SIZES`); width/depth/heads/mlp_ratio
+    override it. `size: custom` names none: then all four must be given."""
 
     size: str = "huge"
     patch_size: int = 16
@@ -549,13 +551,25 @@ class VitDims:
         return self.width // self.num_heads
 
 
+CUSTOM_SIZE = "custom"  # model.size of dims that are no named size: width/depth/num_heads/mlp_ratio all given
+_DIM_KEYS = ("width", "depth", "num_heads", "mlp_ratio")
+
+
 def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
-    """Named size with optional width/depth/num_heads/mlp_ratio overrides; validated."""
-    if cfg.size not in VIT_SIZES:
-        raise ConfigError(f"{prefix}.size: unknown model size '{cfg.size}' (choose from {list(VIT_SIZES)})")
-    w, d, h, r = VIT_SIZES[cfg.size]
+    """Named size (or `custom`) with optional width/depth/num_heads/mlp_ratio overrides; validated."""
+    if cfg.size == CUSTOM_SIZE:
+        unset = [f"{prefix}.{k}" for k in _DIM_KEYS if getattr(cfg, k) is None]
+        if unset:
+            raise ConfigError(f"{prefix}.size={CUSTOM_SIZE} needs {', '.join(unset)} (no named size to take "
+                              f"them from)")
+        w, d, h, r = (getattr(cfg, k) for k in _DIM_KEYS)
+    elif cfg.size not in VIT_SIZES:
+        raise ConfigError(f"{prefix}.size: unknown model size '{cfg.size}' (choose from {list(VIT_SIZES)}, or "
+                          f"{CUSTOM_SIZE} with width, depth, num_heads and mlp_ratio)")
+    else:
+        w, d, h, r = VIT_SIZES[cfg.size]
     dims = VitDims(cfg.width or w, cfg.depth or d, cfg.num_heads or h, cfg.mlp_ratio or r)
-    for name in ("width", "depth", "num_heads", "mlp_ratio"):
+    for name in _DIM_KEYS:
         if getattr(dims, name) <= 0:
             raise ConfigError(f"{prefix}.{name} must be > 0, got {getattr(dims, name)}")
     if dims.width % dims.num_heads:
@@ -563,6 +577,14 @@ def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
     if cfg.pos_embed == "rope" and dims.head_dim < 6:
         raise ConfigError(f"{prefix}.pos_embed=rope needs head_dim >= 6, got {dims.head_dim}")
     return dims
+
+
+def vit_size_name(width: int, depth: int, num_heads: int, mlp_ratio: float) -> str:
+    """The `VIT_SIZES` name with exactly these dims, else `custom`."""
+    for name, (w, d, h, r) in VIT_SIZES.items():
+        if (w, d, h) == (width, depth, num_heads) and math.isclose(r, mlp_ratio, rel_tol=1e-9):
+            return name
+    return CUSTOM_SIZE
 
 
 def clip_grid(crop_size: int, frames_per_clip: int, model: ModelConfig, prefix: str = "data",

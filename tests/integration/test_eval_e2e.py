@@ -1,6 +1,6 @@
 """tools/eval_probe.py end to end: on synthetic videos from a random-init encoder (results, few-shot
 subsets, bad input); from the checkpoint of a tiny encoder pretrained with tools/train.py (EMA target /
-online / random init), refusing a checkpoint of another size, and under a 2-process launch.
+online / random init), refusing a `model:` section of another size, and under a 2-process launch.
 """
 import json
 from pathlib import Path
@@ -94,10 +94,11 @@ def test_probe_from_checkpoint_target_online_random(setup):
 
 
 @pytest.mark.slow
-def test_checkpoint_of_another_size_fails_naming_key_and_shapes(setup):
+def test_model_section_of_another_size_fails_naming_the_fields(setup):
     r = _probe("--checkpoint", str(setup["run"]), *setup["common"], "model.size=small", "model.depth=1")
     assert r.returncode == 2
-    assert "encoder parameter" in r.stderr and "(96," in r.stderr and "(384," in r.stderr, r.stderr[-2000:]
+    assert "model.num_heads (via model.size)=3 but the config has 6" in r.stderr, r.stderr[-2000:]
+    assert "model.width (via model.size)=96 but the config has 384" in r.stderr, r.stderr[-2000:]
     pre = load_config(Path(setup["run"]) / "checkpoints" / "step_00000003" / "config.yaml")
     assert pre.model.width == 96
 
@@ -110,3 +111,9 @@ def test_probe_under_two_process_launch(setup):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and res["runs"][0]["num_val_videos"] == 4  # counts summed over ranks
+    # few-shot: each seed's subset is chosen first, then spread over the ranks
+    r = _probe("--random-init", "--checkpoint", str(setup["run"]), "--output", str(out), *setup["common"],
+               "optim.batch_size=4", "data.train_per_class=1", "--seeds", "0,1", nproc=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["world_size"] == 2 and [x["num_train_videos"] for x in res["runs"]] == [4, 4]

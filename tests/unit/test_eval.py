@@ -125,6 +125,27 @@ def test_eval_config_validation(tmp_path):
     assert load_eval_config("probe_motion", ["encoder.random_init=true", "model.size=tiny"]).run.seeds == [0, 1, 2]
 
 
+def test_train_and_val_index_must_not_share_videos(tmp_path):
+    """The same video in both index files (here once as a relative path, once through a symlinked folder)
+    fails naming both files, the count and an example, unless data.allow_overlap."""
+    from vjepa_scale.eval.data import check_disjoint
+    from vjepa_scale.eval.run import run_eval
+
+    (tmp_path / "vids").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "vids")
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text("vids/a.mp4 0\nvids/b.mp4 1\nvids/c.mp4 1\n")
+    val.write_text(f"{tmp_path}/link/b.mp4 1\nvids/c.mp4 1\nvids/d.mp4 0\n")
+    cfg = EvalConfig(model=tiny_model(), data=EvalDataConfig(train_index=str(train), val_index=str(val)))
+    cfg.encoder.random_init = True
+    with pytest.raises(ConfigError, match=rf"data.train_index {train} and data.val_index {val} share 2 videos "
+                                          rf"\(e.g. {tmp_path}/link/b.mp4\).*data.allow_overlap=true"):
+        run_eval(cfg.validate())
+    cfg.data.allow_overlap = True
+    check_disjoint([str(tmp_path / "vids/b.mp4")], [str(tmp_path / "link/b.mp4")], cfg.data)
+    assert load_eval_config(None, ["data.allow_overlap=true"], validate=False).data.allow_overlap
+
+
 def test_eval_grid_must_fit_encoder():
     cfg = EvalConfig(data=EvalDataConfig(train_index="a", val_index="b", crop_size=40, frames_per_clip=8))
     with pytest.raises(ConfigError, match=r"data.crop_size=40 is not divisible by the encoder's patch_size=16"):
@@ -161,6 +182,39 @@ def test_random_init_encoder_is_frozen_and_seeded():
     w = "transformer.blocks.0.attn.qkv.weight"
     assert torch.equal(a.encoder.state_dict()[w], b.encoder.state_dict()[w])
     assert not torch.equal(a.encoder.state_dict()[w], c.encoder.state_dict()[w])
+
+
+def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(monkeypatch):
+    """A `model:` next to encoder.checkpoint must equal the run's architecture; the encoder is still built
+    at the pretraining grid, so sin-cos features equal those without `model:`."""
+    import copy
+
+    import vjepa_scale.eval.encoder as enc_mod
+    from vjepa_scale.config import Config, DataConfig
+
+    pre = Config(model=tiny_model(pos_embed="sincos"),
+                 data=DataConfig(backend="synthetic", crop_size=32, frames_per_clip=16)).validate()  # grid 8x2x2
+    torch.manual_seed(0)
+    state = VisionTransformer3D(pre.model, pre.grid).state_dict()
+    monkeypatch.setattr(enc_mod, "load_consolidated", lambda path, which: {"config": pre, "step": 7, "encoder": state})
+
+    def build(model):
+        cfg = EvalConfig(model=model, data=EvalDataConfig(train_index="a", val_index="b", crop_size=32,
+                                                          frames_per_clip=8))
+        cfg.encoder.checkpoint = "ckpt"
+        return load_frozen_encoder(cfg.validate()).encoder
+
+    plain, same = build(None), build(copy.deepcopy(pre.model))
+    assert plain.grid == same.grid == pre.grid
+    x = torch.randn(1, 3, 8, 32, 32)  # an 8-frame eval clip
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), plain(x), rtol=0, atol=0)
+    other = copy.deepcopy(pre.model)
+    other.pos_embed, other.num_heads = "rope", 6  # same parameter shapes, another model
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"encoder.checkpoint ckpt: the run was trained with model.pos_embed='sincos' but the "
+                             r"config has 'rope'; model.num_heads \(via model.size\)=3 but the config has 6"):
+        build(other)
 
 
 # ---------------------------------------------------------------- clips and features
@@ -266,6 +320,7 @@ def test_hf_export_loads_the_same_encoder(tmp_path):
     cfg.encoder.hf_path = str(tmp_path / "hf")
     frozen = load_frozen_encoder(cfg.validate())
     assert frozen.model_cfg.pos_embed == "sincos" and frozen.encoder.dims.depth == 1
+    assert frozen.model_cfg.size == "custom"  # tiny at depth 1 is no named size (result.json's model.size)
     for k, v in enc.state_dict().items():
         torch.testing.assert_close(frozen.encoder.state_dict()[k], v, rtol=0, atol=0)
     cfg.model = ModelConfig(size="small", depth=1)  # an architecture the export does not fit
@@ -282,6 +337,38 @@ def test_per_class_subset_is_balanced_and_seeded():
     assert a == per_class_subset(labels, 4, seed=0) and a != per_class_subset(labels, 4, seed=1)
     with pytest.raises(ConfigError, match=r"data.train_per_class=11 but class 0 has only 10 videos"):
         per_class_subset(labels, 11, seed=0)
+
+
+def test_few_shot_subset_is_chosen_first_then_spread_over_ranks():
+    """Every simulated rank picks the single-process subset and takes `chosen[rank::world]`: the shares
+    are disjoint, cover the subset and differ by at most one video; fewer videos than ranks fail on every
+    rank (before any collective), naming the key, the count and the world size."""
+    from vjepa_scale.eval.data import per_class_subset, rank_share
+
+    labels = [i % 4 for i in range(40)]
+    single = per_class_subset(labels, 2, seed=5)  # 8 videos
+    for world in (1, 2, 3, 8):
+        shares = [rank_share(per_class_subset(labels, 2, seed=5), r, world, 2) for r in range(world)]
+        assert sorted(i for share in shares for i in share) == single
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1 and min(map(len, shares)) >= 1
+    for rank in range(12):
+        with pytest.raises(ConfigError, match=r"data.train_per_class=2 selects 8 train videos, fewer than the 12 "
+                                              r"ranks"):
+            rank_share(single, rank, 12, 2)
+    # a rank encodes just its share
+    torch.manual_seed(0)
+    enc = VisionTransformer3D(tiny_model(), (2, 2, 2)).eval()
+    videos = TensorVideos(torch.randn(40, 1, 1, 3, 4, 32, 32), labels)
+    share = rank_share(single, 1, 3, 2)
+    fs = extract_features(enc, videos, 4, torch.device("cpu"), rank=1, world_size=3, progress=False, positions=share)
+    assert fs.index_M.tolist() == share
+
+
+def test_probe_training_refuses_a_rank_without_samples():
+    empty = FeatureSet(torch.zeros(0, 2, 5, 24), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"probe seed0: 1 of 1 ranks hold no training sample \(0 \(video, view\)"):
+        train_probe(empty, separable_features(8, 4, seed=1), ProbeConfig(), ProbeOptimConfig(epochs=1), num_classes=4,
+                    encoder_heads=4, seed=0, device=torch.device("cpu"), tag="seed0", progress=False)
 
 
 def test_effective_rank():

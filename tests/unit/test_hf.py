@@ -217,6 +217,25 @@ def test_hf_config_map_round_trips(tmp_path):
         read_hf_config(tmp_path)
 
 
+def test_hf_config_reads_back_the_named_size():
+    """An export's dims map back to the VIT_SIZES name they match (the two giants differ only in heads);
+    other dims read back as size `custom` with the dims given, which builds the same model."""
+    from vjepa_scale.config import VIT_SIZES, ModelConfig, resolve_vit_size
+
+    for name in VIT_SIZES:
+        cfg = tiny_config("rope", crop=CROP, frames=FRAMES)
+        cfg.model = ModelConfig(size=name, pos_embed="rope")
+        back = config_from_hf_fields({"model_type": "vjepa2", **config_to_hf_fields(cfg)})
+        assert back.model.size == name and back.model.width is None and back.model.num_heads is None
+    cfg = tiny_config("sincos", crop=CROP, frames=FRAMES, num_heads=6)  # tiny at depth 2, 6 heads: no named size
+    fields = config_to_hf_fields(cfg)
+    back = config_from_hf_fields({"model_type": "vjepa_sincos", **fields})
+    assert back.model.size == "custom" and config_to_hf_fields(back) == fields
+    assert resolve_vit_size(back.model) == resolve_vit_size(cfg.model)
+    with pytest.raises(ConfigError, match=r"model.size=custom needs model.depth, model.mlp_ratio"):
+        ModelConfig(size="custom", width=96, num_heads=3).validate()
+
+
 def test_shape_mismatch_names_key_and_both_shapes(tmp_path):
     cfg, model = _model("rope")
     out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict())

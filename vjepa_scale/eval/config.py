@@ -42,6 +42,7 @@ class EvalDataConfig(Section):
 
     train_index: str = ""
     val_index: str = ""
+    allow_overlap: bool = False  # videos in both index files (same resolved path) fail unless true
     num_classes: Optional[int] = None  # default: 1 + the largest label in either index
     train_per_class: Optional[int] = None  # label-efficient probe: this many train videos per class (null: all)
     subset_seed: int = 0  # probe seed s trains on the balanced subset drawn with subset_seed + s

@@ -32,6 +32,19 @@ def read_labeled_index(path: str | os.PathLike, key: str) -> tuple[list[str], li
     return read_index(path, key, require_labels=True)
 
 
+def check_disjoint(train_paths: list[str], val_paths: list[str], cfg: EvalDataConfig) -> None:
+    """`ConfigError` naming both index files, the count and an example when a video (by resolved path,
+    symlinks followed) is in both, unless `data.allow_overlap`."""
+    if cfg.allow_overlap:
+        return
+    train = {os.path.realpath(p) for p in train_paths}
+    both = [p for p in dict.fromkeys(val_paths) if os.path.realpath(p) in train]
+    if both:
+        raise ConfigError(f"data.train_index {cfg.train_index} and data.val_index {cfg.val_index} share {len(both)} "
+                          f"videos (e.g. {both[0]}): the probe would be scored on videos it trained on; "
+                          f"set data.allow_overlap=true if that is intended")
+
+
 def per_class_subset(labels: list[int], per_class: int, seed: int, key: str = "data.train_per_class") -> list[int]:
     """Sorted positions of `per_class` videos of each class, drawn without replacement with `seed`."""
     g = torch.Generator().manual_seed(seed)
@@ -42,6 +55,19 @@ def per_class_subset(labels: list[int], per_class: int, seed: int, key: str = "d
             raise ConfigError(f"{key}={per_class} but class {c} has only {len(members)} videos in the index")
         chosen += [members[j] for j in torch.randperm(len(members), generator=g)[:per_class].tolist()]
     return sorted(chosen)
+
+
+def rank_share(chosen: list[int], rank: int, world: int, per_class: int,
+               key: str = "data.train_per_class") -> list[int]:
+    """This rank's share `chosen[rank::world]` of a few-shot subset that every rank chose identically.
+
+    Sharding the chosen positions (not the index) spreads them evenly over ranks. Raises `ConfigError`
+    on every rank, before any collective, when some rank would get none (fewer videos than ranks).
+    """
+    if len(chosen) < world:
+        raise ConfigError(f"{key}={per_class} selects {len(chosen)} train videos, fewer than the {world} ranks "
+                          f"(world size): every rank needs one; raise {key} or launch fewer processes")
+    return chosen[rank::world]
 
 
 def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int) -> list[list[int]]:

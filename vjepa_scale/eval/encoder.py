@@ -12,8 +12,8 @@ import torch
 from vjepa_scale.config import Config, ConfigError, ModelConfig, clip_grid, load_config
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.models import VisionTransformer3D
-from vjepa_scale.weights import (check_state_dict, config_from_hf_fields, load_consolidated, load_init_state,
-                                 module_shapes, read_hf_config, resolve_checkpoint)
+from vjepa_scale.weights import (check_architecture, check_state_dict, config_from_hf_fields, load_consolidated,
+                                 load_init_state, module_shapes, read_hf_config, resolve_checkpoint)
 
 
 @dataclass
@@ -54,12 +54,14 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
         except FileNotFoundError as e:
             raise ConfigError(f"encoder.checkpoint: {e}") from None
         pre: Config = ck["config"]
-        model_cfg = copy.deepcopy(cfg.model) if cfg.model is not None else copy.deepcopy(pre.model)
+        if cfg.model is not None:  # must describe the checkpoint's encoder
+            check_architecture(pre.model, cfg.model, f"encoder.checkpoint {src.checkpoint}", predictor=False)
+        model_cfg = copy.deepcopy(cfg.model if cfg.model is not None else pre.model)
         model_cfg.activation_checkpointing = False
         eval_grid(cfg, model_cfg)
         # Built at the pretraining grid so sin-cos positions are interpolated exactly as the model
         # sees any other clip size.
-        grid = pre.grid if cfg.model is None else eval_grid(cfg, model_cfg)
+        grid = pre.grid
         if src.random_init:
             source = f"random init (seed {src.init_seed}), architecture of {src.checkpoint}"
             return FrozenEncoder(_build(model_cfg, grid, None, source, src.init_seed), source, None, model_cfg)

@@ -2,7 +2,8 @@
 
 A video's features are `(num_views, num_clips * N, D)`: for each spatial view the token sets of its
 temporal clips are concatenated, so the probe attends across clips; views are classified separately
-and their predictions averaged. Under a distributed launch each rank encodes the videos `rank::world`.
+and their predictions averaged. Under a distributed launch each rank encodes the videos `rank::world`
+(few-shot probes: its share of each subset, `eval.data.rank_share`).
 Items whose video is None (an unusable file, see `eval.data.EvalClips`) are left out and listed in
 `FeatureSet.skipped`.
 """
@@ -39,9 +40,11 @@ def _collate(items: list[dict]) -> dict:
 def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
                      dtype: torch.dtype = torch.float32, num_workers: int = 0, rank: int = 0,
                      world_size: int = 1, store_dtype: Optional[torch.dtype] = None,
-                     desc: str = "features", progress: bool = True) -> FeatureSet:
-    """Encode this rank's share of `dataset` (items {video (V, K, C, T, H, W), label, index})."""
-    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
+                     desc: str = "features", progress: bool = True,
+                     positions: Optional[list[int]] = None) -> FeatureSet:
+    """Encode this rank's share of `dataset` (items {video (V, K, C, T, H, W), label, index}): the items
+    at `positions`, by default `rank::world_size`."""
+    shard = Subset(dataset, list(range(rank, len(dataset), world_size)) if positions is None else positions)
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate)
     store_dtype = store_dtype or (torch.float32 if dtype == torch.float32 else torch.bfloat16)

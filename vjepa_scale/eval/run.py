@@ -17,7 +17,7 @@ import torch
 from vjepa_scale.config import ConfigError
 from vjepa_scale.distributed import compute_dtype, device_for, init_distributed
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import EvalClips, per_class_subset, read_labeled_index
+from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads
@@ -33,6 +33,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     dtype = compute_dtype(cfg.run.precision, device)
     train_paths, train_labels = read_labeled_index(cfg.data.train_index, "data.train_index")
     val_paths, val_labels = read_labeled_index(cfg.data.val_index, "data.val_index")
+    check_disjoint(train_paths, val_paths, cfg.data)
     subsets = {}  # label-efficient probes: a different balanced subset of the train index per seed
     if cfg.data.train_per_class is not None:
         subsets = {seed: per_class_subset(train_labels, cfg.data.train_per_class, cfg.data.subset_seed + seed)
@@ -49,17 +50,22 @@ def run_eval(cfg: EvalConfig) -> dict:
     heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, encoder.dims.num_heads)
     env = init_distributed(device)
     rank, world = env.rank, env.world_size
+    # few-shot: each rank trains on its share of every seed's subset, so it encodes just those videos
+    shares = {seed: rank_share(chosen, rank, world, cfg.data.train_per_class) for seed, chosen in subsets.items()}
+    train_positions = sorted(set().union(*shares.values())) if shares else None
     encoder.to(device)
     progress = cfg.run.progress_bar
     t_enc = time.time()
     train = extract_features(encoder, EvalClips(train_paths, train_labels, cfg.data), cfg.data.batch_size,
                              device, dtype, cfg.data.num_workers, rank, world, desc="train features",
-                             progress=progress)
+                             progress=progress, positions=train_positions)
     val = extract_features(encoder, EvalClips(val_paths, val_labels, cfg.data), cfg.data.batch_size,
                            device, dtype, cfg.data.num_workers, rank, world, desc="val features",
                            progress=progress)
     t_feat = time.time() - t_enc
-    skipped = {name: _all_ranks(fs.skipped, world) for name, fs in (("train", train), ("val", val))}
+    # (dict.fromkeys: with subsets, two ranks may encode the same train video)
+    skipped = {name: list(dict.fromkeys(_all_ranks(fs.skipped, world)))
+               for name, fs in (("train", train), ("val", val))}
     if rank == 0 and any(skipped.values()):
         for name, items in skipped.items():
             for path, reason in items:
@@ -80,8 +86,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     runs = []
     for seed in cfg.run.seeds:
         data = train
-        if seed in subsets:
-            keep = torch.isin(train.index_M, torch.tensor(subsets[seed]))
+        if seed in shares:
+            keep = torch.isin(train.index_M, torch.tensor(shares[seed], dtype=torch.int64))
             data = FeatureSet(train.feats_MVND[keep], train.labels_M[keep], train.index_M[keep])
         runs.append(train_probe(data, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
                                 writer, tag=f"seed{seed}", progress=progress))

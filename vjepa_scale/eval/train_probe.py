@@ -73,7 +73,10 @@ def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, opti
     x_SND = train.feats_MVND.flatten(0, 1)  # (video, view) samples
     y_S = train.labels_M.repeat_interleave(V)
     local = x_SND.shape[0]
-    total_samples = int(_sum([float(local)], device)[0])
+    total_samples, empty = _sum([float(local), float(local == 0)], device)  # the same on every rank
+    if empty:  # raised by every rank (none waits in a collective)
+        raise ValueError(f"probe {tag}: {int(empty)} of {world} ranks hold no training sample ({int(total_samples)} "
+                         f"(video, view) samples in all; e.g. all of a rank's train videos were unusable)")
     per_rank = max(1, optim_cfg.batch_size // world)
     steps_per_epoch = max(1, math.ceil(total_samples / (per_rank * world)))
     total = steps_per_epoch * optim_cfg.epochs

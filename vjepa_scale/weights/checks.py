@@ -1,9 +1,10 @@
-"""Check state dicts against the models a `Config` builds (names and shapes): the one check of weights."""
+"""Check weights against the models a `Config` builds: state dict names and shapes (`check_state_dict`) and,
+for what shapes do not show, the architecture fields of the run that trained them (`check_architecture`)."""
 from __future__ import annotations
 
 import torch
 
-from vjepa_scale.config import Config
+from vjepa_scale.config import Config, ModelConfig, resolve_vit_size
 from vjepa_scale.models import Predictor, VisionTransformer3D
 
 StateDict = dict[str, torch.Tensor]
@@ -51,3 +52,25 @@ def check_state_dict(sd: StateDict, expected: dict[str, torch.Size], what: str, 
 def module_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     """{key: shape} of a built module's state dict: the `expected` of `check_state_dict`."""
     return {k: v.shape for k, v in module.state_dict().items()}
+
+
+# Architecture fields a checkpoint's training config must share with the config that loads it.
+ENCODER_ARCH_FIELDS = ("pos_embed", "patch_size", "tubelet_size", "qkv_bias")
+PREDICTOR_ARCH_FIELDS = ("pred_width", "pred_depth", "pred_num_heads", "pred_mlp_ratio")
+
+
+def check_architecture(have: ModelConfig, want: ModelConfig, source: str, predictor: bool = True) -> None:
+    """`CheckpointMismatchError` naming every architecture field (and both values) where the model a
+    checkpoint was trained with (`have`) differs from the configured one (`want`).
+
+    width/depth/num_heads/mlp_ratio are compared as resolved from model.size; predictor fields only
+    with `predictor`.
+    """
+    fields = ENCODER_ARCH_FIELDS + (PREDICTOR_ARCH_FIELDS if predictor else ())
+    pairs = [(f, getattr(have, f), getattr(want, f)) for f in fields]
+    hd, wd = resolve_vit_size(have), resolve_vit_size(want)
+    pairs += [(f"{f} (via model.size)", getattr(hd, f), getattr(wd, f))
+              for f in ("width", "depth", "num_heads", "mlp_ratio")]
+    diffs = [f"model.{f}={a!r} but the config has {b!r}" for f, a, b in pairs if a != b]
+    if diffs:
+        raise CheckpointMismatchError(f"{source}: the run was trained with " + "; ".join(diffs))

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vjepa_scale.config import Config, ConfigError, DataConfig, MaskConfig, MaskSpec, ModelConfig, resolve_vit_size
+from vjepa_scale.config import (CUSTOM_SIZE, Config, ConfigError, DataConfig, MaskConfig, MaskSpec, ModelConfig,
+                                resolve_vit_size, vit_size_name)
 from vjepa_scale.weights.checks import CheckpointMismatchError
 
 HF_MODEL_TYPES = {"vjepa2": "rope", "vjepa_sincos": "sincos"}  # model_type -> model.pos_embed
@@ -47,13 +48,16 @@ def config_to_hf_fields(cfg: Config) -> dict[str, Any]:
 def config_from_hf_fields(fields: dict[str, Any], source: str = "config.json") -> Config:
     """The pretraining `Config` (model, clip size, mask-type count) that an export's fields describe.
 
-    Predictor fields absent from the export take our defaults. Raises `ConfigError` naming `source`.
+    model.size is the `VIT_SIZES` name the dims match, else `custom` with the dims given. Predictor fields
+    absent from the export take our defaults. Raises `ConfigError` naming `source`.
     """
     pos_embed = hf_pos_embed(fields, source)
     d = ModelConfig()
     try:
-        model = ModelConfig(size="tiny", width=fields["hidden_size"], depth=fields["num_hidden_layers"],
-                            num_heads=fields["num_attention_heads"], mlp_ratio=float(fields["mlp_ratio"]),
+        dims = dict(width=fields["hidden_size"], depth=fields["num_hidden_layers"],
+                    num_heads=fields["num_attention_heads"], mlp_ratio=float(fields["mlp_ratio"]))
+        size = vit_size_name(**dims)  # the named size with these dims, else custom (then the dims are given)
+        model = ModelConfig(size=size, **(dims if size == CUSTOM_SIZE else {}),
                             patch_size=fields["patch_size"], tubelet_size=fields["tubelet_size"],
                             qkv_bias=bool(fields.get("qkv_bias", True)), pos_embed=pos_embed,
                             pred_width=fields.get("pred_hidden_size", d.pred_width),

@@ -26,7 +26,7 @@ import torch
 from vjepa_scale.config import Config, resolve_vit_size
 from vjepa_scale.models.pos_embed import sincos_3d
 from vjepa_scale.weights import keys
-from vjepa_scale.weights.checks import CheckpointMismatchError, check_state_dict, expected_shapes
+from vjepa_scale.weights.checks import CheckpointMismatchError, check_architecture, check_state_dict, expected_shapes
 from vjepa_scale.weights.hf_config import check_hf_fields, hf_pos_embed, read_hf_config
 from vjepa_scale.weights.releases import (VJEPA2_MASK_TOKENS, FileLayout, Release, check_heads, identify,
                                           pick_release)
@@ -112,10 +112,6 @@ def _from_hf_folder(folder: Path, cfg: Config) -> dict[str, Optional[StateDict]]
 # Our own training checkpoints
 # ---------------------------------------------------------------------------------------------------
 
-_ARCH_FIELDS = ("pos_embed", "patch_size", "tubelet_size", "qkv_bias", "pred_width", "pred_depth",
-                "pred_num_heads", "pred_mlp_ratio")
-
-
 def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
     try:
         ckpt = resolve_checkpoint(p)
@@ -123,15 +119,7 @@ def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
         raise FileNotFoundError(f"{p}: neither a Hugging Face export (no config.json) nor a training run or "
                                 f"checkpoint (no checkpoints/step_*/meta.json)") from None
     online = load_consolidated(ckpt, which="online")
-    have, want = online["config"].model, cfg.model
-    hd, wd = resolve_vit_size(have), resolve_vit_size(want)
-    pairs = [(f, getattr(have, f), getattr(want, f)) for f in _ARCH_FIELDS]
-    pairs += [(f"{f} (via model.size)", getattr(hd, f), getattr(wd, f)) for f in ("width", "depth", "num_heads",
-                                                                                  "mlp_ratio")]
-    for field, a, b in pairs:
-        if a != b:
-            raise CheckpointMismatchError(f"{ckpt}: the run was trained with model.{field}={a!r} but the config "
-                                          f"has {b!r}")
+    check_architecture(online["config"].model, cfg.model, str(ckpt))
     target = load_consolidated(ckpt, which="target")
     log.info("%s: consolidated training checkpoint at step %d", ckpt, online["step"])
     return {"encoder": online["encoder"], "predictor": online["predictor"], "target_encoder": target["encoder"]}
