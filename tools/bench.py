@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     code = main()
-    from vjepa_scale.distributed import leave_process_group
+    from vjepa_scale.distributed import end_process
 
-    leave_process_group()  # the engine row's 1-rank group; left to interpreter exit, gloo can abort
-    sys.exit(code)
+    end_process(code)  # the engine row's 1-rank group: no interpreter finalization, which can abort it

@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    from vjepa_scale.distributed import leave_process_group
+    from vjepa_scale.distributed import end_process
 
-    leave_process_group()  # left to interpreter exit, gloo's threads can abort the process
-    sys.exit(code)
+    end_process(code)  # no interpreter finalization: it can abort a finished gloo rank

@@ -86,4 +86,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vjepa_scale.distributed import end_process
+
+    end_process(main())  # no interpreter finalization: it can abort a finished gloo rank

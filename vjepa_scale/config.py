@@ -276,10 +276,6 @@ class DataConfig(Section):
                     raise ConfigError(f"{prefix}.datasets[{i}].{key} must be > 0 or null, got {getattr(ds, key)}")
         if self.tokens_per_batch is not None and self.tokens_per_batch <= 0:
             raise ConfigError(f"{prefix}.tokens_per_batch must be > 0 or null, got {self.tokens_per_batch}")
-        if self.tokens_per_batch is not None and self.global_batch_size is not None:
-            raise ConfigError(f"{prefix}.tokens_per_batch={self.tokens_per_batch} sets the batch (clips vary per "
-                              f"step), so {prefix}.global_batch_size={self.global_batch_size} would be ignored: "
-                              f"set {prefix}.global_batch_size: null")
         if self.num_clips > 1 and self.is_mixed(1):
             raise ConfigError(f"{prefix}.num_clips > 1 is not supported with mixed shapes or tokens_per_batch")
 

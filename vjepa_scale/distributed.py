@@ -17,14 +17,17 @@
 from __future__ import annotations
 
 import datetime
+import gc
+import logging
 import os
 import re
 import secrets
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, NoReturn, Optional
 
 import torch
 import torch.distributed as dist
@@ -220,6 +223,26 @@ def check_shared_dir(path: str | Path, wait_s: float = 5.0) -> None:
             f"(on {views[0][1]}) wrote there. All ranks write checkpoints into one folder, so "
             f"train.output_dir (--output-dir) must be on a filesystem shared by every node (NFS, Lustre, "
             f"GPFS, ...), at the same path on each node")
+
+
+def end_process(code: int) -> NoReturn:
+    """The end of a script that joined a process group: leave it, flush the outputs, and exit with
+    `code` without interpreter finalization.
+
+    Gloo work objects that outlive the group (DeepSpeed keeps some handles) hold tensors with Python
+    references; freed during finalization they abort the finished process ("terminate called without
+    an active exception", SIGABRT), which turns a clean run into a failed rank. Nothing is left to
+    finalize by then: the caller has closed its files (the Trainer closes its logs and loaders).
+    """
+    gc.collect()  # what only cycles still hold (loader iterators, work handles) goes while Python is alive
+    leave_process_group()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def leave_process_group() -> None:

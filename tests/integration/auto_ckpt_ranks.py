@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from vjepa_scale.config import load_config
-from vjepa_scale.distributed import leave_process_group
+from vjepa_scale.distributed import end_process
 from vjepa_scale.train import memory
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.launch import join_process_group, preflight
@@ -27,7 +27,7 @@ def main(out: str) -> None:
     (phase,) = tr.phases
     Path(out, f"rank{env.rank}.json").write_text(json.dumps(
         {"fraction": phase.cfg.model.activation_checkpointing, "note": phase.note, "step": tr.step}))
-    leave_process_group()
+    end_process(0)  # no interpreter finalization: it can abort a finished gloo rank
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 from vjepa_scale.config import load_config
-from vjepa_scale.distributed import leave_process_group
+from vjepa_scale.distributed import end_process
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.launch import join_process_group, preflight
 
@@ -31,7 +31,7 @@ def main(out: str, *opts: str) -> None:
     if env.rank == 0:
         with open(out, "w") as f:
             json.dump(data, f, indent=1)
-    leave_process_group()  # left to interpreter exit, gloo's threads can abort the process
+    end_process(0)  # no interpreter finalization: it can abort a finished gloo rank
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from vjepa_scale.config import load_config
-from vjepa_scale.distributed import leave_process_group
+from vjepa_scale.distributed import end_process
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.launch import join_process_group, preflight
 
@@ -25,7 +25,7 @@ def main(out: str, *args: str) -> None:
     tr.fit()
     target = {n: p.detach().float().cpu().clone() for n, p in tr.target.module.named_parameters()}
     torch.save({"target": target, "ema": tr.ema.state_dict()}, out / f"rank{env.rank}.pt")
-    leave_process_group()
+    end_process(0)  # no interpreter finalization: it can abort a finished gloo rank
 
 
 if __name__ == "__main__":

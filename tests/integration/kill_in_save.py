@@ -10,7 +10,6 @@ import argparse
 import os
 import runpy
 import signal
-import sys
 from pathlib import Path
 
 from vjepa_scale.train import checkpoint
@@ -35,4 +34,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vjepa_scale.distributed import end_process
+
+    end_process(main())  # as tools/train.py ends

@@ -9,7 +9,6 @@ ranks' data stay finite. All other arguments go to tools/train.py unchanged.
 import argparse
 import dataclasses
 import runpy
-import sys
 from pathlib import Path
 
 import torch
@@ -38,4 +37,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vjepa_scale.distributed import end_process
+
+    end_process(main())  # as tools/train.py ends

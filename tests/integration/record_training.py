@@ -12,7 +12,6 @@ All other arguments go to tools/train.py unchanged.
 import argparse
 import json
 import runpy
-import sys
 from pathlib import Path
 
 from vjepa_scale.train.engine import Trainer
@@ -56,4 +55,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vjepa_scale.distributed import end_process
+
+    end_process(main())  # as tools/train.py ends

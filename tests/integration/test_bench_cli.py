@@ -1,11 +1,10 @@
 """tools/bench.py as a user runs it on CPU (small sizes): tables written, bad options refused, every
 suite, the Triton rows under the interpreter; timings are not asserted."""
 import json
-import os
 
 import pytest
 
-from helpers import assert_ok, launch, load_tool, require
+from helpers import assert_ok, cpu_env, launch, load_tool, require
 
 bench_cli = load_tool("bench")
 
@@ -30,7 +29,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path):
 
 def test_bench_cli_refuses_bad_step_options(tmp_path):
     def bench(*args):
-        return launch("tools/bench.py", "--device", "cpu", "--out", str(tmp_path), *args, env=os.environ, timeout=120)
+        return launch("tools/bench.py", "--device", "cpu", "--out", str(tmp_path), *args, timeout=120)
 
     r = bench("--suite", "step", "--opt", "model.nope=1")
     assert r.returncode == 2 and "--opt: unknown config key 'model.nope'" in r.stderr
@@ -42,8 +41,9 @@ def test_bench_cli_refuses_bad_step_options(tmp_path):
 @pytest.mark.slow
 def test_bench_cpu_all_suites(tmp_path):
     """`python tools/bench.py --device cpu` as a user runs it: every suite, table written."""
-    env = dict(os.environ, DS_ACCELERATOR="cpu", DS_SKIP_SHM_BUILD="1")
-    assert_ok(launch("tools/bench.py", "--device", "cpu", "--out", str(tmp_path), env=env, timeout=600))
+    # cpu_env: this environment without the test process's own group (MASTER_PORT would already be taken)
+    assert_ok(launch("tools/bench.py", "--device", "cpu", "--out", str(tmp_path), env=cpu_env(OMP_NUM_THREADS=None),
+                     timeout=600))
     md = (tmp_path / "bench_cpu.md").read_text()
     for s in ("gather", "ema", "attention", "step"):
         assert f"## {s}" in md
@@ -59,7 +59,7 @@ def test_bench_cpu_all_suites(tmp_path):
 def test_bench_triton_rows_under_interpreter(tmp_path):
     """The suites' Triton code path (what runs on a GPU) end to end, in the CPU interpreter."""
     require("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = cpu_env(TRITON_INTERPRET="1", OMP_NUM_THREADS=None)
     assert_ok(launch("tools/bench.py", "--device", "cpu", "--suite", "gather", "--out", str(tmp_path), env=env,
                      timeout=600))
     rows = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"]

@@ -61,10 +61,16 @@ def test_zero_stage_0_is_refused_naming_the_key():
         load_config("cpu_demo", ["zero.stage=0"])
 
 
-def test_a_token_budget_refuses_batch_keys_it_would_ignore():
+def test_a_token_budget_refuses_batch_keys_it_would_ignore(tmp_path):
+    """Checked on the user's config (preflight); a run's saved config holds the resolved global batch."""
+    from vjepa_scale.config import save_config
+
     with pytest.raises(ConfigError, match=r"data\.tokens_per_batch=4096 sets the batch .* "
                                           r"set data\.global_batch_size: null"):
-        load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=8"])
+        preflight(load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=8"]), 1)
+    saved = preflight(load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null"]), 2)
+    save_config(saved, tmp_path / "config.yaml")  # what a checkpoint holds: loads back as it was
+    assert saved.data.global_batch_size is not None and load_config(tmp_path / "config.yaml") == saved
     with pytest.raises(ConfigError, match=r"phases\[1\]\.global_batch_size would be ignored: data\.tokens_per_batch"):
         load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null",
                                  "phases=[{steps: 30}, {global_batch_size: 8}]"])

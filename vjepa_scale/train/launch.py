@@ -41,6 +41,10 @@ def preflight(cfg: Config, world_size: int) -> Config:
     """
 
     check_data_paths(cfg)
+    if cfg.data.tokens_per_batch is not None and cfg.data.global_batch_size is not None:
+        raise ConfigError(f"data.tokens_per_batch={cfg.data.tokens_per_batch} sets the batch (clips vary per step), "
+                          f"so data.global_batch_size={cfg.data.global_batch_size} would be ignored: set "
+                          f"data.global_batch_size: null")
     if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():
         raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
                           f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
