@@ -37,3 +37,29 @@ def test_compute_dtype_auto_follows_the_device():
     assert compute_dtype("auto") == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     assert compute_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     assert compute_dtype("fp32", torch.device("cuda", 0)) == torch.float32
+
+
+def test_end_process_leaves_the_group_flushes_and_keeps_the_exit_code(tmp_path):
+    """A script's end after gloo collectives: the group is left, buffered output and logs reach their
+    files, and the exit code is the one given (75, preempted, here), without interpreter finalization."""
+    import subprocess
+    import sys
+
+    from helpers import cpu_env, free_port
+
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import logging, sys, torch, torch.distributed as dist\n"
+        "from vjepa_scale.distributed import end_process\n"
+        f"logging.basicConfig(filename={str(tmp_path / 'log.txt')!r}, level=logging.INFO)\n"
+        "dist.init_process_group('gloo', rank=0, world_size=1)\n"
+        "t = torch.ones(4)\n"
+        "work = dist.all_reduce(t, async_op=True)  # a work object still referenced at the end\n"
+        "logging.info('logged before the end')\n"
+        "print('printed before the end', end='')\n"
+        "end_process(75)\n"
+        "print('never')\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       env=cpu_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())))
+    assert r.returncode == 75, r.stderr[-2000:]
+    assert r.stdout == "printed before the end" and "logged before the end" in (tmp_path / "log.txt").read_text()
