@@ -117,3 +117,12 @@ def test_probe_under_two_process_launch(setup):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and [x["num_train_videos"] for x in res["runs"]] == [4, 4]
+    # one val video for two ranks: rank 1 has none, and both ranks stop with the reason (rank 0 used to
+    # wait for it in the probe's first all-reduce)
+    one = setup["base"] / "one_val.txt"
+    one.write_text(Path(setup["idx"]["val"]).read_text().splitlines()[0] + "\n")
+    r = _probe("--random-init", "--checkpoint", str(setup["run"]), "--output", str(out), *setup["common"],
+               f"data.val_index={one}", nproc=2)
+    assert r.returncode != 0
+    assert "rank 1 of 2 got no usable videos (1 in the index)" in r.stderr, r.stderr[-3000:]
+    assert "another rank got no usable videos" in r.stderr, r.stderr[-3000:]

@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from vjepa_scale.distributed import any_rank
+
 
 @dataclass
 class FeatureSet:
@@ -62,10 +64,11 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
         feats.append(tok_XND.reshape(B, V, K * N, D).to("cpu", store_dtype))
         labels.append(batch["label"])
         index.append(batch["index"])
-    if not feats:  # more ranks than videos, or all of this rank's unusable
+    if any_rank(not feats):  # more ranks than videos, or all of a rank's unusable: every rank stops
         bad = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
-        raise ValueError(f"{desc}: rank {rank} of {world_size} got no usable videos ({len(dataset)} in the index"
-                         + (f"; {len(skipped)} unusable, e.g. {bad})" if skipped else ")"))
+        mine = (f"rank {rank} of {world_size} got no usable videos ({len(dataset)} in the index"
+                + (f"; {len(skipped)} unusable, e.g. {bad})" if skipped else ")"))
+        raise ValueError(f"{desc}: " + (mine if not feats else "another rank got no usable videos (see its error)"))
     return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped)
 
 

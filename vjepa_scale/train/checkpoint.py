@@ -30,7 +30,8 @@ import torch
 from vjepa_scale.config import save_config
 from vjepa_scale.train import elastic
 from vjepa_scale.train.guard import check_finite_state
-from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, any_rank, is_disk_error, write_error
+from vjepa_scale.distributed import any_rank
+from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, is_disk_error, write_error
 from vjepa_scale.train.zero_compat import optimizer_load_fixes
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
 

@@ -165,17 +165,6 @@ def is_disk_error(exc: BaseException) -> bool:
     return False
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is True on any rank (one small all-reduce)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    dev = (torch.device("cuda", torch.cuda.current_device())
-           if torch.distributed.get_backend() == "nccl" else torch.device("cpu"))
-    t = torch.tensor([int(flag)], device=dev)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def write_error(step: int, folder: Path, run_dir: Path, exc: Optional[BaseException]) -> CheckpointWriteError:
     last = find_latest(run_dir)
     what = f"disk full / read-only ({exc})" if exc is not None else "another rank hit a full / read-only disk"
