@@ -12,13 +12,14 @@ What DeepSpeed 0.19.8 does on its own (it never looks at the loss):
 - ZeRO-1/2: the same, unless `zero_optimization.compute_grad_norm` is false (fp32) or
   `bf16.check_grad_overflow` is false (bf16): then it applies NaN gradients. bf16 ZeRO-1 with fp32
   gradient accumulation uses BF16_Optimizer, which always checks.
-- No ZeRO (stage 0) in fp32: the plain optimizer steps whatever gradients there are.
+- No ZeRO (stage 0, which the config refuses) or a plain torch optimizer (the step bench's torch
+  row): the optimizer steps whatever gradients there are.
 - Nothing stops the EMA, which runs after the step, from following the online weights.
 
 So the guard (1) agrees on the loss with one tiny all-reduce at the accumulation boundary and, on a
 bad step, backpropagates `loss * nan`: every gradient is NaN, and DeepSpeed's own check skips the
 step and drops the accumulated gradients (no half-accumulated step leaks into the next one);
-(2) where DeepSpeed has no check (stage 0, fp32), skips the wrapped optimizer's update itself;
+(2) where there is no such check (a plain torch optimizer), skips the wrapped optimizer's update itself;
 (3) refuses the DeepSpeed settings that switch the check off (`check_deepspeed_config`), and stops
 with an error if DeepSpeed ever applies a step the guard found bad.
 """
