@@ -113,3 +113,24 @@ def test_for_type_equals_packing_one_type():
         for f in ("ctx_max_seqlen", "pred_max_seqlen", "tgt_type_bounds", "ctx_lengths", "tgt_lengths", "num_types"):
             assert getattr(sub, f) == getattr(alone, f), (m, f)
         assert torch.equal(sub.tgt_type, torch.full_like(alone.tgt_type, m))  # keeps its mask token
+
+
+def test_guard_drops_a_nan_step_of_a_plain_torch_optimizer():
+    """A plain torch optimizer has no overflow check (what the bench's torch row steps): the guard skips
+    its update itself, so a NaN batch leaves weights, Adam state and EMA target as they were, and the
+    next finite step trains."""
+    from vjepa_scale.config import OptimConfig
+    from vjepa_scale.train.guard import DivergenceGuard
+
+    cfg, jepa, target, (b, b2) = _setup()
+    guard = DivergenceGuard(3, OptimConfig())
+    core = _core(jepa, target, guard=guard)
+    core.train_step([b], 0.9, 0)
+    before = copy.deepcopy((jepa.state_dict(), target.state_dict()))
+    nan = Batch(torch.full_like(b2.video, float("nan")), b2.label, b2.masks, b2.step, b2.index)
+    loss = core.train_step([nan], 0.9, 1)
+    assert not torch.isfinite(loss) and guard.skipped_steps == 1
+    assert all(torch.equal(v, before[0][k]) for k, v in jepa.state_dict().items())
+    assert all(torch.equal(v, before[1][k]) for k, v in target.state_dict().items())
+    assert torch.isfinite(core.train_step([b2], 0.9, 2))
+    assert any(not torch.equal(v, before[0][k]) for k, v in jepa.state_dict().items())
