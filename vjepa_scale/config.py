@@ -42,7 +42,7 @@ class Section:
         """Each named field must be set and > 0."""
         for n in names:
             v = getattr(self, n)
-            if v is None or v <= 0:
+            if v is None or not v > 0 or v == float("inf"):  # `not v > 0` also refuses NaN
                 raise ConfigError(f"{prefix}.{n} must be > 0, got {v}")
 
 
@@ -108,6 +108,8 @@ class ModelConfig(Section):
         if self.pred_width % self.pred_num_heads:
             raise ConfigError(f"{prefix}.pred_num_heads={self.pred_num_heads} does not divide "
                               f"{prefix}.pred_width={self.pred_width}")
+        check_rope_head(self.pos_embed, self.pred_width // self.pred_num_heads,
+                        f"{prefix}.pred_width / {prefix}.pred_num_heads")
 
 
 @dataclass
@@ -322,6 +324,10 @@ class OptimConfig(Section):
         elif self.cooldown:
             raise ConfigError(f"{prefix}.cooldown={self.cooldown} needs {prefix}.lr_schedule: wsd "
                               f"(got {self.lr_schedule!r})")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{prefix}.betas must each be in [0, 1), got {list(self.betas)}")
+        if not 0.0 <= self.eps < float("inf"):
+            raise ConfigError(f"{prefix}.eps must be >= 0 and finite, got {self.eps}")
         if not (0.0 <= self.ema[0] <= self.ema[1] <= 1.0):
             raise ConfigError(f"{prefix}.ema must satisfy 0 <= start <= end <= 1, got {list(self.ema)}")
         if self.grad_clip < 0:
@@ -454,11 +460,7 @@ class Config:
     def validate(self) -> "Config":
         validate_sections(self)
         clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
-        for i, (frames, crop) in enumerate(self.data.shapes(self.model.tubelet_size)):
-            g = clip_grid(crop, frames, self.model, prefix=f"data.datasets[{i}]")
-            if self.data.tokens_per_batch is not None and g[0] * g[1] * g[2] > self.data.tokens_per_batch:
-                raise ConfigError(f"data.tokens_per_batch={self.data.tokens_per_batch} is below one clip of "
-                                  f"data.datasets[{i}] ({g[0] * g[1] * g[2]} tokens)")
+        self.check_clips_fit_the_budget()
         for i, p in enumerate(self.phases):
             if self.data.tokens_per_batch is not None and (p.batch_size or p.global_batch_size) is not None:
                 key = "batch_size" if p.batch_size is not None else "global_batch_size"
@@ -466,6 +468,15 @@ class Config:
                                   f"{self.data.tokens_per_batch} sets every phase's batch")
         self.phase_configs()  # validates every phase (ConfigError naming `phases[i].key`)
         return self
+
+    def check_clips_fit_the_budget(self, where: str = "") -> None:
+        """Every dataset's clip shape patches, and one clip of it fits `data.tokens_per_batch` (`where`:
+        the phase whose clip shape this config has, for the error)."""
+        for i, (frames, crop) in enumerate(self.data.shapes(self.model.tubelet_size)):
+            g = clip_grid(crop, frames, self.model, prefix=f"data.datasets[{i}]")
+            if self.data.tokens_per_batch is not None and g[0] * g[1] * g[2] > self.data.tokens_per_batch:
+                raise ConfigError(f"data.tokens_per_batch={self.data.tokens_per_batch} is below one clip of "
+                                  f"data.datasets[{i}]{where} ({g[0] * g[1] * g[2]} tokens)")
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -509,6 +520,7 @@ class Config:
             c.optim = dataclasses.replace(self.optim, iterations=steps, **p.optim.overrides())
             c.optim.validate(f"{prefix}.optim")
             clip_grid(c.data.crop_size, c.data.frames_per_clip, self.model, prefix=prefix)
+            c.check_clips_fit_the_budget(f" in {prefix}")
             out.append(c)
         return out
 
@@ -564,15 +576,20 @@ def resolve_vit_size(cfg: ModelConfig, prefix: str = "model") -> VitDims:
                           f"{CUSTOM_SIZE} with width, depth, num_heads and mlp_ratio)")
     else:
         w, d, h, r = VIT_SIZES[cfg.size]
-    dims = VitDims(cfg.width or w, cfg.depth or d, cfg.num_heads or h, cfg.mlp_ratio or r)
+    dims = VitDims(*(getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in zip(_DIM_KEYS, (w, d, h, r))))
     for name in _DIM_KEYS:
         if getattr(dims, name) <= 0:
             raise ConfigError(f"{prefix}.{name} must be > 0, got {getattr(dims, name)}")
     if dims.width % dims.num_heads:
         raise ConfigError(f"{prefix}.num_heads={dims.num_heads} does not divide {prefix}.width={dims.width}")
-    if cfg.pos_embed == "rope" and dims.head_dim < 6:
-        raise ConfigError(f"{prefix}.pos_embed=rope needs head_dim >= 6, got {dims.head_dim}")
+    check_rope_head(cfg.pos_embed, dims.head_dim, f"{prefix}.width / {prefix}.num_heads")
     return dims
+
+
+def check_rope_head(pos_embed: str, head_dim: int, what: str) -> None:
+    """RoPE rotates pairs of channels over three axes: a head needs an even size of at least 6."""
+    if pos_embed == "rope" and (head_dim < 6 or head_dim % 2):
+        raise ConfigError(f"pos_embed=rope needs an even head size >= 6, got {what} = {head_dim}")
 
 
 def vit_size_name(width: int, depth: int, num_heads: int, mlp_ratio: float) -> str:

@@ -56,6 +56,28 @@ def test_wrong_type_and_range_name_the_key():
         load_config("cpu_demo", ["data.global_batch_size=0"])
 
 
+@pytest.mark.parametrize("opts,message", [
+    (["model.pos_embed=rope", "model.pred_width=56", "model.pred_num_heads=8"],
+     r"pos_embed=rope needs an even head size >= 6, got model\.pred_width / model\.pred_num_heads = 7"),
+    (["model.pos_embed=rope", "model.pred_width=64", "model.pred_num_heads=32"],
+     r"got model\.pred_width / model\.pred_num_heads = 2"),
+    (["model.pos_embed=rope", "model.size=custom", "model.width=198", "model.depth=2", "model.num_heads=2",
+      "model.mlp_ratio=4"], r"got model\.width / model\.num_heads = 99"),
+    (["optim.betas=[0.9, 1.5]"], r"optim\.betas must each be in \[0, 1\), got \[0\.9, 1\.5\]"),
+    (["optim.eps=-1"], r"optim\.eps must be >= 0 and finite, got -1"),
+    (["optim.lr=nan"], r"optim\.lr must be > 0, got nan"),
+    (["model.width=0"], r"model\.width must be > 0, got 0"),
+    (["data.global_batch_size=null", "data.tokens_per_batch=64", "data.crop_size=64", "data.frames_per_clip=8",
+      "phases=[{steps: 30}, {frames_per_clip: 16}]"],
+     r"data\.tokens_per_batch=64 is below one clip of data\.datasets\[0\] in phases\[1\] \(128 tokens\)"),
+])
+def test_values_that_would_fail_later_are_refused_naming_the_key(opts, message):
+    """Each of these was accepted and then crashed at the first forward / the engine start, or trained
+    wrongly (a RoPE head of 2 channels has no rotary part; a phase's clip over the token budget)."""
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu_demo", opts)
+
+
 def test_zero_stage_0_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"^zero\.stage must be 1, 2 or 3, got 0 \(stage 0 keeps no ZeRO"):
         load_config("cpu_demo", ["zero.stage=0"])
