@@ -183,9 +183,11 @@ def test_odd_size_vp9_cpu_mode_matches_pyav(tmp_path):
 
 
 @needs_dali
-def test_bt709_file_matches_pyav_colours(tmp_path):
-    """DALI converts with BT.601; the pipeline's colour matrix brings BT.709-tagged files to PyAV's colours,
-    as close as an untagged (BT.601) file comes (DALI's CPU decoder rounds ~1 level above PyAV there)."""
+@pytest.mark.parametrize("colorspace", [1, 4, 7, 9])  # BT.709, FCC, SMPTE-240M, BT.2020 (non-constant luminance)
+def test_tagged_file_matches_pyav_colours(tmp_path, colorspace):
+    """DALI converts with BT.601; the pipeline's colour matrix brings files tagged with another matrix to
+    PyAV's colours, as close as an untagged (BT.601) file comes (DALI's CPU decoder rounds ~1 level above
+    PyAV there)."""
     from vjepa_scale.data.dali import DaliClipRunner, DaliItem
 
     plan = ClipPlan((0, 1, 2, 3), (0, 0, 32, 32), False)
@@ -197,15 +199,26 @@ def test_bt709_file_matches_pyav_colours(tmp_path):
         return diff.mean().item(), diff.amax().item()
 
     plain = encode(tmp_path / "601.webm", colour_frames(4, 32, 32), "libvpx-vp9", options={"lossless": "1"})
-    tagged = encode(tmp_path / "709.webm", colour_frames(4, 32, 32), "libvpx-vp9", colorspace=1,
+    tagged = encode(tmp_path / "tagged.webm", colour_frames(4, 32, 32), "libvpx-vp9", colorspace=colorspace,
                     options={"lossless": "1"})
     fmt = stream_format(tagged)
-    assert fmt.colorspace == 1 and stream_format(plain).colorspace != 1
+    assert fmt.colorspace == colorspace and stream_format(plain).colorspace != colorspace
+    assert dali_route(fmt, "cpu") is None
     base_mean, base_max = error(plain, stream_format(plain))
     fixed_mean, fixed_max = error(tagged, fmt)
     raw_mean, raw_max = error(tagged, None)  # what DALI alone gives
     assert base_mean < 2.0 and fixed_mean < base_mean + 0.3 and fixed_max <= base_max + 1.5
-    assert raw_mean > base_mean + 1.5 and raw_max > 12
+    if colorspace != 4:  # FCC's weights are within 0.004 of BT.601's: uncorrected is already close
+        assert raw_mean > base_mean + 0.5 and raw_max > base_max + 4
+
+
+def test_colour_matrices_dali_cannot_reproduce_go_to_pyav():
+    """BT.2020 constant luminance (10) or YCgCo (8) is no linear re-mix of BT.601's RGB: PyAV decodes it."""
+    from vjepa_scale.data.nvdec import StreamFormat
+
+    for tag in (8, 10):
+        fmt = StreamFormat("x.mp4", "h264", "High", "yuv420p", 8, "420", 64, 64, tag, False)
+        assert f"colour matrix {tag}" in dali_route(fmt, "cpu") and f"colour matrix {tag}" in dali_route(fmt, "gpu", (9, 0))
 
 
 @needs_dali
@@ -251,3 +264,15 @@ def test_loader_workers_are_not_forked_from_a_process_running_dali(tmp_path):
     loader = build_dataloader(cfg, num_steps=2)
     assert loader.loader.multiprocessing_context.get_start_method() == "forkserver"
     assert [b.video.shape for b in loader] == [(2, 3, 4, 32, 32)] * 2
+
+
+def test_dali_probe_is_bounded_by_the_decode_timeout(tmp_path):
+    """The DALI backend probes files with PyAV too: past data.decode_timeout_s a file is unusable (kind
+    "timeout"), as on the cpu backend, instead of holding up the loader."""
+    from vjepa_scale.data.dali import probe_for_dali
+
+    path = encode(tmp_path / "a.webm", colour_frames(8, 32, 32), "libvpx-vp9")
+    probe, error = probe_for_dali(path, "cpu", None, timeout_s=1e-6)
+    assert probe is None and error.kind == "timeout" and error.path == path
+    probe, error = probe_for_dali(path, "cpu", None, timeout_s=30)
+    assert error is None and probe.info.num_frames == 8

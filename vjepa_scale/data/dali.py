@@ -44,7 +44,7 @@ from vjepa_scale.config import Config
 from vjepa_scale.data.batch import Batch, make_batch
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, orient_clip, plan_video
 from vjepa_scale.data.cpu import VideoClips
-from vjepa_scale.data.decode import VideoError, VideoInfo, probe_video
+from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, probe_video
 from vjepa_scale.data.nvdec import StreamFormat, colour_matrix, dali_route, stream_format
 from vjepa_scale.data.skips import skip_tracker, substitute, unreadable_index_error
 from vjepa_scale.masks import MultiBlockMasker
@@ -116,13 +116,16 @@ class FileProbe:
     cpu_reason: str | None
 
 
-def probe_for_dali(path: str, device: str,
-                   capability: tuple[int, int] | None = None) -> tuple[FileProbe | None, VideoError | None]:
+def probe_for_dali(path: str, device: str, capability: tuple[int, int] | None = None,
+                   timeout_s: float = 0.0) -> tuple[FileProbe | None, VideoError | None]:
     """PyAV probe of one file (`decode.probe_video`: exact frame count, truncation, rotation):
-    (FileProbe, None) if it is usable at all, else (None, why)."""
+    (FileProbe, None) if it is usable at all, else (None, why). Reading it for longer than `timeout_s`
+    (data.decode_timeout_s) makes it unusable, as on the cpu backend (`decode.Deadline`; off the main
+    thread only FFmpeg's interrupt callback and the checks between packets bound it)."""
     try:
-        info = probe_video(path)
-        fmt = stream_format(path)
+        with Deadline(path, timeout_s) as deadline:
+            info = probe_video(path, deadline)
+            fmt = stream_format(path, deadline)
     except VideoError as e:
         return None, e
     return FileProbe(info, fmt, dali_route(fmt, device, capability)), None
@@ -224,7 +227,8 @@ class DaliLoader:
         n = len(index)
         if n <= PROBE_ALL_MAX:  # complete report up front
             with ThreadPoolExecutor(max(2, cfg.data.num_workers)) as pool:
-                probes = pool.map(lambda p: probe_for_dali(p, device, self.capability), index.paths)
+                probes = pool.map(lambda p: probe_for_dali(p, device, self.capability, cfg.data.decode_timeout_s),
+                                  index.paths)
                 for i, (probe, error) in enumerate(probes):
                     self._record(i, probe, error)
         start = 0
@@ -268,7 +272,8 @@ class DaliLoader:
     def probe(self, i: int) -> FileProbe | None:
         """Probe result of entry `i` (probed on first use), None if the file is unusable."""
         if i not in self._probes:
-            self._record(i, *probe_for_dali(self.index.paths[i], self.device, self.capability))
+            self._record(i, *probe_for_dali(self.index.paths[i], self.device, self.capability,
+                                            self.cfg.data.decode_timeout_s))
         return self._probes[i]
 
     def usable_probe(self, i: int) -> FileProbe:
@@ -382,7 +387,8 @@ class DaliLoader:
     def __iter__(self):
         """Batches in step order; data.dali_prefetch batches are decoded ahead in one helper thread."""
         depth = self.cfg.data.dali_prefetch
-        with ThreadPoolExecutor(1, initializer=self._thread_init) as pool:
+        pool = ThreadPoolExecutor(1, initializer=self._thread_init)
+        try:
             steps = iter(self.sampler)
             pending: deque = deque()
             for samples in steps:
@@ -396,4 +402,6 @@ class DaliLoader:
                     pending.append(pool.submit(self.batch, following))
                 self.tracker.update(batch)
                 yield batch
+        finally:  # closed early (a stop request, an error): batches not yet started are dropped, not decoded
+            pool.shutdown(wait=True, cancel_futures=True)
         self.tracker.flush()

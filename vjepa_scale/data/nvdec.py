@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vjepa_scale.data.decode import VideoError, _open
+from vjepa_scale.data.decode import Deadline, VideoError, _open
 
 # FFmpeg decoder (implementation) names -> codec names, for code that only has a decoder's name.
 DECODER_TO_CODEC = {
@@ -103,9 +103,10 @@ def _chroma(fmt) -> str:
     return {(1, 1): "444", (2, 1): "422", (2, 2): "420"}.get(sub, "?")
 
 
-def stream_format(path: str) -> StreamFormat:
-    """`StreamFormat` of `path` (header only). Raises VideoError when the file is not a readable video."""
-    container = _open(path)
+def stream_format(path: str, deadline: Deadline | None = None) -> StreamFormat:
+    """`StreamFormat` of `path` (header only). Raises VideoError when the file is not a readable video
+    (DecodeTimeout past `deadline`)."""
+    container = _open(path, deadline)
     try:
         ctx = container.streams.video[0].codec_context
         fmt = ctx.format
@@ -148,6 +149,8 @@ def nvdec_reason(fmt: StreamFormat, capability: tuple[int, int]) -> str | None:
 
 def dali_route(fmt: StreamFormat, device: str, capability: tuple[int, int] | None = None) -> str | None:
     """None when DALI on `device` ("gpu"/"cpu") decodes `fmt` correctly, else why PyAV must (a reason)."""
+    if fmt.colorspace not in LUMA_WEIGHTS:
+        return f"colour matrix {fmt.colorspace} (AVColorSpace) is not reproduced on DALI's BT.601 output"
     if device == "gpu":
         if capability is None:
             raise ValueError("dali_route on the GPU needs the device's compute capability")
@@ -167,13 +170,20 @@ def _ycbcr_to_rgb(kr: float, kb: float) -> np.ndarray:
                      [1.0, 2 * (1 - kb), 0.0]])
 
 
-# RGB decoded with the BT.601 matrix -> RGB with the BT.709 matrix (same offsets and ranges cancel).
-BT601_TO_BT709 = (_ycbcr_to_rgb(0.2126, 0.0722) @ np.linalg.inv(_ycbcr_to_rgb(0.299, 0.114))).astype(np.float32)
+# Luma weights (kr, kb) of the YCbCr matrices PyAV (swscale) converts with, by AVColorSpace tag; DALI
+# always converts with BT.601's, so its RGB is re-mixed to the tagged matrix (same offsets and ranges
+# cancel). 2 (unspecified), 5 and 6 are BT.601 itself. Other tags (BT.2020 constant luminance, YCgCo,
+# ...) are no such matrix: PyAV decodes those files (`dali_route`).
+BT601 = (0.299, 0.114)
+LUMA_WEIGHTS = {1: (0.2126, 0.0722), 2: BT601, 4: (0.30, 0.11), 5: BT601, 6: BT601, 7: (0.212, 0.087),
+                9: (0.2627, 0.0593)}
 AVCOL_SPC_BT709 = 1
 
 
 def colour_matrix(fmt: StreamFormat | None) -> np.ndarray:
     """3x3 matrix the DALI pipeline applies to its RGB output so that it matches PyAV's for `fmt`."""
-    if fmt is not None and fmt.colorspace == AVCOL_SPC_BT709:
-        return BT601_TO_BT709
-    return np.eye(3, dtype=np.float32)
+    weights = LUMA_WEIGHTS.get(fmt.colorspace, BT601) if fmt is not None else BT601
+    if weights == BT601:
+        return np.eye(3, dtype=np.float32)
+    return (_ycbcr_to_rgb(*weights) @ np.linalg.inv(_ycbcr_to_rgb(*BT601))).astype(np.float32)
+
