@@ -276,3 +276,21 @@ def test_dali_probe_is_bounded_by_the_decode_timeout(tmp_path):
     assert probe is None and error.kind == "timeout" and error.path == path
     probe, error = probe_for_dali(path, "cpu", None, timeout_s=30)
     assert error is None and probe.info.num_frames == 8
+
+
+@needs_dali
+def test_dali_broken_for_every_file_is_an_error_not_a_silent_move_to_pyav(tmp_path, monkeypatch):
+    """A pipeline that fails for every file of a batch while PyAV reads them (no NVDEC library, out of
+    memory) stops the run with the reason instead of routing the whole dataset to one PyAV thread."""
+    from vjepa_scale.data.dali import DaliClipRunner
+
+    paths = [encode(tmp_path / f"{k}.webm", colour_frames(8, 32, 32), "libvpx-vp9") for k in range(4)]
+    cfg = dali_cfg(write_index(tmp_path / "i.txt", paths))
+
+    def broken(self):
+        raise RuntimeError("libnvcuvid.so: cannot open shared object file")
+
+    monkeypatch.setattr(DaliClipRunner, "_build", broken)
+    with pytest.raises(RuntimeError, match=r"DALI failed on all 2 files of a batch, and PyAV reads .*"
+                                           r"libnvcuvid\.so: cannot open shared object file.*data\.backend: cpu"):
+        next(iter(build_dataloader(cfg, num_steps=1)))

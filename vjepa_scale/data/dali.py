@@ -325,6 +325,24 @@ class DaliLoader:
         self.stats["dali_clips"] += start
         return out, {}
 
+    def _check_not_systemic(self, groups: list, done: dict, bad: dict, entries: dict, samples: list) -> None:
+        """RuntimeError when DALI failed every file of a batch of several that PyAV reads: DALI itself is
+        broken here (no NVDEC library in the container, out of memory, a pipeline that cannot be built),
+        and blaming each file would silently move the whole dataset to one PyAV thread."""
+        if done or len(groups) < 2 or len(bad) != len(groups):
+            return
+        k = next(iter(bad))
+        i, _, _ = entries[k]
+        index, s, _ = samples[k]
+        try:
+            self.fallback.load(i, s, key=index)
+        except VideoError:
+            return  # the files may really be bad: each is decided on its own below
+        raise RuntimeError(f"DALI failed on all {len(groups)} files of a batch, and PyAV reads "
+                           f"{self.index.paths[i]}: DALI does not work here ({bad[k]}). Fix the DALI "
+                           f"installation or the container (NVDEC needs the driver's video capability), "
+                           f"or set data.backend: cpu")
+
     def batch(self, samples: list[tuple[int, int, int]]) -> Batch:
         """The Batch of `samples` ((index, step, slot) triples of one micro-step).
 
@@ -353,6 +371,7 @@ class DaliLoader:
             if groups:
                 done, bad = self._decode_dali(groups)
                 clips.update(done)
+                self._check_not_systemic(groups, done, bad, entries, samples)
                 for k, reason in bad.items():  # DALI failed on this file alone: PyAV decides whether it is bad
                     i, (probe, _), _ = entries[k]
                     index, s, _ = samples[k]
