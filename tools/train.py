@@ -68,6 +68,8 @@ def main(argv=None) -> int:
             print(f"config error: {e}", file=sys.stderr, flush=True)
         leave_process_group()
         return 2
+    except BaseException:
+        _crash()
     # Every rank ends these three ways at the same step, so the group is torn down together; after any
     # other exception it is left alone (a teardown while other ranks wait in a collective can hang).
     try:
@@ -81,8 +83,22 @@ def main(argv=None) -> int:
         if trainer.is_main:
             print(f"{e}; resume with --resume auto", file=sys.stderr, flush=True)
         code = preempt.EXIT_PREEMPTED
+    except BaseException:
+        _crash()
     leave_process_group()
     return code
+
+
+def _crash() -> None:
+    """Any other exception: print it and end this rank at once with 1 (130 on Ctrl-C), the group left
+    alone. A normal interpreter exit would wait forever for the DataLoader workers (they ignore SIGTERM,
+    which multiprocessing's exit handler sends them), so the launcher would never see the rank end."""
+    import traceback
+
+    from vjepa_scale.distributed import end_process
+
+    traceback.print_exc()
+    end_process(130 if isinstance(sys.exc_info()[1], KeyboardInterrupt) else 1, leave_group=False)
 
 
 if __name__ == "__main__":

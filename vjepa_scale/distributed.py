@@ -236,17 +236,19 @@ def check_shared_dir(path: str | Path, wait_s: float = 5.0) -> None:
             f"GPFS, ...), at the same path on each node")
 
 
-def end_process(code: int) -> NoReturn:
-    """The end of a script that joined a process group: leave it, flush the outputs, and exit with
-    `code` without interpreter finalization.
+def end_process(code: int, leave_group: bool = True) -> NoReturn:
+    """The end of a script that joined a process group: leave it (unless `leave_group` is False: after
+    an error on this rank alone, when the others may still wait in a collective), flush the outputs,
+    and exit with `code` without interpreter finalization.
 
     Gloo work objects that outlive the group (DeepSpeed keeps some handles) hold tensors with Python
     references; freed during finalization they abort the finished process ("terminate called without
     an active exception", SIGABRT), which turns a clean run into a failed rank. Nothing is left to
     finalize by then: the caller has closed its files (the Trainer closes its logs and loaders).
     """
-    gc.collect()  # what only cycles still hold (loader iterators, work handles) goes while Python is alive
-    leave_process_group()
+    if leave_group:
+        gc.collect()  # what only cycles still hold (loader iterators, work handles) goes while Python is alive
+        leave_process_group()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -60,3 +60,35 @@ def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.count("config error:") == 1 and "model.depth" in r.stderr
     assert "Traceback" not in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=2", resume=empty), nproc=2,
+               launcher="deepspeed", timeout=240)
+    assert r.returncode == 2 and f"config error: --resume {empty}:" in r.stderr, r.stderr[-3000:]
+
+
+def test_an_unexpected_error_ends_the_rank_despite_its_loader_workers(tmp_path):
+    """Any exception other than the three handled ends (a bug, a disk error at a save) prints its
+    traceback and ends the rank with 1: a normal interpreter exit waited forever for the DataLoader
+    workers, which ignore SIGTERM, so no launcher ever saw the rank end."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT, cpu_env
+
+    script = tmp_path / "inject.py"
+    script.write_text(
+        "import runpy, sys\n"
+        "from vjepa_scale.train import engine\n"
+        "def save(self):\n"
+        "    raise RuntimeError('injected failure in the checkpoint save')\n"
+        "engine.Trainer.save = save\n"
+        f"sys.argv = ['tools/train.py', *{train_args(tmp_path / 'run', *OPTS, 'optim.iterations=4', 'train.checkpoint_every=2', 'data.num_workers=2')!r}]\n"
+        f"runpy.run_path({str(ROOT / 'tools' / 'train.py')!r}, run_name='__main__')\n")
+    env = cpu_env(**dict.fromkeys(("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")))
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "RuntimeError: injected failure in the checkpoint save" in r.stderr and "Traceback" in r.stderr
+    assert time.monotonic() - start < 200

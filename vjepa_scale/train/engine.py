@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from vjepa_scale.config import Config, save_config
+from vjepa_scale.config import Config, ConfigError, save_config
 from vjepa_scale.data import Batch, build_dataloader, skip_metrics
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
@@ -166,7 +166,10 @@ class Trainer:
             return None
         if resume == "auto":
             return find_latest(self.run_dir)
-        return resolve_checkpoint(resume)
+        try:
+            return resolve_checkpoint(resume)
+        except (FileNotFoundError, ValueError) as e:  # every rank sees the same folder
+            raise ConfigError(f"--resume {resume}: {e}") from None
 
     # ----------------------------------------------------------------------------------------------
 
