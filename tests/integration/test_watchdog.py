@@ -45,6 +45,22 @@ def test_stalled_phase_ends_the_process_with_message_and_stacks():
     assert "stuck_in_a_collective" in r.stderr  # the stack dump shows where it waits
 
 
+def test_stalled_phase_ends_the_process_even_without_a_working_stderr():
+    """stderr closed (its reader gone): the message cannot be written, the rank still ends."""
+    t0 = time.monotonic()
+    r = _child("""
+        import os, sys, time
+        from vjepa_scale.train.watchdog import Watchdog
+
+        os.close(2)
+        sys.stderr.close()
+        wd = Watchdog(0.5, rank=0).start()
+        wd.phase("forward/backward step 1")
+        time.sleep(60)
+        """)
+    assert r.returncode == EXIT_HUNG and time.monotonic() - t0 < 30
+
+
 def test_changing_phases_idle_and_disabled_never_fire():
     r = _child("""
         import time

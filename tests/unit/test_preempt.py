@@ -78,3 +78,18 @@ def test_dataloader_workers_survive_sigterm():
     time.sleep(0.5)
     assert worker.is_alive()
     assert next(it).step == 1
+
+
+def test_stop_request_survives_a_broken_stderr(handlers, monkeypatch):
+    """The handler prints its reason; a stderr whose reader died (a `| tee` killed by the same signal)
+    must not turn the stop request into an exception in the training loop."""
+    class Broken:
+        def write(self, _):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stderr", Broken())
+    preempt.request_stop("got SIGTERM")
+    assert preempt.stop_requested() == "got SIGTERM"

@@ -51,8 +51,11 @@ def request_stop(reason: str) -> None:
     global _reason
     if _reason is None:
         _reason = reason
-        print(f"[pid {os.getpid()}] {reason}: stopping after the current step to save a checkpoint",
-              file=sys.stderr, flush=True)
+        try:  # runs in a signal handler: a broken stderr pipe must not turn the stop into a crash
+            print(f"[pid {os.getpid()}] {reason}: stopping after the current step to save a checkpoint",
+                  file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
 
 def stop_requested() -> Optional[str]:

@@ -74,17 +74,21 @@ class Watchdog:
                 self._fire(cur[0], time.monotonic() - cur[1])
 
     def _fire(self, phase: str, elapsed: float) -> None:
-        err = sys.__stderr__ or sys.stderr
-        err.write(f"\n[watchdog] rank {self.rank} on host {self.host} (pid {os.getpid()}) hung: "
-                  f"'{phase}' has run for {elapsed:.0f} s, past train.hang_timeout_s={self.timeout_s:g}. "
-                  f"Another rank has probably died or stalled (a collective waits for it), or this rank "
-                  f"is stuck in I/O or a data worker. Ending this rank with exit code {self.exit_code} so "
-                  f"the launcher stops the job. Stacks of this rank's threads:\n")
-        err.flush()
-        try:
-            faulthandler.dump_traceback(file=err, all_threads=True)
-        except (AttributeError, ValueError, OSError):  # a stream without a file descriptor
-            for tid, frame in sys._current_frames().items():
-                err.write(f"Thread {tid}:\n{''.join(traceback.format_stack(frame))}")
-        err.flush()
-        os._exit(self.exit_code)
+        try:  # a closed or broken stderr must not keep the stalled rank alive
+            err = sys.__stderr__ or sys.stderr
+            err.write(f"\n[watchdog] rank {self.rank} on host {self.host} (pid {os.getpid()}) hung: "
+                      f"'{phase}' has run for {elapsed:.0f} s, past train.hang_timeout_s={self.timeout_s:g}. "
+                      f"Another rank has probably died or stalled (a collective waits for it), or this rank "
+                      f"is stuck in I/O or a data worker. Ending this rank with exit code {self.exit_code} so "
+                      f"the launcher stops the job. Stacks of this rank's threads:\n")
+            err.flush()
+            try:
+                faulthandler.dump_traceback(file=err, all_threads=True)
+            except (AttributeError, ValueError, OSError):  # a stream without a file descriptor
+                for tid, frame in sys._current_frames().items():
+                    err.write(f"Thread {tid}:\n{''.join(traceback.format_stack(frame))}")
+            err.flush()
+        except Exception:  # noqa: BLE001 - the rank ends whatever the message did
+            pass
+        finally:
+            os._exit(self.exit_code)
