@@ -77,12 +77,14 @@ def _expand_ranges(ranges: str) -> list[str]:
     return out
 
 
-def slurm_master_port(job_id: str | int | None) -> int:
-    """The rendezvous port of a SLURM job: 20000 + job id % 10000 (29500 without a job id), so two
-    jobs sharing a first node rarely collide."""
+def slurm_master_port(job_id: str | int | None, step_id: str | int | None = None) -> int:
+    """The rendezvous port of a SLURM job step: 20000 + (job id + 1009 x step id) % 10000 (29500
+    without a job id), so two jobs, or two steps of one job (`srun --exact`), sharing a first node
+    rarely collide; set MASTER_PORT to be sure."""
     if job_id is None or not str(job_id).isdigit():
         return DEFAULT_MASTER_PORT
-    return SLURM_PORT_BASE + int(job_id) % SLURM_PORT_SPAN
+    step = int(step_id) if step_id is not None and str(step_id).isdigit() else 0
+    return SLURM_PORT_BASE + (int(job_id) + 1009 * step) % SLURM_PORT_SPAN
 
 
 def dist_env(environ: Optional[Mapping[str, str]] = None) -> DistEnv:
@@ -100,7 +102,8 @@ def dist_env(environ: Optional[Mapping[str, str]] = None) -> DistEnv:
     if addr is None:
         nodelist = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_NODELIST") or e.get("SLURM_JOB_NODELIST")
         addr = expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1"
-    port = int(e["MASTER_PORT"]) if "MASTER_PORT" in e else slurm_master_port(e.get("SLURM_JOB_ID"))
+    port = (int(e["MASTER_PORT"]) if "MASTER_PORT" in e
+            else slurm_master_port(e.get("SLURM_JOB_ID"), e.get("SLURM_STEP_ID")))
     return DistEnv(int(e["SLURM_PROCID"]), world, int(e.get("SLURM_LOCALID", 0)), addr, port)
 
 

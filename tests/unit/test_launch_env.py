@@ -30,6 +30,9 @@ def test_dist_env_from_slurm():
     assert dist_env(dict(step, MASTER_ADDR="10.0.0.1", MASTER_PORT="31000")) == DistEnv(5, 4, 1, "10.0.0.1", 31000)
     only_job = {k: v for k, v in SRUN_TASK.items() if k != "SLURM_NODELIST"}
     assert dist_env(only_job).master_addr == "gpu017"
+    # two steps of one job (srun --exact side by side) rendezvous on different ports
+    ports = {dist_env(dict(SRUN_TASK, SLURM_STEP_ID=str(k))).master_port for k in range(4)}
+    assert len(ports) == 4 and dist_env(dict(SRUN_TASK, SLURM_STEP_ID="0")).master_port == 23456
 
 
 def test_launcher_variables_win_over_slurm():
