@@ -84,9 +84,10 @@ def runs(tmp_path_factory):
     code = proc.wait(timeout=120)
     log = (base / "preempted.log").read_text()
     state = {"code": code, "log": log, "ckpts": [c.name for c in list_checkpoints(run)],
-             "steps": sorted(_losses(run))}
+             "steps": sorted(_losses(run)), "marker": (run / preempt.MARKER).read_text()}
     rr = _train(run, "train.checkpoint_every=100", launcher="torchrun", resume="auto")
     assert_ok(rr)
+    assert not (run / preempt.MARKER).exists()  # the resumed run went on (and finished)
     yield {"straight": straight, "resumed": run, "preempted": state, "resumed_log": rr.stdout + rr.stderr}
 
 
@@ -99,6 +100,8 @@ def test_sigterm_to_a_rank_saves_at_the_step_reached_and_exits_75(runs):
     assert st["ckpts"] == [f"step_{reached:08d}"], st["ckpts"]
     assert re.search(rf"step {reached}: preempted \(.*\), saved", st["log"])
     assert "got SIGTERM" in st["log"]
+    # the file a requeue script tests (launchers may not pass 75 on)
+    assert st["marker"].startswith(f"step {reached}\ncheckpoint ") and "\nreason " in st["marker"]
 
 
 @pytest.mark.slow

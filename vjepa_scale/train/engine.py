@@ -238,6 +238,8 @@ class Trainer:
         if self.step >= total:
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
+        if self.is_main:
+            (self.run_dir / preempt.MARKER).unlink(missing_ok=True)  # this run goes on: no longer preempted
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         for note in self.notes:
@@ -295,6 +297,8 @@ class Trainer:
                     self.watchdog.phase(f"saving checkpoint step {self.step} (preempted)")
                     path = path or self.save()
                     logger.write(f"step {self.step}: preempted ({reason}), saved {path}")
+                    if self.is_main:
+                        preempt.write_marker(self.run_dir, self.step, path, reason)
                     raise preempt.Preempted(self.step, path, reason)
         finally:
             self.watchdog.stop()

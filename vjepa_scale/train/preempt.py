@@ -46,6 +46,19 @@ class Preempted(Exception):
         self.step, self.checkpoint, self.reason = step, checkpoint, reason
 
 
+MARKER = "PREEMPTED"  # in the run folder while the run's last end was a preemption (see write_marker)
+
+
+def write_marker(run_dir: Path, step: int, checkpoint: Path, reason: str) -> None:
+    """Rank 0, once the preemption checkpoint is saved: `<run_dir>/PREEMPTED` (step, checkpoint, reason),
+    removed when the run starts again. A requeue script tests this file: a launcher between the ranks
+    and the script may not pass exit code 75 on (torchrun reports 1; a launcher that is itself
+    signalled exits with its own code)."""
+    tmp = Path(run_dir) / f".{MARKER}.tmp"
+    tmp.write_text(f"step {step}\ncheckpoint {checkpoint}\nreason {reason}\n")
+    os.replace(tmp, Path(run_dir) / MARKER)
+
+
 def request_stop(reason: str) -> None:
     """Ask this process to stop after the current step (idempotent: the first reason is kept)."""
     global _reason
