@@ -93,3 +93,22 @@ def test_stop_request_survives_a_broken_stderr(handlers, monkeypatch):
     monkeypatch.setattr("sys.stderr", Broken())
     preempt.request_stop("got SIGTERM")
     assert preempt.stop_requested() == "got SIGTERM"
+
+
+def test_stop_requested_during_setup_ends_before_the_first_step(handlers, tmp_path):
+    """A signal during model building or checkpoint loading: the run stops before training a step
+    (nothing new to save, no step and save squeezed into the kill grace period), exit 75's exception."""
+    from helpers import require, single_process_group
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.weights import list_checkpoints
+
+    require("deepspeed")
+    cfg = load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                   "optim.iterations=3", "train.progress_bar=false"])
+    tr = Trainer(preflight(cfg, 1), tmp_path / "run", env=single_process_group())
+    preempt.request_stop("got SIGTERM")
+    with pytest.raises(preempt.Preempted) as e:
+        tr.fit()
+    assert (e.value.step, e.value.checkpoint) == (0, None) and tr.step == 0
+    assert list_checkpoints(tmp_path / "run") == []
+    assert (tmp_path / "run" / preempt.MARKER).read_text().startswith("step 0\ncheckpoint None\n")

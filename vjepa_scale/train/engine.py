@@ -248,6 +248,13 @@ class Trainer:
         phase, loader, it, window = None, None, None, None
         self.watchdog.start()
         try:
+            self.watchdog.phase("preemption check before the first step")
+            reason = preempt.stop_agreed(self.device)  # asked to stop during setup: nothing new to save
+            if reason is not None:
+                logger.write(f"step {self.step}: preempted ({reason}) before training a step")
+                if self.is_main:
+                    preempt.write_marker(self.run_dir, self.step, self.resumed_from, reason)
+                raise preempt.Preempted(self.step, self.resumed_from, reason)
             while self.step < total:
                 if phase is None or self.step == phase.end:  # run start, or a phase boundary
                     phase = self.phase

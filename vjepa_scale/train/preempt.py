@@ -39,7 +39,8 @@ _reason: Optional[str] = None  # why this process was asked to stop (None: not a
 
 
 class Preempted(Exception):
-    """Training stopped early on request; `checkpoint` (None when no step was trained) holds `step`."""
+    """Training stopped early on request; `checkpoint` holds `step` (None: a stop before the first step
+    of a run that resumed nothing)."""
 
     def __init__(self, step: int, checkpoint: Optional[Path], reason: str):
         super().__init__(f"preempted at step {step} ({reason}); checkpoint: {checkpoint}")
@@ -49,7 +50,7 @@ class Preempted(Exception):
 MARKER = "PREEMPTED"  # in the run folder while the run's last end was a preemption (see write_marker)
 
 
-def write_marker(run_dir: Path, step: int, checkpoint: Path, reason: str) -> None:
+def write_marker(run_dir: Path, step: int, checkpoint: Optional[Path], reason: str) -> None:
     """Rank 0, once the preemption checkpoint is saved: `<run_dir>/PREEMPTED` (step, checkpoint, reason),
     removed when the run starts again. A requeue script tests this file: a launcher between the ranks
     and the script may not pass exit code 75 on (torchrun reports 1; a launcher that is itself
