@@ -294,3 +294,21 @@ def test_dali_broken_for_every_file_is_an_error_not_a_silent_move_to_pyav(tmp_pa
     with pytest.raises(RuntimeError, match=r"DALI failed on all 2 files of a batch, and PyAV reads .*"
                                            r"libnvcuvid\.so: cannot open shared object file.*data\.backend: cpu"):
         next(iter(build_dataloader(cfg, num_steps=1)))
+
+
+def test_a_deadline_that_expires_while_arming_leaves_no_alarm_behind(tmp_path):
+    """A limit so short that SIGALRM fires inside `Deadline.__enter__` (which `with` does not pair with
+    __exit__): the repeating timer and the handler are still removed (they killed the test session at
+    its exit with SIGALRM)."""
+    import signal
+
+    from vjepa_scale.data.decode import Deadline, DecodeTimeout
+
+    before = signal.getsignal(signal.SIGALRM)
+    for _ in range(50):
+        try:
+            with Deadline("x.mp4", 1e-7):
+                time.sleep(0.001)
+        except DecodeTimeout:
+            pass
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is before

@@ -86,8 +86,12 @@ class Deadline:
                     and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)):
                 previous = signal.signal(signal.SIGALRM, self._alarm)
                 self._previous = signal.SIG_DFL if previous is None else previous
-                signal.setitimer(signal.ITIMER_REAL, self.seconds, ALARM_REPEAT_S)
                 self._armed = True
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, self.seconds, ALARM_REPEAT_S)
+                except BaseException:  # a limit so short that the alarm fired in here: `with` skips __exit__
+                    self.__exit__(None, None, None)
+                    raise
         return self
 
     def __exit__(self, *exc) -> bool:
