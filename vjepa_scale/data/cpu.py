@@ -83,13 +83,13 @@ class VideoClips(Dataset):
             except MemoryError:
                 raise
             except Exception as e:
-                if isinstance(e, DecodeTimeout) or not deadline.expired():
-                    if isinstance(e, VideoError):
-                        raise
-                    self._bad[path] = VideoError(path, f"reading failed ({type(e).__name__}: {e})", "decode_error")
-                    raise self._bad[path] from e
-                self._bad[path] = deadline.error()
-                raise deadline.error() from None
+                if deadline.expired() and not isinstance(e, DecodeTimeout):  # what the interruption caused
+                    self._bad[path] = deadline.error()
+                    raise self._bad[path] from None
+                if isinstance(e, VideoError):
+                    raise
+                self._bad[path] = VideoError(path, f"reading failed ({type(e).__name__}: {e})", "decode_error")
+                raise self._bad[path] from e
 
     def _load_image(self, i: int, step: int, key: int) -> torch.Tensor:
         from PIL import Image
