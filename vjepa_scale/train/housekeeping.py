@@ -6,7 +6,8 @@
   checkpoint (`checkpoint_bytes`, `check_free_space`). Every rank raises the same
   `CheckpointFolderError` when rank 0 finds a problem.
 - `is_disk_error(exc)`: ENOSPC / EROFS / EDQUOT / EACCES, or torch's failed stream write
-  ("unexpected pos"), which is how a full disk looks from `torch.save`.
+  ("unexpected pos", "failed writing", or a bare "iostream error" for a small object), which is how a
+  full disk looks from `torch.save`.
 - `check_resume_config(ckpt, cfg)`: refuses (`ResumeConfigError`) to resume a checkpoint whose saved
   config.yaml has another model (architecture keys, number of mask types), naming the keys; other
   differences (data, optim, train, ...) come back as a note for the log.
@@ -152,6 +153,11 @@ def _from_rank0(obj: Any) -> Any:
 # Disk errors while saving
 # --------------------------------------------------------------------------------------------------
 
+# torch.save's C++ stream writer on a failed write: a large object ends in "unexpected pos" (the
+# zip trailer's check), a small one (an RNG state) only in the stream's own "iostream error".
+STREAM_WRITE_ERRORS = ("unexpected pos", "failed writing", "iostream error")
+
+
 def is_disk_error(exc: BaseException) -> bool:
     """A full disk / quota / read-only folder, as an OSError or as torch's failed stream write."""
     seen = set()
@@ -159,7 +165,7 @@ def is_disk_error(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             return True
-        if isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "failed writing" in str(exc)):
+        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in STREAM_WRITE_ERRORS):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
