@@ -12,7 +12,8 @@ data.global_batch_size is the global batch per optimizer step (data.batch_size, 
 Config errors are reported before any process group, model or data is created; those that need the
 checkpoint (a resume with another model, an unusable checkpoint folder) right after the group is joined.
 Exit codes: 0 done, 2 config error, 3 diverged (train.max_bad_steps non-finite steps in a row),
-4 a rank hung past train.hang_timeout_s (its watchdog ended it), 75 preempted: SIGTERM / SIGUSR1 to a
+4 a rank hung past train.hang_timeout_s (its watchdog ended it), 1 any other error (a rank that
+cannot load its batch ends every rank at that step: DataLoadError), 75 preempted: SIGTERM / SIGUSR1 to a
 rank or a launcher makes every rank finish its step, save, and exit 75 (EXIT_PREEMPTED: resume with
 --resume auto; see vjepa_scale.train.preempt).
 """
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
+    import traceback
+
+    from vjepa_scale.data import DataLoadError
     from vjepa_scale.distributed import leave_process_group
     from vjepa_scale.train.engine import Trainer
     from vjepa_scale.train.guard import EXIT_DIVERGED, DivergenceError
@@ -83,6 +87,12 @@ def main(argv=None) -> int:
         if trainer.is_main:
             print(f"{e}; resume with --resume auto", file=sys.stderr, flush=True)
         code = preempt.EXIT_PREEMPTED
+    except DataLoadError as e:  # some rank's data failed; every rank stops at the same step
+        if e.__cause__ is not None:  # this rank's own error, with where it came from
+            traceback.print_exc()
+        elif trainer.is_main:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        code = 1
     except BaseException:
         _crash()
     leave_process_group()

@@ -199,6 +199,18 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def ranks_with(flag: bool) -> list[int]:
+    """Collective: the ranks where `flag` is True, on every rank (one all-reduce of a world-sized vector)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [0] if flag else []
+    dev = (torch.device("cuda", torch.cuda.current_device())
+           if torch.distributed.get_backend() == "nccl" else torch.device("cpu"))
+    t = torch.zeros(torch.distributed.get_world_size(), dtype=torch.int32, device=dev)
+    t[torch.distributed.get_rank()] = int(flag)
+    torch.distributed.all_reduce(t)
+    return t.nonzero().flatten().tolist()
+
+
 class SharedDirError(RuntimeError):
     """Some ranks cannot see the run folder that rank 0 writes to."""
 

@@ -2,6 +2,7 @@
 Stalled files and the config keys: unit/test_data_hangs.py."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, cpu_env, start, streamable_videos
+from helpers import ROOT, cpu_env, launch, start, streamable_videos, train_args
 from vjepa_scale.data import LoaderTimeoutError
 
 
@@ -86,3 +87,26 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
     assert waited < 30
     for pid in workers:  # the stopped worker was killed, not left behind
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+
+
+@pytest.mark.slow
+def test_data_error_on_one_rank_ends_every_rank_at_that_step(tmp_path):
+    """2 ranks under torchrun, rank 1's data fail at step 2 (its data mount gone): every rank stops at
+    that step with the agreed DataLoadError (rank 1 shows its own error, rank 0 names rank 1), instead
+    of rank 0 waiting in its next collective for the watchdog (train.hang_timeout_s) or the launcher."""
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    r = launch("tests/integration/data_error_at_step.py", "--fail-micro-step", "1", "--fail-rank", "1",
+               *train_args(run, "model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                           "train.precision=fp32", "train.progress_bar=false", "train.log_every=1",
+                           "optim.iterations=3", "train.hang_timeout_s=600"),
+               nproc=2, env=cpu_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
+               timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    assert time.monotonic() - t0 < 240
+    assert "DataLoadError: rank 1: could not load its batch for step 2: NoReadableVideosError: rank 1: " \
+           "/data/videos.csv: no such file (injected)" in out, out[-3000:]
+    assert "error: rank(s) 1 could not load their batch for step 2" in out, out[-3000:]
+    assert "hung" not in out and "Connection closed" not in out, out[-3000:]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]

@@ -116,3 +116,16 @@ def test_no_decode_timeout_when_disabled_reads_slow_pipe(videos, tmp_path):
     finally:
         pipe.close()
     assert batch.skipped == [] and sorted(batch.index) == [0, 1, 2, 3]
+
+
+def test_agree_loaded_raises_the_rank_own_error_as_its_cause():
+    """Without a process group the rank agrees with itself: nothing on success; its error wrapped in
+    DataLoadError (the step named, the original as the cause) on failure. 2 ranks: test_data_hangs_e2e."""
+    from vjepa_scale.data import DataLoadError, NoReadableVideosError, agree_loaded
+
+    agree_loaded(None, 7, 0)
+    err = NoReadableVideosError("index 'x.csv': none of its videos can be read")
+    with pytest.raises(DataLoadError, match="rank 0: could not load its batch for step 7: NoReadableVideosError: "
+                                            "index 'x.csv'") as e:
+        agree_loaded(err, 7, 0)
+    assert e.value.__cause__ is err

@@ -26,6 +26,8 @@ by kind (`skip_metrics`); a share of unusable draws surely above data.max_bad_fr
 (NoReadableVideosError).
 Reading one file may take at most data.decode_timeout_s (then it is skipped like an unreadable one);
 the cpu backend's workers must deliver each batch within data.loader_timeout_s (LoaderTimeoutError).
+The trainer agrees on every step's loading across ranks (`agree_loaded`): an error on some ranks only
+ends every rank at that step with DataLoadError.
 
 Modules: `loader` (backend choice, datasets, samplers, `build_dataloader`), `batch` (the Batch
 contract, its builder and the collator), `skips` (substitution policy, per-epoch report), `cpu` /
@@ -34,9 +36,9 @@ plans: the shared "good clip" rule), `decode` (probe, exact counts, decoding), `
 `transcode` (short-GOP re-encoding for NVDEC).
 """
 from vjepa_scale.data.batch import Batch
-from vjepa_scale.data.loader import (LoaderTimeoutError, build_dataloader, build_dataset, dali_available,
-                                     resolve_data_backend)
+from vjepa_scale.data.loader import (DataLoadError, LoaderTimeoutError, agree_loaded, build_dataloader,
+                                     build_dataset, dali_available, resolve_data_backend)
 from vjepa_scale.data.skips import NoReadableVideosError, skip_metrics
 
-__all__ = ["Batch", "LoaderTimeoutError", "NoReadableVideosError", "build_dataloader", "build_dataset",
+__all__ = ["Batch", "DataLoadError", "LoaderTimeoutError", "agree_loaded", "NoReadableVideosError", "build_dataloader", "build_dataset",
            "dali_available", "resolve_data_backend", "skip_metrics"]

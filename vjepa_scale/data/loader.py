@@ -62,6 +62,28 @@ class LoaderTimeoutError(RuntimeError):
     """No batch arrived from the DataLoader workers within data.loader_timeout_s."""
 
 
+class DataLoadError(RuntimeError):
+    """Some rank could not load its batch of a step; raised on every rank at that step
+    (`agree_loaded`). On the failing rank it is caused by that rank's own error."""
+
+
+def agree_loaded(error: BaseException | None, step: int, rank: int) -> None:
+    """Collective, after every rank loaded (or failed to load) the batches of optimizer step `step`:
+    raises DataLoadError on every rank when any rank failed. One small all-reduce per step, so a data
+    error on some ranks only (one node without its data mount) ends all of them at once, instead
+    of leaving the others waiting in their next collective until the hang watchdog ends them."""
+    from vjepa_scale.distributed import ranks_with
+
+    failed = ranks_with(error is not None)
+    if not failed:
+        return
+    if error is not None:
+        raise DataLoadError(f"rank {rank}: could not load its batch for step {step}: "
+                            f"{type(error).__name__}: {error}") from error
+    raise DataLoadError(f"rank(s) {', '.join(map(str, failed))} could not load their batch for step {step} "
+                        f"(their error is in their output); rank {rank} stops with them")
+
+
 def _stop_workers(it) -> None:
     """Kill the worker processes of DataLoader iterator `it`.
 

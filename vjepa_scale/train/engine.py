@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from vjepa_scale.config import Config, ConfigError, save_config
-from vjepa_scale.data import Batch, build_dataloader, skip_metrics
+from vjepa_scale.data import Batch, agree_loaded, build_dataloader, skip_metrics
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
@@ -264,14 +264,21 @@ class Trainer:
                         logger.write(phase.note)
                     self.use_phase_checkpointing(phase)
                     loader = it = None  # the previous phase's loader (and its workers) go first
-                    self.watchdog.phase(f"starting the data loader of phase {phase.index} at step {self.step + 1}")
-                    with rng.untouched():
-                        loader = self.loader(phase.end - self.step)
-                        it = iter(loader)
                     window = self._window(phase)
-                self.watchdog.phase(f"loading batch for step {self.step + 1}")
-                t0 = time.perf_counter()
-                batches = [next(it) for _ in range(a)]
+                batches, error = [], None
+                try:  # a data error is agreed on below, so that no rank is left waiting in a collective
+                    if it is None:
+                        self.watchdog.phase(f"starting the data loader of phase {phase.index} at step {self.step + 1}")
+                        with rng.untouched():
+                            loader = self.loader(phase.end - self.step)
+                            it = iter(loader)
+                    self.watchdog.phase(f"loading batch for step {self.step + 1}")
+                    t0 = time.perf_counter()
+                    batches = [next(it) for _ in range(a)]
+                except Exception as e:
+                    error = e
+                self.watchdog.phase(f"agreeing that every rank loaded its batch for step {self.step + 1}")
+                agree_loaded(error, self.step + 1, self.rank)
                 t1 = time.perf_counter()
                 flops = sum(train_flops(phase.cfg, b.masks)["total"] for b in batches)
                 stats = self.train_step(batches)
