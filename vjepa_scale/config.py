@@ -18,6 +18,7 @@ import difflib
 import importlib.resources
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -678,18 +679,47 @@ def load_typed_yaml(cls: type, path: str | os.PathLike | None = None, overrides:
     return cfg.validate() if validate else cfg
 
 
+_OVERRIDE_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[-?\d+\])*)$")
+
+
 def apply_override(raw: dict, item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null). A list
+    element is named by its index, as errors name it: `phases[1].steps=2000`, `phases[-1].optim.lr=1e-4`."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    path: list = []  # dict keys (str) and list indices (int)
+    for part in key.strip().split("."):
+        m = _OVERRIDE_PART.match(part)
+        if m is None:
+            raise ConfigError(f"override '{item}': '{part}' is not a key or key[index]")
+        path += [m.group(1), *(int(i) for i in re.findall(r"-?\d+", m.group(2)))]
+    node: Any = raw
+    for i, step in enumerate(path):
+        where = _override_name(path[:i + 1])
+        last = i == len(path) - 1
+        if isinstance(step, int):
+            if not isinstance(node, list):
+                raise ConfigError(f"override '{item}': {_override_name(path[:i])} is not a list")
+            if not -len(node) <= step < len(node):
+                raise ConfigError(f"override '{item}': {where} is out of range ({_override_name(path[:i])} "
+                                  f"has {len(node)} element(s))")
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': {_override_name(path[:i])} is not a section")
+        if last:
+            node[step] = yaml.safe_load(value)
+        elif isinstance(step, int):
+            node = node[step]
+        else:
+            if node.get(step) is None and not isinstance(path[i + 1], int):
+                node[step] = {}
+            node = node.get(step)
+            if node is None:
+                raise ConfigError(f"override '{item}': {where} is not set, so it has no element {path[i + 1]}")
+
+
+def _override_name(path: list) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "the config"
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:

@@ -289,6 +289,26 @@ def test_phases_expand_into_single_phase_configs(tmp_path):
     assert load_config(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
 
 
+def test_overrides_index_into_lists_as_errors_name_them():
+    """`--opt phases[1].steps=...` edits one element of a list (as errors name it), negative from the end;
+    a bad index or a non-list is refused naming the override."""
+    base = [TWO_PHASES]
+    cfg = load_config("cpu_demo", [*base, "optim.iterations=50", "phases[1].steps=20", "phases[-1].optim.lr=1e-4",
+                                   "phases[0].crop_size=96"])
+    assert [(p.steps, p.crop_size, p.optim.lr) for p in cfg.phases] == [(30, 96, None), (20, 96, 1e-4)]
+    cfg = load_config("cpu_demo", ["data.datasets=[{path: a.csv, weight: 1.0}, {path: b.csv, weight: 1.0}]",
+                                   "data.datasets[1].weight=3.0"], validate=False)
+    assert [d.weight for d in cfg.data.datasets] == [1.0, 3.0]
+    for opt, message in [("phases[2].steps=5", r"phases\[2\] is out of range \(phases has 2 element\(s\)\)"),
+                         ("optim[0].lr=1", r"optim is not a list"),
+                         ("phases[1.steps=5", r"'phases\[1' is not a key or key\[index\]"),
+                         ("phases[0][1]=5", r"phases\[0\] is not a list")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("cpu_demo", [*base, opt])
+    with pytest.raises(ConfigError, match=r"phases is not set, so it has no element 0"):
+        load_config("cpu_demo", ["phases[0].steps=5"])
+
+
 def test_phase_batch_and_memory_checked_per_phase():
     from vjepa_scale.train.phases import plan
 
