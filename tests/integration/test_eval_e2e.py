@@ -31,6 +31,9 @@ def test_cli_end_to_end_on_synthetic_videos(tmp_path):
     assert res["num_train_videos"] == 8 and res["num_val_videos"] == 4 and res["num_classes"] == 4
     assert set(res["val_top1_per_seed"]) == {"0", "1"} and len(res["runs"][0]["history"]) == 2
     assert res["encoder"] == "random init (seed 0)"
+    # tiny with depth 1 is no named size: the record says custom beside the real dims
+    assert res["model"] == {"size": "custom", "width": 192, "depth": 1, "num_heads": 3, "mlp_ratio": 4.0,
+                            "pos_embed": res["model"]["pos_embed"]}
     assert any((out / "tb").iterdir())
     assert res["val_feature_effective_rank"] > 1.0
     # label-efficient probes: each seed trains on its own balanced subset

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vjepa_scale.config import ConfigError
+from vjepa_scale.config import ConfigError, vit_size_name
 from vjepa_scale.distributed import compute_dtype, device_for, init_distributed
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
@@ -95,11 +95,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     if writer is not None:
         writer.close()
     tops = [r["val_top1"] for r in runs]
+    dims = frozen.encoder.dims
     result = {
         "encoder": frozen.source,
         "encoder_step": frozen.step,
-        "model": {"size": frozen.model_cfg.size, "width": frozen.encoder.embed_dim, "depth": frozen.encoder.dims.depth,
-                  "num_heads": frozen.encoder.dims.num_heads, "pos_embed": frozen.model_cfg.pos_embed},
+        "model": {"size": vit_size_name(dims.width, dims.depth, dims.num_heads, dims.mlp_ratio),  # or custom
+                  "width": dims.width, "depth": dims.depth, "num_heads": dims.num_heads, "mlp_ratio": dims.mlp_ratio,
+                  "pos_embed": frozen.model_cfg.pos_embed},
         "num_classes": num_classes,
         "num_train_videos": runs[0]["num_train_videos"],
         "train_per_class": cfg.data.train_per_class,
