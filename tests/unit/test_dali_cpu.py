@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -276,6 +277,30 @@ def test_dali_probe_is_bounded_by_the_decode_timeout(tmp_path):
     assert probe is None and error.kind == "timeout" and error.path == path
     probe, error = probe_for_dali(path, "cpu", None, timeout_s=30)
     assert error is None and probe.info.num_frames == 8
+
+
+def test_dali_probe_of_a_file_whose_open_blocks_times_out(tmp_path):
+    """A FIFO without a writer blocks in open(2), where neither FFmpeg's interrupt callback nor the
+    Deadline's checks reach (probes run in threads): the probe gives up after about twice
+    data.decode_timeout_s, the file counts as timed out, and the blocked thread is left behind."""
+    from vjepa_scale.data.dali import PROBE_GRACE_S, probe_for_dali
+
+    fifo = tmp_path / "stalled.webm"
+    os.mkfifo(fifo)
+    got = []
+    caller = threading.Thread(target=lambda: got.append(probe_for_dali(str(fifo), "cpu", None, timeout_s=0.2)),
+                              daemon=True)
+    t0 = time.monotonic()
+    caller.start()
+    caller.join(30)
+    try:
+        assert got, "the probe of a FIFO without a writer never returned"
+        probe, error = got[0]
+        assert probe is None and error.kind == "timeout" and error.path == str(fifo)
+        assert "data.decode_timeout_s=0.2 s" in error.reason
+        assert time.monotonic() - t0 < 2 * 0.2 + PROBE_GRACE_S + 5
+    finally:  # wake the abandoned reader: a writer that opens and closes gives it end of file
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 @needs_dali

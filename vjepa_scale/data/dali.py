@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from vjepa_scale.config import Config
 from vjepa_scale.data.batch import Batch, make_batch
 from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, orient_clip, plan_video
 from vjepa_scale.data.cpu import VideoClips
-from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, probe_video
+from vjepa_scale.data.decode import Deadline, DecodeTimeout, VideoError, VideoInfo, probe_video
 from vjepa_scale.data.nvdec import StreamFormat, colour_matrix, dali_route, stream_format
 from vjepa_scale.data.skips import skip_tracker, substitute, unreadable_index_error
 from vjepa_scale.masks import MultiBlockMasker
@@ -116,12 +117,33 @@ class FileProbe:
     cpu_reason: str | None
 
 
+PROBE_GRACE_S = 1.0  # a probe thread gets 2x data.decode_timeout_s plus this before it is abandoned
+
+
 def probe_for_dali(path: str, device: str, capability: tuple[int, int] | None = None,
                    timeout_s: float = 0.0) -> tuple[FileProbe | None, VideoError | None]:
     """PyAV probe of one file (`decode.probe_video`: exact frame count, truncation, rotation):
     (FileProbe, None) if it is usable at all, else (None, why). Reading it for longer than `timeout_s`
-    (data.decode_timeout_s) makes it unusable, as on the cpu backend (`decode.Deadline`; off the main
-    thread only FFmpeg's interrupt callback and the checks between packets bound it)."""
+    (data.decode_timeout_s) makes it unusable, as on the cpu backend. Off the main thread only
+    FFmpeg's interrupt callback and the checks between packets bound a read (`decode.Deadline`), and
+    nothing bounds an open(2) that blocks (a FIFO without a writer, a hung network mount); so with a
+    limit the probe runs in a daemon thread of its own, abandoned (left blocked) after
+    2 x `timeout_s` + PROBE_GRACE_S, and the file counts as timed out."""
+    if not timeout_s or timeout_s <= 0:
+        return _probe(path, device, capability, 0.0)
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(_probe(path, device, capability, timeout_s)), daemon=True,
+                         name="vjepa-dali-probe")
+    t.start()
+    t.join(2 * timeout_s + PROBE_GRACE_S)
+    if done:
+        return done[0]
+    return None, DecodeTimeout(path, f"opening or reading took longer than data.decode_timeout_s={timeout_s:g} s "
+                                     f"(blocked; the probe thread was abandoned)")
+
+
+def _probe(path: str, device: str, capability: tuple[int, int] | None,
+           timeout_s: float) -> tuple[FileProbe | None, VideoError | None]:
     try:
         with Deadline(path, timeout_s) as deadline:
             info = probe_video(path, deadline)
