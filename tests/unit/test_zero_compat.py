@@ -153,6 +153,17 @@ def _adam_states(engine) -> list[dict]:
     return [{k: v.clone() for k, v in inner.state[p].items()} for p in engine.optimizer.fp32_partitioned_groups_flat]
 
 
+def test_universal_conversion_failure_names_the_folder_and_shows_its_output(tmp_path):
+    """The conversion runs in a child interpreter: its failure is a RuntimeError naming the folder,
+    with the end of DeepSpeed's output, not a silent empty folder."""
+    bogus = tmp_path / "ds" / "t"
+    bogus.mkdir(parents=True)
+    (bogus / "mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match=f"universal conversion of {bogus} exited with [1-9]") as e:
+        convert_to_universal(str(bogus), str(tmp_path / "uc" / "t"), workers=2)
+    assert "Traceback" in str(e.value) or "Error" in str(e.value)
+
+
 def test_zero3_universal_checkpoint_round_trip(tmp_path):
     """convert_to_universal + a `load_universal` engine restores the ZeRO-3 optimizer state;
     `optimizer_load_fixes` undoes the loader's two quirks (shared `step` tensor, group 0's

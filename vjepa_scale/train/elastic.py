@@ -2,7 +2,8 @@
 
 What depends on the world size is resharded at load (`train.checkpoint.load_checkpoint` calls in):
 - DeepSpeed's ZeRO state (weights, fp32 masters, Adam moments): rank 0 converts the checkpoint's
-  `ds/<tag>` once into DeepSpeed's universal format, `<ckpt>/universal/<tag>` (written aside, then
+  `ds/<tag>` once into DeepSpeed's universal format, `<ckpt>/universal/<tag>` (DeepSpeed's converter in
+  a child interpreter with a pool of up to 8 workers: `zero_compat.convert_to_universal`; written aside, then
   renamed; kept for later resumes, pruned with the checkpoint; the other ranks poll for it rather
   than wait in a collective that could time out), and every rank loads its new partition from it.
   Another run's checkpoint (`train.init_from_optimizer`) is converted into this run's folder instead

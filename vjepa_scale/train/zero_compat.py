@@ -20,6 +20,8 @@ breaks one module and `tests/unit/test_zero_compat.py`, not the trainer. Tested 
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -99,24 +101,35 @@ def master_fragment(p: torch.nn.Parameter) -> Optional[MasterFragment]:
                           int(hp.start))
 
 
-def convert_to_universal(tag_dir: str, out_tag_dir: str) -> None:
-    """DeepSpeed's universal-checkpoint conversion of one checkpoint tag folder (ZeRO-1/2/3), in this process.
+UNIVERSAL_MAX_WORKERS = 8  # extract workers of the universal conversion (merge workers: half)
+
+
+def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = None) -> None:
+    """DeepSpeed's universal-checkpoint conversion of one checkpoint tag folder (ZeRO-1/2/3).
 
     tag_dir: `<save dir>/<tag>` as written by `engine.save_checkpoint`; out_tag_dir: the universal
     folder `<load dir>/<tag>` for `engine.load_checkpoint(load_dir, tag)` with the DeepSpeed config
-    `"checkpoint": {"load_universal": true}`. One worker (no process pool); the universal-checkpoint
-    info our models do not declare is injected (plain data parallelism needs none).
+    `"checkpoint": {"load_universal": true}`. The universal-checkpoint info our models do not declare
+    is injected (plain data parallelism needs none).
+
+    It runs DeepSpeed's own command (`python -m deepspeed.checkpoint.ds_to_universal`) in a child
+    interpreter without CUDA, with `workers` extract processes (default: the CPUs, at most
+    UNIVERSAL_MAX_WORKERS): its process pools then fork a fresh single-threaded interpreter, never a
+    training rank with its communication and loader threads, and its memory is gone when it ends.
+    RuntimeError with the end of its output when it fails.
     """
-    import contextlib
-    import io
-    from types import SimpleNamespace
+    import subprocess
+    import sys
 
-    from deepspeed.checkpoint import ds_to_universal
-
-    args = SimpleNamespace(input_folder=str(tag_dir), output_folder=str(out_tag_dir), num_extract_workers=1,
-                           num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress bars and its arguments
-        ds_to_universal.main(args)
+    workers = max(1, workers or min(UNIVERSAL_MAX_WORKERS, os.cpu_count() or 1))
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+           "--output_folder", str(out_tag_dir), "--num_extract_workers", str(workers),
+           "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # it works on the CPU; a forked worker must not hold CUDA
+    r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"DeepSpeed's universal conversion of {tag_dir} exited with {r.returncode}:\n{tail}")
 
 
 def optimizer_load_fixes(engine):
