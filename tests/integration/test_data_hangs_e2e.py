@@ -90,18 +90,26 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
 
 
 @pytest.mark.slow
-def test_data_error_on_one_rank_ends_every_rank_at_that_step(tmp_path):
+@pytest.mark.parametrize("where", ["loader", "collate"])
+def test_data_error_on_one_rank_ends_every_rank_at_that_step(tmp_path, where):
     """2 ranks under torchrun, rank 1's data fail at step 2 (its data mount gone): every rank stops at
     that step with the agreed DataLoadError (rank 1 shows its own error, rank 0 names rank 1), instead
-    of rank 0 waiting in its next collective for the watchdog (train.hang_timeout_s) or the launcher."""
+    of rank 0 waiting in its next collective for the watchdog (train.hang_timeout_s) or the launcher.
+    `collate`: video files, and the error comes inside the loader on the run's last step, where rank 0's
+    loader closes the epoch and its summary is gathered over the ranks; that gather must wait for the
+    agreement (it once ran inside rank 0's next(), a collective rank 1 never reached)."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
     run = tmp_path / "run"
+    opts = ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2", "train.precision=fp32",
+            "train.progress_bar=false", "train.log_every=1", "optim.iterations=2", "train.hang_timeout_s=30"]
+    if where == "collate":
+        index = write_synthetic_videos(tmp_path / "videos", num_videos=4, frames=16, size=32, val_fraction=0)["train"]
+        opts += ["data.backend=cpu", f"data.datasets=[{{path: {index}}}]"]
     t0 = time.monotonic()
     r = launch("tests/integration/data_error_at_step.py", "--fail-micro-step", "1", "--fail-rank", "1",
-               *train_args(run, "model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
-                           "train.precision=fp32", "train.progress_bar=false", "train.log_every=1",
-                           "optim.iterations=3", "train.hang_timeout_s=600"),
-               nproc=2, env=cpu_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
-               timeout=300)
+               "--where", where, *train_args(run, *opts), nproc=2,
+               env=cpu_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])), timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out[-3000:]
     assert time.monotonic() - t0 < 240

@@ -303,6 +303,20 @@ def test_dali_probe_of_a_file_whose_open_blocks_times_out(tmp_path):
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
+def test_dali_probe_with_a_limit_raises_other_errors_as_without_one(tmp_path, monkeypatch):
+    """An error that is no VideoError (a bug, a permission error outside the open) in the probe thread
+    is raised in the caller, not reported as a timeout."""
+    from vjepa_scale.data import dali
+
+    def broken(path, deadline=None):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(dali, "probe_video", broken)
+    for limit in (0.0, 5.0):
+        with pytest.raises(PermissionError):
+            dali.probe_for_dali(str(tmp_path / "a.webm"), "cpu", None, timeout_s=limit)
+
+
 @needs_dali
 def test_dali_broken_for_every_file_is_an_error_not_a_silent_move_to_pyav(tmp_path, monkeypatch):
     """A pipeline that fails for every file of a batch while PyAV reads them (no NVDEC library, out of

@@ -5,7 +5,12 @@ has changed: fix `zero_compat` (and only it), then widen `TESTED_DEEPSPEED`.
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import types
 
 import pytest
@@ -162,6 +167,36 @@ def test_universal_conversion_failure_names_the_folder_and_shows_its_output(tmp_
     with pytest.raises(RuntimeError, match=f"universal conversion of {bogus} exited with [1-9]") as e:
         convert_to_universal(str(bogus), str(tmp_path / "uc" / "t"), workers=2)
     assert "Traceback" in str(e.value) or "Error" in str(e.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_universal_converter_child_dies_with_its_parent(tmp_path):
+    """The converter's child interpreter is killed when the rank that started it ends (a launcher's
+    SIGKILL, the watchdog's exit), so it cannot keep writing into a folder a requeued run reuses;
+    and the working directory is not on its sys.path."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "sleeper.py").write_text("import os, sys, time\n"
+                                     "print('' in sys.path or os.getcwd() in sys.path, flush=True)\n"
+                                     "time.sleep(120)\n")
+    parent = subprocess.run(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "from vjepa_scale.train.zero_compat import tied_child_command\n"
+         "p = subprocess.Popen(tied_child_command('sleeper'), stdout=subprocess.PIPE, text=True)\n"
+         "print(p.pid, p.stdout.readline().strip(), flush=True)\n"],  # and end, the child still asleep
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(mods)])},
+        capture_output=True, text=True, timeout=60)
+    assert parent.returncode == 0, parent.stderr
+    pid, cwd_on_path = parent.stdout.split()
+    assert cwd_on_path == "False"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+            open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z":
+        time.sleep(0.05)
+    alive = os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z"
+    if alive:
+        os.kill(int(pid), signal.SIGKILL)
+    assert not alive, "the converter's child outlived its parent"
 
 
 def test_zero3_universal_checkpoint_round_trip(tmp_path):

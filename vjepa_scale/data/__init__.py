@@ -27,7 +27,8 @@ by kind (`skip_metrics`); a share of unusable draws surely above data.max_bad_fr
 Reading one file may take at most data.decode_timeout_s (then it is skipped like an unreadable one);
 the cpu backend's workers must deliver each batch within data.loader_timeout_s (LoaderTimeoutError).
 The trainer agrees on every step's loading across ranks (`agree_loaded`): an error on some ranks only
-ends every rank at that step with DataLoadError.
+ends every rank at that step with DataLoadError; the epoch summaries' gather (a collective) then
+runs after that agreement (`defer_skip_reports` / `report_skips`), never inside a rank's next().
 
 Modules: `loader` (backend choice, datasets, samplers, `build_dataloader`), `batch` (the Batch
 contract, its builder and the collator), `skips` (substitution policy, per-epoch report), `cpu` /
@@ -38,7 +39,7 @@ plans: the shared "good clip" rule), `decode` (probe, exact counts, decoding), `
 from vjepa_scale.data.batch import Batch
 from vjepa_scale.data.loader import (DataLoadError, LoaderTimeoutError, agree_loaded, build_dataloader,
                                      build_dataset, dali_available, resolve_data_backend)
-from vjepa_scale.data.skips import NoReadableVideosError, skip_metrics
+from vjepa_scale.data.skips import NoReadableVideosError, defer_skip_reports, report_skips, skip_metrics
 
 __all__ = ["Batch", "DataLoadError", "LoaderTimeoutError", "agree_loaded", "NoReadableVideosError", "build_dataloader", "build_dataset",
-           "dali_available", "resolve_data_backend", "skip_metrics"]
+           "dali_available", "defer_skip_reports", "report_skips", "resolve_data_backend", "skip_metrics"]

@@ -132,14 +132,25 @@ def probe_for_dali(path: str, device: str, capability: tuple[int, int] | None = 
     if not timeout_s or timeout_s <= 0:
         return _probe(path, device, capability, 0.0)
     done: list = []
-    t = threading.Thread(target=lambda: done.append(_probe(path, device, capability, timeout_s)), daemon=True,
-                         name="vjepa-dali-probe")
+
+    def run():
+        try:
+            done.append((True, _probe(path, device, capability, timeout_s)))
+        except BaseException as e:  # not a VideoError: raised again in the caller, as without a limit
+            done.append((False, e))
+
+    t = threading.Thread(target=run, daemon=True, name="vjepa-dali-probe")
     t.start()
     t.join(2 * timeout_s + PROBE_GRACE_S)
-    if done:
-        return done[0]
-    return None, DecodeTimeout(path, f"opening or reading took longer than data.decode_timeout_s={timeout_s:g} s "
-                                     f"(blocked; the probe thread was abandoned)")
+    if not done:
+        log.warning("DALI probe of %s blocked past data.decode_timeout_s=%g s; its thread is left behind", path,
+                    timeout_s)
+        return None, DecodeTimeout(path, f"opening or reading took longer than data.decode_timeout_s={timeout_s:g} s "
+                                         f"(blocked; the probe thread was abandoned)")
+    ok, value = done[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _probe(path: str, device: str, capability: tuple[int, int] | None,

@@ -103,6 +103,11 @@ class SkipTracker:
     epoch's counts of all ranks are gathered (all ranks cross an epoch boundary at the same step, so
     the collective lines up) and rank 0's summary names every rank's skipped files. `final_step`:
     the last micro-step the loader yields (None: endless); its batch closes the last epoch.
+
+    `deferred` (set by `defer_skip_reports`): `update` only closes epochs, and the caller gathers and
+    logs them (`report`, a collective) at points where every rank is known to have loaded its batch:
+    the trainer, after it agreed on a step's loading. Otherwise a rank whose loading failed before its
+    `update` would leave the others in the gather (they are in it inside their next(), it is not).
     """
 
     def __init__(self, rank: int, epoch_of, world_size: int = 1, max_bad_fraction: float = 0.5,
@@ -118,12 +123,15 @@ class SkipTracker:
         self.total: Counter = Counter()  # path -> skips (since this process started)
         self.kinds: Counter = Counter()  # kind -> skips
         self.draws = 0
+        self.deferred = False
+        self.closed: list[tuple[int, list]] = []  # (epoch, [(path, reason, count)]) not yet reported
 
     def update(self, batch) -> None:
-        """Count `batch.skipped` (a Batch) in the epoch of `batch.step`, flushing the previous epoch."""
+        """Count `batch.skipped` (a Batch) in the epoch of `batch.step`, closing the previous epoch
+        (and reporting it, unless `deferred`)."""
         epoch = self.epoch_of(int(batch.step))
         if self.epoch is not None and epoch != self.epoch:
-            self.flush()
+            self._close()
         self.epoch = epoch
         for path, reason in batch.skipped:
             self.current[path] += 1
@@ -133,7 +141,9 @@ class SkipTracker:
         self.draws += batch.num_samples + len(batch.skipped)  # both in sampler draws (a sample is num_clips rows)
         self.check()
         if self.final_step is not None and int(batch.step) >= self.final_step:
-            self.flush()
+            self._close()
+        if not self.deferred:
+            self.report()
 
     @property
     def skipped(self) -> int:
@@ -165,21 +175,32 @@ class SkipTracker:
             return [(p, reasons[p], n) for p, n in sorted(merged.items())], f"on {self.world_size} ranks"
         return entries, f"on rank {self.rank}"
 
-    def flush(self) -> None:
-        """Log the current epoch's summary (rank 0) and start counting afresh; no-op when already flushed."""
+    def _close(self) -> None:
+        """End the current epoch's count (no collective); `report` logs it."""
         if self.epoch is None:
             return
-        entries = [(p, self.reasons[p], n) for p, n in sorted(self.current.items())]
-        entries, scope = self._gather(entries)
-        if entries and self.rank == 0:
-            kinds = Counter()
-            for _, reason, n in entries:
-                kinds[skip_kind(reason)] += n
-            names = ", ".join(f"{p} ({r}; x{n})" for p, r, n in entries)
-            log.warning("data epoch %s: skipped %d unusable file(s) %s (%s): %s", self.epoch, len(entries), scope,
-                        ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())), names)
+        self.closed.append((self.epoch, [(p, self.reasons[p], n) for p, n in sorted(self.current.items())]))
         self.current = Counter()
         self.epoch = None
+
+    def flush(self) -> None:
+        """Close the current epoch and report every closed one (the end of an iteration)."""
+        self._close()
+        self.report()
+
+    def report(self) -> None:
+        """Collective over the ranks (every rank has the same closed epochs: they cross epoch boundaries at
+        the same step): gather each closed epoch's skipped files and log the summary on rank 0."""
+        closed, self.closed = self.closed, []
+        for epoch, entries in closed:
+            entries, scope = self._gather(entries)
+            if entries and self.rank == 0:
+                kinds = Counter()
+                for _, reason, n in entries:
+                    kinds[skip_kind(reason)] += n
+                names = ", ".join(f"{p} ({r}; x{n})" for p, r, n in entries)
+                log.warning("data epoch %s: skipped %d unusable file(s) %s (%s): %s", epoch, len(entries), scope,
+                            ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())), names)
 
     def metrics(self, device=None) -> dict:
         """Skip counts since this process started, summed over ranks when a process group is up (a collective:
@@ -201,6 +222,21 @@ def skip_metrics(loader, device=None) -> dict:
     """`SkipTracker.metrics` of a file loader; {} for one that reads no files (synthetic)."""
     tracker = getattr(loader, "tracker", None)
     return tracker.metrics(device) if tracker is not None else {}
+
+
+def defer_skip_reports(loader) -> None:
+    """From now on the caller reports a file loader's closed epochs itself (`report_skips`, a collective)
+    at points where every rank has its batch; see `SkipTracker`. No-op for a loader without files."""
+    tracker = getattr(loader, "tracker", None)
+    if tracker is not None:
+        tracker.deferred = True
+
+
+def report_skips(loader) -> None:
+    """Collective: log the epochs `loader` closed since the last call (rank 0); see `defer_skip_reports`."""
+    tracker = getattr(loader, "tracker", None)
+    if tracker is not None:
+        tracker.report()
 
 
 def skip_tracker(sampler, rank: int, max_bad_fraction: float) -> SkipTracker:

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from vjepa_scale.config import Config, ConfigError, save_config
-from vjepa_scale.data import Batch, agree_loaded, build_dataloader, skip_metrics
+from vjepa_scale.data import Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
@@ -271,15 +271,17 @@ class Trainer:
                         self.watchdog.phase(f"starting the data loader of phase {phase.index} at step {self.step + 1}")
                         with rng.untouched():
                             loader = self.loader(phase.end - self.step)
+                            defer_skip_reports(loader)  # gathered below, once every rank has its batch
                             it = iter(loader)
                     self.watchdog.phase(f"loading batch for step {self.step + 1}")
                     t0 = time.perf_counter()
                     batches = [next(it) for _ in range(a)]
                 except Exception as e:
                     error = e
+                t1 = time.perf_counter()
                 self.watchdog.phase(f"agreeing that every rank loaded its batch for step {self.step + 1}")
                 agree_loaded(error, self.step + 1, self.rank)
-                t1 = time.perf_counter()
+                report_skips(loader)  # the epochs these batches closed: a collective, now on every rank
                 flops = sum(train_flops(phase.cfg, b.masks)["total"] for b in batches)
                 stats = self.train_step(batches)
                 if self.device.type == "cuda":

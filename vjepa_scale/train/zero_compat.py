@@ -103,6 +103,27 @@ def master_fragment(p: torch.nn.Parameter) -> Optional[MasterFragment]:
 
 UNIVERSAL_MAX_WORKERS = 8  # extract workers of the universal conversion (merge workers: half)
 
+# The converter's child interpreter: killed with its parent (a rank the launcher or the watchdog ends
+# must not leave a converter writing into the folder a requeued run converts into again), without
+# the working directory on sys.path (a local `deepspeed/` folder must not shadow the package).
+_CONVERTER_BOOT = """
+import ctypes, os, runpy, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):  # the parent ended before that took effect
+        sys.exit(1)
+sys.path = [p for p in sys.path if p not in ("", ".", os.getcwd())]
+module, sys.argv = sys.argv[2], [sys.argv[2], *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def tied_child_command(module: str, *args: str) -> list[str]:
+    """`python -m module args` as a child that the kernel kills when this process ends (Linux)."""
+    import sys
+
+    return [sys.executable, "-c", _CONVERTER_BOOT, str(os.getpid()), module, *args]
+
 
 def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = None) -> None:
     """DeepSpeed's universal-checkpoint conversion of one checkpoint tag folder (ZeRO-1/2/3).
@@ -112,19 +133,22 @@ def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = N
     `"checkpoint": {"load_universal": true}`. The universal-checkpoint info our models do not declare
     is injected (plain data parallelism needs none).
 
-    It runs DeepSpeed's own command (`python -m deepspeed.checkpoint.ds_to_universal`) in a child
-    interpreter without CUDA, with `workers` extract processes (default: the CPUs, at most
-    UNIVERSAL_MAX_WORKERS): its process pools then fork a fresh single-threaded interpreter, never a
-    training rank with its communication and loader threads, and its memory is gone when it ends.
-    RuntimeError with the end of its output when it fails.
+    It runs DeepSpeed's own converter (`deepspeed.checkpoint.ds_to_universal`) in a child interpreter
+    without CUDA, with `workers` extract processes (default: this process's CPUs, at most
+    UNIVERSAL_MAX_WORKERS; each holds one rank's optimizer shard): its process pools then fork a fresh
+    single-threaded interpreter, never a training rank with its communication and loader threads, and
+    its memory is gone when it ends. The child dies with this process. RuntimeError with the end of its
+    output when it fails.
     """
     import subprocess
-    import sys
 
-    workers = max(1, workers or min(UNIVERSAL_MAX_WORKERS, os.cpu_count() or 1))
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-           "--output_folder", str(out_tag_dir), "--num_extract_workers", str(workers),
-           "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state"]
+    if workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(UNIVERSAL_MAX_WORKERS, cpus)
+    workers = max(1, workers)
+    cmd = tied_child_command("deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+                             "--output_folder", str(out_tag_dir), "--num_extract_workers", str(workers),
+                             "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # it works on the CPU; a forked worker must not hold CUDA
     r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if r.returncode != 0:
