@@ -21,8 +21,13 @@ def videos(tmp_path_factory):
     return streamable_videos(tmp_path_factory.mktemp("hang_videos") / "v")
 
 
+# file_system sharing: a batch the worker queued before it was stopped still arrives (with the default
+# file_descriptor strategy, taking it needs the stopped worker to hand over its descriptor, and the
+# child would hang there; the hang watchdog, not data.loader_timeout_s, covers that case in training)
 FROZEN_CHILD = r"""
 import multiprocessing, sys
+import torch.multiprocessing
+torch.multiprocessing.set_sharing_strategy("file_system")
 from helpers import video_cfg
 from vjepa_scale.data import build_dataloader
 

@@ -49,6 +49,30 @@ def test_two_ranks_disk_full_while_saving_end_cleanly(tmp_path, tmpfs):
     assert sorted(p.name for p in (run / CKPT_SUBDIR).iterdir()) == ["latest", done[0].name]
 
 
+@pytest.mark.slow
+def test_disk_full_on_one_rank_inside_deepspeeds_save_ends_every_rank_cleanly(tmp_path):
+    """Only rank 1's ZeRO-3 optimizer-state write fails (ENOSPC) while rank 0's save goes on: rank 1
+    still runs the collectives that follow the writes in DeepSpeed's save (ZeRO-3's re-gather of the
+    persistent parameters, the closing barrier), so both ranks reach the agreement on the error and
+    end with CheckpointWriteError, keeping the last good checkpoint, instead of hanging out of step."""
+    from helpers import ROOT, cpu_env
+
+    run = tmp_path / "run"
+    r = launch("tests/integration/disk_full_on_one_rank.py", "--rank", "1", "--step", "2",
+               *train_args(run, *OPTS, "data.global_batch_size=4", "optim.iterations=3", "train.checkpoint_every=1",
+                           "zero.stage3_param_persistence_threshold=100000", "train.hang_timeout_s=60"),
+               nproc=2, env=cpu_env(PYTHONPATH=str(ROOT)), timeout=240)
+    out = r.stdout + r.stderr
+    first_error = out[out.find("Traceback"):][:6000]
+    assert r.returncode != 0, out[-3000:]
+    assert "hung" not in out, first_error
+    assert "CheckpointWriteError: disk full / read-only ([Errno 28] No space left on device (injected)" in out, \
+        first_error
+    assert "CheckpointWriteError: another rank hit a full / read-only disk while saving checkpoint step 2" in out
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000001"]
+    assert sorted(p.name for p in (run / CKPT_SUBDIR).iterdir()) == ["latest", "step_00000001"]
+
+
 def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path):
     """tools/train.py on 2 ranks: resuming a depth-1 run with model.depth=2 exits 2 with one
     `config error:` line naming the key, without a traceback (the documented config-error exit)."""

@@ -26,7 +26,7 @@ from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import find_latest, list_checkpoints, load_consolidated
 
 require("deepspeed")
-N = 14
+N = 20  # the preempted run must still be going when the test's signal comes (a loaded machine)
 OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.iterations={N}",
         "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=100"]
 
@@ -79,8 +79,10 @@ def runs(tmp_path_factory):
     assert_ok(_train(straight, "train.checkpoint_every=1"))
     # checkpoint_every > N: the only checkpoint before the end is the one the preemption writes
     proc = _train(run, "train.checkpoint_every=100", log=base / "preempted.log")
+    wait_for_step(run, 1, proc, log=base / "preempted.log")
+    rank1 = rank_processes(proc.pid)[1]  # found before step 3: the signal then follows it at once
     wait_for_step(run, 3, proc, log=base / "preempted.log")
-    rank_processes(proc.pid)[1].send_signal(signal.SIGTERM)
+    rank1.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=120)
     log = (base / "preempted.log").read_text()
     state = {"code": code, "log": log, "ckpts": [c.name for c in list_checkpoints(run)],
@@ -135,7 +137,7 @@ def test_rng_state_of_a_resumed_run_equals_the_straight_run(runs):
 def test_sigterm_to_the_outer_deepspeed_launcher_leaves_no_orphans(tmp_path):
     # The ranks see the launcher's exit through a 1 s poll; on an idle machine N steps take about as
     # long, so this run is longer (it stops early either way).
-    n = 30 * N
+    n = 20 * N
     run = tmp_path / "outer"
     proc = _train(run, "train.checkpoint_every=1000", f"optim.iterations={n}", log=tmp_path / "outer.log")
     wait_for_step(run, 2, proc, log=tmp_path / "outer.log")

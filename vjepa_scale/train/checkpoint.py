@@ -32,7 +32,7 @@ from vjepa_scale.train import elastic
 from vjepa_scale.train.guard import check_finite_state
 from vjepa_scale.distributed import any_rank
 from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, is_disk_error, write_error
-from vjepa_scale.train.zero_compat import optimizer_load_fixes
+from vjepa_scale.train.zero_compat import finish_failed_save, optimizer_load_fixes
 from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
 
 log = logging.getLogger("vjepa_scale.train")
@@ -99,7 +99,7 @@ def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int,
             root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob(f"{TMP_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            for sub in ("ema", "rng"):
+            for sub in ("ema", "rng", f"ds/{DS_TAG}"):  # DeepSpeed's folders too: then only its writes can fail
                 (tmp / sub).mkdir(parents=True)
         except OSError as e:
             err = _disk_error_or_raise(e)
@@ -108,9 +108,7 @@ def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int,
         engine.save_checkpoint(str(tmp / "ds"), tag=DS_TAG, client_state={"step": step}, save_latest=False)
     except (OSError, RuntimeError) as e:
         err = _disk_error_or_raise(e)
-        # DeepSpeed's save ends with a barrier that the other ranks reach; its writes come after
-        # all of its other collectives, so one barrier keeps the ranks' collectives in step.
-        _barrier()
+        finish_failed_save(engine)  # the collectives the other ranks' saves still run
     if err is None:
         try:
             torch.save(ema.state_dict(), tmp / "ema" / f"rank{rank:05d}.pt")

@@ -156,6 +156,18 @@ def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = N
         raise RuntimeError(f"DeepSpeed's universal conversion of {tag_dir} exited with {r.returncode}:\n{tail}")
 
 
+def finish_failed_save(engine) -> None:
+    """Collective, on a rank whose `engine.save_checkpoint` failed in its writes (a full disk) while the
+    other ranks' saves go on: the collectives their saves still run after the writes, so that every
+    rank's next collective lines up. ZeRO-3's epilogue (its prologue partitioned the persistent
+    parameters; the epilogue all-gathers them again), then DeepSpeed's closing barrier. The folders are
+    made before the save (`checkpoint.save_checkpoint`), so a write is the only thing that can fail."""
+    if getattr(engine, "optimizer", None) is not None and hasattr(engine.optimizer, "checkpoint_event_epilogue"):
+        engine.optimizer.checkpoint_event_epilogue()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def optimizer_load_fixes(engine):
     """Context manager around `engine.load_checkpoint`: this run's optimizer hyperparameters win over
     the checkpoint's, and one quirk of DeepSpeed's universal ZeRO-3 loader is undone (checked with
