@@ -190,13 +190,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is True on any rank (one small all-reduce)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    dev = (torch.device("cuda", torch.cuda.current_device())
-           if torch.distributed.get_backend() == "nccl" else torch.device("cpu"))
-    t = torch.tensor([int(flag)], device=dev)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return bool(ranks_with(flag))
 
 
 def ranks_with(flag: bool) -> list[int]:
