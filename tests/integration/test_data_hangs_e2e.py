@@ -21,21 +21,33 @@ def videos(tmp_path_factory):
     return streamable_videos(tmp_path_factory.mktemp("hang_videos") / "v")
 
 
-# file_system sharing: a batch the worker queued before it was stopped still arrives (with the default
-# file_descriptor strategy, taking it needs the stopped worker to hand over its descriptor, and the
-# child would hang there; the hang watchdog, not data.loader_timeout_s, covers that case in training)
+# torch's default (file_descriptor) sharing. `stop`: "test" = the test SIGSTOPs the worker while the
+# child waits; "after_queue" = the worker stops itself while collating step 7, right after it queued
+# step 6, so the child's next batch is one whose descriptors the frozen worker must hand over (a wait
+# the DataLoader's own timeout does not cover)
 FROZEN_CHILD = r"""
-import multiprocessing, sys
-import torch.multiprocessing
-torch.multiprocessing.set_sharing_strategy("file_system")
+import multiprocessing, os, signal, sys, time
 from helpers import video_cfg
 from vjepa_scale.data import build_dataloader
+from vjepa_scale.data.batch import ClipCollator
 
+collate = ClipCollator.__call__
+
+def freezing(self, samples):
+    batch = collate(self, samples)
+    if {stop!r} == "after_queue" and batch.step == 7:
+        time.sleep(0.5)  # step 6 is written to the pipe
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return batch
+
+ClipCollator.__call__ = freezing
 cfg = video_cfg([({index!r}, 1.0)], frames=4, step=2, crop=32, batch=4, workers=1, loader_timeout_s={timeout!r})
 it = iter(build_dataloader(cfg, rank=1, world_size=2, start_step=5))
 print("step", next(it).step, flush=True)
 print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
-sys.stdin.readline()  # the test stops the worker now
+sys.stdin.readline()  # "test": the test stops the worker now
+if {stop!r} == "after_queue":
+    time.sleep(2)  # the worker has queued step 6 and stopped on step 7
 for batch in it:
     print("step", batch.step, flush=True)
 """
@@ -54,13 +66,15 @@ def _kill_if_stopped(pid: int) -> None:
 
 
 @pytest.mark.slow
-def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
+@pytest.mark.parametrize("stop", ["test", "after_queue"])
+def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path, stop):
     """SIGSTOP the only DataLoader worker (as a hung decoder would freeze it): the training process
-    ends within the timeout with an error naming rank, micro-step and the config key, and exits."""
+    ends within the timeout with an error naming rank, micro-step and the config key, and exits;
+    also when the batch it waits for was queued by the worker just before it froze."""
     index = tmp_path / "index.txt"
     index.write_text("".join(f"{p} 0\n" for p in videos))
     script = tmp_path / "frozen_child.py"
-    script.write_text(FROZEN_CHILD.format(index=str(index), timeout=3.0))
+    script.write_text(FROZEN_CHILD.format(index=str(index), timeout=3.0, stop=stop))
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     proc = start(script, env=cpu_env(PYTHONPATH=path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                  stderr=subprocess.PIPE)
@@ -71,7 +85,7 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
         assert first.startswith("step 5") and line.startswith("workers "), (first, line, proc.stderr.read())
         workers = [int(p) for p in line.split()[1:]]
         assert len(workers) == 1
-        for pid in workers:
+        for pid in workers if stop == "test" else []:
             os.kill(pid, signal.SIGSTOP)
         stopped = time.monotonic()
         proc.stdin.write("go\n")
@@ -88,6 +102,8 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path):
     assert proc.returncode != 0 and f"{LoaderTimeoutError.__name__}: " in err, err[-3000:]
     message = err.strip().splitlines()[-1]
     assert f"rank 1: no batch for micro-step {steps[-1] + 1} " in message, message
+    if stop == "after_queue":
+        assert steps == [5], out
     assert "data.loader_timeout_s=3 s" in message and "raise data.loader_timeout_s" in message
     assert waited < 30
     for pid in workers:  # the stopped worker was killed, not left behind

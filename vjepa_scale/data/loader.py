@@ -5,6 +5,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 
 import torch
 from torch.utils.data import DataLoader
@@ -84,27 +85,64 @@ def agree_loaded(error: BaseException | None, step: int, rank: int) -> None:
                         f"(their error is in their output); rank {rank} stops with them")
 
 
-def _stop_workers(it) -> None:
-    """Kill the worker processes of DataLoader iterator `it`.
-
-    A stopped (SIGSTOP) worker ignores the SIGTERM the DataLoader's shutdown sends, and
-    multiprocessing's exit handler would then wait for it forever; SIGKILL ends it. The workers'
-    pids are unregistered first, so torch's SIGCHLD handler does not report their deaths as a crash.
-    """
+def _forget_workers(it) -> None:
+    """Unregister the workers of DataLoader iterator `it` from torch's SIGCHLD check, so their deaths
+    are not reported as a crash (at whatever line the main thread is on)."""
     from torch.utils.data._utils.signal_handling import _remove_worker_pids
 
     if getattr(it, "_worker_pids_set", False):
         _remove_worker_pids(id(it))
         it._worker_pids_set = False
-    workers = getattr(it, "_workers", [])
-    for w in workers:
+
+
+def _kill_workers(it) -> None:
+    """SIGKILL the live workers of DataLoader iterator `it` (a stopped worker ignores SIGTERM)."""
+    _forget_workers(it)
+    for w in getattr(it, "_workers", []):
         if w.is_alive():
             w.kill()
-    for w in workers:
+
+
+def _stop_workers(it) -> None:
+    """Kill the worker processes of DataLoader iterator `it` and shut the iterator down.
+
+    A stopped (SIGSTOP) worker ignores the SIGTERM the DataLoader's shutdown sends, and
+    multiprocessing's exit handler would then wait for it forever; SIGKILL ends it.
+    """
+    _kill_workers(it)
+    for w in getattr(it, "_workers", []):
         w.join(timeout=5)
     shutdown = getattr(it, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+
+
+def _next_within(it, seconds: float):
+    """next(it), with the workers of DataLoader iterator `it` killed if it takes more than `seconds`.
+
+    The DataLoader's own `timeout` covers an empty queue only. A batch a worker queued just before it
+    froze also blocks: under torch's default `file_descriptor` sharing, taking it needs the worker to
+    hand over its shared-memory descriptors. Killing the workers ends that wait with an error.
+    Returns (batch, expired); raises what next() raises (StopIteration included), with `expired`
+    set on the exception as `loader_expired`.
+    """
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        _kill_workers(it)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        batch = next(it)
+    except BaseException as e:
+        timer.cancel()
+        e.loader_expired = expired.is_set()
+        raise
+    timer.cancel()
+    return batch, expired.is_set()
 
 
 class VideoLoader:
@@ -135,22 +173,31 @@ class VideoLoader:
         step = self.sampler.start_step  # the micro-step of the next batch (they arrive in step order)
         while True:
             try:
-                batch = next(it)
+                if self.timeout > 0:
+                    batch, expired = _next_within(it, self.timeout)
+                else:
+                    batch, expired = next(it), False
             except StopIteration:
                 break
-            except RuntimeError as e:
-                if not (self.timeout > 0 and str(e).startswith("DataLoader timed out")):
+            except Exception as e:
+                timed_out = isinstance(e, RuntimeError) and str(e).startswith("DataLoader timed out")
+                if not (timed_out or getattr(e, "loader_expired", False)):
                     raise
-                _stop_workers(it)
-                raise LoaderTimeoutError(
-                    f"rank {self.rank}: no batch for micro-step {step} from the DataLoader workers within "
-                    f"data.loader_timeout_s={self.timeout:g} s; a worker is frozen (stopped, or hung in I/O "
-                    f"or decoding) or loading is far too slow. If loading is just slow, raise "
-                    f"data.loader_timeout_s (0 waits forever)") from e
+                self._timed_out(it, step, e)
+            if expired:  # arrived as the workers were killed: they are gone, so the iteration ends here
+                self._timed_out(it, batch.step + 1, None)
             step = batch.step + 1
             self.tracker.update(batch)
             yield batch
         self.tracker.flush()
+
+    def _timed_out(self, it, step: int, cause: BaseException | None):
+        _stop_workers(it)
+        raise LoaderTimeoutError(
+            f"rank {self.rank}: no batch for micro-step {step} from the DataLoader workers within "
+            f"data.loader_timeout_s={self.timeout:g} s; a worker is frozen (stopped, or hung in I/O "
+            f"or decoding) or loading is far too slow. If loading is just slow, raise "
+            f"data.loader_timeout_s (0 waits forever)") from cause
 
 
 def dataset_tokens(cfg: Config) -> list[int]:
