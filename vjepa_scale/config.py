@@ -679,7 +679,8 @@ def load_typed_yaml(cls: type, path: str | os.PathLike | None = None, overrides:
     return cfg.validate() if validate else cfg
 
 
-_OVERRIDE_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[-?\d+\])*)$")
+_OVERRIDE_PART = re.compile(r"([^.\[\]=\s]+)((?:\[-?\d+\])*)$")  # a key (any name: unknown ones are refused
+# with a suggestion when the config is built), then list indices
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -307,6 +307,9 @@ def test_overrides_index_into_lists_as_errors_name_them():
             load_config("cpu_demo", [*base, opt])
     with pytest.raises(ConfigError, match=r"phases is not set, so it has no element 0"):
         load_config("cpu_demo", ["phases[0].steps=5"])
+    # a misspelt key (a dash for an underscore) is refused by name with a suggestion, like one in YAML
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.batch-size'; did you mean 'data.batch_size'\?"):
+        load_config("cpu_demo", ["data.batch-size=4"])
 
 
 def test_phase_batch_and_memory_checked_per_phase():
