@@ -107,13 +107,26 @@ def main(argv: list[str] | None = None) -> int:
             "triton": triton_version, "copy_gbps": copy_gbps(device),
             "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "argv": sys.argv[1:] if argv is None else argv}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(done: list[dict]) -> None:
+        """The JSON + markdown of the rows so far (rewritten after every row: a run killed at a time
+        limit keeps what it measured)."""
+        (out / f"bench_{device}.json").write_text(json.dumps({"meta": meta, "rows": done}, indent=1, default=str))
+        (out / f"bench_{device}.md").write_text(markdown(meta, done) + "\n")
+
     rows, failed = [], []
     options = {"config": args.config, "batch_size": args.batch_size, "steps": args.steps, "opts": args.opt or None,
                "rows": args.step_rows, "profile_dir": args.out if args.profile else None, "phase": args.phase}
     for s in suites:
         print(f"[bench] {s} on {device} ...", flush=True)
+        partial: list[dict] = []
+        options["on_row"] = lambda row, s=s: (partial.append(dict(row, suite=s)), write(rows + partial))
         try:
             rows += run_suite(s, device, quick, **options)
+            if any(r.get("case") == "FAILED" for r in rows if r["suite"] == s):
+                failed.append(s)
         except ModuleNotFoundError as e:
             if e.name != SUITES[s]:
                 raise
@@ -121,13 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # keep going: one broken suite must not hide the others' numbers
             traceback.print_exc()
             failed.append(s)
+            rows += partial
             rows.append({"suite": s, "case": "FAILED", "impl": "-", "error": f"{type(e).__name__}: {e}"[:300]})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench_{device}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
-    md = markdown(meta, rows)
-    (out / f"bench_{device}.md").write_text(md + "\n")
-    print(md)
+        write(rows)
+    print(markdown(meta, rows))
     print(f"[bench] wrote {out / f'bench_{device}.json'} and {out / f'bench_{device}.md'}", flush=True)
     if failed:
         print(f"[bench] failed suites: {', '.join(failed)}", file=sys.stderr)

@@ -2,12 +2,15 @@
 # One command for a single-GPU machine: the bench suites on the GPU, then the CUDA-only tests.
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
 #   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step zero1 ckpt compile data dali cool384
-# Default stages: step zero1 kernels tests, in that order (every stage at its limit: 8.2 minutes of
-# stages, 9 with the setup and kill margins; results reach $OUT after each stage; zero1 is
-# the engine row under ZeRO-1, docs/SCALING.md's recommended stage for ViT-H, which decides the recipes'
-# default stage); `ckpt` (the engine row with every block recomputed), `compile` (the engine row with
+# Default stages: step zero1 kernels tests, in that order, within BUDGET_S (520 s, setup included):
+# the bench stages have fixed limits (step 210 s, zero1 75 s, kernels 90 s), the tests take the time
+# left (at least 60 s). Results reach $OUT after each stage. zero1 is the engine row under ZeRO-1,
+# docs/SCALING.md's recommended stage for ViT-H, which decides the recipes' default stage. A failed
+# step row is retried in `bench_step_fallback` with torch_varlen attention. STEP_OPTS adds bench
+# options to the step stage (e.g. STEP_OPTS="--opt model.compile=true"). Opt-in (a second call):
+# `ckpt` (the engine row with every block recomputed), `compile` (the engine row with
 # model.compile=true), `data`, `dali` (DALI tests + data suite, once the wheel was brought with
-# tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step) are opt-in: a second call.
+# tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step).
 # The step stage times ViT-H/16@384 (the vith384 recipe, B=10, activation checkpointing `auto`: the fewest
 # recomputed blocks the memory estimate fits on this card) in three rows on the same batches:
 # the engine row (the Trainer's 1-rank DeepSpeed engines, as tools/train.py runs it), the
@@ -27,12 +30,19 @@ ROOT=$(pwd)
 # and packed into $OUT/device_check.tgz at the end, beside a copy of summary.txt.
 if [ -n "${OUT:-}" ]; then RES=$(mktemp -d); else RES="$ROOT/bench_results"; fi
 mkdir -p "$RES"
-PY="${PYTHON:-$(command -v python || command -v python3)}"
+# The interpreter: $PYTHON, else the first of python3, python that imports torch.
+PY="${PYTHON:-}"
+for c in python3 python; do
+  [ -z "$PY" ] && command -v "$c" > /dev/null && "$c" -c "import torch" 2>/dev/null && PY=$(command -v "$c")
+done
+PY="${PY:-python3}"
 export PYTHONUNBUFFERED=1 DS_SKIP_SHM_BUILD=1
 SUMMARY="$RES/summary.txt"
 : > "$SUMMARY"
 status=0
 start=$(date +%s)
+# The default run's budget in seconds, setup included: the device tool's 9 minutes, less the final gather.
+BUDGET_S=${BUDGET_S:-520}
 
 note() { echo "[device_check +$(( $(date +%s) - start ))s] $*" | tee -a "$SUMMARY"; }
 
@@ -50,7 +60,7 @@ publish() {
 stage() {
   local name=$1 limit=$2; shift 2
   note "$name: start (limit ${limit}s)"
-  timeout -k 10 "$limit" "$@" > "$RES/$name.log" 2>&1
+  timeout -s "${STAGE_SIGNAL:-TERM}" -k 10 "$limit" "$@" > "$RES/$name.log" 2>&1
   local rc=$?
   tail -n 40 "$RES/$name.log"
   note "$name: rc=$rc"
@@ -58,19 +68,18 @@ stage() {
   publish
 }
 
-# The kernels install as vjepa_scale.kernels (setup.py package_dir). In an uninstalled checkout,
-# expose them through a temporary symlink that is removed on exit.
+# The package is imported from this checkout, installed or not: `python tools/bench.py` has tools/, not
+# the checkout, on its sys.path. The kernels are vjepa_scale/kernels (a tracked symlink to kernels/; in
+# a copy that lost it, a temporary one is made and removed on exit).
 LINK="" SITE=""
 cleanup() {
   [ -n "$LINK" ] && rm -f "$LINK"; [ -n "$SITE" ] && rm -rf "$SITE"; [ -n "${OUT:-}" ] && rm -rf "$RES"; true
 }
 trap cleanup EXIT
-if ! "$PY" -c "import vjepa_scale.kernels" 2>/dev/null; then
-  if [ ! -e vjepa_scale/kernels ]; then
-    ln -s ../kernels vjepa_scale/kernels && LINK="$ROOT/vjepa_scale/kernels"
-  fi
-  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if [ ! -e vjepa_scale/kernels ]; then
+  ln -s ../kernels vjepa_scale/kernels && LINK="$ROOT/vjepa_scale/kernels"
 fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 WHEELS=${WHEELS:-.whl}
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -116,7 +125,15 @@ want() { [[ "$STAGES" == *" $1 "* ]]; }
 # 1. The step: engine, torch and reference-style rows of the recipe (B=10, checkpointing `auto`), the
 #    engine row profiled; then the engine row under ZeRO-1. Each bench call is its own process, so an
 #    out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
-want step && stage bench_step 210 "$PY" tools/bench.py --device $DEVICE --suite step --profile --out "$RES/step"
+want step && stage bench_step 210 "$PY" tools/bench.py --device $DEVICE --suite step --profile ${STEP_OPTS:-} \
+  --out "$RES/step"
+# A row that failed (e.g. the attention backend `auto` picked, which the reference-style row does not
+# use) is retried with torch_varlen, the backend the H100 runs measured, so the run still has an engine row.
+if want step && grep -q '"case": "FAILED"' "$RES/step/bench_$DEVICE.json" 2>/dev/null; then
+  fallback=$([ "$DEVICE" = cuda ] && echo torch_varlen || echo bucketed)
+  stage bench_step_fallback 120 "$PY" tools/bench.py --device $DEVICE --suite step --step-rows engine torch \
+    ${STEP_OPTS:-} --opt model.attention_backend=$fallback --out "$RES/step_fallback"
+fi
 want zero1 && stage bench_step_zero1 75 "$PY" tools/bench.py --device $DEVICE --suite step \
   --step-rows engine --steps 4 --opt zero.stage=1 --out "$RES/step_zero1"
 # 2. Kernel and attention suites (one process).
@@ -125,8 +142,12 @@ want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device $DEVICE --s
 #    collection errors from optional deps do not stop the rest.
 if ! want tests; then :
 elif "$PY" -c "import pytest" 2>/dev/null; then
-  stage tests_gpu 100 "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider --continue-on-collection-errors \
-    -rs --junitxml="$RES/tests_gpu.xml" tests
+  # The time left of the run's budget (at least 60 s); SIGINT at the limit, so pytest still writes its
+  # summary and the XML of the tests that ran; with pytest-timeout, no one test takes over 120 s.
+  left=$(( BUDGET_S - ($(date +%s) - start) - 20 )); [ "$left" -ge 60 ] || left=60
+  per_test=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo --timeout=120)
+  STAGE_SIGNAL=INT stage tests_gpu "$left" "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider \
+    --continue-on-collection-errors $per_test -rfEs --junitxml="$RES/tests_gpu.xml" tests
 else
   note "tests_gpu: pytest is not installed here; skipped (carry a pytest install to run them)"
   status=1

@@ -480,8 +480,10 @@ def _cudnn_run(backward: bool, tensors: dict, packed: Packed, S: int, T: int):
     B = packed.cu_seqlens.numel() - 1
     strides = {uid: tuple(t.stride()) for uid, t in tensors.items() if t.dim() == 3}
     total_bucket = bucket_seqlen(T) if backward else 0
-    key = (backward, q.dtype, q.device, B, H, Dh, S, total_bucket, tuple(sorted(strides.items())))
     handle = _cudnn_handle(q.device)
+    # per handle, so per thread (autograd's backward and checkpoint recompute run in another thread): a
+    # plan runs with the handle it was built on
+    key = (backward, q.dtype, q.device, B, H, Dh, S, total_bucket, tuple(sorted(strides.items())), handle)
     graph, workspace_size = _CUDNN_GRAPHS.get(
         key, lambda: _build_cudnn_graph(backward, handle, q.dtype, B, H, Dh, S, strides, total_bucket))
     cu64 = packed.offsets.view(-1, 1, 1, 1)  # int64 (B+1, 1, 1, 1) token offsets

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import TensorVideos, assert_ok, gpu_env, launch, separable_features
+from helpers import TensorVideos, assert_ok, gpu_env, launch, require, separable_features
 from vjepa_scale.config import ModelConfig
 from vjepa_scale.eval.config import ProbeConfig, ProbeOptimConfig
 from vjepa_scale.eval.features import extract_features
@@ -53,6 +53,8 @@ def test_probe_trains_on_cuda_in_bf16(kind):
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    require("av")  # writes the videos (a GPU machine's image may lack PyAV: tools/device_wheels.sh brings it)
 
     base = tmp_path_factory.mktemp("evalgpu")
     idx = write_synthetic_videos(base / "data", num_videos=16, frames=8, size=32, val_fraction=0.25)

@@ -27,9 +27,20 @@ def _tiny_wheel(tmp_path):
     return whl
 
 
+# A GPU machine has the checkout, not an install of it: the interpreters the script starts must find the
+# package without the editable install this venv has (its import hook is taken out at start-up).
+NOT_INSTALLED = """import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+"""
+
+
 def _device_check(out, **env):
     out.mkdir()
-    r = run(["bash", "tools/device_check.sh"], env=cpu_env(PYTHON=sys.executable, OUT=str(out), **env), timeout=900)
+    site = out.parent / f"{out.name}_site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NOT_INSTALLED)
+    r = run(["bash", "tools/device_check.sh"],
+            env=cpu_env(PYTHON=sys.executable, OUT=str(out), PYTHONPATH=str(site), **env), timeout=900)
     return r, out
 
 
@@ -64,6 +75,24 @@ def test_dry_run_on_cpu_runs_every_bench_stage_and_packs_the_results(tmp_path):
     assert {"./env.txt", "./summary.txt", "./device_check.md", "./step/step_profile_cpu.txt",
             "./bench_step.log"} <= names
     assert "## step" in (out / "device_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_failed_step_row_is_retried_with_another_attention_backend(tmp_path):
+    """STEP_OPTS reach the step stage; its rows that fail (here: cudnn, which a CPU lacks) leave the
+    reference-style row and the stage fails, then the engine and torch rows run again in
+    bench_step_fallback with the fallback backend (bucketed on a CPU, torch_varlen on CUDA)."""
+    r, out = _device_check(tmp_path / "out", DEVICE="cpu", STAGES="step",
+                           STEP_OPTS="--opt model.attention_backend=cudnn --steps 1")
+    summary = (out / "summary.txt").read_text()
+    assert r.returncode == 1 and "bench_step: rc=1" in summary and "bench_step_fallback: rc=0" in summary, summary
+    rows = json.loads((out / "device_check.json").read_text())["rows"]
+    got = {(row["stage"], row["row"]): row for row in rows}
+    assert [got["step", w]["case"] for w in ("engine", "torch")] == ["FAILED", "FAILED"]
+    assert got["step", "reference"]["clips_per_s"] > 0
+    fallback = [got["step_fallback", w] for w in ("engine", "torch")]
+    assert all(row["clips_per_s"] > 0 and row["overrides"].endswith("model.attention_backend=bucketed")
+               for row in fallback)
 
 
 def test_refuses_an_unknown_device_and_reports_a_failed_wheel_install(tmp_path):

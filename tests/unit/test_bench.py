@@ -86,3 +86,30 @@ def test_step_suite_times_recipes_from_random_weights():
     assert load_config("vjepa2_vitg_cool384").train.init_from
     _, B, cfg = bench_config("cpu", "vjepa2_vitg_cool384", 1, ["model.activation_checkpointing=true"])
     assert B == 1 and cfg.train.init_from is None and not cfg.train.init_from_optimizer
+
+
+def test_a_failing_step_row_leaves_the_others_and_is_written_as_it_goes(tmp_path, monkeypatch):
+    """A row that fails (here: an attention backend this machine lacks, which the reference-style row
+    does not use) becomes a FAILED row naming the error; the next row still runs, the JSON holds every
+    row done so far after each row (a run killed at a time limit keeps them), and the exit code is 1."""
+    import json
+
+    import vjepa_scale.bench.step as step
+
+    seen = []
+    time_row = step._time
+
+    def record(*args, **kwargs):  # what the JSON on disk holds when each timed row starts
+        path = tmp_path / "bench_cpu.json"
+        seen.append([r["row"] for r in json.loads(path.read_text())["rows"]] if path.exists() else [])
+        return time_row(*args, **kwargs)
+
+    monkeypatch.setattr(step, "_time", record)
+    rc = bench_cli.main(["--device", "cpu", "--suite", "step", "--batch-size", "2", "--steps", "1",
+                         "--step-rows", "torch", "reference", "engine",
+                         "--opt", "model.attention_backend=cudnn", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"]
+    assert rc == 1 and [r["row"] for r in rows] == ["torch", "reference", "engine"]
+    assert rows[0]["case"] == rows[2]["case"] == "FAILED" and "'cudnn' is not available on cpu" in rows[0]["error"]
+    assert rows[1]["clips_per_s"] > 0 and rows[1]["vs_reference"] == 1 and "vs_reference" not in rows[0]
+    assert seen == [[], ["torch"], ["torch", "reference"]]  # each row started with the earlier ones on disk

@@ -32,6 +32,7 @@ import re
 import socket
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -53,7 +54,9 @@ COOLDOWN_CASE = {"config": "vjepa2_vitg_cool384", "batch_size": 6}
 def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Optional[int] = None,
         steps: Optional[int] = None, opts: Optional[list[str]] = None,
         profile_dir: Optional[str] = None, rows: Optional[list[str]] = None,
-        phase: Optional[int] = None) -> list[dict]:
+        phase: Optional[int] = None, on_row: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """The suite's rows; a row that raises becomes a FAILED row (with the error) and the next row runs.
+    `on_row` is called with each row as it is done (before the `vs_reference` ratios)."""
     kind = torch.device(device).type
     name, B, cfg = bench_config(device, config, batch_size, opts, phase)
     steps = steps or (3 if quick else 10)
@@ -66,23 +69,34 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
     out, profiled = [], profile_dir is None
     for which in rows:
         build = {"engine": _engine_row, "torch": _torch_row, "reference": _reference_row}[which]
-        with build(cfg, device, batches) as (impl, step_fn, masks):
-            row = _time(cfg, name, B, device, impl, step_fn, masks, warmup, steps)
-            if not profiled:
-                row["profile"] = str(profile_step(step_fn, device, Path(profile_dir), f"{row['case']} {impl}"))
-                profiled = True
+        left = torch.cuda.memory_allocated() if kind == "cuda" else 0  # what earlier rows left behind
+        try:
+            with build(cfg, device, batches) as (impl, step_fn, masks):
+                row = _time(cfg, name, B, device, impl, step_fn, masks, warmup, steps)
+                if not profiled:
+                    row["profile"] = str(profile_step(step_fn, device, Path(profile_dir), f"{row['case']} {impl}"))
+                    profiled = True
+        except Exception as e:  # the other rows still run (a backend that fails on one row's path)
+            traceback.print_exc()
+            row = {"case": "FAILED", "impl": which, "error": f"{type(e).__name__}: {e}"[:300]}
+        if "peak_mem_gib" in row and left:  # this row's own peak
+            row["peak_mem_gib"] -= left / 2 ** 30
+            row["mem_left_by_earlier_rows_gib"] = left / 2 ** 30
         row["row"] = which
         if opts:
             row["overrides"] = " ".join(opts)
         out.append(row)
+        if on_row is not None:
+            on_row(row)
         gc.collect()
         if kind == "cuda":
             torch.cuda.empty_cache()
-    ref = next((r for r in out if r["row"] == "reference"), None)
+    ref = next((r for r in out if r["row"] == "reference" and "clips_per_s" in r), None)
     if ref is not None:
         for r in out:
-            r["vs_reference"] = r["clips_per_s"] / ref["clips_per_s"]
-            r["ctx_tokens_vs_reference"] = r["ctx_tokens_per_s"] / ref["ctx_tokens_per_s"]
+            if "clips_per_s" in r:
+                r["vs_reference"] = r["clips_per_s"] / ref["clips_per_s"]
+                r["ctx_tokens_vs_reference"] = r["ctx_tokens_per_s"] / ref["ctx_tokens_per_s"]
     return out
 
 
