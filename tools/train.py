@@ -9,6 +9,7 @@ CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train
 --config takes a path or a bare name from configs/. --opt section.key=value overrides (repeatable; a
 list element by index, as errors name it: --opt phases[1].steps=2000).
 --resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
+Without --resume, a run dir that holds checkpoints is refused (a fresh start would overwrite its records).
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived).
 Config errors are reported before any process group, model or data is created; those that need the
 checkpoint (a resume with another model, an unusable checkpoint folder) right after the group is joined.
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from vjepa_scale.config import ConfigError, load_config
     from vjepa_scale.distributed import dist_env
+    from vjepa_scale.train.housekeeping import check_fresh_run_dir
     from vjepa_scale.train.launch import preflight
 
     overrides = list(args.opt)
@@ -54,6 +56,8 @@ def main(argv=None) -> int:
         cfg = preflight(load_config(args.config, overrides), dist_env().world_size)
         if args.resume not in (None, "auto") and not os.path.exists(args.resume):
             raise ConfigError(f"--resume: '{args.resume}' does not exist (give 'auto', a run dir or a checkpoint dir)")
+        if args.resume is None:
+            check_fresh_run_dir(cfg.train.output_dir)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -47,18 +47,19 @@ def _samples(run_dir: Path) -> dict[int, list[int]]:
     return out
 
 
-def _elastic(tmp_path, w1: int, w2: int, *opts):
+def _elastic(tmp_path, w1: int, w2: int, *opts, resume_opts=()):
     straight, resumed = tmp_path / f"straight{w1}", tmp_path / f"resumed{w1}to{w2}"
     _launch(straight, w1, *opts)
     ckpt = list_checkpoints(straight)[0]
     assert ckpt.name == f"step_{K:08d}" and json.loads((ckpt / "meta.json").read_text())["world_size"] == w1
-    r = _launch(resumed, w2, *opts, resume=ckpt)
+    r = _launch(resumed, w2, *opts, *resume_opts, resume=ckpt)
     return straight, resumed, r.stdout + r.stderr
 
 
 def _check_continues(straight: Path, resumed: Path, log: str, w1: int, w2: int) -> None:
     assert f"resumed from {list_checkpoints(straight)[0]}" in log
-    assert f"elastic resume: checkpoint of {w1} ranks resharded onto {w2}" in log
+    if w1 != w2:
+        assert f"elastic resume: checkpoint of {w1} ranks resharded onto {w2}" in log
     # data position: the resumed steps train on exactly the straight run's clips; none repeated or skipped
     a, b = _samples(straight), _samples(resumed)
     assert sorted(a) == list(range(1, STEPS + 1)) and sorted(b) == list(range(K + 1, STEPS + 1))
@@ -99,6 +100,28 @@ def test_zero3_one_rank_to_two(tmp_path):
 def test_zero2_two_ranks_to_one(tmp_path):
     straight, resumed, log = _elastic(tmp_path, 2, 1, "zero.stage=2")
     _check_continues(straight, resumed, log, 2, 1)
+
+
+def test_zero2_to_zero1_continues_and_zero3_is_refused(tmp_path):
+    """Another ZeRO stage on resume: ZeRO-1 and ZeRO-2 keep the optimizer state in one layout, so the
+    run continues as if unchanged; ZeRO-3's layout is another, which DeepSpeed cannot load into (its
+    universal format included), so that resume is refused before any work, naming the key and the way out."""
+    straight, resumed, log = _elastic(tmp_path, 2, 2, "zero.stage=2", resume_opts=["zero.stage=1"])
+    _check_continues(straight, resumed, log, 2, 2)
+    ckpt = list_checkpoints(straight)[0]
+    assert json.loads((list_checkpoints(resumed)[-1] / "meta.json").read_text())["zero_stage"] == 1
+    r = launch("tools/train.py", *train_args(tmp_path / "to3", *OPTS, "zero.stage=3", resume=ckpt))  # one process
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and f"train.init_from={ckpt}" in out, out[-3000:]
+    assert f"config error: cannot resume {ckpt} with zero.stage=3: it was saved under zero.stage=2" in out
+    assert not list_checkpoints(tmp_path / "to3")
+    # the same command again without --resume would restart at step 0 over the straight run: refused
+    before = (straight / "metrics.jsonl").read_text()
+    r = launch("tools/train.py", *train_args(straight, *OPTS, "zero.stage=2"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and (f"config error: train.output_dir '{straight}' holds the checkpoints of an earlier "
+                                  f"run (latest: step_{STEPS:08d}); continue it with --resume auto") in out, out[-3000:]
+    assert (straight / "metrics.jsonl").read_text() == before
 
 
 def test_changed_global_batch_resumes_at_saved_sample(tmp_path):

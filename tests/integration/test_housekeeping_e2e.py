@@ -92,6 +92,35 @@ def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path):
     assert r.returncode == 2 and f"config error: --resume {empty}:" in r.stderr, r.stderr[-3000:]
 
 
+@pytest.mark.slow
+def test_damaged_checkpoints_are_named_and_resume_auto_takes_the_one_before(tmp_path):
+    """A checkpoint whose files were damaged after it was committed (a truncated EMA shard, a lost
+    optimizer shard): `--resume auto` warns, naming the file, and continues the newest loadable one;
+    `--resume` of the damaged one, or a run with no loadable one, is a config error (exit 2) naming it."""
+    run = tmp_path / "run"
+    first = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=2", "train.checkpoint_every=1",
+                                                 "train.keep_last=3"), nproc=2, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    one, two = list_checkpoints(run)
+    ema = two / "ema" / "rank00001.pt"
+    ema.write_bytes(ema.read_bytes()[:1000])  # truncated
+    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=3", resume="auto"), nproc=2,
+               launcher="deepspeed", timeout=240)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert f"checkpoint {two.name} cannot be resumed ({ema} is damaged" in out and f"resumed from {one} at step 1" in out
+    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=3", resume=two), nproc=2,
+               launcher="deepspeed", timeout=240)
+    assert r.returncode == 2 and f"config error: --resume {two}: {ema} is damaged" in r.stderr, r.stderr[-3000:]
+    for ckpt in list_checkpoints(run):  # every optimizer shard of rank 1 lost
+        next((ckpt / "ds" / "state").glob("*rank_1_mp_rank_00_optim_states.pt")).unlink()
+    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=4", resume="auto"), nproc=2,
+               launcher="deepspeed", timeout=240)
+    assert r.returncode == 2 and "can be resumed" in r.stderr and "1 DeepSpeed optimizer file(s) for the 2 rank(s)" \
+        in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+
+
 def test_an_unexpected_error_ends_the_rank_despite_its_loader_workers(tmp_path):
     """Any exception other than the three handled ends (a bug, a disk error at a save) prints its
     traceback and ends the rank with 1: a normal interpreter exit waited forever for the DataLoader

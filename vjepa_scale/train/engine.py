@@ -43,13 +43,13 @@ from vjepa_scale.train import elastic, preempt, rng
 from vjepa_scale.train import phases as phase_lib
 from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
-from vjepa_scale.train.housekeeping import check_resume_config, prepare_checkpoint_folder
+from vjepa_scale.train.housekeeping import check_resume_config, check_zero_stage, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
 from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
-from vjepa_scale.weights import find_latest, load_init_state, resolve_checkpoint
+from vjepa_scale.weights import load_init_state, resolve_checkpoint
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -104,13 +104,15 @@ class Trainer:
         ckpt = self._resume_path(resume)
         if ckpt is not None:
             self.notes += [n for n in [check_resume_config(ckpt, cfg)] if n]
+        # train.init_from_optimizer: the source checkpoint's optimizer state too (not when resuming)
+        opt_src = resolve_checkpoint(cfg.train.init_from) if ckpt is None and cfg.train.init_from_optimizer else None
+        if opt_src is not None:
+            check_zero_stage(opt_src, cfg.zero.stage, how="load the optimizer state of")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
         check_shared_dir(self.run_dir)
         self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
-        # train.init_from_optimizer: the source checkpoint's optimizer state too (not when resuming)
-        opt_src = resolve_checkpoint(cfg.train.init_from) if ckpt is None and cfg.train.init_from_optimizer else None
 
         jepa, target = build_models(cfg, cfg.train.seed)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
@@ -162,14 +164,23 @@ class Trainer:
         set_activation_checkpointing(self.engine.module, phase.cfg.model.checkpoint_fraction)
 
     def _resume_path(self, resume: Optional[str]) -> Optional[Path]:
+        """The checkpoint to resume: `auto` the newest one of the run dir that can be loaded (damaged
+        newer ones are passed over with a warning), else the one given, which must be loadable.
+        Every rank sees the same folder, so they all decide the same without a collective."""
         if resume is None:
             return None
-        if resume == "auto":
-            return find_latest(self.run_dir)
         try:
-            return resolve_checkpoint(resume)
-        except (FileNotFoundError, ValueError) as e:  # every rank sees the same folder
+            if resume == "auto":
+                ckpt, notes = ckpt_lib.latest_loadable(self.run_dir)
+                self.notes += notes
+                return ckpt
+            ckpt = resolve_checkpoint(resume)
+        except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"--resume {resume}: {e}") from None
+        problem = ckpt_lib.checkpoint_problem(ckpt)
+        if problem is not None:
+            raise ConfigError(f"--resume {resume}: {problem}; resume an earlier checkpoint of the run instead")
+        return ckpt
 
     # ----------------------------------------------------------------------------------------------
 

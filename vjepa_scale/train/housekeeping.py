@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -211,6 +212,39 @@ def _model_view(model: dict) -> dict[str, Any]:
     return {f"model.{k}": v for k, v in m.items() if k not in MODEL_RUNTIME_KEYS}
 
 
+def check_fresh_run_dir(run_dir: str | Path) -> None:
+    """A run started without --resume in a folder with complete checkpoints would train from step 0
+    and overwrite that run's records (metrics.jsonl, the newest save): ConfigError naming the way on."""
+    latest = find_latest(run_dir)
+    if latest is not None:
+        raise ConfigError(f"train.output_dir '{run_dir}' holds the checkpoints of an earlier run (latest: "
+                          f"{latest.name}); continue it with --resume auto, or start a new run in another "
+                          f"--output-dir (or delete that folder)")
+
+
+def saved_zero_stage(ckpt: Path) -> Optional[int]:
+    """The ZeRO stage checkpoint `ckpt` was saved under: its meta.json's, else its config.yaml's."""
+    meta = json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {}
+    if "zero_stage" in meta:
+        return int(meta["zero_stage"])
+    path = ckpt / "config.yaml"
+    stage = ((yaml.safe_load(path.read_text()) or {}).get("zero") or {}).get("stage") if path.is_file() else None
+    return None if stage is None else int(stage)
+
+
+def check_zero_stage(ckpt: Path, stage: int, how: str = "resume") -> None:
+    """ZeRO-3 partitions the weights and keeps its optimizer state in another layout than ZeRO-1/2,
+    which DeepSpeed's loaders (its universal format included) cannot move between: ResumeConfigError
+    when `ckpt` would be loaded under ZeRO-`stage` across that line. ZeRO-1 <-> ZeRO-2 pass."""
+    saved = saved_zero_stage(ckpt)
+    if saved is None or (saved == 3) == (stage == 3):
+        return
+    raise ResumeConfigError(
+        f"cannot {how} {ckpt} with zero.stage={stage}: it was saved under zero.stage={saved}, and DeepSpeed "
+        f"cannot load a ZeRO-{saved} optimizer state into ZeRO-{stage}. Continue it with zero.stage={saved}, or "
+        f"start a new run from its weights and EMA target with train.init_from={ckpt} (the optimizer starts afresh)")
+
+
 def compare_configs(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(model keys that differ, other keys that differ) between two `Config.to_dict()` dicts, each
     as 'key: saved -> current'. The number of mask types is a model key (one predictor token each)."""
@@ -231,7 +265,8 @@ def compare_configs(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 
 def check_resume_config(ckpt: Path, cfg: Config) -> Optional[str]:
     """Compare the checkpoint's config.yaml with `cfg`: ResumeConfigError naming the model keys that
-    differ; else a note listing the other keys that differ (None when nothing does)."""
+    differ, or a move between ZeRO-3 and ZeRO-1/2 (`check_zero_stage`); else a note listing the other
+    keys that differ (None when nothing does)."""
     path = ckpt / "config.yaml"
     if not path.is_file():
         return f"note: {ckpt} has no config.yaml; resuming without comparing configs"
@@ -242,6 +277,7 @@ def check_resume_config(ckpt: Path, cfg: Config) -> Optional[str]:
             f"cannot resume {ckpt}: it was trained with another model ({'; '.join(model)}). Resume with the "
             f"checkpoint's model settings (see {path}), or start a new run (train.init_from can load "
             f"compatible weights)")
+    check_zero_stage(ckpt, cfg.zero.stage)
     if other:
         return f"note: resuming {ckpt.name} with changed settings: {'; '.join(other)}"
     return None
