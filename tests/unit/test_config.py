@@ -146,19 +146,39 @@ def test_missing_data_path_named(tmp_path):
         preflight(load_config("cpu_demo", ["train.init_from=/nonexistent/run"]), 2)
 
 
+@pytest.mark.parametrize("block, message", [
+    ("{gradient_clipping: 1.0}", r"deepspeed\.gradient_clipping: set optim\.grad_clip instead"),
+    ("{train_micro_batch_size_per_gpu: 2}", r"deepspeed\.train_micro_batch_size_per_gpu: set data\.batch_size"),
+    ("{zero_optimization: {stage: 1}}", r"deepspeed\.zero_optimization\.stage: set zero\.stage instead"),
+    ("{bf16: {enabled: true}}", r"deepspeed\.bf16\.enabled: set train\.precision instead"),
+    ("{zero_optimisation: {sub_group_size: 7}}", r"deepspeed\.zero_optimisation: not a DeepSpeed config key; did you "
+                                                 r"mean deepspeed\.zero_optimization\?"),
+    ("{zero_optimization: {sub_grup_size: 7}}", r"deepspeed\.zero_optimization\.sub_grup_size: Extra inputs"),
+    ("{zero_optimization: {compute_grad_norm: false}}", r"compute_grad_norm=false is supported only with ZeRO Stage 1"),
+])
+def test_raw_deepspeed_keys_are_checked_before_any_work(block, message):
+    """The raw `deepspeed:` block may not set what a typed key sets (config.yaml would record the
+    typed value while DeepSpeed used another), nor misspell a section (DeepSpeed ignores unknown
+    keys); DeepSpeed's own validation of zero_optimization runs in pre-flight, under the run's stage."""
+    with pytest.raises(ConfigError, match=message):
+        preflight(load_config("cpu_demo", [f"deepspeed={block}"]), 2)
+    ok = "{zero_optimization: {sub_group_size: 7}, bf16: {check_grad_overflow: true}, flops_profiler: {enabled: false}}"
+    assert preflight(load_config("cpu_demo", [f"deepspeed={ok}"]), 2).deepspeed["zero_optimization"]["sub_group_size"] == 7
+
+
 def test_deepspeed_config_blocks():
     cfg = load_config("vith384", ["zero.stage3_prefetch_bucket_size=123",
-                                  "deepspeed={zero_optimization: {sub_group_size: 7}, gradient_clipping: 1.0}"])
+                                  "deepspeed={zero_optimization: {sub_group_size: 7}, wall_clock_breakdown: true}"])
     cfg = resolve_batch(cfg, 240)
     ds = deepspeed_config(cfg, 240)
     z = ds["zero_optimization"]
     assert z["stage"] == 3 and z["stage3_prefetch_bucket_size"] == 123 and z["sub_group_size"] == 7
-    assert ds["gradient_clipping"] == 1.0  # the raw block wins
+    assert ds["wall_clock_breakdown"] is True  # the raw block is merged last
     assert ds["bf16"] == {"enabled": True}
     assert ds["train_batch_size"] == 2400 and ds["train_micro_batch_size_per_gpu"] == 10
     target = deepspeed_config(cfg, 240, with_optimizer=False)
     assert target["zero_optimization"]["stage3_param_persistence_threshold"] == 0
-    assert target["gradient_clipping"] == 1.0  # the raw block is merged into both engines' configs
+    assert target["wall_clock_breakdown"] is True  # the raw block is merged into both engines' configs
     plain = resolve_batch(load_config("vith384"), 240)
     assert deepspeed_config(plain, 240)["gradient_clipping"] == 10.0  # optim.grad_clip
     assert "gradient_clipping" not in deepspeed_config(plain, 240, with_optimizer=False)  # no optimizer: no clip

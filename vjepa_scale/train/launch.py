@@ -10,6 +10,7 @@ precision come from `vjepa_scale.distributed` (shared with evaluation).
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def preflight(cfg: Config, world_size: int) -> Config:
     """
 
     check_data_paths(cfg)
+    check_deepspeed_block(cfg.deepspeed, cfg.zero.stage)
     if cfg.data.tokens_per_batch is not None and cfg.data.global_batch_size is not None:
         raise ConfigError(f"data.tokens_per_batch={cfg.data.tokens_per_batch} sets the batch (clips vary per step), "
                           f"so data.global_batch_size={cfg.data.global_batch_size} would be ignored: set "
@@ -114,6 +116,58 @@ def deepspeed_config(cfg: Config, world_size: int, with_optimizer: bool = True) 
         # ZeRO-1/2 partition optimizer state only: the target (no optimizer) is replicated.
         out["zero_optimization"] = {"stage": 0}
     return out
+
+
+# Raw `deepspeed:` keys that the typed config sets (one place for each setting): refused there.
+_OWNED = {"train_micro_batch_size_per_gpu": "data.batch_size (or data.global_batch_size)",
+          "train_batch_size": "data.global_batch_size", "gradient_accumulation_steps": "optim.grad_accum",
+          "gradient_clipping": "optim.grad_clip", "fp16": "train.precision (bf16 or fp32)",
+          "optimizer": "optim (the trainer builds its own AdamW)", "scheduler": "optim (lr_schedule and the rest)"}
+_OWNED_ZERO = ("stage", "overlap_comm", "contiguous_gradients", "reduce_bucket_size", "stage3_prefetch_bucket_size",
+               "stage3_param_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance")
+# DeepSpeed's config sections, for spotting a misspelt one (DeepSpeed ignores unknown top-level keys)
+_DS_SECTIONS = ("zero_optimization", "bf16", "activation_checkpointing", "flops_profiler", "comms_logger",
+                "tensorboard", "wandb", "csv_monitor", "comet", "aio", "compile", "data_efficiency", "elasticity",
+                "autotuning", "pipeline", "sparse_attention", "amp", "compression_training", "checkpoint",
+                "nebula", "curriculum_learning", "eigenvalue", "progressive_layer_drop", "weight_quantization",
+                "hybrid_engine", "timers", "torch_autocast", "communication_data_type", "prescale_gradients",
+                "gradient_predivide_factor", "steps_per_print", "wall_clock_breakdown", "memory_breakdown",
+                "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "dump_state", "seq_parallel_communication_data_type",
+                "sequence_parallel_size", "tensor_parallel", "data_types", "disable_allgather", "dataloader_drop_last",
+                "use_node_local_storage", "load_universal", "graph_harvesting", "zenflow")
+
+
+def check_deepspeed_block(block: dict, zero_stage: int) -> None:
+    """Refuse, before any work, raw `deepspeed:` keys that a typed key owns (naming it), a misspelt
+    DeepSpeed section, and `zero_optimization` keys or values DeepSpeed's own validation refuses
+    under ZeRO stage `zero_stage`."""
+    for key, value in (block or {}).items():
+        if key in _OWNED:
+            raise ConfigError(f"deepspeed.{key}: set {_OWNED[key]} instead (the trainer sets this DeepSpeed key "
+                              f"from it, and config.yaml records that key)")
+        if key == "bf16" and isinstance(value, dict) and "enabled" in value:
+            raise ConfigError("deepspeed.bf16.enabled: set train.precision instead (bf16 or fp32)")
+        if key not in _DS_SECTIONS:
+            close = difflib.get_close_matches(key, _DS_SECTIONS, n=1, cutoff=0.8)
+            if close:
+                raise ConfigError(f"deepspeed.{key}: not a DeepSpeed config key; did you mean deepspeed.{close[0]}?")
+    zero = (block or {}).get("zero_optimization")
+    if zero is None:
+        return
+    if not isinstance(zero, dict):
+        raise ConfigError(f"deepspeed.zero_optimization must be a mapping, got {zero!r}")
+    for key in _OWNED_ZERO:
+        if key in zero:
+            raise ConfigError(f"deepspeed.zero_optimization.{key}: set zero.{key} instead")
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    try:
+        DeepSpeedZeroConfig(**{**zero, "stage": zero_stage})
+    except ValidationError as e:
+        bad = "; ".join(".".join(["deepspeed.zero_optimization", *map(str, err["loc"])]) + f": {err['msg']}"
+                        for err in e.errors())
+        raise ConfigError(bad) from None
 
 
 def _merge(base: dict, extra: dict) -> dict:
