@@ -9,7 +9,8 @@ CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train
 --config takes a path or a bare name from configs/. --opt section.key=value overrides (repeatable; a
 list element by index, as errors name it: --opt phases[1].steps=2000).
 --resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
-data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived).
+data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived; one
+given too must agree, so --opt data.batch_size=N on such a recipe also needs --opt data.global_batch_size=null).
 Config errors are reported before any process group, model or data is created; those that need the
 checkpoint (a resume with another model, an unusable checkpoint folder) right after the group is joined.
 Exit codes: 0 done, 2 config error, 3 diverged (train.max_bad_steps non-finite steps in a row),

@@ -122,7 +122,7 @@ def bench_config(device: str, config: Optional[str] = None, batch_size: Optional
             raise ValueError(f"phase {phase}: {name} has {len(shapes)} phase(s)")
         cfg = shapes[phase or 0]
         name = f"{name} phase {phase or 0}"
-    B = batch_size or (default_batch if config is None else cfg.data.batch_size)
+    B = batch_size or (default_batch if config is None else cfg.data.batch_size or default_batch)
     cfg.data.batch_size, cfg.data.global_batch_size = B, None
     cfg, note = resolve_checkpointing(resolve_batch(cfg, 1), 1, torch.device(device))
     if note:
