@@ -63,8 +63,9 @@ def param_groups(model: nn.Module) -> list[dict]:
             {"params": no_decay, "name": "no_decay", "wd_scale": 0.0, "weight_decay": 0.0}]
 
 
-def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
-    """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed).
+def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None) -> tuple[JEPA, VisionTransformer3D]:
+    """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed); a note
+    naming what `train.init_from` loaded is appended to `notes` (when given).
 
     With `train.init_from`, weights come from `vjepa_scale.weights.load_init_state` (strict load).
     """
@@ -77,6 +78,13 @@ def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
         if state.get("predictor") is not None:
             jepa.predictor.load_state_dict(state["predictor"], strict=True)
         target_sd = state.get("target_encoder")
+        has_pred = state.get("predictor") is not None
+        parts = ["online encoder"] + ["predictor"] * has_pred + ["EMA target"] * (target_sd is not None)
+        absent = ["predictor: random init"] * (not has_pred) + ["EMA target: a copy of the online encoder"] * (
+            target_sd is None)
+        if notes is not None:
+            notes.append(f"train.init_from: loaded {', '.join(parts)} from {cfg.train.init_from}"
+                         + (f" (not in it; {'; '.join(absent)})" if absent else ""))
     target = make_target_encoder(jepa.encoder, target_sd)
     return jepa, target
 
@@ -112,7 +120,8 @@ class Trainer:
         # train.init_from_optimizer: the source checkpoint's optimizer state too (not when resuming)
         opt_src = resolve_checkpoint(cfg.train.init_from) if ckpt is None and cfg.train.init_from_optimizer else None
 
-        jepa, target = build_models(cfg, cfg.train.seed)
+        # the init_from note, unless a resume replaces these weights by the checkpoint's
+        jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
