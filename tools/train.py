@@ -45,7 +45,9 @@ def main(argv=None) -> int:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from vjepa_scale.config import ConfigError, load_config
-    from vjepa_scale.distributed import dist_env
+    from vjepa_scale.distributed import dist_env, quiet_deprecated_collectives
+
+    quiet_deprecated_collectives()  # DeepSpeed's per-step reduce_scatter_tensor FutureWarning
     from vjepa_scale.train.launch import preflight
 
     overrides = list(args.opt)
