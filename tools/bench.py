@@ -58,6 +58,19 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _count(minimum: int):
+    """argparse type: an integer >= `minimum` (the option is refused, named, before any suite runs)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -67,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (the default on CPU)")
     ap.add_argument("--config", default=None, help="step suite: config name or path (default: cpu_demo on CPU, "
                     "vith384 on CUDA)")
-    ap.add_argument("--batch-size", type=int, default=None, help="step suite: clips per step")
-    ap.add_argument("--phase", type=int, default=None, help="step suite: the clip shape of this phase of a "
+    ap.add_argument("--batch-size", type=_count(1), default=None, help="step suite: clips per step")
+    ap.add_argument("--phase", type=_count(0), default=None, help="step suite: the clip shape of this phase of a "
                     "phased recipe (default 0)")
-    ap.add_argument("--steps", type=int, default=None, help="step suite: timed steps")
+    ap.add_argument("--steps", type=_count(1), default=None, help="step suite: timed steps")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="step suite: config override (repeatable), e.g. model.activation_checkpointing=false")
     ap.add_argument("--step-rows", nargs="+", default=None, metavar="ROW",
@@ -87,15 +100,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--suite: unknown suite '{s}' (choose from {', '.join(SUITES)})")
     if (args.opt or args.profile) and "step" not in suites:
         ap.error("--opt and --profile apply to the step suite; add it with --suite step")
-    if args.opt:  # a bad key or value is refused before anything runs
+    if args.config or args.opt or args.phase:  # a bad recipe, key, value or phase is refused before anything runs
         from vjepa_scale.bench.step import DEFAULTS
         from vjepa_scale.config import ConfigError, load_config, resolve_config_path
 
-        try:  # the config the step suite will load
-            name = args.config or DEFAULTS[args.device][0]
-            load_config(resolve_config_path(name), ["data.backend=synthetic", *args.opt])
-        except (ConfigError, ValueError, FileNotFoundError) as e:
-            ap.error(f"--opt: {e}")
+        name = args.config or DEFAULTS[args.device][0]  # the config the step suite will load
+        for flag, opts in [("--config", [])] + ([("--opt", args.opt)] if args.opt else []):
+            try:
+                cfg = load_config(resolve_config_path(name), ["data.backend=synthetic", *opts])
+            except (ConfigError, ValueError, FileNotFoundError) as e:
+                ap.error(f"{flag}: {e}")
+        if args.phase is not None and args.phase >= max(1, len(cfg.phases)):
+            ap.error(f"--phase {args.phase}: {name} has {max(1, len(cfg.phases))} phase(s)")
     quick = args.quick or args.device == "cpu"
     device = args.device
     try:

@@ -7,8 +7,9 @@
     python tools/eval_probe.py --config probe_motion.yaml --random-init --checkpoint runs/motion  # baseline
     torchrun --nproc_per_node 8 tools/eval_probe.py --config ...                     # distributed
 
-Trailing `section.key=value` arguments override the YAML (sections: encoder, model, data, probe,
-optim, run). Writes `<run.output_dir>/result.json` and tensorboard logs in `<run.output_dir>/tb`.
+`section.key=value` arguments (anywhere on the line) or `--opt section.key=value` (repeatable, as in
+tools/train.py) override the YAML (sections: encoder, model, data, probe, optim, run).
+Writes `<run.output_dir>/result.json` and tensorboard logs in `<run.output_dir>/tb`.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import sys
 from vjepa_scale.config import ConfigError
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """(options, the config overrides in the order they apply: the given ones, then the options' own)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="eval YAML (a bare name resolves into configs/)")
     ap.add_argument("--checkpoint", help="our run dir (latest checkpoint) or one checkpoint dir")
@@ -31,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", help="run.output_dir")
     ap.add_argument("--seeds", help="comma-separated probe seeds (run.seeds)")
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    ap.add_argument("--opt", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config value (YAML syntax), repeatable; same as a bare section.key=value")
     ap.add_argument("overrides", nargs="*", help="section.key=value")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may stand between options
 
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, *args.opt]
     if args.checkpoint or args.hf or args.random_init:  # the command line picks the one source
         overrides += ["encoder.checkpoint=null", "encoder.hf_path=null", "encoder.random_init=false"]
     if args.checkpoint:
@@ -49,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run.output_dir={args.output}")
     if args.seeds:
         overrides.append(f"run.seeds=[{args.seeds}]")
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
 
     from vjepa_scale.eval.config import load_eval_config
     from vjepa_scale.eval.run import run_eval

@@ -10,7 +10,8 @@ CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train
 list element by index, as errors name it: --opt phases[1].steps=2000).
 --resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
 Without --resume, a run dir that holds checkpoints is refused (a fresh start would overwrite its records).
-data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived).
+data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived; one
+given too must agree, so --opt data.batch_size=N on such a recipe also needs --opt data.global_batch_size=null).
 Config errors are reported before any process group, model or data is created; those that need the
 checkpoint (a resume with another model, an unusable checkpoint folder) right after the group is joined.
 Exit codes: 0 done, 2 config error, 3 diverged (train.max_bad_steps non-finite steps in a row),
@@ -45,8 +46,10 @@ def main(argv=None) -> int:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from vjepa_scale.config import ConfigError, load_config
-    from vjepa_scale.distributed import dist_env
+    from vjepa_scale.distributed import dist_env, quiet_deprecated_collectives
     from vjepa_scale.train.housekeeping import check_fresh_run_dir
+
+    quiet_deprecated_collectives()  # DeepSpeed's per-step reduce_scatter_tensor FutureWarning
     from vjepa_scale.train.launch import preflight
 
     overrides = list(args.opt)

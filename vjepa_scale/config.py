@@ -197,13 +197,18 @@ class DatasetSpec(Section):
         return False
 
 
+DEFAULT_BATCH_SIZE = 10  # clips per rank when neither data.batch_size nor data.global_batch_size is set
+
+
 @dataclass
 class DataConfig(Section):
     """Video clips. `backend: synthetic` needs no files (random tensors, for smoke runs)."""
 
     backend: Literal["auto", "dali", "cpu", "synthetic"] = "auto"
     datasets: list[DatasetSpec] = field(default_factory=list)
-    batch_size: int = 10  # per rank (per GPU) micro-batch; derived from global_batch_size when that is set
+    # Per rank (per GPU) micro-batch. Null: derived from global_batch_size, else DEFAULT_BATCH_SIZE. Given
+    # together with global_batch_size, both must agree for the world size (`train.phases.resolve_batch`).
+    batch_size: Optional[int] = None
     global_batch_size: Optional[int] = None  # clips per optimizer step over all ranks (= batch_size x world x grad_accum)
     crop_size: int = 384
     frames_per_clip: int = 16
@@ -248,8 +253,10 @@ class DataConfig(Section):
                 and set(self.shapes(tubelet)) == {(self.frames_per_clip, self.crop_size)})
 
     def validate(self, prefix: str = "data") -> None:
-        self.check_positive(prefix, "batch_size", "crop_size", "frames_per_clip", "frame_step",
+        self.check_positive(prefix, "crop_size", "frames_per_clip", "frame_step",
                             "num_clips", "synthetic_size", "dali_prefetch")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ConfigError(f"{prefix}.batch_size must be > 0 or null, got {self.batch_size}")
         if self.global_batch_size is not None and self.global_batch_size <= 0:
             raise ConfigError(f"{prefix}.global_batch_size must be > 0 or null, got {self.global_batch_size}")
         if self.num_workers < 0:
@@ -512,8 +519,8 @@ class Config:
             prefix = f"phases[{i}]"
             c = dataclasses.replace(self, phases=[])
             data = {k: getattr(p, k) for k in ("crop_size", "frames_per_clip") if getattr(p, k) is not None}
-            if p.global_batch_size is not None:
-                data["global_batch_size"] = p.global_batch_size
+            if p.global_batch_size is not None:  # the phase's global batch replaces data's per-rank one
+                data.update(batch_size=None, global_batch_size=p.global_batch_size)
             elif p.batch_size is not None:
                 data.update(batch_size=p.batch_size, global_batch_size=None)
             c.data = dataclasses.replace(self.data, **data)

@@ -25,6 +25,7 @@ import secrets
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NoReturn, Optional
@@ -46,6 +47,15 @@ class DistEnv:
     # Rendezvous derived from SLURM's variables (None: the launcher's MASTER_ADDR / MASTER_PORT).
     master_addr: Optional[str] = None
     master_port: Optional[int] = None
+
+
+def quiet_deprecated_collectives() -> None:
+    """Hide torch's FutureWarning that `reduce_scatter_tensor` (which DeepSpeed's ZeRO gradient reduction
+    calls every step) is deprecated. On the CPU the once-per-place display does not hold (DeepSpeed's CPU
+    accelerator runs a numactl subprocess per step), so it would show on nearly every step, between the
+    progress bar's updates; only this warning is filtered."""
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_scatter_tensor` is deprecated",
+                            category=FutureWarning)
 
 
 def expand_nodelist(nodelist: str) -> list[str]:

@@ -38,6 +38,32 @@ def test_bench_cli_refuses_bad_step_options(tmp_path):
     assert not any(tmp_path.iterdir())  # refused before any work
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+    (["--steps", "0"], "--steps: must be >= 1, got 0"),
+    (["--steps", "-2"], "--steps: must be >= 1, got -2"),
+    (["--batch-size", "two"], "--batch-size: expected an integer, got 'two'"),
+    (["--phase", "-1"], "--phase: must be >= 0, got -1"),
+    (["--config", "no_such_recipe"], "--config: config file 'no_such_recipe' not found"),
+    (["--config", "vjepa2_vitl", "--phase", "2"], "--phase 2: vjepa2_vitl has 2 phase(s)"),
+])
+def test_bench_cli_refuses_bad_counts_and_configs_up_front(tmp_path, capsys, args, message):
+    """Non-positive counts (no silent default), a recipe that does not load and a phase it does not have
+    are refused by the argument parser (exit 2) before any suite runs, not turned into FAILED rows."""
+    with pytest.raises(SystemExit) as e:
+        bench_cli.main(["--device", "cpu", "--suite", "step", "--out", str(tmp_path), *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_suites_refuse_non_positive_counts():
+    from vjepa_scale.bench import run_suite
+
+    for suite in ("step", "data"):
+        with pytest.raises(ValueError, match=f"{suite} suite: batch_size must be > 0, got 0"):
+            run_suite(suite, "cpu", True, batch_size=0)
+
+
 @pytest.mark.slow
 def test_bench_cpu_all_suites(tmp_path):
     """`python tools/bench.py --device cpu` as a user runs it: every suite, table written."""

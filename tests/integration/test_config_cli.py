@@ -16,6 +16,8 @@ def _cli(*args, world=1):
     (["--config", "cpu_demo.yaml", "--opt", "optim.warmpu=3"], 1, "did you mean 'optim.warmup'"),
     (["--config", "vith384.yaml"], 1, "data.datasets[0].path"),
     (["--config", "cpu_demo.yaml", "--opt", "data.global_batch_size=9"], 2, "data.global_batch_size=9 is not divisible"),
+    (["--config", "cpu_demo.yaml", "--opt", "data.batch_size=2"], 1,
+     "data.batch_size=2 and data.global_batch_size=8 disagree"),
     (["--config", "cpu_demo.yaml", "--resume", "/nonexistent/run"], 1, "--resume: '/nonexistent/run' does not exist"),
 ])
 def test_cli_fails_before_training(tmp_path, args, world, message):

@@ -8,11 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_ok, launch, require, train_args
+from helpers import assert_ok, launch, load_tool, require, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.eval.config import load_eval_config
 from vjepa_scale.eval.encoder import load_frozen_encoder
 from vjepa_scale.weights import load_consolidated
+
+
+def test_cli_takes_overrides_anywhere_and_as_opt(capsys):
+    """Overrides between options (parse_intermixed_args) and `--opt KEY=VALUE` (as tools/train.py takes
+    them) reach the config: the options' own overrides come after them; a bad one exits 2 naming the key."""
+    cli = load_tool("eval_probe")
+    args, overrides = cli.parse_args(["--config", "probe_motion", "optim.epochs=1", "--seeds", "0,1",
+                                      "--opt", "probe.kind=linear", "run.output_dir=a", "--output", "b"])
+    assert args.config == "probe_motion"
+    assert overrides == ["optim.epochs=1", "run.output_dir=a", "probe.kind=linear", "run.output_dir=b",
+                         "run.seeds=[0,1]"]
+    for bad in (["optim.epochs=0", "--seeds", "0"], ["--opt", "optim.epochs=0", "--seeds", "0"]):
+        assert cli.main(["--config", "probe_motion", "--random-init", *bad]) == 2
+        assert "optim.epochs must be > 0, got 0" in capsys.readouterr().err
 
 
 def test_cli_end_to_end_on_synthetic_videos(tmp_path):

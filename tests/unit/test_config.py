@@ -13,6 +13,7 @@ from vjepa_scale.config import (Config, ConfigError, ModelConfig, Section, clip_
                                 load_config, resolve_config_path, save_config, to_plain)
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.train.launch import check_data_paths, deepspeed_config, preflight, resolve_batch
+from vjepa_scale.train.phases import plan
 from vjepa_scale.train.schedules import horizon
 
 
@@ -132,6 +133,28 @@ def test_global_batch_divides_world():
         resolve_batch(cfg, 7)
     per_rank = load_config("cpu_demo", ["data.global_batch_size=null", "data.batch_size=3"])
     assert resolve_batch(per_rank, 2).data.global_batch_size == 6
+
+
+def test_an_explicit_batch_size_must_agree_with_the_global_batch():
+    """data.batch_size given next to data.global_batch_size is checked, not replaced: both keys and values
+    are named, with the override that makes a per-rank batch train; agreeing values and a global batch
+    alone (every recipe in configs/) resolve as before, and a phase's global batch replaces data's per-rank one."""
+    demo = load_config("cpu_demo", ["data.batch_size=2"])  # the recipe sets data.global_batch_size: 8
+    with pytest.raises(ConfigError, match=r"^data\.batch_size=2 and data\.global_batch_size=8 disagree: .* world_size=1 "
+                                          r"x optim\.grad_accum=1 make 2 per step.*--opt data\.global_batch_size=null"):
+        resolve_batch(demo, 1)
+    with pytest.raises(ConfigError, match=r"data\.batch_size=2 and data\.global_batch_size=8 disagree"):
+        preflight(load_config("cpu_demo", ["data.batch_size=2"]), 2)
+    per_rank = resolve_batch(load_config("cpu_demo", ["data.batch_size=2", "data.global_batch_size=null"]), 1)
+    assert (per_rank.data.batch_size, per_rank.data.global_batch_size) == (2, 2)
+    both = load_config("cpu_demo", ["data.batch_size=2", "optim.grad_accum=2"])
+    assert resolve_batch(both, 2).data.batch_size == 2  # 2 x 2 ranks x 2 micro-steps = 8
+    assert load_config("cpu_demo").data.batch_size is None
+    for name in ("cpu_demo", "vith384", "vjepa2_vitl"):
+        assert resolve_batch(load_config(name), 8).data.batch_size == load_config(name).data.global_batch_size // 8
+    assert resolve_batch(load_config("cpu_demo", ["data.global_batch_size=null"]), 2).data.batch_size == 10
+    phased = plan(load_config("cpu_demo", ["data.batch_size=4", "phases=[{steps: 30}, {global_batch_size: 4}]"]), 2)
+    assert [p.cfg.data.batch_size for p in phased] == [4, 2]
 
 
 def test_missing_data_path_named(tmp_path):

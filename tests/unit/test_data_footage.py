@@ -261,3 +261,43 @@ def test_missing_run_trains_to_the_end_with_skips_in_metrics(tmp_path, caplog):
     tb = EventAccumulator(str(tmp_path / "run" / "tb"))
     tb.Reload()
     assert [e.value for e in tb.Scalars("train/data_skipped")][-1] == last["data_skipped"]
+
+
+def test_skip_counts_continue_across_a_resume_and_a_phase_boundary(tmp_path):
+    """data_skipped (+ per kind, data_bad_share) are run totals: a run resumed from its step-4 checkpoint,
+    and a run whose loader is rebuilt at a phase boundary at step 4, log what the uninterrupted run logs;
+    the checkpoint's meta.json holds the totals so far (sums over ranks, so any world size continues them)."""
+    import json
+    import shutil
+
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.train.launch import preflight
+    from vjepa_scale.train.metrics import read_metrics
+
+    rng = np.random.default_rng(1)
+    good = []
+    for k in range(16):
+        good.append(str(tmp_path / f"v{k:02d}.webm"))
+        write_video(good[-1], moving_shape_frames(k % 4, 8, 32, rng), 8, "vp9")
+    missing = [str(tmp_path / "gone" / f"m{k:02d}.webm") for k in range(8)]
+    index = write_index(tmp_path / "i.txt", good[:8] + missing + good[8:])
+    env = single_process_group()
+
+    def run(name, *opts, resume=None):
+        cfg = load_config("cpu_demo", ["model.depth=1", "data.backend=cpu", f"data.datasets=[{{path: {index}}}]",
+                                       "data.crop_size=32", "data.frame_step=2", "data.global_batch_size=4",
+                                       "optim.iterations=8", "train.log_every=2", "train.precision=fp32",
+                                       "train.progress_bar=false", "train.checkpoint_every=4", *opts])
+        Trainer(preflight(cfg, env.world_size), tmp_path / name, resume=resume, env=env).fit()
+        return {r["step"]: {k: v for k, v in r.items() if k.startswith(("data_skipped", "data_bad"))}
+                for r in read_metrics(tmp_path / name)}
+
+    straight = run("straight")
+    assert list(straight) == [2, 4, 6, 8] and 0 < straight[4]["data_skipped"] < straight[8]["data_skipped"]
+    ckpt = tmp_path / "straight" / "checkpoints" / "step_00000004"
+    saved = json.loads((ckpt / "meta.json").read_text())["data_skips"]
+    assert saved["skipped"] == straight[4]["data_skipped"] == saved["kinds"]["missing"]
+    shutil.copytree(ckpt, tmp_path / "resumed" / "checkpoints" / ckpt.name)
+    resumed = run("resumed", resume=str(tmp_path / "resumed" / "checkpoints" / ckpt.name))
+    assert resumed == {s: straight[s] for s in (6, 8)}
+    assert run("phased", "phases=[{steps: 4}, {}]") == straight

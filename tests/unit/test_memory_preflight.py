@@ -84,8 +84,8 @@ def test_small_configs_pass(world):
     est_cap = 4 * GiB
     for cfg in (load_config("cpu_demo"), load_config("cpu_demo", ["model.depth=1", "data.crop_size=32"]),
                 tiny_config()):
-        if cfg.data.global_batch_size is None:
-            cfg.data.global_batch_size = world * 2
+        if cfg.data.global_batch_size is None:  # tiny_config's per-rank batch gives way to a global one
+            cfg.data.batch_size, cfg.data.global_batch_size = None, world * 2
         resolved = preflight(cfg, world)
         assert estimate_memory(resolved, world, CPU).total < est_cap
 

@@ -158,3 +158,24 @@ def test_auto_checkpointing_follows_each_phase(tmp_path, monkeypatch, capsys):
     assert seen[0] == seen[1] == [False] * 4 and any(seen[2]) and seen[2] == seen[3]
     log = capsys.readouterr().out
     assert "auto -> 0 (0 of 4 encoder blocks" in log and "the test card" in log and log.count("auto ->") == 2
+
+
+def test_init_from_is_logged_with_its_source_and_what_it_loaded(tmp_path, capsys):
+    """`train.init_from` says in the run's log (rank 0) where the weights came from and which parts the
+    source held; a resume, whose checkpoint replaces them, does not claim it."""
+    from helpers import official_layout
+
+    cfg = load_config("cpu_demo", ["model.depth=1", "model.pos_embed=rope"])
+    torch.manual_seed(3)
+    model = JEPA(cfg)
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
+    src = tmp_path / "weights.pt"
+    torch.save({"encoder": enc, "predictor": pred}, src)
+    tr = _trainer(tmp_path, "model.pos_embed=rope", f"train.init_from={src}")
+    tr.fit()
+    log = capsys.readouterr().out
+    assert (f"train.init_from: loaded online encoder, predictor from {src} (not in it; EMA target: a copy of "
+            f"the online encoder)") in log
+    assert log.count("train.init_from") == 1
+    resumed = Trainer(tr.cfg, tmp_path / "run", resume="auto", env=tr.env)
+    assert not any("train.init_from" in n for n in resumed.notes)

@@ -9,6 +9,13 @@ from typing import Callable, Optional
 import torch
 
 
+def check_positive(suite: str, **counts: Optional[int]) -> None:
+    """ValueError naming the option when a given count (clips per batch, timed steps) is not > 0."""
+    for key, v in counts.items():
+        if v is not None and v <= 0:
+            raise ValueError(f"{suite} suite: {key} must be > 0, got {v}")
+
+
 def sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

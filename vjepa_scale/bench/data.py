@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from vjepa_scale.bench.common import check_positive
 from vjepa_scale.config import Config, DataConfig, DatasetSpec, MaskConfig, MaskSpec, ModelConfig
 
 QUICK = dict(videos=12, frames=24, size=96, crop=64, clip=8, step=2, batch=4, steps=6, workers=(0, 2),
@@ -110,8 +111,9 @@ def run(device: str, quick: bool, batch_size: int | None = None, steps: int | No
     from vjepa_scale.data import dali_available
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
+    check_positive("data", batch_size=batch_size, steps=steps)
     p = dict(QUICK if quick else FULL)
-    p.update({k: v for k, v in (("batch", batch_size), ("steps", steps)) if v})
+    p.update({k: v for k, v in (("batch", batch_size), ("steps", steps)) if v is not None})
     on_gpu = device.startswith("cuda") and torch.cuda.is_available()
     dali = "dali-gpu" if on_gpu else "dali-cpu"
     rows = []

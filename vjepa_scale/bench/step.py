@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import torch
 
-from vjepa_scale.bench.common import sync
+from vjepa_scale.bench.common import check_positive, sync
 from vjepa_scale.config import Config, load_config, resolve_config_path
 from vjepa_scale.data.batch import Batch
 from vjepa_scale.flops import device_peak_tflops, train_flops
@@ -58,6 +58,7 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
     """The suite's rows; a row that raises becomes a FAILED row (with the error) and the next row runs.
     `on_row` is called with each row as it is done (before the `vs_reference` ratios)."""
     kind = torch.device(device).type
+    check_positive("step", batch_size=batch_size, steps=steps)
     name, B, cfg = bench_config(device, config, batch_size, opts, phase)
     steps = steps or (3 if quick else 10)
     warmup = 1 if quick else 3
@@ -122,7 +123,7 @@ def bench_config(device: str, config: Optional[str] = None, batch_size: Optional
             raise ValueError(f"phase {phase}: {name} has {len(shapes)} phase(s)")
         cfg = shapes[phase or 0]
         name = f"{name} phase {phase or 0}"
-    B = batch_size or (default_batch if config is None else cfg.data.batch_size)
+    B = batch_size or (default_batch if config is None else cfg.data.batch_size or default_batch)
     cfg.data.batch_size, cfg.data.global_batch_size = B, None
     cfg, note = resolve_checkpointing(resolve_batch(cfg, 1), 1, torch.device(device))
     if note:

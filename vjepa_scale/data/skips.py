@@ -202,9 +202,10 @@ class SkipTracker:
                 log.warning("data epoch %s: skipped %d unusable file(s) %s (%s): %s", epoch, len(entries), scope,
                             ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())), names)
 
-    def metrics(self, device=None) -> dict:
-        """Skip counts since this process started, summed over ranks when a process group is up (a collective:
-        every rank calls it at the same step): data_skipped, data_skipped_<kind> (kinds seen), data_bad_share."""
+    def totals(self, device=None, base: dict | None = None) -> dict:
+        """{"draws", "skipped", "kinds": {kind: n}}: this tracker's counts summed over ranks when a process
+        group is up (a collective: every rank calls it at the same step), plus `base` (the run's totals
+        before this tracker, already summed over ranks: an earlier phase's loader, a resumed checkpoint's)."""
         import torch
         import torch.distributed as dist
 
@@ -213,15 +214,39 @@ class SkipTracker:
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.all_reduce(v)
         draws, skipped, *kinds = [int(x) for x in v.tolist()]
-        out = {"data_skipped": skipped, "data_bad_share": skipped / draws if draws else 0.0}
-        out.update({f"data_skipped_{k}": n for k, n in zip(SKIP_KINDS, kinds) if n})
+        return add_totals(base, {"draws": draws, "skipped": skipped, "kinds": dict(zip(SKIP_KINDS, kinds))})
+
+    def metrics(self, device=None, base: dict | None = None) -> dict:
+        """Skip counts of the run so far (`totals`: a collective): data_skipped, data_skipped_<kind> (kinds
+        seen), data_bad_share."""
+        t = self.totals(device, base)
+        out = {"data_skipped": t["skipped"], "data_bad_share": t["skipped"] / t["draws"] if t["draws"] else 0.0}
+        out.update({f"data_skipped_{k}": n for k, n in t["kinds"].items()})
         return out
 
 
-def skip_metrics(loader, device=None) -> dict:
-    """`SkipTracker.metrics` of a file loader; {} for one that reads no files (synthetic)."""
+def add_totals(a: dict | None, b: dict | None) -> dict:
+    """The sum of two `SkipTracker.totals` records (None or {}: nothing); kinds with no skips are left out."""
+    a, b = a or {}, b or {}
+    kinds = Counter(a.get("kinds", {}))
+    kinds.update(b.get("kinds", {}))
+    order = [k for k in SKIP_KINDS if kinds[k]] + sorted(k for k in kinds if k not in SKIP_KINDS and kinds[k])
+    return {"draws": int(a.get("draws", 0)) + int(b.get("draws", 0)),
+            "skipped": int(a.get("skipped", 0)) + int(b.get("skipped", 0)), "kinds": {k: int(kinds[k]) for k in order}}
+
+
+def skip_metrics(loader, device=None, base: dict | None = None) -> dict:
+    """`SkipTracker.metrics` of a file loader (run totals: `base` plus the loader's); {} for one that reads
+    no files (synthetic)."""
     tracker = getattr(loader, "tracker", None)
-    return tracker.metrics(device) if tracker is not None else {}
+    return tracker.metrics(device, base) if tracker is not None else {}
+
+
+def skip_totals(loader, device=None, base: dict | None = None) -> dict:
+    """`SkipTracker.totals` of a file loader (a collective), `base` plus nothing for a loader without files
+    (or None): what a checkpoint records so that a resumed run's counts continue."""
+    tracker = getattr(loader, "tracker", None)
+    return tracker.totals(device, base) if tracker is not None else add_totals(base, None)
 
 
 def defer_skip_reports(loader) -> None:

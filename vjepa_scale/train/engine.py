@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 
 from vjepa_scale.config import Config, ConfigError, save_config
-from vjepa_scale.data import Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics
+from vjepa_scale.data import (Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics,
+                              skip_totals)
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
@@ -63,8 +64,9 @@ def param_groups(model: nn.Module) -> list[dict]:
             {"params": no_decay, "name": "no_decay", "wd_scale": 0.0, "weight_decay": 0.0}]
 
 
-def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
-    """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed).
+def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None) -> tuple[JEPA, VisionTransformer3D]:
+    """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed); a note
+    naming what `train.init_from` loaded is appended to `notes` (when given).
 
     With `train.init_from`, weights come from `vjepa_scale.weights.load_init_state` (strict load).
     """
@@ -77,6 +79,13 @@ def build_models(cfg: Config, seed: int) -> tuple[JEPA, VisionTransformer3D]:
         if state.get("predictor") is not None:
             jepa.predictor.load_state_dict(state["predictor"], strict=True)
         target_sd = state.get("target_encoder")
+        has_pred = state.get("predictor") is not None
+        parts = ["online encoder"] + ["predictor"] * has_pred + ["EMA target"] * (target_sd is not None)
+        absent = ["predictor: random init"] * (not has_pred) + ["EMA target: a copy of the online encoder"] * (
+            target_sd is None)
+        if notes is not None:
+            notes.append(f"train.init_from: loaded {', '.join(parts)} from {cfg.train.init_from}"
+                         + (f" (not in it; {'; '.join(absent)})" if absent else ""))
     target = make_target_encoder(jepa.encoder, target_sd)
     return jepa, target
 
@@ -114,7 +123,8 @@ class Trainer:
         check_shared_dir(self.run_dir)
         self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
 
-        jepa, target = build_models(cfg, cfg.train.seed)
+        # the init_from note, unless a resume replaces these weights by the checkpoint's
+        jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
@@ -143,10 +153,14 @@ class Trainer:
                              phase=self.watchdog.phase)  # the step shared with the benchmark
         self.sample_offset = 0  # sampler stream offset (elastic resume with another global batch)
         self.resumed_from: Optional[Path] = None
+        # unusable files met before the current loader (sums over ranks; meta.json "data_skips"), and that loader
+        self.skip_base: dict = {}
+        self.data_loader = None
         if ckpt is not None:
             meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
             self.step = int(meta["step"])
             self.guard.skipped_steps = int(meta.get("skipped_steps", 0))
+            self.skip_base = meta.get("data_skips", {})  # global sums: the same on any world size
             self.resumed_from = ckpt
             if meta["world_size"] != self.world:
                 self.notes.append(f"elastic resume: checkpoint of {meta['world_size']} ranks resharded "
@@ -230,6 +244,7 @@ class Trainer:
         return ckpt_lib.save_checkpoint(
             self.run_dir, self.step, self.engine, self.ema, self.cfg, self.rank, self.world,
             extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps,
+                   "data_skips": skip_totals(self.data_loader, self.device, self.skip_base),  # a collective
                    **self.data_position(), **phase_lib.phase_record(self.phases, self.step)},
             keep_last=self.cfg.train.keep_last)
 
@@ -274,14 +289,16 @@ class Trainer:
                     if phase.note:
                         logger.write(phase.note)
                     self.use_phase_checkpointing(phase)
-                    loader = it = None  # the previous phase's loader (and its workers) go first
+                    if self.data_loader is not None:  # the finished phase's skips carry on into the next
+                        self.skip_base = skip_totals(self.data_loader, self.device, self.skip_base)
+                    loader = it = self.data_loader = None  # the previous phase's loader (and its workers) go first
                     window = self._window(phase)
                 batches, error = [], None
                 try:  # a data error is agreed on below, so that no rank is left waiting in a collective
                     if it is None:
                         self.watchdog.phase(f"starting the data loader of phase {phase.index} at step {self.step + 1}")
                         with rng.untouched():
-                            loader = self.loader(phase.end - self.step)
+                            loader = self.data_loader = self.loader(phase.end - self.step)
                             defer_skip_reports(loader)  # gathered below, once every rank has its batch
                             it = iter(loader)
                     self.watchdog.phase(f"loading batch for step {self.step + 1}")
@@ -306,7 +323,7 @@ class Trainer:
                     self.watchdog.phase(f"metrics all-reduce step {self.step}")
                     m = window.summary(stats, total - self.step, self.engine.get_global_grad_norm())
                     m["skipped_steps"] = self.guard.skipped_steps
-                    m.update(skip_metrics(loader, self.device))  # data_skipped (+ per kind), over all ranks
+                    m.update(skip_metrics(loader, self.device, self.skip_base))  # data_skipped (+ per kind), run totals
                     if len(self.phases) > 1:
                         m["phase"] = phase.index
                     logger.log(self.step, m)

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vjepa_scale.config import Config, ConfigError
+from vjepa_scale.config import DEFAULT_BATCH_SIZE, Config, ConfigError
 from vjepa_scale.train.schedules import StepSchedule, schedule_at
 
 
 def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
     """Return a copy of `cfg` whose `data.batch_size` is the per-rank micro-batch for this world.
 
-    With `data.global_batch_size` G: G must be divisible by world_size x grad_accum. `prefix` names
+    With `data.global_batch_size` G: G must be divisible by world_size x grad_accum, and a
+    `data.batch_size` given too must equal G / (world_size x grad_accum) (ConfigError naming both
+    otherwise). Without G: `data.batch_size` (DEFAULT_BATCH_SIZE when null) sets it. `prefix` names
     the section that set the batch in the error (`phases[i]` for a phase's own batch).
     """
     cfg = copy.deepcopy(cfg)
@@ -39,18 +41,24 @@ def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
         cfg.data.batch_size = budget_window(cfg)
         cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
         return cfg
-    g = cfg.data.global_batch_size
+    g, b, n = cfg.data.global_batch_size, cfg.data.batch_size, world_size * accum
     if g is None:
-        cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
+        cfg.data.batch_size = b = DEFAULT_BATCH_SIZE if b is None else b
+        cfg.data.global_batch_size = b * n
         return cfg
-    if g % (world_size * accum):
+    if b is not None and b * n != g:
+        raise ConfigError(
+            f"{prefix}.batch_size={b} and {prefix}.global_batch_size={g} disagree: {b} clips per rank on "
+            f"world_size={world_size} x optim.grad_accum={accum} make {b * n} per step. Give one of them: "
+            f"{prefix}.global_batch_size: null (--opt {prefix}.global_batch_size=null) to train {b} per rank, "
+            f"or {prefix}.batch_size: null to derive it from the global batch")
+    if g % n:
         raise ConfigError(
             f"{prefix}.global_batch_size={g} is not divisible by world_size={world_size} x "
-            f"optim.grad_accum={accum} (= {world_size * accum}); pick a multiple of {world_size * accum} "
+            f"optim.grad_accum={accum} (= {n}); pick a multiple of {n} "
             f"or set {prefix}.global_batch_size: null and give {prefix}.batch_size per rank")
-    cfg.data.batch_size = g // (world_size * accum)
+    cfg.data.batch_size = g // n
     return cfg
-
 
 
 @dataclass(frozen=True)
