@@ -146,6 +146,23 @@ def test_missing_data_path_named(tmp_path):
         preflight(load_config("cpu_demo", ["train.init_from=/nonexistent/run"]), 2)
 
 
+def test_unreadable_datasets_refused_in_preflight(tmp_path):
+    """An empty index, an empty folder and a folder of videos fail the pre-flight checks naming the path
+    (not the first step's data load)."""
+    (tmp_path / "empty.txt").write_text("# no entries\n\n")
+    (tmp_path / "none").mkdir()
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"")
+    cases = {"empty.txt": r"index file '.*empty\.txt' lists no videos",
+             "none": r"folder '.*none' is empty \(a folder is read as an image set",
+             "clips": r"folder '.*clips' holds no \.jpg/\.jpeg/\.png images \(first of its 1 entries: 'a\.mp4'\): "
+                      r"a folder is read as an image set .*videos need an index file"}
+    for name, message in cases.items():
+        cfg = load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {tmp_path / name}}}]"])
+        with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path: " + message):
+            preflight(cfg, 1)
+
+
 def test_deepspeed_config_blocks():
     cfg = load_config("vith384", ["zero.stage3_prefetch_bucket_size=123",
                                   "deepspeed={zero_optimization: {sub_group_size: 7}, gradient_clipping: 1.0}"])

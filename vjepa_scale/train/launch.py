@@ -23,14 +23,16 @@ from vjepa_scale.train.zero_compat import skip_shm_comm_build
 
 
 def check_data_paths(cfg: Config) -> None:
-    """Every dataset index file named in the config must exist (unless the backend is synthetic)."""
+    """Every dataset of the config (unless synthetic) must be an index file listing videos or a folder of
+    images: read (not the videos, so a large index stays fast), the error naming the path and the problem."""
     if cfg.data.backend == "synthetic":
         return
+    from vjepa_scale.data.index import check_index
+
     for i, ds in enumerate(cfg.data.datasets):
         if not ds.path:
             raise ConfigError(f"data.datasets[{i}].path is empty")
-        if not Path(ds.path).expanduser().exists():
-            raise ConfigError(f"data.datasets[{i}].path: index file '{ds.path}' does not exist")
+        check_index(ds.path, f"data.datasets[{i}].path")
 
 
 def preflight(cfg: Config, world_size: int) -> Config:
