@@ -17,6 +17,9 @@ def _cli(*args, world=1):
     (["--config", "vith384.yaml"], 1, "data.datasets[0].path"),
     (["--config", "cpu_demo.yaml", "--opt", "data.global_batch_size=9"], 2, "data.global_batch_size=9 is not divisible"),
     (["--config", "cpu_demo.yaml", "--resume", "/nonexistent/run"], 1, "--resume: '/nonexistent/run' does not exist"),
+    # not available on a CPU; on CUDA cuDNN's kernels take no fp32
+    (["--config", "cpu_demo.yaml", "--opt", "model.attention_backend=cudnn", "--opt", "train.precision=fp32"], 1,
+     "model.attention_backend: 'cudnn'"),
 ])
 def test_cli_fails_before_training(tmp_path, args, world, message):
     out = tmp_path / "run"

@@ -5,6 +5,7 @@ import re
 import typing
 
 import pytest
+import torch
 import yaml
 
 from helpers import ROOT
@@ -12,7 +13,8 @@ from helpers import ROOT
 from vjepa_scale.config import (Config, ConfigError, ModelConfig, Section, clip_grid, config_search_path,
                                 load_config, resolve_config_path, save_config, to_plain)
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.train.launch import check_data_paths, deepspeed_config, preflight, resolve_batch
+from vjepa_scale.train.launch import (check_attention_backend, check_data_paths, deepspeed_config, preflight,
+                                      resolve_batch)
 from vjepa_scale.train.schedules import horizon
 
 
@@ -161,6 +163,17 @@ def test_unreadable_datasets_refused_in_preflight(tmp_path):
         cfg = load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {tmp_path / name}}}]"])
         with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path: " + message):
             preflight(cfg, 1)
+
+
+def test_attention_backend_checked_for_the_device_and_dtype():
+    """A backend the run's device cannot run is refused before any work, not in the first forward pass."""
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"model\.attention_backend: 'flash_attn' is not available on cpu; it needs CUDA"):
+        check_attention_backend(load_config("cpu_demo", ["model.attention_backend=flash_attn"]), cpu)
+    check_attention_backend(load_config("cpu_demo", ["model.attention_backend=padded"]), cpu)
+    if not torch.cuda.is_available():  # preflight checks the device the run will use: the CPU here
+        with pytest.raises(ConfigError, match=r"'cudnn' is not available on cpu"):
+            preflight(load_config("cpu_demo", ["model.attention_backend=cudnn"]), 1)
 
 
 def test_deepspeed_config_blocks():

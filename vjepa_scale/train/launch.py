@@ -56,6 +56,7 @@ def preflight(cfg: Config, world_size: int) -> Config:
     phases = plan(cfg, world_size)
     check_per_step_offsets(phases)
     for p in phases:
+        check_attention_backend(p.cfg)
         try:
             check_memory(p.cfg, world_size)
         except ConfigError as e:
@@ -64,6 +65,18 @@ def preflight(cfg: Config, world_size: int) -> Config:
             raise ConfigError(f"phases[{p.index}] ({p.cfg.data.frames_per_clip} frames x {p.cfg.data.crop_size} px, "
                               f"global batch {p.global_batch}): {e}") from None
     return cfg
+
+
+def check_attention_backend(cfg: Config, device: torch.device | None = None) -> None:
+    """`model.attention_backend` must run on the device this rank trains on (CUDA when present, else
+    the CPU) at the training dtype (`train.precision`); refused here, not in the first forward pass."""
+    from vjepa_scale.attention import resolve_attention_backend
+
+    device = device or device_for()
+    try:
+        resolve_attention_backend(cfg.model.attention_backend, device, compute_dtype(cfg.train.precision, device))
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_optimizer_source(init_from: str) -> None:
