@@ -99,12 +99,19 @@ def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, pr
     return out
 
 
-def _prepare_dir(out: Path, overwrite: bool) -> None:
+def check_export_dir(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """FileExistsError unless `out_dir` can take an export: absent, an empty folder, or any folder with
+    `overwrite`. Changes nothing (`export_to_hf` checks again; callers check before any slow work)."""
+    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an export")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an export")
+
+
+def _prepare_dir(out: Path, overwrite: bool) -> None:
+    check_export_dir(out, overwrite)
+    if out.is_dir():
         for f in out.iterdir():
             if f.name in _OUR_FILES or (f.name.startswith("model-") and f.name.endswith(".safetensors")):
                 f.unlink()

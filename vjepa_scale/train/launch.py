@@ -47,11 +47,8 @@ def preflight(cfg: Config, world_size: int) -> Config:
         raise ConfigError(f"data.tokens_per_batch={cfg.data.tokens_per_batch} sets the batch (clips vary per step), "
                           f"so data.global_batch_size={cfg.data.global_batch_size} would be ignored: set "
                           f"data.global_batch_size: null")
-    if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():
-        raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
-                          f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
-    if cfg.train.init_from_optimizer:
-        check_optimizer_source(cfg.train.init_from)
+    if cfg.train.init_from:
+        check_init_from(cfg)
     cfg = resolve_batch(cfg, world_size)
     phases = plan(cfg, world_size)
     check_per_step_offsets(phases)
@@ -77,6 +74,22 @@ def check_attention_backend(cfg: Config, device: torch.device | None = None) -> 
         resolve_attention_backend(cfg.model.attention_backend, device, compute_dtype(cfg.train.precision, device))
     except (ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
+
+
+def check_init_from(cfg: Config) -> None:
+    """`train.init_from` must be a source of weights for this model: its format and the architecture it
+    states are checked here (`weights.check_init_source`, no weights read); the weights at the model build."""
+    from vjepa_scale.weights import check_init_source
+
+    if not Path(cfg.train.init_from).expanduser().exists():
+        raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
+                          f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
+    if cfg.train.init_from_optimizer:
+        check_optimizer_source(cfg.train.init_from)
+    try:
+        check_init_source(cfg.train.init_from, cfg)
+    except (FileNotFoundError, ValueError) as e:  # ConfigError and CheckpointMismatchError are ValueErrors
+        raise ConfigError(f"train.init_from: {e}") from None
 
 
 def check_optimizer_source(init_from: str) -> None:
