@@ -20,6 +20,8 @@ def _cli(*args, world=1):
     # not available on a CPU; on CUDA cuDNN's kernels take no fp32
     (["--config", "cpu_demo.yaml", "--opt", "model.attention_backend=cudnn", "--opt", "train.precision=fp32"], 1,
      "model.attention_backend: 'cudnn'"),
+    (["--config", "cpu_demo.yaml", "--opt", "data.datasets=[{path: x"], 1,
+     "override 'data.datasets=[{path: x': the value '[{path: x' is not valid YAML"),
 ])
 def test_cli_fails_before_training(tmp_path, args, world, message):
     out = tmp_path / "run"

@@ -176,6 +176,16 @@ def test_attention_backend_checked_for_the_device_and_dtype():
             preflight(load_config("cpu_demo", ["model.attention_backend=cudnn"]), 1)
 
 
+def test_yaml_syntax_errors_name_the_file_position_or_override(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model:\n  size: tiny\n  depth: [1, 2\ntrain:\n  seed: 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML at line 4, column 6: .*expected ',' or ']'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"override 'data\.datasets=\[\{path: x': the value '\[\{path: x' is not "
+                                          r"valid YAML \(.*expected ',' or '\}'.* at column 10\)"):
+        load_config("cpu_demo", ["data.datasets=[{path: x"])
+
+
 def test_deepspeed_config_blocks():
     cfg = load_config("vith384", ["zero.stage3_prefetch_bucket_size=123",
                                   "deepspeed={zero_optimization: {sub_group_size: 7}, gradient_clipping: 1.0}"])
