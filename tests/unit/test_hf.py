@@ -334,3 +334,16 @@ def test_bad_init_from_is_refused_before_training_naming_the_file(tmp_path):
     preflight(deeper, 1)  # an official file shows its depth only in its weights
     with pytest.raises(ConfigError, match=r"^train\.init_from: .*v2\.pt: .*missing from the checkpoint"):
         build_models(deeper, 0)
+
+
+@pytest.mark.parametrize("shard", ["5GB", "300KB"])
+def test_exported_files_get_the_umask_mode(tmp_path, shard):
+    """The weights too (huggingface_hub writes them through a 0600 temp file)."""
+    cfg, model = _model("sincos")
+    old = os.umask(0o027)
+    try:
+        out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", max_shard_size=shard)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert any(n.endswith(".safetensors") for n in modes) and set(modes.values()) == {"0o640"}, modes

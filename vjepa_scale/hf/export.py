@@ -91,6 +91,11 @@ def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, pr
     save_torch_state_dict(sd, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
     hf = make_hf_config(cfg, dtype)
     hf.save_pretrained(out)
+    # huggingface_hub writes the weights through a temp file (mode 0600): give them the mode the umask
+    # gives a new file, as config.json got
+    mode = (out / "config.json").stat().st_mode & 0o777
+    for f in out.glob("model*.safetensors"):
+        f.chmod(mode)
     if cfg.model.pos_embed == "sincos":
         shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
     (out / VIDEO_PROCESSOR_FILE).write_text(json.dumps(video_processor_fields(cfg), indent=2) + "\n")
