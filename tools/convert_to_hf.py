@@ -63,12 +63,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from vjepa_scale.hf import export_to_hf
+    from vjepa_scale.hf import check_export_dir, export_to_hf
     from vjepa_scale.weights import CheckpointMismatchError, load_consolidated
 
     official = Path(args.checkpoint).is_file()
     if args.config and not official:
         print("error: --config is for official checkpoint files; a run carries its own config", file=sys.stderr)
+        return 2
+    try:  # before the consolidation, which can take minutes
+        check_export_dir(args.out_dir, args.overwrite)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         ckpt = _official(args) if official else load_consolidated(args.checkpoint, which=args.which)

@@ -677,7 +677,10 @@ def load_typed_yaml(cls: type, path: str | os.PathLike | None = None, overrides:
     if path is not None:
         p = resolve_config_path(path)
         with open(p) as f:
-            raw = yaml.safe_load(f) or {}
+            try:
+                raw = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{p}: invalid YAML{_yaml_where(e)}: {_yaml_problem(e)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(raw).__name__}")
     for item in overrides or []:
@@ -715,7 +718,11 @@ def apply_override(raw: dict, item: str) -> None:
         elif not isinstance(node, dict):
             raise ConfigError(f"override '{item}': {_override_name(path[:i])} is not a section")
         if last:
-            node[step] = yaml.safe_load(value)
+            try:
+                node[step] = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override '{item}': the value {value!r} is not valid YAML "
+                                  f"({_yaml_problem(e)}{_yaml_where(e, line=False)})") from None
         elif isinstance(step, int):
             node = node[step]
         else:
@@ -724,6 +731,20 @@ def apply_override(raw: dict, item: str) -> None:
             node = node.get(step)
             if node is None:
                 raise ConfigError(f"override '{item}': {where} is not set, so it has no element {path[i + 1]}")
+
+
+def _yaml_where(e: yaml.YAMLError, line: bool = True) -> str:
+    """' at line L, column C' of a YAML error (1-based), or '' when it has no position."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if mark is None:
+        return ""
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if line else f" at column {mark.column + 1}"
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What a YAML error says, on one line."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    return ", ".join(p for p in parts if p) or str(e).splitlines()[0]
 
 
 def _override_name(path: list) -> str:

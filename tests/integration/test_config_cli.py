@@ -19,6 +19,11 @@ def _cli(*args, world=1):
     (["--config", "cpu_demo.yaml", "--opt", "data.batch_size=2"], 1,
      "data.batch_size=2 and data.global_batch_size=8 disagree"),
     (["--config", "cpu_demo.yaml", "--resume", "/nonexistent/run"], 1, "--resume: '/nonexistent/run' does not exist"),
+    # not available on a CPU; on CUDA cuDNN's kernels take no fp32
+    (["--config", "cpu_demo.yaml", "--opt", "model.attention_backend=cudnn", "--opt", "train.precision=fp32"], 1,
+     "model.attention_backend: 'cudnn'"),
+    (["--config", "cpu_demo.yaml", "--opt", "data.datasets=[{path: x"], 1,
+     "override 'data.datasets=[{path: x': the value '[{path: x' is not valid YAML"),
 ])
 def test_cli_fails_before_training(tmp_path, args, world, message):
     out = tmp_path / "run"

@@ -5,6 +5,7 @@ import re
 import typing
 
 import pytest
+import torch
 import yaml
 
 from helpers import ROOT
@@ -12,7 +13,8 @@ from helpers import ROOT
 from vjepa_scale.config import (Config, ConfigError, ModelConfig, Section, clip_grid, config_search_path,
                                 load_config, resolve_config_path, save_config, to_plain)
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.train.launch import check_data_paths, deepspeed_config, preflight, resolve_batch
+from vjepa_scale.train.launch import (check_attention_backend, check_data_paths, deepspeed_config, preflight,
+                                      resolve_batch)
 from vjepa_scale.train.phases import plan
 from vjepa_scale.train.schedules import horizon
 
@@ -187,6 +189,44 @@ def test_raw_deepspeed_keys_are_checked_before_any_work(block, message):
         preflight(load_config("cpu_demo", [f"deepspeed={block}"]), 2)
     ok = "{zero_optimization: {sub_group_size: 7}, bf16: {check_grad_overflow: true}, flops_profiler: {enabled: false}}"
     assert preflight(load_config("cpu_demo", [f"deepspeed={ok}"]), 2).deepspeed["zero_optimization"]["sub_group_size"] == 7
+
+
+def test_unreadable_datasets_refused_in_preflight(tmp_path):
+    """An empty index, an empty folder and a folder of videos fail the pre-flight checks naming the path
+    (not the first step's data load)."""
+    (tmp_path / "empty.txt").write_text("# no entries\n\n")
+    (tmp_path / "none").mkdir()
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"")
+    cases = {"empty.txt": r"index file '.*empty\.txt' lists no videos",
+             "none": r"folder '.*none' is empty \(a folder is read as an image set",
+             "clips": r"folder '.*clips' holds no \.jpg/\.jpeg/\.png images \(first of its 1 entries: 'a\.mp4'\): "
+                      r"a folder is read as an image set .*videos need an index file"}
+    for name, message in cases.items():
+        cfg = load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {tmp_path / name}}}]"])
+        with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path: " + message):
+            preflight(cfg, 1)
+
+
+def test_attention_backend_checked_for_the_device_and_dtype():
+    """A backend the run's device cannot run is refused before any work, not in the first forward pass."""
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"model\.attention_backend: 'flash_attn' is not available on cpu; it needs CUDA"):
+        check_attention_backend(load_config("cpu_demo", ["model.attention_backend=flash_attn"]), cpu)
+    check_attention_backend(load_config("cpu_demo", ["model.attention_backend=padded"]), cpu)
+    if not torch.cuda.is_available():  # preflight checks the device the run will use: the CPU here
+        with pytest.raises(ConfigError, match=r"'cudnn' is not available on cpu"):
+            preflight(load_config("cpu_demo", ["model.attention_backend=cudnn"]), 1)
+
+
+def test_yaml_syntax_errors_name_the_file_position_or_override(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model:\n  size: tiny\n  depth: [1, 2\ntrain:\n  seed: 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML at line 4, column 6: .*expected ',' or ']'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"override 'data\.datasets=\[\{path: x': the value '\[\{path: x' is not "
+                                          r"valid YAML \(.*expected ',' or '\}'.* at column 10\)"):
+        load_config("cpu_demo", ["data.datasets=[{path: x"])
 
 
 def test_deepspeed_config_blocks():

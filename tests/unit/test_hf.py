@@ -207,7 +207,7 @@ def test_hf_config_map_round_trips(tmp_path):
     assert config_from_hf_fields(written).model.pos_embed == "sincos"
     check_hf_fields(written, sincos, "hf", has_predictor=True)
     with pytest.raises(CheckpointMismatchError, match=r"hf: num_attention_heads=3 but the config has "
-                                                      r"model.num_heads \(via model.size\)=6"):
+                                                      r"model.num_heads=6$"):  # set directly, not via model.size
         check_hf_fields(written, tiny_config("sincos", crop=CROP, frames=FRAMES, num_heads=6), "hf", True)
     with pytest.raises(ConfigError, match=r"x.json: model_type 'bert' is not a V-JEPA export"):
         config_from_hf_fields({**written, "model_type": "bert"}, "x.json")
@@ -300,3 +300,50 @@ def test_export_refuses_non_empty_folder_and_bad_input(tmp_path):
     torch.save({"weights": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not an official V-JEPA checkpoint"):
         load_init_state(tmp_path / "x.pt", cfg)
+
+
+def test_bad_init_from_is_refused_before_training_naming_the_file(tmp_path):
+    """A folder that is no run, a file that is no checkpoint and an HF export of another depth fail the
+    pre-flight checks (no weights read), naming the file and what was expected; weights that fail only at
+    the model build (a depth an official file does not show) give a ConfigError there."""
+    from vjepa_scale.train.engine import build_models
+    from vjepa_scale.train.launch import preflight
+
+    cfg, model = _model("rope")
+    export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict())
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("weights\n")
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
+    torch.save({"encoder": enc, "predictor": pred}, tmp_path / "v2.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "v2.pt").read_bytes()[:300])
+    expected = "expected an official V-JEPA `torch.save` file"
+    cases = [("notrun", {}, r"notrun: neither a Hugging Face export \(no config.json\) nor a training run"),
+             ("empty.pt", {}, r"empty\.pt: not a torch checkpoint file \(empty\); " + expected),
+             ("text.pt", {}, r"text\.pt: not a torch checkpoint file \(unknown format\); " + expected),
+             ("cut.pt", {}, r"cut\.pt: cannot be read as a torch checkpoint \(RuntimeError: .*\); " + expected),
+             ("hf", {"depth": 3}, r"hf/config\.json: num_hidden_layers=2 but the config has model\.depth=3$"),
+             ("hf", {"depth": None}, r"num_hidden_layers=2 but the config has model\.depth \(via model\.size=tiny\)=12")]
+    for name, model_kw, message in cases:
+        c, _ = _model("rope", **model_kw)
+        c.train.init_from = str(tmp_path / name)
+        with pytest.raises(ConfigError, match=r"^train\.init_from: .*" + message):
+            preflight(c, 1)
+    deeper, _ = _model("rope", depth=3)
+    deeper.train.init_from = str(tmp_path / "v2.pt")
+    preflight(deeper, 1)  # an official file shows its depth only in its weights
+    with pytest.raises(ConfigError, match=r"^train\.init_from: .*v2\.pt: .*missing from the checkpoint"):
+        build_models(deeper, 0)
+
+
+@pytest.mark.parametrize("shard", ["5GB", "300KB"])
+def test_exported_files_get_the_umask_mode(tmp_path, shard):
+    """The weights too (huggingface_hub writes them through a 0600 temp file)."""
+    cfg, model = _model("sincos")
+    old = os.umask(0o027)
+    try:
+        out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", max_shard_size=shard)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert any(n.endswith(".safetensors") for n in modes) and set(modes.values()) == {"0o640"}, modes

@@ -244,3 +244,16 @@ def test_classification_fine_tuning_loads_a_rope_export(tmp_path):
     with torch.no_grad():
         logits = clf(pixel_values_videos=torch.randn(2, 4, 3, 64, 64)).logits
     assert logits.shape == (2, 5)
+
+
+def test_convert_refuses_a_non_checkpoint_and_a_full_out_dir_first(tmp_path, capsys):
+    """A file that is no checkpoint is named (exit 2, no traceback); a non-empty OUT_DIR is refused before
+    the source is read."""
+    (tmp_path / "notes.pt").write_text("not weights\n")
+    cli = _cli()
+    assert cli.main([str(tmp_path / "notes.pt"), str(tmp_path / "out")]) == 2
+    assert "notes.pt: not a torch checkpoint file (unknown format)" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("")
+    assert cli.main([str(tmp_path / "notes.pt"), str(tmp_path / "full")]) == 2
+    assert "full is not empty; pass overwrite=True (--overwrite)" in capsys.readouterr().err

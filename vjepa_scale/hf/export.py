@@ -91,6 +91,11 @@ def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, pr
     save_torch_state_dict(sd, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
     hf = make_hf_config(cfg, dtype)
     hf.save_pretrained(out)
+    # huggingface_hub writes the weights through a temp file (mode 0600): give them the mode the umask
+    # gives a new file, as config.json got
+    mode = (out / "config.json").stat().st_mode & 0o777
+    for f in out.glob("model*.safetensors"):
+        f.chmod(mode)
     if cfg.model.pos_embed == "sincos":
         shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
     (out / VIDEO_PROCESSOR_FILE).write_text(json.dumps(video_processor_fields(cfg), indent=2) + "\n")
@@ -99,12 +104,19 @@ def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, pr
     return out
 
 
-def _prepare_dir(out: Path, overwrite: bool) -> None:
+def check_export_dir(out_dir: str | os.PathLike, overwrite: bool) -> None:
+    """FileExistsError unless `out_dir` can take an export: absent, an empty folder, or any folder with
+    `overwrite`. Changes nothing (`export_to_hf` checks again; callers check before any slow work)."""
+    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an export")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace an export")
+
+
+def _prepare_dir(out: Path, overwrite: bool) -> None:
+    check_export_dir(out, overwrite)
+    if out.is_dir():
         for f in out.iterdir():
             if f.name in _OUR_FILES or (f.name.startswith("model-") and f.name.endswith(".safetensors")):
                 f.unlink()

@@ -68,13 +68,17 @@ def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None) -> t
     """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed); a note
     naming what `train.init_from` loaded is appended to `notes` (when given).
 
-    With `train.init_from`, weights come from `vjepa_scale.weights.load_init_state` (strict load).
+    With `train.init_from`, weights come from `vjepa_scale.weights.load_init_state` (strict load); weights
+    that do not fit, or an unreadable source, raise ConfigError naming it.
     """
     torch.manual_seed(seed)
     jepa = JEPA(cfg)
     target_sd = None
     if cfg.train.init_from:
-        state = load_init_state(cfg.train.init_from, cfg)
+        try:
+            state = load_init_state(cfg.train.init_from, cfg)
+        except (FileNotFoundError, ValueError) as e:  # its documented errors (CheckpointMismatchError is one)
+            raise ConfigError(f"train.init_from: {e}") from None
         jepa.encoder.load_state_dict(state["encoder"], strict=True)
         if state.get("predictor") is not None:
             jepa.predictor.load_state_dict(state["predictor"], strict=True)

@@ -24,14 +24,16 @@ from vjepa_scale.train.zero_compat import skip_shm_comm_build
 
 
 def check_data_paths(cfg: Config) -> None:
-    """Every dataset index file named in the config must exist (unless the backend is synthetic)."""
+    """Every dataset of the config (unless synthetic) must be an index file listing videos or a folder of
+    images: read (not the videos, so a large index stays fast), the error naming the path and the problem."""
     if cfg.data.backend == "synthetic":
         return
+    from vjepa_scale.data.index import check_index
+
     for i, ds in enumerate(cfg.data.datasets):
         if not ds.path:
             raise ConfigError(f"data.datasets[{i}].path is empty")
-        if not Path(ds.path).expanduser().exists():
-            raise ConfigError(f"data.datasets[{i}].path: index file '{ds.path}' does not exist")
+        check_index(ds.path, f"data.datasets[{i}].path")
 
 
 def preflight(cfg: Config, world_size: int) -> Config:
@@ -47,15 +49,13 @@ def preflight(cfg: Config, world_size: int) -> Config:
         raise ConfigError(f"data.tokens_per_batch={cfg.data.tokens_per_batch} sets the batch (clips vary per step), "
                           f"so data.global_batch_size={cfg.data.global_batch_size} would be ignored: set "
                           f"data.global_batch_size: null")
-    if cfg.train.init_from and not Path(cfg.train.init_from).expanduser().exists():
-        raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
-                          f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
-    if cfg.train.init_from_optimizer:
-        check_optimizer_source(cfg.train.init_from)
+    if cfg.train.init_from:
+        check_init_from(cfg)
     cfg = resolve_batch(cfg, world_size)
     phases = plan(cfg, world_size)
     check_per_step_offsets(phases)
     for p in phases:
+        check_attention_backend(p.cfg)
         try:
             check_memory(p.cfg, world_size)
         except ConfigError as e:
@@ -64,6 +64,34 @@ def preflight(cfg: Config, world_size: int) -> Config:
             raise ConfigError(f"phases[{p.index}] ({p.cfg.data.frames_per_clip} frames x {p.cfg.data.crop_size} px, "
                               f"global batch {p.global_batch}): {e}") from None
     return cfg
+
+
+def check_attention_backend(cfg: Config, device: torch.device | None = None) -> None:
+    """`model.attention_backend` must run on the device this rank trains on (CUDA when present, else
+    the CPU) at the training dtype (`train.precision`); refused here, not in the first forward pass."""
+    from vjepa_scale.attention import resolve_attention_backend
+
+    device = device or device_for()
+    try:
+        resolve_attention_backend(cfg.model.attention_backend, device, compute_dtype(cfg.train.precision, device))
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_init_from(cfg: Config) -> None:
+    """`train.init_from` must be a source of weights for this model: its format and the architecture it
+    states are checked here (`weights.check_init_source`, no weights read); the weights at the model build."""
+    from vjepa_scale.weights import check_init_source
+
+    if not Path(cfg.train.init_from).expanduser().exists():
+        raise ConfigError(f"train.init_from: '{cfg.train.init_from}' does not exist (give a training run, "
+                          f"a checkpoint dir, a Hugging Face export folder or an official checkpoint file)")
+    if cfg.train.init_from_optimizer:
+        check_optimizer_source(cfg.train.init_from)
+    try:
+        check_init_source(cfg.train.init_from, cfg)
+    except (FileNotFoundError, ValueError) as e:  # ConfigError and CheckpointMismatchError are ValueErrors
+        raise ConfigError(f"train.init_from: {e}") from None
 
 
 def check_optimizer_source(init_from: str) -> None:

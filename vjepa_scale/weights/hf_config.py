@@ -85,7 +85,8 @@ def check_hf_fields(fields: dict[str, Any], cfg: Config, source: str, has_predic
         have, w = fields[field], want[field]
         same = abs(float(have) - float(w)) < 1e-6 if isinstance(w, float) else have == w
         if not same:
-            via = " (via model.size)" if field in _VIA_SIZE else ""
+            set_directly = getattr(cfg.model, ours.removeprefix("model."), None) is not None
+            via = f" (via model.size={cfg.model.size})" if field in _VIA_SIZE and not set_directly else ""
             raise CheckpointMismatchError(f"{source}: {field}={have!r} but the config has {ours}{via}={w!r}")
     if fields.get("hidden_act", want["hidden_act"]) != want["hidden_act"]:
         raise CheckpointMismatchError(f"{source}: hidden_act={fields['hidden_act']!r}; our blocks use "

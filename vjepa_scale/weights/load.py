@@ -43,15 +43,16 @@ def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[
     `VisionTransformer3D` / `Predictor`. An HF folder holds one encoder (target_encoder is None);
     official checkpoints and our runs give the online `encoder` and the EMA `target_encoder`.
     Raises `CheckpointMismatchError` naming the offending key (and both shapes) when the weights do
-    not fit the configured model, and `FileNotFoundError` / `ValueError` for unknown formats.
+    not fit the configured model, and `FileNotFoundError` / `ValueError` for unknown formats
+    (`check_init_source` is the cheap part of these checks).
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_dir():
         state = _from_hf_folder(p, cfg) if (p / "config.json").is_file() else _from_training_run(p, cfg)
     elif p.is_file():
         state = _from_torch_file(p, cfg)
     else:
-        raise FileNotFoundError(f"train.init_from: '{p}' does not exist")
+        raise FileNotFoundError(f"'{p}' does not exist")
     if p.is_dir():
         _fit_mask_tokens(state, cfg, str(p))
     shapes = expected_shapes(cfg)
@@ -61,6 +62,29 @@ def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[
     if state.get("predictor") is not None:
         check_state_dict(state["predictor"], shapes["predictor"], "predictor", str(p))
     return state
+
+
+def check_init_source(path: str | os.PathLike, cfg: Config) -> None:
+    """What `load_init_state(path, cfg)` checks that needs no weights read, with its errors: the format,
+    and the architecture the source states (an HF folder's config.json, a run's config.yaml, an official
+    file's release; an official file is memory-mapped, not read). For the pre-flight checks."""
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        hf_cfg = read_hf_config(p)
+        _check_positions(hf_pos_embed(hf_cfg, str(p)), cfg, f"{p} (model_type {hf_cfg['model_type']})")
+        names = [k.removeprefix("vjepa2.") for k in _hf_tensor_names(p)]
+        check_hf_fields(hf_cfg, cfg, f"{p}/config.json", has_predictor=any(k.startswith("predictor.") for k in names))
+    elif p.is_dir():
+        from vjepa_scale.config import load_config
+
+        ckpt = _run_checkpoint(p)
+        check_architecture(load_config(ckpt / "config.yaml").model, cfg.model, str(ckpt))
+    elif p.is_file():
+        f = read_official(p)
+        _check_positions(f.layout.pos_embed, cfg, f"{p} ({f.layout.describe()})")
+        check_heads(f.release, cfg, str(p), with_predictor=f.predictor is not None)
+    else:
+        raise FileNotFoundError(f"'{p}' does not exist")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -84,6 +108,23 @@ def read_hf_weights(folder: Path) -> StateDict:
                 raise FileNotFoundError(f"{index} lists shard '{shard}', which is missing from {folder}")
             sd.update(load_file(folder / shard))
         return sd
+    raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def _hf_tensor_names(folder: Path) -> list[str]:
+    """The tensor names of an export, from the safetensors header or the shard index (no weights read)."""
+    from safetensors import safe_open
+
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    try:
+        if single.is_file():
+            with safe_open(single, framework="pt") as f:
+                return list(f.keys())
+        if index.is_file():
+            return list(json.loads(index.read_text())["weight_map"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{single if single.is_file() else index}: not a readable safetensors export "
+                         f"({type(e).__name__}: {e})") from None
     raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -112,12 +153,16 @@ def _from_hf_folder(folder: Path, cfg: Config) -> dict[str, Optional[StateDict]]
 # Our own training checkpoints
 # ---------------------------------------------------------------------------------------------------
 
-def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
+def _run_checkpoint(p: Path) -> Path:
     try:
-        ckpt = resolve_checkpoint(p)
+        return resolve_checkpoint(p)
     except FileNotFoundError:
         raise FileNotFoundError(f"{p}: neither a Hugging Face export (no config.json) nor a training run or "
                                 f"checkpoint (no checkpoints/step_*/meta.json)") from None
+
+
+def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
+    ckpt = _run_checkpoint(p)
     online = load_consolidated(ckpt, which="online")
     check_architecture(online["config"].model, cfg.model, str(ckpt))
     target = load_consolidated(ckpt, which="target")
@@ -129,10 +174,21 @@ def _from_training_run(p: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
 # Official V-JEPA 1 / V-JEPA 2 torch checkpoints
 # ---------------------------------------------------------------------------------------------------
 
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02\x8a\x0a")  # torch.save: a zip archive; legacy: pickled magic number
+_NOT_TORCH = ("expected an official V-JEPA `torch.save` file (e.g. vitl16.pth.tar), a training run or checkpoint "
+              "folder, or a Hugging Face export folder")
+
+
 def _torch_load(path: Path) -> Any:
-    """Tensors and plain containers only (never arbitrary pickled objects), memory-mapped when possible."""
+    """Tensors and plain containers only (never arbitrary pickled objects), memory-mapped when possible;
+    ValueError naming the file when it is no torch checkpoint."""
     import pickle
 
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise ValueError(f"{path}: not a torch checkpoint file ({'empty' if not head else 'unknown format'}); "
+                         f"{_NOT_TORCH}")
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -143,6 +199,9 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: holds objects other than tensors and plain containers, which are not loaded "
                          f"for safety; re-save just the state dicts ({e})") from None
+    except (RuntimeError, EOFError, KeyError) as e:  # a truncated or damaged file
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'ends early'}); {_NOT_TORCH}") from None
 
 
 @dataclass
