@@ -100,6 +100,11 @@ def test_a_token_budget_refuses_batch_keys_it_would_ignore(tmp_path):
         load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null",
                                  "phases=[{steps: 30}, {global_batch_size: 8}]"])
     load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null"])
+    budget = ["data.tokens_per_batch=4096", "data.global_batch_size=null"]
+    with pytest.raises(ConfigError, match=r"data\.batch_size=3 would be ignored: data\.tokens_per_batch=4096 sets "
+                                          r"the batch .* set data\.batch_size: null"):
+        preflight(load_config("cpu_demo", [*budget, "data.batch_size=3"]), 1)
+    assert resolve_batch(saved, 2) == saved  # the resolved window passes again (a run resolves twice)
 
 
 @pytest.mark.parametrize("key,value", [("random_resize_aspect_ratio", "[0, 1.35]"),
