@@ -4,9 +4,9 @@
 #   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step zero1 ckpt compile data dali cool384
 # Default stages: step zero1 kernels tests, in that order, within BUDGET_S (520 s, setup included):
 # the bench stages have fixed limits (step 210 s, zero1 75 s, kernels 90 s), the tests take the time
-# left (at least 60 s). Results reach $OUT after each stage. zero1 is the engine row under ZeRO-1,
+# left (skipped under 45 s). Results reach $OUT after each stage. zero1 is the engine row under ZeRO-1,
 # docs/SCALING.md's recommended stage for ViT-H, which decides the recipes' default stage. A failed
-# step row is retried in `bench_step_fallback` with torch_varlen attention. STEP_OPTS adds bench
+# engine or torch step row is retried in `bench_step_fallback` with torch_varlen attention. STEP_OPTS adds bench
 # options to the step stage (e.g. STEP_OPTS="--opt model.compile=true"). Opt-in (a second call):
 # `ckpt` (the engine row with every block recomputed), `compile` (the engine row with
 # model.compile=true), `data`, `dali` (DALI tests + data suite, once the wheel was brought with
@@ -127,9 +127,14 @@ want() { [[ "$STAGES" == *" $1 "* ]]; }
 #    out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
 want step && stage bench_step 210 "$PY" tools/bench.py --device $DEVICE --suite step --profile ${STEP_OPTS:-} \
   --out "$RES/step"
-# A row that failed (e.g. the attention backend `auto` picked, which the reference-style row does not
+# An engine or torch row that failed (e.g. the attention backend `auto` picked, which the reference-style row does not
 # use) is retried with torch_varlen, the backend the H100 runs measured, so the run still has an engine row.
-if want step && grep -q '"case": "FAILED"' "$RES/step/bench_$DEVICE.json" 2>/dev/null; then
+engine_failed() {  # the step JSON $1 has a FAILED engine or torch row
+  "$PY" -c 'import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+sys.exit(0 if any(r.get("case") == "FAILED" and r.get("row") in ("engine", "torch") for r in rows) else 1)' "$1" 2>/dev/null
+}
+if want step && engine_failed "$RES/step/bench_$DEVICE.json"; then
   fallback=$([ "$DEVICE" = cuda ] && echo torch_varlen || echo bucketed)
   stage bench_step_fallback 120 "$PY" tools/bench.py --device $DEVICE --suite step --step-rows engine torch \
     ${STEP_OPTS:-} --opt model.attention_backend=$fallback --out "$RES/step_fallback"
@@ -142,12 +147,17 @@ want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device $DEVICE --s
 #    collection errors from optional deps do not stop the rest.
 if ! want tests; then :
 elif "$PY" -c "import pytest" 2>/dev/null; then
-  # The time left of the run's budget (at least 60 s); SIGINT at the limit, so pytest still writes its
-  # summary and the XML of the tests that ran; with pytest-timeout, no one test takes over 120 s.
-  left=$(( BUDGET_S - ($(date +%s) - start) - 20 )); [ "$left" -ge 60 ] || left=60
+  # The time left of the run's budget (less the kill margin and the final gather); SIGINT at the limit,
+  # so pytest still writes its summary and the XML of the tests that ran; with pytest-timeout, no one
+  # test takes over 120 s. Under 45 s left (every stage before ran to its limit): skipped, say so.
+  left=$(( BUDGET_S - ($(date +%s) - start) - 20 ))
   per_test=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo --timeout=120)
-  STAGE_SIGNAL=INT stage tests_gpu "$left" "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider \
-    --continue-on-collection-errors $per_test -rfEs --junitxml="$RES/tests_gpu.xml" tests
+  if [ "$left" -ge 45 ]; then
+    STAGE_SIGNAL=INT stage tests_gpu "$left" "$PY" -m pytest -q -m "gpu or triton" -p no:cacheprovider \
+      --continue-on-collection-errors $per_test -rfEs --junitxml="$RES/tests_gpu.xml" tests
+  else
+    note "tests_gpu: skipped, ${left}s left of BUDGET_S=${BUDGET_S}s (run them with STAGES=tests)"; status=1
+  fi
 else
   note "tests_gpu: pytest is not installed here; skipped (carry a pytest install to run them)"
   status=1

@@ -22,7 +22,8 @@ from vjepa_scale.config import ConfigError
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """(options, the config overrides in the order they apply: the given ones, then the options' own)."""
+    """(options, the config overrides in the order they apply: the given ones (bare or --opt, in
+    command-line order), then the options' own)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="eval YAML (a bare name resolves into configs/)")
     ap.add_argument("--checkpoint", help="our run dir (latest checkpoint) or one checkpoint dir")
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("overrides", nargs="*", help="section.key=value")
     args = ap.parse_intermixed_args(argv)  # overrides may stand between options
 
+    if args.overrides and args.opt:  # their relative order is lost in parsing: a later one might not win
+        ap.error("give config overrides either bare (section.key=value) or with --opt, not both")
     overrides = [*args.overrides, *args.opt]
     if args.checkpoint or args.hf or args.random_init:  # the command line picks the one source
         overrides += ["encoder.checkpoint=null", "encoder.hf_path=null", "encoder.random_init=false"]

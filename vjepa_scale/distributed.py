@@ -219,6 +219,16 @@ class SharedDirError(RuntimeError):
     """Some ranks cannot see the run folder that rank 0 writes to."""
 
 
+def from_rank0(obj):
+    """Rank 0's `obj` on every rank (a collective when a process group is up; `obj` as is otherwise):
+    for what one rank decides from the shared filesystem and every rank then acts on."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
 def check_shared_dir(path: str | Path, wait_s: float = 5.0) -> None:
     """Collective: every rank must see the token file that rank 0 writes into `path`, else every rank
     raises `SharedDirError` naming the ranks (and hosts) that cannot. Checkpoints are written by all

@@ -20,10 +20,15 @@ def test_cli_takes_overrides_anywhere_and_as_opt(capsys):
     them) reach the config: the options' own overrides come after them; a bad one exits 2 naming the key."""
     cli = load_tool("eval_probe")
     args, overrides = cli.parse_args(["--config", "probe_motion", "optim.epochs=1", "--seeds", "0,1",
-                                      "--opt", "probe.kind=linear", "run.output_dir=a", "--output", "b"])
+                                      "probe.kind=linear", "run.output_dir=a", "--output", "b"])
     assert args.config == "probe_motion"
-    assert overrides == ["optim.epochs=1", "run.output_dir=a", "probe.kind=linear", "run.output_dir=b",
+    assert overrides == ["optim.epochs=1", "probe.kind=linear", "run.output_dir=a", "run.output_dir=b",
                          "run.seeds=[0,1]"]
+    _, overrides = cli.parse_args(["--opt", "optim.epochs=1", "--seeds", "0", "--opt", "optim.epochs=2"])
+    assert overrides == ["optim.epochs=1", "optim.epochs=2", "run.seeds=[0]"]
+    with pytest.raises(SystemExit):  # both forms: their relative order would be lost
+        cli.parse_args(["--opt", "optim.epochs=5", "optim.epochs=1"])
+    assert "either bare (section.key=value) or with --opt, not both" in capsys.readouterr().err
     for bad in (["optim.epochs=0", "--seeds", "0"], ["--opt", "optim.epochs=0", "--seeds", "0"]):
         assert cli.main(["--config", "probe_motion", "--random-init", *bad]) == 2
         assert "optim.epochs must be > 0, got 0" in capsys.readouterr().err

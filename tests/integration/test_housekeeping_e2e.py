@@ -119,6 +119,11 @@ def test_damaged_checkpoints_are_named_and_resume_auto_takes_the_one_before(tmp_
     assert r.returncode == 2 and "can be resumed" in r.stderr and "1 DeepSpeed optimizer file(s) for the 2 rank(s)" \
         in r.stderr, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
+    # a new run warm-started from that run: named before any weights are read
+    r = launch("tools/train.py", *train_args(tmp_path / "warm", *OPTS, "optim.iterations=1", f"train.init_from={run}"),
+               nproc=2, launcher="deepspeed", timeout=240)
+    assert r.returncode == 2 and "config error: train.init_from: " in r.stderr and \
+        "1 DeepSpeed optimizer file(s) for the 2 rank(s)" in r.stderr, r.stderr[-3000:]
 
 
 def test_an_unexpected_error_ends_the_rank_despite_its_loader_workers(tmp_path):

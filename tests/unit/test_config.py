@@ -86,6 +86,22 @@ def test_zero_stage_0_is_refused_naming_the_key():
         load_config("cpu_demo", ["zero.stage=0"])
 
 
+def test_a_runs_saved_config_launches_again_on_another_world_size(tmp_path):
+    """RUN/config.yaml leaves the derived per-rank batch null (`as_saved`): the file resolves again on
+    any world size with the same global batch (an elastic resume from it continues exactly)."""
+    from vjepa_scale.config import save_config
+    from vjepa_scale.train.phases import as_saved
+
+    ran = preflight(load_config("cpu_demo"), 2)
+    assert (ran.data.batch_size, ran.data.global_batch_size) == (4, 8)
+    save_config(as_saved(ran), tmp_path / "config.yaml")
+    again = preflight(load_config(tmp_path / "config.yaml"), 4)
+    assert (again.data.batch_size, again.data.global_batch_size) == (2, 8)
+    budget = preflight(load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null"]), 2)
+    save_config(as_saved(budget), tmp_path / "budget.yaml")  # a token budget derives both keys
+    assert preflight(load_config(tmp_path / "budget.yaml"), 1).data.tokens_per_batch == 4096
+
+
 def test_a_token_budget_refuses_batch_keys_it_would_ignore(tmp_path):
     """Checked on the user's config (preflight); a run's saved config holds the resolved global batch."""
     from vjepa_scale.config import save_config

@@ -223,3 +223,13 @@ def test_model_change_on_resume_refused_naming_keys(tmp_path):
     note = "\n".join(tr.notes)
     assert "optim.iterations: 1 -> 2" in note and "optim.lr: 0.002 -> 0.001" in note
     assert "model.activation_checkpointing: False -> True" in note
+    # another ZeRO stage across ZeRO-3 <-> ZeRO-1/2: refused from meta.json, config.yaml or not
+    saved = find_latest(run) / "config.yaml"
+    kept = saved.read_text()
+    saved.unlink()
+    with pytest.raises(ResumeConfigError, match=r"cannot resume .* with zero\.stage=1: it was saved under zero\.stage=3"):
+        _trainer(run, "optim.iterations=2", "zero.stage=1", resume="auto")
+    saved.write_text(kept)
+    with pytest.raises(ResumeConfigError, match=r"train\.init_from_optimizer: cannot load the optimizer state of .* "
+                                                 r"set train\.init_from_optimizer: false"):
+        _trainer(tmp_path / "warm", "zero.stage=2", f"train.init_from={run}", "train.init_from_optimizer=true")

@@ -123,14 +123,23 @@ def _next_within(it, seconds: float):
     The DataLoader's own `timeout` covers an empty queue only. A batch a worker queued just before it
     froze also blocks: under torch's default `file_descriptor` sharing, taking it needs the worker to
     hand over its shared-memory descriptors. Killing the workers ends that wait with an error.
-    Returns (batch, expired); raises what next() raises (StopIteration included), with `expired`
-    set on the exception as `loader_expired`.
+    Returns (batch, expired): `expired` when the workers were killed (the batch may still have come).
+    Raises what next() raises (StopIteration included), marked `loader_expired` when they were killed.
     """
-    expired = threading.Event()
+    lock = threading.Lock()
+    state = {"done": False, "expired": False}
 
-    def expire():
-        expired.set()
-        _kill_workers(it)
+    def expire():  # the timer's thread: kills only while next() is still waiting
+        with lock:
+            if state["done"]:
+                return
+            state["expired"] = True
+            _kill_workers(it)
+
+    def finish() -> bool:
+        with lock:
+            state["done"] = True
+            return state["expired"]
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
@@ -139,10 +148,10 @@ def _next_within(it, seconds: float):
         batch = next(it)
     except BaseException as e:
         timer.cancel()
-        e.loader_expired = expired.is_set()
+        e.loader_expired = finish()
         raise
     timer.cancel()
-    return batch, expired.is_set()
+    return batch, finish()
 
 
 class VideoLoader:

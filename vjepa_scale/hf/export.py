@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import yaml
 
-from vjepa_scale.config import Config, resolve_vit_size
+from vjepa_scale.config import DEFAULT_BATCH_SIZE, Config, resolve_vit_size
 from vjepa_scale.weights import keys
 from vjepa_scale.weights.checks import check_state_dict, expected_shapes
 from vjepa_scale.weights.hf_config import config_to_hf_fields
@@ -135,7 +135,12 @@ def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: 
 
     masks = "; ".join(f"union of {s.num_blocks} blocks of {pct(*s.spatial_scale)} of the frame area"
                       for s in cfg.mask.types)
-    batch = f"{d.global_batch_size} clips" if d.global_batch_size is not None else f"{d.batch_size} clips per rank"
+    if d.tokens_per_batch is not None:
+        batch = f"{d.tokens_per_batch} full-clip tokens per rank"
+    elif d.global_batch_size is not None:
+        batch = f"{d.global_batch_size} clips"
+    else:
+        batch = f"{d.batch_size or DEFAULT_BATCH_SIZE} clips per rank"
     pred_note = ""
     if with_predictor and len(cfg.mask.types) > 1:
         pred_note = (f" The predictor holds one mask token per mask type ({len(cfg.mask.types)}); like `VJEPA2Model`, "

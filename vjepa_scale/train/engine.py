@@ -35,7 +35,7 @@ import torch.nn as nn
 from vjepa_scale.config import Config, ConfigError, save_config
 from vjepa_scale.data import (Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics,
                               skip_totals)
-from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for
+from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for, from_rank0
 from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
 from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
 from vjepa_scale.models.vit import VisionTransformer3D
@@ -51,6 +51,7 @@ from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import load_init_state, resolve_checkpoint
+from vjepa_scale.weights.run import checkpoint_problem, latest_loadable
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -62,6 +63,16 @@ def param_groups(model: nn.Module) -> list[dict]:
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "name": "decay", "wd_scale": 1.0},
             {"params": no_decay, "name": "no_decay", "wd_scale": 0.0, "weight_decay": 0.0}]
+
+
+def _init_source_problem(init_from: str) -> Optional[str]:
+    """`checkpoint_problem` of `train.init_from` when it is a training run or checkpoint (None for
+    other sources: an HF folder or an official file is read whole when loaded)."""
+    try:
+        ckpt = resolve_checkpoint(Path(init_from).expanduser())
+    except (FileNotFoundError, ValueError):
+        return None
+    return checkpoint_problem(ckpt)
 
 
 def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None) -> tuple[JEPA, VisionTransformer3D]:
@@ -115,15 +126,20 @@ class Trainer:
         # Leftovers of dead saves settled, room for a checkpoint checked; then the config compare.
         self.notes = prepare_checkpoint_folder(cfg, self.run_dir, self.rank)
         ckpt = self._resume_path(resume)
+        self.saved_cfg = phase_lib.as_saved(cfg)  # config.yaml of the run and its checkpoints
         if ckpt is not None:
-            self.notes += [n for n in [check_resume_config(ckpt, cfg)] if n]
+            self.notes += [n for n in [check_resume_config(ckpt, self.saved_cfg)] if n]
         # train.init_from_optimizer: the source checkpoint's optimizer state too (not when resuming)
         opt_src = resolve_checkpoint(cfg.train.init_from) if ckpt is None and cfg.train.init_from_optimizer else None
+        if ckpt is None and cfg.train.init_from:  # a damaged source run: named before any weights are read
+            problem = from_rank0(_init_source_problem(cfg.train.init_from) if self.is_main else None)
+            if problem is not None:
+                raise ConfigError(f"train.init_from: {problem}")
         if opt_src is not None:
-            check_zero_stage(opt_src, cfg.zero.stage, how="load the optimizer state of")
+            check_zero_stage(opt_src, cfg.zero.stage, init_from=True)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(self.saved_cfg, self.run_dir / "config.yaml")
         check_shared_dir(self.run_dir)
         self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
 
@@ -183,22 +199,30 @@ class Trainer:
 
     def _resume_path(self, resume: Optional[str]) -> Optional[Path]:
         """The checkpoint to resume: `auto` the newest one of the run dir that can be loaded (damaged
-        newer ones are passed over with a warning), else the one given, which must be loadable.
-        Every rank sees the same folder, so they all decide the same without a collective."""
+        newer ones are passed over with a warning), else the one given, which must be loadable. Rank 0
+        reads the files (once, not once per rank) and every rank takes its verdict."""
         if resume is None:
             return None
+        ckpt, notes, error = from_rank0(self._find_resume(resume, self.run_dir) if self.is_main else None)
+        if error is not None:
+            raise ConfigError(error)
+        self.notes += notes
+        return None if ckpt is None else Path(ckpt)
+
+    @staticmethod
+    def _find_resume(resume: str, run_dir: Path) -> tuple[Optional[str], list[str], Optional[str]]:
+        """(checkpoint, notes, error) for `--resume resume` (see `_resume_path`)."""
         try:
             if resume == "auto":
-                ckpt, notes = ckpt_lib.latest_loadable(self.run_dir)
-                self.notes += notes
-                return ckpt
+                ckpt, notes = latest_loadable(run_dir)
+                return (None if ckpt is None else str(ckpt)), notes, None
             ckpt = resolve_checkpoint(resume)
         except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"--resume {resume}: {e}") from None
-        problem = ckpt_lib.checkpoint_problem(ckpt)
+            return None, [], f"--resume {resume}: {e}"
+        problem = checkpoint_problem(ckpt)
         if problem is not None:
-            raise ConfigError(f"--resume {resume}: {problem}; resume an earlier checkpoint of the run instead")
-        return ckpt
+            return None, [], f"--resume {resume}: {problem}; resume an earlier checkpoint of the run instead"
+        return str(ckpt), [], None
 
     # ----------------------------------------------------------------------------------------------
 
@@ -246,7 +270,7 @@ class Trainer:
 
     def save(self) -> Path:
         return ckpt_lib.save_checkpoint(
-            self.run_dir, self.step, self.engine, self.ema, self.cfg, self.rank, self.world,
+            self.run_dir, self.step, self.engine, self.ema, self.saved_cfg, self.rank, self.world,
             extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps,
                    "data_skips": skip_totals(self.data_loader, self.device, self.skip_base),  # a collective
                    **self.data_position(), **phase_lib.phase_record(self.phases, self.step)},

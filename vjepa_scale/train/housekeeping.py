@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from vjepa_scale.config import Config, ConfigError, ModelConfig, from_dict, resolve_vit_size
+from vjepa_scale.distributed import from_rank0
 from vjepa_scale.weights.run import CKPT_SUBDIR, find_latest, is_complete
 
 TMP_PREFIX, OLD_PREFIX, DEL_PREFIX = ".tmp_", ".old_", ".del_"
@@ -136,18 +137,10 @@ def prepare_checkpoint_folder(cfg: Config, run_dir: str | Path, rank: int) -> li
             problem = str(e)
         except OSError as e:
             problem = f"checkpoint folder {root}: {e}"
-    problem = _from_rank0(problem)
+    problem = from_rank0(problem)
     if problem is not None:
         raise CheckpointFolderError(problem)
     return notes
-
-
-def _from_rank0(obj: Any) -> Any:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,17 +225,24 @@ def saved_zero_stage(ckpt: Path) -> Optional[int]:
     return None if stage is None else int(stage)
 
 
-def check_zero_stage(ckpt: Path, stage: int, how: str = "resume") -> None:
+def check_zero_stage(ckpt: Path, stage: int, init_from: bool = False) -> None:
     """ZeRO-3 partitions the weights and keeps its optimizer state in another layout than ZeRO-1/2,
     which DeepSpeed's loaders (its universal format included) cannot move between: ResumeConfigError
-    when `ckpt` would be loaded under ZeRO-`stage` across that line. ZeRO-1 <-> ZeRO-2 pass."""
+    when `ckpt` would be loaded under ZeRO-`stage` across that line, on resume or (`init_from`) as
+    `train.init_from_optimizer`'s source. ZeRO-1 <-> ZeRO-2 pass."""
     saved = saved_zero_stage(ckpt)
     if saved is None or (saved == 3) == (stage == 3):
         return
+    why = (f"it was saved under zero.stage={saved}, and DeepSpeed cannot load a ZeRO-{saved} optimizer state "
+           f"into ZeRO-{stage}")
+    if init_from:
+        raise ResumeConfigError(
+            f"train.init_from_optimizer: cannot load the optimizer state of {ckpt} with zero.stage={stage}: {why}. "
+            f"Train with zero.stage={saved}, or set train.init_from_optimizer: false (weights and EMA target only; "
+            f"the optimizer starts afresh)")
     raise ResumeConfigError(
-        f"cannot {how} {ckpt} with zero.stage={stage}: it was saved under zero.stage={saved}, and DeepSpeed "
-        f"cannot load a ZeRO-{saved} optimizer state into ZeRO-{stage}. Continue it with zero.stage={saved}, or "
-        f"start a new run from its weights and EMA target with train.init_from={ckpt} (the optimizer starts afresh)")
+        f"cannot resume {ckpt} with zero.stage={stage}: {why}. Continue it with zero.stage={saved}, or start a "
+        f"new run from its weights and EMA target with train.init_from={ckpt} (the optimizer starts afresh)")
 
 
 def compare_configs(saved: dict, current: dict) -> tuple[list[str], list[str]]:
@@ -267,6 +267,7 @@ def check_resume_config(ckpt: Path, cfg: Config) -> Optional[str]:
     """Compare the checkpoint's config.yaml with `cfg`: ResumeConfigError naming the model keys that
     differ, or a move between ZeRO-3 and ZeRO-1/2 (`check_zero_stage`); else a note listing the other
     keys that differ (None when nothing does)."""
+    check_zero_stage(ckpt, cfg.zero.stage)
     path = ckpt / "config.yaml"
     if not path.is_file():
         return f"note: {ckpt} has no config.yaml; resuming without comparing configs"
@@ -277,7 +278,6 @@ def check_resume_config(ckpt: Path, cfg: Config) -> Optional[str]:
             f"cannot resume {ckpt}: it was trained with another model ({'; '.join(model)}). Resume with the "
             f"checkpoint's model settings (see {path}), or start a new run (train.init_from can load "
             f"compatible weights)")
-    check_zero_stage(ckpt, cfg.zero.stage)
     if other:
         return f"note: resuming {ckpt.name} with changed settings: {'; '.join(other)}"
     return None

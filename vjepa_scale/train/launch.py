@@ -162,7 +162,7 @@ _DS_SECTIONS = ("zero_optimization", "bf16", "activation_checkpointing", "flops_
                 "gradient_predivide_factor", "steps_per_print", "wall_clock_breakdown", "memory_breakdown",
                 "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer", "dump_state", "seq_parallel_communication_data_type",
                 "sequence_parallel_size", "tensor_parallel", "data_types", "disable_allgather", "dataloader_drop_last",
-                "use_node_local_storage", "load_universal", "graph_harvesting", "zenflow")
+                "use_node_local_storage", "load_universal", "graph_harvesting", "zenflow", "sparse_gradients")
 
 
 def check_deepspeed_block(block: dict, zero_stage: int) -> None:

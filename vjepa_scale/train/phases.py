@@ -67,6 +67,19 @@ def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
     return cfg
 
 
+def as_saved(cfg: Config) -> Config:
+    """`cfg` (batch-resolved) with the batch keys `resolve_batch` derives set back to null: what a run
+    writes to its config.yaml, so that the file launches again on any world size. A global batch
+    keeps the per-step batch (so an elastic resume from the file continues exactly); a token budget
+    derives both keys."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.tokens_per_batch is not None:
+        cfg.data.batch_size = cfg.data.global_batch_size = None
+    elif cfg.data.global_batch_size is not None:
+        cfg.data.batch_size = None
+    return cfg
+
+
 @dataclass(frozen=True)
 class Phase:
     """Optimizer steps [start, end) of the run, trained with `cfg` (a single-phase config)."""

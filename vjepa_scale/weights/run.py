@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -77,7 +78,7 @@ def find_latest(run_dir: str | Path) -> Optional[Path]:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint dir as given, or the latest complete one of a run dir; errors name the path."""
-    p = Path(path)
+    p = Path(path).expanduser()
     if is_complete(p):
         return p
     latest = find_latest(p)
@@ -85,6 +86,45 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"no complete checkpoint at '{path}' (expected a run dir with "
                                 f"{CKPT_SUBDIR}/step_*/meta.json, or one such checkpoint dir)")
     return latest
+
+
+def checkpoint_problem(ckpt: Path) -> Optional[str]:
+    """What makes `ckpt` unloadable, found without loading it (None: nothing found). An unreadable
+    meta.json; fewer EMA, RNG or DeepSpeed optimizer files than the ranks that saved it; a file that
+    is not a whole torch.save archive (a zip, whose directory sits at its end: a truncated or emptied
+    file has none). Reads only each file's end, and every rank comes to the same verdict."""
+    try:
+        world = int(json.loads((ckpt / "meta.json").read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{ckpt / 'meta.json'} cannot be read ({type(e).__name__}: {e})"
+    ds = ckpt / "ds" / DS_TAG
+    groups = {"EMA": sorted((ckpt / "ema").glob("rank*.pt")), "RNG": sorted((ckpt / "rng").glob("rank*.pt")),
+              "DeepSpeed optimizer": sorted(ds.glob("*optim_states.pt"))}
+    for what, files in groups.items():
+        if len(files) < world:
+            return f"{ckpt} has {len(files)} {what} file(s) for the {world} rank(s) that saved it"
+    models = sorted(ds.glob("*model_states.pt"))
+    if not models:
+        return f"{ds} holds no DeepSpeed model states file"
+    for f in [*models, *(f for files in groups.values() for f in files)]:
+        if not zipfile.is_zipfile(f):
+            return f"{f} is damaged (not a whole torch.save archive: truncated, emptied or overwritten)"
+    return None
+
+
+def latest_loadable(run_dir: Path) -> tuple[Optional[Path], list[str]]:
+    """(the newest complete checkpoint of `run_dir` without a `checkpoint_problem`, notes naming the
+    newer ones passed over); raises FileNotFoundError when every complete one has a problem."""
+    notes, saved = [], list_checkpoints(run_dir)
+    for ckpt in reversed(saved):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt, notes
+        notes.append(f"warning: checkpoint {ckpt.name} cannot be resumed ({problem}); trying the one before")
+    if saved:
+        raise FileNotFoundError(f"none of the {len(saved)} checkpoint(s) in {run_dir / CKPT_SUBDIR} can be resumed: "
+                                + "; ".join(notes))
+    return None, notes
 
 
 def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
