@@ -328,6 +328,30 @@ def test_hf_export_loads_the_same_encoder(tmp_path):
         load_frozen_encoder(cfg.validate())
 
 
+def test_a_damaged_hf_export_is_a_config_error_naming_the_file(tmp_path):
+    """A config.json that is not JSON and a truncated safetensors file: ConfigErrors naming the file
+    (the eval CLI's exit 2), not a JSON or safetensors traceback."""
+    from vjepa_scale.config import Config, DataConfig
+    from vjepa_scale.hf import export_to_hf
+
+    pre = Config(model=tiny_model(), data=DataConfig(backend="synthetic", crop_size=32, frames_per_clip=4)).validate()
+    export_to_hf(pre, VisionTransformer3D(tiny_model(), pre.grid).state_dict(), tmp_path / "hf")
+    cfg = EvalConfig(data=EvalDataConfig(train_index="a", val_index="b", crop_size=32, frames_per_clip=4))
+    cfg.encoder.hf_path = str(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ConfigError, match=r"encoder\.hf_path: .*model\.safetensors is damaged \(not a whole safetensors"):
+        load_frozen_encoder(cfg.validate())
+    from vjepa_scale.config import load_config
+    from vjepa_scale.train.launch import preflight
+
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*model\.safetensors: not a readable safetensors export"):
+        preflight(load_config("cpu_demo", [f"train.init_from={tmp_path / 'hf'}"]), 1)  # the same for training
+    (tmp_path / "hf" / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"encoder\.hf_path: .*config\.json is not valid JSON"):
+        load_frozen_encoder(cfg.validate())
+
+
 def test_per_class_subset_is_balanced_and_seeded():
     from vjepa_scale.eval.data import per_class_subset
 

@@ -12,8 +12,8 @@ import torch
 from vjepa_scale.config import Config, ConfigError, ModelConfig, clip_grid, load_config
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.models import VisionTransformer3D
-from vjepa_scale.weights import (check_architecture, check_state_dict, config_from_hf_fields, load_consolidated,
-                                 load_init_state, module_shapes, read_hf_config, resolve_checkpoint)
+from vjepa_scale.weights import (CheckpointMismatchError, check_architecture, check_state_dict, config_from_hf_fields,
+                                 load_consolidated, load_init_state, module_shapes, read_hf_config, resolve_checkpoint)
 
 
 @dataclass
@@ -78,7 +78,9 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
         eval_grid(cfg, model_cfg)
         try:
             state = load_init_state(src.hf_path, pcfg)["encoder"]
-        except FileNotFoundError as e:
+        except CheckpointMismatchError:
+            raise
+        except (FileNotFoundError, ValueError) as e:  # a missing or damaged weights file
             raise ConfigError(f"encoder.hf_path: {e}") from None
         source = f"{src.hf_path} (Hugging Face export)"
         return FrozenEncoder(_build(model_cfg, pcfg.grid, state, source), source, None, model_cfg)

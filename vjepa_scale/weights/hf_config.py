@@ -98,7 +98,12 @@ def read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ConfigError(f"'{folder}' is not a Hugging Face export (no config.json)")
-    fields = json.loads(path.read_text())
+    try:
+        fields = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{path} holds no JSON object")
     hf_pos_embed(fields, str(path))
     return fields
 

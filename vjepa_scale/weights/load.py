@@ -91,14 +91,23 @@ def check_init_source(path: str | os.PathLike, cfg: Config) -> None:
 # Hugging Face folders
 # ---------------------------------------------------------------------------------------------------
 
-def read_hf_weights(folder: Path) -> StateDict:
-    """All tensors of a safetensors export, single file or sharded with `model.safetensors.index.json`."""
+def _load_safetensors(path: Path) -> StateDict:
+    """The tensors of one safetensors file; a damaged file is a ValueError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise ValueError(f"{path} is damaged (not a whole safetensors file: {e})") from None
+
+
+def read_hf_weights(folder: Path) -> StateDict:
+    """All tensors of a safetensors export, single file or sharded with `model.safetensors.index.json`."""
     index = folder / "model.safetensors.index.json"
     single = folder / "model.safetensors"
     if single.is_file():
-        return load_file(single)
+        return _load_safetensors(single)
     if index.is_file():
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
@@ -106,14 +115,14 @@ def read_hf_weights(folder: Path) -> StateDict:
         for shard in sorted(set(weight_map.values())):
             if not (folder / shard).is_file():
                 raise FileNotFoundError(f"{index} lists shard '{shard}', which is missing from {folder}")
-            sd.update(load_file(folder / shard))
+            sd.update(_load_safetensors(folder / shard))
         return sd
     raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
 def _hf_tensor_names(folder: Path) -> list[str]:
     """The tensor names of an export, from the safetensors header or the shard index (no weights read)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
     try:
@@ -122,7 +131,7 @@ def _hf_tensor_names(folder: Path) -> list[str]:
                 return list(f.keys())
         if index.is_file():
             return list(json.loads(index.read_text())["weight_map"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         raise ValueError(f"{single if single.is_file() else index}: not a readable safetensors export "
                          f"({type(e).__name__}: {e})") from None
     raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
