@@ -115,16 +115,17 @@ def checkpoint_problem(ckpt: Path) -> Optional[str]:
 def latest_loadable(run_dir: Path) -> tuple[Optional[Path], list[str]]:
     """(the newest complete checkpoint of `run_dir` without a `checkpoint_problem`, notes naming the
     newer ones passed over); raises FileNotFoundError when every complete one has a problem."""
-    notes, saved = [], list_checkpoints(run_dir)
+    problems, saved = [], list_checkpoints(run_dir)
     for ckpt in reversed(saved):
         problem = checkpoint_problem(ckpt)
         if problem is None:
-            return ckpt, notes
-        notes.append(f"warning: checkpoint {ckpt.name} cannot be resumed ({problem}); trying the one before")
+            return ckpt, [f"warning: checkpoint {name} cannot be resumed ({p}); resuming {ckpt.name}"
+                          for name, p in problems]
+        problems.append((ckpt.name, problem))
     if saved:
-        raise FileNotFoundError(f"none of the {len(saved)} checkpoint(s) in {run_dir / CKPT_SUBDIR} can be resumed: "
-                                + "; ".join(notes))
-    return None, notes
+        raise FileNotFoundError(f"none of the {len(saved)} checkpoint(s) in {Path(run_dir) / CKPT_SUBDIR} can be "
+                                f"resumed: " + "; ".join(f"{name}: {p}" for name, p in problems))
+    return None, []
 
 
 def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
