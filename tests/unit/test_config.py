@@ -117,10 +117,15 @@ def test_a_token_budget_refuses_batch_keys_it_would_ignore(tmp_path):
                                  "phases=[{steps: 30}, {global_batch_size: 8}]"])
     load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null"])
     budget = ["data.tokens_per_batch=4096", "data.global_batch_size=null"]
-    with pytest.raises(ConfigError, match=r"data\.batch_size=3 would be ignored: data\.tokens_per_batch=4096 sets "
-                                          r"the batch .* set data\.batch_size: null"):
+    with pytest.raises(ConfigError, match=r"data\.tokens_per_batch=4096 sets the batch .* so data\.batch_size=3 would "
+                                          r"be ignored: set data\.batch_size: null"):
         preflight(load_config("cpu_demo", [*budget, "data.batch_size=3"]), 1)
-    assert resolve_batch(saved, 2) == saved  # the resolved window passes again (a run resolves twice)
+    # a phase at another crop has its own window (the batch resolved for phase 0 does not carry over)
+    two = preflight(load_config("cpu_demo", [*budget, "phases=[{steps: 30}, {crop_size: 96}]"]), 1)
+    from vjepa_scale.data.loader import budget_window
+
+    windows = [p.cfg.data.batch_size for p in plan(two, 1)]
+    assert windows == [budget_window(p.cfg) for p in plan(two, 1)] and windows[0] != windows[1]
 
 
 @pytest.mark.parametrize("key,value", [("random_resize_aspect_ratio", "[0, 1.35]"),

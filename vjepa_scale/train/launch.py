@@ -45,10 +45,12 @@ def preflight(cfg: Config, world_size: int) -> Config:
 
     check_data_paths(cfg)
     check_deepspeed_block(cfg.deepspeed, cfg.zero.stage)
-    if cfg.data.tokens_per_batch is not None and cfg.data.global_batch_size is not None:
-        raise ConfigError(f"data.tokens_per_batch={cfg.data.tokens_per_batch} sets the batch (clips vary per step), "
-                          f"so data.global_batch_size={cfg.data.global_batch_size} would be ignored: set "
-                          f"data.global_batch_size: null")
+    if cfg.data.tokens_per_batch is not None:  # checked on the user's config: resolution fills both keys
+        for key in ("global_batch_size", "batch_size"):
+            if getattr(cfg.data, key) is not None:
+                raise ConfigError(f"data.tokens_per_batch={cfg.data.tokens_per_batch} sets the batch (clips vary per "
+                                  f"step), so data.{key}={getattr(cfg.data, key)} would be ignored: set "
+                                  f"data.{key}: null")
     if cfg.train.init_from:
         check_init_from(cfg)
     cfg = resolve_batch(cfg, world_size)

@@ -38,14 +38,8 @@ def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
         # clips that fit vary; `data.sampler.BudgetStepSampler`); global_batch_size the stream positions per step.
         from vjepa_scale.data.loader import budget_window
 
-        window = budget_window(cfg)
-        if cfg.data.batch_size not in (None, window):
-            raise ConfigError(
-                f"{prefix}.batch_size={cfg.data.batch_size} would be ignored: data.tokens_per_batch="
-                f"{cfg.data.tokens_per_batch} sets the batch (each rank's window of {window} stream positions per "
-                f"micro-step, the clips that fit); set {prefix}.batch_size: null")
-        cfg.data.batch_size = window
-        cfg.data.global_batch_size = window * world_size * accum
+        cfg.data.batch_size = budget_window(cfg)
+        cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
         return cfg
     g, b, n = cfg.data.global_batch_size, cfg.data.batch_size, world_size * accum
     if g is None:
