@@ -1,6 +1,7 @@
 """Recipes load into typed configs; bad configs fail before any training work with a named key
 (tools/train.py's refusals and fresh-interpreter checks: integration/test_config_cli.py)."""
 import dataclasses
+import math
 import re
 import typing
 
@@ -479,3 +480,16 @@ def test_vjepa2_recipes():
         assert est.total < 80e9 * 0.6, (world, est.describe())
     assert resolve_batch(cool, 512).data.batch_size == 6
     assert estimate_memory(resolve_batch(cool, 512), 512, torch.device("cuda")).total < 20 * GiB
+
+
+def test_a_dataset_with_its_own_shape_keeps_it_in_every_phase_and_its_tokens_count():
+    """Throughput counts the tokens of the clips trained on: a single dataset with its own shape is
+    not data's shape, and a phase's crop / frames change data's shape only (the phase line says so)."""
+    from vjepa_scale.config import clip_grid
+
+    cfg = load_config("cpu_demo", ["data.backend=cpu", "data.datasets=[{path: x.txt, crop_size: 48, frames_per_clip: 8}]",
+                                   "phases=[{steps: 30}, {crop_size: 64, frames_per_clip: 4}]"])
+    own = math.prod(clip_grid(48, 8, cfg.model))
+    phases = plan(cfg, 1)
+    assert [p.tokens_per_clip for p in phases] == [own, own] and own != math.prod(phases[1].cfg.grid)
+    assert "4 frames x 64 px (grid 2x4x4); datasets with their own shape keep it (8 x 48 px)" in phases[1].describe()

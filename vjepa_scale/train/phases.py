@@ -95,6 +95,13 @@ class Phase:
 
     @property
     def tokens_per_clip(self) -> int:
+        """Full-clip tokens of one clip: of the datasets' one shape (a dataset with its own frames or
+        crop keeps it in every phase), else of data's own shape."""
+        from vjepa_scale.data.loader import dataset_tokens
+
+        tokens = set(dataset_tokens(self.cfg))
+        if len(tokens) == 1:
+            return tokens.pop()
         t, h, w = self.cfg.grid
         return t * h * w
 
@@ -106,9 +113,12 @@ class Phase:
     def describe(self) -> str:
         d = self.cfg.data
         label = f" ({self.name})" if self.name else ""
+        own = sorted(set(d.shapes(self.cfg.model.tubelet_size)) - {(d.frames_per_clip, d.crop_size)})
+        kept = (f"; datasets with their own shape keep it ({', '.join(f'{f} x {c} px' for f, c in own)})"
+                if own else "")
         return (f"phase {self.index}{label}: steps {self.start + 1}-{self.end}, {d.frames_per_clip} frames x "
-                f"{d.crop_size} px (grid {'x'.join(map(str, self.cfg.grid))}), global batch {d.global_batch_size} "
-                f"({d.batch_size} per rank), lr schedule {self.cfg.optim.lr_schedule}")
+                f"{d.crop_size} px (grid {'x'.join(map(str, self.cfg.grid))}){kept}, global batch "
+                f"{d.global_batch_size} ({d.batch_size} per rank), lr schedule {self.cfg.optim.lr_schedule}")
 
 
 def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
