@@ -4,6 +4,7 @@ import dataclasses
 import math
 import re
 import typing
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,13 +227,23 @@ def test_unreadable_datasets_refused_in_preflight(tmp_path):
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "a.mp4").write_bytes(b"")
     cases = {"empty.txt": r"index file '.*empty\.txt' lists no videos",
-             "none": r"folder '.*none' is empty \(a folder is read as an image set",
-             "clips": r"folder '.*clips' holds no \.jpg/\.jpeg/\.png images \(first of its 1 entries: 'a\.mp4'\): "
-                      r"a folder is read as an image set .*videos need an index file"}
+             "none": r"folder '.*none' holds no files \(a folder is read as an image set",
+             "clips": r"folder '.*clips' holds no \.jpg/\.jpeg/\.png images, subfolders included \(first of its 1 "
+                      r"files: 'a\.mp4'\): a folder is read as an image set .*videos need an index file"}
     for name, message in cases.items():
         cfg = load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {tmp_path / name}}}]"])
         with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path: " + message):
             preflight(cfg, 1)
+    # ImageNet's layout: images in class subfolders
+    from vjepa_scale.data.index import read_index
+
+    for cls in ("n01", "n02"):
+        (tmp_path / "inet" / cls).mkdir(parents=True)
+        (tmp_path / "inet" / cls / f"{cls}_1.JPEG").write_bytes(b"")
+    (tmp_path / "inet" / "top.png").write_bytes(b"")
+    paths, _ = read_index(tmp_path / "inet")
+    assert [Path(p).relative_to((tmp_path / "inet").resolve()).as_posix() for p in paths] == \
+        ["n01/n01_1.JPEG", "n02/n02_1.JPEG", "top.png"]
 
 
 def test_attention_backend_checked_for_the_device_and_dtype():

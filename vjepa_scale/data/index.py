@@ -76,16 +76,17 @@ def check_index(path: str | os.PathLike, key: str = "data.datasets") -> int:
 
 
 def _folder_images(p: Path, path, key: str) -> list[Path]:
-    """The images in folder `p` (unresolved, unsorted); ConfigError when there are none."""
+    """The images in folder `p` and its subfolders (ImageNet's class folders; unresolved, unsorted);
+    ConfigError when there are none."""
     from vjepa_scale.config import IMAGE_SUFFIXES
 
-    files = list(p.iterdir())
+    files = [Path(root, name) for root, _, names in os.walk(p) for name in names]
     images = [x for x in files if x.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        raise ConfigError(f"{key}: folder '{path}' is empty ({_INDEX_HELP})")
+        raise ConfigError(f"{key}: folder '{path}' holds no files ({_INDEX_HELP})")
     if not images:
-        raise ConfigError(f"{key}: folder '{path}' holds no .jpg/.jpeg/.png images (first of its {len(files)} "
-                          f"entries: '{min(files).name}'): {_INDEX_HELP}")
+        raise ConfigError(f"{key}: folder '{path}' holds no .jpg/.jpeg/.png images, subfolders included (first "
+                          f"of its {len(files)} files: '{min(files).relative_to(p)}'): {_INDEX_HELP}")
     return images
 
 
