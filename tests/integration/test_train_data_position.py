@@ -146,7 +146,7 @@ def test_exact_resume_with_video_files_and_workers(tmp_path):
     losses = {x["step"]: x["loss"] for x in read_metrics(straight)}
     assert sorted(losses) == [1, 2, 3, 4]
     used = load_config(straight / "config.yaml").data
-    assert used.backend == "cpu" and used.num_workers == 2 and used.batch_size == 4
+    assert used.backend == "cpu" and used.num_workers == 2 and used.global_batch_size == 8
     # a run stopped after step 2 is its step-2 checkpoint: resume from it into a fresh run dir
     ckpt = list_checkpoints(straight)[0]
     assert ckpt.name == "step_00000002"

@@ -17,6 +17,7 @@ from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
 from vjepa_scale.train.engine import build_models
 from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.train.phases import resolve_batch
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
 require("deepspeed")
@@ -72,8 +73,9 @@ def test_two_rank_zero3_trains(runs):
     b = load_consolidated(run, "online")["encoder"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) > 1e-4
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    cfg = load_config(run / "config.yaml")  # effective config, batch resolved for 2 ranks
-    assert cfg.data.batch_size == 4 and cfg.data.global_batch_size == 8 and cfg.model.depth == 1
+    cfg = load_config(run / "config.yaml")  # effective config; the per-rank batch (derived) left null
+    assert cfg.data.batch_size is None and cfg.data.global_batch_size == 8 and cfg.model.depth == 1
+    assert resolve_batch(cfg, 2).data.batch_size == 4
 
 
 def test_sharded_ema_equals_single_process_ema(runs):
@@ -179,7 +181,7 @@ def test_logged_loss_matches_single_process_recompute(runs):
     k = 4
     d_on = load_consolidated(list_checkpoints(runs["straight"])[k - 1], "online")
     d_tg = load_consolidated(list_checkpoints(runs["straight"])[k - 1], "target")
-    cfg = d_on["config"]
+    cfg = resolve_batch(d_on["config"], 2)  # the per-rank batch of the run's 2 ranks
     assert d_on["step"] == k
     jepa = JEPA(cfg)
     jepa.encoder.load_state_dict(d_on["encoder"])
