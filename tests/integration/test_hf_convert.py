@@ -116,3 +116,19 @@ def test_training_warm_start_from_hf_folder_keeps_weights_exact(run_dir, tmp_pat
     for name in ("encoder", "predictor"):
         for k, v in src[name].items():
             assert (online[name][k] - v).abs().max() <= 1e-20, f"{name}.{k}"
+
+
+def test_a_run_folder_that_also_holds_an_export_is_read_as_the_run(run_dir, tmp_path):
+    """`convert_to_hf.py RUN RUN --overwrite` puts an export's config.json into the run folder: as
+    train.init_from the folder is still the run (its predictor and EMA target), not the export."""
+    import shutil
+
+    from vjepa_scale.hf import export_to_hf
+    from vjepa_scale.weights import load_consolidated
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    src = load_consolidated(run, "target")
+    export_to_hf(src["config"], src["encoder"], run, step=src["step"], overwrite=True)  # no predictor in it
+    assert (run / "config.json").is_file()
+    state = load_init_state(run, src["config"])
+    assert state["predictor"] is not None and state["target_encoder"] is not None

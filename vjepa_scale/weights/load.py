@@ -30,7 +30,7 @@ from vjepa_scale.weights.checks import CheckpointMismatchError, check_architectu
 from vjepa_scale.weights.hf_config import check_hf_fields, hf_pos_embed, read_hf_config
 from vjepa_scale.weights.releases import (VJEPA2_MASK_TOKENS, FileLayout, Release, check_heads, identify,
                                           pick_release)
-from vjepa_scale.weights.run import load_consolidated, resolve_checkpoint
+from vjepa_scale.weights.run import CKPT_SUBDIR, is_complete, load_consolidated, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
@@ -48,7 +48,7 @@ def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[
     """
     p = Path(path).expanduser()
     if p.is_dir():
-        state = _from_hf_folder(p, cfg) if (p / "config.json").is_file() else _from_training_run(p, cfg)
+        state = _from_hf_folder(p, cfg) if _is_hf_folder(p) else _from_training_run(p, cfg)
     elif p.is_file():
         state = _from_torch_file(p, cfg)
     else:
@@ -64,12 +64,19 @@ def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[
     return state
 
 
+def _is_hf_folder(p: Path) -> bool:
+    """A Hugging Face export folder (config.json), unless it is a training run or checkpoint that also
+    holds an export (`convert_to_hf.py RUN RUN`): the run's own checkpoints then win (they have the
+    predictor and the EMA target)."""
+    return (p / "config.json").is_file() and not (p / CKPT_SUBDIR).is_dir() and not is_complete(p)
+
+
 def check_init_source(path: str | os.PathLike, cfg: Config) -> None:
     """What `load_init_state(path, cfg)` checks that needs no weights read, with its errors: the format,
     and the architecture the source states (an HF folder's config.json, a run's config.yaml, an official
     file's release; an official file is memory-mapped, not read). For the pre-flight checks."""
     p = Path(path).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
+    if p.is_dir() and _is_hf_folder(p):
         hf_cfg = read_hf_config(p)
         _check_positions(hf_pos_embed(hf_cfg, str(p)), cfg, f"{p} (model_type {hf_cfg['model_type']})")
         names = [k.removeprefix("vjepa2.") for k in _hf_tensor_names(p)]
