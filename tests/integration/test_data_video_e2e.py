@@ -72,3 +72,28 @@ def test_synthetic_tool_cli(tmp_path):
 def test_noisy_square_options_are_checked_by_the_tool(tmp_path):
     r = launch("tools/make_synthetic_videos.py", tmp_path / "x", "--side", "8")
     assert r.returncode == 2 and "--side only apply to --pattern noisy_square" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "31"], "--size must be even and at least 16"),
+    (["--num-videos", "0"], "--num-videos must be at least 1"),
+    (["--num-videos", "1"], "--val-fraction 0.25 of --num-videos 1 puts no video in val.txt"),
+    (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+])
+def test_synthetic_tool_refuses_bad_ranges_up_front(tmp_path, args, message):
+    """An odd size (libx264), no video, or a val split left empty: exit 2 naming the option, nothing written."""
+    r = launch("tools/make_synthetic_videos.py", tmp_path / "x", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_synthetic_tool_without_val_split_writes_no_val_index(tmp_path):
+    """--val-fraction 0: every video in train.txt; no val.txt (an earlier one, now stale, is removed)."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    out.joinpath("val.txt").write_text("/old/video.mp4 0\n")
+    r = launch("tools/make_synthetic_videos.py", out, "--num-videos", "2", "--frames", "4", "--size", "16",
+               "--codecs", "h264", "--val-fraction", "0")
+    assert_ok(r)
+    assert "no val.txt" in r.stdout and len(out.joinpath("train.txt").read_text().splitlines()) == 2
+    assert not out.joinpath("val.txt").exists()

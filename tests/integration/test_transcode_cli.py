@@ -65,3 +65,22 @@ def test_transcode_tool_keeps_every_source_and_a_readable_index(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["x.webm.mp4", "x.avi.mp4", "clip.part1.mp4", "clip.part2.mp4",
                                                     "x.mp4"]
     assert [probe_video(p).num_frames for p in paths] == [10, 12, 14, 16, 8]
+
+
+def test_transcode_tool_refuses_overwriting_a_source_and_fails_when_nothing_transcodes(tmp_path):
+    """OUT such that videos/a.mp4 would be written onto itself: exit 2 naming it, the source intact; an index
+    of unreadable files only: exit 1, each file listed, no index written."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    a = index_video(videos / "a.mp4", "libx264", frames=6)
+    before = open(a, "rb").read()
+    (videos / "idx.txt").write_text("a.mp4 0\n")
+    r = run([sys.executable, ROOT / "tools" / "transcode.py", "videos/idx.txt", "."], cwd=tmp_path)
+    assert r.returncode == 2 and "output videos/a.mp4 is the source video" in r.stderr
+    assert "Traceback" not in r.stderr and open(a, "rb").read() == before
+
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    (tmp_path / "bad.txt").write_text("bad.mp4 0\n")
+    r = run([sys.executable, ROOT / "tools" / "transcode.py", tmp_path / "bad.txt", tmp_path / "out"])
+    assert r.returncode == 1 and "left out" in r.stderr and "bad.mp4" in r.stderr
+    assert "none of the 1 file(s)" in r.stderr and not (tmp_path / "out" / "bad.txt").exists()

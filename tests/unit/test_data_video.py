@@ -515,6 +515,17 @@ def test_noisy_square_settings_are_checked(tmp_path):
         write_synthetic_videos(tmp_path, 2, 4, 32, ("h264",), pattern="noisy_square", square={"size": 8})
 
 
+def test_synthetic_videos_without_a_val_split_write_no_val_index(tmp_path):
+    """val_fraction=0 or a single video: no (empty) val.txt, which evaluation would refuse; odd sizes refused."""
+    for n, fraction in ((2, 0.0), (1, 0.25)):
+        paths = write_synthetic_videos(tmp_path / str(n), n, 2, 16, ("h264",), val_fraction=fraction)
+        assert set(paths) == {"train"} and not (tmp_path / str(n) / "val.txt").exists()
+    with pytest.raises(ValueError, match="even size"):
+        write_synthetic_videos(tmp_path / "odd", 2, 2, 31, ("h264",))
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        write_synthetic_videos(tmp_path / "all", 2, 2, 16, ("h264",), val_fraction=1.0)
+
+
 def test_skip_tracker_counts_the_samples_each_batch_holds():
     """Draws = samples of each batch (token-budget batches vary) + skips; the share check uses them."""
     from types import SimpleNamespace

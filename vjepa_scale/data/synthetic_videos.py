@@ -1,7 +1,8 @@
 """Real encoded synthetic videos: moving textured shapes labelled by their direction of motion.
 
 `write_synthetic_videos(out_dir, num_videos, ...)` writes H.264 (.mp4), VP9 (.webm) or MJPEG (.avi)
-files through PyAV plus `train.txt` / `val.txt` index files (`path label` lines, absolute paths).
+files through PyAV plus `train.txt` / `val.txt` index files (`path label` lines, absolute paths; no
+`val.txt` when the split holds no video, e.g. val_fraction=0).
 The label is the direction a textured square moves in (0 right, 1 left, 2 down, 3 up) over a static
 textured background: no single frame reveals it, so a model must use time.
 
@@ -140,17 +141,26 @@ def frame_index_frames(frames: int, height: int, width: int) -> np.ndarray:
     return np.broadcast_to(levels[:, None, None, None], (frames, height, width, 3)).copy()
 
 
+def num_val_videos(num_videos: int, val_fraction: float) -> int:
+    """Videos `write_synthetic_videos` puts in val.txt: round(val_fraction * num_videos), at least one left for training."""
+    return min(max(int(round(val_fraction * num_videos)), 0), num_videos - 1)
+
+
 def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, frames: int = 16, size: int = 64,
                            codecs: Sequence[str] = ("h264", "vp9"), fps: int = 8, val_fraction: float = 0.25,
                            seed: int = 0, pattern: str = "shapes",
                            square: Optional[dict] = None) -> dict[str, Path]:
     """Write `num_videos` videos (codecs alternate) and `train.txt` / `val.txt`; returns their paths.
 
-    Labels cycle through the four directions, so every class appears in both splits. `square`:
-    keyword arguments of `noisy_square_frames` (side, speed, count, noise, cell) for that pattern.
+    Labels cycle through the four directions, so every class appears in both splits. When no video goes
+    to validation (`num_val_videos` is 0: val_fraction=0, or one video), no val.txt is written (an
+    earlier one in `out_dir`, listing videos now rewritten, is removed) and the result has no "val" key.
+    `square`: keyword arguments of `noisy_square_frames` (side, speed, count, noise, cell) for that pattern.
     """
-    if num_videos < 1 or frames < 1 or size < 16:
-        raise ValueError(f"need num_videos >= 1, frames >= 1, size >= 16; got {num_videos}, {frames}, {size}")
+    if num_videos < 1 or frames < 1 or size < 16 or size % 2:
+        raise ValueError(f"need num_videos >= 1, frames >= 1, an even size >= 16; got {num_videos}, {frames}, {size}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {pattern!r}")
     square = dict(square or {})
@@ -175,16 +185,19 @@ def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, fra
         path = out / "videos" / f"{i:05d}_{DIRECTIONS[label]}{CODECS[codec][1]}"
         write_video(path, clip, fps, codec)
         lines.append(f"{path} {label}")
-    num_val = int(round(val_fraction * num_videos)) if num_videos > 1 else 0
-    num_val = min(max(num_val, 0), num_videos - 1)
+    num_val = num_val_videos(num_videos, val_fraction)
     order = rng.permutation(num_videos)
     val_ids = set(order[:num_val].tolist())
     split = {"train": [l for i, l in enumerate(lines) if i not in val_ids],
              "val": [l for i, l in enumerate(lines) if i in val_ids]}
     paths = {}
     for name, rows in split.items():
-        paths[name] = out / f"{name}.txt"
-        paths[name].write_text("".join(r + "\n" for r in rows))
+        path = out / f"{name}.txt"
+        if rows:
+            path.write_text("".join(r + "\n" for r in rows))
+            paths[name] = path
+        elif path.exists():  # an empty index is refused by evaluation; a stale one would list rewritten videos
+            path.unlink()
     return paths
 
 

@@ -1,0 +1,88 @@
+"""vjepa_scale.data.transcode: outputs never replace their sources or the source index, appear only once
+complete, and a file without a video stream is left out with that reason."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from helpers.dali_videos import corrupt, index_video
+from vjepa_scale.data.transcode import transcode_index, transcode_video
+
+
+def audio_only(path) -> str:
+    """An AAC file with no video stream."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=8000)
+        s.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*s.encode(frame), *s.encode()]:
+            c.mux(packet)
+    return str(path)
+
+
+def test_output_that_is_its_source_is_refused_before_any_work(tmp_path, monkeypatch):
+    """idx.txt in videos/ lists a.mp4; OUT = the folder above: the output videos/a.mp4 is the source."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    a = index_video(videos / "a.mp4", "libx264", frames=6)
+    before = open(a, "rb").read()
+    (videos / "idx.txt").write_text("a.mp4 0\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"output videos/a.mp4 is the source video .*videos/a.mp4"):
+        transcode_index("videos/idx.txt", ".")
+    assert open(a, "rb").read() == before
+    assert sorted(os.listdir(videos)) == ["a.mp4", "idx.txt"]
+
+
+def test_new_index_that_is_the_source_index_is_refused(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    index_video(tmp_path / "a.mp4", "libx264", frames=6)
+    index = src / "train.txt"
+    index.write_text("../a.mp4 2\n")
+    with pytest.raises(ValueError, match=rf"new index {src}/train.txt would overwrite the source index {index}"):
+        transcode_index(str(index), str(src))
+    assert index.read_text() == "../a.mp4 2\n" and not (src / "videos").exists()
+
+
+def test_failed_transcode_keeps_the_previous_output_and_leaves_no_partial_file(tmp_path):
+    """A source undecodable from frame 25 on fails mid-encode: the earlier output stays, no temporary file,
+    also through transcode_index (which leaves the source out)."""
+    corrupt(index_video(tmp_path / "good.mp4", "libx264", frames=30), tmp_path / "a.mp4", 25)
+    index_video(tmp_path / "b.mp4", "libx264", frames=6)
+    dst = tmp_path / "out" / "videos" / "a.mp4"
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(b"an earlier output")
+    with pytest.raises(Exception, match="Invalid data"):
+        transcode_video(str(tmp_path / "a.mp4"), str(dst))
+    assert dst.read_bytes() == b"an earlier output" and os.listdir(dst.parent) == ["a.mp4"]
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\n")
+    _, failed = transcode_index(str(tmp_path / "train.txt"), str(tmp_path / "out"))
+    assert [src for src, _ in failed] == [str(tmp_path / "a.mp4")]
+    assert dst.read_bytes() == b"an earlier output" and sorted(os.listdir(dst.parent)) == ["a.mp4", "b.mp4"]
+
+
+def test_file_without_a_video_stream_is_left_out_with_the_reason(tmp_path):
+    index_video(tmp_path / "a.mp4", "libx264", frames=6)
+    audio_only(tmp_path / "song.m4a")
+    index = tmp_path / "train.txt"
+    index.write_text("a.mp4 0\nsong.m4a 1\n")
+    new_index, failed = transcode_index(str(index), str(tmp_path / "out"))
+    assert failed == [(str(tmp_path / "song.m4a"), "no video stream")]
+    assert new_index.read_text() == f"{tmp_path}/out/videos/a.mp4 0\n"
+    assert sorted(os.listdir(tmp_path / "out" / "videos")) == ["a.mp4"]
+
+
+def test_nothing_transcoded_writes_no_index(tmp_path):
+    audio_only(tmp_path / "song.m4a")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    index = tmp_path / "train.txt"
+    index.write_text("song.m4a 1\nbad.mp4 0\n")
+    new_index, failed = transcode_index(str(index), str(tmp_path / "out"))
+    assert new_index is None and [src for src, _ in failed] == [str(tmp_path / "song.m4a"), str(tmp_path / "bad.mp4")]
+    assert not (tmp_path / "out" / "train.txt").exists()
