@@ -65,6 +65,12 @@ def test_transcode_tool_keeps_every_source_and_a_readable_index(tmp_path):
     assert [os.path.basename(p) for p in paths] == ["x.webm.mp4", "x.avi.mp4", "clip.part1.mp4", "clip.part2.mp4",
                                                     "x.mp4"]
     assert [probe_video(p).num_frames for p in paths] == [10, 12, 14, 16, 8]
+    # a relative OUT and the index written elsewhere: its paths are absolute, so they resolve from there
+    r = run([sys.executable, ROOT / "tools" / "transcode.py", index, "rel", "--out-index", tmp_path / "i" / "t.txt"],
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "i" / "t.txt").read_text().splitlines()
+    assert all(os.path.isabs(l.rsplit(" ", 1)[0]) for l in lines) and read_index(tmp_path / "i" / "t.txt")[1] == labels
 
 
 def test_transcode_tool_refuses_overwriting_a_source_and_fails_when_nothing_transcodes(tmp_path):
@@ -76,7 +82,7 @@ def test_transcode_tool_refuses_overwriting_a_source_and_fails_when_nothing_tran
     before = open(a, "rb").read()
     (videos / "idx.txt").write_text("a.mp4 0\n")
     r = run([sys.executable, ROOT / "tools" / "transcode.py", "videos/idx.txt", "."], cwd=tmp_path)
-    assert r.returncode == 2 and "output videos/a.mp4 is the source video" in r.stderr
+    assert r.returncode == 2 and "videos/a.mp4 is the source video" in r.stderr
     assert "Traceback" not in r.stderr and open(a, "rb").read() == before
 
     (tmp_path / "bad.mp4").write_bytes(b"not a video")

@@ -100,7 +100,7 @@ def transcode_index(index: str, out_dir: str, gop: int = 16, short_side: int = 2
     files left out); the path is None, and no index is written, when every file was left out.
     """
     paths, labels = read_index(index)
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser().resolve()  # the new index lists absolute paths
     dst_of: dict[str, str] = {}  # source -> output, in index order
     for k, p in enumerate(paths):
         if p not in dst_of:
