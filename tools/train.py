@@ -7,7 +7,7 @@ SLURM: srun python tools/train.py --config vith384.yaml            (one task per
 CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train.py --config cpu_demo.yaml
 
 --config takes a path or a bare name from configs/. --opt section.key=value overrides (repeatable; a
-list element by index, as errors name it: --opt phases[1].steps=2000).
+list element by index, as errors name it: --opt phases[-1].optim.lr=1e-4).
 --resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
 Without --resume, a run dir that holds checkpoints is refused (a fresh start would overwrite its records).
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived; one
