@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                     help="baseline: random weights, architecture from model: or --checkpoint")
     ap.add_argument("--which", choices=["target", "online"], help="encoder of a checkpoint (default target/EMA)")
     ap.add_argument("--output", help="run.output_dir")
-    ap.add_argument("--seeds", help="comma-separated probe seeds (run.seeds)")
+    ap.add_argument("--seeds", help="comma-separated probe seeds, each once (run.seeds)")
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     ap.add_argument("--opt", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value (YAML syntax), repeatable; same as a bare section.key=value")

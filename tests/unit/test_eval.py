@@ -125,6 +125,14 @@ def test_eval_config_validation(tmp_path):
     assert load_eval_config("probe_motion", ["encoder.random_init=true", "model.size=tiny"]).run.seeds == [0, 1, 2]
 
 
+def test_repeated_probe_seeds_are_refused():
+    """`--seeds 0,1,1` would train seed 1 twice: the mean over 3 runs beside a per-seed dict of 2 keys."""
+    base = ["data.train_index=a", "data.val_index=b", "encoder.random_init=true", "model.size=tiny"]
+    with pytest.raises(ConfigError, match=r"^run.seeds=\[0, 1, 1, 2, 2\] repeats seed 1, 2: each seed trains one probe"):
+        load_eval_config(None, [*base, "run.seeds=[0, 1, 1, 2, 2]"])
+    assert load_eval_config(None, [*base, "run.seeds=[2, 0]"]).run.seeds == [2, 0]
+
+
 def test_train_and_val_index_must_not_share_videos(tmp_path):
     """The same video in both index files (here once as a relative path, once through a symlinked folder)
     fails naming both files, the count and an example, unless data.allow_overlap."""
