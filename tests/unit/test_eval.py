@@ -256,6 +256,38 @@ def test_extract_features_layout_matches_direct_encoding():
     torch.testing.assert_close(part.feats_MVND[1], fs.feats_MVND[3], rtol=1e-4, atol=1e-5)
 
 
+def test_videos_shorter_than_a_clip_window_are_counted_and_reported(tmp_path, caplog):
+    """6-frame videos under a 10-frame window (4 frames at step 3) are padded (their last frame repeated): the
+    items say so, the evaluation warns once with the counts, and result.json has them; 12-frame ones are not."""
+    import json
+
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.run import run_eval
+
+    index = {}
+    for frames in (12, 6):
+        idx = write_synthetic_videos(tmp_path / f"f{frames}", num_videos=8, frames=frames, size=32, val_fraction=0.5,
+                                     seed=frames)
+        for split in ("train", "val"):
+            index[split] = index.get(split, "") + idx[split].read_text()  # absolute paths
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.txt").write_text(index[split])
+    data = EvalDataConfig(train_index=str(tmp_path / "train.txt"), val_index=str(tmp_path / "val.txt"), crop_size=32,
+                          frames_per_clip=4, frame_step=3, num_workers=0)
+    paths, labels = read_labeled_index(data.train_index, "data.train_index")
+    assert [EvalClips(paths, labels, data)[i]["padded"] for i in range(len(paths))] == [False] * 4 + [True] * 4
+    cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=1, batch_size=4))
+    cfg.encoder.random_init = True
+    cfg.run.output_dir, cfg.run.tensorboard, cfg.run.progress_bar = str(tmp_path / "out"), False, False
+    with caplog.at_level("WARNING", logger="vjepa_scale.eval"):
+        result = run_eval(cfg.validate())
+    warned = [r.getMessage() for r in caplog.records if "clip window" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("eval: 4 train and 4 val videos are shorter than one clip window "
+                                                     "(data.frames_per_clip=4 at data.frame_step=3 spans 10 frames)")
+    assert result["padded_videos"] == {"train": 4, "val": 4}
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["padded_videos"] == {"train": 4, "val": 4}
+
+
 def test_eval_clips_decode_real_videos(tmp_path):
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
