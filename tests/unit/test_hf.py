@@ -366,7 +366,8 @@ def test_phased_export_describes_the_last_phase_and_the_real_schedules(tmp_path)
     card = (out / "README.md").read_text()
     assert "# 8 frames, 96 px crop" in card and "8 frames, frame step" in card and "crop 96 (the last phase)" in card
     assert "cosine" not in card.split("## Training recipe")[1].split("<details>")[0]
-    assert "| 0 (pretrain) | 30 | 4 frames, crop 64 |" in card and "| 1 (cool) | 10 | 8 frames, crop 96 | 6 clips |" in card
+    assert "| 0 (pretrain) | 30 | 4 frames, crop 64 |" in card
+    assert "| 1 (cool) | 10 | 8 frames, crop 96 | 6 clips |" in card
     assert "over the horizon's last 12 steps (`wsd`, 12-step horizon); WD" in card  # the cooldown phase's own piece
     assert "over 5 warmup steps" in card and "WD 0.04 (constant)" in card
 

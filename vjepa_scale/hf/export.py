@@ -135,7 +135,8 @@ def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: 
     loader = ("from transformers import VJEPA2Model\nmodel = VJEPA2Model.from_pretrained(PATH)" if rope else
               "from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH, trust_remote_code=True)")
     phases = cfg.phase_configs()
-    o, d, m = cfg.optim, phases[-1].data, cfg.model  # d: the clip shape the weights were trained last with
+    d, m = phases[-1].data, cfg.model  # d: the clip shape the weights were trained last with
+    last_note = " (the last phase)" if cfg.phases else ""
     def pct(lo: float, hi: float) -> str:
         return f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
 
@@ -183,7 +184,7 @@ width) raster order.{pred_note}
 
 | item | value |
 |---|---|
-| clip | {d.frames_per_clip} frames, frame step {d.frame_step}, crop {d.crop_size}{' (the last phase)' if cfg.phases else ''} |
+| clip | {d.frames_per_clip} frames, frame step {d.frame_step}, crop {d.crop_size}{last_note} |
 | encoder | width {dims.width}, depth {dims.depth}, heads {dims.num_heads}, MLP ratio {dims.mlp_ratio:g} |
 | predictor | width {m.pred_width}, depth {m.pred_depth}, heads {m.pred_num_heads} |
 | masks | {masks} |
