@@ -128,7 +128,7 @@ def test_eval_config_validation(tmp_path):
 def test_repeated_probe_seeds_are_refused():
     """`--seeds 0,1,1` would train seed 1 twice: the mean over 3 runs beside a per-seed dict of 2 keys."""
     base = ["data.train_index=a", "data.val_index=b", "encoder.random_init=true", "model.size=tiny"]
-    with pytest.raises(ConfigError, match=r"^run.seeds=\[0, 1, 1, 2, 2\] repeats seed 1, 2: each seed trains one probe"):
+    with pytest.raises(ConfigError, match=r"^run.seeds=\[0, 1, 1, 2, 2\] repeats seed 1, 2: each seed trains one"):
         load_eval_config(None, [*base, "run.seeds=[0, 1, 1, 2, 2]"])
     assert load_eval_config(None, [*base, "run.seeds=[2, 0]"]).run.seeds == [2, 0]
 
@@ -328,6 +328,33 @@ class FirstTokenLogits(torch.nn.Module):
 
     def forward(self, x_BND):
         return x_BND[:, 0, :self.classes]
+
+
+def test_probe_train_metrics_count_each_sample_once(monkeypatch):
+    """5 samples in batches of 4: the epoch's second batch repeats 3 of them. With a probe whose predictions do not
+    change (2 of the 5 right), train_top1 is exactly 40 % and train_loss the mean over the 5, in every epoch."""
+    import vjepa_scale.eval.train_probe as tp
+
+    class Fixed(torch.nn.Module):  # logits = token 0's first C features; parameters only for the optimizer
+        def __init__(self, cfg, dim, classes, heads):
+            super().__init__()
+            self.classes = classes
+            self.w, self.b = torch.nn.Parameter(torch.zeros(1, 1)), torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x_BND):
+            return x_BND[:, 0, :self.classes] + 0 * (self.w.sum() + self.b.sum())
+
+    monkeypatch.setattr(tp, "AttentiveProbe", Fixed)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    guess = torch.tensor([0, 1, 0, 1, 2])  # right for the first two
+    x = 4 * F.one_hot(guess, 3).float()[:, None, None, :]  # (5 videos, 1 view, 1 token, 3)
+    train = FeatureSet(x, y, torch.arange(5))
+    res = train_probe(train, train, ProbeConfig(), ProbeOptimConfig(epochs=3, batch_size=4), num_classes=3,
+                      encoder_heads=1, seed=0, device=torch.device("cpu"), progress=False)
+    loss = F.cross_entropy(x[:, 0, 0], y).item()
+    for row in res["history"]:
+        assert row["train_samples"] == 5 and row["train_top1"] == 40.0, row
+        assert row["train_loss"] == pytest.approx(loss, rel=1e-6), row
 
 
 def test_evaluate_averages_softmax_over_views():
