@@ -9,7 +9,10 @@
 
 `section.key=value` arguments (anywhere on the line) or `--opt section.key=value` (repeatable, as in
 tools/train.py) override the YAML (sections: encoder, model, data, probe, optim, run).
-Writes `<run.output_dir>/result.json` and tensorboard logs in `<run.output_dir>/tb`.
+Writes `result.json` and tensorboard logs (`tb/`) to the output folder: `--output DIR` (or a
+`run.output_dir` override) as given; otherwise `run.output_dir` with a suffix naming the encoder
+source, so that the examples above do not overwrite each other: none for a checkpoint's EMA target,
+`_online`, `_hf`, `_random_init` (e.g. runs/experiment_motion/probe_random_init).
 """
 from __future__ import annotations
 
@@ -31,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--random-init", action="store_true",
                     help="baseline: random weights, architecture from model: or --checkpoint")
     ap.add_argument("--which", choices=["target", "online"], help="encoder of a checkpoint (default target/EMA)")
-    ap.add_argument("--output", help="run.output_dir")
-    ap.add_argument("--seeds", help="comma-separated probe seeds (run.seeds)")
+    ap.add_argument("--output", help="output folder, as given (run.output_dir; without it: run.output_dir "
+                    "with a suffix naming the encoder source)")
+    ap.add_argument("--seeds", help="comma-separated probe seeds, each once (run.seeds)")
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     ap.add_argument("--opt", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value (YAML syntax), repeatable; same as a bare section.key=value")
@@ -59,6 +63,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, overrides
 
 
+def source_suffix(cfg) -> str:
+    """The output folder's suffix for the encoder source of `cfg` (an `EvalConfig`)."""
+    e = cfg.encoder
+    if e.random_init:
+        return "_random_init"
+    if e.hf_path:
+        return "_hf"
+    return "_online" if e.which == "online" else ""
+
+
+def output_given(overrides: list[str]) -> bool:
+    """Whether the command line sets the output folder (`--output`, `run.output_dir=` or `run=`)."""
+    return any(o.split("=", 1)[0].strip() in ("run.output_dir", "run") for o in overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
 
@@ -68,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_eval_config(args.config, overrides)
+        if not output_given(overrides):
+            cfg.run.output_dir = cfg.run.output_dir.rstrip("/") + source_suffix(cfg)
         result = run_eval(cfg)
     except (ConfigError, CheckpointMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)

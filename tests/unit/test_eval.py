@@ -125,6 +125,14 @@ def test_eval_config_validation(tmp_path):
     assert load_eval_config("probe_motion", ["encoder.random_init=true", "model.size=tiny"]).run.seeds == [0, 1, 2]
 
 
+def test_repeated_probe_seeds_are_refused():
+    """`--seeds 0,1,1` would train seed 1 twice: the mean over 3 runs beside a per-seed dict of 2 keys."""
+    base = ["data.train_index=a", "data.val_index=b", "encoder.random_init=true", "model.size=tiny"]
+    with pytest.raises(ConfigError, match=r"^run.seeds=\[0, 1, 1, 2, 2\] repeats seed 1, 2: each seed trains one"):
+        load_eval_config(None, [*base, "run.seeds=[0, 1, 1, 2, 2]"])
+    assert load_eval_config(None, [*base, "run.seeds=[2, 0]"]).run.seeds == [2, 0]
+
+
 def test_train_and_val_index_must_not_share_videos(tmp_path):
     """The same video in both index files (here once as a relative path, once through a symlinked folder)
     fails naming both files, the count and an example, unless data.allow_overlap."""
@@ -248,6 +256,38 @@ def test_extract_features_layout_matches_direct_encoding():
     torch.testing.assert_close(part.feats_MVND[1], fs.feats_MVND[3], rtol=1e-4, atol=1e-5)
 
 
+def test_videos_shorter_than_a_clip_window_are_counted_and_reported(tmp_path, caplog):
+    """6-frame videos under a 10-frame window (4 frames at step 3) are padded (their last frame repeated): the
+    items say so, the evaluation warns once with the counts, and result.json has them; 12-frame ones are not."""
+    import json
+
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.run import run_eval
+
+    index = {}
+    for frames in (12, 6):
+        idx = write_synthetic_videos(tmp_path / f"f{frames}", num_videos=8, frames=frames, size=32, val_fraction=0.5,
+                                     seed=frames)
+        for split in ("train", "val"):
+            index[split] = index.get(split, "") + idx[split].read_text()  # absolute paths
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.txt").write_text(index[split])
+    data = EvalDataConfig(train_index=str(tmp_path / "train.txt"), val_index=str(tmp_path / "val.txt"), crop_size=32,
+                          frames_per_clip=4, frame_step=3, num_workers=0)
+    paths, labels = read_labeled_index(data.train_index, "data.train_index")
+    assert [EvalClips(paths, labels, data)[i]["padded"] for i in range(len(paths))] == [False] * 4 + [True] * 4
+    cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=1, batch_size=4))
+    cfg.encoder.random_init = True
+    cfg.run.output_dir, cfg.run.tensorboard, cfg.run.progress_bar = str(tmp_path / "out"), False, False
+    with caplog.at_level("WARNING", logger="vjepa_scale.eval"):
+        result = run_eval(cfg.validate())
+    warned = [r.getMessage() for r in caplog.records if "clip window" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("eval: 4 train and 4 val videos are shorter than one clip window "
+                                                     "(data.frames_per_clip=4 at data.frame_step=3 spans 10 frames)")
+    assert result["padded_videos"] == {"train": 4, "val": 4}
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["padded_videos"] == {"train": 4, "val": 4}
+
+
 def test_eval_clips_decode_real_videos(tmp_path):
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
@@ -288,6 +328,33 @@ class FirstTokenLogits(torch.nn.Module):
 
     def forward(self, x_BND):
         return x_BND[:, 0, :self.classes]
+
+
+def test_probe_train_metrics_count_each_sample_once(monkeypatch):
+    """5 samples in batches of 4: the epoch's second batch repeats 3 of them. With a probe whose predictions do not
+    change (2 of the 5 right), train_top1 is exactly 40 % and train_loss the mean over the 5, in every epoch."""
+    import vjepa_scale.eval.train_probe as tp
+
+    class Fixed(torch.nn.Module):  # logits = token 0's first C features; parameters only for the optimizer
+        def __init__(self, cfg, dim, classes, heads):
+            super().__init__()
+            self.classes = classes
+            self.w, self.b = torch.nn.Parameter(torch.zeros(1, 1)), torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x_BND):
+            return x_BND[:, 0, :self.classes] + 0 * (self.w.sum() + self.b.sum())
+
+    monkeypatch.setattr(tp, "AttentiveProbe", Fixed)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    guess = torch.tensor([0, 1, 0, 1, 2])  # right for the first two
+    x = 4 * F.one_hot(guess, 3).float()[:, None, None, :]  # (5 videos, 1 view, 1 token, 3)
+    train = FeatureSet(x, y, torch.arange(5))
+    res = train_probe(train, train, ProbeConfig(), ProbeOptimConfig(epochs=3, batch_size=4), num_classes=3,
+                      encoder_heads=1, seed=0, device=torch.device("cpu"), progress=False)
+    loss = F.cross_entropy(x[:, 0, 0], y).item()
+    for row in res["history"]:
+        assert row["train_samples"] == 5 and row["train_top1"] == 40.0, row
+        assert row["train_loss"] == pytest.approx(loss, rel=1e-6), row
 
 
 def test_evaluate_averages_softmax_over_views():

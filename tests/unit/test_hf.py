@@ -347,3 +347,30 @@ def test_exported_files_get_the_umask_mode(tmp_path, shard):
         os.umask(old)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
     assert any(n.endswith(".safetensors") for n in modes) and set(modes.values()) == {"0o640"}, modes
+
+
+def test_phased_export_describes_the_last_phase_and_the_real_schedules(tmp_path):
+    """A phased run's preprocessor config and card give the last phase's clip (what the weights were trained
+    last with), the card lists every phase, and it names the run's LR / WD / EMA schedules (not always cosine)."""
+    from vjepa_scale.config import load_config
+
+    cfg = load_config("cpu_demo", ["model.pos_embed=rope", "optim.iterations=40", "optim.lr_schedule=wsd",
+                                   "optim.cooldown=10", "optim.warmup=5", "optim.wd_schedule=constant",
+                                   "phases=[{name: pretrain, steps: 30, crop_size: 64, frames_per_clip: 4}, "
+                                   "{name: cool, crop_size: 96, frames_per_clip: 8, global_batch_size: 6, "
+                                   "optim: {warmup: 0, cooldown: 12}}]"])
+    model = JEPA(cfg.phase_configs()[0])
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf")
+    proc = json.loads((out / "video_preprocessor_config.json").read_text())
+    assert proc["num_frames"] == 8 and proc["crop_size"] == {"height": 96, "width": 96}, proc
+    card = (out / "README.md").read_text()
+    assert "# 8 frames, 96 px crop" in card and "8 frames, frame step" in card and "crop 96 (the last phase)" in card
+    assert "cosine" not in card.split("## Training recipe")[1].split("<details>")[0]
+    assert "| 0 (pretrain) | 30 | 4 frames, crop 64 |" in card
+    assert "| 1 (cool) | 10 | 8 frames, crop 96 | 6 clips |" in card
+    assert "over the horizon's last 12 steps (`wsd`, 12-step horizon); WD" in card  # the cooldown phase's own piece
+    assert "over 5 warmup steps" in card and "WD 0.04 (constant)" in card
+
+    plain = load_config("cpu_demo", ["optim.lr_schedule=wsd", "optim.cooldown=10"])
+    card = export_to_hf(plain, JEPA(plain).encoder.state_dict(), tmp_path / "plain").joinpath("README.md").read_text()
+    assert "linear toward" in card and "(`wsd`," in card and "cosine toward" not in card and "Phases" not in card

@@ -113,7 +113,7 @@ class ProbeOptimConfig(Section):
 @dataclass
 class RunConfig(Section):
     output_dir: str = "runs/probe"
-    seeds: list[int] = field(default_factory=lambda: [0])  # one probe trained per seed
+    seeds: list[int] = field(default_factory=lambda: [0])  # one probe trained per seed (each seed once)
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     progress_bar: bool = True
@@ -123,6 +123,10 @@ class RunConfig(Section):
     def validate(self, prefix: str = "run") -> None:
         if not self.seeds:
             raise ConfigError(f"{prefix}.seeds must list at least one seed")
+        dup = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if dup:
+            raise ConfigError(f"{prefix}.seeds={list(self.seeds)} repeats seed {', '.join(map(str, dup))}: each "
+                              f"seed trains one probe, give each once")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"{prefix}.num_threads must be >= 1 or null, got {self.num_threads}")
 

@@ -8,7 +8,9 @@ Decoding and normalization are the data pipeline's (`vjepa_scale.data.decode` / 
 included. An unusable file (missing, unreadable, truncated, ...: a `VideoError`) is not replaced, as in
 training, but left out: its item has video None and `skipped` (path, "kind: reason"); feature
 extraction drops it and counts it (`FeatureSet.skipped`, `result.json`'s `skipped_videos`). A video
-shorter than one clip window is kept, its last frame repeated (every video of an eval set is scored).
+shorter than one clip window is kept, its last frame repeated (every video of an eval set is scored);
+its item is marked `padded`, and the evaluation counts and reports those videos (`FeatureSet.padded`,
+`result.json`'s `padded_videos`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch.utils.data import Dataset
 
 from vjepa_scale.config import ConfigError
 from vjepa_scale.data.clips import normalize_clip, stored_box
-from vjepa_scale.data.decode import Deadline, VideoError, decode_clip_frames, probe_video
+from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip_frames, probe_video
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
 
@@ -70,12 +72,17 @@ def rank_share(chosen: list[int], rank: int, world: int, per_class: int,
     return chosen[rank::world]
 
 
+def clip_window(frames_per_clip: int, frame_step: int) -> int:
+    """Frames one clip spans: `frames_per_clip` frames at stride `frame_step`."""
+    return (frames_per_clip - 1) * frame_step + 1
+
+
 def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int) -> list[list[int]]:
     """`num_clips` windows of `frames_per_clip` frames at stride `frame_step`, evenly spread.
 
     A video shorter than one window starts at 0 and repeats its last frame.
     """
-    window = (frames_per_clip - 1) * frame_step + 1
+    window = clip_window(frames_per_clip, frame_step)
     last_start = max(0, num_frames - window)
     if num_clips == 1:
         starts = [last_start // 2]
@@ -104,9 +111,11 @@ EVAL_DECODE_TIMEOUT_S = 60.0  # reading one file longer than this: left out like
 
 
 class EvalClips(Dataset):
-    """item i -> {video (num_views, num_clips, C, T, crop, crop) float32 (None: unusable), label, index, skipped}.
+    """item i -> {video (num_views, num_clips, C, T, crop, crop) float32 (None: unusable), label, index, skipped,
+    padded}.
 
-    `skipped`: None, or (path, "kind: reason") of the file when it is unusable.
+    `skipped`: None, or (path, "kind: reason") of the file when it is unusable. `padded`: the video is
+    shorter than one clip window (`clip_window`), so its clips repeat its last frame.
     """
 
     def __init__(self, paths: list[str], labels: list[int], cfg: EvalDataConfig,
@@ -118,18 +127,22 @@ class EvalClips(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"video": None, "label": self.labels[i], "index": i, "skipped": None}
+        item = {"video": None, "label": self.labels[i], "index": i, "skipped": None, "padded": False}
         try:
             with Deadline(self.paths[i], self.decode_timeout_s) as deadline:
-                item["video"] = self.clips(i, deadline)
+                info = probe_video(self.paths[i], deadline)
+                item["video"] = self.clips(i, deadline, info)
         except VideoError as e:
             item["skipped"] = (e.path, e.summary)
+            return item
+        item["padded"] = info.num_frames < clip_window(self.cfg.frames_per_clip, self.cfg.frame_step)
         return item
 
-    def clips(self, i: int, deadline: Deadline | None = None) -> torch.Tensor:
-        """(num_views, num_clips, C, T, crop, crop) of video i; VideoError when the file is unusable."""
+    def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None) -> torch.Tensor:
+        """(num_views, num_clips, C, T, crop, crop) of video i (`info`: its `probe_video`, probed here when
+        None); VideoError when the file is unusable."""
         c = self.cfg
-        info = probe_video(self.paths[i], deadline)
+        info = info if info is not None else probe_video(self.paths[i], deadline)
         windows = eval_frame_indices(info.num_frames, c.frames_per_clip, c.frame_step, c.num_clips)
         pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for w in windows for f in w], deadline))
         T = c.frames_per_clip

@@ -5,7 +5,7 @@ temporal clips are concatenated, so the probe attends across clips; views are cl
 and their predictions averaged. Under a distributed launch each rank encodes the videos `rank::world`
 (few-shot probes: its share of each subset, `eval.data.rank_share`).
 Items whose video is None (an unusable file, see `eval.data.EvalClips`) are left out and listed in
-`FeatureSet.skipped`.
+`FeatureSet.skipped`; those marked `padded` (shorter than one clip window) are listed in `FeatureSet.padded`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class FeatureSet:
     labels_M: torch.Tensor  # int64 (videos,)
     index_M: torch.Tensor  # int64 (videos,): position in the index file
     skipped: list = field(default_factory=list)  # (path, "kind: reason") of the videos left out
+    padded: list = field(default_factory=list)  # index positions of the videos whose clips repeat their last frame
 
     def __len__(self) -> int:
         return self.labels_M.shape[0]
@@ -35,7 +36,8 @@ def _collate(items: list[dict]) -> dict:
     return {"video": torch.stack([it["video"] for it in kept]) if kept else None,
             "label": torch.tensor([it["label"] for it in kept], dtype=torch.int64),
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.int64),
-            "skipped": [it["skipped"] for it in items if it["video"] is None]}
+            "skipped": [it["skipped"] for it in items if it["video"] is None],
+            "padded": [it["index"] for it in kept if it.get("padded")]}
 
 
 @torch.no_grad()
@@ -50,10 +52,11 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate)
     store_dtype = store_dtype or (torch.float32 if dtype == torch.float32 else torch.bfloat16)
-    feats, labels, index, skipped = [], [], [], []
+    feats, labels, index, skipped, padded = [], [], [], [], []
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
         skipped += batch["skipped"]
+        padded += batch["padded"]
         video = batch["video"]
         if video is None:
             continue
@@ -69,7 +72,7 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
         mine = (f"rank {rank} of {world_size} got no usable videos ({len(dataset)} in the index"
                 + (f"; {len(skipped)} unusable, e.g. {bad})" if skipped else ")"))
         raise ValueError(f"{desc}: " + (mine if not feats else "another rank got no usable videos (see its error)"))
-    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped)
+    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped, padded)
 
 
 def effective_rank(x_XD: torch.Tensor) -> float:

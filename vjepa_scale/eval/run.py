@@ -8,6 +8,7 @@ and trains the probe with DDP.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -17,11 +18,14 @@ import torch
 from vjepa_scale.config import ConfigError, vit_size_name
 from vjepa_scale.distributed import compute_dtype, device_for, init_distributed
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
+from vjepa_scale.eval.data import (EvalClips, check_disjoint, clip_window, per_class_subset, rank_share,
+                                   read_labeled_index)
 from vjepa_scale.eval.encoder import load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads
 from vjepa_scale.eval.train_probe import train_probe
+
+log = logging.getLogger("vjepa_scale.eval")
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -71,6 +75,13 @@ def run_eval(cfg: EvalConfig) -> dict:
             for path, reason in items:
                 print(f"eval: left out {name} video {path} ({reason})", flush=True)
     left_out = {i for i, p in enumerate(train_paths) if p in dict(skipped["train"])}  # train positions
+    padded = {name: len(set(_all_ranks(fs.padded, world))) for name, fs in (("train", train), ("val", val))}
+    if rank == 0 and any(padded.values()):
+        window = clip_window(cfg.data.frames_per_clip, cfg.data.frame_step)
+        log.warning("eval: %d train and %d val videos are shorter than one clip window (data.frames_per_clip=%d "
+                    "at data.frame_step=%d spans %d frames): their clips repeat the last frame (result.json: "
+                    "padded_videos); lower data.frame_step or data.frames_per_clip to sample only real frames",
+                    padded["train"], padded["val"], cfg.data.frames_per_clip, cfg.data.frame_step, window)
     sample_XD = val.feats_MVND[:256, 0].flatten(0, 1).float()  # collapse diagnostics on this rank's share
     feat_rank, feat_top_pc = effective_rank(sample_XD), top_pc_share(sample_XD)
     del encoder
@@ -107,6 +118,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "train_per_class": cfg.data.train_per_class,
         "num_val_videos": len(val_paths) - len(skipped["val"]),
         "skipped_videos": {name: {p: r for p, r in items} for name, items in skipped.items()},
+        "padded_videos": padded,  # encoded videos shorter than one clip window (last frame repeated)
         "val_top1_mean": statistics.fmean(tops),
         "val_top1_std": statistics.pstdev(tops) if len(tops) > 1 else 0.0,
         "val_top1_per_seed": {str(r["seed"]): r["val_top1"] for r in runs},

@@ -3,7 +3,9 @@
 Training samples are (video, view) pairs; a video's prediction averages the softmax over its views.
 AdamW with linear warmup then cosine decay, stepped per iteration. Under torch.distributed each rank
 trains on its own feature shard inside DDP and accuracy counts are summed over ranks. The reported
-accuracy is the one after the last epoch (no selection on the validation split).
+accuracy is the one after the last epoch (no selection on the validation split). An epoch's train
+loss / top-1 count each (video, view) sample once (`train_samples`), not the repeats that fill its last
+batches.
 """
 from __future__ import annotations
 
@@ -91,9 +93,12 @@ def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, opti
         model.train()
         order = torch.cat([torch.randperm(local, generator=g)
                            for _ in range(math.ceil(steps_per_epoch * per_rank / local))])
-        run_loss = run_correct = 0.0
+        run_loss = run_correct = run_seen = 0.0
         for s in range(steps_per_epoch):
             sel = order[s * per_rank:(s + 1) * per_rank]
+            # `order` repeats samples after its first `local` positions (to fill the epoch's last batches):
+            # the train metrics count each sample once per epoch
+            first = (torch.arange(s * per_rank, s * per_rank + len(sel)) < local).to(device)
             x, y = x_SND[sel].to(device, torch.float32), y_S[sel].to(device)
             lr = probe_lr(it, total, warmup, start_lr, optim_cfg.lr, optim_cfg.final_lr)
             for group in opt.param_groups:
@@ -104,15 +109,16 @@ def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, opti
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            run_loss += loss.item() * len(y)
-            run_correct += (logits.argmax(-1) == y).sum().item()
+            with torch.no_grad():
+                run_loss += F.cross_entropy(logits[first], y[first], reduction="sum").item()
+                run_correct += (logits.argmax(-1) == y)[first].sum().item()
+                run_seen += first.sum().item()
             it += 1
             bar.update(1)
-        seen = steps_per_epoch * per_rank
-        run_loss, run_correct, seen = _sum([run_loss, run_correct, float(seen)], device)
+        run_loss, run_correct, seen = _sum([run_loss, run_correct, run_seen], device)
         val_metrics = evaluate(probe, val, device, dtype)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": run_loss / seen, "train_top1": 100.0 * run_correct / seen,
-               "val_loss": val_metrics["loss"], "val_top1": val_metrics["top1"]}
+               "train_samples": int(seen), "val_loss": val_metrics["loss"], "val_top1": val_metrics["top1"]}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_top1']:.1f}")
         if writer is not None and rank == 0:

@@ -7,6 +7,8 @@ use the `vjepa2` parameter names. Weights go to safetensors, sharded with an ind
 `max_shard_size`; a model card (README.md) records the recipe and the training step, and
 `video_preprocessor_config.json` the run's preprocessing for `transformers.AutoVideoProcessor`
 (the stock `VJEPA2VideoProcessor`: resize, centre crop to the run's crop size, ImageNet mean/std).
+A run of several `phases` is described by its last phase's clip shape (the one the weights were
+trained last with); the card lists every phase with its own batch and schedules.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typing import Optional
 import torch
 import yaml
 
-from vjepa_scale.config import DEFAULT_BATCH_SIZE, Config, resolve_vit_size
+from vjepa_scale.config import DEFAULT_BATCH_SIZE, Config, DataConfig, OptimConfig, resolve_vit_size
+from vjepa_scale.train.schedules import horizon
 from vjepa_scale.weights import keys
 from vjepa_scale.weights.checks import check_state_dict, expected_shapes
 from vjepa_scale.weights.hf_config import config_to_hf_fields
@@ -32,21 +35,23 @@ _OUR_FILES = ("config.json", "README.md", "model.safetensors", "model.safetensor
 
 
 def video_processor_fields(cfg: Config) -> dict:
-    """`VJEPA2VideoProcessor` settings that preprocess as the run did: frames and crop of the run, pixels
-    scaled to [0, 1] and normalized with the ImageNet mean/std our loaders use, bilinear resize.
+    """`VJEPA2VideoProcessor` settings that preprocess as the run did: frames and crop of the run (with
+    `phases`, of the last phase), pixels scaled to [0, 1] and normalized with the ImageNet mean/std our
+    loaders use, bilinear resize.
 
     The stock processor always resizes the short side to crop * 256 / 224 before the centre crop (V-JEPA 2's
     evaluation convention); it takes clips of `num_frames` frames as given (no frame sampling).
     """
     from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD
 
-    crop = cfg.data.crop_size
+    last = cfg.phase_configs()[-1].data  # with `phases`: the clip shape the weights were trained last with
+    crop = last.crop_size
     return {"video_processor_type": "VJEPA2VideoProcessor", "do_convert_rgb": True,
             "do_resize": True, "size": {"shortest_edge": int(crop * 256 / 224)}, "resample": 2,  # bilinear
             "do_center_crop": True, "crop_size": {"height": crop, "width": crop},
             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
             "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
-            "do_sample_frames": False, "num_frames": cfg.data.frames_per_clip}
+            "do_sample_frames": False, "num_frames": last.frames_per_clip}
 
 
 def make_hf_config(cfg: Config, dtype: torch.dtype = torch.float32):
@@ -129,18 +134,14 @@ def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: 
     rope = cfg.model.pos_embed == "rope"
     loader = ("from transformers import VJEPA2Model\nmodel = VJEPA2Model.from_pretrained(PATH)" if rope else
               "from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH, trust_remote_code=True)")
-    o, d, m = cfg.optim, cfg.data, cfg.model
+    phases = cfg.phase_configs()
+    d, m = phases[-1].data, cfg.model  # d: the clip shape the weights were trained last with
+    last_note = " (the last phase)" if cfg.phases else ""
     def pct(lo: float, hi: float) -> str:
         return f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
 
     masks = "; ".join(f"union of {s.num_blocks} blocks of {pct(*s.spatial_scale)} of the frame area"
                       for s in cfg.mask.types)
-    if d.tokens_per_batch is not None:
-        batch = f"{d.tokens_per_batch} full-clip tokens per rank"
-    elif d.global_batch_size is not None:
-        batch = f"{d.global_batch_size} clips"
-    else:
-        batch = f"{d.batch_size or DEFAULT_BATCH_SIZE} clips per rank"
     pred_note = ""
     if with_predictor and len(cfg.mask.types) > 1:
         pred_note = (f" The predictor holds one mask token per mask type ({len(cfg.mask.types)}); like `VJEPA2Model`, "
@@ -183,15 +184,11 @@ width) raster order.{pred_note}
 
 | item | value |
 |---|---|
-| clip | {d.frames_per_clip} frames, frame step {d.frame_step}, crop {d.crop_size} |
+| clip | {d.frames_per_clip} frames, frame step {d.frame_step}, crop {d.crop_size}{last_note} |
 | encoder | width {dims.width}, depth {dims.depth}, heads {dims.num_heads}, MLP ratio {dims.mlp_ratio:g} |
 | predictor | width {m.pred_width}, depth {m.pred_depth}, heads {m.pred_num_heads} |
 | masks | {masks} |
-| optimizer | AdamW, LR {o.start_lr:g} -> {o.lr:g} over {o.warmup} warmup steps, cosine to {o.final_lr:g}; WD {o.weight_decay:g} -> {o.final_weight_decay:g} |
-| EMA | momentum {o.ema[0]:g} -> {o.ema[1]:g} |
-| steps | {o.iterations} (schedules on a {o.ipe_scale:g}x horizon) |
-| batch | {batch} |
-
+{_schedule_rows(cfg, phases)}
 <details><summary>Full configuration</summary>
 
 ```yaml
@@ -199,3 +196,47 @@ width) raster order.{pred_note}
 
 </details>
 """
+
+
+def _batch_text(d: DataConfig) -> str:
+    if d.tokens_per_batch is not None:
+        return f"{d.tokens_per_batch} full-clip tokens per rank"
+    if d.global_batch_size is not None:
+        return f"{d.global_batch_size} clips"
+    return f"{d.batch_size or DEFAULT_BATCH_SIZE} clips per rank"
+
+
+def _optim_text(o: OptimConfig) -> str:
+    """The LR and WD schedules as `train.schedules` runs them (on the horizon `ipe_scale x iterations`)."""
+    lr = f"LR {o.start_lr:g} -> {o.lr:g} over {o.warmup} warmup steps, then " if o.warmup else f"LR {o.lr:g}, "
+    if o.lr_schedule == "cosine":
+        lr += f"cosine toward {o.final_lr:g}"
+    elif o.cooldown:
+        lr += f"held, then linear toward {o.final_lr:g} over the horizon's last {o.cooldown} steps"
+    else:
+        lr += "held, no cooldown"
+    wd = (f"WD {o.weight_decay:g} (constant)" if o.wd_schedule == "constant" else
+          f"WD {o.weight_decay:g} -> {o.final_weight_decay:g} (cosine)")
+    return f"AdamW; {lr} (`{o.lr_schedule}`, {horizon(o)}-step horizon); {wd}"
+
+
+def _ema_text(o: OptimConfig) -> str:
+    return (f"momentum {o.ema[0]:g} (constant)" if o.ema_schedule == "constant" else
+            f"momentum {o.ema[0]:g} -> {o.ema[1]:g} (linear)")
+
+
+def _schedule_rows(cfg: Config, phases: list[Config]) -> str:
+    """The recipe table's optimizer, EMA, steps and batch rows; with `phases`, one row per phase."""
+    o = cfg.optim
+    if not cfg.phases:
+        return (f"| optimizer | {_optim_text(o)} |\n| EMA | {_ema_text(o)} |\n"
+                f"| steps | {o.iterations} (schedules on a {o.ipe_scale:g}x horizon) |\n"
+                f"| batch | {_batch_text(cfg.data)} |\n")
+    rows = [f"| steps | {o.iterations} in {len(phases)} phases, each with its own schedules (below) |", "",
+            "### Phases (in training order)", "",
+            "| phase | steps | clip | batch | optimizer | EMA |", "|---|---|---|---|---|---|"]
+    for i, (p, c) in enumerate(zip(cfg.phases, phases)):
+        name = f"{i}" + (f" ({p.name})" if p.name else "")
+        rows.append(f"| {name} | {c.optim.iterations} | {c.data.frames_per_clip} frames, crop {c.data.crop_size} | "
+                    f"{_batch_text(c.data)} | {_optim_text(c.optim)} | {_ema_text(c.optim)} |")
+    return "\n".join(rows) + "\n"
