@@ -225,6 +225,18 @@ def test_eval_leaves_out_and_counts_bad_files(vp9_files, tmp_path):
     assert [p for p, _ in fs.skipped] == [missing, vp9_files["cut"]] and fs.skipped[1][1].startswith("truncated")
 
 
+
+def _index_with_a_run_of_missing_files(tmp_path, good: int, missing: int, after: int, seed: int):
+    """(an index of `good` small VP9 videos with a run of `missing` absent files after the first `after`
+    (a sorted index whose folder is gone), the missing paths)."""
+    rng = np.random.default_rng(seed)
+    videos = []
+    for k in range(good):
+        videos.append(str(tmp_path / f"v{k:02d}.webm"))
+        write_video(videos[-1], moving_shape_frames(k % 4, 8, 32, rng), 8, "vp9")
+    gone = [str(tmp_path / "gone" / f"m{k:02d}.webm") for k in range(missing)]
+    return write_index(tmp_path / "i.txt", videos[:after] + gone + videos[after:]), gone
+
 def test_missing_run_trains_to_the_end_with_skips_in_metrics(tmp_path, caplog):
     """20 missing files in a row among 40 good ones: the Trainer (1 rank, real DeepSpeed) trains all 15 steps
     (one epoch), metrics.jsonl and tensorboard carry the skip counts, the epoch summary is logged."""
@@ -232,13 +244,7 @@ def test_missing_run_trains_to_the_end_with_skips_in_metrics(tmp_path, caplog):
     from vjepa_scale.train.launch import preflight
     from vjepa_scale.train.metrics import read_metrics
 
-    rng = np.random.default_rng(0)
-    good = []
-    for k in range(40):
-        good.append(str(tmp_path / f"v{k:02d}.webm"))
-        write_video(good[-1], moving_shape_frames(k % 4, 8, 32, rng), 8, "vp9")
-    missing = [str(tmp_path / "gone" / f"m{k:02d}.webm") for k in range(20)]
-    index = write_index(tmp_path / "i.txt", good[:10] + missing + good[10:])
+    index, missing = _index_with_a_run_of_missing_files(tmp_path, 40, 20, after=10, seed=0)
     env = single_process_group()
     cfg = load_config("cpu_demo", ["model.depth=1", "data.backend=cpu", f"data.datasets=[{{path: {index}}}]",
                                    "data.crop_size=32", "data.frame_step=2", "data.global_batch_size=4",
@@ -274,13 +280,7 @@ def test_skip_counts_continue_across_a_resume_and_a_phase_boundary(tmp_path):
     from vjepa_scale.train.launch import preflight
     from vjepa_scale.train.metrics import read_metrics
 
-    rng = np.random.default_rng(1)
-    good = []
-    for k in range(16):
-        good.append(str(tmp_path / f"v{k:02d}.webm"))
-        write_video(good[-1], moving_shape_frames(k % 4, 8, 32, rng), 8, "vp9")
-    missing = [str(tmp_path / "gone" / f"m{k:02d}.webm") for k in range(8)]
-    index = write_index(tmp_path / "i.txt", good[:8] + missing + good[8:])
+    index, _ = _index_with_a_run_of_missing_files(tmp_path, 16, 8, after=8, seed=1)
     env = single_process_group()
 
     def run(name, *opts, resume=None):
