@@ -132,3 +132,13 @@ def test_a_run_folder_that_also_holds_an_export_is_read_as_the_run(run_dir, tmp_
     assert (run / "config.json").is_file()
     state = load_init_state(run, src["config"])
     assert state["predictor"] is not None and state["target_encoder"] is not None
+    # evaluation's encoder.hf_path reads the export there (the EMA target it holds), not the run
+    from vjepa_scale.eval.config import EvalConfig, EvalDataConfig
+    from vjepa_scale.eval.encoder import load_frozen_encoder
+
+    d = src["config"].data
+    cfg = EvalConfig(data=EvalDataConfig(train_index="a", val_index="b", crop_size=d.crop_size,
+                                         frames_per_clip=d.frames_per_clip))
+    cfg.encoder.hf_path = str(run)
+    frozen = load_frozen_encoder(cfg.validate()).encoder.state_dict()
+    assert all(torch.equal(frozen[k], v) for k, v in src["encoder"].items())

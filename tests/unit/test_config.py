@@ -241,9 +241,13 @@ def test_unreadable_datasets_refused_in_preflight(tmp_path):
         (tmp_path / "inet" / cls).mkdir(parents=True)
         (tmp_path / "inet" / cls / f"{cls}_1.JPEG").write_bytes(b"")
     (tmp_path / "inet" / "top.png").write_bytes(b"")
+    (tmp_path / "elsewhere" / "n03").mkdir(parents=True)  # a subset built from linked class folders
+    (tmp_path / "elsewhere" / "n03" / "n03_1.png").write_bytes(b"")
+    (tmp_path / "inet" / "n03").symlink_to(tmp_path / "elsewhere" / "n03")
+    (tmp_path / "inet" / "n01" / "loop").symlink_to(tmp_path / "inet")  # a link back: listed once, no loop
     paths, _ = read_index(tmp_path / "inet")
     assert [Path(p).relative_to((tmp_path / "inet").resolve()).as_posix() for p in paths] == \
-        ["n01/n01_1.JPEG", "n02/n02_1.JPEG", "top.png"]
+        ["n01/n01_1.JPEG", "n02/n02_1.JPEG", "n03/n03_1.png", "top.png"]
 
 
 def test_attention_backend_checked_for_the_device_and_dtype():

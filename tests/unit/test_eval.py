@@ -417,6 +417,12 @@ def test_a_damaged_hf_export_is_a_config_error_naming_the_file(tmp_path):
     (tmp_path / "hf" / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"encoder\.hf_path: .*config\.json is not valid JSON"):
         load_frozen_encoder(cfg.validate())
+    export_to_hf(pre, VisionTransformer3D(tiny_model(), pre.grid).state_dict(), tmp_path / "sharded",
+                 max_shard_size=20_000)  # shards and their index
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text("{")
+    cfg.encoder.hf_path = str(tmp_path / "sharded")
+    with pytest.raises(ConfigError, match=r"encoder\.hf_path: .*model\.safetensors\.index\.json is damaged"):
+        load_frozen_encoder(cfg.validate())
 
 
 def test_per_class_subset_is_balanced_and_seeded():

@@ -350,8 +350,9 @@ def test_exported_files_get_the_umask_mode(tmp_path, shard):
 
 
 def test_phased_export_describes_the_last_phase_and_the_real_schedules(tmp_path):
-    """A phased run's preprocessor config and card give the last phase's clip (what the weights were trained
-    last with), the card lists every phase, and it names the run's LR / WD / EMA schedules (not always cosine)."""
+    """A phased run's preprocessor config and card give the clip of the phase that trained the exported step
+    (the last phase when the step is unknown), the card lists every phase, and it names the run's LR / WD /
+    EMA schedules (not always cosine)."""
     from vjepa_scale.config import load_config
 
     cfg = load_config("cpu_demo", ["model.pos_embed=rope", "optim.iterations=40", "optim.lr_schedule=wsd",
@@ -370,6 +371,13 @@ def test_phased_export_describes_the_last_phase_and_the_real_schedules(tmp_path)
     assert "| 1 (cool) | 10 | 8 frames, crop 96 | 6 clips |" in card
     assert "over the horizon's last 12 steps (`wsd`, 12-step horizon); WD" in card  # the cooldown phase's own piece
     assert "over 5 warmup steps" in card and "WD 0.04 (constant)" in card
+    # a checkpoint from before the cooldown was trained only at the first phase's clip
+    mid = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "mid", step=30)
+    proc = json.loads((mid / "video_preprocessor_config.json").read_text())
+    assert proc["num_frames"] == 4 and proc["crop_size"] == {"height": 64, "width": 64}, proc
+    assert "crop 64 (phase 0, which trained step 30)" in (mid / "README.md").read_text()
+    late = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "late", step=31)
+    assert json.loads((late / "video_preprocessor_config.json").read_text())["num_frames"] == 8
 
     plain = load_config("cpu_demo", ["optim.lr_schedule=wsd", "optim.cooldown=10"])
     card = export_to_hf(plain, JEPA(plain).encoder.state_dict(), tmp_path / "plain").joinpath("README.md").read_text()

@@ -56,7 +56,7 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets",
     """
     p = Path(path).expanduser()
     if p.is_dir():
-        images = sorted(str(x.resolve()) for x in _folder_images(p, path, key))
+        images = sorted(str(x) for x in _folder_images(p.resolve(), path, key))  # absolute: under the resolved folder
         return images, [-1] * len(images)
     base = p.resolve().parent  # resolved once: per line, a 1M-line index took 15 s
     paths, labels = [], []
@@ -76,11 +76,18 @@ def check_index(path: str | os.PathLike, key: str = "data.datasets") -> int:
 
 
 def _folder_images(p: Path, path, key: str) -> list[Path]:
-    """The images in folder `p` and its subfolders (ImageNet's class folders; unresolved, unsorted);
-    ConfigError when there are none."""
+    """The images in folder `p` and its subfolders, linked ones included (ImageNet's class folders;
+    paths under `p`, unsorted); ConfigError when there are none."""
     from vjepa_scale.config import IMAGE_SUFFIXES
 
-    files = [Path(root, name) for root, _, names in os.walk(p) for name in names]
+    files, seen = [], set()
+    for root, dirs, names in os.walk(p, followlinks=True):  # linked class folders too (ImageNet subsets)
+        real = os.path.realpath(root)
+        if real in seen:  # a link back into the tree: each folder once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root, name) for name in names]
     images = [x for x in files if x.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise ConfigError(f"{key}: folder '{path}' holds no files ({_INDEX_HELP})")

@@ -77,7 +77,7 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
         model_cfg = pcfg.model
         eval_grid(cfg, model_cfg)
         try:
-            state = load_init_state(src.hf_path, pcfg)["encoder"]
+            state = load_init_state(src.hf_path, pcfg, hf=True)["encoder"]  # the export, also in a run folder
         except CheckpointMismatchError:
             raise
         except (FileNotFoundError, ValueError) as e:  # a missing or damaged weights file

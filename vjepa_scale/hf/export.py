@@ -7,8 +7,10 @@ use the `vjepa2` parameter names. Weights go to safetensors, sharded with an ind
 `max_shard_size`; a model card (README.md) records the recipe and the training step, and
 `video_preprocessor_config.json` the run's preprocessing for `transformers.AutoVideoProcessor`
 (the stock `VJEPA2VideoProcessor`: resize, centre crop to the run's crop size, ImageNet mean/std).
-A run of several `phases` is described by its last phase's clip shape (the one the weights were
-trained last with); the card lists every phase with its own batch and schedules.
+A run of several `phases` is described by the clip shape of the phase that trained the exported step
+(the last phase when the step is unknown); the card lists every phase with its own batch and
+schedules. `config.json`'s crop_size / frames_per_clip stay `data`'s: the grid the position table is
+built at.
 """
 from __future__ import annotations
 
@@ -34,17 +36,27 @@ _OUR_FILES = ("config.json", "README.md", "model.safetensors", "model.safetensor
               VIDEO_PROCESSOR_FILE)
 
 
-def video_processor_fields(cfg: Config) -> dict:
+def trained_phase(cfg: Config, step: Optional[int]) -> tuple[int, Config]:
+    """(index, config) of the phase that trained the checkpoint of optimizer step `step` (its last
+    step); the last phase when `step` is unknown. Without `phases`: (0, cfg)."""
+    from vjepa_scale.train.phases import phase_at, plan
+
+    phases = plan(cfg)
+    p = phase_at(phases, max(step - 1, 0)) if step is not None else phases[-1]
+    return p.index, p.cfg
+
+
+def video_processor_fields(cfg: Config, step: Optional[int] = None) -> dict:
     """`VJEPA2VideoProcessor` settings that preprocess as the run did: frames and crop of the run (with
-    `phases`, of the last phase), pixels scaled to [0, 1] and normalized with the ImageNet mean/std our
-    loaders use, bilinear resize.
+    `phases`, of the phase that trained step `step`: `trained_phase`), pixels scaled to [0, 1] and
+    normalized with the ImageNet mean/std our loaders use, bilinear resize.
 
     The stock processor always resizes the short side to crop * 256 / 224 before the centre crop (V-JEPA 2's
     evaluation convention); it takes clips of `num_frames` frames as given (no frame sampling).
     """
     from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD
 
-    last = cfg.phase_configs()[-1].data  # with `phases`: the clip shape the weights were trained last with
+    last = trained_phase(cfg, step)[1].data  # with `phases`: the clip shape the weights were trained last with
     crop = last.crop_size
     return {"video_processor_type": "VJEPA2VideoProcessor", "do_convert_rgb": True,
             "do_resize": True, "size": {"shortest_edge": int(crop * 256 / 224)}, "resample": 2,  # bilinear
@@ -103,7 +115,7 @@ def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, pr
         f.chmod(mode)
     if cfg.model.pos_embed == "sincos":
         shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
-    (out / VIDEO_PROCESSOR_FILE).write_text(json.dumps(video_processor_fields(cfg), indent=2) + "\n")
+    (out / VIDEO_PROCESSOR_FILE).write_text(json.dumps(video_processor_fields(cfg, step), indent=2) + "\n")
     (out / "README.md").write_text(model_card(cfg, step=step, which=which, with_predictor=predictor is not None,
                                               num_params=sum(v.numel() for v in sd.values())))
     return out
@@ -135,8 +147,10 @@ def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: 
     loader = ("from transformers import VJEPA2Model\nmodel = VJEPA2Model.from_pretrained(PATH)" if rope else
               "from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH, trust_remote_code=True)")
     phases = cfg.phase_configs()
-    d, m = phases[-1].data, cfg.model  # d: the clip shape the weights were trained last with
-    last_note = " (the last phase)" if cfg.phases else ""
+    index, trained = trained_phase(cfg, step)
+    d, m = trained.data, cfg.model  # d: the clip shape the weights were trained last with
+    last_note = f" (phase {index}, which trained step {step})" if cfg.phases and step is not None else \
+        " (the last phase)" if cfg.phases else ""
     def pct(lo: float, hi: float) -> str:
         return f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
 

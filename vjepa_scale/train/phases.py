@@ -113,7 +113,9 @@ class Phase:
     def describe(self) -> str:
         d = self.cfg.data
         label = f" ({self.name})" if self.name else ""
-        own = sorted(set(d.shapes(self.cfg.model.tubelet_size)) - {(d.frames_per_clip, d.crop_size)})
+        own = sorted({(ds.frames_per_clip or d.frames_per_clip, ds.crop_size or d.crop_size) for ds in d.datasets
+                      if not ds.is_image() and (ds.frames_per_clip or ds.crop_size)}
+                     - {(d.frames_per_clip, d.crop_size)})  # video datasets that set their own shape
         kept = (f"; datasets with their own shape keep it ({', '.join(f'{f} x {c} px' for f, c in own)})"
                 if own else "")
         return (f"phase {self.index}{label}: steps {self.start + 1}-{self.end}, {d.frames_per_clip} frames x "

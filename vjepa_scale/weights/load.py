@@ -30,13 +30,13 @@ from vjepa_scale.weights.checks import CheckpointMismatchError, check_architectu
 from vjepa_scale.weights.hf_config import check_hf_fields, hf_pos_embed, read_hf_config
 from vjepa_scale.weights.releases import (VJEPA2_MASK_TOKENS, FileLayout, Release, check_heads, identify,
                                           pick_release)
-from vjepa_scale.weights.run import CKPT_SUBDIR, is_complete, load_consolidated, resolve_checkpoint
+from vjepa_scale.weights.run import find_latest, is_complete, load_consolidated, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 
 
-def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[StateDict]]:
+def load_init_state(path: str | os.PathLike, cfg: Config, hf: bool = False) -> dict[str, Optional[StateDict]]:
     """Weights at `path` as our state dicts, checked against `cfg`.
 
     Returns {'encoder': sd, 'predictor': sd or None, 'target_encoder': sd or None} for
@@ -44,11 +44,12 @@ def load_init_state(path: str | os.PathLike, cfg: Config) -> dict[str, Optional[
     official checkpoints and our runs give the online `encoder` and the EMA `target_encoder`.
     Raises `CheckpointMismatchError` naming the offending key (and both shapes) when the weights do
     not fit the configured model, and `FileNotFoundError` / `ValueError` for unknown formats
-    (`check_init_source` is the cheap part of these checks).
+    (`check_init_source` is the cheap part of these checks). `hf`: read the folder as a Hugging Face
+    export even when it is also a training run (evaluation's `encoder.hf_path`).
     """
     p = Path(path).expanduser()
     if p.is_dir():
-        state = _from_hf_folder(p, cfg) if _is_hf_folder(p) else _from_training_run(p, cfg)
+        state = _from_hf_folder(p, cfg) if hf or _is_hf_folder(p) else _from_training_run(p, cfg)
     elif p.is_file():
         state = _from_torch_file(p, cfg)
     else:
@@ -68,7 +69,7 @@ def _is_hf_folder(p: Path) -> bool:
     """A Hugging Face export folder (config.json), unless it is a training run or checkpoint that also
     holds an export (`convert_to_hf.py RUN RUN`): the run's own checkpoints then win (they have the
     predictor and the EMA target)."""
-    return (p / "config.json").is_file() and not (p / CKPT_SUBDIR).is_dir() and not is_complete(p)
+    return (p / "config.json").is_file() and not is_complete(p) and find_latest(p) is None
 
 
 def check_init_source(path: str | os.PathLike, cfg: Config) -> None:
@@ -116,8 +117,10 @@ def read_hf_weights(folder: Path) -> StateDict:
     if single.is_file():
         return _load_safetensors(single)
     if index.is_file():
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{index} is damaged (no JSON weight_map: {type(e).__name__}: {e})") from None
         sd: StateDict = {}
         for shard in sorted(set(weight_map.values())):
             if not (folder / shard).is_file():
