@@ -303,10 +303,9 @@ def test_export_refuses_non_empty_folder_and_bad_input(tmp_path):
 
 
 def test_bad_init_from_is_refused_before_training_naming_the_file(tmp_path):
-    """A folder that is no run, a file that is no checkpoint and an HF export of another depth fail the
-    pre-flight checks (no weights read), naming the file and what was expected; weights that fail only at
-    the model build (a depth an official file does not show) give a ConfigError there."""
-    from vjepa_scale.train.engine import build_models
+    """A folder that is no run, a file that is no checkpoint, an HF export of another depth and an official
+    file of another depth (stated only by its tensors) fail the pre-flight checks, naming the file and what
+    was expected."""
     from vjepa_scale.train.launch import preflight
 
     cfg, model = _model("rope")
@@ -329,11 +328,13 @@ def test_bad_init_from_is_refused_before_training_naming_the_file(tmp_path):
         c.train.init_from = str(tmp_path / name)
         with pytest.raises(ConfigError, match=r"^train\.init_from: .*" + message):
             preflight(c, 1)
+    same, _ = _model("rope")
+    same.train.init_from = str(tmp_path / "v2.pt")
+    preflight(same, 1)
     deeper, _ = _model("rope", depth=3)
     deeper.train.init_from = str(tmp_path / "v2.pt")
-    preflight(deeper, 1)  # an official file shows its depth only in its weights
     with pytest.raises(ConfigError, match=r"^train\.init_from: .*v2\.pt: .*missing from the checkpoint"):
-        build_models(deeper, 0)
+        preflight(deeper, 1)
 
 
 @pytest.mark.parametrize("shard", ["5GB", "300KB"])

@@ -74,8 +74,9 @@ def _is_hf_folder(p: Path) -> bool:
 
 def check_init_source(path: str | os.PathLike, cfg: Config) -> None:
     """What `load_init_state(path, cfg)` checks that needs no weights read, with its errors: the format,
-    and the architecture the source states (an HF folder's config.json, a run's config.yaml, an official
-    file's release; an official file is memory-mapped, not read). For the pre-flight checks."""
+    and the architecture the source states (an HF folder's config.json, a run's config.yaml); an official
+    file states it only in its tensors, so it gets every check of `load_init_state` (memory-mapped: shapes
+    and the small tables are read, not the weights). For the pre-flight checks."""
     p = Path(path).expanduser()
     if p.is_dir() and _is_hf_folder(p):
         hf_cfg = read_hf_config(p)
@@ -87,10 +88,8 @@ def check_init_source(path: str | os.PathLike, cfg: Config) -> None:
 
         ckpt = _run_checkpoint(p)
         check_architecture(load_config(ckpt / "config.yaml").model, cfg.model, str(ckpt))
-    elif p.is_file():
-        f = read_official(p)
-        _check_positions(f.layout.pos_embed, cfg, f"{p} ({f.layout.describe()})")
-        check_heads(f.release, cfg, str(p), with_predictor=f.predictor is not None)
+    elif p.is_file():  # memory-mapped: the whole check reads shapes, the mask tokens and sin-cos tables
+        load_init_state(p, cfg)
     else:
         raise FileNotFoundError(f"'{p}' does not exist")
 
