@@ -199,6 +199,19 @@ def test_missing_data_path_named(tmp_path):
         preflight(load_config("cpu_demo", ["train.init_from=/nonexistent/run"]), 2)
 
 
+def test_an_index_of_images_and_videos_is_refused_unless_its_kind_is_set(tmp_path):
+    """Its first entry would decide how all are decoded, skipping every entry of the other kind."""
+    idx = tmp_path / "idx.txt"
+    idx.write_text("a.mp4 0\nb.mp4 0\nc.JPG 1\n")
+    with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path: index file '.*idx\.txt' lists 1 images "
+                                          r"\(first 'c\.JPG'\) and 2 other files \(first 'a\.mp4'\).*set this "
+                                          r"dataset's kind"):
+        check_data_paths(load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {idx}}}]"]))
+    check_data_paths(load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {idx}, kind: video}}]"]))
+    idx.write_text("c.jpg 1\nd.png 2\n")
+    check_data_paths(load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {idx}}}]"]))
+
+
 @pytest.mark.parametrize("block, message", [
     ("{gradient_clipping: 1.0}", r"deepspeed\.gradient_clipping: set optim\.grad_clip instead"),
     ("{train_micro_batch_size_per_gpu: 2}", r"deepspeed\.train_micro_batch_size_per_gpu: set data\.batch_size"),

@@ -66,13 +66,29 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets",
     return paths, labels
 
 
-def check_index(path: str | os.PathLike, key: str = "data.datasets") -> int:
+def check_index(path: str | os.PathLike, key: str = "data.datasets", kind: str = "auto") -> int:
     """Number of entries of an index file or image folder, with read_index's errors; opens no video
-    and resolves no path, so it is cheap enough for the pre-flight checks (about 1 s per million lines)."""
+    and resolves no path, so it is cheap enough for the pre-flight checks (about 1 s per million lines).
+
+    With `kind` auto, an index listing both images (.jpg/.jpeg/.png) and other files is a ConfigError: its
+    first entry decides how every entry is decoded, so the entries of the other kind would all be skipped.
+    """
+    from vjepa_scale.config import IMAGE_SUFFIXES
+
     p = Path(path).expanduser()
     if p.is_dir():
         return len(_folder_images(p, path, key))
-    return sum(1 for _ in _entries(p, path, key, False))
+    counts, first = [0, 0], [None, None]  # [videos, images]
+    for video, _ in _entries(p, path, key, False):
+        image = video.lower().endswith(IMAGE_SUFFIXES)
+        counts[image] += 1
+        first[image] = first[image] or video
+    if kind == "auto" and all(counts):
+        raise ConfigError(f"{key}: index file '{path}' lists {counts[1]} images (first '{first[1]}') and {counts[0]} "
+                          f"other files (first '{first[0]}'), but one dataset is decoded as one kind (here: by its "
+                          f"first entry). Put images and videos in separate index files (two data.datasets "
+                          f"entries), or set this dataset's kind (image / video)")
+    return sum(counts)
 
 
 def _folder_images(p: Path, path, key: str) -> list[Path]:

@@ -33,7 +33,7 @@ def check_data_paths(cfg: Config) -> None:
     for i, ds in enumerate(cfg.data.datasets):
         if not ds.path:
             raise ConfigError(f"data.datasets[{i}].path is empty")
-        check_index(ds.path, f"data.datasets[{i}].path")
+        check_index(ds.path, f"data.datasets[{i}].path", ds.kind)
 
 
 def preflight(cfg: Config, world_size: int) -> Config:
