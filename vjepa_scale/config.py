@@ -167,13 +167,17 @@ class DatasetSpec(Section):
     """One index file (`path label` lines) or image folder, its sampling weight in the mixture, and
     optionally its own clip shape (null: `data.frames_per_clip` / `data.crop_size`).
 
+    `weight: null` weighs the dataset by its number of entries (the datasets concatenated, as V-JEPA 1
+    mixes them: each epoch is then a permutation of all entries); either every dataset's weight is null
+    or none is.
+
     `kind: image` (or `auto` on a folder, or an index whose first entry is a .jpg/.jpeg/.png) reads
     still images, each entering as a clip of one tubelet (the image repeated `model.tubelet_size`
     times, as V-JEPA 2 does); `frames_per_clip` is then ignored.
     """
 
     path: str = ""
-    weight: float = 1.0
+    weight: Optional[float] = 1.0  # null: in proportion to its number of entries
     frames_per_clip: Optional[int] = None
     crop_size: Optional[int] = None
     kind: Literal["auto", "video", "image"] = "auto"
@@ -278,9 +282,16 @@ class DataConfig(Section):
         if self.backend != "synthetic" and not self.datasets:
             raise ConfigError(f"{prefix}.datasets is empty: give at least one index file "
                               f"or set {prefix}.backend: synthetic")
+        null = [i for i, ds in enumerate(self.datasets) if ds.weight is None]
+        if null and len(null) < len(self.datasets):
+            i = null[0]
+            j = next(j for j, ds in enumerate(self.datasets) if ds.weight is not None)
+            raise ConfigError(f"{prefix}.datasets[{i}].weight is null (in proportion to its entries) but "
+                              f"{prefix}.datasets[{j}].weight is {self.datasets[j].weight}: make every dataset's "
+                              f"weight null (concatenated) or none")
         for i, ds in enumerate(self.datasets):
-            if ds.weight <= 0:
-                raise ConfigError(f"{prefix}.datasets[{i}].weight must be > 0, got {ds.weight}")
+            if ds.weight is not None and not 0 < ds.weight < float("inf"):
+                raise ConfigError(f"{prefix}.datasets[{i}].weight must be > 0 or null, got {ds.weight}")
             for key in ("frames_per_clip", "crop_size"):
                 if getattr(ds, key) is not None and getattr(ds, key) <= 0:
                     raise ConfigError(f"{prefix}.datasets[{i}].{key} must be > 0 or null, got {getattr(ds, key)}")

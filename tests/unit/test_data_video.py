@@ -13,7 +13,7 @@ import torch
 
 from helpers import (frame_ids, frame_numbers, needs, numbered_frames, require, tiny_config, video_cfg, write_bad_set,
                      write_index, write_video_sets)
-from vjepa_scale.config import ConfigError, MaskConfig
+from vjepa_scale.config import ConfigError, DatasetSpec, MaskConfig
 from vjepa_scale.data import Batch, NoReadableVideosError, build_dataloader, build_dataset, dali_available
 from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.clips import clip_frame_indices, normalize_clip, plan_clips
@@ -430,6 +430,38 @@ def test_mixture_weights_deterministic_resumable():
     r0 = list(StepBatchSampler(**s, rank=0, world_size=2, num_steps=5, mixture=plan))
     r1 = list(StepBatchSampler(**s, rank=1, world_size=2, num_steps=5, mixture=plan))
     assert sorted(i for b in r0 + r1 for i, *_ in b) == sorted(plan.epoch(0).tolist())
+
+
+def test_null_weights_concatenate_datasets_each_epoch_a_permutation(tmp_path):
+    """weight: null on every dataset = weights in proportion to their entries (V-JEPA 1's concatenation):
+    every epoch draws each entry of datasets of 3, 5 and 8 entries exactly once; equal weights would not."""
+    from vjepa_scale.data.index import load_index
+    from vjepa_scale.data.loader import build_sampler
+
+    indexes = [write_index(tmp_path / f"d{n}.txt", [f"v{n}_{k}.mp4" for k in range(n)]) for n in (3, 5, 8)]
+    for weight in (None, 1.0):
+        cfg = video_cfg([(p, weight) for p in indexes], batch=4)
+        index = load_index(cfg.data.datasets)
+        assert index.weights == ([3.0, 5.0, 8.0] if weight is None else [1.0] * 3)
+        batches = list(build_sampler(cfg, len(index), 0, 1, 0, 12, index))  # 3 epochs of 16 draws
+        epochs = [sorted(i for b in batches[e * 4:(e + 1) * 4] for i, _, _ in b) for e in range(3)]
+        assert all(e == list(range(16)) for e in epochs) == (weight is None), epochs
+
+
+def test_null_weights_per_step_draws_shapes_by_their_entries(tmp_path):
+    """data.mixing: per_step with null weights: a shape is drawn with probability its datasets' share of all
+    entries (2 of 16 here), not the equal weights' 1/2."""
+    from vjepa_scale.data.index import load_index
+    from vjepa_scale.data.loader import build_sampler
+
+    small = write_index(tmp_path / "small.txt", ["a.mp4", "b.mp4"])
+    large = write_index(tmp_path / "large.txt", [f"v{k}.mp4" for k in range(14)])
+    cfg = video_cfg([(small, None)], batch=2, mixing="per_step")
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(small), None, 8), DatasetSpec(str(large), None)])
+    index = load_index(cfg.validate().data.datasets)
+    draws = [b[0][0] for b in build_sampler(cfg, len(index), 0, 1, 0, 4000, index)]
+    share = sum(i < 2 for i in draws) / len(draws)
+    assert abs(share - 2 / 16) < 0.02, share
 
 
 def test_mixed_index_files_through_loader(sets):
