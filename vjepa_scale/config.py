@@ -216,7 +216,13 @@ class DataConfig(Section):
     global_batch_size: Optional[int] = None  # clips per optimizer step over all ranks (= batch_size x world x grad_accum)
     crop_size: int = 384
     frames_per_clip: int = 16
-    frame_step: int = 4
+    frame_step: int = 4  # frames between a clip's frames (unused when `fps` is set)
+    # sample each video at this rate: its frame step is max(1, ceil(video fps) // fps), per video (V-JEPA 2's
+    # `fps: 4`); null: every video at `frame_step`
+    fps: Optional[float] = None
+    # a video with fewer frames than one clip window: skip (counted as too_short) or pad (sampled from
+    # frame 0 at the step, its last frame repeated; counted as data_padded), as both references do
+    short_videos: Literal["skip", "pad"] = "skip"
     num_clips: int = 1
     random_resize_scale: tuple[float, float] = (0.3, 1.0)
     random_resize_aspect_ratio: tuple[float, float] = (0.75, 1.35)
@@ -259,6 +265,8 @@ class DataConfig(Section):
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "crop_size", "frames_per_clip", "frame_step",
                             "num_clips", "synthetic_size", "dali_prefetch")
+        if self.fps is not None:
+            self.check_positive(prefix, "fps")
         if self.batch_size is not None and self.batch_size <= 0:
             raise ConfigError(f"{prefix}.batch_size must be > 0 or null, got {self.batch_size}")
         if self.global_batch_size is not None and self.global_batch_size <= 0:

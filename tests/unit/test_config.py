@@ -83,6 +83,29 @@ def test_values_that_would_fail_later_are_refused_naming_the_key(opts, message):
         load_config("cpu_demo", opts)
 
 
+@pytest.mark.parametrize("opts,message", [
+    (["data.fps=0"], r"^data\.fps must be > 0, got 0"),
+    (["data.fps=-4"], r"^data\.fps must be > 0, got -4"),
+    (["data.short_videos=repeat"], r"^data\.short_videos must be one of \['skip', 'pad'\], got 'repeat'"),
+    (["data.datasets=[{path: a.txt, weight: null}, {path: b.txt, weight: 2.0}]"],
+     r"^data\.datasets\[0\]\.weight is null \(in proportion to its entries\) but data\.datasets\[1\]\.weight is 2\.0"),
+    (["data.datasets=[{path: a.txt, weight: 1.0}, {path: b.txt, weight: null}]"],
+     r"^data\.datasets\[1\]\.weight is null .* but data\.datasets\[0\]\.weight is 1\.0: make every"),
+    (["data.datasets=[{path: a.txt, weight: 0}]"], r"^data\.datasets\[0\]\.weight must be > 0 or null, got 0"),
+])
+def test_sampling_keys_are_checked_naming_the_key(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu_demo", ["data.backend=cpu", *opts])
+
+
+def test_sampling_keys_accepted():
+    cfg = load_config("cpu_demo", ["data.backend=cpu", "data.fps=4", "data.short_videos=pad",
+                                   "data.datasets=[{path: a.txt, weight: null}, {path: b.txt, weight: null}]"])
+    assert (cfg.data.fps, cfg.data.short_videos) == (4.0, "pad")
+    assert [d.weight for d in cfg.data.datasets] == [None, None]
+    assert load_config("cpu_demo").data.short_videos == "skip" and load_config("cpu_demo").data.fps is None
+
+
 def test_zero_stage_0_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"^zero\.stage must be 1, 2 or 3, got 0 \(stage 0 keeps no ZeRO"):
         load_config("cpu_demo", ["zero.stage=0"])
