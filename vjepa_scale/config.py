@@ -167,13 +167,17 @@ class DatasetSpec(Section):
     """One index file (`path label` lines) or image folder, its sampling weight in the mixture, and
     optionally its own clip shape (null: `data.frames_per_clip` / `data.crop_size`).
 
+    `weight: null` weighs the dataset by its number of entries (the datasets concatenated, as V-JEPA 1
+    mixes them: each epoch is then a permutation of all entries); either every dataset's weight is null
+    or none is.
+
     `kind: image` (or `auto` on a folder, or an index whose first entry is a .jpg/.jpeg/.png) reads
     still images, each entering as a clip of one tubelet (the image repeated `model.tubelet_size`
     times, as V-JEPA 2 does); `frames_per_clip` is then ignored.
     """
 
     path: str = ""
-    weight: float = 1.0
+    weight: Optional[float] = 1.0  # null: in proportion to its number of entries
     frames_per_clip: Optional[int] = None
     crop_size: Optional[int] = None
     kind: Literal["auto", "video", "image"] = "auto"
@@ -212,7 +216,13 @@ class DataConfig(Section):
     global_batch_size: Optional[int] = None  # clips per optimizer step over all ranks (= batch_size x world x grad_accum)
     crop_size: int = 384
     frames_per_clip: int = 16
-    frame_step: int = 4
+    frame_step: int = 4  # frames between a clip's frames (unused when `fps` is set)
+    # sample each video at this rate: its frame step is max(1, ceil(video fps) // fps), per video (V-JEPA 2's
+    # `fps: 4`); null: every video at `frame_step`
+    fps: Optional[float] = None
+    # a video with fewer frames than one clip window: skip (counted as too_short) or pad (sampled from
+    # frame 0 at the step, its last frame repeated; counted as data_padded), as both references do
+    short_videos: Literal["skip", "pad"] = "skip"
     num_clips: int = 1
     random_resize_scale: tuple[float, float] = (0.3, 1.0)
     random_resize_aspect_ratio: tuple[float, float] = (0.75, 1.35)
@@ -255,6 +265,8 @@ class DataConfig(Section):
     def validate(self, prefix: str = "data") -> None:
         self.check_positive(prefix, "crop_size", "frames_per_clip", "frame_step",
                             "num_clips", "synthetic_size", "dali_prefetch")
+        if self.fps is not None:
+            self.check_positive(prefix, "fps")
         if self.batch_size is not None and self.batch_size <= 0:
             raise ConfigError(f"{prefix}.batch_size must be > 0 or null, got {self.batch_size}")
         if self.global_batch_size is not None and self.global_batch_size <= 0:
@@ -278,9 +290,16 @@ class DataConfig(Section):
         if self.backend != "synthetic" and not self.datasets:
             raise ConfigError(f"{prefix}.datasets is empty: give at least one index file "
                               f"or set {prefix}.backend: synthetic")
+        null = [i for i, ds in enumerate(self.datasets) if ds.weight is None]
+        if null and len(null) < len(self.datasets):
+            i = null[0]
+            j = next(j for j, ds in enumerate(self.datasets) if ds.weight is not None)
+            raise ConfigError(f"{prefix}.datasets[{i}].weight is null (in proportion to its entries) but "
+                              f"{prefix}.datasets[{j}].weight is {self.datasets[j].weight}: make every dataset's "
+                              f"weight null (concatenated) or none")
         for i, ds in enumerate(self.datasets):
-            if ds.weight <= 0:
-                raise ConfigError(f"{prefix}.datasets[{i}].weight must be > 0, got {ds.weight}")
+            if ds.weight is not None and not 0 < ds.weight < float("inf"):
+                raise ConfigError(f"{prefix}.datasets[{i}].weight must be > 0 or null, got {ds.weight}")
             for key in ("frames_per_clip", "crop_size"):
                 if getattr(ds, key) is not None and getattr(ds, key) <= 0:
                     raise ConfigError(f"{prefix}.datasets[{i}].{key} must be > 0 or null, got {getattr(ds, key)}")

@@ -35,7 +35,9 @@ def test_paper_recipes(name, size, crop, batch):
     assert (o.weight_decay, o.final_weight_decay, o.ema, o.grad_clip) == (0.04, 0.4, (0.998, 1.0), 10.0)
     assert [(t.num_blocks, t.spatial_scale) for t in cfg.mask.types] == [(8, (0.15, 0.15)), (2, (0.7, 0.7))]
     assert cfg.train.precision == "bf16" and cfg.zero.stage == 3
-    assert (cfg.data.frames_per_clip, cfg.data.frame_step) == (16, 4)
+    assert (cfg.data.frames_per_clip, cfg.data.frame_step, cfg.data.fps) == (16, 4, None)
+    # jepa concatenates its datasets (weights by size) and pads short videos with their last frame
+    assert cfg.data.short_videos == "pad" and [d.weight for d in cfg.data.datasets] == [None] * 3
 
 
 def test_recipe_round_trips(tmp_path):
@@ -81,6 +83,29 @@ def test_values_that_would_fail_later_are_refused_naming_the_key(opts, message):
     wrongly (a RoPE head of 2 channels has no rotary part; a phase's clip over the token budget)."""
     with pytest.raises(ConfigError, match=message):
         load_config("cpu_demo", opts)
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["data.fps=0"], r"^data\.fps must be > 0, got 0"),
+    (["data.fps=-4"], r"^data\.fps must be > 0, got -4"),
+    (["data.short_videos=repeat"], r"^data\.short_videos must be one of \['skip', 'pad'\], got 'repeat'"),
+    (["data.datasets=[{path: a.txt, weight: null}, {path: b.txt, weight: 2.0}]"],
+     r"^data\.datasets\[0\]\.weight is null \(in proportion to its entries\) but data\.datasets\[1\]\.weight is 2\.0"),
+    (["data.datasets=[{path: a.txt, weight: 1.0}, {path: b.txt, weight: null}]"],
+     r"^data\.datasets\[1\]\.weight is null .* but data\.datasets\[0\]\.weight is 1\.0: make every"),
+    (["data.datasets=[{path: a.txt, weight: 0}]"], r"^data\.datasets\[0\]\.weight must be > 0 or null, got 0"),
+])
+def test_sampling_keys_are_checked_naming_the_key(opts, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu_demo", ["data.backend=cpu", *opts])
+
+
+def test_sampling_keys_accepted():
+    cfg = load_config("cpu_demo", ["data.backend=cpu", "data.fps=4", "data.short_videos=pad",
+                                   "data.datasets=[{path: a.txt, weight: null}, {path: b.txt, weight: null}]"])
+    assert (cfg.data.fps, cfg.data.short_videos) == (4.0, "pad")
+    assert [d.weight for d in cfg.data.datasets] == [None, None]
+    assert load_config("cpu_demo").data.short_videos == "skip" and load_config("cpu_demo").data.fps is None
 
 
 def test_zero_stage_0_is_refused_naming_the_key():
@@ -498,10 +523,14 @@ def test_vjepa2_recipes():
         assert pre.schedule(100_000).lr == 5.25e-4 and cool.schedule(240_000).lr == 5.25e-4
         assert cool.schedule(240_000 + 7_500).lr == pytest.approx((5.25e-4 + 1e-6) / 2)  # horizon 15k
         assert pre.global_batch == cool.global_batch == 3072
+        # sampled at 4 fps per video, short videos padded (nearly every 64-frame clip at 4 fps is short)
+        assert all((c.data.fps, c.data.short_videos) == (4.0, "pad") for c in (cfg, pre.cfg, cool.cfg))
+        assert [d.weight for d in cfg.data.datasets] == [0.335, 0.100, 0.565]
     cool = load_config("vjepa2_vitg_cool384")
     assert cool.grid == (32, 24, 24) and cool.grid[0] * cool.grid[1] * cool.grid[2] == 18_432
     assert cool.train.init_from and cool.train.init_from_optimizer and not cool.phases
     assert (cool.optim.warmup, cool.optim.cooldown, cool.optim.iterations) == (0, 15_000, 12_000)
+    assert (cool.data.fps, cool.data.short_videos) == (4.0, "pad")
     # the 384 px x 64 frames cooldown fits an 80 GB card by the memory estimate at 6 and 12 clips per GPU
     for world in (512, 256):
         est = estimate_memory(resolve_batch(cool, world), world, torch.device("cuda"))

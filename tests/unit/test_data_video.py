@@ -13,16 +13,18 @@ import torch
 
 from helpers import (frame_ids, frame_numbers, needs, numbered_frames, require, tiny_config, video_cfg, write_bad_set,
                      write_index, write_video_sets)
-from vjepa_scale.config import ConfigError, MaskConfig
+from vjepa_scale.config import ConfigError, DatasetSpec, MaskConfig
 from vjepa_scale.data import Batch, NoReadableVideosError, build_dataloader, build_dataset, dali_available
 from vjepa_scale.data.batch import ClipCollator
-from vjepa_scale.data.clips import clip_frame_indices, normalize_clip, plan_clips
-from vjepa_scale.data.decode import (VideoError, _decode_after_seek, _open, decode_clip_frames, decode_frames,
-                                     probe_video)
+from vjepa_scale.data.clips import clip_frame_indices, normalize_clip, plan_clips, plan_video, video_frame_step
+from vjepa_scale.data.decode import (VideoError, VideoInfo, _decode_after_seek, _open, decode_clip_frames,
+                                     decode_frames, probe_video)
 from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
 from vjepa_scale.data.skips import substitute
-from vjepa_scale.data.synthetic_videos import frame_index_frames, frame_index_level, write_synthetic_videos, write_video
+from vjepa_scale.data.synthetic_videos import (frame_index_frames, frame_index_level, moving_shape_frames,
+                                               write_synthetic_videos, write_video)
 from vjepa_scale.masks import MultiBlockMasker
+from vjepa_scale.mixed import MixedVideo
 
 needs_dali = needs("nvidia.dali")
 
@@ -115,6 +117,87 @@ def test_short_video_skipped_not_padded(sets):
     cfg = video_cfg([(sets["short"]["train"], 1.0)], frames=4, step=2)
     with pytest.raises(NoReadableVideosError, match="too_short: too short: 5 frames, a clip spans 7"):
         next(iter(build_dataloader(cfg, num_steps=1)))
+
+
+def _info(fps: float, num_frames: int = 300) -> VideoInfo:
+    return VideoInfo(f"v{fps}.mp4", "h264", num_frames, 32, 32, fps, False)
+
+
+def test_fps_sets_each_videos_frame_step():
+    """data.fps: frame step max(1, ceil(video fps) // fps) per video (V-JEPA 2's rule); data.frame_step unused."""
+    cfg = video_cfg([], backend="synthetic", frames=4, step=2, fps=4.0).data
+    for fps, step in [(30, 7), (29.97, 7), (25, 6), (24, 6), (12, 3), (3, 1)]:
+        assert video_frame_step(fps, cfg) == step
+        for key in range(5):
+            (plan,) = plan_video(_info(fps), cfg, 0, 1, key)
+            assert np.all(np.diff(plan.frames) == step) and not plan.padded, (fps, plan)
+    (plan,) = plan_video(_info(30), dataclasses.replace(cfg, fps=None), 0, 1, 0)  # no fps: data.frame_step
+    assert np.all(np.diff(plan.frames) == 2)
+    with pytest.raises(VideoError, match=r"too short: 21 frames, a clip spans 22 \(frame step 7 for data.fps=4 at 30 fps"):
+        plan_video(_info(30, 21), cfg, 0, 1, 0)  # the window follows the video's step
+    assert plan_video(_info(25, 21), cfg, 0, 1, 0)[0].frames[-1] <= 20  # 19-frame window at 25 fps: fits
+
+
+def test_fps_through_the_cpu_backend(tmp_path):
+    """Real 30, 25 and 12 fps files at data.fps=4: clips read back at steps 7, 6 and 3, also in a dataset
+    with its own clip length (its data config carries fps)."""
+    paths = {}
+    for fps in (30, 25, 12):
+        paths[fps] = str(tmp_path / f"r{fps}.mp4")
+        write_video(paths[fps], frame_index_frames(31, 32, 32), fps, "h264")
+    a = write_index(tmp_path / "a.txt", [paths[30], paths[25]])
+    b = write_index(tmp_path / "b.txt", [paths[12]])
+    cfg = video_cfg([(a, 1.0)], frames=4, step=2, batch=3, fps=4.0)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a), None), DatasetSpec(str(b), None, 2)])
+    want = {0: 7, 1: 6, 2: 3}  # index entry -> frame step
+    seen = set()
+    for batch in build_dataloader(cfg.validate(), num_steps=3):
+        clips = batch.video.samples() if isinstance(batch.video, MixedVideo) else list(batch.video)
+        assert batch.skipped == [] and batch.padded == 0
+        for i, clip in zip(batch.index, clips):
+            got = frame_ids(clip)
+            assert len(got) == (2 if i == 2 else 4) and np.all(np.diff(got) == want[i]), (i, got)
+            seen.add(i)
+    assert seen == {0, 1, 2}
+
+
+def _short_long_truncated(folder) -> tuple[str, list[str]]:
+    """An index of a 5-frame and a 20-frame VP9 video (frame_index pattern) and a truncated one: (index, paths)."""
+    short, long = str(folder / "short.webm"), str(folder / "long.webm")
+    write_video(short, frame_index_frames(5, 32, 32), 8, "vp9")
+    write_video(long, frame_index_frames(20, 32, 32), 8, "vp9")
+    full, cut = folder / "full.webm", folder / "cut.webm"  # 30 frames of texture: 30% of it is past the header
+    write_video(full, moving_shape_frames(0, 30, 48, np.random.default_rng(0)), 8, "vp9")
+    cut.write_bytes(full.read_bytes()[: os.path.getsize(full) * 3 // 10])
+    paths = [short, long, str(cut)]
+    return str(write_index(folder / "mixed.txt", paths)), paths
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("dali", marks=needs_dali)])
+def test_short_videos_pad_repeats_the_last_frame_and_counts_it(tmp_path, backend):
+    """data.short_videos: pad keeps a video shorter than one clip window (7 > 5 frames): sampled from frame 0
+    at the step, its last frame repeated, counted in data_padded; a truncated file is still skipped.
+    skip (the default) skips the short video as too_short instead."""
+    from vjepa_scale.data import skip_metrics
+
+    index, (short, long, cut) = _short_long_truncated(tmp_path)
+    metrics, padded = {}, {}
+    for mode in ("pad", "skip"):
+        cfg = video_cfg([(index, 1.0)], backend=backend, frames=4, step=2, batch=3, short_videos=mode)
+        loader = build_dataloader(cfg, num_steps=1)
+        (batch,) = list(loader)  # one epoch: each entry drawn once (the truncated one replaced)
+        kinds = {reason.split(":")[0] for _, reason in batch.skipped}  # a replacement may hit a bad entry again
+        ids = [frame_ids(clip) for clip in batch.video]
+        if mode == "pad":
+            assert kinds == {"truncated"} and batch.index.count(0) == 1
+            assert all(got == [0, 2, 4, 4] for i, got in zip(batch.index, ids) if i == 0)
+        else:
+            assert kinds == {"too_short", "truncated"} and 0 not in batch.index
+        assert all(got[-1] - got[0] == 6 for i, got in zip(batch.index, ids) if i == 1)
+        metrics[mode], padded[mode] = skip_metrics(loader), batch.padded
+        assert metrics[mode]["data_skipped"] == len(batch.skipped)
+    assert padded == {"pad": 1, "skip": 0}
+    assert (metrics["pad"]["data_padded"], metrics["skip"]["data_padded"]) == (1, 0)
 
 
 def test_num_clips_flattened_into_batch(sets):
@@ -432,6 +515,38 @@ def test_mixture_weights_deterministic_resumable():
     assert sorted(i for b in r0 + r1 for i, *_ in b) == sorted(plan.epoch(0).tolist())
 
 
+def test_null_weights_concatenate_datasets_each_epoch_a_permutation(tmp_path):
+    """weight: null on every dataset = weights in proportion to their entries (V-JEPA 1's concatenation):
+    every epoch draws each entry of datasets of 3, 5 and 8 entries exactly once; equal weights would not."""
+    from vjepa_scale.data.index import load_index
+    from vjepa_scale.data.loader import build_sampler
+
+    indexes = [write_index(tmp_path / f"d{n}.txt", [f"v{n}_{k}.mp4" for k in range(n)]) for n in (3, 5, 8)]
+    for weight in (None, 1.0):
+        cfg = video_cfg([(p, weight) for p in indexes], batch=4)
+        index = load_index(cfg.data.datasets)
+        assert index.weights == ([3.0, 5.0, 8.0] if weight is None else [1.0] * 3)
+        batches = list(build_sampler(cfg, len(index), 0, 1, 0, 12, index))  # 3 epochs of 16 draws
+        epochs = [sorted(i for b in batches[e * 4:(e + 1) * 4] for i, _, _ in b) for e in range(3)]
+        assert all(e == list(range(16)) for e in epochs) == (weight is None), epochs
+
+
+def test_null_weights_per_step_draws_shapes_by_their_entries(tmp_path):
+    """data.mixing: per_step with null weights: a shape is drawn with probability its datasets' share of all
+    entries (2 of 16 here), not the equal weights' 1/2."""
+    from vjepa_scale.data.index import load_index
+    from vjepa_scale.data.loader import build_sampler
+
+    small = write_index(tmp_path / "small.txt", ["a.mp4", "b.mp4"])
+    large = write_index(tmp_path / "large.txt", [f"v{k}.mp4" for k in range(14)])
+    cfg = video_cfg([(small, None)], batch=2, mixing="per_step")
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(small), None, 8), DatasetSpec(str(large), None)])
+    index = load_index(cfg.validate().data.datasets)
+    draws = [b[0][0] for b in build_sampler(cfg, len(index), 0, 1, 0, 4000, index)]
+    share = sum(i < 2 for i in draws) / len(draws)
+    assert abs(share - 2 / 16) < 0.02, share
+
+
 def test_mixed_index_files_through_loader(sets):
     cfg = video_cfg([(sets["index"]["train"], 3.0), (sets["shapes"]["train"], 1.0)], frames=2, step=1, batch=4)
     idx = [i for b in build_dataloader(cfg, num_steps=4) for i in b.index]  # one 16-draw epoch
@@ -534,8 +649,8 @@ def test_skip_tracker_counts_the_samples_each_batch_holds():
 
     tr = SkipTracker(0, epoch_of=lambda step: 0, max_bad_fraction=0.5)
     for step, clips in enumerate([5, 1, 3]):
-        tr.update(SimpleNamespace(step=step, num_samples=clips, skipped=[("bad.mp4", "truncated")]))
+        tr.update(SimpleNamespace(step=step, num_samples=clips, skipped=[("bad.mp4", "truncated")], padded=0))
     assert (tr.draws, tr.skipped) == (12, 3)
     with pytest.raises(NoReadableVideosError, match=r"\d+ of \d+ draws"):
         for step in range(3, 40):  # one clip and three skips per batch: 75% bad
-            tr.update(SimpleNamespace(step=step, num_samples=1, skipped=[("bad.mp4", "truncated")] * 3))
+            tr.update(SimpleNamespace(step=step, num_samples=1, skipped=[("bad.mp4", "truncated")] * 3, padded=0))

@@ -17,12 +17,13 @@ uses. Every backend yields `Batch`es (`batch.py`): video (B*num_clips, C, T, H, 
 
 Both file backends probe files the same way (`decode.probe_video`: exact frame counts, never duration x
 fps; truncation; rotation), draw every random choice from `clips.plan_video` (frames by index at the
-exact stride, also for variable frame rates; boxes on the upright picture; files shorter than a clip
-skipped, never padded), so they pick the same frames, crop box and flip for a sample, and replace
+exact stride, data.frame_step or from each video's rate with data.fps, also for variable frame rates;
+boxes on the upright picture; files shorter than a clip skipped, or with data.short_videos: pad
+sampled with their last frame repeated and counted as padded), so they pick the same frames, crop box and flip for a sample, and replace
 unusable entries by the same policy (`skips.substitute`: uniform draws seeded by step and slot).
 Skipped files are summarized per epoch on rank 0 (logger `vjepa_scale.data`; all ranks' files when a
 process group is up), counted per rank in `loader.skipped_files`, and reach the trainer's metrics
-by kind (`skip_metrics`); a share of unusable draws surely above data.max_bad_fraction ends the run
+by kind (`skip_metrics`, with the padded samples); a share of unusable draws surely above data.max_bad_fraction ends the run
 (NoReadableVideosError).
 Reading one file may take at most data.decode_timeout_s (then it is skipped like an unreadable one);
 the cpu backend's workers must deliver each batch within data.loader_timeout_s (LoaderTimeoutError).

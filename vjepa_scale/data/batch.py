@@ -33,6 +33,7 @@ class Batch:
     index: list[int]  # index entry behind each clip (synthetic: the sample index)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files replaced here
     clips_per_sample: int = 1  # data.num_clips: a sample (one draw of the sampler) gives that many rows
+    padded: int = 0  # samples from videos shorter than one clip, their last frame repeated (data.short_videos: pad)
 
     def to(self, device: Any, dtype: torch.dtype | None = None) -> "Batch":
         """Video (cast to `dtype` if given) and masks on `device`; labels and bookkeeping stay on the host."""
@@ -61,13 +62,14 @@ class Batch:
 def make_batch(video: torch.Tensor | MixedVideo, labels: Sequence[int], masker: MultiBlockMasker, step: int,
                rank: int, index: list[int], skipped: list[tuple[str, str]],
                grids: Sequence[tuple[int, int, int]] | None = None, slots: Sequence[int] | None = None,
-               clips_per_sample: int = 1) -> Batch:
+               clips_per_sample: int = 1, padded: int = 0) -> Batch:
     """The Batch of clips `video` (B, C, T, H, W) at `step`, with the masks of this rank's slots
-    (rank x B + j); a mixed batch (`MixedVideo`) gives each sample's token grid and global slot."""
+    (rank x B + j); a mixed batch (`MixedVideo`) gives each sample's token grid and global slot;
+    `padded`: how many of its samples repeat their video's last frame."""
     B = len(labels)
     return Batch(video=video, label=torch.tensor([int(l) for l in labels], dtype=torch.int64),
                  masks=masker(B, step, first_slot=rank * B, grids=grids, slots=slots), step=int(step),
-                 index=list(index), skipped=list(skipped), clips_per_sample=clips_per_sample)
+                 index=list(index), skipped=list(skipped), clips_per_sample=clips_per_sample, padded=int(padded))
 
 
 class ClipCollator:
@@ -75,7 +77,8 @@ class ClipCollator:
 
     A sample is a dict with `video` (C, T, H, W), or (num_clips, C, T, H, W) flattened into one batch
     row per clip, `label`, `step` (set by the sampler, so masks do not depend on the worker count),
-    `index` and `skipped` ((path, reason) of the files it replaced; listed once per sample).
+    `index`, `skipped` ((path, reason) of the files it replaced; listed once per sample) and, from
+    file datasets, `padded` (1: its video's last frame is repeated).
     """
 
     def __init__(self, masker: MultiBlockMasker, rank: int = 0, tubelet: int = 2, patch: int = 16):
@@ -100,7 +103,7 @@ class ClipCollator:
         return make_batch(video, [samples[i]["label"] for i in order], self.masker, samples[0]["step"], self.rank,
                           [samples[i]["index"] for i in order], [item for s in samples for item in s["skipped"]],
                           grids=[self.grid(samples[i]["video"]) for i in order],
-                          slots=[samples[i]["slot"] for i in order])
+                          slots=[samples[i]["slot"] for i in order], padded=_padded(samples))
 
     def uniform(self, samples: list[dict]) -> Batch:
         clips, labels, index = [], [], []
@@ -112,4 +115,10 @@ class ClipCollator:
         skipped = [item for s in samples for item in s["skipped"]]
         # the masks on these clips' own grid (a per_step shape, a dataset's own frames/crop, images), not data.*'s
         return make_batch(torch.stack(clips), labels, self.masker, samples[0]["step"], self.rank, index, skipped,
-                          grids=[self.grid(clips[0])] * len(clips), clips_per_sample=len(clips) // len(samples))
+                          grids=[self.grid(clips[0])] * len(clips), clips_per_sample=len(clips) // len(samples),
+                          padded=_padded(samples))
+
+
+def _padded(samples: list[dict]) -> int:
+    """Samples whose clip repeats its video's last frame (an item without `padded`: not padded)."""
+    return sum(int(s.get("padded", 0)) for s in samples)

@@ -2,15 +2,19 @@
 
 A sample's randomness is drawn from a generator seeded by (seed, step, index), so the frames, crop box
 and flip of a sample are the same whichever backend, worker or process produces it. `plan_video` is
-the one decision every backend makes the same way: a file shorter than one clip window is skipped
-(VideoError kind "too_short"), never padded; frames are indices in presentation order (exact counts
-from `decode.probe_video`, also for variable frame rates) at exactly `frame_step`; boxes are drawn on
-the upright (display) picture. Backends only execute a `ClipPlan`: decode `frames` (all of them, or
-fail: nothing is padded or repeated), crop `box` (in stored pixels), resize to the crop size, turn
-upright by `rotation`, flip, normalize with ImageNet mean/std, and lay out as (C, T, H, W).
+the one decision every backend makes the same way: frames are indices in presentation order (exact
+counts from `decode.probe_video`, also for variable frame rates) at exactly the video's frame step
+(`video_frame_step`: `data.frame_step`, or from the video's rate with `data.fps`); a file shorter
+than one clip window is skipped (VideoError kind "too_short") or, with `data.short_videos: pad`,
+sampled from frame 0 with its last frame repeated (`ClipPlan.padded`); boxes are drawn on the upright
+(display) picture. Backends only execute a `ClipPlan`: decode `frames` (all of them, or fail: the
+decoders never pad; a padded plan's repeated indices are real frames), crop `box` (in stored pixels),
+resize to the crop size, turn upright by `rotation`, flip, normalize with ImageNet mean/std, and lay
+out as (C, T, H, W).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -27,12 +31,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class ClipPlan:
     """What one clip is: frame indices into the video, crop box (top, left, height, width) in stored pixels,
-    h-flip (of the upright clip), and the counterclockwise rotation (degrees) that makes it upright."""
+    h-flip (of the upright clip), the counterclockwise rotation (degrees) that makes it upright, and
+    whether the video is shorter than the clip window (`frames` repeat its last frame)."""
 
     frames: tuple[int, ...]
     box: tuple[int, int, int, int]
     flip: bool
     rotation: int = 0
+    padded: bool = False
 
 
 def sample_generator(seed: int, step: int, index: int) -> np.random.Generator:
@@ -47,8 +53,8 @@ def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, n
     The window spans (frames_per_clip - 1) * frame_step + 1 frames. The valid start positions
     [0, num_frames - window] are split into `num_clips` equal ranges and each clip draws its start
     uniformly from its own range (clips spread over the video). A video shorter than the window
-    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1); training never
-    asks for that (`plan_video` skips such files).
+    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1): what
+    `data.short_videos: pad` trains on (`plan_video`).
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
@@ -91,10 +97,13 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def plan_clips(num_frames: int, height: int, width: int, data_cfg, seed: int, step: int, index: int) -> list[ClipPlan]:
-    """The `num_clips` ClipPlans of sample `index` at `step` (one crop box and flip per clip)."""
+def plan_clips(num_frames: int, height: int, width: int, data_cfg, seed: int, step: int, index: int,
+               frame_step: int | None = None) -> list[ClipPlan]:
+    """The `num_clips` ClipPlans of sample `index` at `step` (one crop box and flip per clip), frames
+    `frame_step` apart (None: data_cfg.frame_step)."""
     rng = sample_generator(seed, step, index)
-    frame_lists = clip_frame_indices(num_frames, data_cfg.frames_per_clip, data_cfg.frame_step,
+    frame_lists = clip_frame_indices(num_frames, data_cfg.frames_per_clip,
+                                     data_cfg.frame_step if frame_step is None else frame_step,
                                      data_cfg.num_clips, rng)
     plans = []
     for frames in frame_lists:
@@ -103,6 +112,15 @@ def plan_clips(num_frames: int, height: int, width: int, data_cfg, seed: int, st
         flip = bool(data_cfg.horizontal_flip and rng.random() < 0.5)
         plans.append(ClipPlan(tuple(frames), box, flip))
     return plans
+
+
+def video_frame_step(video_fps: float, data_cfg) -> int:
+    """Frames between a clip's frames in a video of `video_fps` frames per second: with `data.fps`,
+    max(1, ceil(video_fps) // data.fps) (V-JEPA 2's rule: 7 at 30 fps, 6 at 24 or 25, 3 at 12 for
+    fps 4); without it, `data.frame_step` for every video."""
+    if data_cfg.fps is None:
+        return int(data_cfg.frame_step)
+    return max(1, int(math.ceil(video_fps) // data_cfg.fps))
 
 
 def clip_window(frames_per_clip: int, frame_step: int) -> int:
@@ -128,20 +146,24 @@ def stored_box(box: tuple[int, int, int, int], rotation: int, height: int, width
 
 
 def plan_video(info: VideoInfo, data_cfg, seed: int, step: int, key: int) -> list[ClipPlan]:
-    """The ClipPlans of probed file `info` for the sample keyed `key` at `step` (boxes in stored pixels).
+    """The ClipPlans of probed file `info` for the sample keyed `key` at `step` (boxes in stored pixels),
+    frames `video_frame_step` apart.
 
-    Raises VideoError (kind "too_short") when the file has fewer frames than one clip spans.
+    A file with fewer frames than one clip spans raises VideoError (kind "too_short"), or with
+    `data.short_videos: pad` gets plans from frame 0 that repeat its last frame (`padded`).
     """
-    window = clip_window(data_cfg.frames_per_clip, data_cfg.frame_step)
-    if info.num_frames < window:
-        raise VideoError(info.path, f"too short: {info.num_frames} frames, a clip spans {window} "
-                                    f"(frames_per_clip x frame_step)", "too_short")
+    frame_step = video_frame_step(info.fps, data_cfg)
+    window = clip_window(data_cfg.frames_per_clip, frame_step)
+    padded = info.num_frames < window
+    if padded and data_cfg.short_videos != "pad":
+        how = (f"frame step {frame_step} for data.fps={data_cfg.fps:g} at {info.fps:.3g} fps"
+               if data_cfg.fps is not None else "frames_per_clip x frame_step")
+        raise VideoError(info.path, f"too short: {info.num_frames} frames, a clip spans {window} ({how}; "
+                                    f"data.short_videos: pad keeps it)", "too_short")
     height, width = info.display_size
-    plans = plan_clips(info.num_frames, height, width, data_cfg, seed, step, key)
-    if not info.rotation:
-        return plans
-    return [ClipPlan(p.frames, stored_box(p.box, info.rotation, info.height, info.width), p.flip, info.rotation)
-            for p in plans]
+    plans = plan_clips(info.num_frames, height, width, data_cfg, seed, step, key, frame_step)
+    return [dataclasses.replace(p, box=stored_box(p.box, info.rotation, info.height, info.width),
+                                rotation=info.rotation, padded=padded) for p in plans]
 
 
 def orient_clip(x_THW: torch.Tensor, rotation: int, flip: bool) -> torch.Tensor:

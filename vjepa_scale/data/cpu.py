@@ -1,9 +1,10 @@
 """CPU backend: decode with PyAV inside DataLoader workers, augment with torch.
 
 `VideoClips[(index, step, slot)]` returns {video (C, T, H, W) float32 normalized (or (num_clips, C, T,
-H, W) when data.num_clips > 1), label, step, index (the entry actually used), skipped}. An entry that
-is unusable (missing, empty, truncated, non-video, undecodable, shorter than one clip: see
-`clips.plan_video`) is replaced by `skips.substitute` (uniform seeded draws); every failure is listed
+H, W) when data.num_clips > 1), label, step, index (the entry actually used), skipped, padded (1 when
+that entry is shorter than one clip and its last frame is repeated: data.short_videos: pad)}. An entry
+that is unusable (missing, empty, truncated, non-video, undecodable, shorter than one clip unless
+padded: see `clips.plan_video`) is replaced by `skips.substitute` (uniform seeded draws); every failure is listed
 in the item's `skipped` as (path, "kind: reason"), so counts survive DataLoader worker processes and
 reach the trainer inside the batch. Probing and decoding one file may take at most
 data.decode_timeout_s (`decode.Deadline`); a file that takes longer is skipped like an unreadable one.
@@ -70,7 +71,11 @@ class VideoClips(Dataset):
 
     def load(self, i: int, step: int, key: int | None = None) -> torch.Tensor:
         """The augmented clip(s) of entry `i` at `step` (randomness keyed by `key`, default `i`); raises
-        VideoError if the file or the clip is unusable.
+        VideoError if the file or the clip is unusable. See `load_entry`."""
+        return self.load_entry(i, step, key)[0]
+
+    def load_entry(self, i: int, step: int, key: int | None = None) -> tuple[torch.Tensor, bool]:
+        """(`load`'s clip(s), whether they repeat the video's last frame: `ClipPlan.padded`).
 
         Raises DecodeTimeout (a VideoError) when probing and decoding take longer than
         data.decode_timeout_s, whatever failure the interruption caused on the way. Any other exception
@@ -91,7 +96,7 @@ class VideoClips(Dataset):
                 self._bad[path] = VideoError(path, f"reading failed ({type(e).__name__}: {e})", "decode_error")
                 raise self._bad[path] from e
 
-    def _load_image(self, i: int, step: int, key: int) -> torch.Tensor:
+    def _load_image(self, i: int, step: int, key: int) -> tuple[torch.Tensor, bool]:
         from PIL import Image
 
         d = self.dataset_of(i)
@@ -107,9 +112,9 @@ class VideoClips(Dataset):
         box = random_resized_crop_box(H, W, tuple(cfg.random_resize_scale), tuple(cfg.random_resize_aspect_ratio), rng)
         flip = bool(cfg.horizontal_flip and rng.random() < 0.5)
         frames = pixels_HWC[None].expand(cfg.frames_per_clip, H, W, 3)  # one tubelet of the same image
-        return normalize_clip(frames, box, flip, cfg.crop_size)
+        return normalize_clip(frames, box, flip, cfg.crop_size), False
 
-    def _load(self, i: int, step: int, key: int, deadline: Deadline) -> torch.Tensor:
+    def _load(self, i: int, step: int, key: int, deadline: Deadline) -> tuple[torch.Tensor, bool]:
         d = self.dataset_of(i)
         if self.images[d]:
             return self._load_image(i, step, key)
@@ -124,7 +129,7 @@ class VideoClips(Dataset):
         T = cfg.frames_per_clip
         clips = [normalize_clip(pixels_THWC[c * T:(c + 1) * T], p.box, p.flip, cfg.crop_size, p.rotation)
                  for c, p in enumerate(plans)]
-        return clips[0] if len(clips) == 1 else torch.stack(clips)
+        return (clips[0] if len(clips) == 1 else torch.stack(clips)), plans[0].padded
 
     def resolve(self, index: int, step: int, slot: int, try_entry) -> tuple:
         """`skips.substitute` with this dataset's seed and data.max_bad_fraction."""
@@ -133,9 +138,9 @@ class VideoClips(Dataset):
 
     def __getitem__(self, key) -> dict:
         index, step, slot = (tuple(key) + (0, 0))[:3] if isinstance(key, tuple) else (key, 0, 0)
-        i, video, skipped = self.resolve(index, step, slot, lambda j: self.load(j, step, key=index))
+        i, (video, padded), skipped = self.resolve(index, step, slot, lambda j: self.load_entry(j, step, key=index))
         return {"video": video, "label": self.index.labels[i], "step": int(step), "index": i, "skipped": skipped,
-                "slot": int(slot)}
+                "slot": int(slot), "padded": int(padded)}
 
 
 def check_readable(index: VideoIndex, max_failures: int = 256, images: list[bool] | None = None) -> None:

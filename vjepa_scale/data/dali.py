@@ -11,12 +11,14 @@ Per file (probed with PyAV, `decode.probe_video`: exact frame count, truncation,
 loader is built; indexes above PROBE_ALL_MAX entries: when first drawn), `nvdec.dali_route` decides
 who decodes it: DALI, or, for what DALI cannot decode correctly on this device (codec, profile, bit
 depth, chroma, size; see `nvdec`), the CPU path (PyAV, `VideoClips`) inside the same batch. Files
-neither can read (missing, unreadable, truncated) and files too short for a clip (`clips.plan_video`)
+neither can read (missing, unreadable, truncated) and files too short for a clip (`clips.plan_video`;
+with data.short_videos: pad their plans repeat the last frame instead, and DALI decodes them as given)
 are replaced by the common policy (`skips.substitute`: uniform draws seeded by step and slot) and
 listed in each batch's `skipped`. Frame indices mean the same in both decoders: DALI indexes a
 file's frames in presentation order (its packet index sorted by timestamp), PyAV counts decoded
 frames, so variable-frame-rate files are sampled alike. The decoder runs with `pad_mode="none"`, so
-a clip reaching past a file's real end raises instead of repeating the last frame. Rotated files are
+a clip reaching past a file's real end raises instead of repeating the last frame (a padded plan's
+repeated indices are the file's real last frame). Rotated files are
 cropped in stored pixels by DALI and turned upright (then mirrored) in torch (`clips.orient_clip`).
 
 A failing DALI batch names no file: `DaliLoader` decodes halves of it until the failing sample(s)
@@ -428,9 +430,11 @@ class DaliLoader:
         labels = [self.index.labels[entries[k][0]] for k in order for _ in range(d.num_clips)]
         used = [entries[k][0] for k in order for _ in range(d.num_clips)]
         skipped = [x for k in order for x in entries[k][2]]
+        padded = sum(entries[k][1][1][0].padded for k in order)  # the plans PyAV fallbacks decode too
         if self.device == "gpu":
             video = video.to(torch.bfloat16)
-        return make_batch(video, labels, self.masker, step, self.rank, used, skipped, clips_per_sample=d.num_clips)
+        return make_batch(video, labels, self.masker, step, self.rank, used, skipped, clips_per_sample=d.num_clips,
+                          padded=padded)
 
     def _thread_init(self) -> None:
         if self.device == "gpu":

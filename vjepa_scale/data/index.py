@@ -7,7 +7,8 @@ ConfigError naming the file and line), and everything before it, inner spaces in
 So `my clip.mp4 3` is path "my clip.mp4" with label 3, and a path with spaces needs a label.
 
 Several index files form one `VideoIndex` (entries concatenated in config order); their weights
-drive the per-epoch mixture in `sampler.MixturePlan`. Relative video paths are resolved against the
+drive the per-epoch mixture in `sampler.MixturePlan` (a null weight becomes the dataset's number of
+entries: concatenated datasets). Relative video paths are resolved against the
 index file's folder. A missing or empty index file is a `ConfigError` naming it. A dataset path that
 is a folder lists its images (.jpg/.jpeg/.png, sorted, label -1): an image dataset.
 """
@@ -22,7 +23,8 @@ from vjepa_scale.config import ConfigError
 
 @dataclass(frozen=True)
 class VideoIndex:
-    """All videos of a mixture: `paths[i]`, `labels[i]`, and per-dataset `sizes` / `weights` / `sources`."""
+    """All videos of a mixture: `paths[i]`, `labels[i]`, and per-dataset `sizes` / `weights` (resolved:
+    never null) / `sources`."""
 
     paths: list[str]
     labels: list[int]
@@ -152,14 +154,15 @@ def _is_int(s: str) -> bool:
 
 
 def load_index(datasets, key: str = "data.datasets") -> VideoIndex:
-    """Concatenate the index files of `datasets` (a list of DatasetSpec) into one VideoIndex."""
+    """Concatenate the index files of `datasets` (a list of DatasetSpec) into one VideoIndex; a null
+    weight is the dataset's number of entries."""
     all_paths, all_labels, sizes, weights, sources = [], [], [], [], []
     for i, spec in enumerate(datasets):
         paths, labels = read_index(spec.path, f"{key}[{i}].path")
         all_paths += paths
         all_labels += labels
         sizes.append(len(paths))
-        weights.append(float(spec.weight))
+        weights.append(float(len(paths) if spec.weight is None else spec.weight))
         sources.append(str(spec.path))
     if not all_paths:
         raise ConfigError(f"{key} is empty: give at least one index file")

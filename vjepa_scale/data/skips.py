@@ -7,8 +7,8 @@ than any other file, two slots of a batch do not get the same stand-in, and resu
 redraws the same replacements. Each unusable entry met is recorded as (path, "kind: reason") in the
 batch (`Batch.skipped`), which carries it out of DataLoader worker processes.
 
-`SkipTracker` (in the process that iterates the loader) counts draws and skips, logs a summary per
-epoch on rank 0 (the last epoch's when the last batch arrives), gives the counts to the trainer's
+`SkipTracker` (in the process that iterates the loader) counts draws, skips and padded samples
+(videos shorter than one clip, kept with data.short_videos: pad), logs a summary of skips per epoch on rank 0 (the last epoch's when the last batch arrives), gives the counts to the trainer's
 metrics (`skip_metrics`), and ends the run with NoReadableVideosError when the share of unusable
 draws is, beyond sampling noise, above `data.max_bad_fraction`. Never because of a run of bad
 entries: a missing folder in a sorted index is as harmless as the same files spread out.
@@ -123,6 +123,7 @@ class SkipTracker:
         self.total: Counter = Counter()  # path -> skips (since this process started)
         self.kinds: Counter = Counter()  # kind -> skips
         self.draws = 0
+        self.padded = 0  # samples whose clip repeats its video's last frame (data.short_videos: pad)
         self.deferred = False
         self.closed: list[tuple[int, list]] = []  # (epoch, [(path, reason, count)]) not yet reported
 
@@ -139,6 +140,7 @@ class SkipTracker:
             self.kinds[skip_kind(reason)] += 1
             self.reasons[path] = reason
         self.draws += batch.num_samples + len(batch.skipped)  # both in sampler draws (a sample is num_clips rows)
+        self.padded += batch.padded
         self.check()
         if self.final_step is not None and int(batch.step) >= self.final_step:
             self._close()
@@ -203,36 +205,40 @@ class SkipTracker:
                             ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())), names)
 
     def totals(self, device=None, base: dict | None = None) -> dict:
-        """{"draws", "skipped", "kinds": {kind: n}}: this tracker's counts summed over ranks when a process
+        """{"draws", "skipped", "padded", "kinds": {kind: n}}: this tracker's counts summed over ranks when a process
         group is up (a collective: every rank calls it at the same step), plus `base` (the run's totals
         before this tracker, already summed over ranks: an earlier phase's loader, a resumed checkpoint's)."""
         import torch
         import torch.distributed as dist
 
-        v = torch.tensor([self.draws, self.skipped] + [self.kinds[k] for k in SKIP_KINDS], dtype=torch.float64,
-                         device=device)
+        v = torch.tensor([self.draws, self.skipped, self.padded] + [self.kinds[k] for k in SKIP_KINDS],
+                         dtype=torch.float64, device=device)
         if self.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.all_reduce(v)
-        draws, skipped, *kinds = [int(x) for x in v.tolist()]
-        return add_totals(base, {"draws": draws, "skipped": skipped, "kinds": dict(zip(SKIP_KINDS, kinds))})
+        draws, skipped, padded, *kinds = [int(x) for x in v.tolist()]
+        return add_totals(base, {"draws": draws, "skipped": skipped, "padded": padded,
+                                 "kinds": dict(zip(SKIP_KINDS, kinds))})
 
     def metrics(self, device=None, base: dict | None = None) -> dict:
         """Skip counts of the run so far (`totals`: a collective): data_skipped, data_skipped_<kind> (kinds
-        seen), data_bad_share."""
+        seen), data_bad_share, data_padded (samples whose video's last frame was repeated)."""
         t = self.totals(device, base)
-        out = {"data_skipped": t["skipped"], "data_bad_share": t["skipped"] / t["draws"] if t["draws"] else 0.0}
+        out = {"data_skipped": t["skipped"], "data_bad_share": t["skipped"] / t["draws"] if t["draws"] else 0.0,
+               "data_padded": t["padded"]}
         out.update({f"data_skipped_{k}": n for k, n in t["kinds"].items()})
         return out
 
 
 def add_totals(a: dict | None, b: dict | None) -> dict:
-    """The sum of two `SkipTracker.totals` records (None or {}: nothing); kinds with no skips are left out."""
+    """The sum of two `SkipTracker.totals` records (None or {}: nothing; a record without "padded", from a
+    checkpoint written before that count existed: 0); kinds with no skips are left out."""
     a, b = a or {}, b or {}
     kinds = Counter(a.get("kinds", {}))
     kinds.update(b.get("kinds", {}))
     order = [k for k in SKIP_KINDS if kinds[k]] + sorted(k for k in kinds if k not in SKIP_KINDS and kinds[k])
     return {"draws": int(a.get("draws", 0)) + int(b.get("draws", 0)),
-            "skipped": int(a.get("skipped", 0)) + int(b.get("skipped", 0)), "kinds": {k: int(kinds[k]) for k in order}}
+            "skipped": int(a.get("skipped", 0)) + int(b.get("skipped", 0)),
+            "padded": int(a.get("padded", 0)) + int(b.get("padded", 0)), "kinds": {k: int(kinds[k]) for k in order}}
 
 
 def skip_metrics(loader, device=None, base: dict | None = None) -> dict:

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 class SyntheticClips(Dataset):
     """`num_samples` clips of shape (C, T, H, W); index i always gives the same clip and label.
 
-    Items have the layout of `cpu.VideoClips` items (video, label, step, index, skipped=[]).
+    Items have the layout of `cpu.VideoClips` items (video, label, step, index, skipped=[], padded=0).
     """
 
     def __init__(self, num_samples: int, frames: int, crop_size: int, seed: int = 0, num_classes: int = 2):
@@ -29,4 +29,4 @@ class SyntheticClips(Dataset):
         video = torch.nn.functional.interpolate(low[None], size=(self.frames, self.crop_size, self.crop_size),
                                                 mode="trilinear", align_corners=False)[0]
         return {"video": video, "label": int(index) % self.num_classes, "step": int(step), "index": int(index),
-                "skipped": [], "slot": int(slot)}
+                "skipped": [], "slot": int(slot), "padded": 0}

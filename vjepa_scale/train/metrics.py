@@ -2,7 +2,8 @@
 
 metrics.jsonl is strict JSON: an inf/NaN metric is written as null and named in `"nonfinite"`.
 File loaders add their skip counts to every record (`data_skipped`, `data_skipped_<kind>`,
-`data_bad_share`; see `vjepa_scale.data.skips.SkipTracker.metrics`).
+`data_bad_share`, and `data_padded`: samples of videos shorter than one clip, last frame repeated; see
+`vjepa_scale.data.skips.SkipTracker.metrics`).
 """
 from __future__ import annotations
 
