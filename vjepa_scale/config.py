@@ -87,6 +87,10 @@ class ModelConfig(Section):
     pred_num_heads: int = 16
     pred_mlp_ratio: float = 4.0
     loss_exp: float = 1.0
+    # Predictor mask tokens: per_type = one learned token per mask type (V-JEPA 1: type m uses token m);
+    # shared = one token for every mask type, parameter (1, pred_width) (V-JEPA 2, whose reference picks the
+    # token by clip-length group: its single-clip-length recipes train token 0 for both mask types).
+    mask_tokens: Literal["per_type", "shared"] = "per_type"
     # Weight init of the recipe family (see models/vit.py): vjepa1 = trunc_normal(0.02) on every Linear /
     # Conv3d, no depth rescale; vjepa2 = the same, then attn.proj / mlp.fc2 of block i scaled by 1/sqrt(2i).
     init: Literal["vjepa1", "vjepa2"] = "vjepa1"

@@ -76,7 +76,8 @@ def train_flops(cfg: Config, masks: MaskBatch) -> dict[str, float]:
     pred_lengths = [a + b for a, b in zip(masks.ctx_lengths, masks.tgt_lengths)]
     p_lin, p_attn = _stack_fwd(W, m.pred_depth, m.pred_mlp_ratio, pred_lengths)
     predictor_fwd = p_lin + p_attn + 2.0 * D * W * (sum(masks.ctx_lengths) + sum(masks.tgt_lengths))
-    mask_tokens = 2.0 * masks.num_types * W * sum(masks.tgt_lengths)  # one-hot GEMM placing the mask tokens
+    tokens = 1 if m.mask_tokens == "shared" else masks.num_types
+    mask_tokens = 2.0 * tokens * W * sum(masks.tgt_lengths)  # one-hot GEMM placing the mask tokens
 
     out = {
         "target_fwd": target_fwd,

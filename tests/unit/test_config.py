@@ -515,6 +515,7 @@ def test_vjepa2_recipes():
         m, o = cfg.model, cfg.optim
         assert (m.size, resolve_vit_size(m).num_heads, m.pos_embed, m.pred_num_heads) == (size, heads, "rope", 12)
         assert m.activation_checkpointing and cfg.data.global_batch_size == 3072 and m.init == "vjepa2"
+        assert m.mask_tokens == "shared"  # one predictor mask token for both mask types, as V-JEPA 2 trains
         assert (o.lr_schedule, o.warmup, o.cooldown, o.start_lr, o.lr) == ("wsd", 12_000, 0, 1e-4, 5.25e-4)
         assert (o.wd_schedule, o.weight_decay, o.ema_schedule, o.ema) == ("constant", 0.04, "constant", (0.99925,) * 2)
         pre, cool = plan(cfg, 128)
@@ -529,6 +530,10 @@ def test_vjepa2_recipes():
     cool = load_config("vjepa2_vitg_cool384")
     assert cool.grid == (32, 24, 24) and cool.grid[0] * cool.grid[1] * cool.grid[2] == 18_432
     assert cool.train.init_from and cool.train.init_from_optimizer and not cool.phases
+    assert cool.model.mask_tokens == "shared"
+    assert load_config("vitl16").model.mask_tokens == "per_type"  # V-JEPA 1: one token per mask type
+    with pytest.raises(ConfigError, match=r"model.mask_tokens must be one of \['per_type', 'shared'\], got 'one'"):
+        load_config("vjepa2_vitl", ["model.mask_tokens=one"])
     assert (cool.optim.warmup, cool.optim.cooldown, cool.optim.iterations) == (0, 15_000, 12_000)
     assert (cool.data.fps, cool.data.short_videos) == (4.0, "pad")
     # the 384 px x 64 frames cooldown fits an 80 GB card by the memory estimate at 6 and 12 clips per GPU

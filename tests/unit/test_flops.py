@@ -25,6 +25,23 @@ def test_truncation_lowers_encoder_flops():
     assert cut["encoder"] < full["encoder"] and cut["target_fwd"] == full["target_fwd"]
 
 
+def test_a_shared_mask_token_changes_only_its_gemm_and_the_parameter_count():
+    """model.mask_tokens=shared: the one-hot GEMM placing the tokens has one column, not one per type; the
+    rest of the step's FLOPs is the same, and the model has pred_width parameters fewer per dropped token."""
+    from vjepa_scale.config import ModelConfig
+    from vjepa_scale.train.memory import param_counts
+
+    per_type = Config(data=DataConfig(backend="synthetic")).validate()
+    shared = Config(model=ModelConfig(mask_tokens="shared"), data=DataConfig(backend="synthetic")).validate()
+    masks = MultiBlockMasker(per_type.mask, per_type.grid)(10, step=0)
+    a, b = train_flops(per_type, masks), train_flops(shared, masks)
+    W, M = per_type.model.pred_width, len(per_type.mask.types)
+    assert a["predictor"] - b["predictor"] == 2 * 2.0 * (M - 1) * W * sum(masks.tgt_lengths)
+    assert all(a[k] == b[k] for k in ("target_fwd", "encoder", "attention", "recompute"))
+    pa, pb = param_counts(per_type), param_counts(shared)
+    assert (pa.online - pb.online, pa.encoder) == ((M - 1) * W, pb.encoder)
+
+
 def test_peak_and_mfu():
     assert device_peak_tflops("cpu") is None
     names = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 NVL": 835.0, "NVIDIA H100 PCIe": 756.0,

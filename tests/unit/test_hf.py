@@ -191,6 +191,63 @@ def test_official_vjepa2_checkpoint_with_ten_mask_tokens(tmp_path):
     _assert_same_outputs(cfg, model, state)
 
 
+def test_official_vjepa2_checkpoint_into_a_shared_mask_token(tmp_path):
+    """model.mask_tokens=shared: a V-JEPA 2 file's token 0 (of its 10) is the one token; outputs reproduce."""
+    cfg, model = _model("rope", mask_tokens="shared")
+    enc, pred = official_layout(model.encoder.state_dict(), model.predictor.state_dict())
+    for i in range(1, 10):
+        pred[f"module.backbone.mask_tokens.{i}"] = torch.full((1, 1, cfg.model.pred_width), float(i))
+    path = tmp_path / "vjepa2.pt"
+    torch.save({"encoder": enc, "predictor": pred, "epoch": 1}, path)
+    state = load_init_state(path, cfg)
+    assert tuple(state["predictor"]["mask_tokens"].shape) == (1, cfg.model.pred_width)
+    _assert_same_outputs(cfg, model, state)
+
+
+def test_shared_mask_token_export_round_trips(tmp_path):
+    """A shared model exports one token (`pred_num_mask_tokens: 1`, `pred_mask_tokens: shared`), which the stock
+    VJEPA2Model loads and predicts with for every mask type; it reads back as shared, and per_type <-> shared
+    imports are refused naming model.mask_tokens."""
+    cfg, model = _model("rope", mask_tokens="shared")
+    out = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf", model.predictor.state_dict())
+    written = read_hf_config(out)
+    assert (written["pred_num_mask_tokens"], written["pred_mask_tokens"]) == (1, "shared")
+    back = config_from_hf_fields(written)
+    assert back.model.mask_tokens == "shared" and config_to_hf_fields(back) == config_to_hf_fields(cfg)
+    assert "one mask token, shared by every mask type" in (out / "README.md").read_text()
+    hf, info = transformers.VJEPA2Model.from_pretrained(out, output_loading_info=True)
+    _loaded_cleanly(info)
+    hf.eval()
+    video = _video()
+    ctx, tgt = _splits(cfg, 3)
+    h, preds = _ours(model, cfg, video, ctx, tgt)
+    for m in range(len(ctx)):
+        with torch.no_grad():
+            o = hf(video.permute(0, 2, 1, 3, 4), context_mask=[torch.stack(ctx[m])],
+                   target_mask=[torch.stack(tgt[m])], mask_index=m)
+        assert (o.predictor_output.last_hidden_state - preds[m]).abs().max() <= 1e-4
+    state = load_init_state(out, cfg)
+    assert all(torch.equal(state["predictor"][k], v) for k, v in model.predictor.state_dict().items())
+
+    per_type, per_type_model = _model("rope")
+    with pytest.raises(CheckpointMismatchError, match=r"config.json: pred_mask_tokens='shared' but the config has "
+                                                      r"model.mask_tokens='per_type'"):
+        load_init_state(out, per_type)
+    old = export_to_hf(per_type, per_type_model.encoder.state_dict(), tmp_path / "old",
+                       per_type_model.predictor.state_dict())
+    with pytest.raises(CheckpointMismatchError, match=r"config.json: pred_mask_tokens='per_type' but the config has "
+                                                      r"model.mask_tokens='shared'"):
+        load_init_state(old, cfg)
+    fields = read_hf_config(old)
+    del fields["pred_mask_tokens"]  # an export from before the key: its two tokens are per type
+    (old / "config.json").write_text(json.dumps(fields))
+    assert config_from_hf_fields(fields).model.mask_tokens == "per_type"
+    with pytest.raises(CheckpointMismatchError, match=r"'mask_tokens' holds 2 tokens, one per mask type .* "
+                                                      r"model.mask_tokens: per_type"):
+        load_init_state(old, cfg)
+    assert config_from_hf_fields({**fields, "pred_num_mask_tokens": 10}).model.mask_tokens == "shared"  # V-JEPA 2
+
+
 def test_hf_config_map_round_trips(tmp_path):
     """One Config <-> config.json map: export writes it, eval reads a Config back, import checks with it."""
     cfg = tiny_config("rope", batch_size=B, crop=CROP, frames=FRAMES, num_heads=6, mlp_ratio=3.0)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from helpers import require, single_process_group, tmpfs_mounts
-from vjepa_scale.config import load_config
+from vjepa_scale.config import ConfigError, load_config
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.housekeeping import (CheckpointFolderError, CheckpointWriteError, ResumeConfigError,
-                                            dir_bytes, is_disk_error, prepare_checkpoint_folder)
+                                            compare_configs, dir_bytes, is_disk_error, prepare_checkpoint_folder)
 from vjepa_scale.train.launch import preflight
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
@@ -207,6 +207,18 @@ def test_torch_stream_write_failure_is_a_disk_error():
     assert not is_disk_error(RuntimeError("size mismatch"))
 
 
+def test_mask_type_count_is_no_model_key_with_a_shared_mask_token():
+    """One shared predictor token serves any number of mask types: the count is then a note, not a model key."""
+    one = "mask.types=[{num_blocks: 2}]"
+    per_type, shared = [load_config("cpu_demo", opts).to_dict() for opts in ([], ["model.mask_tokens=shared"])]
+    fewer = load_config("cpu_demo", ["model.mask_tokens=shared", one]).to_dict()
+    assert compare_configs(per_type, load_config("cpu_demo", [one]).to_dict())[0] == ["mask.types (count): 2 -> 1"]
+    model, other = compare_configs(shared, fewer)
+    assert model == [] and any(line.startswith("mask.types:") for line in other)
+    assert compare_configs(per_type, fewer)[0] == ["mask.types (count): 2 -> 1",
+                                                   "model.mask_tokens: 'per_type' -> 'shared'"]
+
+
 def test_model_change_on_resume_refused_naming_keys(tmp_path):
     run = tmp_path / "run"
     _trainer(run, "optim.iterations=1", "train.checkpoint_every=1").fit()
@@ -216,6 +228,11 @@ def test_model_change_on_resume_refused_naming_keys(tmp_path):
         _trainer(run, "optim.iterations=2", "model.width=192", resume="auto")
     with pytest.raises(ResumeConfigError, match=r"mask\.types \(count\): 2 -> 1"):
         _trainer(run, "optim.iterations=2", "mask.types=[{num_blocks: 2}]", resume="auto")
+    with pytest.raises(ResumeConfigError, match=r"model\.mask_tokens: 'per_type' -> 'shared'"):
+        _trainer(run, "optim.iterations=2", "model.mask_tokens=shared", resume="auto")
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*trained with model\.mask_tokens='per_type' but the "
+                                          r"config has 'shared'"):
+        _trainer(tmp_path / "shared", "model.mask_tokens=shared", f"train.init_from={run}")
     # data / optim / train / runtime model keys may change: resumed, with a note naming them
     tr = _trainer(run, "optim.iterations=2", "optim.lr=0.001", "model.activation_checkpointing=true",
                   resume="auto")
@@ -226,6 +243,10 @@ def test_model_change_on_resume_refused_naming_keys(tmp_path):
     # another ZeRO stage across ZeRO-3 <-> ZeRO-1/2: refused from meta.json, config.yaml or not
     saved = find_latest(run) / "config.yaml"
     kept = saved.read_text()
+    # a run saved before model.mask_tokens existed trained one token per mask type: it resumes as per_type
+    assert "  mask_tokens: per_type\n" in kept
+    saved.write_text(kept.replace("  mask_tokens: per_type\n", ""))
+    assert _trainer(run, "optim.iterations=2", resume="auto").step == 1
     saved.unlink()
     with pytest.raises(ResumeConfigError, match=r"cannot resume .* with zero\.stage=1: it was saved under zero\.stage=3"):
         _trainer(run, "optim.iterations=2", "zero.stage=1", resume="auto")

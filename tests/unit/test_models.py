@@ -250,13 +250,15 @@ def test_sincos_table_cache_follows_the_table():
     torch.testing.assert_close(two, 2 * multi[32:])
 
 
+@pytest.mark.parametrize("mask_tokens", ["per_type", "shared"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
-def test_mask_token_gradient_sums_thousands_of_rows_accurately_in_bf16(device):
+def test_mask_token_gradient_sums_thousands_of_rows_accurately_in_bf16(device, mask_tokens):
     """DeepSpeed's bf16 engine keeps the predictor in bf16: each mask token's gradient sums one row per
     target token of its type (~10^4). It must match the fp32 sum to bf16 rounding (index_select's
     backward added the rows one by one in bf16 on CUDA, where the sum stalls far below the true value)."""
-    cfg = ModelConfig(size="tiny", depth=1, pred_depth=1, pred_width=32, pred_num_heads=2, attention_backend="padded")
+    cfg = ModelConfig(size="tiny", depth=1, pred_depth=1, pred_width=32, pred_num_heads=2, attention_backend="padded",
+                      mask_tokens=mask_tokens)
     cfg.validate()
     grid = (8, 16, 16)
     masks = MultiBlockMasker(MaskConfig(), grid)(8, step=0).to(device)
@@ -274,3 +276,39 @@ def test_mask_token_gradient_sums_thousands_of_rows_accurately_in_bf16(device):
     ref = grads[torch.float32]
     assert ref.abs().max() > 1.0  # many rows summed
     assert (grads[torch.bfloat16] - ref).norm() <= 0.03 * ref.norm()
+
+
+def test_shared_mask_token_serves_every_mask_type():
+    """model.mask_tokens=shared: one (1, W) token; a target gets the same prediction whatever its mask type,
+    and the token's gradient is the sum of what a per-type predictor's tokens get from each type."""
+    torch.manual_seed(0)
+    shared_cfg, per_type_cfg = tiny_config("rope", mask_tokens="shared"), tiny_config("rope")
+    shared = JEPA(shared_cfg).predictor
+    assert tuple(shared.mask_tokens.shape) == (1, shared_cfg.model.pred_width)
+    with torch.no_grad():
+        shared.mask_tokens.normal_()
+    per_type = JEPA(per_type_cfg).predictor
+    state = dict(shared.state_dict(), mask_tokens=shared.mask_tokens.detach().expand(2, -1).clone())
+    per_type.load_state_dict(state)
+
+    B = shared_cfg.data.batch_size
+    ctx, tgt = MultiBlockMasker(shared_cfg.mask, shared_cfg.grid).sample(B, step=1)
+    same_ctx, same_tgt = [ctx[0], ctx[0]], [tgt[0], tgt[0]]  # both mask types: the same context and targets
+    masks = pack_masks(same_ctx, same_tgt, shared_cfg.grid)
+    ctx_TD = torch.randn(masks.ctx_idx.numel() // 2, 192).repeat(2, 1)  # packed mask-type major
+    out = shared(ctx_TD, masks)
+    b = masks.tgt_type_bounds
+    assert torch.equal(out[b[0]:b[1]], out[b[1]:b[2]])
+    with torch.no_grad():
+        per_type.mask_tokens[1].add_(1.0)  # per type: the type-1 copy now predicts otherwise
+        assert not torch.allclose(per_type(ctx_TD, masks)[b[1]:b[2]], out[b[1]:b[2]])
+        per_type.mask_tokens[1].sub_(1.0)
+
+    masks = pack_masks(ctx, tgt, shared_cfg.grid)
+    ctx_TD = torch.randn(masks.ctx_idx.numel(), 192)
+    weights = torch.randn(masks.tgt_idx.numel(), 192)
+    (shared(ctx_TD, masks) * weights).sum().backward()
+    (per_type(ctx_TD, masks) * weights).sum().backward()
+    g = per_type.mask_tokens.grad
+    assert g[0].abs().min() > 0 and g[1].abs().min() > 0  # both types contribute
+    torch.testing.assert_close(shared.mask_tokens.grad, (g[0] + g[1])[None], rtol=1e-5, atol=1e-6)

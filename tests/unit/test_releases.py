@@ -19,8 +19,8 @@ from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from vjepa_scale.hf import export_to_hf
 from vjepa_scale.models import JEPA
 from vjepa_scale.models.pos_embed import sincos_3d
-from vjepa_scale.weights import (RELEASES, CheckpointMismatchError, expected_shapes, load_init_state,
-                                 official_config, read_official)
+from vjepa_scale.weights import (RELEASES, CheckpointMismatchError, check_init_source, expected_shapes,
+                                 load_init_state, official_config, read_official)
 
 transformers = require("transformers")
 
@@ -85,8 +85,16 @@ def test_vjepa1_release_heads_and_mask_tokens(tmp_path):
     f = read_official(path)
     assert f.layout.family == "vjepa1" and f.release is vitl
     cfg = official_config(path)
+    assert cfg.model.mask_tokens == "per_type"
     state = load_init_state(path, cfg)
     assert state["predictor"]["mask_tokens"][:, 0].tolist() == [0.0, 1.0]  # type m from token m
+    shared = official_config(path)
+    shared.model.mask_tokens = "shared"  # one token cannot hold what two learned: refused, also in pre-flight
+    for check in (load_init_state, check_init_source):
+        with pytest.raises(CheckpointMismatchError, match=r"predictor 'mask_tokens' holds 2 tokens, one per mask "
+                                                          r"type .* model.mask_tokens=shared .* model.mask_tokens: "
+                                                          r"per_type"):
+            check(path, shared)
     cfg.model.num_heads = 8
     with pytest.raises(CheckpointMismatchError, match=r"the encoder has 16 heads in V-JEPA 1 ViT-L/16 .* "
                                                       r"model.num_heads=8"):
@@ -100,9 +108,15 @@ def test_vjepa2_release_with_position_tables(tmp_path, caplog):
     f = read_official(path)
     assert f.layout.family == "vjepa2" and f.layout.has_tables and f.release is vitl
     cfg = official_config(path)
+    assert cfg.model.mask_tokens == "shared"  # V-JEPA 2 trains one token for both mask types
     with caplog.at_level(logging.INFO, logger="vjepa_scale.weights.load"):
         state = load_init_state(path, cfg)
     assert "ignoring the position tables it carries" in caplog.text
+    assert "the shared mask token (model.mask_tokens: shared) starts from token 0" in caplog.text
+    assert state["predictor"]["mask_tokens"].tolist() == [[0.0] * 384]
+    cfg.model.mask_tokens = "per_type"
+    with caplog.at_level(logging.INFO, logger="vjepa_scale.weights.load"):
+        state = load_init_state(path, cfg)
     assert "all 2 mask types start from token 0" in caplog.text
     assert state["predictor"]["mask_tokens"].tolist() == [[0.0] * 384, [0.0] * 384]
     sincos = official_config(path)
@@ -190,6 +204,7 @@ def test_convert_official_release_from_the_table(tmp_path, capsys):
     fields = json.loads((out / "config.json").read_text())
     assert (fields["hidden_size"], fields["num_hidden_layers"], fields["num_attention_heads"]) == (1024, 24, 16)
     assert (fields["crop_size"], fields["frames_per_clip"], fields["model_type"]) == (256, 64, "vjepa2")
+    assert (fields["pred_num_mask_tokens"], fields["pred_mask_tokens"]) == (1, "shared")  # token 0 of the 10
     proc = json.loads((out / "video_preprocessor_config.json").read_text())
     assert proc["crop_size"] == {"height": 256, "width": 256} and proc["num_frames"] == 64
 

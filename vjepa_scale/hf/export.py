@@ -157,7 +157,10 @@ def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: 
     masks = "; ".join(f"union of {s.num_blocks} blocks of {pct(*s.spatial_scale)} of the frame area"
                       for s in cfg.mask.types)
     pred_note = ""
-    if with_predictor and len(cfg.mask.types) > 1:
+    if with_predictor and m.mask_tokens == "shared":
+        pred_note = (" The predictor holds one mask token, shared by every mask type (`model.mask_tokens: shared`, "
+                     "`pred_mask_tokens` in config.json); a forward with masks predicts with it whatever `mask_index`.")
+    elif with_predictor and len(cfg.mask.types) > 1:
         pred_note = (f" The predictor holds one mask token per mask type ({len(cfg.mask.types)}); like `VJEPA2Model`, "
                      f"a forward with masks predicts with mask token 1 (the second mask type of the recipe).")
     recipe = yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "deepspeed"}, sort_keys=False)

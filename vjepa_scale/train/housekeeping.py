@@ -202,6 +202,7 @@ def _model_view(model: dict) -> dict[str, Any]:
         m.pop("size", None)
     except ConfigError:
         pass  # a config this version cannot read: compare the raw keys
+    m.setdefault("mask_tokens", "per_type")  # runs saved before the key trained one token per mask type
     return {f"model.{k}": v for k, v in m.items() if k not in MODEL_RUNTIME_KEYS}
 
 
@@ -247,10 +248,12 @@ def check_zero_stage(ckpt: Path, stage: int, init_from: bool = False) -> None:
 
 def compare_configs(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     """(model keys that differ, other keys that differ) between two `Config.to_dict()` dicts, each
-    as 'key: saved -> current'. The number of mask types is a model key (one predictor token each)."""
+    as 'key: saved -> current'. The number of mask types is a model key (one predictor token each) unless
+    both use `model.mask_tokens: shared` (one token whatever the count)."""
     model_s, model_c = _model_view(saved.get("model", {})), _model_view(current.get("model", {}))
-    model_s["mask.types (count)"] = len(saved.get("mask", {}).get("types", []))
-    model_c["mask.types (count)"] = len(current.get("mask", {}).get("types", []))
+    if not model_s["model.mask_tokens"] == model_c["model.mask_tokens"] == "shared":
+        model_s["mask.types (count)"] = len(saved.get("mask", {}).get("types", []))
+        model_c["mask.types (count)"] = len(current.get("mask", {}).get("types", []))
     rest_s = {k: v for k, v in _flat(saved).items() if not k.startswith("model.")}
     rest_c = {k: v for k, v in _flat(current).items() if not k.startswith("model.")}
     for k in MODEL_RUNTIME_KEYS:

@@ -23,7 +23,8 @@ def expected_shapes(cfg: Config) -> dict[str, dict[str, torch.Size]]:
 
 
 _HINTS = {"encoder": "model.size/width/depth/num_heads/patch_size/pos_embed",
-          "predictor": "model.pred_width/pred_depth, model.size/width and the number of mask types (mask.types)"}
+          "predictor": "model.pred_width/pred_depth, model.size/width, model.mask_tokens and the number of mask "
+                       "types (mask.types)"}
 
 
 def check_state_dict(sd: StateDict, expected: dict[str, torch.Size], what: str, source: str) -> None:
@@ -56,7 +57,7 @@ def module_shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
 
 # Architecture fields a checkpoint's training config must share with the config that loads it.
 ENCODER_ARCH_FIELDS = ("pos_embed", "patch_size", "tubelet_size", "qkv_bias")
-PREDICTOR_ARCH_FIELDS = ("pred_width", "pred_depth", "pred_num_heads", "pred_mlp_ratio")
+PREDICTOR_ARCH_FIELDS = ("pred_width", "pred_depth", "pred_num_heads", "pred_mlp_ratio", "mask_tokens")
 
 
 def check_architecture(have: ModelConfig, want: ModelConfig, source: str, predictor: bool = True) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from vjepa_scale.config import (CUSTOM_SIZE, Config, ConfigError, DataConfig, MaskConfig, MaskSpec, ModelConfig,
                                 resolve_vit_size, vit_size_name)
 from vjepa_scale.weights.checks import CheckpointMismatchError
+from vjepa_scale.weights.releases import VJEPA2_MASK_TOKENS
 
 HF_MODEL_TYPES = {"vjepa2": "rope", "vjepa_sincos": "sincos"}  # model_type -> model.pos_embed
 
@@ -25,8 +26,11 @@ ENCODER_FIELDS = {"hidden_size": "model.width", "num_hidden_layers": "model.dept
                   "num_attention_heads": "model.num_heads", "mlp_ratio": "model.mlp_ratio",
                   "patch_size": "model.patch_size", "tubelet_size": "model.tubelet_size",
                   "qkv_bias": "model.qkv_bias"}
+# pred_mask_tokens is ours (stored as an extra config attribute; the stock VJEPA2Config keeps it unused): with
+# `shared`, pred_num_mask_tokens is 1 whatever the number of mask types.
 PREDICTOR_FIELDS = {"pred_hidden_size": "model.pred_width", "pred_num_hidden_layers": "model.pred_depth",
-                    "pred_num_attention_heads": "model.pred_num_heads", "pred_mlp_ratio": "model.pred_mlp_ratio"}
+                    "pred_num_attention_heads": "model.pred_num_heads", "pred_mlp_ratio": "model.pred_mlp_ratio",
+                    "pred_mask_tokens": "model.mask_tokens"}
 _VIA_SIZE = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio")
 
 
@@ -40,8 +44,9 @@ def config_to_hf_fields(cfg: Config) -> dict[str, Any]:
         num_attention_heads=dims.num_heads, num_hidden_layers=dims.depth, mlp_ratio=float(dims.mlp_ratio),
         layer_norm_eps=1e-6, qkv_bias=m.qkv_bias, hidden_act="gelu",
         pred_hidden_size=m.pred_width, pred_num_attention_heads=m.pred_num_heads,
-        pred_num_hidden_layers=m.pred_depth, pred_num_mask_tokens=len(cfg.mask.types),
-        pred_mlp_ratio=float(m.pred_mlp_ratio),
+        pred_num_hidden_layers=m.pred_depth,
+        pred_num_mask_tokens=1 if m.mask_tokens == "shared" else len(cfg.mask.types),
+        pred_mlp_ratio=float(m.pred_mlp_ratio), pred_mask_tokens=m.mask_tokens,
     )
 
 
@@ -49,8 +54,12 @@ def config_from_hf_fields(fields: dict[str, Any], source: str = "config.json") -
     """The pretraining `Config` (model, clip size, mask-type count) that an export's fields describe.
 
     model.size is the `VIT_SIZES` name the dims match, else `custom` with the dims given. Predictor fields
-    absent from the export take our defaults. Raises `ConfigError` naming `source`.
+    absent from the export take our defaults; without `pred_mask_tokens`, V-JEPA 2's 10 release tokens
+    read as a shared token (its rule), any other count as that many mask types. A shared token keeps
+    our default mask types. Raises `ConfigError` naming `source`.
     """
+    tokens = int(fields.get("pred_num_mask_tokens", 2))
+    mask_tokens = fields.get("pred_mask_tokens", "shared" if tokens == VJEPA2_MASK_TOKENS else "per_type")
     pos_embed = hf_pos_embed(fields, source)
     d = ModelConfig()
     try:
@@ -63,12 +72,13 @@ def config_from_hf_fields(fields: dict[str, Any], source: str = "config.json") -
                             pred_width=fields.get("pred_hidden_size", d.pred_width),
                             pred_depth=fields.get("pred_num_hidden_layers", d.pred_depth),
                             pred_num_heads=fields.get("pred_num_attention_heads", d.pred_num_heads),
-                            pred_mlp_ratio=float(fields.get("pred_mlp_ratio", d.pred_mlp_ratio)))
+                            pred_mlp_ratio=float(fields.get("pred_mlp_ratio", d.pred_mlp_ratio)),
+                            mask_tokens=mask_tokens)
         data = DataConfig(backend="synthetic", crop_size=fields["crop_size"],
                           frames_per_clip=fields["frames_per_clip"])
     except KeyError as e:
         raise ConfigError(f"{source} has no field {e}") from None
-    masks = MaskConfig(types=[MaskSpec() for _ in range(int(fields.get("pred_num_mask_tokens", 2)))])
+    masks = MaskConfig() if mask_tokens == "shared" else MaskConfig(types=[MaskSpec() for _ in range(tokens)])
     return Config(model=model, mask=masks, data=data).validate()
 
 

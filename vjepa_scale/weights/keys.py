@@ -7,6 +7,7 @@ Ours (`VisionTransformer3D`, `Predictor`)       HF `vjepa2` (prefix `encoder.` /
   transformer.norm                                layernorm
   embed (predictor)                               embeddings.predictor_embeddings
   mask_tokens (M, W)                              embeddings.mask_tokens (M, 1, 1, W)
+    (M: one per mask type, or 1 with model.mask_tokens: shared)
 
 Official V-JEPA 1 / 2 `torch.save` layout (after dropping `module.` / `backbone.` prefixes):
   patch_embed.proj, pos_embed (V-JEPA 1 only), blocks.{i}.attn.qkv, norm;

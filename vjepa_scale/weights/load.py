@@ -9,7 +9,8 @@ shape against the models `cfg` builds. Supported:
 - the official V-JEPA 2 dict (same names, RoPE; release files may still carry unused tables, ignored).
   Official files are matched against the release table (`weights.releases`): head counts, which the
   weights do not show, must be the release's; mask tokens map by the family's rule (V-JEPA 1: type m
-  from token m; V-JEPA 2: every type from token 0). `official_config(path)` is a release's `Config`;
+  from token m; V-JEPA 2: every type from token 0, or a `model.mask_tokens: shared` token from token 0;
+  a V-JEPA 1 file into a shared token is refused). `official_config(path)` is a release's `Config`;
 - one of our own training runs or checkpoints (ZeRO-3, any world size), consolidated on the CPU.
 """
 from __future__ import annotations
@@ -297,29 +298,45 @@ def _from_torch_file(path: Path, cfg: Config) -> dict[str, Optional[StateDict]]:
             _check_table(f.tables["predictor"], cfg.model.pred_width, cfg.grid,
                          f"{source}: predictor.predictor_pos_embed")
     if f.predictor is not None and "mask_tokens" in f.predictor:
-        _map_mask_tokens(f.predictor, layout.family, len(cfg.mask.types), source)
+        _map_mask_tokens(f.predictor, layout.family, cfg, source)
     log.info("%s: loaded official V-JEPA checkpoint (%s; epoch %s)", source, layout.describe(), f.epoch)
     encoder = f.encoder if f.encoder is not None else f.target_encoder
     return {"encoder": encoder, "predictor": f.predictor, "target_encoder": f.target_encoder}
 
 
-def _map_mask_tokens(pred: StateDict, family: str, num_types: int, source: str) -> None:
-    """Our mask type m starts from the token the recipe trained for it.
+def _map_mask_tokens(pred: StateDict, family: str, cfg: Config, source: str) -> None:
+    """Our mask types start from the token(s) the recipe trained for them.
 
     V-JEPA 1 trains token m for mask type m (extra tokens are dropped). V-JEPA 2 picks the token by
-    clip-length group, so its released recipes trained token 0 for both mask types: every type starts
-    from token 0.
+    clip-length group, so its released recipes (one clip length) trained token 0 for both mask types: every
+    type, or the one `model.mask_tokens: shared` token, starts from token 0. A shared token from V-JEPA 1's
+    per-type tokens is refused: taking one would drop what the other types' tokens learned.
     """
     tokens = pred["mask_tokens"]
-    K = tokens.shape[0]
+    K, M = tokens.shape[0], len(cfg.mask.types)
+    shared = cfg.model.mask_tokens == "shared"
     if family == "vjepa2":
+        into = "the shared mask token (model.mask_tokens: shared) starts" if shared else \
+            f"all {M} mask types start"
         log.info("%s: V-JEPA 2 predictor with %d mask tokens, chosen by clip-length group (its recipes train "
-                 "token 0 for every mask type): all %d mask types start from token 0", source, K, num_types)
-        pred["mask_tokens"] = tokens[:1].expand(num_types, -1).clone()
-    elif K > num_types:
+                 "token 0 for every mask type): %s from token 0", source, K, into)
+        pred["mask_tokens"] = tokens[:1].clone() if shared else tokens[:1].expand(M, -1).clone()
+    elif shared:
+        _check_shared_source(K, family, cfg, source)
+    elif K > M:
         log.warning("%s: predictor has %d mask tokens, the config %d mask types: keeping tokens 0..%d",
-                    source, K, num_types, num_types - 1)
-        pred["mask_tokens"] = tokens[:num_types]
+                    source, K, M, M - 1)
+        pred["mask_tokens"] = tokens[:M]
+
+
+def _check_shared_source(num_tokens: Optional[int], family: str, cfg: Config, source: str) -> None:
+    """A shared mask token cannot come from per-type tokens (V-JEPA 1's, or an export of per_type):
+    `CheckpointMismatchError` naming model.mask_tokens."""
+    if cfg.model.mask_tokens == "shared" and family != "vjepa2" and (num_tokens or 0) > 1:
+        raise CheckpointMismatchError(
+            f"{source}: predictor 'mask_tokens' holds {num_tokens} tokens, one per mask type (type m trained "
+            f"token m), but the config has model.mask_tokens=shared (one token for every type); taking one would "
+            f"drop what the others learned: load it with model.mask_tokens: per_type")
 
 
 def _check_positions(scheme: str, cfg: Config, source: str) -> None:
@@ -345,11 +362,12 @@ def _check_table(table: torch.Tensor, dim: int, grid: tuple[int, int, int], what
 
 
 def _fit_mask_tokens(state: dict[str, Optional[StateDict]], cfg: Config, source: str) -> None:
-    """HF folders: our exports hold one token per mask type (type m -> token m, extras dropped); a folder
-    with V-JEPA 2's 10 release tokens is a converted V-JEPA 2 release and follows its rule (token 0)."""
+    """HF folders: our exports hold one token per mask type (type m -> token m, extras dropped), or one
+    shared token; a folder with V-JEPA 2's 10 release tokens is a converted V-JEPA 2 release and follows
+    its rule (token 0)."""
     pred = state.get("predictor")
-    M = len(cfg.mask.types)
+    M = 1 if cfg.model.mask_tokens == "shared" else len(cfg.mask.types)
     if pred is None or "mask_tokens" not in pred or pred["mask_tokens"].shape[0] <= M:
         return
     family = "vjepa2" if pred["mask_tokens"].shape[0] == VJEPA2_MASK_TOKENS else "vjepa1"
-    _map_mask_tokens(pred, family, M, source)
+    _map_mask_tokens(pred, family, cfg, source)

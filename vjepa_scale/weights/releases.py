@@ -17,7 +17,9 @@ with the release it matches is refused (`check_heads`).
 V-JEPA 1 released no giant (its code's `vit_giant` has 16 heads: our `giant`); V-JEPA 2's ViT-g has
 22 heads (our `giant_vjepa2`). V-JEPA 1 predictors use the encoder's head count and one mask token
 per mask type (type m trains token m). V-JEPA 2 predictors have 12 heads and 10 mask tokens, picked
-by clip-length group, so the released recipes (one group) trained only token 0 for both mask types.
+by clip-length group, so the released recipes (one group) trained only token 0 for both mask types: a
+release's `Config` has `model.mask_tokens: shared` (one token, from token 0) for V-JEPA 2, `per_type` for
+V-JEPA 1.
 V-JEPA 1 files carry sin-cos tables (`pos_embed`, `predictor_pos_embed`); V-JEPA 2 uses RoPE, but
 its release files may still carry tables its models do not use.
 """
@@ -67,7 +69,8 @@ class Release:
         """A `Config` that builds this release's encoder and predictor, its clip, and its init family."""
         model = ModelConfig(size=self.size, pos_embed=self.pos_embed, pred_width=self.pred_width,
                             pred_depth=self.pred_depth, pred_num_heads=self.pred_num_heads,
-                            pred_mlp_ratio=self.pred_mlp_ratio, init=self.family)
+                            pred_mlp_ratio=self.pred_mlp_ratio, init=self.family,
+                            mask_tokens="shared" if self.family == "vjepa2" else "per_type")
         data = DataConfig(backend="synthetic", crop_size=self.crop_size, frames_per_clip=self.frames_per_clip)
         return Config(model=model, mask=MaskConfig(), data=data).validate()
 
