@@ -8,8 +8,8 @@ and out-of-range values name the offending key. Errors are raised before any wor
 Recipes: a bare name (`vith384` or `vith384.yaml`) resolves into the checkout's top-level `configs/`
 first, then into the recipes shipped in the package (`vjepa_scale/configs/`, via importlib.resources).
 A run may be split into `phases` (clip shape, batch and schedule piece per phase): `Config.phase_configs()`
-expands them into single-phase configs. This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`, `vit_size_name`) and the clip token grid
-(`clip_grid`), so config imports nothing from models.
+expands them into single-phase configs. This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`, `vit_size_name`), the clip token grid
+(`clip_grid`) and the token budget's window (`window_clips`), so config imports nothing from models or data.
 """
 from __future__ import annotations
 
@@ -499,11 +499,23 @@ class Config:
     def check_clips_fit_the_budget(self, where: str = "") -> None:
         """Every dataset's clip shape patches, and one clip of it fits `data.tokens_per_batch` (`where`:
         the phase whose clip shape this config has, for the error)."""
-        for i, (frames, crop) in enumerate(self.data.shapes(self.model.tubelet_size)):
-            g = clip_grid(crop, frames, self.model, prefix=f"data.datasets[{i}]")
-            if self.data.tokens_per_batch is not None and g[0] * g[1] * g[2] > self.data.tokens_per_batch:
+        for i, n in enumerate(self.dataset_tokens()):
+            if self.data.tokens_per_batch is not None and n > self.data.tokens_per_batch:
                 raise ConfigError(f"data.tokens_per_batch={self.data.tokens_per_batch} is below one clip of "
-                                  f"data.datasets[{i}]{where} ({g[0] * g[1] * g[2]} tokens)")
+                                  f"data.datasets[{i}]{where} ({n} tokens)")
+
+    def dataset_tokens(self) -> list[int]:
+        """Full-clip tokens of one clip of each dataset, in its own shape (`DataConfig.shapes`);
+        ConfigError naming `data.datasets[i]` when a shape does not patch."""
+        return [math.prod(clip_grid(crop, frames, self.model, prefix=f"data.datasets[{i}]"))
+                for i, (frames, crop) in enumerate(self.data.shapes(self.model.tubelet_size))]
+
+    def budget_window(self) -> Optional[int]:
+        """Stream positions a rank's window takes per micro-step under `data.tokens_per_batch`
+        (`window_clips`); None without a budget."""
+        if self.data.tokens_per_batch is None:
+            return None
+        return window_clips(self.data.tokens_per_batch, self.dataset_tokens())
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -643,6 +655,11 @@ def clip_grid(crop_size: int, frames_per_clip: int, model: ModelConfig, prefix: 
                           f"{model_prefix}tubelet_size={model.tubelet_size}")
     g = crop_size // model.patch_size
     return (frames_per_clip // model.tubelet_size, g, g)
+
+
+def window_clips(budget: int, tokens_per_dataset: list[int]) -> int:
+    """Clips a rank's window holds under a token `budget`: as many of the smallest clips as fit (>= 1)."""
+    return max(1, int(budget) // min(tokens_per_dataset))
 
 
 # --------------------------------------------------------------------------------------------------

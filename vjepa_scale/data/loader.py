@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import sys
 import threading
@@ -10,10 +9,10 @@ import threading
 import torch
 from torch.utils.data import DataLoader
 
-from vjepa_scale.config import Config, ConfigError, clip_grid
+from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.sampler import (BudgetStepSampler, MixturePlan, ShapePerStepSampler, StepBatchSampler,
-                                     TokenBudget, window_clips)
+                                     TokenBudget)
 from vjepa_scale.data.skips import skip_tracker
 from vjepa_scale.data.synthetic import SyntheticClips
 from vjepa_scale.masks import MultiBlockMasker
@@ -209,11 +208,6 @@ class VideoLoader:
             f"data.loader_timeout_s (0 waits forever)") from cause
 
 
-def dataset_tokens(cfg: Config) -> list[int]:
-    """Full-clip tokens of one clip of each dataset (its own shape)."""
-    return [math.prod(clip_grid(c, f, cfg.model)) for f, c in cfg.data.shapes(cfg.model.tubelet_size)]
-
-
 def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, start_step: int,
                   num_steps: int | None, index=None, sample_offset: int = 0):
     """The per-rank step sampler; a weighted MixturePlan when several index files are mixed.
@@ -222,7 +216,7 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
     token budget's clips, else data.batch_size); `data.tokens_per_batch`: a `BudgetStepSampler`.
     """
     d = cfg.data
-    tokens = dataset_tokens(cfg) if index is not None else None
+    tokens = cfg.dataset_tokens() if index is not None else None
     if index is not None and d.mixing == "per_step" and len(set(tokens)) > 1:
         shapes = d.shapes(cfg.model.tubelet_size)
         keys = list(dict.fromkeys(shapes))
@@ -238,19 +232,11 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
         mixture = MixturePlan(index.sizes, index.weights, d.seed)
     if d.tokens_per_batch is not None:
         budget = TokenBudget(index.sizes if index is not None else [dataset_len],
-                             tokens if tokens is not None else dataset_tokens(cfg), d.tokens_per_batch)
-        return BudgetStepSampler(dataset_len, budget_window(cfg), rank, world_size, d.seed, start_step, num_steps,
+                             tokens if tokens is not None else cfg.dataset_tokens(), d.tokens_per_batch)
+        return BudgetStepSampler(dataset_len, cfg.budget_window(), rank, world_size, d.seed, start_step, num_steps,
                                  mixture=mixture, sample_offset=sample_offset, budget=budget)
     return StepBatchSampler(dataset_len, d.batch_size, rank, world_size, d.seed,
                             start_step, num_steps, mixture=mixture, sample_offset=sample_offset)
-
-
-def budget_window(cfg: Config) -> int:
-    """Stream positions a rank's window takes per micro-step under `data.tokens_per_batch` (the most
-    clips of the smallest shape that fit); None without a budget."""
-    if cfg.data.tokens_per_batch is None:
-        return None
-    return window_clips(cfg.data.tokens_per_batch, dataset_tokens(cfg))
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

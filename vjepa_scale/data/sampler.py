@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from vjepa_scale.config import window_clips
+
 
 class MixturePlan:
     """Per-epoch order of a weighted mixture of datasets (concatenated, sizes `sizes`).
@@ -128,11 +130,6 @@ class StepBatchSampler(Sampler):
         if self.num_steps is None:
             raise TypeError("StepBatchSampler is endless unless num_steps is given")
         return self.num_steps
-
-
-def window_clips(budget: int, tokens_per_dataset: list[int]) -> int:
-    """Clips a rank's window holds under a token `budget`: as many of the smallest clips as fit (>= 1)."""
-    return max(1, int(budget) // min(tokens_per_dataset))
 
 
 class TokenBudget:
