@@ -14,6 +14,8 @@ is a folder lists its images (.jpg/.jpeg/.png, sorted, label -1): an image datas
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +37,31 @@ class VideoIndex:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @functools.cached_property
+    def starts(self) -> list[int]:
+        """First entry of each dataset."""
+        return dataset_starts(self.sizes)
+
+    def dataset_of(self, i: int) -> int:
+        """The dataset (position in data.datasets) entry `i` belongs to; IndexError outside the index."""
+        if not 0 <= i < len(self.paths):
+            raise IndexError(f"entry {i} is outside the index ({len(self.paths)} entries)")
+        return dataset_at(self.starts, i)
+
     def span(self, i: int) -> tuple[int, int]:
         """[start, end) of the dataset that entry `i` belongs to."""
-        start = 0
-        for size in self.sizes:
-            if i < start + size:
-                return start, start + size
-            start += size
-        raise IndexError(f"entry {i} is outside the index ({start} entries)")
+        d = self.dataset_of(i)
+        return self.starts[d], self.starts[d] + self.sizes[d]
+
+
+def dataset_starts(sizes: list[int]) -> list[int]:
+    """First entry of each dataset of a concatenation of datasets of `sizes` entries."""
+    return [sum(sizes[:d]) for d in range(len(sizes))]
+
+
+def dataset_at(starts: list[int], i: int) -> int:
+    """The dataset holding entry `i` of a concatenation whose datasets begin at `starts`."""
+    return bisect.bisect_right(starts, i) - 1
 
 
 _INDEX_HELP = ("a folder is read as an image set (.jpg/.jpeg/.png); videos need an index file of `path label` "

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import bisect
 from typing import Iterator, Optional
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from torch.utils.data import Sampler
 
 from vjepa_scale.config import window_clips
+from vjepa_scale.data.index import dataset_at, dataset_starts
 
 
 class MixturePlan:
@@ -137,12 +137,12 @@ class TokenBudget:
     fits `budget` (`data.tokens_per_batch`; at least one clip)."""
 
     def __init__(self, sizes: list[int], tokens_per_dataset: list[int], budget: int):
-        self.starts = [sum(sizes[:d]) for d in range(len(sizes))]
+        self.starts = dataset_starts(sizes)
         self.tokens_per_dataset = list(tokens_per_dataset)
         self.budget = int(budget)
 
     def tokens(self, index: int) -> int:
-        return self.tokens_per_dataset[bisect.bisect_right(self.starts, index) - 1]
+        return self.tokens_per_dataset[dataset_at(self.starts, index)]
 
     def fit(self, indices: list[int]) -> int:
         """How many of `indices` (in order) fit the budget."""
