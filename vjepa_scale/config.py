@@ -162,6 +162,17 @@ class MaskConfig(Section):
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def split_index_line(line: str) -> Optional[tuple[str, Optional[str]]]:
+    """(path, label field or None) of one index-file line; None for a blank or `#` line. The line
+    rule (README "Data"): a line of several fields ends with its label, everything before it is
+    the path (inner spaces included); a line of one field is a path without label."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    parts = line.rsplit(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (line, None)
+
+
 @dataclass
 class DatasetSpec(Section):
     """One index file (`path label` lines) or image folder, its sampling weight in the mixture, and
@@ -183,22 +194,34 @@ class DatasetSpec(Section):
     kind: Literal["auto", "video", "image"] = "auto"
 
     def is_image(self) -> bool:
-        """Whether this dataset holds still images (see the class docstring)."""
+        """Whether this dataset holds still images (see the class docstring). With `kind: auto` the
+        answer is kept on this instance while its path and that file (inode, mtime, size) stay the same:
+        shapes are asked for at every log window, the index file is read once."""
         if self.kind != "auto":
             return self.kind == "image"
         p = Path(self.path).expanduser()
-        if p.is_dir():
-            return True
         try:
-            with open(p) as f:
-                for line in f:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        first = line.rsplit(None, 1)[0] if len(line.split()) > 1 else line
-                        return first.lower().endswith(IMAGE_SUFFIXES)
+            st = p.stat()
         except OSError:
             return False
+        key = (self.path, st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = getattr(self, "_is_image_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._is_image_cache = (key, p.is_dir() or _first_entry_is_image(p))
+        return cached[1]
+
+
+def _first_entry_is_image(index_file: Path) -> bool:
+    """Whether the first entry of an index file names an image (False when it cannot be read)."""
+    try:
+        with open(index_file) as f:
+            for line in f:
+                entry = split_index_line(line)
+                if entry is not None:
+                    return entry[0].lower().endswith(IMAGE_SUFFIXES)
+    except OSError:
         return False
+    return False
 
 
 DEFAULT_BATCH_SIZE = 10  # clips per rank when neither data.batch_size nor data.global_batch_size is set

@@ -1,9 +1,10 @@
 """Index files in the reference format: one `path label` per line, space-separated.
 
-Line rule (unambiguous, so paths may contain spaces): blank lines and lines starting with `#` are
-ignored; a line of one field is a path without a label (-1; an error where labels are required);
-otherwise the last whitespace-separated field is the label and must be an integer (else a
-ConfigError naming the file and line), and everything before it, inner spaces included, is the path.
+Line rule (`config.split_index_line`; unambiguous, so paths may contain spaces): blank lines and
+lines starting with `#` are ignored; a line of one field is a path without a label (-1; an error
+where labels are required); otherwise the last whitespace-separated field is the label and must be
+an integer (else a ConfigError naming the file and line), and everything before it, inner spaces
+included, is the path.
 So `my clip.mp4 3` is path "my clip.mp4" with label 3, and a path with spaces needs a label.
 
 Several index files form one `VideoIndex` (entries concatenated in config order); their weights
@@ -20,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vjepa_scale.config import ConfigError
+from vjepa_scale.config import ConfigError, split_index_line
 
 
 @dataclass(frozen=True)
@@ -142,19 +143,19 @@ def _entries(p: Path, path, key: str, require_labels: bool):
     n = 0
     with open(p) as f:
         for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
+            entry = split_index_line(line)
+            if entry is None:
                 continue
-            parts = line.rsplit(None, 1)
-            if len(parts) == 2 and _is_int(parts[1]):
-                video, label = parts[0], int(parts[1])
-            elif len(parts) == 2:
-                raise ConfigError(f"{key}: {p}:{lineno}: label {parts[1]!r} is not an integer (expected `path label`; "
+            video, text = entry
+            if text is not None and _is_int(text):
+                label = int(text)
+            elif text is not None:
+                raise ConfigError(f"{key}: {p}:{lineno}: label {text!r} is not an integer (expected `path label`; "
                                   f"the last field of a line is its label, so a path with spaces needs a label)")
             elif not require_labels:
-                video, label = line, -1
+                label = -1
             else:
-                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {line!r})")
+                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {video!r})")
             if require_labels and label < 0:
                 raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
             n += 1
