@@ -5,6 +5,8 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,16 +29,36 @@ def dali_available() -> bool:
         return False
 
 
-def resolve_data_backend(backend: str) -> str:
-    """The one place a decoding backend is chosen: `auto` -> dali (CUDA + DALI) else cpu."""
+@dataclass(frozen=True)
+class DataBackend:
+    """What `resolve_data_backend` decided: `name` (cpu, dali or synthetic), DALI's `device` (gpu or
+    cpu; None for the others) and `note`, why the configured backend was changed ("" if it was not)."""
+
+    name: str
+    device: Optional[str] = None
+    note: str = ""
+
+
+def resolve_data_backend(cfg: Config) -> DataBackend:
+    """The one place a decoding backend is chosen: `auto` -> dali (CUDA + DALI) else cpu; dali with
+    batches its fixed-shape pipelines cannot read (image sets, datasets with their own shape, a token
+    budget) -> cpu, with a note; DALI decodes on the GPU when CUDA is available, else on the CPU."""
+    backend = cfg.data.backend
     if backend == "auto":
-        return "dali" if torch.cuda.is_available() and dali_available() else "cpu"
-    if backend == "dali" and not dali_available():
+        backend = "dali" if torch.cuda.is_available() and dali_available() else "cpu"
+    elif backend == "dali" and not dali_available():
         raise ConfigError("data.backend=dali but nvidia-dali is not installed "
                           "(pip install nvidia-dali-cuda130, or use data.backend: cpu)")
-    if backend not in ("cpu", "dali", "synthetic"):
+    elif backend not in ("cpu", "dali", "synthetic"):
         raise ConfigError(f"data.backend must be one of auto, cpu, dali, synthetic; got {backend!r}")
-    return backend
+    if backend == "dali" and not cfg.data.one_video_shape(cfg.model.tubelet_size):
+        return DataBackend("cpu", note=(
+            "data.backend=dali: image sets, datasets with their own frames_per_clip / crop_size, mixed clip "
+            "shapes and data.tokens_per_batch are decoded by the cpu backend (PyAV, PIL); DALI's pipelines "
+            "read videos of data.frames_per_clip x data.crop_size only"))
+    if backend == "dali":
+        return DataBackend("dali", "gpu" if torch.cuda.is_available() else "cpu")
+    return DataBackend(backend)
 
 
 def build_dataset(cfg: Config, check: bool = True):
@@ -262,21 +284,18 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     global slots r*B .. r*B + B - 1 of each micro-step. `sample_offset`: see `StepBatchSampler`.
     With workers, the cpu backend waits at most data.loader_timeout_s for a batch (LoaderTimeoutError).
     """
-    backend = resolve_data_backend(cfg.data.backend)
+    choice = resolve_data_backend(cfg)
+    backend = choice.name
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
-    if backend == "dali" and not cfg.data.one_video_shape(cfg.model.tubelet_size):
-        logging.getLogger("vjepa_scale.data").warning(
-            "data.backend=dali: image sets, datasets with their own frames_per_clip / crop_size, mixed clip "
-            "shapes and data.tokens_per_batch are decoded by the cpu backend (PyAV, PIL); DALI's pipelines "
-            "read videos of data.frames_per_clip x data.crop_size only")
-        backend = "cpu"
+    if choice.note:
+        logging.getLogger("vjepa_scale.data").warning(choice.note)
     if backend == "dali":
         from vjepa_scale.data.dali import DaliLoader
         from vjepa_scale.data.index import load_index
 
         index = load_index(cfg.data.datasets)
         sampler = build_sampler(cfg, len(index), rank, world_size, start_step, num_steps, index, sample_offset)
-        return DaliLoader(cfg, index, sampler, masker, rank, "gpu" if torch.cuda.is_available() else "cpu")
+        return DaliLoader(cfg, index, sampler, masker, rank, choice.device)
     dataset = build_dataset(cfg)
     index = None if backend == "synthetic" else dataset.index
     sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index, sample_offset)
