@@ -8,8 +8,8 @@ and out-of-range values name the offending key. Errors are raised before any wor
 Recipes: a bare name (`vith384` or `vith384.yaml`) resolves into the checkout's top-level `configs/`
 first, then into the recipes shipped in the package (`vjepa_scale/configs/`, via importlib.resources).
 A run may be split into `phases` (clip shape, batch and schedule piece per phase): `Config.phase_configs()`
-expands them into single-phase configs. This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`, `vit_size_name`) and the clip token grid
-(`clip_grid`), so config imports nothing from models.
+expands them into single-phase configs. This module also holds the ViT size table (`VIT_SIZES`, `resolve_vit_size`, `vit_size_name`), the clip token grid
+(`clip_grid`) and the token budget's window (`window_clips`), so config imports nothing from models or data.
 """
 from __future__ import annotations
 
@@ -166,6 +166,17 @@ class MaskConfig(Section):
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def split_index_line(line: str) -> Optional[tuple[str, Optional[str]]]:
+    """(path, label field or None) of one index-file line; None for a blank or `#` line. The line
+    rule (README "Data"): a line of several fields ends with its label, everything before it is
+    the path (inner spaces included); a line of one field is a path without label."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    parts = line.rsplit(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (line, None)
+
+
 @dataclass
 class DatasetSpec(Section):
     """One index file (`path label` lines) or image folder, its sampling weight in the mixture, and
@@ -187,22 +198,34 @@ class DatasetSpec(Section):
     kind: Literal["auto", "video", "image"] = "auto"
 
     def is_image(self) -> bool:
-        """Whether this dataset holds still images (see the class docstring)."""
+        """Whether this dataset holds still images (see the class docstring). With `kind: auto` the
+        answer is kept on this instance while its path and that file (inode, mtime, size) stay the same:
+        shapes are asked for at every log window, the index file is read once."""
         if self.kind != "auto":
             return self.kind == "image"
         p = Path(self.path).expanduser()
-        if p.is_dir():
-            return True
         try:
-            with open(p) as f:
-                for line in f:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        first = line.rsplit(None, 1)[0] if len(line.split()) > 1 else line
-                        return first.lower().endswith(IMAGE_SUFFIXES)
+            st = p.stat()
         except OSError:
             return False
+        key = (self.path, st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = getattr(self, "_is_image_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._is_image_cache = (key, p.is_dir() or _first_entry_is_image(p))
+        return cached[1]
+
+
+def _first_entry_is_image(index_file: Path) -> bool:
+    """Whether the first entry of an index file names an image (False when it cannot be read)."""
+    try:
+        with open(index_file) as f:
+            for line in f:
+                entry = split_index_line(line)
+                if entry is not None:
+                    return entry[0].lower().endswith(IMAGE_SUFFIXES)
+    except OSError:
         return False
+    return False
 
 
 DEFAULT_BATCH_SIZE = 10  # clips per rank when neither data.batch_size nor data.global_batch_size is set
@@ -503,11 +526,23 @@ class Config:
     def check_clips_fit_the_budget(self, where: str = "") -> None:
         """Every dataset's clip shape patches, and one clip of it fits `data.tokens_per_batch` (`where`:
         the phase whose clip shape this config has, for the error)."""
-        for i, (frames, crop) in enumerate(self.data.shapes(self.model.tubelet_size)):
-            g = clip_grid(crop, frames, self.model, prefix=f"data.datasets[{i}]")
-            if self.data.tokens_per_batch is not None and g[0] * g[1] * g[2] > self.data.tokens_per_batch:
+        for i, n in enumerate(self.dataset_tokens()):
+            if self.data.tokens_per_batch is not None and n > self.data.tokens_per_batch:
                 raise ConfigError(f"data.tokens_per_batch={self.data.tokens_per_batch} is below one clip of "
-                                  f"data.datasets[{i}]{where} ({g[0] * g[1] * g[2]} tokens)")
+                                  f"data.datasets[{i}]{where} ({n} tokens)")
+
+    def dataset_tokens(self) -> list[int]:
+        """Full-clip tokens of one clip of each dataset, in its own shape (`DataConfig.shapes`);
+        ConfigError naming `data.datasets[i]` when a shape does not patch."""
+        return [math.prod(clip_grid(crop, frames, self.model, prefix=f"data.datasets[{i}]"))
+                for i, (frames, crop) in enumerate(self.data.shapes(self.model.tubelet_size))]
+
+    def budget_window(self) -> Optional[int]:
+        """Stream positions a rank's window takes per micro-step under `data.tokens_per_batch`
+        (`window_clips`); None without a budget."""
+        if self.data.tokens_per_batch is None:
+            return None
+        return window_clips(self.data.tokens_per_batch, self.dataset_tokens())
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -647,6 +682,11 @@ def clip_grid(crop_size: int, frames_per_clip: int, model: ModelConfig, prefix: 
                           f"{model_prefix}tubelet_size={model.tubelet_size}")
     g = crop_size // model.patch_size
     return (frames_per_clip // model.tubelet_size, g, g)
+
+
+def window_clips(budget: int, tokens_per_dataset: list[int]) -> int:
+    """Clips a rank's window holds under a token `budget`: as many of the smallest clips as fit (>= 1)."""
+    return max(1, int(budget) // min(tokens_per_dataset))
 
 
 # --------------------------------------------------------------------------------------------------

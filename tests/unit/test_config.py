@@ -149,10 +149,8 @@ def test_a_token_budget_refuses_batch_keys_it_would_ignore(tmp_path):
         preflight(load_config("cpu_demo", [*budget, "data.batch_size=3"]), 1)
     # a phase at another crop has its own window (the batch resolved for phase 0 does not carry over)
     two = preflight(load_config("cpu_demo", [*budget, "phases=[{steps: 30}, {crop_size: 96}]"]), 1)
-    from vjepa_scale.data.loader import budget_window
-
     windows = [p.cfg.data.batch_size for p in plan(two, 1)]
-    assert windows == [budget_window(p.cfg) for p in plan(two, 1)] and windows[0] != windows[1]
+    assert windows == [p.cfg.budget_window() for p in plan(two, 1)] and windows[0] != windows[1]
 
 
 @pytest.mark.parametrize("key,value", [("random_resize_aspect_ratio", "[0, 1.35]"),

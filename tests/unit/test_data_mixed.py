@@ -96,7 +96,7 @@ def test_image_clip_is_the_image_repeated_to_one_tubelet(sets):
     from vjepa_scale.data import build_dataset
 
     ds = build_dataset(cfg)
-    i = ds.starts[2]
+    i = ds.index.starts[2]
     item = ds[(i, 0, 0)]
     assert item["video"].shape == (3, 2, 32, 32)
     assert torch.equal(item["video"][:, 0], item["video"][:, 1])

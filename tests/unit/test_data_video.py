@@ -557,9 +557,10 @@ def test_auto_backend_and_data_bench_rows():
     """The data suite's rows carry measured numbers; the DALI row too, or (DALI missing) it names the reason
     and this test skips locally / fails in CI."""
     from vjepa_scale.bench import run_suite
+    from vjepa_scale.config import Config
     from vjepa_scale.data import resolve_data_backend
 
-    assert resolve_data_backend("auto") == ("dali" if torch.cuda.is_available() and dali_available() else "cpu")
+    assert resolve_data_backend(Config()).name == ("dali" if torch.cuda.is_available() and dali_available() else "cpu")
     rows = run_suite("data", "cpu", True, batch_size=2, steps=1)
     assert [(r["suite"], r["impl"], r["workers"]) for r in rows] == [
         ("data", "cpu", 0), ("data", "cpu", 2), ("data", "dali-cpu", 2),  # small set

@@ -46,11 +46,16 @@ def sample_generator(seed: int, step: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(step), int(index)])
 
 
+def clip_window(frames_per_clip: int, frame_step: int) -> int:
+    """Frames one clip spans: (frames_per_clip - 1) * frame_step + 1."""
+    return (frames_per_clip - 1) * frame_step + 1
+
+
 def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int,
                        rng: np.random.Generator) -> list[list[int]]:
     """`num_clips` lists of `frames_per_clip` indices at exact stride `frame_step`.
 
-    The window spans (frames_per_clip - 1) * frame_step + 1 frames. The valid start positions
+    The window spans `clip_window` frames. The valid start positions
     [0, num_frames - window] are split into `num_clips` equal ranges and each clip draws its start
     uniformly from its own range (clips spread over the video). A video shorter than the window
     starts at 0 and repeats its last frame (indices are clamped to num_frames - 1): what
@@ -58,7 +63,7 @@ def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, n
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
-    window = (frames_per_clip - 1) * frame_step + 1
+    window = clip_window(frames_per_clip, frame_step)
     last_start = num_frames - window
     clips = []
     for c in range(num_clips):
@@ -121,11 +126,6 @@ def video_frame_step(video_fps: float, data_cfg) -> int:
     if data_cfg.fps is None:
         return int(data_cfg.frame_step)
     return max(1, int(math.ceil(video_fps) // data_cfg.fps))
-
-
-def clip_window(frames_per_clip: int, frame_step: int) -> int:
-    """Frames one clip spans: (frames_per_clip - 1) * frame_step + 1."""
-    return (frames_per_clip - 1) * frame_step + 1
 
 
 def stored_box(box: tuple[int, int, int, int], rotation: int, height: int, width: int) -> tuple[int, int, int, int]:

@@ -15,7 +15,6 @@ flip (`clips.random_resized_crop_box`, same seeding as videos) and repeat it to 
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 
 import numpy as np
@@ -26,7 +25,7 @@ from vjepa_scale.data.clips import normalize_clip, plan_video, random_resized_cr
 from vjepa_scale.data.decode import (Deadline, DecodeTimeout, VideoError, VideoInfo, decode_clip_frames,
                                      probe_video)
 from vjepa_scale.data.index import VideoIndex
-from vjepa_scale.data.skips import substitute, unreadable_index_error
+from vjepa_scale.data.skips import READABLE_PROBES, check_datasets_readable, substitute
 
 INFO_CACHE_MAX = 200_000  # probed files remembered per process (exact frame counts cost a packet scan)
 
@@ -38,7 +37,6 @@ class VideoClips(Dataset):
         self.index = index
         self.cfg = data_cfg
         # per dataset: its data config (own frames / crop) and whether it holds images
-        self.starts = [sum(index.sizes[:d]) for d in range(len(index.sizes))]
         self.images = [ds.is_image() for ds in data_cfg.datasets] if data_cfg.datasets else [False] * len(index.sizes)
         shapes = [data_cfg.dataset_shape(d, tubelet) if data_cfg.datasets else
                   (data_cfg.frames_per_clip, data_cfg.crop_size) for d in range(len(index.sizes))]
@@ -49,10 +47,6 @@ class VideoClips(Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
-
-    def dataset_of(self, i: int) -> int:
-        """The dataset (position in data.datasets) entry i belongs to."""
-        return bisect.bisect_right(self.starts, i) - 1
 
     def probe(self, i: int, deadline: Deadline | None = None) -> VideoInfo:
         path = self.index.paths[i]
@@ -99,7 +93,7 @@ class VideoClips(Dataset):
     def _load_image(self, i: int, step: int, key: int) -> tuple[torch.Tensor, bool]:
         from PIL import Image
 
-        d = self.dataset_of(i)
+        d = self.index.dataset_of(i)
         cfg = self.cfgs[d]
         path = self.index.paths[i]
         try:
@@ -115,7 +109,7 @@ class VideoClips(Dataset):
         return normalize_clip(frames, box, flip, cfg.crop_size), False
 
     def _load(self, i: int, step: int, key: int, deadline: Deadline) -> tuple[torch.Tensor, bool]:
-        d = self.dataset_of(i)
+        d = self.index.dataset_of(i)
         if self.images[d]:
             return self._load_image(i, step, key)
         cfg = self.cfgs[d]
@@ -143,25 +137,15 @@ class VideoClips(Dataset):
                 "slot": int(slot), "padded": int(padded)}
 
 
-def check_readable(index: VideoIndex, max_failures: int = 256, images: list[bool] | None = None) -> None:
-    """Fail fast when an index file has no decodable video: probe entries until one opens.
+def check_readable(index: VideoIndex, max_failures: int = READABLE_PROBES, images: list[bool] | None = None) -> None:
+    """Fail fast when an index file has no decodable video (`skips.check_datasets_readable` with PyAV
+    probes; image datasets, `images[d]`, are not probed)."""
 
-    Stops at the first readable file of each dataset (cheap for healthy data); raises
-    NoReadableVideosError naming the index file and sample failures when none is found among the
-    first `max_failures` entries.
-    """
-    start = 0
-    for d, (source, size) in enumerate(zip(index.sources, index.sizes)):
-        if images is not None and images[d]:
-            start += size
-            continue
-        failures = []
-        for i in range(start, start + min(size, max_failures)):
-            try:
-                probe_video(index.paths[i])
-                break
-            except VideoError as e:
-                failures.append(f"{e.path} ({e.reason})")
-        else:
-            raise unreadable_index_error(source, size, min(size, max_failures), failures)
-        start += size
+    def error_of(i: int) -> VideoError | None:
+        try:
+            probe_video(index.paths[i])
+        except VideoError as e:
+            return e
+        return None
+
+    check_datasets_readable(index, error_of, max_failures, skip=images)

@@ -49,7 +49,7 @@ from vjepa_scale.data.clips import IMAGENET_MEAN, IMAGENET_STD, ClipPlan, orient
 from vjepa_scale.data.cpu import VideoClips
 from vjepa_scale.data.decode import Deadline, DecodeTimeout, VideoError, VideoInfo, probe_video
 from vjepa_scale.data.nvdec import StreamFormat, colour_matrix, dali_route, stream_format
-from vjepa_scale.data.skips import skip_tracker, substitute, unreadable_index_error
+from vjepa_scale.data.skips import READABLE_PROBES, check_datasets_readable, skip_tracker, substitute
 from vjepa_scale.masks import MultiBlockMasker
 
 log = logging.getLogger("vjepa_scale.data")
@@ -266,13 +266,9 @@ class DaliLoader:
                                   index.paths)
                 for i, (probe, error) in enumerate(probes):
                     self._record(i, probe, error)
-        start = 0
-        for source, size in zip(index.sources, index.sizes):  # each dataset needs a usable file
-            checked = size if n <= PROBE_ALL_MAX else min(size, 256)  # huge index: the rest when first drawn
-            if all(self.probe(i) is None for i in range(start, start + checked)):
-                failures = [f"{e.path} ({e.reason})" for e in map(self._errors.get, index.paths[start:start + 3])]
-                raise unreadable_index_error(source, size, checked, failures)
-            start += size
+        # each dataset needs a usable file (huge index: among its first entries, the rest when first drawn)
+        check_datasets_readable(index, lambda i: None if self.probe(i) is not None else self._errors[index.paths[i]],
+                                n if n <= PROBE_ALL_MAX else READABLE_PROBES)
         if rank == 0 and self.unusable:
             names = ", ".join(f"{p} ({r})" for p, r in list(self.unusable.items())[:20])
             log.warning("DALI backend will skip %d of %d files: %s%s", len(self.unusable), n, names,

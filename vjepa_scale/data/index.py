@@ -1,9 +1,10 @@
 """Index files in the reference format: one `path label` per line, space-separated.
 
-Line rule (unambiguous, so paths may contain spaces): blank lines and lines starting with `#` are
-ignored; a line of one field is a path without a label (-1; an error where labels are required);
-otherwise the last whitespace-separated field is the label and must be an integer (else a
-ConfigError naming the file and line), and everything before it, inner spaces included, is the path.
+Line rule (`config.split_index_line`; unambiguous, so paths may contain spaces): blank lines and
+lines starting with `#` are ignored; a line of one field is a path without a label (-1; an error
+where labels are required); otherwise the last whitespace-separated field is the label and must be
+an integer (else a ConfigError naming the file and line), and everything before it, inner spaces
+included, is the path.
 So `my clip.mp4 3` is path "my clip.mp4" with label 3, and a path with spaces needs a label.
 
 Several index files form one `VideoIndex` (entries concatenated in config order); their weights
@@ -14,11 +15,13 @@ is a folder lists its images (.jpg/.jpeg/.png, sorted, label -1): an image datas
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vjepa_scale.config import ConfigError
+from vjepa_scale.config import ConfigError, split_index_line
 
 
 @dataclass(frozen=True)
@@ -35,14 +38,31 @@ class VideoIndex:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @functools.cached_property
+    def starts(self) -> list[int]:
+        """First entry of each dataset."""
+        return dataset_starts(self.sizes)
+
+    def dataset_of(self, i: int) -> int:
+        """The dataset (position in data.datasets) entry `i` belongs to; IndexError outside the index."""
+        if not 0 <= i < len(self.paths):
+            raise IndexError(f"entry {i} is outside the index ({len(self.paths)} entries)")
+        return dataset_at(self.starts, i)
+
     def span(self, i: int) -> tuple[int, int]:
         """[start, end) of the dataset that entry `i` belongs to."""
-        start = 0
-        for size in self.sizes:
-            if i < start + size:
-                return start, start + size
-            start += size
-        raise IndexError(f"entry {i} is outside the index ({start} entries)")
+        d = self.dataset_of(i)
+        return self.starts[d], self.starts[d] + self.sizes[d]
+
+
+def dataset_starts(sizes: list[int]) -> list[int]:
+    """First entry of each dataset of a concatenation of datasets of `sizes` entries."""
+    return [sum(sizes[:d]) for d in range(len(sizes))]
+
+
+def dataset_at(starts: list[int], i: int) -> int:
+    """The dataset holding entry `i` of a concatenation whose datasets begin at `starts`."""
+    return bisect.bisect_right(starts, i) - 1
 
 
 _INDEX_HELP = ("a folder is read as an image set (.jpg/.jpeg/.png); videos need an index file of `path label` "
@@ -123,19 +143,19 @@ def _entries(p: Path, path, key: str, require_labels: bool):
     n = 0
     with open(p) as f:
         for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
+            entry = split_index_line(line)
+            if entry is None:
                 continue
-            parts = line.rsplit(None, 1)
-            if len(parts) == 2 and _is_int(parts[1]):
-                video, label = parts[0], int(parts[1])
-            elif len(parts) == 2:
-                raise ConfigError(f"{key}: {p}:{lineno}: label {parts[1]!r} is not an integer (expected `path label`; "
+            video, text = entry
+            if text is not None and _is_int(text):
+                label = int(text)
+            elif text is not None:
+                raise ConfigError(f"{key}: {p}:{lineno}: label {text!r} is not an integer (expected `path label`; "
                                   f"the last field of a line is its label, so a path with spaces needs a label)")
             elif not require_labels:
-                video, label = line, -1
+                label = -1
             else:
-                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {line!r})")
+                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {video!r})")
             if require_labels and label < 0:
                 raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
             n += 1

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-from vjepa_scale.config import Config, ConfigError, clip_grid
+from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.data.batch import ClipCollator
 from vjepa_scale.data.sampler import (BudgetStepSampler, MixturePlan, ShapePerStepSampler, StepBatchSampler,
-                                     TokenBudget, window_clips)
+                                     TokenBudget)
 from vjepa_scale.data.skips import skip_tracker
 from vjepa_scale.data.synthetic import SyntheticClips
 from vjepa_scale.masks import MultiBlockMasker
@@ -28,16 +29,36 @@ def dali_available() -> bool:
         return False
 
 
-def resolve_data_backend(backend: str) -> str:
-    """The one place a decoding backend is chosen: `auto` -> dali (CUDA + DALI) else cpu."""
+@dataclass(frozen=True)
+class DataBackend:
+    """What `resolve_data_backend` decided: `name` (cpu, dali or synthetic), DALI's `device` (gpu or
+    cpu; None for the others) and `note`, why the configured backend was changed ("" if it was not)."""
+
+    name: str
+    device: Optional[str] = None
+    note: str = ""
+
+
+def resolve_data_backend(cfg: Config) -> DataBackend:
+    """The one place a decoding backend is chosen: `auto` -> dali (CUDA + DALI) else cpu; dali with
+    batches its fixed-shape pipelines cannot read (image sets, datasets with their own shape, a token
+    budget) -> cpu, with a note; DALI decodes on the GPU when CUDA is available, else on the CPU."""
+    backend = cfg.data.backend
     if backend == "auto":
-        return "dali" if torch.cuda.is_available() and dali_available() else "cpu"
-    if backend == "dali" and not dali_available():
+        backend = "dali" if torch.cuda.is_available() and dali_available() else "cpu"
+    elif backend == "dali" and not dali_available():
         raise ConfigError("data.backend=dali but nvidia-dali is not installed "
                           "(pip install nvidia-dali-cuda130, or use data.backend: cpu)")
-    if backend not in ("cpu", "dali", "synthetic"):
+    elif backend not in ("cpu", "dali", "synthetic"):
         raise ConfigError(f"data.backend must be one of auto, cpu, dali, synthetic; got {backend!r}")
-    return backend
+    if backend == "dali" and not cfg.data.one_video_shape(cfg.model.tubelet_size):
+        return DataBackend("cpu", note=(
+            "data.backend=dali: image sets, datasets with their own frames_per_clip / crop_size, mixed clip "
+            "shapes and data.tokens_per_batch are decoded by the cpu backend (PyAV, PIL); DALI's pipelines "
+            "read videos of data.frames_per_clip x data.crop_size only"))
+    if backend == "dali":
+        return DataBackend("dali", "gpu" if torch.cuda.is_available() else "cpu")
+    return DataBackend(backend)
 
 
 def build_dataset(cfg: Config, check: bool = True):
@@ -209,11 +230,6 @@ class VideoLoader:
             f"data.loader_timeout_s (0 waits forever)") from cause
 
 
-def dataset_tokens(cfg: Config) -> list[int]:
-    """Full-clip tokens of one clip of each dataset (its own shape)."""
-    return [math.prod(clip_grid(c, f, cfg.model)) for f, c in cfg.data.shapes(cfg.model.tubelet_size)]
-
-
 def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, start_step: int,
                   num_steps: int | None, index=None, sample_offset: int = 0):
     """The per-rank step sampler; a weighted MixturePlan when several index files are mixed.
@@ -222,7 +238,7 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
     token budget's clips, else data.batch_size); `data.tokens_per_batch`: a `BudgetStepSampler`.
     """
     d = cfg.data
-    tokens = dataset_tokens(cfg) if index is not None else None
+    tokens = cfg.dataset_tokens() if index is not None else None
     if index is not None and d.mixing == "per_step" and len(set(tokens)) > 1:
         shapes = d.shapes(cfg.model.tubelet_size)
         keys = list(dict.fromkeys(shapes))
@@ -238,19 +254,11 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
         mixture = MixturePlan(index.sizes, index.weights, d.seed)
     if d.tokens_per_batch is not None:
         budget = TokenBudget(index.sizes if index is not None else [dataset_len],
-                             tokens if tokens is not None else dataset_tokens(cfg), d.tokens_per_batch)
-        return BudgetStepSampler(dataset_len, budget_window(cfg), rank, world_size, d.seed, start_step, num_steps,
+                             tokens if tokens is not None else cfg.dataset_tokens(), d.tokens_per_batch)
+        return BudgetStepSampler(dataset_len, cfg.budget_window(), rank, world_size, d.seed, start_step, num_steps,
                                  mixture=mixture, sample_offset=sample_offset, budget=budget)
     return StepBatchSampler(dataset_len, d.batch_size, rank, world_size, d.seed,
                             start_step, num_steps, mixture=mixture, sample_offset=sample_offset)
-
-
-def budget_window(cfg: Config) -> int:
-    """Stream positions a rank's window takes per micro-step under `data.tokens_per_batch` (the most
-    clips of the smallest shape that fit); None without a budget."""
-    if cfg.data.tokens_per_batch is None:
-        return None
-    return window_clips(cfg.data.tokens_per_batch, dataset_tokens(cfg))
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -276,21 +284,18 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     global slots r*B .. r*B + B - 1 of each micro-step. `sample_offset`: see `StepBatchSampler`.
     With workers, the cpu backend waits at most data.loader_timeout_s for a batch (LoaderTimeoutError).
     """
-    backend = resolve_data_backend(cfg.data.backend)
+    choice = resolve_data_backend(cfg)
+    backend = choice.name
     masker = MultiBlockMasker(cfg.mask, cfg.grid)
-    if backend == "dali" and not cfg.data.one_video_shape(cfg.model.tubelet_size):
-        logging.getLogger("vjepa_scale.data").warning(
-            "data.backend=dali: image sets, datasets with their own frames_per_clip / crop_size, mixed clip "
-            "shapes and data.tokens_per_batch are decoded by the cpu backend (PyAV, PIL); DALI's pipelines "
-            "read videos of data.frames_per_clip x data.crop_size only")
-        backend = "cpu"
+    if choice.note:
+        logging.getLogger("vjepa_scale.data").warning(choice.note)
     if backend == "dali":
         from vjepa_scale.data.dali import DaliLoader
         from vjepa_scale.data.index import load_index
 
         index = load_index(cfg.data.datasets)
         sampler = build_sampler(cfg, len(index), rank, world_size, start_step, num_steps, index, sample_offset)
-        return DaliLoader(cfg, index, sampler, masker, rank, "gpu" if torch.cuda.is_available() else "cpu")
+        return DaliLoader(cfg, index, sampler, masker, rank, choice.device)
     dataset = build_dataset(cfg)
     index = None if backend == "synthetic" else dataset.index
     sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index, sample_offset)

@@ -5,12 +5,14 @@
 """
 from __future__ import annotations
 
-import bisect
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from vjepa_scale.config import window_clips
+from vjepa_scale.data.index import dataset_at, dataset_starts
 
 
 class MixturePlan:
@@ -130,22 +132,17 @@ class StepBatchSampler(Sampler):
         return self.num_steps
 
 
-def window_clips(budget: int, tokens_per_dataset: list[int]) -> int:
-    """Clips a rank's window holds under a token `budget`: as many of the smallest clips as fit (>= 1)."""
-    return max(1, int(budget) // min(tokens_per_dataset))
-
-
 class TokenBudget:
     """Full-clip tokens of each index entry (by its dataset's shape) and the prefix of a window that
     fits `budget` (`data.tokens_per_batch`; at least one clip)."""
 
     def __init__(self, sizes: list[int], tokens_per_dataset: list[int], budget: int):
-        self.starts = [sum(sizes[:d]) for d in range(len(sizes))]
+        self.starts = dataset_starts(sizes)
         self.tokens_per_dataset = list(tokens_per_dataset)
         self.budget = int(budget)
 
     def tokens(self, index: int) -> int:
-        return self.tokens_per_dataset[bisect.bisect_right(self.starts, index) - 1]
+        return self.tokens_per_dataset[dataset_at(self.starts, index)]
 
     def fit(self, indices: list[int]) -> int:
         """How many of `indices` (in order) fit the budget."""

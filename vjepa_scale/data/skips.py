@@ -31,6 +31,7 @@ T = TypeVar("T")
 SUBSTITUTE_STREAM = 0x5B5B  # tells the replacement generator apart from the clip-plan one
 MISS_PROBABILITY = 1e-9  # substitute gives up after draws this unlikely under data.max_bad_fraction
 CONFIDENCE_Z = 3.0  # the bad share must exceed data.max_bad_fraction by this many standard errors
+READABLE_PROBES = 256  # entries of a dataset probed at most before it counts as having no readable file
 
 
 class NoReadableVideosError(RuntimeError):
@@ -43,6 +44,24 @@ def unreadable_index_error(source: str, size: int, checked: int, failures: list[
     scope = "any" if checked >= size else f"the first {checked}"
     return NoReadableVideosError(f"index file '{source}': none of {scope} of its {size} videos can be read, e.g. "
                                  + "; ".join(failures[:3]))
+
+
+def check_datasets_readable(index, error_of: Callable[[int], VideoError | None], max_probes: int = READABLE_PROBES,
+                            skip: list[bool] | None = None) -> None:
+    """Fail fast when a dataset of `index` (a VideoIndex) has no readable file: probe its entries in
+    order until one reads (`error_of(i)`: None, else why entry i is unusable), at most `max_probes` of
+    them; NoReadableVideosError naming the index file otherwise. Datasets with `skip[d]` are not checked."""
+    for d, (start, source, size) in enumerate(zip(index.starts, index.sources, index.sizes)):
+        if skip is not None and skip[d]:
+            continue
+        checked, failures = min(size, max_probes), []
+        for i in range(start, start + checked):
+            error = error_of(i)
+            if error is None:
+                break
+            failures.append(f"{error.path} ({error.reason})")
+        else:
+            raise unreadable_index_error(source, size, checked, failures)
 
 
 def max_draws(max_bad_fraction: float) -> int:

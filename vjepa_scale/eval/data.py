@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vjepa_scale.config import ConfigError
-from vjepa_scale.data.clips import normalize_clip, stored_box
+from vjepa_scale.data.clips import clip_window, normalize_clip, stored_box
 from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip_frames, probe_video
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
@@ -70,11 +70,6 @@ def rank_share(chosen: list[int], rank: int, world: int, per_class: int,
         raise ConfigError(f"{key}={per_class} selects {len(chosen)} train videos, fewer than the {world} ranks "
                           f"(world size): every rank needs one; raise {key} or launch fewer processes")
     return chosen[rank::world]
-
-
-def clip_window(frames_per_clip: int, frame_step: int) -> int:
-    """Frames one clip spans: `frames_per_clip` frames at stride `frame_step`."""
-    return (frames_per_clip - 1) * frame_step + 1
 
 
 def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int) -> list[list[int]]:

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from vjepa_scale.config import ConfigError, vit_size_name
+from vjepa_scale.data.clips import clip_window
 from vjepa_scale.distributed import compute_dtype, device_for, init_distributed
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import (EvalClips, check_disjoint, clip_window, per_class_subset, rank_share,
-                                   read_labeled_index)
+from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads

@@ -33,7 +33,6 @@ recomputes the same blocks.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from vjepa_scale.config import Config, ConfigError, MaskSpec, clip_grid, resolve_vit_size
+from vjepa_scale.config import Config, ConfigError, MaskSpec, resolve_vit_size
 from vjepa_scale.distributed import compute_dtype, device_for, dist_env, rank_and_world
 
 GiB = 1024 ** 3
@@ -106,10 +105,9 @@ def activation_bytes(cfg: Config, batch: int, dtype_bytes: int) -> int:
     """
     m = cfg.model
     dims = resolve_vit_size(m)
-    shapes = cfg.data.shapes(m.tubelet_size)
-    frames, crop = max(shapes, key=lambda fc: math.prod(clip_grid(fc[1], fc[0], m)))
-    t, h, w = clip_grid(crop, frames, m)
-    n = t * h * w
+    shapes, tokens = cfg.data.shapes(m.tubelet_size), cfg.dataset_tokens()
+    k = max(range(len(shapes)), key=tokens.__getitem__)  # the first largest shape
+    (frames, crop), n = shapes[k], tokens[k]
     ckpt = m.checkpoint_fraction
     ctx_tokens = sum(context_fraction(spec, n) for spec in cfg.mask.types) * n
     enc = _stack_elems(ctx_tokens, dims.width, dims.depth, dims.mlp_ratio, ckpt)

@@ -36,9 +36,7 @@ def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
     if cfg.data.tokens_per_batch is not None:
         # A token budget: batch_size is each rank's window of stream positions per micro-step (the
         # clips that fit vary; `data.sampler.BudgetStepSampler`); global_batch_size the stream positions per step.
-        from vjepa_scale.data.loader import budget_window
-
-        cfg.data.batch_size = budget_window(cfg)
+        cfg.data.batch_size = cfg.budget_window()
         cfg.data.global_batch_size = cfg.data.batch_size * world_size * accum
         return cfg
     g, b, n = cfg.data.global_batch_size, cfg.data.batch_size, world_size * accum
@@ -97,9 +95,7 @@ class Phase:
     def tokens_per_clip(self) -> int:
         """Full-clip tokens of one clip: of the datasets' one shape (a dataset with its own frames or
         crop keeps it in every phase), else of data's own shape."""
-        from vjepa_scale.data.loader import dataset_tokens
-
-        tokens = set(dataset_tokens(self.cfg))
+        tokens = set(self.cfg.dataset_tokens())
         if len(tokens) == 1:
             return tokens.pop()
         t, h, w = self.cfg.grid
