@@ -19,17 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from vjepa_scale.config import save_config
 from vjepa_scale.train import elastic
 from vjepa_scale.train.guard import check_finite_state
+from vjepa_scale.train.rng import rng_state, set_rng_state
 from vjepa_scale.distributed import any_rank, barrier
 from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, is_disk_error, write_error
 from vjepa_scale.train.zero_compat import finish_failed_save, optimizer_load_fixes
@@ -59,21 +58,6 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
-
-
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda"])
 
 
 def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int, world_size: int,
