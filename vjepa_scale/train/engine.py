@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn as nn
 
 from vjepa_scale.config import Config, ConfigError, save_config
 from vjepa_scale.data import (Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics,
@@ -47,22 +46,12 @@ from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, check_zero_stage, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
 from vjepa_scale.train.metrics import RunLogger, progress_postfix
+from vjepa_scale.train.optim import make_optimizer
 from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import load_init_state, resolve_checkpoint
 from vjepa_scale.weights.run import checkpoint_problem, latest_loadable
-
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """AdamW groups: weight decay on matrices/kernels only, none on biases and 1-D parameters."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "name": "decay", "wd_scale": 1.0},
-            {"params": no_decay, "name": "no_decay", "wd_scale": 0.0, "weight_decay": 0.0}]
 
 
 def _init_source_problem(init_from: str) -> Optional[str]:
@@ -146,9 +135,7 @@ class Trainer:
         # the init_from note, unless a resume replaces these weights by the checkpoint's
         jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = make_optimizer(jepa, cfg.optim)
         ds_config = elastic.for_resume(deepspeed_config(cfg, self.world), ckpt or opt_src, self.world)
         check_deepspeed_config(ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=jepa, optimizer=self.optimizer, config=ds_config)
