@@ -35,7 +35,7 @@ from vjepa_scale.config import Config, ConfigError, save_config
 from vjepa_scale.data import (Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics,
                               skip_totals)
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for, from_rank0
-from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
+from vjepa_scale.flops import device_peak_tflops, train_flops
 from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
@@ -45,7 +45,7 @@ from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, check_zero_stage, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
-from vjepa_scale.train.metrics import RunLogger, progress_postfix
+from vjepa_scale.train.metrics import RunLogger, StepWindow, progress_postfix
 from vjepa_scale.train.optim import make_optimizer
 from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
@@ -268,9 +268,10 @@ class Trainer:
         return {"samples_seen": self.sample_offset + phase_lib.samples_at(self.phases, self.step),
                 "global_batch_size": self.phase.global_batch}
 
-    def _window(self, phase: phase_lib.Phase) -> "_Window":
+    def _window(self, phase: phase_lib.Phase) -> StepWindow:
         variable = phase.cfg.data.is_mixed(phase.cfg.model.tubelet_size)  # clips / tokens per step vary
-        return _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops, variable)
+        return StepWindow(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops,
+                          variable)
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
@@ -362,58 +363,3 @@ class Trainer:
         finally:
             self.watchdog.stop()
             logger.close()
-
-
-class _Window:
-    """Accumulates per-step loss and timings between two log points; `summary` reduces over ranks.
-
-    Fixed per window (a window never spans a phase boundary): the device of the all-reduce, the world
-    size, the global batch (clips per optimizer step), tokens per clip, and the device's peak
-    TFLOP/s (None: no MFU). `variable`: clips and tokens per step vary (mixed shapes, a token budget);
-    clips/s and tokens/s then come from the clips and full-clip tokens the ranks actually trained,
-    and the window logs the mean global batch in clips (`clips_per_step`).
-    """
-
-    def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
-                 peak_tflops: Optional[float], variable: bool = False):
-        self.device, self.world = device, world
-        self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
-        self.variable = variable
-        self.clips = 0
-        self.tokens = 0
-        self.losses: list[torch.Tensor] = []
-        self.wait = 0.0
-        self.time = 0.0
-        self.flops = 0.0
-
-    def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float, clips: int = 0,
-            tokens: int = 0) -> None:
-        self.clips += clips
-        self.tokens += tokens
-        self.losses.append(loss)
-        self.wait += wait
-        self.time += step_time
-        self.flops += flops
-
-    def summary(self, stats: dict, steps_left: int, grad_norm: Optional[float]) -> dict:
-        """Metrics of the window: `stats` of its last step, `steps_left` for the ETA."""
-        n = len(self.losses)
-        # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
-        v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
-                          self.tokens], dtype=torch.float64, device=self.device)
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(v)
-        loss_sum, flops, wait, busy, clips, tokens = v.tolist()
-        W = self.world
-        step_time = busy / W / n  # mean over ranks
-        clips_per_s = self.global_batch / step_time
-        m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
-             "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
-             "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.tokens_per_clip,
-             "tflops_per_rank": flops / busy / 1e12, "mfu": mfu(flops / busy, self.peak_tflops),
-             "eta_s": steps_left * step_time}
-        if self.variable:
-            m.update(clips_per_s=clips / n / step_time, tokens_per_s=tokens / n / step_time, clips_per_step=clips / n)
-        if grad_norm is not None:
-            m["grad_norm"] = float(grad_norm)
-        return m
