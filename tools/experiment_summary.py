@@ -19,11 +19,13 @@ from pathlib import Path
 
 
 def load_metrics(run_dir: Path) -> list[dict]:
+    """The logged training records (those with a loss) of a run's metrics.jsonl."""
+    from vjepa_scale.train.metrics import read_metrics
+
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist (is --pretrain a training run dir?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "loss" in r]
+    return [r for r in read_metrics(run_dir) if "loss" in r]
 
 
 def train_seconds(rows: list[dict]) -> float:

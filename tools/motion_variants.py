@@ -37,7 +37,7 @@ from vjepa_scale.data.batch import Batch
 from vjepa_scale.masks import MultiBlockMasker
 from vjepa_scale.models import JEPA, make_target_encoder
 from vjepa_scale.train.ema import ShardedEMA
-from vjepa_scale.train.engine import param_groups
+from vjepa_scale.train.optim import param_groups
 from vjepa_scale.train.schedules import schedule_at
 from vjepa_scale.train.step import StepCore, TorchEngine
 

@@ -38,12 +38,9 @@ GPUS_PER_NODE = 8
 
 def param_counts(cfg) -> tuple[list[int], list[int]]:
     """Element counts of each online parameter (encoder + predictor) and of each target-encoder parameter."""
-    import torch
+    from vjepa_scale.train.memory import meta_jepa
 
-    from vjepa_scale.models import JEPA
-
-    with torch.device("meta"):
-        jepa = JEPA(cfg)
+    jepa = meta_jepa(cfg)
     return [p.numel() for p in jepa.parameters()], [p.numel() for p in jepa.encoder.parameters()]
 
 

@@ -6,7 +6,7 @@ across a sequence boundary. `resolve_attention_backend` picks the implementation
 their configured name once per device type and dtype, then pass the result to `packed_attention`):
 
 - `cudnn`        cuDNN SDPA on ragged (THD) tensors through nvidia-cudnn-frontend (CUDA, fp16/bf16;
-                 `pip install .[cudnn]`); forward/backward graphs cached per bucketed shape
+                 `pip install .[cudnn]`); forward/backward graphs cached per bucketed shape (`attention_cudnn`)
 - `flash_attn`   flash_attn_varlen_func (CUDA, when flash-attn is installed)
 - `torch_varlen` torch.nn.attention.varlen.varlen_attn (CUDA, torch >= 2.10)
 - `nested`       SDPA on nested jagged tensors (no padding FLOPs on CUDA's fused kernels)
@@ -31,18 +31,18 @@ one of `SDPA_BACKENDS`, e.g. `cudnn`, which must then support the call).
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import importlib.util
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from vjepa_scale.attention_cudnn import cudnn_varlen_attention
 
 BACKENDS = ("cudnn", "flash_attn", "torch_varlen", "nested", "bucketed", "padded")
 FUSED_BACKENDS = ("cudnn", "flash_attn", "torch_varlen")  # CUDA kernels taking fp16/bf16 only
@@ -80,6 +80,10 @@ class Packed:
     def host_lengths(self) -> list[int]:
         """Sequence lengths as Python ints (a device sync on CUDA; free on CPU)."""
         return self.cached("lengths", lambda: (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist())
+
+    def token_positions(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's sequence id and position within it, int64 (T,) each (`token_positions`)."""
+        return self.cached(("positions", T), lambda: token_positions(self.offsets, T))
 
 
 @functools.cache
@@ -186,32 +190,42 @@ def packed_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tens
     return _padded_packed(q_THD, k_THD, v_THD, packed)
 
 
+def token_positions(offsets: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each packed token's sequence id and position within it, int64 (T,) each; `offsets` (S+1,)
+    the sequence bounds (prefix sums from 0)."""
+    lengths = offsets[1:] - offsets[:-1]
+    seq_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths, output_size=T)
+    return seq_id, torch.arange(T, device=offsets.device) - offsets[seq_id].long()
+
+
 def padded_layout(cu_seqlens: torch.Tensor, max_seqlen: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(slot, mask) of the padded (S, max_seqlen) grid: each packed token's row-major slot (T,) and
     the key-padding mask (S, 1, 1, L). Layers of one forward share it (`Packed.cached`)."""
-    S = cu_seqlens.numel() - 1
-    device = cu_seqlens.device
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    valid_SL = torch.arange(max_seqlen, device=device)[None, :] < lengths[:, None]  # (S, L)
-    seq_id = torch.repeat_interleave(torch.arange(S, device=device), lengths, output_size=T)
-    slot = seq_id * max_seqlen + (torch.arange(T, device=device) - cu_seqlens[:-1].long()[seq_id])
-    return slot, valid_SL[:, None, None, :]  # keys only; padded queries see valid keys and are dropped
+    valid_SL = torch.arange(max_seqlen, device=cu_seqlens.device)[None, :] < lengths[:, None]  # (S, L)
+    seq_id, pos = token_positions(cu_seqlens, T)
+    # keys only: padded queries see valid keys and are dropped
+    return seq_id * max_seqlen + pos, valid_SL[:, None, None, :]
+
+
+def _padded_sdpa(q_THD, k_THD, v_THD, slot_T: torch.Tensor, mask_S11L: torch.Tensor, S: int, L: int) -> torch.Tensor:
+    """Scatter the packed tokens into an (S, L) grid at `slot_T`, SDPA with the key-padding mask,
+    gather back to (T, H, Dh)."""
+    _, H, Dh = q_THD.shape
+
+    def pad(x_THD):
+        out = x_THD.new_zeros(S * L, H, Dh).index_copy(0, slot_T, x_THD)
+        return out.view(S, L, H, Dh).transpose(1, 2)  # (S, H, L, Dh)
+
+    o = F.scaled_dot_product_attention(pad(q_THD), pad(k_THD), pad(v_THD), attn_mask=mask_S11L)
+    return o.transpose(1, 2).reshape(S * L, H, Dh).index_select(0, slot_T)
 
 
 def padded_attention(q_THD, k_THD, v_THD, cu_seqlens: torch.Tensor, max_seqlen: int,
                      layout: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """Reference path: scatter into (S, max_seqlen) with a key-padding mask, SDPA, gather back."""
-    S = cu_seqlens.numel() - 1
-    T, H, Dh = q_THD.shape
-    slot, mask = layout if layout is not None else padded_layout(cu_seqlens, max_seqlen, T)
-
-    def pad(x_THD):
-        out = x_THD.new_zeros(S * max_seqlen, H, Dh)
-        out = out.index_copy(0, slot, x_THD)
-        return out.view(S, max_seqlen, H, Dh).transpose(1, 2)  # (S, H, L, Dh)
-
-    o = F.scaled_dot_product_attention(pad(q_THD), pad(k_THD), pad(v_THD), attn_mask=mask)
-    return o.transpose(1, 2).reshape(S * max_seqlen, H, Dh).index_select(0, slot)
+    slot, mask = layout if layout is not None else padded_layout(cu_seqlens, max_seqlen, q_THD.shape[0])
+    return _padded_sdpa(q_THD, k_THD, v_THD, slot, mask, cu_seqlens.numel() - 1, max_seqlen)
 
 
 def _padded_packed(q_THD, k_THD, v_THD, packed: Packed) -> torch.Tensor:
@@ -289,9 +303,9 @@ def _bucket_layout(lengths: list[int], width: int, device: torch.device):
         if tokens == n * Lm:
             buckets.append(_Bucket(n, Lm, tokens, None, None))
             continue
-        seq = torch.repeat_interleave(torch.arange(n), ls)
-        slot = seq * Lm + torch.arange(tokens) - (ls.cumsum(0) - ls)[seq]
-        mask = (torch.arange(Lm)[None, :] < ls[:, None])[:, None, None, :]
+        offsets = torch.zeros(n + 1, dtype=torch.int64)
+        offsets[1:] = ls.cumsum(0)
+        slot, mask = padded_layout(offsets, Lm, tokens)
         buckets.append(_Bucket(n, Lm, tokens, slot.to(device), mask.to(device)))
     if torch.equal(perm, torch.arange(perm.numel())):
         return None, None, buckets
@@ -316,242 +330,10 @@ def bucketed_attention(q_THD, k_THD, v_THD, packed: Packed) -> torch.Tensor:
         if b.slot is None:
             o = F.scaled_dot_product_attention(*(x.view(b.n, b.length, H, Dh).transpose(1, 2) for x in (q, k, v)))
             outs.append(o.transpose(1, 2).reshape(b.tokens, H, Dh))
-            continue
-
-        def pad(x_THD, b=b):
-            out = x_THD.new_zeros(b.n * b.length, H, Dh).index_copy(0, b.slot, x_THD)
-            return out.view(b.n, b.length, H, Dh).transpose(1, 2)  # (n, H, L, Dh)
-
-        o = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=b.mask)
-        outs.append(o.transpose(1, 2).reshape(b.n * b.length, H, Dh).index_select(0, b.slot))
+        else:
+            outs.append(_padded_sdpa(q, k, v, b.slot, b.mask, b.n, b.length))
     o_THD = torch.cat(outs)
     return o_THD if inv is None else o_THD.index_select(0, inv)
-
-
-# ---------------------------------------------------------------------------------------------
-# cudnn: cuDNN SDPA graphs on ragged (THD) tensors through nvidia-cudnn-frontend
-# ---------------------------------------------------------------------------------------------
-
-CUDNN_GRAPH_CACHE_SIZE = 64  # forward + backward graphs kept (least recently used evicted)
-
-
-def bucket_seqlen(n: int) -> int:
-    """Round a length (max_seqlen, or a total token count) up to its graph-cache bucket: a multiple
-    of 64 up to 1024, then 8 steps per power of two (never more than 12.5% above `n`). A graph built
-    for a bucket serves every call up to it: cuDNN reads the real lengths from the ragged offsets
-    and per-sequence lengths, the bucket only sizes the descriptors (and the backward's dQ
-    accumulator), so a training run builds a few dozen graphs, not one per step."""
-    if n <= 1024:
-        return max(64, -(-n // 64) * 64)
-    step = 1 << (n.bit_length() - 4)  # n in [2^k, 2^(k+1)): steps of 2^(k-3)
-    return -(-n // step) * step
-
-
-class _LRU:
-    """A bounded least-recently-used map (thread-safe builds) with hit/miss counters."""
-
-    def __init__(self, maxsize: int):
-        self.maxsize, self.hits, self.misses = maxsize, 0, 0
-        self._d: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def get(self, key, build):
-        with self._lock:
-            if key in self._d:
-                self.hits += 1
-                self._d.move_to_end(key)
-                return self._d[key]
-            self.misses += 1
-            value = self._d[key] = build()
-            while len(self._d) > self.maxsize:
-                self._d.popitem(last=False)
-            return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-            self.hits = self.misses = 0
-
-
-_CUDNN_GRAPHS = _LRU(CUDNN_GRAPH_CACHE_SIZE)
-_cudnn_tls = threading.local()
-
-
-def cudnn_graph_cache() -> _LRU:
-    """The process-wide cuDNN graph cache (size, hits, misses, `clear()`)."""
-    return _CUDNN_GRAPHS
-
-
-class _U:  # tensor uids inside our cuDNN graphs
-    Q, K, V, O, STATS, DO, DQ, DK, DV = 1, 2, 3, 4, 5, 6, 7, 8, 9
-    LEN = 10  # int32 (B, 1, 1, 1) sequence lengths (q and kv alike: self-attention)
-    R_Q, R_K, R_V, R_O, R_STATS, R_DQ, R_DK, R_DV = 11, 12, 13, 14, 15, 16, 17, 18
-
-
-def _cudnn_handle(device: torch.device):
-    """This thread's cuDNN handle for `device`, on torch's current stream."""
-    import cudnn
-
-    handles = getattr(_cudnn_tls, "handles", None)
-    if handles is None:
-        handles = _cudnn_tls.handles = {}
-    if device not in handles:
-        with torch.cuda.device(device):
-            handles[device] = cudnn.create_handle()
-    cudnn.set_stream(handle=handles[device], stream=torch.cuda.current_stream(device).cuda_stream)
-    return handles[device]
-
-
-def _build_cudnn_graph(backward: bool, handle, dtype: torch.dtype, B: int, H: int, Dh: int, S: int,
-                       strides: dict, total_bucket: int):
-    """`describe_cudnn_graph`, then its execution plans built on `handle`'s device; -> (graph,
-    workspace bytes)."""
-    import cudnn
-
-    g = describe_cudnn_graph(backward, handle, dtype, B, H, Dh, S, strides, total_bucket)
-    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-    g.check_support()
-    g.build_plans()
-    return g, g.get_workspace_size()
-
-
-def describe_cudnn_graph(backward: bool, handle, dtype: torch.dtype, B: int, H: int, Dh: int, S: int,
-                         strides: dict, total_bucket: int):
-    """The cuDNN SDPA operation graph (no mask, scale 1/sqrt(Dh)) on ragged tensors, validated
-    (this much needs no GPU).
-
-    Forward: q, k, v -> o, stats (log-sum-exp, ragged (T, H, 1) fp32). Backward: q, k, v, o, dO and
-    stats in the padded (B, H, S, 1) layout (the backend takes no ragged stats in bprop on some
-    architectures) -> dq, dk, dv packed contiguous. `strides` maps uid -> (T, H, D) strides."""
-    import cudnn
-
-    io = {torch.float16: cudnn.data_type.HALF, torch.bfloat16: cudnn.data_type.BFLOAT16}[dtype]
-    f32, i32, i64 = cudnn.data_type.FLOAT, cudnn.data_type.INT32, cudnn.data_type.INT64
-    g = cudnn.pygraph(handle=handle, io_data_type=io, intermediate_data_type=f32, compute_data_type=f32)
-
-    def col(name, uid, rows, dt):
-        return g.tensor(name=name, dim=[rows, 1, 1, 1], stride=[1, 1, 1, 1], data_type=dt, uid=uid)
-
-    def thd(name, uid, ragged_uid=None, ragged=None):
-        st, sh, sd = strides[uid]
-        t = g.tensor(name=name, dim=[B, H, S, Dh], stride=[S * st, sh, st, sd], data_type=io, uid=uid)
-        t.set_ragged_offset(ragged if ragged is not None else col(f"ragged_{name}", ragged_uid, B + 1, i64))
-        return t
-
-    def output(t, name, uid, ragged_uid):  # packed contiguous (T, H, Dh)
-        t.set_uid(uid).set_output(True).set_data_type(io)
-        t.set_dim([B, H, S, Dh]).set_stride([S * H * Dh, Dh, H * Dh, 1])
-        t.set_ragged_offset(col(f"ragged_{name}", ragged_uid, B + 1, i64))
-
-    seq_len = col("seq_len", _U.LEN, B, i32)
-    q, k, v = thd("q", _U.Q, _U.R_Q), thd("k", _U.K, _U.R_K), thd("v", _U.V, _U.R_V)
-    scale = 1.0 / math.sqrt(Dh)
-    if not backward:
-        o, stats = g.sdpa(name="sdpa", q=q, k=k, v=v, generate_stats=True, attn_scale=scale,
-                          use_padding_mask=True, seq_len_q=seq_len, seq_len_kv=seq_len)
-        output(o, "o", _U.O, _U.R_O)
-        stats.set_uid(_U.STATS).set_output(True).set_data_type(f32)
-        stats.set_dim([B, H, S, 1]).set_stride([S * H, 1, H, 1])
-        stats.set_ragged_offset(col("ragged_stats", _U.R_STATS, B + 1, i64))
-    else:
-        o = thd("o", _U.O, _U.R_O)
-        do = thd("dO", _U.DO, ragged=o.ragged_offset)  # dO is laid out like o: one offset column
-        stats = g.tensor(name="stats", dim=[B, H, S, 1], stride=[H * S, S, 1, 1], data_type=f32, uid=_U.STATS)
-        dq, dk, dv = g.sdpa_backward(name="sdpa_backward", q=q, k=k, v=v, o=o, dO=do, stats=stats,
-                                     attn_scale=scale, use_padding_mask=True, seq_len_q=seq_len,
-                                     seq_len_kv=seq_len, max_total_seq_len_q=total_bucket,
-                                     max_total_seq_len_kv=total_bucket)
-        output(dq, "dq", _U.DQ, _U.R_DQ)
-        output(dk, "dk", _U.DK, _U.R_DK)
-        output(dv, "dv", _U.DV, _U.R_DV)
-    g.validate()
-    g.build_operation_graph()
-    return g
-
-
-def _cudnn_run(backward: bool, tensors: dict, packed: Packed, S: int, T: int):
-    """Look up (or build) the graph for these tensors' shape bucket and execute it on `tensors`
-    (uid -> tensor; outputs preallocated); adds the lengths and ragged offsets."""
-    q = tensors[_U.Q]
-    _, H, Dh = q.shape
-    B = packed.cu_seqlens.numel() - 1
-    strides = {uid: tuple(t.stride()) for uid, t in tensors.items() if t.dim() == 3}
-    total_bucket = bucket_seqlen(T) if backward else 0
-    handle = _cudnn_handle(q.device)
-    # per handle, so per thread (autograd's backward and checkpoint recompute run in another thread): a
-    # plan runs with the handle it was built on
-    key = (backward, q.dtype, q.device, B, H, Dh, S, total_bucket, tuple(sorted(strides.items())), handle)
-    graph, workspace_size = _CUDNN_GRAPHS.get(
-        key, lambda: _build_cudnn_graph(backward, handle, q.dtype, B, H, Dh, S, strides, total_bucket))
-    cu64 = packed.offsets.view(-1, 1, 1, 1)  # int64 (B+1, 1, 1, 1) token offsets
-    pack = dict(tensors)
-    pack[_U.LEN] = packed.cached("cudnn_len", lambda: (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1])
-                                 .to(torch.int32).view(-1, 1, 1, 1))
-    ragged = {_U.Q: _U.R_Q, _U.K: _U.R_K, _U.V: _U.R_V, _U.O: _U.R_O, _U.DQ: _U.R_DQ,
-              _U.DK: _U.R_DK, _U.DV: _U.R_DV}
-    for uid, r_uid in ragged.items():
-        if uid in tensors:  # ragged offsets count elements: token offset x token stride
-            pack[r_uid] = cu64 * tensors[uid].stride(0)
-    if not backward:
-        pack[_U.R_STATS] = cu64 * H
-    workspace = torch.empty(max(workspace_size, 1), dtype=torch.uint8, device=q.device)
-    graph.execute(pack, workspace, handle=handle)
-
-
-def _aligned(x: torch.Tensor) -> torch.Tensor:
-    """cuDNN wants a dense last dim and a 16-byte aligned base."""
-    return x if x.stride(-1) == 1 and x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)
-
-
-class _CudnnVarlen(torch.autograd.Function):
-    """Packed self-attention through cuDNN graphs: forward saves the log-sum-exp for backward."""
-
-    @staticmethod
-    def forward(ctx, q_THD, k_THD, v_THD, packed: Packed):
-        q_THD, k_THD, v_THD = _aligned(q_THD), _aligned(k_THD), _aligned(v_THD)
-        T, H, Dh = q_THD.shape
-        S = bucket_seqlen(packed.max_seqlen)
-        o_THD = torch.empty(T, H, Dh, dtype=q_THD.dtype, device=q_THD.device)
-        stats_TH1 = torch.empty(T, H, 1, dtype=torch.float32, device=q_THD.device)
-        _cudnn_run(False, {_U.Q: q_THD, _U.K: k_THD, _U.V: v_THD, _U.O: o_THD, _U.STATS: stats_TH1},
-                   packed, S, T)
-        ctx.save_for_backward(q_THD, k_THD, v_THD, o_THD, stats_TH1)
-        ctx.packed, ctx.S = packed, S
-        return o_THD
-
-    @staticmethod
-    def backward(ctx, do_THD):
-        q_THD, k_THD, v_THD, o_THD, stats_TH1 = ctx.saved_tensors
-        packed, S = ctx.packed, ctx.S
-        T, H, Dh = q_THD.shape
-        B = packed.cu_seqlens.numel() - 1
-        # ragged (T, H, 1) stats -> padded (B, H, S, 1), on the device (no host sync)
-        seq_id, pos = packed.cached(("cudnn_pos", T), lambda: _token_positions(packed, T))
-        stats_BHS1 = stats_TH1.new_zeros(B, H, S, 1)
-        stats_BHS1[seq_id, :, pos] = stats_TH1
-        do_THD = do_THD.contiguous()  # laid out like o (packed contiguous)
-        grads = [torch.empty(T, H, Dh, dtype=q_THD.dtype, device=q_THD.device) for _ in range(3)]
-        _cudnn_run(True, {_U.Q: q_THD, _U.K: k_THD, _U.V: v_THD, _U.O: o_THD, _U.DO: do_THD,
-                          _U.STATS: stats_BHS1, _U.DQ: grads[0], _U.DK: grads[1], _U.DV: grads[2]},
-                   packed, S, T)
-        return grads[0], grads[1], grads[2], None
-
-
-def _token_positions(packed: Packed, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each packed token's sequence id and position within it, int64 (T,) each."""
-    lengths = packed.offsets[1:] - packed.offsets[:-1]
-    seq_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths, output_size=T)
-    return seq_id, torch.arange(T, device=lengths.device) - packed.offsets[seq_id]
-
-
-def cudnn_varlen_attention(q_THD, k_THD, v_THD, packed: Packed) -> torch.Tensor:
-    """Packed self-attention on cuDNN (CUDA, fp16/bf16, head dim a multiple of 8)."""
-    if q_THD.dtype not in (torch.float16, torch.bfloat16):
-        raise RuntimeError(f"model.attention_backend: 'cudnn' takes fp16/bf16 tensors, got {q_THD.dtype}")
-    return _CudnnVarlen.apply(q_THD, k_THD, v_THD, packed)
 
 
 _SDPA_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,

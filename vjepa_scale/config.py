@@ -364,6 +364,11 @@ class OptimConfig(Section):
     grad_clip: float = 10.0
     grad_accum: int = 1
 
+    @property
+    def horizon(self) -> int:
+        """Number of steps the schedules are laid out on, `ipe_scale x iterations` (>= 1)."""
+        return max(1, int(self.ipe_scale * self.iterations))
+
     def validate(self, prefix: str = "optim") -> None:
         self.check_positive(prefix, "iterations", "ipe_scale", "lr", "grad_accum")
         if self.warmup < 0:
@@ -371,7 +376,7 @@ class OptimConfig(Section):
         if self.cooldown < 0:
             raise ConfigError(f"{prefix}.cooldown must be >= 0, got {self.cooldown}")
         if self.lr_schedule == "wsd":
-            h = max(1, int(self.ipe_scale * self.iterations))
+            h = self.horizon
             if self.warmup + self.cooldown > h:
                 raise ConfigError(f"{prefix}.warmup={self.warmup} + {prefix}.cooldown={self.cooldown} exceed the "
                                   f"schedule horizon {prefix}.ipe_scale x iterations = {h} steps")
@@ -386,11 +391,6 @@ class OptimConfig(Section):
             raise ConfigError(f"{prefix}.ema must satisfy 0 <= start <= end <= 1, got {list(self.ema)}")
         if self.grad_clip < 0:
             raise ConfigError(f"{prefix}.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
-
-
-# The optim keys a phase may set for its own schedule piece (`PhaseOptimConfig`).
-PHASE_OPTIM_KEYS = ("ipe_scale", "warmup", "start_lr", "lr", "final_lr", "lr_schedule", "cooldown",
-                    "weight_decay", "final_weight_decay", "wd_schedule", "ema", "ema_schedule")
 
 
 @dataclass
@@ -412,6 +412,10 @@ class PhaseOptimConfig(Section):
 
     def overrides(self) -> dict:
         return {k: getattr(self, k) for k in PHASE_OPTIM_KEYS if getattr(self, k) is not None}
+
+
+# The optim keys a phase may set for its own schedule piece.
+PHASE_OPTIM_KEYS = tuple(f.name for f in dataclasses.fields(PhaseOptimConfig))
 
 
 @dataclass

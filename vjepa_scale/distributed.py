@@ -198,6 +198,12 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def barrier() -> None:
+    """Collective: wait for every rank (nothing to wait for without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is True on any rank (one small all-reduce)."""
     return bool(ranks_with(flag))

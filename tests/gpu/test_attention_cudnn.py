@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa_scale.attention import (Packed, available_backends, bucket_seqlen, cudnn_graph_cache, padded_attention,
-                                   resolve_attention_backend, varlen_attention)
+from vjepa_scale.attention import (Packed, available_backends, padded_attention, resolve_attention_backend,
+                                   varlen_attention)
+from vjepa_scale.attention_cudnn import bucket_seqlen, cudnn_graph_cache
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vjepa_scale.attention import (SDPA_BACKENDS, Packed, available_backends, bucket_plan, bucket_seqlen,
-                                   bucketed_attention, dense_attention, padded_attention,
-                                   resolve_attention_backend, varlen_attention)
+from vjepa_scale.attention import (SDPA_BACKENDS, Packed, available_backends, bucket_plan, bucketed_attention,
+                                   dense_attention, padded_attention, resolve_attention_backend, varlen_attention)
+from vjepa_scale.attention_cudnn import bucket_seqlen
 
 
 def _problem(lengths, H=3, Dh=80, seed=0, dtype=torch.float32, device="cpu"):
@@ -123,7 +123,7 @@ def test_bucket_seqlen_bounds_the_number_of_graphs():
 def test_cudnn_graph_description_validates_without_a_gpu():
     """The forward and backward cuDNN graphs pass the frontend's own validation (no device needed)."""
     pytest.importorskip("cudnn")
-    from vjepa_scale.attention import _U, describe_cudnn_graph
+    from vjepa_scale.attention_cudnn import _U, describe_cudnn_graph
 
     H, Dh = 3, 80
     qkv = (3 * H * Dh, Dh, 1)  # q, k, v are views of one fused qkv output

@@ -8,7 +8,8 @@ import torch
 from vjepa_scale.config import load_config
 from vjepa_scale.models import JEPA
 from vjepa_scale.train.ema import ShardedEMA
-from vjepa_scale.train.engine import build_models, param_groups
+from vjepa_scale.train.engine import build_models
+from vjepa_scale.train.optim import param_groups
 from vjepa_scale.train.schedules import ema_momentum, horizon, learning_rate, schedule_at, weight_decay
 from vjepa_scale.train.zero_compat import partition_slice
 from vjepa_scale.weights import (CKPT_SUBDIR, consolidate_shards, find_latest, list_checkpoints, resolve_checkpoint,

@@ -214,17 +214,15 @@ def torch_core(cfg: Config, device: str):
     """(the trainer's `StepCore` over a plain module on one device, its label): fp32 weights + bf16
     autocast on CUDA (fp32 on CPU), fused AdamW, the fused EMA (`ShardedEMA`, replicated layout)."""
     from vjepa_scale.train.ema import ShardedEMA
-    from vjepa_scale.train.engine import param_groups
+    from vjepa_scale.train.optim import make_optimizer
     from vjepa_scale.train.step import StepCore, TorchEngine
 
     cuda = torch.device(device).type == "cuda"
     jepa, target = _models(cfg, device, cuda)
     shadow = {n: p.detach().float().clone() for n, p in jepa.encoder.named_parameters()}
     ema = ShardedEMA(jepa.encoder, target, shadow, 0, 1)
-    o = cfg.optim
-    opt = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=tuple(o.betas), eps=o.eps,
-                            weight_decay=o.weight_decay, fused=cuda)
-    core = StepCore(TorchEngine(jepa, opt, o.grad_clip), target, ema, device,
+    opt = make_optimizer(jepa, cfg.optim, fused=cuda)
+    core = StepCore(TorchEngine(jepa, opt, cfg.optim.grad_clip), target, ema, device,
                     autocast=torch.bfloat16 if cuda else None)
     return core, "torch module, fp32 weights + bf16 autocast" if cuda else "torch module, fp32"
 
@@ -263,7 +261,7 @@ def reference_config(cfg: Config) -> Config:
 @contextlib.contextmanager
 def _reference_row(cfg: Config, device: str, batches: list[Batch]):
     """The reference's schedule on the same clips and mask draws (then truncated to the batch min)."""
-    from vjepa_scale.train.engine import param_groups
+    from vjepa_scale.train.optim import make_optimizer
     from vjepa_scale.train.step import StepCore, TorchEngine
 
     cuda = torch.device(device).type == "cuda"
@@ -271,10 +269,8 @@ def _reference_row(cfg: Config, device: str, batches: list[Batch]):
     masker = MultiBlockMasker(ref.mask, ref.grid)
     cut = [Batch(b.video, b.label, masker(len(b.label), b.step), b.step, b.index) for b in batches]
     jepa, target = _models(ref, device, False)  # the reference keeps an fp32 target under autocast
-    o = ref.optim
-    opt = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=tuple(o.betas), eps=o.eps,
-                            weight_decay=o.weight_decay)
-    core = StepCore(TorchEngine(jepa, opt, o.grad_clip), target, PerParamEMA(jepa.encoder, target), device,
+    opt = make_optimizer(jepa, ref.optim)
+    core = StepCore(TorchEngine(jepa, opt, ref.optim.grad_clip), target, PerParamEMA(jepa.encoder, target), device,
                     autocast=torch.bfloat16 if cuda else None, global_norm=False, per_type=True)
     on = _on_device(cut, device, None)
     impl = ("reference-style: batch_min, padded, 2 passes, per-param EMA, "

@@ -180,13 +180,20 @@ def pipelines_built() -> bool:
     return _PIPELINES_BUILT
 
 
+def _gpu_id(device: str, device_id: int | None) -> int | None:
+    """The CUDA device a `gpu` pipeline runs on (`device_id`, default this rank's); None for `cpu`."""
+    if device != "gpu":
+        return None
+    return rank_device_id() if device_id is None else device_id
+
+
 class DaliClipRunner:
     """Runs `clip_pipeline` on explicit DaliItem lists; rebuilds itself after a failure."""
 
     def __init__(self, batch_size: int, crop_size: int, device: str, num_threads: int = 2,
                  device_id: int | None = None):
         self.batch_size, self.crop_size, self.device, self.num_threads = batch_size, crop_size, device, num_threads
-        self.device_id = (rank_device_id() if device_id is None else device_id) if device == "gpu" else None
+        self.device_id = _gpu_id(device, device_id)
         self.pipe = None
 
     def _build(self):
@@ -252,7 +259,7 @@ class DaliLoader:
     def __init__(self, cfg: Config, index, sampler, masker: MultiBlockMasker, rank: int, device: str,
                  device_id: int | None = None):
         self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
-        self.device_id = (rank_device_id() if device_id is None else device_id) if device == "gpu" else None
+        self.device_id = _gpu_id(device, device_id)  # resolved once; the runner gets it as is
         self.capability = torch.cuda.get_device_capability(self.device_id) if device == "gpu" else None
         self._probes: dict[int, FileProbe | None] = {}
         self.unusable: dict[str, str] = {}  # path -> "kind: reason": skipped (unreadable, or found bad while decoding)
@@ -374,6 +381,13 @@ class DaliLoader:
                            f"installation or the container (NVDEC needs the driver's video capability), "
                            f"or set data.backend: cpu")
 
+    def _decode_pyav(self, i: int, step: int, key: int) -> torch.Tensor:
+        """Entry `i`'s clips for sample `key` at `step` decoded by PyAV (same plan as DALI's):
+        (clips, C, T, H, W); VideoError when it cannot be read."""
+        video = self.fallback.load(i, step, key=key)
+        self.stats["pyav_clips"] += self.cfg.data.num_clips
+        return video if video.dim() == 5 else video[None]
+
     def batch(self, samples: list[tuple[int, int, int]]) -> Batch:
         """The Batch of `samples` ((index, step, slot) triples of one micro-step).
 
@@ -394,9 +408,7 @@ class DaliLoader:
                     groups.append((k, [DaliItem(probe.info.path, probe.fmt, p) for p in plans]))
                 else:  # a file DALI cannot decode correctly here: PyAV, same plan
                     try:
-                        video = self.fallback.load(i, s, key=index)
-                        clips[k] = video if video.dim() == 5 else video[None]
-                        self.stats["pyav_clips"] += d.num_clips
+                        clips[k] = self._decode_pyav(i, s, index)
                     except VideoError as e:
                         failed[k] = e
             if groups:
@@ -407,12 +419,10 @@ class DaliLoader:
                     i, (probe, _), _ = entries[k]
                     index, s, _ = samples[k]
                     try:
-                        video = self.fallback.load(i, s, key=index)
+                        clips[k] = self._decode_pyav(i, s, index)
                     except VideoError as e:
                         failed[k] = VideoError(e.path, f"{e.reason} ({reason})", e.kind)
                         continue
-                    clips[k] = video if video.dim() == 5 else video[None]
-                    self.stats["pyav_clips"] += d.num_clips
                     self._probes[i] = dataclasses.replace(probe, cpu_reason=reason)
                     self.on_cpu[probe.info.path] = reason
                     log.warning("data: %s: %s; PyAV decodes it from now on", probe.info.path, reason)

@@ -49,7 +49,7 @@ def skip_kind(summary: str) -> str:
 class DecodeTimeout(VideoError):
     """Reading one file took longer than its Deadline (data.decode_timeout_s)."""
 
-    def __init__(self, path: str, reason: str, kind: str = "timeout"):
+    def __init__(self, path: str, reason: str):
         super().__init__(path, reason, "timeout")
 
 

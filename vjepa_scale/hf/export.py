@@ -24,7 +24,6 @@ import torch
 import yaml
 
 from vjepa_scale.config import DEFAULT_BATCH_SIZE, Config, DataConfig, OptimConfig, resolve_vit_size
-from vjepa_scale.train.schedules import horizon
 from vjepa_scale.weights import keys
 from vjepa_scale.weights.checks import check_state_dict, expected_shapes
 from vjepa_scale.weights.hf_config import config_to_hf_fields
@@ -234,7 +233,7 @@ def _optim_text(o: OptimConfig) -> str:
         lr += "held, no cooldown"
     wd = (f"WD {o.weight_decay:g} (constant)" if o.wd_schedule == "constant" else
           f"WD {o.weight_decay:g} -> {o.final_weight_decay:g} (cosine)")
-    return f"AdamW; {lr} (`{o.lr_schedule}`, {horizon(o)}-step horizon); {wd}"
+    return f"AdamW; {lr} (`{o.lr_schedule}`, {o.horizon}-step horizon); {wd}"
 
 
 def _ema_text(o: OptimConfig) -> str:

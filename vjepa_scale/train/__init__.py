@@ -16,6 +16,7 @@
 - `elastic`: resuming a checkpoint on another number of ranks (universal DeepSpeed checkpoint,
   resharded EMA, data position in global samples).
 - `memory`: the pre-flight per-rank memory estimate (state by ZeRO stage, rough activations).
+- `optim`: the AdamW of a run (weight-decay groups) from `optim`.
 - `housekeeping`: the checkpoint folder at start (leftovers of dead saves, writable, free space),
   disk-full errors while saving, and the model check when resuming.
 - `zero_compat`: every DeepSpeed internal relied on (ZeRO-3 shards and their layout, fp32 masters,
@@ -25,6 +26,6 @@
   in a row, no checkpoint of non-finite weights).
 - `watchdog`: per-rank hang watchdog (`train.hang_timeout_s`): names the stalled phase, ends the rank.
 - `preempt`: SIGTERM / SIGUSR1 / launcher death -> all ranks stop at one step, save, exit 75.
-- `rng`: per-rank seeding of torch / numpy / python.
+- `rng`: per-rank seeding of torch / numpy / python, and their states as checkpoints save them.
 Submodules are imported explicitly (this package imports nothing heavy on its own).
 """

@@ -19,28 +19,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from vjepa_scale.config import save_config
 from vjepa_scale.train import elastic
 from vjepa_scale.train.guard import check_finite_state
-from vjepa_scale.distributed import any_rank
+from vjepa_scale.train.rng import rng_state, set_rng_state
+from vjepa_scale.distributed import any_rank, barrier
 from vjepa_scale.train.housekeeping import DEL_PREFIX, OLD_PREFIX, TMP_PREFIX, is_disk_error, write_error
 from vjepa_scale.train.zero_compat import finish_failed_save, optimizer_load_fixes
-from vjepa_scale.weights.run import CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, save_order
+from vjepa_scale.weights.run import (CKPT_SUBDIR, DS_TAG, checkpoint_name, list_checkpoints, rank_file, read_meta,
+                                     save_order)
 
 log = logging.getLogger("vjepa_scale.train")
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,21 +58,6 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
-
-
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda"])
 
 
 def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int, world_size: int,
@@ -111,8 +91,8 @@ def save_checkpoint(run_dir: str | Path, step: int, engine, ema, cfg, rank: int,
         finish_failed_save(engine)  # the collectives the other ranks' saves still run
     if err is None:
         try:
-            torch.save(ema.state_dict(), tmp / "ema" / f"rank{rank:05d}.pt")
-            torch.save(rng_state(), tmp / "rng" / f"rank{rank:05d}.pt")
+            torch.save(ema.state_dict(), rank_file(tmp, "ema", rank))
+            torch.save(rng_state(), rank_file(tmp, "rng", rank))
         except (OSError, RuntimeError) as e:
             err = _disk_error_or_raise(e)
     _fail_if_any(err, step, tmp, run_dir, rank)
@@ -139,7 +119,7 @@ def _fail_if_any(err, step: int, tmp: Path, run_dir: Path, rank: int) -> None:
         return
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-    _barrier()
+    barrier()
     raise write_error(step, tmp.parent, run_dir, err) from err
 
 
@@ -194,7 +174,7 @@ def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int,
     `universal_dir`: where its universal form is made (default: inside the checkpoint).
     """
     ckpt = Path(ckpt)
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_meta(ckpt)
     reshard = meta["world_size"] != world_size
     if reshard and not engine.load_universal_checkpoint():
         raise ValueError(f"checkpoint {ckpt} was written by {meta['world_size']} ranks; this run has "
@@ -209,10 +189,10 @@ def load_checkpoint(ckpt: str | Path, engine, ema, rank: int, world_size: int,
     if reshard:
         elastic.load_ema_resharded(ckpt, ema)
     else:
-        ema.load_state_dict(torch.load(ckpt / "ema" / f"rank{rank:05d}.pt", map_location="cpu", weights_only=True))
+        ema.load_state_dict(torch.load(rank_file(ckpt, "ema", rank), map_location="cpu", weights_only=True))
     # RNG states hold numpy arrays: our own files, written by save_checkpoint. A rank the checkpoint
     # did not have keeps its seeded state.
-    rng_file = ckpt / "rng" / f"rank{rank:05d}.pt"
+    rng_file = rank_file(ckpt, "rng", rank)
     if rng_file.exists() or not reshard:
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return meta

@@ -32,7 +32,6 @@ is not world-size invariant.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import time
@@ -41,14 +40,11 @@ from typing import Optional
 
 import torch
 
+from vjepa_scale.distributed import barrier
 from vjepa_scale.train.zero_compat import convert_to_universal
-from vjepa_scale.weights.run import DS_TAG, consolidate_shards
+from vjepa_scale.weights.run import DS_TAG, consolidate_shards, load_ema_shards, read_meta
 
 UNIVERSAL_SUBDIR = "universal"
-
-
-def read_meta(ckpt: str | Path) -> dict:
-    return json.loads((Path(ckpt) / "meta.json").read_text())
 
 
 def is_elastic(ckpt: str | Path, world_size: int) -> bool:
@@ -69,11 +65,6 @@ def for_resume(ds_config: dict, ckpt: Optional[str | Path], world_size: int) -> 
     for key, value in deepspeed_overrides(ckpt, world_size).items():
         out.setdefault(key, {}).update(value)
     return out
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 INIT_UNIVERSAL = ".init_universal"  # in a run folder: the resharded `train.init_from_optimizer` source
@@ -115,7 +106,7 @@ def universal_checkpoint(ckpt: str | Path, rank: int, out: Optional[str | Path] 
         if failed.is_file():
             raise RuntimeError(f"rank 0: {failed.read_text()}")
         time.sleep(poll_s)
-    _barrier()
+    barrier()
     if rank == 0:
         failed.unlink(missing_ok=True)
     return out
@@ -123,7 +114,7 @@ def universal_checkpoint(ckpt: str | Path, rank: int, out: Optional[str | Path] 
 
 def remove_after_load(folder: Path, rank: int) -> None:
     """Collective: rank 0 removes `folder` (a universal form made only for one load) once every rank loaded."""
-    _barrier()
+    barrier()
     if rank == 0:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -131,8 +122,7 @@ def remove_after_load(folder: Path, rank: int) -> None:
 @torch.no_grad()
 def load_ema_resharded(ckpt: str | Path, ema) -> None:
     """Every EMA shard of `ckpt` -> full fp32 shadows -> this rank's slice in `ema` (any world size)."""
-    files = sorted((Path(ckpt) / "ema").glob("rank*.pt"))
-    shards = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    shards = load_ema_shards(ckpt)
     if not shards:
         raise FileNotFoundError(f"no EMA shards in {Path(ckpt) / 'ema'}")
     ema.load_full(consolidate_shards(shards))

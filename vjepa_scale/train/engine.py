@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn as nn
 
 from vjepa_scale.config import Config, ConfigError, save_config
 from vjepa_scale.data import (Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics,
                               skip_totals)
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for, from_rank0
-from vjepa_scale.flops import device_peak_tflops, mfu, train_flops
+from vjepa_scale.flops import device_peak_tflops, train_flops
 from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
 from vjepa_scale.models.vit import VisionTransformer3D
 from vjepa_scale.train import checkpoint as ckpt_lib
@@ -46,23 +45,13 @@ from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, check_zero_stage, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
-from vjepa_scale.train.metrics import RunLogger, progress_postfix
+from vjepa_scale.train.metrics import RunLogger, StepWindow, progress_postfix
+from vjepa_scale.train.optim import make_optimizer
 from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import load_init_state, resolve_checkpoint
 from vjepa_scale.weights.run import checkpoint_problem, latest_loadable
-
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """AdamW groups: weight decay on matrices/kernels only, none on biases and 1-D parameters."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "name": "decay", "wd_scale": 1.0},
-            {"params": no_decay, "name": "no_decay", "wd_scale": 0.0, "weight_decay": 0.0}]
 
 
 def _init_source_problem(init_from: str) -> Optional[str]:
@@ -146,9 +135,7 @@ class Trainer:
         # the init_from note, unless a resume replaces these weights by the checkpoint's
         jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(param_groups(jepa), lr=o.start_lr, betas=o.betas, eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = make_optimizer(jepa, cfg.optim)
         ds_config = elastic.for_resume(deepspeed_config(cfg, self.world), ckpt or opt_src, self.world)
         check_deepspeed_config(ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=jepa, optimizer=self.optimizer, config=ds_config)
@@ -158,13 +145,8 @@ class Trainer:
         self.ema = ShardedEMA(self.engine.module.encoder, self.target.module, target_fp32, self.rank, self.world)
         del target_fp32
         rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
-        if opt_src is not None:  # another run's checkpoint (maybe read-only): reshard it in this run's folder
-            scratch = self.run_dir / elastic.INIT_UNIVERSAL
-            ckpt_lib.load_checkpoint(opt_src, self.engine, self.ema, self.rank, self.world, universal_dir=scratch)
-            elastic.remove_after_load(scratch, self.rank)
-            rng.seed_everything(cfg.train.seed, self.rank)  # this run's own streams, not the source's
-            self.notes.append(f"train.init_from_optimizer: weights, EMA target and optimizer state from {opt_src}; "
-                              f"step, schedules and data start at 0")
+        if opt_src is not None:
+            self._init_from_optimizer(opt_src)
 
         self.step = 0
         self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.optim)  # skips non-finite steps
@@ -177,21 +159,36 @@ class Trainer:
         self.skip_base: dict = {}
         self.data_loader = None
         if ckpt is not None:
-            meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
-            self.step = int(meta["step"])
-            self.guard.skipped_steps = int(meta.get("skipped_steps", 0))
-            self.skip_base = meta.get("data_skips", {})  # global sums: the same on any world size
-            self.resumed_from = ckpt
-            if meta["world_size"] != self.world:
-                self.notes.append(f"elastic resume: checkpoint of {meta['world_size']} ranks resharded "
-                                         f"onto {self.world}")
-            self.sample_offset, note = phase_lib.resume_offset(ckpt, meta, self.phases)
-            phase_lib.check_per_step_offsets(self.phases, self.sample_offset, cause=f"resuming {ckpt}: {note}")
-            self.notes += [n for n in (note, phase_lib.check_phase_record(meta, self.phases)) if n]
+            self._restore(ckpt)
         self.use_phase_checkpointing(self.phase)
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
         if self.peak_tflops is None:
             self.peak_tflops = device_peak_tflops(self.device)
+
+    def _init_from_optimizer(self, opt_src: Path) -> None:
+        """`train.init_from_optimizer`: weights, EMA and optimizer state of another run's checkpoint
+        (maybe read-only: resharded in this run's folder); this run's own RNG streams."""
+        scratch = self.run_dir / elastic.INIT_UNIVERSAL
+        ckpt_lib.load_checkpoint(opt_src, self.engine, self.ema, self.rank, self.world, universal_dir=scratch)
+        elastic.remove_after_load(scratch, self.rank)
+        rng.seed_everything(self.cfg.train.seed, self.rank)  # this run's own streams, not the source's
+        self.notes.append(f"train.init_from_optimizer: weights, EMA target and optimizer state from {opt_src}; "
+                          f"step, schedules and data start at 0")
+
+    def _restore(self, ckpt: Path) -> None:
+        """Resume `ckpt`: engines, EMA and RNG, then the step, the guard's count, the skip totals and the
+        data position (another world size or global batch continues the sample stream)."""
+        meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
+        self.step = int(meta["step"])
+        self.guard.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.skip_base = meta.get("data_skips", {})  # global sums: the same on any world size
+        self.resumed_from = ckpt
+        if meta["world_size"] != self.world:
+            self.notes.append(f"elastic resume: checkpoint of {meta['world_size']} ranks resharded "
+                              f"onto {self.world}")
+        self.sample_offset, note = phase_lib.resume_offset(ckpt, meta, self.phases)
+        phase_lib.check_per_step_offsets(self.phases, self.sample_offset, cause=f"resuming {ckpt}: {note}")
+        self.notes += [n for n in (note, phase_lib.check_phase_record(meta, self.phases)) if n]
 
     def use_phase_checkpointing(self, phase: phase_lib.Phase) -> None:
         """Recompute the share of blocks `phase` asks for (`auto` is resolved per phase by `plan`)."""
@@ -281,9 +278,63 @@ class Trainer:
         return {"samples_seen": self.sample_offset + phase_lib.samples_at(self.phases, self.step),
                 "global_batch_size": self.phase.global_batch}
 
-    def _window(self, phase: phase_lib.Phase) -> "_Window":
+    def _window(self, phase: phase_lib.Phase) -> StepWindow:
         variable = phase.cfg.data.is_mixed(phase.cfg.model.tubelet_size)  # clips / tokens per step vary
-        return _Window(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops, variable)
+        return StepWindow(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops,
+                          variable)
+
+    def _enter_phase(self, logger: RunLogger) -> phase_lib.Phase:
+        """At the run's start or a phase boundary: name the phase, set its activation checkpointing,
+        carry the finished phase's skip counts on and drop its loader. Returns the phase."""
+        phase = self.phase
+        if len(self.phases) > 1:
+            logger.write(phase.describe())
+        if phase.note:
+            logger.write(phase.note)
+        self.use_phase_checkpointing(phase)
+        if self.data_loader is not None:  # the finished phase's skips carry on into the next
+            self.skip_base = skip_totals(self.data_loader, self.device, self.skip_base)
+        self.data_loader = None
+        return phase
+
+    def _stop_if_preempted_in_setup(self, logger: RunLogger) -> None:
+        """Raise Preempted when a stop was asked for during setup (nothing new to save)."""
+        self.watchdog.phase("preemption check before the first step")
+        reason = preempt.stop_agreed(self.device)
+        if reason is not None:
+            logger.write(f"step {self.step}: preempted ({reason}) before training a step")
+            if self.is_main:
+                preempt.write_marker(self.run_dir, self.step, self.resumed_from, reason)
+            raise preempt.Preempted(self.step, self.resumed_from, reason)
+
+    def _log_window(self, window: StepWindow, stats: dict, phase: phase_lib.Phase, loader, logger: RunLogger) -> None:
+        """A log point: the window's metrics over all ranks, skipped steps and the data skips (run totals)."""
+        self.watchdog.phase(f"metrics all-reduce step {self.step}")
+        m = window.summary(stats, self.cfg.optim.iterations - self.step, self.engine.get_global_grad_norm())
+        m["skipped_steps"] = self.guard.skipped_steps
+        m.update(skip_metrics(loader, self.device, self.skip_base))  # data_skipped (+ per kind), run totals
+        if len(self.phases) > 1:
+            m["phase"] = phase.index
+        logger.log(self.step, m)
+        logger.progress(self.step, progress_postfix(m))
+
+    def _save_or_stop(self, phase: phase_lib.Phase, logger: RunLogger) -> None:
+        """After a step: save at `train.checkpoint_every` and at the phase's end; then the preemption
+        check, where a stop agreed by every rank saves (once) and raises Preempted."""
+        path = None
+        if self.step % self.cfg.train.checkpoint_every == 0 or self.step == phase.end:
+            self.watchdog.phase(f"saving checkpoint step {self.step}")
+            path = self.save()
+            logger.write(f"step {self.step}: saved {path}")
+        self.watchdog.phase(f"preemption check after step {self.step}")
+        reason = preempt.stop_agreed(self.device) if self.step < self.cfg.optim.iterations else None
+        if reason is not None:
+            self.watchdog.phase(f"saving checkpoint step {self.step} (preempted)")
+            path = path or self.save()
+            logger.write(f"step {self.step}: preempted ({reason}), saved {path}")
+            if self.is_main:
+                preempt.write_marker(self.run_dir, self.step, path, reason)
+            raise preempt.Preempted(self.step, path, reason)
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
@@ -302,24 +353,11 @@ class Trainer:
         phase, loader, it, window = None, None, None, None
         self.watchdog.start()
         try:
-            self.watchdog.phase("preemption check before the first step")
-            reason = preempt.stop_agreed(self.device)  # asked to stop during setup: nothing new to save
-            if reason is not None:
-                logger.write(f"step {self.step}: preempted ({reason}) before training a step")
-                if self.is_main:
-                    preempt.write_marker(self.run_dir, self.step, self.resumed_from, reason)
-                raise preempt.Preempted(self.step, self.resumed_from, reason)
+            self._stop_if_preempted_in_setup(logger)
             while self.step < total:
                 if phase is None or self.step == phase.end:  # run start, or a phase boundary
-                    phase = self.phase
-                    if len(self.phases) > 1:
-                        logger.write(phase.describe())
-                    if phase.note:
-                        logger.write(phase.note)
-                    self.use_phase_checkpointing(phase)
-                    if self.data_loader is not None:  # the finished phase's skips carry on into the next
-                        self.skip_base = skip_totals(self.data_loader, self.device, self.skip_base)
-                    loader = it = self.data_loader = None  # the previous phase's loader (and its workers) go first
+                    phase = self._enter_phase(logger)
+                    loader = it = None  # the previous phase's loader (and its workers) go first
                     window = self._window(phase)
                 batches, error = [], None
                 try:  # a data error is agreed on below, so that no rank is left waiting in a collective
@@ -348,85 +386,10 @@ class Trainer:
                 if on_step is not None:
                     on_step(self, stats)
                 if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:
-                    self.watchdog.phase(f"metrics all-reduce step {self.step}")
-                    m = window.summary(stats, total - self.step, self.engine.get_global_grad_norm())
-                    m["skipped_steps"] = self.guard.skipped_steps
-                    m.update(skip_metrics(loader, self.device, self.skip_base))  # data_skipped (+ per kind), run totals
-                    if len(self.phases) > 1:
-                        m["phase"] = phase.index
-                    logger.log(self.step, m)
-                    logger.progress(self.step, progress_postfix(m))
+                    self._log_window(window, stats, phase, loader, logger)
                     window = self._window(phase)
                 self.guard.check(self.step)  # DivergenceError after train.max_bad_steps bad steps in a row
-                path = None
-                if self.step % cfg.train.checkpoint_every == 0 or self.step == phase.end:
-                    self.watchdog.phase(f"saving checkpoint step {self.step}")
-                    path = self.save()
-                    logger.write(f"step {self.step}: saved {path}")
-                self.watchdog.phase(f"preemption check after step {self.step}")
-                reason = preempt.stop_agreed(self.device) if self.step < total else None
-                if reason is not None:
-                    self.watchdog.phase(f"saving checkpoint step {self.step} (preempted)")
-                    path = path or self.save()
-                    logger.write(f"step {self.step}: preempted ({reason}), saved {path}")
-                    if self.is_main:
-                        preempt.write_marker(self.run_dir, self.step, path, reason)
-                    raise preempt.Preempted(self.step, path, reason)
+                self._save_or_stop(phase, logger)
         finally:
             self.watchdog.stop()
             logger.close()
-
-
-class _Window:
-    """Accumulates per-step loss and timings between two log points; `summary` reduces over ranks.
-
-    Fixed per window (a window never spans a phase boundary): the device of the all-reduce, the world
-    size, the global batch (clips per optimizer step), tokens per clip, and the device's peak
-    TFLOP/s (None: no MFU). `variable`: clips and tokens per step vary (mixed shapes, a token budget);
-    clips/s and tokens/s then come from the clips and full-clip tokens the ranks actually trained,
-    and the window logs the mean global batch in clips (`clips_per_step`).
-    """
-
-    def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
-                 peak_tflops: Optional[float], variable: bool = False):
-        self.device, self.world = device, world
-        self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
-        self.variable = variable
-        self.clips = 0
-        self.tokens = 0
-        self.losses: list[torch.Tensor] = []
-        self.wait = 0.0
-        self.time = 0.0
-        self.flops = 0.0
-
-    def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float, clips: int = 0,
-            tokens: int = 0) -> None:
-        self.clips += clips
-        self.tokens += tokens
-        self.losses.append(loss)
-        self.wait += wait
-        self.time += step_time
-        self.flops += flops
-
-    def summary(self, stats: dict, steps_left: int, grad_norm: Optional[float]) -> dict:
-        """Metrics of the window: `stats` of its last step, `steps_left` for the ETA."""
-        n = len(self.losses)
-        # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
-        v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
-                          self.tokens], dtype=torch.float64, device=self.device)
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(v)
-        loss_sum, flops, wait, busy, clips, tokens = v.tolist()
-        W = self.world
-        step_time = busy / W / n  # mean over ranks
-        clips_per_s = self.global_batch / step_time
-        m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
-             "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
-             "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.tokens_per_clip,
-             "tflops_per_rank": flops / busy / 1e12, "mfu": mfu(flops / busy, self.peak_tflops),
-             "eta_s": steps_left * step_time}
-        if self.variable:
-            m.update(clips_per_s=clips / n / step_time, tokens_per_s=tokens / n / step_time, clips_per_step=clips / n)
-        if grad_norm is not None:
-            m["grad_norm"] = float(grad_norm)
-        return m

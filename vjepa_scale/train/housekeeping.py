@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from pathlib import Path
@@ -26,7 +25,7 @@ import yaml
 
 from vjepa_scale.config import Config, ConfigError, ModelConfig, from_dict, resolve_vit_size
 from vjepa_scale.distributed import from_rank0
-from vjepa_scale.weights.run import CKPT_SUBDIR, find_latest, is_complete
+from vjepa_scale.weights.run import CKPT_SUBDIR, find_latest, is_complete, read_meta
 
 TMP_PREFIX, OLD_PREFIX, DEL_PREFIX = ".tmp_", ".old_", ".del_"
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
@@ -218,7 +217,7 @@ def check_fresh_run_dir(run_dir: str | Path) -> None:
 
 def saved_zero_stage(ckpt: Path) -> Optional[int]:
     """The ZeRO stage checkpoint `ckpt` was saved under: its meta.json's, else its config.yaml's."""
-    meta = json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {}
+    meta = read_meta(ckpt) if (ckpt / "meta.json").is_file() else {}
     if "zero_stage" in meta:
         return int(meta["zero_stage"])
     path = ckpt / "config.yaml"

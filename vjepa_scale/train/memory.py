@@ -54,12 +54,17 @@ class ParamCounts:
     encoder: int  # the target encoder and the EMA shadow have this many
 
 
-def param_counts(cfg: Config) -> ParamCounts:
-    """Exact parameter counts of the online model and the encoder, built on the meta device."""
+def meta_jepa(cfg: Config):
+    """The JEPA (online encoder + predictor) of `cfg` on the meta device: exact shapes, no memory."""
     from vjepa_scale.models import JEPA
 
     with torch.device("meta"):
-        jepa = JEPA(cfg)
+        return JEPA(cfg)
+
+
+def param_counts(cfg: Config) -> ParamCounts:
+    """Exact parameter counts of the online model and the encoder, built on the meta device."""
+    jepa = meta_jepa(cfg)
     return ParamCounts(online=sum(p.numel() for p in jepa.parameters()),
                        encoder=sum(p.numel() for p in jepa.encoder.parameters()))
 

@@ -1,4 +1,5 @@
-"""Run observability: metrics.jsonl, tensorboard scalars and a rank-0 tqdm progress bar.
+"""Run observability: metrics.jsonl, tensorboard scalars, a rank-0 tqdm progress bar, and the step
+metrics of a log window (`StepWindow`: loss, throughput, MFU over all ranks).
 
 metrics.jsonl is strict JSON: an inf/NaN metric is written as null and named in `"nonfinite"`.
 File loaders add their skip counts to every record (`data_skipped`, `data_skipped_<kind>`,
@@ -13,6 +14,10 @@ import math
 import time
 from pathlib import Path
 from typing import Optional
+
+import torch
+
+from vjepa_scale.flops import mfu
 
 
 def _truncate_records(path: Path, last_step: int) -> None:
@@ -131,3 +136,58 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+class StepWindow:
+    """Accumulates per-step loss and timings between two log points; `summary` reduces over ranks.
+
+    Fixed per window (a window never spans a phase boundary): the device of the all-reduce, the world
+    size, the global batch (clips per optimizer step), tokens per clip, and the device's peak
+    TFLOP/s (None: no MFU). `variable`: clips and tokens per step vary (mixed shapes, a token budget);
+    clips/s and tokens/s then come from the clips and full-clip tokens the ranks actually trained,
+    and the window logs the mean global batch in clips (`clips_per_step`).
+    """
+
+    def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
+                 peak_tflops: Optional[float], variable: bool = False):
+        self.device, self.world = device, world
+        self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
+        self.variable = variable
+        self.clips = 0
+        self.tokens = 0
+        self.losses: list[torch.Tensor] = []
+        self.wait = 0.0
+        self.time = 0.0
+        self.flops = 0.0
+
+    def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float, clips: int = 0,
+            tokens: int = 0) -> None:
+        self.clips += clips
+        self.tokens += tokens
+        self.losses.append(loss)
+        self.wait += wait
+        self.time += step_time
+        self.flops += flops
+
+    def summary(self, stats: dict, steps_left: int, grad_norm: Optional[float]) -> dict:
+        """Metrics of the window: `stats` of its last step, `steps_left` for the ETA."""
+        n = len(self.losses)
+        # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
+        v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
+                          self.tokens], dtype=torch.float64, device=self.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(v)
+        loss_sum, flops, wait, busy, clips, tokens = v.tolist()
+        W = self.world
+        step_time = busy / W / n  # mean over ranks
+        clips_per_s = self.global_batch / step_time
+        m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
+             "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
+             "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.tokens_per_clip,
+             "tflops_per_rank": flops / busy / 1e12, "mfu": mfu(flops / busy, self.peak_tflops),
+             "eta_s": steps_left * step_time}
+        if self.variable:
+            m.update(clips_per_s=clips / n / step_time, tokens_per_s=tokens / n / step_time, clips_per_step=clips / n)
+        if grad_norm is not None:
+            m["grad_norm"] = float(grad_norm)
+        return m

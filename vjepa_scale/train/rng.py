@@ -2,10 +2,10 @@
 
 The models are built from `train.seed` alone (identical on every rank, `engine.build_models`); then
 `seed_everything(train.seed, rank)` seeds torch, numpy and python with `rank_seed`, a different
-stream per rank. Checkpoints save and restore these states (`train.checkpoint.rng_state`), so a
-resumed run's generators equal the uninterrupted run's at the same step, as long as setup work
-that happens in one run but not the other (building the data iterator after the restore) draws
-nothing: `untouched()`.
+stream per rank. Checkpoints save and restore these states (`rng_state` / `set_rng_state`, one
+file per rank: `train.checkpoint`), so a resumed run's generators equal the uninterrupted run's at
+the same step, as long as setup work that happens in one run but not the other (building the data
+iterator after the restore) draws nothing: `untouched()`.
 """
 from __future__ import annotations
 
@@ -28,6 +28,23 @@ def seed_everything(seed: int, rank: int) -> int:
     np.random.seed(s)
     random.seed(s)
     return s
+
+
+def rng_state() -> dict:
+    """This process's torch (CPU, and CUDA when present), numpy and python generator states."""
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    """Restore an `rng_state()` (its CUDA state only where CUDA is present)."""
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
 
 
 @contextlib.contextmanager

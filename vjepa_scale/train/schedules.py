@@ -22,8 +22,8 @@ from vjepa_scale.schedules import linear, warmup_constant_cooldown, warmup_cosin
 
 
 def horizon(cfg: OptimConfig) -> int:
-    """Number of steps the schedules are laid out on (>= 1)."""
-    return max(1, int(cfg.ipe_scale * cfg.iterations))
+    """Number of steps the schedules are laid out on (>= 1): `OptimConfig.horizon`."""
+    return cfg.horizon
 
 
 def learning_rate(cfg: OptimConfig, step: int) -> float:

@@ -42,12 +42,31 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def read_meta(ckpt: str | Path) -> dict:
+    """A checkpoint's meta.json (OSError / ValueError when it is missing or unreadable)."""
+    return json.loads((Path(ckpt) / "meta.json").read_text())
+
+
+def rank_file(ckpt: str | Path, kind: str, rank: int) -> Path:
+    """One rank's file of a per-rank part (`kind`: "ema" or "rng"): `<ckpt>/<kind>/rank00000.pt`."""
+    return Path(ckpt) / kind / f"rank{rank:05d}.pt"
+
+
+def rank_files(ckpt: str | Path, kind: str) -> list[Path]:
+    """Every rank's file of a per-rank part (`kind`: "ema" or "rng"), in rank order."""
+    return sorted((Path(ckpt) / kind).glob("rank*.pt"))
+
+
+def load_ema_shards(ckpt: str | Path) -> list[dict]:
+    """Every rank's EMA `state_dict()` of `ckpt`, on CPU, in rank order (empty when it has none)."""
+    return [torch.load(f, map_location="cpu", weights_only=True) for f in rank_files(ckpt, "ema")]
+
+
 def is_complete(ckpt: Path) -> bool:
-    meta = ckpt / "meta.json"
-    if not meta.is_file():
+    if not (ckpt / "meta.json").is_file():
         return False
     try:
-        return bool(json.loads(meta.read_text()).get("complete"))
+        return bool(read_meta(ckpt).get("complete"))
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -55,7 +74,7 @@ def is_complete(ckpt: Path) -> bool:
 def save_order(ckpt: Path) -> tuple[int, int]:
     """Sort key of a complete checkpoint in save order: (1, save_index), or (0, step) for a
     checkpoint written before meta.json had `save_index` (older than any indexed one)."""
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_meta(ckpt)
     if "save_index" in meta:
         return (1, int(meta["save_index"]))
     return (0, int(meta["step"]))
@@ -94,11 +113,11 @@ def checkpoint_problem(ckpt: Path) -> Optional[str]:
     is not a whole torch.save archive (a zip, whose directory sits at its end: a truncated or emptied
     file has none). Reads only each file's end, and every rank comes to the same verdict."""
     try:
-        world = int(json.loads((ckpt / "meta.json").read_text())["world_size"])
+        world = int(read_meta(ckpt)["world_size"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"{ckpt / 'meta.json'} cannot be read ({type(e).__name__}: {e})"
     ds = ckpt / "ds" / DS_TAG
-    groups = {"EMA": sorted((ckpt / "ema").glob("rank*.pt")), "RNG": sorted((ckpt / "rng").glob("rank*.pt")),
+    groups = {"EMA": rank_files(ckpt, "ema"), "RNG": rank_files(ckpt, "rng"),
               "DeepSpeed optimizer": sorted(ds.glob("*optim_states.pt"))}
     for what, files in groups.items():
         if len(files) < world:
@@ -175,16 +194,14 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
     if which not in ("target", "online"):
         raise ValueError(f"which must be 'target' or 'online', got {which!r}")
     ckpt = resolve_checkpoint(path)
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_meta(ckpt)
     cfg = load_config(ckpt / "config.yaml")
     online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
     online = {k: v.float().clone() for k, v in online.items()}
     encoder = {k[len("encoder."):]: v for k, v in online.items() if k.startswith("encoder.")}
     predictor = {k[len("predictor."):]: v for k, v in online.items() if k.startswith("predictor.")}
     if which == "target":
-        shards = [torch.load(f, map_location="cpu", weights_only=True)
-                  for f in sorted((ckpt / "ema").glob("rank*.pt"))]
-        target = consolidate_shards(shards)
+        target = consolidate_shards(load_ema_shards(ckpt))
         missing = set(encoder) - set(target)
         for k in missing:  # buffers saved with the model (not trained, identical in both)
             target[k] = encoder[k]
