@@ -330,31 +330,28 @@ class FirstTokenLogits(torch.nn.Module):
         return x_BND[:, 0, :self.classes]
 
 
-def test_probe_train_metrics_count_each_sample_once(monkeypatch):
-    """5 samples in batches of 4: the epoch's second batch repeats 3 of them. With a probe whose predictions do not
-    change (2 of the 5 right), train_top1 is exactly 40 % and train_loss the mean over the 5, in every epoch."""
-    import vjepa_scale.eval.train_probe as tp
-
-    class Fixed(torch.nn.Module):  # logits = token 0's first C features; parameters only for the optimizer
-        def __init__(self, cfg, dim, classes, heads):
-            super().__init__()
-            self.classes = classes
-            self.w, self.b = torch.nn.Parameter(torch.zeros(1, 1)), torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x_BND):
-            return x_BND[:, 0, :self.classes] + 0 * (self.w.sum() + self.b.sum())
-
-    monkeypatch.setattr(tp, "AttentiveProbe", Fixed)
-    y = torch.tensor([0, 1, 2, 0, 1])
-    guess = torch.tensor([0, 1, 0, 1, 2])  # right for the first two
-    x = 4 * F.one_hot(guess, 3).float()[:, None, None, :]  # (5 videos, 1 view, 1 token, 3)
+def test_probe_train_metrics_count_each_sample_once():
+    """5 samples in batches of 4: the epoch's second batch repeats 3 of them. The real probe with a
+    learning rate far below its weights' precision (no weight decay) keeps its predictions; labels make
+    2 of the 5 right, so train_top1 is exactly 40 % (no count of 8 samples gives it) and train_loss the
+    mean over the 5, computed from the same probe (same seed) before training, in every epoch."""
+    D, heads, seed = 16, 2, 0
+    x = torch.randn(5, 1, 6, D, generator=torch.Generator().manual_seed(1))  # (5 videos, 1 view, 6 tokens, D)
+    torch.manual_seed(seed)  # as train_probe initializes its probe
+    with torch.no_grad():
+        logits = AttentiveProbe(ProbeConfig(), D, 3, heads)(x[:, 0])
+    pred = logits.argmax(-1)
+    assert (logits.topk(2).values.diff(dim=-1).abs() > 1e-4).all()  # no near-tie that a rounding could flip
+    y = torch.where(torch.arange(5) < 2, pred, (pred + 1) % 3)  # right for the first two
     train = FeatureSet(x, y, torch.arange(5))
-    res = train_probe(train, train, ProbeConfig(), ProbeOptimConfig(epochs=3, batch_size=4), num_classes=3,
-                      encoder_heads=1, seed=0, device=torch.device("cpu"), progress=False)
-    loss = F.cross_entropy(x[:, 0, 0], y).item()
+    res = train_probe(train, train, ProbeConfig(), ProbeOptimConfig(epochs=3, batch_size=4, lr=1e-30, weight_decay=0.0),
+                      num_classes=3, encoder_heads=heads, seed=seed, device=torch.device("cpu"), progress=False)
+    loss = F.cross_entropy(logits, y).item()
+    assert len(res["history"]) == 3
     for row in res["history"]:
         assert row["train_samples"] == 5 and row["train_top1"] == 40.0, row
         assert row["train_loss"] == pytest.approx(loss, rel=1e-6), row
+        assert row["val_top1"] == 40.0 and row["val_loss"] == pytest.approx(loss, rel=1e-6), row  # the probe did not move
 
 
 def test_evaluate_averages_softmax_over_views():
