@@ -3,12 +3,13 @@ HF import (the command line end to end: integration/test_eval_e2e.py)."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TensorVideos, separable_features
+from helpers import TensorVideos, require, separable_features, single_process_group
 from vjepa_scale.config import ConfigError, ModelConfig
 from vjepa_scale.eval.config import EvalConfig, EvalDataConfig, ProbeConfig, ProbeOptimConfig, load_eval_config
 from vjepa_scale.eval.data import EvalClips, eval_frame_indices, read_labeled_index, view_boxes
@@ -192,36 +193,54 @@ def test_random_init_encoder_is_frozen_and_seeded():
     assert not torch.equal(a.encoder.state_dict()[w], c.encoder.state_dict()[w])
 
 
-def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(monkeypatch):
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """A real run folder: a 1-rank in-process Trainer (ZeRO-3, sin-cos positions, 16-frame clips at 32 px:
+    grid 8x2x2) trained 1 step and saved."""
+    require("deepspeed")
+    from vjepa_scale.config import load_config
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.train.launch import preflight
+
+    env = single_process_group()
+    cfg = load_config("cpu_demo", ["model.depth=1", "model.pos_embed=sincos", "data.crop_size=32",
+                                   "data.frames_per_clip=16", "data.global_batch_size=2", "optim.iterations=1",
+                                   "train.precision=fp32", "train.progress_bar=false"])
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    trainer = Trainer(preflight(cfg, env.world_size), run, env=env)
+    trainer.fit()  # saves at the end
+    return run
+
+
+def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(pretrained_run):
     """A `model:` next to encoder.checkpoint must equal the run's architecture; the encoder is still built
     at the pretraining grid, so sin-cos features equal those without `model:`."""
     import copy
 
-    import vjepa_scale.eval.encoder as enc_mod
-    from vjepa_scale.config import Config, DataConfig
+    from vjepa_scale.weights import load_consolidated
 
-    pre = Config(model=tiny_model(pos_embed="sincos"),
-                 data=DataConfig(backend="synthetic", crop_size=32, frames_per_clip=16)).validate()  # grid 8x2x2
-    torch.manual_seed(0)
-    state = VisionTransformer3D(pre.model, pre.grid).state_dict()
-    monkeypatch.setattr(enc_mod, "load_consolidated", lambda path, which: {"config": pre, "step": 7, "encoder": state})
+    ck = load_consolidated(pretrained_run, "target")  # the encoder eval reads by default
+    pre = ck["config"]
+    assert pre.grid == (8, 2, 2) and pre.model.pos_embed == "sincos" and ck["step"] == 1
 
     def build(model):
         cfg = EvalConfig(model=model, data=EvalDataConfig(train_index="a", val_index="b", crop_size=32,
                                                           frames_per_clip=8))
-        cfg.encoder.checkpoint = "ckpt"
+        cfg.encoder.checkpoint = str(pretrained_run)
         return load_frozen_encoder(cfg.validate()).encoder
 
     plain, same = build(None), build(copy.deepcopy(pre.model))
     assert plain.grid == same.grid == pre.grid
+    assert set(plain.state_dict()) == set(ck["encoder"])
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in ck["encoder"].items())  # the run's weights
     x = torch.randn(1, 3, 8, 32, 32)  # an 8-frame eval clip
     with torch.no_grad():
         torch.testing.assert_close(same(x), plain(x), rtol=0, atol=0)
     other = copy.deepcopy(pre.model)
     other.pos_embed, other.num_heads = "rope", 6  # same parameter shapes, another model
     with pytest.raises(CheckpointMismatchError,
-                       match=r"encoder.checkpoint ckpt: the run was trained with model.pos_embed='sincos' but the "
-                             r"config has 'rope'; model.num_heads \(via model.size\)=3 but the config has 6"):
+                       match=rf"encoder.checkpoint {re.escape(str(pretrained_run))}: the run was trained with "
+                             r"model.pos_embed='sincos' but the config has 'rope'; model.num_heads \(via model.size\)=3 but the config has 6"):
         build(other)
 
 
