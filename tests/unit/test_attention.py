@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import require
 from vjepa_scale.attention import (SDPA_BACKENDS, Packed, available_backends, bucket_plan, bucket_seqlen,
                                    bucketed_attention, dense_attention, padded_attention,
                                    resolve_attention_backend, varlen_attention)
@@ -122,7 +123,7 @@ def test_bucket_seqlen_bounds_the_number_of_graphs():
 
 def test_cudnn_graph_description_validates_without_a_gpu():
     """The forward and backward cuDNN graphs pass the frontend's own validation (no device needed)."""
-    pytest.importorskip("cudnn")
+    require("cudnn")  # nvidia-cudnn-frontend, a dev extra
     from vjepa_scale.attention import _U, describe_cudnn_graph
 
     H, Dh = 3, 80
