@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TensorVideos, require, separable_features, single_process_group
+from helpers import TensorVideos, load_tool, require, separable_features, single_process_group
 from vjepa_scale.config import ConfigError, ModelConfig
 from vjepa_scale.eval.config import EvalConfig, EvalDataConfig, ProbeConfig, ProbeOptimConfig, load_eval_config
 from vjepa_scale.eval.data import EvalClips, eval_frame_indices, read_labeled_index, view_boxes
@@ -496,3 +496,20 @@ def test_effective_rank():
     assert 1.0 < effective_rank(torch.randn(200, 4, generator=g) * torch.tensor([10.0, 1.0, 1.0, 1.0])) < 4.0
     assert top_pc_share(line) == pytest.approx(1.0, abs=1e-6)
     assert top_pc_share(iso) == pytest.approx(1 / 16, rel=1e-6)
+
+
+# ---------------------------------------------------------------- the command line's output folder
+
+
+def test_cli_default_output_folder_names_the_encoder_source():
+    """tools/eval_probe.py's docstring examples, without --output, write to four folders (a random-init
+    baseline does not replace the pretrained result); --output or a run.output_dir override is taken as given."""
+    cli = load_tool("eval_probe")
+    base = "runs/experiment_motion/probe"
+    cases = {(): base, ("--which", "online"): f"{base}_online", ("--random-init",): f"{base}_random_init",
+             ("--random-init", "--output", "o1"): "o1", ("--random-init", "run.output_dir=o2/"): "o2/"}
+    for extra, want in cases.items():
+        cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--checkpoint", "runs/motion", *extra]))
+        assert cfg.run.output_dir == want, extra
+    cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--hf", "exports/motion_hf"]))
+    assert cfg.run.output_dir == f"{base}_hf" and cfg.encoder.hf_path == "exports/motion_hf"
