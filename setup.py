@@ -44,6 +44,7 @@ setup(
         # cuDNN SDPA on packed sequences (model.attention_backend: cudnn); uses torch's own cuDNN.
         # Offline GPU machines: bring the wheel and `pip install --no-deps` it.
         "cudnn": ["nvidia-cudnn-frontend>=1.32"],
-        "dev": ["pytest", "deepspeed>=0.17", "triton>=3.4", "transformers>=5.0", "nvidia-dali-cuda130"],
+        "dev": ["pytest", "deepspeed>=0.17", "triton>=3.4", "transformers>=5.0", "nvidia-dali-cuda130",
+                "nvidia-cudnn-frontend>=1.32"],  # its graph validation runs on the CPU
     },
 )

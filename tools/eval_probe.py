@@ -78,17 +78,25 @@ def output_given(overrides: list[str]) -> bool:
     return any(o.split("=", 1)[0].strip() in ("run.output_dir", "run") for o in overrides)
 
 
+def eval_config(args: argparse.Namespace, overrides: list[str]):
+    """The `EvalConfig` of a command line (`parse_args`' result), its output folder decided: as given
+    (`--output`, `run.output_dir=`), else `run.output_dir` + the encoder source's suffix."""
+    from vjepa_scale.eval.config import load_eval_config
+
+    cfg = load_eval_config(args.config, overrides)
+    if not output_given(overrides):
+        cfg.run.output_dir = cfg.run.output_dir.rstrip("/") + source_suffix(cfg)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
 
-    from vjepa_scale.eval.config import load_eval_config
     from vjepa_scale.eval.run import run_eval
     from vjepa_scale.weights import CheckpointMismatchError
 
     try:
-        cfg = load_eval_config(args.config, overrides)
-        if not output_given(overrides):
-            cfg.run.output_dir = cfg.run.output_dir.rstrip("/") + source_suffix(cfg)
+        cfg = eval_config(args, overrides)
         result = run_eval(cfg)
     except (ConfigError, CheckpointMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)

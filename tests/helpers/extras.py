@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = "pip install -e .[dev]"
-IMPORT_NAMES = {"pyyaml": "yaml", "nvidia-dali": "nvidia.dali"}  # pip name (prefix) -> import name
+IMPORT_NAMES = {"pyyaml": "yaml", "nvidia-dali": "nvidia.dali", "nvidia-cudnn-frontend": "cudnn"}  # pip name (prefix) -> import name
 
 
 def extras_required() -> bool:

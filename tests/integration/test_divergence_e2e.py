@@ -1,6 +1,6 @@
 """Divergence guard with 2 ranks (tools/train.py under torchrun): `optim.lr=1e6` stops with the error; a
-NaN batch on rank 1 alone is skipped by both ranks and the run finishes. In-process cases:
-unit/test_divergence.py."""
+NaN batch on rank 1 alone is skipped by both ranks and the run finishes. One rank without a launcher:
+the exit code of a diverged run. In-process cases: unit/test_divergence.py."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import equal_tensors, launch, require, train_args
+from vjepa_scale.train.guard import EXIT_DIVERGED
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
 require("deepspeed")
@@ -17,8 +18,8 @@ OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", "optim.e
         "train.log_every=1", "train.checkpoint_every=1", "train.keep_last=20"]
 
 
-def _launch(run_dir, *opts, script=("tools/train.py",)):
-    return launch(*script, *train_args(run_dir, *OPTS, *opts), nproc=2)
+def _launch(run_dir, *opts, script=("tools/train.py",), nproc=2):
+    return launch(*script, *train_args(run_dir, *OPTS, *opts), nproc=nproc)
 
 
 def _strict_records(run_dir) -> list[dict]:
@@ -34,6 +35,18 @@ def _weights(ckpt) -> dict[str, torch.Tensor]:
             **{f"online.predictor.{k}": v for k, v in on["predictor"].items()},
             **{f"target.{k}": v for k, v in tg["encoder"].items()}}
 
+
+
+def test_divergence_exits_with_its_own_code(tmp_path):
+    """One rank without a launcher (torchrun reports its own code, not the rank's): a NaN batch in
+    step 2 with train.max_bad_steps=1 stops the run with EXIT_DIVERGED (3), not the generic 1."""
+    run = tmp_path / "run"
+    r = _launch(run, "optim.iterations=4", "train.max_bad_steps=1", nproc=None,
+                script=("tests/integration/nan_batch_at_step.py", "--nan-micro-step", "1", "--nan-rank", "0"))
+    out = r.stdout + r.stderr
+    assert r.returncode == EXIT_DIVERGED == 3, (r.returncode, out[-3000:])
+    assert "training diverged at step 2" in out
+    assert [int(c.name.split("_")[1]) for c in list_checkpoints(run)] == [1]
 
 
 @pytest.mark.slow

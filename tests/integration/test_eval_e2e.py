@@ -34,25 +34,6 @@ def test_cli_takes_overrides_anywhere_and_as_opt(capsys):
         assert "optim.epochs must be > 0, got 0" in capsys.readouterr().err
 
 
-def test_cli_default_output_folder_names_the_encoder_source(monkeypatch, capsys):
-    """The docstring's four examples, without --output, write to four folders (a random-init baseline does not
-    replace the pretrained result); --output or a run.output_dir override is taken as given."""
-    import vjepa_scale.eval.run as run
-
-    cli = load_tool("eval_probe")
-    seen = []
-    monkeypatch.setattr(run, "run_eval", lambda cfg: seen.append(cfg.run.output_dir) or {
-        "encoder": "x", "val_top1_mean": 0.0, "val_top1_std": 0.0, "val_top1_per_seed": {}})
-    base = "runs/experiment_motion/probe"
-    for args in (["--checkpoint", "runs/motion"], ["--checkpoint", "runs/motion", "--which", "online"],
-                 ["--hf", "exports/motion_hf"], ["--random-init", "--checkpoint", "runs/motion"],
-                 ["--random-init", "--checkpoint", "runs/motion", "--output", "o1"],
-                 ["--random-init", "--checkpoint", "runs/motion", "run.output_dir=o2/"]):
-        assert cli.main(["--config", "probe_motion", *args]) == 0
-    assert seen == [base, f"{base}_online", f"{base}_hf", f"{base}_random_init", "o1", "o2/"]
-    assert f"wrote {base}_random_init/result.json" in capsys.readouterr().out
-
-
 def test_cli_end_to_end_on_synthetic_videos(tmp_path):
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 

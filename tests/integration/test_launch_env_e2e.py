@@ -1,17 +1,18 @@
 """Launching the way clusters do (vjepa_scale.distributed), with real processes: the check that every
-rank sees the run folder, and two tasks started the way srun does. SLURM's variables and node lists:
-unit/test_launch_env.py."""
+rank sees the run folder, two tasks started the way srun does, and the process-group timeout the trainer
+sets. SLURM's variables and node lists: unit/test_launch_env.py."""
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from helpers import cpu_env, free_port, require, start, train_args
+from helpers import cpu_env, free_port, require, run, start, train_args
 from vjepa_scale.distributed import SharedDirError, check_shared_dir
 from vjepa_scale.weights import find_latest
 
@@ -68,3 +69,31 @@ def test_two_tasks_started_the_way_srun_does(tmp_path):
     ckpt = find_latest(tmp_path / "run")
     assert ckpt.name == "step_00000002" and sorted(f.name for f in (ckpt / "ema").iterdir()) == [
         "rank00000.pt", "rank00001.pt"]
+
+
+# The default group's timeout as the installed torch keeps it: its backend's options (gloo here).
+GROUP_TIMEOUT = """
+import sys, torch, torch.distributed as dist
+from vjepa_scale.train.launch import join_process_group
+join_process_group(float(sys.argv[1]))
+pg = dist.distributed_c10d._get_default_group()
+print("timeout_s", pg._get_backend(torch.device("cpu")).options._timeout.total_seconds())
+from deepspeed.constants import default_pg_timeout  # DeepSpeed's own (10 min, or DEEPSPEED_TIMEOUT)
+print("default_s", default_pg_timeout.total_seconds())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("hang_timeout_s", [5.0, 0.0])
+def test_process_group_timeout_is_set_just_above_the_hang_timeout(hang_timeout_s):
+    """The trainer's join (`launch.join_process_group`, 1 rank in a fresh interpreter): with
+    train.hang_timeout_s > 0 a collective fails a minute after the watchdog's limit; 0 keeps the
+    default timeout of `deepspeed.init_distributed`."""
+    require("deepspeed")
+    env = cpu_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    r = run([sys.executable, "-c", GROUP_TIMEOUT, hang_timeout_s], env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    values = dict(line.split() for line in r.stdout.splitlines() if line.startswith(("timeout_s", "default_s")))
+    timeout_s, default_s = float(values["timeout_s"]), float(values["default_s"])
+    assert timeout_s == (hang_timeout_s + 60 if hang_timeout_s > 0 else default_s), r.stdout
+    assert default_s not in (5.0, 65.0)  # the default (10 min) tells the two cases apart

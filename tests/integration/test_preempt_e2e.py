@@ -120,8 +120,15 @@ def test_resume_after_preemption_is_exact(runs):
 
 @pytest.mark.slow
 def test_rng_state_of_a_resumed_run_equals_the_straight_run(runs):
-    """torch, numpy and python generators, per rank: seeded (two fresh runs agree at the preempted
-    step, ranks differ), and after the resume equal to the uninterrupted run's at step N."""
+    """The RNG files of checkpoints, per rank: torch, numpy and python states are seeded per rank (two
+    fresh runs agree at the preempted step, ranks differ), and a resumed run writes the same states as
+    the uninterrupted run at step N.
+
+    Training draws nothing from these generators, so the states stay the seeded ones and a resumed run
+    re-seeded without restoring anything writes the same files: this test does not cover the restore
+    itself. That is unit/test_preempt.py::test_set_rng_state_restores_what_rng_state_saved and
+    unit/test_train_engine.py::test_resume_restores_each_generator_from_the_checkpoint (draws between
+    seeding, save and resume)."""
     straight, resumed = runs["straight"], runs["resumed"]
     j = runs["preempted"]["steps"][-1]
     at_j = _rng_files(resumed / "checkpoints" / f"step_{j:08d}")

@@ -27,26 +27,26 @@ def test_unknown_suite_is_refused(capsys):
 
 
 def test_step_suite_reports_throughput_and_flops():
+    """The torch and reference rows in process; the engine row (DeepSpeed) runs in
+    integration/test_bench_step_engine.py, which also checks its loss against the torch row's."""
     from vjepa_scale.bench.step import reference_config
     from vjepa_scale.config import load_config, resolve_config_path
     from vjepa_scale.flops import train_flops
     from vjepa_scale.masks import MultiBlockMasker
 
-    rows = run_suite("step", "cpu", True, batch_size=2, steps=1, unknown_option=5)
-    assert [r["row"] for r in rows] == ["engine", "torch", "reference"]
-    assert rows[0]["impl"] == "engine: DeepSpeed ZeRO-3, 1 rank, fp32" and rows[1]["impl"] == "torch module, fp32"
+    rows = run_suite("step", "cpu", True, batch_size=2, steps=1, unknown_option=5, rows=["torch", "reference"])
+    assert [r["row"] for r in rows] == ["torch", "reference"]
+    assert rows[0]["impl"] == "torch module, fp32" and rows[1]["impl"].startswith("reference-style")
     cfg = load_config(resolve_config_path("cpu_demo"), ["data.backend=synthetic"])
     masks = MultiBlockMasker(cfg.mask, cfg.grid)(2, step=0)
     cut = MultiBlockMasker(reference_config(cfg).mask, cfg.grid)(2, step=0)
-    for row, m in zip(rows, [masks, masks, cut]):
+    for row, m in zip(rows, [masks, cut]):
         assert row["suite"] == "step" and "cpu_demo B=2" in row["case"]
         assert row["clips_per_s"] > 0 and row["mfu"] is None  # no peak for a CPU
         assert row["tflop_per_clip"] == pytest.approx(train_flops(cfg, m)["total"] / 2 / 1e12)
         assert row["tokens_per_s"] == pytest.approx(row["clips_per_s"] * cfg.grid[0] * cfg.grid[1] * cfg.grid[2])
         assert row["ctx_tokens_per_clip"] == sum(m.ctx_lengths) / 2
-        assert row["vs_reference"] == pytest.approx(row["clips_per_s"] / rows[2]["clips_per_s"])
-    # the same model, weights and batch: the engine and the torch module start from the same loss
-    assert rows[0]["first_loss"] == pytest.approx(rows[1]["first_loss"], rel=1e-5)
+        assert row["vs_reference"] == pytest.approx(row["clips_per_s"] / rows[1]["clips_per_s"])
 
 
 def test_step_suite_overrides_and_profile(tmp_path):

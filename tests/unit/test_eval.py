@@ -3,12 +3,13 @@ HF import (the command line end to end: integration/test_eval_e2e.py)."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TensorVideos, separable_features
+from helpers import TensorVideos, load_tool, require, separable_features, single_process_group
 from vjepa_scale.config import ConfigError, ModelConfig
 from vjepa_scale.eval.config import EvalConfig, EvalDataConfig, ProbeConfig, ProbeOptimConfig, load_eval_config
 from vjepa_scale.eval.data import EvalClips, eval_frame_indices, read_labeled_index, view_boxes
@@ -192,36 +193,54 @@ def test_random_init_encoder_is_frozen_and_seeded():
     assert not torch.equal(a.encoder.state_dict()[w], c.encoder.state_dict()[w])
 
 
-def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(monkeypatch):
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """A real run folder: a 1-rank in-process Trainer (ZeRO-3, sin-cos positions, 16-frame clips at 32 px:
+    grid 8x2x2) trained 1 step and saved."""
+    require("deepspeed")
+    from vjepa_scale.config import load_config
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.train.launch import preflight
+
+    env = single_process_group()
+    cfg = load_config("cpu_demo", ["model.depth=1", "model.pos_embed=sincos", "data.crop_size=32",
+                                   "data.frames_per_clip=16", "data.global_batch_size=2", "optim.iterations=1",
+                                   "train.precision=fp32", "train.progress_bar=false"])
+    run = tmp_path_factory.mktemp("pretrained") / "run"
+    trainer = Trainer(preflight(cfg, env.world_size), run, env=env)
+    trainer.fit()  # saves at the end
+    return run
+
+
+def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(pretrained_run):
     """A `model:` next to encoder.checkpoint must equal the run's architecture; the encoder is still built
     at the pretraining grid, so sin-cos features equal those without `model:`."""
     import copy
 
-    import vjepa_scale.eval.encoder as enc_mod
-    from vjepa_scale.config import Config, DataConfig
+    from vjepa_scale.weights import load_consolidated
 
-    pre = Config(model=tiny_model(pos_embed="sincos"),
-                 data=DataConfig(backend="synthetic", crop_size=32, frames_per_clip=16)).validate()  # grid 8x2x2
-    torch.manual_seed(0)
-    state = VisionTransformer3D(pre.model, pre.grid).state_dict()
-    monkeypatch.setattr(enc_mod, "load_consolidated", lambda path, which: {"config": pre, "step": 7, "encoder": state})
+    ck = load_consolidated(pretrained_run, "target")  # the encoder eval reads by default
+    pre = ck["config"]
+    assert pre.grid == (8, 2, 2) and pre.model.pos_embed == "sincos" and ck["step"] == 1
 
     def build(model):
         cfg = EvalConfig(model=model, data=EvalDataConfig(train_index="a", val_index="b", crop_size=32,
                                                           frames_per_clip=8))
-        cfg.encoder.checkpoint = "ckpt"
+        cfg.encoder.checkpoint = str(pretrained_run)
         return load_frozen_encoder(cfg.validate()).encoder
 
     plain, same = build(None), build(copy.deepcopy(pre.model))
     assert plain.grid == same.grid == pre.grid
+    assert set(plain.state_dict()) == set(ck["encoder"])
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in ck["encoder"].items())  # the run's weights
     x = torch.randn(1, 3, 8, 32, 32)  # an 8-frame eval clip
     with torch.no_grad():
         torch.testing.assert_close(same(x), plain(x), rtol=0, atol=0)
     other = copy.deepcopy(pre.model)
     other.pos_embed, other.num_heads = "rope", 6  # same parameter shapes, another model
     with pytest.raises(CheckpointMismatchError,
-                       match=r"encoder.checkpoint ckpt: the run was trained with model.pos_embed='sincos' but the "
-                             r"config has 'rope'; model.num_heads \(via model.size\)=3 but the config has 6"):
+                       match=rf"encoder.checkpoint {re.escape(str(pretrained_run))}: the run was trained with "
+                             r"model.pos_embed='sincos' but the config has 'rope'; model.num_heads \(via model.size\)=3 but the config has 6"):
         build(other)
 
 
@@ -330,31 +349,28 @@ class FirstTokenLogits(torch.nn.Module):
         return x_BND[:, 0, :self.classes]
 
 
-def test_probe_train_metrics_count_each_sample_once(monkeypatch):
-    """5 samples in batches of 4: the epoch's second batch repeats 3 of them. With a probe whose predictions do not
-    change (2 of the 5 right), train_top1 is exactly 40 % and train_loss the mean over the 5, in every epoch."""
-    import vjepa_scale.eval.train_probe as tp
-
-    class Fixed(torch.nn.Module):  # logits = token 0's first C features; parameters only for the optimizer
-        def __init__(self, cfg, dim, classes, heads):
-            super().__init__()
-            self.classes = classes
-            self.w, self.b = torch.nn.Parameter(torch.zeros(1, 1)), torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x_BND):
-            return x_BND[:, 0, :self.classes] + 0 * (self.w.sum() + self.b.sum())
-
-    monkeypatch.setattr(tp, "AttentiveProbe", Fixed)
-    y = torch.tensor([0, 1, 2, 0, 1])
-    guess = torch.tensor([0, 1, 0, 1, 2])  # right for the first two
-    x = 4 * F.one_hot(guess, 3).float()[:, None, None, :]  # (5 videos, 1 view, 1 token, 3)
+def test_probe_train_metrics_count_each_sample_once():
+    """5 samples in batches of 4: the epoch's second batch repeats 3 of them. The real probe with a
+    learning rate far below its weights' precision (no weight decay) keeps its predictions; labels make
+    2 of the 5 right, so train_top1 is exactly 40 % (no count of 8 samples gives it) and train_loss the
+    mean over the 5, computed from the same probe (same seed) before training, in every epoch."""
+    D, heads, seed = 16, 2, 0
+    x = torch.randn(5, 1, 6, D, generator=torch.Generator().manual_seed(1))  # (5 videos, 1 view, 6 tokens, D)
+    torch.manual_seed(seed)  # as train_probe initializes its probe
+    with torch.no_grad():
+        logits = AttentiveProbe(ProbeConfig(), D, 3, heads)(x[:, 0])
+    pred = logits.argmax(-1)
+    assert (logits.topk(2).values.diff(dim=-1).abs() > 1e-4).all()  # no near-tie that a rounding could flip
+    y = torch.where(torch.arange(5) < 2, pred, (pred + 1) % 3)  # right for the first two
     train = FeatureSet(x, y, torch.arange(5))
-    res = train_probe(train, train, ProbeConfig(), ProbeOptimConfig(epochs=3, batch_size=4), num_classes=3,
-                      encoder_heads=1, seed=0, device=torch.device("cpu"), progress=False)
-    loss = F.cross_entropy(x[:, 0, 0], y).item()
+    res = train_probe(train, train, ProbeConfig(), ProbeOptimConfig(epochs=3, batch_size=4, lr=1e-30, weight_decay=0.0),
+                      num_classes=3, encoder_heads=heads, seed=seed, device=torch.device("cpu"), progress=False)
+    loss = F.cross_entropy(logits, y).item()
+    assert len(res["history"]) == 3
     for row in res["history"]:
         assert row["train_samples"] == 5 and row["train_top1"] == 40.0, row
         assert row["train_loss"] == pytest.approx(loss, rel=1e-6), row
+        assert row["val_top1"] == 40.0 and row["val_loss"] == pytest.approx(loss, rel=1e-6), row  # the probe did not move
 
 
 def test_evaluate_averages_softmax_over_views():
@@ -480,3 +496,20 @@ def test_effective_rank():
     assert 1.0 < effective_rank(torch.randn(200, 4, generator=g) * torch.tensor([10.0, 1.0, 1.0, 1.0])) < 4.0
     assert top_pc_share(line) == pytest.approx(1.0, abs=1e-6)
     assert top_pc_share(iso) == pytest.approx(1 / 16, rel=1e-6)
+
+
+# ---------------------------------------------------------------- the command line's output folder
+
+
+def test_cli_default_output_folder_names_the_encoder_source():
+    """tools/eval_probe.py's docstring examples, without --output, write to four folders (a random-init
+    baseline does not replace the pretrained result); --output or a run.output_dir override is taken as given."""
+    cli = load_tool("eval_probe")
+    base = "runs/experiment_motion/probe"
+    cases = {(): base, ("--which", "online"): f"{base}_online", ("--random-init",): f"{base}_random_init",
+             ("--random-init", "--output", "o1"): "o1", ("--random-init", "run.output_dir=o2/"): "o2/"}
+    for extra, want in cases.items():
+        cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--checkpoint", "runs/motion", *extra]))
+        assert cfg.run.output_dir == want, extra
+    cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--hf", "exports/motion_hf"]))
+    assert cfg.run.output_dir == f"{base}_hf" and cfg.encoder.hf_path == "exports/motion_hf"

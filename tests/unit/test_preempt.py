@@ -15,6 +15,7 @@ import torch
 from vjepa_scale.config import load_config
 from vjepa_scale.data import build_dataloader
 from vjepa_scale.train import preempt, rng
+from vjepa_scale.train.checkpoint import rng_state, set_rng_state
 from vjepa_scale.train.launch import preflight
 
 
@@ -53,6 +54,31 @@ def test_seed_everything_per_rank():
     assert all(torch.equal(a, b) for a, b in [(states[0][0], states[2][0])])
     assert np.array_equal(states[0][1], states[2][1]) and states[0][2] == states[2][2]
     assert not torch.equal(states[0][0], states[1][0]) and states[0][2] != states[1][2]
+
+
+def _draws() -> tuple:
+    """The next values of the three global generators a training process seeds."""
+    return torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)]
+
+
+def _same_draws(a: tuple, b: tuple) -> list[bool]:
+    return [torch.equal(a[0], b[0]), np.array_equal(a[1], b[1]), a[2] == b[2]]
+
+
+def test_set_rng_state_restores_what_rng_state_saved():
+    """torch, numpy and python each continue from the saved state: the draws after a restore repeat
+    the ones taken right after the save, not the ones the generators had moved on to."""
+    rng.seed_everything(3, 1)
+    _draws()  # away from the freshly seeded state: a restore that re-seeds would not get here
+    saved = rng_state()
+    first = _draws()
+    moved_on = _draws()
+    assert _same_draws(first, moved_on) == [False, False, False]
+    set_rng_state(saved)
+    assert _same_draws(_draws(), first) == [True, True, True]
+    # the saved dict was not consumed: it restores again
+    set_rng_state(saved)
+    assert _same_draws(_draws(), first) == [True, True, True]
 
 
 def test_untouched_keeps_the_generators():

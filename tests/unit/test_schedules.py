@@ -1,12 +1,13 @@
 """Schedule shapes (vjepa_scale.schedules) and their config mapping (train.schedules), per phase too."""
 import dataclasses
+import math
 
 import pytest
 
 from vjepa_scale.config import ConfigError, OptimConfig, load_config
 from vjepa_scale.schedules import linear, warmup_constant_cooldown, warmup_cosine
 from vjepa_scale.train.phases import phase_at, plan, samples_at, sample_offset
-from vjepa_scale.train.schedules import ema_momentum, horizon, learning_rate, schedule_at, weight_decay
+from vjepa_scale.train.schedules import StepSchedule, ema_momentum, horizon, learning_rate, schedule_at, weight_decay
 
 
 def test_wsd_shape_warmup_constant_cooldown():
@@ -20,18 +21,42 @@ def test_wsd_shape_warmup_constant_cooldown():
     assert [warmup_constant_cooldown(s, 0, 4, 4, 1.0, 2.0, 0.0) for s in range(5)] == [2.0, 1.5, 1.0, 0.5, 0.0]
 
 
+COS_QUARTER = 0.5 * (1 + math.cos(math.pi / 4))  # 0.8536 of the way back to the peak; linear: 0.75
+
+
 def test_linear_and_cosine_shapes():
     assert [linear(s, 4, 0.5, 1.0) for s in (0, 2, 4, 9)] == [0.5, 0.75, 1.0, 1.0]
-    assert warmup_cosine(60, 10, 110, 0.0, 1.0, 0.0) == pytest.approx(0.5)
+    f = lambda s: warmup_cosine(s, 10, 110, 0.2, 1.0, 0.0)
+    assert [f(s) for s in (0, 5)] == pytest.approx([0.2, 0.6])  # linear warmup
+    # the cosine over steps 10..110: at its midpoint cosine and linear agree, a quarter in they do not
+    assert f(10) == 1.0 and f(60) == pytest.approx(0.5)
+    assert f(35) == pytest.approx(COS_QUARTER, abs=1e-12) and f(35) == pytest.approx(0.853553, abs=1e-6)
+    assert f(85) == pytest.approx(1 - COS_QUARTER, abs=1e-12)
+    assert f(110) == f(200) == 0.0  # final, held after the horizon
+    # a nonzero final: the cosine runs between peak and final
+    assert warmup_cosine(35, 10, 110, 0.0, 2.0, 0.5) == pytest.approx(0.5 + 1.5 * COS_QUARTER, abs=1e-12)
 
 
 def test_defaults_keep_cosine_wd_and_linear_ema():
     o = OptimConfig()
     assert (o.lr_schedule, o.cooldown, o.wd_schedule, o.ema_schedule) == ("cosine", 0, "cosine", "linear")
     H = horizon(o)
-    for s in (0, 6_000, 12_000, 50_000, 90_000, H):
-        assert learning_rate(o, s) == warmup_cosine(s, o.warmup, H, o.start_lr, o.lr, o.final_lr)
-        assert ema_momentum(o, s) == o.ema[0] + (o.ema[1] - o.ema[0]) * min(1.0, s / H)
+    assert (H, o.warmup, o.start_lr, o.lr, o.final_lr) == (112_500, 12_000, 2e-4, 6.25e-4, 1e-6)
+    # LR: warmup 2e-4 -> 6.25e-4 over 12k steps, then cosine to 1e-6 over the 100.5k steps left
+    assert [learning_rate(o, s) for s in (0, 6_000, 12_000)] == pytest.approx([2e-4, 4.125e-4, 6.25e-4], abs=1e-15)
+    assert learning_rate(o, 12_000 + 25_125) == pytest.approx(1e-6 + 6.24e-4 * COS_QUARTER, abs=1e-15)
+    assert learning_rate(o, 12_000 + 50_250) == pytest.approx(1e-6 + 6.24e-4 * 0.5, abs=1e-15)
+    assert learning_rate(o, 12_000 + 75_375) == pytest.approx(1e-6 + 6.24e-4 * (1 - COS_QUARTER), abs=1e-15)
+    assert learning_rate(o, H) == learning_rate(o, H + 1) == 1e-6
+    # WD: cosine 0.04 -> 0.4 from step 0 (no warmup); a quarter in 0.0927 (linear: 0.13)
+    assert weight_decay(o, 0) == pytest.approx(0.04, abs=1e-15) and weight_decay(o, H) == pytest.approx(0.4, abs=1e-15)
+    assert weight_decay(o, H // 4) == pytest.approx(0.4 - 0.36 * COS_QUARTER, abs=1e-12)
+    assert weight_decay(o, H // 4) == pytest.approx(0.092721, abs=1e-6)
+    assert weight_decay(o, H // 2) == pytest.approx(0.22, abs=1e-12)
+    assert weight_decay(o, 3 * H // 4) == pytest.approx(0.4 - 0.36 * (1 - COS_QUARTER), abs=1e-12)
+    # EMA momentum: linear 0.998 -> 1.0 on the horizon, held after it
+    assert [ema_momentum(o, s) for s in (0, H // 4, H // 2, H, 2 * H)] == pytest.approx(
+        [0.998, 0.9985, 0.999, 1.0, 1.0], abs=1e-12)
 
 
 def test_vjepa2_schedules_from_config():
@@ -46,8 +71,12 @@ def test_vjepa2_schedules_from_config():
     assert learning_rate(o, 1125) == pytest.approx((5e-4 + 1e-6) / 2) and learning_rate(o, 1250) == 1e-6
     for s in (0, 500, 1250):
         assert weight_decay(o, s) == 0.04 and ema_momentum(o, s) == 0.99925
-        assert schedule_at(o, s) == schedule_at(dataclasses.replace(o), s)  # a pure function of (config, step)
-    assert weight_decay(dataclasses.replace(o, wd_schedule="cosine"), 625) == pytest.approx(0.22)
+        assert schedule_at(o, s) == StepSchedule(learning_rate(o, s), 0.04, 0.99925)  # the three values of one step
+    s = schedule_at(o, 1125)
+    assert (s.lr, s.weight_decay, s.momentum) == pytest.approx(((5e-4 + 1e-6) / 2, 0.04, 0.99925))
+    cos_wd = dataclasses.replace(o, wd_schedule="cosine")
+    assert weight_decay(cos_wd, 625) == pytest.approx(0.22)
+    assert weight_decay(dataclasses.replace(cos_wd, ipe_scale=1.0), 250) == pytest.approx(0.4 - 0.36 * COS_QUARTER)  # linear: 0.13
 
 
 def test_schedule_config_errors_name_the_key():

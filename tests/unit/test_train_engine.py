@@ -2,6 +2,9 @@
 the ZeRO-1/2 EMA path, and the analytic FLOPs against torch's FLOP counter."""
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -66,6 +69,30 @@ def test_lr_and_wd_reach_deepspeed_optimizer_each_step(tmp_path):
     tr.fit(on_step=check)
     assert len(seen) == STEPS and len({lr for lr, _ in seen}) == STEPS and len({wd for _, wd in seen}) == STEPS
     assert seen[0][0] == 0.01 and seen[2][0] == 0.05  # warmup start, then the peak after 2 warmup steps
+
+
+def test_resume_restores_each_generator_from_the_checkpoint(tmp_path):
+    """A real save (end of fit) and resume: the resumed Trainer's torch / numpy / python generators
+    continue from the states saved, not from its own seeding. Training draws nothing from them, so the
+    test draws at every step (the saved states are then not the seeded ones) and again between the save
+    and the resume."""
+    def draws():
+        return torch.rand(3), np.random.rand(3), random.random()
+
+    def same(a, b):
+        return [torch.equal(a[0], b[0]), np.array_equal(a[1], b[1]), a[2] == b[2]]
+
+    tr = _trainer(tmp_path, "optim.iterations=2")
+    tr.fit(on_step=lambda trainer, stats: draws())  # the draws of the last step come before its save
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002").is_dir()
+    after_save = draws()  # fit ends with the save: these are the draws the checkpoint's states give
+    draws()  # moved on between the save and the resume
+    env = single_process_group()
+    cfg = load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                   "optim.iterations=2", "train.precision=fp32", "train.progress_bar=false"])
+    resumed = Trainer(preflight(cfg, env.world_size), tmp_path / "run", resume="auto", env=env)
+    assert resumed.step == 2
+    assert same(draws(), after_save) == [True, True, True]
 
 
 def test_resume_with_changed_betas_and_eps_uses_the_new_ones(tmp_path):
