@@ -15,8 +15,8 @@ import torch
 from vjepa_scale.config import load_config
 from vjepa_scale.data import build_dataloader
 from vjepa_scale.train import preempt, rng
-from vjepa_scale.train.rng import rng_state, set_rng_state
 from vjepa_scale.train.launch import preflight
+from vjepa_scale.train.rng import rng_state, set_rng_state
 
 
 @pytest.fixture
