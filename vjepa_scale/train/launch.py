@@ -215,7 +215,7 @@ def join_process_group(hang_timeout_s: float = 0.0) -> DistEnv:
 
     hang_timeout_s > 0 (`train.hang_timeout_s`): collectives fail after it plus a minute's grace, so
     the per-rank watchdog (`train.watchdog`, same timeout) fires first and names the stalled phase;
-    0 keeps torch's default timeout.
+    0 keeps DeepSpeed's default (env DEEPSPEED_TIMEOUT, in minutes; 10 unless set).
     DeepSpeed JIT-builds a shared-memory CPU collective op (~60 s with g++) on first use; gloo alone
     is enough for CPU runs, so DS_SKIP_SHM_BUILD=1 marks that op unavailable first.
     """
