@@ -39,10 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from vjepa_scale.train import preempt
+    from vjepa_scale.train import preempt  # the standard library only: no torch yet
 
-    preempt.prepare_process()  # first: a signal during setup must not kill the rank
+    preempt.prepare_process()  # first: a signal during setup (importing torch too) must not kill the rank
+    args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from vjepa_scale.config import ConfigError, load_config
@@ -120,6 +120,7 @@ def _crash() -> None:
 
 
 if __name__ == "__main__":
+    code = main()  # imports torch only after installing the signal handlers
     from vjepa_scale.distributed import end_process
 
-    end_process(main())  # no interpreter finalization: it can abort a finished gloo rank
+    end_process(code)  # no interpreter finalization: it can abort a finished gloo rank

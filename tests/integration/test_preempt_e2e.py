@@ -20,7 +20,8 @@ import psutil
 import pytest
 import torch
 
-from helpers import ROOT, assert_ok, launch, rank_processes, require, run, start, train_args, wait_for_step
+from helpers import (ROOT, assert_ok, cpu_env, free_port, launch, rank_processes, require, run, start, train_args,
+                     wait_for_step)
 from vjepa_scale.train import preempt
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import find_latest, list_checkpoints, load_consolidated
@@ -47,6 +48,37 @@ def test_launcher_watch_sees_the_launcher_exit(tmp_path):
         time.sleep(0.1)
     watched, reason = eval(out.read_text())
     assert len(watched) == 1 and reason == f"launcher pid {watched[0]} exited", (watched, reason, r.stderr)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (its /proc status's SigCgt mask)."""
+    caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return bool(int(caught.group(1), 16) >> (sig - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_signal_before_torch_is_imported_is_a_preemption(tmp_path):
+    """A rank signalled in its first moments (SLURM signals a job step at any time) stops with exit 75,
+    checkpoint None, instead of dying of the signal: the handlers are in before torch is even loaded
+    (the signal is sent as soon as the process catches SIGTERM, and torch is not mapped by then)."""
+    run_dir, log = tmp_path / "run", tmp_path / "early.log"
+    proc = start("tools/train.py", *train_args(run_dir, *OPTS), log=log,
+                 env=cpu_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())))
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(proc.pid, signal.SIGTERM):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.001)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "libtorch" not in maps, "the handlers were installed only after torch was loaded"
+    assert code == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
+    assert "preempted at step 0 (got SIGTERM); checkpoint: None" in log.read_text()
+    assert (run_dir / preempt.MARKER).read_text().startswith("step 0\ncheckpoint None\n")
 
 
 # -- 2 ranks through the launchers ------------------------------------------------------------------

@@ -16,6 +16,10 @@ written, resume me with --resume auto").
 
 Launchers give ranks a grace period before SIGKILL: `deepspeed` and `torchrun` 30 s, SLURM KillWait
 (30 s by default) after SIGTERM; with `--signal=USR1@120` SLURM warns two minutes ahead.
+
+This module imports only the standard library (torch only inside `stop_agreed`): tools/train.py
+installs the handlers before anything imports torch, so a signal in a rank's first seconds is a stop
+request too, not the end of the rank.
 """
 from __future__ import annotations
 
@@ -26,10 +30,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -170,6 +174,9 @@ def watch_launchers(interval_s: float = 1.0) -> list[int]:
 def stop_agreed(device: torch.device) -> Optional[str]:
     """Collective, at a step boundary: did any rank get a stop request? One MAX all-reduce of a flag.
     Returns this rank's reason (or "another rank was asked to stop"), None to go on."""
+    import torch
+    import torch.distributed as dist
+
     flag = torch.tensor([0 if _reason is None else 1], dtype=torch.int32, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
