@@ -136,3 +136,35 @@ def test_stop_requested_during_setup_ends_before_the_first_step(handlers, tmp_pa
     assert (e.value.step, e.value.checkpoint) == (0, None) and tr.step == 0
     assert list_checkpoints(tmp_path / "run") == []
     assert (tmp_path / "run" / preempt.MARKER).read_text().startswith("step 0\ncheckpoint None\n")
+
+
+def test_resume_auto_continues_the_checkpoint_a_run_preempted_before_its_first_save_resumed(handlers, tmp_path):
+    """`--resume OTHER/step_X --output-dir NEW` preempted before NEW's first save exits 75 with "resume
+    with --resume auto": that must continue OTHER/step_X, which NEW's PREEMPTED file names (it used to
+    start NEW from step 0 with fresh weights); a named checkpoint that is gone is a config error."""
+    import shutil
+
+    from helpers import require, single_process_group
+    from vjepa_scale.config import ConfigError
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.weights import list_checkpoints
+
+    require("deepspeed")
+    cfg = preflight(load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                             "optim.iterations=3", "train.checkpoint_every=2",
+                                             "train.progress_bar=false"]), 1)
+    Trainer(cfg, tmp_path / "other", env=single_process_group()).fit()
+    ckpt = list_checkpoints(tmp_path / "other")[0]
+    assert ckpt.name == "step_00000002"
+    tr = Trainer(cfg, tmp_path / "new", resume=str(ckpt), env=single_process_group())
+    preempt.request_stop("got SIGTERM")
+    with pytest.raises(preempt.Preempted) as e:
+        tr.fit()
+    assert e.value.checkpoint == ckpt and list_checkpoints(tmp_path / "new") == []
+    preempt.clear()
+    again = Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
+    assert again.step == 2 and again.resumed_from == ckpt
+    assert any(f"resuming {ckpt}, named by its PREEMPTED file" in n for n in again.notes), again.notes
+    shutil.rmtree(ckpt)
+    with pytest.raises(ConfigError, match=rf"the one its PREEMPTED file names cannot be resumed: {ckpt}"):
+        Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())

@@ -51,7 +51,7 @@ from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import load_init_state, resolve_checkpoint
-from vjepa_scale.weights.run import checkpoint_problem, latest_loadable
+from vjepa_scale.weights.run import checkpoint_problem, is_complete, latest_loadable
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -215,6 +215,8 @@ class Trainer:
         try:
             if resume == "auto":
                 ckpt, notes = latest_loadable(run_dir)
+                if ckpt is None and preempt.marker_checkpoint(run_dir) is not None:
+                    return Trainer._marker_resume(run_dir)
                 return (None if ckpt is None else str(ckpt)), notes, None
             ckpt = resolve_checkpoint(resume)
         except (FileNotFoundError, ValueError) as e:
@@ -223,6 +225,20 @@ class Trainer:
         if problem is not None:
             return None, [], f"--resume {resume}: {problem}; resume an earlier checkpoint of the run instead"
         return str(ckpt), [], None
+
+    @staticmethod
+    def _marker_resume(run_dir: Path) -> tuple[Optional[str], list[str], Optional[str]]:
+        """`--resume auto` in a run dir without a checkpoint of its own whose PREEMPTED marker names one:
+        a run started with `--resume OTHER_CKPT` and preempted before its first save continues that
+        checkpoint (never a silent fresh start); one that cannot be resumed is an error naming it."""
+        named = preempt.marker_checkpoint(run_dir)
+        problem = checkpoint_problem(named) if is_complete(named) else "not a complete checkpoint (gone?)"
+        if problem is not None:
+            return None, [], (f"--resume auto: {run_dir} has no checkpoint of its own, and the one its "
+                              f"{preempt.MARKER} file names cannot be resumed: {named}: {problem}; give "
+                              f"--resume PATH")
+        return str(named), [f"--resume auto: no checkpoint in {run_dir} yet; resuming {named}, named by its "
+                            f"{preempt.MARKER} file (the run was preempted before its first save)"], None
 
     # ----------------------------------------------------------------------------------------------
 

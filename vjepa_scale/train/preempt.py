@@ -60,8 +60,19 @@ def write_marker(run_dir: Path, step: int, checkpoint: Optional[Path], reason: s
     and the script may not pass exit code 75 on (torchrun reports 1; a launcher that is itself
     signalled exits with its own code)."""
     tmp = Path(run_dir) / f".{MARKER}.tmp"
+    checkpoint = None if checkpoint is None else os.path.abspath(checkpoint)  # `--resume auto` reads it
     tmp.write_text(f"step {step}\ncheckpoint {checkpoint}\nreason {reason}\n")
     os.replace(tmp, Path(run_dir) / MARKER)
+
+
+def marker_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint `<run_dir>/PREEMPTED` names (None: no marker, or one written before any checkpoint)."""
+    try:
+        lines = (Path(run_dir) / MARKER).read_text().splitlines()
+    except OSError:
+        return None
+    named = next((line[len("checkpoint "):] for line in lines if line.startswith("checkpoint ")), "None")
+    return None if named == "None" else Path(named)
 
 
 def request_stop(reason: str) -> None:
