@@ -168,3 +168,21 @@ def test_resume_auto_continues_the_checkpoint_a_run_preempted_before_its_first_s
     shutil.rmtree(ckpt)
     with pytest.raises(ConfigError, match=rf"the one its PREEMPTED file names cannot be resumed: {ckpt}"):
         Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
+
+
+def test_a_complete_run_resumed_removes_a_leftover_marker(handlers, tmp_path, capsys):
+    """`--resume auto` of a run already at optim.iterations with a PREEMPTED file left over: nothing to
+    train, and the file goes (it used to stay, so a requeue script testing it requeued forever)."""
+    from helpers import require, single_process_group
+    from vjepa_scale.train.engine import Trainer
+
+    require("deepspeed")
+    cfg = preflight(load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                             "optim.iterations=1", "train.progress_bar=false"]), 1)
+    Trainer(cfg, tmp_path / "run", env=single_process_group()).fit()
+    preempt.write_marker(tmp_path / "run", 1, None, "got SIGTERM")
+    capsys.readouterr()
+    done = Trainer(cfg, tmp_path / "run", resume="auto", env=single_process_group())
+    done.fit()
+    assert done.step == 1 and not (tmp_path / "run" / preempt.MARKER).exists()
+    assert "the run is already complete at step 1 (optim.iterations=1)" in capsys.readouterr().out

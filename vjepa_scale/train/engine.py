@@ -305,7 +305,11 @@ class Trainer:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
         cfg = self.cfg
         total = cfg.optim.iterations
-        if self.step >= total:
+        if self.step >= total:  # nothing to train; a leftover PREEMPTED must not make a requeue loop forever
+            if self.is_main:
+                (self.run_dir / preempt.MARKER).unlink(missing_ok=True)
+                print(f"the run is already complete at step {self.step} (optim.iterations={total}): "
+                      f"nothing to train", flush=True)
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
         if self.is_main:
