@@ -179,7 +179,7 @@ class Trainer:
         if ckpt is not None:
             meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
             self.step = int(meta["step"])
-            self.guard.skipped_steps = int(meta.get("skipped_steps", 0))
+            self.guard.restore(meta)  # skipped steps, and the streak of bad steps in a row
             self.skip_base = meta.get("data_skips", {})  # global sums: the same on any world size
             self.resumed_from = ckpt
             if meta["world_size"] != self.world:
@@ -287,7 +287,7 @@ class Trainer:
     def save(self) -> Path:
         return ckpt_lib.save_checkpoint(
             self.run_dir, self.step, self.engine, self.ema, self.saved_cfg, self.rank, self.world,
-            extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps,
+            extra={"micro_step": self.step * self.cfg.optim.grad_accum, **self.guard.state(),
                    "data_skips": skip_totals(self.data_loader, self.device, self.skip_base),  # a collective
                    **self.data_position(), **phase_lib.phase_record(self.phases, self.step)},
             keep_last=self.cfg.train.keep_last)
