@@ -10,7 +10,7 @@ CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train
 list element by index, as errors name it: --opt phases[-1].optim.lr=1e-4).
 --resume auto continues the run dir's latest complete checkpoint (if any; without one, the checkpoint its
 PREEMPTED file names: a run started from another run's checkpoint and preempted before its first save);
---resume PATH a given one.
+--resume PATH a given one (a checkpoint, a run dir, its checkpoints dir or its checkpoints/latest file).
 Without --resume, a run dir that holds checkpoints is refused (a fresh start would overwrite its records).
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived; one
 given too must agree, so --opt data.batch_size=N on such a recipe also needs --opt data.global_batch_size=null).
