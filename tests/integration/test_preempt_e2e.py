@@ -50,6 +50,25 @@ def test_launcher_watch_sees_the_launcher_exit(tmp_path):
     assert len(watched) == 1 and reason == f"launcher pid {watched[0]} exited", (watched, reason, r.stderr)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_parent_death_signal_is_named_as_such(tmp_path):
+    """A rank whose parent (not named as a launcher, so not watched) exits gets the kernel's SIGTERM:
+    its stop reason says the parent exited, not a bare "got SIGTERM" (as from scancel or a launcher)."""
+    out = tmp_path / "child.out"
+    child = (f"import os, sys, time; sys.path.insert(0, {str(ROOT)!r}); from vjepa_scale.train import preempt; "
+             f"parent = os.getppid(); preempt.prepare_process(); open({str(out)!r} + '.ready', 'w').close()\n"
+             f"for _ in range(300):\n    time.sleep(0.1)\n    if preempt.stop_requested(): break\n"
+             f"open({str(out)!r}, 'w').write(repr((parent, preempt.stop_requested())))")
+    parent = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+              f"while not os.path.exists({str(out)!r} + '.ready'): time.sleep(0.05)")
+    run([sys.executable, "-c", parent], timeout=60)
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    parent_pid, reason = eval(out.read_text())
+    assert reason == f"launcher pid {parent_pid} exited (got the parent-death signal SIGTERM)", reason
+
+
 def _catches(pid: int, sig: int) -> bool:
     """Whether process `pid` has a handler for `sig` (its /proc status's SigCgt mask)."""
     caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.M)

@@ -40,6 +40,7 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PR_SET_PDEATHSIG = 1
 
 _reason: Optional[str] = None  # why this process was asked to stop (None: not asked)
+_death_signal: Optional[tuple[int, int]] = None  # (signal, parent pid) of `set_parent_death_signal`
 
 
 class Preempted(Exception):
@@ -105,18 +106,28 @@ def install_handlers(signals=PREEMPT_SIGNALS) -> None:
 
 
 def _on_signal(signum, frame) -> None:
-    request_stop(f"got {signal.Signals(signum).name}")
+    name = signal.Signals(signum).name
+    if _death_signal is not None and _death_signal[0] == signum and os.getppid() != _death_signal[1]:
+        # the parent is gone (this process was re-parented): the kernel's parent-death signal
+        request_stop(f"launcher pid {_death_signal[1]} exited (got the parent-death signal {name})")
+    else:
+        request_stop(f"got {name}")
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
     """Linux: have the kernel send `sig` to this process when its parent exits. False elsewhere."""
+    global _death_signal
     if not sys.platform.startswith("linux"):
         return False
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
     except (OSError, AttributeError):
         return False
+    _death_signal = (int(sig), parent)  # the signal handler tells it from a SIGTERM sent by someone
+    return True
 
 
 # -- launcher watch ---------------------------------------------------------------------------------
