@@ -8,7 +8,9 @@ CPU:   DS_ACCELERATOR=cpu DS_SKIP_SHM_BUILD=1 deepspeed --num_gpus 2 tools/train
 
 --config takes a path or a bare name from configs/. --opt section.key=value overrides (repeatable; a
 list element by index, as errors name it: --opt phases[-1].optim.lr=1e-4).
---resume auto continues the run dir's latest complete checkpoint (if any); --resume PATH a given one.
+--resume auto continues the run dir's latest complete checkpoint (if any; without one, the checkpoint its
+PREEMPTED file names: a run started from another run's checkpoint and preempted before its first save);
+--resume PATH a given one (a checkpoint, a run dir, its checkpoints dir or its checkpoints/latest file).
 Without --resume, a run dir that holds checkpoints is refused (a fresh start would overwrite its records).
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived; one
 given too must agree, so --opt data.batch_size=N on such a recipe also needs --opt data.global_batch_size=null).
@@ -39,10 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from vjepa_scale.train import preempt
+    from vjepa_scale.train import preempt  # the standard library only: no torch yet
 
-    preempt.prepare_process()  # first: a signal during setup must not kill the rank
+    preempt.prepare_process()  # first: a signal during setup (importing torch too) must not kill the rank
+    args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from vjepa_scale.config import ConfigError, load_config
@@ -120,6 +122,7 @@ def _crash() -> None:
 
 
 if __name__ == "__main__":
+    code = main()  # imports torch only after installing the signal handlers
     from vjepa_scale.distributed import end_process
 
-    end_process(main())  # no interpreter finalization: it can abort a finished gloo rank
+    end_process(code)  # no interpreter finalization: it can abort a finished gloo rank

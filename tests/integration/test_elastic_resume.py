@@ -9,11 +9,16 @@ gradients, token errors and the EMA in another order). Without a fixed global ba
 run continues the sample stream at the saved position.
 """
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from helpers import assert_ok, launch, require, train_args
+from helpers import assert_ok, cpu_env, free_port, launch, require, start, train_args
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import list_checkpoints, load_consolidated
 
@@ -178,3 +183,62 @@ def test_waiting_ranks_raise_rank0s_conversion_error(tmp_path):
     assert not (ckpt / ".tmp_universal").exists()
     with pytest.raises(RuntimeError, match=r"^rank 0: converting .* failed"):
         universal_checkpoint(ckpt, rank=1, poll_s=0.01)
+
+
+def _srun(ntasks: int, args: list, log: Path) -> list[subprocess.Popen]:
+    """`srun python tools/train.py args`: `ntasks` plain processes that know only SLURM's variables, in
+    one process group of their own (the group is rank 0's pid), output in `log`."""
+    env = cpu_env(RANK=None, WORLD_SIZE=None, LOCAL_RANK=None, MASTER_ADDR=None, SLURM_JOB_ID="4242",
+                  SLURM_STEP_ID="0", SLURM_NTASKS=str(ntasks), SLURM_NODELIST="localhost",
+                  MASTER_PORT=str(free_port()))
+    procs = []
+    with open(log, "w") as out:
+        try:
+            for r in range(ntasks):
+                group = {"process_group": 0 if r == 0 else procs[0].pid}
+                procs.append(start("tools/train.py", *args, env=dict(env, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+                                   stdout=out, stderr=subprocess.STDOUT, **group))
+        except BaseException:
+            for p in procs:  # no rank left behind
+                p.kill()
+            raise
+    return procs
+
+
+def _is_converter(p: psutil.Process) -> bool:
+    try:
+        return "deepspeed.checkpoint.ds_to_universal" in p.cmdline()
+    except psutil.Error:  # ended meanwhile
+        return False
+
+
+def test_preemption_signal_to_the_job_step_during_the_conversion(tmp_path):
+    """SIGTERM to the whole job step (its process group, as SLURM signals it) while rank 0's universal
+    converter runs: the converter is not killed by it (it used to be: RuntimeError, exit 1 and a
+    `universal.failed` left); the conversion finishes, and every rank then stops before its first step
+    and exits 75, PREEMPTED naming the checkpoint it resumed."""
+    from vjepa_scale.train import preempt
+
+    straight, resumed = tmp_path / "straight1", tmp_path / "resumed1to2"
+    (p,) = _srun(1, train_args(straight, *OPTS, "optim.iterations=3"), tmp_path / "straight.log")
+    assert p.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    (ckpt,) = list_checkpoints(straight)
+    procs = _srun(2, train_args(resumed, *OPTS, resume=ckpt), tmp_path / "resumed.log")
+    try:
+        deadline, converter = time.monotonic() + 300, None
+        while converter is None and time.monotonic() < deadline and procs[0].poll() is None:
+            converter = next((c for c in psutil.Process(procs[0].pid).children() if _is_converter(c)), None)
+            time.sleep(0.01)
+        assert converter is not None, (tmp_path / "resumed.log").read_text()[-3000:]
+        os.killpg(procs[0].pid, signal.SIGTERM)
+        codes = [q.wait(timeout=300) for q in procs]
+    finally:
+        for q in procs:
+            if q.poll() is None:
+                q.kill()
+    log = (tmp_path / "resumed.log").read_text()
+    assert codes == [preempt.EXIT_PREEMPTED] * 2, log[-4000:]
+    assert (ckpt / "universal" / "state").is_dir() and not (ckpt / "universal.failed").exists()
+    assert "preempted (got SIGTERM) before training a step" in log
+    assert (resumed / preempt.MARKER).read_text().startswith(f"step {K}\ncheckpoint {ckpt}\n")
+    assert list_checkpoints(resumed) == []

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import torch
 
-from helpers import ROOT, assert_ok, launch, rank_processes, require, run, start, train_args, wait_for_step
+from helpers import (ROOT, assert_ok, cpu_env, free_port, launch, rank_processes, require, run, start, train_args,
+                     wait_for_step)
 from vjepa_scale.train import preempt
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import find_latest, list_checkpoints, load_consolidated
@@ -47,6 +48,56 @@ def test_launcher_watch_sees_the_launcher_exit(tmp_path):
         time.sleep(0.1)
     watched, reason = eval(out.read_text())
     assert len(watched) == 1 and reason == f"launcher pid {watched[0]} exited", (watched, reason, r.stderr)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_parent_death_signal_is_named_as_such(tmp_path):
+    """A rank whose parent (not named as a launcher, so not watched) exits gets the kernel's SIGTERM:
+    its stop reason says the parent exited, not a bare "got SIGTERM" (as from scancel or a launcher)."""
+    out = tmp_path / "child.out"
+    child = (f"import os, sys, time; sys.path.insert(0, {str(ROOT)!r}); from vjepa_scale.train import preempt; "
+             f"parent = os.getppid(); preempt.prepare_process(); open({str(out)!r} + '.ready', 'w').close()\n"
+             f"for _ in range(300):\n    time.sleep(0.1)\n    if preempt.stop_requested(): break\n"
+             f"open({str(out)!r}, 'w').write(repr((parent, preempt.stop_requested())))")
+    parent = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+              f"while not os.path.exists({str(out)!r} + '.ready'): time.sleep(0.05)")
+    run([sys.executable, "-c", parent], timeout=60)
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    parent_pid, reason = eval(out.read_text())
+    assert reason == f"launcher pid {parent_pid} exited (got the parent-death signal SIGTERM)", reason
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process `pid` has a handler for `sig` (its /proc status's SigCgt mask)."""
+    caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return bool(int(caught.group(1), 16) >> (sig - 1) & 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_signal_before_torch_is_imported_is_a_preemption(tmp_path):
+    """A rank signalled in its first moments (SLURM signals a job step at any time) stops with exit 75,
+    checkpoint None, instead of dying of the signal: the handlers are in before torch is even loaded
+    (the signal is sent as soon as the process catches SIGTERM, and torch is not mapped by then)."""
+    run_dir, log = tmp_path / "run", tmp_path / "early.log"
+    proc = start("tools/train.py", *train_args(run_dir, *OPTS), log=log,
+                 env=cpu_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())))
+    try:
+        deadline = time.monotonic() + 60
+        while not _catches(proc.pid, signal.SIGTERM):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.001)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "libtorch" not in maps, "the handlers were installed only after torch was loaded"
+    assert code == preempt.EXIT_PREEMPTED, log.read_text()[-3000:]
+    assert "preempted at step 0 (got SIGTERM); checkpoint: None" in log.read_text()
+    assert (run_dir / preempt.MARKER).read_text().startswith("step 0\ncheckpoint None\n")
 
 
 # -- 2 ranks through the launchers ------------------------------------------------------------------

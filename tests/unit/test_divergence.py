@@ -70,6 +70,36 @@ def test_isolated_nan_micro_batch_changes_nothing(tmp_path, stage, precision):
     assert equal_tensors(_state(resumed), after)
 
 
+def test_a_streak_of_bad_steps_survives_a_resume(tmp_path):
+    """Steps 2 and 3 bad, saved at 3 (a preemption), resumed: the streak goes on, so one more bad step
+    reaches train.max_bad_steps=3 (the streak used to restart at every resume: a diverging run that kept
+    being preempted never stopped). A checkpoint without the record (older) resumes with no streak."""
+    from vjepa_scale.train.guard import DivergenceError
+
+    opts = ["optim.grad_accum=1", "data.global_batch_size=2", "train.max_bad_steps=3"]
+    tr = _trainer(tmp_path / "run", *opts)
+    it = iter(tr.loader(4))
+    batches = [next(it) for _ in range(4)]
+    nan = [dataclasses.replace(b, video=torch.full_like(b.video, float("nan"))) for b in batches]
+    tr.train_step([batches[0]])
+    tr.train_step([nan[1]])
+    tr.train_step([nan[2]])
+    assert (tr.guard.bad_in_row, tr.guard.streak_start) == (2, 2) and tr.guard.last_finite[0] == 1
+    ckpt = tr.save()
+    resumed = _trainer(tmp_path / "run", *opts, resume="auto")
+    g = resumed.guard
+    assert (g.skipped_steps, g.bad_in_row, g.streak_start, g.last_finite) == (2, 2, 2, tr.guard.last_finite)
+    resumed.train_step([nan[3]])
+    with pytest.raises(DivergenceError, match=r"3 optimizer steps in a row \(steps 2-4, .* at step 1"):
+        resumed.guard.check(resumed.step)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    for key in ("bad_in_row", "streak_start", "last_finite"):
+        del meta[key]
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    old = _trainer(tmp_path / "run", *opts, resume="auto").guard
+    assert (old.skipped_steps, old.bad_in_row, old.streak_start, old.last_finite) == (2, 0, None, None)
+
+
 def test_nonfinite_weights_are_never_checkpointed(tmp_path):
     """A NaN in an fp32 master or an EMA shadow refuses the save; nothing is written, `latest` stays."""
     run = tmp_path / "run"

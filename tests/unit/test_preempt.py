@@ -106,6 +106,30 @@ def test_dataloader_workers_survive_sigterm():
     assert next(it).step == 1
 
 
+def test_dataloader_workers_survive_a_stop_signal_as_they_start(handlers, monkeypatch):
+    """A signal to the whole job while the workers start: one that reaches a worker after torch has
+    installed its worker handlers but before our `worker_init_fn` ignores it must not kill the worker
+    (it used to: "DataLoader worker ... is killed by signal: Terminated" and exit 1 instead of 75).
+    The hook sends it at exactly that point, to the worker and to this process (the rank)."""
+    from vjepa_scale.data import loader as loader_mod
+
+    preempt.install_handlers()
+    ignore = loader_mod._ignore_stop_signals
+
+    def signal_then_ignore(worker_id):
+        os.kill(os.getppid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        ignore(worker_id)
+
+    monkeypatch.setattr(loader_mod, "_ignore_stop_signals", signal_then_ignore)
+    cfg = load_config("cpu_demo.yaml", ["data.crop_size=32", "data.synthetic_size=16", "data.num_workers=2"])
+    it = iter(build_dataloader(preflight(cfg, 1), num_steps=4))
+    assert [next(it).step for _ in range(4)] == [0, 1, 2, 3]
+    assert all(w.is_alive() for w in it._workers)
+    assert preempt.stop_requested() == "got SIGTERM"  # the rank's handler ran
+
+
 def test_stop_request_survives_a_broken_stderr(handlers, monkeypatch):
     """The handler prints its reason; a stderr whose reader died (a `| tee` killed by the same signal)
     must not turn the stop request into an exception in the training loop."""
@@ -138,3 +162,53 @@ def test_stop_requested_during_setup_ends_before_the_first_step(handlers, tmp_pa
     assert (e.value.step, e.value.checkpoint) == (0, None) and tr.step == 0
     assert list_checkpoints(tmp_path / "run") == []
     assert (tmp_path / "run" / preempt.MARKER).read_text().startswith("step 0\ncheckpoint None\n")
+
+
+def test_resume_auto_continues_the_checkpoint_a_run_preempted_before_its_first_save_resumed(handlers, tmp_path):
+    """`--resume OTHER/step_X --output-dir NEW` preempted before NEW's first save exits 75 with "resume
+    with --resume auto": that must continue OTHER/step_X, which NEW's PREEMPTED file names (it used to
+    start NEW from step 0 with fresh weights); a named checkpoint that is gone is a config error."""
+    import shutil
+
+    from helpers import require, single_process_group
+    from vjepa_scale.config import ConfigError
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.weights import list_checkpoints
+
+    require("deepspeed")
+    cfg = preflight(load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                             "optim.iterations=3", "train.checkpoint_every=2",
+                                             "train.progress_bar=false"]), 1)
+    Trainer(cfg, tmp_path / "other", env=single_process_group()).fit()
+    ckpt = list_checkpoints(tmp_path / "other")[0]
+    assert ckpt.name == "step_00000002"
+    tr = Trainer(cfg, tmp_path / "new", resume=str(ckpt), env=single_process_group())
+    preempt.request_stop("got SIGTERM")
+    with pytest.raises(preempt.Preempted) as e:
+        tr.fit()
+    assert e.value.checkpoint == ckpt and list_checkpoints(tmp_path / "new") == []
+    preempt.clear()
+    again = Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
+    assert again.step == 2 and again.resumed_from == ckpt
+    assert any(f"resuming {ckpt}, named by its PREEMPTED file" in n for n in again.notes), again.notes
+    shutil.rmtree(ckpt)
+    with pytest.raises(ConfigError, match=rf"the one its PREEMPTED file names cannot be resumed: {ckpt}"):
+        Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
+
+
+def test_a_complete_run_resumed_removes_a_leftover_marker(handlers, tmp_path, capsys):
+    """`--resume auto` of a run already at optim.iterations with a PREEMPTED file left over: nothing to
+    train, and the file goes (it used to stay, so a requeue script testing it requeued forever)."""
+    from helpers import require, single_process_group
+    from vjepa_scale.train.engine import Trainer
+
+    require("deepspeed")
+    cfg = preflight(load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                             "optim.iterations=1", "train.progress_bar=false"]), 1)
+    Trainer(cfg, tmp_path / "run", env=single_process_group()).fit()
+    preempt.write_marker(tmp_path / "run", 1, None, "got SIGTERM")
+    capsys.readouterr()
+    done = Trainer(cfg, tmp_path / "run", resume="auto", env=single_process_group())
+    done.fit()
+    assert done.step == 1 and not (tmp_path / "run" / preempt.MARKER).exists()
+    assert "the run is already complete at step 1 (optim.iterations=1)" in capsys.readouterr().out

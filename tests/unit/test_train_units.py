@@ -114,3 +114,17 @@ def test_find_latest_skips_partial_saves(tmp_path):
     assert resolve_checkpoint(a) == a and resolve_checkpoint(tmp_path) == b
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         resolve_checkpoint(tmp_path / "nothing")
+
+
+def test_resolve_checkpoint_takes_the_checkpoints_folder_and_the_latest_marker(tmp_path):
+    """`--resume RUN/checkpoints` resolves like the run folder, `--resume RUN/checkpoints/latest` to the
+    checkpoint the marker names (both used to be "no complete checkpoint")."""
+    a = _fake_ckpt(tmp_path, 10)
+    b = _fake_ckpt(tmp_path, 20)
+    marker = tmp_path / CKPT_SUBDIR / "latest"
+    marker.write_text(a.name + "\n")
+    assert resolve_checkpoint(tmp_path / CKPT_SUBDIR) == b
+    assert resolve_checkpoint(marker) == a
+    marker.write_text("step_00000099")
+    with pytest.raises(FileNotFoundError, match="names .*step_00000099', which is not a complete checkpoint"):
+        resolve_checkpoint(marker)

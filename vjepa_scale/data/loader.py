@@ -261,12 +261,35 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
                             start_step, num_steps, mixture=mixture, sample_offset=sample_offset)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # vjepa_scale.train.preempt's
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers ignore SIGTERM / SIGUSR1, which SLURM and the `deepspeed` launcher send to
     every process: their rank finishes its step and checkpoints first (vjepa_scale.train.preempt),
-    then shuts its workers down."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    then shuts its workers down. A worker starts with them blocked (`StopSafeDataLoader`): one that
+    came before this point stays pending and is discarded once ignored."""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class StopSafeDataLoader(DataLoader):
+    """A DataLoader whose workers are born with SIGTERM / SIGUSR1 blocked (a forked child inherits the
+    forking thread's signal mask) until `_ignore_stop_signals` ignores them: without that, a signal to
+    the whole job (SLURM, a process group) between a worker's fork and its `worker_init_fn` runs
+    torch's worker handler, the worker dies and the rank fails with a DataLoader error instead of
+    saving. The rank's own handlers still run meanwhile (another thread takes the signal, or this one
+    once it unblocks)."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def worker_start_method() -> str | None:
@@ -301,11 +324,11 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     sampler = build_sampler(cfg, len(dataset), rank, world_size, start_step, num_steps, index, sample_offset)
     timeout = cfg.data.loader_timeout_s if cfg.data.num_workers > 0 and backend != "synthetic" else 0.0
     collate = ClipCollator(masker, rank, cfg.model.tubelet_size, cfg.model.patch_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=cfg.data.num_workers, worker_init_fn=_ignore_stop_signals,
-                        pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
-                        persistent_workers=cfg.data.num_workers > 0, timeout=timeout,
-                        multiprocessing_context=worker_start_method() if cfg.data.num_workers > 0 else None)
+    loader = StopSafeDataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                num_workers=cfg.data.num_workers, worker_init_fn=_ignore_stop_signals,
+                                pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
+                                persistent_workers=cfg.data.num_workers > 0, timeout=timeout,
+                                multiprocessing_context=worker_start_method() if cfg.data.num_workers > 0 else None)
     if backend == "synthetic":
         return loader
     return VideoLoader(loader, sampler, rank, timeout, cfg.data.max_bad_fraction)

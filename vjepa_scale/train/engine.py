@@ -51,7 +51,7 @@ from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import load_init_state, resolve_checkpoint
-from vjepa_scale.weights.run import checkpoint_problem, latest_loadable
+from vjepa_scale.weights.run import checkpoint_problem, is_complete, latest_loadable
 
 
 def _init_source_problem(init_from: str) -> Optional[str]:
@@ -176,11 +176,11 @@ class Trainer:
                           f"step, schedules and data start at 0")
 
     def _restore(self, ckpt: Path) -> None:
-        """Resume `ckpt`: engines, EMA and RNG, then the step, the guard's count, the skip totals and the
+        """Resume `ckpt`: engines, EMA and RNG, then the step, the guard's state, the skip totals and the
         data position (another world size or global batch continues the sample stream)."""
         meta = ckpt_lib.load_checkpoint(ckpt, self.engine, self.ema, self.rank, self.world)
         self.step = int(meta["step"])
-        self.guard.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.guard.restore(meta)  # skipped steps, and the streak of bad steps in a row
         self.skip_base = meta.get("data_skips", {})  # global sums: the same on any world size
         self.resumed_from = ckpt
         if meta["world_size"] != self.world:
@@ -212,6 +212,8 @@ class Trainer:
         try:
             if resume == "auto":
                 ckpt, notes = latest_loadable(run_dir)
+                if ckpt is None and preempt.marker_checkpoint(run_dir) is not None:
+                    return Trainer._marker_resume(run_dir)
                 return (None if ckpt is None else str(ckpt)), notes, None
             ckpt = resolve_checkpoint(resume)
         except (FileNotFoundError, ValueError) as e:
@@ -220,6 +222,20 @@ class Trainer:
         if problem is not None:
             return None, [], f"--resume {resume}: {problem}; resume an earlier checkpoint of the run instead"
         return str(ckpt), [], None
+
+    @staticmethod
+    def _marker_resume(run_dir: Path) -> tuple[Optional[str], list[str], Optional[str]]:
+        """`--resume auto` in a run dir without a checkpoint of its own whose PREEMPTED marker names one:
+        a run started with `--resume OTHER_CKPT` and preempted before its first save continues that
+        checkpoint (never a silent fresh start); one that cannot be resumed is an error naming it."""
+        named = preempt.marker_checkpoint(run_dir)
+        problem = checkpoint_problem(named) if is_complete(named) else "not a complete checkpoint (gone?)"
+        if problem is not None:
+            return None, [], (f"--resume auto: {run_dir} has no checkpoint of its own, and the one its "
+                              f"{preempt.MARKER} file names cannot be resumed: {named}: {problem}; give "
+                              f"--resume PATH")
+        return str(named), [f"--resume auto: no checkpoint in {run_dir} yet; resuming {named}, named by its "
+                            f"{preempt.MARKER} file (the run was preempted before its first save)"], None
 
     # ----------------------------------------------------------------------------------------------
 
@@ -268,7 +284,7 @@ class Trainer:
     def save(self) -> Path:
         return ckpt_lib.save_checkpoint(
             self.run_dir, self.step, self.engine, self.ema, self.saved_cfg, self.rank, self.world,
-            extra={"micro_step": self.step * self.cfg.optim.grad_accum, "skipped_steps": self.guard.skipped_steps,
+            extra={"micro_step": self.step * self.cfg.optim.grad_accum, **self.guard.state(),
                    "data_skips": skip_totals(self.data_loader, self.device, self.skip_base),  # a collective
                    **self.data_position(), **phase_lib.phase_record(self.phases, self.step)},
             keep_last=self.cfg.train.keep_last)
@@ -340,7 +356,11 @@ class Trainer:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
         cfg = self.cfg
         total = cfg.optim.iterations
-        if self.step >= total:
+        if self.step >= total:  # nothing to train; a leftover PREEMPTED must not make a requeue loop forever
+            if self.is_main:
+                (self.run_dir / preempt.MARKER).unlink(missing_ok=True)
+                print(f"the run is already complete at step {self.step} (optim.iterations={total}): "
+                      f"nothing to train", flush=True)
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
         if self.is_main:

@@ -142,6 +142,21 @@ class DivergenceGuard:
         self._dropped = False
         return not bad
 
+    def state(self) -> dict:
+        """meta.json's record of the guard: the skip count and the current streak, so that a diverging
+        run preempted again and again still stops after `max_bad_steps` bad steps in a row."""
+        return {"skipped_steps": self.skipped_steps, "bad_in_row": self.bad_in_row,
+                "streak_start": self.streak_start,
+                "last_finite": None if self.last_finite is None else list(self.last_finite)}
+
+    def restore(self, meta: dict) -> None:
+        """The record of `state` from a checkpoint's meta.json (one written before it: no streak)."""
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.bad_in_row = int(meta.get("bad_in_row", 0))
+        self.streak_start = meta.get("streak_start")
+        last = meta.get("last_finite")
+        self.last_finite = None if last is None else (int(last[0]), float(last[1]))
+
     @property
     def diverged(self) -> bool:
         return self.bad_in_row >= self.max_bad_steps

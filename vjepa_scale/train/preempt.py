@@ -16,6 +16,10 @@ written, resume me with --resume auto").
 
 Launchers give ranks a grace period before SIGKILL: `deepspeed` and `torchrun` 30 s, SLURM KillWait
 (30 s by default) after SIGTERM; with `--signal=USR1@120` SLURM warns two minutes ahead.
+
+This module imports only the standard library (torch only inside `stop_agreed`): tools/train.py
+installs the handlers before anything imports torch, so a signal in a rank's first seconds is a stop
+request too, not the end of the rank.
 """
 from __future__ import annotations
 
@@ -26,16 +30,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PR_SET_PDEATHSIG = 1
 
 _reason: Optional[str] = None  # why this process was asked to stop (None: not asked)
+_death_signal: Optional[tuple[int, int]] = None  # (signal, parent pid) of `set_parent_death_signal`
 
 
 class Preempted(Exception):
@@ -56,8 +61,19 @@ def write_marker(run_dir: Path, step: int, checkpoint: Optional[Path], reason: s
     and the script may not pass exit code 75 on (torchrun reports 1; a launcher that is itself
     signalled exits with its own code)."""
     tmp = Path(run_dir) / f".{MARKER}.tmp"
+    checkpoint = None if checkpoint is None else os.path.abspath(checkpoint)  # `--resume auto` reads it
     tmp.write_text(f"step {step}\ncheckpoint {checkpoint}\nreason {reason}\n")
     os.replace(tmp, Path(run_dir) / MARKER)
+
+
+def marker_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint `<run_dir>/PREEMPTED` names (None: no marker, or one written before any checkpoint)."""
+    try:
+        lines = (Path(run_dir) / MARKER).read_text().splitlines()
+    except OSError:
+        return None
+    named = next((line[len("checkpoint "):] for line in lines if line.startswith("checkpoint ")), "None")
+    return None if named == "None" else Path(named)
 
 
 def request_stop(reason: str) -> None:
@@ -90,18 +106,28 @@ def install_handlers(signals=PREEMPT_SIGNALS) -> None:
 
 
 def _on_signal(signum, frame) -> None:
-    request_stop(f"got {signal.Signals(signum).name}")
+    name = signal.Signals(signum).name
+    if _death_signal is not None and _death_signal[0] == signum and os.getppid() != _death_signal[1]:
+        # the parent is gone (this process was re-parented): the kernel's parent-death signal
+        request_stop(f"launcher pid {_death_signal[1]} exited (got the parent-death signal {name})")
+    else:
+        request_stop(f"got {name}")
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
     """Linux: have the kernel send `sig` to this process when its parent exits. False elsewhere."""
+    global _death_signal
     if not sys.platform.startswith("linux"):
         return False
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
     except (OSError, AttributeError):
         return False
+    _death_signal = (int(sig), parent)  # the signal handler tells it from a SIGTERM sent by someone
+    return True
 
 
 # -- launcher watch ---------------------------------------------------------------------------------
@@ -170,6 +196,9 @@ def watch_launchers(interval_s: float = 1.0) -> list[int]:
 def stop_agreed(device: torch.device) -> Optional[str]:
     """Collective, at a step boundary: did any rank get a stop request? One MAX all-reduce of a flag.
     Returns this rank's reason (or "another rank was asked to stop"), None to go on."""
+    import torch
+    import torch.distributed as dist
+
     flag = torch.tensor([0 if _reason is None else 1], dtype=torch.int32, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -104,14 +104,19 @@ def master_fragment(p: torch.nn.Parameter) -> Optional[MasterFragment]:
 UNIVERSAL_MAX_WORKERS = 8  # extract workers of the universal conversion (merge workers: half)
 
 # The converter's child interpreter: killed with its parent (a rank the launcher or the watchdog ends
-# must not leave a converter writing into the folder a requeued run converts into again), without
-# the working directory on sys.path (a local `deepspeed/` folder must not shadow the package).
+# must not leave a converter writing into the folder a requeued run converts into again), and so are
+# the extract / merge workers it forks, each with its own parent; without the working directory on
+# sys.path (a local `deepspeed/` folder must not shadow the package).
 _CONVERTER_BOOT = """
 import ctypes, os, runpy, signal, sys
 if sys.platform.startswith("linux"):
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != int(sys.argv[1]):  # the parent ended before that took effect
-        sys.exit(1)
+    def tie(parent):  # SIGKILL when `parent` ends (PR_SET_PDEATHSIG)
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent ended before that took effect
+            os._exit(1)
+    tie(int(sys.argv[1]))
+    forker = [os.getpid()]
+    os.register_at_fork(before=lambda: forker.__setitem__(0, os.getpid()), after_in_child=lambda: tie(forker[0]))
 sys.path = [p for p in sys.path if p not in ("", ".", os.getcwd())]
 module, sys.argv = sys.argv[2], [sys.argv[2], *sys.argv[3:]]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -137,8 +142,10 @@ def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = N
     without CUDA, with `workers` extract processes (default: this process's CPUs, at most
     UNIVERSAL_MAX_WORKERS; each holds one rank's optimizer shard): its process pools then fork a fresh
     single-threaded interpreter, never a training rank with its communication and loader threads, and
-    its memory is gone when it ends. The child dies with this process. RuntimeError with the end of its
-    output when it fails.
+    its memory is gone when it ends. The child and its workers die with this process, but not of a
+    signal to this process's group (SLURM's to a job step, a launcher's): they run in a session of their
+    own, so a preemption signal during the conversion lets it finish, and the rank then saves and exits
+    75 as usual. RuntimeError with the end of its output when it fails.
     """
     import subprocess
 
@@ -150,7 +157,8 @@ def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = N
                              "--output_folder", str(out_tag_dir), "--num_extract_workers", str(workers),
                              "--num_merge_workers", str(max(1, workers // 2)), "--inject_missing_state")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # it works on the CPU; a forked worker must not hold CUDA
-    r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       start_new_session=True)
     if r.returncode != 0:
         tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"DeepSpeed's universal conversion of {tag_dir} exited with {r.returncode}:\n{tail}")

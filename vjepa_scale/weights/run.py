@@ -96,14 +96,23 @@ def find_latest(run_dir: str | Path) -> Optional[Path]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir as given, or the latest complete one of a run dir; errors name the path."""
+    """A checkpoint dir as given, the latest complete one of a run dir or of its `checkpoints` folder,
+    or the checkpoint a `latest` marker file names; errors name the path."""
     p = Path(path).expanduser()
     if is_complete(p):
         return p
+    if p.name == "latest" and p.is_file():
+        named = p.parent / p.read_text().strip()
+        if not is_complete(named):
+            raise FileNotFoundError(f"'{path}' names '{named}', which is not a complete checkpoint")
+        return named
+    if p.name == CKPT_SUBDIR and not (p / CKPT_SUBDIR).is_dir():  # a run's checkpoints folder
+        p = p.parent
     latest = find_latest(p)
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint at '{path}' (expected a run dir with "
-                                f"{CKPT_SUBDIR}/step_*/meta.json, or one such checkpoint dir)")
+                                f"{CKPT_SUBDIR}/step_*/meta.json, its {CKPT_SUBDIR} dir or `latest` file, or one "
+                                f"such checkpoint dir)")
     return latest
 
 
