@@ -167,7 +167,8 @@ def test_stop_requested_during_setup_ends_before_the_first_step(handlers, tmp_pa
 def test_resume_auto_continues_the_checkpoint_a_run_preempted_before_its_first_save_resumed(handlers, tmp_path):
     """`--resume OTHER/step_X --output-dir NEW` preempted before NEW's first save exits 75 with "resume
     with --resume auto": that must continue OTHER/step_X, which NEW's PREEMPTED file names (it used to
-    start NEW from step 0 with fresh weights); a named checkpoint that is gone is a config error."""
+    start NEW from step 0 with fresh weights); a named checkpoint that is gone is a config error, and the
+    marker is renamed PREEMPTED.stale, which later `--resume auto` runs refuse too."""
     import shutil
 
     from helpers import require, single_process_group
@@ -193,6 +194,10 @@ def test_resume_auto_continues_the_checkpoint_a_run_preempted_before_its_first_s
     assert any(f"resuming {ckpt}, named by its PREEMPTED file" in n for n in again.notes), again.notes
     shutil.rmtree(ckpt)
     with pytest.raises(ConfigError, match=rf"the one its PREEMPTED file names cannot be resumed: {ckpt}"):
+        Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
+    # the marker is renamed, so a requeue script testing PREEMPTED stops; the next `--resume auto` still refuses
+    assert not (tmp_path / "new" / preempt.MARKER).exists() and (tmp_path / "new" / "PREEMPTED.stale").exists()
+    with pytest.raises(ConfigError, match=r"PREEMPTED\.stale names one that cannot be resumed"):
         Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
 
 

@@ -25,6 +25,7 @@ Either way this run's step, schedules and data position start at 0.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -214,6 +215,11 @@ class Trainer:
                 ckpt, notes = latest_loadable(run_dir)
                 if ckpt is None and preempt.marker_checkpoint(run_dir) is not None:
                     return Trainer._marker_resume(run_dir)
+                stale = run_dir / f"{preempt.MARKER}.stale"
+                if ckpt is None and stale.exists():  # not a silent fresh start either
+                    return None, [], (f"--resume auto: {run_dir} has no checkpoint of its own, and {stale} names "
+                                      f"one that cannot be resumed: give --resume PATH, or delete {stale.name} "
+                                      f"to start the run afresh")
                 return (None if ckpt is None else str(ckpt)), notes, None
             ckpt = resolve_checkpoint(resume)
         except (FileNotFoundError, ValueError) as e:
@@ -227,13 +233,16 @@ class Trainer:
     def _marker_resume(run_dir: Path) -> tuple[Optional[str], list[str], Optional[str]]:
         """`--resume auto` in a run dir without a checkpoint of its own whose PREEMPTED marker names one:
         a run started with `--resume OTHER_CKPT` and preempted before its first save continues that
-        checkpoint (never a silent fresh start); one that cannot be resumed is an error naming it."""
+        checkpoint (never a silent fresh start); one that cannot be resumed is an error naming it, and
+        the marker is renamed `PREEMPTED.stale` (a requeue script that tests the file must not loop)."""
         named = preempt.marker_checkpoint(run_dir)
         problem = checkpoint_problem(named) if is_complete(named) else "not a complete checkpoint (gone?)"
         if problem is not None:
+            stale = run_dir / f"{preempt.MARKER}.stale"
+            os.replace(run_dir / preempt.MARKER, stale)
             return None, [], (f"--resume auto: {run_dir} has no checkpoint of its own, and the one its "
-                              f"{preempt.MARKER} file names cannot be resumed: {named}: {problem}; give "
-                              f"--resume PATH")
+                              f"{preempt.MARKER} file names cannot be resumed: {named}: {problem} (the file is "
+                              f"now {stale.name}); give --resume PATH")
         return str(named), [f"--resume auto: no checkpoint in {run_dir} yet; resuming {named}, named by its "
                             f"{preempt.MARKER} file (the run was preempted before its first save)"], None
 
