@@ -172,8 +172,9 @@ def test_universal_conversion_failure_names_the_folder_and_shows_its_output(tmp_
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_universal_converter_child_dies_with_its_parent(tmp_path):
     """The converter's child interpreter is killed when the rank that started it ends (a launcher's
-    SIGKILL, the watchdog's exit), so it cannot keep writing into a folder a requeued run reuses;
-    and the working directory is not on its sys.path."""
+    SIGKILL, the watchdog's exit), so it cannot keep writing into a folder a requeued run reuses, but
+    not by SIGTERM / SIGUSR1 sent to it (SLURM signals every process of a job step); and the working
+    directory is not on its sys.path."""
     mods = tmp_path / "mods"
     mods.mkdir()
     (mods / "sleeper.py").write_text("import os, sys, time\n"
@@ -183,12 +184,16 @@ def test_universal_converter_child_dies_with_its_parent(tmp_path):
         [sys.executable, "-c", "import subprocess, sys, time\n"
          "from vjepa_scale.train.zero_compat import tied_child_command\n"
          "p = subprocess.Popen(tied_child_command('sleeper'), stdout=subprocess.PIPE, text=True)\n"
-         "print(p.pid, p.stdout.readline().strip(), flush=True)\n"],  # and end, the child still asleep
+         "line = p.stdout.readline().strip()\n"
+         "import os, signal\n"
+         "os.kill(p.pid, signal.SIGTERM); os.kill(p.pid, signal.SIGUSR1); time.sleep(0.5)\n"
+         "print(p.pid, line, p.poll() is None, flush=True)\n"],  # and end, the child still asleep
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(mods)])},
         capture_output=True, text=True, timeout=60)
     assert parent.returncode == 0, parent.stderr
-    pid, cwd_on_path = parent.stdout.split()
+    pid, cwd_on_path, survived_stop_signals = parent.stdout.split()
     assert cwd_on_path == "False"
+    assert survived_stop_signals == "True", "SIGTERM / SIGUSR1 (a preemption) killed the converter"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
             open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z":

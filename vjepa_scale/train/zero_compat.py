@@ -105,10 +105,13 @@ UNIVERSAL_MAX_WORKERS = 8  # extract workers of the universal conversion (merge 
 
 # The converter's child interpreter: killed with its parent (a rank the launcher or the watchdog ends
 # must not leave a converter writing into the folder a requeued run converts into again), and so are
-# the extract / merge workers it forks, each with its own parent; without the working directory on
+# the extract / merge workers it forks, each with its own parent; deaf to SIGTERM / SIGUSR1 (SLURM sends
+# them to every process of a job step, whatever its session); without the working directory on
 # sys.path (a local `deepspeed/` folder must not shadow the package).
 _CONVERTER_BOOT = """
 import ctypes, os, runpy, signal, sys
+for stop in (signal.SIGTERM, signal.SIGUSR1):  # a preemption lets the conversion finish (the rank then exits 75)
+    signal.signal(stop, signal.SIG_IGN)
 if sys.platform.startswith("linux"):
     def tie(parent):  # SIGKILL when `parent` ends (PR_SET_PDEATHSIG)
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
@@ -143,9 +146,9 @@ def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = N
     UNIVERSAL_MAX_WORKERS; each holds one rank's optimizer shard): its process pools then fork a fresh
     single-threaded interpreter, never a training rank with its communication and loader threads, and
     its memory is gone when it ends. The child and its workers die with this process, but not of a
-    signal to this process's group (SLURM's to a job step, a launcher's): they run in a session of their
-    own, so a preemption signal during the conversion lets it finish, and the rank then saves and exits
-    75 as usual. RuntimeError with the end of its output when it fails.
+    preemption signal: they ignore SIGTERM / SIGUSR1 (SLURM signals every process of a job step) and run
+    in a session of their own (a launcher's signal to its group), so the conversion finishes, and the
+    rank then saves and exits 75 as usual. RuntimeError with the end of its output when it fails.
     """
     import subprocess
 
