@@ -139,6 +139,13 @@ def _prepare_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _sampling(d) -> str:
+    """How the run took a clip's frames (the model card's words)."""
+    how = (f"sampled at {d.fps:g} fps (per video, frame step ceil(video fps) // {d.fps:g})" if d.fps is not None
+           else f"frame step {d.frame_step}")
+    return how + (", videos shorter than a clip padded with their last frame" if d.short_videos == "pad" else "")
+
+
 def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: bool, num_params: int) -> str:
     """README.md: what the folder holds, how to load it, and the training recipe."""
     dims = resolve_vit_size(cfg.model)
@@ -200,7 +207,7 @@ width) raster order.{pred_note}
 
 | item | value |
 |---|---|
-| clip | {d.frames_per_clip} frames, frame step {d.frame_step}, crop {d.crop_size}{last_note} |
+| clip | {d.frames_per_clip} frames, {_sampling(d)}, crop {d.crop_size}{last_note} |
 | encoder | width {dims.width}, depth {dims.depth}, heads {dims.num_heads}, MLP ratio {dims.mlp_ratio:g} |
 | predictor | width {m.pred_width}, depth {m.pred_depth}, heads {m.pred_num_heads} |
 | masks | {masks} |
