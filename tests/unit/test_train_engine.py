@@ -206,3 +206,8 @@ def test_init_from_is_logged_with_its_source_and_what_it_loaded(tmp_path, capsys
     assert log.count("train.init_from") == 1
     resumed = Trainer(tr.cfg, tmp_path / "run", resume="auto", env=tr.env)
     assert not any("train.init_from" in n for n in resumed.notes)
+    from vjepa_scale.weights import check_init_source, load_init_state
+
+    latest = tmp_path / "run" / "checkpoints" / "latest"  # as `--resume` takes it (was: "not a torch checkpoint")
+    check_init_source(latest, tr.cfg)
+    assert load_init_state(latest, tr.cfg)["target_encoder"] is not None

@@ -48,7 +48,7 @@ def load_init_state(path: str | os.PathLike, cfg: Config, hf: bool = False) -> d
     (`check_init_source` is the cheap part of these checks). `hf`: read the folder as a Hugging Face
     export even when it is also a training run (evaluation's `encoder.hf_path`).
     """
-    p = Path(path).expanduser()
+    p = _source_path(path)
     if p.is_dir():
         state = _from_hf_folder(p, cfg) if hf or _is_hf_folder(p) else _from_training_run(p, cfg)
     elif p.is_file():
@@ -66,6 +66,12 @@ def load_init_state(path: str | os.PathLike, cfg: Config, hf: bool = False) -> d
     return state
 
 
+def _source_path(path: str | os.PathLike) -> Path:
+    """`path`, or the checkpoint a run's `latest` marker file names (as `--resume` takes it)."""
+    p = Path(path).expanduser()
+    return resolve_checkpoint(p) if p.name == "latest" and p.is_file() else p
+
+
 def _is_hf_folder(p: Path) -> bool:
     """A Hugging Face export folder (config.json), unless it is a training run or checkpoint that also
     holds an export (`convert_to_hf.py RUN RUN`): the run's own checkpoints then win (they have the
@@ -78,7 +84,7 @@ def check_init_source(path: str | os.PathLike, cfg: Config) -> None:
     and the architecture the source states (an HF folder's config.json, a run's config.yaml); an official
     file states it only in its tensors, so it gets every check of `load_init_state` (memory-mapped: shapes
     and the small tables are read, not the weights). For the pre-flight checks."""
-    p = Path(path).expanduser()
+    p = _source_path(path)
     if p.is_dir() and _is_hf_folder(p):
         hf_cfg = read_hf_config(p)
         _check_positions(hf_pos_embed(hf_cfg, str(p)), cfg, f"{p} (model_type {hf_cfg['model_type']})")
