@@ -92,6 +92,22 @@ def test_untouched_keeps_the_generators():
     assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
 
 
+def test_starting_the_training_loader_under_untouched_keeps_the_generators(tmp_path):
+    """The trainer starts each loader's iterator under `rng.untouched()`; a video loader's iterator must
+    draw its base seed there, not at the first batch (it did, moving torch's generator after a resume
+    restored it)."""
+    from helpers import video_cfg, write_video_sets
+
+    index = write_video_sets(tmp_path)["index"]["train"]
+    loader = build_dataloader(video_cfg([(index, 1.0)]), num_steps=2)
+    rng.seed_everything(0, 0)
+    before = torch.get_rng_state()
+    with rng.untouched():
+        it = iter(loader)
+    next(it)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_dataloader_workers_survive_sigterm():
     """SLURM and the deepspeed launcher signal every process, workers included: they must live on
     until their rank has finished its step and saved."""

@@ -199,7 +199,11 @@ class VideoLoader:
         return len(self.sampler)
 
     def __iter__(self):
-        it = iter(self.loader)
+        # created here, not at the first batch: the DataLoader draws its base seed from torch's generator
+        # now, where the trainer's `rng.untouched()` keeps the global generators as a resume restored them
+        return self._batches(iter(self.loader))
+
+    def _batches(self, it):
         step = self.sampler.start_step  # the micro-step of the next batch (they arrive in step order)
         while True:
             try:
