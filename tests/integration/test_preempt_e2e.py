@@ -32,6 +32,37 @@ OPTS = ["model.depth=1", "data.crop_size=32", "data.synthetic_size=64", f"optim.
         "optim.ema=[0.5,0.7]", "train.log_every=1", "train.keep_last=100"]
 
 
+def test_dataloader_workers_survive_a_stop_signal_as_they_start():
+    """A signal to the whole job while the workers start: one that reaches a worker after torch has
+    installed its worker handlers but before our `worker_init_fn` ignores it must not kill the worker
+    (it used to: "DataLoader worker ... is killed by signal: Terminated" and exit 1 instead of 75).
+    The hook sends it at exactly that point, to the worker and to the rank. In a fresh interpreter, as
+    in training: a process that has run DALI pipelines starts its workers from a fork server instead."""
+    code = """if True:
+        import os, signal
+        from vjepa_scale.config import load_config
+        from vjepa_scale.data import build_dataloader, loader as loader_mod
+        from vjepa_scale.train import preempt
+        from vjepa_scale.train.launch import preflight
+        preempt.install_handlers()
+        ignore = loader_mod._ignore_stop_signals
+        def signal_then_ignore(worker_id):
+            os.kill(os.getppid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            ignore(worker_id)
+        loader_mod._ignore_stop_signals = signal_then_ignore
+        cfg = load_config("cpu_demo.yaml", ["data.crop_size=32", "data.synthetic_size=16", "data.num_workers=2"])
+        it = iter(build_dataloader(preflight(cfg, 1), num_steps=4))
+        print([next(it).step for _ in range(4)], all(w.is_alive() for w in it._workers), preempt.stop_requested(),
+              flush=True)
+        os._exit(0)  # as tools/train.py ends: the workers ignore the SIGTERM multiprocessing's exit sends
+    """
+    r = run([sys.executable, "-c", code], timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[0, 1, 2, 3] True got SIGTERM", r.stdout
+
+
 def test_launcher_watch_sees_the_launcher_exit(tmp_path):
     """A process under a (stand-in) launcher that exits: its watch thread requests a stop."""
     out = tmp_path / "child.out"

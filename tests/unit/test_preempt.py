@@ -122,30 +122,6 @@ def test_dataloader_workers_survive_sigterm():
     assert next(it).step == 1
 
 
-def test_dataloader_workers_survive_a_stop_signal_as_they_start(handlers, monkeypatch):
-    """A signal to the whole job while the workers start: one that reaches a worker after torch has
-    installed its worker handlers but before our `worker_init_fn` ignores it must not kill the worker
-    (it used to: "DataLoader worker ... is killed by signal: Terminated" and exit 1 instead of 75).
-    The hook sends it at exactly that point, to the worker and to this process (the rank)."""
-    from vjepa_scale.data import loader as loader_mod
-
-    preempt.install_handlers()
-    ignore = loader_mod._ignore_stop_signals
-
-    def signal_then_ignore(worker_id):
-        os.kill(os.getppid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGUSR1)
-        ignore(worker_id)
-
-    monkeypatch.setattr(loader_mod, "_ignore_stop_signals", signal_then_ignore)
-    cfg = load_config("cpu_demo.yaml", ["data.crop_size=32", "data.synthetic_size=16", "data.num_workers=2"])
-    it = iter(build_dataloader(preflight(cfg, 1), num_steps=4))
-    assert [next(it).step for _ in range(4)] == [0, 1, 2, 3]
-    assert all(w.is_alive() for w in it._workers)
-    assert preempt.stop_requested() == "got SIGTERM"  # the rank's handler ran
-
-
 def test_stop_request_survives_a_broken_stderr(handlers, monkeypatch):
     """The handler prints its reason; a stderr whose reader died (a `| tee` killed by the same signal)
     must not turn the stop request into an exception in the training loop."""
