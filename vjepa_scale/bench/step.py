@@ -12,8 +12,10 @@ and mask draws (the config's synthetic data, moved to the device before timing):
   minimum (`mask.truncate=batch_min`), `padded` attention, one encoder and one predictor call per
   mask type, fp32 weights + bf16 autocast, torch AdamW, a per-parameter EMA loop.
 
-Reports clips/s, input tokens/s, trained context tokens/s (context tokens the encoder trained on;
-the reference drops some), achieved model TFLOP/s and MFU from `vjepa_scale.flops` (recompute
+Each row runs 2 warm-up steps (3 at full size: the first two see each micro-batch's shapes for the
+first time), then reports the median time of the timed steps (`time_ms`; `time_ms_min`/`_max` give
+their range) and, from it, clips/s, input tokens/s, trained context tokens/s (context tokens the
+encoder trained on; the reference drops some), achieved model TFLOP/s and MFU from `vjepa_scale.flops` (recompute
 excluded), `vs_reference` (clips/s over the reference row's) and `first_loss` (the loss of the first
 step). `opts` are config overrides (e.g. `model.activation_checkpointing=false`, `model.compile=true`);
 `rows` picks rows; with `profile_dir`, two more steps of the first row run under `torch.profiler`
@@ -30,6 +32,7 @@ import gc
 import os
 import re
 import socket
+import statistics
 import tempfile
 import time
 import traceback
@@ -61,7 +64,7 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
     check_positive("step", batch_size=batch_size, steps=steps)
     name, B, cfg = bench_config(device, config, batch_size, opts, phase)
     steps = steps or (3 if quick else 10)
-    warmup = 1 if quick else 3
+    warmup = 2 if quick else 3  # the first two steps see each micro-batch's shapes for the first time
     rows = list(rows or ROWS)
     for r in rows:
         if r not in ROWS:
@@ -141,7 +144,9 @@ def _batches(cfg: Config, B: int) -> list[Batch]:
 
 def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Callable[[int], torch.Tensor],
           masks: list, warmup: int, steps: int) -> dict:
-    """Run `step_fn(i)` (batch i % 2) warmup + steps times; the row of the timed steps."""
+    """Run `step_fn(i)` (batch i % 2) warmup + steps times; the row of the timed steps: `time_ms` is
+    the median of the timed steps' times (CUDA events between steps issued back to back, as in
+    training; `perf_counter` per step on CPU), `time_ms_min`/`time_ms_max` their range."""
     cuda = torch.device(device).type == "cuda"
     first = step_fn(0)
     first_loss = float(first)
@@ -150,12 +155,21 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
     sync(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = step_fn(i)
-    float(loss)
-    sync(device)
-    dt = (time.perf_counter() - t0) / steps
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        events[0].record()
+        for i in range(steps):
+            loss = step_fn(i)
+            events[i + 1].record()
+        float(loss)
+        sync(device)
+        times = [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])]
+    else:
+        times = []
+        for i in range(steps):
+            t0 = time.perf_counter()
+            float(step_fn(i))
+            times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
     used = [masks[i % 2] for i in range(steps)]
     flops = sum(train_flops(cfg, m)["total"] for m in used) / steps
     ctx = sum(sum(m.ctx_lengths) for m in used) / steps
@@ -168,6 +182,10 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
                 f"{' +compile' if cfg.model.compile else ''}",
         "impl": impl,
         "time_ms": dt * 1e3,
+        "time_ms_min": min(times) * 1e3,
+        "time_ms_max": max(times) * 1e3,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
         "clips_per_s": B / dt,
         "tokens_per_s": B * n_tok / dt,
         "ctx_tokens_per_s": ctx / dt,
