@@ -14,10 +14,13 @@ and mask draws (the config's synthetic data, moved to the device before timing):
 
 Each row runs 2 warm-up steps (3 at full size: the first two see each micro-batch's shapes for the
 first time), then reports the median time of the timed steps (`time_ms`; `time_ms_min`/`_max` give
-their range) and, from it, clips/s, input tokens/s, trained context tokens/s (context tokens the
-encoder trained on; the reference drops some), achieved model TFLOP/s and MFU from `vjepa_scale.flops` (recompute
-excluded), `vs_reference` (clips/s over the reference row's) and `first_loss` (the loss of the first
-step). `opts` are config overrides (e.g. `model.activation_checkpointing=false`, `model.compile=true`);
+their range; on CPU `cpu_time_ms` is the median process CPU time per step, which other jobs on a
+shared machine disturb less) and, from the median wall time, clips/s, input tokens/s, trained
+context tokens/s (context tokens the encoder trained on; the reference drops some), achieved model
+TFLOP/s and MFU from `vjepa_scale.flops` (recompute excluded), `vs_reference` (clips/s over the
+reference row's; `ctx_tokens_vs_reference` the same for context tokens/s, and on CPU
+`cpu_vs_reference` / `ctx_tokens_cpu_vs_reference` the same per CPU second) and `first_loss` (the
+loss of the first step). `opts` are config overrides (e.g. `model.activation_checkpointing=false`, `model.compile=true`);
 `rows` picks rows; with `profile_dir`, two more steps of the first row run under `torch.profiler`
 and `step_profile_<device>.txt` there gets the time per op category and the top ops.
 A recipe with `phases` is measured at one phase's clip shape (`phase`, default 0). The largest shape
@@ -101,6 +104,10 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
             if "clips_per_s" in r:
                 r["vs_reference"] = r["clips_per_s"] / ref["clips_per_s"]
                 r["ctx_tokens_vs_reference"] = r["ctx_tokens_per_s"] / ref["ctx_tokens_per_s"]
+                if "cpu_time_ms" in r and "cpu_time_ms" in ref:  # clips (context tokens) per CPU second
+                    r["cpu_vs_reference"] = ref["cpu_time_ms"] / r["cpu_time_ms"]
+                    r["ctx_tokens_cpu_vs_reference"] = (r["cpu_vs_reference"] * r["ctx_tokens_per_clip"]
+                                                        / ref["ctx_tokens_per_clip"])
     return out
 
 
@@ -146,7 +153,8 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
           masks: list, warmup: int, steps: int) -> dict:
     """Run `step_fn(i)` (batch i % 2) warmup + steps times; the row of the timed steps: `time_ms` is
     the median of the timed steps' times (CUDA events between steps issued back to back, as in
-    training; `perf_counter` per step on CPU), `time_ms_min`/`time_ms_max` their range."""
+    training; `perf_counter` per step on CPU), `time_ms_min`/`time_ms_max` their range; on CPU also
+    `cpu_time_ms`, the median process CPU time (all threads) per step."""
     cuda = torch.device(device).type == "cuda"
     first = step_fn(0)
     first_loss = float(first)
@@ -164,11 +172,12 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
         sync(device)
         times = [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])]
     else:
-        times = []
+        times, cpu = [], []
         for i in range(steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             float(step_fn(i))
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     dt = statistics.median(times)
     used = [masks[i % 2] for i in range(steps)]
     flops = sum(train_flops(cfg, m)["total"] for m in used) / steps
@@ -199,6 +208,8 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
     }
     if cuda:
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:  # the CPU time of the process per step (all threads), less sensitive to other jobs than wall time
+        row["cpu_time_ms"] = statistics.median(cpu) * 1e3
     return row
 
 
