@@ -11,7 +11,8 @@ ZeRO). Rows:
   grid), what a trainer without per-sample grids would have to run;
 - `per_step`: one uniform step per shape (V-JEPA 2's way), time summed over the shapes.
 `time_ms` is the median over 5 timed passes (a pass: the row's one step, or per_step's one step per
-shape) after 2 warm-up passes (3 at full size); `time_ms_min`/`_max` give the range.
+shape) after 2 warm-up passes (3 at full size); `time_ms_min`/`_max` give the range; on CPU
+`cpu_time_ms` is the median process CPU time per pass (all threads).
 `tokens_per_s` counts the real clips' full-clip tokens in every row (padding is not work done).
 """
 from __future__ import annotations
@@ -45,10 +46,12 @@ def _config(device: str, quick: bool) -> tuple[Config, list[tuple[int, int, int]
     return cfg.validate(), shapes
 
 
-def _timed(core, batches: list[Batch], warmup: int, steps: int, device: str) -> tuple[float, list[float]]:
-    """(median seconds per pass over `batches`, every timed pass's seconds): one optimizer step (+ EMA)
-    per batch, `warmup` untimed passes first (each pass's shapes are new on the first; CUDA events
-    between passes issued back to back, `perf_counter` per pass on CPU)."""
+def _timed(core, batches: list[Batch], warmup: int, steps: int,
+           device: str) -> tuple[float, list[float], list[float]]:
+    """(median seconds per pass over `batches`, every timed pass's seconds, on CPU every timed pass's
+    process CPU seconds (all threads; empty on CUDA)): one optimizer step (+ EMA) per batch, `warmup`
+    untimed passes first (each pass's shapes are new on the first; CUDA events between passes issued
+    back to back, `perf_counter` per pass on CPU)."""
     n = 0
 
     def one_pass():
@@ -69,14 +72,15 @@ def _timed(core, batches: list[Batch], warmup: int, steps: int, device: str) -> 
             events[i + 1].record()
         float(loss)
         sync(device)
-        times = [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])]
+        times, cpu = [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])], []
     else:
-        times = []
+        times, cpu = [], []
         for _ in range(steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             float(one_pass())
             times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+            cpu.append(time.process_time() - c0)
+    return statistics.median(times), times, cpu
 
 
 def run(device: str, quick: bool) -> list[dict]:
@@ -113,12 +117,14 @@ def run(device: str, quick: bool) -> list[dict]:
     for name, batches, tokens in (("packed", packed, real_tokens),
                                   ("padded", padded, len(clips) * big_grid[0] * big_grid[1] * big_grid[2]),
                                   ("per_step", per_step, real_tokens)):
-        dt, times = _timed(core, batches, warmup, steps, device)
+        dt, times, cpu = _timed(core, batches, warmup, steps, device)
         rows.append({"case": f"mixed step {mix} ({cfg.model.size}; {impl})", "impl": name, "time_ms": dt * 1e3,
                      "time_ms_min": min(times) * 1e3, "time_ms_max": max(times) * 1e3,
                      "warmup_passes": warmup, "timed_passes": steps,
                      "clips_per_s": len(clips) / dt, "tokens_per_s": real_tokens / dt,
                      "computed_tokens": tokens, "steps": len(batches)})
+        if cpu:  # CPU time of the process per pass, less sensitive to other jobs than wall time
+            rows[-1]["cpu_time_ms"] = statistics.median(cpu) * 1e3
     base = rows[1]["time_ms"]
     for r in rows:
         r["speedup"] = base / r["time_ms"]  # vs padding to the largest shape
