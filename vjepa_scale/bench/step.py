@@ -23,6 +23,9 @@ reference row's; `ctx_tokens_vs_reference` the same for context tokens/s, and on
 loss of the first step). `opts` are config overrides (e.g. `model.activation_checkpointing=false`, `model.compile=true`);
 `rows` picks rows; with `profile_dir`, two more steps of the first row run under `torch.profiler`
 and `step_profile_<device>.txt` there gets the time per op category and the top ops.
+On CPU, time the rows through `tools/bench.py`: it sets `OMP_WAIT_POLICY=PASSIVE` before torch loads
+OpenMP. In a process that loaded torch without it, the rows timed before the engine row spin at
+every parallel region's end and those after it do not (docs/PERF.md), so the order changes the numbers.
 A recipe with `phases` is measured at one phase's clip shape (`phase`, default 0). The largest shape
 the recipes train, V-JEPA 2's ViT-g cooldown at 384 px x 64 frames (18,432 tokens per clip), is the
 case `config="vjepa2_vitg_cool384"` (`COOLDOWN_CASE`; GPU only).
