@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pattern", choices=PATTERNS, default="shapes",
                     help="shapes: square over a static texture; noisy_square: square over per-frame noise; "
-                    "frame_index: flat grey frames, frame t at level 8 t + 4 (at most 31 frames), to check "
+                    "frame_index: flat grey frames, frame t at level 8 t + 4 (at most 32 frames), to check "
                     "which frames a clip holds")
     sq = ap.add_argument_group("noisy_square settings (defaults: side 16, speed 2, noise 200, cell 4)")
     sq.add_argument("--side", type=int, help="square side in pixels")
@@ -60,7 +60,7 @@ def check_ranges(ap: argparse.ArgumentParser, args) -> None:
     if args.size < 16 or args.size % 2:
         ap.error(f"--size must be even and at least 16 (H.264 and VP9 4:2:0 need even sizes), got {args.size}")
     if args.pattern == "frame_index" and frame_index_level(args.frames - 1) > 255:
-        ap.error(f"--frames must be at most 31 with --pattern frame_index, got {args.frames}")
+        ap.error(f"--frames must be at most 32 with --pattern frame_index, got {args.frames}")
     if not 0 <= args.val_fraction < 1:
         ap.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.val_fraction > 0 and num_val_videos(args.num_videos, args.val_fraction) == 0:
