@@ -23,10 +23,20 @@ import sys
 import traceback
 from pathlib import Path
 
-import torch
+# OpenMP's wait policy is read once, when torch loads libgomp, so it is set before `import torch`. By
+# default libgomp's idle threads spin (300,000 rounds) at every parallel region's end, unless the process
+# runs more OpenMP threads than it has cores: then it spins 100 rounds. The step suite's engine row
+# crosses that line mid-run (gloo's worker threads start their own OpenMP team in the collectives), so
+# rows timed before it spun at full length and rows after it did not: on a loaded 2-core machine the
+# torch and reference rows took 10-20x the CPU time when they ran first. PASSIVE (idle threads sleep)
+# gives every row the same policy whatever the order, about the one training runs under (tools/train.py
+# builds its DeepSpeed engine, and so the gloo team, before its first step).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from vjepa_scale.bench import SUITES, run_suite
-from vjepa_scale.bench.common import copy_gbps, device_name
+import torch  # noqa: E402
+
+from vjepa_scale.bench import SUITES, run_suite  # noqa: E402
+from vjepa_scale.bench.common import copy_gbps, device_name  # noqa: E402
 
 STD_COLS = [("case", "case"), ("impl", "impl"), ("time_ms", "time (ms)"), ("gbps", "GB/s"),
             ("copy_frac", "% copy BW"), ("speedup", "speed-up")]
@@ -120,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         triton_version = "not installed"
     meta = {"device": device, "device_name": device_name(device), "quick": quick, "torch": torch.__version__,
-            "triton": triton_version, "copy_gbps": copy_gbps(device),
+            "triton": triton_version, "copy_gbps": copy_gbps(device), "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "argv": sys.argv[1:] if argv is None else argv}
     out = Path(args.out)

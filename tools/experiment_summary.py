@@ -58,7 +58,7 @@ def plot_loss(rows: list[dict], out_png: Path) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--pretrain", required=True, type=Path)
     ap.add_argument("--pair", nargs=3, action="append", required=True, metavar=("PROTOCOL", "PRETRAINED", "RANDOM"),
                     help="a probe protocol name and the two result.json files (pretrained, random init)")

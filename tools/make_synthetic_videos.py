@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Write a synthetic video set: moving textured shapes labelled by direction of motion.
+"""Write a synthetic video set: moving squares labelled by direction of motion (`--pattern shapes`,
+`noisy_square`), or flat frames whose grey level encodes the frame number (`frame_index`).
 
     python tools/make_synthetic_videos.py OUT_DIR [--num-videos 32] [--frames 16] [--size 64]
                                           [--codecs h264 vp9] [--val-fraction 0.25] [--seed 0]
+                                          [--pattern shapes|noisy_square|frame_index]
 
 Creates OUT_DIR/videos/*.{mp4,webm,...} and OUT_DIR/train.txt, OUT_DIR/val.txt (`path label` lines,
 absolute paths), usable as `data.datasets: [{path: OUT_DIR/train.txt}]` with `data.backend: cpu`.
@@ -17,7 +19,7 @@ from vjepa_scale.data.synthetic_videos import CODECS, PATTERNS, frame_index_leve
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("out_dir")
     ap.add_argument("--num-videos", type=int, default=32, help="at least 1")
     ap.add_argument("--frames", type=int, default=16, help="frames per video, at least 1")
@@ -29,7 +31,9 @@ def main(argv=None) -> int:
                     help="share of videos in val.txt, in [0, 1); 0: training data only, no val.txt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pattern", choices=PATTERNS, default="shapes",
-                    help="shapes: square over a static texture; noisy_square: square over per-frame noise")
+                    help="shapes: square over a static texture; noisy_square: square over per-frame noise; "
+                    "frame_index: flat grey frames, frame t at level 8 t + 4 (at most 32 frames), to check "
+                    "which frames a clip holds")
     sq = ap.add_argument_group("noisy_square settings (defaults: side 16, speed 2, noise 200, cell 4)")
     sq.add_argument("--side", type=int, help="square side in pixels")
     sq.add_argument("--speed", type=float, help="pixels per frame")
@@ -56,7 +60,7 @@ def check_ranges(ap: argparse.ArgumentParser, args) -> None:
     if args.size < 16 or args.size % 2:
         ap.error(f"--size must be even and at least 16 (H.264 and VP9 4:2:0 need even sizes), got {args.size}")
     if args.pattern == "frame_index" and frame_index_level(args.frames - 1) > 255:
-        ap.error(f"--frames must be at most 31 with --pattern frame_index, got {args.frames}")
+        ap.error(f"--frames must be at most 32 with --pattern frame_index, got {args.frames}")
     if not 0 <= args.val_fraction < 1:
         ap.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.val_fraction > 0 and num_val_videos(args.num_videos, args.val_fraction) == 0:

@@ -115,7 +115,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--config", default="vith384")
     ap.add_argument("--step-ms", type=float, default=1021.0,
                     help="measured one-GPU micro-batch step (default: H100, vith384, B=10, docs/PERF.md)")

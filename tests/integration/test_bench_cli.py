@@ -1,6 +1,7 @@
 """tools/bench.py as a user runs it on CPU (small sizes): tables written, bad options refused, every
 suite, the Triton rows under the interpreter; timings are not asserted."""
 import json
+import os
 
 import pytest
 
@@ -70,6 +71,8 @@ def test_bench_cpu_all_suites(tmp_path):
     # cpu_env: this environment without the test process's own group (MASTER_PORT would already be taken)
     assert_ok(launch("tools/bench.py", "--device", "cpu", "--out", str(tmp_path), env=cpu_env(OMP_NUM_THREADS=None),
                      timeout=600))
+    meta = json.loads((tmp_path / "bench_cpu.json").read_text())["meta"]
+    assert meta["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads OpenMP
     md = (tmp_path / "bench_cpu.md").read_text()
     for s in ("gather", "ema", "attention", "step"):
         assert f"## {s}" in md

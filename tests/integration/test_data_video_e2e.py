@@ -79,6 +79,7 @@ def test_noisy_square_options_are_checked_by_the_tool(tmp_path):
     (["--num-videos", "0"], "--num-videos must be at least 1"),
     (["--num-videos", "1"], "--val-fraction 0.25 of --num-videos 1 puts no video in val.txt"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["--pattern", "frame_index", "--frames", "33"], "--frames must be at most 32 with --pattern frame_index"),
 ])
 def test_synthetic_tool_refuses_bad_ranges_up_front(tmp_path, args, message):
     """An odd size (libx264), no video, or a val split left empty: exit 2 naming the option, nothing written."""

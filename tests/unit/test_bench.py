@@ -34,7 +34,7 @@ def test_step_suite_reports_throughput_and_flops():
     from vjepa_scale.flops import train_flops
     from vjepa_scale.masks import MultiBlockMasker
 
-    rows = run_suite("step", "cpu", True, batch_size=2, steps=1, unknown_option=5, rows=["torch", "reference"])
+    rows = run_suite("step", "cpu", True, batch_size=2, steps=3, unknown_option=5, rows=["torch", "reference"])
     assert [r["row"] for r in rows] == ["torch", "reference"]
     assert rows[0]["impl"] == "torch module, fp32" and rows[1]["impl"].startswith("reference-style")
     cfg = load_config(resolve_config_path("cpu_demo"), ["data.backend=synthetic"])
@@ -47,6 +47,10 @@ def test_step_suite_reports_throughput_and_flops():
         assert row["tokens_per_s"] == pytest.approx(row["clips_per_s"] * cfg.grid[0] * cfg.grid[1] * cfg.grid[2])
         assert row["ctx_tokens_per_clip"] == sum(m.ctx_lengths) / 2
         assert row["vs_reference"] == pytest.approx(row["clips_per_s"] / rows[1]["clips_per_s"])
+        # the median of 3 timed steps after 2 warm-up steps, its range, and the CPU time per step
+        assert (row["warmup_steps"], row["timed_steps"]) == (2, 3)
+        assert row["time_ms_min"] <= row["time_ms"] <= row["time_ms_max"] and row["cpu_time_ms"] > 0
+        assert row["cpu_vs_reference"] == pytest.approx(rows[1]["cpu_time_ms"] / row["cpu_time_ms"])
 
 
 def test_step_suite_overrides_and_profile(tmp_path):
@@ -75,6 +79,9 @@ def test_mixed_suite_runs_the_step_core_on_three_layouts():
     assert rows["padded"]["computed_tokens"] > rows["packed"]["computed_tokens"] == rows["per_step"]["computed_tokens"]
     assert (rows["packed"]["steps"], rows["padded"]["steps"], rows["per_step"]["steps"]) == (1, 1, 3)
     assert rows["padded"]["speedup"] == 1 and all(r["tokens_per_s"] > 0 for r in rows.values())
+    for r in rows.values():  # the median of 5 timed passes after 2 warm-up passes
+        assert (r["warmup_passes"], r["timed_passes"]) == (2, 5) and r["cpu_time_ms"] > 0
+        assert r["time_ms_min"] <= r["time_ms"] <= r["time_ms_max"]
 
 
 def test_step_suite_times_recipes_from_random_weights():

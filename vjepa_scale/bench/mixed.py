@@ -10,10 +10,14 @@ ZeRO). Rows:
 - `padded`: every clip zero-padded to the largest shape, one uniform batch (masks on the largest
   grid), what a trainer without per-sample grids would have to run;
 - `per_step`: one uniform step per shape (V-JEPA 2's way), time summed over the shapes.
+`time_ms` is the median over 5 timed passes (a pass: the row's one step, or per_step's one step per
+shape) after 2 warm-up passes (3 at full size); `time_ms_min`/`_max` give the range; on CPU
+`cpu_time_ms` is the median process CPU time per pass (all threads).
 `tokens_per_s` counts the real clips' full-clip tokens in every row (padding is not work done).
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -42,22 +46,41 @@ def _config(device: str, quick: bool) -> tuple[Config, list[tuple[int, int, int]
     return cfg.validate(), shapes
 
 
-def _timed(core, batches: list[Batch], warmup: int, steps: int, device: str) -> float:
-    """Seconds per pass over `batches`, one optimizer step (+ EMA) each."""
+def _timed(core, batches: list[Batch], warmup: int, steps: int,
+           device: str) -> tuple[float, list[float], list[float]]:
+    """(median seconds per pass over `batches`, every timed pass's seconds, on CPU every timed pass's
+    process CPU seconds (all threads; empty on CUDA)): one optimizer step (+ EMA) per batch, `warmup`
+    untimed passes first (each pass's shapes are new on the first; CUDA events between passes issued
+    back to back, `perf_counter` per pass on CPU)."""
     n = 0
-    for _ in range(warmup):
-        for b in batches:
-            core.train_step([b], 0.999, n)
-            n += 1
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def one_pass():
+        nonlocal n
         for b in batches:
             loss = core.train_step([b], 0.999, n)
             n += 1
-    float(loss)
+        return loss
+
+    for _ in range(warmup):
+        one_pass()
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    if torch.device(device).type == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        events[0].record()
+        for i in range(steps):
+            loss = one_pass()
+            events[i + 1].record()
+        float(loss)
+        sync(device)
+        times, cpu = [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])], []
+    else:
+        times, cpu = [], []
+        for _ in range(steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            float(one_pass())
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    return statistics.median(times), times, cpu
 
 
 def run(device: str, quick: bool) -> list[dict]:
@@ -88,16 +111,20 @@ def run(device: str, quick: bool) -> list[dict]:
         per_step.append(batch(torch.stack([clips[i] for i in sel]), MultiBlockMasker(cfg.mask, grid(f, c)), sel,
                               slots=[slots[i] for i in sel]))
 
-    warmup, steps = (1, 2) if quick else (2, 5)
+    warmup, steps = (2, 5) if quick else (3, 5)
     mix = " + ".join(f"{n}x{f}f{c}px" for f, c, n in shapes)
     rows = []
     for name, batches, tokens in (("packed", packed, real_tokens),
                                   ("padded", padded, len(clips) * big_grid[0] * big_grid[1] * big_grid[2]),
                                   ("per_step", per_step, real_tokens)):
-        dt = _timed(core, batches, warmup, steps, device)
+        dt, times, cpu = _timed(core, batches, warmup, steps, device)
         rows.append({"case": f"mixed step {mix} ({cfg.model.size}; {impl})", "impl": name, "time_ms": dt * 1e3,
+                     "time_ms_min": min(times) * 1e3, "time_ms_max": max(times) * 1e3,
+                     "warmup_passes": warmup, "timed_passes": steps,
                      "clips_per_s": len(clips) / dt, "tokens_per_s": real_tokens / dt,
                      "computed_tokens": tokens, "steps": len(batches)})
+        if cpu:  # CPU time of the process per pass, less sensitive to other jobs than wall time
+            rows[-1]["cpu_time_ms"] = statistics.median(cpu) * 1e3
     base = rows[1]["time_ms"]
     for r in rows:
         r["speedup"] = base / r["time_ms"]  # vs padding to the largest shape

@@ -12,12 +12,20 @@ and mask draws (the config's synthetic data, moved to the device before timing):
   minimum (`mask.truncate=batch_min`), `padded` attention, one encoder and one predictor call per
   mask type, fp32 weights + bf16 autocast, torch AdamW, a per-parameter EMA loop.
 
-Reports clips/s, input tokens/s, trained context tokens/s (context tokens the encoder trained on;
-the reference drops some), achieved model TFLOP/s and MFU from `vjepa_scale.flops` (recompute
-excluded), `vs_reference` (clips/s over the reference row's) and `first_loss` (the loss of the first
-step). `opts` are config overrides (e.g. `model.activation_checkpointing=false`, `model.compile=true`);
+Each row runs 2 warm-up steps (3 at full size: the first two see each micro-batch's shapes for the
+first time), then reports the median time of the timed steps (`time_ms`; `time_ms_min`/`_max` give
+their range; on CPU `cpu_time_ms` is the median process CPU time per step, which other jobs on a
+shared machine disturb less) and, from the median wall time, clips/s, input tokens/s, trained
+context tokens/s (context tokens the encoder trained on; the reference drops some), achieved model
+TFLOP/s and MFU from `vjepa_scale.flops` (recompute excluded), `vs_reference` (clips/s over the
+reference row's; `ctx_tokens_vs_reference` the same for context tokens/s, and on CPU
+`cpu_vs_reference` / `ctx_tokens_cpu_vs_reference` the same per CPU second) and `first_loss` (the
+loss of the first step). `opts` are config overrides (e.g. `model.activation_checkpointing=false`, `model.compile=true`);
 `rows` picks rows; with `profile_dir`, two more steps of the first row run under `torch.profiler`
 and `step_profile_<device>.txt` there gets the time per op category and the top ops.
+On CPU, time the rows through `tools/bench.py`: it sets `OMP_WAIT_POLICY=PASSIVE` before torch loads
+OpenMP. In a process that loaded torch without it, the rows timed before the engine row spin at
+every parallel region's end and those after it do not (docs/PERF.md), so the order changes the numbers.
 A recipe with `phases` is measured at one phase's clip shape (`phase`, default 0). The largest shape
 the recipes train, V-JEPA 2's ViT-g cooldown at 384 px x 64 frames (18,432 tokens per clip), is the
 case `config="vjepa2_vitg_cool384"` (`COOLDOWN_CASE`; GPU only).
@@ -30,6 +38,7 @@ import gc
 import os
 import re
 import socket
+import statistics
 import tempfile
 import time
 import traceback
@@ -61,7 +70,7 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
     check_positive("step", batch_size=batch_size, steps=steps)
     name, B, cfg = bench_config(device, config, batch_size, opts, phase)
     steps = steps or (3 if quick else 10)
-    warmup = 1 if quick else 3
+    warmup = 2 if quick else 3  # the first two steps see each micro-batch's shapes for the first time
     rows = list(rows or ROWS)
     for r in rows:
         if r not in ROWS:
@@ -98,6 +107,10 @@ def run(device: str, quick: bool, config: Optional[str] = None, batch_size: Opti
             if "clips_per_s" in r:
                 r["vs_reference"] = r["clips_per_s"] / ref["clips_per_s"]
                 r["ctx_tokens_vs_reference"] = r["ctx_tokens_per_s"] / ref["ctx_tokens_per_s"]
+                if "cpu_time_ms" in r and "cpu_time_ms" in ref:  # clips (context tokens) per CPU second
+                    r["cpu_vs_reference"] = ref["cpu_time_ms"] / r["cpu_time_ms"]
+                    r["ctx_tokens_cpu_vs_reference"] = (r["cpu_vs_reference"] * r["ctx_tokens_per_clip"]
+                                                        / ref["ctx_tokens_per_clip"])
     return out
 
 
@@ -141,7 +154,10 @@ def _batches(cfg: Config, B: int) -> list[Batch]:
 
 def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Callable[[int], torch.Tensor],
           masks: list, warmup: int, steps: int) -> dict:
-    """Run `step_fn(i)` (batch i % 2) warmup + steps times; the row of the timed steps."""
+    """Run `step_fn(i)` (batch i % 2) warmup + steps times; the row of the timed steps: `time_ms` is
+    the median of the timed steps' times (CUDA events between steps issued back to back, as in
+    training; `perf_counter` per step on CPU), `time_ms_min`/`time_ms_max` their range; on CPU also
+    `cpu_time_ms`, the median process CPU time (all threads) per step."""
     cuda = torch.device(device).type == "cuda"
     first = step_fn(0)
     first_loss = float(first)
@@ -150,12 +166,22 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
     sync(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = step_fn(i)
-    float(loss)
-    sync(device)
-    dt = (time.perf_counter() - t0) / steps
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        events[0].record()
+        for i in range(steps):
+            loss = step_fn(i)
+            events[i + 1].record()
+        float(loss)
+        sync(device)
+        times = [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])]
+    else:
+        times, cpu = [], []
+        for i in range(steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            float(step_fn(i))
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    dt = statistics.median(times)
     used = [masks[i % 2] for i in range(steps)]
     flops = sum(train_flops(cfg, m)["total"] for m in used) / steps
     ctx = sum(sum(m.ctx_lengths) for m in used) / steps
@@ -168,6 +194,10 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
                 f"{' +compile' if cfg.model.compile else ''}",
         "impl": impl,
         "time_ms": dt * 1e3,
+        "time_ms_min": min(times) * 1e3,
+        "time_ms_max": max(times) * 1e3,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
         "clips_per_s": B / dt,
         "tokens_per_s": B * n_tok / dt,
         "ctx_tokens_per_s": ctx / dt,
@@ -181,6 +211,8 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
     }
     if cuda:
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:  # the CPU time of the process per step (all threads), less sensitive to other jobs than wall time
+        row["cpu_time_ms"] = statistics.median(cpu) * 1e3
     return row
 
 

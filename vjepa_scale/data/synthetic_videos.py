@@ -33,7 +33,7 @@ INDEX_LEVEL_STEP = 8  # grey levels between consecutive frame indices in pattern
 
 
 def frame_index_level(i: int) -> int:
-    """Grey level (0-255) of frame `i` in a `frame_index` video; distinct for i < 31."""
+    """Grey level (0-255) of frame `i` in a `frame_index` video; distinct for i < 32 (levels 4 to 252)."""
     return 4 + INDEX_LEVEL_STEP * i
 
 
@@ -136,7 +136,7 @@ def noisy_square_frames(label: int, frames: int, size: int, rng: np.random.Gener
 def frame_index_frames(frames: int, height: int, width: int) -> np.ndarray:
     """(T, H, W, 3) uint8 flat grey frames, frame t at level `frame_index_level(t)`."""
     if frame_index_level(frames - 1) > 255:
-        raise ValueError(f"pattern frame_index supports at most 31 frames, got {frames}")
+        raise ValueError(f"pattern frame_index supports at most 32 frames, got {frames}")
     levels = np.array([frame_index_level(t) for t in range(frames)], np.uint8)
     return np.broadcast_to(levels[:, None, None, None], (frames, height, width, 3)).copy()
 
