@@ -30,8 +30,10 @@ from pathlib import Path
 # rows timed before it spun at full length and rows after it did not: on a loaded 2-core machine the
 # torch and reference rows took 10-20x the CPU time when they ran first. PASSIVE (idle threads sleep)
 # gives every row the same policy whatever the order, about the one training runs under (tools/train.py
-# builds its DeepSpeed engine, and so the gloo team, before its first step).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# builds its DeepSpeed engine, and so the gloo team, before its first step). Only when run as a script:
+# imported (tests, tools), torch may already be loaded, and the variable would leak into later children.
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 

@@ -38,14 +38,16 @@ def test_step_suite_reports_throughput_and_flops():
     assert [r["row"] for r in rows] == ["torch", "reference"]
     assert rows[0]["impl"] == "torch module, fp32" and rows[1]["impl"].startswith("reference-style")
     cfg = load_config(resolve_config_path("cpu_demo"), ["data.backend=synthetic"])
-    masks = MultiBlockMasker(cfg.mask, cfg.grid)(2, step=0)
-    cut = MultiBlockMasker(reference_config(cfg).mask, cfg.grid)(2, step=0)
-    for row, m in zip(rows, [masks, cut]):
+    # the timed steps alternate the two batches (0, 1, 0): per-clip figures average over them, as the rates do
+    masks = [MultiBlockMasker(cfg.mask, cfg.grid)(2, step=s) for s in (0, 1, 0)]
+    cut = [MultiBlockMasker(reference_config(cfg).mask, cfg.grid)(2, step=s) for s in (0, 1, 0)]
+    for row, ms in zip(rows, [masks, cut]):
         assert row["suite"] == "step" and "cpu_demo B=2" in row["case"]
         assert row["clips_per_s"] > 0 and row["mfu"] is None  # no peak for a CPU
-        assert row["tflop_per_clip"] == pytest.approx(train_flops(cfg, m)["total"] / 2 / 1e12)
+        assert row["tflop_per_clip"] == pytest.approx(sum(train_flops(cfg, m)["total"] for m in ms) / 3 / 2 / 1e12)
         assert row["tokens_per_s"] == pytest.approx(row["clips_per_s"] * cfg.grid[0] * cfg.grid[1] * cfg.grid[2])
-        assert row["ctx_tokens_per_clip"] == sum(m.ctx_lengths) / 2
+        assert row["ctx_tokens_per_clip"] == pytest.approx(sum(sum(m.ctx_lengths) for m in ms) / 3 / 2)
+        assert row["ctx_tokens_per_s"] == pytest.approx(row["ctx_tokens_per_clip"] * row["clips_per_s"])
         assert row["vs_reference"] == pytest.approx(row["clips_per_s"] / rows[1]["clips_per_s"])
         # the median of 3 timed steps after 2 warm-up steps, its range, and the CPU time per step
         assert (row["warmup_steps"], row["timed_steps"]) == (2, 3)

@@ -191,6 +191,13 @@ def test_resume_auto_continues_the_checkpoint_a_run_preempted_before_its_first_s
     assert not (tmp_path / "new" / preempt.MARKER).exists() and (tmp_path / "new" / "PREEMPTED.stale").exists()
     with pytest.raises(ConfigError, match=r"PREEMPTED\.stale names one that cannot be resumed"):
         Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
+    # a fresh start preempted before its first save writes a newer marker (no checkpoint): auto starts afresh,
+    # and training removes both files
+    preempt.write_marker(tmp_path / "new", 0, None, "got SIGTERM")
+    fresh = Trainer(cfg, tmp_path / "new", resume="auto", env=single_process_group())
+    assert fresh.step == 0 and fresh.resumed_from is None
+    fresh.fit()
+    assert not any((tmp_path / "new" / n).exists() for n in ("PREEMPTED", "PREEMPTED.stale"))
 
 
 def test_a_complete_run_resumed_removes_a_leftover_marker(handlers, tmp_path, capsys):

@@ -211,3 +211,5 @@ def test_init_from_is_logged_with_its_source_and_what_it_loaded(tmp_path, capsys
     latest = tmp_path / "run" / "checkpoints" / "latest"  # as `--resume` takes it (was: "not a torch checkpoint")
     check_init_source(latest, tr.cfg)
     assert load_init_state(latest, tr.cfg)["target_encoder"] is not None
+    (tmp_path / "latest").write_bytes(src.read_bytes())  # an official file that is called `latest`
+    check_init_source(tmp_path / "latest", tr.cfg)

@@ -185,7 +185,7 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
     used = [masks[i % 2] for i in range(steps)]
     flops = sum(train_flops(cfg, m)["total"] for m in used) / steps
     ctx = sum(sum(m.ctx_lengths) for m in used) / steps
-    fl = train_flops(cfg, masks[0])
+    target_fwd = sum(train_flops(cfg, m)["target_fwd"] for m in used) / steps
     peak = device_peak_tflops(device)
     n_tok = cfg.grid[0] * cfg.grid[1] * cfg.grid[2]
     row = {
@@ -203,9 +203,9 @@ def _time(cfg: Config, name: str, B: int, device: str, impl: str, step_fn: Calla
         "ctx_tokens_per_s": ctx / dt,
         "model_tflops": flops / dt / 1e12,
         "mfu": (flops / dt / 1e12 / peak) if peak else None,
-        "tflop_per_clip": fl["total"] / B / 1e12,
-        "target_fwd_share": fl["target_fwd"] / fl["total"],
-        "ctx_tokens_per_clip": sum(masks[0].ctx_lengths) / B,
+        "tflop_per_clip": flops / B / 1e12,  # these three: over the timed steps' batches, as the rates
+        "target_fwd_share": target_fwd / flops,
+        "ctx_tokens_per_clip": ctx / B,
         "first_loss": first_loss,
         "act_ckpt": cfg.model.checkpoint_fraction,  # share of blocks recomputed (auto resolved)
     }

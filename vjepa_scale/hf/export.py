@@ -141,7 +141,7 @@ def _prepare_dir(out: Path, overwrite: bool) -> None:
 
 def _sampling(d) -> str:
     """How the run took a clip's frames (the model card's words)."""
-    how = (f"sampled at {d.fps:g} fps (per video, frame step ceil(video fps) // {d.fps:g})" if d.fps is not None
+    how = (f"sampled at {d.fps:g} fps (per video, frame step max(1, ceil(video fps) // {d.fps:g}))" if d.fps is not None
            else f"frame step {d.frame_step}")
     return how + (", videos shorter than a clip padded with their last frame" if d.short_videos == "pad" else "")
 

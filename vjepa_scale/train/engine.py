@@ -216,7 +216,8 @@ class Trainer:
                 if ckpt is None and preempt.marker_checkpoint(run_dir) is not None:
                     return Trainer._marker_resume(run_dir)
                 stale = run_dir / f"{preempt.MARKER}.stale"
-                if ckpt is None and stale.exists():  # not a silent fresh start either
+                if ckpt is None and stale.exists() and not (run_dir / preempt.MARKER).exists():
+                    # not a silent fresh start either (a newer marker naming no checkpoint: a fresh start's)
                     return None, [], (f"--resume auto: {run_dir} has no checkpoint of its own, and {stale} names "
                                       f"one that cannot be resumed: give --resume PATH, or delete {stale.name} "
                                       f"to start the run afresh")
@@ -372,8 +373,9 @@ class Trainer:
                       f"nothing to train", flush=True)
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
-        if self.is_main:
-            (self.run_dir / preempt.MARKER).unlink(missing_ok=True)  # this run goes on: no longer preempted
+        if self.is_main:  # this run goes on: no longer preempted, and a stale marker is past
+            for name in (preempt.MARKER, f"{preempt.MARKER}.stale"):
+                (self.run_dir / name).unlink(missing_ok=True)
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         for note in self.notes:

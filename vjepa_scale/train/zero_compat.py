@@ -148,7 +148,7 @@ def convert_to_universal(tag_dir: str, out_tag_dir: str, workers: int | None = N
     its memory is gone when it ends. The child and its workers die with this process, but not of a
     preemption signal: they ignore SIGTERM / SIGUSR1 (SLURM signals every process of a job step) and run
     in a session of their own (a launcher's signal to its group), so the conversion finishes, and the
-    rank then saves and exits 75 as usual. RuntimeError with the end of its output when it fails.
+    rank then stops before its first step and exits 75 as usual (nothing new to save). RuntimeError with the end of its output when it fails.
     """
     import subprocess
 
