@@ -58,6 +58,21 @@ def _ours(model, cfg, video, ctx, tgt):
     return h, [pred[b[m]:b[m + 1]].reshape(B, -1, h.shape[-1]) for m in range(len(ctx))]
 
 
+def _assert_hf_outputs(hf, model, cfg, seed: int, encoder: bool = True) -> None:
+    """The HF model's predictor outputs (and, with `encoder`, its encoder's) equal ours for every mask type
+    (`mask_index` m), on `_splits(cfg, seed)`."""
+    video = _video()
+    ctx, tgt = _splits(cfg, seed)
+    h, preds = _ours(model, cfg, video, ctx, tgt)
+    for m in range(len(ctx)):
+        with torch.no_grad():
+            o = hf(video.permute(0, 2, 1, 3, 4), context_mask=[torch.stack(ctx[m])],
+                   target_mask=[torch.stack(tgt[m])], mask_index=m)
+        if encoder:
+            assert (o.last_hidden_state - h).abs().max() <= 1e-4
+        assert (o.predictor_output.last_hidden_state - preds[m]).abs().max() <= 1e-4
+
+
 def _video():
     torch.manual_seed(123)
     return torch.randn(B, 3, FRAMES, CROP, CROP)
@@ -97,15 +112,7 @@ def test_sincos_export_matches_remote_code_model(tmp_path):
     _loaded_cleanly(info)
     hf.eval()
     assert type(hf).__name__ == "VJEPASinCosModel"
-    video = _video()
-    ctx, tgt = _splits(cfg, 1)
-    h, preds = _ours(model, cfg, video, ctx, tgt)
-    for m in range(len(ctx)):
-        with torch.no_grad():
-            o = hf(video.permute(0, 2, 1, 3, 4), context_mask=[torch.stack(ctx[m])],
-                   target_mask=[torch.stack(tgt[m])], mask_index=m)
-        assert (o.last_hidden_state - h).abs().max() <= 1e-4
-        assert (o.predictor_output.last_hidden_state - preds[m]).abs().max() <= 1e-4
+    _assert_hf_outputs(hf, model, cfg, seed=1)
     # The remote-code weights use the vjepa2 names: the stock model loads them all (only positions differ).
     _, info = transformers.VJEPA2Model.from_pretrained(out, output_loading_info=True)
     _loaded_cleanly(info)
@@ -218,14 +225,7 @@ def test_shared_mask_token_export_round_trips(tmp_path):
     hf, info = transformers.VJEPA2Model.from_pretrained(out, output_loading_info=True)
     _loaded_cleanly(info)
     hf.eval()
-    video = _video()
-    ctx, tgt = _splits(cfg, 3)
-    h, preds = _ours(model, cfg, video, ctx, tgt)
-    for m in range(len(ctx)):
-        with torch.no_grad():
-            o = hf(video.permute(0, 2, 1, 3, 4), context_mask=[torch.stack(ctx[m])],
-                   target_mask=[torch.stack(tgt[m])], mask_index=m)
-        assert (o.predictor_output.last_hidden_state - preds[m]).abs().max() <= 1e-4
+    _assert_hf_outputs(hf, model, cfg, seed=3, encoder=False)
     state = load_init_state(out, cfg)
     assert all(torch.equal(state["predictor"][k], v) for k, v in model.predictor.state_dict().items())
 
