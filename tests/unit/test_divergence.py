@@ -120,6 +120,20 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
     assert tr.save().name == "step_00000002"  # finite again: saved
 
 
+def test_without_a_progress_bar_each_logged_step_is_a_line(tmp_path, capsys):
+    """train.progress_bar: false (batch jobs) prints the bar's numbers as one line per logged step; a
+    disabled logger (ranks > 0) prints nothing."""
+    from vjepa_scale.train.metrics import progress_postfix
+
+    m = {"loss": 0.5, "lr": 1e-4, "clips_per_s": 12.0, "tokens_per_s": 3e4, "data_wait": 0.05}
+    RunLogger(tmp_path / "off", False, 10, progress_bar=False).progress(5, progress_postfix(m))
+    assert capsys.readouterr().out == ""
+    log = RunLogger(tmp_path, True, 10, progress_bar=False)
+    log.progress(5, progress_postfix(m))
+    log.close()
+    assert capsys.readouterr().out == "step 5/10: loss 0.5000  lr 1.00e-04  clips/s 12.0  tok/s 3e+04  wait 5%\n"
+
+
 def test_metrics_write_nonfinite_as_null(tmp_path):
     """metrics.jsonl: strict JSON, null + "nonfinite"; tensorboard: finite scalars + train/nonfinite."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

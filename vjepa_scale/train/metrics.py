@@ -46,7 +46,8 @@ def _truncate_records(path: Path, last_step: int) -> None:
 
 class RunLogger:
     """Rank 0 writes `metrics.jsonl` (one JSON object per logged step) and tensorboard events under
-    `tb/`, and draws a progress bar; other ranks construct it disabled and every call is a no-op."""
+    `tb/`, and draws a progress bar (without one, a line per logged step: batch-job logs); other ranks
+    construct it disabled and every call is a no-op."""
 
     def __init__(self, run_dir: str | Path, enabled: bool, total_steps: int, start_step: int = 0,
                  progress_bar: bool = True):
@@ -54,6 +55,7 @@ class RunLogger:
         self._jsonl = None
         self._tb = None
         self._bar = None
+        self._total = total_steps
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -89,8 +91,11 @@ class RunLogger:
         self._tb.add_scalar("train/nonfinite", float(bool(nonfinite)), step)
 
     def progress(self, step: int, postfix: Optional[dict] = None) -> None:
-        """Move the bar to `step` (tqdm computes the ETA) and show `postfix`."""
+        """Move the bar to `step` (tqdm computes the ETA) and show `postfix`; without a bar, print
+        `postfix` as one line."""
         if self._bar is None:
+            if self.enabled and postfix:
+                print(f"step {step}/{self._total}: " + "  ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
             return
         if postfix:
             self._bar.set_postfix(postfix, refresh=False)
