@@ -201,8 +201,8 @@ def test_init_from_is_logged_with_its_source_and_what_it_loaded(tmp_path, capsys
     tr = _trainer(tmp_path, "model.pos_embed=rope", f"train.init_from={src}")
     tr.fit()
     log = capsys.readouterr().out
-    assert (f"train.init_from: loaded online encoder, predictor from {src} (not in it; EMA target: a copy of "
-            f"the online encoder)") in log
+    assert (f"train.init_from: loaded online encoder, predictor from {src}; not in it: the EMA target, which "
+            f"starts as a copy of the online encoder") in log
     assert log.count("train.init_from") == 1
     resumed = Trainer(tr.cfg, tmp_path / "run", resume="auto", env=tr.env)
     assert not any("train.init_from" in n for n in resumed.notes)

@@ -86,11 +86,11 @@ def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None) -> t
         target_sd = state.get("target_encoder")
         has_pred = state.get("predictor") is not None
         parts = ["online encoder"] + ["predictor"] * has_pred + ["EMA target"] * (target_sd is not None)
-        absent = ["predictor: random init"] * (not has_pred) + ["EMA target: a copy of the online encoder"] * (
-            target_sd is None)
+        absent = ["the predictor, which starts from random init"] * (not has_pred) + [
+            "the EMA target, which starts as a copy of the online encoder"] * (target_sd is None)
         if notes is not None:
             notes.append(f"train.init_from: loaded {', '.join(parts)} from {cfg.train.init_from}"
-                         + (f" (not in it; {'; '.join(absent)})" if absent else ""))
+                         + (f"; not in it: {' and '.join(absent)}" if absent else ""))
     target = make_target_encoder(jepa.encoder, target_sd)
     return jepa, target
 
