@@ -189,8 +189,8 @@ step **{step if step is not None else 'unknown'}**{' and the predictor' if with_
 
 ```python
 {loader}
-from transformers import AutoVideoProcessor
-processor = AutoVideoProcessor.from_pretrained(PATH)  # needs torchvision; {d.frames_per_clip} frames, {d.crop_size} px crop, ImageNet mean/std
+from transformers import AutoVideoProcessor  # needs torchvision
+processor = AutoVideoProcessor.from_pretrained(PATH)  # {d.frames_per_clip} frames, {d.crop_size} px crop, ImageNet mean/std
 video = processor(frames, return_tensors="pt")["pixel_values_videos"]  # frames: (T, H, W, 3) uint8
 features = model(video, skip_predictor=True).last_hidden_state  # (batch, tokens, {dims.width})
 ```
