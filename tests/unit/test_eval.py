@@ -2,6 +2,7 @@
 HF import (the command line end to end: integration/test_eval_e2e.py)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -295,6 +296,11 @@ def test_videos_shorter_than_a_clip_window_are_counted_and_reported(tmp_path, ca
                           frames_per_clip=4, frame_step=3, num_workers=0)
     paths, labels = read_labeled_index(data.train_index, "data.train_index")
     assert [EvalClips(paths, labels, data)[i]["padded"] for i in range(len(paths))] == [False] * 4 + [True] * 4
+    # data.fps (as training's): the 8 fps videos get step 4 at fps 2 (a 13-frame window: all short) and step 2
+    # at fps 4 (a 7-frame window), whatever frame_step says
+    for fps, step, short in ((2.0, 3, [True] * 8), (4.0, 100, [False] * 4 + [True] * 4)):
+        by_rate = dataclasses.replace(data, fps=fps, frame_step=step)
+        assert [EvalClips(paths, labels, by_rate)[i]["padded"] for i in range(len(paths))] == short, fps
     cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=1, batch_size=4))
     cfg.encoder.random_init = True
     cfg.run.output_dir, cfg.run.tensorboard, cfg.run.progress_bar = str(tmp_path / "out"), False, False

@@ -48,6 +48,9 @@ class EvalDataConfig(Section):
     subset_seed: int = 0  # probe seed s trains on the balanced subset drawn with subset_seed + s
     frames_per_clip: int = 16
     frame_step: int = 4
+    # sample each video at this rate, as training's data.fps does: frame step max(1, ceil(video fps) // fps)
+    # per video (`frame_step` unused); null: every video at `frame_step`
+    fps: Optional[float] = None
     crop_size: int = 224
     num_clips: int = 1  # temporal clips per video, evenly spaced; their tokens are concatenated
     num_views: int = 1  # spatial views per clip (1 = center; 3 = both ends and center of the long side)
@@ -61,6 +64,8 @@ class EvalDataConfig(Section):
                 raise ConfigError(f"{prefix}.{name} is empty: give a `path label` index file")
         self.check_positive(prefix, "frames_per_clip", "frame_step", "crop_size", "num_clips", "num_views",
                             "batch_size")
+        if self.fps is not None:
+            self.check_positive(prefix, "fps")
         if self.resize_ratio < 1.0:
             raise ConfigError(f"{prefix}.resize_ratio must be >= 1 (crop inside the resized frame), "
                               f"got {self.resize_ratio}")

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vjepa_scale.config import ConfigError
-from vjepa_scale.data.clips import clip_window, normalize_clip, stored_box
+from vjepa_scale.data.clips import clip_window, normalize_clip, stored_box, video_frame_step
 from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip_frames, probe_video
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
@@ -130,7 +130,7 @@ class EvalClips(Dataset):
         except VideoError as e:
             item["skipped"] = (e.path, e.summary)
             return item
-        item["padded"] = info.num_frames < clip_window(self.cfg.frames_per_clip, self.cfg.frame_step)
+        item["padded"] = info.num_frames < clip_window(self.cfg.frames_per_clip, video_frame_step(info.fps, self.cfg))
         return item
 
     def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None) -> torch.Tensor:
@@ -138,7 +138,7 @@ class EvalClips(Dataset):
         None); VideoError when the file is unusable."""
         c = self.cfg
         info = info if info is not None else probe_video(self.paths[i], deadline)
-        windows = eval_frame_indices(info.num_frames, c.frames_per_clip, c.frame_step, c.num_clips)
+        windows = eval_frame_indices(info.num_frames, c.frames_per_clip, video_frame_step(info.fps, c), c.num_clips)
         pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for w in windows for f in w], deadline))
         T = c.frames_per_clip
         views = []

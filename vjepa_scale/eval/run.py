@@ -77,11 +77,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     left_out = {i for i, p in enumerate(train_paths) if p in dict(skipped["train"])}  # train positions
     padded = {name: len(set(_all_ranks(fs.padded, world))) for name, fs in (("train", train), ("val", val))}
     if rank == 0 and any(padded.values()):
-        window = clip_window(cfg.data.frames_per_clip, cfg.data.frame_step)
+        d = cfg.data
+        span = (f"at data.fps={d.fps:g} spans {d.frames_per_clip - 1} frame steps of a video's own" if d.fps else
+                f"at data.frame_step={d.frame_step} spans {clip_window(d.frames_per_clip, d.frame_step)} frames")
         log.warning("eval: %d train and %d val videos are shorter than one clip window (data.frames_per_clip=%d "
-                    "at data.frame_step=%d spans %d frames): their clips repeat the last frame (result.json: "
-                    "padded_videos); lower data.frame_step or data.frames_per_clip to sample only real frames",
-                    padded["train"], padded["val"], cfg.data.frames_per_clip, cfg.data.frame_step, window)
+                    "%s): their clips repeat the last frame (result.json: padded_videos); lower data.frame_step "
+                    "(data.fps) or data.frames_per_clip to sample only real frames",
+                    padded["train"], padded["val"], d.frames_per_clip, span)
     sample_XD = val.feats_MVND[:256, 0].flatten(0, 1).float()  # collapse diagnostics on this rank's share
     feat_rank, feat_top_pc = effective_rank(sample_XD), top_pc_share(sample_XD)
     del encoder
