@@ -31,7 +31,8 @@ from vjepa_scale.weights.checks import CheckpointMismatchError, check_architectu
 from vjepa_scale.weights.hf_config import check_hf_fields, hf_pos_embed, read_hf_config
 from vjepa_scale.weights.releases import (VJEPA2_MASK_TOKENS, FileLayout, Release, check_heads, identify,
                                           pick_release)
-from vjepa_scale.weights.run import CKPT_SUBDIR, find_latest, is_complete, load_consolidated, resolve_checkpoint
+from vjepa_scale.weights.run import (find_latest, is_complete, is_latest_marker, load_consolidated,
+                                     resolve_checkpoint)
 
 log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
@@ -70,8 +71,7 @@ def _source_path(path: str | os.PathLike) -> Path:
     """`path`, or the checkpoint a run's `checkpoints/latest` marker names (as `--resume` takes it; an
     official file that happens to be called `latest` is no marker: those are a line of text)."""
     p = Path(path).expanduser()
-    marker = p.name == "latest" and p.parent.name == CKPT_SUBDIR and p.is_file() and p.stat().st_size < 256
-    return resolve_checkpoint(p) if marker else p
+    return resolve_checkpoint(p) if is_latest_marker(p) else p
 
 
 def _is_hf_folder(p: Path) -> bool:

@@ -95,13 +95,19 @@ def find_latest(run_dir: str | Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
+def is_latest_marker(p: Path) -> bool:
+    """Whether `p` is a run's `checkpoints/latest` file (a line naming the newest checkpoint; a large
+    file of that name elsewhere, e.g. an official checkpoint, is not)."""
+    return p.name == "latest" and p.parent.name == CKPT_SUBDIR and p.is_file() and p.stat().st_size < 256
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint dir as given, the latest complete one of a run dir or of its `checkpoints` folder,
     or the checkpoint a `latest` marker file names; errors name the path."""
     p = Path(path).expanduser()
     if is_complete(p):
         return p
-    if p.name == "latest" and p.is_file():
+    if is_latest_marker(p):
         named = p.parent / p.read_text().strip()
         if not is_complete(named):
             raise FileNotFoundError(f"'{path}' names '{named}', which is not a complete checkpoint")
