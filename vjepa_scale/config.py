@@ -247,8 +247,11 @@ class DataConfig(Section):
     # sample each video at this rate: its frame step is max(1, ceil(video fps) // fps), per video (V-JEPA 2's
     # `fps: 4`); null: every video at `frame_step`
     fps: Optional[float] = None
-    # a video with fewer frames than one clip window: skip (counted as too_short) or pad (sampled from
-    # frame 0 at the step, its last frame repeated; counted as data_padded), as both references do
+    # exact: a clip's frames exactly `step` apart; linspace: the reference repos' spacing, frames_per_clip
+    # frames spread over frames_per_clip x step frames (~4.27 apart at 16 x 4; `data.clips.frame_offsets`)
+    frame_spacing: Literal["exact", "linspace"] = "exact"
+    # a video with fewer frames than one clip window: skip (counted as too_short) or pad (its last frame
+    # repeated, `data.clips.short_frame_indices`; counted as data_padded), as both references do
     short_videos: Literal["skip", "pad"] = "skip"
     num_clips: int = 1
     random_resize_scale: tuple[float, float] = (0.3, 1.0)

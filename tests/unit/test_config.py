@@ -38,6 +38,7 @@ def test_paper_recipes(name, size, crop, batch):
     assert (cfg.data.frames_per_clip, cfg.data.frame_step, cfg.data.fps) == (16, 4, None)
     # jepa concatenates its datasets (weights by size) and pads short videos with their last frame
     assert cfg.data.short_videos == "pad" and [d.weight for d in cfg.data.datasets] == [None] * 3
+    assert cfg.data.frame_spacing == "linspace"  # and spreads 16 frames over 64, as its linspace does
 
 
 def test_recipe_round_trips(tmp_path):
@@ -523,7 +524,8 @@ def test_vjepa2_recipes():
         assert cool.schedule(240_000 + 7_500).lr == pytest.approx((5.25e-4 + 1e-6) / 2)  # horizon 15k
         assert pre.global_batch == cool.global_batch == 3072
         # sampled at 4 fps per video, short videos padded (nearly every 64-frame clip at 4 fps is short)
-        assert all((c.data.fps, c.data.short_videos) == (4.0, "pad") for c in (cfg, pre.cfg, cool.cfg))
+        assert all((c.data.fps, c.data.short_videos, c.data.frame_spacing) == (4.0, "pad", "linspace")
+                   for c in (cfg, pre.cfg, cool.cfg))
         assert [d.weight for d in cfg.data.datasets] == [0.335, 0.100, 0.565]
     cool = load_config("vjepa2_vitg_cool384")
     assert cool.grid == (32, 24, 24) and cool.grid[0] * cool.grid[1] * cool.grid[2] == 18_432
@@ -533,7 +535,7 @@ def test_vjepa2_recipes():
     with pytest.raises(ConfigError, match=r"model.mask_tokens must be one of \['per_type', 'shared'\], got 'one'"):
         load_config("vjepa2_vitl", ["model.mask_tokens=one"])
     assert (cool.optim.warmup, cool.optim.cooldown, cool.optim.iterations) == (0, 15_000, 12_000)
-    assert (cool.data.fps, cool.data.short_videos) == (4.0, "pad")
+    assert (cool.data.fps, cool.data.short_videos, cool.data.frame_spacing) == (4.0, "pad", "linspace")
     # the 384 px x 64 frames cooldown fits an 80 GB card by the memory estimate at 6 and 12 clips per GPU
     for world in (512, 256):
         est = estimate_memory(resolve_batch(cool, world), world, torch.device("cuda"))

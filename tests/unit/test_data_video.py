@@ -16,7 +16,8 @@ from helpers import (frame_ids, frame_numbers, needs, numbered_frames, require, 
 from vjepa_scale.config import ConfigError, DatasetSpec, MaskConfig
 from vjepa_scale.data import Batch, NoReadableVideosError, build_dataloader, build_dataset, dali_available
 from vjepa_scale.data.batch import ClipCollator
-from vjepa_scale.data.clips import clip_frame_indices, normalize_clip, plan_clips, plan_video, video_frame_step
+from vjepa_scale.data.clips import (clip_frame_indices, clip_window, frame_offsets, normalize_clip, plan_clips, plan_video,
+                                   short_frame_indices, video_frame_step)
 from vjepa_scale.data.decode import (VideoError, VideoInfo, _decode_after_seek, _open, decode_clip_frames,
                                      decode_frames, probe_video)
 from vjepa_scale.data.sampler import MixturePlan, StepBatchSampler
@@ -42,6 +43,41 @@ def test_clip_indices_stride_padding_and_spread():
     assert clip_frame_indices(5, 4, 2, 1, rng) == [[0, 2, 4, 4]]  # window 7 > 5 frames: pad with last
     clips = clip_frame_indices(100, 4, 2, 3, rng)  # three clips from successive parts of the video
     assert [c[0] for c in clips] == sorted(c[0] for c in clips) and clips[2][-1] < 100
+
+
+def _reference_indices(start: int, num_frames: int, fpc: int, fstp: int) -> list[int]:
+    """facebookresearch/jepa and vjepa2's `loadvideo_decord` frame indices for one clip, restated: a window
+    of fpc x fstp frames from `start` with fpc linspace points, or in a video shorter than the window
+    num_frames // fstp points over the whole video, then its last frame repeated."""
+    clip_len = fpc * fstp
+    if num_frames >= clip_len:
+        idx = np.linspace(start, start + clip_len, num=fpc)
+        return np.clip(idx, start, start + clip_len - 1).astype(np.int64).tolist()
+    idx = np.linspace(0, num_frames, num=num_frames // fstp)
+    idx = np.concatenate((idx, np.ones(fpc - num_frames // fstp) * num_frames))
+    return np.clip(idx, 0, num_frames - 1).astype(np.int64).tolist()
+
+
+def test_linspace_spacing_takes_the_reference_repos_frames():
+    """data.frame_spacing: linspace gives the reference's frames: 16 x 4 spans 64 frames (0, 4, 8, 12, 17, ...,
+    63), a 63-frame video is short, a short one spreads num_frames // step frames then repeats its last."""
+    assert frame_offsets(16, 4, "linspace") == [0, 4, 8, 12, 17, 21, 25, 29, 34, 38, 42, 46, 51, 55, 59, 63]
+    assert (clip_window(16, 4), clip_window(16, 4, "linspace"), clip_window(8, 7, "linspace")) == (61, 64, 56)
+    for fpc, fstp in [(16, 4), (64, 7), (8, 2), (3, 1)]:
+        rng = np.random.default_rng(1)
+        for n in [fpc * fstp, fpc * fstp + 5, 500]:
+            for _ in range(5):
+                (c,) = clip_frame_indices(n, fpc, fstp, 1, rng, "linspace")
+                assert c == _reference_indices(c[0], n, fpc, fstp) and c[-1] < n
+        for n in [1, fstp - 1, fstp, fpc * fstp // 2 + 1, fpc * fstp - 1]:
+            if n >= 1:
+                assert short_frame_indices(n, fpc, fstp, "linspace") == _reference_indices(0, n, fpc, fstp), (fpc, fstp, n)
+                assert clip_frame_indices(n, fpc, fstp, 2, rng, "linspace") == [_reference_indices(0, n, fpc, fstp)] * 2
+    cfg = tiny_config(frames=16).data
+    cfg = dataclasses.replace(cfg, frame_step=4, frame_spacing="linspace")
+    with pytest.raises(VideoError, match="too short: 63 frames, a clip spans 64"):
+        plan_video(VideoInfo("v.mp4", "h264", 63, 32, 32, 30.0, False), cfg, 0, 0, 0)
+    assert not plan_video(VideoInfo("v.mp4", "h264", 64, 32, 32, 30.0, False), cfg, 0, 0, 0)[0].padded
 
 
 @pytest.mark.parametrize("codec,ext", [("h264", ".mp4"), ("vp9", ".webm")])
@@ -198,6 +234,19 @@ def test_short_videos_pad_repeats_the_last_frame_and_counts_it(tmp_path, backend
         assert metrics[mode]["data_skipped"] == len(batch.skipped)
     assert padded == {"pad": 1, "skip": 0}
     assert (metrics["pad"]["data_padded"], metrics["skip"]["data_padded"]) == (1, 0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("dali", marks=needs_dali)])
+def test_linspace_spacing_decodes_the_reference_frames(tmp_path, backend):
+    """data.frame_spacing: linspace through the data loader: 4 frames at step 2 span 8 frames (offsets 0, 2, 5, 7);
+    the 5-frame video, padded, takes 5 // 2 = 2 frames spread over it (0, 4), then its last (4, 4)."""
+    index, _ = _short_long_truncated(tmp_path)
+    cfg = video_cfg([(index, 1.0)], backend=backend, frames=4, step=2, batch=3, short_videos="pad",
+                    frame_spacing="linspace")
+    (batch,) = list(build_dataloader(cfg, num_steps=1))
+    got = {i: frame_ids(clip) for i, clip in zip(batch.index, batch.video)}
+    assert got[0] == [0, 4, 4, 4] and batch.padded >= 1
+    assert np.diff(got[1]).tolist() == [2, 3, 2] and got[1][-1] < 20
 
 
 def test_num_clips_flattened_into_batch(sets):

@@ -253,6 +253,9 @@ def test_eval_frame_indices_and_views():
     clips = eval_frame_indices(40, 4, 2, 3)
     assert [c[0] for c in clips] == [0, 16, 33] and clips[-1][-1] == 39
     assert eval_frame_indices(3, 4, 2, 2) == [[0, 2, 2, 2]] * 2  # short video: clamp to the last frame
+    # data.frame_spacing: linspace, the reference's spacing: 4 frames over 8 (window 8, starts 0..32, centred 16)
+    assert eval_frame_indices(40, 4, 2, 1, "linspace") == [[16, 18, 21, 23]]
+    assert eval_frame_indices(5, 4, 2, 1, "linspace") == [[0, 4, 4, 4]]  # short: 5 // 2 frames spread, then the last
     assert view_boxes(48, 64, 1, 1.0) == [(0, 8, 48, 48)]
     assert view_boxes(48, 64, 3, 1.0) == [(0, 0, 48, 48), (0, 8, 48, 48), (0, 16, 48, 48)]
     assert view_boxes(64, 48, 2, 1.0) == [(0, 0, 48, 48), (16, 0, 48, 48)]

@@ -429,9 +429,10 @@ def test_phased_export_describes_the_last_phase_and_the_real_schedules(tmp_path)
     assert "| 1 (cool) | 10 | 8 frames, crop 96 | 6 clips |" in card
     assert "8 frames, frame step 4, crop 96" in card
     cfg.data.fps, cfg.data.short_videos = 4.0, "pad"  # V-JEPA 2's sampling: the card must not name frame_step
+    cfg.data.frame_spacing = "linspace"
     card = (export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "hf_fps") / "README.md").read_text()
-    assert ("8 frames, sampled at 4 fps (per video, frame step max(1, ceil(video fps) // 4)), videos shorter than a clip "
-            "padded with their last frame, crop 96") in card
+    assert ("8 frames, sampled at 4 fps (per video, frame step max(1, ceil(video fps) // 4)), 8 frames spread over "
+            "8 steps as the reference repos do, videos shorter than a clip padded with their last frame, crop 96") in card
     assert "over the horizon's last 12 steps (`wsd`, 12-step horizon); WD" in card  # the cooldown phase's own piece
     assert "over 5 warmup steps" in card and "WD 0.04 (constant)" in card
     # a checkpoint from before the cooldown was trained only at the first phase's clip

@@ -17,7 +17,8 @@ uses. Every backend yields `Batch`es (`batch.py`): video (B*num_clips, C, T, H, 
 
 Both file backends probe files the same way (`decode.probe_video`: exact frame counts, never duration x
 fps; truncation; rotation), draw every random choice from `clips.plan_video` (frames by index at the
-exact stride, data.frame_step or from each video's rate with data.fps, also for variable frame rates;
+stride data.frame_step or from each video's rate with data.fps, exactly or spread as the reference repos
+do (data.frame_spacing), also for variable frame rates;
 boxes on the upright picture; files shorter than a clip skipped, or with data.short_videos: pad
 sampled with their last frame repeated and counted as padded), so they pick the same frames, crop box and flip for a sample, and replace
 unusable entries by the same policy (`skips.substitute`: uniform draws seeded by step and slot).

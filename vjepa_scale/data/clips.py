@@ -3,10 +3,11 @@
 A sample's randomness is drawn from a generator seeded by (seed, step, index), so the frames, crop box
 and flip of a sample are the same whichever backend, worker or process produces it. `plan_video` is
 the one decision every backend makes the same way: frames are indices in presentation order (exact
-counts from `decode.probe_video`, also for variable frame rates) at exactly the video's frame step
-(`video_frame_step`: `data.frame_step`, or from the video's rate with `data.fps`); a file shorter
-than one clip window is skipped (VideoError kind "too_short") or, with `data.short_videos: pad`,
-sampled from frame 0 with its last frame repeated (`ClipPlan.padded`); boxes are drawn on the upright
+counts from `decode.probe_video`, also for variable frame rates) at the video's frame step
+(`video_frame_step`: `data.frame_step`, or from the video's rate with `data.fps`), exactly or spread
+as the reference repos do (`data.frame_spacing`, `frame_offsets`); a file shorter than one clip
+window is skipped (VideoError kind "too_short") or, with `data.short_videos: pad`, sampled with its
+last frame repeated (`short_frame_indices`, `ClipPlan.padded`); boxes are drawn on the upright
 (display) picture. Backends only execute a `ClipPlan`: decode `frames` (all of them, or fail: the
 decoders never pad; a padded plan's repeated indices are real frames), crop `box` (in stored pixels),
 resize to the crop size, turn upright by `rotation`, flip, normalize with ImageNet mean/std, and lay
@@ -46,34 +47,60 @@ def sample_generator(seed: int, step: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(step), int(index)])
 
 
-def clip_window(frames_per_clip: int, frame_step: int) -> int:
-    """Frames one clip spans: (frames_per_clip - 1) * frame_step + 1."""
-    return (frames_per_clip - 1) * frame_step + 1
+def frame_offsets(frames_per_clip: int, frame_step: int, spacing: str = "exact") -> list[int]:
+    """A clip's frames as offsets from its first one (`data.frame_spacing`).
+
+    exact: i x frame_step. linspace: the reference repos' rule, floor(linspace(0, fpc x step, fpc)) with
+    the last offset clamped to fpc x step - 1 (16 frames at step 4: 0, 4, 8, 12, 17, ..., 59, 63, so
+    the frames sit ~4.27 apart and the clip spans 64 frames instead of 61).
+    """
+    if spacing == "exact":
+        return [i * frame_step for i in range(frames_per_clip)]
+    if spacing != "linspace":
+        raise ValueError(f"frame spacing must be 'exact' or 'linspace', got {spacing!r}")
+    span = frames_per_clip * frame_step
+    return np.clip(np.linspace(0, span, num=frames_per_clip), 0, span - 1).astype(np.int64).tolist()
+
+
+def short_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, spacing: str = "exact") -> list[int]:
+    """The frames of a clip from a video shorter than one clip window (`data.short_videos: pad`), its
+    last frame repeated. exact: from frame 0 at the step. linspace (the reference's rule):
+    num_frames // step frames spread evenly over the video, then its last frame repeated."""
+    if spacing != "linspace":
+        return [min(o, num_frames - 1) for o in frame_offsets(frames_per_clip, frame_step)]
+    n = min(frames_per_clip, num_frames // frame_step)
+    spread = np.clip(np.linspace(0, num_frames, num=n), 0, num_frames - 1).astype(np.int64).tolist()
+    return spread + [num_frames - 1] * (frames_per_clip - n)
+
+
+def clip_window(frames_per_clip: int, frame_step: int, spacing: str = "exact") -> int:
+    """Frames one clip spans: (frames_per_clip - 1) x frame_step + 1 with exact spacing,
+    frames_per_clip x frame_step with the reference's linspace (`frame_offsets`)."""
+    return frame_offsets(frames_per_clip, frame_step, spacing)[-1] + 1
 
 
 def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int,
-                       rng: np.random.Generator) -> list[list[int]]:
-    """`num_clips` lists of `frames_per_clip` indices at exact stride `frame_step`.
+                       rng: np.random.Generator, spacing: str = "exact") -> list[list[int]]:
+    """`num_clips` lists of `frames_per_clip` indices, `frame_offsets` apart (`spacing`).
 
     The window spans `clip_window` frames. The valid start positions
     [0, num_frames - window] are split into `num_clips` equal ranges and each clip draws its start
     uniformly from its own range (clips spread over the video). A video shorter than the window
-    starts at 0 and repeats its last frame (indices are clamped to num_frames - 1): what
-    `data.short_videos: pad` trains on (`plan_video`).
+    gets `short_frame_indices` (its last frame repeated): what `data.short_videos: pad` trains on
+    (`plan_video`).
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
-    window = clip_window(frames_per_clip, frame_step)
-    last_start = num_frames - window
+    offsets = frame_offsets(frames_per_clip, frame_step, spacing)
+    last_start = num_frames - (offsets[-1] + 1)
+    if last_start < 0:
+        return [short_frame_indices(num_frames, frames_per_clip, frame_step, spacing) for _ in range(num_clips)]
     clips = []
     for c in range(num_clips):
-        if last_start <= 0:
-            start = 0
-        else:
-            lo = (last_start + 1) * c // num_clips
-            hi = max(lo, (last_start + 1) * (c + 1) // num_clips - 1)
-            start = int(rng.integers(lo, hi + 1))
-        clips.append([min(start + i * frame_step, num_frames - 1) for i in range(frames_per_clip)])
+        lo = (last_start + 1) * c // num_clips
+        hi = max(lo, (last_start + 1) * (c + 1) // num_clips - 1)
+        start = int(rng.integers(lo, hi + 1)) if last_start > 0 else 0
+        clips.append([start + o for o in offsets])
     return clips
 
 
@@ -109,7 +136,7 @@ def plan_clips(num_frames: int, height: int, width: int, data_cfg, seed: int, st
     rng = sample_generator(seed, step, index)
     frame_lists = clip_frame_indices(num_frames, data_cfg.frames_per_clip,
                                      data_cfg.frame_step if frame_step is None else frame_step,
-                                     data_cfg.num_clips, rng)
+                                     data_cfg.num_clips, rng, data_cfg.frame_spacing)
     plans = []
     for frames in frame_lists:
         box = random_resized_crop_box(height, width, tuple(data_cfg.random_resize_scale),
@@ -147,17 +174,17 @@ def stored_box(box: tuple[int, int, int, int], rotation: int, height: int, width
 
 def plan_video(info: VideoInfo, data_cfg, seed: int, step: int, key: int) -> list[ClipPlan]:
     """The ClipPlans of probed file `info` for the sample keyed `key` at `step` (boxes in stored pixels),
-    frames `video_frame_step` apart.
+    frames `video_frame_step` apart (spaced as `data.frame_spacing` says).
 
     A file with fewer frames than one clip spans raises VideoError (kind "too_short"), or with
-    `data.short_videos: pad` gets plans from frame 0 that repeat its last frame (`padded`).
+    `data.short_videos: pad` gets plans that repeat its last frame (`padded`).
     """
     frame_step = video_frame_step(info.fps, data_cfg)
-    window = clip_window(data_cfg.frames_per_clip, frame_step)
+    window = clip_window(data_cfg.frames_per_clip, frame_step, data_cfg.frame_spacing)
     padded = info.num_frames < window
     if padded and data_cfg.short_videos != "pad":
         how = (f"frame step {frame_step} for data.fps={data_cfg.fps:g} at {info.fps:.3g} fps"
-               if data_cfg.fps is not None else "frames_per_clip x frame_step")
+               if data_cfg.fps is not None else f"data.frame_step={frame_step}")
         raise VideoError(info.path, f"too short: {info.num_frames} frames, a clip spans {window} ({how}; "
                                     f"data.short_videos: pad keeps it)", "too_short")
     height, width = info.display_size

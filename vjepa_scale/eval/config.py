@@ -51,6 +51,7 @@ class EvalDataConfig(Section):
     # sample each video at this rate, as training's data.fps does: frame step max(1, ceil(video fps) // fps)
     # per video (`frame_step` unused); null: every video at `frame_step`
     fps: Optional[float] = None
+    frame_spacing: Literal["exact", "linspace"] = "exact"  # as training's data.frame_spacing
     crop_size: int = 224
     num_clips: int = 1  # temporal clips per video, evenly spaced; their tokens are concatenated
     num_views: int = 1  # spatial views per clip (1 = center; 3 = both ends and center of the long side)

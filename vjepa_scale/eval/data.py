@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vjepa_scale.config import ConfigError
-from vjepa_scale.data.clips import clip_window, normalize_clip, stored_box, video_frame_step
+from vjepa_scale.data.clips import (clip_window, frame_offsets, normalize_clip, short_frame_indices, stored_box,
+                                   video_frame_step)
 from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip_frames, probe_video
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
@@ -72,18 +73,21 @@ def rank_share(chosen: list[int], rank: int, world: int, per_class: int,
     return chosen[rank::world]
 
 
-def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int) -> list[list[int]]:
-    """`num_clips` windows of `frames_per_clip` frames at stride `frame_step`, evenly spread.
+def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int,
+                       spacing: str = "exact") -> list[list[int]]:
+    """`num_clips` windows of `frames_per_clip` frames `frame_offsets` apart (`spacing`), evenly spread.
 
-    A video shorter than one window starts at 0 and repeats its last frame.
+    A video shorter than one window gets `short_frame_indices` (its last frame repeated).
     """
-    window = clip_window(frames_per_clip, frame_step)
-    last_start = max(0, num_frames - window)
+    offsets = frame_offsets(frames_per_clip, frame_step, spacing)
+    last_start = num_frames - (offsets[-1] + 1)
+    if last_start < 0:
+        return [short_frame_indices(num_frames, frames_per_clip, frame_step, spacing)] * num_clips
     if num_clips == 1:
         starts = [last_start // 2]
     else:
         starts = [round(c * last_start / (num_clips - 1)) for c in range(num_clips)]
-    return [[min(s + i * frame_step, num_frames - 1) for i in range(frames_per_clip)] for s in starts]
+    return [[s + o for o in offsets] for s in starts]
 
 
 def view_boxes(height: int, width: int, num_views: int, resize_ratio: float) -> list[tuple[int, int, int, int]]:
@@ -130,7 +134,8 @@ class EvalClips(Dataset):
         except VideoError as e:
             item["skipped"] = (e.path, e.summary)
             return item
-        item["padded"] = info.num_frames < clip_window(self.cfg.frames_per_clip, video_frame_step(info.fps, self.cfg))
+        item["padded"] = info.num_frames < clip_window(self.cfg.frames_per_clip, video_frame_step(info.fps, self.cfg),
+                                                       self.cfg.frame_spacing)
         return item
 
     def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None) -> torch.Tensor:
@@ -138,7 +143,8 @@ class EvalClips(Dataset):
         None); VideoError when the file is unusable."""
         c = self.cfg
         info = info if info is not None else probe_video(self.paths[i], deadline)
-        windows = eval_frame_indices(info.num_frames, c.frames_per_clip, video_frame_step(info.fps, c), c.num_clips)
+        windows = eval_frame_indices(info.num_frames, c.frames_per_clip, video_frame_step(info.fps, c), c.num_clips,
+                                     c.frame_spacing)
         pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for w in windows for f in w], deadline))
         T = c.frames_per_clip
         views = []

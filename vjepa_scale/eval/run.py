@@ -79,7 +79,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     if rank == 0 and any(padded.values()):
         d = cfg.data
         span = (f"at data.fps={d.fps:g} spans {d.frames_per_clip - 1} frame steps of a video's own" if d.fps else
-                f"at data.frame_step={d.frame_step} spans {clip_window(d.frames_per_clip, d.frame_step)} frames")
+                f"at data.frame_step={d.frame_step} spans "
+                f"{clip_window(d.frames_per_clip, d.frame_step, d.frame_spacing)} frames")
         log.warning("eval: %d train and %d val videos are shorter than one clip window (data.frames_per_clip=%d "
                     "%s): their clips repeat the last frame (result.json: padded_videos); lower data.frame_step "
                     "(data.fps) or data.frames_per_clip to sample only real frames",

@@ -143,6 +143,8 @@ def _sampling(d) -> str:
     """How the run took a clip's frames (the model card's words)."""
     how = (f"sampled at {d.fps:g} fps (per video, frame step max(1, ceil(video fps) // {d.fps:g}))" if d.fps is not None
            else f"frame step {d.frame_step}")
+    if d.frame_spacing == "linspace":
+        how += f", {d.frames_per_clip} frames spread over {d.frames_per_clip} steps as the reference repos do"
     return how + (", videos shorter than a clip padded with their last frame" if d.short_videos == "pad" else "")
 
 
