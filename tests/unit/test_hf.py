@@ -442,6 +442,20 @@ def test_phased_export_describes_the_last_phase_and_the_real_schedules(tmp_path)
     assert "crop 64 (phase 0, which trained step 30)" in (mid / "README.md").read_text()
     late = export_to_hf(cfg, model.encoder.state_dict(), tmp_path / "late", step=31)
     assert json.loads((late / "video_preprocessor_config.json").read_text())["num_frames"] == 8
+    # the stock VJEPA2Model numbers RoPE positions on config.json's crop grid: at the processor's clip it must
+    # give our features (sharp attention, qkv x 15, so wrong positions show)
+    sharp = {k: v * 15 if ".qkv." in k else v for k, v in model.encoder.state_dict().items()}
+    for folder, step, (frames, crop) in (("hf_sharp", None, (8, 96)), ("mid_sharp", 30, (4, 64))):
+        out = export_to_hf(cfg, sharp, tmp_path / folder, step=step)
+        fields = json.loads((out / "config.json").read_text())
+        assert (fields["frames_per_clip"], fields["crop_size"]) == (frames, crop)
+        model.encoder.load_state_dict(sharp)
+        torch.manual_seed(0)
+        video = torch.randn(1, 3, frames, crop, crop)
+        hf = transformers.VJEPA2Model.from_pretrained(out).eval()
+        with torch.no_grad():
+            ours, theirs = model.encoder(video), hf(video.permute(0, 2, 1, 3, 4), skip_predictor=True).last_hidden_state
+        assert (ours - theirs).abs().max() <= 1e-4 * ours.abs().max(), folder
 
     plain = load_config("cpu_demo", ["optim.lr_schedule=wsd", "optim.cooldown=10"])
     card = export_to_hf(plain, JEPA(plain).encoder.state_dict(), tmp_path / "plain").joinpath("README.md").read_text()

@@ -9,8 +9,10 @@ use the `vjepa2` parameter names. Weights go to safetensors, sharded with an ind
 (the stock `VJEPA2VideoProcessor`: resize, centre crop to the run's crop size, ImageNet mean/std).
 A run of several `phases` is described by the clip shape of the phase that trained the exported step
 (the last phase when the step is unknown); the card lists every phase with its own batch and
-schedules. `config.json`'s crop_size / frames_per_clip stay `data`'s: the grid the position table is
-built at.
+schedules. `config.json`'s crop_size / frames_per_clip: for RoPE, that phase's clip too (the stock
+`VJEPA2Model` numbers its RoPE positions on config.crop_size's grid, so it is right only for clips of
+that crop); for sin-cos, `data`'s, the grid its position table is built at (the remote code
+interpolates it to the input's size).
 """
 from __future__ import annotations
 
@@ -65,12 +67,15 @@ def video_processor_fields(cfg: Config, step: Optional[int] = None) -> dict:
             "do_sample_frames": False, "num_frames": last.frames_per_clip}
 
 
-def make_hf_config(cfg: Config, dtype: torch.dtype = torch.float32):
-    """A `VJEPA2Config` (RoPE) or our remote-code `VJEPASinCosConfig` (sin-cos) for `cfg`."""
+def make_hf_config(cfg: Config, dtype: torch.dtype = torch.float32, step: Optional[int] = None):
+    """A `VJEPA2Config` (RoPE) or our remote-code `VJEPASinCosConfig` (sin-cos) for `cfg`; a RoPE
+    config takes the clip of the phase that trained step `step` (`trained_phase`), see the module doc."""
     if cfg.model.pos_embed == "rope":
         from transformers import VJEPA2Config
 
-        hf = VJEPA2Config(**config_to_hf_fields(cfg))
+        clip = trained_phase(cfg, step)[1].data
+        fields = config_to_hf_fields(cfg) | dict(crop_size=clip.crop_size, frames_per_clip=clip.frames_per_clip)
+        hf = VJEPA2Config(**fields)
         hf.architectures = ["VJEPA2Model"]
     else:
         from vjepa_scale.hf.modeling_vjepa_sincos import VJEPASinCosConfig
@@ -105,7 +110,7 @@ def export_to_hf(cfg: Config, encoder: StateDict, out_dir: str | os.PathLike, pr
     from huggingface_hub import save_torch_state_dict
 
     save_torch_state_dict(sd, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
-    hf = make_hf_config(cfg, dtype)
+    hf = make_hf_config(cfg, dtype, step)
     hf.save_pretrained(out)
     # huggingface_hub writes the weights through a temp file (mode 0600): give them the mode the umask
     # gives a new file, as config.json got
@@ -172,6 +177,8 @@ def model_card(cfg: Config, *, step: Optional[int], which: str, with_predictor: 
         pred_note = (f" The predictor holds one mask token per mask type ({len(cfg.mask.types)}); like `VJEPA2Model`, "
                      f"a forward with masks predicts with mask token 1 (the second mask type of the recipe).")
     recipe = yaml.safe_dump({k: v for k, v in cfg.to_dict().items() if k != "deepspeed"}, sort_keys=False)
+    rope_note = ("Positions are 3D RoPE, loadable by the stock `vjepa2` model, which numbers them on the grid of "
+                 f"config.json's crop_size ({d.crop_size} px): feed it square clips of that crop.")
     return f"""---
 library_name: transformers
 tags:
@@ -201,7 +208,7 @@ features = model(video, skip_predictor=True).last_hidden_state  # (batch, tokens
 
 Needs `transformers>=5`. Tokens are tubelets of {m.tubelet_size}x{m.patch_size}x{m.patch_size} in (time, height,
 width) raster order.{pred_note}
-{'Positions are 3D RoPE, loadable by the stock `vjepa2` model.' if rope else
+{rope_note if rope else
 'Positions are fixed 3D sin-cos tables, which the stock `vjepa2` model cannot represent: the model class '
 'ships in `modeling_vjepa_sincos.py` (same parameter names as `vjepa2`).'}
 
