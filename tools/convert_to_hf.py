@@ -65,8 +65,9 @@ def main(argv=None) -> int:
 
     from vjepa_scale.hf import check_export_dir, export_to_hf
     from vjepa_scale.weights import CheckpointMismatchError, load_consolidated
+    from vjepa_scale.weights.run import is_latest_marker
 
-    official = Path(args.checkpoint).is_file()
+    official = Path(args.checkpoint).is_file() and not is_latest_marker(Path(args.checkpoint))
     if args.config and not official:
         print("error: --config is for official checkpoint files; a run carries its own config", file=sys.stderr)
         return 2

@@ -12,7 +12,9 @@ tools/train.py) override the YAML (sections: encoder, model, data, probe, optim,
 Writes `result.json` and tensorboard logs (`tb/`) to the output folder: `--output DIR` (or a
 `run.output_dir` override) as given; otherwise `run.output_dir` with a suffix naming the encoder
 source, so that the examples above do not overwrite each other: none for a checkpoint's EMA target,
-`_online`, `_hf`, `_random_init` (e.g. runs/experiment_motion/probe_random_init).
+`_online`, `_hf`, `_random_init` (e.g. runs/experiment_motion/probe_random_init). A folder holding
+another encoder's result.json is refused before any work (`--overwrite` replaces it); the same
+encoder's (any step of one run) is replaced, its tensorboard curves too.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ap.add_argument("--which", choices=["target", "online"], help="encoder of a checkpoint (default target/EMA)")
     ap.add_argument("--output", help="output folder, as given (run.output_dir; without it: run.output_dir "
                     "with a suffix naming the encoder source)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an output folder's result of another encoder (run.overwrite)")
     ap.add_argument("--seeds", help="comma-separated probe seeds, each once (run.seeds)")
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     ap.add_argument("--opt", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -60,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         overrides.append(f"run.output_dir={args.output}")
     if args.seeds:
         overrides.append(f"run.seeds=[{args.seeds}]")
+    if args.overwrite:
+        overrides.append("run.overwrite=true")
     return args, overrides
 
 
@@ -92,13 +98,14 @@ def eval_config(args: argparse.Namespace, overrides: list[str]):
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
 
+    from vjepa_scale.data.skips import NoReadableVideosError
     from vjepa_scale.eval.run import run_eval
     from vjepa_scale.weights import CheckpointMismatchError
 
     try:
         cfg = eval_config(args, overrides)
         result = run_eval(cfg)
-    except (ConfigError, CheckpointMismatchError) as e:
+    except (ConfigError, CheckpointMismatchError, NoReadableVideosError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":

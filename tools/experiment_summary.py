@@ -66,6 +66,14 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="motion")
     args = ap.parse_args(argv)
 
+    results = {}
+    for proto, pre_path, rnd_path in args.pair:
+        pre, rnd = json.loads(Path(pre_path).read_text()), json.loads(Path(rnd_path).read_text())
+        if pre.get("model") != rnd.get("model"):  # a gap between two architectures measures nothing
+            print(f"error: --pair {proto}: {pre_path} probed model {pre.get('model')}, {rnd_path} model "
+                  f"{rnd.get('model')}: a baseline must have the pretrained encoder's architecture", file=sys.stderr)
+            return 2
+        results[proto] = pre, rnd
     rows = load_metrics(args.pretrain)
     args.out.mkdir(parents=True, exist_ok=True)
     curve = [{k: r[k] for k in ("step", "loss", "lr", "ema_momentum", "step_time") if k in r} for r in rows]
@@ -82,7 +90,7 @@ def main(argv=None) -> int:
     table = ["| probe protocol | train videos | pretrained (EMA target) | random init | gap (points) |",
              "|---|---|---|---|---|"]
     for proto, pre_path, rnd_path in args.pair:
-        pre, rnd = json.loads(Path(pre_path).read_text()), json.loads(Path(rnd_path).read_text())
+        pre, rnd = results[proto]
         shutil.copyfile(pre_path, args.out / f"{args.name}_{proto}_pretrained.json")
         shutil.copyfile(rnd_path, args.out / f"{args.name}_{proto}_random.json")
         gap = pre["val_top1_mean"] - rnd["val_top1_mean"]

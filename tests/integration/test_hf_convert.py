@@ -81,6 +81,30 @@ def test_convert_online_and_errors(run_dir, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert cli.main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+    # the run's checkpoints/latest file names the checkpoint (it is not an official file)
+    assert cli.main([str(run_dir / "checkpoints" / "latest"), str(tmp_path / "via_latest")]) == 0
+    assert "target encoder at step 2" in capsys.readouterr().out
+
+
+def test_convert_passes_over_a_damaged_checkpoint_of_a_run(run_dir, tmp_path, capsys):
+    """A damaged newest checkpoint: given as such, an error naming the file (exit 2); as the run folder, the
+    newest undamaged one, with a warning naming the damaged one (as --resume auto does)."""
+    import shutil
+
+    cli = _cli()
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    new, old = run / "checkpoints" / "step_00000002", run / "checkpoints" / "step_00000001"
+    shutil.copytree(new, old)  # an older save of the same weights
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps(meta | {"step": 1, "save_index": meta.get("save_index", 1) - 1}))
+    ema = sorted((new / "ema").glob("rank*.pt"))[0]
+    ema.write_bytes(ema.read_bytes()[:1000])
+    assert cli.main([str(new), str(tmp_path / "a")]) == 2
+    assert f"{ema} is damaged" in capsys.readouterr().err
+    assert cli.main([str(run), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr()
+    assert "checkpoint step_00000002 cannot be loaded" in out.err and "target encoder at step 1" in out.out
 
 
 def test_warm_start_from_training_run(run_dir):

@@ -117,6 +117,9 @@ def test_eval_config_validation(tmp_path):
         load_eval_config(None, ["data.train_index=a", "data.val_index=b", "encoder.random_init=true"])
     with pytest.raises(ConfigError, match=r"probe.kind must be one of \['v1', 'v2'\]"):
         load_eval_config(None, ["probe.kind=v3"])
+    with pytest.raises(ConfigError, match=r"encoder.which=online picks an encoder of a training checkpoint; an "
+                                          r"export \(encoder.hf_path\) holds one encoder"):
+        load_eval_config(None, ["data.train_index=a", "data.val_index=b", "encoder.hf_path=x", "encoder.which=online"])
     cfg = load_eval_config(None, ["data.train_index=a", "data.val_index=b", "encoder.random_init=true",
                                   "model.size=tiny", "run.seeds=[0,1,2]"])
     assert cfg.model.size == "tiny" and cfg.run.seeds == [0, 1, 2] and cfg.optim.epochs == 20
@@ -245,6 +248,23 @@ def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(pret
         build(other)
 
 
+def test_a_damaged_checkpoint_is_a_config_error_naming_the_file(pretrained_run, tmp_path):
+    """encoder.checkpoint whose EMA file is cut short: a ConfigError naming that file, before any loading
+    (given as the checkpoint folder, or as the run whose only checkpoint it is)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    (ckpt,) = sorted((run / "checkpoints").glob("step_*"))
+    ema = ckpt / "ema" / "rank00000.pt"
+    ema.write_bytes(ema.read_bytes()[:1000])
+    for path in (ckpt, run):
+        cfg = load_eval_config(None, ["data.train_index=a", "data.val_index=b", f"encoder.checkpoint={path}",
+                                      "data.crop_size=32"])
+        with pytest.raises(ConfigError, match=rf"encoder.checkpoint: .*{re.escape(str(ema))} is damaged"):
+            load_frozen_encoder(cfg)
+
+
 # ---------------------------------------------------------------- clips and features
 
 
@@ -314,6 +334,30 @@ def test_videos_shorter_than_a_clip_window_are_counted_and_reported(tmp_path, ca
                                                      "(data.frames_per_clip=4 at data.frame_step=3 spans 10 frames)")
     assert result["padded_videos"] == {"train": 4, "val": 4}
     assert json.loads((tmp_path / "out" / "result.json").read_text())["padded_videos"] == {"train": 4, "val": 4}
+    # the folder now holds this encoder's result: another encoder's run is refused before any work (its
+    # result and curves would replace or mix with it), unless run.overwrite; the same encoder's replaces it
+    other = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, init_seed=1))
+    with pytest.raises(ConfigError, match=r"run.output_dir: .*result.json holds the result of another encoder "
+                                          r"\(random init \(seed 0\)\); this run evaluates random init \(seed 1\)"):
+        run_eval(other)
+    other.run = dataclasses.replace(cfg.run, overwrite=True)
+    assert run_eval(other)["encoder_origin"] == "random init (seed 1)"
+    assert run_eval(dataclasses.replace(other, run=cfg.run))["encoder"] == "random init (seed 1)"
+
+
+def test_eval_exits_2_naming_a_split_without_usable_videos(tmp_path, capsys):
+    """Every val video unusable: tools/eval_probe.py ends with the reason and exit code 2 (not a traceback)."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    idx = write_synthetic_videos(tmp_path / "v", num_videos=4, frames=8, size=32, val_fraction=0.5, seed=0)
+    (tmp_path / "val.txt").write_text(f"{tmp_path / 'missing.mp4'} 0\n")
+    cli = load_tool("eval_probe")
+    code = cli.main(["--random-init", "--output", str(tmp_path / "out"), "model.size=tiny", "model.depth=1",
+                     f"data.train_index={idx['train']}", f"data.val_index={tmp_path / 'val.txt'}", "data.crop_size=32",
+                     "data.frames_per_clip=4", "data.num_workers=0", "data.num_classes=8", "run.progress_bar=false",
+                     "run.tensorboard=false"])
+    assert code == 2
+    assert "val features: rank 0 of 1 got no usable videos (1 in the index; 1 unusable" in capsys.readouterr().err
 
 
 def test_eval_clips_decode_real_videos(tmp_path):
@@ -522,3 +566,26 @@ def test_cli_default_output_folder_names_the_encoder_source():
         assert cfg.run.output_dir == want, extra
     cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--hf", "exports/motion_hf"]))
     assert cfg.run.output_dir == f"{base}_hf" and cfg.encoder.hf_path == "exports/motion_hf"
+
+
+def test_experiment_summary_pairs_only_probes_of_one_architecture(tmp_path, capsys):
+    """tools/experiment_summary.py --pair refuses a pretrained result and a baseline of different models (a
+    RoPE encoder against a sin-cos random init measures nothing) and tabulates a matching pair."""
+    import json
+
+    summary = load_tool("experiment_summary")
+    run = tmp_path / "pre"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5, "step_time": 0.1}) + "\n")
+    model = {"size": "tiny", "width": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4.0, "pos_embed": "rope"}
+    res = {"encoder": "e", "val_top1_mean": 60.0, "val_top1_std": 0.0, "val_top1_per_seed": {"0": 60.0},
+           "num_train_videos": 8, "num_val_videos": 4, "num_classes": 4, "model": model}
+    pre, rnd, other = tmp_path / "pre.json", tmp_path / "rnd.json", tmp_path / "other.json"
+    pre.write_text(json.dumps(res))
+    rnd.write_text(json.dumps(res | {"val_top1_mean": 40.0, "val_top1_per_seed": {"0": 40.0}}))
+    other.write_text(json.dumps(res | {"model": model | {"pos_embed": "sincos"}}))
+    args = ["--pretrain", str(run), "--out", str(tmp_path / "out"), "--pair", "full", str(pre)]
+    assert summary.main([*args, str(other)]) == 2
+    assert "a baseline must have the pretrained encoder's architecture" in capsys.readouterr().err
+    assert summary.main([*args, str(rnd)]) == 0
+    assert "| full | 8 | 60.0 ± 0.0 (60.0) | 40.0 ± 0.0 (40.0) | +20.0 |" in capsys.readouterr().out

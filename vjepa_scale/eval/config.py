@@ -34,6 +34,9 @@ class EncoderSource(Section):
         if self.random_init and self.hf_path:
             raise ConfigError(f"{prefix}.random_init takes its architecture from `model:` or {prefix}.checkpoint, "
                               f"not from {prefix}.hf_path")
+        if self.hf_path and self.which != "target":
+            raise ConfigError(f"{prefix}.which={self.which} picks an encoder of a training checkpoint; an export "
+                              f"({prefix}.hf_path) holds one encoder (its README.md names which): drop {prefix}.which")
 
 
 @dataclass
@@ -125,6 +128,8 @@ class RunConfig(Section):
     progress_bar: bool = True
     tensorboard: bool = True
     num_threads: Optional[int] = None  # CPU threads for torch (null: torch's default); 1 on busy machines
+    # output_dir already holding another encoder's result.json: refused unless true (then replaced, tb/ too)
+    overwrite: bool = False
 
     def validate(self, prefix: str = "run") -> None:
         if not self.seeds:

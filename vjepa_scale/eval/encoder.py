@@ -22,6 +22,10 @@ class FrozenEncoder:
     source: str  # human-readable description of where the weights come from
     step: Optional[int]  # pretraining step of the checkpoint, when known
     model_cfg: ModelConfig
+    origin: str = ""  # `source` without the step: the same for every checkpoint of one run's encoder
+
+    def __post_init__(self):
+        self.origin = self.origin or self.source
 
 
 def eval_grid(cfg: EvalConfig, model: ModelConfig) -> tuple[int, int, int]:
@@ -51,7 +55,7 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
                 ck = {"config": load_config(ckpt / "config.yaml"), "step": None, "encoder": None}
             else:
                 ck = load_consolidated(src.checkpoint, which=src.which)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:  # none there, or a damaged one
             raise ConfigError(f"encoder.checkpoint: {e}") from None
         pre: Config = ck["config"]
         if cfg.model is not None:  # must describe the checkpoint's encoder
@@ -66,7 +70,8 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
             source = f"random init (seed {src.init_seed}), architecture of {src.checkpoint}"
             return FrozenEncoder(_build(model_cfg, grid, None, source, src.init_seed), source, None, model_cfg)
         source = f"{src.checkpoint} ({src.which} encoder, step {ck['step']})"
-        return FrozenEncoder(_build(model_cfg, grid, ck["encoder"], source), source, ck["step"], model_cfg)
+        return FrozenEncoder(_build(model_cfg, grid, ck["encoder"], source), source, ck["step"], model_cfg,
+                             f"{src.checkpoint} ({src.which} encoder)")
     if src.hf_path:
         try:  # the pretraining config the export describes
             pcfg = config_from_hf_fields(read_hf_config(src.hf_path), f"{src.hf_path}/config.json")

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from vjepa_scale.data.skips import NoReadableVideosError
 from vjepa_scale.distributed import any_rank
 
 
@@ -71,7 +72,8 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
         bad = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
         mine = (f"rank {rank} of {world_size} got no usable videos ({len(dataset)} in the index"
                 + (f"; {len(skipped)} unusable, e.g. {bad})" if skipped else ")"))
-        raise ValueError(f"{desc}: " + (mine if not feats else "another rank got no usable videos (see its error)"))
+        raise NoReadableVideosError(f"{desc}: " + (mine if not feats else
+                                                   "another rank got no usable videos (see its error)"))
     return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped, padded)
 
 

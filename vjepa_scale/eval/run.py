@@ -50,6 +50,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise ConfigError("data.train_index/val_index: only one class (label 0) found; a probe needs >= 2")
 
     frozen = load_frozen_encoder(cfg)
+    out = Path(cfg.run.output_dir)
+    check_output_dir(out, frozen.origin, cfg.run.overwrite)  # every rank: all refuse alike, before any work
     encoder = frozen.encoder
     heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, encoder.dims.num_heads)
     env = init_distributed(device)
@@ -89,10 +91,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     feat_rank, feat_top_pc = effective_rank(sample_XD), top_pc_share(sample_XD)
     del encoder
 
-    out = Path(cfg.run.output_dir)
     writer = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        for old in (out / "tb").glob("events.out.tfevents.*"):  # an earlier evaluation's curves: replaced
+            old.unlink()
         if cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -112,6 +115,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     dims = frozen.encoder.dims
     result = {
         "encoder": frozen.source,
+        "encoder_origin": frozen.origin,
         "encoder_step": frozen.step,
         "model": {"size": vit_size_name(dims.width, dims.depth, dims.num_heads, dims.mlp_ratio),  # or custom
                   "width": dims.width, "depth": dims.depth, "num_heads": dims.num_heads, "mlp_ratio": dims.mlp_ratio,
@@ -137,6 +141,25 @@ def run_eval(cfg: EvalConfig) -> dict:
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def check_output_dir(out: Path, origin: str, overwrite: bool) -> None:
+    """Refuse (ConfigError) an output folder whose result.json belongs to another encoder (`origin`: where
+    the weights come from, any step of the same run's encoder counts as the same) unless `overwrite`:
+    the new result and tensorboard curves would replace or mix with it. A result of the same encoder
+    is replaced (a re-run)."""
+    old = out / "result.json"
+    if overwrite or not old.is_file():
+        return
+    try:
+        prev = json.loads(old.read_text())
+        prev_origin = prev.get("encoder_origin", prev.get("encoder"))
+    except (OSError, ValueError, AttributeError):
+        prev_origin = None
+    if prev_origin != origin:
+        raise ConfigError(f"run.output_dir: {old} holds the result of another encoder ({prev_origin}); this run "
+                          f"evaluates {origin}: give another --output (run.output_dir), or run.overwrite=true to "
+                          f"replace it")
 
 
 def _all_ranks(items: list, world: int) -> list:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -146,20 +147,39 @@ def checkpoint_problem(ckpt: Path) -> Optional[str]:
     return None
 
 
-def latest_loadable(run_dir: Path) -> tuple[Optional[Path], list[str]]:
+def latest_loadable(run_dir: Path,
+                    verb: tuple[str, str] = ("resumed", "resuming")) -> tuple[Optional[Path], list[str]]:
     """(the newest complete checkpoint of `run_dir` without a `checkpoint_problem`, notes naming the
-    newer ones passed over); raises FileNotFoundError when every complete one has a problem."""
+    newer ones passed over); raises FileNotFoundError when every complete one has a problem.
+    `verb`: what the caller does with it, for the messages (("loaded", "loading") for a read)."""
     problems, saved = [], list_checkpoints(run_dir)
     for ckpt in reversed(saved):
         problem = checkpoint_problem(ckpt)
         if problem is None:
-            return ckpt, [f"warning: checkpoint {name} cannot be resumed ({p}); resuming {ckpt.name}"
+            return ckpt, [f"warning: checkpoint {name} cannot be {verb[0]} ({p}); {verb[1]} {ckpt.name}"
                           for name, p in problems]
         problems.append((ckpt.name, problem))
     if saved:
         raise FileNotFoundError(f"none of the {len(saved)} checkpoint(s) in {Path(run_dir) / CKPT_SUBDIR} can be "
-                                f"resumed: " + "; ".join(f"{name}: {p}" for name, p in problems))
+                                f"{verb[0]}: " + "; ".join(f"{name}: {p}" for name, p in problems))
     return None, []
+
+
+def loadable_checkpoint(path: str | Path) -> Path:
+    """`resolve_checkpoint`, checked by `checkpoint_problem` before anything is read: a damaged checkpoint
+    given as such (or by a `latest` file) is a ValueError naming the file; a run dir or its `checkpoints`
+    folder gives its newest undamaged checkpoint, with a warning naming each newer one passed over."""
+    p = Path(path).expanduser()
+    ckpt = resolve_checkpoint(p)
+    problem = checkpoint_problem(ckpt)
+    if problem is None:
+        return ckpt
+    if is_complete(p) or is_latest_marker(p):
+        raise ValueError(f"checkpoint {ckpt} cannot be loaded: {problem}")
+    ckpt, notes = latest_loadable(ckpt.parent.parent, verb=("loaded", "loading"))
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
+    return ckpt
 
 
 def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
@@ -199,7 +219,8 @@ def consolidate_shards(shards: list[dict]) -> dict[str, torch.Tensor]:
 def load_consolidated(path: str | Path, which: str = "target") -> dict:
     """Full fp32 weights from a checkpoint, on CPU, without GPUs or a distributed launch.
 
-    path: a run dir (its latest complete checkpoint) or one checkpoint dir.
+    path: a run dir (its newest loadable checkpoint), its `checkpoints` dir or `latest` file, or one
+    checkpoint dir (`loadable_checkpoint`: a damaged one is a ValueError naming the file).
     which: "target" (EMA encoder, the one evaluated and exported) or "online" (trained encoder).
     Returns dict(config=Config, step=int, encoder=state_dict of VisionTransformer3D,
     predictor=state_dict of Predictor).
@@ -208,7 +229,7 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
 
     if which not in ("target", "online"):
         raise ValueError(f"which must be 'target' or 'online', got {which!r}")
-    ckpt = resolve_checkpoint(path)
+    ckpt = loadable_checkpoint(path)
     meta = read_meta(ckpt)
     cfg = load_config(ckpt / "config.yaml")
     online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
