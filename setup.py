@@ -36,15 +36,17 @@ setup(
         "av",
     ],
     extras_require={
-        "train": ["deepspeed>=0.17"],
+        "train": ["deepspeed>=0.19.8"],  # train/zero_compat.py TESTED_DEEPSPEED; 0.17 breaks ZeRO-3 elastic resume
         "triton": ["triton>=3.4"],
         "hf": ["transformers>=5.0"],
         "dali": ["nvidia-dali-cuda130"],
+        # flash-attn ships as an sdist that builds against the installed torch: install it with
+        # `pip install flash-attn --no-build-isolation` (pip's isolated build cannot see torch)
         "flash": ["flash-attn"],
         # cuDNN SDPA on packed sequences (model.attention_backend: cudnn); uses torch's own cuDNN.
         # Offline GPU machines: bring the wheel and `pip install --no-deps` it.
         "cudnn": ["nvidia-cudnn-frontend>=1.32"],
-        "dev": ["pytest", "deepspeed>=0.17", "triton>=3.4", "transformers>=5.0", "nvidia-dali-cuda130",
+        "dev": ["pytest", "deepspeed>=0.19.8", "triton>=3.4", "transformers>=5.0", "nvidia-dali-cuda130",
                 "nvidia-cudnn-frontend>=1.32"],  # its graph validation runs on the CPU
     },
 )

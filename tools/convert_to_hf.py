@@ -17,6 +17,7 @@ OUT_DIR)` preprocesses clips as the run did. Weights are sharded above --max-sha
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def main(argv=None) -> int:
     if args.config and not official:
         print("error: --config is for official checkpoint files; a run carries its own config", file=sys.stderr)
         return 2
+    missing = [m for m in ("transformers", "huggingface_hub") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: a Hugging Face export needs {' and '.join(missing)}: pip install -c constraints.txt -e "
+              f"'.[hf]'", file=sys.stderr)
+        return 2
     try:  # before the consolidation, which can take minutes
         check_export_dir(args.out_dir, args.overwrite)
     except FileExistsError as e:
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
         return 2
     try:
         ckpt = _official(args) if official else load_consolidated(args.checkpoint, which=args.which)
-    except (FileNotFoundError, CheckpointMismatchError, ValueError) as e:
+    except (FileNotFoundError, CheckpointMismatchError, ValueError, ModuleNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.include_predictor and ckpt["predictor"] is None:

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = eval_config(args, overrides)
         result = run_eval(cfg)
-    except (ConfigError, CheckpointMismatchError, NoReadableVideosError) as e:
+    except (ConfigError, CheckpointMismatchError, NoReadableVideosError, ModuleNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":

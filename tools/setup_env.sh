@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+# A venv whose python or pip does not run (an interrupted creation, a venv made without pip, a moved or
+# upgraded base python) is rebuilt from scratch; --clear also drops the stamp below, so everything reinstalls.
+if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  python3 -m venv --clear "$VENV"
 fi
 PY="$VENV/bin/python"
 stamp="$VENV/.vjepa_setup_$(cat setup.py constraints.txt | sha1sum | cut -c1-12)"

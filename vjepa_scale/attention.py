@@ -128,7 +128,7 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 
 _NEEDS = {"cudnn": "CUDA and the nvidia-cudnn-frontend package (`pip install .[cudnn]`)",
-          "flash_attn": "CUDA and the flash-attn package (`pip install .[flash]`)",
+          "flash_attn": "CUDA and the flash-attn package (`pip install flash-attn --no-build-isolation`)",
           "torch_varlen": "CUDA and torch >= 2.10"}
 
 

@@ -37,6 +37,31 @@ def test_installed_deepspeed_is_the_tested_release():
     assert lo <= tuple(int(x) for x in pin.group(1).split(".")) <= hi
 
 
+def test_missing_or_untested_deepspeed_is_named_before_training(monkeypatch, tmp_path, capsys):
+    """No DeepSpeed: pre-flight refuses naming the extra, and reading a run names it too; an untested
+    release gets a warning naming it; setup.py's floor is the tested release."""
+    from vjepa_scale.config import ConfigError, load_config
+    from vjepa_scale.train import launch, zero_compat
+    from vjepa_scale.weights import load_consolidated
+
+    lo, _ = TESTED_DEEPSPEED
+    floor = re.findall(r'"deepspeed>=([\d.]+)"', (ROOT / "setup.py").read_text())
+    assert floor and all(tuple(int(x) for x in f.split(".")) == lo for f in floor), floor
+    assert zero_compat.untested_deepspeed_note() is None
+    monkeypatch.setattr(zero_compat, "TESTED_DEEPSPEED", ((9, 0, 0), (9, 1, 0)))
+    note = zero_compat.untested_deepspeed_note()
+    assert note.startswith(f"warning: DeepSpeed {'.'.join(map(str, deepspeed_version()))} is outside the releases")
+    monkeypatch.setattr(launch, "untested_deepspeed_note", zero_compat.untested_deepspeed_note)
+    launch.check_deepspeed_installed()
+    assert "(9.0.0 .. 9.1.0; constraints.txt)" in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    monkeypatch.setitem(sys.modules, "deepspeed.utils.zero_to_fp32", None)
+    with pytest.raises(ConfigError, match=r"training needs DeepSpeed, which is not installed: pip install -c constraints.txt -e '.\[train\]'"):
+        launch.preflight(load_config("cpu_demo"), 1)
+    with pytest.raises(ModuleNotFoundError, match=r"reading a training checkpoint needs DeepSpeed"):
+        load_consolidated(tmp_path)
+
+
 def test_shm_comm_switch_is_the_one_deepspeed_reads():
     from deepspeed.comm.torch import build_shm_op
     from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.distributed import DistEnv, compute_dtype, device_for, init_distributed
 from vjepa_scale.train.memory import check_memory
 from vjepa_scale.train.phases import check_per_step_offsets, plan, resolve_batch
-from vjepa_scale.train.zero_compat import skip_shm_comm_build
+from vjepa_scale.train.zero_compat import skip_shm_comm_build, untested_deepspeed_note
 
 
 def check_data_paths(cfg: Config) -> None:
@@ -43,6 +44,7 @@ def preflight(cfg: Config, world_size: int) -> Config:
     must fit (the errors name the phase).
     """
 
+    check_deepspeed_installed()
     check_data_paths(cfg)
     check_deepspeed_block(cfg.deepspeed, cfg.zero.stage)
     if cfg.data.tokens_per_batch is not None:  # checked on the user's config: resolution fills both keys
@@ -66,6 +68,17 @@ def preflight(cfg: Config, world_size: int) -> Config:
             raise ConfigError(f"phases[{p.index}] ({p.cfg.data.frames_per_clip} frames x {p.cfg.data.crop_size} px, "
                               f"global batch {p.global_batch}): {e}") from None
     return cfg
+
+
+def check_deepspeed_installed() -> None:
+    """Training runs on DeepSpeed: refused naming the extra when it is missing; a release outside the
+    tested ones gets a warning (rank 0)."""
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("training needs DeepSpeed, which is not installed: pip install -c constraints.txt -e "
+                          "'.[train]' (or pip install 'vjepa-scale[train]')")
+    note = untested_deepspeed_note()
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note, flush=True)
 
 
 def check_attention_backend(cfg: Config, device: torch.device | None = None) -> None:

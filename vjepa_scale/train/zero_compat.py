@@ -221,6 +221,19 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def untested_deepspeed_note() -> Optional[str]:
+    """A warning when the installed DeepSpeed release lies outside `TESTED_DEEPSPEED` (None inside it)."""
+    lo, hi = TESTED_DEEPSPEED
+    have = deepspeed_version()
+    if lo <= have <= hi:
+        return None
+    fmt = ".".join
+    return (f"warning: DeepSpeed {fmt(map(str, have))} is outside the releases this trainer was tested with "
+            f"({fmt(map(str, lo))} .. {fmt(map(str, hi))}; constraints.txt): the internals it relies on "
+            f"(ZeRO partitions, universal checkpoints for elastic resume) may differ; "
+            f"tests/unit/test_zero_compat.py checks them")
+
+
 def deepspeed_version() -> tuple[int, int, int]:
     """The installed DeepSpeed release as (major, minor, patch)."""
     import deepspeed

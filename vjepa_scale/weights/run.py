@@ -225,7 +225,11 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
     Returns dict(config=Config, step=int, encoder=state_dict of VisionTransformer3D,
     predictor=state_dict of Predictor).
     """
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    try:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(f"reading a training checkpoint needs DeepSpeed ({e}): pip install -c "
+                                  f"constraints.txt -e '.[train]'") from None
 
     if which not in ("target", "online"):
         raise ValueError(f"which must be 'target' or 'online', got {which!r}")
