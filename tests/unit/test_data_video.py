@@ -113,6 +113,42 @@ def test_seek_in_millisecond_timestamps_matches_sequential(tmp_path):
     assert shifted == []
 
 
+def _hide_leading_frames(src: str, dst: str, hidden: int, fps: int) -> None:
+    """Remux MP4 `src` to `dst` with every packet `hidden` frames earlier: the muxer writes an edit list
+    that hides the first `hidden` frames (still stored, so the stream's frame count includes them)."""
+    import av
+
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        shift = int(round(hidden / fps / s_in.time_base))
+        for packet in inp.demux(s_in):
+            if packet.dts is None:  # the flush packet
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = s_out
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "veryfast"])  # veryfast: B-frames (pts != dts)
+def test_edit_list_hiding_leading_frames_counts_the_shown_ones(tmp_path, preset):
+    """An MP4 whose edit list hides its first 10 of 40 stored frames has the 30 frames decoding yields
+    (numbered in presentation order from the first shown one), by sequential and by seek decoding, and
+    a clip at its end decodes (was: 40 declared frames, every late clip "truncated")."""
+    src, path = str(tmp_path / "src.mp4"), str(tmp_path / "edited.mp4")
+    write_video(src, numbered_frames(40, 32, 32), 8, "h264", {"g": "8", "preset": preset})
+    _hide_leading_frames(src, path, 10, 8)
+    with _open(path) as container:
+        assert container.streams.video[0].frames == 40  # the stored count includes the hidden frames
+    info = probe_video(path)
+    assert info.num_frames == 30 and info.fps == pytest.approx(8)
+    every = decode_frames(path, list(range(30)))
+    assert frame_numbers(every) == list(range(10, 40))
+    for first in (8, 13, 26):  # seeks (first >= SEEK_MIN_FRAME); 26: the clip ends at the last frame
+        assert np.array_equal(decode_clip_frames(info, list(range(first, first + 4))), every[first:first + 4])
+
+
 def test_truncated_file_raises_video_error(tmp_path):
     path = tmp_path / "full.avi"
     write_video(path, frame_index_frames(30, 32, 32), 8, "mjpeg")

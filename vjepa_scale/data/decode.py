@@ -127,7 +127,7 @@ class VideoInfo:
 
     path: str
     codec: str          # FFmpeg codec name: h264, hevc, vp9, vp8, mjpeg, av1, mpeg4, ...
-    num_frames: int     # exact: the container's stored count, else the number of packets
+    num_frames: int     # exact: the container's stored count, else the number of shown packets
     height: int         # coded (stored) size; the picture is shown rotated by `rotation`
     width: int
     fps: float
@@ -183,9 +183,11 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
 
     The first frame is decoded (its display matrix gives the rotation; a file whose data does not
     decode fails here). The frame count is the container's stored count (MP4, AVI, ...); without
-    one (WebM/MKV, TS), or when the frame rate varies, the packets are counted (a demux pass over
-    the file, no decoding): their timestamps are kept (`frame_pts`, frame i = the i-th smallest) and
-    give the mean frame rate. Never duration x fps. A stream whose packets end well
+    one (WebM/MKV, TS), when the frame rate varies, or when an MP4's count disagrees with its stream's
+    duration x rate (an edit list hides frames), the packets are counted (a demux pass over the
+    file, no decoding; packets flagged discard, hidden by an edit list and dropped by the decoder, do
+    not count): their timestamps are kept (`frame_pts`, frame i = the i-th smallest) and give the mean
+    frame rate. Never duration x fps. A stream whose packets end well
     before the duration its header declares is truncated (VideoError kind "truncated").
     """
     container = _open(path, deadline)
@@ -201,7 +203,7 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         base = s.base_rate  # FFmpeg r_frame_rate: differs from the average rate when timing varies
         vfr = bool(base and s.average_rate and abs(float(base) - float(s.average_rate)) > 0.01 * float(base))
         n = int(s.frames or 0)
-        scan = n <= 0 or vfr
+        scan = n <= 0 or vfr or _edited(container, s, n)
         rotation, pts, keyframes, end = _read_packets(container, s, path, scan, deadline)
         frame_pts = None
         if scan:
@@ -226,6 +228,15 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         container.close()
 
 
+def _edited(container, stream, n: int) -> bool:
+    """Whether an MP4/MOV edit list may hide some of the `n` frames the stream stores (they are counted, but
+    the decoder does not yield them): the count disagrees with the stream's duration x average rate by
+    more than a frame."""
+    if "mov" not in container.format.name.split(",") or not (stream.duration and stream.average_rate):
+        return False
+    return abs(float(stream.duration * stream.time_base * stream.average_rate) - n) > 1
+
+
 def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline | None):
     """(rotation, sorted packet pts, keyframe count, end pts) of `stream`: decodes until its first frame;
     with `scan`, goes on demuxing (no decoding) to the last packet. Rotation None: no frame decoded."""
@@ -246,7 +257,7 @@ def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline |
                     rotation = _rotation(frames[0].rotation)
                     if not scan:
                         break
-            if scan and packet.pts is not None:
+            if scan and packet.pts is not None and not packet.is_discard:  # discard: hidden by an edit list
                 pts.append(int(packet.pts))
                 keyframes += bool(packet.is_keyframe)
                 end = max(end, int(packet.pts) + int(packet.duration or 0))
