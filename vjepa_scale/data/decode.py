@@ -137,11 +137,13 @@ class VideoInfo:
     # the one at frame_pts[i] (WebM/MKV millisecond timestamps do not give frame numbers through fps)
     frame_pts: np.ndarray | None = field(default=None, compare=False, repr=False)
     keyframes: int = 0  # keyframe packets counted (0: not counted, the stored frame count was used)
+    sar: float = 1.0    # sample aspect ratio: a stored pixel's width / height (anamorphic footage: not 1)
 
     @property
     def display_size(self) -> tuple[int, int]:
-        """(height, width) of the upright picture."""
-        return (self.width, self.height) if self.rotation in (90, 270) else (self.height, self.width)
+        """(height, width) of the upright picture: the stored one `sar` times as wide, turned by `rotation`."""
+        width = max(1, int(round(self.width * self.sar)))
+        return (width, self.height) if self.rotation in (90, 270) else (self.height, width)
 
 
 def _open(path: str, deadline: Deadline | None = None):
@@ -221,8 +223,9 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
             raise VideoError(path, "no frame could be decoded", "decode_error")
         if n <= 0:
             raise VideoError(path, "stream has no frames", "no_video")
+        sar = float(s.sample_aspect_ratio or ctx.sample_aspect_ratio or 1)  # None or 0: unknown, square
         return VideoInfo(path, ctx.name, n, int(ctx.height), int(ctx.width), fps, vfr, rotation, frame_pts,
-                         keyframes)
+                         keyframes, sar if sar > 0 else 1.0)
     finally:
         container.close()
 
