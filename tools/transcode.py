@@ -4,8 +4,8 @@
     python tools/transcode.py data/k400_train.txt /scratch/k400_nvdec --gop 16 --short-side 256 --workers 16
 
 writes /scratch/k400_nvdec/videos/... (each source's name + .mp4 unless it is one, e.g. a/x.webm.mp4; H.264 yuv420p, a
-keyframe every --gop frames, short side --short-side, never upscaled) and /scratch/k400_nvdec/k400_train.txt
-(`path label` with absolute paths; label -1 for unlabeled entries).
+keyframe every --gop frames, short side --short-side, never upscaled; rotated phone videos written upright) and
+/scratch/k400_nvdec/k400_train.txt (`path label` with absolute paths; label -1 for unlabeled entries).
 Files that cannot be read (or hold no video stream) are left out of the new index and listed; when none
 can be read, no index is written and the exit status is 1. An output path that is a source video, or a new
 index that is the source index, is refused before any work (exit 2). See vjepa_scale.data.transcode.

@@ -301,3 +301,44 @@ def test_skip_counts_continue_across_a_resume_and_a_phase_boundary(tmp_path):
     resumed = run("resumed", resume=str(tmp_path / "resumed" / "checkpoints" / ckpt.name))
     assert resumed == {s: straight[s] for s in (6, 8)}
     assert run("phased", "phases=[{steps: 4}, {}]") == straight
+
+
+def test_stored_box_maps_upright_crops_of_non_square_pixels():
+    """Pixels twice as wide as high (sample aspect ratio 2), with every rotation: the stored box, shown at
+    that aspect and turned upright, is the box drawn on the upright picture."""
+    img = np.random.default_rng(0).integers(0, 255, (6, 5))
+    shown = np.repeat(img, 2, axis=1)  # (6, 10): how the stored pixels are displayed
+    for k in range(4):
+        up = np.rot90(shown, k)
+        for box in [(0, 0, 2, 2), (2, 2, 4, 2), (up.shape[0] - 2, up.shape[1] - 2, 2, 2), (0, 0, *up.shape)]:
+            t, l, h, w = stored_box(box, 90 * k, *img.shape, sar=2.0)
+            crop = np.rot90(np.repeat(img[t:t + h, l:l + w], 2, axis=1), k)
+            assert np.array_equal(crop, up[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]), (k, box)
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_anamorphic_video_is_planned_on_its_display_size(tmp_path, rotation):
+    """An H.264 file of 32 x 24 stored pixels with sample aspect ratio 2:1 shows 32 x 48: probed with its SAR
+    and display size, and a full-picture square-aspect crop plan covers every stored pixel (planned on the
+    stored 32 x 24 it would be a 24 x 24 part)."""
+    from fractions import Fraction
+
+    import av
+
+    path = str(tmp_path / "anamorphic.mp4")
+    with av.open(path, "w") as out:
+        s = out.add_stream("libx264", rate=8, options={"preset": "ultrafast"})
+        s.width, s.height, s.pix_fmt = 24, 32, "yuv420p"
+        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        if rotation:
+            s.set_display_rotation(rotation)
+        for _ in range(4):
+            out.mux(s.encode(av.VideoFrame.from_ndarray(np.zeros((32, 24, 3), np.uint8), format="rgb24")))
+        out.mux(s.encode())
+    info = probe_video(path)
+    assert info.sar == 2.0 and info.display_size == ((48, 32) if rotation else (32, 48))
+    cfg = video_cfg([(write_index(tmp_path / "a.txt", [path]), 1.0)], frames=2, step=1,
+                    random_resize_scale=(1.0, 1.0), random_resize_aspect_ratio=(1.5, 1.5) if not rotation
+                    else (2 / 3, 2 / 3))
+    (plan,) = plan_video(info, cfg.data, 0, 0, 0)
+    assert plan.box == (0, 0, 32, 24)

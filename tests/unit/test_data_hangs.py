@@ -129,3 +129,38 @@ def test_agree_loaded_raises_the_rank_own_error_as_its_cause():
                                             "index 'x.csv'") as e:
         agree_loaded(err, 7, 0)
     assert e.value.__cause__ is err
+
+
+EXIT_SCRIPT = """
+import sys
+from helpers import video_cfg
+from vjepa_scale.data import build_dataloader
+cfg = video_cfg([(sys.argv[1], 1.0)], frames=4, step=2, crop=32, batch=2, workers=1)
+dl = build_dataloader(cfg, num_steps=2)  # kept until exit, with its persistent worker
+for batch in dl:
+    pass
+busy = iter(build_dataloader(cfg, num_steps=8))  # left mid-iteration, its worker prefetching
+next(busy)
+print("iterated", flush=True)
+"""
+
+
+def test_script_keeping_loaders_with_workers_until_exit_ends(videos, tmp_path):
+    """A script holding cpu loaders with workers (one iterated to its end, one left mid-iteration) until
+    the interpreter exits ends: their workers, which ignore SIGTERM, are shut down before multiprocessing's
+    exit handler waits for them (was: a hang in its join)."""
+    import subprocess
+    import sys
+
+    index = tmp_path / "index.txt"
+    index.write_text("".join(f"{p} 0\n" for p in videos))
+    script = tmp_path / "keep.py"
+    script.write_text(EXIT_SCRIPT)
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
+    try:
+        run = subprocess.run([sys.executable, str(script), str(index)], env=env, capture_output=True, text=True,
+                             timeout=60)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the script did not exit within 60 s (output: {e.stdout!r})")
+    assert run.returncode == 0 and "iterated" in run.stdout, run.stderr

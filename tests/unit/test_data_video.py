@@ -113,6 +113,104 @@ def test_seek_in_millisecond_timestamps_matches_sequential(tmp_path):
     assert shifted == []
 
 
+def _hide_leading_frames(src: str, dst: str, hidden: int, fps: int) -> None:
+    """Remux MP4 `src` to `dst` with every packet `hidden` frames earlier: the muxer writes an edit list
+    that hides the first `hidden` frames (still stored, so the stream's frame count includes them)."""
+    import av
+
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        shift = int(round(hidden / fps / s_in.time_base))
+        for packet in inp.demux(s_in):
+            if packet.dts is None:  # the flush packet
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = s_out
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "veryfast"])  # veryfast: B-frames (pts != dts)
+def test_edit_list_hiding_leading_frames_counts_the_shown_ones(tmp_path, preset):
+    """An MP4 whose edit list hides its first 10 of 40 stored frames has the 30 frames decoding yields
+    (numbered in presentation order from the first shown one), by sequential and by seek decoding, and
+    a clip at its end decodes (was: 40 declared frames, every late clip "truncated")."""
+    src, path = str(tmp_path / "src.mp4"), str(tmp_path / "edited.mp4")
+    write_video(src, numbered_frames(40, 32, 32), 8, "h264", {"g": "8", "preset": preset})
+    _hide_leading_frames(src, path, 10, 8)
+    with _open(path) as container:
+        assert container.streams.video[0].frames == 40  # the stored count includes the hidden frames
+    info = probe_video(path)
+    assert info.num_frames == 30 and info.fps == pytest.approx(8)
+    every = decode_frames(path, list(range(30)))
+    assert frame_numbers(every) == list(range(10, 40))
+    for first in (8, 13, 26):  # seeks (first >= SEEK_MIN_FRAME); 26: the clip ends at the last frame
+        assert np.array_equal(decode_clip_frames(info, list(range(first, first + 4))), every[first:first + 4])
+
+
+def _video_with_longer_audio(path: str, vcodec: str, acodec: str, frames: int, audio_s: float, fps: int = 30) -> None:
+    """`frames` numbered frames at `fps` plus `audio_s` seconds of silence (longer than the video) in `path`."""
+    import av
+
+    pictures = numbered_frames(frames, 32, 32)
+    with av.open(path, "w") as out:
+        video = out.add_stream(vcodec, rate=fps)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = out.add_stream(acodec, rate=48000)
+        audio.layout = "mono"
+        for t in range(frames):
+            frame = av.VideoFrame.from_ndarray(pictures[t], format="rgb24")
+            frame.pts = t
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        fmt, size = audio.codec_context.format.name, audio.codec_context.frame_size or 1024
+        for start in range(0, int(audio_s * 48000), size):
+            silence = np.zeros((1, size), np.int16 if fmt.startswith("s16") else np.float32)
+            frame = av.AudioFrame.from_ndarray(silence, format=fmt, layout="mono")
+            frame.sample_rate, frame.pts = 48000, start
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode())
+
+
+@pytest.mark.parametrize("ext,vcodec,acodec", [(".mkv", "libx264", "aac"), (".webm", "libvpx-vp9", "libopus")])
+def test_matroska_audio_longer_than_video_is_complete(tmp_path, ext, vcodec, acodec):
+    """A 40-frame (1.33 s) Matroska/WebM video with 2 s of audio is complete: its video ends where its
+    DURATION tag says, not at the container's duration, which includes the audio (was: "truncated"); the
+    same file cut in half still is truncated."""
+    path = str(tmp_path / f"audio{ext}")
+    _video_with_longer_audio(path, vcodec, acodec, 40, 2.0)
+    with _open(path) as container:
+        assert container.duration / 1e6 > 1.9  # the audio's end
+    info = probe_video(path)
+    assert info.num_frames == 40
+    assert frame_numbers(decode_clip_frames(info, [30, 35, 39])) == [30, 35, 39]
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(open(path, "rb").read()[: os.path.getsize(path) // 2])
+    with pytest.raises(VideoError, match="truncated") as e:
+        probe_video(str(cut))
+    assert e.value.kind == "truncated"
+
+
+def test_truncation_without_a_video_duration_compares_every_streams_end():
+    """A video stream that declares no duration (no stream duration, no DURATION tag) is checked against the
+    container's duration with the end of every stream's packets: audio running on past the video is
+    complete, every stream ending early is truncated."""
+    from types import SimpleNamespace
+
+    from vjepa_scale.data.decode import _check_complete
+
+    stream = SimpleNamespace(duration=None, time_base=None, metadata={})
+    container = SimpleNamespace(duration=2_000_000, start_time=0)
+    _check_complete(container, stream, "v.mkv", 1.33, 2.0, 30.0)  # the audio ends at 2 s: complete
+    with pytest.raises(VideoError, match="v.mkv: truncated: its streams end at 1.00 s of the 2.00 s"):
+        _check_complete(container, stream, "v.mkv", 0.9, 1.0, 30.0)
+    stream.metadata = {"DURATION": "00:00:01.333000000"}  # the video's own duration wins
+    _check_complete(container, stream, "v.mkv", 1.33, 1.33, 30.0)
+    with pytest.raises(VideoError, match="its frames end at 0.90 s of the 1.33 s"):
+        _check_complete(container, stream, "v.mkv", 0.9, 2.0, 30.0)
+
+
 def test_truncated_file_raises_video_error(tmp_path):
     path = tmp_path / "full.avi"
     write_video(path, frame_index_frames(30, 32, 32), 8, "mjpeg")

@@ -86,3 +86,36 @@ def test_nothing_transcoded_writes_no_index(tmp_path):
     new_index, failed = transcode_index(str(index), str(tmp_path / "out"))
     assert new_index is None and [src for src, _ in failed] == [str(tmp_path / "song.m4a"), str(tmp_path / "bad.mp4")]
     assert not (tmp_path / "out" / "train.txt").exists()
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_rotated_source_is_transcoded_upright(tmp_path, rotation):
+    """A portrait phone video (stored sideways, with a display rotation) transcodes to an upright file
+    without rotation: its frames are the upright clips the training path makes of the source, and
+    --short-side applies to the upright picture (was: the stored frames re-encoded, shown sideways)."""
+    import torch
+
+    from vjepa_scale.data.clips import orient_clip
+    from vjepa_scale.data.decode import decode_clip_frames, probe_video
+    from vjepa_scale.data.synthetic_videos import write_video
+
+    up = np.zeros((6, 48, 32, 3), np.uint8)  # upright: 48 high, 32 wide
+    up[:, :16, :16] = 230  # a bright top-left corner and a red bottom band: any wrong turn moves them
+    up[:, 40:, :, 0] = 200
+    src = str(tmp_path / "phone.mp4")
+    write_video(src, np.ascontiguousarray(np.rot90(up, -rotation // 90, axes=(1, 2))), 8, rotation=rotation)
+    info = probe_video(src)
+    assert info.rotation == rotation and (info.height, info.width) == (32, 48)
+    trained = orient_clip(torch.from_numpy(decode_clip_frames(info, list(range(6)))).permute(3, 0, 1, 2),
+                          rotation, False).permute(1, 2, 3, 0).float()  # what training sees, (T, H, W, 3)
+
+    dst = str(tmp_path / "out.mp4")
+    assert transcode_video(src, dst) == {"frames": 6, "width": 32, "height": 48}
+    out = probe_video(dst)
+    assert out.rotation == 0 and (out.height, out.width) == (48, 32)
+    got = torch.from_numpy(decode_clip_frames(out, list(range(6)))).float()
+    assert (got - trained).abs().mean() < 4  # re-encoding noise only
+    assert (got - torch.from_numpy(up).float()).abs().mean() < 4
+
+    small = transcode_video(src, str(tmp_path / "small.mp4"), short_side=16)
+    assert (small["width"], small["height"]) == (16, 24)

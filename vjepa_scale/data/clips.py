@@ -8,10 +8,10 @@ counts from `decode.probe_video`, also for variable frame rates) at the video's 
 as the reference repos do (`data.frame_spacing`, `frame_offsets`); a file shorter than one clip
 window is skipped (VideoError kind "too_short") or, with `data.short_videos: pad`, sampled with its
 last frame repeated (`short_frame_indices`, `ClipPlan.padded`); boxes are drawn on the upright
-(display) picture. Backends only execute a `ClipPlan`: decode `frames` (all of them, or fail: the
-decoders never pad; a padded plan's repeated indices are real frames), crop `box` (in stored pixels),
-resize to the crop size, turn upright by `rotation`, flip, normalize with ImageNet mean/std, and lay
-out as (C, T, H, W).
+(display) picture, non-square pixels shown at their aspect (`VideoInfo.sar`). Backends only execute a
+`ClipPlan`: decode `frames` (all of them, or fail: the decoders never pad; a padded plan's repeated
+indices are real frames), crop `box` (in stored pixels), resize to the crop size, turn upright by
+`rotation`, flip, normalize with ImageNet mean/std, and lay out as (C, T, H, W).
 """
 from __future__ import annotations
 
@@ -155,21 +155,27 @@ def video_frame_step(video_fps: float, data_cfg) -> int:
     return max(1, int(math.ceil(video_fps) // data_cfg.fps))
 
 
-def stored_box(box: tuple[int, int, int, int], rotation: int, height: int, width: int) -> tuple[int, int, int, int]:
+def stored_box(box: tuple[int, int, int, int], rotation: int, height: int, width: int,
+               sar: float = 1.0) -> tuple[int, int, int, int]:
     """The box in stored pixels (`height` x `width`) that shows as `box` on the upright picture.
 
-    The upright picture is the stored one turned `rotation` degrees counterclockwise (np.rot90 with
-    k = rotation / 90).
+    The upright picture is the stored one shown `sar` times as wide (non-square pixels, `VideoInfo.sar`),
+    then turned `rotation` degrees counterclockwise (np.rot90 with k = rotation / 90).
     """
     top, left, h, w = box
+    shown = max(1, int(round(width * sar))) if sar != 1 else width  # width of the shown, unturned picture
     k = (rotation // 90) % 4
-    if k == 0:
-        return box
     if k == 1:
-        return left, width - top - h, w, h
-    if k == 2:
-        return height - top - h, width - left - w, h, w
-    return height - left - w, top, w, h
+        top, left, h, w = left, shown - top - h, w, h
+    elif k == 2:
+        top, left = height - top - h, shown - left - w
+    elif k == 3:
+        top, left, h, w = height - left - w, top, w, h
+    if sar != 1:  # shown columns -> stored columns
+        first = min(width - 1, int(round(left / sar)))
+        w = max(1, min(width, int(round((left + w) / sar))) - first)
+        left = first
+    return top, left, h, w
 
 
 def plan_video(info: VideoInfo, data_cfg, seed: int, step: int, key: int) -> list[ClipPlan]:
@@ -189,7 +195,7 @@ def plan_video(info: VideoInfo, data_cfg, seed: int, step: int, key: int) -> lis
                                     f"data.short_videos: pad keeps it)", "too_short")
     height, width = info.display_size
     plans = plan_clips(info.num_frames, height, width, data_cfg, seed, step, key, frame_step)
-    return [dataclasses.replace(p, box=stored_box(p.box, info.rotation, info.height, info.width),
+    return [dataclasses.replace(p, box=stored_box(p.box, info.rotation, info.height, info.width, info.sar),
                                 rotation=info.rotation, padded=padded) for p in plans]
 
 

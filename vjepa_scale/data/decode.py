@@ -127,7 +127,7 @@ class VideoInfo:
 
     path: str
     codec: str          # FFmpeg codec name: h264, hevc, vp9, vp8, mjpeg, av1, mpeg4, ...
-    num_frames: int     # exact: the container's stored count, else the number of packets
+    num_frames: int     # exact: the container's stored count, else the number of shown packets
     height: int         # coded (stored) size; the picture is shown rotated by `rotation`
     width: int
     fps: float
@@ -137,11 +137,13 @@ class VideoInfo:
     # the one at frame_pts[i] (WebM/MKV millisecond timestamps do not give frame numbers through fps)
     frame_pts: np.ndarray | None = field(default=None, compare=False, repr=False)
     keyframes: int = 0  # keyframe packets counted (0: not counted, the stored frame count was used)
+    sar: float = 1.0    # sample aspect ratio: a stored pixel's width / height (anamorphic footage: not 1)
 
     @property
     def display_size(self) -> tuple[int, int]:
-        """(height, width) of the upright picture."""
-        return (self.width, self.height) if self.rotation in (90, 270) else (self.height, self.width)
+        """(height, width) of the upright picture: the stored one `sar` times as wide, turned by `rotation`."""
+        width = max(1, int(round(self.width * self.sar)))
+        return (width, self.height) if self.rotation in (90, 270) else (self.height, width)
 
 
 def _open(path: str, deadline: Deadline | None = None):
@@ -170,7 +172,6 @@ def _open(path: str, deadline: Deadline | None = None):
 
 
 TRUNCATED_SHARE = 0.05  # a stream ending this share (or 2 frames) before its declared duration is truncated
-TRUNCATED_SHARE_CONTAINER = 0.25  # same, against the container's duration (which may include a longer audio track)
 
 
 def _rotation(degrees) -> int:
@@ -183,10 +184,12 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
 
     The first frame is decoded (its display matrix gives the rotation; a file whose data does not
     decode fails here). The frame count is the container's stored count (MP4, AVI, ...); without
-    one (WebM/MKV, TS), or when the frame rate varies, the packets are counted (a demux pass over
-    the file, no decoding): their timestamps are kept (`frame_pts`, frame i = the i-th smallest) and
-    give the mean frame rate. Never duration x fps. A stream whose packets end well
-    before the duration its header declares is truncated (VideoError kind "truncated").
+    one (WebM/MKV, TS), when the frame rate varies, or when an MP4's count disagrees with its stream's
+    duration x rate (an edit list hides frames), the packets are counted (a demux pass over the
+    file, no decoding; packets flagged discard, hidden by an edit list and dropped by the decoder, do
+    not count): their timestamps are kept (`frame_pts`, frame i = the i-th smallest) and give the mean
+    frame rate. Never duration x fps. A scanned stream whose packets end well before the duration its
+    header declares for it (see `_check_complete`) is truncated (VideoError kind "truncated").
     """
     container = _open(path, deadline)
     try:
@@ -201,13 +204,13 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         base = s.base_rate  # FFmpeg r_frame_rate: differs from the average rate when timing varies
         vfr = bool(base and s.average_rate and abs(float(base) - float(s.average_rate)) > 0.01 * float(base))
         n = int(s.frames or 0)
-        scan = n <= 0 or vfr
-        rotation, pts, keyframes, end = _read_packets(container, s, path, scan, deadline)
+        scan = n <= 0 or vfr or _edited(container, s, n)
+        rotation, pts, keyframes, end, last_end = _read_packets(container, s, path, scan, deadline)
         frame_pts = None
         if scan:
             n = len(pts)
             tb = float(s.time_base)
-            _check_complete(container, s, path, (end - (s.start_time or (pts[0] if pts else 0))) * tb, fps)
+            _check_complete(container, s, path, (end - (s.start_time or (pts[0] if pts else 0))) * tb, last_end, fps)
             if n <= 0:
                 raise VideoError(path, "stream has no frames", "no_video")
             frame_pts = np.asarray(pts, dtype=np.int64)
@@ -220,22 +223,40 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
             raise VideoError(path, "no frame could be decoded", "decode_error")
         if n <= 0:
             raise VideoError(path, "stream has no frames", "no_video")
+        sar = float(s.sample_aspect_ratio or ctx.sample_aspect_ratio or 1)  # None or 0: unknown, square
         return VideoInfo(path, ctx.name, n, int(ctx.height), int(ctx.width), fps, vfr, rotation, frame_pts,
-                         keyframes)
+                         keyframes, sar if sar > 0 else 1.0)
     finally:
         container.close()
 
 
+def _edited(container, stream, n: int) -> bool:
+    """Whether an MP4/MOV edit list may hide some of the `n` frames the stream stores (they are counted, but
+    the decoder does not yield them): the count disagrees with the stream's duration x average rate by
+    more than a frame."""
+    if "mov" not in container.format.name.split(",") or not (stream.duration and stream.average_rate):
+        return False
+    return abs(float(stream.duration * stream.time_base * stream.average_rate) - n) > 1
+
+
 def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline | None):
-    """(rotation, sorted packet pts, keyframe count, end pts) of `stream`: decodes until its first frame;
-    with `scan`, goes on demuxing (no decoding) to the last packet. Rotation None: no frame decoded."""
+    """(rotation, sorted packet pts, keyframe count, end pts, latest end) of `stream`: decodes until its first
+    frame; with `scan`, goes on demuxing (no decoding) every stream to the last packet, and the latest end
+    is where the last packet of any stream ends (seconds, None without a scan). Rotation None: no frame
+    decoded."""
     rotation = None
-    pts, keyframes, end = [], 0, 0
+    pts, keyframes, end, last_end = [], 0, 0, None
     try:
-        for packet in container.demux(stream):
+        for packet in (container.demux() if scan else container.demux(stream)):
             if deadline is not None:
                 deadline.check()
             if packet.size == 0:
+                continue
+            if packet.stream.index != stream.index:  # audio, subtitles: only where they end
+                if packet.pts is None:
+                    continue
+                t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                last_end = t if last_end is None else max(last_end, t)
                 continue
             if rotation is None:
                 try:
@@ -246,7 +267,7 @@ def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline |
                     rotation = _rotation(frames[0].rotation)
                     if not scan:
                         break
-            if scan and packet.pts is not None:
+            if scan and packet.pts is not None and not packet.is_discard:  # discard: hidden by an edit list
                 pts.append(int(packet.pts))
                 keyframes += bool(packet.is_keyframe)
                 end = max(end, int(packet.pts) + int(packet.duration or 0))
@@ -260,19 +281,39 @@ def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline |
         if rotation is None or not scan:
             raise VideoError(path, f"reading packets failed ({type(e).__name__}: {e})", "decode_error") from None
         # a damaged tail: the packets read so far count, _check_complete decides
-    return rotation, sorted(pts), keyframes, end
+    if pts:
+        t = float(end * stream.time_base)
+        last_end = t if last_end is None else max(last_end, t)
+    return rotation, sorted(pts), keyframes, end, last_end
 
 
-def _check_complete(container, stream, path: str, seconds: float, fps: float) -> None:
-    """VideoError "truncated" when the packets (`seconds` long) end well before the declared duration."""
+def _tag_seconds(metadata) -> float | None:
+    """The stream duration Matroska/WebM muxers store as a DURATION tag ('00:00:01.333000000'), in seconds."""
+    value = next((v for k, v in (metadata or {}).items() if k.lower() == "duration"), None)
+    try:
+        h, m, sec = str(value).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
+
+
+def _check_complete(container, stream, path: str, seconds: float, last_end: float | None, fps: float) -> None:
+    """VideoError "truncated" when the video's packets (`seconds` long) end well before the video's declared
+    duration (the stream's, else its Matroska DURATION tag), or, when the video declares none, every
+    stream's packets (the last ending at `last_end`, seconds) end well before the container's duration
+    (which includes audio that may run longer than the video)."""
+    what = "frames"
     if stream.duration is not None and stream.time_base is not None:
-        declared, share = float(stream.duration * stream.time_base), TRUNCATED_SHARE
-    elif container.duration:
-        declared, share = container.duration / 1_000_000, TRUNCATED_SHARE_CONTAINER
+        declared = float(stream.duration * stream.time_base)
+    elif _tag_seconds(stream.metadata) is not None:
+        declared = _tag_seconds(stream.metadata)
+    elif container.duration and last_end is not None:
+        declared, what = container.duration / 1_000_000, "streams"
+        seconds = last_end - (container.start_time or 0) / 1_000_000
     else:
         return
-    if declared - seconds > max(2.0 / fps, share * declared):
-        raise VideoError(path, f"truncated: its frames end at {seconds:.2f} s of the {declared:.2f} s its header "
+    if declared - seconds > max(2.0 / fps, TRUNCATED_SHARE * declared):
+        raise VideoError(path, f"truncated: its {what} end at {seconds:.2f} s of the {declared:.2f} s its header "
                                f"declares", "truncated")
 
 

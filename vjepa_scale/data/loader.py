@@ -1,10 +1,13 @@
 """Backend choice and the per-rank loaders: `build_dataloader` and what it is made of."""
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import signal
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -278,22 +281,58 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()  # worker iterators of this process (`_track_workers`)
+_EXIT_HOOK_PID: int | None = None  # the process whose atexit runs `_stop_live_workers`
+
+
+def _stop_live_workers() -> None:
+    """At interpreter exit: shut down the workers of every live DataLoader iterator (persistent workers of a
+    loader kept until then), SIGKILLing any still alive. Workers ignore SIGTERM (`_ignore_stop_signals`),
+    so multiprocessing's own exit handler, which terminates them and then joins them, would wait forever."""
+    if _EXIT_HOOK_PID != os.getpid():  # inherited by a forked child: not its workers
+        return
+    for it in list(_LIVE_ITERATORS):
+        try:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()  # a None to each worker: an idle one exits at once
+            _kill_workers(it)
+            for w in getattr(it, "_workers", []):
+                w.join(timeout=5)
+        except Exception:  # exiting anyway: never let one iterator keep the others' workers alive
+            pass
+
+
+def _track_workers(it) -> None:
+    """Stop the workers of DataLoader iterator `it` at interpreter exit unless it is gone before. The hook is
+    registered once per process, after multiprocessing's (atexit runs the latest first), so it runs first."""
+    global _EXIT_HOOK_PID
+    if _EXIT_HOOK_PID != os.getpid():
+        _LIVE_ITERATORS.clear()  # a forked child's copy of its parent's
+        atexit.register(_stop_live_workers)
+        _EXIT_HOOK_PID = os.getpid()
+    _LIVE_ITERATORS.add(it)
+
+
 class StopSafeDataLoader(DataLoader):
     """A DataLoader whose workers are born with SIGTERM / SIGUSR1 blocked (a forked child inherits the
     forking thread's signal mask) until `_ignore_stop_signals` ignores them: without that, a signal to
     the whole job (SLURM, a process group) between a worker's fork and its `worker_init_fn` runs
     torch's worker handler, the worker dies and the rank fails with a DataLoader error instead of
     saving. The rank's own handlers still run meanwhile (another thread takes the signal, or this one
-    once it unblocks)."""
+    once it unblocks). Workers still alive at interpreter exit (persistent ones of a loader kept until
+    then) are shut down before multiprocessing's exit handler would wait for them (`_track_workers`)."""
 
     def __iter__(self):
         if self.num_workers == 0:
             return super().__iter__()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            return super().__iter__()
+            it = super().__iter__()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _track_workers(it)
+        return it
 
 
 def worker_start_method() -> str | None:

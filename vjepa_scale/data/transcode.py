@@ -3,7 +3,7 @@
 NVDEC decodes every frame from the keyframe before a wanted one, so a clip of 16 frames at stride 4
 from a camera file with a 250-frame GOP costs up to ~300 decoded frames at full resolution. After
 `transcode_index` (H.264, 8-bit 4:2:0, a keyframe every `gop` frames, short side `short_side`, even
-sizes, all frames kept at their timestamps) a clip costs at most gop - 1 + 61 decoded frames of a
+sizes, all frames kept at their timestamps, rotated sources turned upright) a clip costs at most gop - 1 + 61 decoded frames of a
 small picture. Files are decoded and encoded with PyAV (FFmpeg's libx264), one process per file.
 Each output is written to a hidden temporary file beside it and renamed into place when complete, so
 a failed or interrupted transcode leaves no truncated output and never touches an existing one.
@@ -31,9 +31,10 @@ def transcode_video(src: str, dst: str, gop: int = 16, short_side: int = 256, cr
                     preset: str = "veryfast") -> dict:
     """Re-encode the first video stream of `src` to `dst` (H.264 yuv420p, keyframe every `gop` frames).
 
-    Frames keep their timestamps (variable frame rate stays variable). A rotation tag is not carried
-    over: transcode upright sources. `dst` appears only once complete (written beside it, then renamed);
-    a source without a video stream raises UnreadableVideo. Returns {frames, width, height}.
+    Frames keep their timestamps (variable frame rate stays variable). A rotated source (a phone video's
+    display rotation) is written upright, sized from its upright picture, without a rotation tag. `dst`
+    appears only once complete (written beside it, then renamed); a source without a video stream (or
+    without a decodable frame) raises UnreadableVideo. Returns {frames, width, height}.
     """
     import av
 
@@ -53,23 +54,38 @@ def transcode_video(src: str, dst: str, gop: int = 16, short_side: int = 256, cr
 
 
 def _encode(inp, out, gop: int, short_side: int, crf: int, preset: str) -> tuple[int, int, int]:
-    """Encode the first video stream of open container `inp` into open container `out`; (frames, w, h)."""
+    """Encode the first video stream of open container `inp` into open container `out`, each frame turned
+    upright by its display rotation (the output has none); (frames, w, h) of the upright output."""
+    import av
+    import numpy as np
+
+    from vjepa_scale.data.decode import _rotation
+
     s_in = inp.streams.video[0]
-    width, height = target_size(s_in.codec_context.width, s_in.codec_context.height, short_side)
     rate = s_in.average_rate or s_in.guessed_rate or 30
-    s_out = out.add_stream("libx264", rate=rate, options={
-        "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0", "crf": str(crf),
-        "preset": preset, "x264-params": "log-level=error"})
-    s_out.width, s_out.height, s_out.pix_fmt = width, height, "yuv420p"
-    s_out.codec_context.time_base = s_in.time_base
-    n = 0
+    s_out, n, width, height = None, 0, 0, 0
     for frame in inp.decode(s_in):
         pts = frame.pts
+        k = _rotation(frame.rotation) // 90  # quarter turns counterclockwise that make the picture upright
+        if s_out is None:  # the first frame's rotation gives the upright size
+            up_w, up_h = (frame.height, frame.width) if k % 2 else (frame.width, frame.height)
+            width, height = target_size(up_w, up_h, short_side)
+            s_out = out.add_stream("libx264", rate=rate, options={
+                "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0", "crf": str(crf),
+                "preset": preset, "x264-params": "log-level=error"})
+            s_out.width, s_out.height, s_out.pix_fmt = width, height, "yuv420p"
+            s_out.codec_context.time_base = s_in.time_base
+        if k:
+            stored_w, stored_h = (height, width) if k % 2 else (width, height)
+            rgb = frame.reformat(width=stored_w, height=stored_h, format="rgb24").to_ndarray()
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(rgb, k)), format="rgb24")
         frame = frame.reformat(width=width, height=height, format="yuv420p")
         frame.pts, frame.time_base = pts, s_in.time_base
         for packet in s_out.encode(frame):
             out.mux(packet)
         n += 1
+    if s_out is None:
+        raise UnreadableVideo("no frame could be decoded")
     for packet in s_out.encode():
         out.mux(packet)
     return n, width, height

@@ -149,7 +149,7 @@ class EvalClips(Dataset):
         T = c.frames_per_clip
         views = []
         for box in view_boxes(*info.display_size, c.num_views, c.resize_ratio):
-            box = stored_box(box, info.rotation, info.height, info.width)
+            box = stored_box(box, info.rotation, info.height, info.width, info.sar)
             views.append(torch.stack([normalize_clip(pixels_THWC[k * T:(k + 1) * T], box, False, c.crop_size,
                                                      info.rotation) for k in range(c.num_clips)]))
         return torch.stack(views)
