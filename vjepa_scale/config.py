@@ -522,6 +522,12 @@ class Config:
         validate_sections(self)
         clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
         self.check_clips_fit_the_budget()
+        if (self.mask.truncate == "batch_min" and self.data.mixing == "packed"
+                and len(set(self.data.shapes(self.model.tubelet_size))) > 1):
+            raise ConfigError("mask.truncate: batch_min cuts every sample's masks to the batch's shortest, which with "
+                              "clip shapes mixed in one batch (data.mixing: packed) is the smallest shape's: use "
+                              "data.mixing: per_step (one shape per batch, as the reference batches) or "
+                              "mask.truncate: none")
         for i, p in enumerate(self.phases):
             if self.data.tokens_per_batch is not None and (p.batch_size or p.global_batch_size) is not None:
                 key = "batch_size" if p.batch_size is not None else "global_batch_size"

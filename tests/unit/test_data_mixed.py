@@ -158,8 +158,8 @@ def test_per_step_phases_that_change_the_global_batch_are_refused_up_front(sets)
     cfg.optim.iterations = 4
     cfg.phases = [PhaseConfig(steps=2), PhaseConfig(global_batch_size=8)]
     cfg.validate()
-    with pytest.raises(ConfigError, match=r"per_step .* phases\[1\] trains 8 clips per step where the phases "
-                                          r"before it trained \[4\]"):
+    with pytest.raises(ConfigError, match=r"per_step .* phases\[1\] takes 8 clips per step where the phases "
+                                          r"before it took \[4\]\. To run this, keep the global batch"):
         preflight(cfg, 1)
     cfg.phases = [PhaseConfig(steps=2), PhaseConfig(global_batch_size=4)]  # the same batch: one stream
     phases = plan(preflight(cfg.validate(), 1), 1)
@@ -168,3 +168,37 @@ def test_per_step_phases_that_change_the_global_batch_are_refused_up_front(sets)
     cfg.data = dataclasses.replace(cfg.data, mixing="packed")
     cfg.phases = [PhaseConfig(steps=2), PhaseConfig(global_batch_size=8)]
     preflight(cfg.validate(), 1)  # packed batches continue at any stream position
+    # under a token budget the batch is the budget's window (stream positions): the advice names the budget
+    cfg.data = dataclasses.replace(cfg.data, mixing="per_step", tokens_per_batch=40, batch_size=None,
+                                   global_batch_size=None)
+    cfg.phases = [PhaseConfig(steps=2), PhaseConfig(crop_size=48)]  # images: 9 tokens, not 4 (the smallest)
+    with pytest.raises(ConfigError, match=r"phases\[1\] takes 4 stream positions \(token-budget windows\) per step "
+                                          r"where the phases before it took \[10\]\. To run this, keep "
+                                          r"data.tokens_per_batch, the smallest clip shape"):
+        preflight(cfg.validate(), 1)
+    cfg.phases = []
+    (phase,) = plan(preflight(cfg.validate(), 1), 1)
+    assert "token budget 40 per rank (a window of 10 stream positions)" in phase.describe()
+
+
+def test_per_step_keeps_shapes_of_equal_token_counts_apart(sets):
+    """per_step: one clip shape per micro-step also when two shapes have the same token count (8-frame 32 px
+    videos and 64 px images: 16 tokens each); packed batches with batch_min truncation are refused (it would
+    cut every sample to the smallest shape's masks)."""
+    from vjepa_scale.config import ConfigError
+
+    a, _, img = sets
+    cfg = video_cfg([(a, 1.0)], frames=8, step=1, crop=32, batch=2)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a)), DatasetSpec(str(img), 1.0, None, 64)],
+                                   mixing="per_step")
+    grids = set()
+    for b in build_dataloader(cfg.validate(), rank=0, world_size=1, start_step=0, num_steps=8):
+        assert isinstance(b.video, torch.Tensor) and not b.masks.mixed
+        grids.add(_masks_fit_the_clips(b))
+    assert grids == {(4, 2, 2), (1, 4, 4)}
+    cfg.mask = dataclasses.replace(cfg.mask, truncate="batch_min")
+    cfg.validate()  # one shape per batch: the reference's truncation applies
+    cfg.data = dataclasses.replace(cfg.data, mixing="packed")
+    with pytest.raises(ConfigError, match=r"mask.truncate: batch_min .*\(data.mixing: packed\) is the smallest "
+                                          r"shape's: use data.mixing: per_step"):
+        cfg.validate()

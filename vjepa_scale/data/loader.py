@@ -246,8 +246,8 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
     """
     d = cfg.data
     tokens = cfg.dataset_tokens() if index is not None else None
-    if index is not None and d.mixing == "per_step" and len(set(tokens)) > 1:
-        shapes = d.shapes(cfg.model.tubelet_size)
+    shapes = d.shapes(cfg.model.tubelet_size)
+    if index is not None and d.mixing == "per_step" and len(set(shapes)) > 1:  # (two shapes may have one count)
         keys = list(dict.fromkeys(shapes))
         groups = [[i for i, s in enumerate(shapes) if s == k] for k in keys]
         sizes = [max(1, d.tokens_per_batch // tokens[g[0]]) if d.tokens_per_batch else d.batch_size for g in groups]

@@ -188,7 +188,11 @@ class Trainer:
             self.notes.append(f"elastic resume: checkpoint of {meta['world_size']} ranks resharded "
                               f"onto {self.world}")
         self.sample_offset, note = phase_lib.resume_offset(ckpt, meta, self.phases)
-        phase_lib.check_per_step_offsets(self.phases, self.sample_offset, cause=f"resuming {ckpt}: {note}")
+        here = phase_lib.phase_at(self.phases, self.step)
+        phase_lib.check_per_step_offsets(
+            self.phases, self.sample_offset,
+            cause=f"resuming {ckpt}, saved at {meta.get('global_batch_size')} per step on {meta['world_size']} "
+                  f"rank(s), with {here.global_batch} per step on {self.world}")
         self.notes += [n for n in (note, phase_lib.check_phase_record(meta, self.phases)) if n]
 
     def use_phase_checkpointing(self, phase: phase_lib.Phase) -> None:

@@ -114,9 +114,12 @@ class Phase:
                      - {(d.frames_per_clip, d.crop_size)})  # video datasets that set their own shape
         kept = (f"; datasets with their own shape keep it ({', '.join(f'{f} x {c} px' for f, c in own)})"
                 if own else "")
+        batch = (f"token budget {d.tokens_per_batch} per rank (a window of {d.batch_size} stream positions)"
+                 if d.tokens_per_batch is not None else
+                 f"global batch {d.global_batch_size} ({d.batch_size} per rank)")
         return (f"phase {self.index}{label}: steps {self.start + 1}-{self.end}, {d.frames_per_clip} frames x "
-                f"{d.crop_size} px (grid {'x'.join(map(str, self.cfg.grid))}){kept}, global batch "
-                f"{d.global_batch_size} ({d.batch_size} per rank), lr schedule {self.cfg.optim.lr_schedule}")
+                f"{d.crop_size} px (grid {'x'.join(map(str, self.cfg.grid))}){kept}, {batch}, lr schedule "
+                f"{self.cfg.optim.lr_schedule}")
 
 
 def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
@@ -174,13 +177,18 @@ def check_per_step_offsets(phases: list[Phase], base: int = 0, cause: str = "") 
         if d.mixing != "per_step" or len(set(d.shapes(p.cfg.model.tubelet_size))) < 2:
             continue
         if sample_offset(phases, p, base):
-            where = cause or (f"phases[{p.index}] trains {p.global_batch} clips per step where the phases "
-                              f"before it trained {[q.global_batch for q in phases[:p.index]]}")
+            budget = d.tokens_per_batch is not None  # the batch is the budget's window: stream positions
+            unit = "stream positions (token-budget windows)" if budget else "clips"
+            where = cause or (f"phases[{p.index}] takes {p.global_batch} {unit} per step where the phases "
+                              f"before it took {[q.global_batch for q in phases[:p.index]]}")
+            keep = ("keep data.tokens_per_batch, the smallest clip shape (they set the window) and the number of "
+                    "ranks the same in every phase and across resumes" if budget else
+                    "keep the global batch (data.global_batch_size / phases[i].global_batch_size) the same in "
+                    "every phase and across resumes")
             raise ConfigError(
                 f"data.mixing: per_step continues each clip shape's sample stream per micro-step, so it cannot "
-                f"continue the stream at another position: {where}. Keep the global batch (data.global_batch_size "
-                f"/ phases[i].global_batch_size) the same in every phase and across resumes, or use "
-                f"data.mixing: packed")
+                f"continue the stream at another position: {where}. To run this, {keep}, or use data.mixing: "
+                f"packed")
 
 
 def resume_offset(ckpt: str | Path, meta: dict, phases: list[Phase]) -> tuple[int, Optional[str]]:
