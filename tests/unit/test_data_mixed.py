@@ -202,3 +202,19 @@ def test_per_step_keeps_shapes_of_equal_token_counts_apart(sets):
     with pytest.raises(ConfigError, match=r"mask.truncate: batch_min .*\(data.mixing: packed\) is the smallest "
                                           r"shape's: use data.mixing: per_step"):
         cfg.validate()
+
+
+def test_a_grid_the_mask_blocks_always_cover_is_refused_in_preflight(sets):
+    """An image set at a crop of one patch (token grid 1x1x1) leaves no context under any mask: pre-flight
+    refuses it naming the dataset and its grid (it used to fail at the first batch)."""
+    from vjepa_scale.config import ConfigError
+    from vjepa_scale.train.launch import preflight
+
+    a, _, img = sets
+    cfg = video_cfg([(a, 1.0)], frames=4, crop=32, batch=2)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a)), DatasetSpec(str(img), 1.0, None, 16)])
+    with pytest.raises(ConfigError, match=r"^data.datasets\[1\] \(2 frames x 16 px\), token grid \(1, 1, 1\): "
+                                          r"mask.types\[0\]: blocks of shape \(1, 1, 1\) .* left no context"):
+        preflight(cfg.validate(), 1)
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a)), DatasetSpec(str(img), 1.0, None, 32)])
+    preflight(cfg.validate(), 1)

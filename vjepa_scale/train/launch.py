@@ -61,6 +61,7 @@ def preflight(cfg: Config, world_size: int) -> Config:
     for p in phases:
         check_attention_backend(p.cfg)
         try:
+            check_masks(p.cfg)
             check_memory(p.cfg, world_size)
         except ConfigError as e:
             if len(phases) == 1:
@@ -68,6 +69,32 @@ def preflight(cfg: Config, world_size: int) -> Config:
             raise ConfigError(f"phases[{p.index}] ({p.cfg.data.frames_per_clip} frames x {p.cfg.data.crop_size} px, "
                               f"global batch {p.global_batch}): {e}") from None
     return cfg
+
+
+MASK_CHECK_STEPS = 4  # steps of masks drawn per clip grid in pre-flight
+
+
+def check_masks(cfg: Config) -> None:
+    """Every clip grid the run trains (each dataset's shape) leaves context under every mask type: a few
+    steps' masks are drawn per distinct grid, so a grid the blocks always cover (e.g. an image set at a
+    crop of one patch) is refused naming its dataset before the run, not at its first batch."""
+    from vjepa_scale.config import clip_grid
+    from vjepa_scale.masks import MultiBlockMasker
+
+    masker = MultiBlockMasker(cfg.mask, cfg.grid)
+    named = cfg.data.backend != "synthetic" and cfg.data.datasets
+    seen = set()
+    for i, (frames, crop) in enumerate(cfg.data.shapes(cfg.model.tubelet_size)):
+        grid = clip_grid(crop, frames, cfg.model)
+        if grid in seen:
+            continue
+        seen.add(grid)
+        try:
+            for step in range(MASK_CHECK_STEPS):
+                masker.sample(2, step, grids=[grid, grid])
+        except ConfigError as e:
+            what = f"data.datasets[{i}] ({frames} frames x {crop} px)" if named else "data"
+            raise ConfigError(f"{what}, token grid {grid}: {e}") from None
 
 
 def check_deepspeed_installed() -> None:
