@@ -119,3 +119,31 @@ def test_rotated_source_is_transcoded_upright(tmp_path, rotation):
 
     small = transcode_video(src, str(tmp_path / "small.mp4"), short_side=16)
     assert (small["width"], small["height"]) == (16, 24)
+
+
+def test_anamorphic_source_is_transcoded_to_square_pixels(tmp_path):
+    """32 x 24 stored pixels with sample aspect ratio 2:1 show as 48 wide x 32 high: the output has square
+    pixels at that aspect (48 x 32, SAR 1), its content stretched to match (was: 24 x 32, squeezed)."""
+    from fractions import Fraction
+
+    import av
+
+    from vjepa_scale.data.decode import decode_clip_frames, probe_video
+
+    src = str(tmp_path / "anamorphic.mp4")
+    stored = np.zeros((32, 24, 3), np.uint8)
+    stored[:, :12] = 220  # the left half bright: it must stay the left half, now 24 pixels wide
+    with av.open(src, "w") as out:
+        s = out.add_stream("libx264", rate=8, options={"preset": "ultrafast"})
+        s.width, s.height, s.pix_fmt = 24, 32, "yuv420p"
+        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for _ in range(4):
+            out.mux(s.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
+        out.mux(s.encode())
+    assert probe_video(src).sar == 2.0
+    dst = str(tmp_path / "square.mp4")
+    assert transcode_video(src, dst) == {"frames": 4, "width": 48, "height": 32}
+    info = probe_video(dst)
+    assert info.sar == 1.0 and (info.height, info.width) == (32, 48)
+    level = decode_clip_frames(info, [0]).astype(float)[0].mean(axis=(0, 2))  # per column
+    assert level[:22].min() > 180 and level[26:].max() < 40

@@ -3,7 +3,8 @@
 NVDEC decodes every frame from the keyframe before a wanted one, so a clip of 16 frames at stride 4
 from a camera file with a 250-frame GOP costs up to ~300 decoded frames at full resolution. After
 `transcode_index` (H.264, 8-bit 4:2:0, a keyframe every `gop` frames, short side `short_side`, even
-sizes, all frames kept at their timestamps, rotated sources turned upright) a clip costs at most gop - 1 + 61 decoded frames of a
+sizes, all frames kept at their timestamps, rotated sources turned upright, non-square pixels made
+square) a clip costs at most gop - 1 + 61 decoded frames of a
 small picture. Files are decoded and encoded with PyAV (FFmpeg's libx264), one process per file.
 Each output is written to a hidden temporary file beside it and renamed into place when complete, so
 a failed or interrupted transcode leaves no truncated output and never touches an existing one.
@@ -32,7 +33,8 @@ def transcode_video(src: str, dst: str, gop: int = 16, short_side: int = 256, cr
     """Re-encode the first video stream of `src` to `dst` (H.264 yuv420p, keyframe every `gop` frames).
 
     Frames keep their timestamps (variable frame rate stays variable). A rotated source (a phone video's
-    display rotation) is written upright, sized from its upright picture, without a rotation tag. `dst`
+    display rotation) is written upright, sized from its upright picture, without a rotation tag; an
+    anamorphic one (sample aspect ratio not 1) is resampled to square pixels at its displayed aspect. `dst`
     appears only once complete (written beside it, then renamed); a source without a video stream (or
     without a decodable frame) raises UnreadableVideo. Returns {frames, width, height}.
     """
@@ -55,7 +57,8 @@ def transcode_video(src: str, dst: str, gop: int = 16, short_side: int = 256, cr
 
 def _encode(inp, out, gop: int, short_side: int, crf: int, preset: str) -> tuple[int, int, int]:
     """Encode the first video stream of open container `inp` into open container `out`, each frame turned
-    upright by its display rotation (the output has none); (frames, w, h) of the upright output."""
+    upright by its display rotation and resampled to square pixels (the output has neither a rotation nor
+    a sample aspect ratio); (frames, w, h) of the upright output."""
     import av
     import numpy as np
 
@@ -63,12 +66,15 @@ def _encode(inp, out, gop: int, short_side: int, crf: int, preset: str) -> tuple
 
     s_in = inp.streams.video[0]
     rate = s_in.average_rate or s_in.guessed_rate or 30
+    sar = float(s_in.sample_aspect_ratio or s_in.codec_context.sample_aspect_ratio or 1)  # 0 / None: unknown
+    sar = sar if sar > 0 else 1.0
     s_out, n, width, height = None, 0, 0, 0
     for frame in inp.decode(s_in):
         pts = frame.pts
         k = _rotation(frame.rotation) // 90  # quarter turns counterclockwise that make the picture upright
-        if s_out is None:  # the first frame's rotation gives the upright size
-            up_w, up_h = (frame.height, frame.width) if k % 2 else (frame.width, frame.height)
+        if s_out is None:  # the first frame's rotation gives the upright size (of its displayed width)
+            shown_w = max(1, int(round(frame.width * sar)))
+            up_w, up_h = (frame.height, shown_w) if k % 2 else (shown_w, frame.height)
             width, height = target_size(up_w, up_h, short_side)
             s_out = out.add_stream("libx264", rate=rate, options={
                 "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "0", "crf": str(crf),
