@@ -61,6 +61,32 @@ def test_stalled_phase_ends_the_process_even_without_a_working_stderr():
     assert r.returncode == EXIT_HUNG and time.monotonic() - t0 < 30
 
 
+def test_a_stalled_checkpoint_load_ends_the_rank_naming_it(tmp_path):
+    """The watchdog bounds the trainer's setup too: a resume whose checkpoint load stalls (an NFS stall, a
+    stuck universal conversion; here a load that sleeps) ends the rank naming that phase (it waited forever)."""
+    t0 = time.monotonic()
+    r = run([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from helpers import single_process_group
+        from vjepa_scale.config import load_config
+        from vjepa_scale.train import checkpoint as ckpt_lib
+        from vjepa_scale.train.engine import Trainer
+        from vjepa_scale.train.launch import preflight
+
+        env = single_process_group()
+        cfg = preflight(load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                                 "optim.iterations=1", "train.progress_bar=false"]), 1)
+        Trainer(cfg, {str(tmp_path / 'run')!r}, env=env).fit()  # one step, saved at the end
+        cfg.train.hang_timeout_s = 1.0
+        ckpt_lib.load_checkpoint = lambda *a, **k: time.sleep(120)  # the stall
+        Trainer(cfg, {str(tmp_path / 'run')!r}, resume="auto", env=env)
+        """)], env=cpu_env(PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}"), timeout=150)
+    assert r.returncode == EXIT_HUNG, r.stdout[-2000:] + r.stderr[-3000:]
+    assert time.monotonic() - t0 < 100
+    assert re.search(r"hung: 'loading checkpoint \S+step_00000001 \(on another world size: rank 0 converts it "
+                     r"first\)' has run for \d+ s", r.stderr), r.stderr[-3000:]
+
+
 def test_changing_phases_idle_and_disabled_never_fire():
     r = _child("""
         import time

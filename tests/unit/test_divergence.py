@@ -158,6 +158,32 @@ def test_metrics_write_nonfinite_as_null(tmp_path):
     assert scalars["train/loss"] == [(1, 0.5)] and scalars["train/skipped_steps"] == [(1, 0.0), (2, 1.0)]
 
 
+def test_a_full_disk_stops_metrics_logging_not_the_run(tmp_path, capsys):
+    """A metrics or tensorboard write that fails (ENOSPC) is warned about once and logging stops; the
+    logger neither raises in log() nor in close() (it used to end rank 0 alone with a traceback)."""
+    class Full:
+        def write(self, *_):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    log = RunLogger(tmp_path, True, 4, progress_bar=False)
+    log.log(1, {"loss": 0.5})
+    log._jsonl = Full()
+    log.log(2, {"loss": 0.4})
+    log.log(3, {"loss": 0.3})
+    log.close()
+    out = capsys.readouterr().out
+    assert out.count("warning: writing metrics failed ([Errno 28] No space left on device)") == 1
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    log = RunLogger(tmp_path / "tb_full", True, 4, progress_bar=False)
+    log._tb.add_scalar = Full().write  # the tensorboard writer's error surfaces in add_scalar
+    log.log(1, {"loss": 0.5})
+    log.close()
+    assert "warning: writing metrics failed" in capsys.readouterr().out
+
+
 def test_deepspeed_settings_that_apply_nan_gradients_are_refused():
     check_deepspeed_config({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}})
     with pytest.raises(ConfigError, match="compute_grad_norm"):

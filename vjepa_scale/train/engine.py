@@ -104,8 +104,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
                  env: Optional[DistEnv] = None):
-        import deepspeed
-
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.env = env or join_process_group(cfg.train.hang_timeout_s)
@@ -113,6 +111,17 @@ class Trainer:
         self.device = device_for(self.env)
         self.dtype = compute_dtype(cfg.train.precision, self.device)
         self.is_main = self.rank == 0
+        # the watchdog bounds the setup too (a resume's load and conversion); fit() starts it again
+        self.watchdog = Watchdog(cfg.train.hang_timeout_s, self.rank)
+        with self.watchdog:
+            self._setup(cfg, resume)
+
+    def _setup(self, cfg: Config, resume: Optional[str]) -> None:
+        """The run folder and what to resume; models, engines, EMA, guard and step core; then the
+        optimizer state of `train.init_from` or the resumed checkpoint."""
+        import deepspeed
+
+        self.watchdog.phase("preparing the run folder")
         # Leftovers of dead saves settled, room for a checkpoint checked; then the config compare.
         self.notes = prepare_checkpoint_folder(cfg, self.run_dir, self.rank)
         ckpt = self._resume_path(resume)
@@ -133,6 +142,7 @@ class Trainer:
         check_shared_dir(self.run_dir)
         self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
 
+        self.watchdog.phase("building the models and DeepSpeed engines")
         # the init_from note, unless a resume replaces these weights by the checkpoint's
         jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
@@ -147,11 +157,11 @@ class Trainer:
         del target_fp32
         rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
         if opt_src is not None:
+            self.watchdog.phase(f"loading the optimizer state of train.init_from {opt_src}")
             self._init_from_optimizer(opt_src)
 
         self.step = 0
         self.guard = DivergenceGuard(cfg.train.max_bad_steps, cfg.optim)  # skips non-finite steps
-        self.watchdog = Watchdog(cfg.train.hang_timeout_s, self.rank)  # started by fit()
         self.core = StepCore(self.engine, self.target, self.ema, self.device, self.dtype, guard=self.guard,
                              phase=self.watchdog.phase)  # the step shared with the benchmark
         self.sample_offset = 0  # sampler stream offset (elastic resume with another global batch)
@@ -160,6 +170,7 @@ class Trainer:
         self.skip_base: dict = {}
         self.data_loader = None
         if ckpt is not None:
+            self.watchdog.phase(f"loading checkpoint {ckpt} (on another world size: rank 0 converts it first)")
             self._restore(ckpt)
         self.use_phase_checkpointing(self.phase)
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)

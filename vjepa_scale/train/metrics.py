@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -84,11 +85,28 @@ class RunLogger:
         if nonfinite:
             record["nonfinite"] = nonfinite
         record["time"] = time.time()
-        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
-        for k, v in values.items():
-            if isinstance(v, (int, float)) and k not in nonfinite:
-                self._tb.add_scalar(f"train/{k}", v, step)
-        self._tb.add_scalar("train/nonfinite", float(bool(nonfinite)), step)
+        if self._jsonl is None:  # stopped by a failed write (`_stop_writing`)
+            return
+        try:
+            self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and k not in nonfinite:
+                    self._tb.add_scalar(f"train/{k}", v, step)
+            self._tb.add_scalar("train/nonfinite", float(bool(nonfinite)), step)
+        except OSError as e:
+            self._stop_writing(e)
+
+    def _stop_writing(self, error: OSError) -> None:
+        """A metrics or tensorboard write failed (a full disk): say so once and stop writing them; the
+        run goes on (its next checkpoint save on a full disk ends it cleanly, naming the last good one)."""
+        self.write(f"warning: writing metrics failed ({error}); metrics.jsonl and tensorboard logging stop for "
+                   f"this run, training goes on")
+        for f in (self._jsonl, self._tb):
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - the same full disk: nothing more to save there
+                pass
+        self._jsonl = self._tb = None
 
     def progress(self, step: int, postfix: Optional[dict] = None) -> None:
         """Move the bar to `step` (tqdm computes the ETA) and show `postfix`; without a bar, print
@@ -112,10 +130,13 @@ class RunLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
+        for f in (self._tb, self._jsonl):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError as e:  # the last events or lines could not be written (a full disk)
+                print(f"warning: closing the metrics logs failed ({e})", file=sys.stderr, flush=True)
+        self._tb = self._jsonl = None
         self.enabled = False
 
 
