@@ -282,9 +282,13 @@ class DataConfig(Section):
             return [(self.frames_per_clip, self.crop_size)]
         return [self.dataset_shape(i, tubelet) for i in range(len(self.datasets))]
 
+    def several_shapes(self, tubelet: int) -> bool:
+        """The datasets' clips come in more than one (frames, crop) shape (two shapes may share a token count)."""
+        return len(set(self.shapes(tubelet))) > 1
+
     def is_mixed(self, tubelet: int) -> bool:
         """More than one clip shape among the datasets, or a token budget: batches vary."""
-        return len(set(self.shapes(tubelet))) > 1 or self.tokens_per_batch is not None
+        return self.several_shapes(tubelet) or self.tokens_per_batch is not None
 
     def one_video_shape(self, tubelet: int) -> bool:
         """Every batch holds videos of data's own (frames_per_clip, crop_size): no image set, no
@@ -523,7 +527,7 @@ class Config:
         clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
         self.check_clips_fit_the_budget()
         if (self.mask.truncate == "batch_min" and self.data.mixing == "packed"
-                and len(set(self.data.shapes(self.model.tubelet_size))) > 1):
+                and self.data.several_shapes(self.model.tubelet_size)):
             raise ConfigError("mask.truncate: batch_min cuts every sample's masks to the batch's shortest, which with "
                               "clip shapes mixed in one batch (data.mixing: packed) is the smallest shape's: use "
                               "data.mixing: per_step (one shape per batch, as the reference batches) or "

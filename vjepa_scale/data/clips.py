@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vjepa_scale.data.decode import VideoError, VideoInfo
+from vjepa_scale.data.decode import VideoError, VideoInfo, shown_width
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -163,7 +163,7 @@ def stored_box(box: tuple[int, int, int, int], rotation: int, height: int, width
     then turned `rotation` degrees counterclockwise (np.rot90 with k = rotation / 90).
     """
     top, left, h, w = box
-    shown = max(1, int(round(width * sar))) if sar != 1 else width  # width of the shown, unturned picture
+    shown = shown_width(width, sar)  # of the shown, unturned picture
     k = (rotation // 90) % 4
     if k == 1:
         top, left, h, w = left, shown - top - h, w, h

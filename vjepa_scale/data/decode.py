@@ -142,8 +142,19 @@ class VideoInfo:
     @property
     def display_size(self) -> tuple[int, int]:
         """(height, width) of the upright picture: the stored one `sar` times as wide, turned by `rotation`."""
-        width = max(1, int(round(self.width * self.sar)))
+        width = shown_width(self.width, self.sar)
         return (width, self.height) if self.rotation in (90, 270) else (self.height, width)
+
+
+def shown_width(width: int, sar: float) -> int:
+    """The width a picture `width` stored pixels wide shows at sample aspect ratio `sar`."""
+    return width if sar == 1 else max(1, int(round(width * sar)))
+
+
+def sample_aspect_ratio(stream) -> float:
+    """A PyAV video stream's sample aspect ratio (stored pixel width / height); 1 when unknown or 0."""
+    sar = float(stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio or 1)
+    return sar if sar > 0 else 1.0
 
 
 def _open(path: str, deadline: Deadline | None = None):
@@ -174,8 +185,8 @@ def _open(path: str, deadline: Deadline | None = None):
 TRUNCATED_SHARE = 0.05  # a stream ending this share (or 2 frames) before its declared duration is truncated
 
 
-def _rotation(degrees) -> int:
-    """A display rotation rounded to 0, 90, 180 or 270 (counterclockwise)."""
+def display_rotation(degrees) -> int:
+    """A frame's display rotation (PyAV `frame.rotation`) rounded to 0, 90, 180 or 270 (counterclockwise)."""
     return int(round(float(degrees or 0) / 90.0)) % 4 * 90
 
 
@@ -223,9 +234,8 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
             raise VideoError(path, "no frame could be decoded", "decode_error")
         if n <= 0:
             raise VideoError(path, "stream has no frames", "no_video")
-        sar = float(s.sample_aspect_ratio or ctx.sample_aspect_ratio or 1)  # None or 0: unknown, square
         return VideoInfo(path, ctx.name, n, int(ctx.height), int(ctx.width), fps, vfr, rotation, frame_pts,
-                         keyframes, sar if sar > 0 else 1.0)
+                         keyframes, sample_aspect_ratio(s))
     finally:
         container.close()
 
@@ -264,7 +274,7 @@ def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline |
                 except Exception:
                     frames = []
                 if frames:
-                    rotation = _rotation(frames[0].rotation)
+                    rotation = display_rotation(frames[0].rotation)
                     if not scan:
                         break
             if scan and packet.pts is not None and not packet.is_discard:  # discard: hidden by an edit list
@@ -274,7 +284,7 @@ def _read_packets(container, stream, path: str, scan: bool, deadline: Deadline |
         if rotation is None:  # frames held back by the decoder (B-frames): flush it
             frames = stream.codec_context.decode(None)
             if frames:
-                rotation = _rotation(frames[0].rotation)
+                rotation = display_rotation(frames[0].rotation)
     except DecodeTimeout:
         raise
     except Exception as e:

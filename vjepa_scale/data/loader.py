@@ -246,8 +246,8 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
     """
     d = cfg.data
     tokens = cfg.dataset_tokens() if index is not None else None
-    shapes = d.shapes(cfg.model.tubelet_size)
-    if index is not None and d.mixing == "per_step" and len(set(shapes)) > 1:  # (two shapes may have one count)
+    if index is not None and d.mixing == "per_step" and d.several_shapes(cfg.model.tubelet_size):
+        shapes = d.shapes(cfg.model.tubelet_size)
         keys = list(dict.fromkeys(shapes))
         groups = [[i for i, s in enumerate(shapes) if s == k] for k in keys]
         sizes = [max(1, d.tokens_per_batch // tokens[g[0]]) if d.tokens_per_batch else d.batch_size for g in groups]
@@ -286,19 +286,14 @@ _EXIT_HOOK_PID: int | None = None  # the process whose atexit runs `_stop_live_w
 
 
 def _stop_live_workers() -> None:
-    """At interpreter exit: shut down the workers of every live DataLoader iterator (persistent workers of a
-    loader kept until then), SIGKILLing any still alive. Workers ignore SIGTERM (`_ignore_stop_signals`),
+    """At interpreter exit: stop the workers of every live DataLoader iterator (persistent workers of a
+    loader kept until then: `_stop_workers`). Workers ignore SIGTERM (`_ignore_stop_signals`),
     so multiprocessing's own exit handler, which terminates them and then joins them, would wait forever."""
     if _EXIT_HOOK_PID != os.getpid():  # inherited by a forked child: not its workers
         return
     for it in list(_LIVE_ITERATORS):
         try:
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()  # a None to each worker: an idle one exits at once
-            _kill_workers(it)
-            for w in getattr(it, "_workers", []):
-                w.join(timeout=5)
+            _stop_workers(it)
         except Exception:  # exiting anyway: never let one iterator keep the others' workers alive
             pass
 

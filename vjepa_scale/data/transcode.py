@@ -62,18 +62,17 @@ def _encode(inp, out, gop: int, short_side: int, crf: int, preset: str) -> tuple
     import av
     import numpy as np
 
-    from vjepa_scale.data.decode import _rotation
+    from vjepa_scale.data.decode import display_rotation, sample_aspect_ratio, shown_width
 
     s_in = inp.streams.video[0]
     rate = s_in.average_rate or s_in.guessed_rate or 30
-    sar = float(s_in.sample_aspect_ratio or s_in.codec_context.sample_aspect_ratio or 1)  # 0 / None: unknown
-    sar = sar if sar > 0 else 1.0
+    sar = sample_aspect_ratio(s_in)
     s_out, n, width, height = None, 0, 0, 0
     for frame in inp.decode(s_in):
         pts = frame.pts
-        k = _rotation(frame.rotation) // 90  # quarter turns counterclockwise that make the picture upright
+        k = display_rotation(frame.rotation) // 90  # quarter turns counterclockwise that make the picture upright
         if s_out is None:  # the first frame's rotation gives the upright size (of its displayed width)
-            shown_w = max(1, int(round(frame.width * sar)))
+            shown_w = shown_width(frame.width, sar)
             up_w, up_h = (frame.height, shown_w) if k % 2 else (shown_w, frame.height)
             width, height = target_size(up_w, up_h, short_side)
             s_out = out.add_stream("libx264", rate=rate, options={

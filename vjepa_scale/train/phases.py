@@ -174,7 +174,7 @@ def check_per_step_offsets(phases: list[Phase], base: int = 0, cause: str = "") 
     elastic resume with another global batch) asks for. Checked before any step is trained."""
     for p in phases:
         d = p.cfg.data
-        if d.mixing != "per_step" or len(set(d.shapes(p.cfg.model.tubelet_size))) < 2:
+        if d.mixing != "per_step" or not d.several_shapes(p.cfg.model.tubelet_size):
             continue
         if sample_offset(phases, p, base):
             budget = d.tokens_per_batch is not None  # the batch is the budget's window: stream positions
