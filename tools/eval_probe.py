@@ -50,18 +50,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if args.overrides and args.opt:  # their relative order is lost in parsing: a later one might not win
         ap.error("give config overrides either bare (section.key=value) or with --opt, not both")
     overrides = [*args.overrides, *args.opt]
+    # paths are quoted (JSON strings are YAML): '#', a date or `yes` in a path stays part of it
     if args.checkpoint or args.hf or args.random_init:  # the command line picks the one source
         overrides += ["encoder.checkpoint=null", "encoder.hf_path=null", "encoder.random_init=false"]
     if args.checkpoint:
-        overrides.append(f"encoder.checkpoint={args.checkpoint}")
+        overrides.append(f"encoder.checkpoint={json.dumps(args.checkpoint)}")
     if args.hf:
-        overrides.append(f"encoder.hf_path={args.hf}")
+        overrides.append(f"encoder.hf_path={json.dumps(args.hf)}")
     if args.random_init:
         overrides.append("encoder.random_init=true")
     if args.which:
         overrides.append(f"encoder.which={args.which}")
     if args.output:
-        overrides.append(f"run.output_dir={args.output}")
+        overrides.append(f"run.output_dir={json.dumps(args.output)}")
     if args.seeds:
         overrides.append(f"run.seeds=[{args.seeds}]")
     if args.overwrite:

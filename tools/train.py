@@ -25,6 +25,7 @@ rank or a launcher makes every rank finish its step, save, and exit 75 (EXIT_PRE
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
 
     overrides = list(args.opt)
     if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
+        overrides.append(f"train.output_dir={json.dumps(args.output_dir)}")  # quoted: a path, not YAML
     try:
         cfg = preflight(load_config(args.config, overrides), dist_env().world_size)
         if args.resume not in (None, "auto") and not os.path.exists(args.resume):

@@ -382,12 +382,16 @@ class OptimConfig(Section):
             raise ConfigError(f"{prefix}.warmup must be >= 0, got {self.warmup}")
         if self.cooldown < 0:
             raise ConfigError(f"{prefix}.cooldown must be >= 0, got {self.cooldown}")
+        for key in ("start_lr", "final_lr", "weight_decay", "final_weight_decay", "grad_clip"):
+            v = getattr(self, key)
+            if not 0.0 <= v < float("inf"):  # `not` also refuses NaN (grad_clip: 0 disables clipping)
+                raise ConfigError(f"{prefix}.{key} must be >= 0 and finite, got {v}")
+        h = self.horizon
         if self.lr_schedule == "wsd":
-            h = self.horizon
             if self.warmup + self.cooldown > h:
                 raise ConfigError(f"{prefix}.warmup={self.warmup} + {prefix}.cooldown={self.cooldown} exceed the "
                                   f"schedule horizon {prefix}.ipe_scale x iterations = {h} steps")
-        elif self.cooldown:
+        if self.cooldown and self.lr_schedule != "wsd":
             raise ConfigError(f"{prefix}.cooldown={self.cooldown} needs {prefix}.lr_schedule: wsd "
                               f"(got {self.lr_schedule!r})")
         if not all(0.0 <= b < 1.0 for b in self.betas):
@@ -396,8 +400,6 @@ class OptimConfig(Section):
             raise ConfigError(f"{prefix}.eps must be >= 0 and finite, got {self.eps}")
         if not (0.0 <= self.ema[0] <= self.ema[1] <= 1.0):
             raise ConfigError(f"{prefix}.ema must satisfy 0 <= start <= end <= 1, got {list(self.ema)}")
-        if self.grad_clip < 0:
-            raise ConfigError(f"{prefix}.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
 
 
 @dataclass
@@ -500,9 +502,12 @@ class TrainConfig(Section):
         if self.init_from_optimizer and not self.init_from:
             raise ConfigError(f"{prefix}.init_from_optimizer: true needs {prefix}.init_from (a training run or "
                               f"checkpoint)")
-        if self.hang_timeout_s < 0:
-            raise ConfigError(f"{prefix}.hang_timeout_s must be >= 0 (0 disables the watchdog), "
+        if not 0 <= self.hang_timeout_s < float("inf"):  # `not` also refuses NaN
+            raise ConfigError(f"{prefix}.hang_timeout_s must be >= 0 and finite (0 disables the watchdog), "
                               f"got {self.hang_timeout_s}")
+        if self.device_peak_tflops is not None and not 0 < self.device_peak_tflops < float("inf"):
+            raise ConfigError(f"{prefix}.device_peak_tflops must be > 0 (null: the device's known peak), "
+                              f"got {self.device_peak_tflops}")
 
 
 @dataclass
@@ -735,6 +740,9 @@ def resolve_config_path(name: str | os.PathLike, search: Optional[list[Path]] = 
     if p.is_file():
         return p
     search = config_search_path() if search is None else search
+    if len(p.parts) > 1:  # a path with a folder names that file: never a shipped recipe of the same name
+        raise ConfigError(f"config file '{name}' not found (a path with a folder is read as given; a bare "
+                          f"recipe name looks in {', '.join(str(d) for d in search) or 'the recipe folders'})")
     for d in search:
         for cand in (d / p.name, d / f"{p.name}.yaml"):
             if cand.is_file():
@@ -758,7 +766,7 @@ def load_typed_yaml(cls: type, path: str | os.PathLike | None = None, overrides:
         p = resolve_config_path(path)
         with open(p) as f:
             try:
-                raw = yaml.safe_load(f) or {}
+                raw = yaml.load(f, Loader=_UniqueKeyLoader) or {}
             except yaml.YAMLError as e:
                 raise ConfigError(f"{p}: invalid YAML{_yaml_where(e)}: {_yaml_problem(e)}") from None
         if not isinstance(raw, dict):
@@ -799,7 +807,7 @@ def apply_override(raw: dict, item: str) -> None:
             raise ConfigError(f"override '{item}': {_override_name(path[:i])} is not a section")
         if last:
             try:
-                node[step] = yaml.safe_load(value)
+                node[step] = yaml.load(value, Loader=_UniqueKeyLoader)
             except yaml.YAMLError as e:
                 raise ConfigError(f"override '{item}': the value {value!r} is not valid YAML "
                                   f"({_yaml_problem(e)}{_yaml_where(e, line=False)})") from None
@@ -811,6 +819,22 @@ def apply_override(raw: dict, item: str) -> None:
             node = node.get(step)
             if node is None:
                 raise ConfigError(f"override '{item}': {where} is not set, so it has no element {path[i + 1]}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing a key given twice in one mapping (where PyYAML keeps the last silently:
+    a second `optim:` section would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _yaml_where(e: yaml.YAMLError, line: bool = True) -> str:

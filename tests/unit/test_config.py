@@ -101,6 +101,38 @@ def test_sampling_keys_are_checked_naming_the_key(opts, message):
         load_config("cpu_demo", ["data.backend=cpu", *opts])
 
 
+@pytest.mark.parametrize("opt,message", [
+    ("optim.start_lr=.nan", r"^optim\.start_lr must be >= 0 and finite, got nan"),
+    ("optim.final_lr=-1.0e-3", r"^optim\.final_lr must be >= 0 and finite, got -0\.001"),
+    ("optim.weight_decay=.nan", r"^optim\.weight_decay must be >= 0"),
+    ("optim.grad_clip=.nan", r"^optim\.grad_clip must be >= 0 and finite, got nan"),  # nan > 0 was False: no clipping
+    ("train.hang_timeout_s=.nan", r"^train\.hang_timeout_s must be >= 0 and finite"),  # the watchdog was off
+    ("train.device_peak_tflops=-5", r"^train\.device_peak_tflops must be > 0"),
+])
+def test_nan_and_negative_rates_are_refused(opt, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cpu_demo", [opt])
+
+
+def test_config_files_duplicate_keys_and_paths(tmp_path):
+    """A key given twice in a mapping is refused naming its line (PyYAML keeps the last: a second `optim:`
+    dropped the first); YAML merge keys still work; a path with a folder that does not exist is refused,
+    not read as the shipped recipe of that file name."""
+    p = tmp_path / "r.yaml"
+    p.write_text("model: {size: tiny}\noptim: {lr: 1.0e-3}\ntrain: {seed: 1}\noptim: {warmup: 5}\n")
+    with pytest.raises(ConfigError, match=rf"^{p}: invalid YAML at line 4, column 1: duplicate key 'optim'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"the value '\{lr: 1.0e-3, lr: 5.0e-3\}' is not valid YAML \(duplicate key 'lr'"):
+        load_config("cpu_demo", ["optim={lr: 1.0e-3, lr: 5.0e-3}"])
+    p.write_text("data: {backend: synthetic}\nmodel: &m {size: tiny}\noptim:\n  <<: {lr: 2.0e-3, warmup: 5}\n"
+                 "  lr: 1.0e-3\n")
+    assert (load_config(p).optim.lr, load_config(p).optim.warmup) == (1e-3, 5)
+    with pytest.raises(ConfigError, match=r"config file '/nowhere/recipes/vith384.yaml' not found \(a path with a "
+                                          r"folder is read as given"):
+        load_config("/nowhere/recipes/vith384.yaml")
+    assert load_config("vith384").data.crop_size == 384  # a bare name still finds the recipe
+
+
 def test_sampling_keys_accepted():
     cfg = load_config("cpu_demo", ["data.backend=cpu", "data.fps=4", "data.short_videos=pad",
                                    "data.datasets=[{path: a.txt, weight: null}, {path: b.txt, weight: null}]"])
@@ -128,6 +160,13 @@ def test_a_runs_saved_config_launches_again_on_another_world_size(tmp_path):
     budget = preflight(load_config("cpu_demo", ["data.tokens_per_batch=4096", "data.global_batch_size=null"]), 2)
     save_config(as_saved(budget), tmp_path / "budget.yaml")  # a token budget derives both keys
     assert preflight(load_config(tmp_path / "budget.yaml"), 1).data.tokens_per_batch == 4096
+    # a per-rank batch stays per rank (it was saved as this world's global batch: 6 on 2 ranks, refused on 4)
+    per_rank = preflight(load_config("cpu_demo", ["data.global_batch_size=null", "data.batch_size=3"]), 2)
+    save_config(as_saved(per_rank), tmp_path / "per_rank.yaml")
+    again = preflight(load_config(tmp_path / "per_rank.yaml"), 4)
+    assert (again.data.batch_size, again.data.global_batch_size) == (3, 12)
+    both = preflight(load_config("cpu_demo", ["data.batch_size=4"]), 2)  # agrees with the global 8: that one stays
+    assert (as_saved(both).data.batch_size, as_saved(both).data.global_batch_size) == (None, 8)
 
 
 def test_a_token_budget_refuses_batch_keys_it_would_ignore(tmp_path):
@@ -245,6 +284,11 @@ def test_an_index_of_images_and_videos_is_refused_unless_its_kind_is_set(tmp_pat
                                                  r"mean deepspeed\.zero_optimization\?"),
     ("{zero_optimization: {sub_grup_size: 7}}", r"deepspeed\.zero_optimization\.sub_grup_size: Extra inputs"),
     ("{zero_optimization: {compute_grad_norm: false}}", r"compute_grad_norm=false is supported only with ZeRO Stage 1"),
+    # misspellings of keys the trainer owns: DeepSpeed would ignore them (no clipping, no bf16)
+    ("{gradient_clip: 1.0}", r"deepspeed\.gradient_clip: .*did you mean deepspeed\.gradient_clipping\? That one is "
+                             r"set from optim\.grad_clip"),
+    ("{train_micro_batch: 2}", r"did you mean deepspeed\.train_micro_batch_size_per_gpu\?"),
+    ("{bf16: {enable: true}}", r"deepspeed\.bf16: \['enable'\] looks like a misspelt `enabled`"),
 ])
 def test_raw_deepspeed_keys_are_checked_before_any_work(block, message):
     """The raw `deepspeed:` block may not set what a typed key sets (config.yaml would record the
@@ -252,7 +296,8 @@ def test_raw_deepspeed_keys_are_checked_before_any_work(block, message):
     keys); DeepSpeed's own validation of zero_optimization runs in pre-flight, under the run's stage."""
     with pytest.raises(ConfigError, match=message):
         preflight(load_config("cpu_demo", [f"deepspeed={block}"]), 2)
-    ok = "{zero_optimization: {sub_group_size: 7}, bf16: {check_grad_overflow: true}, flops_profiler: {enabled: false}}"
+    ok = ("{zero_optimization: {sub_group_size: 7}, bf16: {check_grad_overflow: true}, flops_profiler: {enabled: false}, "
+          "communication_data_type: fp32, gradient_predivide_factor: 1.0}")
     assert preflight(load_config("cpu_demo", [f"deepspeed={ok}"]), 2).deepspeed["zero_optimization"]["sub_group_size"] == 7
 
 

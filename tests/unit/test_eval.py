@@ -130,6 +130,19 @@ def test_eval_config_validation(tmp_path):
     assert load_eval_config("probe_motion", ["encoder.random_init=true", "model.size=tiny"]).run.seeds == [0, 1, 2]
 
 
+def test_probe_batch_must_divide_over_the_ranks(monkeypatch):
+    """optim.batch_size is per step over all ranks: 16 on 3 ranks is refused before any work (it was
+    rounded to 15 silently)."""
+    from vjepa_scale.eval.run import run_eval
+
+    cfg = load_eval_config(None, ["data.train_index=missing_a", "data.val_index=missing_b", "encoder.random_init=true",
+                                  "model.size=tiny"])
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"optim.batch_size=16 \(samples per step over all ranks\) does not divide "
+                                          r"over the 3 ranks"):
+        run_eval(cfg)
+
+
 def test_repeated_probe_seeds_are_refused():
     """`--seeds 0,1,1` would train seed 1 twice: the mean over 3 runs beside a per-seed dict of 2 keys."""
     base = ["data.train_index=a", "data.val_index=b", "encoder.random_init=true", "model.size=tiny"]

@@ -111,3 +111,18 @@ def test_no_phases_is_one_phase_of_the_config_itself():
     assert p.cfg is cfg and (p.start, p.end) == (0, 90_000)
     for s in (0, 12_000, 89_999):
         assert p.schedule(s) == schedule_at(cfg.optim, s)
+
+
+def test_a_warmup_longer_than_the_horizon_is_warned_about():
+    """Cosine warmup past the schedule horizon (a smoke run of a recipe, or a phase inheriting the run's
+    warmup) is allowed, with a note naming how far the LR gets; a warmup within the horizon gets none."""
+    from vjepa_scale.config import load_config
+    from vjepa_scale.train.phases import plan, warmup_notes
+
+    assert warmup_notes(plan(load_config("cpu_demo"))) == []
+    (note,) = warmup_notes(plan(load_config("cpu_demo", ["optim.warmup=1000"])))
+    assert note.startswith("warning: optim.warmup=1000 outlasts the run's schedule horizon (75 steps): its LR rises "
+                           "from 0.0002 to only")
+    phased = load_config("cpu_demo", ["optim.warmup=40", "phases=[{steps: 50}, {steps: 10, frames_per_clip: 8}]"])
+    (note,) = warmup_notes(plan(phased))  # phase 1 (horizon 12) warms up again over 40 steps
+    assert "outlasts phases[1]'s schedule horizon (12 steps)" in note

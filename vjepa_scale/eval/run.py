@@ -17,7 +17,7 @@ import torch
 
 from vjepa_scale.config import ConfigError, vit_size_name
 from vjepa_scale.data.clips import clip_window
-from vjepa_scale.distributed import compute_dtype, device_for, init_distributed
+from vjepa_scale.distributed import compute_dtype, device_for, dist_env, init_distributed
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
 from vjepa_scale.eval.encoder import load_frozen_encoder
@@ -35,6 +35,10 @@ def run_eval(cfg: EvalConfig) -> dict:
         torch.set_num_threads(cfg.run.num_threads)
     device = device_for(name=cfg.run.device, key="run.device")
     dtype = compute_dtype(cfg.run.precision, device)
+    world = dist_env().world_size
+    if cfg.optim.batch_size % world:  # the probe's batch is global: every rank takes an equal share
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} (samples per step over all ranks) does not "
+                          f"divide over the {world} ranks: give a multiple of {world}")
     train_paths, train_labels = read_labeled_index(cfg.data.train_index, "data.train_index")
     val_paths, val_labels = read_labeled_index(cfg.data.val_index, "data.val_index")
     check_disjoint(train_paths, val_paths, cfg.data)

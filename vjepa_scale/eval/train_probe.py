@@ -79,7 +79,7 @@ def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, opti
     if empty:  # raised by every rank (none waits in a collective)
         raise ValueError(f"probe {tag}: {int(empty)} of {world} ranks hold no training sample ({int(total_samples)} "
                          f"(video, view) samples in all; e.g. all of a rank's train videos were unusable)")
-    per_rank = max(1, optim_cfg.batch_size // world)
+    per_rank = optim_cfg.batch_size // world  # a multiple of world (`run_eval` checks)
     steps_per_epoch = max(1, math.ceil(total_samples / (per_rank * world)))
     total = steps_per_epoch * optim_cfg.epochs
     warmup = int(round(optim_cfg.warmup_epochs * steps_per_epoch))

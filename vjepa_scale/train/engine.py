@@ -141,6 +141,7 @@ class Trainer:
             save_config(self.saved_cfg, self.run_dir / "config.yaml")
         check_shared_dir(self.run_dir)
         self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
+        self.notes += phase_lib.warmup_notes(self.phases)
 
         self.watchdog.phase("building the models and DeepSpeed engines")
         # the init_from note, unless a resume replaces these weights by the checkpoint's

@@ -215,9 +215,17 @@ def check_deepspeed_block(block: dict, zero_stage: int) -> None:
         if key in _OWNED:
             raise ConfigError(f"deepspeed.{key}: set {_OWNED[key]} instead (the trainer sets this DeepSpeed key "
                               f"from it, and config.yaml records that key)")
-        if key == "bf16" and isinstance(value, dict) and "enabled" in value:
-            raise ConfigError("deepspeed.bf16.enabled: set train.precision instead (bf16 or fp32)")
+        if key == "bf16" and isinstance(value, dict):
+            if "enabled" in value:
+                raise ConfigError("deepspeed.bf16.enabled: set train.precision instead (bf16 or fp32)")
+            if difflib.get_close_matches("enabled", list(value), n=1, cutoff=0.7):  # `enable`, `enabeld`
+                raise ConfigError(f"deepspeed.bf16: {sorted(value)} looks like a misspelt `enabled`; bf16 is set by "
+                                  f"train.precision (bf16 or fp32)")
         if key not in _DS_SECTIONS:
+            owned = difflib.get_close_matches(key, list(_OWNED), n=1, cutoff=0.6)
+            if owned:  # a misspelt key the trainer sets: DeepSpeed would ignore it silently
+                raise ConfigError(f"deepspeed.{key}: not a DeepSpeed config key; did you mean deepspeed.{owned[0]}? "
+                                  f"That one is set from {_OWNED[owned[0]]}: set that instead")
             close = difflib.get_close_matches(key, _DS_SECTIONS, n=1, cutoff=0.8)
             if close:
                 raise ConfigError(f"deepspeed.{key}: not a DeepSpeed config key; did you mean deepspeed.{close[0]}?")

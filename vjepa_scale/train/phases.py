@@ -32,6 +32,8 @@ def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
     the section that set the batch in the error (`phases[i]` for a phase's own batch).
     """
     cfg = copy.deepcopy(cfg)
+    # the batch keys as the user gave them (kept through later resolutions), for `as_saved`
+    cfg.data._given_batch = getattr(cfg.data, "_given_batch", (cfg.data.batch_size, cfg.data.global_batch_size))
     accum = cfg.optim.grad_accum
     if cfg.data.tokens_per_batch is not None:
         # A token budget: batch_size is each rank's window of stream positions per micro-step (the
@@ -60,15 +62,18 @@ def resolve_batch(cfg: Config, world_size: int, prefix: str = "data") -> Config:
 
 
 def as_saved(cfg: Config) -> Config:
-    """`cfg` (batch-resolved) with the batch keys `resolve_batch` derives set back to null: what a run
-    writes to its config.yaml, so that the file launches again on any world size. A global batch
-    keeps the per-step batch (so an elastic resume from the file continues exactly); a token budget
-    derives both keys."""
+    """`cfg` (batch-resolved) with the batch keys back as the user gave them, those `resolve_batch`
+    derived set to null: what a run writes to its config.yaml, so that the file launches again on any
+    world size. A given global batch stays (an elastic resume from the file continues exactly, and a
+    per-rank batch given beside it is dropped); a given per-rank batch stays per rank (it is not turned
+    into this world's global batch); a token budget derives both keys."""
     cfg = copy.deepcopy(cfg)
+    b, g = getattr(cfg.data, "_given_batch", (None, cfg.data.global_batch_size))
     if cfg.data.tokens_per_batch is not None:
-        cfg.data.batch_size = cfg.data.global_batch_size = None
-    elif cfg.data.global_batch_size is not None:
-        cfg.data.batch_size = None
+        b = g = None
+    elif g is not None:
+        b = None
+    cfg.data.batch_size, cfg.data.global_batch_size = b, g
     return cfg
 
 
@@ -120,6 +125,20 @@ class Phase:
         return (f"phase {self.index}{label}: steps {self.start + 1}-{self.end}, {d.frames_per_clip} frames x "
                 f"{d.crop_size} px (grid {'x'.join(map(str, self.cfg.grid))}){kept}, {batch}, lr schedule "
                 f"{self.cfg.optim.lr_schedule}")
+
+
+def warmup_notes(phases: list[Phase]) -> list[str]:
+    """A warning per phase whose cosine warmup outlasts its schedule horizon (a short smoke run of a recipe,
+    or a phase inheriting the run's warmup): its LR never reaches `lr`."""
+    out = []
+    for p in phases:
+        o = p.cfg.optim
+        if o.lr_schedule != "wsd" and o.warmup > o.horizon:
+            where = f"phases[{p.index}]" if len(phases) > 1 else "the run"
+            out.append(f"warning: optim.warmup={o.warmup} outlasts {where}'s schedule horizon ({o.horizon} steps): "
+                       f"its LR rises from {o.start_lr:g} to only {p.schedule(p.end - 1).lr:.3g}, never optim.lr="
+                       f"{o.lr:g}")
+    return out
 
 
 def plan(cfg: Config, world_size: Optional[int] = None) -> list[Phase]:
