@@ -261,6 +261,24 @@ def test_checkpoint_model_section_is_checked_and_keeps_the_pretraining_grid(pret
         build(other)
 
 
+def test_every_spelling_of_one_runs_encoder_has_one_origin(pretrained_run, monkeypatch):
+    """A result folder is matched on the encoder's origin: the run folder, its checkpoints folder, its latest
+    file, a checkpoint of it, a relative path or a trailing slash all name one run; the online encoder,
+    an export or a random init are others."""
+    from vjepa_scale.eval.encoder import encoder_origin
+
+    def origin(*opts):
+        return encoder_origin(load_eval_config(None, ["data.train_index=a", "data.val_index=b", *opts]))
+
+    (ckpt,) = sorted((pretrained_run / "checkpoints").glob("step_*"))
+    monkeypatch.chdir(pretrained_run.parent)
+    spellings = [pretrained_run, f"{pretrained_run}/", pretrained_run / "checkpoints",
+                 pretrained_run / "checkpoints" / "latest", ckpt, pretrained_run.name]
+    assert {origin(f"encoder.checkpoint={p}") for p in spellings} == {f"{pretrained_run.resolve()} (target encoder)"}
+    assert origin(f"encoder.checkpoint={pretrained_run}", "encoder.which=online").endswith("(online encoder)")
+    assert origin(f"encoder.checkpoint={pretrained_run}", "encoder.random_init=true").startswith("random init")
+
+
 def test_a_damaged_checkpoint_is_a_config_error_naming_the_file(pretrained_run, tmp_path):
     """encoder.checkpoint whose EMA file is cut short: a ConfigError naming that file, before any loading
     (given as the checkpoint folder, or as the run whose only checkpoint it is)."""
@@ -351,10 +369,10 @@ def test_videos_shorter_than_a_clip_window_are_counted_and_reported(tmp_path, ca
     # result and curves would replace or mix with it), unless run.overwrite; the same encoder's replaces it
     other = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, init_seed=1))
     with pytest.raises(ConfigError, match=r"run.output_dir: .*result.json holds the result of another encoder "
-                                          r"\(random init \(seed 0\)\); this run evaluates random init \(seed 1\)"):
+                                          r"\(random init \(seed 0\), .*\); this run evaluates random init \(seed 1\), "):
         run_eval(other)
     other.run = dataclasses.replace(cfg.run, overwrite=True)
-    assert run_eval(other)["encoder_origin"] == "random init (seed 1)"
+    assert run_eval(other)["encoder_origin"].startswith("random init (seed 1), 192 wide x 1 blocks")
     assert run_eval(dataclasses.replace(other, run=cfg.run))["encoder"] == "random init (seed 1)"
 
 

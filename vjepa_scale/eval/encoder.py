@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
 
-from vjepa_scale.config import Config, ConfigError, ModelConfig, clip_grid, load_config
+from vjepa_scale.config import Config, ConfigError, ModelConfig, clip_grid, load_config, resolve_vit_size
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.models import VisionTransformer3D
 from vjepa_scale.weights import (CheckpointMismatchError, check_architecture, check_state_dict, config_from_hf_fields,
                                  load_consolidated, load_init_state, module_shapes, read_hf_config, resolve_checkpoint)
+from vjepa_scale.weights.run import CKPT_SUBDIR
 
 
 @dataclass
@@ -22,10 +24,6 @@ class FrozenEncoder:
     source: str  # human-readable description of where the weights come from
     step: Optional[int]  # pretraining step of the checkpoint, when known
     model_cfg: ModelConfig
-    origin: str = ""  # `source` without the step: the same for every checkpoint of one run's encoder
-
-    def __post_init__(self):
-        self.origin = self.origin or self.source
 
 
 def eval_grid(cfg: EvalConfig, model: ModelConfig) -> tuple[int, int, int]:
@@ -43,6 +41,27 @@ def _build(model_cfg: ModelConfig, grid: tuple[int, int, int], state: Optional[d
     encoder.eval()
     encoder.requires_grad_(False)
     return encoder
+
+
+def encoder_origin(cfg: EvalConfig) -> str:
+    """Where `cfg.encoder`'s weights come from, found without loading them: the same for every checkpoint
+    of one run (its resolved run folder) and for any spelling of one path. A result folder is matched
+    on it (`eval.run.check_output_dir`)."""
+    src = cfg.encoder
+    if src.checkpoint:
+        try:
+            ckpt = resolve_checkpoint(src.checkpoint).resolve()
+            where = ckpt.parent.parent if ckpt.parent.name == CKPT_SUBDIR else ckpt  # the run of RUN/checkpoints/step_*
+        except FileNotFoundError:  # refused when it is loaded, naming the path
+            where = Path(src.checkpoint).expanduser().resolve()
+        if src.random_init:
+            return f"random init (seed {src.init_seed}), architecture of {where}"
+        return f"{where} ({src.which} encoder)"
+    if src.hf_path:
+        return f"{Path(src.hf_path).expanduser().resolve()} (Hugging Face export)"
+    dims = resolve_vit_size(cfg.model)
+    return (f"random init (seed {src.init_seed}), {dims.width} wide x {dims.depth} blocks, {dims.num_heads} heads, "
+            f"patch {cfg.model.patch_size}, tubelet {cfg.model.tubelet_size}, {cfg.model.pos_embed} positions")
 
 
 def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
@@ -70,8 +89,7 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
             source = f"random init (seed {src.init_seed}), architecture of {src.checkpoint}"
             return FrozenEncoder(_build(model_cfg, grid, None, source, src.init_seed), source, None, model_cfg)
         source = f"{src.checkpoint} ({src.which} encoder, step {ck['step']})"
-        return FrozenEncoder(_build(model_cfg, grid, ck["encoder"], source), source, ck["step"], model_cfg,
-                             f"{src.checkpoint} ({src.which} encoder)")
+        return FrozenEncoder(_build(model_cfg, grid, ck["encoder"], source), source, ck["step"], model_cfg)
     if src.hf_path:
         try:  # the pretraining config the export describes
             pcfg = config_from_hf_fields(read_hf_config(src.hf_path), f"{src.hf_path}/config.json")

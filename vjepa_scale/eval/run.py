@@ -20,7 +20,7 @@ from vjepa_scale.data.clips import clip_window
 from vjepa_scale.distributed import compute_dtype, device_for, dist_env, init_distributed
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
-from vjepa_scale.eval.encoder import load_frozen_encoder
+from vjepa_scale.eval.encoder import encoder_origin, load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads
 from vjepa_scale.eval.train_probe import train_probe
@@ -53,9 +53,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     if num_classes < 2:
         raise ConfigError("data.train_index/val_index: only one class (label 0) found; a probe needs >= 2")
 
+    out, origin = Path(cfg.run.output_dir), encoder_origin(cfg)
+    check_output_dir(out, origin, cfg.run.overwrite)  # every rank: all refuse alike, before any weights are read
     frozen = load_frozen_encoder(cfg)
-    out = Path(cfg.run.output_dir)
-    check_output_dir(out, frozen.origin, cfg.run.overwrite)  # every rank: all refuse alike, before any work
     encoder = frozen.encoder
     heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, encoder.dims.num_heads)
     env = init_distributed(device)
@@ -119,7 +119,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     dims = frozen.encoder.dims
     result = {
         "encoder": frozen.source,
-        "encoder_origin": frozen.origin,
+        "encoder_origin": origin,
         "encoder_step": frozen.step,
         "model": {"size": vit_size_name(dims.width, dims.depth, dims.num_heads, dims.mlp_ratio),  # or custom
                   "width": dims.width, "depth": dims.depth, "num_heads": dims.num_heads, "mlp_ratio": dims.mlp_ratio,
