@@ -4,8 +4,10 @@ checkpoint file into a Hugging Face model folder.
 
     python tools/convert_to_hf.py SOURCE OUT_DIR [--which target|online] [--include-predictor] [--config CFG]
 
-SOURCE is a run directory (its latest complete checkpoint is used), one `checkpoints/step_*`
-directory, or an official `torch.save` file (e.g. vitl16.pth.tar, vitg.pt). Consolidation runs on
+SOURCE is a run directory or its `checkpoints` folder (the newest undamaged checkpoint is used: damaged
+newer ones are passed over with a warning), its `checkpoints/latest` file or one `checkpoints/step_*`
+directory (a damaged one is an error naming the file), or an official `torch.save` file (e.g.
+vitl16.pth.tar, vitg.pt). Needs the `hf` extra (and `train` for a training run). Consolidation runs on
 the CPU: no GPU, no distributed launch. The EMA target encoder is exported by default (`--which
 online` for the trained encoder). An official file's architecture (head counts included, which the
 weights do not show) comes from the table of official releases it matches by shapes, or from
@@ -17,7 +19,6 @@ OUT_DIR)` preprocesses clips as the run did. Weights are sharded above --max-sha
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from vjepa_scale.extras import MissingExtraError, require_extra
     from vjepa_scale.hf import check_export_dir, export_to_hf
     from vjepa_scale.weights import CheckpointMismatchError, load_consolidated
     from vjepa_scale.weights.run import is_latest_marker
@@ -72,21 +74,20 @@ def main(argv=None) -> int:
     if args.config and not official:
         print("error: --config is for official checkpoint files; a run carries its own config", file=sys.stderr)
         return 2
-    missing = [m for m in ("transformers", "huggingface_hub") if importlib.util.find_spec(m) is None]
-    if missing:
-        print(f"error: a Hugging Face export needs {' and '.join(missing)}: pip install -c constraints.txt -e "
-              f"'.[hf]'", file=sys.stderr)
-        return 2
     try:  # before the consolidation, which can take minutes
+        for module in ("transformers", "huggingface_hub"):
+            require_extra(module, "hf", "a Hugging Face export")
         check_export_dir(args.out_dir, args.overwrite)
-    except FileExistsError as e:
+    except (FileExistsError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         ckpt = _official(args) if official else load_consolidated(args.checkpoint, which=args.which)
-    except (FileNotFoundError, CheckpointMismatchError, ValueError, ModuleNotFoundError) as e:
+    except (FileNotFoundError, CheckpointMismatchError, ValueError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for note in ckpt.get("notes", []):  # damaged newer checkpoints passed over
+        print(note, file=sys.stderr)
     if args.include_predictor and ckpt["predictor"] is None:
         print(f"error: {args.checkpoint} holds no predictor", file=sys.stderr)
         return 2

@@ -101,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from vjepa_scale.data.skips import NoReadableVideosError
     from vjepa_scale.eval.run import run_eval
+    from vjepa_scale.extras import MissingExtraError
     from vjepa_scale.weights import CheckpointMismatchError
 
     try:
         cfg = eval_config(args, overrides)
         result = run_eval(cfg)
-    except (ConfigError, CheckpointMismatchError, NoReadableVideosError, ModuleNotFoundError) as e:
+    except (ConfigError, CheckpointMismatchError, NoReadableVideosError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":

@@ -85,8 +85,8 @@ def test_convert_online_and_errors(run_dir, tmp_path, capsys):
     with pytest.MonkeyPatch.context() as mp:  # no transformers: refused naming the extra, before any work
         mp.setitem(sys.modules, "transformers", None)
         assert cli.main([str(ckpt), str(tmp_path / "no_hf")]) == 2
-        assert "a Hugging Face export needs transformers: pip install -c constraints.txt -e '.[hf]'" in \
-            capsys.readouterr().err
+        assert ("a Hugging Face export needs transformers, which is not installed: pip install -c constraints.txt "
+                "-e '.[hf]'") in capsys.readouterr().err
     # the run's checkpoints/latest file names the checkpoint (it is not an official file)
     assert cli.main([str(run_dir / "checkpoints" / "latest"), str(tmp_path / "via_latest")]) == 0
     assert "target encoder at step 2" in capsys.readouterr().out

@@ -56,9 +56,12 @@ def test_missing_or_untested_deepspeed_is_named_before_training(monkeypatch, tmp
     assert "(9.0.0 .. 9.1.0; constraints.txt)" in capsys.readouterr().out
     monkeypatch.setitem(sys.modules, "deepspeed", None)
     monkeypatch.setitem(sys.modules, "deepspeed.utils.zero_to_fp32", None)
-    with pytest.raises(ConfigError, match=r"training needs DeepSpeed, which is not installed: pip install -c constraints.txt -e '.\[train\]'"):
+    with pytest.raises(ConfigError, match=r"training needs deepspeed, which is not installed: pip install -c constraints.txt -e '.\[train\]'"):
         launch.preflight(load_config("cpu_demo"), 1)
-    with pytest.raises(ModuleNotFoundError, match=r"reading a training checkpoint needs DeepSpeed"):
+    from vjepa_scale.extras import MissingExtraError
+
+    with pytest.raises(MissingExtraError, match=r"reading a training checkpoint needs deepspeed, which is not installed: "
+                                                r"pip install -c constraints.txt -e '.\[train\]'"):
         load_consolidated(tmp_path)
 
 

@@ -4,6 +4,7 @@ random init (the baseline), always a `VisionTransformer3D` in eval mode without 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -13,9 +14,11 @@ import torch
 from vjepa_scale.config import Config, ConfigError, ModelConfig, clip_grid, load_config, resolve_vit_size
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.models import VisionTransformer3D
-from vjepa_scale.weights import (CheckpointMismatchError, check_architecture, check_state_dict, config_from_hf_fields,
-                                 load_consolidated, load_init_state, module_shapes, read_hf_config, resolve_checkpoint)
+from vjepa_scale.weights import (CheckpointMismatchError, DamagedCheckpointError, check_architecture, check_state_dict,
+                                 config_from_hf_fields, load_consolidated, load_init_state, module_shapes, read_hf_config, resolve_checkpoint)
 from vjepa_scale.weights.run import CKPT_SUBDIR
+
+log = logging.getLogger("vjepa_scale.eval")
 
 
 @dataclass
@@ -74,7 +77,9 @@ def load_frozen_encoder(cfg: EvalConfig) -> FrozenEncoder:
                 ck = {"config": load_config(ckpt / "config.yaml"), "step": None, "encoder": None}
             else:
                 ck = load_consolidated(src.checkpoint, which=src.which)
-        except (FileNotFoundError, ValueError) as e:  # none there, or a damaged one
+                for note in ck["notes"]:  # damaged newer checkpoints passed over
+                    log.warning("encoder.checkpoint: %s", note)
+        except (FileNotFoundError, DamagedCheckpointError) as e:
             raise ConfigError(f"encoder.checkpoint: {e}") from None
         pre: Config = ck["config"]
         if cfg.model is not None:  # must describe the checkpoint's encoder

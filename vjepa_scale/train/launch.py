@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib.util
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from vjepa_scale.config import Config, ConfigError
 from vjepa_scale.distributed import DistEnv, compute_dtype, device_for, init_distributed
+from vjepa_scale.extras import MissingExtraError, require_extra
 from vjepa_scale.train.memory import check_memory
 from vjepa_scale.train.phases import check_per_step_offsets, plan, resolve_batch
 from vjepa_scale.train.zero_compat import skip_shm_comm_build, untested_deepspeed_note
@@ -100,9 +100,10 @@ def check_masks(cfg: Config) -> None:
 def check_deepspeed_installed() -> None:
     """Training runs on DeepSpeed: refused naming the extra when it is missing; a release outside the
     tested ones gets a warning (rank 0)."""
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError("training needs DeepSpeed, which is not installed: pip install -c constraints.txt -e "
-                          "'.[train]' (or pip install 'vjepa-scale[train]')")
+    try:
+        require_extra("deepspeed", "train", "training")
+    except MissingExtraError as e:
+        raise ConfigError(str(e)) from None
     note = untested_deepspeed_note()
     if note and os.environ.get("RANK", "0") == "0":
         print(note, flush=True)

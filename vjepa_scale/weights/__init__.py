@@ -21,11 +21,12 @@ from vjepa_scale.weights.keys import KeyLayoutError
 from vjepa_scale.weights.load import (OfficialFile, check_init_source, load_init_state, official_config, read_hf_weights,
                                       read_official)
 from vjepa_scale.weights.releases import RELEASES, Release
-from vjepa_scale.weights.run import (CKPT_SUBDIR, DS_TAG, checkpoint_name, consolidate_shards, find_latest,
-                                     is_complete, list_checkpoints, load_consolidated, resolve_checkpoint,
-                                     unshard)
+from vjepa_scale.weights.run import (CKPT_SUBDIR, DS_TAG, DamagedCheckpointError, checkpoint_name,
+                                     consolidate_shards, find_latest, is_complete, list_checkpoints,
+                                     load_consolidated, resolve_checkpoint, unshard)
 
-__all__ = ["CKPT_SUBDIR", "DS_TAG", "HF_MODEL_TYPES", "RELEASES", "CheckpointMismatchError", "KeyLayoutError",
+__all__ = ["CKPT_SUBDIR", "DS_TAG", "HF_MODEL_TYPES", "RELEASES", "CheckpointMismatchError", "DamagedCheckpointError",
+           "KeyLayoutError",
            "OfficialFile", "Release", "official_config", "read_official",
            "check_architecture", "check_hf_fields", "check_init_source", "check_state_dict", "checkpoint_name", "config_from_hf_fields", "config_to_hf_fields",
            "consolidate_shards", "expected_shapes", "find_latest", "is_complete", "list_checkpoints",

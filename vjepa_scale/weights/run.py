@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -33,6 +32,7 @@ from typing import Iterable, Optional
 import torch
 
 from vjepa_scale.config import load_config
+from vjepa_scale.extras import require_extra
 
 CKPT_SUBDIR = "checkpoints"
 DS_TAG = "state"
@@ -165,21 +165,23 @@ def latest_loadable(run_dir: Path,
     return None, []
 
 
-def loadable_checkpoint(path: str | Path) -> Path:
-    """`resolve_checkpoint`, checked by `checkpoint_problem` before anything is read: a damaged checkpoint
-    given as such (or by a `latest` file) is a ValueError naming the file; a run dir or its `checkpoints`
-    folder gives its newest undamaged checkpoint, with a warning naming each newer one passed over."""
+class DamagedCheckpointError(ValueError):
+    """A checkpoint's files are incomplete or damaged (`checkpoint_problem`; the message names the file)."""
+
+
+def loadable_checkpoint(path: str | Path) -> tuple[Path, list[str]]:
+    """(`resolve_checkpoint`, notes), checked by `checkpoint_problem` before anything is read: a damaged
+    checkpoint given as such (or by a `latest` file) is a DamagedCheckpointError naming the file; a run dir
+    or its `checkpoints` folder gives its newest undamaged checkpoint, with a note naming each newer one
+    passed over (FileNotFoundError when none is undamaged)."""
     p = Path(path).expanduser()
     ckpt = resolve_checkpoint(p)
     problem = checkpoint_problem(ckpt)
     if problem is None:
-        return ckpt
+        return ckpt, []
     if is_complete(p) or is_latest_marker(p):
-        raise ValueError(f"checkpoint {ckpt} cannot be loaded: {problem}")
-    ckpt, notes = latest_loadable(ckpt.parent.parent, verb=("loaded", "loading"))
-    for note in notes:
-        print(note, file=sys.stderr, flush=True)
-    return ckpt
+        raise DamagedCheckpointError(f"checkpoint {ckpt} cannot be loaded: {problem}")
+    return latest_loadable(ckpt.parent.parent, verb=("loaded", "loading"))
 
 
 def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
@@ -220,20 +222,18 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
     """Full fp32 weights from a checkpoint, on CPU, without GPUs or a distributed launch.
 
     path: a run dir (its newest loadable checkpoint), its `checkpoints` dir or `latest` file, or one
-    checkpoint dir (`loadable_checkpoint`: a damaged one is a ValueError naming the file).
+    checkpoint dir (`loadable_checkpoint`: a damaged one is a DamagedCheckpointError naming the file).
     which: "target" (EMA encoder, the one evaluated and exported) or "online" (trained encoder).
     Returns dict(config=Config, step=int, encoder=state_dict of VisionTransformer3D,
-    predictor=state_dict of Predictor).
+    predictor=state_dict of Predictor, notes=[warnings naming damaged newer checkpoints passed over]).
+    Without DeepSpeed: MissingExtraError.
     """
-    try:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(f"reading a training checkpoint needs DeepSpeed ({e}): pip install -c "
-                                  f"constraints.txt -e '.[train]'") from None
+    require_extra("deepspeed", "train", "reading a training checkpoint")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     if which not in ("target", "online"):
         raise ValueError(f"which must be 'target' or 'online', got {which!r}")
-    ckpt = loadable_checkpoint(path)
+    ckpt, notes = loadable_checkpoint(path)
     meta = read_meta(ckpt)
     cfg = load_config(ckpt / "config.yaml")
     online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
@@ -246,4 +246,4 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
         for k in missing:  # buffers saved with the model (not trained, identical in both)
             target[k] = encoder[k]
         encoder = target
-    return {"config": cfg, "step": int(meta["step"]), "encoder": encoder, "predictor": predictor}
+    return {"config": cfg, "step": int(meta["step"]), "encoder": encoder, "predictor": predictor, "notes": notes}
