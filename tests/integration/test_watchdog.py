@@ -83,8 +83,7 @@ def test_a_stalled_checkpoint_load_ends_the_rank_naming_it(tmp_path):
         """)], env=cpu_env(PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}"), timeout=150)
     assert r.returncode == EXIT_HUNG, r.stdout[-2000:] + r.stderr[-3000:]
     assert time.monotonic() - t0 < 100
-    assert re.search(r"hung: 'loading checkpoint \S+step_00000001 \(on another world size: rank 0 converts it "
-                     r"first\)' has run for \d+ s", r.stderr), r.stderr[-3000:]
+    assert re.search(r"hung: 'loading checkpoint \S+step_00000001' has run for \d+ s", r.stderr), r.stderr[-3000:]
 
 
 def test_changing_phases_idle_and_disabled_never_fire():

@@ -84,7 +84,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     padded = {name: len(set(_all_ranks(fs.padded, world))) for name, fs in (("train", train), ("val", val))}
     if rank == 0 and any(padded.values()):
         d = cfg.data
-        span = (f"at data.fps={d.fps:g} spans {d.frames_per_clip - 1} frame steps of a video's own" if d.fps else
+        steps = d.frames_per_clip - (d.frame_spacing == "exact")  # linspace spreads the clip over fpc x step frames
+        span = (f"at data.fps={d.fps:g} spans {steps} frame steps of a video's own" if d.fps else
                 f"at data.frame_step={d.frame_step} spans "
                 f"{clip_window(d.frames_per_clip, d.frame_step, d.frame_spacing)} frames")
         log.warning("eval: %d train and %d val videos are shorter than one clip window (data.frames_per_clip=%d "

@@ -52,7 +52,7 @@ from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import load_init_state, resolve_checkpoint
-from vjepa_scale.weights.run import checkpoint_problem, is_complete, latest_loadable
+from vjepa_scale.weights.run import checkpoint_problem, is_complete, latest_loadable, read_meta
 
 
 def _init_source_problem(init_from: str) -> Optional[str]:
@@ -171,7 +171,10 @@ class Trainer:
         self.skip_base: dict = {}
         self.data_loader = None
         if ckpt is not None:
-            self.watchdog.phase(f"loading checkpoint {ckpt} (on another world size: rank 0 converts it first)")
+            saved_world = int(read_meta(ckpt)["world_size"])
+            self.watchdog.phase(f"loading checkpoint {ckpt}" + (
+                f" (saved on {saved_world} ranks: rank 0 converts it to a universal checkpoint first)"
+                if saved_world != self.world else ""))
             self._restore(ckpt)
         self.use_phase_checkpointing(self.phase)
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
