@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -79,29 +80,34 @@ def clip_window(frames_per_clip: int, frame_step: int, spacing: str = "exact") -
     return frame_offsets(frames_per_clip, frame_step, spacing)[-1] + 1
 
 
-def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int,
-                       rng: np.random.Generator, spacing: str = "exact") -> list[list[int]]:
-    """`num_clips` lists of `frames_per_clip` indices, `frame_offsets` apart (`spacing`).
-
-    The window spans `clip_window` frames. The valid start positions
-    [0, num_frames - window] are split into `num_clips` equal ranges and each clip draws its start
-    uniformly from its own range (clips spread over the video). A video shorter than the window
-    gets `short_frame_indices` (its last frame repeated): what `data.short_videos: pad` trains on
-    (`plan_video`).
-    """
+def clips_at(num_frames: int, frames_per_clip: int, frame_step: int, spacing: str, num_clips: int,
+             start_of: Callable[[int, int], int]) -> list[list[int]]:
+    """`num_clips` lists of `frames_per_clip` frame indices, `frame_offsets` apart (`spacing`): clip c
+    starts at `start_of(c, last_start)`, in [0, last_start] (the last start of a whole window), called
+    in clip order. A video shorter than one window gets `short_frame_indices` for every clip."""
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got num_frames={num_frames}")
     offsets = frame_offsets(frames_per_clip, frame_step, spacing)
     last_start = num_frames - (offsets[-1] + 1)
     if last_start < 0:
         return [short_frame_indices(num_frames, frames_per_clip, frame_step, spacing) for _ in range(num_clips)]
-    clips = []
-    for c in range(num_clips):
+    return [[start + o for o in offsets] for start in (start_of(c, last_start) for c in range(num_clips))]
+
+
+def clip_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, num_clips: int,
+                       rng: np.random.Generator, spacing: str = "exact") -> list[list[int]]:
+    """Training's `clips_at`: the valid starts [0, last_start] are split into `num_clips` equal ranges and
+    each clip draws its start uniformly from its own range (clips spread over the video). A video
+    shorter than the window gets `short_frame_indices` (its last frame repeated): what
+    `data.short_videos: pad` trains on (`plan_video`)."""
+    def draw(c: int, last_start: int) -> int:
+        if last_start == 0:
+            return 0
         lo = (last_start + 1) * c // num_clips
         hi = max(lo, (last_start + 1) * (c + 1) // num_clips - 1)
-        start = int(rng.integers(lo, hi + 1)) if last_start > 0 else 0
-        clips.append([start + o for o in offsets])
-    return clips
+        return int(rng.integers(lo, hi + 1))
+
+    return clips_at(num_frames, frames_per_clip, frame_step, spacing, num_clips, draw)
 
 
 def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],

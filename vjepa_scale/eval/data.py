@@ -20,8 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vjepa_scale.config import ConfigError
-from vjepa_scale.data.clips import (clip_window, frame_offsets, normalize_clip, short_frame_indices, stored_box,
-                                   video_frame_step)
+from vjepa_scale.data.clips import clip_window, clips_at, normalize_clip, stored_box, video_frame_step
 from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip_frames, probe_video
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
@@ -79,15 +78,10 @@ def eval_frame_indices(num_frames: int, frames_per_clip: int, frame_step: int, n
 
     A video shorter than one window gets `short_frame_indices` (its last frame repeated).
     """
-    offsets = frame_offsets(frames_per_clip, frame_step, spacing)
-    last_start = num_frames - (offsets[-1] + 1)
-    if last_start < 0:
-        return [short_frame_indices(num_frames, frames_per_clip, frame_step, spacing)] * num_clips
-    if num_clips == 1:
-        starts = [last_start // 2]
-    else:
-        starts = [round(c * last_start / (num_clips - 1)) for c in range(num_clips)]
-    return [[s + o for o in offsets] for s in starts]
+    def spread(c: int, last_start: int) -> int:
+        return last_start // 2 if num_clips == 1 else round(c * last_start / (num_clips - 1))
+
+    return clips_at(num_frames, frames_per_clip, frame_step, spacing, num_clips, spread)
 
 
 def view_boxes(height: int, width: int, num_views: int, resize_ratio: float) -> list[tuple[int, int, int, int]]:
