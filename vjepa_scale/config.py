@@ -783,7 +783,9 @@ _OVERRIDE_PART = re.compile(r"([^.\[\]=\s]+)((?:\[-?\d+\])*)$")  # a key (any na
 
 def apply_override(raw: dict, item: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (numbers, lists, null). A list
-    element is named by its index, as errors name it: `phases[1].steps=2000`, `phases[-1].optim.lr=1e-4`."""
+    element is named by its index, as errors name it: `phases[1].steps=2000`, `phases[-1].optim.lr=1e-4`.
+    A mapping given for a mapping is merged into it (`optim={lr: 1.0e-3}` keeps the recipe's other optim
+    keys); null resets a section to the defaults."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, value = item.split("=", 1)
@@ -807,10 +809,12 @@ def apply_override(raw: dict, item: str) -> None:
             raise ConfigError(f"override '{item}': {_override_name(path[:i])} is not a section")
         if last:
             try:
-                node[step] = yaml.load(value, Loader=_UniqueKeyLoader)
+                new = yaml.load(value, Loader=_UniqueKeyLoader)
             except yaml.YAMLError as e:
                 raise ConfigError(f"override '{item}': the value {value!r} is not valid YAML "
                                   f"({_yaml_problem(e)}{_yaml_where(e, line=False)})") from None
+            old = node[step] if isinstance(step, int) else node.get(step)
+            node[step] = _merged(old, new) if isinstance(old, dict) and isinstance(new, dict) else new
         elif isinstance(step, int):
             node = node[step]
         else:
@@ -819,6 +823,15 @@ def apply_override(raw: dict, item: str) -> None:
             node = node.get(step)
             if node is None:
                 raise ConfigError(f"override '{item}': {where} is not set, so it has no element {path[i + 1]}")
+
+
+def _merged(base: dict, new: dict) -> dict:
+    """`new` merged into a copy of `base`, mappings key by key (an override of a section keeps the
+    recipe's other keys); any other value, a list included, replaces."""
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merged(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -131,6 +131,11 @@ def test_config_files_duplicate_keys_and_paths(tmp_path):
                                           r"folder is read as given"):
         load_config("/nowhere/recipes/vith384.yaml")
     assert load_config("vith384").data.crop_size == 384  # a bare name still finds the recipe
+    # a mapping merges into a section (the recipe's other keys stay); a list replaces; null resets
+    merged = load_config("cpu_demo", ["optim={lr: 1.0e-3, warmup: 4}"])
+    assert (merged.optim.lr, merged.optim.warmup, merged.optim.iterations) == (1e-3, 4, 60)
+    assert load_config("cpu_demo", ["optim=null"]).optim.iterations == 90_000
+    assert len(load_config("cpu_demo", ["mask.types=[{num_blocks: 3}]"]).mask.types) == 1
 
 
 def test_sampling_keys_accepted():
