@@ -147,6 +147,9 @@ def test_edit_list_hiding_leading_frames_counts_the_shown_ones(tmp_path, preset)
     assert frame_numbers(every) == list(range(10, 40))
     for first in (8, 13, 26):  # seeks (first >= SEEK_MIN_FRAME); 26: the clip ends at the last frame
         assert np.array_equal(decode_clip_frames(info, list(range(first, first + 4))), every[first:first + 4])
+    from vjepa_scale.data.nvdec import dali_route, stream_format  # DALI's reader is not trusted with these
+    fmt = stream_format(path)
+    assert fmt.hidden_frames and "edit list" in dali_route(fmt, "gpu", (9, 0)) and not stream_format(src).hidden_frames
 
 
 def _video_with_longer_audio(path: str, vcodec: str, acodec: str, frames: int, audio_s: float, fps: int = 30) -> None:

@@ -215,7 +215,7 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         base = s.base_rate  # FFmpeg r_frame_rate: differs from the average rate when timing varies
         vfr = bool(base and s.average_rate and abs(float(base) - float(s.average_rate)) > 0.01 * float(base))
         n = int(s.frames or 0)
-        scan = n <= 0 or vfr or _edited(container, s, n)
+        scan = n <= 0 or vfr or edit_list_hides_frames(container, s, n)
         rotation, pts, keyframes, end, last_end = _read_packets(container, s, path, scan, deadline)
         frame_pts = None
         if scan:
@@ -240,7 +240,7 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         container.close()
 
 
-def _edited(container, stream, n: int) -> bool:
+def edit_list_hides_frames(container, stream, n: int) -> bool:
     """Whether an MP4/MOV edit list may hide some of the `n` frames the stream stores (they are counted, but
     the decoder does not yield them): the count disagrees with the stream's duration x average rate by
     more than a frame."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vjepa_scale.data.decode import Deadline, VideoError, _open
+from vjepa_scale.data.decode import Deadline, VideoError, _open, edit_list_hides_frames
 
 # FFmpeg decoder (implementation) names -> codec names, for code that only has a decoder's name.
 DECODER_TO_CODEC = {
@@ -92,6 +92,7 @@ class StreamFormat:
     height: int
     colorspace: int  # AVColorSpace: 1 BT.709, 5/6 BT.601, 2 unspecified, ...
     full_range: bool
+    hidden_frames: bool = False  # an MP4 edit list hides some stored frames (`decode.edit_list_hides_frames`)
 
 
 def _chroma(fmt) -> str:
@@ -108,7 +109,8 @@ def stream_format(path: str, deadline: Deadline | None = None) -> StreamFormat:
     (DecodeTimeout past `deadline`)."""
     container = _open(path, deadline)
     try:
-        ctx = container.streams.video[0].codec_context
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
         fmt = ctx.format
         if fmt is not None and list(fmt.components):
             bits = max(c.bits for c in fmt.components)
@@ -117,7 +119,8 @@ def stream_format(path: str, deadline: Deadline | None = None) -> StreamFormat:
             bits, chroma = 8, "?"
         return StreamFormat(path, canonical_codec(ctx.codec.canonical_name), ctx.profile, ctx.pix_fmt, int(bits),
                             chroma, int(ctx.width or 0), int(ctx.height or 0), int(ctx.colorspace or 2),
-                            int(ctx.color_range or 0) == 2 or (ctx.pix_fmt or "").startswith("yuvj"))
+                            int(ctx.color_range or 0) == 2 or (ctx.pix_fmt or "").startswith("yuvj"),
+                            edit_list_hides_frames(container, stream, int(stream.frames or 0)))
     except VideoError:
         raise
     except Exception as e:
@@ -151,6 +154,8 @@ def dali_route(fmt: StreamFormat, device: str, capability: tuple[int, int] | Non
     """None when DALI on `device` ("gpu"/"cpu") decodes `fmt` correctly, else why PyAV must (a reason)."""
     if fmt.colorspace not in LUMA_WEIGHTS:
         return f"colour matrix {fmt.colorspace} (AVColorSpace) is not reproduced on DALI's BT.601 output"
+    if fmt.hidden_frames:  # our frame numbers count the shown frames only; DALI's reader is not checked on these
+        return "an edit list hides some of its stored frames, which DALI's reader is not verified to skip"
     if device == "gpu":
         if capability is None:
             raise ValueError("dali_route on the GPU needs the device's compute capability")
