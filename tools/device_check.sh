@@ -3,11 +3,15 @@
 #   bash tools/device_check.sh            # results in $OUT/device_check.tgz if OUT is set, else bench_results/
 #   STAGES="tests step" bash tools/device_check.sh   # a subset of: tests kernels step zero1 ckpt compile data dali cool384
 # Default stages: step zero1 kernels tests, in that order, within BUDGET_S (520 s, setup included):
-# the bench stages have fixed limits (step 210 s, zero1 75 s, kernels 90 s), the tests take the time
-# left (skipped under 45 s). Results reach $OUT after each stage. zero1 is the engine row under ZeRO-1,
-# docs/SCALING.md's recommended stage for ViT-H, which decides the recipes' default stage. A failed
-# engine or torch step row is retried in `bench_step_fallback` with torch_varlen attention. STEP_OPTS adds bench
-# options to the step stage (e.g. STEP_OPTS="--opt model.compile=true"). Opt-in (a second call):
+# the bench stages have limits (attention preflight 45 s, step 180 s, zero1 100 s, kernels 75 s), each cut
+# to what is left of the budget (a stage with under 30 s left is skipped), the tests take the time left
+# (skipped under 45 s). Results reach $OUT after each stage. zero1 is the engine row under ZeRO-1,
+# docs/SCALING.md's recommended stage for ViT-H, which decides the recipes' default stage. Before the step
+# stages, `attention_preflight` runs the backend `auto` picks (cuDNN where its frontend is carried) forward
+# and backward at the step's shape against `padded` (ATTENTION=name: that backend instead of auto's); if it
+# fails, every step stage runs torch_varlen (the backend the H100 runs measured; padded on a CPU). A failed
+# engine or torch row whose error names attention is retried in `bench_step_fallback` on that backend.
+# STEP_OPTS adds bench options to the step stage (e.g. STEP_OPTS="--opt model.compile=true"). Opt-in (a second call):
 # `ckpt` (the engine row with every block recomputed), `compile` (the engine row with
 # model.compile=true), `data`, `dali` (DALI tests + data suite, once the wheel was brought with
 # tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step).
@@ -56,9 +60,15 @@ publish() {
   return 0
 }
 
-# Stage runner: name, timeout in seconds, command...; logs to $RES/<name>.log.
+# Stage runner: name, timeout in seconds, command...; logs to $RES/<name>.log. The limit is cut to what is
+# left of BUDGET_S (less 30 s for the gather); under 30 s left, the stage is skipped (status 1).
 stage() {
   local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET_S - ($(date +%s) - start) - 30 ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 30 ]; then
+    note "$name: skipped, ${left}s left of BUDGET_S=${BUDGET_S}s (run it with STAGES=...)"; status=1; return 0
+  fi
   note "$name: start (limit ${limit}s)"
   timeout -s "${STAGE_SIGNAL:-TERM}" -k 10 "$limit" "$@" > "$RES/$name.log" 2>&1
   local rc=$?
@@ -84,7 +94,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 WHEELS=${WHEELS:-.whl}
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
   SITE=$(mktemp -d)
-  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl; then
+  if timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+      "$WHEELS"/*.whl; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"  # bin: the deepspeed launcher
     note "installed the carried wheels: $(cd "$WHEELS" && ls *.whl | tr '\n' ' ')"
   else
@@ -104,7 +115,7 @@ fi
 
 {
   [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
-  "$PY" - <<'EOF'
+  timeout 60 "$PY" - <<'EOF'
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda,
       "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
@@ -114,6 +125,11 @@ for mod in ("triton", "deepspeed", "cudnn", "flash_attn", "transformers", "av", 
         print(mod, getattr(m, "__version__", "?"))
     except Exception as e:
         print(mod, "unavailable:", type(e).__name__)
+try:
+    import cudnn
+    print("cudnn backend", cudnn.backend_version_string())
+except Exception as e:
+    print("cudnn backend unavailable:", type(e).__name__)
 EOF
 } > "$RES/env.txt" 2>&1
 cat "$RES/env.txt"
@@ -122,27 +138,47 @@ STAGES=" ${STAGES:-tests kernels step zero1} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 
 # Stages in the order of what their numbers decide, so a cut-off call loses the least.
+# 0. The attention backend `auto` picks (cuDNN where carried: never run on a GPU before it is timed), once
+#    forward and backward at the step's shape; if it fails, the step stages run on $fallback instead.
+#    ATTENTION (default auto) names the backend the step stages use.
+ATTENTION=${ATTENTION:-auto}
+fallback=$([ "$DEVICE" = cuda ] && echo torch_varlen || echo padded)
+ATTN_OPTS=$([ "$ATTENTION" = auto ] || echo "--opt model.attention_backend=$ATTENTION")
+if want step || want zero1 || want ckpt || want compile; then
+  stage attention_preflight 45 "$PY" -c 'import sys
+from vjepa_scale.bench.attention import backend_preflight
+name, error = backend_preflight(sys.argv[1], sys.argv[2])
+print("attention preflight: %s: %s" % (name, error or "ok"))
+sys.exit(1 if error else 0)' "$DEVICE" "$ATTENTION"
+  if ! grep -q ": ok$" "$RES/attention_preflight.log" 2>/dev/null; then
+    ATTN_OPTS="--opt model.attention_backend=$fallback"
+    note "attention: the step stages run $fallback (the preflight of $ATTENTION's backend failed)"
+  fi
+fi
 # 1. The step: engine, torch and reference-style rows of the recipe (B=10, checkpointing `auto`), the
 #    engine row profiled; then the engine row under ZeRO-1. Each bench call is its own process, so an
 #    out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
-want step && stage bench_step 210 "$PY" tools/bench.py --device $DEVICE --suite step --profile ${STEP_OPTS:-} \
-  --out "$RES/step"
-# An engine or torch row that failed (e.g. the attention backend `auto` picked, which the reference-style row does not
-# use) is retried with torch_varlen, the backend the H100 runs measured, so the run still has an engine row.
-engine_failed() {  # the step JSON $1 has a FAILED engine or torch row
-  "$PY" -c 'import json, sys
+want step && stage bench_step 180 "$PY" tools/bench.py --device $DEVICE --suite step --profile ${STEP_OPTS:-} \
+  $ATTN_OPTS --out "$RES/step"
+# An engine or torch row that failed on its attention (the backend `auto` picked, which the reference-style row
+# does not use) is retried on the fallback backend, so the run still has an engine row; other failures are not.
+engine_failed() {  # the step JSON $1 has a FAILED engine or torch row whose error names attention
+  "$PY" -c 'import json, re, sys
 rows = json.load(open(sys.argv[1]))["rows"]
-sys.exit(0 if any(r.get("case") == "FAILED" and r.get("row") in ("engine", "torch") for r in rows) else 1)' "$1" 2>/dev/null
+sys.exit(0 if any(r.get("case") == "FAILED" and r.get("row") in ("engine", "torch")
+                  and re.search("cudnn|attention|varlen|sdpa", r.get("error", ""), re.I) for r in rows) else 1)' \
+    "$1" 2>/dev/null
 }
-if want step && engine_failed "$RES/step/bench_$DEVICE.json"; then
-  fallback=$([ "$DEVICE" = cuda ] && echo torch_varlen || echo bucketed)
+FALLBACK_OPTS="--opt model.attention_backend=$fallback"
+if want step && [ "$ATTN_OPTS" != "$FALLBACK_OPTS" ] && engine_failed "$RES/step/bench_$DEVICE.json"; then
+  ATTN_OPTS=$FALLBACK_OPTS
   stage bench_step_fallback 120 "$PY" tools/bench.py --device $DEVICE --suite step --step-rows engine torch \
-    ${STEP_OPTS:-} --opt model.attention_backend=$fallback --out "$RES/step_fallback"
+    ${STEP_OPTS:-} $ATTN_OPTS --out "$RES/step_fallback"
 fi
-want zero1 && stage bench_step_zero1 75 "$PY" tools/bench.py --device $DEVICE --suite step \
-  --step-rows engine --steps 4 --opt zero.stage=1 --out "$RES/step_zero1"
+want zero1 && stage bench_step_zero1 100 "$PY" tools/bench.py --device $DEVICE --suite step \
+  --step-rows engine --steps 4 --opt zero.stage=1 $ATTN_OPTS --out "$RES/step_zero1"
 # 2. Kernel and attention suites (one process).
-want kernels && stage bench_kernels 90 "$PY" tools/bench.py --device $DEVICE --suite gather ema attention --out "$RES/kernels"
+want kernels && stage bench_kernels 75 "$PY" tools/bench.py --device $DEVICE --suite gather ema attention --out "$RES/kernels"
 # 3. CUDA-only tests (marked `gpu`) and the Triton kernel cases on real CUDA (marked `triton`);
 #    collection errors from optional deps do not stop the rest.
 if ! want tests; then :
@@ -165,10 +201,10 @@ fi
 # Opt-in: the engine row with every block recomputed (the recipes' setting before `auto`: what
 # `auto` saves), compiled blocks, the data suite, V-JEPA 2's ViT-g cooldown step (384 px x 64 frames,
 # 18,432 tokens per clip, 6 clips).
-want ckpt && stage bench_step_ckpt 75 "$PY" tools/bench.py --device $DEVICE --suite step \
-  --step-rows engine --steps 4 --opt model.activation_checkpointing=true --out "$RES/step_ckpt"
+want ckpt && stage bench_step_ckpt 100 "$PY" tools/bench.py --device $DEVICE --suite step \
+  --step-rows engine --steps 4 --opt model.activation_checkpointing=true $ATTN_OPTS --out "$RES/step_ckpt"
 want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device $DEVICE --suite step --batch-size 8 \
-  --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true \
+  --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true $ATTN_OPTS \
   --out "$RES/step_compile"
 want data && stage bench_data 50 "$PY" tools/bench.py --device $DEVICE --suite data --out "$RES/data"
 want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device $DEVICE --suite step \

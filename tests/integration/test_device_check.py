@@ -51,7 +51,8 @@ def test_dry_run_on_cpu_runs_every_bench_stage_and_packs_the_results(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
     assert "installed the carried wheels: vjs_carried_probe-0.1-py3-none-any.whl" in summary
-    for stage in ("bench_kernels", "bench_step", "bench_step_ckpt", "bench_step_zero1", "bench_step_compile"):
+    for stage in ("attention_preflight", "bench_kernels", "bench_step", "bench_step_ckpt", "bench_step_zero1",
+                  "bench_step_compile"):
         assert f"{stage}: rc=0" in summary
 
     rows = json.loads((out / "device_check.json").read_text())["rows"]
@@ -73,15 +74,28 @@ def test_dry_run_on_cpu_runs_every_bench_stage_and_packs_the_results(tmp_path):
     with tarfile.open(out / "device_check.tgz") as tgz:
         names = set(tgz.getnames())
     assert {"./env.txt", "./summary.txt", "./device_check.md", "./step/step_profile_cpu.txt",
-            "./bench_step.log"} <= names
+            "./bench_step.log", "./attention_preflight.log"} <= names
     assert "## step" in (out / "device_check.md").read_text()
 
 
 @pytest.mark.slow
+def test_a_failed_preflight_runs_the_step_stages_on_the_fallback_backend(tmp_path):
+    """ATTENTION names the step stages' backend; its preflight failing (cudnn, which a CPU lacks) makes every
+    step stage run the fallback (padded on a CPU, torch_varlen on CUDA) instead of failing each row."""
+    r, out = _device_check(tmp_path / "out", DEVICE="cpu", STAGES="step", ATTENTION="cudnn",
+                           STEP_OPTS="--steps 1 --step-rows engine")
+    summary = (out / "summary.txt").read_text()
+    assert "attention_preflight: rc=1" in summary and "the step stages run padded" in summary, summary
+    assert "bench_step: rc=0" in summary and "bench_step_fallback" not in summary
+    (row,) = json.loads((out / "device_check.json").read_text())["rows"]
+    assert row["clips_per_s"] > 0 and row["overrides"].endswith("model.attention_backend=padded")
+
+
+@pytest.mark.slow
 def test_a_failed_step_row_is_retried_with_another_attention_backend(tmp_path):
-    """STEP_OPTS reach the step stage; its rows that fail (here: cudnn, which a CPU lacks) leave the
-    reference-style row and the stage fails, then the engine and torch rows run again in
-    bench_step_fallback with the fallback backend (bucketed on a CPU, torch_varlen on CUDA)."""
+    """STEP_OPTS reach the step stage; its rows that fail on their attention (here: cudnn, which a CPU lacks)
+    leave the reference-style row and the stage fails, then the engine and torch rows run again in
+    bench_step_fallback with the fallback backend (padded on a CPU, torch_varlen on CUDA)."""
     r, out = _device_check(tmp_path / "out", DEVICE="cpu", STAGES="step",
                            STEP_OPTS="--opt model.attention_backend=cudnn --steps 1")
     summary = (out / "summary.txt").read_text()
@@ -91,7 +105,7 @@ def test_a_failed_step_row_is_retried_with_another_attention_backend(tmp_path):
     assert [got["step", w]["case"] for w in ("engine", "torch")] == ["FAILED", "FAILED"]
     assert got["step", "reference"]["clips_per_s"] > 0
     fallback = [got["step_fallback", w] for w in ("engine", "torch")]
-    assert all(row["clips_per_s"] > 0 and row["overrides"].endswith("model.attention_backend=bucketed")
+    assert all(row["clips_per_s"] > 0 and row["overrides"].endswith("model.attention_backend=padded")
                for row in fallback)
 
 

@@ -46,6 +46,35 @@ def run(device: str, quick: bool) -> list[dict]:
     return rows + dense_rows(device, quick) + patch_embed_rows(device, quick)
 
 
+def backend_preflight(device: str, backend: str = "auto") -> tuple[str, str | None]:
+    """(the backend, None or what went wrong): one forward + backward of `backend` (`auto`: what the models
+    resolve on `device` in bf16 / fp32 on CPU) at the step suite's context shape (ViT-H@384, B=10, 16 heads
+    of 80 on CUDA; the cpu_demo shape on CPU), checked against `padded` within bf16 rounding. Seconds on a
+    GPU: tools/device_check.sh runs it before the step stages and, when it fails, runs them on another backend."""
+    from vjepa_scale.attention import resolve_attention_backend
+
+    cuda = torch.device(device).type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    grid, mask_cfg, B, H, Dh = (GRID, MaskConfig(), 10, 16, 80) if cuda else ((2, 4, 4), CPU_DEMO_MASKS, 4, 3, 32)
+    try:
+        name = resolve_attention_backend(backend, device, dtype)
+        masks = MultiBlockMasker(mask_cfg, grid)(B, step=0)
+        cu, Lmax, T = masks.ctx_cu_seqlens.to(device), masks.ctx_max_seqlen, sum(masks.ctx_lengths)
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(T, H, Dh, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3))
+        outs = []
+        for impl in (name, "padded"):
+            o = varlen_attention(q, k, v, cu, Lmax, impl)
+            outs.append((o.float(), *torch.autograd.grad(o, (q, k, v), torch.ones_like(o))))
+        for what, a, b in zip(("out", "dq", "dk", "dv"), outs[0], outs[1]):
+            err = (a.float() - b.float()).abs().max().item() / max(b.float().abs().max().item(), 1e-6)
+            if not err < (0.05 if cuda else 1e-4):  # `not`: NaN fails too
+                return name, f"{what} differs from padded by {err:.3g} (relative to its largest value)"
+        return name, None
+    except Exception as e:  # cuDNN's errors are no RuntimeError
+        return backend, f"{type(e).__name__}: {str(e)[:300]}"
+
+
 def _per_sequence(q_THD, k_THD, v_THD, lengths: list[int]):
     """One SDPA call per sequence (reference row)."""
     outs = [F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(0, 1)
@@ -78,7 +107,7 @@ def varlen_rows(device: str, quick: bool, name: str, grid, mask_cfg: MaskConfig,
                 torch.autograd.grad(o, (qg, kg, vg), torch.ones_like(o))
 
             times_fb[impl] = time_ms(fb, device, warmup=warmup, iters=iters)
-        except (RuntimeError, NotImplementedError) as e:  # e.g. a kernel without this dtype/head dim
+        except Exception as e:  # a kernel without this dtype/head dim, a graph cuDNN does not support, ...
             times_f.pop(impl, None)
             print(f"[bench attention] {impl} skipped: {type(e).__name__}: {str(e)[:200]}")
     desc = (f"{name}: {S} seqs, len {min(lengths)}-{Lmax} (mean {T / S:.0f}), H={H} Dh={Dh} "
@@ -153,7 +182,7 @@ def dense_rows(device: str, quick: bool) -> list[dict]:
             try:
                 with torch.set_grad_enabled(backward):
                     times[kern] = time_ms(fn, device, warmup=warmup, iters=iters)
-            except (RuntimeError, NotImplementedError) as e:  # a kernel without this head dim / dtype
+            except Exception as e:  # a kernel without this head dim / dtype (cuDNN's errors are no RuntimeError)
                 print(f"[bench attention] dense {name} {kern} skipped: {type(e).__name__}: {str(e)[:200]}")
         what = "fwd+bwd" if backward else "fwd"
         case = f"dense SDPA {what}, {name}: {S} seqs x {L}, H={H} Dh={Dh} {str(dtype).replace('torch.', '')}"
