@@ -81,8 +81,13 @@ def source_suffix(cfg) -> str:
 
 
 def output_given(overrides: list[str]) -> bool:
-    """Whether the command line sets the output folder (`--output`, `run.output_dir=` or `run=`)."""
-    return any(o.split("=", 1)[0].strip() in ("run.output_dir", "run") for o in overrides)
+    """Whether the command line sets the output folder (`--output`, `run.output_dir=`, or a `run=` mapping
+    naming output_dir: a mapping merges into the recipe's run section)."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() == "run.output_dir" or (key.strip() == "run" and "output_dir" in value):
+            return True
+    return False
 
 
 def eval_config(args: argparse.Namespace, overrides: list[str]):

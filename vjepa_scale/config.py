@@ -531,12 +531,7 @@ class Config:
         validate_sections(self)
         clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
         self.check_clips_fit_the_budget()
-        if (self.mask.truncate == "batch_min" and self.data.mixing == "packed"
-                and self.data.several_shapes(self.model.tubelet_size)):
-            raise ConfigError("mask.truncate: batch_min cuts every sample's masks to the batch's shortest, which with "
-                              "clip shapes mixed in one batch (data.mixing: packed) is the smallest shape's: use "
-                              "data.mixing: per_step (one shape per batch, as the reference batches) or "
-                              "mask.truncate: none")
+        self.check_truncation()
         for i, p in enumerate(self.phases):
             if self.data.tokens_per_batch is not None and (p.batch_size or p.global_batch_size) is not None:
                 key = "batch_size" if p.batch_size is not None else "global_batch_size"
@@ -544,6 +539,15 @@ class Config:
                                   f"{self.data.tokens_per_batch} sets every phase's batch")
         self.phase_configs()  # validates every phase (ConfigError naming `phases[i].key`)
         return self
+
+    def check_truncation(self, where: str = "") -> None:
+        """`mask.truncate: batch_min` needs one clip shape per batch (`where`: the phase, for the error)."""
+        if (self.mask.truncate == "batch_min" and self.data.mixing == "packed"
+                and self.data.several_shapes(self.model.tubelet_size)):
+            raise ConfigError(f"mask.truncate: batch_min cuts every sample's masks to the batch's shortest, which with "
+                              f"clip shapes mixed in one batch{where} (data.mixing: packed) is the smallest shape's: "
+                              f"use data.mixing: per_step (one shape per batch, as the reference batches) or "
+                              f"mask.truncate: none")
 
     def check_clips_fit_the_budget(self, where: str = "") -> None:
         """Every dataset's clip shape patches, and one clip of it fits `data.tokens_per_batch` (`where`:
@@ -609,6 +613,7 @@ class Config:
             c.optim.validate(f"{prefix}.optim")
             clip_grid(c.data.crop_size, c.data.frames_per_clip, self.model, prefix=prefix)
             c.check_clips_fit_the_budget(f" in {prefix}")
+            c.check_truncation(f" in {prefix}")
             out.append(c)
         return out
 
@@ -740,7 +745,9 @@ def resolve_config_path(name: str | os.PathLike, search: Optional[list[Path]] = 
     if p.is_file():
         return p
     search = config_search_path() if search is None else search
-    if len(p.parts) > 1:  # a path with a folder names that file: never a shipped recipe of the same name
+    if len(p.parts) > 1:  # a path with a folder names that file (.yaml may be left out), never a shipped recipe
+        if p.with_name(f"{p.name}.yaml").is_file():
+            return p.with_name(f"{p.name}.yaml")
         raise ConfigError(f"config file '{name}' not found (a path with a folder is read as given; a bare "
                           f"recipe name looks in {', '.join(str(d) for d in search) or 'the recipe folders'})")
     for d in search:

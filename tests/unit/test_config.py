@@ -131,6 +131,9 @@ def test_config_files_duplicate_keys_and_paths(tmp_path):
                                           r"folder is read as given"):
         load_config("/nowhere/recipes/vith384.yaml")
     assert load_config("vith384").data.crop_size == 384  # a bare name still finds the recipe
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("data: {backend: synthetic}\nmodel: {size: tiny}\n")
+    assert load_config(tmp_path / "recipes" / "mine").model.size == "tiny"  # a path may leave out .yaml
     # a mapping merges into a section (the recipe's other keys stay); a list replaces; null resets
     merged = load_config("cpu_demo", ["optim={lr: 1.0e-3, warmup: 4}"])
     assert (merged.optim.lr, merged.optim.warmup, merged.optim.iterations) == (1e-3, 4, 60)
@@ -302,7 +305,7 @@ def test_raw_deepspeed_keys_are_checked_before_any_work(block, message):
     with pytest.raises(ConfigError, match=message):
         preflight(load_config("cpu_demo", [f"deepspeed={block}"]), 2)
     ok = ("{zero_optimization: {sub_group_size: 7}, bf16: {check_grad_overflow: true}, flops_profiler: {enabled: false}, "
-          "communication_data_type: fp32, gradient_predivide_factor: 1.0}")
+          "communication_data_type: fp32, gradient_predivide_factor: 1.0, managed_gradient_accumulation: true}")
     assert preflight(load_config("cpu_demo", [f"deepspeed={ok}"]), 2).deepspeed["zero_optimization"]["sub_group_size"] == 7
 
 

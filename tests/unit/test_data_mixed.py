@@ -202,6 +202,15 @@ def test_per_step_keeps_shapes_of_equal_token_counts_apart(sets):
     with pytest.raises(ConfigError, match=r"mask.truncate: batch_min .*\(data.mixing: packed\) is the smallest "
                                           r"shape's: use data.mixing: per_step"):
         cfg.validate()
+    from vjepa_scale.config import PhaseConfig  # a phase whose crop makes data's shape differ from b's own
+
+    b = sets[1]
+    cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a)), DatasetSpec(str(b), 1.0, 8, 32)])
+    cfg.optim.iterations = 4
+    cfg.validate()  # one shape: 8 frames x 32 px
+    cfg.phases = [PhaseConfig(steps=2), PhaseConfig(crop_size=64)]
+    with pytest.raises(ConfigError, match=r"clip shapes mixed in one batch in phases\[1\] \(data.mixing: packed\)"):
+        cfg.validate()
 
 
 def test_a_grid_the_mask_blocks_always_cover_is_refused_in_preflight(sets):

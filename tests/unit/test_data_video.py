@@ -150,6 +150,10 @@ def test_edit_list_hiding_leading_frames_counts_the_shown_ones(tmp_path, preset)
     from vjepa_scale.data.nvdec import dali_route, stream_format  # DALI's reader is not trusted with these
     fmt = stream_format(path)
     assert fmt.hidden_frames and "edit list" in dali_route(fmt, "gpu", (9, 0)) and not stream_format(src).hidden_frames
+    frag = str(tmp_path / "fragmented.mp4")  # no stored frame count (0): not an edit list
+    write_video(frag, numbered_frames(12, 32, 32), 8, "h264", {"preset": preset},
+                container_options={"movflags": "frag_keyframe+empty_moov"})
+    assert not stream_format(frag).hidden_frames and probe_video(frag).num_frames == 12
 
 
 def _video_with_longer_audio(path: str, vcodec: str, acodec: str, frames: int, audio_s: float, fps: int = 30) -> None:

@@ -374,6 +374,11 @@ def test_videos_shorter_than_a_clip_window_are_counted_and_reported(tmp_path, ca
     other.run = dataclasses.replace(cfg.run, overwrite=True)
     assert run_eval(other)["encoder_origin"].startswith("random init (seed 1), 192 wide x 1 blocks")
     assert run_eval(dataclasses.replace(other, run=cfg.run))["encoder"] == "random init (seed 1)"
+    from vjepa_scale.eval.run import check_output_dir  # a result.json from before origins were recorded: replaced
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "result.json").write_text(json.dumps({"encoder": "runs/x (target encoder, step 3)"}))
+    check_output_dir(tmp_path / "old", "/abs/runs/x (target encoder)", overwrite=False)
 
 
 def test_eval_exits_2_naming_a_split_without_usable_videos(tmp_path, capsys):
@@ -597,6 +602,16 @@ def test_cli_default_output_folder_names_the_encoder_source():
         assert cfg.run.output_dir == want, extra
     cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--hf", "exports/motion_hf"]))
     assert cfg.run.output_dir == f"{base}_hf" and cfg.encoder.hf_path == "exports/motion_hf"
+    # a run= mapping merges into the recipe's run section: it sets the folder only when it names output_dir
+    cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--random-init", "--checkpoint", "r",
+                                           "run={seeds: [0]}"]))
+    assert cfg.run.output_dir == f"{base}_random_init" and cfg.run.seeds == [0]
+    cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--checkpoint", "r", "run={output_dir: o3}"]))
+    assert cfg.run.output_dir == "o3"
+    # a path flag is a path, not YAML: '#' and a date stay in it
+    cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--checkpoint", "runs/motion #2",
+                                           "--output", "2024-06-01"]))
+    assert (cfg.encoder.checkpoint, cfg.run.output_dir) == ("runs/motion #2", "2024-06-01")
 
 
 def test_experiment_summary_pairs_only_probes_of_one_architecture(tmp_path, capsys):

@@ -244,8 +244,8 @@ def edit_list_hides_frames(container, stream, n: int) -> bool:
     """Whether an MP4/MOV edit list may hide some of the `n` frames the stream stores (they are counted, but
     the decoder does not yield them): the count disagrees with the stream's duration x average rate by
     more than a frame."""
-    if "mov" not in container.format.name.split(",") or not (stream.duration and stream.average_rate):
-        return False
+    if n <= 0 or "mov" not in container.format.name.split(",") or not (stream.duration and stream.average_rate):
+        return False  # n 0: no stored count (a fragmented MP4), which is scanned anyway
     return abs(float(stream.duration * stream.time_base * stream.average_rate) - n) > 1
 
 

@@ -39,14 +39,15 @@ def frame_index_level(i: int) -> int:
 
 def write_video(path: str | os.PathLike, frames_THWC, fps: int = 8, codec: str = "h264",
                 options: dict | None = None, rotation: int = 0,
-                timestamps_ms: Optional[Sequence[int]] = None) -> None:
+                timestamps_ms: Optional[Sequence[int]] = None, container_options: dict | None = None) -> None:
     """Encode uint8 RGB frames (T, H, W, 3), or an iterable of (H, W, 3) frames, to `path` with `codec`
     (a key of `CODECS`).
 
     `options` add to / override the codec's encoder options (e.g. {"g": "4"}: a keyframe every 4).
     `rotation`: display rotation stored in the file (degrees counterclockwise; players show the frames
     turned by it, like a phone video). `timestamps_ms`: each frame's presentation time in ms (a
-    variable frame rate); default: constant `fps`.
+    variable frame rate); default: constant `fps`. `container_options`: the muxer's (e.g. {"movflags":
+    "frag_keyframe+empty_moov"}: a fragmented MP4).
     """
     from fractions import Fraction
 
@@ -58,7 +59,7 @@ def write_video(path: str | os.PathLike, frames_THWC, fps: int = 8, codec: str =
     frames = iter(frames_THWC)  # an array, or any iterable of (H, W, 3) frames (long videos: a generator)
     first = next(frames)
     H, W, _ = first.shape
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options=container_options or {}) as container:
         stream = container.add_stream(encoder, rate=fps, options={**codec_options, **(options or {})})
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
         if rotation:

@@ -157,11 +157,10 @@ def check_output_dir(out: Path, origin: str, overwrite: bool) -> None:
     if overwrite or not old.is_file():
         return
     try:
-        prev = json.loads(old.read_text())
-        prev_origin = prev.get("encoder_origin", prev.get("encoder"))
+        prev_origin = json.loads(old.read_text()).get("encoder_origin")
     except (OSError, ValueError, AttributeError):
         prev_origin = None
-    if prev_origin != origin:
+    if prev_origin is not None and prev_origin != origin:  # None: unreadable, or written before origins were
         raise ConfigError(f"run.output_dir: {old} holds the result of another encoder ({prev_origin}); this run "
                           f"evaluates {origin}: give another --output (run.output_dir), or run.overwrite=true to "
                           f"replace it")

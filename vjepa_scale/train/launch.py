@@ -208,6 +208,14 @@ _DS_SECTIONS = ("zero_optimization", "bf16", "activation_checkpointing", "flops_
                 "use_node_local_storage", "load_universal", "graph_harvesting", "zenflow", "sparse_gradients")
 
 
+def _deepspeed_keys() -> set[str]:
+    """The config key names DeepSpeed's own constants spell (`deepspeed.runtime.constants`): every top-level
+    key it reads, so a real one is never taken for a misspelling."""
+    from deepspeed.runtime import constants
+
+    return {v for k, v in vars(constants).items() if k.isupper() and isinstance(v, str) and v.isidentifier()}
+
+
 def check_deepspeed_block(block: dict, zero_stage: int) -> None:
     """Refuse, before any work, raw `deepspeed:` keys that a typed key owns (naming it), a misspelt
     DeepSpeed section, and `zero_optimization` keys or values DeepSpeed's own validation refuses
@@ -222,7 +230,7 @@ def check_deepspeed_block(block: dict, zero_stage: int) -> None:
             if difflib.get_close_matches("enabled", list(value), n=1, cutoff=0.7):  # `enable`, `enabeld`
                 raise ConfigError(f"deepspeed.bf16: {sorted(value)} looks like a misspelt `enabled`; bf16 is set by "
                                   f"train.precision (bf16 or fp32)")
-        if key not in _DS_SECTIONS:
+        if key not in _DS_SECTIONS and key not in _deepspeed_keys():
             owned = difflib.get_close_matches(key, list(_OWNED), n=1, cutoff=0.6)
             if owned:  # a misspelt key the trainer sets: DeepSpeed would ignore it silently
                 raise ConfigError(f"deepspeed.{key}: not a DeepSpeed config key; did you mean deepspeed.{owned[0]}? "
