@@ -22,7 +22,7 @@ def test_cli_takes_overrides_anywhere_and_as_opt(capsys):
     args, overrides = cli.parse_args(["--config", "probe_motion", "optim.epochs=1", "--seeds", "0,1",
                                       "probe.kind=linear", "run.output_dir=a", "--output", "b"])
     assert args.config == "probe_motion"
-    assert overrides == ["optim.epochs=1", "probe.kind=linear", "run.output_dir=a", "run.output_dir=b",
+    assert overrides == ["optim.epochs=1", "probe.kind=linear", "run.output_dir=a", "run.output_dir=\"b\"",
                          "run.seeds=[0,1]"]
     _, overrides = cli.parse_args(["--opt", "optim.epochs=1", "--seeds", "0", "--opt", "optim.epochs=2"])
     assert overrides == ["optim.epochs=1", "optim.epochs=2", "run.seeds=[0]"]
