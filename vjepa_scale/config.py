@@ -829,7 +829,8 @@ def apply_override(raw: dict, item: str) -> None:
                 node[step] = {}
             node = node.get(step)
             if node is None:
-                raise ConfigError(f"override '{item}': {where} is not set, so it has no element {path[i + 1]}")
+                raise ConfigError(f"override '{item}': {where} is not set in the recipe (its default applies), so it "
+                                  f"has no element {path[i + 1]} to change: give the whole list, {where}=[...]")
 
 
 def _merged(base: dict, new: dict) -> dict:

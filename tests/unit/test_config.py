@@ -520,7 +520,8 @@ def test_overrides_index_into_lists_as_errors_name_them():
                          ("phases[0][1]=5", r"phases\[0\] is not a list")]:
         with pytest.raises(ConfigError, match=message):
             load_config("cpu_demo", [*base, opt])
-    with pytest.raises(ConfigError, match=r"phases is not set, so it has no element 0"):
+    with pytest.raises(ConfigError, match=r"phases is not set in the recipe \(its default applies\), so it has no "
+                                          r"element 0 to change: give the whole list, phases=\[\.\.\.\]"):
         load_config("cpu_demo", ["phases[0].steps=5"])
     # a misspelt key (a dash for an underscore) is refused by name with a suggestion, like one in YAML
     with pytest.raises(ConfigError, match=r"unknown config key 'data.batch-size'; did you mean 'data.batch_size'\?"):
