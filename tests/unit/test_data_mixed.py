@@ -227,3 +227,31 @@ def test_a_grid_the_mask_blocks_always_cover_is_refused_in_preflight(sets):
         preflight(cfg.validate(), 1)
     cfg.data = dataclasses.replace(cfg.data, datasets=[DatasetSpec(str(a)), DatasetSpec(str(img), 1.0, None, 32)])
     preflight(cfg.validate(), 1)
+
+
+def test_a_mixtures_trained_shares_per_dataset_are_logged(sets):
+    """`dataset_clips` counts a step's clips per index file; the log window turns the counts into
+    data_share_<i> (of all ranks' trained clips), only for a mixture of several datasets."""
+    from vjepa_scale.data import dataset_clips
+    from vjepa_scale.train.metrics import StepWindow
+
+    a, b, _ = sets
+    cfg = video_cfg([(a, 1.0), (b, 3.0)], frames=4, crop=32, batch=4)
+    loader = build_dataloader(cfg, rank=0, world_size=1, start_step=0, num_steps=6)
+    batches = list(loader)
+    counts = dataset_clips(loader, batches)
+    first_b = loader.index.starts[1]
+    entries = [i for x in batches for i in x.index]
+    assert counts == [sum(i < first_b for i in entries), sum(i >= first_b for i in entries)]
+    assert sum(counts) == 24 and counts[1] > counts[0]  # weights 1:3
+    window = StepWindow(torch.device("cpu"), 1, 4, 8, None, num_datasets=2)
+    stats = {"lr": 1e-3, "weight_decay": 0.04, "momentum": 0.998}
+    for x in batches:
+        window.add(torch.tensor(0.5), 0.0, 0.1, 1.0, 4, 32, dataset_clips(loader, [x]))
+    m = window.summary(stats, 0, None)
+    assert (m["data_share_0"], m["data_share_1"]) == (counts[0] / 24, counts[1] / 24)
+    one = StepWindow(torch.device("cpu"), 1, 4, 8, None, num_datasets=1)  # one dataset: nothing to compare
+    one.add(torch.tensor(0.5), 0.0, 0.1, 1.0, 4, 32, None)
+    assert not any(k.startswith("data_share") for k in one.summary(stats, 0, None))
+    single = build_dataloader(video_cfg([(a, 1.0)], frames=4, crop=32, batch=4), num_steps=1)
+    assert dataset_clips(single, list(single)) is None

@@ -40,10 +40,10 @@ plans: the shared "good clip" rule), `decode` (probe, exact counts, decoding), `
 """
 from vjepa_scale.data.batch import Batch
 from vjepa_scale.data.loader import (DataLoadError, LoaderTimeoutError, agree_loaded, build_dataloader,
-                                     build_dataset, dali_available, resolve_data_backend)
+                                     build_dataset, dali_available, dataset_clips, resolve_data_backend)
 from vjepa_scale.data.skips import (NoReadableVideosError, defer_skip_reports, report_skips, skip_metrics,
                                     skip_totals)
 
 __all__ = ["Batch", "DataLoadError", "LoaderTimeoutError", "agree_loaded", "NoReadableVideosError", "build_dataloader", "build_dataset",
-           "dali_available", "defer_skip_reports", "report_skips", "resolve_data_backend", "skip_metrics",
+           "dali_available", "dataset_clips", "defer_skip_reports", "report_skips", "resolve_data_backend", "skip_metrics",
            "skip_totals"]

@@ -187,8 +187,9 @@ class VideoLoader:
     """
 
     def __init__(self, loader, sampler: StepBatchSampler, rank: int, timeout: float = 0.0,
-                 max_bad_fraction: float = 0.5):
+                 max_bad_fraction: float = 0.5, index=None):
         self.loader = loader
+        self.index = index  # the VideoIndex the batches' entries are of (`dataset_clips`)
         self.sampler = sampler
         self.rank = rank
         self.timeout = timeout
@@ -266,6 +267,19 @@ def build_sampler(cfg: Config, dataset_len: int, rank: int, world_size: int, sta
                                  mixture=mixture, sample_offset=sample_offset, budget=budget)
     return StepBatchSampler(dataset_len, d.batch_size, rank, world_size, d.seed,
                             start_step, num_steps, mixture=mixture, sample_offset=sample_offset)
+
+
+def dataset_clips(loader, batches) -> Optional[list[int]]:
+    """Clips of `batches` per dataset of the file loader's index (`data.datasets` order); None for a loader
+    without an index of several datasets (synthetic data, one index file)."""
+    index = getattr(loader, "index", None)
+    if index is None or len(index.sizes) < 2:
+        return None
+    counts = [0] * len(index.sizes)
+    for b in batches:
+        for i in b.index:
+            counts[index.dataset_of(i)] += 1
+    return counts
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # vjepa_scale.train.preempt's
@@ -369,4 +383,4 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
                                 multiprocessing_context=worker_start_method() if cfg.data.num_workers > 0 else None)
     if backend == "synthetic":
         return loader
-    return VideoLoader(loader, sampler, rank, timeout, cfg.data.max_bad_fraction)
+    return VideoLoader(loader, sampler, rank, timeout, cfg.data.max_bad_fraction, index)

@@ -33,8 +33,8 @@ from typing import Callable, Optional
 import torch
 
 from vjepa_scale.config import Config, ConfigError, save_config
-from vjepa_scale.data import (Batch, agree_loaded, build_dataloader, defer_skip_reports, report_skips, skip_metrics,
-                              skip_totals)
+from vjepa_scale.data import (Batch, agree_loaded, build_dataloader, dataset_clips, defer_skip_reports, report_skips,
+                              skip_metrics, skip_totals)
 from vjepa_scale.distributed import DistEnv, check_shared_dir, compute_dtype, device_for, from_rank0
 from vjepa_scale.flops import device_peak_tflops, train_flops
 from vjepa_scale.models import JEPA, make_target_encoder, set_activation_checkpointing
@@ -324,9 +324,10 @@ class Trainer:
                 "global_batch_size": self.phase.global_batch}
 
     def _window(self, phase: phase_lib.Phase) -> StepWindow:
-        variable = phase.cfg.data.is_mixed(phase.cfg.model.tubelet_size)  # clips / tokens per step vary
+        d = phase.cfg.data
+        variable = d.is_mixed(phase.cfg.model.tubelet_size)  # clips / tokens per step vary
         return StepWindow(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops,
-                          variable)
+                          variable, num_datasets=0 if d.backend == "synthetic" else len(d.datasets))
 
     def _enter_phase(self, logger: RunLogger) -> phase_lib.Phase:
         """At the run's start or a phase boundary: name the phase, set its activation checkpointing,
@@ -432,7 +433,7 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 t2 = time.perf_counter()
                 window.add(stats["loss"], t1 - t0, t2 - t0, flops, sum(b.num_clips for b in batches),
-                           sum(b.num_tokens for b in batches))
+                           sum(b.num_tokens for b in batches), dataset_clips(loader, batches))
                 if on_step is not None:
                     on_step(self, stats)
                 if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:

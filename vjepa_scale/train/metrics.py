@@ -171,14 +171,17 @@ class StepWindow:
     size, the global batch (clips per optimizer step), tokens per clip, and the device's peak
     TFLOP/s (None: no MFU). `variable`: clips and tokens per step vary (mixed shapes, a token budget);
     clips/s and tokens/s then come from the clips and full-clip tokens the ranks actually trained,
-    and the window logs the mean global batch in clips (`clips_per_step`).
+    and the window logs the mean global batch in clips (`clips_per_step`). With `num_datasets` > 1 (a
+    mixture of index files) it logs `data_share_<i>`: the share of the clips trained in the window
+    (all ranks) that dataset i gave, to compare with the weights.
     """
 
     def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
-                 peak_tflops: Optional[float], variable: bool = False):
+                 peak_tflops: Optional[float], variable: bool = False, num_datasets: int = 0):
         self.device, self.world = device, world
         self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
         self.variable = variable
+        self.dataset_clips = [0] * num_datasets if num_datasets > 1 else []  # a mixture: clips trained per dataset
         self.clips = 0
         self.tokens = 0
         self.losses: list[torch.Tensor] = []
@@ -187,7 +190,10 @@ class StepWindow:
         self.flops = 0.0
 
     def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float, clips: int = 0,
-            tokens: int = 0) -> None:
+            tokens: int = 0, dataset_clips: Optional[list[int]] = None) -> None:
+        """One step; `dataset_clips`: this rank's clips of the step per dataset (a mixture)."""
+        if self.dataset_clips and dataset_clips:
+            self.dataset_clips = [a + b for a, b in zip(self.dataset_clips, dataset_clips)]
         self.clips += clips
         self.tokens += tokens
         self.losses.append(loss)
@@ -200,10 +206,10 @@ class StepWindow:
         n = len(self.losses)
         # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
         v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
-                          self.tokens], dtype=torch.float64, device=self.device)
+                          self.tokens, *self.dataset_clips], dtype=torch.float64, device=self.device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(v)
-        loss_sum, flops, wait, busy, clips, tokens = v.tolist()
+        loss_sum, flops, wait, busy, clips, tokens, *per_dataset = v.tolist()
         W = self.world
         step_time = busy / W / n  # mean over ranks
         clips_per_s = self.global_batch / step_time
@@ -216,4 +222,6 @@ class StepWindow:
             m.update(clips_per_s=clips / n / step_time, tokens_per_s=tokens / n / step_time, clips_per_step=clips / n)
         if grad_norm is not None:
             m["grad_norm"] = float(grad_norm)
+        if per_dataset and sum(per_dataset):  # the share of the window's trained clips each dataset gave
+            m.update({f"data_share_{i}": n / sum(per_dataset) for i, n in enumerate(per_dataset)})
         return m
