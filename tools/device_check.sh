@@ -141,25 +141,30 @@ want() { [[ "$STAGES" == *" $1 "* ]]; }
 # 0. The attention backend `auto` picks (cuDNN where carried: never run on a GPU before it is timed), once
 #    forward and backward at the step's shape; if it fails, the step stages run on $fallback instead.
 #    ATTENTION (default auto) names the backend the step stages use.
+#    (STEP_OPTS may name another for the step stage alone; the preflight does not check that one.)
 ATTENTION=${ATTENTION:-auto}
 fallback=$([ "$DEVICE" = cuda ] && echo torch_varlen || echo padded)
 ATTN_OPTS=$([ "$ATTENTION" = auto ] || echo "--opt model.attention_backend=$ATTENTION")
-if want step || want zero1 || want ckpt || want compile; then
+if want step || want zero1 || want ckpt || want compile || want cool384; then
+  rm -f "$RES/attention_preflight.log"  # a bench_results/ of an earlier run must not decide
   stage attention_preflight 45 "$PY" -c 'import sys
 from vjepa_scale.bench.attention import backend_preflight
 name, error = backend_preflight(sys.argv[1], sys.argv[2])
 print("attention preflight: %s: %s" % (name, error or "ok"))
 sys.exit(1 if error else 0)' "$DEVICE" "$ATTENTION"
-  if ! grep -q ": ok$" "$RES/attention_preflight.log" 2>/dev/null; then
+  # no log: skipped for lack of budget (the stages keep their backend); a log without "ok": failed, hung or crashed
+  if [ -f "$RES/attention_preflight.log" ] && ! grep -q "^attention preflight: .*: ok$" "$RES/attention_preflight.log"; then
+    tested=$(sed -n 's/^attention preflight: \([a-z_]*\): .*/\1/p' "$RES/attention_preflight.log" | tail -n 1)
+    [ "${tested:-$ATTENTION}" = "$fallback" ] && fallback=padded  # the fallback itself failed: padded runs anywhere
     ATTN_OPTS="--opt model.attention_backend=$fallback"
-    note "attention: the step stages run $fallback (the preflight of $ATTENTION's backend failed)"
+    note "attention: the step stages run $fallback (the preflight of ${tested:-$ATTENTION} failed)"
   fi
 fi
 # 1. The step: engine, torch and reference-style rows of the recipe (B=10, checkpointing `auto`), the
 #    engine row profiled; then the engine row under ZeRO-1. Each bench call is its own process, so an
 #    out-of-memory or a poisoned CUDA context in one cannot spoil the others' numbers.
-want step && stage bench_step 180 "$PY" tools/bench.py --device $DEVICE --suite step --profile ${STEP_OPTS:-} \
-  $ATTN_OPTS --out "$RES/step"
+want step && rm -f "$RES/step/bench_$DEVICE.json" && stage bench_step 180 "$PY" tools/bench.py --device $DEVICE \
+  --suite step --profile ${STEP_OPTS:-} $ATTN_OPTS --out "$RES/step"
 # An engine or torch row that failed on its attention (the backend `auto` picked, which the reference-style row
 # does not use) is retried on the fallback backend, so the run still has an engine row; other failures are not.
 engine_failed() {  # the step JSON $1 has a FAILED engine or torch row whose error names attention
@@ -208,7 +213,7 @@ want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device $DEVI
   --out "$RES/step_compile"
 want data && stage bench_data 50 "$PY" tools/bench.py --device $DEVICE --suite data --out "$RES/data"
 want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device $DEVICE --suite step \
-  --config vjepa2_vitg_cool384 --batch-size 6 --steps 4 --profile --out "$RES/step_cool384"
+  --config vjepa2_vitg_cool384 --batch-size 6 --steps 4 --profile $ATTN_OPTS --out "$RES/step_cool384"
 
 # 4. DALI GPU path (NVDEC): its tests (GPU and CPU mode) and the data suite at full size, whose
 #    dali-gpu row says whether any clip fell back to PyAV. DALI is not on the borrowed GPU machines:

@@ -83,10 +83,19 @@ def source_suffix(cfg) -> str:
 def output_given(overrides: list[str]) -> bool:
     """Whether the command line sets the output folder (`--output`, `run.output_dir=`, or a `run=` mapping
     naming output_dir: a mapping merges into the recipe's run section)."""
+    import yaml
+
     for o in overrides:
         key, _, value = o.partition("=")
-        if key.strip() == "run.output_dir" or (key.strip() == "run" and "output_dir" in value):
+        if key.strip() == "run.output_dir":
             return True
+        if key.strip() == "run":
+            try:
+                run = yaml.safe_load(value)
+            except yaml.YAMLError:  # refused with its reason when the config is built
+                continue
+            if isinstance(run, dict) and "output_dir" in run:
+                return True
     return False
 
 

@@ -531,7 +531,8 @@ class Config:
         validate_sections(self)
         clip_grid(self.data.crop_size, self.data.frames_per_clip, self.model)
         self.check_clips_fit_the_budget()
-        self.check_truncation()
+        if not self.phases:  # with phases, each phase's clip is checked (`phase_configs`)
+            self.check_truncation()
         for i, p in enumerate(self.phases):
             if self.data.tokens_per_batch is not None and (p.batch_size or p.global_batch_size) is not None:
                 key = "batch_size" if p.batch_size is not None else "global_batch_size"
@@ -852,6 +853,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
                 continue
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:  # a list or mapping as a key: SafeLoader's own error names it
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
             seen.add(key)

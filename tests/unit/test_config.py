@@ -131,6 +131,9 @@ def test_config_files_duplicate_keys_and_paths(tmp_path):
                                           r"folder is read as given"):
         load_config("/nowhere/recipes/vith384.yaml")
     assert load_config("vith384").data.crop_size == 384  # a bare name still finds the recipe
+    p.write_text("model: {size: tiny}\n? [a, b]\n: 1\n")  # a list as a key: YAML's own error, exit 2 (no TypeError)
+    with pytest.raises(ConfigError, match=rf"^{p}: invalid YAML at line 2"):
+        load_config(p)
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "mine.yaml").write_text("data: {backend: synthetic}\nmodel: {size: tiny}\n")
     assert load_config(tmp_path / "recipes" / "mine").model.size == "tiny"  # a path may leave out .yaml

@@ -608,6 +608,7 @@ def test_cli_default_output_folder_names_the_encoder_source():
     assert cfg.run.output_dir == f"{base}_random_init" and cfg.run.seeds == [0]
     cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--checkpoint", "r", "run={output_dir: o3}"]))
     assert cfg.run.output_dir == "o3"
+    assert not cli.output_given(["run={seeds: [0], device: output_dir_like}"])  # only the key counts
     # a path flag is a path, not YAML: '#' and a date stay in it
     cfg = cli.eval_config(*cli.parse_args(["--config", "probe_motion", "--checkpoint", "runs/motion #2",
                                            "--output", "2024-06-01"]))
