@@ -15,7 +15,8 @@ from vjepa_scale.config import Config, ConfigError, ModelConfig, clip_grid, load
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.models import VisionTransformer3D
 from vjepa_scale.weights import (CheckpointMismatchError, DamagedCheckpointError, check_architecture, check_state_dict,
-                                 config_from_hf_fields, load_consolidated, load_init_state, module_shapes, read_hf_config, resolve_checkpoint)
+                                 config_from_hf_fields, load_consolidated, load_init_state, module_shapes, read_hf_config,
+                                 resolve_checkpoint)
 from vjepa_scale.weights.run import CKPT_SUBDIR
 
 log = logging.getLogger("vjepa_scale.eval")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 from pathlib import Path
 
@@ -208,12 +209,13 @@ _DS_SECTIONS = ("zero_optimization", "bf16", "activation_checkpointing", "flops_
                 "use_node_local_storage", "load_universal", "graph_harvesting", "zenflow", "sparse_gradients")
 
 
-def _deepspeed_keys() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _deepspeed_keys() -> frozenset[str]:
     """The config key names DeepSpeed's own constants spell (`deepspeed.runtime.constants`): every top-level
     key it reads, so a real one is never taken for a misspelling."""
     from deepspeed.runtime import constants
 
-    return {v for k, v in vars(constants).items() if k.isupper() and isinstance(v, str) and v.isidentifier()}
+    return frozenset(v for k, v in vars(constants).items() if k.isupper() and isinstance(v, str) and v.isidentifier())
 
 
 def check_deepspeed_block(block: dict, zero_stage: int) -> None:
