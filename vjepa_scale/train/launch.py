@@ -1,8 +1,9 @@
 """Launch helpers: pre-flight checks (batch resolution per phase: `train.phases.resolve_batch`), the DeepSpeed config and process group.
 
 Batch sizes: `data.batch_size` is the per-rank micro-batch. When `data.global_batch_size` is set
-(the recipes do: 2400 or 3072 clips per optimizer step, as in the paper) it wins, and must divide
-evenly into `world_size x optim.grad_accum` micro-batches; `data.batch_size` is then derived.
+(the recipes do: 2400 or 3072 clips per optimizer step, as in the paper) it must divide evenly into
+`world_size x optim.grad_accum` micro-batches, and `data.batch_size` is derived from it: one given
+too must agree (a per-rank batch that gives another global batch is refused, naming both keys).
 Everything here runs before any model is built, so bad configs fail fast; `preflight` ends with
 the per-rank memory estimate (`train.memory.check_memory`), which refuses configs that cannot fit. Rank, device and
 precision come from `vjepa_scale.distributed` (shared with evaluation).
