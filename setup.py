@@ -1,10 +1,10 @@
-"""vjepa-scale: large-scale V-JEPA video pretraining on DeepSpeed ZeRO-3."""
+"""vjepa-scale: large-scale V-JEPA video pretraining on DeepSpeed ZeRO (stages 1, 2 and 3)."""
 from setuptools import setup
 
 setup(
     name="vjepa-scale",
     version="0.1.0",
-    description="V-JEPA video pretraining at scale: ZeRO-3, packed variable-length attention, fused kernels",
+    description="V-JEPA video pretraining at scale: ZeRO-1/2/3, packed variable-length attention, fused kernels",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

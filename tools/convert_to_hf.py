@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a training checkpoint (ZeRO-3, any number of ranks) or an official V-JEPA 1 / V-JEPA 2
+"""Convert a training checkpoint (ZeRO-1/2/3, any number of ranks) or an official V-JEPA 1 / V-JEPA 2
 checkpoint file into a Hugging Face model folder.
 
     python tools/convert_to_hf.py SOURCE OUT_DIR [--which target|online] [--include-predictor] [--config CFG]

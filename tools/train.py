@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""V-JEPA pretraining on DeepSpeed ZeRO-3.
+"""V-JEPA pretraining on DeepSpeed ZeRO (zero.stage 1, 2 or 3; 3 by default).
 
 GPU:   deepspeed tools/train.py --config vith384.yaml            (--hostfile HOSTS for several nodes)
        torchrun --nproc_per_node 8 tools/train.py --config vith384.yaml

@@ -1,9 +1,10 @@
-"""Training: DeepSpeed ZeRO-3 engine with a sharded fp32 EMA target.
+"""Training: DeepSpeed ZeRO engine (stage 1, 2 or 3; 3 by default) with a sharded fp32 EMA target.
 
 - `engine.Trainer`: builds the online (encoder + predictor) and target engines, trains, logs, saves.
 - `step.StepCore`: one training step (target forward + LN gather, loss, backward, clipped optimizer
   step, EMA) over a DeepSpeed engine or `step.TorchEngine`; shared with the step benchmark.
-- `ema.ShardedEMA`: shard-local EMA from the optimizer's fp32 master shards (no communication).
+- `ema.ShardedEMA`: shard-local EMA from the optimizer's fp32 master shards (ZeRO-3: no communication;
+  ZeRO-1/2: one all-gather of the updated target values per step).
 - `schedules`: LR (warmup+cosine, or V-JEPA 2's warmup+constant+linear cooldown), WD (cosine or
   constant), EMA momentum (linear ramp or constant) as pure functions of the step (the shapes are
   `vjepa_scale.schedules`).

@@ -5,7 +5,7 @@
   `read_official` / `official_config` for official files alone;
 - `releases`: the table of official V-JEPA 1 / 2 releases (`RELEASES`) an official file is matched against;
 - `run`: the on-disk layout of our checkpoints (`find_latest`, `list_checkpoints`, ...) and
-  `load_consolidated` (full fp32 weights from ZeRO-3 shards of any world size);
+  `load_consolidated` (full fp32 weights from ZeRO-1/2/3 shards of any world size);
 - `keys`: parameter-name maps between ours and the HF / official layouts;
 - `checks`: the one name-and-shape check (`check_state_dict`, `CheckpointMismatchError`) and the
   architecture-field check against a run's training config (`check_architecture`);

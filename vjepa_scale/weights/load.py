@@ -11,7 +11,7 @@ shape against the models `cfg` builds. Supported:
   weights do not show, must be the release's; mask tokens map by the family's rule (V-JEPA 1: type m
   from token m; V-JEPA 2: every type from token 0, or a `model.mask_tokens: shared` token from token 0;
   a V-JEPA 1 file into a shared token is refused). `official_config(path)` is a release's `Config`;
-- one of our own training runs or checkpoints (ZeRO-3, any world size), consolidated on the CPU.
+- one of our own training runs or checkpoints (ZeRO-1/2/3, any world size), consolidated on the CPU.
 """
 from __future__ import annotations
 

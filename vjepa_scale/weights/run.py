@@ -1,4 +1,4 @@
-"""Our training runs on disk: checkpoint layout, discovery, and CPU consolidation of ZeRO-3 shards.
+"""Our training runs on disk: checkpoint layout, discovery, and CPU consolidation of ZeRO-1/2/3 shards.
 
 Layout of a run directory::
 
