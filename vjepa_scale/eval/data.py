@@ -1,9 +1,12 @@
 """Labeled eval data: strict `path label` index reading and deterministic multi-clip, multi-view sampling.
 
-Each video gives `num_views` x `num_clips` clips. Clips are `frames_per_clip` frames at stride
-`frame_step`, their windows evenly spread over the video (one clip: the centred window). Views are
-square crops of side min(H, W) / resize_ratio spread evenly along the longer side (one view: the
-centre), resized to `crop_size`. No randomness: the same video always gives the same tensors.
+Each video gives `num_views` x `num_clips` clips. Clips are `frames_per_clip` frames, their windows
+evenly spread over the video (one clip: the centred window). The frame step is `data.frame_step`, or
+with `data.fps` set max(1, ceil(video fps) // fps) per video (`data.clips.video_frame_step`, as in
+training); `data.frame_spacing` places the frames: `exact` one step apart, `linspace` spread over
+`frames_per_clip` x step frames (`data.clips.frame_offsets`). Views are square crops of side
+min(H, W) / resize_ratio spread evenly along the longer side (one view: the centre), resized to
+`crop_size`. No randomness: the same video always gives the same tensors.
 Decoding and normalization are the data pipeline's (`vjepa_scale.data.decode` / `.clips`), rotation
 included. An unusable file (missing, unreadable, truncated, ...: a `VideoError`) is not replaced, as in
 training, but left out: its item has video None and `skipped` (path, "kind: reason"); feature
