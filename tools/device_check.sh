@@ -9,9 +9,10 @@
 # docs/SCALING.md's recommended stage for ViT-H, which decides the recipes' default stage. Before the step
 # stages, `attention_preflight` runs the backend `auto` picks (cuDNN where its frontend is carried) forward
 # and backward at the step's shape against `padded` (ATTENTION=name: that backend instead of auto's); if it
-# fails, every step stage runs torch_varlen (the backend the H100 runs measured; padded on a CPU). A failed
-# engine or torch row whose error names attention is retried in `bench_step_fallback` on that backend.
-# STEP_OPTS adds bench options to the step stage (e.g. STEP_OPTS="--opt model.compile=true"). Opt-in (a second call):
+# fails, every step stage runs the fallback: torch_varlen on CUDA (the backend the H100 runs measured), padded
+# on a CPU or when the backend that failed was torch_varlen itself. A failed engine or torch row whose error
+# names attention is retried in `bench_step_fallback` on the fallback. STEP_OPTS adds bench options to the
+# step and compile stages (e.g. STEP_OPTS="--opt zero.stage=2"). Opt-in (a second call):
 # `ckpt` (the engine row with every block recomputed), `compile` (the engine row with
 # model.compile=true), `data`, `dali` (DALI tests + data suite, once the wheel was brought with
 # tools/dali_wheel_parts.sh) and `cool384` (V-JEPA 2's ViT-g cooldown step).
@@ -141,7 +142,7 @@ want() { [[ "$STAGES" == *" $1 "* ]]; }
 # 0. The attention backend `auto` picks (cuDNN where carried: never run on a GPU before it is timed), once
 #    forward and backward at the step's shape; if it fails, the step stages run on $fallback instead.
 #    ATTENTION (default auto) names the backend the step stages use.
-#    (STEP_OPTS may name another for the step stage alone; the preflight does not check that one.)
+#    (STEP_OPTS may name another for the step and compile stages; the preflight does not check that one.)
 ATTENTION=${ATTENTION:-auto}
 fallback=$([ "$DEVICE" = cuda ] && echo torch_varlen || echo padded)
 ATTN_OPTS=$([ "$ATTENTION" = auto ] || echo "--opt model.attention_backend=$ATTENTION")
@@ -204,13 +205,14 @@ else
   status=1
 fi
 # Opt-in: the engine row with every block recomputed (the recipes' setting before `auto`: what
-# `auto` saves), compiled blocks, the data suite, V-JEPA 2's ViT-g cooldown step (384 px x 64 frames,
-# 18,432 tokens per clip, 6 clips).
+# `auto` saves), compiled blocks (with STEP_OPTS, as the step stage: e.g. --opt zero.stage=2 for
+# whole-block graphs), the data suite, V-JEPA 2's ViT-g cooldown step (384 px x 64 frames, 18,432
+# tokens per clip, 6 clips).
 want ckpt && stage bench_step_ckpt 100 "$PY" tools/bench.py --device $DEVICE --suite step \
   --step-rows engine --steps 4 --opt model.activation_checkpointing=true $ATTN_OPTS --out "$RES/step_ckpt"
 want compile && stage bench_step_compile 120 "$PY" tools/bench.py --device $DEVICE --suite step --batch-size 8 \
-  --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true $ATTN_OPTS \
-  --out "$RES/step_compile"
+  --step-rows engine --steps 6 --opt model.activation_checkpointing=false --opt model.compile=true \
+  ${STEP_OPTS:-} $ATTN_OPTS --out "$RES/step_compile"
 want data && stage bench_data 50 "$PY" tools/bench.py --device $DEVICE --suite data --out "$RES/data"
 want cool384 && stage bench_step_cool384 240 "$PY" tools/bench.py --device $DEVICE --suite step \
   --config vjepa2_vitg_cool384 --batch-size 6 --steps 4 --profile $ATTN_OPTS --out "$RES/step_cool384"

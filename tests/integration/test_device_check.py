@@ -46,8 +46,10 @@ def _device_check(out, **env):
 
 @pytest.mark.slow
 def test_dry_run_on_cpu_runs_every_bench_stage_and_packs_the_results(tmp_path):
+    """STEP_OPTS (here ZeRO-2) reach the step and compile stages, not the ckpt and zero1 stages."""
     whl = _tiny_wheel(tmp_path)
-    r, out = _device_check(tmp_path / "out", DEVICE="cpu", STAGES="kernels step ckpt zero1 compile", WHEELS=str(whl))
+    r, out = _device_check(tmp_path / "out", DEVICE="cpu", STAGES="kernels step ckpt zero1 compile", WHEELS=str(whl),
+                           STEP_OPTS="--opt zero.stage=2")
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
     assert "installed the carried wheels: vjs_carried_probe-0.1-py3-none-any.whl" in summary
@@ -63,13 +65,14 @@ def test_dry_run_on_cpu_runs_every_bench_stage_and_packs_the_results(tmp_path):
     assert {r["suite"] for r in by_stage["kernels"]} == {"gather", "ema", "attention"}
     step = {r["row"]: r for r in by_stage["step"]}
     assert set(step) == {"engine", "torch", "reference"} and step["reference"]["vs_reference"] == 1
-    assert step["engine"]["profile"].endswith("step_profile_cpu.txt")
+    assert step["engine"]["profile"].endswith("step_profile_cpu.txt") and "ZeRO-2" in step["engine"]["impl"]
     (ckpt,) = by_stage["step_ckpt"]
-    assert ckpt["act_ckpt"] == 1 and ckpt["row"] == "engine"
+    assert ckpt["act_ckpt"] == 1 and ckpt["row"] == "engine" and "ZeRO-3" in ckpt["impl"]
     (z1,) = by_stage["step_zero1"]
     assert "ZeRO-1" in z1["impl"]
     (comp,) = by_stage["step_compile"]
-    assert "model.compile=true" in comp["overrides"]
+    assert "model.compile=true" in comp["overrides"] and "zero.stage=2" in comp["overrides"]
+    assert "ZeRO-2" in comp["impl"]
 
     with tarfile.open(out / "device_check.tgz") as tgz:
         names = set(tgz.getnames())
