@@ -59,11 +59,15 @@ def plot_loss(rows: list[dict], out_png: Path) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    ap.add_argument("--pretrain", required=True, type=Path)
+    ap.add_argument("--pretrain", required=True, type=Path, metavar="RUN_DIR",
+                    help="the pretraining run folder (its metrics.jsonl gives the loss curve and step times)")
     ap.add_argument("--pair", nargs=3, action="append", required=True, metavar=("PROTOCOL", "PRETRAINED", "RANDOM"),
                     help="a probe protocol name and the two result.json files (pretrained, random init)")
-    ap.add_argument("--out", default=Path("docs/results"), type=Path)
-    ap.add_argument("--name", default="motion")
+    ap.add_argument("--out", default=Path("docs/results"), type=Path,
+                    help="folder for the JSON files and the loss-curve PNG (default: docs/results)")
+    ap.add_argument("--name", default="motion",
+                    help="prefix of the files written: NAME_summary.json, NAME_<protocol>_*.json, ... "
+                         "(default: motion)")
     args = ap.parse_args(argv)
 
     results = {}
