@@ -47,6 +47,12 @@ class Section:
                 raise ConfigError(f"{prefix}.{n} must be > 0, got {v}")
 
 
+def check_device_name(name: str, key: str) -> None:
+    """A device setting is `auto`, `cpu`, `cuda` or `cuda:N` (N a GPU index); ConfigError naming `key` if not."""
+    if not (isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name)):
+        raise ConfigError(f"{key} must be auto, cpu, cuda or cuda:N (N: a GPU index), got {name!r}")
+
+
 def to_plain(x: Any) -> Any:
     """Nested dicts/lists/tuples (e.g. `dataclasses.asdict` output) -> plain dicts and lists (YAML-safe)."""
     if isinstance(x, dict):

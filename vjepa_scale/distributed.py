@@ -33,7 +33,7 @@ from typing import Mapping, NoReturn, Optional
 import torch
 import torch.distributed as dist
 
-from vjepa_scale.config import ConfigError
+from vjepa_scale.config import ConfigError, check_device_name
 
 DEFAULT_MASTER_PORT = 29500
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 20000, 10000  # under SLURM: MASTER_PORT = 20000 + job id % 10000
@@ -123,8 +123,10 @@ def use_cuda() -> bool:
 
 def device_for(env: Optional[DistEnv] = None, name: str = "auto", key: str = "device") -> torch.device:
     """The device this rank computes on; `name` is `auto`, `cpu`, `cuda` or `cuda:i` (`key` names the
-    setting in errors). A rank that sees fewer GPUs than its local rank (e.g. SLURM's
-    --gpus-per-task, one visible GPU per task) takes GPU local_rank % visible."""
+    setting in errors; another name, or a GPU index this process does not see, is a ConfigError). A rank
+    that sees fewer GPUs than its local rank (e.g. SLURM's --gpus-per-task, one visible GPU per task) takes
+    GPU local_rank % visible."""
+    check_device_name(name, key)
     local_rank = (env or dist_env()).local_rank
     if name == "auto":
         return torch.device("cuda", _visible_gpu(local_rank)) if use_cuda() else torch.device("cpu")
@@ -134,6 +136,9 @@ def device_for(env: Optional[DistEnv] = None, name: str = "auto", key: str = "de
             raise ConfigError(f"{key}={name!r} but CUDA is not available here")
         if dev.index is None:
             dev = torch.device("cuda", _visible_gpu(local_rank))
+        elif dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}={name!r} but this process sees {torch.cuda.device_count()} GPU(s) "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 

@@ -31,6 +31,20 @@ def test_device_for_names():
             device_for(env, "cuda", key="run.device")
 
 
+def test_device_for_refuses_other_names_and_gpus_it_does_not_see(monkeypatch):
+    """A name torch might take or not ('gpu' was its RuntimeError) and an index past the visible GPUs are
+    ConfigErrors naming the key."""
+    env = DistEnv(0, 1, 0)
+    for bad in ("gpu", "cuda:x", "cuda:-1", "mps"):
+        with pytest.raises(ConfigError, match=rf"^run.device must be auto, cpu, cuda or cuda:N .*got '{bad}'$"):
+            device_for(env, bad, key="run.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_for(env, "cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"^run.device='cuda:2' but this process sees 2 GPU\(s\) \(cuda:0 to cuda:1\)$"):
+        device_for(env, "cuda:2", key="run.device")
+
+
 def test_compute_dtype_auto_follows_the_device():
     assert compute_dtype("auto", torch.device("cpu")) == torch.float32
     assert compute_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16

@@ -3,6 +3,7 @@ HF import (the command line end to end: integration/test_eval_e2e.py)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
@@ -149,6 +150,21 @@ def test_repeated_probe_seeds_are_refused():
     with pytest.raises(ConfigError, match=r"^run.seeds=\[0, 1, 1, 2, 2\] repeats seed 1, 2: each seed trains one"):
         load_eval_config(None, [*base, "run.seeds=[0, 1, 1, 2, 2]"])
     assert load_eval_config(None, [*base, "run.seeds=[2, 0]"]).run.seeds == [2, 0]
+
+
+def test_run_device_is_auto_cpu_cuda_or_cuda_index(capsys):
+    """run.device=gpu was a torch RuntimeError traceback (exit 1): refused with the key and the allowed
+    values when the config loads, and tools/eval_probe.py exits 2 with that message."""
+    base = ["data.train_index=a", "data.val_index=b", "encoder.random_init=true", "model.size=tiny"]
+    for bad in ("gpu", "cuda:x", "cuda:", "CPU", "mps"):
+        with pytest.raises(ConfigError, match=rf"^run.device must be auto, cpu, cuda or cuda:N \(N: a GPU index\), "
+                                              rf"got '{re.escape(bad)}'$"):
+            load_eval_config(None, [*base, f"run.device={json.dumps(bad)}"])
+    for ok in ("auto", "cpu", "cuda", "cuda:3"):
+        assert load_eval_config(None, [*base, f"run.device={ok}"]).run.device == ok
+    code = load_tool("eval_probe").main(["--random-init", *base, "run.device=gpu"])
+    assert code == 2
+    assert "error: run.device must be auto, cpu, cuda or cuda:N (N: a GPU index), got 'gpu'" in capsys.readouterr().err
 
 
 def test_train_and_val_index_must_not_share_videos(tmp_path):

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from vjepa_scale.config import ConfigError, ModelConfig, Section, load_typed_yaml, to_plain, validate_sections
+from vjepa_scale.config import (ConfigError, ModelConfig, Section, check_device_name, load_typed_yaml, to_plain,
+                                validate_sections)
 
 
 @dataclass
@@ -123,7 +124,7 @@ class ProbeOptimConfig(Section):
 class RunConfig(Section):
     output_dir: str = "runs/probe"
     seeds: list[int] = field(default_factory=lambda: [0])  # one probe trained per seed (each seed once)
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: str = "auto"  # auto, cpu, cuda or cuda:N; auto: cuda when available, else cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     progress_bar: bool = True
     tensorboard: bool = True
@@ -140,6 +141,7 @@ class RunConfig(Section):
                               f"seed trains one probe, give each once")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"{prefix}.num_threads must be >= 1 or null, got {self.num_threads}")
+        check_device_name(self.device, f"{prefix}.device")
 
 
 @dataclass
