@@ -15,7 +15,8 @@ Without --resume, a run dir that holds checkpoints is refused (a fresh start wou
 data.global_batch_size is the global batch per optimizer step (data.batch_size, per rank, is derived; one
 given too must agree, so --opt data.batch_size=N on such a recipe also needs --opt data.global_batch_size=null).
 Config errors are reported before any process group, model or data is created; those that need the
-checkpoint (a resume with another model, an unusable checkpoint folder) right after the group is joined.
+checkpoint or the run folder (a resume with another model, an unusable checkpoint folder, a run folder
+that not every rank sees: SharedDirError) right after the group is joined.
 Exit codes: 0 done, 2 config error, 3 diverged (train.max_bad_steps non-finite steps in a row),
 4 a rank hung past train.hang_timeout_s (its watchdog ended it), 1 any other error (a rank that
 cannot load its batch ends every rank at that step: DataLoadError), 75 preempted: SIGTERM / SIGUSR1 to a
@@ -71,14 +72,14 @@ def main(argv=None) -> int:
     import traceback
 
     from vjepa_scale.data import DataLoadError
-    from vjepa_scale.distributed import leave_process_group
+    from vjepa_scale.distributed import SharedDirError, leave_process_group
     from vjepa_scale.train.engine import Trainer
     from vjepa_scale.train.guard import EXIT_DIVERGED, DivergenceError
     from vjepa_scale.train.housekeeping import CheckpointFolderError
 
     try:  # the checks that need the run folder or the checkpoint: every rank raises the same error
         trainer = Trainer(cfg, cfg.train.output_dir, resume=args.resume)
-    except (ConfigError, CheckpointFolderError) as e:
+    except (ConfigError, CheckpointFolderError, SharedDirError) as e:
         if dist_env().rank == 0:
             print(f"config error: {e}", file=sys.stderr, flush=True)
         leave_process_group()

@@ -1,6 +1,7 @@
 """Launching the way clusters do (vjepa_scale.distributed), with real processes: the check that every
-rank sees the run folder, two tasks started the way srun does, and the process-group timeout the trainer
-sets. SLURM's variables and node lists: unit/test_launch_env.py."""
+rank sees the run folder (tools/train.py exits 2 when they do not), two tasks started the way srun
+does, and the process-group timeout the trainer sets. SLURM's variables and node lists:
+unit/test_launch_env.py."""
 from __future__ import annotations
 
 import os
@@ -51,6 +52,26 @@ def test_shared_dir_check_names_the_ranks_that_cannot_see_the_folder(tmp_path):
     assert out[0] == out[1] and out[0] is not None
     assert f"rank 1 on {socket.gethostname()}" in out[0] and "rank 0 on" not in out[0]
     assert "shared by every node" in out[0] and str(tmp_path / "node0" / "run") in out[0]
+
+
+def test_train_exits_2_when_the_ranks_do_not_share_the_run_folder(tmp_path):
+    """tools/train.py with each rank's --output-dir on its own "node-local" disk (two folders stand for two
+    hosts): the start-up check's SharedDirError is a config error, exit 2 on every rank with rank 0 naming
+    the rank that cannot see the folder, before any step (not a traceback with exit 1)."""
+    require("deepspeed")
+    port = str(free_port())
+    procs = []
+    for r in (0, 1):
+        env = cpu_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        args = train_args(tmp_path / f"node{r}" / "run", "model.depth=1", "data.crop_size=32", "optim.iterations=2")
+        procs.append(start("tools/train.py", *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = [p.communicate(timeout=240) for p in procs]
+    err0 = outs[0][1]
+    assert [p.returncode for p in procs] == [2, 2], err0[-3000:] + outs[1][1][-3000:]
+    assert f"config error: the run folder {tmp_path / 'node0' / 'run'} is not shared: rank 1 on " \
+           f"{socket.gethostname()} cannot see" in err0, err0[-3000:]
+    assert "Traceback" not in err0 + outs[1][1]
+    assert not list((tmp_path / "node0" / "run" / "checkpoints").glob("step_*"))
 
 
 @pytest.mark.slow
