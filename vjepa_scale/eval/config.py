@@ -4,7 +4,8 @@ Sections: `encoder` (where the frozen weights come from), `model` (the encoder a
 source does not carry one: random init), `data` (labeled index files and how clips are sampled),
 `probe` (architecture), `optim` (probe training), `run` (outputs, seeds, device). Loading reuses
 `vjepa_scale.config.from_dict` and its `Section` base, so unknown keys, bad types and out-of-range
-values fail with the key's name.
+values fail with the key's name. Every key with its default and meaning: README.md, "Evaluation config
+reference" (tests/unit/test_readme_config_reference.py keeps it complete).
 """
 from __future__ import annotations
 
