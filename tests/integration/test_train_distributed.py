@@ -125,8 +125,12 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     assert [x["step"] for x in read_metrics(run)] == [1, 2, 3, 4]  # the steps ran; only their saves went
 
 
-def test_load_consolidated_builds_models(runs):
+def test_load_consolidated_builds_models(runs, capfd):
+    capfd.readouterr()
     d = load_consolidated(runs["straight"])  # run dir -> latest, target by default
+    out, err = capfd.readouterr()  # DeepSpeed's consolidation prints and progress bars are silenced
+    assert not any(s in out + err for s in ("Processing zero checkpoint", "Detected checkpoint", "Loading checkpoint",
+                                            "Gathering sharded weights")), out + err
     cfg = d["config"]
     enc = VisionTransformer3D(cfg.model, cfg.grid)
     enc.load_state_dict(d["encoder"], strict=True)
