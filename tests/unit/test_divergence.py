@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -135,11 +136,13 @@ def test_without_a_progress_bar_each_logged_step_is_a_line(tmp_path, capsys):
 
 
 def test_metrics_write_nonfinite_as_null(tmp_path):
-    """metrics.jsonl: strict JSON, null + "nonfinite"; tensorboard: finite scalars + train/nonfinite."""
+    """metrics.jsonl: strict JSON, null + "nonfinite", floats to 6 significant digits; tensorboard: finite
+    scalars (unrounded) + train/nonfinite_keys, the number of keys "nonfinite" lists."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     log = RunLogger(tmp_path, True, 2, progress_bar=False)
-    log.log(1, {"loss": torch.tensor(0.5), "grad_norm": 2.0, "skipped_steps": 0})
+    log.log(1, {"loss": torch.tensor(0.5), "grad_norm": 2.0, "skipped_steps": 0,
+                "weight_decay": 0.04 * 0.9999999999999995, "eta_s": 1234567.891})  # 0.03999999999999998
     log.log(2, {"loss": torch.tensor(float("nan")), "grad_norm": float("inf"), "skipped_steps": 1})
     log.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -149,12 +152,14 @@ def test_metrics_write_nonfinite_as_null(tmp_path):
 
     recs = [json.loads(line, parse_constant=refuse) for line in lines]
     assert "nonfinite" not in recs[0] and recs[0]["loss"] == 0.5
+    assert '"weight_decay": 0.04,' in lines[0] and recs[0]["eta_s"] == 1234570.0 and recs[0]["skipped_steps"] == 0
+    assert abs(recs[0]["time"] - time.time()) < 60  # unix seconds: not rounded away
     assert recs[1]["loss"] is None and recs[1]["grad_norm"] is None and recs[1]["skipped_steps"] == 1
     assert recs[1]["nonfinite"] == ["loss", "grad_norm"]
     ea = EventAccumulator(str(tmp_path / "tb"))
     ea.Reload()
     scalars = {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
-    assert scalars["train/nonfinite"] == [(1, 0.0), (2, 1.0)]
+    assert scalars["train/nonfinite_keys"] == [(1, 0.0), (2, 2.0)] and "train/nonfinite" not in scalars
     assert scalars["train/loss"] == [(1, 0.5)] and scalars["train/skipped_steps"] == [(1, 0.0), (2, 1.0)]
 
 

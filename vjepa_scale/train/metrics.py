@@ -76,15 +76,17 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         """One record: non-finite values become null, their keys listed under "nonfinite" (strict
-        JSON); tensorboard gets the finite scalars and `train/nonfinite` (1 when any value was not)."""
+        JSON); floats are written to 6 significant digits (`0.04`, not `0.03999999999999998`), `time`
+        (unix seconds) to the millisecond. Tensorboard gets the finite scalars unrounded and
+        `train/nonfinite_keys`, the number of keys listed under "nonfinite" (0: all finite)."""
         if not self.enabled:
             return
         values = {k: _plain(v) for k, v in metrics.items()}
         nonfinite = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
-        record = {"step": step, **{k: None if k in nonfinite else v for k, v in values.items()}}
+        record = {"step": step, **{k: None if k in nonfinite else _rounded(v) for k, v in values.items()}}
         if nonfinite:
             record["nonfinite"] = nonfinite
-        record["time"] = time.time()
+        record["time"] = round(time.time(), 3)
         if self._jsonl is None:  # stopped by a failed write (`_stop_writing`)
             return
         try:
@@ -92,7 +94,7 @@ class RunLogger:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and k not in nonfinite:
                     self._tb.add_scalar(f"train/{k}", v, step)
-            self._tb.add_scalar("train/nonfinite", float(bool(nonfinite)), step)
+            self._tb.add_scalar("train/nonfinite_keys", float(len(nonfinite)), step)
         except OSError as e:
             self._stop_writing(e)
 
@@ -155,6 +157,11 @@ def _plain(v):
     if hasattr(v, "item"):
         return v.item()
     return v
+
+
+def _rounded(v):
+    """A float to 6 significant digits (metrics.jsonl); anything else as it is."""
+    return float(f"{v:.6g}") if isinstance(v, float) else v
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
