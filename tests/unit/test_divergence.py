@@ -122,17 +122,26 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
 
 
 def test_without_a_progress_bar_each_logged_step_is_a_line(tmp_path, capsys):
-    """train.progress_bar: false (batch jobs) prints the bar's numbers as one line per logged step; a
+    """train.progress_bar: false (batch jobs), or a stderr that is no terminal (here: captured), prints the
+    bar's numbers as one line per logged step, with the time of day, the elapsed time and the ETA; a
     disabled logger (ranks > 0) prints nothing."""
+    import re
+
     from vjepa_scale.train.metrics import progress_postfix
 
-    m = {"loss": 0.5, "lr": 1e-4, "clips_per_s": 12.0, "tokens_per_s": 3e4, "data_wait": 0.05}
+    m = {"loss": 0.5, "lr": 1e-4, "clips_per_s": 12.0, "tokens_per_s": 3e4, "data_wait": 0.05, "data_wait_max": 0.25}
     RunLogger(tmp_path / "off", False, 10, progress_bar=False).progress(5, progress_postfix(m))
     assert capsys.readouterr().out == ""
-    log = RunLogger(tmp_path, True, 10, progress_bar=False)
-    log.progress(5, progress_postfix(m))
-    log.close()
-    assert capsys.readouterr().out == "step 5/10: loss 0.5000  lr 1.00e-04  clips/s 12.0  tok/s 3e+04  wait 5%\n"
+    for bar in (False, True):
+        log = RunLogger(tmp_path / str(bar), True, 10, progress_bar=bar)
+        log.progress(5, progress_postfix(m), eta_s=3725.0)
+        log.progress(6, progress_postfix(m))
+        log.close()
+        out, err = capsys.readouterr()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d step 5/10 elapsed 00:0\d eta 1:02:05: loss 0.5000  "
+                            r"lr 1.00e-04  clips/s 12.0  tok/s 30k  wait_max 25%\n.* step 6/10 elapsed 00:0\d eta \?: .*\n",
+                            out), out
+        assert "\r" not in err
 
 
 def test_metrics_write_nonfinite_as_null(tmp_path):

@@ -1,6 +1,9 @@
 """Trainer pieces that need no process group: schedules, shard layout, EMA, checkpoint discovery."""
+import io
 import json
+import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -128,3 +131,42 @@ def test_resolve_checkpoint_takes_the_checkpoints_folder_and_the_latest_marker(t
     marker.write_text("step_00000099")
     with pytest.raises(FileNotFoundError, match="names .*step_00000099', which is not a complete checkpoint"):
         resolve_checkpoint(marker)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_on_a_terminal_keeps_log_warnings_off_its_line(tmp_path, monkeypatch):
+    """On a terminal the bar is drawn; a logging warning while it is (a skipped data file, a checkpoint that
+    could not be removed) goes through tqdm: the bar's line is cleared first and the bar drawn again below,
+    instead of the message being glued to the bar's last frame."""
+    from vjepa_scale.train.metrics import RunLogger
+
+    err = _Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    log = RunLogger(tmp_path, True, 10, progress_bar=True)
+    log.progress(2, {"loss": "0.5000"})
+    logging.getLogger("vjepa_scale.data").warning("data epoch 0: skipped 1 unusable file(s)")
+    log.progress(3, {"loss": "0.4000"})
+    log.close()
+    before, after = err.getvalue().split("data epoch 0: skipped 1 unusable file(s)")
+    assert "train:" in before and before.endswith("\r"), before[-200:]  # the bar's line was cleared first
+    assert after.startswith("\n") and "3/10" in after
+    assert not any("Tqdm" in type(h).__name__ for h in logging.getLogger().handlers)  # restored on close
+
+
+def test_progress_postfix_names_and_formats():
+    """The bar: tokens/s with an SI prefix (not 1.56e+03), the slowest rank's data wait, data skips labelled
+    as such and the divergence guard's skipped steps as bad_steps, each only when there are any."""
+    from vjepa_scale.train.metrics import progress_postfix
+
+    m = {"loss": 0.5, "lr": 1e-4, "clips_per_s": 195.3, "tokens_per_s": 1562.4, "data_wait": 0.02,
+         "data_wait_max": 0.081, "mfu": None, "skipped_steps": 0, "data_skipped": 0}
+    assert progress_postfix(m) == {"loss": "0.5000", "lr": "1.00e-04", "clips/s": "195.3", "tok/s": "1.56k",
+                                   "wait_max": "8%"}
+    m.update(tokens_per_s=2.345e6, skipped_steps=2, data_skipped=3, mfu=0.4123)
+    assert progress_postfix(m) == {"loss": "0.5000", "lr": "1.00e-04", "clips/s": "195.3", "tok/s": "2.35M",
+                                   "wait_max": "8%", "mfu": "41.2%", "bad_steps": 2, "data_skipped": 3}
+    assert [progress_postfix(dict(m, tokens_per_s=t))["tok/s"] for t in (266.0, 999.7, 30000.0)] == ["266", "1k", "30k"]

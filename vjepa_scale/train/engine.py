@@ -362,7 +362,7 @@ class Trainer:
         if len(self.phases) > 1:
             m["phase"] = phase.index
         logger.log(self.step, m)
-        logger.progress(self.step, progress_postfix(m))
+        logger.progress(self.step, progress_postfix(m), m["eta_s"])
 
     def _save_or_stop(self, phase: phase_lib.Phase, logger: RunLogger) -> None:
         """After a step: save at `train.checkpoint_every` and at the phase's end; then the preemption

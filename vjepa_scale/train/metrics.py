@@ -8,6 +8,7 @@ File loaders add their skip counts to every record (`data_skipped`, `data_skippe
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vjepa_scale.flops import mfu
 
@@ -47,8 +50,10 @@ def _truncate_records(path: Path, last_step: int) -> None:
 
 class RunLogger:
     """Rank 0 writes `metrics.jsonl` (one JSON object per logged step) and tensorboard events under
-    `tb/`, and draws a progress bar (without one, a line per logged step: batch-job logs); other ranks
-    construct it disabled and every call is a no-op."""
+    `tb/`, and draws a progress bar on stderr when stderr is a terminal; otherwise (a batch job's log
+    file), or with `progress_bar=False`, it prints a timestamped line per logged step with the elapsed
+    time and the ETA. While the bar is drawn, `logging` output goes through tqdm (above the bar, not
+    into it). Other ranks construct it disabled and every call is a no-op."""
 
     def __init__(self, run_dir: str | Path, enabled: bool, total_steps: int, start_step: int = 0,
                  progress_bar: bool = True):
@@ -56,7 +61,9 @@ class RunLogger:
         self._jsonl = None
         self._tb = None
         self._bar = None
+        self._redirect = contextlib.ExitStack()
         self._total = total_steps
+        self._start = time.monotonic()
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -68,11 +75,10 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
-        if progress_bar:
-            from tqdm import tqdm
-
+        if progress_bar and _is_terminal(sys.stderr):
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                              dynamic_ncols=True, smoothing=0.1)
+            self._redirect.enter_context(logging_redirect_tqdm())  # warnings of data, checkpoints ...
 
     def log(self, step: int, metrics: dict) -> None:
         """One record: non-finite values become null, their keys listed under "nonfinite" (strict
@@ -110,12 +116,15 @@ class RunLogger:
                 pass
         self._jsonl = self._tb = None
 
-    def progress(self, step: int, postfix: Optional[dict] = None) -> None:
-        """Move the bar to `step` (tqdm computes the ETA) and show `postfix`; without a bar, print
-        `postfix` as one line."""
+    def progress(self, step: int, postfix: Optional[dict] = None, eta_s: Optional[float] = None) -> None:
+        """Move the bar to `step` (tqdm computes its ETA) and show `postfix`; without a bar, print one
+        line: time of day, step, elapsed time, ETA (`eta_s`, the metrics' phase-aware one) and `postfix`."""
         if self._bar is None:
             if self.enabled and postfix:
-                print(f"step {step}/{self._total}: " + "  ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
+                elapsed = tqdm.format_interval(time.monotonic() - self._start)
+                eta = "?" if eta_s is None or not math.isfinite(eta_s) else tqdm.format_interval(eta_s)
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} step {step}/{self._total} elapsed {elapsed} eta {eta}: "
+                      + "  ".join(f"{k} {v}" for k, v in postfix.items()), flush=True)
             return
         if postfix:
             self._bar.set_postfix(postfix, refresh=False)
@@ -130,6 +139,7 @@ class RunLogger:
             print(msg, flush=True)
 
     def close(self) -> None:
+        self._redirect.close()
         if self._bar is not None:
             self._bar.close()
         for f in (self._tb, self._jsonl):
@@ -143,14 +153,33 @@ class RunLogger:
 
 
 def progress_postfix(m: dict) -> dict:
-    """The few numbers worth a glance: loss, LR, clips/s, tokens/s, data-wait share, MFU."""
+    """The few numbers worth a glance: loss, LR, clips/s, tokens/s, the slowest rank's data-wait share,
+    MFU; the run's skipped (non-finite) steps and unusable data files so far when there are any."""
     out = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}", "clips/s": f"{m['clips_per_s']:.1f}",
-           "tok/s": f"{m['tokens_per_s']:.3g}", "wait": f"{100 * m['data_wait']:.0f}%"}
+           "tok/s": _si(m["tokens_per_s"]), "wait_max": f"{100 * m.get('data_wait_max', m['data_wait']):.0f}%"}
     if m.get("mfu") is not None:
         out["mfu"] = f"{100 * m['mfu']:.1f}%"
+    if m.get("skipped_steps"):
+        out["bad_steps"] = m["skipped_steps"]  # steps whose update the divergence guard skipped
     if m.get("data_skipped"):
-        out["skipped"] = m["data_skipped"]  # unusable files replaced so far (all ranks)
+        out["data_skipped"] = m["data_skipped"]  # unusable files replaced so far (all ranks)
     return out
+
+
+def _si(x: float) -> str:
+    """3 significant digits with an SI prefix: 266, 1.56k, 2.3M."""
+    for prefix in ("", "k", "M", "G"):
+        if abs(x) < 999.5:
+            return f"{x:.3g}{prefix}"
+        x /= 1000
+    return f"{x:.3g}T"
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _plain(v):
