@@ -233,6 +233,7 @@ def test_gpu_bf16_run_reports_mfu(tmp_path, stage, ckpt):
     recs = read_metrics(run)
     assert [x["step"] for x in recs] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(x["loss"])) and x["tflops_per_rank"] > 0 for x in recs)
+    assert all(0 < x["mem_peak_gib"] < 200 for x in recs)  # the allocator's peak of each window, on CUDA
     if device_peak_tflops(torch.device("cuda", 0)) is not None:
         assert all(0 < x["mfu"] < 1 for x in recs)
     d = load_consolidated(run, "target")

@@ -170,3 +170,44 @@ def test_progress_postfix_names_and_formats():
     assert progress_postfix(m) == {"loss": "0.5000", "lr": "1.00e-04", "clips/s": "195.3", "tok/s": "2.35M",
                                    "wait_max": "8%", "mfu": "41.2%", "bad_steps": 2, "data_skipped": 3}
     assert [progress_postfix(dict(m, tokens_per_s=t))["tok/s"] for t in (266.0, 999.7, 30000.0)] == ["266", "1k", "30k"]
+
+
+def test_step_window_reduces_over_ranks_with_the_slowest_ranks_wait(monkeypatch):
+    """Two ranks' windows (the all-reduce stood in for): loss, per-type loss and target_std are means over
+    ranks and steps; `data_wait` is the mean share of the step spent loading, which dilutes a starved rank,
+    while `data_wait_max` is the slowest rank's share, named by `data_wait_max_rank`; `mem_peak_gib` is the
+    largest rank's peak (CUDA only: none on CPU); `window_steps` counts the steps averaged."""
+    from vjepa_scale.train import metrics
+    from vjepa_scale.train.metrics import StepWindow
+
+    stats = {"lr": 1e-3, "weight_decay": 0.04, "momentum": 0.998}
+    windows = [StepWindow(torch.device("cpu"), 2, 8, 16, None, rank=r) for r in (0, 1)]
+    for r, w in enumerate(windows):
+        for step in range(2):
+            w.add(torch.tensor(0.5 + r), wait=0.3 * r, step_time=1.0, flops=1e9,
+                  loss_types=torch.tensor([0.4, 0.6 + 2 * r]), target_std=torch.tensor(0.8 + 0.2 * r))
+    sent = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda v: sent.append(v.clone()))
+    windows[1].summary(stats, 0, None)  # rank 1's contribution
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda v: v.add_(sent[0]))
+    m = windows[0].summary(stats, 3, 2.0)
+    assert m["loss"] == 1.0 and (m["loss_type0"], m["loss_type1"]) == pytest.approx((0.4, 1.6))
+    assert m["target_std"] == pytest.approx(0.9) and m["window_steps"] == 2 and m["step_time"] == 1.0
+    assert m["data_wait"] == pytest.approx(0.15) and m["data_wait_max"] == pytest.approx(0.3)
+    assert m["data_wait_max_rank"] == 1 and "mem_peak_gib" not in m and m["eta_s"] == 3.0
+
+    peaks = iter([2.5, 1.5])  # rank 1's, then rank 0's peak memory (as on CUDA)
+    monkeypatch.setattr(metrics, "peak_memory_gib", lambda device: next(peaks))
+    sent.clear()
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda v: sent.append(v.clone()))
+    windows[1].summary(stats, 0, None)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda v: v.add_(sent[0]))
+    assert windows[0].summary(stats, 0, None)["mem_peak_gib"] == 2.5
+
+
+def test_peak_memory_is_cudas_allocator_peak_in_gib(monkeypatch):
+    from vjepa_scale.train.metrics import peak_memory_gib
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 1024 ** 3)
+    assert peak_memory_gib(torch.device("cuda", 0)) == 3.0 and peak_memory_gib(torch.device("cpu")) is None

@@ -297,18 +297,22 @@ class Trainer:
         return self.core.micro_step(batch, self.step)
 
     def train_step(self, batches: list[Batch]) -> dict:
-        """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats.
-        A non-finite step (see `guard`) updates neither the weights nor the EMA; the step still counts."""
+        """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats: the
+        mean micro-batch loss, per-type loss (`loss_types`) and `target_std` (`StepCore.micro_step`), the
+        step's LR, WD and EMA momentum. A non-finite step (see `guard`) updates neither the weights nor the EMA; the step still counts."""
         if len(batches) != self.cfg.optim.grad_accum:
             raise ValueError(f"train_step got {len(batches)} micro-batches; optim.grad_accum="
                              f"{self.cfg.optim.grad_accum}")
         s = self.schedule(self.step)
         self._set_schedules(s.lr, s.weight_decay)
-        losses = [self.micro_step(b) for b in batches]
+        losses, micro = [], []
+        for b in batches:
+            losses.append(self.micro_step(b))
+            micro.append(self.core.last_stats)
         self.core.end_step(s.momentum, self.step)  # EMA, unless the guard skipped the step
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": s.lr, "weight_decay": s.weight_decay,
-                "momentum": s.momentum}
+                "momentum": s.momentum, **{k: torch.stack([x[k] for x in micro]).mean(0) for k in micro[0]}}
 
     def save(self) -> Path:
         return ckpt_lib.save_checkpoint(
@@ -327,7 +331,7 @@ class Trainer:
         d = phase.cfg.data
         variable = d.is_mixed(phase.cfg.model.tubelet_size)  # clips / tokens per step vary
         return StepWindow(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops,
-                          variable, num_datasets=0 if d.backend == "synthetic" else len(d.datasets))
+                          variable, num_datasets=0 if d.backend == "synthetic" else len(d.datasets), rank=self.rank)
 
     def _enter_phase(self, logger: RunLogger) -> phase_lib.Phase:
         """At the run's start or a phase boundary: name the phase, set its activation checkpointing,
@@ -358,6 +362,7 @@ class Trainer:
         self.watchdog.phase(f"metrics all-reduce step {self.step}")
         m = window.summary(stats, self.cfg.optim.iterations - self.step, self.engine.get_global_grad_norm())
         m["skipped_steps"] = self.guard.skipped_steps
+        m["samples_seen"] = self.data_position()["samples_seen"]  # global, as meta.json records it
         m.update(skip_metrics(loader, self.device, self.skip_base))  # data_skipped (+ per kind), run totals
         if len(self.phases) > 1:
             m["phase"] = phase.index
@@ -423,9 +428,9 @@ class Trainer:
                     batches = [next(it) for _ in range(a)]
                 except Exception as e:
                     error = e
-                t1 = time.perf_counter()
+                t1 = time.perf_counter()  # this rank's own data wait ends here; a wait for a slower rank
                 self.watchdog.phase(f"agreeing that every rank loaded its batch for step {self.step + 1}")
-                agree_loaded(error, self.step + 1, self.rank)
+                agree_loaded(error, self.step + 1, self.rank)  # is step time (see StepWindow: data_wait_max)
                 report_skips(loader)  # the epochs these batches closed: a collective, now on every rank
                 flops = sum(train_flops(phase.cfg, b.masks)["total"] for b in batches)
                 stats = self.train_step(batches)
@@ -433,7 +438,8 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 t2 = time.perf_counter()
                 window.add(stats["loss"], t1 - t0, t2 - t0, flops, sum(b.num_clips for b in batches),
-                           sum(b.num_tokens for b in batches), dataset_clips(loader, batches))
+                           sum(b.num_tokens for b in batches), dataset_clips(loader, batches), stats["loss_types"],
+                           stats["target_std"])
                 if on_step is not None:
                     on_step(self, stats)
                 if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:

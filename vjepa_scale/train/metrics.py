@@ -200,64 +200,116 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+GiB = 1024 ** 3
+
+
+def peak_memory_gib(device: torch.device) -> Optional[float]:
+    """The most memory torch's allocator held on a CUDA `device` since `reset_peak_memory`, in GiB;
+    None on other devices (a CPU run logs no `mem_peak_gib`: the process's peak RSS would count far
+    more than the training tensors, and could not be reset per window)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / GiB
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 class StepWindow:
     """Accumulates per-step loss and timings between two log points; `summary` reduces over ranks.
 
     Fixed per window (a window never spans a phase boundary): the device of the all-reduce, the world
-    size, the global batch (clips per optimizer step), tokens per clip, and the device's peak
-    TFLOP/s (None: no MFU). `variable`: clips and tokens per step vary (mixed shapes, a token budget);
-    clips/s and tokens/s then come from the clips and full-clip tokens the ranks actually trained,
-    and the window logs the mean global batch in clips (`clips_per_step`). With `num_datasets` > 1 (a
-    mixture of index files) it logs `data_share_<i>`: the share of the clips trained in the window
-    (all ranks) that dataset i gave, to compare with the weights.
+    size and this rank, the global batch (clips per optimizer step), tokens per clip, and the device's
+    peak TFLOP/s (None: no MFU). `variable`: clips and tokens per step vary (mixed shapes, a token
+    budget); clips/s and tokens/s then come from the clips and full-clip tokens the ranks actually
+    trained, and the window logs the mean global batch in clips (`clips_per_step`). With `num_datasets`
+    > 1 (a mixture of index files) it logs `data_share_<i>`: the share of the clips trained in the
+    window (all ranks) that dataset i gave, to compare with the weights.
+
+    Data wait: each step's `wait` is this rank's own time to load its batch, measured before the ranks
+    agree that every one of them has its batch (`data.agree_loaded`, a collective). A rank that loaded
+    quickly then waits inside that agreement for the slowest one; that wait is part of its step time,
+    not of its data wait. So `data_wait` (the ranks' mean share of the step spent loading) dilutes one
+    starved rank by the world size, while `data_wait_max`, the slowest rank's share (that rank:
+    `data_wait_max_rank`), is the share of the step every rank lost to data: watch that one.
     """
 
     def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
-                 peak_tflops: Optional[float], variable: bool = False, num_datasets: int = 0):
-        self.device, self.world = device, world
+                 peak_tflops: Optional[float], variable: bool = False, num_datasets: int = 0, rank: int = 0):
+        self.device, self.world, self.rank = device, world, rank
         self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
         self.variable = variable
         self.dataset_clips = [0] * num_datasets if num_datasets > 1 else []  # a mixture: clips trained per dataset
         self.clips = 0
         self.tokens = 0
         self.losses: list[torch.Tensor] = []
+        self.type_losses: list[torch.Tensor] = []
+        self.target_stds: list[torch.Tensor] = []
         self.wait = 0.0
         self.time = 0.0
         self.flops = 0.0
+        reset_peak_memory(device)
 
     def add(self, loss: torch.Tensor, wait: float, step_time: float, flops: float, clips: int = 0,
-            tokens: int = 0, dataset_clips: Optional[list[int]] = None) -> None:
-        """One step; `dataset_clips`: this rank's clips of the step per dataset (a mixture)."""
+            tokens: int = 0, dataset_clips: Optional[list[int]] = None, loss_types: Optional[torch.Tensor] = None,
+            target_std: Optional[torch.Tensor] = None) -> None:
+        """One step; `dataset_clips`: this rank's clips of the step per dataset (a mixture); `loss_types`
+        and `target_std`: the step's (`Trainer.train_step` stats), logged when given for every step."""
         if self.dataset_clips and dataset_clips:
             self.dataset_clips = [a + b for a, b in zip(self.dataset_clips, dataset_clips)]
         self.clips += clips
         self.tokens += tokens
         self.losses.append(loss)
+        if loss_types is not None:
+            self.type_losses.append(loss_types)
+        if target_std is not None:
+            self.target_stds.append(target_std)
         self.wait += wait
         self.time += step_time
         self.flops += flops
 
-    def summary(self, stats: dict, steps_left: int, grad_norm: Optional[float]) -> dict:
-        """Metrics of the window: `stats` of its last step, `steps_left` for the ETA."""
-        n = len(self.losses)
-        # One small all-reduce per log point: [sum of losses, flops, wait, time] over ranks.
-        v = torch.tensor([float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
-                          self.tokens, *self.dataset_clips], dtype=torch.float64, device=self.device)
+    def summary(self, stats: dict, steps_left: float, grad_norm: Optional[float]) -> dict:
+        """Metrics of the window: `stats` of its last step, `steps_left` (in steps of this window's
+        cost) for the ETA. Means over the ranks and the window's steps (`window_steps` of them), but
+        for `data_wait_max` and `mem_peak_gib` (the largest rank's)."""
+        n, W = len(self.losses), self.world
+        mem = peak_memory_gib(self.device)
+        waits, mems = [0.0] * W, [0.0] * W  # this rank's in its own slot: the sum over ranks gathers them
+        waits[self.rank], mems[self.rank] = self.wait, mem or 0.0
+        parts = {"sums": [float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
+                          self.tokens],
+                 "types": torch.stack(self.type_losses).sum(0).tolist() if len(self.type_losses) == n else [],
+                 "std": [float(torch.stack(self.target_stds).sum())] if len(self.target_stds) == n else [],
+                 "datasets": self.dataset_clips, "waits": waits, "mems": mems}
+        # One all-reduce per log point over ranks.
+        v = torch.tensor([x for p in parts.values() for x in p], dtype=torch.float64, device=self.device)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(v)
-        loss_sum, flops, wait, busy, clips, tokens, *per_dataset = v.tolist()
-        W = self.world
+        v = v.tolist()
+        for k, p in parts.items():
+            parts[k], v = v[:len(p)], v[len(p):]
+        loss_sum, flops, wait, busy, clips, tokens = parts["sums"]
+        types, std, per_dataset, waits = parts["types"], parts["std"], parts["datasets"], parts["waits"]
         step_time = busy / W / n  # mean over ranks
         clips_per_s = self.global_batch / step_time
+        slowest = max(range(W), key=waits.__getitem__)
         m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
              "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
+             "data_wait_max": waits[slowest] * W / busy, "data_wait_max_rank": slowest,
              "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.tokens_per_clip,
              "tflops_per_rank": flops / busy / 1e12, "mfu": mfu(flops / busy, self.peak_tflops),
-             "eta_s": steps_left * step_time}
+             "eta_s": steps_left * step_time, "window_steps": n}
+        m.update({f"loss_type{i}": x / (W * n) for i, x in enumerate(types)})
+        if std:
+            m["target_std"] = std[0] / (W * n)
+        if mem is not None:
+            m["mem_peak_gib"] = max(parts["mems"])
         if self.variable:
             m.update(clips_per_s=clips / n / step_time, tokens_per_s=tokens / n / step_time, clips_per_step=clips / n)
         if grad_norm is not None:
             m["grad_norm"] = float(grad_norm)
         if per_dataset and sum(per_dataset):  # the share of the window's trained clips each dataset gave
-            m.update({f"data_share_{i}": n / sum(per_dataset) for i, n in enumerate(per_dataset)})
+            m.update({f"data_share_{i}": c / sum(per_dataset) for i, c in enumerate(per_dataset)})
         return m
