@@ -211,3 +211,18 @@ def test_peak_memory_is_cudas_allocator_peak_in_gib(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 1024 ** 3)
     assert peak_memory_gib(torch.device("cuda", 0)) == 3.0 and peak_memory_gib(torch.device("cpu")) is None
+
+
+def test_eta_prices_later_phases_at_their_own_cost():
+    """A 4-frame phase then a 16-frame one (4x the tokens, attention quadratic in them): the steps left,
+    in steps of the current phase, weigh each later step by its phase's FLOPs per step (`step_cost`);
+    in the last phase they are plain steps."""
+    from vjepa_scale.train.phases import plan, step_cost, steps_left
+
+    cfg = _tiny_cfg("optim.iterations=10", "phases=[{steps: 6, frames_per_clip: 4}, {frames_per_clip: 16}]")
+    phases = plan(cfg, 1)
+    costs = [step_cost(p) for p in phases]
+    ratio = costs[1] / costs[0]
+    assert 4 < ratio < 20
+    assert steps_left(phases, 2, costs) == pytest.approx(4 + 4 * ratio)
+    assert steps_left(phases, 2) == 8 and steps_left(phases, 7, costs) == 3 and steps_left(phases, 10, costs) == 0

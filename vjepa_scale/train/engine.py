@@ -360,7 +360,8 @@ class Trainer:
     def _log_window(self, window: StepWindow, stats: dict, phase: phase_lib.Phase, loader, logger: RunLogger) -> None:
         """A log point: the window's metrics over all ranks, skipped steps and the data skips (run totals)."""
         self.watchdog.phase(f"metrics all-reduce step {self.step}")
-        m = window.summary(stats, self.cfg.optim.iterations - self.step, self.engine.get_global_grad_norm())
+        left = phase_lib.steps_left(self.phases, self.step, self.step_costs)  # later phases at their own cost
+        m = window.summary(stats, left, self.engine.get_global_grad_norm())
         m["skipped_steps"] = self.guard.skipped_steps
         m["samples_seen"] = self.data_position()["samples_seen"]  # global, as meta.json records it
         m.update(skip_metrics(loader, self.device, self.skip_base))  # data_skipped (+ per kind), run totals
@@ -405,6 +406,8 @@ class Trainer:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         for note in self.notes:
             logger.write(note)
+        # model FLOPs per step of each phase, to price the steps of later phases in the ETA
+        self.step_costs = [phase_lib.step_cost(p) for p in self.phases] if len(self.phases) > 1 else None
         a = cfg.optim.grad_accum
         phase, loader, it, window = None, None, None, None
         self.watchdog.start()
