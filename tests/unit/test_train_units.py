@@ -226,3 +226,32 @@ def test_eta_prices_later_phases_at_their_own_cost():
     assert 4 < ratio < 20
     assert steps_left(phases, 2, costs) == pytest.approx(4 + 4 * ratio)
     assert steps_left(phases, 2) == 8 and steps_left(phases, 7, costs) == 3 and steps_left(phases, 10, costs) == 0
+
+
+def test_run_banner_names_model_batch_backends_memory_mfu_and_phases():
+    """The lines rank 0 prints before the first step; MFU says it is off, and how to turn it on, when the
+    device's bf16 peak is unknown; a single-phase run names its phase too."""
+    from vjepa_scale.attention import describe_attention_backend
+    from vjepa_scale.train.memory import param_counts
+    from vjepa_scale.train.metrics import run_banner
+    from vjepa_scale.train.phases import plan
+
+    cfg = _tiny_cfg("data.global_batch_size=8", "optim.grad_accum=2", "optim.iterations=5",
+                    "model.activation_checkpointing=true")
+    phases = plan(cfg, 2)
+    lines = run_banner(phases, phases[0], 2, torch.device("cpu"), torch.float32, None)
+    text = "\n".join(lines)
+    n = param_counts(phases[0].cfg)
+    assert lines[0].startswith("model: ViT tiny (width 96, depth 1, 3 heads") and f"{n.online / 1e3:.1f}k" in lines[0]
+    assert "clip: 4 frames x 32 px = 8 tokens; 2 mask type(s): 2 block(s) (area 0.15, time 1)" in text
+    assert "ranks: 2 on cpu, ZeRO stage 3, precision fp32 (train.precision: auto)" in text
+    assert "batch: 2 clip(s) per rank x 2 grad accum x 2 rank(s) = 8 per step" in text
+    assert "attention: auto -> bucketed (cpu: the fused varlen kernels need CUDA); kernels: torch (auto:" in text
+    assert "activation checkpointing: 1 of 1 encoder and 1 of 1 predictor blocks recomputed" in text
+    assert "memory estimate: " in text and " GiB per rank (weights " in text
+    assert "MFU: off (no known bf16 peak for cpu; set train.device_peak_tflops to log it)" in text
+    assert lines[-1] == phases[0].describe() and lines[-1].startswith("phase 0: steps 1-5, 4 frames x 32 px")
+    on = run_banner(phases, phases[0], 2, torch.device("cpu"), torch.float32, 123.0)
+    assert "MFU: on, against a 123 TFLOP/s bf16 peak (cpu)" in on
+    assert describe_attention_backend("padded", "cpu") == "padded"
+    assert describe_attention_backend("auto", "cuda", torch.float32).startswith("auto -> nested (fp32: ")

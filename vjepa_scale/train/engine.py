@@ -46,7 +46,7 @@ from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, check_zero_stage, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
-from vjepa_scale.train.metrics import RunLogger, StepWindow, progress_postfix
+from vjepa_scale.train.metrics import RunLogger, StepWindow, progress_postfix, run_banner
 from vjepa_scale.train.optim import make_optimizer
 from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
@@ -121,7 +121,7 @@ class Trainer:
         optimizer state of `train.init_from` or the resumed checkpoint."""
         import deepspeed
 
-        self.watchdog.phase("preparing the run folder")
+        self._setup_step("preparing the run folder")
         # Leftovers of dead saves settled, room for a checkpoint checked; then the config compare.
         self.notes = prepare_checkpoint_folder(cfg, self.run_dir, self.rank)
         ckpt = self._resume_path(resume)
@@ -143,7 +143,7 @@ class Trainer:
         self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
         self.notes += phase_lib.warmup_notes(self.phases)
 
-        self.watchdog.phase("building the models and DeepSpeed engines")
+        self._setup_step("building the models and DeepSpeed engines")
         # the init_from note, unless a resume replaces these weights by the checkpoint's
         jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
@@ -158,7 +158,7 @@ class Trainer:
         del target_fp32
         rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
         if opt_src is not None:
-            self.watchdog.phase(f"loading the optimizer state of train.init_from {opt_src}")
+            self._setup_step(f"loading the optimizer state of train.init_from {opt_src}")
             self._init_from_optimizer(opt_src)
 
         self.step = 0
@@ -172,7 +172,7 @@ class Trainer:
         self.data_loader = None
         if ckpt is not None:
             saved_world = int(read_meta(ckpt)["world_size"])
-            self.watchdog.phase(f"loading checkpoint {ckpt}" + (
+            self._setup_step(f"loading checkpoint {ckpt}" + (
                 f" (saved on {saved_world} ranks: rank 0 converts it to a universal checkpoint first)"
                 if saved_world != self.world else ""))
             self._restore(ckpt)
@@ -180,6 +180,12 @@ class Trainer:
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
         if self.peak_tflops is None:
             self.peak_tflops = device_peak_tflops(self.device)
+
+    def _setup_step(self, what: str) -> None:
+        """A step of the setup: the watchdog's phase, and a line on rank 0 (a load can take minutes)."""
+        self.watchdog.phase(what)
+        if self.is_main:
+            print(f"setup: {what}", flush=True)
 
     def _init_from_optimizer(self, opt_src: Path) -> None:
         """`train.init_from_optimizer`: weights, EMA and optimizer state of another run's checkpoint
@@ -333,11 +339,12 @@ class Trainer:
         return StepWindow(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops,
                           variable, num_datasets=0 if d.backend == "synthetic" else len(d.datasets), rank=self.rank)
 
-    def _enter_phase(self, logger: RunLogger) -> phase_lib.Phase:
-        """At the run's start or a phase boundary: name the phase, set its activation checkpointing,
-        carry the finished phase's skip counts on and drop its loader. Returns the phase."""
+    def _enter_phase(self, logger: RunLogger, first: bool) -> phase_lib.Phase:
+        """At the run's start (`first`) or a phase boundary: name the phase (at the start the banner
+        did), set its activation checkpointing, carry the finished phase's skip counts on and drop its
+        loader. Returns the phase."""
         phase = self.phase
-        if len(self.phases) > 1:
+        if not first:
             logger.write(phase.describe())
         if phase.note:
             logger.write(phase.note)
@@ -399,6 +406,9 @@ class Trainer:
                       f"nothing to train", flush=True)
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
+        if self.is_main:
+            for line in run_banner(self.phases, self.phase, self.world, self.device, self.dtype, self.peak_tflops):
+                logger.write(line)
         if self.is_main:  # this run goes on: no longer preempted, and a stale marker is past
             for name in (preempt.MARKER, f"{preempt.MARKER}.stale"):
                 (self.run_dir / name).unlink(missing_ok=True)
@@ -415,7 +425,7 @@ class Trainer:
             self._stop_if_preempted_in_setup(logger)
             while self.step < total:
                 if phase is None or self.step == phase.end:  # run start, or a phase boundary
-                    phase = self._enter_phase(logger)
+                    phase = self._enter_phase(logger, first=phase is None)
                     loader = it = None  # the previous phase's loader (and its workers) go first
                     window = self._window(phase)
                 batches, error = [], None

@@ -23,6 +23,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vjepa_scale.flops import mfu
 
+GiB = 1024 ** 3
+
 
 def _truncate_records(path: Path, last_step: int) -> None:
     """Keep the records of steps <= `last_step`; a line that does not parse (the record a killed run
@@ -182,6 +184,66 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def run_banner(phases: list, phase, world: int, device: torch.device, dtype: torch.dtype,
+               peak_tflops: Optional[float]) -> list[str]:
+    """Rank 0's description of the run before its first step: the model and its parameter count, the
+    clip and mask types, ranks, ZeRO stage, precision and batch of `phase` (the phase the run starts in),
+    the attention and kernel backends, activation checkpointing, the memory estimate (when
+    `train.memory_check` computes one), whether MFU is logged, and each phase (`Phase.describe`)."""
+    from vjepa_scale.attention import describe_attention_backend
+    from vjepa_scale.config import resolve_vit_size
+    from vjepa_scale.kernels.backend import describe_auto_backend
+    from vjepa_scale.train.memory import available_bytes, estimate_memory, local_ranks, param_counts
+
+    cfg = phase.cfg
+    m, d, dims = cfg.model, cfg.data, resolve_vit_size(cfg.model)
+    counts = param_counts(cfg)
+    enc, pred = counts.encoder, counts.online - counts.encoder
+    masks = ", ".join(f"{t.num_blocks} block(s) (area {_span(t.spatial_scale)}, time {_span(t.temporal_scale)})"
+                      for t in cfg.mask.types)
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    a = cfg.optim.grad_accum
+    batch = (f"token budget {d.tokens_per_batch} per rank (a window of {d.batch_size} stream positions) x {a} grad "
+             f"accum x {world} rank(s)" if d.tokens_per_batch is not None else
+             f"{d.batch_size} clip(s) per rank x {a} grad accum x {world} rank(s) = {d.global_batch_size} per step")
+    frac = m.checkpoint_fraction
+    lines = [
+        f"model: ViT {m.size} (width {dims.width}, depth {dims.depth}, {dims.num_heads} heads, patch {m.patch_size}, "
+        f"tubelet {m.tubelet_size}), predictor width {m.pred_width}, depth {m.pred_depth}; trained parameters "
+        f"{_count(enc)} encoder + {_count(pred)} predictor = {_count(enc + pred)} (the EMA target: {_count(enc)} more)",
+        f"clip: {d.frames_per_clip} frames x {d.crop_size} px = {phase.tokens_per_clip} tokens; {len(cfg.mask.types)} "
+        f"mask type(s): {masks}",
+        f"ranks: {world} on {device.type}, ZeRO stage {cfg.zero.stage}, precision {precision} (train.precision: "
+        f"{cfg.train.precision}); batch: {batch}",
+        f"attention: {describe_attention_backend(m.attention_backend, device, dtype)}; kernels: "
+        f"{describe_auto_backend(device)}",
+        f"activation checkpointing: {round(frac * dims.depth)} of {dims.depth} encoder and "
+        f"{round(frac * m.pred_depth)} of {m.pred_depth} predictor blocks recomputed",
+    ]
+    if cfg.train.memory_check:
+        est = estimate_memory(cfg, world, device, counts)
+        avail, how = available_bytes(device, local_ranks())
+        lines.append(f"memory estimate: {est.total / GiB:.2f} GiB per rank ({est.describe()})"
+                     + (f"; the device has {avail / GiB:.2f} GiB ({how})" if avail is not None else ""))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    if peak_tflops is None:
+        lines.append(f"MFU: off (no known bf16 peak for {name}; set train.device_peak_tflops to log it)")
+    else:
+        source = "train.device_peak_tflops" if cfg.train.device_peak_tflops is not None else name
+        lines.append(f"MFU: on, against a {peak_tflops:g} TFLOP/s bf16 peak ({source})")
+    return lines + [p.describe() for p in phases]
+
+
+def _count(n: int) -> str:
+    """A parameter count: 297.4k, 632.0M, 1.01B."""
+    return f"{n / 1e3:.1f}k" if n < 1e6 else f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+
+
+def _span(lo_hi) -> str:
+    lo, hi = lo_hi
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+
+
 def _plain(v):
     if hasattr(v, "item"):
         return v.item()
@@ -198,9 +260,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-GiB = 1024 ** 3
 
 
 def peak_memory_gib(device: torch.device) -> Optional[float]:
