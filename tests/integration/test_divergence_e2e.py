@@ -46,6 +46,8 @@ def test_divergence_exits_with_its_own_code(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == EXIT_DIVERGED == 3, (r.returncode, out[-3000:])
     assert "training diverged at step 2" in out
+    assert ("warning: step 2: the loss was inf/NaN (on some rank); its update and the EMA update were skipped (1 bad "
+            "step(s) in a row, the run stops at train.max_bad_steps=1; 1 skipped in all)") in out
     assert [int(c.name.split("_")[1]) for c in list_checkpoints(run)] == [1]
 
 

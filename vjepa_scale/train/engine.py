@@ -455,6 +455,9 @@ class Trainer:
                            stats["target_std"])
                 if on_step is not None:
                     on_step(self, stats)
+                bad = self.guard.describe_bad_step(self.step)
+                if bad is not None:
+                    logger.write(bad)
                 if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:
                     self._log_window(window, stats, phase, loader, logger)
                     window = self._window(phase)
