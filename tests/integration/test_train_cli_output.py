@@ -2,6 +2,7 @@
 import re
 
 from helpers import assert_ok, cpu_env, free_port, launch, require, train_args
+from vjepa_scale.train.metrics import read_metrics
 
 require("deepspeed")
 
@@ -11,7 +12,7 @@ def test_single_rank_cpu_run_does_not_repeat_the_reduce_scatter_deprecation(tmp_
     CPU the once-only display does not hold: without the targeted filter the FutureWarning comes back on
     nearly every step (6 of 6 here), interleaved with the progress bar."""
     r = launch("tools/train.py", *train_args(tmp_path / "run", "model.depth=1", "data.crop_size=32",
-                                             "data.global_batch_size=2", "optim.iterations=6",
+                                             "data.global_batch_size=2", "optim.iterations=6", "train.log_every=4",
                                              "train.checkpoint_every=100", "train.precision=fp32"),
                env=cpu_env(MASTER_PORT=str(free_port())), timeout=240)
     assert_ok(r)
@@ -26,5 +27,13 @@ def test_single_rank_cpu_run_does_not_repeat_the_reduce_scatter_deprecation(tmp_
              " step 6/6 "]
     assert all(s in out for s in order), out
     assert [out.index(s) for s in order] == sorted(out.index(s) for s in order), out
+    # the end-of-run summary, after the last step
+    recs = read_metrics(tmp_path / "run")
+    summary = out[out.index("run summary: "):].splitlines()
+    assert re.fullmatch(r"run summary: steps 1-6 \(6 trained\) in \d\d:\d\d wall \(setup \d\d:\d\d\)", summary[0])
+    assert re.fullmatch(r"  [\d.]+ clips/s mean over the steps' time, MFU off", summary[1])
+    assert summary[2:] == [f"  loss {recs[0]['loss']:.4f} at step {recs[0]['step']} -> {recs[-1]['loss']:.4f} at step 6",
+                           "  skipped: 0 non-finite step(s), 0 unusable data file(s) (run totals)",
+                           f"  final checkpoint: {tmp_path / 'run' / 'checkpoints' / 'step_00000006'}"]
     assert r.stderr.count("reduce_scatter_tensor` is deprecated") <= 1, r.stderr[-3000:]
     assert "all_gather_into_tensor` is deprecated" not in r.stderr, r.stderr[-3000:]  # ZeRO-3's gathers

@@ -255,3 +255,22 @@ def test_run_banner_names_model_batch_backends_memory_mfu_and_phases():
     assert "MFU: on, against a 123 TFLOP/s bf16 peak (cpu)" in on
     assert describe_attention_backend("padded", "cpu") == "padded"
     assert describe_attention_backend("auto", "cuda", torch.float32).startswith("auto -> nested (fp32: ")
+
+
+def test_run_totals_summarize_the_logged_windows():
+    """The end-of-run summary weighs each window by its steps' time (a resumed run's short first window
+    counts for what it is): mean clips/s and MFU, first and last logged loss, the run's skip totals."""
+    from vjepa_scale.train.metrics import RunTotals
+
+    t = RunTotals()
+    t.add(3, {"step_time": 1.0, "window_steps": 1, "clips_per_s": 10.0, "mfu": 0.2, "loss": 0.9, "skipped_steps": 0})
+    t.add(6, {"step_time": 0.5, "window_steps": 3, "clips_per_s": 20.0, "mfu": 0.4, "loss": 0.7, "skipped_steps": 1,
+              "data_skipped": 4})
+    lines = t.lines((3, 6), 75.0, 12.0, "RUN/checkpoints/step_00000006")
+    assert lines == ["run summary: steps 3-6 (4 trained) in 01:15 wall (setup 00:12)",
+                     "  16.0 clips/s mean over the steps' time, MFU 32.0%",  # (10 + 30 clips) / 2.5 s
+                     "  loss 0.9000 at step 3 -> 0.7000 at step 6",
+                     "  skipped: 1 non-finite step(s), 4 unusable data file(s) (run totals)",
+                     "  final checkpoint: RUN/checkpoints/step_00000006"]
+    t.add(7, {"step_time": 0.5, "window_steps": 1, "clips_per_s": 20.0, "mfu": None, "loss": 0.6})
+    assert "MFU off" in t.lines((3, 7), 80.0, 12.0, None)[1]

@@ -46,7 +46,7 @@ from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, check_zero_stage, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
-from vjepa_scale.train.metrics import RunLogger, StepWindow, progress_postfix, run_banner
+from vjepa_scale.train.metrics import RunLogger, RunTotals, StepWindow, progress_postfix, run_banner
 from vjepa_scale.train.optim import make_optimizer
 from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
@@ -107,6 +107,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.env = env or join_process_group(cfg.train.hang_timeout_s)
+        self.started = time.monotonic()  # for the end-of-run summary's wall time
         self.rank, self.world = self.env.rank, self.env.world_size
         self.device = device_for(self.env)
         self.dtype = compute_dtype(cfg.train.precision, self.device)
@@ -374,6 +375,7 @@ class Trainer:
         m.update(skip_metrics(loader, self.device, self.skip_base))  # data_skipped (+ per kind), run totals
         if len(self.phases) > 1:
             m["phase"] = phase.index
+        self.totals.add(self.step, m)
         logger.log(self.step, m)
         logger.progress(self.step, progress_postfix(m), m["eta_s"])
 
@@ -383,7 +385,7 @@ class Trainer:
         path = None
         if self.step % self.cfg.train.checkpoint_every == 0 or self.step == phase.end:
             self.watchdog.phase(f"saving checkpoint step {self.step}")
-            path = self.save()
+            path = self.last_saved = self.save()
             logger.write(f"step {self.step}: saved {path}")
         self.watchdog.phase(f"preemption check after step {self.step}")
         reason = preempt.stop_agreed(self.device) if self.step < self.cfg.optim.iterations else None
@@ -416,6 +418,7 @@ class Trainer:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         for note in self.notes:
             logger.write(note)
+        first_step, fit_start, self.totals, self.last_saved = self.step + 1, time.monotonic(), RunTotals(), None
         # model FLOPs per step of each phase, to price the steps of later phases in the ETA
         self.step_costs = [phase_lib.step_cost(p) for p in self.phases] if len(self.phases) > 1 else None
         a = cfg.optim.grad_accum
@@ -466,3 +469,7 @@ class Trainer:
         finally:
             self.watchdog.stop()
             logger.close()
+        if self.is_main:  # finished (a stop raised: the error or preemption line says what happened)
+            summary = self.totals.lines((first_step, self.step), time.monotonic() - self.started,
+                                        fit_start - self.started, self.last_saved)
+            print("\n".join(summary), flush=True)

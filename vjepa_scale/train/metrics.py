@@ -184,6 +184,41 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+class RunTotals:
+    """This invocation's logged windows, summed for the end-of-run summary (`lines`)."""
+
+    def __init__(self):
+        self.steps, self.time, self.clips, self.mfu_time, self.mfu_known = 0, 0.0, 0.0, 0.0, True
+        self.first: Optional[tuple[int, float]] = None  # (step, loss) of the first and last record
+        self.last: Optional[tuple[int, float]] = None
+        self.record: dict = {}
+
+    def add(self, step: int, m: dict) -> None:
+        """A record's metrics (`StepWindow.summary` and the trainer's keys)."""
+        t = m["step_time"] * m["window_steps"]
+        self.steps += m["window_steps"]
+        self.time += t
+        self.clips += m["clips_per_s"] * t  # the window's global clips
+        self.mfu_known = self.mfu_known and m.get("mfu") is not None
+        self.mfu_time += (m.get("mfu") or 0.0) * t
+        self.first = self.first or (step, m["loss"])
+        self.last, self.record = (step, m["loss"]), m
+
+    def lines(self, steps: tuple[int, int], wall_s: float, setup_s: float, checkpoint) -> list[str]:
+        """The summary of a finished run: steps (first, last) trained by this invocation, its wall time
+        (`setup_s` of it before the first step), throughput, loss, skips and the final checkpoint."""
+        fmt = tqdm.format_interval
+        out = [f"run summary: steps {steps[0]}-{steps[1]} ({steps[1] - steps[0] + 1} trained) in {fmt(wall_s)} wall "
+               f"(setup {fmt(setup_s)})"]
+        if self.steps:
+            mfu_text = f"MFU {100 * self.mfu_time / self.time:.1f}%" if self.mfu_known else "MFU off"
+            out += [f"  {self.clips / self.time:.1f} clips/s mean over the steps' time, {mfu_text}",
+                    f"  loss {self.first[1]:.4f} at step {self.first[0]} -> {self.last[1]:.4f} at step {self.last[0]}",
+                    f"  skipped: {self.record.get('skipped_steps', 0)} non-finite step(s), "
+                    f"{self.record.get('data_skipped', 0)} unusable data file(s) (run totals)"]
+        return out + [f"  final checkpoint: {checkpoint}"]
+
+
 def run_banner(phases: list, phase, world: int, device: torch.device, dtype: torch.dtype,
                peak_tflops: Optional[float]) -> list[str]:
     """Rank 0's description of the run before its first step: the model and its parameter count, the
