@@ -1,5 +1,7 @@
-"""Run observability: metrics.jsonl, tensorboard scalars, a rank-0 tqdm progress bar, and the step
-metrics of a log window (`StepWindow`: loss, throughput, MFU over all ranks).
+"""Run observability: metrics.jsonl, tensorboard scalars, a rank-0 tqdm progress bar (or lines), the step
+metrics of a log window (`StepWindow`: loss, throughput, MFU, data wait over all ranks), the banner before
+the first step (`run_banner`) and the end-of-run summary (`RunTotals`). Every key, its unit and kind:
+docs/METRICS.md.
 
 metrics.jsonl is strict JSON: an inf/NaN metric is written as null and named in `"nonfinite"`.
 File loaders add their skip counts to every record (`data_skipped`, `data_skipped_<kind>`,
@@ -84,7 +86,7 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         """One record: non-finite values become null, their keys listed under "nonfinite" (strict
-        JSON); floats are written to 6 significant digits (`0.04`, not `0.03999999999999998`), `time`
+        JSON); floats are written to 7 significant digits (`0.04`, not `0.03999999999999998`), `time`
         (unix seconds) to the millisecond. Tensorboard gets the finite scalars unrounded and
         `train/nonfinite_keys`, the number of keys listed under "nonfinite" (0: all finite)."""
         if not self.enabled:
@@ -286,8 +288,9 @@ def _plain(v):
 
 
 def _rounded(v):
-    """A float to 6 significant digits (metrics.jsonl); anything else as it is."""
-    return float(f"{v:.6g}") if isinstance(v, float) else v
+    """A float to 7 significant digits (metrics.jsonl: about a float32's precision, without float64 noise
+    such as 0.03999999999999998); anything else as it is."""
+    return float(f"{v:.7g}") if isinstance(v, float) else v
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
