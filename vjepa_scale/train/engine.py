@@ -306,7 +306,8 @@ class Trainer:
     def train_step(self, batches: list[Batch]) -> dict:
         """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats: the
         mean micro-batch loss, per-type loss (`loss_types`) and `target_std` (`StepCore.micro_step`), the
-        step's LR, WD and EMA momentum. A non-finite step (see `guard`) updates neither the weights nor the EMA; the step still counts."""
+        step's LR, WD and EMA momentum. A non-finite step (see `guard`) updates neither the weights nor
+        the EMA; the step still counts."""
         if len(batches) != self.cfg.optim.grad_accum:
             raise ValueError(f"train_step got {len(batches)} micro-batches; optim.grad_accum="
                              f"{self.cfg.optim.grad_accum}")
@@ -398,7 +399,8 @@ class Trainer:
             raise preempt.Preempted(self.step, path, reason)
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
-        """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
+        """Train from the current step to `optim.iterations`, logging and checkpointing on the way; rank 0
+        prints the run's banner before the first step and a summary once the last one is saved."""
         cfg = self.cfg
         total = cfg.optim.iterations
         if self.step >= total:  # nothing to train; a leftover PREEMPTED must not make a requeue loop forever
@@ -408,17 +410,17 @@ class Trainer:
                       f"nothing to train", flush=True)
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
-        if self.is_main:
+        if self.is_main:  # the banner; this run goes on: no longer preempted, and a stale marker is past
             for line in run_banner(self.phases, self.phase, self.world, self.device, self.dtype, self.peak_tflops):
                 logger.write(line)
-        if self.is_main:  # this run goes on: no longer preempted, and a stale marker is past
             for name in (preempt.MARKER, f"{preempt.MARKER}.stale"):
                 (self.run_dir / name).unlink(missing_ok=True)
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         for note in self.notes:
             logger.write(note)
-        first_step, fit_start, self.totals, self.last_saved = self.step + 1, time.monotonic(), RunTotals(), None
+        first_step, fit_start = self.step + 1, time.monotonic()
+        self.totals, self.last_saved = RunTotals(), None  # for the summary at the end
         # model FLOPs per step of each phase, to price the steps of later phases in the ETA
         self.step_costs = [phase_lib.step_cost(p) for p in self.phases] if len(self.phases) > 1 else None
         a = cfg.optim.grad_accum
