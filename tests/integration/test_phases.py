@@ -74,7 +74,7 @@ def test_phase_boundary_changes_clip_batch_grid_and_schedule(runs):
     assert sorted(m) == list(range(1, 7)) and all(torch.isfinite(torch.tensor(x["loss"])) for x in m.values())
     assert [m[s]["phase"] for s in range(1, 7)] == [0, 0, 0, 1, 1, 1]
     for s in range(1, 7):  # tokens per clip follow the phase's grid
-        assert m[s]["tokens_per_s"] == pytest.approx(m[s]["clips_per_s"] * (32 if s <= 3 else 144))
+        assert m[s]["tokens_per_s"] == pytest.approx(m[s]["clips_per_s"] * (32 if s <= 3 else 144), rel=1e-5)
     # step k's record holds the schedule of optimizer step k-1; each phase is its own piece
     lrs = [m[s]["lr"] for s in range(1, 7)]
     cool = [LR + (FINAL_LR - LR) * i / 3 for i in range(3)]
