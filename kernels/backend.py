@@ -31,6 +31,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def describe_auto_backend(device) -> str:
+    """What `auto` runs for tensors on `device`, and why (the run's banner)."""
+    if torch.device(device).type != "cuda":
+        return f"torch (auto: Triton kernels run on CUDA, not {torch.device(device).type})"
+    return "triton (auto)" if triton_available() else "torch (auto: triton is not installed)"
+
+
 def use_triton(backend: str, tensors, op: str) -> bool:
     """Resolve `backend` for kernel `op` on `tensors`; True means run the Triton kernel."""
     if backend not in KERNEL_BACKENDS:

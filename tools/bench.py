@@ -84,6 +84,9 @@ def _count(minimum: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vjepa_scale.distributed import quiet_deprecated_collectives
+
+    quiet_deprecated_collectives()  # the step suite's DeepSpeed engine row: ZeRO's per-step FutureWarnings
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--suite", nargs="+", default=None, metavar="NAME",

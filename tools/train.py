@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from vjepa_scale.distributed import dist_env, quiet_deprecated_collectives
     from vjepa_scale.train.housekeeping import check_fresh_run_dir
 
-    quiet_deprecated_collectives()  # DeepSpeed's per-step reduce_scatter_tensor FutureWarning
+    quiet_deprecated_collectives()  # DeepSpeed's per-step reduce_scatter / all_gather FutureWarnings
     from vjepa_scale.train.launch import preflight
 
     overrides = list(args.opt)

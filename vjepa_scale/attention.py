@@ -151,6 +151,23 @@ def resolve_attention_backend(name: str, device: torch.device | str, dtype: torc
     return name
 
 
+def describe_attention_backend(name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """`resolve_attention_backend`'s choice for the run's banner, with the reason for `auto`'s pick:
+    `auto -> bucketed (cpu: the fused varlen kernels need CUDA)`."""
+    chosen = resolve_attention_backend(name, device, dtype)
+    if name != "auto":
+        return chosen
+    device = torch.device(device)
+    if device.type != "cuda":
+        why = f"{device.type}: the fused varlen kernels need CUDA"
+    elif dtype == torch.float32:
+        why = "fp32: the fused varlen kernels take fp16/bf16 only"
+    else:
+        missing = [b for b in FUSED_BACKENDS if b not in available_backends(device)]
+        why = f"preferred: {' > '.join(BACKENDS[:4])}" + (f"; not available: {', '.join(missing)}" if missing else "")
+    return f"auto -> {chosen} ({why})"
+
+
 def varlen_attention(q_THD: torch.Tensor, k_THD: torch.Tensor, v_THD: torch.Tensor,
                      cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "auto") -> torch.Tensor:
     """Self-attention within each packed sequence; returns (total, heads, head_dim). `backend` as

@@ -50,12 +50,13 @@ class DistEnv:
 
 
 def quiet_deprecated_collectives() -> None:
-    """Hide torch's FutureWarning that `reduce_scatter_tensor` (which DeepSpeed's ZeRO gradient reduction
-    calls every step) is deprecated. On the CPU the once-per-place display does not hold (DeepSpeed's CPU
-    accelerator runs a numactl subprocess per step), so it would show on nearly every step, between the
-    progress bar's updates; only this warning is filtered."""
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_scatter_tensor` is deprecated",
-                            category=FutureWarning)
+    """Hide torch's FutureWarnings that `reduce_scatter_tensor` and `all_gather_into_tensor` are deprecated:
+    DeepSpeed's ZeRO calls them every step (the gradient reduction; ZeRO-2/3's parameter gathers). On the
+    CPU the once-per-place display does not hold (DeepSpeed's CPU accelerator runs a numactl subprocess
+    per step), so they would show on nearly every step, between the progress bar's updates; only these
+    two warnings are filtered."""
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
+                            r"is deprecated", category=FutureWarning)
 
 
 def expand_nodelist(nodelist: str) -> list[str]:

@@ -46,6 +46,8 @@ def test_divergence_exits_with_its_own_code(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == EXIT_DIVERGED == 3, (r.returncode, out[-3000:])
     assert "training diverged at step 2" in out
+    assert ("warning: step 2: the loss was inf/NaN (on some rank); its update and the EMA update were skipped (1 bad "
+            "step(s) in a row, the run stops at train.max_bad_steps=1; 1 skipped in all)") in out
     assert [int(c.name.split("_")[1]) for c in list_checkpoints(run)] == [1]
 
 
@@ -91,7 +93,10 @@ def test_two_rank_isolated_nan_batch_on_one_rank(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     recs = {rec["step"]: rec for rec in _strict_records(run)}
     assert [recs[s]["skipped_steps"] for s in range(1, 7)] == [0, 0, 0, 1, 1, 1]
-    assert recs[4]["nonfinite"] == ["loss", "grad_norm"] and all("nonfinite" not in recs[s] for s in (1, 2, 3, 5, 6))
+    assert recs[4]["nonfinite"] == ["loss", "loss_type0", "loss_type1", "target_std", "grad_norm"]  # NaN targets too
+    assert all("nonfinite" not in recs[s] for s in (1, 2, 3, 5, 6))
+    assert ("warning: step 4: the loss was inf/NaN (on some rank); its update and the EMA update were skipped (1 bad "
+            "step(s) in a row") in r.stdout and r.stdout.count("warning: step ") == 1  # rank 0 reports, once
     w = {int(c.name.split("_")[1]): _weights(c) for c in list_checkpoints(run)}
     assert sorted(w) == list(range(1, 7))
     assert equal_tensors(w[4], w[3])

@@ -19,6 +19,7 @@ import torch
 from helpers import assert_ok, free_port, launch, require, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.train.metrics import read_metrics
+from vjepa_scale.train.phases import plan, step_cost
 from vjepa_scale.weights import consolidate_shards, list_checkpoints, load_consolidated
 
 require("deepspeed")
@@ -73,7 +74,7 @@ def test_phase_boundary_changes_clip_batch_grid_and_schedule(runs):
     assert sorted(m) == list(range(1, 7)) and all(torch.isfinite(torch.tensor(x["loss"])) for x in m.values())
     assert [m[s]["phase"] for s in range(1, 7)] == [0, 0, 0, 1, 1, 1]
     for s in range(1, 7):  # tokens per clip follow the phase's grid
-        assert m[s]["tokens_per_s"] == pytest.approx(m[s]["clips_per_s"] * (32 if s <= 3 else 144))
+        assert m[s]["tokens_per_s"] == pytest.approx(m[s]["clips_per_s"] * (32 if s <= 3 else 144), rel=1e-5)
     # step k's record holds the schedule of optimizer step k-1; each phase is its own piece
     lrs = [m[s]["lr"] for s in range(1, 7)]
     cool = [LR + (FINAL_LR - LR) * i / 3 for i in range(3)]
@@ -81,6 +82,11 @@ def test_phase_boundary_changes_clip_batch_grid_and_schedule(runs):
     assert [m[s]["ema_momentum"] for s in range(4, 7)] == [0.5] * 3  # constant EMA in phase 1
     assert [m[s]["weight_decay"] for s in range(4, 7)] == pytest.approx([0.04] * 3)  # constant WD
     assert m[2]["ema_momentum"] > 0.5  # phase 0 keeps the linear ramp
+    # the ETA prices phase 1's steps (8 frames x 96 px) at their FLOPs per step, not at phase 0's speed
+    costs = [step_cost(p) for p in plan(load_config(runs["straight"] / "config.yaml"), 2)]
+    assert costs[1] > 2 * costs[0]
+    assert m[1]["eta_s"] == pytest.approx(m[1]["step_time"] * (2 + 3 * costs[1] / costs[0]), rel=1e-4)
+    assert m[4]["eta_s"] == pytest.approx(m[4]["step_time"] * 2, rel=1e-4)
     assert "phase 1 (cool): steps 4-6" in runs["log"]
 
 

@@ -26,6 +26,19 @@ def test_unknown_suite_is_refused(capsys):
     assert {"gather", "ema", "attention", "step", "data"} <= set(SUITES)
 
 
+def test_bench_hides_zeros_deprecated_collective_warnings():
+    """The step suite's engine row runs DeepSpeed's ZeRO, which calls torch's deprecated collectives every
+    step: tools/bench.py filters their FutureWarnings as tools/train.py does (it did not)."""
+    import warnings
+
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--device", "cpu", "--suite", "nope"])  # the filter is set first thing
+    with warnings.catch_warnings(record=True) as seen:
+        for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+            warnings.warn(f"`torch.distributed.{name}` is deprecated. Please use ...", FutureWarning)
+    assert not seen, [str(w.message) for w in seen]
+
+
 def test_step_suite_reports_throughput_and_flops():
     """The torch and reference rows in process; the engine row (DeepSpeed) runs in
     integration/test_bench_step_engine.py, which also checks its loss against the torch row's."""

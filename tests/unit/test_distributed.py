@@ -53,6 +53,23 @@ def test_compute_dtype_auto_follows_the_device():
     assert compute_dtype("fp32", torch.device("cuda", 0)) == torch.float32
 
 
+def test_quiet_deprecated_collectives_hides_only_zeros_two_warnings():
+    """ZeRO's per-step reduce_scatter_tensor and (ZeRO-2/3) all_gather_into_tensor deprecations are hidden;
+    another deprecation (or the same text as another category) still shows."""
+    import warnings
+
+    from vjepa_scale.distributed import quiet_deprecated_collectives
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_deprecated_collectives()
+        for name in ("reduce_scatter_tensor", "all_gather_into_tensor", "reduce_op"):
+            warnings.warn(f"`torch.distributed.{name}` is deprecated. Please use ...", FutureWarning)
+        warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated.", UserWarning)
+    assert [(w.category, str(w.message).split("`")[1]) for w in seen] == [
+        (FutureWarning, "torch.distributed.reduce_op"), (UserWarning, "torch.distributed.all_gather_into_tensor")]
+
+
 def test_end_process_leaves_the_group_flushes_and_keeps_the_exit_code(tmp_path):
     """A script's end after gloo collectives: the group is left, buffered output and logs reach their
     files, and the exit code is the one given (75, preempted, here), without interpreter finalization."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -121,25 +122,36 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
 
 
 def test_without_a_progress_bar_each_logged_step_is_a_line(tmp_path, capsys):
-    """train.progress_bar: false (batch jobs) prints the bar's numbers as one line per logged step; a
+    """train.progress_bar: false (batch jobs), or a stderr that is no terminal (here: captured), prints the
+    bar's numbers as one line per logged step, with the time of day, the elapsed time and the ETA; a
     disabled logger (ranks > 0) prints nothing."""
+    import re
+
     from vjepa_scale.train.metrics import progress_postfix
 
-    m = {"loss": 0.5, "lr": 1e-4, "clips_per_s": 12.0, "tokens_per_s": 3e4, "data_wait": 0.05}
+    m = {"loss": 0.5, "lr": 1e-4, "clips_per_s": 12.0, "tokens_per_s": 3e4, "data_wait": 0.05, "data_wait_max": 0.25}
     RunLogger(tmp_path / "off", False, 10, progress_bar=False).progress(5, progress_postfix(m))
     assert capsys.readouterr().out == ""
-    log = RunLogger(tmp_path, True, 10, progress_bar=False)
-    log.progress(5, progress_postfix(m))
-    log.close()
-    assert capsys.readouterr().out == "step 5/10: loss 0.5000  lr 1.00e-04  clips/s 12.0  tok/s 3e+04  wait 5%\n"
+    for bar in (False, True):
+        log = RunLogger(tmp_path / str(bar), True, 10, progress_bar=bar)
+        log.progress(5, progress_postfix(m), eta_s=3725.0)
+        log.progress(6, progress_postfix(m))
+        log.close()
+        out, err = capsys.readouterr()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d step 5/10 elapsed 00:0\d eta 1:02:05: loss 0.5000  "
+                            r"lr 1.00e-04  clips/s 12.0  tok/s 30k  wait_max 25%\n.* step 6/10 elapsed 00:0\d eta \?: .*\n",
+                            out), out
+        assert "\r" not in err
 
 
 def test_metrics_write_nonfinite_as_null(tmp_path):
-    """metrics.jsonl: strict JSON, null + "nonfinite"; tensorboard: finite scalars + train/nonfinite."""
+    """metrics.jsonl: strict JSON, null + "nonfinite", floats to 7 significant digits; tensorboard: finite
+    scalars (unrounded) + train/nonfinite_keys, the number of keys "nonfinite" lists."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     log = RunLogger(tmp_path, True, 2, progress_bar=False)
-    log.log(1, {"loss": torch.tensor(0.5), "grad_norm": 2.0, "skipped_steps": 0})
+    log.log(1, {"loss": torch.tensor(0.5), "grad_norm": 2.0, "skipped_steps": 0,
+                "weight_decay": 0.04 * 0.9999999999999995, "eta_s": 1234567.891})  # 0.03999999999999998
     log.log(2, {"loss": torch.tensor(float("nan")), "grad_norm": float("inf"), "skipped_steps": 1})
     log.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -149,12 +161,14 @@ def test_metrics_write_nonfinite_as_null(tmp_path):
 
     recs = [json.loads(line, parse_constant=refuse) for line in lines]
     assert "nonfinite" not in recs[0] and recs[0]["loss"] == 0.5
+    assert '"weight_decay": 0.04,' in lines[0] and recs[0]["eta_s"] == 1234568.0 and recs[0]["skipped_steps"] == 0
+    assert abs(recs[0]["time"] - time.time()) < 60  # unix seconds: not rounded away
     assert recs[1]["loss"] is None and recs[1]["grad_norm"] is None and recs[1]["skipped_steps"] == 1
     assert recs[1]["nonfinite"] == ["loss", "grad_norm"]
     ea = EventAccumulator(str(tmp_path / "tb"))
     ea.Reload()
     scalars = {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
-    assert scalars["train/nonfinite"] == [(1, 0.0), (2, 1.0)]
+    assert scalars["train/nonfinite_keys"] == [(1, 0.0), (2, 2.0)] and "train/nonfinite" not in scalars
     assert scalars["train/loss"] == [(1, 0.5)] and scalars["train/skipped_steps"] == [(1, 0.0), (2, 1.0)]
 
 

@@ -37,7 +37,8 @@ def test_step_core_equals_hand_written_step():
     """One StepCore step == target forward, loss, backward, clip, AdamW, fp32 EMA written out here."""
     cfg, jepa, target, (b, _) = _setup()
     ref, ref_target = copy.deepcopy(jepa), copy.deepcopy(target)
-    loss = _core(jepa, target, clip=0.05, global_norm=False).train_step([b], 0.9, 0)
+    core = _core(jepa, target, clip=0.05, global_norm=False)
+    loss = core.train_step([b], 0.9, 0)
 
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.05)
     with torch.no_grad():
@@ -48,6 +49,12 @@ def test_step_core_equals_hand_written_step():
     assert norm > 0.05  # the clip was active
     opt.step()
     assert float(loss) == float(want.detach())
+    # for the log: each mask type's loss (their mean is the loss) and the spread of the target features
+    core_stats = core.last_stats
+    types = core_stats["loss_types"]
+    assert types.shape == (2,) and float(types.mean()) == float(loss) and float(types[0]) != float(types[1])
+    assert float(core_stats["target_std"]) == pytest.approx(float(tg.std(dim=0, correction=0).mean()), rel=1e-6)
+    assert 0.5 < float(core_stats["target_std"]) < 1.5  # layer-normed features of a random encoder: about 1
     for p, q in zip(jepa.parameters(), ref.parameters()):
         assert torch.equal(p, q)
     for t, t0, o in zip(target.parameters(), ref_target.parameters(), ref.encoder.parameters()):
@@ -94,10 +101,11 @@ def test_per_type_passes_equal_packed_pass(truncate):
     assert l1 == pytest.approx(l0, rel=1e-5)
     for a, c in zip(g0, g1):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
-    # a global per-type norm is applied per type too
+    # a global per-type norm is applied per type too; each path gives the same per-type losses
     norm = torch.tensor([5.0, 7.0])
-    assert float(jepa(b.video, b.masks, tg, norm, per_type=True)) == pytest.approx(
-        float(jepa(b.video, b.masks, tg, norm)), rel=1e-5)
+    (l0, t0), (l1, t1) = (jepa(b.video, b.masks, tg, norm, per_type=p, with_types=True) for p in (False, True))
+    assert float(l1) == pytest.approx(float(l0), rel=1e-5) and float(l0) == float(t0.mean())
+    torch.testing.assert_close(t1, t0, rtol=1e-5, atol=0)
 
 
 def test_for_type_equals_packing_one_type():

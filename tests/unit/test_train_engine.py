@@ -16,6 +16,7 @@ from vjepa_scale.masks import MultiBlockMasker
 from vjepa_scale.models import JEPA, compute_targets, make_target_encoder
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.launch import preflight
+from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.train.schedules import ema_momentum, learning_rate, weight_decay
 
 require("deepspeed")
@@ -110,6 +111,15 @@ def test_resume_with_changed_betas_and_eps_uses_the_new_ones(tmp_path):
     assert all(float(tr.optimizer.state[p]["step"]) == STEPS for g in groups for p in g["params"])  # moments kept
     tr.fit()
     assert tr.step == STEPS + 1 and [(g["betas"], g["eps"]) for g in groups] == [((0.5, 0.6), 0.1)] * 2
+    # The resumed run's first record (step 5, the run's end) averages 1 step, the first run's 4 (steps 1-4):
+    # `window_steps` says so. samples_seen is global (2 clips per step); the per-type losses average to the
+    # loss; on the CPU no mem_peak_gib.
+    recs = read_metrics(tmp_path / "run")
+    assert [(r["step"], r["window_steps"], r["samples_seen"]) for r in recs] == [(4, 4, 8), (5, 1, 10)]
+    for r in recs:
+        assert r["loss_type0"] + r["loss_type1"] == pytest.approx(2 * r["loss"], rel=1e-5) and r["target_std"] > 0
+        assert r["data_wait_max"] == pytest.approx(r["data_wait"], rel=1e-5) and r["data_wait_max_rank"] == 0
+        assert "mem_peak_gib" not in r
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -184,7 +194,8 @@ def test_auto_checkpointing_follows_each_phase(tmp_path, monkeypatch, capsys):
     tr.fit(on_step=lambda t, s: seen.append(list(t.engine.module.encoder.transformer.checkpointed)))
     assert seen[0] == seen[1] == [False] * 4 and any(seen[2]) and seen[2] == seen[3]
     log = capsys.readouterr().out
-    assert "auto -> 0 (0 of 4 encoder blocks" in log and "the test card" in log and log.count("auto ->") == 2
+    assert "auto -> 0 (0 of 4 encoder blocks" in log and "the test card" in log
+    assert log.count("activation_checkpointing: auto ->") == 2  # a note per phase (the banner names attention's auto)
 
 
 def test_init_from_is_logged_with_its_source_and_what_it_loaded(tmp_path, capsys):

@@ -29,28 +29,33 @@ class JEPA(nn.Module):
             compile_blocks(self)
 
     def forward(self, video_BCTHW: torch.Tensor, masks: MaskBatch, targets_TD: torch.Tensor,
-                type_norm: Optional[torch.Tensor] = None, per_type: bool = False) -> torch.Tensor:
-        """The loss; `type_norm` as in `jepa_loss` (None: this batch's own per-type means).
+                type_norm: Optional[torch.Tensor] = None, per_type: bool = False,
+                with_types: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The loss, the mean over mask types of each type's loss; `type_norm` as in `jepa_loss` (None:
+        this batch's own per-type means). with_types: (loss, the (M,) per-type losses) instead.
 
         per_type: the reference's schedule, one encoder and one predictor call per mask type
         (`MaskBatch.for_type`), instead of one packed call each; the same loss up to float rounding.
         """
         if per_type:
-            return self.forward_per_type(video_BCTHW, masks, targets_TD, type_norm)
-        pred_TD = self.predict(video_BCTHW, masks)
-        return jepa_loss(pred_TD, targets_TD, masks.tgt_type_bounds, self.loss_exp, type_norm)
+            types = self.forward_per_type(video_BCTHW, masks, targets_TD, type_norm)
+        else:
+            pred_TD = self.predict(video_BCTHW, masks)
+            types = jepa_type_losses(pred_TD, targets_TD, masks.tgt_type_bounds, self.loss_exp, type_norm)
+        loss = types.mean()
+        return (loss, types) if with_types else loss
 
     def forward_per_type(self, video_BCTHW: torch.Tensor, masks: MaskBatch, targets_TD: torch.Tensor,
                          type_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """`forward` with two passes (one per mask type): the mean over types of each type's loss."""
+        """The (M,) per-type losses of `forward` with one pass per mask type."""
         losses = []
         for m in range(masks.num_types):
             a, b = masks.tgt_type_bounds[m], masks.tgt_type_bounds[m + 1]
             sub = masks.for_type(m)
             norm = None if type_norm is None else type_norm[m:m + 1]
-            losses.append(jepa_loss(self.predict(video_BCTHW, sub), targets_TD[a:b], sub.tgt_type_bounds,
-                                    self.loss_exp, norm))
-        return torch.stack(losses).mean()
+            losses.append(jepa_type_losses(self.predict(video_BCTHW, sub), targets_TD[a:b], sub.tgt_type_bounds,
+                                           self.loss_exp, norm))
+        return torch.cat(losses)
 
     def predict(self, video_BCTHW: torch.Tensor, masks: MaskBatch) -> torch.Tensor:
         """One packed encoder call over all (type, sample) contexts, one predictor call -> (T_tgt, D)."""
@@ -86,7 +91,14 @@ def compute_targets(target_encoder: nn.Module, video_BCTHW: torch.Tensor, masks:
 
 def jepa_loss(pred_TD: torch.Tensor, target_TD: torch.Tensor, type_bounds: list[int], p: float = 1.0,
               type_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """mean |pred - target|^p / p within each mask type's targets, averaged over mask types.
+    """mean |pred - target|^p / p within each mask type's targets, averaged over mask types (the mean of
+    `jepa_type_losses`)."""
+    return jepa_type_losses(pred_TD, target_TD, type_bounds, p, type_norm).mean()
+
+
+def jepa_type_losses(pred_TD: torch.Tensor, target_TD: torch.Tensor, type_bounds: list[int], p: float = 1.0,
+                     type_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(M,): mean |pred - target|^p / p within each mask type's targets.
 
     type_norm: (M,) divisor of each type's error sum instead of its local token count x D. The
     trainer passes the type's token count over all ranks / world size (`global_type_norm`): each
@@ -101,7 +113,7 @@ def jepa_loss(pred_TD: torch.Tensor, target_TD: torch.Tensor, type_bounds: list[
             losses.append(err.mean() / p)
         else:
             losses.append(err.sum() / (type_norm[m] * err.shape[-1]) / p)
-    return torch.stack(losses).mean()
+    return torch.stack(losses)
 
 
 def global_type_norm(masks: MaskBatch, device: torch.device) -> torch.Tensor:

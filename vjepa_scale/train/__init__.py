@@ -22,7 +22,7 @@
   disk-full errors while saving, and the model check when resuming.
 - `zero_compat`: every DeepSpeed internal relied on (ZeRO-3 shards and their layout, fp32 masters,
   the op-compatibility table), checked by tests/unit/test_zero_compat.py.
-- `metrics`: metrics.jsonl, tensorboard and the rank-0 progress bar.
+- `metrics`: metrics.jsonl, tensorboard, the rank-0 progress bar, the run's banner and summary (docs/METRICS.md).
 - `guard`: divergence guard (non-finite steps skipped on every rank, stop after `train.max_bad_steps`
   in a row, no checkpoint of non-finite weights).
 - `watchdog`: per-rank hang watchdog (`train.hang_timeout_s`): names the stalled phase, ends the rank.

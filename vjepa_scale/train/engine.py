@@ -46,7 +46,7 @@ from vjepa_scale.train.ema import ShardedEMA
 from vjepa_scale.train.guard import DivergenceGuard, check_deepspeed_config
 from vjepa_scale.train.housekeeping import check_resume_config, check_zero_stage, prepare_checkpoint_folder
 from vjepa_scale.train.launch import deepspeed_config, join_process_group
-from vjepa_scale.train.metrics import RunLogger, StepWindow, progress_postfix
+from vjepa_scale.train.metrics import RunLogger, RunTotals, StepWindow, progress_postfix, run_banner
 from vjepa_scale.train.optim import make_optimizer
 from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
@@ -107,6 +107,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.env = env or join_process_group(cfg.train.hang_timeout_s)
+        self.started = time.monotonic()  # for the end-of-run summary's wall time
         self.rank, self.world = self.env.rank, self.env.world_size
         self.device = device_for(self.env)
         self.dtype = compute_dtype(cfg.train.precision, self.device)
@@ -121,7 +122,7 @@ class Trainer:
         optimizer state of `train.init_from` or the resumed checkpoint."""
         import deepspeed
 
-        self.watchdog.phase("preparing the run folder")
+        self._setup_step("preparing the run folder")
         # Leftovers of dead saves settled, room for a checkpoint checked; then the config compare.
         self.notes = prepare_checkpoint_folder(cfg, self.run_dir, self.rank)
         ckpt = self._resume_path(resume)
@@ -143,7 +144,7 @@ class Trainer:
         self.phases = phase_lib.plan(cfg, self.world)  # [one phase made of cfg] without `phases`
         self.notes += phase_lib.warmup_notes(self.phases)
 
-        self.watchdog.phase("building the models and DeepSpeed engines")
+        self._setup_step("building the models and DeepSpeed engines")
         # the init_from note, unless a resume replaces these weights by the checkpoint's
         jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
@@ -158,7 +159,7 @@ class Trainer:
         del target_fp32
         rng.seed_everything(cfg.train.seed, self.rank)  # per rank; a resume restores the saved states
         if opt_src is not None:
-            self.watchdog.phase(f"loading the optimizer state of train.init_from {opt_src}")
+            self._setup_step(f"loading the optimizer state of train.init_from {opt_src}")
             self._init_from_optimizer(opt_src)
 
         self.step = 0
@@ -172,7 +173,7 @@ class Trainer:
         self.data_loader = None
         if ckpt is not None:
             saved_world = int(read_meta(ckpt)["world_size"])
-            self.watchdog.phase(f"loading checkpoint {ckpt}" + (
+            self._setup_step(f"loading checkpoint {ckpt}" + (
                 f" (saved on {saved_world} ranks: rank 0 converts it to a universal checkpoint first)"
                 if saved_world != self.world else ""))
             self._restore(ckpt)
@@ -180,6 +181,12 @@ class Trainer:
         self.peak_tflops = cfg.train.device_peak_tflops  # for MFU; None: unknown (no MFU logged)
         if self.peak_tflops is None:
             self.peak_tflops = device_peak_tflops(self.device)
+
+    def _setup_step(self, what: str) -> None:
+        """A step of the setup: the watchdog's phase, and a line on rank 0 (a load can take minutes)."""
+        self.watchdog.phase(what)
+        if self.is_main:
+            print(f"setup: {what}", flush=True)
 
     def _init_from_optimizer(self, opt_src: Path) -> None:
         """`train.init_from_optimizer`: weights, EMA and optimizer state of another run's checkpoint
@@ -297,18 +304,23 @@ class Trainer:
         return self.core.micro_step(batch, self.step)
 
     def train_step(self, batches: list[Batch]) -> dict:
-        """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats.
-        A non-finite step (see `guard`) updates neither the weights nor the EMA; the step still counts."""
+        """One optimizer step over `grad_accum` micro-batches, then the EMA update. Returns stats: the
+        mean micro-batch loss, per-type loss (`loss_types`) and `target_std` (`StepCore.micro_step`), the
+        step's LR, WD and EMA momentum. A non-finite step (see `guard`) updates neither the weights nor
+        the EMA; the step still counts."""
         if len(batches) != self.cfg.optim.grad_accum:
             raise ValueError(f"train_step got {len(batches)} micro-batches; optim.grad_accum="
                              f"{self.cfg.optim.grad_accum}")
         s = self.schedule(self.step)
         self._set_schedules(s.lr, s.weight_decay)
-        losses = [self.micro_step(b) for b in batches]
+        losses, micro = [], []
+        for b in batches:
+            losses.append(self.micro_step(b))
+            micro.append(self.core.last_stats)
         self.core.end_step(s.momentum, self.step)  # EMA, unless the guard skipped the step
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": s.lr, "weight_decay": s.weight_decay,
-                "momentum": s.momentum}
+                "momentum": s.momentum, **{k: torch.stack([x[k] for x in micro]).mean(0) for k in micro[0]}}
 
     def save(self) -> Path:
         return ckpt_lib.save_checkpoint(
@@ -327,13 +339,14 @@ class Trainer:
         d = phase.cfg.data
         variable = d.is_mixed(phase.cfg.model.tubelet_size)  # clips / tokens per step vary
         return StepWindow(self.device, self.world, phase.global_batch, phase.tokens_per_clip, self.peak_tflops,
-                          variable, num_datasets=0 if d.backend == "synthetic" else len(d.datasets))
+                          variable, num_datasets=0 if d.backend == "synthetic" else len(d.datasets), rank=self.rank)
 
-    def _enter_phase(self, logger: RunLogger) -> phase_lib.Phase:
-        """At the run's start or a phase boundary: name the phase, set its activation checkpointing,
-        carry the finished phase's skip counts on and drop its loader. Returns the phase."""
+    def _enter_phase(self, logger: RunLogger, first: bool) -> phase_lib.Phase:
+        """At the run's start (`first`) or a phase boundary: name the phase (at the start the banner
+        did), set its activation checkpointing, carry the finished phase's skip counts on and drop its
+        loader. Returns the phase."""
         phase = self.phase
-        if len(self.phases) > 1:
+        if not first:
             logger.write(phase.describe())
         if phase.note:
             logger.write(phase.note)
@@ -356,13 +369,16 @@ class Trainer:
     def _log_window(self, window: StepWindow, stats: dict, phase: phase_lib.Phase, loader, logger: RunLogger) -> None:
         """A log point: the window's metrics over all ranks, skipped steps and the data skips (run totals)."""
         self.watchdog.phase(f"metrics all-reduce step {self.step}")
-        m = window.summary(stats, self.cfg.optim.iterations - self.step, self.engine.get_global_grad_norm())
+        left = phase_lib.steps_left(self.phases, self.step, self.step_costs)  # later phases at their own cost
+        m = window.summary(stats, left, self.engine.get_global_grad_norm())
         m["skipped_steps"] = self.guard.skipped_steps
+        m["samples_seen"] = self.data_position()["samples_seen"]  # global, as meta.json records it
         m.update(skip_metrics(loader, self.device, self.skip_base))  # data_skipped (+ per kind), run totals
         if len(self.phases) > 1:
             m["phase"] = phase.index
+        self.totals.add(self.step, m)
         logger.log(self.step, m)
-        logger.progress(self.step, progress_postfix(m))
+        logger.progress(self.step, progress_postfix(m), m["eta_s"])
 
     def _save_or_stop(self, phase: phase_lib.Phase, logger: RunLogger) -> None:
         """After a step: save at `train.checkpoint_every` and at the phase's end; then the preemption
@@ -370,7 +386,7 @@ class Trainer:
         path = None
         if self.step % self.cfg.train.checkpoint_every == 0 or self.step == phase.end:
             self.watchdog.phase(f"saving checkpoint step {self.step}")
-            path = self.save()
+            path = self.last_saved = self.save()
             logger.write(f"step {self.step}: saved {path}")
         self.watchdog.phase(f"preemption check after step {self.step}")
         reason = preempt.stop_agreed(self.device) if self.step < self.cfg.optim.iterations else None
@@ -383,7 +399,8 @@ class Trainer:
             raise preempt.Preempted(self.step, path, reason)
 
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
-        """Train from the current step to `optim.iterations`, logging and checkpointing on the way."""
+        """Train from the current step to `optim.iterations`, logging and checkpointing on the way; rank 0
+        prints the run's banner before the first step and a summary once the last one is saved."""
         cfg = self.cfg
         total = cfg.optim.iterations
         if self.step >= total:  # nothing to train; a leftover PREEMPTED must not make a requeue loop forever
@@ -393,13 +410,19 @@ class Trainer:
                       f"nothing to train", flush=True)
             return
         logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
-        if self.is_main:  # this run goes on: no longer preempted, and a stale marker is past
+        if self.is_main:  # the banner; this run goes on: no longer preempted, and a stale marker is past
+            for line in run_banner(self.phases, self.phase, self.world, self.device, self.dtype, self.peak_tflops):
+                logger.write(line)
             for name in (preempt.MARKER, f"{preempt.MARKER}.stale"):
                 (self.run_dir / name).unlink(missing_ok=True)
         if self.resumed_from is not None:
             logger.write(f"resumed from {self.resumed_from} at step {self.step}")
         for note in self.notes:
             logger.write(note)
+        first_step, fit_start = self.step + 1, time.monotonic()
+        self.totals, self.last_saved = RunTotals(), None  # for the summary at the end
+        # model FLOPs per step of each phase, to price the steps of later phases in the ETA
+        self.step_costs = [phase_lib.step_cost(p) for p in self.phases] if len(self.phases) > 1 else None
         a = cfg.optim.grad_accum
         phase, loader, it, window = None, None, None, None
         self.watchdog.start()
@@ -407,7 +430,7 @@ class Trainer:
             self._stop_if_preempted_in_setup(logger)
             while self.step < total:
                 if phase is None or self.step == phase.end:  # run start, or a phase boundary
-                    phase = self._enter_phase(logger)
+                    phase = self._enter_phase(logger, first=phase is None)
                     loader = it = None  # the previous phase's loader (and its workers) go first
                     window = self._window(phase)
                 batches, error = [], None
@@ -423,9 +446,9 @@ class Trainer:
                     batches = [next(it) for _ in range(a)]
                 except Exception as e:
                     error = e
-                t1 = time.perf_counter()
+                t1 = time.perf_counter()  # this rank's own data wait ends here; a wait for a slower rank
                 self.watchdog.phase(f"agreeing that every rank loaded its batch for step {self.step + 1}")
-                agree_loaded(error, self.step + 1, self.rank)
+                agree_loaded(error, self.step + 1, self.rank)  # is step time (see StepWindow: data_wait_max)
                 report_skips(loader)  # the epochs these batches closed: a collective, now on every rank
                 flops = sum(train_flops(phase.cfg, b.masks)["total"] for b in batches)
                 stats = self.train_step(batches)
@@ -433,9 +456,13 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 t2 = time.perf_counter()
                 window.add(stats["loss"], t1 - t0, t2 - t0, flops, sum(b.num_clips for b in batches),
-                           sum(b.num_tokens for b in batches), dataset_clips(loader, batches))
+                           sum(b.num_tokens for b in batches), dataset_clips(loader, batches), stats["loss_types"],
+                           stats["target_std"])
                 if on_step is not None:
                     on_step(self, stats)
+                bad = self.guard.describe_bad_step(self.step)
+                if bad is not None:
+                    logger.write(bad)
                 if self.step % cfg.train.log_every == 0 or self.step == phase.end or self.guard.diverged:
                     self._log_window(window, stats, phase, loader, logger)
                     window = self._window(phase)
@@ -444,3 +471,7 @@ class Trainer:
         finally:
             self.watchdog.stop()
             logger.close()
+        if self.is_main:  # finished (a stop raised: the error or preemption line says what happened)
+            summary = self.totals.lines((first_step, self.step), time.monotonic() - self.started,
+                                        fit_start - self.started, self.last_saved)
+            print("\n".join(summary), flush=True)

@@ -78,6 +78,7 @@ class DivergenceGuard:
         self.bad_in_row = 0
         self.streak_start: Optional[int] = None
         self.last_finite: Optional[tuple[int, float]] = None  # (step, mean loss over ranks)
+        self.last_bad: Optional[str] = None  # what made the last step bad (None: it was not)
         self._losses: list[torch.Tensor] = []
         self._loss_bad = False
         self._step_loss: Optional[float] = None
@@ -128,7 +129,10 @@ class DivergenceGuard:
             raise RuntimeError(f"step {step}: DeepSpeed applied an optimizer update although the loss or "
                                f"gradient norm ({norm}) is non-finite; this DeepSpeed mode has no overflow "
                                f"check the divergence guard knows of")
+        self.last_bad = None
         if bad:
+            self.last_bad = ("the loss was inf/NaN (on some rank)" if self._loss_bad else
+                             f"the gradient norm was {norm}" if norm_bad else "DeepSpeed skipped the update")
             self.skipped_steps += 1
             self.bad_in_row += 1
             if self.bad_in_row == 1:
@@ -141,6 +145,14 @@ class DivergenceGuard:
         self._loss_bad = False
         self._dropped = False
         return not bad
+
+    def describe_bad_step(self, step: int) -> Optional[str]:
+        """A warning line for step `step` when `after_step` found it bad (None when it was fine)."""
+        if self.last_bad is None:
+            return None
+        return (f"warning: step {step}: {self.last_bad}; its update and the EMA update were skipped ({self.bad_in_row} "
+                f"bad step(s) in a row, the run stops at train.max_bad_steps={self.max_bad_steps}; "
+                f"{self.skipped_steps} skipped in all)")
 
     def state(self) -> dict:
         """meta.json's record of the guard: the skip count and the current streak, so that a diverging

@@ -175,6 +175,30 @@ def phase_at(phases: list[Phase], step: int) -> Phase:
     return phases[-1]
 
 
+def step_cost(phase: Phase, draws: int = 4) -> float:
+    """Expected model FLOPs of one optimizer step of `phase` on one rank: `flops.train_flops` of the masks
+    of `draws` steps drawn for the phase's clip grid and per-rank batch (a token budget: its window of
+    stream positions; datasets with their own clip shape are priced at the phase's)."""
+    from vjepa_scale.flops import train_flops
+    from vjepa_scale.masks import MultiBlockMasker
+
+    cfg = phase.cfg
+    masker = MultiBlockMasker(cfg.mask, cfg.grid)
+    flops = [train_flops(cfg, masker(cfg.data.batch_size, step=s))["total"] for s in range(draws)]
+    return cfg.optim.grad_accum * sum(flops) / draws
+
+
+def steps_left(phases: list[Phase], step: int, costs: Optional[list[float]] = None) -> float:
+    """The optimizer steps after `step`, counted in steps of the phase `step` is in: a later phase's steps
+    weigh its `costs[i] / costs[here]` (`step_cost` of each phase; None: every step alike), so an ETA of
+    steps_left x the current step time prices a 64-frame cooldown at its own speed, not at 16 frames'."""
+    here = phase_at(phases, step)
+    left = float(max(0, here.end - step))
+    for p in phases[here.index + 1:]:
+        left += p.steps * (1.0 if costs is None else costs[p.index] / costs[here.index])
+    return left
+
+
 def samples_at(phases: list[Phase], step: int) -> int:
     """Global samples consumed by the first `step` optimizer steps."""
     return sum(max(0, min(step, p.end) - p.start) * p.global_batch for p in phases)

@@ -87,6 +87,7 @@ class StepCore:
         self.device, self.dtype = torch.device(device), dtype
         self.autocast, self.global_norm, self.per_type = autocast, global_norm, per_type
         self.phase = phase or (lambda what: None)
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     def _amp(self):
         if self.autocast is None:
@@ -96,16 +97,22 @@ class StepCore:
     def micro_step(self, batch: Batch, step: int) -> torch.Tensor:
         """Forward + backward of one micro-batch of optimizer step `step` (0-based); the engine steps
         at the accumulation boundary (a no-op when the guard finds the step non-finite). Returns the
-        detached loss."""
+        detached loss; `last_stats` then holds the micro-batch's numbers for the log (device tensors):
+        `loss_types`, the (M,) loss of each mask type (the loss is their mean), and `target_std`, the
+        spread of the target features over the batch's target tokens (the std over tokens of each
+        feature, averaged over features; the targets are layer-normed per token, so a target encoder
+        collapsing towards one output for every token drives it to 0)."""
         self.phase(f"forward/backward step {step + 1}")
         on_device = batch.to(self.device, self.dtype)
         video, masks = on_device.video, on_device.masks
         with self._amp():
             with torch.no_grad():
                 targets = compute_targets(self.target, video, masks)
+                target_std = targets.std(dim=0, correction=0).float().mean()
             # global per-type token mean: the loss does not depend on how the slots split over ranks
             norm = global_type_norm(masks, self.device) if self.global_norm else None
-            loss = self.engine(video, masks, targets, norm, per_type=self.per_type)
+            loss, type_losses = self.engine(video, masks, targets, norm, per_type=self.per_type, with_types=True)
+        self.last_stats = {"loss_types": type_losses.detach(), "target_std": target_std}
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.backward(self.guard.loss_for_backward(loss, boundary) if self.guard else loss)
         if boundary:

@@ -22,7 +22,11 @@ weights on CPU without GPUs or a distributed launch, from any world size.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
+import logging
 import math
 import re
 import zipfile
@@ -236,7 +240,8 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
     ckpt, notes = loadable_checkpoint(path)
     meta = read_meta(ckpt)
     cfg = load_config(ckpt / "config.yaml")
-    online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
+    with _quiet_zero_to_fp32():
+        online = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag=DS_TAG)
     online = {k: v.float().clone() for k, v in online.items()}
     encoder = {k[len("encoder."):]: v for k, v in online.items() if k.startswith("encoder.")}
     predictor = {k[len("predictor."):]: v for k, v in online.items() if k.startswith("predictor.")}
@@ -247,3 +252,22 @@ def load_consolidated(path: str | Path, which: str = "target") -> dict:
             target[k] = encoder[k]
         encoder = target
     return {"config": cfg, "step": int(meta["step"]), "encoder": encoder, "predictor": predictor, "notes": notes}
+
+
+@contextlib.contextmanager
+def _quiet_zero_to_fp32():
+    """DeepSpeed's consolidation without its chatter: its prints ("Processing zero checkpoint ...",
+    "Detected checkpoint of type ...") are swallowed, its logger says only errors and its tqdm bars
+    ("Loading checkpoint shards", "Gathering sharded weights") are disabled; errors still raise."""
+    from deepspeed.utils import logger as ds_logger
+    from deepspeed.utils import zero_to_fp32
+
+    level, bar = ds_logger.level, zero_to_fp32.tqdm
+    ds_logger.setLevel(logging.ERROR)
+    zero_to_fp32.tqdm = functools.partial(bar, disable=True)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        ds_logger.setLevel(level)
+        zero_to_fp32.tqdm = bar
