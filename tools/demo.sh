@@ -19,13 +19,10 @@ PORT=${MASTER_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0
   --opt data.backend=cpu --opt "data.datasets=[{path: $VIDEOS/train.txt}]" --opt data.num_workers=1 "$@"
 "$PY" - "$OUT" <<'PY'
 import sys
-from vjepa_scale.weights import find_latest
 from vjepa_scale.train.metrics import read_metrics
 run = sys.argv[1]
 recs = read_metrics(run)
 first, last = recs[0], recs[-1]
-print(f"loss {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']})")
-print(f"checkpoint: {find_latest(run)}")
 print(f"metrics: {run}/metrics.jsonl   tensorboard: tensorboard --logdir {run}/tb")
 if not last["loss"] < first["loss"]:
     sys.exit("demo: the loss did not fall")

@@ -295,4 +295,5 @@ def resolve_checkpointing(cfg: Config, world_size: int,
 
 
 def _gib(n: float) -> str:
-    return f"{n / GiB:.2f} GiB"
+    """Bytes as GiB; under 0.01 GiB as MiB, so a small component does not read 0.00 GiB."""
+    return f"{n / GiB:.2f} GiB" if n >= 0.01 * GiB else f"{n / 1024 ** 2:.1f} MiB"
