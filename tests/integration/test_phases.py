@@ -86,6 +86,7 @@ def test_phase_boundary_changes_clip_batch_grid_and_schedule(runs):
     costs = [step_cost(p) for p in plan(load_config(runs["straight"] / "config.yaml"), 2)]
     assert costs[1] > 2 * costs[0]
     assert m[1]["eta_s"] == pytest.approx(m[1]["step_time"] * (2 + 3 * costs[1] / costs[0]), rel=1e-4)
+    assert m[3]["eta_s"] == pytest.approx(m[3]["step_time"] * 3 * costs[1] / costs[0], rel=1e-4)  # phase 0's end
     assert m[4]["eta_s"] == pytest.approx(m[4]["step_time"] * 2, rel=1e-4)
     assert "phase 1 (cool): steps 4-6" in runs["log"]
 

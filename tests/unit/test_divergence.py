@@ -151,7 +151,7 @@ def test_metrics_write_nonfinite_as_null(tmp_path):
 
     log = RunLogger(tmp_path, True, 2, progress_bar=False)
     log.log(1, {"loss": torch.tensor(0.5), "grad_norm": 2.0, "skipped_steps": 0,
-                "weight_decay": 0.04 * 0.9999999999999995, "eta_s": 1234567.891})  # 0.03999999999999998
+                "weight_decay": 0.04 * 0.9999999999999995, "eta_s": 1234567.8912})  # 0.03999999999999998
     log.log(2, {"loss": torch.tensor(float("nan")), "grad_norm": float("inf"), "skipped_steps": 1})
     log.close()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -161,7 +161,7 @@ def test_metrics_write_nonfinite_as_null(tmp_path):
 
     recs = [json.loads(line, parse_constant=refuse) for line in lines]
     assert "nonfinite" not in recs[0] and recs[0]["loss"] == 0.5
-    assert '"weight_decay": 0.04,' in lines[0] and recs[0]["eta_s"] == 1234568.0 and recs[0]["skipped_steps"] == 0
+    assert '"weight_decay": 0.04,' in lines[0] and recs[0]["eta_s"] == 1234567.89 and recs[0]["skipped_steps"] == 0
     assert abs(recs[0]["time"] - time.time()) < 60  # unix seconds: not rounded away
     assert recs[1]["loss"] is None and recs[1]["grad_norm"] is None and recs[1]["skipped_steps"] == 1
     assert recs[1]["nonfinite"] == ["loss", "grad_norm"]

@@ -184,7 +184,7 @@ def test_step_window_reduces_over_ranks_with_the_slowest_ranks_wait(monkeypatch)
     windows = [StepWindow(torch.device("cpu"), 2, 8, 16, None, rank=r) for r in (0, 1)]
     for r, w in enumerate(windows):
         for step in range(2):
-            w.add(torch.tensor(0.5 + r), wait=0.3 * r, step_time=1.0, flops=1e9,
+            w.add(torch.tensor(0.5 + r), wait=0.3 * r, step_time=1.0 + r, flops=1e9,
                   loss_types=torch.tensor([0.4, 0.6 + 2 * r]), target_std=torch.tensor(0.8 + 0.2 * r))
     sent = []
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
@@ -193,9 +193,10 @@ def test_step_window_reduces_over_ranks_with_the_slowest_ranks_wait(monkeypatch)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda v: v.add_(sent[0]))
     m = windows[0].summary(stats, 3, 2.0)
     assert m["loss"] == 1.0 and (m["loss_type0"], m["loss_type1"]) == pytest.approx((0.4, 1.6))
-    assert m["target_std"] == pytest.approx(0.9) and m["window_steps"] == 2 and m["step_time"] == 1.0
-    assert m["data_wait"] == pytest.approx(0.15) and m["data_wait_max"] == pytest.approx(0.3)
-    assert m["data_wait_max_rank"] == 1 and "mem_peak_gib" not in m and m["eta_s"] == 3.0
+    assert m["target_std"] == pytest.approx(0.9) and m["window_steps"] == 2 and m["step_time"] == 1.5
+    # the ranks' mean share 0.6 s / 6 s; the largest: rank 1's own 0.6 s of its 4 s
+    assert m["data_wait"] == pytest.approx(0.1) and m["data_wait_max"] == pytest.approx(0.15)
+    assert m["data_wait_max_rank"] == 1 and "mem_peak_gib" not in m and m["eta_s"] == 4.5
 
     peaks = iter([2.5, 1.5])  # rank 1's, then rank 0's peak memory (as on CUDA)
     monkeypatch.setattr(metrics, "peak_memory_gib", lambda device: next(peaks))
@@ -226,6 +227,8 @@ def test_eta_prices_later_phases_at_their_own_cost():
     assert 4 < ratio < 20
     assert steps_left(phases, 2, costs) == pytest.approx(4 + 4 * ratio)
     assert steps_left(phases, 2) == 8 and steps_left(phases, 7, costs) == 3 and steps_left(phases, 10, costs) == 0
+    # at phase 0's last step the step time measured is phase 0's: phase 1's steps still weigh their cost
+    assert steps_left(phases, 6, costs) == pytest.approx(4 * ratio)
 
 
 def test_run_banner_names_model_batch_backends_memory_mfu_and_phases():

@@ -398,6 +398,14 @@ class Trainer:
                 preempt.write_marker(self.run_dir, self.step, path, reason)
             raise preempt.Preempted(self.step, path, reason)
 
+    def _banner(self, logger: RunLogger) -> None:
+        """Rank 0's description of the run before its first step; a failure to describe it is a warning."""
+        try:
+            for line in run_banner(self.phases, self.phase, self.world, self.device, self.dtype, self.peak_tflops):
+                logger.write(line)
+        except Exception as e:  # the banner is information: it must never stop a run (or leave ranks waiting)
+            logger.write(f"warning: could not describe the run ({type(e).__name__}: {e})")
+
     def fit(self, on_step: Optional[Callable[["Trainer", dict], None]] = None) -> None:
         """Train from the current step to `optim.iterations`, logging and checkpointing on the way; rank 0
         prints the run's banner before the first step and a summary once the last one is saved."""
@@ -409,24 +417,24 @@ class Trainer:
                 print(f"the run is already complete at step {self.step} (optim.iterations={total}): "
                       f"nothing to train", flush=True)
             return
-        logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
-        if self.is_main:  # the banner; this run goes on: no longer preempted, and a stale marker is past
-            for line in run_banner(self.phases, self.phase, self.world, self.device, self.dtype, self.peak_tflops):
-                logger.write(line)
-            for name in (preempt.MARKER, f"{preempt.MARKER}.stale"):
-                (self.run_dir / name).unlink(missing_ok=True)
-        if self.resumed_from is not None:
-            logger.write(f"resumed from {self.resumed_from} at step {self.step}")
-        for note in self.notes:
-            logger.write(note)
         first_step, fit_start = self.step + 1, time.monotonic()
         self.totals, self.last_saved = RunTotals(), None  # for the summary at the end
-        # model FLOPs per step of each phase, to price the steps of later phases in the ETA
-        self.step_costs = [phase_lib.step_cost(p) for p in self.phases] if len(self.phases) > 1 else None
         a = cfg.optim.grad_accum
         phase, loader, it, window = None, None, None, None
+        logger = RunLogger(self.run_dir, self.is_main, total, self.step, cfg.train.progress_bar)
         self.watchdog.start()
         try:
+            if self.is_main:  # the banner; this run goes on: no longer preempted, and a stale marker is past
+                self._banner(logger)
+                for name in (preempt.MARKER, f"{preempt.MARKER}.stale"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+            if self.resumed_from is not None:
+                logger.write(f"resumed from {self.resumed_from} at step {self.step}")
+            for note in self.notes:
+                logger.write(note)
+            # rank 0's ETA: model FLOPs per step of each phase, to price the steps of later phases
+            multi = self.is_main and len(self.phases) > 1
+            self.step_costs = [phase_lib.step_cost(p) for p in self.phases] if multi else None
             self._stop_if_preempted_in_setup(logger)
             while self.step < total:
                 if phase is None or self.step == phase.end:  # run start, or a phase boundary

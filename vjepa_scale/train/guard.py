@@ -132,7 +132,8 @@ class DivergenceGuard:
         self.last_bad = None
         if bad:
             self.last_bad = ("the loss was inf/NaN (on some rank)" if self._loss_bad else
-                             f"the gradient norm was {norm}" if norm_bad else "DeepSpeed skipped the update")
+                             f"the gradient norm was {norm}" if norm_bad else
+                             "the gradients were not finite (the update was skipped)")
             self.skipped_steps += 1
             self.bad_in_row += 1
             if self.bad_in_row == 1:

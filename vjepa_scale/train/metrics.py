@@ -86,7 +86,7 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         """One record: non-finite values become null, their keys listed under "nonfinite" (strict
-        JSON); floats are written to 7 significant digits (`0.04`, not `0.03999999999999998`), `time`
+        JSON); floats are written to 9 significant digits (`0.04`, not `0.03999999999999998`), `time`
         (unix seconds) to the millisecond. Tensorboard gets the finite scalars unrounded and
         `train/nonfinite_keys`, the number of keys listed under "nonfinite" (0: all finite)."""
         if not self.enabled:
@@ -288,9 +288,9 @@ def _plain(v):
 
 
 def _rounded(v):
-    """A float to 7 significant digits (metrics.jsonl: about a float32's precision, without float64 noise
+    """A float to 9 significant digits (metrics.jsonl: a float32 reads back exactly, without float64 noise
     such as 0.03999999999999998); anything else as it is."""
-    return float(f"{v:.7g}") if isinstance(v, float) else v
+    return float(f"{v:.9g}") if isinstance(v, float) else v
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -301,7 +301,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def peak_memory_gib(device: torch.device) -> Optional[float]:
-    """The most memory torch's allocator held on a CUDA `device` since `reset_peak_memory`, in GiB;
+    """The most memory torch's allocator had allocated on a CUDA `device` since `reset_peak_memory`, in GiB;
     None on other devices (a CPU run logs no `mem_peak_gib`: the process's peak RSS would count far
     more than the training tensors, and could not be reset per window)."""
     if device.type != "cuda":
@@ -329,12 +329,16 @@ class StepWindow:
     agree that every one of them has its batch (`data.agree_loaded`, a collective). A rank that loaded
     quickly then waits inside that agreement for the slowest one; that wait is part of its step time,
     not of its data wait. So `data_wait` (the ranks' mean share of the step spent loading) dilutes one
-    starved rank by the world size, while `data_wait_max`, the slowest rank's share (that rank:
-    `data_wait_max_rank`), is the share of the step every rank lost to data: watch that one.
+    starved rank by the world size, while `data_wait_max`, the largest share of its own step time that
+    one rank spent loading (that rank: `data_wait_max_rank`), is about the share of the step every rank
+    lost to data: watch that one.
     """
 
     def __init__(self, device: torch.device, world: int, global_batch: int, tokens_per_clip: int,
-                 peak_tflops: Optional[float], variable: bool = False, num_datasets: int = 0, rank: int = 0):
+                 peak_tflops: Optional[float], variable: bool = False, num_datasets: int = 0,
+                 rank: Optional[int] = None):
+        if rank is None:  # this process's rank in the default group (0 without one)
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.device, self.world, self.rank = device, world, rank
         self.global_batch, self.tokens_per_clip, self.peak_tflops = global_batch, tokens_per_clip, peak_tflops
         self.variable = variable
@@ -373,13 +377,13 @@ class StepWindow:
         for `data_wait_max` and `mem_peak_gib` (the largest rank's)."""
         n, W = len(self.losses), self.world
         mem = peak_memory_gib(self.device)
-        waits, mems = [0.0] * W, [0.0] * W  # this rank's in its own slot: the sum over ranks gathers them
-        waits[self.rank], mems[self.rank] = self.wait, mem or 0.0
+        waits, times, mems = [0.0] * W, [0.0] * W, [0.0] * W  # this rank's in its own slot: the sum gathers them
+        waits[self.rank], times[self.rank], mems[self.rank] = self.wait, self.time, mem or 0.0
         parts = {"sums": [float(torch.stack(self.losses).sum()), self.flops, self.wait, self.time, self.clips,
                           self.tokens],
                  "types": torch.stack(self.type_losses).sum(0).tolist() if len(self.type_losses) == n else [],
                  "std": [float(torch.stack(self.target_stds).sum())] if len(self.target_stds) == n else [],
-                 "datasets": self.dataset_clips, "waits": waits, "mems": mems}
+                 "datasets": self.dataset_clips, "waits": waits, "times": times, "mems": mems}
         # One all-reduce per log point over ranks.
         v = torch.tensor([x for p in parts.values() for x in p], dtype=torch.float64, device=self.device)
         if torch.distributed.is_initialized():
@@ -391,10 +395,11 @@ class StepWindow:
         types, std, per_dataset, waits = parts["types"], parts["std"], parts["datasets"], parts["waits"]
         step_time = busy / W / n  # mean over ranks
         clips_per_s = self.global_batch / step_time
-        slowest = max(range(W), key=waits.__getitem__)
+        shares = [w / t if t > 0 else 0.0 for w, t in zip(waits, parts["times"])]  # each rank's own share
+        slowest = max(range(W), key=shares.__getitem__)
         m = {"loss": loss_sum / (W * n), "lr": stats["lr"], "weight_decay": stats["weight_decay"],
              "ema_momentum": stats["momentum"], "step_time": step_time, "data_wait": wait / busy,
-             "data_wait_max": waits[slowest] * W / busy, "data_wait_max_rank": slowest,
+             "data_wait_max": shares[slowest], "data_wait_max_rank": slowest,
              "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * self.tokens_per_clip,
              "tflops_per_rank": flops / busy / 1e12, "mfu": mfu(flops / busy, self.peak_tflops),
              "eta_s": steps_left * step_time, "window_steps": n}

@@ -175,7 +175,7 @@ def phase_at(phases: list[Phase], step: int) -> Phase:
     return phases[-1]
 
 
-def step_cost(phase: Phase, draws: int = 4) -> float:
+def step_cost(phase: Phase, draws: int = 2) -> float:
     """Expected model FLOPs of one optimizer step of `phase` on one rank: `flops.train_flops` of the masks
     of `draws` steps drawn for the phase's clip grid and per-rank batch (a token budget: its window of
     stream positions; datasets with their own clip shape are priced at the phase's)."""
@@ -191,8 +191,10 @@ def step_cost(phase: Phase, draws: int = 4) -> float:
 def steps_left(phases: list[Phase], step: int, costs: Optional[list[float]] = None) -> float:
     """The optimizer steps after `step`, counted in steps of the phase `step` is in: a later phase's steps
     weigh its `costs[i] / costs[here]` (`step_cost` of each phase; None: every step alike), so an ETA of
-    steps_left x the current step time prices a 64-frame cooldown at its own speed, not at 16 frames'."""
-    here = phase_at(phases, step)
+    steps_left x the current step time prices a 64-frame cooldown at its own speed, not at 16 frames'.
+    "here" is the phase of the step just trained (`step` is 1-based there), whose time the ETA uses: at a
+    phase's last step that is the ending phase, not the next."""
+    here = phase_at(phases, max(step - 1, 0))
     left = float(max(0, here.end - step))
     for p in phases[here.index + 1:]:
         left += p.steps * (1.0 if costs is None else costs[p.index] / costs[here.index])

@@ -262,12 +262,14 @@ def _quiet_zero_to_fp32():
     from deepspeed.utils import logger as ds_logger
     from deepspeed.utils import zero_to_fp32
 
-    level, bar = ds_logger.level, zero_to_fp32.tqdm
+    level, bar = ds_logger.level, getattr(zero_to_fp32, "tqdm", None)  # a release without it: bars stay
     ds_logger.setLevel(logging.ERROR)
-    zero_to_fp32.tqdm = functools.partial(bar, disable=True)
+    if bar is not None:
+        zero_to_fp32.tqdm = functools.partial(bar, disable=True)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         ds_logger.setLevel(level)
-        zero_to_fp32.tqdm = bar
+        if bar is not None:
+            zero_to_fp32.tqdm = bar
