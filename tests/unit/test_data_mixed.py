@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import numpy as np
 import torch
 
 from helpers import needs, require, video_cfg, write_images
@@ -72,6 +73,19 @@ def test_per_step_sampler_one_shape_per_step_and_resumable():
     assert seen[0] and seen[1]  # both shapes drawn
     assert sorted(seen[0][:6]) == list(range(6))  # group 0's stream: a permutation per epoch
     assert list(make(1, 17, 23)) == s1[17:]
+
+
+def test_per_step_sampler_counts_far_into_a_run_with_bounded_state():
+    """Group counts at large steps equal a count over every step's draw, in any query order, while
+    the sampler keeps a few blocks of draws, not one per 4096 steps of the run."""
+    s = ShapePerStepSampler([6, 6, 4], [1.0, 1.0, 2.0], [[0], [1, 2]], [3, 2], seed=5)
+    B = s.BLOCK
+    draws = np.concatenate([s._draw_block(b) for b in range(12)])
+    for step in (11 * B + 7, 3 * B, 5 * B + 1, 12 * B - 1, 0):
+        for k in (0, 1):
+            assert s.count_before(k, step) == int((draws[:step] == k).sum())
+        assert s.group_at(step) == draws[step]
+    assert len(s._blocks) <= 4
 
 
 def test_packed_mixing_loader_yields_mixed_batches(sets):

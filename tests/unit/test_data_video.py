@@ -504,6 +504,25 @@ def test_dali_reports_codecs_it_cannot_decode(sets, caplog, monkeypatch, probe_a
 
 
 @needs_dali
+def test_dali_probe_cache_is_bounded_and_uncached_files_decode_the_same(sets, monkeypatch):
+    """Past PROBE_CACHE_MAX usable probes a drawn file is probed again on each draw (a huge index does
+    not grow every rank's memory by ~1 KB per file): same batches, same DALI / PyAV routing."""
+    import vjepa_scale.data.dali as dali_mod
+
+    monkeypatch.setattr(dali_mod, "PROBE_ALL_MAX", 0)
+    cfg = video_cfg([(sets["index"]["train"], 1.0)], backend="dali", frames=4, step=3)
+    full = build_dataloader(cfg, num_steps=2)
+    want = list(full)
+    monkeypatch.setattr(dali_mod, "PROBE_CACHE_MAX", 1)
+    small = build_dataloader(cfg, num_steps=2)
+    got = list(small)
+    assert len(small._probes) <= 1 < len(full._probes)
+    for a, b in zip(want, got):
+        assert a.index == b.index and torch.equal(a.video, b.video)
+    assert small.stats["pyav_clips"] == full.stats["pyav_clips"] == 2 and small.stats["dali_clips"] == 2
+
+
+@needs_dali
 def test_dali_skips_truncated_file_with_intact_header(sets, tmp_path):
     """A VP9 file cut to 3/5 with its header intact: found by the probe, skipped and counted, never padded;
     the other files are still decoded by DALI (bisecting batches DALI fails on: test_dali_cpu)."""

@@ -216,3 +216,24 @@ def test_a_complete_run_resumed_removes_a_leftover_marker(handlers, tmp_path, ca
     done.fit()
     assert done.step == 1 and not (tmp_path / "run" / preempt.MARKER).exists()
     assert "the run is already complete at step 1 (optim.iterations=1)" in capsys.readouterr().out
+
+
+def test_a_preemption_between_log_points_logs_the_steps_since_the_last_record(handlers, tmp_path):
+    """log_every 4, a stop after step 2: the save is followed by a record of steps 1-2 (window_steps 2),
+    so no trained step is missing from metrics.jsonl when the resumed run's next record covers 3-4."""
+    from helpers import require, single_process_group
+    from vjepa_scale.train.engine import Trainer
+    from vjepa_scale.train.metrics import read_metrics
+
+    require("deepspeed")
+    cfg = preflight(load_config("cpu_demo", ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2",
+                                             "optim.iterations=4", "train.log_every=4",
+                                             "train.progress_bar=false"]), 1)
+    tr = Trainer(cfg, tmp_path / "run", env=single_process_group())
+    with pytest.raises(preempt.Preempted) as e:
+        tr.fit(on_step=lambda t, stats: preempt.request_stop("got SIGTERM") if t.step == 2 else None)
+    assert e.value.step == 2
+    preempt.clear()
+    Trainer(cfg, tmp_path / "run", resume="auto", env=single_process_group()).fit()
+    recs = read_metrics(tmp_path / "run")
+    assert [(r["step"], r["window_steps"], r["samples_seen"]) for r in recs] == [(2, 2, 4), (4, 2, 8)]

@@ -99,6 +99,7 @@ def clip_pipeline(batch_size: int, crop_size: int, device: str, num_threads: int
 
 
 PROBE_ALL_MAX = 100_000  # indexes up to this size are probed completely when the loader is built
+PROBE_CACHE_MAX = 200_000  # usable files' probes remembered per loader (~1 KB each); later ones are probed per draw
 
 
 @dataclass(frozen=True)
@@ -261,11 +262,12 @@ class DaliLoader:
         self.cfg, self.index, self.sampler, self.rank, self.device = cfg, index, sampler, rank, device
         self.device_id = _gpu_id(device, device_id)  # resolved once; the runner gets it as is
         self.capability = torch.cuda.get_device_capability(self.device_id) if device == "gpu" else None
-        self._probes: dict[int, FileProbe | None] = {}
+        self._probes: dict[int, FileProbe] = {}  # usable files' probes, at most PROBE_CACHE_MAX
+        self._rerouted: dict[int, str] = {}  # entry -> why PyAV decodes it: DALI failed on that file alone
         self.unusable: dict[str, str] = {}  # path -> "kind: reason": skipped (unreadable, or found bad while decoding)
         self._errors: dict[str, VideoError] = {}  # path -> why it is skipped
         self.on_cpu: dict[str, str] = {}  # path -> why PyAV decodes it instead of DALI
-        self.stats: Counter = Counter()  # dali_clips, pyav_clips, dali_failures, bad_files
+        self.stats: Counter = Counter()  # dali_clips, pyav_clips, dali_failures, bad_files, probed
         n = len(index)
         if n <= PROBE_ALL_MAX:  # complete report up front
             with ThreadPoolExecutor(max(2, cfg.data.num_workers)) as pool:
@@ -283,7 +285,7 @@ class DaliLoader:
         if rank == 0 and self.on_cpu:
             names = ", ".join(f"{p} ({r})" for p, r in list(self.on_cpu.items())[:20])
             log.warning("DALI (%s) leaves %d of %d probed files to the CPU path (PyAV): %s%s", device, len(self.on_cpu),
-                        len(self._probes), names, " ..." if len(self.on_cpu) > 20 else "")
+                        self.stats["probed"], names, " ..." if len(self.on_cpu) > 20 else "")
         self.masker = masker
         self.runner = DaliClipRunner(cfg.data.batch_size * cfg.data.num_clips, cfg.data.crop_size, device,
                                      max(1, cfg.data.num_workers), self.device_id)
@@ -299,20 +301,33 @@ class DaliLoader:
         return len(self.sampler)
 
     def _record(self, i: int, probe: FileProbe | None, error: VideoError | None) -> None:
-        self._probes[i] = probe
+        """A probe's result: an unusable file is remembered by path (skipped from then on); a usable one's
+        probe while the cache has room (the files PyAV decodes: a report of at most PROBE_CACHE_MAX)."""
+        self.stats["probed"] += 1
         path = self.index.paths[i]
         if error is not None:
             self.unusable[path] = error.summary
             self._errors[path] = error
-        elif probe.cpu_reason is not None:
+            return
+        if probe.cpu_reason is not None and len(self.on_cpu) < PROBE_CACHE_MAX:
             self.on_cpu[path] = probe.cpu_reason
+        if len(self._probes) < PROBE_CACHE_MAX:
+            self._probes[i] = probe
 
     def probe(self, i: int) -> FileProbe | None:
-        """Probe result of entry `i` (probed on first use), None if the file is unusable."""
-        if i not in self._probes:
-            self._record(i, *probe_for_dali(self.index.paths[i], self.device, self.capability,
-                                            self.cfg.data.decode_timeout_s))
-        return self._probes[i]
+        """Probe result of entry `i` (probed on first use; past the cache's size, on every use), None if
+        the file is unusable."""
+        if self.index.paths[i] in self._errors:
+            return None
+        probe = self._probes.get(i)
+        if probe is None:
+            probe, error = probe_for_dali(self.index.paths[i], self.device, self.capability,
+                                          self.cfg.data.decode_timeout_s)
+            self._record(i, probe, error)
+            if probe is None:
+                return None
+        reason = self._rerouted.get(i)
+        return probe if reason is None or probe.cpu_reason == reason else dataclasses.replace(probe, cpu_reason=reason)
 
     def usable_probe(self, i: int) -> FileProbe:
         """Probe result of entry `i`; VideoError when the file is unusable (or was found bad)."""
@@ -323,7 +338,7 @@ class DaliLoader:
 
     def mark_bad(self, i: int, error: VideoError) -> None:
         """Entry `i` failed to decode: skipped from now on (every later draw substitutes it)."""
-        self._probes[i] = None
+        self._probes.pop(i, None)
         self.unusable[error.path] = error.summary
         self._errors[error.path] = error
         self.stats["bad_files"] += 1
@@ -423,7 +438,9 @@ class DaliLoader:
                     except VideoError as e:
                         failed[k] = VideoError(e.path, f"{e.reason} ({reason})", e.kind)
                         continue
-                    self._probes[i] = dataclasses.replace(probe, cpu_reason=reason)
+                    self._rerouted[i] = reason
+                    if i in self._probes:
+                        self._probes[i] = dataclasses.replace(probe, cpu_reason=reason)
                     self.on_cpu[probe.info.path] = reason
                     log.warning("data: %s: %s; PyAV decodes it from now on", probe.info.path, reason)
             for k, error in failed.items():

@@ -207,21 +207,38 @@ class ShapePerStepSampler(Sampler):
             gw.append(sum(weights[d] for d in ds))
         self.cum = np.cumsum(gw) / sum(gw)
         self.num_samples = sum(sizes)
-        self._blocks: dict[int, np.ndarray] = {}
+        self._blocks: dict[int, np.ndarray] = {}  # the few latest blocks' group draws
+        self._before: dict[int, np.ndarray] = {0: np.zeros(len(gw), dtype=np.int64)}  # b -> steps per group in blocks < b
         self._epochs: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _draw_block(self, b: int) -> np.ndarray:
+        u = np.random.default_rng([self.seed, 0x5E75, b]).random(self.BLOCK)
+        return np.minimum(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1)
 
     def _block(self, b: int) -> np.ndarray:
         if b not in self._blocks:
-            u = np.random.default_rng([self.seed, 0x5E75, b]).random(self.BLOCK)
-            self._blocks[b] = np.minimum(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1)
+            if len(self._blocks) >= 4:  # bounded: a long run does not keep every block
+                self._blocks.pop(next(iter(self._blocks)))
+            self._blocks[b] = self._draw_block(b)
         return self._blocks[b]
+
+    def _counts_before(self, b: int) -> np.ndarray:
+        """Steps of each group in blocks [0, b): running sums, kept per block (a few bytes each), so a
+        step costs the same at step 10^6 as at step 10."""
+        if b not in self._before:
+            j = max(x for x in self._before if x < b)
+            c = self._before[j]
+            for i in range(j, b):
+                c = c + np.bincount(self._draw_block(i), minlength=len(self.cum))
+                self._before[i + 1] = c
+        return self._before[b]
 
     def group_at(self, step: int) -> int:
         return int(self._block(step // self.BLOCK)[step % self.BLOCK])
 
     def count_before(self, k: int, step: int) -> int:
         b, r = divmod(step, self.BLOCK)
-        return sum(int((self._block(j) == k).sum()) for j in range(b)) + int((self._block(b)[:r] == k).sum())
+        return int(self._counts_before(b)[k]) + int((self._block(b)[:r] == k).sum())
 
     def _stream(self, k: int, pos: int) -> int:
         n = self.plans[k].total

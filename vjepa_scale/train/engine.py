@@ -475,7 +475,12 @@ class Trainer:
                     self._log_window(window, stats, phase, loader, logger)
                     window = self._window(phase)
                 self.guard.check(self.step)  # DivergenceError after train.max_bad_steps bad steps in a row
-                self._save_or_stop(phase, logger)
+                try:
+                    self._save_or_stop(phase, logger)
+                except preempt.Preempted:  # every rank agreed to stop here: log the steps since the last
+                    if window.losses:      # record, so that no step is missing from metrics.jsonl
+                        self._log_window(window, stats, phase, loader, logger)
+                    raise
         finally:
             self.watchdog.stop()
             logger.close()
