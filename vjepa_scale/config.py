@@ -172,6 +172,37 @@ class MaskConfig(Section):
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def index_file_lines(path: str | os.PathLike, key: str):
+    """(line number, text) of each line of index file `path`, read as UTF-8; a byte-order mark at its
+    start (some Windows editors write one) is dropped, not taken into the first path. Bytes that are not
+    UTF-8 are a ConfigError naming `key`, the file and the line."""
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            yield from enumerate(f, 1)
+        except UnicodeDecodeError:
+            raise _not_utf8_error(path, key) from None
+
+
+def _not_utf8_error(path: str | os.PathLike, key: str) -> ConfigError:
+    """The error for an index file that is not UTF-8, naming its first undecodable line (read again as bytes:
+    a text read fails on a whole chunk, not a line)."""
+    where, what = f"{path}", "not UTF-8 text"
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                utf16 = raw.startswith((b"\xff\xfe", b"\xfe\xff"))
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                where = f"{path}:{lineno}"
+                what = (f"not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line"
+                        + ("; the file looks like UTF-16)" if utf16 else ")"))
+                break
+    return ConfigError(f"{key}: {where}: {what}; index files are read as UTF-8: convert it, e.g. "
+                       f"`iconv -f latin1 -t utf-8 old.txt > new.txt` (name the file's real encoding)")
+
+
 def split_index_line(line: str) -> Optional[tuple[str, Optional[str]]]:
     """(path, label field or None) of one index-file line; None for a blank or `#` line. The line
     rule (README "Data"): a line of several fields ends with its label, everything before it is
@@ -222,14 +253,13 @@ class DatasetSpec(Section):
 
 
 def _first_entry_is_image(index_file: Path) -> bool:
-    """Whether the first entry of an index file names an image (False when it cannot be read)."""
+    """Whether the first entry of an index file names an image (False when it cannot be read or is not UTF-8)."""
     try:
-        with open(index_file) as f:
-            for line in f:
-                entry = split_index_line(line)
-                if entry is not None:
-                    return entry[0].lower().endswith(IMAGE_SUFFIXES)
-    except OSError:
+        for _, line in index_file_lines(index_file, "data.datasets"):
+            entry = split_index_line(line)
+            if entry is not None:
+                return entry[0].lower().endswith(IMAGE_SUFFIXES)
+    except (OSError, ConfigError):  # not UTF-8: the pre-flight check (`data.index.check_index`) names the line
         return False
     return False
 

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vjepa_scale.config import ConfigError, split_index_line
+from vjepa_scale.config import ConfigError, index_file_lines, split_index_line
 
 
 @dataclass(frozen=True)
@@ -141,25 +141,24 @@ def _entries(p: Path, path, key: str, require_labels: bool):
     if not p.is_file():
         raise ConfigError(f"{key}: index file '{path}' does not exist")
     n = 0
-    with open(p) as f:
-        for lineno, line in enumerate(f, 1):
-            entry = split_index_line(line)
-            if entry is None:
-                continue
-            video, text = entry
-            if text is not None and _is_int(text):
-                label = int(text)
-            elif text is not None:
-                raise ConfigError(f"{key}: {p}:{lineno}: label {text!r} is not an integer (expected `path label`; "
-                                  f"the last field of a line is its label, so a path with spaces needs a label)")
-            elif not require_labels:
-                label = -1
-            else:
-                raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {video!r})")
-            if require_labels and label < 0:
-                raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
-            n += 1
-            yield video, label
+    for lineno, line in index_file_lines(p, key):
+        entry = split_index_line(line)
+        if entry is None:
+            continue
+        video, text = entry
+        if text is not None and _is_int(text):
+            label = int(text)
+        elif text is not None:
+            raise ConfigError(f"{key}: {p}:{lineno}: label {text!r} is not an integer (expected `path label`; "
+                              f"the last field of a line is its label, so a path with spaces needs a label)")
+        elif not require_labels:
+            label = -1
+        else:
+            raise ConfigError(f"{key}: {p}:{lineno}: label missing (expected `path label`, got {video!r})")
+        if require_labels and label < 0:
+            raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
+        n += 1
+        yield video, label
     if not n:
         raise ConfigError(f"{key}: index file '{path}' lists no videos (expected `path label` lines; "
                           f"blank and # lines are skipped)")

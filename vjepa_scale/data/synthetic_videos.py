@@ -195,7 +195,7 @@ def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, fra
     for name, rows in split.items():
         path = out / f"{name}.txt"
         if rows:
-            path.write_text("".join(r + "\n" for r in rows))
+            path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
             paths[name] = path
         elif path.exists():  # an empty index is refused by evaluation; a stale one would list rewritten videos
             path.unlink()

@@ -144,7 +144,7 @@ def transcode_index(index: str, out_dir: str, gop: int = 16, short_side: int = 2
         return None, failed  # nothing to index: an empty index would only be refused later
     new_index.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_index.parent / f".{new_index.name}.{os.getpid()}.part"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:  # read back as UTF-8 (`config.index_file_lines`)
         for src, label in zip(paths, labels):
             if src not in left_out:
                 f.write(f"{dst_of[src]} {label}\n")
