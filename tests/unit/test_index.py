@@ -45,3 +45,35 @@ def test_an_index_that_is_not_utf8_names_the_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"utf16\.txt:1: not UTF-8 text \(byte 0xff at byte 1 of the line; the "
                                           r"file looks like UTF-16\)"):
         check_index(utf16)
+
+
+def test_relative_entries_join_as_pathlib_did(tmp_path):
+    """Relative entries are joined by string concatenation (5x faster on a 1M-line index), with pathlib's
+    result for every spelling: `./`, doubled and trailing slashes as `folder / entry` gives them, `..` kept;
+    an index that is a symlink resolves them against its target's folder (README "Data")."""
+    entries = ["a.mp4", "./a.mp4", "x//y.mp4", "x/./y.mp4", "x/../y.mp4", "dir/", ".", "..", "a b/c d.mp4",
+               ".hidden.mp4", "x/.", "x/..", "...", "x/.y/z.mp4", "/abs//x.mp4", "/abs/./x.mp4"]
+    (tmp_path / "real").mkdir()
+    idx = tmp_path / "real" / "i.txt"
+    idx.write_text("".join(f"{e} 0\n" for e in entries))
+    folder = (tmp_path / "real").resolve()
+    expected = [e if e.startswith("/") else str(folder / e) for e in entries]
+    assert read_index(idx)[0] == expected
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "i.txt").symlink_to(idx)
+    assert read_index(tmp_path / "links" / "i.txt")[0] == expected
+
+
+def test_plain_relative_entries_are_joined_without_pathlib(tmp_path, monkeypatch):
+    """The speed of the fix above, without timing: a pathlib join per line made a 1M-line index of relative
+    entries load in 5.2 s where absolute ones took 1.0 s; entries pathlib would not respell take none."""
+    import pathlib
+
+    idx = tmp_path / "i.txt"
+    idx.write_text("".join(f"videos/c{i % 3}/clip {i}.mp4 {i % 3}\n" for i in range(100)) + "./odd.mp4 0\n")
+    joins = []
+    join = pathlib.PurePath.__truediv__
+    monkeypatch.setattr(pathlib.PurePath, "__truediv__", lambda self, key: joins.append(key) or join(self, key))
+    paths, _ = read_index(idx)
+    monkeypatch.undo()
+    assert paths[1] == f"{tmp_path.resolve()}/videos/c1/clip 1.mp4" and joins == ["./odd.mp4"]
