@@ -267,6 +267,7 @@ def test_missing_data_path_named(tmp_path):
         check_data_paths(cfg)
     idx = tmp_path / "idx.txt"
     idx.write_text("a.mp4 0\n")
+    (tmp_path / "a.mp4").write_bytes(b"")  # pre-flight looks for the first entries' files
     ok = load_config("vith384", [f"data.datasets=[{{path: {idx}}}]", "train.memory_check=false"])
     assert preflight(ok, 240).data.batch_size == 10
     with pytest.raises(ConfigError, match=r"train\.init_from: '/nonexistent/run' does not exist"):
@@ -277,6 +278,8 @@ def test_an_index_of_images_and_videos_is_refused_unless_its_kind_is_set(tmp_pat
     """Its first entry would decide how all are decoded, skipping every entry of the other kind."""
     idx = tmp_path / "idx.txt"
     idx.write_text("a.mp4 0\nb.mp4 0\nc.JPG 1\n")
+    for name in ("a.mp4", "c.jpg", "d.png"):
+        (tmp_path / name).write_bytes(b"")
     with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path: index file '.*idx\.txt' lists 1 images "
                                           r"\(first 'c\.JPG'\) and 2 other files \(first 'a\.mp4'\).*set this "
                                           r"dataset's kind"):

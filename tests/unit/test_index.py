@@ -3,6 +3,8 @@ pre-flight checks of their first entries (the loaders that read them: test_data_
 label checks: test_eval.py)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vjepa_scale.config import ConfigError, DatasetSpec
@@ -77,3 +79,84 @@ def test_plain_relative_entries_are_joined_without_pathlib(tmp_path, monkeypatch
     paths, _ = read_index(idx)
     monkeypatch.undo()
     assert paths[1] == f"{tmp_path.resolve()}/videos/c1/clip 1.mp4" and joins == ["./odd.mp4"]
+
+
+def demo_with(*paths: str):
+    from vjepa_scale.config import load_config
+
+    return load_config("cpu_demo", ["data.backend=cpu", "data.datasets=[" + ", ".join(f"{{path: {p}}}" for p in paths)
+                                    + "]"])
+
+
+def test_an_index_whose_first_entries_name_no_file_is_refused_in_preflight(tmp_path, monkeypatch, capsys):
+    """Entries written relative to the working directory (ours resolve against the index file's folder) were
+    found only by the loader's readability check, after the engines were built (exit 1, two tracebacks):
+    pre-flight looks for the first 8 entries' files and refuses (exit 2) naming the index, the first entry's
+    path and the rule."""
+    from helpers import load_tool
+    from vjepa_scale.train.launch import check_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    touch(*(tmp_path / "data" / f"{i}.mp4" for i in range(20)))
+    (tmp_path / "lists").mkdir()
+    idx = tmp_path / "lists" / "train.txt"
+    idx.write_text("".join(f"data/{i}.mp4 0\n" for i in range(20)))  # relative to the cwd, not to lists/
+    message = (rf"^data\.datasets\[1\]\.path: index file '{idx}': none of its first 8 entries names an existing file "
+               rf"\(line 1: 'data/0\.mp4' is {tmp_path.resolve()}/lists/data/0\.mp4\)\. Relative entries resolve "
+               rf"against the index file's folder \({tmp_path.resolve()}/lists\), not the working directory, and a "
+               rf"leading `~` is the home folder")
+    ok = tmp_path / "ok.txt"
+    ok.write_text("data/0.mp4 0\n")
+    with pytest.raises(ConfigError, match=message + r" \(README 'Data'\)$"):
+        check_data_paths(demo_with(ok, idx))
+    code = load_tool("train").main(["--config", "cpu_demo", "--output-dir", str(tmp_path / "run"), "--opt",
+                                    "data.backend=cpu", "--opt", f"data.datasets=[{{path: {ok}}}, {{path: {idx}}}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search("config error: " + message[1:], err) and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    idx.write_text("".join(f"../data/{i}.mp4 0\n" for i in range(20)))
+    check_data_paths(demo_with(idx))
+    # a few entries, none there: counted as they are; CSV lines get a hint
+    idx.write_text("x.mp4,0\ny.mp4,1\n")
+    with pytest.raises(ConfigError, match=r"none of its 2 entries names an existing file .*; the fields of a line are "
+                                          r"separated by spaces, not commas; line 1 looks like a column header"):
+        check_data_paths(demo_with(idx))
+    idx.write_text("x.mp4 0\n")
+    with pytest.raises(ConfigError, match=r"its only entry names an existing file"):
+        check_data_paths(demo_with(idx))
+    # only the first 8 are looked for: one file among them is enough, the rest are skipped at run time
+    idx.write_text("".join(f"gone{i}.mp4 0\n" for i in range(7)) + "../data/0.mp4 0\n")
+    check_data_paths(demo_with(idx))
+    idx.write_text("".join(f"gone{i}.mp4 0\n" for i in range(8)) + "../data/0.mp4 0\n")
+    with pytest.raises(ConfigError, match=r"none of its first 8 entries"):
+        check_data_paths(demo_with(idx))
+
+
+def test_a_leading_tilde_in_an_entry_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    touch(tmp_path / "home" / "v" / "a.mp4")
+    idx = tmp_path / "i.txt"
+    idx.write_text("~/v/a.mp4 1\n~/v/b.mp4 2\n")
+    assert read_index(idx) == ([f"{tmp_path}/home/v/a.mp4", f"{tmp_path}/home/v/b.mp4"], [1, 2])
+    assert check_index(idx) == 2
+
+
+@pytest.mark.parametrize("header", ["path", "Filename", "video_path,label", "videos"])
+def test_a_header_line_is_refused_naming_the_line(tmp_path, header):
+    """A one-column header (`path`, `video_path,label`) was read as a video, skipped as missing and counted."""
+    from vjepa_scale.train.launch import check_data_paths
+
+    touch(tmp_path / "a.mp4", tmp_path / "b.jpg")
+    idx = tmp_path / "i.txt"
+    idx.write_text(f"{header}\na.mp4 0\na.mp4 1\n")
+    with pytest.raises(ConfigError, match=rf"^data\.datasets\[0\]\.path: {idx}:1: '{header}' names no file "
+                                          rf"\({tmp_path.resolve()}/{header}\) and looks like a column header \(the "
+                                          rf"entries after it exist\): delete the line or start it with #$"):
+        check_data_paths(demo_with(idx))
+    idx.write_text(f"# {header}\na.mp4 0\n")
+    check_data_paths(demo_with(idx))
+    idx.write_text(f"{header}\nb.jpg\n")  # before the mixed-kind refusal: the header is what is wrong
+    with pytest.raises(ConfigError, match=r"looks like a column header"):
+        check_data_paths(demo_with(idx))
+    idx.write_text("gone.mp4 0\na.mp4 1\n")  # a missing video first: skipped at run time, as any other
+    check_data_paths(demo_with(idx))

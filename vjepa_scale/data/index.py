@@ -9,14 +9,16 @@ So `my clip.mp4 3` is path "my clip.mp4" with label 3, and a path with spaces ne
 
 Several index files form one `VideoIndex` (entries concatenated in config order); their weights
 drive the per-epoch mixture in `sampler.MixturePlan` (a null weight becomes the dataset's number of
-entries: concatenated datasets). Relative video paths are resolved against the
-index file's folder (its target's folder when the index is a symlink). A missing or empty index file is a `ConfigError` naming it. A dataset path that
-is a folder lists its images (.jpg/.jpeg/.png, sorted, label -1): an image dataset.
+entries: concatenated datasets). Relative video paths are resolved against the index file's folder
+(its target's folder when the index is a symlink); a leading `~` is the home folder. A missing or empty
+index file is a `ConfigError` naming it. A dataset path that is a folder lists its images
+(.jpg/.jpeg/.png, sorted, label -1): an image dataset.
 """
 from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,15 +84,16 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets",
         return images, [-1] * len(images)
     resolve = _resolver(p)
     paths, labels = [], []
-    for video, label in _entries(p, path, key, require_labels):
+    for _, video, label in _entries(p, path, key, require_labels):
         paths.append(resolve(video))
         labels.append(label)
     return paths, labels
 
 
 def _resolver(p: Path):
-    """entry -> the path it names, for the entries of index file `p`: absolute entries as written, relative
-    ones under the folder of `p` with symlinks resolved (an index that is a link: under its target's folder).
+    """entry -> the path it names, for the entries of index file `p`: a leading `~` or `~user` expanded to
+    that home folder, absolute entries as written, relative ones under the folder of `p` with symlinks
+    resolved (an index that is a link: under its target's folder).
 
     The result is `str(folder / entry)`, pathlib's spelling (a `./` or a doubled `/` dropped), by string
     concatenation where pathlib would change nothing: the pathlib join per line took 5x the time of
@@ -99,6 +102,8 @@ def _resolver(p: Path):
     prefix = os.path.join(str(folder), "")
 
     def resolve(entry: str) -> str:
+        if entry.startswith("~"):
+            entry = os.path.expanduser(entry)
         if os.path.isabs(entry):
             return entry
         if "//" in entry or entry.endswith("/") or "/./" in f"/{entry}/":
@@ -109,8 +114,9 @@ def _resolver(p: Path):
 
 
 def check_index(path: str | os.PathLike, key: str = "data.datasets", kind: str = "auto") -> int:
-    """Number of entries of an index file or image folder, with read_index's errors; opens no video
-    and resolves no path, so it is cheap enough for the pre-flight checks (about 1 s per million lines).
+    """Number of entries of an index file or image folder, with read_index's errors and
+    `check_first_entries`'; opens no video and stats only the first few entries, so it is cheap enough for
+    the pre-flight checks (about 1 s per million lines).
 
     With `kind` auto, an index listing both images (.jpg/.jpeg/.png) and other files is a ConfigError: its
     first entry decides how every entry is decoded, so the entries of the other kind would all be skipped.
@@ -121,16 +127,54 @@ def check_index(path: str | os.PathLike, key: str = "data.datasets", kind: str =
     if p.is_dir():
         return len(_folder_images(p, path, key))
     counts, first = [0, 0], [None, None]  # [videos, images]
-    for video, _ in _entries(p, path, key, False):
+    for _, video, _ in _entries(p, path, key, False):
         image = video.lower().endswith(IMAGE_SUFFIXES)
         counts[image] += 1
         first[image] = first[image] or video
+    check_first_entries(path, key)
     if kind == "auto" and all(counts):
         raise ConfigError(f"{key}: index file '{path}' lists {counts[1]} images (first '{first[1]}') and {counts[0]} "
                           f"other files (first '{first[0]}'), but one dataset is decoded as one kind (here: by its "
                           f"first entry). Put images and videos in separate index files (two data.datasets "
                           f"entries), or set this dataset's kind (image / video)")
     return sum(counts)
+
+
+PREFLIGHT_ENTRIES = 8  # entries of an index whose files `check_first_entries` looks for (never the whole index)
+HEADER_WORDS = ("path", "paths", "file", "filename", "file_name", "filepath", "file_path", "video", "videos",
+                "video_path", "video_name", "name", "clip")  # a first line that is only one of these: a header
+
+
+def check_first_entries(path: str | os.PathLike, key: str = "data.datasets") -> None:
+    """Pre-flight: ConfigError naming the index and the rule when none of its first PREFLIGHT_ENTRIES entries
+    names an existing file (an index written relative to the working directory, say), or when its first
+    entry names none, the later ones do, and it looks like a column header (`path`, `video_path,label`, a
+    name without extension). A few os.stat calls, whatever the index's size (a 1M-line index on a network
+    file system is not listed); an image folder passes. Other missing or unreadable files are skipped at
+    run time (`data.skips`)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return
+    entries = list(itertools.islice(_entries(p, path, key, False), PREFLIGHT_ENTRIES))
+    resolve = _resolver(p)
+    found = [os.path.exists(resolve(video)) for _, video, _ in entries]
+    lineno, first, _ = entries[0]
+    header = "," in first or first.lower() in HEADER_WORDS or not os.path.splitext(os.path.basename(first))[1]
+    if not any(found):
+        scope = (f"none of its first {len(entries)} entries names" if len(entries) == PREFLIGHT_ENTRIES else
+                 "its only entry names" if len(entries) == 1 else f"none of its {len(entries)} entries names")
+        hints = []
+        if "," in first:
+            hints.append("the fields of a line are separated by spaces, not commas")
+        if header and len(entries) > 1:
+            hints.append(f"line {lineno} looks like a column header: delete it or start it with #")
+        raise ConfigError(f"{key}: index file '{path}': {scope} an existing file (line {lineno}: '{first}' is "
+                          f"{resolve(first)}). Relative entries resolve against the index file's folder "
+                          f"({p.resolve().parent}), not the working directory, and a leading `~` is the home "
+                          f"folder (README 'Data')" + "".join(f"; {h}" for h in hints))
+    if not found[0] and header:
+        raise ConfigError(f"{key}: {p}:{lineno}: '{first}' names no file ({resolve(first)}) and looks like a "
+                          f"column header (the entries after it exist): delete the line or start it with #")
 
 
 def _folder_images(p: Path, path, key: str) -> list[Path]:
@@ -156,8 +200,8 @@ def _folder_images(p: Path, path, key: str) -> list[Path]:
 
 
 def _entries(p: Path, path, key: str, require_labels: bool):
-    """(path as written, label) of each entry line of index file `p`, in order; ConfigError on a bad
-    line, a missing file, or a file without entries."""
+    """(line number, path as written, label) of each entry line of index file `p`, in order; ConfigError on
+    a bad line, a missing file, or a file without entries."""
     if not p.is_file():
         raise ConfigError(f"{key}: index file '{path}' does not exist")
     n = 0
@@ -178,7 +222,7 @@ def _entries(p: Path, path, key: str, require_labels: bool):
         if require_labels and label < 0:
             raise ConfigError(f"{key}: {p}:{lineno}: label {label} is negative (class ids start at 0)")
         n += 1
-        yield video, label
+        yield lineno, video, label
     if not n:
         raise ConfigError(f"{key}: index file '{path}' lists no videos (expected `path label` lines; "
                           f"blank and # lines are skipped)")
