@@ -160,3 +160,15 @@ def test_a_header_line_is_refused_naming_the_line(tmp_path, header):
         check_data_paths(demo_with(idx))
     idx.write_text("gone.mp4 0\na.mp4 1\n")  # a missing video first: skipped at run time, as any other
     check_data_paths(demo_with(idx))
+
+
+@pytest.mark.parametrize("label", ["+3", "1_0", "\u0663", "３", "0x3", "3.0"])
+def test_labels_are_ascii_digits(tmp_path, label):
+    """int() also reads `+3`, `1_0` and Arabic-Indic or full-width digits: an index is read as it is written."""
+    idx = tmp_path / "i.txt"
+    idx.write_text(f"a.mp4 0\nb.mp4 {label}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"i\.txt:2: label '{re.escape(label)}' is not an integer \(expected "
+                                          rf"`path label`, the label in digits 0-9"):
+        read_index(idx)
+    idx.write_text("a.mp4 -0\nb.mp4 007\nc.mp4 -12\n")
+    assert read_index(idx)[1] == [0, 7, -12]

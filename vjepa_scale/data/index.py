@@ -3,8 +3,8 @@
 Line rule (`config.split_index_line`; unambiguous, so paths may contain spaces): blank lines and
 lines starting with `#` are ignored; a line of one field is a path without a label (-1; an error
 where labels are required); otherwise the last whitespace-separated field is the label and must be
-an integer (else a ConfigError naming the file and line), and everything before it, inner spaces
-included, is the path.
+an integer, ASCII digits after an optional `-` (else a ConfigError naming the file and line), and
+everything before it, inner spaces included, is the path.
 So `my clip.mp4 3` is path "my clip.mp4" with label 3, and a path with spaces needs a label.
 
 Several index files form one `VideoIndex` (entries concatenated in config order); their weights
@@ -20,6 +20,7 @@ import bisect
 import functools
 import itertools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,8 +214,9 @@ def _entries(p: Path, path, key: str, require_labels: bool):
         if text is not None and _is_int(text):
             label = int(text)
         elif text is not None:
-            raise ConfigError(f"{key}: {p}:{lineno}: label {text!r} is not an integer (expected `path label`; "
-                              f"the last field of a line is its label, so a path with spaces needs a label)")
+            raise ConfigError(f"{key}: {p}:{lineno}: label {text!r} is not an integer (expected `path label`, the "
+                              f"label in digits 0-9; the last field of a line is its label, so a path with spaces "
+                              f"needs a label)")
         elif not require_labels:
             label = -1
         else:
@@ -228,12 +230,12 @@ def _entries(p: Path, path, key: str, require_labels: bool):
                           f"blank and # lines are skipped)")
 
 
+_INT = re.compile(r"-?[0-9]+")
+
+
 def _is_int(s: str) -> bool:
-    try:
-        int(s)
-        return True
-    except ValueError:
-        return False
+    """ASCII digits, optionally after a `-`: what int() reads, less its `+3`, `1_0` and non-ASCII digits."""
+    return _INT.fullmatch(s) is not None
 
 
 def load_index(datasets, key: str = "data.datasets") -> VideoIndex:
