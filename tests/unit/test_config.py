@@ -281,8 +281,11 @@ def test_an_index_of_images_and_videos_is_refused_unless_its_kind_is_set(tmp_pat
     for name in ("a.mp4", "c.jpg", "d.png"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path: index file '.*idx\.txt' lists 1 images "
-                                          r"\(first 'c\.JPG'\) and 2 other files \(first 'a\.mp4'\).*set this "
-                                          r"dataset's kind"):
+                                          r"\(first 'c\.JPG'\) and 2 other files \(first 'a\.mp4'\).*Put images and "
+                                          r"videos in separate index files \(two data\.datasets entries\); setting "
+                                          r"this dataset's kind does not mix them, it only skips this check: the other "
+                                          r"kind's entries are then skipped \(kind: video reads an image as a "
+                                          r"one-frame video: too_short"):
         check_data_paths(load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {idx}}}]"]))
     check_data_paths(load_config("cpu_demo", ["data.backend=cpu", f"data.datasets=[{{path: {idx}, kind: video}}]"]))
     idx.write_text("c.jpg 1\nd.png 2\n")

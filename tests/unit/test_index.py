@@ -172,3 +172,27 @@ def test_labels_are_ascii_digits(tmp_path, label):
         read_index(idx)
     idx.write_text("a.mp4 -0\nb.mp4 007\nc.mp4 -12\n")
     assert read_index(idx)[1] == [0, 7, -12]
+
+
+def test_an_index_listed_twice_gets_a_warning(tmp_path, monkeypatch, caplog):
+    """The same file under two spellings (`dir/../x.txt`) is two datasets drawn with both weights: a warning
+    in pre-flight (rank 0), not an error."""
+    from vjepa_scale.train.launch import check_data_paths
+
+    touch(tmp_path / "a.mp4", tmp_path / "sub" / "b.mp4")
+    idx, other = tmp_path / "x.txt", tmp_path / "sub" / "y.txt"
+    idx.write_text("a.mp4 0\n")
+    other.write_text("b.mp4 0\n")
+    cfg = demo_with(idx, other, tmp_path / "sub" / ".." / "x.txt")
+    monkeypatch.delenv("RANK", raising=False)
+    with caplog.at_level("WARNING", logger="vjepa_scale.data"):
+        check_data_paths(cfg)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"data.datasets[0].path and data.datasets[2].path are the same index file ({idx.resolve()}): its entries are "
+        f"drawn as two datasets, with both weights; list it once unless that is intended"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vjepa_scale.data"):
+        check_data_paths(demo_with(idx, other))
+        monkeypatch.setenv("RANK", "1")
+        check_data_paths(cfg)
+    assert not caplog.records

@@ -137,7 +137,10 @@ def check_index(path: str | os.PathLike, key: str = "data.datasets", kind: str =
         raise ConfigError(f"{key}: index file '{path}' lists {counts[1]} images (first '{first[1]}') and {counts[0]} "
                           f"other files (first '{first[0]}'), but one dataset is decoded as one kind (here: by its "
                           f"first entry). Put images and videos in separate index files (two data.datasets "
-                          f"entries), or set this dataset's kind (image / video)")
+                          f"entries); setting this dataset's kind does not mix them, it only skips this check: "
+                          f"the other kind's entries are then skipped (kind: video reads an image as a one-frame "
+                          f"video: too_short, or that frame repeated under data.short_videos: pad; kind: image "
+                          f"cannot read a video)")
     return sum(counts)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import logging
 import os
 from pathlib import Path
 
@@ -28,15 +29,24 @@ from vjepa_scale.train.zero_compat import skip_shm_comm_build, untested_deepspee
 
 def check_data_paths(cfg: Config) -> None:
     """Every dataset of the config (unless synthetic) must be an index file listing videos or a folder of
-    images: read (not the videos, so a large index stays fast), the error naming the path and the problem."""
+    images: read (not the videos, so a large index stays fast; `data.index.check_index`), the error naming the
+    path and the problem. A file or folder listed twice (by resolved path) gets a warning (rank 0)."""
     if cfg.data.backend == "synthetic":
         return
     from vjepa_scale.data.index import check_index
 
+    seen = {}
     for i, ds in enumerate(cfg.data.datasets):
         if not ds.path:
             raise ConfigError(f"data.datasets[{i}].path is empty")
         check_index(ds.path, f"data.datasets[{i}].path", ds.kind)
+        real = os.path.realpath(os.path.expanduser(ds.path))
+        if real in seen and os.environ.get("RANK", "0") == "0":
+            logging.getLogger("vjepa_scale.data").warning(
+                "data.datasets[%d].path and data.datasets[%d].path are the same %s (%s): its entries are drawn as "
+                "two datasets, with both weights; list it once unless that is intended", seen[real], i,
+                "folder" if os.path.isdir(real) else "index file", real)
+        seen.setdefault(real, i)
 
 
 def preflight(cfg: Config, world_size: int) -> Config:
