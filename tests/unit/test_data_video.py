@@ -815,6 +815,18 @@ def test_synthetic_videos_without_a_val_split_write_no_val_index(tmp_path):
         write_synthetic_videos(tmp_path / "all", 2, 2, 16, ("h264",), val_fraction=1.0)
 
 
+def test_make_synthetic_videos_expands_a_leading_tilde(tmp_path, monkeypatch, capsys):
+    """`tools/make_synthetic_videos.py '~/set'` (quoted, so no shell expanded it) wrote into ./~/set."""
+    from helpers import load_tool
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert load_tool("make_synthetic_videos").main(["~/set", "--num-videos", "1", "--frames", "2", "--size", "16",
+                                                     "--codecs", "h264", "--val-fraction", "0"]) == 0
+    assert (tmp_path / "home" / "set" / "train.txt").is_file() and not (tmp_path / "~").exists()
+    assert f"index files: {tmp_path}/home/set/train.txt" in capsys.readouterr().out
+
+
 def test_skip_tracker_counts_the_samples_each_batch_holds():
     """Draws = samples of each batch (token-budget batches vary) + skips; the share check uses them."""
     from types import SimpleNamespace

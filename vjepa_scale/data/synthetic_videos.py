@@ -170,7 +170,7 @@ def write_synthetic_videos(out_dir: str | os.PathLike, num_videos: int = 32, fra
     unknown = set(square) - {"side", "speed", "count", "noise", "cell"}
     if unknown:
         raise ValueError(f"unknown noisy_square settings {sorted(unknown)} (known: side, speed, count, noise, cell)")
-    out = Path(out_dir).resolve()
+    out = Path(out_dir).expanduser().resolve()  # `~/data` quoted (or from a script): the home folder, not ./~
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = []
