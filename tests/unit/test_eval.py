@@ -412,6 +412,21 @@ def test_eval_exits_2_naming_a_split_without_usable_videos(tmp_path, capsys):
     assert "val features: rank 0 of 1 got no usable videos (1 in the index; 1 unusable" in capsys.readouterr().err
 
 
+def test_eval_refuses_a_folder_as_an_index(tmp_path):
+    """A folder reads as images without labels (-1): evaluation went on and failed late (`IndexError: Target -1`)."""
+    from vjepa_scale.eval.run import run_eval
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(b"")
+    with pytest.raises(ConfigError, match=rf"^data\.val_index: '{tmp_path}/imgs' is a folder, read as images without "
+                                          rf"labels; this needs an index file of `path label` lines"):
+        read_labeled_index(tmp_path / "imgs", "data.val_index")
+    cfg = EvalConfig(model=tiny_model(), data=EvalDataConfig(train_index=str(tmp_path / "imgs"), val_index="b"))
+    cfg.encoder.random_init = True
+    with pytest.raises(ConfigError, match=r"^data\.train_index: '.*imgs' is a folder"):
+        run_eval(cfg.validate())
+
+
 def test_eval_clips_decode_real_videos(tmp_path):
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 

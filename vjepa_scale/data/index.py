@@ -80,6 +80,9 @@ def read_index(path: str | os.PathLike, key: str = "data.datasets",
     which demands an integer label >= 0 on every line (evaluation). See the module docstring for the rule.
     """
     p = Path(path).expanduser()
+    if p.is_dir() and require_labels:
+        raise ConfigError(f"{key}: '{path}' is a folder, read as images without labels; this needs an index file "
+                          f"of `path label` lines, every label an integer >= 0")
     if p.is_dir():
         images = sorted(str(x) for x in _folder_images(p.resolve(), path, key))  # absolute: under the resolved folder
         return images, [-1] * len(images)
