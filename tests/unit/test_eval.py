@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -425,6 +426,68 @@ def test_eval_refuses_a_folder_as_an_index(tmp_path):
     cfg.encoder.random_init = True
     with pytest.raises(ConfigError, match=r"^data\.train_index: '.*imgs' is a folder"):
         run_eval(cfg.validate())
+
+
+def test_probe_classes_refuse_one_class_and_warn_about_gaps_unseen_and_repeated_labels(caplog):
+    """One train class was refused only when it was 0 (num_classes = 1 + the largest label); labels with gaps
+    made a head of 1 + the largest label outputs silently; val labels absent from train and repeated val
+    videos were scored without a word."""
+    from vjepa_scale.eval.data import probe_classes
+
+    data = EvalDataConfig(train_index="a", val_index="b")
+    for label in (0, 3):
+        with pytest.raises(ConfigError, match=rf"^data\.train_index: every train video has label {label}; a probe "
+                                              rf"needs at least 2 classes$"):
+            probe_classes([label] * 4, [0, 1], ["/v/x.mp4", "/v/y.mp4"], data)
+    with caplog.at_level("WARNING", logger="vjepa_scale.eval"):
+        assert probe_classes([0, 1, 2, 3], [1, 2], ["/v/a.mp4", "/v/b.mp4"], data) == 4
+        assert not caplog.records
+        assert probe_classes([0, 1000, 2000, 3000, 0], [1000, 7, 7], ["/v/a.mp4", "/v/b.mp4", "/v/./b.mp4"],
+                             data) == 3001
+    assert [r.getMessage() for r in caplog.records] == [
+        "eval: the probe head has 3001 outputs (1 + the largest label) but the train videos use 4 distinct labels "
+        "(0, 1000, 2000, 3000): each unused label is an output that never trains; number the classes 0..3 (or set "
+        "data.num_classes)",
+        "eval: 2 val videos have labels no train video has (7): the probe cannot predict them, so they count as "
+        "errors in val top-1",
+        "eval: data.val_index lists 1 videos more than once (e.g. /v/b.mp4, 2 times): each listing is scored, so "
+        "those videos weigh more in val top-1"]
+    caplog.clear()
+    given = dataclasses.replace(data, num_classes=10)
+    with caplog.at_level("WARNING", logger="vjepa_scale.eval"):
+        assert probe_classes([0, 1, 2], [1], ["/v/a.mp4"], given) == 10
+        assert probe_classes([0, 1, 2], [1], ["/v/a.mp4"], given, warn=False) == 10
+    assert [r.getMessage() for r in caplog.records] == [
+        "eval: the probe head has 10 outputs (data.num_classes) but the train videos use 3 distinct labels (0, 1, 2): "
+        "each unused label is an output that never trains; lower data.num_classes or check the labels"]
+    with pytest.raises(ConfigError, match=r"^data\.val_index: label 10 >= data\.num_classes=10$"):
+        probe_classes([0, 1, 2], [10], ["/v/a.mp4"], given)
+
+
+def test_a_head_too_large_for_memory_or_one_class_is_refused_before_any_video_is_encoded(tmp_path, monkeypatch):
+    """A label of 10^12 (a typo, a hash) made a head of 10^12 outputs, allocated after the feature extraction;
+    train videos of one class were refused only when it was class 0."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.run import run_eval
+
+    monkeypatch.setattr("vjepa_scale.eval.run.extract_features", lambda *a, **k: pytest.fail("features extracted"))
+    idx = write_synthetic_videos(tmp_path / "v", num_videos=4, frames=8, size=32, val_fraction=0.5, seed=0)
+    train = tmp_path / "train.txt"
+    cfg = EvalConfig(model=tiny_model(), data=EvalDataConfig(train_index=str(train), val_index=str(idx["val"])))
+    cfg.encoder.random_init, cfg.run.output_dir = True, str(tmp_path / "out")
+    videos = [line.rsplit(None, 1)[0] for line in Path(idx["train"]).read_text().splitlines()]
+    train.write_text("".join(f"{v} 3\n" for v in videos))
+    with pytest.raises(ConfigError, match=r"^data\.train_index: every train video has label 3"):
+        run_eval(cfg.validate())
+    train.write_text("".join(f"{v} {k * 10 ** 12}\n" for k, v in enumerate(videos)))
+    with pytest.raises(ConfigError, match=r"^the probe head of 1000000000001 outputs needs [\d.]+ GiB \(193 x "
+                                          r"1000000000001 weights with gradient and AdamW state\), more than "
+                                          r"available host memory .*: 1000000000001 classes: 1 \+ the largest label, "
+                                          r"1000000000000; number the classes 0, 1, \.\.\.$"):
+        run_eval(cfg)
+    from vjepa_scale.eval.run import check_head_fits
+
+    check_head_fits(1280, 1000, False, torch.device("cpu"))
 
 
 def test_eval_clips_decode_real_videos(tmp_path):

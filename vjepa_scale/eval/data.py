@@ -17,7 +17,9 @@ its item is marked `padded`, and the evaluation counts and reports those videos 
 """
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 
 import torch
 from torch.utils.data import Dataset
@@ -28,13 +30,55 @@ from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
 
+log = logging.getLogger("vjepa_scale.eval")
+
 
 def read_labeled_index(path: str | os.PathLike, key: str) -> tuple[list[str], list[int]]:
     """(paths, labels) of an index whose every line is `path label` with an integer label >= 0.
 
-    Relative paths resolve against the index's folder. Errors name `key`, the file and the line.
+    Relative paths resolve against the index's folder. Errors name `key`, the file and the line; a folder
+    (images, no labels) is refused.
     """
     return read_index(path, key, require_labels=True)
+
+
+def probe_classes(train_labels: list[int], val_labels: list[int], val_paths: list[str], cfg: EvalDataConfig,
+                  warn: bool = True) -> int:
+    """The probe's number of classes: `data.num_classes`, else 1 + the largest label of either index.
+
+    ConfigError when a label is not below it, or when the train videos do not have two distinct labels.
+    With `warn` (rank 0), a log warning when it is over twice the distinct train labels (gaps in the
+    numbering: every unused label is a head output), when val videos have labels no train video has
+    (they cannot be predicted), and when the val index lists a video more than once (scored each time)."""
+    classes = sorted(set(train_labels))
+    if len(classes) < 2:
+        raise ConfigError(f"data.train_index: every train video has label {classes[0]}; a probe needs at least 2 "
+                          f"classes")
+    num_classes = cfg.num_classes or 1 + max(train_labels + val_labels)
+    for key, labels in (("data.train_index", train_labels), ("data.val_index", val_labels)):
+        if max(labels) >= num_classes:
+            raise ConfigError(f"{key}: label {max(labels)} >= data.num_classes={num_classes}")
+    if not warn:
+        return num_classes
+    if num_classes > 2 * len(classes):
+        shown = ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
+        fix = ("lower data.num_classes or check the labels" if cfg.num_classes else
+               f"number the classes 0..{len(classes) - 1} (or set data.num_classes)")
+        log.warning("eval: the probe head has %d outputs (%s) but the train videos use %d distinct labels (%s): "
+                    "each unused label is an output that never trains; %s", num_classes,
+                    "data.num_classes" if cfg.num_classes else "1 + the largest label", len(classes), shown, fix)
+    unseen = sorted(set(val_labels) - set(classes))
+    if unseen:
+        count = sum(y in set(unseen) for y in val_labels)
+        log.warning("eval: %d val videos have labels no train video has (%s): the probe cannot predict them, so "
+                    "they count as errors in val top-1", count, ", ".join(map(str, unseen[:6])) +
+                    (", ..." if len(unseen) > 6 else ""))
+    listed = Counter(os.path.normpath(p) for p in val_paths)
+    repeated = [(p, n) for p, n in listed.items() if n > 1]
+    if repeated:
+        log.warning("eval: data.val_index lists %d videos more than once (e.g. %s, %d times): each listing is "
+                    "scored, so those videos weigh more in val top-1", len(repeated), *repeated[0])
+    return num_classes
 
 
 def check_disjoint(train_paths: list[str], val_paths: list[str], cfg: EvalDataConfig) -> None:

@@ -19,7 +19,7 @@ from vjepa_scale.config import ConfigError, vit_size_name
 from vjepa_scale.data.clips import clip_window
 from vjepa_scale.distributed import compute_dtype, device_for, dist_env, init_distributed
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, rank_share, read_labeled_index
+from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, probe_classes, rank_share, read_labeled_index
 from vjepa_scale.eval.encoder import encoder_origin, load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads
@@ -46,18 +46,14 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.data.train_per_class is not None:
         subsets = {seed: per_class_subset(train_labels, cfg.data.train_per_class, cfg.data.subset_seed + seed)
                    for seed in cfg.run.seeds}
-    num_classes = cfg.data.num_classes or 1 + max(train_labels + val_labels)
-    for key, labels in (("data.train_index", train_labels), ("data.val_index", val_labels)):
-        if max(labels) >= num_classes:
-            raise ConfigError(f"{key}: label {max(labels)} >= data.num_classes={num_classes}")
-    if num_classes < 2:
-        raise ConfigError("data.train_index/val_index: only one class (label 0) found; a probe needs >= 2")
+    num_classes = probe_classes(train_labels, val_labels, val_paths, cfg.data, warn=dist_env().rank == 0)
 
     out, origin = Path(cfg.run.output_dir), encoder_origin(cfg)
     check_output_dir(out, origin, cfg.run.overwrite)  # every rank: all refuse alike, before any weights are read
     frozen = load_frozen_encoder(cfg)
     encoder = frozen.encoder
     heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, encoder.dims.num_heads)
+    check_head_fits(encoder.embed_dim, num_classes, cfg.data.num_classes is not None, device)
     env = init_distributed(device)
     rank, world = env.rank, env.world_size
     # few-shot: each rank trains on its share of every seed's subset, so it encodes just those videos
@@ -146,6 +142,26 @@ def run_eval(cfg: EvalConfig) -> dict:
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+HEAD_BYTES_PER_PARAM = 16  # fp32 weight, gradient and AdamW's two moments
+
+
+def check_head_fits(embed_dim: int, num_classes: int, given: bool, device: torch.device) -> None:
+    """ConfigError before any video is encoded when the probe's linear head alone (`embed_dim` x `num_classes`,
+    with its gradient and AdamW state) exceeds this rank's memory (`train.memory.available_bytes`; unknown:
+    not checked): a label of 10^9 would otherwise fail allocating it after the feature extraction.
+    `given`: num_classes is data.num_classes (else 1 + the largest label)."""
+    from vjepa_scale.train.memory import _gib, available_bytes, local_ranks
+
+    need = HEAD_BYTES_PER_PARAM * (embed_dim + 1) * num_classes
+    avail, how = available_bytes(device, local_ranks())
+    if avail is not None and need > avail:
+        cause = (f"data.num_classes={num_classes}" if given else
+                 f"{num_classes} classes: 1 + the largest label, {num_classes - 1}; number the classes 0, 1, ...")
+        raise ConfigError(f"the probe head of {num_classes} outputs needs {_gib(need)} ({embed_dim + 1} x "
+                          f"{num_classes} weights with gradient and AdamW state), more than {how} "
+                          f"({_gib(avail)}): {cause}")
 
 
 def check_output_dir(out: Path, origin: str, overwrite: bool) -> None:
