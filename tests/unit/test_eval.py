@@ -398,19 +398,33 @@ def test_videos_shorter_than_a_clip_window_are_counted_and_reported(tmp_path, ca
     check_output_dir(tmp_path / "old", "/abs/runs/x (target encoder)", overwrite=False)
 
 
-def test_eval_exits_2_naming_a_split_without_usable_videos(tmp_path, capsys):
-    """Every val video unusable: tools/eval_probe.py ends with the reason and exit code 2 (not a traceback)."""
+def test_eval_exits_2_naming_a_split_without_usable_videos(tmp_path, capsys, monkeypatch):
+    """Every val video unusable: tools/eval_probe.py ends with the reason and exit code 2 (not a traceback),
+    before any train video is encoded (it failed only after extracting every train feature): a val index
+    whose first entries name no file (its folder, the rule), or none of whose first videos reads."""
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
 
+    monkeypatch.setattr("vjepa_scale.eval.run.extract_features", lambda *a, **k: pytest.fail("features extracted"))
     idx = write_synthetic_videos(tmp_path / "v", num_videos=4, frames=8, size=32, val_fraction=0.5, seed=0)
-    (tmp_path / "val.txt").write_text(f"{tmp_path / 'missing.mp4'} 0\n")
+    val = tmp_path / "val.txt"
     cli = load_tool("eval_probe")
-    code = cli.main(["--random-init", "--output", str(tmp_path / "out"), "model.size=tiny", "model.depth=1",
-                     f"data.train_index={idx['train']}", f"data.val_index={tmp_path / 'val.txt'}", "data.crop_size=32",
-                     "data.frames_per_clip=4", "data.num_workers=0", "data.num_classes=8", "run.progress_bar=false",
-                     "run.tensorboard=false"])
-    assert code == 2
-    assert "val features: rank 0 of 1 got no usable videos (1 in the index; 1 unusable" in capsys.readouterr().err
+    args = ["--random-init", "--output", str(tmp_path / "out"), "model.size=tiny", "model.depth=1",
+            f"data.train_index={idx['train']}", f"data.val_index={val}", "data.crop_size=32", "data.frames_per_clip=4",
+            "data.num_workers=0", "data.num_classes=8", "run.progress_bar=false", "run.tensorboard=false"]
+    val.write_text("missing.mp4 0\n")
+    assert cli.main(args) == 2
+    assert (f"error: data.val_index: index file '{val}': its only entry names an existing file (line 1: 'missing.mp4' "
+            f"is {tmp_path.resolve()}/missing.mp4). Relative entries resolve against the index file's folder"
+            in capsys.readouterr().err)
+    for i in range(10):
+        (tmp_path / f"junk{i}.mp4").write_bytes(b"\x00" * 64)
+    val.write_text("".join(f"junk{i}.mp4 0\n" for i in range(10)) + Path(idx["val"]).read_text())
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert (f"error: data.val_index: index file '{val}': none of the first 8 of its 12 videos can be read, e.g. "
+            f"{tmp_path.resolve()}/junk0.mp4 (" in err and err.rstrip().endswith("(checked before any train video is "
+                                                                                 "encoded)"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_eval_refuses_a_folder_as_an_index(tmp_path):

@@ -81,6 +81,28 @@ def probe_classes(train_labels: list[int], val_labels: list[int], val_paths: lis
     return num_classes
 
 
+VAL_PROBES = 8  # val videos probed (in index order, until one reads) before any train video is encoded
+
+
+def check_val_readable(paths: list[str], index: str, key: str = "data.val_index",
+                       timeout_s: float = 60.0) -> None:
+    """NoReadableVideosError naming `key` and the index when none of the first VAL_PROBES videos of `paths`
+    can be read (`probe_video`, at most `timeout_s` each): checked before the train features are extracted,
+    which on a large train set takes hours that an unusable val set would waste."""
+    from vjepa_scale.data.skips import unreadable_index_error
+
+    failures = []
+    for path in paths[:VAL_PROBES]:
+        try:
+            with Deadline(path, timeout_s) as deadline:
+                probe_video(path, deadline)
+            return
+        except VideoError as e:
+            failures.append(f"{e.path} ({e.reason})")
+    error = unreadable_index_error(index, len(paths), len(failures), failures)
+    raise type(error)(f"{key}: {error} (checked before any train video is encoded)")
+
+
 def check_disjoint(train_paths: list[str], val_paths: list[str], cfg: EvalDataConfig) -> None:
     """`ConfigError` naming both index files, the count and an example when a video (by resolved path,
     symlinks followed) is in both, unless `data.allow_overlap`."""

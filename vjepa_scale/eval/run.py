@@ -17,9 +17,11 @@ import torch
 
 from vjepa_scale.config import ConfigError, vit_size_name
 from vjepa_scale.data.clips import clip_window
+from vjepa_scale.data.index import check_first_entries
 from vjepa_scale.distributed import compute_dtype, device_for, dist_env, init_distributed
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import EvalClips, check_disjoint, per_class_subset, probe_classes, rank_share, read_labeled_index
+from vjepa_scale.eval.data import (EvalClips, check_disjoint, check_val_readable, per_class_subset, probe_classes,
+                                   rank_share, read_labeled_index)
 from vjepa_scale.eval.encoder import encoder_origin, load_frozen_encoder
 from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
 from vjepa_scale.eval.probe import resolve_probe_heads
@@ -47,6 +49,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         subsets = {seed: per_class_subset(train_labels, cfg.data.train_per_class, cfg.data.subset_seed + seed)
                    for seed in cfg.run.seeds}
     num_classes = probe_classes(train_labels, val_labels, val_paths, cfg.data, warn=dist_env().rank == 0)
+    for key, index in (("data.train_index", cfg.data.train_index), ("data.val_index", cfg.data.val_index)):
+        check_first_entries(index, key)  # a few os.stat calls: entries that resolve to no file
+    check_val_readable(val_paths, cfg.data.val_index)  # before the train features, not after them
 
     out, origin = Path(cfg.run.output_dir), encoder_origin(cfg)
     check_output_dir(out, origin, cfg.run.overwrite)  # every rank: all refuse alike, before any weights are read
