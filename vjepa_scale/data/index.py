@@ -118,8 +118,8 @@ def _resolver(p: Path):
 
 
 def check_index(path: str | os.PathLike, key: str = "data.datasets", kind: str = "auto") -> int:
-    """Number of entries of an index file or image folder, with read_index's errors and
-    `check_first_entries`'; opens no video and stats only the first few entries, so it is cheap enough for
+    """Number of entries of an index file or image folder, with the errors of read_index and of
+    `check_first_entries`; opens no video and stats only the first few entries, so it is cheap enough for
     the pre-flight checks (about 1 s per million lines).
 
     With `kind` auto, an index listing both images (.jpg/.jpeg/.png) and other files is a ConfigError: its
@@ -148,8 +148,6 @@ def check_index(path: str | os.PathLike, key: str = "data.datasets", kind: str =
 
 
 PREFLIGHT_ENTRIES = 8  # entries of an index whose files `check_first_entries` looks for (never the whole index)
-HEADER_WORDS = ("path", "paths", "file", "filename", "file_name", "filepath", "file_path", "video", "videos",
-                "video_path", "video_name", "name", "clip")  # a first line that is only one of these: a header
 
 
 def check_first_entries(path: str | os.PathLike, key: str = "data.datasets") -> None:
@@ -166,7 +164,7 @@ def check_first_entries(path: str | os.PathLike, key: str = "data.datasets") -> 
     resolve = _resolver(p)
     found = [os.path.exists(resolve(video)) for _, video, _ in entries]
     lineno, first, _ = entries[0]
-    header = "," in first or first.lower() in HEADER_WORDS or not os.path.splitext(os.path.basename(first))[1]
+    header = "," in first or not os.path.splitext(os.path.basename(first))[1]  # `video_path,label`, `path`
     if not any(found):
         scope = (f"none of its first {len(entries)} entries names" if len(entries) == PREFLIGHT_ENTRIES else
                  "its only entry names" if len(entries) == 1 else f"none of its {len(entries)} entries names")
