@@ -3,6 +3,7 @@ In-process cases (1 rank, the other folder checks): unit/test_housekeeping.py.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -22,6 +23,21 @@ OPTS = ["model.depth=1", "data.crop_size=32", "data.global_batch_size=2", "train
 def tmpfs(tmp_path):
     with tmpfs_mounts(tmp_path) as mount:
         yield mount
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """A 2-rank run of 2 steps under torchrun, a checkpoint after each; tests resume (and damage) a copy."""
+    run = tmp_path_factory.mktemp("two_step") / "run"
+    first = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=2", "train.checkpoint_every=1",
+                                                 "train.keep_last=3"), nproc=2, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return run
+
+
+def _copy(run, to):
+    shutil.copytree(run, to, symlinks=True)
+    return to
 
 
 @pytest.mark.slow
@@ -73,14 +89,11 @@ def test_disk_full_on_one_rank_inside_deepspeeds_save_ends_every_rank_cleanly(tm
     assert sorted(p.name for p in (run / CKPT_SUBDIR).iterdir()) == ["latest", "step_00000001"]
 
 
-def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path):
+def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path, two_step_run):
     """tools/train.py on 2 ranks: resuming a depth-1 run with model.depth=2 exits 2 with one
     `config error:` line naming the key, without a traceback (the documented config-error exit)."""
-    run = tmp_path / "run"
-    first = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=1", "train.checkpoint_every=1"),
-                   nproc=2, timeout=240)
-    assert first.returncode == 0, first.stderr[-3000:]
-    r = launch("tools/train.py", *train_args(run, *OPTS, "model.depth=2", "optim.iterations=2", resume="auto"),
+    run = _copy(two_step_run, tmp_path / "run")
+    r = launch("tools/train.py", *train_args(run, *OPTS, "model.depth=2", "optim.iterations=3", resume="auto"),
                nproc=2, launcher="deepspeed", timeout=240)  # the deepspeed launcher exits with the ranks' code
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.count("config error:") == 1 and "model.depth" in r.stderr
@@ -93,14 +106,11 @@ def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path):
 
 
 @pytest.mark.slow
-def test_damaged_checkpoints_are_named_and_resume_auto_takes_the_one_before(tmp_path):
+def test_damaged_checkpoints_are_named_and_resume_auto_takes_the_one_before(tmp_path, two_step_run):
     """A checkpoint whose files were damaged after it was committed (a truncated EMA shard, a lost
     optimizer shard): `--resume auto` warns, naming the file, and continues the newest loadable one;
     `--resume` of the damaged one, or a run with no loadable one, is a config error (exit 2) naming it."""
-    run = tmp_path / "run"
-    first = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=2", "train.checkpoint_every=1",
-                                                 "train.keep_last=3"), nproc=2, timeout=240)
-    assert first.returncode == 0, first.stderr[-3000:]
+    run = _copy(two_step_run, tmp_path / "run")
     one, two = list_checkpoints(run)
     ema = two / "ema" / "rank00001.pt"
     ema.write_bytes(ema.read_bytes()[:1000])  # truncated
