@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from helpers import launch, require, single_process_group, tmpfs_mounts, train_args
+from helpers import launch, require, run_ranks, single_process_group, tmpfs_mounts, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.train.engine import Trainer
 from vjepa_scale.train.housekeeping import dir_bytes
@@ -38,6 +38,15 @@ def two_step_run(tmp_path_factory):
 def _copy(run, to):
     shutil.copytree(run, to, symlinks=True)
     return to
+
+
+def _config_error(*args) -> str:
+    """tools/train.py `args` on 2 ranks, plain processes (each rank's own exit status, no launcher in
+    between): every rank must exit 2, the documented config-error exit. Returns both ranks' stderr."""
+    ranks = run_ranks("tools/train.py", *args, nproc=2, timeout=240)
+    err = "".join(r.stderr for r in ranks)
+    assert [r.returncode for r in ranks] == [2, 2], err[-3000:]
+    return err
 
 
 @pytest.mark.slow
@@ -90,19 +99,16 @@ def test_disk_full_on_one_rank_inside_deepspeeds_save_ends_every_rank_cleanly(tm
 
 
 def test_resume_with_another_model_is_a_config_error_on_every_rank(tmp_path, two_step_run):
-    """tools/train.py on 2 ranks: resuming a depth-1 run with model.depth=2 exits 2 with one
-    `config error:` line naming the key, without a traceback (the documented config-error exit)."""
+    """tools/train.py on 2 ranks: resuming a depth-1 run with model.depth=2 exits 2 on every rank with one
+    `config error:` line (rank 0's) naming the key, without a traceback (the documented config-error exit)."""
     run = _copy(two_step_run, tmp_path / "run")
-    r = launch("tools/train.py", *train_args(run, *OPTS, "model.depth=2", "optim.iterations=3", resume="auto"),
-               nproc=2, launcher="deepspeed", timeout=240)  # the deepspeed launcher exits with the ranks' code
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert r.stderr.count("config error:") == 1 and "model.depth" in r.stderr
-    assert "Traceback" not in r.stderr
+    err = _config_error(*train_args(run, *OPTS, "model.depth=2", "optim.iterations=3", resume="auto"))
+    assert err.count("config error:") == 1 and "model.depth" in err
+    assert "Traceback" not in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=2", resume=empty), nproc=2,
-               launcher="deepspeed", timeout=240)
-    assert r.returncode == 2 and f"config error: --resume {empty}:" in r.stderr, r.stderr[-3000:]
+    err = _config_error(*train_args(run, *OPTS, "optim.iterations=2", resume=empty))
+    assert f"config error: --resume {empty}:" in err, err[-3000:]
 
 
 @pytest.mark.slow
@@ -114,26 +120,21 @@ def test_damaged_checkpoints_are_named_and_resume_auto_takes_the_one_before(tmp_
     one, two = list_checkpoints(run)
     ema = two / "ema" / "rank00001.pt"
     ema.write_bytes(ema.read_bytes()[:1000])  # truncated
-    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=3", resume="auto"), nproc=2,
-               launcher="deepspeed", timeout=240)
+    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=3", resume="auto"), nproc=2, timeout=240)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert f"checkpoint {two.name} cannot be resumed ({ema} is damaged" in out and f"resumed from {one} at step 1" in out
-    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=3", resume=two), nproc=2,
-               launcher="deepspeed", timeout=240)
-    assert r.returncode == 2 and f"config error: --resume {two}: {ema} is damaged" in r.stderr, r.stderr[-3000:]
+    err = _config_error(*train_args(run, *OPTS, "optim.iterations=3", resume=two))
+    assert f"config error: --resume {two}: {ema} is damaged" in err, err[-3000:]
     for ckpt in list_checkpoints(run):  # every optimizer shard of rank 1 lost
         next((ckpt / "ds" / "state").glob("*rank_1_mp_rank_00_optim_states.pt")).unlink()
-    r = launch("tools/train.py", *train_args(run, *OPTS, "optim.iterations=4", resume="auto"), nproc=2,
-               launcher="deepspeed", timeout=240)
-    assert r.returncode == 2 and "can be resumed" in r.stderr and "1 DeepSpeed optimizer file(s) for the 2 rank(s)" \
-        in r.stderr, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
+    err = _config_error(*train_args(run, *OPTS, "optim.iterations=4", resume="auto"))
+    assert "can be resumed" in err and "1 DeepSpeed optimizer file(s) for the 2 rank(s)" in err, err[-3000:]
+    assert "Traceback" not in err
     # a new run warm-started from that run: named before any weights are read
-    r = launch("tools/train.py", *train_args(tmp_path / "warm", *OPTS, "optim.iterations=1", f"train.init_from={run}"),
-               nproc=2, launcher="deepspeed", timeout=240)
-    assert r.returncode == 2 and "config error: train.init_from: " in r.stderr and \
-        "1 DeepSpeed optimizer file(s) for the 2 rank(s)" in r.stderr, r.stderr[-3000:]
+    err = _config_error(*train_args(tmp_path / "warm", *OPTS, "optim.iterations=1", f"train.init_from={run}"))
+    assert "config error: train.init_from: " in err and "1 DeepSpeed optimizer file(s) for the 2 rank(s)" in err, \
+        err[-3000:]
 
 
 def test_an_unexpected_error_ends_the_rank_despite_its_loader_workers(tmp_path):
