@@ -100,8 +100,8 @@ def start(script: str | Path, *args, nproc: int | None = None, launcher: str = "
 
 def run_ranks(script: str | Path, *args, nproc: int = 2, env: dict | None = None, cwd: Path | None = None,
               timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """`script args` as `nproc` plain processes told their rank the way a launcher tells them (RANK,
-    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR / MASTER_PORT: what tools/train.py reads), with no launcher in
+    """`script args` as `nproc` plain processes told their rank the way torchrun tells them on one node
+    (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR / MASTER_PORT), with no launcher in
     between, run to the end: one result per rank, with that rank's own exit status and output (a
     launcher reports one code for all, or its own, and adds its own output). `env` defaults to
     `cpu_env()`. A rank still running at `timeout` fails the test, every rank killed."""
@@ -110,8 +110,8 @@ def run_ranks(script: str | Path, *args, nproc: int = 2, env: dict | None = None
     procs, logs = [], []
     try:
         for r in range(nproc):
-            rank_env = dict(base, RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                            MASTER_PORT=port)
+            rank_env = dict(base, RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(nproc),
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
             logs.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))  # files: no full pipe
             procs.append(subprocess.Popen(cmd, cwd=cwd or ROOT, env=rank_env, text=True, stdout=logs[r][0],
                                           stderr=logs[r][1]))
