@@ -40,6 +40,13 @@ def _copy(run, to):
     return to
 
 
+def _ranks(script, *args, env=None) -> tuple[list[int], str]:
+    """`script args` on 2 ranks as plain processes (no launcher, which would end the other rank once one
+    fails): every rank must end by itself. Returns the ranks' exit codes and their output, rank 0 first."""
+    ranks = run_ranks(script, *args, nproc=2, env=env, timeout=240)
+    return [r.returncode for r in ranks], "".join(r.stdout + r.stderr for r in ranks)
+
+
 def _config_error(*args) -> str:
     """tools/train.py `args` on 2 ranks, plain processes (each rank's own exit status, no launcher in
     between): every rank must exit 2, the documented config-error exit. Returns both ranks' stderr."""
@@ -51,20 +58,20 @@ def _config_error(*args) -> str:
 
 @pytest.mark.slow
 def test_two_ranks_disk_full_while_saving_end_cleanly(tmp_path, tmpfs):
-    """2 ranks under torchrun: a save that runs out of disk ends every rank (no hang) with the clear
-    error, removes the partial save and keeps the last good checkpoint."""
+    """2 ranks: a save that runs out of disk ends every rank (no hang; plain processes, so no launcher
+    ends a rank left waiting) with the clear error, removes the partial save and keeps the last good
+    checkpoint."""
     probe = tmp_path / "probe"
     cfg = preflight(load_config("cpu_demo", [*OPTS, "optim.iterations=1", "train.checkpoint_every=1"]), 1)
     Trainer(cfg, probe, env=single_process_group()).fit()
     size = dir_bytes(probe / CKPT_SUBDIR / "step_00000001")  # 1 rank; 2 ranks add one optimizer shard
     disk = tmpfs(f"{int(size * 2.0) // 4096 * 4096}")
     run = disk / "run"
-    r = launch("tools/train.py", *train_args(run, *OPTS, "data.global_batch_size=4", "optim.iterations=3",
-                                             "train.checkpoint_every=1", "train.keep_last=1",
-                                             "train.check_free_disk=false"), nproc=2, timeout=240)
-    out = r.stdout + r.stderr
-    first_error = out[out.find("Traceback"):][:6000]  # the tail is only the launcher's summary
-    assert r.returncode != 0, out[-3000:]
+    codes, out = _ranks("tools/train.py", *train_args(run, *OPTS, "data.global_batch_size=4", "optim.iterations=3",
+                                                      "train.checkpoint_every=1", "train.keep_last=1",
+                                                      "train.check_free_disk=false"))
+    first_error = out[out.find("Traceback"):][:6000]
+    assert all(c != 0 for c in codes), (codes, out[-3000:])
     assert "CheckpointWriteError: disk full / read-only" in out, first_error
     done = list_checkpoints(run)
     assert len(done) == 1, out[-3000:]
@@ -79,17 +86,17 @@ def test_disk_full_on_one_rank_inside_deepspeeds_save_ends_every_rank_cleanly(tm
     """Only rank 1's ZeRO-3 optimizer-state write fails (ENOSPC) while rank 0's save goes on: rank 1
     still runs the collectives that follow the writes in DeepSpeed's save (ZeRO-3's re-gather of the
     persistent parameters, the closing barrier), so both ranks reach the agreement on the error and
-    end with CheckpointWriteError, keeping the last good checkpoint, instead of hanging out of step."""
+    end with CheckpointWriteError, keeping the last good checkpoint, instead of hanging out of step
+    (plain processes: no launcher ends a rank left waiting)."""
     from helpers import ROOT, cpu_env
 
     run = tmp_path / "run"
-    r = launch("tests/integration/disk_full_on_one_rank.py", "--rank", "1", "--step", "2",
-               *train_args(run, *OPTS, "data.global_batch_size=4", "optim.iterations=3", "train.checkpoint_every=1",
-                           "zero.stage3_param_persistence_threshold=100000", "train.hang_timeout_s=60"),
-               nproc=2, env=cpu_env(PYTHONPATH=str(ROOT)), timeout=240)
-    out = r.stdout + r.stderr
+    codes, out = _ranks("tests/integration/disk_full_on_one_rank.py", "--rank", "1", "--step", "2",
+                        *train_args(run, *OPTS, "data.global_batch_size=4", "optim.iterations=3",
+                                    "train.checkpoint_every=1", "zero.stage3_param_persistence_threshold=100000",
+                                    "train.hang_timeout_s=60"), env=cpu_env(PYTHONPATH=str(ROOT)))
     first_error = out[out.find("Traceback"):][:6000]
-    assert r.returncode != 0, out[-3000:]
+    assert all(c != 0 for c in codes), (codes, out[-3000:])
     assert "hung" not in out, first_error
     assert "CheckpointWriteError: disk full / read-only ([Errno 28] No space left on device (injected)" in out, \
         first_error
