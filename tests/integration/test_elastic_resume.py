@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import assert_ok, cpu_env, free_port, launch, require, start, train_args
+from helpers import assert_ok, cpu_env, free_port, launch, require, run_ranks, start, train_args
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import list_checkpoints, load_consolidated
 
@@ -38,10 +38,11 @@ pytestmark = pytest.mark.slow
 
 
 def _launch(run_dir: Path, nproc: int, *opts, resume=None):
-    """tools/train.py on `nproc` CPU ranks through record_training.py (records in run_dir/samples)."""
-    r = launch(RECORD, "--record-dir", run_dir / "samples", "--what", "samples",
-               *train_args(run_dir, *OPTS, *opts, resume=resume),
-               nproc=nproc)
+    """tools/train.py on `nproc` CPU ranks through record_training.py (records in run_dir/samples): under
+    torchrun, or for 1 rank a plain process (a 1-process torchrun adds only its own start-up)."""
+    args = (RECORD, "--record-dir", run_dir / "samples", "--what", "samples",
+            *train_args(run_dir, *OPTS, *opts, resume=resume))
+    r = run_ranks(*args, nproc=1)[0] if nproc == 1 else launch(*args, nproc=nproc)
     assert_ok(r)
     return r
 
