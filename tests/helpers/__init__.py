@@ -14,6 +14,7 @@ Processes (helpers.procs):
     run(cmd, env, cwd, timeout)    subprocess.run with text output in the checkout
     launch(script, *args, nproc=None, launcher="torchrun"|"deepspeed", env, timeout)   run to the end
     start(script, *args, ..., log=None, **popen)   the same command, returned running (a Popen)
+    run_ranks(script, *args, nproc=2)   nproc plain processes given RANK etc., no launcher: each rank's result
     command(script, *args, nproc, launcher)        the command line both run
     rank_processes(pid)      rank -> psutil.Process below a running launcher
     wait_for_step(run_dir, step, proc)   until a running job has logged `step` in metrics.jsonl
@@ -47,13 +48,13 @@ from .features import TensorVideos, separable_features
 from .images import write_images
 from .official import official_layout
 from .procs import (assert_ok, command, cpu_env, deepspeed_launcher, free_port, gpu_env, launch, load_tool,
-                    rank_processes, run, start, train_args, wait_for_step)
+                    rank_processes, run, run_ranks, start, train_args, wait_for_step)
 from .videos import (frame_ids, frame_numbers, numbered_frames, streamable_videos, video_cfg, write_bad_set,
                      write_index, write_video_sets)
 
 __all__ = ["ROOT", "TensorVideos", "write_images", "assert_ok", "check_dev_extras", "command", "cpu_env", "deepspeed_launcher",
            "equal_tensors", "extras_required", "frame_ids", "frame_numbers", "free_port", "gpu_env", "launch",
            "load_tool", "missing_dev_extras", "needs", "numbered_frames", "official_layout", "rank_processes",
-           "reference_ema", "require", "run", "separable_features",
+           "reference_ema", "require", "run", "run_ranks", "separable_features",
            "single_process_group", "start", "streamable_videos", "tiny_config", "tmpfs_mounts", "train_args",
            "video_cfg", "wait_for_step", "write_bad_set", "write_index", "write_video_sets"]

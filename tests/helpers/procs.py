@@ -1,6 +1,6 @@
 """Processes for integration tests: free ports, environments, the torchrun / deepspeed launchers (run to
-the end, or started and acted on while they run), the training command line, and loading a tools/ script
-as a module."""
+the end, or started and acted on while they run), plain processes told their ranks (no launcher), the
+training command line, and loading a tools/ script as a module."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -95,6 +96,41 @@ def start(script: str | Path, *args, nproc: int | None = None, launcher: str = "
         return subprocess.Popen(cmd, **kw)
     with open(log, "w") as f:  # the child keeps its own descriptor
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, **kw)
+
+
+def run_ranks(script: str | Path, *args, nproc: int = 2, env: dict | None = None, cwd: Path | None = None,
+              timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """`script args` as `nproc` plain processes told their rank the way torchrun tells them on one node
+    (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR / MASTER_PORT), with no launcher in
+    between, run to the end: one result per rank, with that rank's own exit status and output (a
+    launcher reports one code for all, or its own, and adds its own output). `env` defaults to
+    `cpu_env()`. A rank still running at `timeout` fails the test, every rank killed."""
+    base, port = cpu_env() if env is None else env, str(free_port())
+    cmd = [str(c) for c in command(script, *args)]
+    procs, logs = [], []
+    try:
+        for r in range(nproc):
+            rank_env = dict(base, RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(nproc),
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            logs.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))  # files: no full pipe
+            procs.append(subprocess.Popen(cmd, cwd=cwd or ROOT, env=rank_env, text=True, stdout=logs[r][0],
+                                          stderr=logs[r][1]))
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = []
+    for p, (out, err) in zip(procs, logs):
+        out.seek(0)
+        err.seek(0)
+        results.append(subprocess.CompletedProcess(cmd, p.returncode, out.read(), err.read()))
+        out.close()
+        err.close()
+    return results
 
 
 def rank_processes(pid: int) -> dict:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, cpu_env, launch, start, streamable_videos, train_args
+from helpers import ROOT, cpu_env, run_ranks, start, streamable_videos, train_args
 from vjepa_scale.data import LoaderTimeoutError
 
 
@@ -113,9 +113,10 @@ def test_frozen_worker_ends_the_run_with_a_message(videos, tmp_path, stop):
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["loader", "collate"])
 def test_data_error_on_one_rank_ends_every_rank_at_that_step(tmp_path, where):
-    """2 ranks under torchrun, rank 1's data fail at step 2 (its data mount gone): every rank stops at
-    that step with the agreed DataLoadError (rank 1 shows its own error, rank 0 names rank 1), instead
-    of rank 0 waiting in its next collective for the watchdog (train.hang_timeout_s) or the launcher.
+    """2 ranks (plain processes: no launcher ends a rank left waiting), rank 1's data fail at step 2 (its
+    data mount gone): every rank stops at that step with the agreed DataLoadError, exit 1 (rank 1 shows
+    its own error, rank 0 names rank 1), instead of rank 0 waiting in its next collective for the
+    watchdog (train.hang_timeout_s) or the launcher.
     `collate`: video files, and the error comes inside the loader on the run's last step, where rank 0's
     loader closes the epoch and its summary is gathered over the ranks; that gather must wait for the
     agreement (it once ran inside rank 0's next(), a collective rank 1 never reached)."""
@@ -128,11 +129,12 @@ def test_data_error_on_one_rank_ends_every_rank_at_that_step(tmp_path, where):
         index = write_synthetic_videos(tmp_path / "videos", num_videos=4, frames=16, size=32, val_fraction=0)["train"]
         opts += ["data.backend=cpu", f"data.datasets=[{{path: {index}}}]"]
     t0 = time.monotonic()
-    r = launch("tests/integration/data_error_at_step.py", "--fail-micro-step", "1", "--fail-rank", "1",
-               "--where", where, *train_args(run, *opts), nproc=2,
-               env=cpu_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])), timeout=300)
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out[-3000:]
+    ranks = run_ranks("tests/integration/data_error_at_step.py", "--fail-micro-step", "1", "--fail-rank", "1",
+                      "--where", where, *train_args(run, *opts), nproc=2,
+                      env=cpu_env(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
+                      timeout=300)
+    out = "".join(r.stdout + r.stderr for r in ranks)
+    assert [r.returncode for r in ranks] == [1, 1], out[-3000:]
     assert time.monotonic() - t0 < 240
     assert "DataLoadError: rank 1: could not load its batch for step 2: NoReadableVideosError: rank 1: " \
            "/data/videos.csv: no such file (injected)" in out, out[-3000:]

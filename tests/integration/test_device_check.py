@@ -113,10 +113,15 @@ def test_a_failed_step_row_is_retried_with_another_attention_backend(tmp_path):
 
 
 def test_refuses_an_unknown_device_and_reports_a_failed_wheel_install(tmp_path):
+    """An unknown DEVICE ends the script at once (exit 2); a carried wheel that does not install is
+    reported and makes the run fail (exit 1), the script going on to its end. STAGES=" " (no stage:
+    an empty STAGES means the default ones): the stages after a failed install are the dry run's
+    business, and took most of this test's time."""
     r, _ = _device_check(tmp_path / "out1", DEVICE="tpu", STAGES="")
     assert r.returncode == 2 and "DEVICE must be cuda or cpu, got 'tpu'" in r.stdout
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken-0.1-py3-none-any.whl").write_bytes(b"not a zip")
-    r, _ = _device_check(tmp_path / "out2", DEVICE="cpu", STAGES="", WHEELS=str(bad))
+    r, out = _device_check(tmp_path / "out2", DEVICE="cpu", STAGES=" ", WHEELS=str(bad))
     assert r.returncode == 1 and f"installing the carried wheels from {bad} failed" in r.stdout
+    assert "status=1" in r.stdout and (out / "summary.txt").exists()  # went on to the end, results packed

@@ -1,6 +1,7 @@
-"""Divergence guard with 2 ranks (tools/train.py under torchrun): `optim.lr=1e6` stops with the error; a
-NaN batch on rank 1 alone is skipped by both ranks and the run finishes. One rank without a launcher:
-the exit code of a diverged run. In-process cases: unit/test_divergence.py."""
+"""Divergence guard with 2 ranks: `optim.lr=1e6` stops every rank with the error and EXIT_DIVERGED (plain
+rank processes: each rank's own code); a NaN batch on rank 1 alone is skipped by both ranks and the run
+finishes (tools/train.py under torchrun). One rank without a launcher: the exit code of a diverged run.
+In-process cases: unit/test_divergence.py."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import equal_tensors, launch, require, train_args
+from helpers import equal_tensors, launch, require, run_ranks, train_args
 from vjepa_scale.train.guard import EXIT_DIVERGED
 from vjepa_scale.weights import CKPT_SUBDIR, find_latest, list_checkpoints, load_consolidated
 
@@ -58,10 +59,10 @@ def test_two_rank_divergence_stops_with_error(tmp_path):
     steps leave online weights and EMA target as they were; every checkpoint is finite and the
     last one written before the stop stays `latest`."""
     run = tmp_path / "run"
-    r = _launch(run, "optim.iterations=12", "optim.lr=1e6", "optim.start_lr=1e6", "optim.warmup=0",
-                "train.max_bad_steps=3")
-    out = r.stdout + r.stderr
-    assert r.returncode != 0, out[-3000:]
+    ranks = run_ranks("tools/train.py", *train_args(run, *OPTS, "optim.iterations=12", "optim.lr=1e6",
+                                                    "optim.start_lr=1e6", "optim.warmup=0", "train.max_bad_steps=3"))
+    out = "".join(r.stdout + r.stderr for r in ranks)
+    assert [r.returncode for r in ranks] == [EXIT_DIVERGED] * 2, out[-3000:]
     recs = _strict_records(run)
     counts = [0] + [rec["skipped_steps"] for rec in recs]
     skipped = [rec["step"] for rec, before in zip(recs, counts) if rec["skipped_steps"] > before]

@@ -1,7 +1,9 @@
 """Elastic resume on CPU (gloo, tiny config): a checkpoint written on N ranks continues on M ranks.
 
 Each scenario trains STEPS steps straight on W1 ranks (a checkpoint every K steps), then resumes
-its step-K checkpoint on W2 ranks in a fresh run dir up to STEPS. With `data.global_batch_size`
+its step-K checkpoint on W2 ranks in a fresh run dir up to STEPS. A straight run is made once per
+(W1, options) in this module and each test takes a copy (resumes write into the checkpoint they read:
+the universal form), so scenarios that start from the same run do not train it again. With `data.global_batch_size`
 fixed, the resumed run must continue the straight one: the same clips at every step (recorded by
 tests/integration/record_training.py from the batches that really reached the model), logged losses and final
 online / EMA weights equal within fp32 reduction-order noise (LOSS_RTOL, WEIGHT_ATOL: the ranks sum
@@ -10,6 +12,7 @@ run continues the sample stream at the saved position.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import assert_ok, cpu_env, free_port, launch, require, start, train_args
+from helpers import assert_ok, cpu_env, free_port, launch, require, run_ranks, start, train_args
 from vjepa_scale.train.metrics import read_metrics
 from vjepa_scale.weights import list_checkpoints, load_consolidated
 
@@ -35,12 +38,31 @@ pytestmark = pytest.mark.slow
 
 
 def _launch(run_dir: Path, nproc: int, *opts, resume=None):
-    """tools/train.py on `nproc` CPU ranks through record_training.py (records in run_dir/samples)."""
-    r = launch(RECORD, "--record-dir", run_dir / "samples", "--what", "samples",
-               *train_args(run_dir, *OPTS, *opts, resume=resume),
-               nproc=nproc)
+    """tools/train.py on `nproc` CPU ranks through record_training.py (records in run_dir/samples): under
+    torchrun, or for 1 rank a plain process (a 1-process torchrun adds only its own start-up)."""
+    args = (RECORD, "--record-dir", run_dir / "samples", "--what", "samples",
+            *train_args(run_dir, *OPTS, *opts, resume=resume))
+    r = run_ranks(*args, nproc=1)[0] if nproc == 1 else launch(*args, nproc=nproc)
     assert_ok(r)
     return r
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """straight_run(w1, *opts, to=dir): a copy at `to` of the straight run of STEPS steps on `w1` ranks with
+    `opts` (recorded samples included), trained on first use and kept untouched for the next test."""
+    made: dict[tuple, Path] = {}
+
+    def copy(w1: int, *opts: str, to: Path) -> Path:
+        key = (w1, *opts)
+        if key not in made:
+            run = tmp_path_factory.mktemp(f"straight{w1}") / "run"
+            _launch(run, w1, *opts)
+            made[key] = run
+        shutil.copytree(made[key], to, symlinks=True)
+        return to
+
+    return copy
 
 
 def _samples(run_dir: Path) -> dict[int, list[int]]:
@@ -52,9 +74,9 @@ def _samples(run_dir: Path) -> dict[int, list[int]]:
     return out
 
 
-def _elastic(tmp_path, w1: int, w2: int, *opts, resume_opts=()):
-    straight, resumed = tmp_path / f"straight{w1}", tmp_path / f"resumed{w1}to{w2}"
-    _launch(straight, w1, *opts)
+def _elastic(straight_run, tmp_path, w1: int, w2: int, *opts, resume_opts=()):
+    straight = straight_run(w1, *opts, to=tmp_path / f"straight{w1}")
+    resumed = tmp_path / f"resumed{w1}to{w2}"
     ckpt = list_checkpoints(straight)[0]
     assert ckpt.name == f"step_{K:08d}" and json.loads((ckpt / "meta.json").read_text())["world_size"] == w1
     r = _launch(resumed, w2, *opts, *resume_opts, resume=ckpt)
@@ -91,27 +113,27 @@ def _check_continues(straight: Path, resumed: Path, log: str, w1: int, w2: int) 
     assert max((k[n] - f[n]).abs().max().item() for n in k) > 1e-4
 
 
-def test_zero3_two_ranks_to_one(tmp_path):
-    straight, resumed, log = _elastic(tmp_path, 2, 1)
+def test_zero3_two_ranks_to_one(straight_run, tmp_path):
+    straight, resumed, log = _elastic(straight_run, tmp_path, 2, 1)
     _check_continues(straight, resumed, log, 2, 1)
     assert (list_checkpoints(straight)[0] / "universal" / "state" / "zero").is_dir()  # converted once, kept
 
 
-def test_zero3_one_rank_to_two(tmp_path):
-    straight, resumed, log = _elastic(tmp_path, 1, 2)
+def test_zero3_one_rank_to_two(straight_run, tmp_path):
+    straight, resumed, log = _elastic(straight_run, tmp_path, 1, 2)
     _check_continues(straight, resumed, log, 1, 2)
 
 
-def test_zero2_two_ranks_to_one(tmp_path):
-    straight, resumed, log = _elastic(tmp_path, 2, 1, "zero.stage=2")
+def test_zero2_two_ranks_to_one(straight_run, tmp_path):
+    straight, resumed, log = _elastic(straight_run, tmp_path, 2, 1, "zero.stage=2")
     _check_continues(straight, resumed, log, 2, 1)
 
 
-def test_zero2_to_zero1_continues_and_zero3_is_refused(tmp_path):
+def test_zero2_to_zero1_continues_and_zero3_is_refused(straight_run, tmp_path):
     """Another ZeRO stage on resume: ZeRO-1 and ZeRO-2 keep the optimizer state in one layout, so the
     run continues as if unchanged; ZeRO-3's layout is another, which DeepSpeed cannot load into (its
     universal format included), so that resume is refused before any work, naming the key and the way out."""
-    straight, resumed, log = _elastic(tmp_path, 2, 2, "zero.stage=2", resume_opts=["zero.stage=1"])
+    straight, resumed, log = _elastic(straight_run, tmp_path, 2, 2, "zero.stage=2", resume_opts=["zero.stage=1"])
     _check_continues(straight, resumed, log, 2, 2)
     ckpt = list_checkpoints(straight)[0]
     assert json.loads((list_checkpoints(resumed)[-1] / "meta.json").read_text())["zero_stage"] == 1
@@ -129,11 +151,11 @@ def test_zero2_to_zero1_continues_and_zero3_is_refused(tmp_path):
     assert (straight / "metrics.jsonl").read_text() == before
 
 
-def test_changed_global_batch_resumes_at_saved_sample(tmp_path):
+def test_changed_global_batch_resumes_at_saved_sample(straight_run, tmp_path):
     """No data.global_batch_size: 4 clips per rank, 8 per step on 2 ranks, 4 on 1. The 1-rank run
     continues the sample stream at clip 24 (3 steps x 8): positions 24..35, said in the log."""
     opts = ["data.global_batch_size=null", "data.batch_size=4"]
-    straight, resumed, log = _elastic(tmp_path, 2, 1, *opts)
+    straight, resumed, log = _elastic(straight_run, tmp_path, 2, 1, *opts)
     assert "global batch changed from 8 to 4" in log and "at clip 24" in log
     a, b = _samples(straight), _samples(resumed)
     stream = [i for s in sorted(a) for i in a[s]]  # the 2-rank run's stream, positions 0..47
@@ -142,7 +164,7 @@ def test_changed_global_batch_resumes_at_saved_sample(tmp_path):
     assert meta["samples_seen"] == 36 and meta["global_batch_size"] == 4
 
 
-def test_init_from_optimizer_reshards_a_read_only_source_in_its_own_run(tmp_path):
+def test_init_from_optimizer_reshards_a_read_only_source_in_its_own_run(straight_run, tmp_path):
     """`train.init_from_optimizer` from a 2-rank run on 1 rank: the source folder is read-only (a shared
     pretraining run), so the universal form is made in the new run's folder and removed after the load."""
     import subprocess
@@ -155,8 +177,7 @@ def test_init_from_optimizer_reshards_a_read_only_source_in_its_own_run(tmp_path
 
     with tmpfs_mounts(tmp_path) as mount:
         disk = mount("256m")
-        _launch(disk / "pre", 2, "optim.iterations=3")
-        src = list_checkpoints(disk / "pre")[0]
+        src = list_checkpoints(straight_run(2, to=disk / "pre"))[0]  # a 2-rank checkpoint (step K)
         before = sorted(p.relative_to(disk) for p in disk.rglob("*"))
         r = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
         if r.returncode:
@@ -212,17 +233,15 @@ def _is_converter(p: psutil.Process) -> bool:
         return False
 
 
-def test_preemption_signal_to_the_job_step_during_the_conversion(tmp_path):
+def test_preemption_signal_to_the_job_step_during_the_conversion(straight_run, tmp_path):
     """SIGTERM to the whole job step (its process group, as SLURM signals it) while rank 0's universal
     converter runs: the converter is not killed by it (it used to be: RuntimeError, exit 1 and a
     `universal.failed` left); the conversion finishes, and every rank then stops before its first step
     and exits 75, PREEMPTED naming the checkpoint it resumed."""
     from vjepa_scale.train import preempt
 
-    straight, resumed = tmp_path / "straight1", tmp_path / "resumed1to2"
-    (p,) = _srun(1, train_args(straight, *OPTS, "optim.iterations=3"), tmp_path / "straight.log")
-    assert p.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
-    (ckpt,) = list_checkpoints(straight)
+    straight, resumed = straight_run(1, to=tmp_path / "straight1"), tmp_path / "resumed1to2"
+    ckpt = list_checkpoints(straight)[0]  # step K, saved on 1 rank: the 2 tasks convert it
     procs = _srun(2, train_args(resumed, *OPTS, resume=ckpt), tmp_path / "resumed.log")
     try:
         deadline, converter = time.monotonic() + 300, None

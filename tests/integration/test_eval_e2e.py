@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_ok, launch, load_tool, require, train_args
+from helpers import assert_ok, launch, load_tool, require, run_ranks, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.eval.config import load_eval_config
 from vjepa_scale.eval.encoder import load_frozen_encoder
@@ -140,11 +140,12 @@ def test_probe_under_two_process_launch(setup):
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and [x["num_train_videos"] for x in res["runs"]] == [4, 4]
     # one val video for two ranks: rank 1 has none, and both ranks stop with the reason (rank 0 used to
-    # wait for it in the probe's first all-reduce)
+    # wait for it in the probe's first all-reduce); plain processes, so no launcher ends a rank left waiting
     one = setup["base"] / "one_val.txt"
     one.write_text(Path(setup["idx"]["val"]).read_text().splitlines()[0] + "\n")
-    r = _probe("--random-init", "--checkpoint", str(setup["run"]), "--output", str(out), *setup["common"],
-               f"data.val_index={one}", nproc=2)
-    assert r.returncode != 0
-    assert "rank 1 of 2 got no usable videos (1 in the index)" in r.stderr, r.stderr[-3000:]
-    assert "another rank got no usable videos" in r.stderr, r.stderr[-3000:]
+    ranks = run_ranks("tools/eval_probe.py", "--random-init", "--checkpoint", str(setup["run"]), "--output", str(out),
+                      *setup["common"], f"data.val_index={one}", nproc=2)
+    err = "".join(r.stderr for r in ranks)
+    assert all(r.returncode != 0 for r in ranks), err[-3000:]
+    assert "rank 1 of 2 got no usable videos (1 in the index)" in err, err[-3000:]
+    assert "another rank got no usable videos" in err, err[-3000:]

@@ -7,7 +7,8 @@ One 2-rank ZeRO-3 run of tools/train.py (cpu_demo, depth 1, synthetic clips) wit
 recorded batch by batch (record_training.py --what batches, beside this file), saving every 2 steps and at the phase
 end. A second run resumes from the step-2 checkpoint (inside phase 0) and crosses the boundary; it
 must end bitwise equal to the first. Then a 1-rank Trainer starts a cooldown from the first run
-(`train.init_from`, with and without `train.init_from_optimizer`).
+(`train.init_from`, without and then with `train.init_from_optimizer`: two Trainers, one after the
+other, in one spawned process).
 """
 import json
 import os
@@ -128,40 +129,47 @@ def _adam_moments(trainer) -> float:
     return float(sum(s["exp_avg"].abs().sum() for s in state.values() if "exp_avg" in s))
 
 
-def _cool_worker(_, run_dir: str, port: str, src: str, with_optimizer: bool, out: str) -> None:
+def _cool_worker(_, base: str, port: str, src: str) -> None:
+    """Each cooldown (without, then with the optimizer state) by its own Trainer: its start state goes to
+    base/cool_{with_optimizer}.pt, its run to base/cool_{with_optimizer}."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     import deepspeed
 
     from vjepa_scale.train.engine import Trainer
     from vjepa_scale.train.launch import preflight
 
-    cfg = preflight(load_config("cpu_demo", [*COOL, f"train.init_from={src}",
-                                             f"train.init_from_optimizer={str(with_optimizer).lower()}"]), 1)
-    tr = Trainer(cfg, run_dir)
-    named = list(tr.engine.module.named_parameters())
-    with deepspeed.zero.GatheredParameters([p for _, p in named]):
-        params = {n: p.detach().clone() for n, p in named}
-    start = {"step": tr.step, "sample_offset": tr.sample_offset, "schedule": tr.schedule(0), "params": params,
-             "ema": consolidate_shards([tr.ema.state_dict()]), "moments": _adam_moments(tr)}
-    tr.fit()
-    torch.save(start, out)
+    for with_optimizer in (False, True):
+        cfg = preflight(load_config("cpu_demo", [*COOL, f"train.init_from={src}",
+                                                 f"train.init_from_optimizer={str(with_optimizer).lower()}"]), 1)
+        tr = Trainer(cfg, Path(base) / f"cool_{with_optimizer}")
+        named = list(tr.engine.module.named_parameters())
+        with deepspeed.zero.GatheredParameters([p for _, p in named]):
+            params = {n: p.detach().clone() for n, p in named}
+        start = {"step": tr.step, "sample_offset": tr.sample_offset, "schedule": tr.schedule(0), "params": params,
+                 "ema": consolidate_shards([tr.ema.state_dict()]), "moments": _adam_moments(tr)}
+        tr.fit()
+        torch.save(start, Path(base) / f"cool_{with_optimizer}.pt")
+        del tr, named, params, start
     torch.distributed.destroy_process_group()
 
 
-def _cooldown(tmp_path, src, with_optimizer: bool) -> dict:
-    out = tmp_path / f"cool_{with_optimizer}.pt"
-    run_dir = tmp_path / f"cool_{with_optimizer}"
-    torch.multiprocessing.spawn(_cool_worker, nprocs=1,
-                                args=(str(run_dir), str(free_port()), str(src), with_optimizer, str(out)))
-    return {"start": torch.load(out, weights_only=False), "run": run_dir}
+@pytest.fixture(scope="module")
+def cooldowns(runs, tmp_path_factory) -> dict:
+    """with_optimizer -> {"start": the cooldown Trainer's state before its first step, "run": its run dir},
+    from the first run's latest checkpoint (step 6)."""
+    base = tmp_path_factory.mktemp("cool")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"DS_ACCELERATOR": "cpu", "DS_SKIP_SHM_BUILD": "1", "OMP_NUM_THREADS": "1"}.items():
+            mp.setenv(k, v)
+        torch.multiprocessing.spawn(_cool_worker, nprocs=1, args=(str(base), str(free_port()), str(runs["straight"])))
+    return {w: {"start": torch.load(base / f"cool_{w}.pt", weights_only=False), "run": base / f"cool_{w}"}
+            for w in (False, True)}
 
 
 @pytest.mark.parametrize("with_optimizer", [False, True])
-def test_cooldown_starts_from_another_runs_weights_and_ema(runs, tmp_path, monkeypatch, with_optimizer):
-    for k, v in {"DS_ACCELERATOR": "cpu", "DS_SKIP_SHM_BUILD": "1", "OMP_NUM_THREADS": "1"}.items():
-        monkeypatch.setenv(k, v)
+def test_cooldown_starts_from_another_runs_weights_and_ema(runs, cooldowns, with_optimizer):
     src = runs["straight"]  # a run dir: its latest checkpoint, step 6
-    res = _cooldown(tmp_path, src, with_optimizer)
+    res = cooldowns[with_optimizer]
     start = res["start"]
     online, target = load_consolidated(src, "online"), load_consolidated(src, "target")
     assert online["step"] == 6

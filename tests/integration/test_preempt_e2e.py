@@ -2,9 +2,9 @@
 
 The launcher watch in a child under a stand-in launcher (in-process cases: unit/test_preempt.py).
 Slow (2 ranks, gloo, tools/train.py through the launchers, tiny config, N steps):
-  straight:  N steps under `deepspeed`, a checkpoint after every step;
-  preempted: the same run, SIGTERM to rank 1 after step 3 is logged -> exit 75, one checkpoint at
-             the step reached; then `--resume auto` (under torchrun) to the end;
+  straight:  N steps under torchrun, a checkpoint after every step;
+  preempted: the same run under `deepspeed`, SIGTERM to rank 1 after step 3 is logged -> exit 75, one
+             checkpoint at the step reached; then `--resume auto` (under torchrun) to the end;
   outer:     SIGTERM to the outer `deepspeed` runner -> the ranks save, exit, and leave no orphans.
 """
 from __future__ import annotations
@@ -158,7 +158,8 @@ def _rng_equal(a: dict, b: dict) -> bool:
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("preempt")
     straight, run = base / "straight", base / "preempted"
-    assert_ok(_train(straight, "train.checkpoint_every=1"))
+    # torchrun (the deepspeed runner and launch add about 7 s of start-up; the preempted run has it)
+    assert_ok(_train(straight, "train.checkpoint_every=1", launcher="torchrun"))
     # checkpoint_every > N: the only checkpoint before the end is the one the preemption writes
     proc = _train(run, "train.checkpoint_every=100", log=base / "preempted.log")
     wait_for_step(run, 1, proc, log=base / "preempted.log")

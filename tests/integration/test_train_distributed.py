@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_ok, cpu_env, gpu_env, launch, reference_ema, require, train_args
+from helpers import assert_ok, cpu_env, gpu_env, launch, reference_ema, require, run_ranks, train_args
 from vjepa_scale.config import load_config
 from vjepa_scale.models import Predictor, VisionTransformer3D
 from vjepa_scale.train.engine import build_models
@@ -117,7 +117,8 @@ def test_resume_is_exact(runs):
 def test_keep_last_prunes_old_checkpoints(tmp_path):
     """One rank, a save every step, train.keep_last=2: only the two newest stay, `latest` names the last."""
     run = tmp_path / "keep2"
-    r = _launch(run, "optim.iterations=4", "train.checkpoint_every=1", "train.keep_last=2", nproc=1)
+    (r,) = run_ranks("tools/train.py", *train_args(run, *OPTS, "optim.iterations=4", "train.checkpoint_every=1",
+                                                   "train.keep_last=2"), nproc=1)  # one rank: no launcher needed
     assert_ok(r)
     root = run / CKPT_SUBDIR
     assert [p.name for p in list_checkpoints(run)] == ["step_00000003", "step_00000004"]
