@@ -51,7 +51,7 @@ def test_mixed_shapes_train_with_a_falling_loss(runs):
     assert len({r["clips_per_step"] for r in recs}) > 1
     assert all(r["tokens_per_s"] <= r["clips_per_s"] * 16 + 1e-6 for r in recs)
     # each log window's trained clips per dataset (2 ranks summed), as shares
-    assert all(abs(sum(r[f"data_share_{i}"] for i in range(3)) - 1) < 1e-9 for r in recs)
+    assert all(abs(sum(r[f"data_share_{i}"] for i in range(3)) - 1) < 1e-8 for r in recs)  # 9 digits each
 
 
 def test_mixed_shapes_resume_is_exact(runs):
