@@ -133,6 +133,15 @@ def test_probe_under_two_process_launch(setup):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and res["runs"][0]["num_val_videos"] == 4  # counts summed over ranks
+    # streamed features (encoded for every batch, loader workers, DDP): the same probe steps and result
+    r = _probe("--random-init", "--checkpoint", str(setup["run"]), "--output", str(out), *setup["common"],
+               "optim.batch_size=4", "run.features=stream", "data.num_workers=1", nproc=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "eval: features streamed (encoded every epoch) (run.features=stream; " in r.stdout
+    streamed = json.loads((out / "result.json").read_text())
+    assert streamed["features"] == "stream" and streamed["runs"][0]["num_val_videos"] == 4
+    for a, b in zip(res["runs"][0]["history"], streamed["runs"][0]["history"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3) and b["val_top1"] == a["val_top1"], (a, b)
     # few-shot: each seed's subset is chosen first, then spread over the ranks
     r = _probe("--random-init", "--checkpoint", str(setup["run"]), "--output", str(out), *setup["common"],
                "optim.batch_size=4", "data.train_per_class=1", "--seeds", "0,1", nproc=2)

@@ -584,6 +584,148 @@ def test_evaluate_averages_softmax_over_views():
     assert m["loss"] == pytest.approx(-(p0[0].log() + p1[1].log()).item() / 2, rel=1e-5)
 
 
+# ---------------------------------------------------------------- streamed features (run.features)
+
+
+class SomeUnusable(TensorVideos):
+    """TensorVideos whose items at `bad` are unusable files, as `EvalClips` gives them."""
+
+    def __init__(self, videos, labels, bad=()):
+        super().__init__(videos, labels)
+        self.bad = set(bad)
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        if i in self.bad:
+            item.update(video=None, skipped=(f"v{i}.mp4", "decode: broken"))
+        return item
+
+
+def _tiny_videos(n, views=2, clips=2, seed=0):
+    """A 1-block tiny encoder (8 tokens per 4x32x32 clip) and n videos of `views` x `clips` clips, labels i % 3."""
+    torch.manual_seed(seed)
+    enc = VisionTransformer3D(tiny_model(), (2, 2, 2)).eval().requires_grad_(False)
+    return enc, torch.randn(n, views, clips, 3, 4, 32, 32), [i % 3 for i in range(n)]
+
+
+def test_streamed_features_read_like_the_features_kept_in_memory():
+    """The same sample ids give the same features and labels, encoded on the fly; a probe trained on either
+    takes the same steps (equal up to the encoder's rounding on other batch shapes)."""
+    from vjepa_scale.eval.stream import StreamedFeatures
+
+    enc, videos, labels = _tiny_videos(6)
+    cpu = torch.device("cpu")
+    mem = extract_features(enc, TensorVideos(videos, labels), 2, cpu, progress=False)
+    stream = StreamedFeatures(enc, TensorVideos(videos, labels), list(range(6)), 2, 2, cpu, torch.float32,
+                              num_workers=1)  # one loader worker: the batches come back in order
+    assert (len(stream), stream.num_views, stream.dim) == (len(mem), mem.num_views, mem.dim) == (6, 2, 192)
+    sels = [torch.tensor([3, 0, 11]), torch.tensor([5, 5])]  # sample = video * 2 + view
+    for (xm, ym, km), (xs, ys, ks) in zip(mem.batches(sels, cpu), stream.batches(sels, cpu), strict=True):
+        torch.testing.assert_close(xs, xm, rtol=1e-4, atol=1e-5)
+        assert xs.shape == (len(ym), 16, 192) and torch.equal(ys, ym) and ks.all() and km.all()
+    assert [y.tolist() for _, y, _ in stream.batches(sels, cpu)] == [[1, 0, 2], [2, 2]]
+    got = list(stream.videos(cpu))
+    torch.testing.assert_close(torch.cat([x for x, _ in got]), mem.feats_MVND, rtol=1e-4, atol=1e-5)
+    assert torch.cat([y for _, y in got]).tolist() == labels
+    runs = [train_probe(data, data, ProbeConfig(), ProbeOptimConfig(epochs=2, batch_size=4, lr=1e-2), num_classes=3,
+                        encoder_heads=3, seed=0, device=cpu, progress=False) for data in (mem, stream)]
+    assert runs[0]["steps"] == runs[1]["steps"] == 6
+    for a, b in zip(runs[0]["history"], runs[1]["history"], strict=True):
+        assert a["train_samples"] == b["train_samples"] == 12
+        for k in ("train_loss", "val_loss", "train_top1", "val_top1"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-4), (k, a, b)
+
+
+def test_streamed_batches_leave_out_unusable_videos_and_train_on_the_rest():
+    """Video 1 is unusable: its samples are not kept, it is listed once, and a batch of nothing else is a
+    zero-gradient step; the epoch's train metrics count the usable samples only."""
+    from vjepa_scale.data.skips import NoReadableVideosError
+    from vjepa_scale.eval.stream import StreamedFeatures
+
+    enc, videos, labels = _tiny_videos(3, views=1, clips=1)
+    cpu = torch.device("cpu")
+    stream = StreamedFeatures(enc, SomeUnusable(videos, labels, bad={1}), [0, 1, 2], 1, 2, cpu, torch.float32)
+    (x, y, kept), (none, y2, kept2) = stream.batches([torch.tensor([1, 2, 0]), torch.tensor([1])], cpu)
+    assert kept.tolist() == [False, True, True] and y.tolist() == [2, 0] and x.shape == (2, 8, 192)
+    assert none is None and y2.numel() == 0 and kept2.tolist() == [False]
+    assert stream.skipped == {"v1.mp4": "decode: broken"}
+    res = train_probe(stream, stream, ProbeConfig(), ProbeOptimConfig(epochs=2, batch_size=1), num_classes=3,
+                      encoder_heads=3, seed=0, device=cpu, progress=False)
+    assert res["steps"] == 6 and [r["train_samples"] for r in res["history"]] == [2, 2]
+    assert res["num_val_videos"] == 2
+    nothing = StreamedFeatures(enc, SomeUnusable(videos, labels, bad={0, 1, 2}), [0, 1, 2], 1, 2, cpu, torch.float32)
+    with pytest.raises(NoReadableVideosError, match="probe seed0: no train video could be read on any rank"):
+        train_probe(nothing, stream, ProbeConfig(), ProbeOptimConfig(epochs=1, batch_size=1), num_classes=3,
+                    encoder_heads=3, seed=0, device=cpu, tag="seed0", progress=False)
+    with pytest.raises(NoReadableVideosError, match="val features: no val video could be read on any rank"):
+        evaluate(AttentiveProbe(ProbeConfig(), 192, 3, 3), nothing, cpu, torch.float32)
+
+
+def test_feature_store_keeps_features_in_memory_only_when_they_fit(monkeypatch, capsys):
+    """auto: memory up to half the host memory a rank may use, else stream; memory that does not fit is refused
+    naming the key and the sizes; stream is always stream; unknown memory: memory."""
+    from vjepa_scale.eval.run import feature_store
+
+    avail = {"bytes": 2000}
+    monkeypatch.setattr("vjepa_scale.train.memory.agreed_available_bytes",
+                        lambda device, n: (avail["bytes"], "available host memory of the test"))
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert feature_store("auto", 2, 1, 10, 10, f32) == ("memory", 800)  # 2 x 1 x 10 x 10 x 4 bytes
+    assert "eval: features kept in host memory (2 videos x 1 views x 10 tokens x 10 x 4 bytes = 0.0 MiB per rank; " \
+           "available host memory of the test: 0.0 MiB)" in capsys.readouterr().out
+    assert feature_store("auto", 2, 3, 10, 10, f32) == ("stream", 2400)
+    assert "eval: features streamed (encoded every epoch)" in capsys.readouterr().out
+    assert feature_store("auto", 5, 1, 10, 10, bf16) == ("memory", 1000)  # bf16 features: 2 bytes
+    assert feature_store("stream", 1, 1, 1, 1, f32) == ("stream", 4)
+    avail["bytes"] = 700
+    with pytest.raises(ConfigError, match=r"run.features=memory: the features take 2 videos x 1 views x 10 tokens x "
+                                          r"10 x 4 bytes = .* per rank, more than the available host memory of the "
+                                          r"test .*: set run.features=stream \(or auto\)"):
+        feature_store("memory", 2, 1, 10, 10, f32)
+    avail["bytes"] = None
+    assert feature_store("auto", 10 ** 9, 3, 4608, 1280, bf16)[0] == "memory"
+
+
+def test_eval_streams_the_same_result_as_memory_from_real_videos(tmp_path, capsys):
+    """run_eval end to end on decoded videos: run.features=stream gives memory's probe (history within rounding)
+    and says so; an unusable train file is left out and counted alike (the stream's batches then differ: it is
+    met in them, where memory mode drops it before drawing any)."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.run import run_eval
+
+    idx = write_synthetic_videos(tmp_path / "v", num_videos=12, frames=8, size=32, val_fraction=0.25, seed=0)
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 64)
+    with_junk = tmp_path / "train.txt"
+    with_junk.write_text(Path(idx["train"]).read_text() + f"{tmp_path / 'junk.mp4'} 1\n")
+    results = {}
+    for mode, train_index in (("memory", idx["train"]), ("stream", idx["train"]), ("memory", with_junk),
+                              ("stream", with_junk)):
+        data = EvalDataConfig(train_index=str(train_index), val_index=str(idx["val"]), crop_size=32,
+                              frames_per_clip=4, frame_step=2, num_views=2, num_workers=0, num_classes=8)
+        cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=2, batch_size=4))
+        cfg.encoder.random_init = True
+        cfg.run = dataclasses.replace(cfg.run, output_dir=str(tmp_path / mode), tensorboard=False, progress_bar=False,
+                                      features=mode)
+        results[mode, train_index == with_junk] = run_eval(cfg.validate())
+        out = capsys.readouterr().out
+        assert ("eval: features kept in host memory" if mode == "memory" else "eval: features streamed") in out
+        assert (f"eval: left out train video {tmp_path / 'junk.mp4'} (" in out) == (train_index == with_junk)
+    mem, stream = results["memory", False], results["stream", False]
+    assert (mem["features"], stream["features"]) == ("memory", "stream")
+    assert mem["feature_bytes_per_rank"] == stream["feature_bytes_per_rank"] == 12 * 2 * 8 * 192 * 4  # 9 + 3 videos
+    assert mem["num_train_videos"] == stream["num_train_videos"] == 9
+    assert mem["num_val_videos"] == stream["num_val_videos"] == 3
+    for a, b in zip(mem["runs"][0]["history"], stream["runs"][0]["history"], strict=True):
+        for k in ("train_loss", "val_loss", "train_top1", "val_top1"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-4), (k, a, b)
+    assert stream["val_feature_effective_rank"] == pytest.approx(mem["val_feature_effective_rank"], rel=1e-4)
+    mem, stream = results["memory", True], results["stream", True]
+    assert mem["skipped_videos"] == stream["skipped_videos"] and list(stream["skipped_videos"]["train"]) == [
+        str(tmp_path / "junk.mp4")]
+    assert mem["num_train_videos"] == stream["num_train_videos"] == 9
+    assert [r["train_samples"] for r in stream["runs"][0]["history"]] == [18, 18]  # 9 usable videos x 2 views
+
+
 # ---------------------------------------------------------------- HF export
 
 

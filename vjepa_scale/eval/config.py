@@ -130,6 +130,9 @@ class RunConfig(Section):
     progress_bar: bool = True
     tensorboard: bool = True
     num_threads: Optional[int] = None  # CPU threads for torch (null: torch's default); 1 on busy machines
+    # memory: encode every video once and keep the features in host memory; stream: encode on the fly for every
+    # probe batch and val pass (features too large for memory); auto: memory when they take at most half of it
+    features: Literal["auto", "memory", "stream"] = "auto"
     # output_dir already holding another encoder's result.json: refused unless true (then replaced, tb/ too)
     overwrite: bool = False
 

@@ -1,4 +1,4 @@
-"""Frozen-encoder features: every (view, clip) of every video through the encoder once, kept in memory.
+"""Frozen-encoder features kept in host memory: every (view, clip) of every video through the encoder once.
 
 A video's features are `(num_views, num_clips * N, D)`: for each spatial view the token sets of its
 temporal clips are concatenated, so the probe attends across clips; views are classified separately
@@ -6,11 +6,15 @@ and their predictions averaged. Under a distributed launch each rank encodes the
 (few-shot probes: its share of each subset, `eval.data.rank_share`).
 Items whose video is None (an unusable file, see `eval.data.EvalClips`) are left out and listed in
 `FeatureSet.skipped`; those marked `padded` (shorter than one clip window) are listed in `FeatureSet.padded`.
+
+The probe reads features through `batches` (training samples: (video, view) pairs) and `videos` (every view
+of a video, for evaluation); `eval.stream.StreamedFeatures` has the same two methods and encodes on the fly
+when the features would not fit in memory (`run.features`, `feature_bytes`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -18,6 +22,22 @@ from tqdm import tqdm
 
 from vjepa_scale.data.skips import NoReadableVideosError
 from vjepa_scale.distributed import any_rank
+
+
+class ProbeData(Protocol):
+    """What a probe reads its features from (`FeatureSet`, `eval.stream.StreamedFeatures`): this rank's videos."""
+
+    num_views: int
+    dim: int  # feature width D
+
+    def __len__(self) -> int: ...
+
+    def batches(self, sels: list[torch.Tensor], device: torch.device) -> Iterator[tuple]:
+        """For each `sel` of sample ids (video * num_views + view): (x_SND float32 or None when no sample is
+        usable, y_S, kept_S) on `device`; x and y hold the usable samples, kept (bool, len(sel)) marks them."""
+
+    def videos(self, device: torch.device, chunk: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x_MVND float32, y_M) on `device` over every usable video."""
 
 
 @dataclass
@@ -31,10 +51,57 @@ class FeatureSet:
     def __len__(self) -> int:
         return self.labels_M.shape[0]
 
+    @property
+    def num_views(self) -> int:
+        return self.feats_MVND.shape[1]
 
-def _collate(items: list[dict]) -> dict:
+    @property
+    def dim(self) -> int:
+        return self.feats_MVND.shape[-1]
+
+    def batches(self, sels: list[torch.Tensor], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+        """`ProbeData.batches`; every sample of a FeatureSet is usable."""
+        x_SND, y_S = self.feats_MVND.flatten(0, 1), self.labels_M.repeat_interleave(self.num_views)
+        for sel in sels:
+            yield (x_SND[sel].to(device, torch.float32), y_S[sel].to(device),
+                   torch.ones(len(sel), dtype=torch.bool, device=device))
+
+    def videos(self, device: torch.device, chunk: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`ProbeData.videos`, `chunk` videos at a time."""
+        for a in range(0, len(self), chunk):
+            yield self.feats_MVND[a:a + chunk].to(device, torch.float32), self.labels_M[a:a + chunk].to(device)
+
+
+def store_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """Features are kept (or, streamed, rounded) in fp32 under fp32 compute, else in bf16."""
+    return torch.float32 if dtype == torch.float32 else torch.bfloat16
+
+
+def feature_bytes(videos: int, views: int, clips: int, tokens: int, dim: int, dtype: torch.dtype) -> int:
+    """Host memory the features of `videos` videos take: videos x views x clips x tokens x dim x bytes."""
+    return videos * views * clips * tokens * dim * store_dtype_for(dtype).itemsize
+
+
+@torch.no_grad()
+def encode_videos(encoder: torch.nn.Module, video_BVKCTHW: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                  chunk: int) -> torch.Tensor:
+    """(B, V, K * N, D) features in the store dtype on `device`, encoding `chunk` videos' clips per call."""
+    B, V, K = video_BVKCTHW.shape[:3]
+    out = []
+    for a in range(0, B, chunk):
+        part = video_BVKCTHW[a:a + chunk]
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            tok_XND = encoder(part.flatten(0, 2).to(device, non_blocking=True))
+        N, D = tok_XND.shape[-2:]
+        out.append(tok_XND.reshape(part.shape[0], V, K * N, D).to(store_dtype_for(dtype)))
+    return torch.cat(out)
+
+
+def collate_videos(items: list[dict]) -> dict:
+    """The usable items stacked (video None when there is none); `kept`: which items those are."""
     kept = [it for it in items if it["video"] is not None]
-    return {"video": torch.stack([it["video"] for it in kept]) if kept else None,
+    return {"kept": torch.tensor([it["video"] is not None for it in items]),
+            "video": torch.stack([it["video"] for it in kept]) if kept else None,
             "label": torch.tensor([it["label"] for it in kept], dtype=torch.int64),
             "index": torch.tensor([it["index"] for it in kept], dtype=torch.int64),
             "skipped": [it["skipped"] for it in items if it["video"] is None],
@@ -44,28 +111,21 @@ def _collate(items: list[dict]) -> dict:
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
                      dtype: torch.dtype = torch.float32, num_workers: int = 0, rank: int = 0,
-                     world_size: int = 1, store_dtype: Optional[torch.dtype] = None,
-                     desc: str = "features", progress: bool = True,
+                     world_size: int = 1, desc: str = "features", progress: bool = True,
                      positions: Optional[list[int]] = None) -> FeatureSet:
     """Encode this rank's share of `dataset` (items {video (V, K, C, T, H, W), label, index}): the items
     at `positions`, by default `rank::world_size`."""
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)) if positions is None else positions)
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate)
-    store_dtype = store_dtype or (torch.float32 if dtype == torch.float32 else torch.bfloat16)
+                        collate_fn=collate_videos)
     feats, labels, index, skipped, padded = [], [], [], [], []
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
         skipped += batch["skipped"]
         padded += batch["padded"]
         video = batch["video"]
         if video is None:
             continue
-        B, V, K = video.shape[:3]
-        with autocast:
-            tok_XND = encoder(video.flatten(0, 2).to(device, non_blocking=True))
-        N, D = tok_XND.shape[-2:]
-        feats.append(tok_XND.reshape(B, V, K * N, D).to("cpu", store_dtype))
+        feats.append(encode_videos(encoder, video, device, dtype, batch_size).cpu())
         labels.append(batch["label"])
         index.append(batch["index"])
     if any_rank(not feats):  # more ranks than videos, or all of a rank's unusable: every rank stops

@@ -1,5 +1,6 @@
-"""One frozen evaluation: load the encoder, encode the train and val videos once, train one probe per
-seed, write `result.json` (and tensorboard logs) to `run.output_dir`.
+"""One frozen evaluation: load the encoder, encode the train and val videos (once, kept in host memory, or
+on the fly for every pass when they do not fit: `run.features`), train one probe per seed, write
+`result.json` (and tensorboard logs) to `run.output_dir`.
 
 Runs as one process (CPU or one GPU) or under a launcher (`torchrun` / `deepspeed`): with
 WORLD_SIZE > 1 it joins a process group (nccl on GPUs, gloo on CPU), shards the videos over ranks
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -22,9 +24,11 @@ from vjepa_scale.distributed import compute_dtype, device_for, dist_env, init_di
 from vjepa_scale.eval.config import EvalConfig
 from vjepa_scale.eval.data import (EvalClips, check_disjoint, check_val_readable, per_class_subset, probe_classes,
                                    rank_share, read_labeled_index)
-from vjepa_scale.eval.encoder import encoder_origin, load_frozen_encoder
-from vjepa_scale.eval.features import FeatureSet, effective_rank, extract_features, top_pc_share
+from vjepa_scale.eval.encoder import encoder_origin, eval_grid, load_frozen_encoder
+from vjepa_scale.eval.features import (FeatureSet, effective_rank, extract_features, feature_bytes, store_dtype_for,
+                                       top_pc_share)
 from vjepa_scale.eval.probe import resolve_probe_heads
+from vjepa_scale.eval.stream import StreamedFeatures
 from vjepa_scale.eval.train_probe import train_probe
 
 log = logging.getLogger("vjepa_scale.eval")
@@ -56,8 +60,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     out, origin = Path(cfg.run.output_dir), encoder_origin(cfg)
     check_output_dir(out, origin, cfg.run.overwrite)  # every rank: all refuse alike, before any weights are read
     frozen = load_frozen_encoder(cfg)
-    encoder = frozen.encoder
-    heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, encoder.dims.num_heads)
+    encoder, dims = frozen.encoder, frozen.encoder.dims
+    heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, dims.num_heads)
     check_head_fits(encoder.embed_dim, num_classes, cfg.data.num_classes is not None, device)
     env = init_distributed(device)
     rank, world = env.rank, env.world_size
@@ -66,36 +70,39 @@ def run_eval(cfg: EvalConfig) -> dict:
     train_positions = sorted(set().union(*shares.values())) if shares else None
     encoder.to(device)
     progress = cfg.run.progress_bar
+    train_clips, val_clips = EvalClips(train_paths, train_labels, cfg.data), EvalClips(val_paths, val_labels, cfg.data)
+    tokens = math.prod(eval_grid(cfg, frozen.model_cfg)) * cfg.data.num_clips
+    most_train = (max(len(set().union(*(rank_share(chosen, r, world, cfg.data.train_per_class)
+                                         for chosen in subsets.values()))) for r in range(world))
+                  if subsets else -(-len(train_paths) // world))
+    mode, need = feature_store(cfg.run.features, most_train + -(-len(val_paths) // world), cfg.data.num_views,
+                               tokens, encoder.embed_dim, dtype)
     t_enc = time.time()
-    train = extract_features(encoder, EvalClips(train_paths, train_labels, cfg.data), cfg.data.batch_size,
-                             device, dtype, cfg.data.num_workers, rank, world, desc="train features",
-                             progress=progress, positions=train_positions)
-    val = extract_features(encoder, EvalClips(val_paths, val_labels, cfg.data), cfg.data.batch_size,
-                           device, dtype, cfg.data.num_workers, rank, world, desc="val features",
-                           progress=progress)
+    if mode == "memory":
+        train = extract_features(encoder, train_clips, cfg.data.batch_size, device, dtype, cfg.data.num_workers, rank,
+                                 world, desc="train features", progress=progress, positions=train_positions)
+        val = extract_features(encoder, val_clips, cfg.data.batch_size, device, dtype, cfg.data.num_workers, rank,
+                               world, desc="val features", progress=progress)
+        sample_XD = val.feats_MVND[:256, 0].flatten(0, 1).float()  # collapse diagnostics on this rank's share
+        del encoder
+        frozen.encoder = None  # the probes train on the features alone: free the device's copy
+    else:
+        def streamed(clips: EvalClips, positions: list[int]) -> StreamedFeatures:
+            return StreamedFeatures(encoder, clips, positions, cfg.data.num_views, cfg.data.batch_size, device, dtype,
+                                    cfg.data.num_workers)
+
+        val = streamed(val_clips, list(range(rank, len(val_paths), world)))
+        sample = []
+        for x_MVND, _ in val.videos(torch.device("cpu")):  # the first 256 of this rank's share
+            sample.append(x_MVND[:, 0].flatten(0, 1))
+            if sum(len(x) for x in sample) >= 256 * tokens:
+                break
+        sample_XD = torch.cat(sample)[:256 * tokens] if sample else None  # None: no usable val video here
+        stream_train = {seed: streamed(train_clips, sorted(shares[seed]) if seed in shares else
+                                       list(range(rank, len(train_paths), world))) for seed in cfg.run.seeds}
     t_feat = time.time() - t_enc
-    # (dict.fromkeys: with subsets, two ranks may encode the same train video)
-    skipped = {name: list(dict.fromkeys(_all_ranks(fs.skipped, world)))
-               for name, fs in (("train", train), ("val", val))}
-    if rank == 0 and any(skipped.values()):
-        for name, items in skipped.items():
-            for path, reason in items:
-                print(f"eval: left out {name} video {path} ({reason})", flush=True)
-    left_out = {i for i, p in enumerate(train_paths) if p in dict(skipped["train"])}  # train positions
-    padded = {name: len(set(_all_ranks(fs.padded, world))) for name, fs in (("train", train), ("val", val))}
-    if rank == 0 and any(padded.values()):
-        d = cfg.data
-        steps = d.frames_per_clip - (d.frame_spacing == "exact")  # linspace spreads the clip over fpc x step frames
-        span = (f"at data.fps={d.fps:g} spans {steps} frame steps of a video's own" if d.fps else
-                f"at data.frame_step={d.frame_step} spans "
-                f"{clip_window(d.frames_per_clip, d.frame_step, d.frame_spacing)} frames")
-        log.warning("eval: %d train and %d val videos are shorter than one clip window (data.frames_per_clip=%d "
-                    "%s): their clips repeat the last frame (result.json: padded_videos); lower data.frame_step "
-                    "(data.fps) or data.frames_per_clip to sample only real frames",
-                    padded["train"], padded["val"], d.frames_per_clip, span)
-    sample_XD = val.feats_MVND[:256, 0].flatten(0, 1).float()  # collapse diagnostics on this rank's share
-    feat_rank, feat_top_pc = effective_rank(sample_XD), top_pc_share(sample_XD)
-    del encoder
+    feat_rank, feat_top_pc = ((effective_rank(sample_XD), top_pc_share(sample_XD)) if sample_XD is not None else
+                              (math.nan, math.nan))
 
     writer = None
     if rank == 0:
@@ -108,17 +115,33 @@ def run_eval(cfg: EvalConfig) -> dict:
             writer = SummaryWriter(str(out / "tb"))
     runs = []
     for seed in cfg.run.seeds:
-        data = train
-        if seed in shares:
-            keep = torch.isin(train.index_M, torch.tensor(shares[seed], dtype=torch.int64))
-            data = FeatureSet(train.feats_MVND[keep], train.labels_M[keep], train.index_M[keep])
+        if mode == "stream":
+            data = stream_train[seed]
+        else:
+            data = train
+            if seed in shares:
+                keep = torch.isin(train.index_M, torch.tensor(shares[seed], dtype=torch.int64))
+                data = FeatureSet(train.feats_MVND[keep], train.labels_M[keep], train.index_M[keep])
         runs.append(train_probe(data, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
                                 writer, tag=f"seed{seed}", progress=progress))
-        runs[-1]["num_train_videos"] = len(set(subsets.get(seed, range(len(train_paths)))) - left_out)
     if writer is not None:
         writer.close()
+
+    if mode == "memory":
+        mine = {"train": (train.skipped, train.padded), "val": (val.skipped, val.padded)}
+    else:  # what the passes met: every val video each epoch, every seed's train videos
+        mine = {"train": ([kv for src in stream_train.values() for kv in src.skipped.items()],
+                          [i for src in stream_train.values() for i in src.padded]),
+                "val": (list(val.skipped.items()), list(val.padded))}
+    # (dict.fromkeys: with subsets, two ranks may encode the same train video)
+    skipped = {name: list(dict.fromkeys(_all_ranks(items, world))) for name, (items, _) in mine.items()}
+    padded = {name: len(set(_all_ranks(items, world))) for name, (_, items) in mine.items()}
+    if rank == 0:
+        report_left_out(skipped, padded, cfg.data)
+    left_out = {i for i, p in enumerate(train_paths) if p in dict(skipped["train"])}  # train positions
+    for run in runs:
+        run["num_train_videos"] = len(set(subsets.get(run["seed"], range(len(train_paths)))) - left_out)
     tops = [r["val_top1"] for r in runs]
-    dims = frozen.encoder.dims
     result = {
         "encoder": frozen.source,
         "encoder_origin": origin,
@@ -138,7 +161,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         "runs": runs,
         "val_feature_effective_rank": round(feat_rank, 2),
         "val_feature_top_pc_share": round(feat_top_pc, 4),
-        "feature_seconds": round(t_feat, 2),
+        "features": mode,  # run.features as resolved: memory (encoded once) or stream (encoded every pass)
+        "feature_bytes_per_rank": need,  # what memory mode keeps on the rank with the most videos
+        "feature_seconds": round(t_feat, 2) if mode == "memory" else None,
         "total_seconds": round(time.time() - t0, 2),
         "world_size": world,
         "device": str(device),
@@ -147,6 +172,50 @@ def run_eval(cfg: EvalConfig) -> dict:
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def report_left_out(skipped: dict, padded: dict, d) -> None:
+    """Print the unusable videos and warn about the padded ones (`d`: the eval data config)."""
+    for name, items in skipped.items():
+        for path, reason in items:
+            print(f"eval: left out {name} video {path} ({reason})", flush=True)
+    if any(padded.values()):
+        steps = d.frames_per_clip - (d.frame_spacing == "exact")  # linspace spreads the clip over fpc x step frames
+        span = (f"at data.fps={d.fps:g} spans {steps} frame steps of a video's own" if d.fps else
+                f"at data.frame_step={d.frame_step} spans "
+                f"{clip_window(d.frames_per_clip, d.frame_step, d.frame_spacing)} frames")
+        log.warning("eval: %d train and %d val videos are shorter than one clip window (data.frames_per_clip=%d "
+                    "%s): their clips repeat the last frame (result.json: padded_videos); lower data.frame_step "
+                    "(data.fps) or data.frames_per_clip to sample only real frames",
+                    padded["train"], padded["val"], d.frames_per_clip, span)
+
+
+MEMORY_SHARE = 0.5  # run.features=auto keeps features in memory when they take at most this share of it
+
+
+def feature_store(mode: str, videos: int, views: int, tokens: int, dim: int, dtype: torch.dtype) -> tuple[str, int]:
+    """(`memory` or `stream`, bytes memory mode keeps per rank) for `run.features=mode`; `videos`: train + val
+    videos of the rank with the most. `auto` keeps them in memory when they take at most MEMORY_SHARE of the
+    host memory one rank may use (unknown: memory), else streams; `memory` that does not fit is a ConfigError
+    before any video is encoded. Every rank decides alike (the least memory of any rank). Rank 0 says which."""
+    from vjepa_scale.train.memory import _gib, agreed_available_bytes, local_ranks
+
+    need = feature_bytes(videos, views, 1, tokens, dim, dtype)
+    avail, how = agreed_available_bytes(torch.device("cpu"), local_ranks())
+    what = (f"{videos} videos x {views} views x {tokens} tokens x {dim} x {store_dtype_for(dtype).itemsize} bytes = "
+            f"{_gib(need)} per rank")
+    if mode == "memory" and avail is not None and need > avail:
+        raise ConfigError(f"run.features=memory: the features take {what}, more than the {how} ({_gib(avail)}): "
+                          f"set run.features=stream (or auto) to encode them on the fly every epoch instead")
+    if mode == "auto":
+        mode = "memory" if avail is None or need <= MEMORY_SHARE * avail else "stream"
+        why = f"{what}; {how}: {_gib(avail)}" if avail is not None else f"{what}; host memory unknown"
+    else:
+        why = f"run.features={mode}; {what}"
+    if dist_env().rank == 0:
+        print(f"eval: features {'kept in host memory' if mode == 'memory' else 'streamed (encoded every epoch)'} "
+              f"({why})", flush=True)
+    return mode, need
 
 
 HEAD_BYTES_PER_PARAM = 16  # fp32 weight, gradient and AdamW's two moments

@@ -1,4 +1,7 @@
-"""Train one attentive probe on cached frozen features; report top-1 with views averaged.
+"""Train one attentive probe on frozen features; report top-1 with views averaged.
+
+The features come from a `ProbeData`: kept in memory (`eval.features.FeatureSet`) or encoded on the fly
+(`eval.stream.StreamedFeatures`); both give the same batches for the same seed.
 
 Training samples are (video, view) pairs; a video's prediction averages the softmax over its views.
 AdamW with linear warmup then cosine decay, stepped per iteration. Under torch.distributed each rank
@@ -16,9 +19,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vjepa_scale.data.skips import NoReadableVideosError
 from vjepa_scale.distributed import rank_and_world
 from vjepa_scale.eval.config import ProbeConfig, ProbeOptimConfig
-from vjepa_scale.eval.features import FeatureSet
+from vjepa_scale.eval.features import ProbeData
 from vjepa_scale.eval.probe import AttentiveProbe
 from vjepa_scale.schedules import warmup_cosine
 
@@ -36,30 +40,31 @@ def _sum(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(probe: torch.nn.Module, data: FeatureSet, device: torch.device, dtype: torch.dtype,
+def evaluate(probe: torch.nn.Module, data: ProbeData, device: torch.device, dtype: torch.dtype,
              chunk: int = 64) -> dict:
     """Top-1 over videos (softmax averaged over views) and mean loss, summed over ranks."""
     probe.eval()
-    M, V = data.feats_MVND.shape[:2]
-    correct = loss = 0.0
-    for a in range(0, M, chunk):
-        x = data.feats_MVND[a:a + chunk].flatten(0, 1).to(device, torch.float32)
-        y = data.labels_M[a:a + chunk].to(device)
+    correct = loss = count = 0.0
+    for x_MVND, y in data.videos(device, chunk):
+        M, V = x_MVND.shape[:2]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = probe(x).float()
-        prob_MC = logits.softmax(-1).view(-1, V, logits.shape[-1]).mean(1)
+            logits = probe(x_MVND.flatten(0, 1)).float()
+        prob_MC = logits.softmax(-1).view(M, V, logits.shape[-1]).mean(1)
         correct += (prob_MC.argmax(-1) == y).sum().item()
         loss += F.nll_loss(prob_MC.clamp_min(1e-12).log(), y, reduction="sum").item()
-    correct, loss, count = _sum([correct, loss, float(M)], device)
+        count += M
+    correct, loss, count = _sum([correct, loss, count], device)
+    if not count:  # streamed features: every val video unusable on every rank
+        raise NoReadableVideosError("val features: no val video could be read on any rank")
     return {"top1": 100.0 * correct / count, "loss": loss / count, "count": int(count)}
 
 
-def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, optim_cfg: ProbeOptimConfig,
+def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_cfg: ProbeOptimConfig,
                 num_classes: int, encoder_heads: int, seed: int, device: torch.device,
                 dtype: torch.dtype = torch.float32, writer=None, tag: str = "", progress: bool = True) -> dict:
     """Train a fresh probe (initialized from `seed`) and return its final val top-1 and history."""
     rank, world = rank_and_world()
-    D = train.feats_MVND.shape[-1]
+    D = train.dim
     torch.manual_seed(seed)
     probe = AttentiveProbe(probe_cfg, D, num_classes, encoder_heads).to(device)
     model = probe
@@ -71,10 +76,7 @@ def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, opti
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
 
-    M, V = train.feats_MVND.shape[:2]
-    x_SND = train.feats_MVND.flatten(0, 1)  # (video, view) samples
-    y_S = train.labels_M.repeat_interleave(V)
-    local = x_SND.shape[0]
+    local = len(train) * train.num_views  # (video, view) samples, id video * num_views + view
     total_samples, empty = _sum([float(local), float(local == 0)], device)  # the same on every rank
     if empty:  # raised by every rank (none waits in a collective)
         raise ValueError(f"probe {tag}: {int(empty)} of {world} ranks hold no training sample ({int(total_samples)} "
@@ -94,28 +96,33 @@ def train_probe(train: FeatureSet, val: FeatureSet, probe_cfg: ProbeConfig, opti
         order = torch.cat([torch.randperm(local, generator=g)
                            for _ in range(math.ceil(steps_per_epoch * per_rank / local))])
         run_loss = run_correct = run_seen = 0.0
-        for s in range(steps_per_epoch):
-            sel = order[s * per_rank:(s + 1) * per_rank]
+        sels = [order[s * per_rank:(s + 1) * per_rank] for s in range(steps_per_epoch)]
+        for s, (x, y, kept) in enumerate(train.batches(sels, device)):
             # `order` repeats samples after its first `local` positions (to fill the epoch's last batches):
             # the train metrics count each sample once per epoch
-            first = (torch.arange(s * per_rank, s * per_rank + len(sel)) < local).to(device)
-            x, y = x_SND[sel].to(device, torch.float32), y_S[sel].to(device)
+            first = (torch.arange(s * per_rank, s * per_rank + len(kept)) < local).to(device)[kept]
             lr = probe_lr(it, total, warmup, start_lr, optim_cfg.lr, optim_cfg.final_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
+            empty = x is None  # streamed: every video of this batch unusable; a zero-gradient step
+            if empty:  # (the ranks' gradient all-reduce still needs this rank's)
+                x = torch.zeros(1, 1, D, device=device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 logits = model(x).float()
-            loss = F.cross_entropy(logits, y)
+            loss = logits.sum() * 0.0 if empty else F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                run_loss += F.cross_entropy(logits[first], y[first], reduction="sum").item()
-                run_correct += (logits.argmax(-1) == y)[first].sum().item()
-                run_seen += first.sum().item()
+            if not empty:
+                with torch.no_grad():
+                    run_loss += F.cross_entropy(logits[first], y[first], reduction="sum").item()
+                    run_correct += (logits.argmax(-1) == y)[first].sum().item()
+                    run_seen += first.sum().item()
             it += 1
             bar.update(1)
         run_loss, run_correct, seen = _sum([run_loss, run_correct, run_seen], device)
+        if not seen:
+            raise NoReadableVideosError(f"probe {tag}".strip() + ": no train video could be read on any rank")
         val_metrics = evaluate(probe, val, device, dtype)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": run_loss / seen, "train_top1": 100.0 * run_correct / seen,
                "train_samples": int(seen), "val_loss": val_metrics["loss"], "val_top1": val_metrics["top1"]}
