@@ -47,6 +47,19 @@ class Section:
                 raise ConfigError(f"{prefix}.{n} must be > 0, got {v}")
 
 
+def check_crop_ranges(section, prefix: str) -> None:
+    """ConfigError unless `section.random_resize_scale` is 0 < min <= max <= 1 and
+    `section.random_resize_aspect_ratio` 0 < min <= max."""
+    lo, hi = section.random_resize_scale
+    if not (0 < lo <= hi <= 1):
+        raise ConfigError(f"{prefix}.random_resize_scale must satisfy 0 < min <= max <= 1, "
+                          f"got {list(section.random_resize_scale)}")
+    lo, hi = section.random_resize_aspect_ratio
+    if not (0 < lo <= hi):
+        raise ConfigError(f"{prefix}.random_resize_aspect_ratio must satisfy 0 < min <= max (width / height), "
+                          f"got {list(section.random_resize_aspect_ratio)}")
+
+
 def check_device_name(name: str, key: str) -> None:
     """A device setting is `auto`, `cpu`, `cuda` or `cuda:N` (N a GPU index); ConfigError naming `key` if not."""
     if not (isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name)):
@@ -349,14 +362,7 @@ class DataConfig(Section):
         if not 0 <= self.max_bad_fraction < 1:
             raise ConfigError(f"{prefix}.max_bad_fraction must be in [0, 1) (0: any unusable entry is an error), "
                               f"got {self.max_bad_fraction}")
-        lo, hi = self.random_resize_scale
-        if not (0 < lo <= hi <= 1):
-            raise ConfigError(f"{prefix}.random_resize_scale must satisfy 0 < min <= max <= 1, "
-                              f"got {list(self.random_resize_scale)}")
-        lo, hi = self.random_resize_aspect_ratio
-        if not (0 < lo <= hi):
-            raise ConfigError(f"{prefix}.random_resize_aspect_ratio must satisfy 0 < min <= max (width / height), "
-                              f"got {list(self.random_resize_aspect_ratio)}")
+        check_crop_ranges(self, prefix)
         if self.backend != "synthetic" and not self.datasets:
             raise ConfigError(f"{prefix}.datasets is empty: give at least one index file "
                               f"or set {prefix}.backend: synthetic")

@@ -518,6 +518,66 @@ def test_eval_clips_decode_real_videos(tmp_path):
     torch.testing.assert_close(item["video"][0], item["video"][2])
 
 
+
+def test_augmented_clips_draw_from_seed_epoch_and_video_only(tmp_path):
+    """data.train_augment's items: one sample of num_clips clips; the same (seed, epoch, video) gives the same
+    tensor, another epoch or seed another; without crop, flip or erasing it is the whole frame resized."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.data import AugmentedClips
+
+    idx = write_synthetic_videos(tmp_path, num_videos=4, frames=24, size=32, val_fraction=0.25)
+    paths, labels = read_labeled_index(idx["train"], "data.train_index")
+    data = EvalDataConfig(train_index="a", val_index="b", crop_size=16, frames_per_clip=4, frame_step=2, num_clips=2,
+                          num_views=3, train_augment=True, horizontal_flip=True)
+    ds = AugmentedClips(paths, labels, data, seed=0)
+    item = ds[1]
+    assert item["video"].shape == (1, 2, 3, 4, 16, 16) and item["label"] == labels[1] and not item["padded"]
+    assert torch.equal(AugmentedClips(paths, labels, data, seed=0)[1]["video"], item["video"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["video"], item["video"])
+    assert not torch.equal(AugmentedClips(paths, labels, data, seed=1)[1]["video"], item["video"])
+    plain = dataclasses.replace(data, random_resize_scale=(1.0, 1.0), random_resize_aspect_ratio=(1.0, 1.0),
+                                horizontal_flip=False, random_erase_prob=0.0, num_views=1, num_clips=1)
+    whole = AugmentedClips(paths, labels, plain, seed=0)[1]["video"][0, 0]
+    frames = EvalClips(paths, labels, dataclasses.replace(plain, frame_step=1, frames_per_clip=24))[1]["video"][0, 0]
+    # the one window of 7 frames starts at a drawn frame; every frame is the square video resized to 16 px
+    starts = [k for k in range(18) if torch.allclose(frames[:, k:k + 7:2], whole, atol=1e-5)]
+    assert len(starts) == 1, starts
+    # streamed, each epoch's pass draws that epoch's crops (in the loader's worker too)
+    from vjepa_scale.eval.stream import StreamedFeatures
+
+    enc = VisionTransformer3D(tiny_model(), (2, 1, 1)).eval().requires_grad_(False)
+    stream = StreamedFeatures(enc, AugmentedClips(paths, labels, data, seed=0), [0, 1, 2], 1, 2, torch.device("cpu"),
+                              torch.float32, num_workers=1)
+    sel = [torch.tensor([2, 0])]
+    x0, x1, x0_again = (next(stream.batches(sel, torch.device("cpu"), epoch))[0] for epoch in (0, 1, 0))
+    assert torch.equal(x0, x0_again) and not torch.allclose(x0, x1)
+
+
+def test_random_erasing_fills_one_box_of_noise_in_every_frame():
+    import numpy as np
+
+    from vjepa_scale.data.clips import random_erase_
+
+    x = torch.zeros(3, 4, 32, 32)
+    assert not random_erase_(x, 0.0, np.random.default_rng(0)).any()
+    changed = 0
+    for seed in range(20):
+        y = random_erase_(torch.zeros(3, 4, 32, 32), 1.0, np.random.default_rng(seed))
+        box = y.ne(0).any(dim=(0, 1))  # (H, W) pixels erased in some frame and channel
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        if not box.any():
+            continue  # no box fitted in 10 draws: unchanged
+        changed += 1
+        h, w = len(rows), len(cols)
+        assert box.sum() == h * w and rows.diff().eq(1).all() and cols.diff().eq(1).all()  # one rectangle
+        assert 0.02 * 1024 * 0.5 <= h * w <= 1024 / 3 * 1.5 and 0.3 / 1.5 <= h / w <= 3.4 * 1.5, (h, w)
+        assert y.ne(0).all(dim=(0, 1)).sum() == h * w  # the same box in every frame and channel
+        assert not torch.equal(y[:, 0], y[:, 1])  # fresh noise per frame
+        torch.testing.assert_close(random_erase_(torch.zeros(3, 4, 32, 32), 1.0, np.random.default_rng(seed)), y)
+    assert changed >= 15
+
+
 # ---------------------------------------------------------------- probe training
 
 
@@ -724,6 +784,35 @@ def test_eval_streams_the_same_result_as_memory_from_real_videos(tmp_path, capsy
         str(tmp_path / "junk.mp4")]
     assert mem["num_train_videos"] == stream["num_train_videos"] == 9
     assert [r["train_samples"] for r in stream["runs"][0]["history"]] == [18, 18]  # 9 usable videos x 2 views
+
+
+def test_train_augment_streams_one_new_sample_per_video_and_epoch(tmp_path, capsys):
+    """run_eval with data.train_augment: auto streams (and says why), memory is refused before any work, every
+    epoch trains one sample per train video (num_views applies to val), and a re-run repeats it exactly."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.run import run_eval
+
+    idx = write_synthetic_videos(tmp_path / "v", num_videos=12, frames=16, size=32, val_fraction=0.25, seed=0)
+    data = EvalDataConfig(train_index=str(idx["train"]), val_index=str(idx["val"]), crop_size=32, frames_per_clip=4,
+                          frame_step=2, num_views=2, num_workers=1, num_classes=8, train_augment=True)
+    cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=2, batch_size=4))
+    cfg.encoder.random_init = True
+    cfg.run = dataclasses.replace(cfg.run, output_dir=str(tmp_path / "out"), tensorboard=False, progress_bar=False)
+    with pytest.raises(ConfigError, match=r"data.train_augment=true draws new crops every epoch, .*set run.features "
+                                          r"to auto or stream \(run.features=memory given\)"):
+        dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, features="memory")).validate()
+    first = run_eval(cfg.validate())
+    assert "eval: features streamed (encoded every epoch) (data.train_augment: new train crops every epoch)" in \
+        capsys.readouterr().out
+    assert first["features"] == "stream" and first["num_train_videos"] == 9 and first["num_val_videos"] == 3
+    assert [r["train_samples"] for r in first["runs"][0]["history"]] == [9, 9]  # one per video, not per view
+    again = run_eval(cfg)
+    assert again["runs"][0]["history"] == first["runs"][0]["history"]
+    for key, value, match in (("random_erase_prob", 1.5, r"data.random_erase_prob must be in \[0, 1\], got 1.5"),
+                              ("random_resize_scale", (0.5, 1.2), r"data.random_resize_scale must satisfy 0 < min <= "
+                                                                  r"max <= 1, got \[0.5, 1.2\]")):
+        with pytest.raises(ConfigError, match=match):
+            dataclasses.replace(cfg, data=dataclasses.replace(data, **{key: value})).validate()
 
 
 # ---------------------------------------------------------------- HF export

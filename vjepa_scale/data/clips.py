@@ -231,6 +231,26 @@ def normalize_clip(frames_THWC: torch.Tensor, box: tuple[int, int, int, int], fl
     return x_TCHW.permute(1, 0, 2, 3).contiguous()
 
 
+def random_erase_(video_CTHW: torch.Tensor, prob: float, rng: np.random.Generator, area: tuple[float, float] = (0.02, 1 / 3),
+                  aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> torch.Tensor:
+    """With chance `prob`, fill one box (area fraction ~U(area), height / width ~log-U(aspect)) of every frame
+    with standard normal noise, the same box in every frame (the reference's random erasing, `cube` mode, on
+    normalized pixels); in place. No box after `attempts` draws that do not fit: unchanged."""
+    if prob <= 0 or rng.random() >= prob:
+        return video_CTHW
+    C, T, H, W = video_CTHW.shape
+    for _ in range(attempts):
+        target = H * W * rng.uniform(*area)
+        ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+        h, w = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if 0 < h < H and 0 < w < W:
+            top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+            noise = torch.from_numpy(rng.standard_normal((C, T, h, w), dtype=np.float32))
+            video_CTHW[:, :, top:top + h, left:left + w] = noise.to(video_CTHW.dtype)
+            break
+    return video_CTHW
+
+
 def denormalize_clip(video_CTHW: torch.Tensor) -> torch.Tensor:
     """Inverse of the normalization: (3, T, H, W) float -> pixel values in [0, 255] (float)."""
     kw = dict(dtype=video_CTHW.dtype, device=video_CTHW.device)

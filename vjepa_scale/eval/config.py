@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from vjepa_scale.config import (ConfigError, ModelConfig, Section, check_device_name, load_typed_yaml, to_plain,
-                                validate_sections)
+from vjepa_scale.config import (ConfigError, ModelConfig, Section, check_crop_ranges, check_device_name,
+                                load_typed_yaml, to_plain, validate_sections)
 
 
 @dataclass
@@ -63,6 +63,15 @@ class EvalDataConfig(Section):
     resize_ratio: float = 1.0  # short side is resized to crop_size * resize_ratio before cropping
     batch_size: int = 8  # videos per feature-extraction batch
     num_workers: int = 2
+    # probe training on augmented clips, as the reference probes train: every epoch each train video is one
+    # sample whose clips each take a random window of their part of the video and a random resized crop
+    # (+ flip, + random erasing); val keeps the fixed views above. The features change every epoch, so they
+    # are streamed (run.features: auto or stream)
+    train_augment: bool = False
+    random_resize_scale: tuple[float, float] = (0.08, 1.0)  # crop area over the frame's (the reference probe's)
+    random_resize_aspect_ratio: tuple[float, float] = (0.75, 4 / 3)  # crop width / height, drawn log-uniformly
+    horizontal_flip: bool = False  # mirror half the clips (the reference probe does not)
+    random_erase_prob: float = 0.25  # chance a clip gets one box of noise over all its frames (reference: reprob)
 
     def validate(self, prefix: str = "data") -> None:
         for name in ("train_index", "val_index"):
@@ -81,6 +90,14 @@ class EvalDataConfig(Section):
             raise ConfigError(f"{prefix}.num_classes must be >= 2 or null, got {self.num_classes}")
         if self.num_workers < 0:
             raise ConfigError(f"{prefix}.num_workers must be >= 0, got {self.num_workers}")
+        check_crop_ranges(self, prefix)
+        if not 0 <= self.random_erase_prob <= 1:
+            raise ConfigError(f"{prefix}.random_erase_prob must be in [0, 1], got {self.random_erase_prob}")
+
+    @property
+    def short_videos(self) -> str:
+        """Eval clips of a video shorter than one window repeat its last frame (`data.clips.plan_video`)."""
+        return "pad"
 
 
 @dataclass
@@ -159,6 +176,9 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         validate_sections(self)
+        if self.data.train_augment and self.run.features == "memory":
+            raise ConfigError("data.train_augment=true draws new crops every epoch, so the train features cannot be "
+                              "encoded once: set run.features to auto or stream (run.features=memory given)")
         if self.encoder.random_init and self.model is None and not self.encoder.checkpoint:
             raise ConfigError("encoder.random_init needs a `model:` section or encoder.checkpoint "
                               "(the architecture to initialize)")

@@ -6,7 +6,8 @@ with `data.fps` set max(1, ceil(video fps) // fps) per video (`data.clips.video_
 training); `data.frame_spacing` places the frames: `exact` one step apart, `linspace` spread over
 `frames_per_clip` x step frames (`data.clips.frame_offsets`). Views are square crops of side
 min(H, W) / resize_ratio spread evenly along the longer side (one view: the centre), resized to
-`crop_size`. No randomness: the same video always gives the same tensors.
+`crop_size`. No randomness: the same video always gives the same tensors (`AugmentedClips`, the train items
+of `data.train_augment`, draw from (seed, epoch, video)).
 Decoding and normalization are the data pipeline's (`vjepa_scale.data.decode` / `.clips`), rotation
 included. An unusable file (missing, unreadable, truncated, ...: a `VideoError`) is not replaced, as in
 training, but left out: its item has video None and `skipped` (path, "kind: reason"); feature
@@ -21,11 +22,13 @@ import logging
 import os
 from collections import Counter
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from vjepa_scale.config import ConfigError
-from vjepa_scale.data.clips import clip_window, clips_at, normalize_clip, stored_box, video_frame_step
+from vjepa_scale.data.clips import (clip_window, clips_at, normalize_clip, plan_video, random_erase_, stored_box,
+                                    video_frame_step)
 from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip_frames, probe_video
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
@@ -216,3 +219,32 @@ class EvalClips(Dataset):
             views.append(torch.stack([normalize_clip(pixels_THWC[k * T:(k + 1) * T], box, False, c.crop_size,
                                                      info.rotation) for k in range(c.num_clips)]))
         return torch.stack(views)
+
+
+class AugmentedClips(EvalClips):
+    """Training items of `data.train_augment`: item i -> video (1, num_clips, C, T, crop, crop), one sample whose
+    clips each take a random window of their part of the video, a random resized crop and flip
+    (`data.clips.plan_video`, as pretraining draws them) and random erasing (`data.clips.random_erase_`).
+
+    The draws depend on (seed, epoch, i) only, whichever rank, worker or world size reads the item;
+    `set_epoch` picks the epoch before a pass.
+    """
+
+    def __init__(self, paths: list[str], labels: list[int], cfg: EvalDataConfig, seed: int,
+                 decode_timeout_s: float = EVAL_DECODE_TIMEOUT_S):
+        super().__init__(paths, labels, cfg, decode_timeout_s)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None) -> torch.Tensor:
+        c = self.cfg
+        info = info if info is not None else probe_video(self.paths[i], deadline)
+        plans = plan_video(info, c, self.seed, self.epoch, i)
+        pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for p in plans for f in p.frames], deadline))
+        erase_rng = np.random.default_rng([self.seed, self.epoch, i, 1])  # apart from plan_video's draws
+        T = c.frames_per_clip
+        return torch.stack([random_erase_(normalize_clip(pixels_THWC[k * T:(k + 1) * T], p.box, p.flip, c.crop_size,
+                                                         p.rotation), c.random_erase_prob, erase_rng)
+                            for k, p in enumerate(plans)])[None]

@@ -32,9 +32,10 @@ class ProbeData(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batches(self, sels: list[torch.Tensor], device: torch.device) -> Iterator[tuple]:
+    def batches(self, sels: list[torch.Tensor], device: torch.device, epoch: int = 0) -> Iterator[tuple]:
         """For each `sel` of sample ids (video * num_views + view): (x_SND float32 or None when no sample is
-        usable, y_S, kept_S) on `device`; x and y hold the usable samples, kept (bool, len(sel)) marks them."""
+        usable, y_S, kept_S) on `device`; x and y hold the usable samples, kept (bool, len(sel)) marks them.
+        `epoch`: the pass (augmented samples differ per epoch)."""
 
     def videos(self, device: torch.device, chunk: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x_MVND float32, y_M) on `device` over every usable video."""
@@ -59,8 +60,8 @@ class FeatureSet:
     def dim(self) -> int:
         return self.feats_MVND.shape[-1]
 
-    def batches(self, sels: list[torch.Tensor], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-        """`ProbeData.batches`; every sample of a FeatureSet is usable."""
+    def batches(self, sels: list[torch.Tensor], device: torch.device, epoch: int = 0) -> Iterator[tuple]:
+        """`ProbeData.batches`; every sample of a FeatureSet is usable and the same every epoch."""
         x_SND, y_S = self.feats_MVND.flatten(0, 1), self.labels_M.repeat_interleave(self.num_views)
         for sel in sels:
             yield (x_SND[sel].to(device, torch.float32), y_S[sel].to(device),

@@ -22,8 +22,8 @@ from vjepa_scale.data.clips import clip_window
 from vjepa_scale.data.index import check_first_entries
 from vjepa_scale.distributed import compute_dtype, device_for, dist_env, init_distributed
 from vjepa_scale.eval.config import EvalConfig
-from vjepa_scale.eval.data import (EvalClips, check_disjoint, check_val_readable, per_class_subset, probe_classes,
-                                   rank_share, read_labeled_index)
+from vjepa_scale.eval.data import (AugmentedClips, EvalClips, check_disjoint, check_val_readable, per_class_subset,
+                                   probe_classes, rank_share, read_labeled_index)
 from vjepa_scale.eval.encoder import encoder_origin, eval_grid, load_frozen_encoder
 from vjepa_scale.eval.features import (FeatureSet, effective_rank, extract_features, feature_bytes, store_dtype_for,
                                        top_pc_share)
@@ -76,7 +76,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                                          for chosen in subsets.values()))) for r in range(world))
                   if subsets else -(-len(train_paths) // world))
     mode, need = feature_store(cfg.run.features, most_train + -(-len(val_paths) // world), cfg.data.num_views,
-                               tokens, encoder.embed_dim, dtype)
+                               tokens, encoder.embed_dim, dtype, cfg.data.train_augment)
     t_enc = time.time()
     if mode == "memory":
         train = extract_features(encoder, train_clips, cfg.data.batch_size, device, dtype, cfg.data.num_workers, rank,
@@ -87,8 +87,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         del encoder
         frozen.encoder = None  # the probes train on the features alone: free the device's copy
     else:
-        def streamed(clips: EvalClips, positions: list[int]) -> StreamedFeatures:
-            return StreamedFeatures(encoder, clips, positions, cfg.data.num_views, cfg.data.batch_size, device, dtype,
+        def streamed(clips: EvalClips, positions: list[int], views: int = cfg.data.num_views) -> StreamedFeatures:
+            return StreamedFeatures(encoder, clips, positions, views, cfg.data.batch_size, device, dtype,
                                     cfg.data.num_workers)
 
         val = streamed(val_clips, list(range(rank, len(val_paths), world)))
@@ -98,8 +98,11 @@ def run_eval(cfg: EvalConfig) -> dict:
             if sum(len(x) for x in sample) >= 256 * tokens:
                 break
         sample_XD = torch.cat(sample)[:256 * tokens] if sample else None  # None: no usable val video here
-        stream_train = {seed: streamed(train_clips, sorted(shares[seed]) if seed in shares else
-                                       list(range(rank, len(train_paths), world))) for seed in cfg.run.seeds}
+        stream_train = {}
+        for seed in cfg.run.seeds:
+            positions = sorted(shares[seed]) if seed in shares else list(range(rank, len(train_paths), world))
+            stream_train[seed] = (streamed(AugmentedClips(train_paths, train_labels, cfg.data, seed), positions, 1)
+                                  if cfg.data.train_augment else streamed(train_clips, positions))
     t_feat = time.time() - t_enc
     feat_rank, feat_top_pc = ((effective_rank(sample_XD), top_pc_share(sample_XD)) if sample_XD is not None else
                               (math.nan, math.nan))
@@ -193,11 +196,13 @@ def report_left_out(skipped: dict, padded: dict, d) -> None:
 MEMORY_SHARE = 0.5  # run.features=auto keeps features in memory when they take at most this share of it
 
 
-def feature_store(mode: str, videos: int, views: int, tokens: int, dim: int, dtype: torch.dtype) -> tuple[str, int]:
+def feature_store(mode: str, videos: int, views: int, tokens: int, dim: int, dtype: torch.dtype,
+                  augment: bool = False) -> tuple[str, int]:
     """(`memory` or `stream`, bytes memory mode keeps per rank) for `run.features=mode`; `videos`: train + val
     videos of the rank with the most. `auto` keeps them in memory when they take at most MEMORY_SHARE of the
-    host memory one rank may use (unknown: memory), else streams; `memory` that does not fit is a ConfigError
-    before any video is encoded. Every rank decides alike (the least memory of any rank). Rank 0 says which."""
+    host memory one rank may use (unknown: memory), else streams, and streams with `augment`
+    (`data.train_augment`); `memory` that does not fit is a ConfigError before any video is encoded. Every
+    rank decides alike (the least memory of any rank). Rank 0 says which."""
     from vjepa_scale.train.memory import _gib, agreed_available_bytes, local_ranks
 
     need = feature_bytes(videos, views, 1, tokens, dim, dtype)
@@ -207,7 +212,9 @@ def feature_store(mode: str, videos: int, views: int, tokens: int, dim: int, dty
     if mode == "memory" and avail is not None and need > avail:
         raise ConfigError(f"run.features=memory: the features take {what}, more than the {how} ({_gib(avail)}): "
                           f"set run.features=stream (or auto) to encode them on the fly every epoch instead")
-    if mode == "auto":
+    if mode == "auto" and augment:
+        mode, why = "stream", "data.train_augment: new train crops every epoch"
+    elif mode == "auto":
         mode = "memory" if avail is None or need <= MEMORY_SHARE * avail else "stream"
         why = f"{what}; {how}: {_gib(avail)}" if avail is not None else f"{what}; host memory unknown"
     else:

@@ -5,7 +5,8 @@ For evaluations whose features do not fit in host memory (Kinetics-size sets wit
 like a `FeatureSet` (`batches`, `videos`): the same sample ids, so a probe sees the same batches in the
 same order and reaches the same result (up to the encoder's rounding on other batch shapes), at the cost
 of encoding the train videos once per epoch and seed and the val videos once per epoch. A training sample
-is one view of a video: with `data.num_views` > 1 each view decodes its video again.
+is one view of a video: with `data.num_views` > 1 each view decodes its video again. Streaming is also what
+lets the probe train on new augmented clips every epoch (`data.train_augment`: `eval.data.AugmentedClips`).
 
 An unusable video (`eval.data.EvalClips`: None) is left out of its batch, which is then smaller (a batch
 with none left trains with zero gradient); it is listed in `skipped`, and videos shorter than one clip
@@ -66,8 +67,11 @@ class StreamedFeatures:
                 feats = encode_videos(self.encoder, batch["video"], self.device, self.dtype, self.batch_size)
             yield batch, feats
 
-    def batches(self, sels: list[torch.Tensor], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-        """`ProbeData.batches`: `kept_S` is false for the samples whose video is unusable."""
+    def batches(self, sels: list[torch.Tensor], device: torch.device, epoch: int = 0) -> Iterator[tuple]:
+        """`ProbeData.batches`: `kept_S` is false for the samples whose video is unusable. A dataset with
+        `set_epoch` (`eval.data.AugmentedClips`) draws the epoch's augmentations."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)  # before the loader's workers copy the dataset
         samples = _ViewSamples(self.dataset, self.positions, self.num_views)
         loader = DataLoader(samples, batch_sampler=[sel.tolist() for sel in sels], num_workers=self.num_workers,
                             collate_fn=collate_videos)

@@ -97,7 +97,7 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
                            for _ in range(math.ceil(steps_per_epoch * per_rank / local))])
         run_loss = run_correct = run_seen = 0.0
         sels = [order[s * per_rank:(s + 1) * per_rank] for s in range(steps_per_epoch)]
-        for s, (x, y, kept) in enumerate(train.batches(sels, device)):
+        for s, (x, y, kept) in enumerate(train.batches(sels, device, epoch)):
             # `order` repeats samples after its first `local` positions (to fill the epoch's last batches):
             # the train metrics count each sample once per epoch
             first = (torch.arange(s * per_rank, s * per_rank + len(kept)) < local).to(device)[kept]
