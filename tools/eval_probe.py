@@ -15,6 +15,10 @@ source, so that the examples above do not overwrite each other: none for a check
 `_online`, `_hf`, `_random_init` (e.g. runs/experiment_motion/probe_random_init). A folder holding
 another encoder's result.json is refused before any work (`--overwrite` replaces it); the same
 encoder's (any step of one run) is replaced, its tensorboard curves too.
+
+SIGTERM / SIGUSR1 (SLURM's `--signal=USR1@120`, scancel) stop every rank after the same probe step; the
+probe's state is saved in the output folder (`probe_state.pt`, also after every epoch) and the exit
+status is 75: the same command continues from there (`vjepa_scale.eval.resume`).
 """
 from __future__ import annotations
 
@@ -118,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     from vjepa_scale.extras import MissingExtraError
     from vjepa_scale.weights import CheckpointMismatchError
 
+    from vjepa_scale.train import preempt
+
     try:
         cfg = eval_config(args, overrides)
         result = run_eval(cfg)
     except (ConfigError, CheckpointMismatchError, NoReadableVideosError, MissingExtraError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except preempt.Preempted as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"eval {e}; run the same command again to continue", file=sys.stderr, flush=True)
+        return preempt.EXIT_PREEMPTED
     if os.environ.get("RANK", "0") != "0":
         return 0
     summary = {k: result[k] for k in ("encoder", "val_top1_mean", "val_top1_std", "val_top1_per_seed")}
@@ -133,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from vjepa_scale.train import preempt
+
+    preempt.prepare_process()  # SIGTERM / SIGUSR1: stop after the current probe step, save, exit 75
     code = main()
     from vjepa_scale.distributed import end_process
 

@@ -836,6 +836,110 @@ def test_train_augment_streams_one_new_sample_per_video_and_epoch(tmp_path, caps
             dataclasses.replace(cfg, data=dataclasses.replace(data, **{key: value})).validate()
 
 
+@pytest.fixture
+def stop_after_each_step():
+    """A stop request stands before every call (as after SIGUSR1 at any moment): each run_eval goes one probe
+    step further, saves and raises Preempted."""
+    from vjepa_scale.train import preempt
+
+    yield preempt
+    preempt.clear()
+
+
+@pytest.mark.parametrize("features,augment", [("memory", False), ("stream", True)])
+def test_a_stopped_evaluation_continues_to_the_uninterrupted_result(tmp_path, stop_after_each_step, features,
+                                                                    augment):
+    """Stopped after every probe step (mid-epoch, at the end of an epoch, between seeds) and run again each
+    time, the evaluation ends with exactly the uninterrupted result; the state is then removed."""
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.resume import STATE_FILE
+    from vjepa_scale.eval.run import run_eval
+
+    preempt = stop_after_each_step
+    idx = write_synthetic_videos(tmp_path / "v", num_videos=12, frames=16, size=32, val_fraction=0.25, seed=0)
+    data = EvalDataConfig(train_index=str(idx["train"]), val_index=str(idx["val"]), crop_size=32, frames_per_clip=4,
+                          frame_step=2, num_views=2, num_workers=0, num_classes=8, train_augment=augment)
+    cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=2, batch_size=8))
+    cfg.encoder.random_init = True
+    cfg.run = dataclasses.replace(cfg.run, output_dir=str(tmp_path / "straight"), tensorboard=False,
+                                  progress_bar=False, features=features, seeds=[0, 1])
+    straight = run_eval(cfg.validate())
+    steps = sum(r["steps"] for r in straight["runs"])
+    assert steps == 2 * 2 * (2 if augment else 3)  # 9 samples (x 2 views without augmentation) in batches of 8
+    stopped = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(tmp_path / "stopped")))
+    stops = 0
+    while True:
+        preempt.request_stop("test stop")
+        try:
+            result = run_eval(stopped)
+            break
+        except preempt.Preempted as e:
+            stops += 1
+            assert e.checkpoint == tmp_path / "stopped" / STATE_FILE and e.checkpoint.is_file()
+            assert stops <= steps
+        preempt.clear()
+    assert stops == steps  # one probe step per run; the last run ends the last seed
+    assert [r["history"] for r in result["runs"]] == [r["history"] for r in straight["runs"]]
+    assert result["val_top1_per_seed"] == straight["val_top1_per_seed"]
+    assert not (tmp_path / "stopped" / STATE_FILE).exists()
+
+
+def test_a_stopped_evaluations_state_is_refused_for_another_evaluation(tmp_path, stop_after_each_step, capsys):
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+    from vjepa_scale.eval.run import run_eval
+
+    preempt = stop_after_each_step
+    idx = write_synthetic_videos(tmp_path / "v", num_videos=8, frames=8, size=32, val_fraction=0.25, seed=0)
+    data = EvalDataConfig(train_index=str(idx["train"]), val_index=str(idx["val"]), crop_size=32, frames_per_clip=4,
+                          frame_step=2, num_workers=0, num_classes=8)
+    cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=2, batch_size=2))
+    cfg.encoder.random_init = True
+    cfg.run = dataclasses.replace(cfg.run, output_dir=str(tmp_path / "out"), tensorboard=False, progress_bar=False)
+    preempt.request_stop("test stop")
+    with pytest.raises(preempt.Preempted):
+        run_eval(cfg.validate())
+    preempt.clear()
+    other = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=2e-3))
+    with pytest.raises(ConfigError, match=r"probe_state.pt holds the state of another evaluation \(optim.lr: 0.001 "
+                                          r"there, 0.002 now\): continue it with its own settings, give another "
+                                          r"--output \(run.output_dir\), or run.overwrite=true to discard it"):
+        run_eval(other)
+    (tmp_path / "out" / "probe_state.pt").write_bytes(b"not a state")
+    with pytest.raises(ConfigError, match=r"probe_state.pt: cannot read the stopped evaluation's state"):
+        run_eval(cfg)
+    discarded = run_eval(dataclasses.replace(other, run=dataclasses.replace(cfg.run, overwrite=True)))
+    assert discarded["config"]["optim"]["lr"] == 2e-3 and "continuing" not in capsys.readouterr().out
+    # keys that do not change the result may differ (threads, workers, progress bars, the device)
+    preempt.request_stop("test stop")
+    with pytest.raises(preempt.Preempted):
+        run_eval(cfg)
+    preempt.clear()
+    free = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, num_threads=1, progress_bar=True),
+                               data=dataclasses.replace(cfg.data, num_workers=1))
+    assert run_eval(free)["runs"][0]["steps"] == 6
+    assert "eval: continuing the stopped evaluation in " in capsys.readouterr().out
+
+
+def test_cli_exits_75_on_a_stop_and_continues_on_the_next_run(tmp_path, stop_after_each_step, capsys):
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    preempt = stop_after_each_step
+    idx = write_synthetic_videos(tmp_path / "v", num_videos=8, frames=8, size=32, val_fraction=0.25, seed=0)
+    cli = load_tool("eval_probe")
+    args = ["--random-init", "--output", str(tmp_path / "out"), "model.size=tiny", "model.depth=1",
+            f"data.train_index={idx['train']}", f"data.val_index={idx['val']}", "data.crop_size=32",
+            "data.frames_per_clip=4", "data.frame_step=2", "data.num_workers=0", "data.num_classes=8",
+            "optim.epochs=1", "run.progress_bar=false", "run.tensorboard=false"]
+    preempt.request_stop("got SIGUSR1")
+    assert cli.main(args) == 75
+    err = capsys.readouterr().err
+    assert f"eval preempted at step 1 (got SIGUSR1); checkpoint: {tmp_path / 'out' / 'probe_state.pt'}; run the " \
+           f"same command again to continue" in err, err
+    preempt.clear()
+    assert cli.main(args) == 0 and (tmp_path / "out" / "result.json").is_file()
+    assert not (tmp_path / "out" / "probe_state.pt").exists()
+
+
 # ---------------------------------------------------------------- HF export
 
 

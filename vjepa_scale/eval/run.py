@@ -28,6 +28,7 @@ from vjepa_scale.eval.encoder import encoder_origin, eval_grid, load_frozen_enco
 from vjepa_scale.eval.features import (FeatureSet, effective_rank, extract_features, feature_bytes, store_dtype_for,
                                        top_pc_share)
 from vjepa_scale.eval.probe import resolve_probe_heads
+from vjepa_scale.eval.resume import STATE_FILE, clear_state, identity, load_state, save_state
 from vjepa_scale.eval.stream import StreamedFeatures
 from vjepa_scale.eval.train_probe import train_probe
 
@@ -59,6 +60,8 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     out, origin = Path(cfg.run.output_dir), encoder_origin(cfg)
     check_output_dir(out, origin, cfg.run.overwrite)  # every rank: all refuse alike, before any weights are read
+    ident = identity(cfg.to_dict(), origin, world)
+    resumed = load_state(out, ident, cfg.run.overwrite)  # a stopped run of this evaluation: continued
     frozen = load_frozen_encoder(cfg)
     encoder, dims = frozen.encoder, frozen.encoder.dims
     heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, dims.num_heads)
@@ -110,14 +113,27 @@ def run_eval(cfg: EvalConfig) -> dict:
     writer = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        for old in (out / "tb").glob("events.out.tfevents.*"):  # an earlier evaluation's curves: replaced
-            old.unlink()
+        if resumed is None:
+            clear_state(out)  # run.overwrite: a stopped evaluation's state is discarded
+            for old in (out / "tb").glob("events.out.tfevents.*"):  # an earlier evaluation's curves: replaced
+                old.unlink()
+        else:
+            cur = resumed["current"]
+            print(f"eval: continuing the stopped evaluation in {out}: {len(resumed['runs'])} of "
+                  f"{len(cfg.run.seeds)} probes done" + (f", seed {cur['seed']} from epoch {cur['epoch'] + 1} "
+                                                          f"step {cur['step']}" if cur else ""), flush=True)
         if cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(out / "tb"))
-    runs = []
-    for seed in cfg.run.seeds:
+    runs = list(resumed["runs"]) if resumed else []
+
+    def save(current: dict) -> Path:
+        if rank == 0:
+            save_state(out, {"identity": ident, "runs": runs, "current": current})
+        return out / STATE_FILE
+
+    for seed in cfg.run.seeds[len(runs):]:
         if mode == "stream":
             data = stream_train[seed]
         else:
@@ -125,8 +141,10 @@ def run_eval(cfg: EvalConfig) -> dict:
             if seed in shares:
                 keep = torch.isin(train.index_M, torch.tensor(shares[seed], dtype=torch.int64))
                 data = FeatureSet(train.feats_MVND[keep], train.labels_M[keep], train.index_M[keep])
-        runs.append(train_probe(data, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype,
-                                writer, tag=f"seed{seed}", progress=progress))
+        current = resumed["current"] if resumed and resumed["current"] and resumed["current"]["seed"] == seed else None
+        runs.append(train_probe(data, val, cfg.probe, cfg.optim, num_classes, heads, seed, device, dtype, writer,
+                                tag=f"seed{seed}", progress=progress, save=save, resume=current))
+        save(None)  # this seed done: its result kept, no probe in progress
     if writer is not None:
         writer.close()
 
@@ -174,6 +192,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     }
     if rank == 0:
         (out / "result.json").write_text(json.dumps(result, indent=1))
+        clear_state(out)
     return result
 
 

@@ -13,6 +13,8 @@ batches.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,6 +26,7 @@ from vjepa_scale.distributed import rank_and_world
 from vjepa_scale.eval.config import ProbeConfig, ProbeOptimConfig
 from vjepa_scale.eval.features import ProbeData
 from vjepa_scale.eval.probe import AttentiveProbe
+from vjepa_scale.train import preempt
 from vjepa_scale.schedules import warmup_cosine
 
 
@@ -61,8 +64,14 @@ def evaluate(probe: torch.nn.Module, data: ProbeData, device: torch.device, dtyp
 
 def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_cfg: ProbeOptimConfig,
                 num_classes: int, encoder_heads: int, seed: int, device: torch.device,
-                dtype: torch.dtype = torch.float32, writer=None, tag: str = "", progress: bool = True) -> dict:
-    """Train a fresh probe (initialized from `seed`) and return its final val top-1 and history."""
+                dtype: torch.dtype = torch.float32, writer=None, tag: str = "", progress: bool = True,
+                save: Optional[Callable[[dict], Path]] = None, resume: Optional[dict] = None) -> dict:
+    """Train a fresh probe (initialized from `seed`) and return its final val top-1 and history.
+
+    With `save` (every rank calls it; it returns where the state went): after every epoch, and after the
+    step at which the ranks agree on a stop request (`train.preempt`), `save(state)`, then `Preempted` on a
+    stop. `resume`: such a state to continue from (each rank's sample order is replayed from the seed, so
+    the run goes on as if it had not stopped)."""
     rank, world = rank_and_world()
     D = train.dim
     torch.manual_seed(seed)
@@ -88,16 +97,31 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
     start_lr = optim_cfg.lr if optim_cfg.start_lr is None else optim_cfg.start_lr
 
     g = torch.Generator().manual_seed(seed * 1000 + rank)
-    history = []
-    it = 0
-    bar = tqdm(total=total, desc=f"probe {tag}".strip(), disable=not progress or rank != 0, leave=False)
+    history, it, start_epoch, start_step, partial = [], 0, 0, 0, [0.0, 0.0, 0.0]
+    if resume is not None:
+        probe.load_state_dict(resume["probe"])
+        opt.load_state_dict(resume["optimizer"])
+        history, it, start_epoch, start_step = list(resume["history"]), resume["it"], resume["epoch"], resume["step"]
+        if rank == 0:  # the epoch's metrics so far, summed over ranks: counted once
+            partial = list(resume["partial"])
+
+    def state(epoch: int, step: int, sums: list[float]) -> dict:
+        return {"seed": seed, "epoch": epoch, "step": step, "it": it, "history": history, "partial": sums,
+                "probe": {k: v.detach().cpu() for k, v in probe.state_dict().items()},
+                "optimizer": opt.state_dict()}
+
+    bar = tqdm(total=total, initial=it, desc=f"probe {tag}".strip(), disable=not progress or rank != 0, leave=False)
     for epoch in range(optim_cfg.epochs):
-        model.train()
-        order = torch.cat([torch.randperm(local, generator=g)
+        order = torch.cat([torch.randperm(local, generator=g)  # drawn for every epoch: a resume replays them
                            for _ in range(math.ceil(steps_per_epoch * per_rank / local))])
-        run_loss = run_correct = run_seen = 0.0
+        if epoch < start_epoch:
+            continue
+        model.train()
+        first_step = start_step if epoch == start_epoch else 0
+        run_loss, run_correct, run_seen = partial if epoch == start_epoch else (0.0, 0.0, 0.0)
+        lr = probe_lr(max(it - 1, 0), total, warmup, start_lr, optim_cfg.lr, optim_cfg.final_lr)
         sels = [order[s * per_rank:(s + 1) * per_rank] for s in range(steps_per_epoch)]
-        for s, (x, y, kept) in enumerate(train.batches(sels, device, epoch)):
+        for s, (x, y, kept) in enumerate(train.batches(sels[first_step:], device, epoch), start=first_step):
             # `order` repeats samples after its first `local` positions (to fill the epoch's last batches):
             # the train metrics count each sample once per epoch
             first = (torch.arange(s * per_rank, s * per_rank + len(kept)) < local).to(device)[kept]
@@ -120,6 +144,11 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
                     run_seen += first.sum().item()
             it += 1
             bar.update(1)
+            reason = preempt.stop_agreed(device) if save is not None else None
+            if reason:
+                where = save(state(epoch, s + 1, _sum([run_loss, run_correct, run_seen], device)))
+                bar.close()
+                raise preempt.Preempted(it, where, reason)
         run_loss, run_correct, seen = _sum([run_loss, run_correct, run_seen], device)
         if not seen:
             raise NoReadableVideosError(f"probe {tag}".strip() + ": no train video could be read on any rank")
@@ -131,6 +160,8 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
         if writer is not None and rank == 0:
             for k in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
                 writer.add_scalar(f"{tag}/{k}" if tag else k, row[k], epoch + 1)
+        if save is not None:
+            save(state(epoch + 1, 0, [0.0, 0.0, 0.0]))
     bar.close()
     return {"seed": seed, "val_top1": history[-1]["val_top1"], "val_loss": history[-1]["val_loss"],
             "train_top1": history[-1]["train_top1"], "num_val_videos": val_metrics["count"],
