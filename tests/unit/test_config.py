@@ -293,9 +293,10 @@ def test_missing_data_path_named(tmp_path):
     cfg = load_config("vith384")
     with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path.*kinetics710_train\.txt.*does not exist"):
         check_data_paths(cfg)
+    from helpers.videos import streamable_videos
+
     idx = tmp_path / "idx.txt"
-    idx.write_text("a.mp4 0\n")
-    (tmp_path / "a.mp4").write_bytes(b"")  # pre-flight looks for the first entries' files
+    idx.write_text(f"{streamable_videos(tmp_path / 'v', 1)[0]} 0\n")  # pre-flight opens the first entries' files
     ok = load_config("vith384", [f"data.datasets=[{{path: {idx}}}]", "train.memory_check=false"])
     assert preflight(ok, 240).data.batch_size == 10
     with pytest.raises(ConfigError, match=r"train\.init_from: '/nonexistent/run' does not exist"):
