@@ -14,6 +14,7 @@ expands them into single-phase configs. This module also holds the ViT size tabl
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import difflib
 import importlib.resources
 import math
@@ -982,11 +983,15 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+        if isinstance(value, bool):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
-        return value
+        if isinstance(value, int):
+            return value
+        whole = _whole_number(value)
+        if whole is None:
+            raise ConfigError(f"{name} must be an integer, got {value!r}"
+                              + (" (not a whole number)" if _NUMBER.fullmatch(str(value)) else ""))
+        return whole
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
@@ -1001,6 +1006,21 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
     return value
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")  # decimal / exponent form, as YAML 1.1
+# leaves `1e5`, `1.0e5` or `2.5e3` (no dot or no exponent sign) a string
+
+
+def _whole_number(value: Any) -> Optional[int]:
+    """`value` as an int when it is a float or a decimal / exponent-form string that is exactly a whole
+    number (1e5, 1.0e5, 2.5e3 -> 2500); None otherwise (1.5, 2.5e-1, inf, 'abc')."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        d = decimal.Decimal(value)
+        return int(d) if d == d.to_integral_value() else None
+    return None
 
 
 def validate_sections(cfg: Any) -> None:

@@ -64,6 +64,34 @@ def test_wrong_type_and_range_name_the_key():
         load_config("cpu_demo", ["data.global_batch_size=0"])
 
 
+def test_integer_keys_take_whole_numbers_in_exponent_form(tmp_path):
+    """YAML 1.1 reads 1e5, 1.0e5 and 2.5e3 as strings (no dot or no exponent sign) and 1.0e+5 as a float:
+    an int key takes each when it is exactly a whole number, in a recipe and in an override alike,
+    Optional[int] keys included; a string key keeps the string."""
+    p = tmp_path / "exp.yaml"
+    p.write_text("data:\n  backend: synthetic\noptim:\n  iterations: 1e5\n  warmup: 2.5e3\ntrain:\n  checkpoint_every: 1.0e+3\n"
+                 "  log_every: 1.0e1\n")
+    cfg = load_config(p)
+    got = (cfg.optim.iterations, cfg.optim.warmup, cfg.train.checkpoint_every, cfg.train.log_every)
+    assert got == (100_000, 2_500, 1_000, 10) and all(type(v) is int for v in got)
+    cfg = load_config("cpu_demo", ["optim.iterations=1.0e5", "optim.warmup=2.5e3", "model.width=1.92e2",
+                                   "data.global_batch_size=8e0", "train.output_dir=1e5"])
+    assert (cfg.optim.iterations, cfg.optim.warmup, cfg.model.width, cfg.data.global_batch_size) == \
+        (100_000, 2_500, 192, 8)
+    assert type(cfg.model.width) is int and cfg.train.output_dir == "1e5"
+
+
+@pytest.mark.parametrize("opt,shown", [("optim.iterations=1.5", "1.5 (not a whole number)"),
+                                       ("optim.iterations=2.5e-1", "0.25 (not a whole number)"),
+                                       ("optim.iterations=1.5e0", "'1.5e0' (not a whole number)"),
+                                       ("model.width=2.5e-1", "0.25 (not a whole number)"),
+                                       ("optim.iterations=true", "True"), ("optim.iterations='1e5x'", "'1e5x'")])
+def test_integer_keys_refuse_fractions_naming_key_and_value(opt, shown):
+    key = opt.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} must be an integer, got {re.escape(shown)}$"):
+        load_config("cpu_demo", [opt])
+
+
 @pytest.mark.parametrize("opts,message", [
     (["model.pos_embed=rope", "model.pred_width=56", "model.pred_num_heads=8"],
      r"pos_embed=rope needs an even head size >= 6, got model\.pred_width / model\.pred_num_heads = 7"),
@@ -265,9 +293,10 @@ def test_missing_data_path_named(tmp_path):
     cfg = load_config("vith384")
     with pytest.raises(ConfigError, match=r"data\.datasets\[0\]\.path.*kinetics710_train\.txt.*does not exist"):
         check_data_paths(cfg)
+    from helpers.videos import streamable_videos
+
     idx = tmp_path / "idx.txt"
-    idx.write_text("a.mp4 0\n")
-    (tmp_path / "a.mp4").write_bytes(b"")  # pre-flight looks for the first entries' files
+    idx.write_text(f"{streamable_videos(tmp_path / 'v', 1)[0]} 0\n")  # pre-flight opens the first entries' files
     ok = load_config("vith384", [f"data.datasets=[{{path: {idx}}}]", "train.memory_check=false"])
     assert preflight(ok, 240).data.batch_size == 10
     with pytest.raises(ConfigError, match=r"train\.init_from: '/nonexistent/run' does not exist"):

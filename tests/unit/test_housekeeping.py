@@ -80,6 +80,43 @@ def _fake_ckpt(root: Path, name: str, step: int, save_index: int) -> Path:
     return d
 
 
+def _loadable_fake_ckpt(root: Path, name: str, step: int, save_index: int) -> Path:
+    """A 1-rank checkpoint whose files pass `checkpoint_problem` (each a small torch.save archive)."""
+    d = _fake_ckpt(root, name, step, save_index)
+    for f in ("ema/rank00000.pt", "rng/rank00000.pt", "ds/state/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+              "ds/state/zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        (d / f).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({}, d / f)
+    return d
+
+
+def test_resume_of_a_run_folder_passes_over_a_damaged_newest_save_like_auto(tmp_path):
+    """`--resume RUN` or `--resume RUN/checkpoints` (the newest complete one) behaves as `--resume auto`:
+    a damaged newest save is passed over with the same warning naming the file and the one before is
+    resumed; `--resume` of that one checkpoint (its step folder or the `latest` file naming it) is an
+    error naming the file; a folder with none loadable is an error naming each one's problem."""
+    run = tmp_path / "run"
+    root = run / CKPT_SUBDIR
+    one = _loadable_fake_ckpt(root, "step_00000001", 1, save_index=1)
+    two = _loadable_fake_ckpt(root, "step_00000002", 2, save_index=2)
+    (root / "latest").write_text(two.name)
+    ema = two / "ema" / "rank00000.pt"
+    ema.write_bytes(ema.read_bytes()[:100])  # truncated
+    auto = Trainer._find_resume("auto", run)
+    assert auto[0] == str(one) and auto[2] is None
+    assert len(auto[1]) == 1 and f"checkpoint {two.name} cannot be resumed ({ema} is damaged" in auto[1][0]
+    for resume, here in [(run, run), (root, run), (run, tmp_path / "new")]:  # its own run or another's
+        assert Trainer._find_resume(str(resume), here) == auto, resume
+    for resume in (two, root / "latest"):
+        ckpt, notes, error = Trainer._find_resume(str(resume), run)
+        assert ckpt is None and error.startswith(f"--resume {resume}: {ema} is damaged"), error
+    ema1 = one / "ema" / "rank00000.pt"
+    ema1.write_bytes(b"")
+    ckpt, _, error = Trainer._find_resume(str(run), tmp_path / "new")
+    assert ckpt is None and f"none of the 2 checkpoint(s) in {root} can be resumed" in error
+    assert f"step_00000001: {ema1} is damaged" in error
+
+
 def test_leftovers_settled_when_a_run_starts(tmp_path):
     """Trainer start: `.tmp_*` and `.del_*` removed; `.old_X` restored as X when X is missing (a re-save
     died between its two renames), removed when X exists; each action logged."""

@@ -132,6 +132,38 @@ def test_an_index_whose_first_entries_name_no_file_is_refused_in_preflight(tmp_p
         check_data_paths(demo_with(idx))
 
 
+def test_a_video_index_without_a_readable_video_among_its_first_entries_is_refused_in_preflight(tmp_path, capsys):
+    """Entries that exist but none of which is a video (text files named .mp4) were found only by the loader's
+    readability check, after the engines were built (exit 1): pre-flight opens the existing files among the
+    first 8 entries (header and first frame) and refuses (exit 2) naming the index and each file's reason;
+    one readable file among them is enough (the others are skipped and counted at run time)."""
+    from helpers import load_tool
+    from helpers.videos import streamable_videos
+    from vjepa_scale.data.index import check_first_videos
+
+    fakes = [tmp_path / f"clip{i}.mp4" for i in range(3)]
+    for f in fakes:
+        f.write_text(f"not a video {f.name}\n")
+    idx = tmp_path / "train.txt"
+    idx.write_text("".join(f"{f.name} 0\n" for f in fakes) + "gone.mp4 0\n")
+    reasons = "; ".join(rf"{re.escape(str(f))} \(unreadable: not a readable container [^;]*\)" for f in fakes)
+    message = (rf"data\.datasets\[0\]\.path: index file '{re.escape(str(idx))}': none of the 3 existing file\(s\) "
+               rf"among its 4 entries is a readable video, so training would skip every entry: {reasons}$")
+    with pytest.raises(ConfigError, match="^" + message):
+        check_first_videos(idx, "data.datasets[0].path")
+    code = load_tool("train").main(["--config", "cpu_demo", "--output-dir", str(tmp_path / "run"), "--opt",
+                                    "data.backend=cpu", "--opt", f"data.datasets=[{{path: {idx}}}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search("config error: " + message, err, re.M) and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+    video = streamable_videos(tmp_path / "good", 1)[0]
+    idx.write_text("".join(f"{f.name} 0\n" for f in fakes) + f"{video} 0\n")  # one readable: nothing said
+    check_first_videos(idx, "data.datasets[0].path")
+    idx.write_text("".join(f"{f.name} 0\n" for f in fakes * 3) + f"{video} 0\n")  # not among the first 8
+    with pytest.raises(ConfigError, match=r"none of the 3 existing file\(s\) among its first 8 entries"):
+        check_first_videos(idx, "data.datasets[0].path")
+
+
 def test_a_leading_tilde_in_an_entry_is_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     touch(tmp_path / "home" / "v" / "a.mp4")

@@ -240,6 +240,21 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         container.close()
 
 
+def check_opens(path: str, deadline: Deadline | None = None) -> None:
+    """The cheap part of `probe_video`, for pre-flight checks: the container opens, its first video stream
+    has a frame size, and its first frame decodes (no packet scan, no frame count, so a long WebM costs no
+    more than an MP4). Raises VideoError as `probe_video` does."""
+    container = _open(path, deadline)
+    try:
+        s = container.streams.video[0]
+        if not s.codec_context.width or not s.codec_context.height:
+            raise VideoError(path, "video stream has no frame size")
+        if _read_packets(container, s, path, False, deadline)[0] is None:
+            raise VideoError(path, "no frame could be decoded", "decode_error")
+    finally:
+        container.close()
+
+
 def edit_list_hides_frames(container, stream, n: int) -> bool:
     """Whether an MP4/MOV edit list may hide some of the `n` frames the stream stores (they are counted, but
     the decoder does not yield them): the count disagrees with the stream's duration x average rate by

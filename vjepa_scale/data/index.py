@@ -182,6 +182,33 @@ def check_first_entries(path: str | os.PathLike, key: str = "data.datasets") -> 
                           f"column header (the entries after it exist): delete the line or start it with #")
 
 
+def check_first_videos(path: str | os.PathLike, key: str = "data.datasets", timeout_s: float = 0.0) -> None:
+    """Pre-flight of a video dataset, after `check_index`: ConfigError naming the index and each file tried
+    with its reason when none of the existing files among its first PREFLIGHT_ENTRIES entries is a readable
+    video (`decode.check_opens`: the container, its stream header and first frame, each file within
+    `timeout_s`; no packet scan). One readable file is enough: unusable files are skipped and counted at run
+    time (`data.skips`). An image folder passes."""
+    from vjepa_scale.data.decode import Deadline, VideoError, check_opens
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return
+    resolve = _resolver(p)
+    first = [resolve(video) for _, video, _ in itertools.islice(_entries(p, path, key, False), PREFLIGHT_ENTRIES)]
+    failures = []
+    for f in dict.fromkeys(x for x in first if os.path.exists(x)):
+        try:
+            with Deadline(f, timeout_s) as deadline:
+                check_opens(f, deadline)
+            return
+        except VideoError as e:
+            failures.append(f"{f} ({e.summary})")
+    if failures:
+        scope = f"its first {len(first)} entries" if len(first) == PREFLIGHT_ENTRIES else f"its {len(first)} entries"
+        raise ConfigError(f"{key}: index file '{path}': none of the {len(failures)} existing file(s) among {scope} is "
+                          f"a readable video, so training would skip every entry: " + "; ".join(failures))
+
+
 def _folder_images(p: Path, path, key: str) -> list[Path]:
     """The images in folder `p` and its subfolders, linked ones included (ImageNet's class folders;
     paths under `p`, unsorted); ConfigError when there are none."""

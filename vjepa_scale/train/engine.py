@@ -52,7 +52,8 @@ from vjepa_scale.train.schedules import StepSchedule
 from vjepa_scale.train.step import StepCore
 from vjepa_scale.train.watchdog import Watchdog
 from vjepa_scale.weights import load_init_state, resolve_checkpoint
-from vjepa_scale.weights.run import checkpoint_problem, is_complete, latest_loadable, read_meta
+from vjepa_scale.weights.run import (DamagedCheckpointError, checkpoint_problem, is_complete, latest_loadable,
+                                     loadable_checkpoint, read_meta)
 
 
 def _init_source_problem(init_from: str) -> Optional[str]:
@@ -222,8 +223,9 @@ class Trainer:
         set_activation_checkpointing(self.engine.module, phase.cfg.model.checkpoint_fraction)
 
     def _resume_path(self, resume: Optional[str]) -> Optional[Path]:
-        """The checkpoint to resume: `auto` the newest one of the run dir that can be loaded (damaged
-        newer ones are passed over with a warning), else the one given, which must be loadable. Rank 0
+        """The checkpoint to resume: `auto`, or a run folder or its `checkpoints` folder given, the newest
+        one there that can be loaded (damaged newer ones are passed over with a warning); one checkpoint
+        given (a step folder or a `latest` file) must be loadable itself. Rank 0
         reads the files (once, not once per rank) and every rank takes its verdict."""
         if resume is None:
             return None
@@ -248,13 +250,13 @@ class Trainer:
                                       f"one that cannot be resumed: give --resume PATH, or delete {stale.name} "
                                       f"to start the run afresh")
                 return (None if ckpt is None else str(ckpt)), notes, None
-            ckpt = resolve_checkpoint(resume)
+            ckpt, notes = loadable_checkpoint(resume, verb=("resumed", "resuming"))  # a run or checkpoints
+            # folder: its newest undamaged one, as for auto
+        except DamagedCheckpointError as e:  # one checkpoint named (a step folder or a `latest` file)
+            return None, [], f"--resume {resume}: {e.problem}; resume an earlier checkpoint of the run instead"
         except (FileNotFoundError, ValueError) as e:
             return None, [], f"--resume {resume}: {e}"
-        problem = checkpoint_problem(ckpt)
-        if problem is not None:
-            return None, [], f"--resume {resume}: {problem}; resume an earlier checkpoint of the run instead"
-        return str(ckpt), [], None
+        return str(ckpt), notes, None
 
     @staticmethod
     def _marker_resume(run_dir: Path) -> tuple[Optional[str], list[str], Optional[str]]:

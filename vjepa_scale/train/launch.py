@@ -49,6 +49,20 @@ def check_data_paths(cfg: Config) -> None:
         seen.setdefault(real, i)
 
 
+def check_first_videos(cfg: Config) -> None:
+    """Every video dataset of the config (unless synthetic; image datasets are not opened) has a readable
+    video among its first entries (`data.index.check_first_videos`: at most 8 files opened, their first
+    frame decoded), so a dataset of broken or non-video files is refused before any process group or
+    engine, the error naming the index and each file's reason. Every rank comes to the same verdict."""
+    if cfg.data.backend == "synthetic":
+        return
+    from vjepa_scale.data.index import check_first_videos as check_index_videos
+
+    for i, ds in enumerate(cfg.data.datasets):
+        if not ds.is_image():
+            check_index_videos(ds.path, f"data.datasets[{i}].path", cfg.data.decode_timeout_s)
+
+
 def preflight(cfg: Config, world_size: int) -> Config:
     """All checks that need no model or process group; returns the batch-resolved config.
 
@@ -58,6 +72,7 @@ def preflight(cfg: Config, world_size: int) -> Config:
 
     check_deepspeed_installed()
     check_data_paths(cfg)
+    check_first_videos(cfg)
     check_deepspeed_block(cfg.deepspeed, cfg.zero.stage)
     if cfg.data.tokens_per_batch is not None:  # checked on the user's config: resolution fills both keys
         for key in ("global_batch_size", "batch_size"):

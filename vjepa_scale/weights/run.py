@@ -172,20 +172,25 @@ def latest_loadable(run_dir: Path,
 class DamagedCheckpointError(ValueError):
     """A checkpoint's files are incomplete or damaged (`checkpoint_problem`; the message names the file)."""
 
+    def __init__(self, ckpt: Path, problem: str, verb: str = "loaded"):
+        super().__init__(f"checkpoint {ckpt} cannot be {verb}: {problem}")
+        self.problem = problem
 
-def loadable_checkpoint(path: str | Path) -> tuple[Path, list[str]]:
+
+def loadable_checkpoint(path: str | Path,
+                        verb: tuple[str, str] = ("loaded", "loading")) -> tuple[Path, list[str]]:
     """(`resolve_checkpoint`, notes), checked by `checkpoint_problem` before anything is read: a damaged
     checkpoint given as such (or by a `latest` file) is a DamagedCheckpointError naming the file; a run dir
     or its `checkpoints` folder gives its newest undamaged checkpoint, with a note naming each newer one
-    passed over (FileNotFoundError when none is undamaged)."""
+    passed over (FileNotFoundError when none is undamaged). `verb`: as `latest_loadable` takes it."""
     p = Path(path).expanduser()
     ckpt = resolve_checkpoint(p)
     problem = checkpoint_problem(ckpt)
     if problem is None:
         return ckpt, []
     if is_complete(p) or is_latest_marker(p):
-        raise DamagedCheckpointError(f"checkpoint {ckpt} cannot be loaded: {problem}")
-    return latest_loadable(ckpt.parent.parent, verb=("loaded", "loading"))
+        raise DamagedCheckpointError(ckpt, problem, verb[0])
+    return latest_loadable(ckpt.parent.parent, verb=verb)
 
 
 def unshard(shards: list[torch.Tensor], shape: Iterable[int]) -> torch.Tensor:
