@@ -785,11 +785,14 @@ def test_eval_streams_the_same_result_as_memory_from_real_videos(tmp_path, capsy
                               frames_per_clip=4, frame_step=2, num_views=2, num_workers=0, num_classes=8)
         cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=2, batch_size=4))
         cfg.encoder.random_init = True
-        cfg.run = dataclasses.replace(cfg.run, output_dir=str(tmp_path / mode), tensorboard=False, progress_bar=False,
-                                      features=mode)
+        cfg.run = dataclasses.replace(cfg.run, output_dir=str(tmp_path / mode), tensorboard=False, features=mode)
         results[mode, train_index == with_junk] = run_eval(cfg.validate())
         out = capsys.readouterr().out
         assert ("eval: features kept in host memory" if mode == "memory" else "eval: features streamed") in out
+        # not a terminal (as under SLURM): a line per epoch and per feature extraction instead of bars
+        assert re.search(r"\d\d:\d\d:\d\d probe seed0 epoch 2/2 \(step 10/10, 00:0\d\): train loss \d\.\d{4} top-1 "
+                         r"[\d.]+, val loss \d\.\d{4} top-1 [\d.]+\n", out), out
+        assert (mode == "memory") == ("train features: rank 0 encoded 9 videos in 00:0" in out), out
         assert (f"eval: left out train video {tmp_path / 'junk.mp4'} (" in out) == (train_index == with_junk)
     mem, stream = results["memory", False], results["stream", False]
     assert (mem["features"], stream["features"]) == ("memory", "stream")

@@ -13,6 +13,8 @@ when the features would not fit in memory (`run.features`, `feature_bytes`).
 """
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol
 
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from vjepa_scale.data.skips import NoReadableVideosError
 from vjepa_scale.distributed import any_rank
+from vjepa_scale.train.metrics import is_terminal
 
 
 class ProbeData(Protocol):
@@ -120,7 +123,9 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_videos)
     feats, labels, index, skipped, padded = [], [], [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
+    lines = progress and rank == 0 and not is_terminal(sys.stderr)  # a log file: one line when done
+    t0 = time.monotonic()
+    for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0 or lines, leave=False):
         skipped += batch["skipped"]
         padded += batch["padded"]
         video = batch["video"]
@@ -135,6 +140,9 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
                 + (f"; {len(skipped)} unusable, e.g. {bad})" if skipped else ")"))
         raise NoReadableVideosError(f"{desc}: " + (mine if not feats else
                                                    "another rank got no usable videos (see its error)"))
+    if lines:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {desc}: rank 0 encoded {sum(len(f) for f in feats)} videos in "
+              f"{tqdm.format_interval(time.monotonic() - t0)}", flush=True)
     return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped, padded)
 
 

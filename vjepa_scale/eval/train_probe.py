@@ -13,6 +13,8 @@ batches.
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,6 +29,7 @@ from vjepa_scale.eval.config import ProbeConfig, ProbeOptimConfig
 from vjepa_scale.eval.features import ProbeData
 from vjepa_scale.eval.probe import AttentiveProbe
 from vjepa_scale.train import preempt
+from vjepa_scale.train.metrics import is_terminal
 from vjepa_scale.schedules import warmup_cosine
 
 
@@ -110,7 +113,10 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
                 "probe": {k: v.detach().cpu() for k, v in probe.state_dict().items()},
                 "optimizer": opt.state_dict()}
 
-    bar = tqdm(total=total, initial=it, desc=f"probe {tag}".strip(), disable=not progress or rank != 0, leave=False)
+    lines = progress and rank == 0 and not is_terminal(sys.stderr)  # a log file (SLURM): a line per epoch
+    bar = tqdm(total=total, initial=it, desc=f"probe {tag}".strip(), disable=not progress or rank != 0 or lines,
+               leave=False)
+    t0 = time.monotonic()
     for epoch in range(optim_cfg.epochs):
         order = torch.cat([torch.randperm(local, generator=g)  # drawn for every epoch: a resume replays them
                            for _ in range(math.ceil(steps_per_epoch * per_rank / local))])
@@ -157,6 +163,11 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
                "train_samples": int(seen), "val_loss": val_metrics["loss"], "val_top1": val_metrics["top1"]}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{row['val_top1']:.1f}")
+        if lines:
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} probe {tag} epoch {epoch + 1}/{optim_cfg.epochs} (step {it}/"
+                  f"{total}, {tqdm.format_interval(time.monotonic() - t0)}): train loss {row['train_loss']:.4f} "
+                  f"top-1 {row['train_top1']:.1f}, val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.1f}",
+                  flush=True)
         if writer is not None and rank == 0:
             for k in ("train_loss", "train_top1", "val_loss", "val_top1", "lr"):
                 writer.add_scalar(f"{tag}/{k}" if tag else k, row[k], epoch + 1)

@@ -79,7 +79,7 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
-        if progress_bar and _is_terminal(sys.stderr):
+        if progress_bar and is_terminal(sys.stderr):
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                              dynamic_ncols=True, smoothing=0.1)
             self._redirect.enter_context(logging_redirect_tqdm())  # warnings of data, checkpoints ...
@@ -179,7 +179,8 @@ def _si(x: float) -> str:
     return f"{x:.3g}T"
 
 
-def _is_terminal(stream) -> bool:
+def is_terminal(stream) -> bool:
+    """Whether `stream` is a terminal (a progress bar), not a log file."""
     try:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
