@@ -796,6 +796,12 @@ def test_eval_streams_the_same_result_as_memory_from_real_videos(tmp_path, capsy
         assert (f"eval: left out train video {tmp_path / 'junk.mp4'} (" in out) == (train_index == with_junk)
     mem, stream = results["memory", False], results["stream", False]
     assert (mem["features"], stream["features"]) == ("memory", "stream")
+    from helpers import ROOT  # every key of result.json, of a run and of a history row is documented
+
+    doc = (ROOT / "docs" / "METRICS.md").read_text().split("## Evaluation: result.json")[1]
+    documented = set(re.findall(r"^\| `([^`]+)` ", doc, re.M)) | set(re.findall(r"`(\w+)`", doc))
+    keys = set(mem) | set(mem["runs"][0]) | set(mem["runs"][0]["history"][0]) | set(mem["model"])
+    assert not keys - documented, keys - documented
     assert mem["feature_bytes_per_rank"] == stream["feature_bytes_per_rank"] == 12 * 2 * 8 * 192 * 4  # 9 + 3 videos
     assert mem["num_train_videos"] == stream["num_train_videos"] == 9
     assert mem["num_val_videos"] == stream["num_val_videos"] == 3
