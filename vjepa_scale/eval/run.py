@@ -95,6 +95,7 @@ def run_eval(cfg: EvalConfig) -> dict:
                                     cfg.data.num_workers)
 
         val = streamed(val_clips, list(range(rank, len(val_paths), world)))
+        val.bar = "val features" if progress and rank == 0 else ""
         sample = []
         for x_MVND, _ in val.videos(torch.device("cpu")):  # the first 256 of this rank's share
             sample.append(x_MVND[:, 0].flatten(0, 1))

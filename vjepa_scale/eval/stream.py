@@ -14,12 +14,15 @@ window in `padded`, as `extract_features` does.
 """
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from vjepa_scale.eval.features import collate_videos, encode_videos
+from vjepa_scale.train.metrics import is_terminal
 
 
 class _ViewSamples(Dataset):
@@ -44,7 +47,9 @@ class StreamedFeatures:
     encoded by the frozen `encoder` whenever they are read."""
 
     def __init__(self, encoder: torch.nn.Module, dataset: Dataset, positions: list[int], num_views: int,
-                 batch_size: int, device: torch.device, dtype: torch.dtype, num_workers: int = 0):
+                 batch_size: int, device: torch.device, dtype: torch.dtype, num_workers: int = 0,
+                 bar: str = ""):
+        self.bar = bar  # a progress bar of this name over each `videos` pass (rank 0, on a terminal); "": none
         self.encoder, self.dataset, self.positions = encoder, dataset, positions
         self.num_views, self.batch_size, self.num_workers = num_views, batch_size, num_workers
         self.device, self.dtype = device, dtype
@@ -83,6 +88,8 @@ class StreamedFeatures:
         """`ProbeData.videos`, `data.batch_size` videos at a time (`chunk` is not used)."""
         loader = DataLoader(Subset(self.dataset, self.positions), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.num_workers, collate_fn=collate_videos)
+        if self.bar and is_terminal(sys.stderr):
+            loader = tqdm(loader, desc=self.bar, leave=False)
         for batch, feats in self._encode(loader):
             if feats is not None:
                 yield feats.to(device, torch.float32), batch["label"].to(device)
