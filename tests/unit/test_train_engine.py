@@ -224,3 +224,24 @@ def test_init_from_is_logged_with_its_source_and_what_it_loaded(tmp_path, capsys
     assert load_init_state(latest, tr.cfg)["target_encoder"] is not None
     (tmp_path / "latest").write_bytes(src.read_bytes())  # an official file that is called `latest`
     check_init_source(tmp_path / "latest", tr.cfg)
+
+
+def test_init_from_a_run_passes_over_its_damaged_newest_checkpoint(tmp_path, capsys):
+    """`train.init_from: RUN` whose newest save was damaged after it was committed (a truncated EMA shard)
+    loads the one before with a warning naming the file, as `--resume RUN` does; that damaged checkpoint
+    named directly is a config error naming the file."""
+    from vjepa_scale.config import ConfigError
+    from vjepa_scale.weights.run import list_checkpoints
+
+    src = _trainer(tmp_path / "src", "train.checkpoint_every=1")
+    src.fit()
+    *_, before, newest = list_checkpoints(tmp_path / "src" / "run")
+    ema = newest / "ema" / "rank00000.pt"
+    ema.write_bytes(ema.read_bytes()[:1000])
+    tr = _trainer(tmp_path, f"train.init_from={tmp_path / 'src' / 'run'}")
+    notes = "\n".join(tr.notes)
+    assert f"warning: checkpoint {newest.name} cannot be loaded ({ema} is damaged" in notes, notes
+    assert f"loading {before.name}" in notes and f"train.init_from: loaded online encoder, predictor, EMA target " \
+                                                 f"from {before}" in notes, notes
+    with pytest.raises(ConfigError, match=rf"train.init_from: {ema} is damaged"):
+        _trainer(tmp_path / "direct", f"train.init_from={newest}")

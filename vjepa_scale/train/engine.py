@@ -56,29 +56,40 @@ from vjepa_scale.weights.run import (DamagedCheckpointError, checkpoint_problem,
                                      loadable_checkpoint, read_meta)
 
 
-def _init_source_problem(init_from: str) -> Optional[str]:
-    """`checkpoint_problem` of `train.init_from` when it is a training run or checkpoint (None for
-    other sources: an HF folder or an official file is read whole when loaded)."""
+def _init_source(init_from: str) -> tuple[str, Optional[str], list[str]]:
+    """(what to load, problem, notes) for `train.init_from`. A training run (or its `checkpoints` folder)
+    gives its newest undamaged checkpoint, the notes naming each newer damaged one passed over, as
+    `--resume RUN` does; a damaged checkpoint named as such, or a run with none loadable, is the problem
+    (None: none). Other sources (an HF folder, an official file: read whole when loaded) as given."""
     try:
-        ckpt = resolve_checkpoint(Path(init_from).expanduser())
+        resolve_checkpoint(Path(init_from).expanduser())
     except (FileNotFoundError, ValueError):
-        return None
-    return checkpoint_problem(ckpt)
+        return init_from, None, []
+    try:
+        ckpt, notes = loadable_checkpoint(init_from)
+    except DamagedCheckpointError as e:
+        return init_from, e.problem, []
+    except FileNotFoundError as e:
+        return init_from, str(e), []
+    return str(ckpt), None, notes
 
 
-def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None) -> tuple[JEPA, VisionTransformer3D]:
+def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None,
+                 init_from: Optional[str] = None) -> tuple[JEPA, VisionTransformer3D]:
     """Online JEPA and its target encoder in fp32 on CPU, identical on every rank (same seed); a note
     naming what `train.init_from` loaded is appended to `notes` (when given).
 
-    With `train.init_from`, weights come from `vjepa_scale.weights.load_init_state` (strict load); weights
-    that do not fit, or an unreadable source, raise ConfigError naming it.
+    With `train.init_from` (read from `init_from` when given: the checkpoint `_init_source` picked), weights
+    come from `vjepa_scale.weights.load_init_state` (strict load); weights that do not fit, or an unreadable
+    source, raise ConfigError naming it.
     """
     torch.manual_seed(seed)
     jepa = JEPA(cfg)
     target_sd = None
-    if cfg.train.init_from:
+    src = init_from or cfg.train.init_from
+    if src:
         try:
-            state = load_init_state(cfg.train.init_from, cfg)
+            state = load_init_state(src, cfg)
         except (FileNotFoundError, ValueError) as e:  # its documented errors (CheckpointMismatchError is one)
             raise ConfigError(f"train.init_from: {e}") from None
         jepa.encoder.load_state_dict(state["encoder"], strict=True)
@@ -90,7 +101,7 @@ def build_models(cfg: Config, seed: int, notes: Optional[list[str]] = None) -> t
         absent = ["the predictor, which starts from random init"] * (not has_pred) + [
             "the EMA target, which starts as a copy of the online encoder"] * (target_sd is None)
         if notes is not None:
-            notes.append(f"train.init_from: loaded {', '.join(parts)} from {cfg.train.init_from}"
+            notes.append(f"train.init_from: loaded {', '.join(parts)} from {src}"
                          + (f"; not in it: {' and '.join(absent)}" if absent else ""))
     target = make_target_encoder(jepa.encoder, target_sd)
     return jepa, target
@@ -130,12 +141,14 @@ class Trainer:
         self.saved_cfg = phase_lib.as_saved(cfg)  # config.yaml of the run and its checkpoints
         if ckpt is not None:
             self.notes += [n for n in [check_resume_config(ckpt, self.saved_cfg)] if n]
-        # train.init_from_optimizer: the source checkpoint's optimizer state too (not when resuming)
-        opt_src = resolve_checkpoint(cfg.train.init_from) if ckpt is None and cfg.train.init_from_optimizer else None
-        if ckpt is None and cfg.train.init_from:  # a damaged source run: named before any weights are read
-            problem = from_rank0(_init_source_problem(cfg.train.init_from) if self.is_main else None)
+        init_src = None  # the source's checkpoint to load: a damaged one is named before any weights are read
+        if ckpt is None and cfg.train.init_from:
+            init_src, problem, passed = from_rank0(_init_source(cfg.train.init_from) if self.is_main else None)
             if problem is not None:
                 raise ConfigError(f"train.init_from: {problem}")
+            self.notes += passed
+        # train.init_from_optimizer: the source checkpoint's optimizer state too (not when resuming)
+        opt_src = resolve_checkpoint(init_src) if init_src and cfg.train.init_from_optimizer else None
         if opt_src is not None:
             check_zero_stage(opt_src, cfg.zero.stage, init_from=True)
         if self.is_main:
@@ -147,7 +160,7 @@ class Trainer:
 
         self._setup_step("building the models and DeepSpeed engines")
         # the init_from note, unless a resume replaces these weights by the checkpoint's
-        jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None)
+        jepa, target = build_models(cfg, cfg.train.seed, notes=self.notes if ckpt is None else None, init_from=init_src)
         target_fp32 = {k: v.detach().clone() for k, v in target.named_parameters()}
         self.optimizer = make_optimizer(jepa, cfg.optim)
         ds_config = elastic.for_resume(deepspeed_config(cfg, self.world), ckpt or opt_src, self.world)
