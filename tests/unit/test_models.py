@@ -300,9 +300,10 @@ def test_shared_mask_token_serves_every_mask_type():
     b = masks.tgt_type_bounds
     assert torch.equal(out[b[0]:b[1]], out[b[1]:b[2]])
     with torch.no_grad():
+        kept = per_type.mask_tokens[1].clone()
         per_type.mask_tokens[1].add_(1.0)  # per type: the type-1 copy now predicts otherwise
         assert not torch.allclose(per_type(ctx_TD, masks)[b[1]:b[2]], out[b[1]:b[2]])
-        per_type.mask_tokens[1].sub_(1.0)
+        per_type.mask_tokens[1].copy_(kept)  # exactly (x + 1 - 1 is not x in fp32)
 
     masks = pack_masks(ctx, tgt, shared_cfg.grid)
     ctx_TD = torch.randn(masks.ctx_idx.numel(), 192)
@@ -311,4 +312,5 @@ def test_shared_mask_token_serves_every_mask_type():
     (per_type(ctx_TD, masks) * weights).sum().backward()
     g = per_type.mask_tokens.grad
     assert g[0].abs().min() > 0 and g[1].abs().min() > 0  # both types contribute
-    torch.testing.assert_close(shared.mask_tokens.grad, (g[0] + g[1])[None], rtol=1e-5, atol=1e-6)
+    # one sum over both types' targets against two sums added: fp32 summation order (~1e-6 at |g| ~ 0.05)
+    torch.testing.assert_close(shared.mask_tokens.grad, (g[0] + g[1])[None], rtol=1e-4, atol=1e-5)
