@@ -866,7 +866,10 @@ def test_a_stopped_evaluation_continues_to_the_uninterrupted_result(tmp_path, st
 
     preempt = stop_after_each_step
     idx = write_synthetic_videos(tmp_path / "v", num_videos=12, frames=16, size=32, val_fraction=0.25, seed=0)
-    data = EvalDataConfig(train_index=str(idx["train"]), val_index=str(idx["val"]), crop_size=32, frames_per_clip=4,
+    (tmp_path / "junk.mp4").write_bytes(b"\x00" * 64)  # one unusable train video: reported as by a straight run
+    train_index = tmp_path / "train.txt"
+    train_index.write_text(Path(idx["train"]).read_text() + f"{tmp_path / 'junk.mp4'} 1\n")
+    data = EvalDataConfig(train_index=str(train_index), val_index=str(idx["val"]), crop_size=32, frames_per_clip=4,
                           frame_step=2, num_views=2, num_workers=0, num_classes=8, train_augment=augment)
     cfg = EvalConfig(model=tiny_model(), data=data, optim=ProbeOptimConfig(epochs=2, batch_size=8))
     cfg.encoder.random_init = True
@@ -874,7 +877,8 @@ def test_a_stopped_evaluation_continues_to_the_uninterrupted_result(tmp_path, st
                                   progress_bar=False, features=features, seeds=[0, 1])
     straight = run_eval(cfg.validate())
     steps = sum(r["steps"] for r in straight["runs"])
-    assert steps == 2 * 2 * (2 if augment else 3)  # 9 samples (x 2 views without augmentation) in batches of 8
+    # 10 train videos, 1 view each, streamed; 9 usable x 2 views in memory: 2 or 3 batches of 8 per epoch
+    assert steps == 2 * 2 * (2 if augment else 3)
     stopped = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(tmp_path / "stopped")))
     stops = 0
     while True:
@@ -890,6 +894,8 @@ def test_a_stopped_evaluation_continues_to_the_uninterrupted_result(tmp_path, st
     assert stops == steps  # one probe step per run; the last run ends the last seed
     assert [r["history"] for r in result["runs"]] == [r["history"] for r in straight["runs"]]
     assert result["val_top1_per_seed"] == straight["val_top1_per_seed"]
+    assert result["skipped_videos"] == straight["skipped_videos"] and len(result["skipped_videos"]["train"]) == 1
+    assert [r["num_train_videos"] for r in result["runs"]] == [r["num_train_videos"] for r in straight["runs"]] == [9, 9]
     assert not (tmp_path / "stopped" / STATE_FILE).exists()
 
 

@@ -129,9 +129,24 @@ def run_eval(cfg: EvalConfig) -> dict:
             writer = SummaryWriter(str(out / "tb"))
     runs = list(resumed["runs"]) if resumed else []
 
+    def met() -> dict:
+        """{split: (skipped (path, reason) items, padded positions)} met so far, over all ranks (collective) and
+        the passes before a resume (a streamed evaluation meets its videos again only in the passes it redoes)."""
+        if mode == "memory":
+            mine = {"train": (train.skipped, train.padded), "val": (val.skipped, val.padded)}
+        else:  # every val video each epoch, every seed's train videos
+            mine = {"train": ([kv for src in stream_train.values() for kv in src.skipped.items()],
+                              [i for src in stream_train.values() for i in src.padded]),
+                    "val": (list(val.skipped.items()), list(val.padded))}
+        before = resumed["met"] if resumed and rank == 0 else {}
+        return {name: (list(before.get(name, ([], []))[0]) + _all_ranks(list(items), world),
+                       list(before.get(name, ([], []))[1]) + _all_ranks(list(pads), world))
+                for name, (items, pads) in mine.items()}
+
     def save(current: dict) -> Path:
+        seen = met()  # every rank: a collective
         if rank == 0:
-            save_state(out, {"identity": ident, "runs": runs, "current": current})
+            save_state(out, {"identity": ident, "runs": runs, "current": current, "met": seen})
         return out / STATE_FILE
 
     for seed in cfg.run.seeds[len(runs):]:
@@ -149,15 +164,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     if writer is not None:
         writer.close()
 
-    if mode == "memory":
-        mine = {"train": (train.skipped, train.padded), "val": (val.skipped, val.padded)}
-    else:  # what the passes met: every val video each epoch, every seed's train videos
-        mine = {"train": ([kv for src in stream_train.values() for kv in src.skipped.items()],
-                          [i for src in stream_train.values() for i in src.padded]),
-                "val": (list(val.skipped.items()), list(val.padded))}
     # (dict.fromkeys: with subsets, two ranks may encode the same train video)
-    skipped = {name: list(dict.fromkeys(_all_ranks(items, world))) for name, (items, _) in mine.items()}
-    padded = {name: len(set(_all_ranks(items, world))) for name, (_, items) in mine.items()}
+    seen = met()
+    skipped = {name: list(dict.fromkeys(tuple(kv) for kv in items)) for name, (items, _) in seen.items()}
+    padded = {name: len(set(pads)) for name, (_, pads) in seen.items()}
     if rank == 0:
         report_left_out(skipped, padded, cfg.data)
     left_out = {i for i, p in enumerate(train_paths) if p in dict(skipped["train"])}  # train positions
