@@ -45,13 +45,13 @@ def test_dataloader_workers_survive_a_stop_signal_as_they_start():
         from vjepa_scale.train import preempt
         from vjepa_scale.train.launch import preflight
         preempt.install_handlers()
-        ignore = loader_mod._ignore_stop_signals
+        ignore = loader_mod.ignore_stop_signals
         def signal_then_ignore(worker_id):
             os.kill(os.getppid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGUSR1)
             ignore(worker_id)
-        loader_mod._ignore_stop_signals = signal_then_ignore
+        loader_mod.ignore_stop_signals = signal_then_ignore
         cfg = load_config("cpu_demo.yaml", ["data.crop_size=32", "data.synthetic_size=16", "data.num_workers=2"])
         it = iter(build_dataloader(preflight(cfg, 1), num_steps=4))
         print([next(it).step for _ in range(4)], all(w.is_alive() for w in it._workers), preempt.stop_requested(),

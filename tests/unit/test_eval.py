@@ -947,12 +947,41 @@ def test_cli_exits_75_on_a_stop_and_continues_on_the_next_run(tmp_path, stop_aft
             "optim.epochs=1", "run.progress_bar=false", "run.tensorboard=false"]
     preempt.request_stop("got SIGUSR1")
     assert cli.main(args) == 75
+    assert (tmp_path / "out" / "PREEMPTED").read_text().startswith("step 1\ncheckpoint ")  # for requeue scripts
     err = capsys.readouterr().err
     assert f"eval preempted at step 1 (got SIGUSR1); checkpoint: {tmp_path / 'out' / 'probe_state.pt'}; run the " \
            f"same command again to continue" in err, err
     preempt.clear()
     assert cli.main(args) == 0 and (tmp_path / "out" / "result.json").is_file()
-    assert not (tmp_path / "out" / "probe_state.pt").exists()
+    assert not (tmp_path / "out" / "probe_state.pt").exists() and not (tmp_path / "out" / "PREEMPTED").exists()
+
+
+def test_a_state_saved_after_the_last_epoch_resumes_to_the_same_result():
+    """A kill after a seed's last per-epoch save but before it was recorded done leaves a state at the end:
+    continuing it trains nothing more and gives the finished probe's result."""
+    train, val = separable_features(24, 4, seed=0), separable_features(12, 4, seed=1)
+    states = []
+    args = (train, val, ProbeConfig(), ProbeOptimConfig(epochs=2, batch_size=8), 4, 4, 0, torch.device("cpu"))
+    done = train_probe(*args, progress=False, save=lambda state, stop="": states.append(state) or Path("x"))
+    assert [(st["epoch"], st["step"]) for st in states] == [(1, 0), (2, 0)]
+    again = train_probe(*args, progress=False, resume=states[-1])
+    assert again == done
+
+
+def test_the_state_identity_names_a_newer_checkpoint_precision_and_feature_mode(tmp_path):
+    from vjepa_scale.eval.resume import identity, load_state, save_state
+
+    config = {"optim": {"lr": 1e-3}, "run": {"num_threads": 1}, "model": None}
+    ident = identity(config, "runs/x (target encoder, step 3)", 2, {"dtype": "torch.bfloat16", "features": "stream"})
+    save_state(tmp_path, {"identity": ident, "runs": [], "current": None})
+    assert load_state(tmp_path, identity({**config, "run": {"num_threads": 8}}, "runs/x (target encoder, step 3)", 2,
+                                         {"dtype": "torch.bfloat16", "features": "stream"}), False) is not None
+    later = identity(config, "runs/x (target encoder, step 6)", 2, {"dtype": "torch.float32", "features": "memory"})
+    with pytest.raises(ConfigError, match=r"dtype: 'torch.bfloat16' there, 'torch.float32' now; encoder: 'runs/x "
+                                          r"\(target encoder, step 3\)' there, 'runs/x \(target encoder, step 6\)' "
+                                          r"now; features: 'stream' there, 'memory' now"):
+        load_state(tmp_path, later, False)
+    assert load_state(tmp_path, later, True) is None  # run.overwrite
 
 
 # ---------------------------------------------------------------- HF export

@@ -127,7 +127,7 @@ def _kill_workers(it) -> None:
             w.kill()
 
 
-def _stop_workers(it) -> None:
+def stop_workers(it) -> None:
     """Kill the worker processes of DataLoader iterator `it` and shut the iterator down.
 
     A stopped (SIGSTOP) worker ignores the SIGTERM the DataLoader's shutdown sends, and
@@ -230,7 +230,7 @@ class VideoLoader:
         self.tracker.flush()
 
     def _timed_out(self, it, step: int, cause: BaseException | None):
-        _stop_workers(it)
+        stop_workers(it)
         raise LoaderTimeoutError(
             f"rank {self.rank}: no batch for micro-step {step} from the DataLoader workers within "
             f"data.loader_timeout_s={self.timeout:g} s; a worker is frozen (stopped, or hung in I/O "
@@ -285,7 +285,7 @@ def dataset_clips(loader, batches) -> Optional[list[int]]:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # vjepa_scale.train.preempt's
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers ignore SIGTERM / SIGUSR1, which SLURM and the `deepspeed` launcher send to
     every process: their rank finishes its step and checkpoints first (vjepa_scale.train.preempt),
     then shuts its workers down. A worker starts with them blocked (`StopSafeDataLoader`): one that
@@ -301,13 +301,13 @@ _EXIT_HOOK_PID: int | None = None  # the process whose atexit runs `_stop_live_w
 
 def _stop_live_workers() -> None:
     """At interpreter exit: stop the workers of every live DataLoader iterator (persistent workers of a
-    loader kept until then: `_stop_workers`). Workers ignore SIGTERM (`_ignore_stop_signals`),
+    loader kept until then: `stop_workers`). Workers ignore SIGTERM (`ignore_stop_signals`),
     so multiprocessing's own exit handler, which terminates them and then joins them, would wait forever."""
     if _EXIT_HOOK_PID != os.getpid():  # inherited by a forked child: not its workers
         return
     for it in list(_LIVE_ITERATORS):
         try:
-            _stop_workers(it)
+            stop_workers(it)
         except Exception:  # exiting anyway: never let one iterator keep the others' workers alive
             pass
 
@@ -325,7 +325,7 @@ def _track_workers(it) -> None:
 
 class StopSafeDataLoader(DataLoader):
     """A DataLoader whose workers are born with SIGTERM / SIGUSR1 blocked (a forked child inherits the
-    forking thread's signal mask) until `_ignore_stop_signals` ignores them: without that, a signal to
+    forking thread's signal mask) until `ignore_stop_signals` ignores them: without that, a signal to
     the whole job (SLURM, a process group) between a worker's fork and its `worker_init_fn` runs
     torch's worker handler, the worker dies and the rank fails with a DataLoader error instead of
     saving. The rank's own handlers still run meanwhile (another thread takes the signal, or this one
@@ -377,7 +377,7 @@ def build_dataloader(cfg: Config, rank: int = 0, world_size: int = 1, start_step
     timeout = cfg.data.loader_timeout_s if cfg.data.num_workers > 0 and backend != "synthetic" else 0.0
     collate = ClipCollator(masker, rank, cfg.model.tubelet_size, cfg.model.patch_size)
     loader = StopSafeDataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                num_workers=cfg.data.num_workers, worker_init_fn=_ignore_stop_signals,
+                                num_workers=cfg.data.num_workers, worker_init_fn=ignore_stop_signals,
                                 pin_memory=cfg.data.pin_memory and torch.cuda.is_available(),
                                 persistent_workers=cfg.data.num_workers > 0, timeout=timeout,
                                 multiprocessing_context=worker_start_method() if cfg.data.num_workers > 0 else None)

@@ -63,9 +63,9 @@ class EvalDataConfig(Section):
     resize_ratio: float = 1.0  # short side is resized to crop_size * resize_ratio before cropping
     batch_size: int = 8  # videos per feature-extraction batch
     num_workers: int = 2
-    # probe training on augmented clips, as the reference probes train: every epoch each train video is one
-    # sample whose clips each take a random window of their part of the video and a random resized crop
-    # (+ flip, + random erasing); val keeps the fixed views above. The features change every epoch, so they
+    # probe training on augmented clips, close to the reference probes: every epoch each train video is one
+    # sample whose clips take random windows spread over the video (as pretraining draws them), each a random
+    # resized crop (+ optional flip, + random erasing); val keeps the fixed views above. The features change every epoch, so they
     # are streamed (run.features: auto or stream)
     train_augment: bool = False
     random_resize_scale: tuple[float, float] = (0.08, 1.0)  # crop area over the frame's (the reference probe's)

@@ -192,11 +192,15 @@ class EvalClips(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
+        return self.item(i)
+
+    def item(self, i: int, views: list[int] | None = None) -> dict:
+        """Item i with only `views` (indices into its `num_views` views; None: all of them)."""
         item = {"video": None, "label": self.labels[i], "index": i, "skipped": None, "padded": False}
         try:
             with Deadline(self.paths[i], self.decode_timeout_s) as deadline:
                 info = probe_video(self.paths[i], deadline)
-                item["video"] = self.clips(i, deadline, info)
+                item["video"] = self.clips(i, deadline, info, views)
         except VideoError as e:
             item["skipped"] = (e.path, e.summary)
             return item
@@ -204,26 +208,28 @@ class EvalClips(Dataset):
                                                        self.cfg.frame_spacing)
         return item
 
-    def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None) -> torch.Tensor:
+    def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None,
+              views: list[int] | None = None) -> torch.Tensor:
         """(num_views, num_clips, C, T, crop, crop) of video i (`info`: its `probe_video`, probed here when
-        None); VideoError when the file is unusable."""
+        None; `views`: only those, in that order); VideoError when the file is unusable."""
         c = self.cfg
         info = info if info is not None else probe_video(self.paths[i], deadline)
         windows = eval_frame_indices(info.num_frames, c.frames_per_clip, video_frame_step(info.fps, c), c.num_clips,
                                      c.frame_spacing)
         pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for w in windows for f in w], deadline))
         T = c.frames_per_clip
-        views = []
-        for box in view_boxes(*info.display_size, c.num_views, c.resize_ratio):
+        out = []
+        boxes = view_boxes(*info.display_size, c.num_views, c.resize_ratio)
+        for box in boxes if views is None else [boxes[v] for v in views]:
             box = stored_box(box, info.rotation, info.height, info.width, info.sar)
-            views.append(torch.stack([normalize_clip(pixels_THWC[k * T:(k + 1) * T], box, False, c.crop_size,
-                                                     info.rotation) for k in range(c.num_clips)]))
-        return torch.stack(views)
+            out.append(torch.stack([normalize_clip(pixels_THWC[k * T:(k + 1) * T], box, False, c.crop_size,
+                                                   info.rotation) for k in range(c.num_clips)]))
+        return torch.stack(out)
 
 
 class AugmentedClips(EvalClips):
     """Training items of `data.train_augment`: item i -> video (1, num_clips, C, T, crop, crop), one sample whose
-    clips each take a random window of their part of the video, a random resized crop and flip
+    clips take random windows spread over the video, each a random resized crop and flip
     (`data.clips.plan_video`, as pretraining draws them) and random erasing (`data.clips.random_erase_`).
 
     The draws depend on (seed, epoch, i) only, whichever rank, worker or world size reads the item;
@@ -238,8 +244,9 @@ class AugmentedClips(EvalClips):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None) -> torch.Tensor:
-        c = self.cfg
+    def clips(self, i: int, deadline: Deadline | None = None, info: VideoInfo | None = None,
+              views: list[int] | None = None) -> torch.Tensor:
+        c = self.cfg  # one sample per video: `views` does not apply
         info = info if info is not None else probe_video(self.paths[i], deadline)
         plans = plan_video(info, c, self.seed, self.epoch, i)
         pixels_THWC = torch.from_numpy(decode_clip_frames(info, [f for p in plans for f in p.frames], deadline))

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
+from vjepa_scale.data.loader import StopSafeDataLoader, ignore_stop_signals, stop_workers
 from vjepa_scale.data.skips import NoReadableVideosError
 from vjepa_scale.distributed import any_rank
 from vjepa_scale.train.metrics import is_terminal
@@ -120,20 +121,30 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
     """Encode this rank's share of `dataset` (items {video (V, K, C, T, H, W), label, index}): the items
     at `positions`, by default `rank::world_size`."""
     shard = Subset(dataset, list(range(rank, len(dataset), world_size)) if positions is None else positions)
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_videos)
-    feats, labels, index, skipped, padded = [], [], [], [], []
+    loader = StopSafeDataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                collate_fn=collate_videos, worker_init_fn=ignore_stop_signals)
+    feats, labels, index, skipped, padded = [], [], [], [], []  # feats: videos per encoded batch
+    store, filled = None, 0
     lines = progress and rank == 0 and not is_terminal(sys.stderr)  # a log file: one line when done
     t0 = time.monotonic()
-    for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0 or lines, leave=False):
-        skipped += batch["skipped"]
-        padded += batch["padded"]
-        video = batch["video"]
-        if video is None:
-            continue
-        feats.append(encode_videos(encoder, video, device, dtype, batch_size).cpu())
-        labels.append(batch["label"])
-        index.append(batch["index"])
+    it = iter(loader)
+    try:
+        for batch in tqdm(it, total=len(loader), desc=desc, disable=not progress or rank != 0 or lines, leave=False):
+            skipped += batch["skipped"]
+            padded += batch["padded"]
+            video = batch["video"]
+            if video is None:
+                continue
+            encoded = encode_videos(encoder, video, device, dtype, batch_size)
+            if store is None:  # every usable video's features, filled in place: no copy at the end
+                store = torch.empty((len(shard), *encoded.shape[1:]), dtype=encoded.dtype)
+            store[filled:filled + len(encoded)] = encoded.cpu()
+            filled += len(encoded)
+            feats.append(len(encoded))
+            labels.append(batch["label"])
+            index.append(batch["index"])
+    finally:  # an error in a batch: the workers end now, not at interpreter exit
+        stop_workers(it)
     if any_rank(not feats):  # more ranks than videos, or all of a rank's unusable: every rank stops
         bad = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
         mine = (f"rank {rank} of {world_size} got no usable videos ({len(dataset)} in the index"
@@ -141,9 +152,9 @@ def extract_features(encoder: torch.nn.Module, dataset: Dataset, batch_size: int
         raise NoReadableVideosError(f"{desc}: " + (mine if not feats else
                                                    "another rank got no usable videos (see its error)"))
     if lines:
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {desc}: rank 0 encoded {sum(len(f) for f in feats)} videos in "
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {desc}: rank 0 encoded {filled} videos in "
               f"{tqdm.format_interval(time.monotonic() - t0)}", flush=True)
-    return FeatureSet(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped, padded)
+    return FeatureSet(store[:filled], torch.cat(labels), torch.cat(index), skipped, padded)
 
 
 def effective_rank(x_XD: torch.Tensor) -> float:

@@ -9,8 +9,9 @@ epoch's partial train metrics are kept, and each rank's sample order is replayed
 features are not kept: memory mode encodes them again. A stop request during that encoding takes effect
 at the first probe step.
 
-A state belongs to one evaluation: the same config (but for the keys in `FREE_KEYS`), encoder and world
-size. Another one's state is refused naming the keys that differ (`run.overwrite` discards it). The
+A state belongs to one evaluation: the same config (but for the keys in `FREE_KEYS`), encoder checkpoint,
+world size, precision and feature mode. On a stop, rank 0 also writes `OUTPUT/PREEMPTED` (as training
+does: torchrun reports exit 1, not 75), removed when the evaluation runs again. Another one's state is refused naming the keys that differ (`run.overwrite` discards it). The
 file is replaced atomically and removed once `result.json` is written.
 """
 from __future__ import annotations
@@ -29,14 +30,16 @@ FREE_KEYS = {"run.output_dir", "run.overwrite", "run.progress_bar", "run.tensorb
              "run.device", "data.num_workers"}
 
 
-def identity(config: dict, origin: str, world_size: int) -> dict:
+def identity(config: dict, encoder: str, world_size: int, resolved: dict) -> dict:
     """What a state must match to be continued: the config's keys (dotted; `FREE_KEYS` left out), the
-    encoder's origin (`eval.encoder.encoder_origin`) and the world size (each rank's videos depend on it)."""
+    encoder (`FrozenEncoder.source`: a run's checkpoint with its step, so a newer save of the run is another
+    encoder), the world size (each rank's videos depend on it) and what `auto` keys resolved to
+    (`resolved`: the compute dtype, the feature mode)."""
     flat = {f"{section}.{key}": value for section, keys in config.items() if isinstance(keys, dict)
             for key, value in keys.items()}
     flat.update({key: value for key, value in config.items() if not isinstance(value, dict)})  # model: null
-    return {"config": {k: v for k, v in flat.items() if k not in FREE_KEYS}, "encoder": origin,
-            "world_size": world_size}
+    return {"config": {k: v for k, v in flat.items() if k not in FREE_KEYS}, "encoder": encoder,
+            "world_size": world_size, **resolved}
 
 
 def load_state(out: Path, ident: dict, overwrite: bool) -> Optional[dict]:
@@ -57,9 +60,9 @@ def load_state(out: Path, ident: dict, overwrite: bool) -> Optional[dict]:
         for key in sorted(set(ident["config"]) | set(theirs["config"])):
             if ident["config"].get(key) != theirs["config"].get(key):
                 what.append(f"{key}: {theirs['config'].get(key)!r} there, {ident['config'].get(key)!r} now")
-        for key in ("encoder", "world_size"):
-            if ident[key] != theirs[key]:
-                what.append(f"{key}: {theirs[key]!r} there, {ident[key]!r} now")
+        for key in sorted(set(ident) - {"config"}):
+            if ident[key] != theirs.get(key):
+                what.append(f"{key}: {theirs.get(key)!r} there, {ident[key]!r} now")
         raise ConfigError(f"{path} holds the state of another evaluation ({'; '.join(what[:6])}"
                           f"{'; ...' if len(what) > 6 else ''}): continue it with its own settings, give another "
                           f"--output (run.output_dir), or run.overwrite=true to discard it")

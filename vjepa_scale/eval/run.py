@@ -31,6 +31,7 @@ from vjepa_scale.eval.probe import resolve_probe_heads
 from vjepa_scale.eval.resume import STATE_FILE, clear_state, identity, load_state, save_state
 from vjepa_scale.eval.stream import StreamedFeatures
 from vjepa_scale.eval.train_probe import train_probe
+from vjepa_scale.train import preempt
 
 log = logging.getLogger("vjepa_scale.eval")
 
@@ -60,8 +61,6 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     out, origin = Path(cfg.run.output_dir), encoder_origin(cfg)
     check_output_dir(out, origin, cfg.run.overwrite)  # every rank: all refuse alike, before any weights are read
-    ident = identity(cfg.to_dict(), origin, world)
-    resumed = load_state(out, ident, cfg.run.overwrite)  # a stopped run of this evaluation: continued
     frozen = load_frozen_encoder(cfg)
     encoder, dims = frozen.encoder, frozen.encoder.dims
     heads = resolve_probe_heads(cfg.probe, encoder.embed_dim, dims.num_heads)
@@ -80,6 +79,10 @@ def run_eval(cfg: EvalConfig) -> dict:
                   if subsets else -(-len(train_paths) // world))
     mode, need = feature_store(cfg.run.features, most_train + -(-len(val_paths) // world), cfg.data.num_views,
                                tokens, encoder.embed_dim, dtype, cfg.data.train_augment)
+    # a stopped run of this evaluation is continued: the same settings, the same weights (checkpoint step
+    # included), world size, precision and feature mode as resolved
+    ident = identity(cfg.to_dict(), frozen.source, world, {"dtype": str(dtype), "features": mode})
+    resumed = load_state(out, ident, cfg.run.overwrite)
     t_enc = time.time()
     if mode == "memory":
         train = extract_features(encoder, train_clips, cfg.data.batch_size, device, dtype, cfg.data.num_workers, rank,
@@ -114,6 +117,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     writer = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        (out / preempt.MARKER).unlink(missing_ok=True)  # this evaluation runs again
         if resumed is None:
             clear_state(out)  # run.overwrite: a stopped evaluation's state is discarded
             for old in (out / "tb").glob("events.out.tfevents.*"):  # an earlier evaluation's curves: replaced
@@ -143,10 +147,12 @@ def run_eval(cfg: EvalConfig) -> dict:
                        list(before.get(name, ([], []))[1]) + _all_ranks(list(pads), world))
                 for name, (items, pads) in mine.items()}
 
-    def save(current: dict) -> Path:
+    def save(current: dict, stop: str = "") -> Path:
         seen = met()  # every rank: a collective
         if rank == 0:
             save_state(out, {"identity": ident, "runs": runs, "current": current, "met": seen})
+            if stop:  # for a requeue script: a launcher may not pass exit code 75 on (torchrun reports 1)
+                preempt.write_marker(out, current["it"], out / STATE_FILE, stop)
         return out / STATE_FILE
 
     for seed in cfg.run.seeds[len(runs):]:

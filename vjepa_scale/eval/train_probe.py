@@ -68,12 +68,12 @@ def evaluate(probe: torch.nn.Module, data: ProbeData, device: torch.device, dtyp
 def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_cfg: ProbeOptimConfig,
                 num_classes: int, encoder_heads: int, seed: int, device: torch.device,
                 dtype: torch.dtype = torch.float32, writer=None, tag: str = "", progress: bool = True,
-                save: Optional[Callable[[dict], Path]] = None, resume: Optional[dict] = None) -> dict:
+                save: Optional[Callable[..., Path]] = None, resume: Optional[dict] = None) -> dict:
     """Train a fresh probe (initialized from `seed`) and return its final val top-1 and history.
 
-    With `save` (every rank calls it; it returns where the state went): after every epoch, and after the
-    step at which the ranks agree on a stop request (`train.preempt`), `save(state)`, then `Preempted` on a
-    stop. `resume`: such a state to continue from (each rank's sample order is replayed from the seed, so
+    With `save` (every rank calls it; it returns where the state went): after every epoch `save(state)`, and
+    after the step at which the ranks agree on a stop request (`train.preempt`) `save(state, reason)`, then
+    `Preempted`. `resume`: such a state to continue from (each rank's sample order is replayed from the seed, so
     the run goes on as if it had not stopped)."""
     rank, world = rank_and_world()
     D = train.dim
@@ -152,7 +152,7 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
             bar.update(1)
             reason = preempt.stop_agreed(device) if save is not None else None
             if reason:
-                where = save(state(epoch, s + 1, _sum([run_loss, run_correct, run_seen], device)))
+                where = save(state(epoch, s + 1, _sum([run_loss, run_correct, run_seen], device)), reason)
                 bar.close()
                 raise preempt.Preempted(it, where, reason)
         run_loss, run_correct, seen = _sum([run_loss, run_correct, run_seen], device)
@@ -174,6 +174,8 @@ def train_probe(train: ProbeData, val: ProbeData, probe_cfg: ProbeConfig, optim_
         if save is not None:
             save(state(epoch + 1, 0, [0.0, 0.0, 0.0]))
     bar.close()
+    if start_epoch == optim_cfg.epochs:  # resumed after its last epoch: the final probe's val metrics again
+        val_metrics = evaluate(probe, val, device, dtype)
     return {"seed": seed, "val_top1": history[-1]["val_top1"], "val_loss": history[-1]["val_loss"],
             "train_top1": history[-1]["train_top1"], "num_val_videos": val_metrics["count"],
             "steps": total, "history": history, "probe_params": sum(p.numel() for p in probe.parameters())}
