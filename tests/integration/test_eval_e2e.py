@@ -70,6 +70,34 @@ def test_cli_end_to_end_on_synthetic_videos(tmp_path):
     assert r.returncode == 2 and "probe.num_heads=7 does not divide the encoder width 192" in r.stderr
 
 
+def test_a_sigterm_to_the_whole_job_stops_a_streamed_evaluation_that_then_continues(tmp_path):
+    """SIGTERM to the process group (SLURM signals every process of a job, the loader workers too), sent by a
+    worker of a streamed pass: the evaluation saves and exits 75 (the workers ignore it, as training's do:
+    with plain DataLoader workers the rank crashed in about half of such stops), and the same command
+    continues to the uninterrupted result."""
+    from helpers import start
+    from vjepa_scale.data.synthetic_videos import write_synthetic_videos
+
+    idx = write_synthetic_videos(tmp_path / "data", num_videos=12, frames=16, size=32, val_fraction=0.25)
+    args = ["--random-init", "model.size=tiny", "model.depth=1", f"data.train_index={idx['train']}",
+            f"data.val_index={idx['val']}", "data.crop_size=32", "data.frames_per_clip=4", "data.frame_step=2",
+            "data.num_workers=2", "data.train_augment=true", "optim.epochs=6", "optim.batch_size=2",
+            "run.num_threads=1", "run.tensorboard=false"]
+    straight = _probe(*args, "--output", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out = tmp_path / "stopped"
+    # a loader worker of epoch 2 signals the process group: a new session, so only this job gets it
+    proc = start(Path(__file__).parent / "eval_sigterm_in_worker.py", "--epoch", "1", *args, "--output", str(out),
+                 log=tmp_path / "log", start_new_session=True)
+    assert proc.wait(timeout=120) == 75, (tmp_path / "log").read_text()[-3000:]
+    assert (out / "probe_state.pt").is_file() and (out / "PREEMPTED").is_file()
+    r = _probe(*args, "--output", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "eval: continuing the stopped evaluation" in r.stdout
+    done, want = (json.loads((d / "result.json").read_text()) for d in (out, tmp_path / "straight"))
+    assert done["runs"][0]["history"] == want["runs"][0]["history"]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from vjepa_scale.data.synthetic_videos import write_synthetic_videos
