@@ -240,6 +240,20 @@ def probe_video(path: str, deadline: Deadline | None = None) -> VideoInfo:
         container.close()
 
 
+def first_readable(paths, check, timeout_s: float) -> list[VideoError]:
+    """`check(path, deadline)` (`probe_video`, `check_opens`) on `paths` in order, each within `timeout_s`,
+    until one passes: then []; else the VideoError of each."""
+    failures = []
+    for path in paths:
+        try:
+            with Deadline(path, timeout_s) as deadline:
+                check(path, deadline)
+            return []
+        except VideoError as e:
+            failures.append(e)
+    return failures
+
+
 def check_opens(path: str, deadline: Deadline | None = None) -> None:
     """The cheap part of `probe_video`, for pre-flight checks: the container opens, its first video stream
     has a frame size, and its first frame decodes (no packet scan, no frame count, so a long WebM costs no

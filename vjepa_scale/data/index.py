@@ -188,21 +188,15 @@ def check_first_videos(path: str | os.PathLike, key: str = "data.datasets", time
     video (`decode.check_opens`: the container, its stream header and first frame, each file within
     `timeout_s`; no packet scan). One readable file is enough: unusable files are skipped and counted at run
     time (`data.skips`). An image folder passes."""
-    from vjepa_scale.data.decode import Deadline, VideoError, check_opens
+    from vjepa_scale.data.decode import check_opens, first_readable
 
     p = Path(path).expanduser()
     if p.is_dir():
         return
     resolve = _resolver(p)
     first = [resolve(video) for _, video, _ in itertools.islice(_entries(p, path, key, False), PREFLIGHT_ENTRIES)]
-    failures = []
-    for f in dict.fromkeys(x for x in first if os.path.exists(x)):
-        try:
-            with Deadline(f, timeout_s) as deadline:
-                check_opens(f, deadline)
-            return
-        except VideoError as e:
-            failures.append(f"{f} ({e.summary})")
+    failures = [f"{e.path} ({e.summary})" for e in
+                first_readable(list(dict.fromkeys(x for x in first if os.path.exists(x))), check_opens, timeout_s)]
     if failures:
         scope = f"its first {len(first)} entries" if len(first) == PREFLIGHT_ENTRIES else f"its {len(first)} entries"
         raise ConfigError(f"{key}: index file '{path}': none of the {len(failures)} existing file(s) among {scope} is "

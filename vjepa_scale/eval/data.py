@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 from vjepa_scale.config import ConfigError
 from vjepa_scale.data.clips import (clip_window, clips_at, normalize_clip, plan_video, random_erase_, stored_box,
                                     video_frame_step)
-from vjepa_scale.data.decode import Deadline, VideoError, VideoInfo, decode_clip_frames, probe_video
+from vjepa_scale.data.decode import (Deadline, VideoError, VideoInfo, decode_clip_frames, first_readable,
+                                     probe_video)
 from vjepa_scale.data.index import read_index
 from vjepa_scale.eval.config import EvalDataConfig
 
@@ -94,14 +95,9 @@ def check_val_readable(paths: list[str], index: str, key: str = "data.val_index"
     which on a large train set takes hours that an unusable val set would waste."""
     from vjepa_scale.data.skips import unreadable_index_error
 
-    failures = []
-    for path in paths[:VAL_PROBES]:
-        try:
-            with Deadline(path, timeout_s) as deadline:
-                probe_video(path, deadline)
-            return
-        except VideoError as e:
-            failures.append(f"{e.path} ({e.reason})")
+    failures = [f"{e.path} ({e.reason})" for e in first_readable(paths[:VAL_PROBES], probe_video, timeout_s)]
+    if paths and not failures:  # one read
+        return
     error = unreadable_index_error(index, len(paths), len(failures), failures)
     raise type(error)(f"{key}: {error} (checked before any train video is encoded)")
 
